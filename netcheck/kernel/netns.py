@@ -1,0 +1,488 @@
+"""Typed access to one network namespace: netlink (pyroute2), sysctls, sockets and processes.
+
+Every method runs inside the namespace's worker thread. Nothing outside netcheck.kernel
+imports pyroute2 or iptc.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from netcheck.kernel.worker import NamespaceError, NamespaceWorker, netns_path
+from netcheck.waiting import wait_until
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+T = TypeVar("T")
+IFF_UP = 0x1
+AF_BRIDGE = 7
+BRIDGE_PORT_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
+
+
+class KernelError(RuntimeError):
+    """A kernel operation failed; the message names the object, the namespace and a fix."""
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str
+    admin_up: bool
+    operstate: str
+    mtu: int
+    mac: str
+    master: int | None
+    peer_index: int | None = None
+    peer_netnsid: int | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.admin_up and self.operstate in ("UP", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Address:
+    interface: str
+    address: IPv4Interface
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    dst: IPv4Network
+    gateway: IPv4Address | None
+    interface: str | None
+    prefsrc: IPv4Address | None = None
+    kind: str = "unicast"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    interface: str
+    address: str
+    mac: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    mac: str
+    port: str
+    master: str | None
+    local: bool
+
+
+@dataclass(frozen=True)
+class BridgePort:
+    port: str
+    bridge: str
+    state: str
+
+
+_NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE", 0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
+_RT_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+
+
+def _ipr(state: dict[str, Any]) -> IPRoute:
+    ipr = state.get("ipr")
+    if ipr is None:
+        from pyroute2 import IPRoute
+
+        ipr = IPRoute()
+        state["ipr"] = ipr
+    return ipr  # type: ignore[no-any-return]
+
+
+class Netns:
+    """One network namespace, reached through a thread parked in it.
+
+    >>> ns = Netns.create("nck7q0-host")       # doctest: +SKIP
+    >>> ns.add_bridge("nck7q0b0")              # doctest: +SKIP
+    """
+
+    def __init__(self, label: str, name: str | None, worker: NamespaceWorker) -> None:
+        self.label = label  # the name users see (host, wan, netns0)
+        self.name = name  # the name under /run/netns, or None for the process's own namespace
+        self._worker = worker
+        worker.on_close(self._close_in_thread)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(cls, name: str, label: str | None = None) -> Netns:
+        """Create /run/netns/NAME; fails if it exists."""
+        return cls(label or name, name, NamespaceWorker(label or name, netns_path(name), create=True))
+
+    @classmethod
+    def attach(cls, path: str, label: str) -> Netns:
+        """Enter an existing namespace by path (/run/netns/X or /proc/PID/ns/net); never creates one."""
+        name = os.path.basename(path) if path.startswith("/run/netns/") or path.startswith("/var/run/netns/") else None
+        return cls(label, name, NamespaceWorker(label, path))
+
+    @classmethod
+    def current(cls, label: str = "host") -> Netns:
+        """The process's own namespace (host mode)."""
+        return cls(label, None, NamespaceWorker(label, None))
+
+    @property
+    def path(self) -> str:
+        return netns_path(self.name) if self.name else "/proc/self/ns/net"
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 60.0) -> T:
+        return self._worker.call(fn, *args, timeout=timeout)
+
+    def netlink(self, fn: Callable[[IPRoute], T]) -> T:
+        """Run ``fn(ipr)`` with this namespace's netlink socket."""
+        return self._worker.call(lambda: fn(_ipr(self._worker.state)))
+
+    def _close_in_thread(self) -> None:
+        ipr = self._worker.state.pop("ipr", None)
+        if ipr is not None:
+            ipr.close()
+
+    def close(self) -> None:
+        """Close the netlink socket and stop the thread, so nothing holds the namespace."""
+        self._worker.close()
+
+    def where(self) -> str:
+        """How a user enters this namespace, for messages."""
+        return f"ip netns exec {self.name}" if self.name else "(this namespace)"
+
+    def _fail(self, what: str, exc: BaseException, fix: str = "") -> KernelError:
+        msg = f"{what} in netns {self.name or 'self'} ({self.label}): {exc}"
+        return KernelError(msg + (f" ({fix})" if fix else ""))
+
+    # ----------------------------------------------------------------- netlink: writes
+
+    def add_bridge(self, name: str) -> int:
+        def do(ipr: IPRoute) -> int:
+            ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            return int(ipr.link("get", ifname=name)[0]["index"])
+
+        try:
+            return self.netlink(do)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"add bridge {name}", exc, _exists_fix(exc)) from None
+
+    def add_veth(self, name: str, peer: str, peer_ns: Netns | None, *, master: str | None = None, mtu: int | None = None) -> None:
+        """A veth pair; the peer is born in ``peer_ns`` (one netlink call)."""
+
+        def do(ipr: IPRoute) -> None:
+            fd = os.open(peer_ns.path, os.O_RDONLY) if peer_ns is not None else None
+            try:
+                peer_spec: dict[str, Any] = {"ifname": peer}
+                if fd is not None:
+                    peer_spec["net_ns_fd"] = fd
+                if mtu:
+                    peer_spec["mtu"] = mtu
+                kw: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer_spec}
+                if mtu:
+                    kw["mtu"] = mtu
+                if master is not None:
+                    kw["master"] = ipr.link("get", ifname=master)[0]["index"]
+                ipr.link("add", **kw)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+        try:
+            self.netlink(do)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"add veth {name} <-> {peer}", exc, _exists_fix(exc)) from None
+
+    def set_link(self, name: str, *, up: bool | None = None, master: str | None | bool = False, mtu: int | None = None) -> None:
+        """Change a link: ``up``, ``master`` (a bridge name, or None to detach), ``mtu``."""
+
+        def do(ipr: IPRoute) -> None:
+            idx = ipr.link("get", ifname=name)[0]["index"]
+            kw: dict[str, Any] = {}
+            if up is not None:
+                kw["state"] = "up" if up else "down"
+            if master is None:
+                kw["master"] = 0
+            elif isinstance(master, str):
+                kw["master"] = ipr.link("get", ifname=master)[0]["index"]
+            if mtu is not None:
+                kw["mtu"] = mtu
+            ipr.link("set", index=idx, **kw)
+
+        try:
+            self.netlink(do)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"set link {name}", exc) from None
+
+    def delete_link(self, name: str) -> bool:
+        """Delete a link; False if it was already gone."""
+
+        def do(ipr: IPRoute) -> bool:
+            try:
+                ipr.link("del", ifname=name)
+            except Exception as exc:  # noqa: BLE001
+                if _errno(exc) in (errno.ENODEV, errno.ENOENT):
+                    return False
+                raise
+            return True
+
+        return self.netlink(do)
+
+    def add_address(self, name: str, address: IPv4Interface) -> None:
+        def do(ipr: IPRoute) -> None:
+            idx = ipr.link("get", ifname=name)[0]["index"]
+            ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
+
+        try:
+            self.netlink(do)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"add address {address} to {name}", exc) from None
+
+    def delete_address(self, name: str, address: IPv4Interface) -> None:
+        def do(ipr: IPRoute) -> None:
+            idx = ipr.link("get", ifname=name)[0]["index"]
+            ipr.addr("del", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
+
+        self.netlink(do)
+
+    def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, dev: str | None = None) -> None:
+        def do(ipr: IPRoute) -> None:
+            kw: dict[str, Any] = {"dst": str(dst)}
+            if via is not None:
+                kw["gateway"] = str(via)
+            if dev is not None:
+                kw["oif"] = ipr.link("get", ifname=dev)[0]["index"]
+            ipr.route("add", **kw)
+
+        try:
+            self.netlink(do)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(f"add route {dst} via {via or dev}", exc, "is the gateway on a connected subnet, and its link up?") from None
+
+    def delete_route(self, dst: IPv4Network) -> bool:
+        def do(ipr: IPRoute) -> bool:
+            try:
+                ipr.route("del", dst=str(dst))
+            except Exception as exc:  # noqa: BLE001
+                if _errno(exc) == errno.ESRCH:
+                    return False
+                raise
+            return True
+
+        return self.netlink(do)
+
+    # ----------------------------------------------------------------- netlink: reads
+
+    def links(self) -> list[Link]:
+        return self.netlink(lambda ipr: [_link(m) for m in ipr.get_links()])
+
+    def link(self, name: str) -> Link | None:
+        def do(ipr: IPRoute) -> Link | None:
+            try:
+                return _link(ipr.link("get", ifname=name)[0])
+            except Exception as exc:  # noqa: BLE001
+                if _errno(exc) in (errno.ENODEV, errno.ENOENT):
+                    return None
+                raise
+
+        return self.netlink(do)
+
+    def addresses(self) -> list[Address]:
+        def do(ipr: IPRoute) -> list[Address]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            out = []
+            for m in ipr.get_addr(family=socket.AF_INET):
+                out.append(Address(names.get(m["index"], str(m["index"])), IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")))
+            return out
+
+        return self.netlink(do)
+
+    def routes(self) -> list[RouteEntry]:
+        def do(ipr: IPRoute) -> list[RouteEntry]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            return [_route(m, names) for m in ipr.get_routes(family=socket.AF_INET, table=254)]
+
+        return self.netlink(do)
+
+    def route_get(self, dst: IPv4Address, src: IPv4Address | None = None, iif: str | None = None) -> RouteEntry | str:
+        """The kernel's route lookup for a flow (``ip route get``); a string names the error."""
+
+        def do(ipr: IPRoute) -> RouteEntry | str:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            kw: dict[str, Any] = {"dst": str(dst)}
+            if src is not None:
+                kw["src"] = str(src)
+            if iif is not None:
+                kw["iif"] = ipr.link("get", ifname=iif)[0]["index"]
+            try:
+                return _route(ipr.route("get", **kw)[0], names)
+            except Exception as exc:  # noqa: BLE001
+                return os.strerror(_errno(exc) or errno.ENETUNREACH)
+
+        return self.netlink(do)
+
+    def neighbours(self) -> list[Neighbour]:
+        def do(ipr: IPRoute) -> list[Neighbour]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            out = []
+            for m in ipr.get_neighbours(family=socket.AF_INET):
+                state = _NUD.get(m["state"], str(m["state"]))
+                out.append(Neighbour(names.get(m["ifindex"], "?"), m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR"), state))
+            return out
+
+        return self.netlink(do)
+
+    def fdb(self) -> list[FdbEntry]:
+        def do(ipr: IPRoute) -> list[FdbEntry]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            out = []
+            for m in ipr.get_neighbours(family=AF_BRIDGE):
+                master = m.get_attr("NDA_MASTER")
+                local = bool(m["state"] & 0x80)
+                out.append(FdbEntry(m.get_attr("NDA_LLADDR"), names.get(m["ifindex"], "?"), names.get(master) if master else None, local))
+            return out
+
+        return self.netlink(do)
+
+    def bridge_ports(self) -> list[BridgePort]:
+        def do(ipr: IPRoute) -> list[BridgePort]:
+            links = {m["index"]: m for m in ipr.get_links()}
+            out = []
+            for m in links.values():
+                master = m.get_attr("IFLA_MASTER")
+                if not master or master not in links:
+                    continue
+                if _kind(links[master]) != "bridge":
+                    continue
+                state = "unknown"
+                info = m.get_attr("IFLA_LINKINFO")
+                slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+                if slave is not None:
+                    state = BRIDGE_PORT_STATES.get(slave.get_attr("IFLA_BRPORT_STATE"), "unknown")
+                out.append(BridgePort(m.get_attr("IFLA_IFNAME"), links[master].get_attr("IFLA_IFNAME"), state))
+            return out
+
+        return self.netlink(do)
+
+    def wait_links_up(self, names: Iterable[str], timeout: float = 5.0) -> None:
+        """Wait until every named link is admin-up with carrier, then return."""
+        wanted = list(names)
+        last: dict[str, str] = {}
+
+        def check() -> bool:
+            ok = True
+            for link in self.links():
+                if link.name in wanted:
+                    last[link.name] = f"{'up' if link.admin_up else 'down'}/{link.operstate}"
+                    ok = ok and link.up
+            return ok and len(last) == len(wanted)
+
+        wait_until(check, timeout=timeout, what=f"links {', '.join(wanted)} up in {self.label}", describe=lambda: repr(last))
+
+    # ----------------------------------------------------------------- sysctls
+
+    def sysctl(self, key: str) -> str | None:
+        """Read a sysctl of this namespace; None if it does not exist."""
+
+        def do() -> str | None:
+            try:
+                with open(_sysctl_path(key)) as f:
+                    return f.read().strip()
+            except FileNotFoundError:
+                return None
+
+        return self.call(do)
+
+    def set_sysctl(self, key: str, value: int | str) -> str | None:
+        """Write a sysctl of this namespace; returns the old value."""
+
+        def do() -> str | None:
+            path = _sysctl_path(key)
+            try:
+                with open(path) as f:
+                    old = f.read().strip()
+                with open(path, "w") as f:
+                    f.write(str(value))
+            except FileNotFoundError:
+                fix = "load br_netfilter: modprobe br_netfilter" if key.startswith("net.bridge.") else "check the name"
+                raise KernelError(f"sysctl {key} does not exist in netns {self.name or 'self'} ({fix})") from None
+            return old
+
+        return self.call(do)
+
+    # ----------------------------------------------------------------- sockets and processes
+
+    def socket(self, family: int, type_: int, proto: int = 0) -> socket.socket:
+        """A socket that lives in this namespace (sockets never change namespace)."""
+        return self.call(lambda: socket.socket(family, type_, proto))
+
+    def run(self, argv: Sequence[str], *, timeout: float = 60.0, input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run a command in this namespace (a list, never a shell string)."""
+        args = list(argv)
+        return self.call(lambda: subprocess.run(args, capture_output=True, timeout=timeout, input=input, env=env, check=False), timeout=timeout + 5)
+
+    def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        """Start a long-running process in this namespace; the caller records its PID."""
+        args = list(argv)
+        return self.call(lambda: subprocess.Popen(args, **kw))
+
+
+def _sysctl_path(key: str) -> str:
+    if "/" in key or ".." in key or not key.startswith("net."):
+        raise KernelError(f"refusing sysctl {key!r}: only net.* names are allowed")
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def _errno(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    return getattr(exc, "errno", None)
+
+
+def _exists_fix(exc: BaseException) -> str:
+    return "a leftover from a crashed run? try: netcheck clean" if _errno(exc) == errno.EEXIST else ""
+
+
+def _kind(msg: Any) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None:
+        return "loopback" if msg.get_attr("IFLA_IFNAME") == "lo" else "device"
+    return str(info.get_attr("IFLA_INFO_KIND") or "device")
+
+
+def _link(m: Any) -> Link:
+    return Link(
+        index=int(m["index"]),
+        name=m.get_attr("IFLA_IFNAME"),
+        kind=_kind(m),
+        admin_up=bool(m["flags"] & IFF_UP),
+        operstate=str(m.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
+        mtu=int(m.get_attr("IFLA_MTU") or 0),
+        mac=str(m.get_attr("IFLA_ADDRESS") or ""),
+        master=m.get_attr("IFLA_MASTER"),
+        peer_index=m.get_attr("IFLA_LINK"),
+        peer_netnsid=m.get_attr("IFLA_LINK_NETNSID"),
+    )
+
+
+def _route(m: Any, names: dict[int, str]) -> RouteEntry:
+    dst = m.get_attr("RTA_DST") or "0.0.0.0"
+    gw = m.get_attr("RTA_GATEWAY")
+    oif = m.get_attr("RTA_OIF")
+    src = m.get_attr("RTA_PREFSRC")
+    return RouteEntry(
+        dst=IPv4Network(f"{dst}/{m['dst_len']}", strict=False),
+        gateway=IPv4Address(gw) if gw else None,
+        interface=names.get(oif) if oif else None,
+        prefsrc=IPv4Address(src) if src else None,
+        kind=_RT_TYPES.get(m["type"], str(m["type"])),
+    )
+
+
+__all__ = ["Address", "BridgePort", "FdbEntry", "KernelError", "Link", "NamespaceError", "Neighbour", "Netns", "RouteEntry"]

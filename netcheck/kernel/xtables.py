@@ -1,0 +1,356 @@
+"""iptables rules through python-iptables (legacy xtables), and nf_tables read through ``nft -j``.
+
+libiptc and python-iptables keep process-wide state (``iptc.Table`` objects are cached by
+name, and a handle belongs to the namespace it was opened in). So every use takes one lock,
+opens fresh handles inside the target namespace's thread, never auto-commits, and frees the
+handles before the lock is released.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network
+from typing import TYPE_CHECKING, Any
+
+from netcheck.kernel.netns import KernelError, Netns
+
+if TYPE_CHECKING:
+    import iptc as iptc_t
+
+# One lock for the process: libiptc's table cache and libxtables are not thread-safe.
+_IPTC_LOCK = threading.Lock()
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
+
+
+@dataclass(frozen=True)
+class XRule:
+    """One iptables rule, in kernel names. A leading '!' negates src, dst or an interface."""
+
+    table: str
+    chain: str
+    target: str
+    src: str | None = None
+    dst: str | None = None
+    in_interface: str | None = None
+    out_interface: str | None = None
+    protocol: str | None = None
+    dport: int | None = None
+    to_destination: str | None = None
+    comment: str | None = None
+    packets: int = 0
+    bytes: int = 0
+
+    def key(self) -> XRule:
+        """The rule without counters and comment, for comparisons."""
+        return replace(self, packets=0, bytes=0, comment=None)
+
+    def render(self) -> str:
+        """The rule as ``iptables -t T -A ...`` arguments, for messages and fixes."""
+        parts = [f"-t {self.table} -A {self.chain}"]
+        for flag, value in (("-s", self.src), ("-d", self.dst), ("-i", self.in_interface), ("-o", self.out_interface)):
+            if value:
+                parts.append(f"! {flag} {value[1:]}" if value.startswith("!") else f"{flag} {value}")
+        if self.protocol:
+            parts.append(f"-p {self.protocol}")
+        if self.dport is not None:
+            parts.append(f"--dport {self.dport}")
+        parts.append(f"-j {self.target}")
+        if self.to_destination:
+            parts.append(f"--to-destination {self.to_destination}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class XChain:
+    table: str
+    name: str
+    policy: str | None  # None for a user chain
+    rules: tuple[XRule, ...]
+    backend: str = "legacy"
+
+
+def _iptc() -> Any:
+    import iptc
+
+    return iptc
+
+
+@contextmanager
+def _tables(names: Sequence[str]) -> Iterator[dict[str, iptc_t.Table]]:
+    """Fresh handles of the named tables, opened in the calling thread's namespace."""
+    iptc = _iptc()
+    tables = {}
+    try:
+        for name in names:
+            t = iptc.Table(name, autocommit=False)
+            t.refresh()  # frees any stale handle without committing it, then opens one here
+            tables[name] = t
+        yield tables
+    finally:
+        for t in tables.values():
+            t.autocommit = False
+            t.close()
+
+
+def _netmask_cidr(value: str | None) -> str | None:
+    if not value:
+        return None
+    neg = value.startswith("!")
+    text = value[1:] if neg else value
+    net = IPv4Network(text, strict=False)
+    if str(net) == "0.0.0.0/0":
+        return None
+    shown = str(net.network_address) if net.prefixlen == 32 else str(net)
+    return ("!" if neg else "") + shown
+
+
+def _to_iptc(rule: XRule) -> Any:
+    iptc = _iptc()
+    r = iptc.Rule()
+    if rule.src:
+        r.src = rule.src
+    if rule.dst:
+        r.dst = rule.dst
+    if rule.in_interface:
+        r.in_interface = rule.in_interface
+    if rule.out_interface:
+        r.out_interface = rule.out_interface
+    if rule.protocol:
+        r.protocol = rule.protocol
+        if rule.dport is not None:
+            m = r.create_match(rule.protocol)
+            m.dport = str(rule.dport)
+    if rule.comment:
+        m = r.create_match("comment")
+        m.comment = rule.comment
+    t = r.create_target(rule.target)
+    if rule.to_destination:
+        t.to_destination = rule.to_destination
+    return r
+
+
+def _from_iptc(table: str, chain: str, r: Any) -> XRule:
+    dport = None
+    comment = None
+    for m in r.matches:
+        if m.name in ("tcp", "udp") and m.dport:
+            dport = int(str(m.dport).split(":")[0])
+        elif m.name == "comment":
+            comment = m.comment
+    target = r.target.name if r.target is not None else ""
+    to_dest = None
+    if target == "DNAT":
+        params = r.target.get_all_parameters()
+        values = params.get("to-destination") or []
+        to_dest = values[0] if values else None
+    packets, nbytes = r.get_counters()
+    proto = r.protocol if r.protocol not in (None, "ip", "all", "0") else None
+    return XRule(
+        table=table,
+        chain=chain,
+        target=target,
+        src=_netmask_cidr(r.src),
+        dst=_netmask_cidr(r.dst),
+        in_interface=r.in_interface or None,
+        out_interface=r.out_interface or None,
+        protocol=proto,
+        dport=dport,
+        to_destination=to_dest,
+        comment=comment,
+        packets=int(packets),
+        bytes=int(nbytes),
+    )
+
+
+def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> None:
+    """Create the custom chains the rules jump to and append the rules, in one commit per table."""
+
+    def do() -> None:
+        iptc = _iptc()
+        names = sorted({r.table for r in rules} | {p[0] for p in policies})
+        with _IPTC_LOCK, _tables(names) as tables:
+            for r in rules:
+                t = tables[r.table]
+                if r.chain not in BUILTIN_CHAINS.get(r.table, ()) and not t.is_chain(r.chain):
+                    t.create_chain(r.chain)
+                if r.target not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT") and not t.is_chain(r.target):
+                    t.create_chain(r.target)
+                iptc.Chain(t, r.chain).append_rule(_to_iptc(r))
+            for table, chain, policy in policies:
+                iptc.Chain(tables[table], chain).set_policy(iptc.Policy(policy))
+            for t in tables.values():
+                t.commit()
+
+    try:
+        ns.call(do)
+    except KernelError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise KernelError(f"iptables (legacy) in netns {ns.name or 'self'} ({ns.label}): {exc}") from None
+
+
+def delete_rules(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, str]] = ()) -> int:
+    """Delete rules that match exactly (counters ignored), then the named empty user chains."""
+
+    def do() -> int:
+        iptc = _iptc()
+        gone = 0
+        names = sorted({r.table for r in rules} | {c[0] for c in chains})
+        with _IPTC_LOCK, _tables(names) as tables:
+            for r in rules:
+                t = tables[r.table]
+                if not t.is_chain(r.chain):
+                    continue
+                chain = iptc.Chain(t, r.chain)
+                for existing in chain.rules:
+                    if _from_iptc(r.table, r.chain, existing).key() == r.key() and existing_comment(existing) == r.comment:
+                        chain.delete_rule(existing)
+                        gone += 1
+                        break
+            for table, name in chains:
+                t = tables[table]
+                if t.is_chain(name):
+                    chain = iptc.Chain(t, name)
+                    if not chain.rules:
+                        t.delete_chain(name)
+            for t in tables.values():
+                t.commit()
+        return gone
+
+    return ns.call(do)
+
+
+def existing_comment(r: Any) -> str | None:
+    for m in r.matches:
+        if m.name == "comment":
+            return str(m.comment)
+    return None
+
+
+def set_policy(ns: Netns, table: str, chain: str, policy: str) -> str:
+    """Set a built-in chain's policy; returns the old one."""
+
+    def do() -> str:
+        iptc = _iptc()
+        with _IPTC_LOCK, _tables([table]) as tables:
+            c = iptc.Chain(tables[table], chain)
+            old = c.get_policy().name
+            c.set_policy(iptc.Policy(policy))
+            tables[table].commit()
+            return str(old)
+
+    return ns.call(do)
+
+
+def read_legacy(ns: Netns, tables: Sequence[str] = ("filter", "nat")) -> list[XChain]:
+    """Every chain of the named legacy tables, with rules and counters."""
+
+    def do() -> list[XChain]:
+        iptc = _iptc()
+        out = []
+        with _IPTC_LOCK, _tables(list(tables)) as handles:
+            for name, t in handles.items():
+                for chain in t.chains:
+                    policy = chain.get_policy().name if t.builtin_chain(chain.name) else None
+                    out.append(XChain(name, chain.name, policy, tuple(_from_iptc(name, chain.name, r) for r in chain.rules)))
+        return out
+
+    return ns.call(do)
+
+
+# ----------------------------------------------------------------------------- nf_tables
+
+
+def nft_available() -> bool:
+    return shutil.which("nft") is not None
+
+
+def read_nft(ns: Netns) -> dict[str, Any]:
+    """The namespace's nf_tables ruleset as ``nft -j list ruleset`` JSON ({} if nft is missing)."""
+    if not nft_available():
+        return {}
+    proc = ns.run(["nft", "-j", "list", "ruleset"], timeout=20)
+    if proc.returncode != 0:
+        raise KernelError(f"nft -j list ruleset in netns {ns.name or 'self'}: {proc.stderr.decode(errors='replace').strip()}")
+    text = proc.stdout.decode() or "{}"
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
+    """Chains of the ip/inet families of an nft JSON ruleset, rules summarised as XRules."""
+    chains: dict[tuple[str, str], dict[str, Any]] = {}
+    rules: dict[tuple[str, str], list[XRule]] = {}
+    for item in ruleset.get("nftables", []):
+        if "chain" in item:
+            c = item["chain"]
+            if c.get("family") in ("ip", "inet"):
+                chains[(c["table"], c["name"])] = c
+        elif "rule" in item:
+            r = item["rule"]
+            if r.get("family") in ("ip", "inet"):
+                rules.setdefault((r["table"], r["chain"]), []).append(_nft_rule(r))
+    out = []
+    for (table, name), c in chains.items():
+        policy = c.get("policy", "accept").upper() if "hook" in c else None
+        out.append(XChain(table, name, policy, tuple(rules.get((table, name), [])), backend="nft"))
+    return out
+
+
+def _nft_rule(r: dict[str, Any]) -> XRule:
+    """Summarise an nft JSON rule: addresses, interfaces, port, verdict and counters."""
+    fields: dict[str, Any] = {}
+    target = ""
+    packets = nbytes = 0
+    for e in r.get("expr", []):
+        if "match" in e:
+            m = e["match"]
+            left, right, op = m.get("left", {}), m.get("right"), m.get("op", "==")
+            neg = "!" if op == "!=" else ""
+            if "payload" in left:
+                fld = left["payload"].get("field")
+                if fld in ("saddr", "daddr"):
+                    value = right["prefix"] if isinstance(right, dict) and "prefix" in right else right
+                    if isinstance(value, dict):
+                        value = f"{value.get('addr')}/{value.get('len')}"
+                    fields["src" if fld == "saddr" else "dst"] = neg + str(value)
+                elif fld == "dport" and isinstance(right, int):
+                    fields["dport"] = right
+                    fields["protocol"] = left["payload"].get("protocol")
+            elif "meta" in left and left["meta"].get("key") in ("iifname", "oifname"):
+                key = "in_interface" if left["meta"]["key"] == "iifname" else "out_interface"
+                fields[key] = neg + str(right)
+        elif "counter" in e and isinstance(e["counter"], dict):
+            packets, nbytes = int(e["counter"].get("packets", 0)), int(e["counter"].get("bytes", 0))
+        elif "xt" in e:
+            target = target or str(e["xt"].get("name", "xt")).upper()
+        elif "dnat" in e:
+            target = "DNAT"
+            d = e["dnat"]
+            addr, port = d.get("addr"), d.get("port")
+            fields["to_destination"] = f"{addr}:{port}" if port else str(addr)
+        elif "masquerade" in e:
+            target = "MASQUERADE"
+        elif "snat" in e:
+            target = "SNAT"
+        elif "jump" in e or "goto" in e:
+            target = (e.get("jump") or e.get("goto"))["target"]
+        elif "accept" in e:
+            target = "ACCEPT"
+        elif "drop" in e:
+            target = "DROP"
+        elif "reject" in e:
+            target = "REJECT"
+        elif "return" in e:
+            target = "RETURN"
+    return XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, **fields)
+
+
+__all__ = ["XChain", "XRule", "apply_rules", "delete_rules", "nft_chains", "read_legacy", "read_nft", "set_policy"]

@@ -1,0 +1,329 @@
+"""The lab: a topology realised in the kernel, inside namespaces netcheck creates.
+
+``Lab`` is a context manager, usable from pytest fixtures, scripts and the CLI alike::
+
+    with Lab(spec.builtin("seed1")) as lab:
+        lab.container_ns("netns0").links()
+
+Building records every object in the ledger before it exists; teardown closes every
+socket and thread held in the namespaces, removes them in reverse order, and waits
+(bounded) until their links are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from types import TracebackType
+
+from netcheck import spec as S
+from netcheck.kernel.netns import Netns
+from netcheck.kernel.xtables import XRule, apply_rules
+from netcheck.ledger import RUN_DIR, Ledger, Undoer, undo_all
+from netcheck.naming import KernelNames, new_tag
+from netcheck.services import ServiceHost
+from netcheck.waiting import WaitTimeout, wait_until
+
+DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+ECHO_PORT = 7
+
+
+class LabError(RuntimeError):
+    """Building or tearing down a lab failed; the message names the object and the fix."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a container lives in the kernel."""
+
+    container: str
+    netns: str  # kernel name under /run/netns
+    interface: str  # the container's interface (its own namespace)
+    address: IPv4Interface
+    host_veth: str  # kernel name of the host-side veth
+    bridge: str | None  # kernel name of the bridge, if any
+
+
+class Lab:
+    """One topology, built in sandbox namespaces (host, wan, one per container)."""
+
+    def __init__(self, topology: S.Topology, *, keep: bool = False, tag: str | None = None, run_dir: Path = RUN_DIR) -> None:
+        self.topology = topology
+        self.keep = keep
+        self.names = KernelNames(tag or new_tag())
+        self.run_dir = run_dir
+        self.ledger: Ledger | None = None
+        self.host: Netns
+        self.wan: Netns
+        self._containers: dict[str, Netns] = {}
+        self._ns: list[Netns] = []
+        self.services: ServiceHost | None = None
+        self.rules: list[XRule] = []
+        self.built = False
+        self._kname: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- names
+
+    @property
+    def tag(self) -> str:
+        return self.names.tag
+
+    def kname(self, spec_iface: str) -> str:
+        """The kernel name of a host-side interface given by its spec name (br0 -> nck7q0b0)."""
+        return self._kname[spec_iface]
+
+    def spec_name(self, kernel_iface: str) -> str:
+        """The spec name of a host-side kernel interface name (nck7q0b0 -> br0)."""
+        for k, v in self._kname.items():
+            if v == kernel_iface:
+                return k
+        return kernel_iface
+
+    def container_ns(self, name: str) -> Netns:
+        return self._containers[name]
+
+    def endpoint(self, name: str) -> Endpoint:
+        c = self.topology.container(name)
+        assert c.address is not None
+        return Endpoint(
+            container=name,
+            netns=self.names.container_ns(name),
+            interface=c.interface,
+            address=c.address,
+            host_veth=self.kname(c.host_veth),
+            bridge=self.kname(c.bridge) if c.bridge else None,
+        )
+
+    def namespaces(self) -> dict[str, Netns]:
+        """Every namespace of the lab by the label users see: host, wan and the containers."""
+        return {"host": self.host, "wan": self.wan, **self._containers}
+
+    def enter_hint(self) -> str:
+        lines = [f"lab {self.topology.name} (tag {self.tag}) is kept up for inspection:"]
+        for label, ns in self.namespaces().items():
+            lines.append(f"  {label:<12} ip netns exec {ns.name} bash")
+        lines.append(f"remove it afterwards with: netcheck clean   (run record {self.ledger.path if self.ledger else '?'})")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- build
+
+    def __enter__(self) -> Lab:
+        self.build()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.teardown()
+
+    def build(self) -> Lab:
+        if self.topology.setup.mode != "build":
+            raise LabError(f"{self.topology.source}: setup.mode = {self.topology.setup.mode!r} is made by another tool; use netcheck.adapters to run it")
+        self.ledger = Ledger(self.tag, topology=self.topology.name, mode="sandbox", run_dir=self.run_dir)
+        try:
+            self._build()
+        except BaseException:
+            self.teardown(force=True)
+            raise
+        self.built = True
+        return self
+
+    def _new_ns(self, name: str, label: str) -> Netns:
+        assert self.ledger is not None
+        self.ledger.record("netns", name=name)
+        ns = Netns.create(name, label)
+        self._ns.append(ns)
+        # Explicit defaults: a new namespace copies some settings from the root one.
+        ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+        ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        ns.set_link("lo", up=True)
+        return ns
+
+    def _link(self, ns: Netns, name: str) -> None:
+        assert self.ledger is not None
+        self.ledger.record("link", netns=ns.name, name=name)
+
+    def _build(self) -> None:
+        t = self.topology
+        n = self.names
+        self._kname[t.host.uplink] = n.uplink
+        for i, b in enumerate(t.bridges):
+            self._kname[b.name] = n.bridge(i)
+        for i, c in enumerate(t.containers):
+            self._kname[c.host_veth] = n.host_veth(i)
+
+        self.host = self._new_ns(n.host_ns, "host")
+        self.wan = self._new_ns(n.wan_ns, "wan")
+        host_sysctls = {"net.ipv4.ip_forward": 0, **dict(t.host.sysctls)}
+        for key, value in host_sysctls.items():
+            self.host.set_sysctl(key, value)
+        self.wan.set_sysctl("net.ipv4.ip_forward", 0)
+
+        # uplink: host <-> wan, documentation addresses; "remote" addresses live on wan's lo.
+        self._link(self.host, n.uplink)
+        self.host.add_veth(n.uplink, n.wan_uplink, self.wan)
+        self.host.add_address(n.uplink, t.host.address)
+        self.host.set_link(n.uplink, up=True)
+        self.wan.add_address(n.wan_uplink, t.wan.address)
+        self.wan.set_link(n.wan_uplink, up=True)
+        for remote in t.wan.remote:
+            self.wan.add_address("lo", IPv4Interface(f"{remote.ip}/32"))
+
+        for b in t.bridges:
+            name = self.kname(b.name)
+            self._link(self.host, name)
+            self.host.add_bridge(name)
+            if b.address is not None:
+                self.host.add_address(name, b.address)
+            self.host.set_link(name, up=True)
+
+        for c in t.containers:
+            self._build_container(c)
+
+        self.host.wait_links_up([n.uplink, *(self.kname(c.host_veth) for c in t.containers)])
+        self.wan.wait_links_up([n.wan_uplink])
+        # Routes need their gateways' links up.
+        self.host.add_route(DEFAULT_ROUTE, t.host.gateway)
+        for r in t.wan.routes:
+            self.wan.add_route(r.to, r.via)
+        for c in t.containers:
+            ns = self._containers[c.name]
+            if c.gateway is not None:
+                ns.add_route(DEFAULT_ROUTE, c.gateway)
+            for r in c.routes:
+                ns.add_route(r.to, r.via)
+
+        self.rules = self.expected_rules()
+        assert self.ledger is not None
+        for r in self.rules:
+            self.ledger.record("rule", netns=self.host.name, rule=_asdict(r))
+        policies = [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" else []
+        if self.rules or policies:
+            apply_rules(self.host, self.rules, policies)
+
+        self.services = ServiceHost()
+        for c in t.containers:
+            self.start_services(c.name)
+
+    def _build_container(self, c: S.Container) -> None:
+        assert c.address is not None
+        ns = self._new_ns(self.names.container_ns(c.name), c.name)
+        self._containers[c.name] = ns
+        veth = self.kname(c.host_veth)
+        self._link(self.host, veth)
+        self.host.add_veth(veth, c.interface, ns, master=self.kname(c.bridge) if c.bridge else None, mtu=c.mtu)
+        if c.host_address is not None:
+            self.host.add_address(veth, c.host_address)
+        self.host.set_link(veth, up=True)
+        ns.add_address(c.interface, c.address)
+        ns.set_link(c.interface, up=True)
+        ns.wait_links_up([c.interface, "lo"])
+
+    def start_services(self, container: str) -> None:
+        """Start the container's declared services plus netcheck's echo responders on port 7."""
+        assert self.services is not None
+        ns = self._containers[container]
+        c = self.topology.container(container)
+        for s in (*c.services, S.Service("tcp-echo", ECHO_PORT), S.Service("udp-echo", ECHO_PORT)):
+            self.services.listen(ns, container, s.kind, s.port)
+
+    def expected_rules(self) -> list[XRule]:
+        """The spec's iptables rules, in kernel names, as the builder installs them."""
+        t = self.topology
+        k = self.kname
+        note = self.names.comment
+        rules: list[XRule] = []
+        for f in t.forward_accepts:
+            rules.append(XRule("filter", "FORWARD", "ACCEPT", in_interface=k(f.in_interface) if f.in_interface else None, out_interface=k(f.out_interface) if f.out_interface else None, comment=note))
+        for m in t.masquerades:
+            out = k(m.out_interface) if m.out_interface else ("!" + k(m.not_out_interface) if m.not_out_interface else None)
+            rules.append(XRule("nat", "POSTROUTING", "MASQUERADE", src=str(m.source) if m.source else None, out_interface=out, comment=note))
+        for p in t.publishes:
+            c = t.container(p.container)
+            assert c.address is not None
+            to = f"{c.address.ip}:{p.port}"
+            for chain, on in (("PREROUTING", p.from_outside), ("OUTPUT", p.from_host)):
+                if on:
+                    rules.append(XRule("nat", chain, "DNAT", dst=str(t.host.address.ip), protocol=p.protocol, dport=p.host_port, to_destination=to, comment=note))
+        for v in t.vips:
+            c = t.container(v.container)
+            assert c.address is not None
+            rules.append(XRule("nat", v.chain, "DNAT", dst=str(v.address), protocol=v.protocol, dport=v.port, to_destination=f"{c.address.ip}:{v.target_port}", comment=note))
+            for chain, on in (("PREROUTING", v.from_outside), ("OUTPUT", v.from_host)):
+                if on:
+                    rules.append(XRule("nat", chain, v.chain, comment=note))
+        return rules
+
+    # ----------------------------------------------------------------- teardown
+
+    def teardown(self, *, force: bool = False) -> None:
+        """Close what lives in the namespaces, remove them in reverse order, wait for their links."""
+        if self.ledger is None:
+            return
+        if self.keep and not force:
+            print("\n" + self.enter_hint(), file=sys.stderr)
+            self.ledger.close(remove=False)
+            self.ledger = None
+            return
+        errors: list[str] = []
+        if self.services is not None:
+            self.services.close()
+            self.services = None
+        host = next((ns for ns in self._ns if ns.label == "host"), None)
+        # Close every worker but the host's, which watches the host-side links go.
+        for ns in reversed(self._ns):
+            if ns is not host:
+                with contextlib.suppress(Exception):
+                    ns.close()
+        entries = self.ledger.entries
+        undoer = Undoer(handles={host.name: host} if host is not None else {})
+        inner = [e for e in entries if not (e["kind"] == "netns" and host is not None and e["name"] == host.name)]
+        errors += undo_all(inner, undoer)
+        if host is not None:
+            gone = {e["name"] for e in entries if e["kind"] == "link" and e.get("netns") == host.name}
+            try:
+                wait_until(
+                    lambda: not gone & {link.name for link in host.links()},
+                    timeout=10,
+                    what=f"the host-side links of lab {self.tag} to go",
+                    describe=lambda: ", ".join(sorted(gone & {link.name for link in host.links()})) + " still present (something still holds their namespace: a socket, a thread or a process)",
+                )
+            except WaitTimeout as exc:
+                errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"reading the host's links: {exc}")
+            with contextlib.suppress(Exception):
+                host.close()
+            errors += undo_all([e for e in entries if e["kind"] == "netns" and e["name"] == host.name], Undoer())
+        undoer.close()
+        self.ledger.close(remove=not errors)
+        self.ledger = None
+        self._ns.clear()
+        self._containers.clear()
+        if errors:
+            raise LabError(f"teardown of lab {self.tag} left: " + "; ".join(errors) + " (try: netcheck clean)")
+
+
+def _asdict(rule: XRule) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return asdict(rule)
+
+
+def has_net_admin() -> bool:
+    """True if this process may create namespaces and links (root or CAP_NET_ADMIN + CAP_SYS_ADMIN)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+                return bool(caps & (1 << 12)) and bool(caps & (1 << 21))
+    except OSError:
+        pass
+    return False
+
+
+__all__ = ["Endpoint", "Lab", "LabError", "has_net_admin", "IPv4Address"]

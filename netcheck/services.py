@@ -1,0 +1,146 @@
+"""The services a lab's containers run: HTTP (as in the seeds), TCP echo and UDP echo.
+
+Sockets never change namespace, so listening sockets are opened by each container's
+namespace worker and all served by one selector thread. Every reply names the container
+and the source address and port that the service saw, which is the evidence the NAT
+checks need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from netcheck.kernel.netns import Netns
+
+MAX_REQUEST = 4096
+
+
+@dataclass(frozen=True)
+class Listener:
+    container: str
+    kind: str  # http, tcp-echo, udp-echo
+    address: str
+    port: int
+
+
+def reply_text(container: str, kind: str, peer: tuple[str, int], request: bytes) -> bytes:
+    """What a service answers: the container, the service and the peer it saw."""
+    token = b""
+    for word in request.split():
+        if word.startswith(b"token="):
+            token = word[6:64]
+    body = f"netcheck {kind} container={container} saw={peer[0]}:{peer[1]} token={token.decode(errors='replace')}\n".encode()
+    if kind == "http":
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        return head.encode() + body
+    return body
+
+
+class ServiceHost:
+    """Serves every listener of a lab from one thread; ``close()`` closes every socket."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
+        self._running = True
+        self.listeners: list[Listener] = []
+        self._thread = threading.Thread(target=self._loop, name="netcheck-services", daemon=True)
+        self._thread.start()
+
+    def listen(self, ns: Netns, container: str, kind: str, port: int, address: str = "0.0.0.0") -> Listener:
+        """Open a listening socket inside ``ns`` and serve it."""
+        udp = kind == "udp-echo"
+
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+            if not udp:
+                s.listen(128)
+            s.setblocking(False)
+            return s
+
+        sock = ns.call(make)
+        listener = Listener(container, kind, address, port)
+        with self._lock:
+            self._sel.register(sock, selectors.EVENT_READ, ("udp" if udp else "accept", container, kind))
+            self.listeners.append(listener)
+        self._wake()
+        return listener
+
+    def stop(self, container: str, kind: str | None = None) -> int:
+        """Close a container's listeners (all, or of one kind); returns how many."""
+        closed = 0
+        with self._lock:
+            for key in list(self._sel.get_map().values()):
+                role, owner, k = key.data
+                if role in ("accept", "udp") and owner == container and (kind is None or k == kind):
+                    self._sel.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+                    closed += 1
+            self.listeners = [x for x in self.listeners if not (x.container == container and (kind is None or x.kind == kind))]
+        self._wake()
+        return closed
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _loop(self) -> None:
+        while self._running:
+            for key, _ in self._sel.select(timeout=1.0):
+                role, container, kind = key.data
+                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                try:
+                    if role == "wake":
+                        sock.recv(512)
+                    elif role == "udp":
+                        data, peer = sock.recvfrom(MAX_REQUEST)
+                        sock.sendto(reply_text(container, kind, peer, data), peer)
+                    elif role == "accept":
+                        conn, peer = sock.accept()
+                        conn.setblocking(False)
+                        with self._lock:
+                            self._sel.register(conn, selectors.EVENT_READ, ("conn", container, (kind, peer, bytearray())))
+                    elif role == "conn":
+                        self._on_conn(sock, container, kind)
+                except OSError:
+                    self._drop(sock)
+
+    def _on_conn(self, conn: socket.socket, container: str, state: tuple[str, tuple[str, int], bytearray]) -> None:
+        kind, peer, buf = state
+        chunk = conn.recv(MAX_REQUEST)
+        buf += chunk
+        complete = (b"\r\n\r\n" in buf) if kind == "http" else (b"\n" in buf)
+        if chunk and not complete and len(buf) < MAX_REQUEST:
+            return
+        with contextlib.suppress(OSError):
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            conn.sendall(reply_text(container, kind, peer, bytes(buf)))
+        self._drop(conn)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self._lock, contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(sock)
+        sock.close()
+
+    def close(self) -> None:
+        self._running = False
+        self._wake()
+        self._thread.join(5)
+        with self._lock:
+            for key in list(self._sel.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            self._sel.close()
+        self._wake_w.close()
+
+
+Factory = Callable[[], ServiceHost]
