@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -25,6 +26,7 @@ from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import XRule, apply_rules
 from netcheck.ledger import RUN_DIR, Ledger, Undoer, undo_all
 from netcheck.naming import KernelNames, new_tag
+from netcheck.probes.capture import CaptureHub
 from netcheck.services import ServiceHost
 from netcheck.waiting import WaitTimeout, wait_until
 
@@ -65,6 +67,8 @@ class Lab:
         self.rules: list[XRule] = []
         self.built = False
         self._kname: dict[str, str] = {}
+        self._captures: dict[str, CaptureHub] = {}
+        self._captures_lock = threading.Lock()
 
     # ----------------------------------------------------------------- names
 
@@ -97,6 +101,40 @@ class Lab:
             host_veth=self.kname(c.host_veth),
             bridge=self.kname(c.bridge) if c.bridge else None,
         )
+
+    def resolve_point(self, point: str) -> tuple[Netns, str, str]:
+        """A capture point such as 'netns0:ceth0', 'host:br0' or 'wan:uplink'
+        -> (namespace, kernel interface name, spec interface name)."""
+        label, _, iface = point.partition(":")
+        if label == "host":
+            if iface not in self._kname:
+                raise LabError(f"capture point {point!r}: the host has no interface {iface!r} (it has: {', '.join(self._kname)})")
+            return self.host, self._kname[iface], iface
+        if label == "wan":
+            return self.wan, self.names.wan_uplink if iface in ("uplink", "") else iface, iface or "uplink"
+        if label not in self._containers:
+            raise LabError(f"capture point {point!r}: no namespace {label!r} (known: host, wan, {', '.join(self._containers)})")
+        return self._containers[label], iface or self.topology.container(label).interface, iface
+
+    def capture(self, point: str) -> CaptureHub:
+        """The lab's persistent capture socket at ``point``, opened on first use."""
+        with self._captures_lock:
+            hub = self._captures.get(point)
+            if hub is None or not hub.started:
+                ns, kernel, spec_iface = self.resolve_point(point)
+                hub = CaptureHub(point, ns, spec_iface, kernel)
+                self._captures[point] = hub
+            return hub
+
+    def close_captures(self) -> None:
+        with self._captures_lock:
+            for hub in self._captures.values():
+                hub.close()
+            self._captures.clear()
+
+    def point(self, container: str) -> str:
+        """The capture point of a container's own interface."""
+        return f"{container}:{self.topology.container(container).interface}"
 
     def namespaces(self) -> dict[str, Netns]:
         """Every namespace of the lab by the label users see: host, wan and the containers."""
@@ -268,6 +306,7 @@ class Lab:
             self.ledger = None
             return
         errors: list[str] = []
+        self.close_captures()
         if self.services is not None:
             self.services.close()
             self.services = None
