@@ -41,13 +41,13 @@ def _validate(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from netcheck.diagnose.doctor import run_doctor
 
-    return run_doctor(args)
+    return int(run_doctor(args))
 
 
 def _diff(args: argparse.Namespace) -> int:
     from netcheck.report.diff import run_diff
 
-    return run_diff(args.old, args.new)
+    return int(run_diff(args.old, args.new))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -183,7 +183,8 @@ class ProbeResult:
         return replace(self, diagnosis=diagnosis)
 
     def to_dict(self) -> dict[str, Any]:
-        return _encode(asdict(self))
+        out: dict[str, Any] = _encode(asdict(self))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
@@ -240,4 +241,5 @@ class MatrixResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failures"] = [f.to_dict() for f in self.failures]
-        return _encode(d)
+        out: dict[str, Any] = _encode(d)
+        return out

@@ -235,8 +235,8 @@ class Lab:
 
         self.rules = self.expected_rules()
         assert self.ledger is not None
-        for r in self.rules:
-            self.ledger.record("rule", netns=self.host.name, rule=_asdict(r))
+        for rule in self.rules:
+            self.ledger.record("rule", netns=self.host.name, rule=_asdict(rule))
         policies = [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" else []
         if self.rules or policies:
             apply_rules(self.host, self.rules, policies)
@@ -244,6 +244,9 @@ class Lab:
         self.services = ServiceHost()
         for c in t.containers:
             self.start_services(c.name)
+        # The outside world answers too, so a probe can learn the source it saw (masquerade).
+        for kind in ("tcp-echo", "udp-echo"):
+            self.services.listen(self.wan, "wan", kind, ECHO_PORT)
 
     def _build_container(self, c: S.Container) -> None:
         assert c.address is not None

@@ -132,9 +132,8 @@ class Undoer:
                 delete_rules(ns, [], [(e["table"], e["name"])])
             elif kind == "policy":
                 set_policy(ns, e["table"], e["chain"], e["old"])
-            elif kind == "sysctl":
-                if e.get("old") is not None:
-                    ns.set_sysctl(e["key"], e["old"])
+            elif kind == "sysctl" and e.get("old") is not None:
+                ns.set_sysctl(e["key"], e["old"])
 
 
 def describe(e: Entry) -> str:
@@ -249,7 +248,7 @@ def _probe_lock(path: Path) -> Iterator[bool]:
 
 
 def list_records(run_dir: Path = RUN_DIR) -> list[RunRecord]:
-    out = []
+    out: list[RunRecord] = []
     if not run_dir.is_dir():
         return out
     for path in sorted(run_dir.glob("*.jsonl")):

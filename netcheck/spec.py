@@ -6,6 +6,7 @@ kernel names. Every error names the file, the key path, the bad value and the fi
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -15,9 +16,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-SYSCTL_RE = re.compile(r"^net\.(ipv4|ipv6|bridge|core|netfilter)(\.[A-Za-z0-9_-]+)+$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # \Z: "$" would let a trailing newline through
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}\Z")
+BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])?\Z")  # a bare TOML key, or remote[0]
+SYSCTL_RE = re.compile(r"^net\.(ipv4|ipv6|bridge|core|netfilter)(\.[A-Za-z0-9_-]+)+\Z")
 DOC_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
 FORBIDDEN = IPv4Network("192.0.2.0/24")  # this machine's own network
 SERVICE_KINDS = ("http", "tcp-echo", "udp-echo")
@@ -36,7 +38,10 @@ class SpecError(ValueError):
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int too long for Python to print, or nesting too deep
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -186,7 +191,8 @@ class _Reader:
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+        shown = name if BARE_KEY_RE.match(name) else json.dumps(name)  # as TOML writes it: "" or "net.ipv4.x"
+        return f"{self.path}.{shown}" if self.path else shown
 
     def fail(self, name: str, value: object, problem: str, fix: str) -> SpecError:
         return SpecError(self.source, self.key(name), value, problem, fix)
@@ -201,7 +207,7 @@ class _Reader:
 
     def string(self, name: str, default: object = ..., pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
         value = self.raw(name, default)
-        if value is None or value is default and default is not ...:
+        if value is None or (value is default and default is not ...):
             return value
         if not isinstance(value, str):
             raise self.fail(name, value, "expected a string", f'quote it: {name} = "..."')
@@ -236,7 +242,7 @@ class _Reader:
 
     def interface(self, name: str, default: object = ...) -> Any:
         value = self.raw(name, default)
-        if value is None or value is default and default is not ...:
+        if value is None or (value is default and default is not ...):
             return value
         if not isinstance(value, str):
             raise self.fail(name, value, "expected a string", f'quote it: {name} = "..."')
@@ -247,7 +253,7 @@ class _Reader:
 
     def iface_address(self, name: str, default: object = ..., allow_auto: bool = False) -> Any:
         value = self.raw(name, default)
-        if value is None or value is default and default is not ...:
+        if value is None or (value is default and default is not ...):
             return value
         if allow_auto and value == "auto":
             return None
@@ -262,7 +268,7 @@ class _Reader:
 
     def address(self, name: str, default: object = ...) -> Any:
         value = self.raw(name, default)
-        if value is None or value is default and default is not ...:
+        if value is None or (value is default and default is not ...):
             return value
         try:
             addr = IPv4Address(value) if isinstance(value, str) else None
@@ -275,7 +281,7 @@ class _Reader:
 
     def network(self, name: str, default: object = ...) -> Any:
         value = self.raw(name, default)
-        if value is None or value is default and default is not ...:
+        if value is None or (value is default and default is not ...):
             return value
         try:
             net = IPv4Network(value) if isinstance(value, str) else None
@@ -427,7 +433,7 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     for vr in top.tables("vip"):
         vips.append(
             Vip(
-                chain=vr.string("chain", pattern=re.compile(r"^[A-Za-z0-9_-]{1,28}$"), what="chain name (1-28 of A-Z a-z 0-9 _ -)"),
+                chain=vr.string("chain", pattern=re.compile(r"^[A-Za-z0-9_-]{1,28}\Z"), what="chain name (1-28 of A-Z a-z 0-9 _ -)"),
                 address=vr.address("address"),
                 port=vr.port("port"),
                 container=vr.string("container", pattern=NAME_RE),
@@ -536,9 +542,11 @@ def _validate(t: Topology) -> None:
                 raise fail(subnets[a][0], str(subnets[a][1]), f"overlaps {subnets[b][1]} ({subnets[b][0]})", "give each network its own, non-overlapping subnet")
 
     # addresses: unique, and inside the subnet they belong to.
-    used: dict[IPv4Address, str] = {t.host.address.ip: "host.address", t.wan.address.ip: "wan.address"}
+    used: dict[IPv4Address, str] = {}
+    _claim(used, t.host.address.ip, "host.address", src)
+    _claim(used, t.wan.address.ip, "wan.address", src)
     for i, r in enumerate(t.wan.remote):
-        used.setdefault(r.ip, f"wan.remote[{i}]")
+        _claim(used, r.ip, f"wan.remote[{i}]", src)
     for i, b in enumerate(t.bridges):
         if b.address is not None:
             _claim(used, b.address.ip, f"bridge[{i}].address", src)
@@ -618,6 +626,10 @@ def loads(text: str, source: str = "<string>") -> Topology:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(source, "(syntax)", None, f"not valid TOML: {exc}", "fix the TOML syntax at the position shown") from None
+    except RecursionError:
+        raise SpecError(source, "(syntax)", None, "arrays or tables nested too deeply to read", "flatten the nesting") from None
+    except ValueError as exc:  # tomllib reads a decimal of over 4300 digits with int(), which refuses it
+        raise SpecError(source, "(syntax)", None, f"a value Python cannot read ({str(exc).split(';')[0]})", "write numbers with fewer digits") from None
     return _parse(data, source)
 
 

@@ -98,7 +98,7 @@ def _ipr(state: dict[str, Any]) -> IPRoute:
 
         ipr = IPRoute()
         state["ipr"] = ipr
-    return ipr  # type: ignore[no-any-return]
+    return ipr
 
 
 class Netns:
@@ -198,7 +198,7 @@ class Netns:
         except Exception as exc:  # noqa: BLE001
             raise self._fail(f"add veth {name} <-> {peer}", exc, _exists_fix(exc)) from None
 
-    def set_link(self, name: str, *, up: bool | None = None, master: str | None | bool = False, mtu: int | None = None) -> None:
+    def set_link(self, name: str, *, up: bool | None = None, master: str | bool | None = False, mtu: int | None = None) -> None:
         """Change a link: ``up``, ``master`` (a bridge name, or None to detach), ``mtu``."""
 
         def do(ipr: IPRoute) -> None:
@@ -225,7 +225,7 @@ class Netns:
         def do(ipr: IPRoute) -> bool:
             try:
                 ipr.link("del", ifname=name)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if _errno(exc) in (errno.ENODEV, errno.ENOENT):
                     return False
                 raise
@@ -268,7 +268,7 @@ class Netns:
         def do(ipr: IPRoute) -> bool:
             try:
                 ipr.route("del", dst=str(dst))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if _errno(exc) == errno.ESRCH:
                     return False
                 raise
@@ -285,7 +285,7 @@ class Netns:
         def do(ipr: IPRoute) -> Link | None:
             try:
                 return _link(ipr.link("get", ifname=name)[0])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if _errno(exc) in (errno.ENODEV, errno.ENOENT):
                     return None
                 raise

@@ -6,6 +6,7 @@ so one long-lived thread per namespace makes each call cost tens of microseconds
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -114,7 +115,7 @@ class NamespaceWorker:
     def _main(self, create: bool) -> None:
         try:
             self._enter(create)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
             self._ready.set_exception(exc)
             return
         self._ready.set_result(None)
@@ -127,13 +128,11 @@ class NamespaceWorker:
                 continue
             try:
                 fut.set_result(fn(*args))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
                 fut.set_exception(exc)
         for close in reversed(self._closers):
-            try:
+            with contextlib.suppress(Exception):  # best effort: the thread is ending
                 close()
-            except Exception:  # noqa: BLE001 - closing is best effort, the thread is ending
-                pass
         self._closers.clear()
         self.state.clear()
 

@@ -254,7 +254,6 @@ def read_legacy(ns: Netns, tables: Sequence[str] = ("filter", "nat")) -> list[XC
     """Every chain of the named legacy tables, with rules and counters."""
 
     def do() -> list[XChain]:
-        iptc = _iptc()
         out = []
         with _IPTC_LOCK, _tables(list(tables)) as handles:
             for name, t in handles.items():

@@ -243,7 +243,7 @@ def _stamp(anc: list[tuple[int, int, bytes]]) -> float | None:
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             sec, nsec = struct.unpack("qq", data[:16])
-            return sec + nsec / 1e9
+            return float(sec + nsec / 1e9)
     return None
 
 

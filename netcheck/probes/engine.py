@@ -84,7 +84,10 @@ class Prober:
 
     # ----------------------------------------------------------------- ICMP
 
-    def icmp(self, src: str, dst: str | IPv4Address, *, expect: Expectation = "reach", target: str | None = None, capture: Sequence[str] = (), timeout: float | None = None, ttl: int | None = None) -> ProbeResult:
+    def icmp(
+        self, src: str, dst: str | IPv4Address, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None, ttl: int | None = None,
+    ) -> ProbeResult:
         """An ICMP echo from ``src`` (a container, 'host' or 'wan') to ``dst``."""
         return self._retry_inconclusive(lambda: self._icmp(src, str(dst), expect, target, capture, _timeout(timeout, expect), ttl))
 
@@ -153,14 +156,20 @@ class Prober:
 
     # ----------------------------------------------------------------- TCP / HTTP / UDP
 
-    def tcp(self, src: str, dst: str | IPv4Address, port: int, *, expect: Expectation = "reach", target: str | None = None, capture: Sequence[str] = (), timeout: float | None = None, http: bool = False) -> ProbeResult:
+    def tcp(
+        self, src: str, dst: str | IPv4Address, port: int, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None, http: bool = False,
+    ) -> ProbeResult:
         """A TCP handshake plus an exchange with the service at dst:port (echo, or HTTP GET)."""
         return self._retry_inconclusive(lambda: self._stream(src, str(dst), port, expect, target, capture, _timeout(timeout, expect), http))
 
     def http(self, src: str, dst: str | IPv4Address, port: int, **kw: object) -> ProbeResult:
         return self.tcp(src, dst, port, http=True, **kw)  # type: ignore[arg-type]
 
-    def udp(self, src: str, dst: str | IPv4Address, port: int = 7, *, expect: Expectation = "reach", target: str | None = None, capture: Sequence[str] = (), timeout: float | None = None) -> ProbeResult:
+    def udp(
+        self, src: str, dst: str | IPv4Address, port: int = 7, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None,
+    ) -> ProbeResult:
         return self._retry_inconclusive(lambda: self._datagram(src, str(dst), port, expect, target, capture, _timeout(timeout, expect)))
 
     def _stream(self, src: str, dst: str, port: int, expect: Expectation, target: str | None, points: Sequence[str], timeout: float, http: bool) -> ProbeResult:

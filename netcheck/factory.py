@@ -1,0 +1,94 @@
+"""The lab factory: builds labs on demand, shares them within a session, tears them all down."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from netcheck import spec
+from netcheck.lab import Lab, LabError, has_net_admin
+from netcheck.ledger import clean
+
+NEED_ROOT = (
+    "netcheck needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces: "
+    "run it as root (sudo .venv/bin/pytest suites/) or in the Vagrant box "
+    "(vagrant up && vagrant ssh -c 'cd /vagrant && sudo bash bootstrap.sh suites')"
+)
+
+
+class LabFactory:
+    """Like pytest's tmp_path_factory, for labs: ``shared(t)`` once per session, ``fresh(t)`` per use.
+
+    Also usable outside pytest::
+
+        with LabFactory() as labs:
+            lab = labs.shared(spec.builtin("seed1"))
+    """
+
+    def __init__(self, *, keep: bool = False, reap: bool = True, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.keep = keep
+        self._shared: dict[str, Lab] = {}
+        self._fresh: list[Lab] = []
+        self._failed: dict[str, BaseException] = {}
+        self.kept: list[str] = []
+        self.reaped = 0
+        self.log = log
+        if reap and has_net_admin():
+            with contextlib.suppress(OSError):
+                self.reaped, _errors = clean(log=lambda _m: None)
+
+    def __enter__(self) -> LabFactory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def shared(self, topology: spec.Topology) -> Lab:
+        """The session's lab for a topology, built on first use."""
+        if topology.name in self._failed:
+            raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
+        lab = self._shared.get(topology.name)
+        if lab is None:
+            try:
+                lab = self._build(topology, keep=self.keep)
+            except Exception as exc:
+                self._failed[topology.name] = exc
+                raise
+            self._shared[topology.name] = lab
+        return lab
+
+    def fresh(self, topology: spec.Topology | str) -> Lab:
+        """A new lab of its own (for tests that break things); call ``release`` or let ``close`` remove it."""
+        t = spec.resolve(topology) if isinstance(topology, str) else topology
+        lab = self._build(t, keep=False)
+        self._fresh.append(lab)
+        return lab
+
+    def release(self, lab: Lab) -> None:
+        if lab in self._fresh:
+            self._fresh.remove(lab)
+        lab.teardown()
+
+    def _build(self, topology: spec.Topology, *, keep: bool) -> Lab:
+        if not has_net_admin():
+            raise PermissionError(NEED_ROOT)
+        if topology.setup.mode != "build":
+            from netcheck.adapters import build_external
+
+            return build_external(topology, keep=keep)
+        return Lab(topology, keep=keep).build()
+
+    def close(self) -> None:
+        """Tear down every lab, newest first; raise the first error after trying all."""
+        errors: list[BaseException] = []
+        for lab in reversed([*self._shared.values(), *self._fresh]):
+            try:
+                if lab.keep:
+                    self.kept.append(lab.enter_hint())
+                lab.teardown()
+            except Exception as exc:  # noqa: BLE001 - every lab gets its teardown
+                errors.append(exc)
+        self._shared.clear()
+        self._fresh.clear()
+        if errors:
+            raise errors[0]

@@ -1,0 +1,210 @@
+"""The netcheck pytest plugin: options, markers, fixtures and hooks. The work lives elsewhere."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from netcheck import settings as settings_mod
+
+if TYPE_CHECKING:
+    from netcheck import spec
+    from netcheck.evidence import ProbeResult
+    from netcheck.factory import LabFactory
+    from netcheck.lab import Lab
+    from netcheck.probes import Prober
+    from netcheck.report.collector import Collector
+
+SETTINGS = pytest.StashKey["settings_mod.Settings"]()
+EVIDENCE = pytest.StashKey[list[dict[str, Any]]]()
+COLLECTOR = pytest.StashKey["Collector"]()
+FACTORY = pytest.StashKey["LabFactory"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("netcheck", "container networking checks")
+    g.addoption("--netcheck-topology", action="append", dest="netcheck_topology", metavar="FILE|NAME",
+                help="topology to test: a built-in (seed1, seed2, seed2-veth) or a TOML spec file; repeatable (default: every built-in)")
+    g.addoption("--netcheck-keep", action="store_true", dest="netcheck_keep",
+                help="leave the labs up after the run for inspection, and print how to enter them")
+    g.addoption("--netcheck-report", dest="netcheck_report", metavar="PATH|none",
+                help="where to write the HTML report (default: reports/netcheck-<UTC time>.html; 'none' turns it off)")
+    g.addoption("--netcheck-pcap", dest="netcheck_pcap", metavar="failed|all|none",
+                help="which probes' captures to save as .pcap beside the report (default: failed)")
+    g.addoption("--netcheck-host", action="store_true", dest="netcheck_host",
+                help="use this network namespace as the container host (validates a real host; restores everything it touches)")
+    g.addoption("--netcheck-scale-n", dest="netcheck_scale_n", type=int, metavar="N",
+                help="containers in the scale suite (-m scale; default 100)")
+    parser.addini("netcheck_topology", "topologies to test (names or files), one per line", type="linelist")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "netcheck(topologies=[...]): run this test on these topologies only")
+    config.addinivalue_line("markers", "netcheck_property(name): the property a suite test checks (isolation, veth, bridge, forwarding, masquerade, dnat, vip)")
+    config.addinivalue_line("markers", "root: needs root to build namespaces (skipped without it)")
+    config.addinivalue_line("markers", "scale: the opt-in scale suite (-m scale)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.stash[SETTINGS] = settings_mod.resolve(config)
+    if not hasattr(config, "workerinput"):
+        from netcheck.report.collector import Collector
+
+        # The controller alone collects every worker's results and writes the report.
+        collector = Collector(config, config.stash[SETTINGS])
+        config.stash[COLLECTOR] = collector
+        config.pluginmanager.register(collector, "netcheck-collector")
+    _teardown_on_sigterm()
+
+
+def _teardown_on_sigterm() -> None:
+    """SIGTERM tears the labs down like Ctrl-C does, instead of killing the run mid-way."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses ``lab`` (or ``topology``) once per topology in play."""
+    if "topology" in metafunc.fixturenames:
+        topologies = settings_mod.marker_topologies(metafunc.definition, metafunc.config.stash[SETTINGS].topologies)
+        metafunc.parametrize("topology", topologies, ids=[t.name for t in topologies], scope="session")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def netcheck_settings(pytestconfig: pytest.Config) -> settings_mod.Settings:
+    """The resolved netcheck settings of this run."""
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def lab_factory(pytestconfig: pytest.Config, netcheck_settings: settings_mod.Settings) -> Iterator[LabFactory]:
+    """Session-wide lab factory: ``shared(topology)`` builds once per session, ``fresh(topology)`` a private lab."""
+    from netcheck.factory import LabFactory
+
+    factory = LabFactory(keep=netcheck_settings.keep)
+    pytestconfig.stash[FACTORY] = factory
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def topology(request: pytest.FixtureRequest) -> spec.Topology:
+    """The topology under test (parametrized over --netcheck-topology)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def lab(lab_factory: LabFactory, topology: spec.Topology) -> Lab:
+    """The session's built lab for the topology under test (shared: do not break it)."""
+    from netcheck.factory import NEED_ROOT
+    from netcheck.lab import has_net_admin
+
+    if not has_net_admin():
+        pytest.skip(NEED_ROOT)
+    return lab_factory.shared(topology)
+
+
+@pytest.fixture
+def fresh_lab(lab_factory: LabFactory) -> Iterator[Callable[[spec.Topology | str], Lab]]:
+    """Build a private lab (torn down after the test), for tests that break things on purpose."""
+    from netcheck.factory import NEED_ROOT
+    from netcheck.lab import has_net_admin
+
+    if not has_net_admin():
+        pytest.skip(NEED_ROOT)
+    made: list[Lab] = []
+
+    def make(t: spec.Topology | str) -> Lab:
+        lab = lab_factory.fresh(t)
+        made.append(lab)
+        return lab
+
+    yield make
+    for lab in reversed(made):
+        lab_factory.release(lab)
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
+    """Record a probe result as this test's evidence (the report shows it)."""
+    log = request.node.stash.setdefault(EVIDENCE, [])
+
+    def record(result: ProbeResult) -> None:
+        log.append(result.to_dict())
+
+    return record
+
+
+@pytest.fixture
+def probe(lab: Lab, evidence: Callable[[ProbeResult], None]) -> Prober:
+    """A prober for the lab under test; every probe it sends is recorded as evidence."""
+    from netcheck.probes import Prober
+
+    return Prober(lab, record=evidence)
+
+
+@pytest.fixture
+def prober_for(evidence: Callable[[ProbeResult], None]) -> Callable[[Lab], Prober]:
+    """Make a prober for any lab (e.g. one from ``fresh_lab``), recording into this test's evidence."""
+    from netcheck.probes import Prober
+
+    return lambda lab: Prober(lab, record=evidence)
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the test's evidence to its report (travels through xdist as plain data)."""
+    report = yield
+    if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+        return report
+    prop = item.get_closest_marker("netcheck_property")
+    topo = item.callspec.params.get("topology") if hasattr(item, "callspec") else None
+    data = {
+        "property": prop.args[0] if prop else None,
+        "topology": getattr(topo, "name", None),
+        "probes": item.stash.get(EVIDENCE, []),
+    }
+    report.netcheck = data  # type: ignore[attr-defined]
+    if data["property"]:
+        report.user_properties.append(("netcheck.property", data["property"]))
+    if data["topology"]:
+        report.user_properties.append(("netcheck.topology", data["topology"]))
+    probes = data["probes"]
+    if probes:
+        report.user_properties.append(("netcheck.probes", str(len(probes))))
+        failed = [p for p in probes if p.get("diagnosis") and p["diagnosis"].get("findings")]
+        if failed:
+            top = failed[0]["diagnosis"]["findings"][0]
+            report.user_properties.append(("netcheck.diagnosis", f"{top['where']}: {top['summary']}. Fix: {top['fix']}"))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    factory = config.stash.get(FACTORY, None)
+    if factory is not None:
+        if factory.reaped:
+            terminalreporter.write_line(f"netcheck: removed the leftovers of {factory.reaped} dead run(s) before starting")
+        for hint in factory.kept:
+            terminalreporter.write_line(hint)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    s = config.stash[SETTINGS]
+    mode = "host" if s.host_mode else "sandbox"
+    return f"netcheck: topologies {', '.join(t.name for t in s.topologies)}; mode {mode}"
+

@@ -1,0 +1,85 @@
+"""Settings, resolved in one place: marker, then command line, then environment, then ini."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+from netcheck import spec
+
+ENV_TOPOLOGY = "NETCHECK_TOPOLOGY"  # comma-separated names or files
+
+
+@dataclass(frozen=True)
+class Settings:
+    topologies: tuple[spec.Topology, ...]
+    keep: bool
+    report: str  # "auto", "none" or a path
+    pcap: Literal["failed", "all", "none"]
+    host_mode: bool
+    scale_n: int
+
+    def topology(self, name: str) -> spec.Topology:
+        for t in self.topologies:
+            if t.name == name:
+                return t
+        return spec.resolve(name)
+
+
+def _refs(config: pytest.Config) -> list[str]:
+    cli = config.getoption("netcheck_topology") or []
+    if cli:
+        return list(cli)
+    env = os.environ.get(ENV_TOPOLOGY, "").strip()
+    if env:
+        return [x.strip() for x in env.split(",") if x.strip()]
+    ini: Any = config.getini("netcheck_topology")
+    return list(ini) if ini else list(spec.BUILTIN)
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Read and validate every setting; a bad one raises pytest.UsageError with the fix."""
+    topologies = []
+    for ref in _refs(config):
+        try:
+            topologies.append(spec.resolve(ref))
+        except spec.SpecError as exc:
+            raise pytest.UsageError(f"--netcheck-topology {ref}: {exc}") from None
+    names = [t.name for t in topologies]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise pytest.UsageError(f"--netcheck-topology: the topology name(s) {', '.join(sorted(dupes))} appear twice; give each spec its own name = \"...\"")
+    pcap: Literal["failed", "all", "none"]
+    given = config.getoption("netcheck_pcap") or "failed"
+    if given == "all":
+        pcap = "all"
+    elif given == "none":
+        pcap = "none"
+    elif given == "failed":
+        pcap = "failed"
+    else:
+        raise pytest.UsageError(f"--netcheck-pcap={given}: use failed, all or none")
+    scale_n = int(config.getoption("netcheck_scale_n") or 100)
+    if not 2 <= scale_n <= 1000:
+        raise pytest.UsageError(f"--netcheck-scale-n={scale_n}: use a number of containers from 2 to 1000")
+    return Settings(
+        topologies=tuple(topologies),
+        keep=bool(config.getoption("netcheck_keep")),
+        report=config.getoption("netcheck_report") or "auto",
+        pcap=pcap,
+        host_mode=bool(config.getoption("netcheck_host")),
+        scale_n=scale_n,
+    )
+
+
+def marker_topologies(node: Any, default: tuple[spec.Topology, ...]) -> tuple[spec.Topology, ...]:
+    """A test's ``@pytest.mark.netcheck(topologies=[...])`` overrides the run's topologies."""
+    marker = node.get_closest_marker("netcheck")
+    if marker is None or "topologies" not in marker.kwargs:
+        return default
+    wanted = marker.kwargs["topologies"]
+    by_name = {t.name: t for t in default}
+    return tuple(by_name.get(w) or spec.resolve(w) for w in wanted)

@@ -1,0 +1,66 @@
+"""The bridge: every container reaches every other one and the bridge, ARP and the fdb are right."""
+
+from __future__ import annotations
+
+import pytest
+
+from netcheck.checks import expect_all, seen
+
+pytestmark = pytest.mark.netcheck_property("bridge")
+
+
+def _bridges(lab):
+    t = lab.topology
+    bridges = [b for b in t.bridges if t.members(b.name)]
+    if not bridges:
+        pytest.skip(f"{t.name} has no bridge with containers")
+    return bridges
+
+
+def test_full_matrix_on_each_bridge(lab, probe):
+    """Every member pings every other member and the bridge address (the full matrix)."""
+    t = lab.topology
+    calls = []
+    for b in _bridges(lab):
+        members = t.members(b.name)
+        for a in members:
+            if b.address is not None:
+                calls.append(lambda a=a, b=b: probe.icmp(a.name, b.address.ip, capture=[f"host:{a.host_veth}"]))
+            for z in members:
+                if z.name != a.name:
+                    calls.append(lambda a=a, z=z: probe.icmp(a.name, z.address.ip, target=z.name, capture=[lab.point(z.name)]))
+    results = probe.many(calls)
+    expect_all(results, "bridge matrix")
+    for r in results:
+        point = r.captures[0].point
+        seen(r, point, dst=r.destination)
+
+
+def test_arp_resolves_to_the_right_mac(lab, probe):
+    t = lab.topology
+    results = []
+    for b in _bridges(lab):
+        members = t.members(b.name)
+        for a in members:
+            for z in members:
+                if z.name == a.name:
+                    continue
+                mac = lab.container_ns(z.name).link(z.interface).mac
+                r = probe.arp(a.name, z.address.ip, target=z.name, capture=[f"host:{z.host_veth}"])
+                results.append(r)
+                assert r.reply == mac, f"ARP from {a.name} for {z.address.ip} answered {r.reply}; {z.name}'s {z.interface} has {mac}\n{r.explain()}"
+                seen(r, f"host:{z.host_veth}", role="request")
+    expect_all(results, "ARP")
+
+
+def test_fdb_learns_each_mac_on_its_port(lab, probe):
+    t = lab.topology
+    for b in _bridges(lab):
+        for c in t.members(b.name):
+            probe.icmp(c.name, b.address.ip if b.address else c.address.ip)
+        fdb = lab.host.fdb()
+        for c in t.members(b.name):
+            mac = lab.container_ns(c.name).link(c.interface).mac
+            ports = sorted({e.port for e in fdb if e.mac == mac and not e.local})
+            want = lab.kname(c.host_veth)
+            assert ports == [want], f"bridge {b.name}: {c.name}'s MAC {mac} learned on {[lab.spec_name(p) for p in ports] or 'no port'}, expected {c.host_veth}"

@@ -1,0 +1,67 @@
+"""DNAT publishing: a published port reaches its container from outside and from the host."""
+
+from __future__ import annotations
+
+import pytest
+
+from netcheck.checks import expect, seen
+
+pytestmark = pytest.mark.netcheck_property("dnat")
+
+
+def _publishes(lab):
+    if not lab.topology.publishes:
+        pytest.skip(f"{lab.topology.name} publishes no port")
+    return lab.topology.publishes
+
+
+def test_published_port_reached_from_outside(lab, probe):
+    """PREROUTING: the outside world reaches host_address:host_port, and the container's page answers."""
+    t = lab.topology
+    for p in _publishes(lab):
+        if not p.from_outside:
+            continue
+        c = t.container(p.container)
+        r = expect(probe.http("wan", t.host.address.ip, p.host_port, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        seen(r, "wan:uplink", dst=str(t.host.address.ip), dport=p.host_port)
+        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
+        assert r.reply and f"container={c.name}" in r.reply, f"the page did not come from {c.name}: {r.reply!r}"
+
+
+def test_published_port_reached_from_the_host(lab, probe):
+    """OUTPUT: a process on the host reaches its own address:host_port."""
+    t = lab.topology
+    for p in _publishes(lab):
+        if not p.from_host:
+            continue
+        c = t.container(p.container)
+        r = expect(probe.http("host", t.host.address.ip, p.host_port, target=c.name, capture=[lab.point(c.name)]))
+        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
+
+
+def test_unpublished_port_is_not_reachable(lab, probe):
+    t = lab.topology
+    published = {p.host_port for p in _publishes(lab)}
+    port = next(x for x in range(8000, 9000) if x not in published and all(x != s.port for c in t.containers for s in c.services))
+    r = expect(probe.tcp("wan", t.host.address.ip, port, expect="block", capture=["wan:uplink"]))
+    seen(r, "wan:uplink", dport=port)
+
+
+def test_source_address_seen_on_each_access_path(lab, probe):
+    """Record, for every access path, the source the service saw. Paths the seeds do not
+    support (hairpin, a container to its own published port) are observed, not required."""
+    t = lab.topology
+    rows = []
+    for p in _publishes(lab):
+        c = t.container(p.container)
+        paths = [("outside", "wan", "reach" if p.from_outside else "observe"), ("host", "host", "reach" if p.from_host else "observe")]
+        paths += [(f"hairpin from {o.name}", o.name, "observe") for o in t.containers if o.name != c.name]
+        paths.append((f"{c.name} to its own published port", c.name, "observe"))
+        for label, src, exp in paths:
+            r = probe.http(src, t.host.address.ip, p.host_port, target=c.name, expect=exp, capture=[lab.point(c.name)])
+            rows.append((label, r))
+    for label, r in rows:
+        if r.expected == "reach":
+            expect(r)
+            assert r.service_saw, f"{label}: the service reported no source"
+    assert rows, "no access path was probed"

@@ -1,0 +1,73 @@
+"""Isolation: each container has a network stack of its own, and frames stay where they belong."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from netcheck import expect as promise
+from netcheck.checks import expect, expect_all, not_seen
+from netcheck.kernel.xtables import nft_chains, read_legacy, read_nft
+
+pytestmark = pytest.mark.netcheck_property("isolation")
+
+
+def test_container_sees_none_of_the_hosts_links_routes_or_rules(lab):
+    host_links = {link.name for link in lab.host.links()} - {"lo"}
+    for c in lab.topology.containers:
+        ns = lab.container_ns(c.name)
+        links = {link.name for link in ns.links()}
+        assert links == {"lo", c.interface}, f"{c.name} sees links {sorted(links)}; a container must see only lo and {c.interface}"
+        assert not links & host_links, f"{c.name} sees host links {sorted(links & host_links)}"
+        foreign = [r for r in ns.routes() if r.interface not in (c.interface, "lo")]
+        assert not foreign, f"{c.name} has routes through interfaces that are not its own: {foreign}"
+        rules = [r for ch in read_legacy(ns) for r in ch.rules] + [r for ch in nft_chains(read_nft(ns)) for r in ch.rules]
+        assert not rules, f"{c.name} holds firewall rules, which belong to the host: {[r.render() for r in rules]}"
+
+
+def test_unicast_frames_stay_off_other_containers(lab, probe):
+    """A frame from one container to the gateway is never delivered into another container."""
+    t = lab.topology
+    pairs = [(a.name, b.name) for a in t.containers for b in t.containers if a.name != b.name and a.gateway]
+    if not pairs:
+        pytest.skip(f"{t.name} has fewer than two containers")
+    results = []
+    for a, b in pairs:
+        gw = t.container(a).gateway
+        expect(probe.icmp(a, gw))  # the bridge learns a's MAC, so later frames are not flooded
+        r = probe.icmp(a, gw, capture=[lab.point(a), lab.point(b)])
+        expect(r)
+        not_seen(r, lab.point(b))
+        results.append(r)
+    expect_all(results, "unicast confinement")
+
+
+def test_containers_on_different_networks_only_reach_each_other_if_allowed(lab, probe):
+    t = lab.topology
+    pairs = [(a.name, b.name) for a in t.containers for b in t.containers if a.name != b.name and not promise.same_l2(t, a.name, b.name)]
+    if not pairs:
+        pytest.skip(f"{t.name}: every container shares one network")
+    results = probe.many([
+        (lambda a=a, b=b: probe.icmp(a, t.container(b).address.ip, target=b, expect="reach" if promise.reaches(t, a, b) else "block", capture=[lab.point(b)]))
+        for a, b in pairs
+    ])
+    expect_all(results, "reachability between networks, as the spec allows it")
+
+
+def test_host_loopback_services_are_not_reachable_from_containers(lab, probe):
+    """A service bound to the host's 127.0.0.1 stays private to the host."""
+    listener = lab.host.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        results = []
+        for c in lab.topology.containers:
+            for dst in {str(c.gateway), str(lab.topology.host.address.ip)} - {"None"}:
+                r = probe.tcp(c.name, dst, port, expect="block")
+                results.append(r)
+        expect_all(results, f"host loopback service on 127.0.0.1:{port}")
+    finally:
+        listener.close()

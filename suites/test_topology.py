@@ -1,0 +1,82 @@
+"""What was built matches the spec, read back from the kernel (netlink, sysctls, iptc)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from netcheck.kernel.xtables import read_legacy
+
+pytestmark = pytest.mark.netcheck_property("topology")
+
+
+def test_every_namespace_exists(lab):
+    for label, ns in lab.namespaces().items():
+        assert ns.name is not None and os.path.exists(ns.path), f"namespace of {label} is missing at {ns.path}"
+        assert ns.links(), f"namespace {ns.name} ({label}) answers no netlink dump"
+
+
+def test_containers_see_only_lo_and_their_interface(lab):
+    for c in lab.topology.containers:
+        names = sorted(link.name for link in lab.container_ns(c.name).links())
+        assert names == sorted(["lo", c.interface]), f"{c.name} sees links {names}; expected only lo and {c.interface}"
+
+
+def test_addresses_as_declared(lab):
+    t = lab.topology
+    for c in t.containers:
+        got = {(a.interface, a.address) for a in lab.container_ns(c.name).addresses()}
+        assert (c.interface, c.address) in got, f"{c.name}: {c.interface} should have {c.address}; it has {sorted(map(str, got))}"
+    host = {(a.interface, a.address) for a in lab.host.addresses()}
+    wanted = [(lab.kname(t.host.uplink), t.host.address)]
+    wanted += [(lab.kname(b.name), b.address) for b in t.bridges if b.address]
+    wanted += [(lab.kname(c.host_veth), c.host_address) for c in t.containers if c.host_address]
+    for iface, addr in wanted:
+        assert (iface, addr) in host, f"host: {lab.spec_name(iface)} ({iface}) should have {addr}"
+
+
+def test_routes_as_declared(lab):
+    t = lab.topology
+    for c in t.containers:
+        routes = lab.container_ns(c.name).routes()
+        default = [r for r in routes if r.dst.prefixlen == 0]
+        if c.gateway is None:
+            assert not default, f"{c.name} has a default route the spec does not declare: {default}"
+        else:
+            assert [r.gateway for r in default] == [c.gateway], f"{c.name}: default route should be via {c.gateway}; routes: {routes}"
+        for r in c.routes:
+            assert any(x.dst == r.to and x.gateway == r.via for x in routes), f"{c.name}: missing route {r.to} via {r.via}"
+    default = [r.gateway for r in lab.host.routes() if r.dst.prefixlen == 0]
+    assert default == [t.host.gateway], f"host: default route should be via {t.host.gateway}; found {default}"
+
+
+def test_bridge_ports_as_declared(lab):
+    t = lab.topology
+    if not t.bridges:
+        pytest.skip(f"{t.name} declares no bridge")
+    ports = {(p.port, p.bridge) for p in lab.host.bridge_ports()}
+    for b in t.bridges:
+        want = {(lab.kname(c.host_veth), lab.kname(b.name)) for c in t.members(b.name)}
+        have = {p for p in ports if p[1] == lab.kname(b.name)}
+        assert have == want, f"bridge {b.name}: ports {sorted(have)}, expected {sorted(want)}"
+
+
+def test_sysctls_as_declared(lab):
+    for key, value in lab.topology.host.sysctls:
+        assert lab.host.sysctl(key) == str(value), f"host: {key} = {lab.host.sysctl(key)}, declared {value}"
+
+
+def test_rules_as_declared(lab):
+    chains = read_legacy(lab.host)
+    have = [r.key() for c in chains for r in c.rules]
+    for rule in lab.expected_rules():
+        assert rule.key() in have, f"host: rule missing: iptables {rule.render()}"
+    forward = next(c for c in chains if c.table == "filter" and c.name == "FORWARD")
+    assert forward.policy == lab.topology.host.forward_policy, f"host: FORWARD policy {forward.policy}, declared {lab.topology.host.forward_policy}"
+
+
+def test_every_link_is_up(lab):
+    for label, ns in lab.namespaces().items():
+        down = [f"{link.name} ({'admin down' if not link.admin_up else link.operstate})" for link in ns.links() if not link.up]
+        assert not down, f"{label}: links not up: {', '.join(down)}"

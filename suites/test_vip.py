@@ -1,0 +1,56 @@
+"""Virtual IPs: a custom nat chain sends VIP:port to a container, from the host, outside and other containers."""
+
+from __future__ import annotations
+
+import pytest
+
+from netcheck import expect as promise
+from netcheck.checks import expect, seen
+
+pytestmark = pytest.mark.netcheck_property("vip")
+
+
+def _vips(lab):
+    if not lab.topology.vips:
+        pytest.skip(f"{lab.topology.name} declares no VIP")
+    return lab.topology.vips
+
+
+def test_vip_from_the_host(lab, probe):
+    t = lab.topology
+    for v in _vips(lab):
+        if not v.from_host:
+            continue
+        c = t.container(v.container)
+        r = expect(probe.http("host", v.address, v.port, target=c.name, capture=[lab.point(c.name)]))
+        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
+
+
+def test_vip_from_the_outside(lab, probe):
+    t = lab.topology
+    for v in _vips(lab):
+        if not v.from_outside:
+            continue
+        if not any(v.address in r.to for r in t.wan.routes):
+            pytest.skip(f"{t.name}: the outside world has no route to the VIP {v.address}")
+        c = t.container(v.container)
+        r = expect(probe.http("wan", v.address, v.port, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        seen(r, "wan:uplink", dst=str(v.address), dport=v.port)
+        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
+
+
+def test_vip_from_another_container(lab, probe):
+    t = lab.topology
+    for v in _vips(lab):
+        c = t.container(v.container)
+        others = [o for o in t.containers if o.name != c.name and o.gateway]
+        if not others:
+            pytest.skip(f"{t.name}: no other container to use the VIP from")
+        for o in others:
+            # On the same bridge the reply is un-NATed only if bridge-nf-call-iptables is 1.
+            exp = "reach" if not promise.same_l2(t, o.name, c.name) or t.host.sysctl("net.bridge.bridge-nf-call-iptables") != 0 else "observe"
+            r = expect(probe.http(o.name, v.address, v.port, target=c.name, expect=exp, capture=[lab.point(o.name), lab.point(c.name)]))
+            if exp == "reach":
+                seen(r, lab.point(o.name), dst=str(v.address))
+                seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
+                seen(r, lab.point(o.name), role="reply", src=str(v.address))
