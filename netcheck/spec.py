@@ -211,6 +211,8 @@ class _Reader:
             return value
         if not isinstance(value, str):
             raise self.fail(name, value, "expected a string", f'quote it: {name} = "..."')
+        if "\x00" in value:
+            raise self.fail(name, value, "contains a NUL byte", "remove it")
         if pattern is not None and not pattern.match(value):
             raise self.fail(name, value, f"not a valid {what or 'name'}", _name_fix(pattern))
         return value
@@ -249,6 +251,8 @@ class _Reader:
         if not IFNAME_RE.match(value):
             problem = "longer than 15 characters" if len(value) > 15 else "not a valid interface name"
             raise self.fail(name, value, problem, _name_fix(IFNAME_RE))
+        if value in (".", ".."):
+            raise self.fail(name, value, "the kernel refuses '.' and '..' as interface names", "use a name such as veth0")
         return value
 
     def iface_address(self, name: str, default: object = ..., allow_auto: bool = False) -> Any:
@@ -536,10 +540,10 @@ def _validate(t: Topology) -> None:
     for i, c in enumerate(t.containers):
         if c.host_address is not None:
             subnets.append((f"container[{i}].host_address", c.host_address.network))
-    for a in range(len(subnets)):
-        for b in range(a):
-            if subnets[a][1].overlaps(subnets[b][1]):
-                raise fail(subnets[a][0], str(subnets[a][1]), f"overlaps {subnets[b][1]} ({subnets[b][0]})", "give each network its own, non-overlapping subnet")
+    for n, (where, subnet) in enumerate(subnets):
+        for other_where, other in subnets[:n]:
+            if subnet.overlaps(other):
+                raise fail(where, str(subnet), f"overlaps {other} ({other_where})", "give each network its own, non-overlapping subnet")
 
     # addresses: unique, and inside the subnet they belong to.
     used: dict[IPv4Address, str] = {}
@@ -603,12 +607,12 @@ def _validate(t: Topology) -> None:
         if v.address in used:
             raise fail(f"vip[{i}].address", str(v.address), f"is already the address of {used[v.address]}", "a VIP must not be an interface address")
     for i, c in enumerate(t.containers):
-        for j, r in enumerate(c.routes):
-            if c.address is not None and r.via not in c.address.network:
-                raise fail(f"container[{i}].routes[{j}].via", str(r.via), f"is not on the container's subnet {c.address.network}", "route via an address on the container's subnet")
-    for j, r in enumerate(t.wan.routes):
-        if r.via not in t.wan.address.network:
-            raise fail(f"wan.routes[{j}].via", str(r.via), f"is not on the uplink subnet {t.wan.address.network}", f'route via the host, "{t.host.address.ip}"')
+        for j, route in enumerate(c.routes):
+            if c.address is not None and route.via not in c.address.network:
+                raise fail(f"container[{i}].routes[{j}].via", str(route.via), f"is not on the container's subnet {c.address.network}", "route via an address on the container's subnet")
+    for j, route in enumerate(t.wan.routes):
+        if route.via not in t.wan.address.network:
+            raise fail(f"wan.routes[{j}].via", str(route.via), f"is not on the uplink subnet {t.wan.address.network}", f'route via the host, "{t.host.address.ip}"')
 
 
 def _claim(used: dict[IPv4Address, str], ip: IPv4Address, key: str, src: str) -> None:

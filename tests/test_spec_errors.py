@@ -1,0 +1,148 @@
+"""Invalid specs fail with a message that names the file, the key, the problem and the fix.
+
+Each file in ``tests/specs/invalid/`` is a built-in seed with one thing wrong. Its first line says
+what the error must say::
+
+    # expect: <key path> | <substring of the problem> | <substring of the fix>
+
+Loading a spec is pure: it must never create a kernel object, so each test also compares
+``/run/netns`` and netcheck's run directory before and after.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from netcheck import spec
+
+INVALID = Path(__file__).parent / "specs" / "invalid"
+CORPUS = sorted(INVALID.glob("*.toml"))
+KERNEL_DIRS = ("/run/netns", os.environ.get("NETCHECK_RUN_DIR", "/run/netcheck"))
+
+
+@dataclass(frozen=True)
+class Expect:
+    key: str
+    problem: str
+    fix: str
+
+
+def expectation(path: Path) -> Expect:
+    first = path.read_text("utf-8").splitlines()[0]
+    assert first.startswith("# expect: "), f"{path}: the first line must be '# expect: KEY | PROBLEM | FIX', not {first!r}"
+    key, problem, fix = (part.strip() for part in first.removeprefix("# expect: ").split(" | "))
+    return Expect(key, problem, fix)
+
+
+def kernel_state() -> dict[str, list[str]]:
+    """Names under the directories where kernel objects and run records appear."""
+    return {d: sorted(os.listdir(d)) for d in KERNEL_DIRS if os.path.isdir(d)}
+
+
+@pytest.fixture
+def untouched_kernel() -> Iterator[None]:
+    """Fails the test if anything appeared in /run/netns or the run directory while it ran."""
+    before = kernel_state()
+    yield
+    assert kernel_state() == before, "loading a spec must never touch the kernel"
+
+
+def test_corpus_is_big_enough() -> None:
+    assert len(CORPUS) >= 16, f"expected at least 16 invalid specs in {INVALID}, found {len(CORPUS)}"
+
+
+@pytest.mark.usefixtures("untouched_kernel")
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_invalid_spec_is_refused(path: Path) -> None:
+    want = expectation(path)
+    with pytest.raises(spec.SpecError) as info:
+        spec.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), f"the message must start with the file: {message}"
+    assert f": {want.key} = " in message, f"expected key {want.key!r} in: {message}"
+    assert "Fix:" in message, f"no 'Fix:' in: {message}"
+    problem, fix = message.split(". Fix: ", 1)
+    assert want.problem in problem, f"expected problem {want.problem!r} in: {message}"
+    assert want.fix in fix, f"expected fix {want.fix!r} in: {message}"
+    err = info.value
+    assert (err.source, err.key) == (str(path), want.key)
+    assert err.problem and err.fix
+
+
+def test_corpus_files_differ() -> None:
+    bodies = [p.read_text("utf-8").split("\n", 2)[2] for p in CORPUS]
+    assert len(set(bodies)) == len(bodies), "two corpus files hold the same spec"
+
+
+@pytest.mark.usefixtures("untouched_kernel")
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(spec.SpecError, match=r"nope\.toml: \(file\) = .*cannot read the file.*Fix: check the path"):
+        spec.load(missing)
+
+
+@pytest.mark.usefixtures("untouched_kernel")
+def test_non_utf8_file_is_a_spec_error(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'name = "caf\xe9"\n')
+    with pytest.raises(spec.SpecError, match=r"is not UTF-8 text\. Fix: save the spec as UTF-8"):
+        spec.load(bad)
+
+
+@pytest.mark.usefixtures("untouched_kernel")
+@pytest.mark.parametrize("name", spec.BUILTIN)
+def test_builtin_loads(name: str) -> None:
+    t = spec.builtin(name)
+    assert isinstance(t, spec.Topology)
+    assert t.name == name
+    assert t.containers, f"built-in {name} has no containers"
+    assert spec.resolve(name) == t
+
+
+@pytest.mark.parametrize("name", spec.BUILTIN)
+def test_builtin_round_trips(name: str) -> None:
+    """Loading the built-in twice, or its packaged file by path, gives the same topology."""
+    from importlib import resources
+
+    t = spec.builtin(name)
+    assert spec.builtin(name) == t
+    text = resources.files("netcheck.topologies").joinpath(f"{name}.toml").read_text("utf-8")
+    again = spec.loads(text, t.source)
+    assert again == t
+    assert spec.as_mapping(again) == spec.as_mapping(t)
+
+
+def _cli_has_validate() -> bool:
+    try:
+        cli = importlib.import_module("netcheck.cli")
+    except Exception:  # noqa: BLE001 - a half-written cli.py is "not there yet"
+        return False
+    if hasattr(cli, "validate") or hasattr(cli, "_validate"):
+        return True
+    build = getattr(cli, "build_parser", None)
+    return build is not None and "validate" in build().format_help()
+
+
+def test_cli_validate_reports_invalid_spec() -> None:
+    if not _cli_has_validate():
+        pytest.skip("netcheck/cli.py has no validate command yet")
+    exe = Path(sys.executable).with_name("netcheck")
+    if not exe.exists():
+        pytest.skip(f"{exe} is not installed (pip install -e .)")
+    path = INVALID / "publish_unknown_container.toml"
+    want = expectation(path)
+    before = kernel_state()
+    done = subprocess.run([str(exe), "validate", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    assert "Traceback" not in done.stderr + done.stdout
+    assert str(path) in done.stderr
+    assert f"{want.key} = " in done.stderr and want.problem in done.stderr and "Fix:" in done.stderr
+    assert kernel_state() == before
