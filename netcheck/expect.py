@@ -62,3 +62,16 @@ def masqueraded(t: S.Topology, a: str, out: str | None = None) -> bool:
             continue
         return True
     return False
+
+
+def hairpin(t: S.Topology, src: str, dst: str) -> bool:
+    """Does a DNAT from ``src`` to ``dst`` on the same bridge get its reply un-NATed?
+
+    The reply goes straight across the bridge unless br_netfilter hands bridged frames to
+    iptables (bridge-nf-call-iptables=1), or a MASQUERADE rewrote the request so the reply
+    returns through the host.
+    """
+    if not same_l2(t, src, dst):
+        return True
+    bridge = t.container(src).bridge
+    return t.host.sysctl("net.bridge.bridge-nf-call-iptables") != 0 or masqueraded(t, src, out=bridge)

@@ -25,8 +25,10 @@ class LabFactory:
             lab = labs.shared(spec.builtin("seed1"))
     """
 
-    def __init__(self, *, keep: bool = False, reap: bool = True, log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(self, *, keep: bool = False, reap: bool = True, host_mode: bool = False, faults: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> None:
         self.keep = keep
+        self.host_mode = host_mode
+        self.faults = faults
         self._shared: dict[str, Lab] = {}
         self._fresh: list[Lab] = []
         self._failed: dict[str, BaseException] = {}
@@ -49,8 +51,16 @@ class LabFactory:
             raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
         lab = self._shared.get(topology.name)
         if lab is None:
+            if self.host_mode:
+                # One host can hold one lab at a time: their addresses would collide.
+                for name in list(self._shared):
+                    self._shared.pop(name).teardown()
             try:
-                lab = self._build(topology, keep=self.keep)
+                lab = self._build(topology, keep=self.keep, host_mode=self.host_mode)
+                if self.faults:
+                    from netcheck.faults import inject
+
+                    inject(lab, self.faults)
             except Exception as exc:
                 self._failed[topology.name] = exc
                 raise
@@ -69,14 +79,15 @@ class LabFactory:
             self._fresh.remove(lab)
         lab.teardown()
 
-    def _build(self, topology: spec.Topology, *, keep: bool) -> Lab:
+    def _build(self, topology: spec.Topology, *, keep: bool, host_mode: bool = False) -> Lab:
         if not has_net_admin():
             raise PermissionError(NEED_ROOT)
         if topology.setup.mode != "build":
             from netcheck.adapters import build_external
 
-            return build_external(topology, keep=keep)
-        return Lab(topology, keep=keep).build()
+            lab: Lab = build_external(topology, keep=keep, host_mode=host_mode)
+            return lab
+        return Lab(topology, keep=keep, host_mode=host_mode).build()
 
     def close(self) -> None:
         """Tear down every lab, newest first; raise the first error after trying all."""

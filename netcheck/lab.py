@@ -53,9 +53,10 @@ class Endpoint:
 class Lab:
     """One topology, built in sandbox namespaces (host, wan, one per container)."""
 
-    def __init__(self, topology: S.Topology, *, keep: bool = False, tag: str | None = None, run_dir: Path = RUN_DIR) -> None:
+    def __init__(self, topology: S.Topology, *, keep: bool = False, tag: str | None = None, run_dir: Path = RUN_DIR, host_mode: bool = False) -> None:
         self.topology = topology
         self.keep = keep
+        self.host_mode = host_mode
         self.names = KernelNames(tag or new_tag())
         self.run_dir = run_dir
         self.ledger: Ledger | None = None
@@ -107,6 +108,8 @@ class Lab:
         -> (namespace, kernel interface name, spec interface name)."""
         label, _, iface = point.partition(":")
         if label == "host":
+            if iface == "lo":
+                return self.host, "lo", "lo"
             if iface not in self._kname:
                 raise LabError(f"capture point {point!r}: the host has no interface {iface!r} (it has: {', '.join(self._kname)})")
             return self.host, self._kname[iface], iface
@@ -159,7 +162,7 @@ class Lab:
     def build(self) -> Lab:
         if self.topology.setup.mode != "build":
             raise LabError(f"{self.topology.source}: setup.mode = {self.topology.setup.mode!r} is made by another tool; use netcheck.adapters to run it")
-        self.ledger = Ledger(self.tag, topology=self.topology.name, mode="sandbox", run_dir=self.run_dir)
+        self.ledger = Ledger(self.tag, topology=self.topology.name, mode="host" if self.host_mode else "sandbox", run_dir=self.run_dir)
         try:
             self._build()
         except BaseException:
@@ -184,19 +187,35 @@ class Lab:
         self.ledger.record("link", netns=ns.name, name=name)
 
     def _build(self) -> None:
-        t = self.topology
-        n = self.names
+        """Build in three stages; setups made by other tools replace ``build_network``."""
+        self.map_names()
+        self.build_base()
+        self.build_network()
+        self.start_all_services()
+
+    def map_names(self) -> None:
+        t, n = self.topology, self.names
         self._kname[t.host.uplink] = n.uplink
         for i, b in enumerate(t.bridges):
             self._kname[b.name] = n.bridge(i)
         for i, c in enumerate(t.containers):
-            self._kname[c.host_veth] = n.host_veth(i)
+            if c.host_veth:
+                self._kname[c.host_veth] = n.host_veth(i)
 
-        self.host = self._new_ns(n.host_ns, "host")
+    def build_base(self) -> None:
+        """The host and the outside world: namespaces, uplink, sysctls, the host's default route."""
+        t, n = self.topology, self.names
+        if self.host_mode:
+            # The current namespace is the host under test: its sysctls and FORWARD policy are
+            # what is being validated, so they are read, never set.
+            self.host = Netns.current("host")
+            self._ns.append(self.host)
+        else:
+            self.host = self._new_ns(n.host_ns, "host")
+            host_sysctls = {"net.ipv4.ip_forward": 0, **dict(t.host.sysctls)}
+            for key, value in host_sysctls.items():
+                self.host.set_sysctl(key, value)
         self.wan = self._new_ns(n.wan_ns, "wan")
-        host_sysctls = {"net.ipv4.ip_forward": 0, **dict(t.host.sysctls)}
-        for key, value in host_sysctls.items():
-            self.host.set_sysctl(key, value)
         self.wan.set_sysctl("net.ipv4.ip_forward", 0)
 
         # uplink: host <-> wan, documentation addresses; "remote" addresses live on wan's lo.
@@ -208,7 +227,22 @@ class Lab:
         self.wan.set_link(n.wan_uplink, up=True)
         for remote in t.wan.remote:
             self.wan.add_address("lo", IPv4Interface(f"{remote.ip}/32"))
+        self.host.wait_links_up([n.uplink])
+        self.wan.wait_links_up([n.wan_uplink])
+        if self.host_mode:
+            # Never take over a real host's default route: route only netcheck's own remote addresses.
+            for remote in t.wan.remote:
+                assert self.ledger is not None
+                self.ledger.record("route", netns=None, dst=str(remote.network))
+                self.host.add_route(remote.network, t.host.gateway)
+        else:
+            self.host.add_route(DEFAULT_ROUTE, t.host.gateway)
+        for r in t.wan.routes:
+            self.wan.add_route(r.to, r.via)
 
+    def build_network(self) -> None:
+        """Bridges, containers, their routes, and the host's iptables rules, as the spec says."""
+        t = self.topology
         for b in t.bridges:
             name = self.kname(b.name)
             self._link(self.host, name)
@@ -220,12 +254,8 @@ class Lab:
         for c in t.containers:
             self._build_container(c)
 
-        self.host.wait_links_up([n.uplink, *(self.kname(c.host_veth) for c in t.containers)])
-        self.wan.wait_links_up([n.wan_uplink])
+        self.host.wait_links_up([self.kname(c.host_veth) for c in t.containers])
         # Routes need their gateways' links up.
-        self.host.add_route(DEFAULT_ROUTE, t.host.gateway)
-        for r in t.wan.routes:
-            self.wan.add_route(r.to, r.via)
         for c in t.containers:
             ns = self._containers[c.name]
             if c.gateway is not None:
@@ -237,10 +267,13 @@ class Lab:
         assert self.ledger is not None
         for rule in self.rules:
             self.ledger.record("rule", netns=self.host.name, rule=_asdict(rule))
-        policies = [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" else []
+        policies = [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" and not self.host_mode else []
         if self.rules or policies:
             apply_rules(self.host, self.rules, policies)
 
+    def start_all_services(self) -> None:
+        """Every container's services, and echo responders in the outside world."""
+        t = self.topology
         self.services = ServiceHost()
         for c in t.containers:
             self.start_services(c.name)
@@ -320,7 +353,7 @@ class Lab:
                 with contextlib.suppress(Exception):
                     ns.close()
         entries = self.ledger.entries
-        undoer = Undoer(handles={host.name: host} if host is not None else {})
+        undoer = Undoer(handles={host.name: host} if host is not None else {}, host_inode=self.ledger.netns_inode)
         inner = [e for e in entries if not (e["kind"] == "netns" and host is not None and e["name"] == host.name)]
         errors += undo_all(inner, undoer)
         if host is not None:

@@ -50,7 +50,11 @@ class Ledger:
         self._file = os.fdopen(fd, "a", buffering=1)
         self.entries: list[Entry] = []
         pid = os.getpid()
-        self._write({"kind": "run", "tag": tag, "pid": pid, "starttime": process_starttime(pid), "started": time.time(), "topology": topology, "mode": mode})
+        self.netns_inode = os.stat("/proc/self/ns/net").st_ino
+        self._write({
+            "kind": "run", "tag": tag, "pid": pid, "starttime": process_starttime(pid), "started": time.time(),
+            "topology": topology, "mode": mode, "netns_inode": self.netns_inode,
+        })
 
     def _write(self, entry: Entry) -> None:
         self._file.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -78,6 +82,7 @@ class Undoer:
     handles: dict[str | None, Netns] = field(default_factory=dict)
     log: Callable[[str], None] = lambda _msg: None
     dry_run: bool = False
+    host_inode: int | None = None  # the namespace a host-mode run changed
     _opened: list[Netns] = field(default_factory=list)
 
     def ns(self, name: str | None) -> Netns | None:
@@ -85,6 +90,8 @@ class Undoer:
             return self.handles[name]
         if name is not None and not os.path.exists(netns_path(name)):
             return None
+        if name is None and self.host_inode is not None and os.stat("/proc/self/ns/net").st_ino != self.host_inode:
+            raise NamespaceError(errno.EXDEV, "this run changed another network namespace (host mode); run netcheck clean from inside that namespace")
         handle = Netns.current() if name is None else Netns.attach(netns_path(name), name)
         self.handles[name] = handle
         self._opened.append(handle)
@@ -275,7 +282,7 @@ def clean(*, include_live: bool = False, dry_run: bool = False, log: Callable[[s
             header, entries = read_record(path)
             state = "dead" if dead else "LIVE"
             log(f"run {header.get('tag', path.stem)} (pid {header.get('pid', '?')}, {state}, topology {header.get('topology', '?')}):")
-            undoer = Undoer(log=lambda m: log("  " + m), dry_run=dry_run)
+            undoer = Undoer(log=lambda m: log("  " + m), dry_run=dry_run, host_inode=header.get("netns_inode"))
             try:
                 errs = undo_all(entries, undoer)
             finally:

@@ -39,6 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="use this network namespace as the container host (validates a real host; restores everything it touches)")
     g.addoption("--netcheck-scale-n", dest="netcheck_scale_n", type=int, metavar="N",
                 help="containers in the scale suite (-m scale; default 100)")
+    g.addoption("--netcheck-fault", action="append", dest="netcheck_fault", metavar="NAME",
+                help="break every lab on purpose after building it (see `netcheck faults`), to see a failure and its diagnosis")
     parser.addini("netcheck_topology", "topologies to test (names or files), one per line", type="linelist")
 
 
@@ -93,7 +95,7 @@ def lab_factory(pytestconfig: pytest.Config, netcheck_settings: settings_mod.Set
     """Session-wide lab factory: ``shared(topology)`` builds once per session, ``fresh(topology)`` a private lab."""
     from netcheck.factory import LabFactory
 
-    factory = LabFactory(keep=netcheck_settings.keep)
+    factory = LabFactory(keep=netcheck_settings.keep, host_mode=netcheck_settings.host_mode, faults=netcheck_settings.faults)
     pytestconfig.stash[FACTORY] = factory
     yield factory
     factory.close()

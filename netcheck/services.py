@@ -55,7 +55,7 @@ class ServiceHost:
         self._thread.start()
 
     def listen(self, ns: Netns, container: str, kind: str, port: int, address: str = "0.0.0.0") -> Listener:
-        """Open a listening socket inside ``ns`` and serve it."""
+        """Open a listening socket inside ``ns`` and serve it (port 0: any free port)."""
         udp = kind == "udp-echo"
 
         def make() -> socket.socket:
@@ -68,7 +68,7 @@ class ServiceHost:
             return s
 
         sock = ns.call(make)
-        listener = Listener(container, kind, address, port)
+        listener = Listener(container, kind, address, sock.getsockname()[1])
         with self._lock:
             self._sel.register(sock, selectors.EVENT_READ, ("udp" if udp else "accept", container, kind))
             self.listeners.append(listener)

@@ -21,6 +21,7 @@ class Settings:
     pcap: Literal["failed", "all", "none"]
     host_mode: bool
     scale_n: int
+    faults: tuple[str, ...] = ()
 
     def topology(self, name: str) -> spec.Topology:
         for t in self.topologies:
@@ -65,7 +66,15 @@ def resolve(config: pytest.Config) -> Settings:
     scale_n = int(config.getoption("netcheck_scale_n") or 100)
     if not 2 <= scale_n <= 1000:
         raise pytest.UsageError(f"--netcheck-scale-n={scale_n}: use a number of containers from 2 to 1000")
+    faults = tuple(config.getoption("netcheck_fault") or ())
+    if faults:
+        from netcheck.faults import FAULTS
+
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            raise pytest.UsageError(f"--netcheck-fault {', '.join(unknown)}: unknown fault; known: {', '.join(sorted(FAULTS))}")
     return Settings(
+        faults=faults,
         topologies=tuple(topologies),
         keep=bool(config.getoption("netcheck_keep")),
         report=config.getoption("netcheck_report") or "auto",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from netcheck import expect as promise
@@ -57,17 +55,13 @@ def test_containers_on_different_networks_only_reach_each_other_if_allowed(lab, 
 
 def test_host_loopback_services_are_not_reachable_from_containers(lab, probe):
     """A service bound to the host's 127.0.0.1 stays private to the host."""
-    listener = lab.host.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = lab.services.listen(lab.host, "host-loopback", "tcp-echo", 0, "127.0.0.1")
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        port = listener.getsockname()[1]
+        expect(probe.tcp("host", "127.0.0.1", listener.port, target="host-loopback"))  # it is up
         results = []
         for c in lab.topology.containers:
             for dst in {str(c.gateway), str(lab.topology.host.address.ip)} - {"None"}:
-                r = probe.tcp(c.name, dst, port, expect="block")
-                results.append(r)
-        expect_all(results, f"host loopback service on 127.0.0.1:{port}")
+                results.append(probe.tcp(c.name, dst, listener.port, expect="block", capture=[f"host:{c.bridge or c.host_veth}"]))
+        expect_all(results, f"host loopback service on 127.0.0.1:{listener.port}")
     finally:
-        listener.close()
+        lab.services.stop("host-loopback")

@@ -16,8 +16,8 @@ def test_both_ends_up_addressed_and_same_mtu(lab):
         assert inner is not None, f"{c.name}: interface {c.interface} is missing"
         assert outer is not None, f"host: veth {c.host_veth} of {c.name} is missing"
         assert inner.kind == outer.kind == "veth", f"{c.name}: {c.interface} is a {inner.kind}, {c.host_veth} a {outer.kind}; both must be veth"
-        assert inner.up, f"{c.name}: {c.interface} is {'admin down' if not inner.admin_up else inner.operstate}"
-        assert outer.up, f"host: {c.host_veth} ({outer.name}) is {'admin down' if not outer.admin_up else outer.operstate}"
+        assert outer.up, f"host: {c.host_veth} ({outer.name}), the host end of {c.name}'s veth, is {'admin down' if not outer.admin_up else outer.operstate}"
+        assert inner.up, f"{c.name}: {c.interface}, the container end of veth {c.host_veth}, is {'admin down' if not inner.admin_up else inner.operstate}"
         assert inner.mtu == outer.mtu, f"{c.name}: MTU {inner.mtu} inside but {outer.mtu} on {c.host_veth}"
         assert inner.peer_index == outer.index, f"{c.name}: {c.interface} is not the peer of {c.host_veth}"
         addrs = [a.address for a in lab.container_ns(c.name).addresses() if a.interface == c.interface]

@@ -219,6 +219,15 @@ class Netns:
         except Exception as exc:  # noqa: BLE001
             raise self._fail(f"set link {name}", exc) from None
 
+    def set_bridge(self, name: str, **attrs: int) -> None:
+        """Set bridge attributes, e.g. ``br_ageing_time=0``."""
+
+        def do(ipr: IPRoute) -> None:
+            idx = ipr.link("get", ifname=name)[0]["index"]
+            ipr.link("set", index=idx, kind="bridge", **attrs)
+
+        self.netlink(do)
+
     def delete_link(self, name: str) -> bool:
         """Delete a link; False if it was already gone."""
 

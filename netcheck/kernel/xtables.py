@@ -170,8 +170,8 @@ def _from_iptc(table: str, chain: str, r: Any) -> XRule:
     )
 
 
-def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> None:
-    """Create the custom chains the rules jump to and append the rules, in one commit per table."""
+def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = (), *, insert: bool = False) -> None:
+    """Create the custom chains the rules jump to and append (or insert) the rules, one commit per table."""
 
     def do() -> None:
         iptc = _iptc()
@@ -183,7 +183,11 @@ def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str,
                     t.create_chain(r.chain)
                 if r.target not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT") and not t.is_chain(r.target):
                     t.create_chain(r.target)
-                iptc.Chain(t, r.chain).append_rule(_to_iptc(r))
+                chain = iptc.Chain(t, r.chain)
+                if insert:
+                    chain.insert_rule(_to_iptc(r))
+                else:
+                    chain.append_rule(_to_iptc(r))
             for table, chain, policy in policies:
                 iptc.Chain(tables[table], chain).set_policy(iptc.Policy(policy))
             for t in tables.values():

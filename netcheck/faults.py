@@ -1,0 +1,239 @@
+"""Faults: named, deliberate breakages of a built lab, each with the suite test it must fail.
+
+The fault tests, the diagnosis corpus and ``--netcheck-fault NAME`` share this catalog, so a
+user can see exactly what a failure and its diagnosis look like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING
+
+from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, set_policy
+
+if TYPE_CHECKING:
+    from netcheck.lab import Lab
+
+DEFAULT = IPv4Network("0.0.0.0/0")
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    summary: str
+    topology: str  # the built-in it is demonstrated on
+    suite_test: str  # the suite test it must make fail
+    message: str  # a phrase the failure message must contain
+    cause: str  # the diagnosis's expected top cause
+    inject: Callable[[Lab], None]
+
+
+def _first(lab: Lab) -> str:
+    return lab.topology.containers[0].name
+
+
+def _second(lab: Lab) -> str:
+    return lab.topology.containers[1].name
+
+
+def _rule(lab: Lab, chain: str, target: str | None = None) -> XRule:
+    for r in lab.rules:
+        if r.chain == chain and (target is None or r.target == target):
+            return r
+    raise LookupError(f"{lab.topology.name} has no {target or ''} rule in {chain}")
+
+
+def _drop(lab: Lab, chain: str, target: str | None = None) -> XRule:
+    r = _rule(lab, chain, target)
+    delete_rules(lab.host, [r])
+    return r
+
+
+def _swap(lab: Lab, chain: str, target: str, **changes: object) -> None:
+    old = _drop(lab, chain, target)
+    apply_rules(lab.host, [replace(old, **changes)])  # type: ignore[arg-type]
+
+
+def veth_down(lab: Lab) -> None:
+    c = lab.topology.container(_first(lab))
+    lab.host.set_link(lab.kname(c.host_veth), up=False)
+
+
+def iface_down(lab: Lab) -> None:
+    c = lab.topology.container(_first(lab))
+    lab.container_ns(c.name).set_link(c.interface, up=False)
+
+
+def lo_down(lab: Lab) -> None:
+    lab.container_ns(_first(lab)).set_link("lo", up=False)
+
+
+def detach(lab: Lab) -> None:
+    c = lab.topology.container(_second(lab))
+    lab.host.set_link(lab.kname(c.host_veth), master=None)
+
+
+def ip_forward_off(lab: Lab) -> None:
+    lab.host.set_sysctl("net.ipv4.ip_forward", 0)
+
+
+def no_default_route(lab: Lab) -> None:
+    lab.container_ns(_first(lab)).delete_route(DEFAULT)
+
+
+def wrong_gateway(lab: Lab) -> None:
+    c = lab.topology.container(_first(lab))
+    assert c.address is not None
+    ns = lab.container_ns(c.name)
+    ns.delete_route(DEFAULT)
+    ns.add_route(DEFAULT, c.address.network.broadcast_address - 1)
+
+
+def masquerade_removed(lab: Lab) -> None:
+    _drop(lab, "POSTROUTING", "MASQUERADE")
+
+
+def masquerade_wrong_source(lab: Lab) -> None:
+    _swap(lab, "POSTROUTING", "MASQUERADE", src="10.99.0.0/16")
+
+
+def dnat_removed(lab: Lab) -> None:
+    _drop(lab, "PREROUTING", "DNAT")
+
+
+def dnat_wrong_port(lab: Lab) -> None:
+    r = _rule(lab, "PREROUTING", "DNAT")
+    assert r.to_destination is not None
+    addr, port = r.to_destination.rsplit(":", 1)
+    _swap(lab, "PREROUTING", "DNAT", to_destination=f"{addr}:{int(port) + 1}")
+
+
+def output_dnat_missing(lab: Lab) -> None:
+    _drop(lab, "OUTPUT", "DNAT")
+
+
+def vip_not_jumped_from_output(lab: Lab) -> None:
+    v = lab.topology.vips[0]
+    _drop(lab, "OUTPUT", v.chain)
+
+
+def forward_drop(lab: Lab) -> None:
+    set_policy(lab.host, "filter", "FORWARD", "DROP")
+
+
+def forward_drop_rule(lab: Lab) -> None:
+    c = lab.topology.container(_first(lab))
+    side = lab.kname(c.bridge or c.host_veth)
+    apply_rules(lab.host, [XRule("filter", "FORWARD", "DROP", in_interface=side, out_interface=lab.kname(lab.topology.host.uplink), comment=lab.names.comment)], insert=True)
+
+
+def second_container_answers(lab: Lab) -> None:
+    p = lab.topology.publishes[0]
+    other = next(c for c in lab.topology.containers if c.name != p.container)
+    assert lab.services is not None and other.address is not None
+    lab.services.listen(lab.container_ns(other.name), other.name, "http", p.port)
+    _swap(lab, "PREROUTING", "DNAT", to_destination=f"{other.address.ip}:{p.port}")
+
+
+def host_link_in_container(lab: Lab) -> None:
+    """A second veth from the host plugged into the container: the host's network leaks in."""
+    lab.host.add_veth(f"{lab.tag}hl", "hostlink0", lab.container_ns(_first(lab)))
+
+
+def bridge_floods(lab: Lab) -> None:
+    b = lab.topology.bridges[0]
+    lab.host.set_bridge(lab.kname(b.name), br_ageing_time=0)
+
+
+def route_localnet_exposed(lab: Lab) -> None:
+    b = lab.topology.bridges[0]
+    assert b.address is not None
+    lab.host.set_sysctl(f"net.ipv4.conf.{lab.kname(b.name)}.route_localnet", 1)
+    apply_rules(lab.host, [XRule("nat", "PREROUTING", "DNAT", dst=str(b.address.ip), protocol="tcp", to_destination="127.0.0.1", comment=lab.names.comment)])
+
+
+def br_netfilter_off(lab: Lab) -> None:
+    lab.host.set_sysctl("net.bridge.bridge-nf-call-iptables", 0)
+
+
+def no_service(lab: Lab) -> None:
+    assert lab.services is not None
+    lab.services.stop(lab.topology.publishes[0].container, "http")
+
+
+def wrong_prefix(lab: Lab) -> None:
+    c = lab.topology.container(_second(lab))
+    assert c.address is not None
+    ns = lab.container_ns(c.name)
+    ns.delete_address(c.interface, c.address)
+    ns.add_address(c.interface, IPv4Interface(f"{c.address.ip}/30"))
+
+
+def address_conflict(lab: Lab) -> None:
+    first, second = lab.topology.container(_first(lab)), lab.topology.container(_second(lab))
+    assert first.address is not None
+    lab.container_ns(second.name).add_address(second.interface, IPv4Interface(f"{first.address.ip}/32"))
+
+
+def uplink_down(lab: Lab) -> None:
+    lab.host.set_link(lab.kname(lab.topology.host.uplink), up=False)
+
+
+def mtu_mismatch(lab: Lab) -> None:
+    c = lab.topology.container(_first(lab))
+    lab.host.set_link(lab.kname(c.host_veth), mtu=1400)
+
+
+def dnat_to_localhost(lab: Lab) -> None:
+    p = lab.topology.publishes[0]
+    assert lab.services is not None
+    lab.services.listen(lab.host, "host", "http", p.port, "127.0.0.1")
+    _swap(lab, "PREROUTING", "DNAT", to_destination=f"127.0.0.1:{p.port}")
+
+
+_S = "suites/"
+FAULTS: dict[str, Fault] = {f.name: f for f in [
+    Fault("veth-down", "the host side of a container's veth is down", "seed1", _S + "test_veth.py::test_both_ends_up_addressed_and_same_mtu", "veth0", "link_down", veth_down),
+    Fault("container-iface-down", "a container's own interface is down", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "link_down", iface_down),
+    Fault("lo-down", "a container's lo is down", "seed1", _S + "test_veth.py::test_container_loopback_carries_traffic", "127.0.0.1", "lo_down", lo_down),
+    Fault("detached-from-bridge", "a container's veth is not attached to the bridge", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "not_in_bridge", detach),
+    Fault("ip-forward-off", "net.ipv4.ip_forward = 0 in the host", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "ip_forward_off", ip_forward_off),
+    Fault("no-default-route", "a container has no default route", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "no_default_route", no_default_route),
+    Fault("wrong-gateway", "a container's default route points at an address nobody has", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "wrong_gateway", wrong_gateway),
+    Fault("masquerade-removed", "the MASQUERADE rule is gone", "seed1", _S + "test_masquerade.py::test_outside_sees_the_host_uplink_address", "198.51.100.1", "masquerade_missing", masquerade_removed),
+    Fault("masquerade-wrong-source", "MASQUERADE matches the wrong source subnet", "seed1", _S + "test_masquerade.py::test_outside_sees_the_host_uplink_address", "198.51.100.1", "masquerade_wrong", masquerade_wrong_source),
+    Fault("dnat-removed", "the PREROUTING DNAT of the published port is gone", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "203.0.113.2:5000", "dnat_missing", dnat_removed),
+    Fault("dnat-wrong-port", "the DNAT sends the published port to the wrong container port", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "203.0.113.2:5000", "dnat_wrong", dnat_wrong_port),
+    Fault("output-dnat-missing", "the OUTPUT DNAT is gone: reachable from outside, not from the host", "seed1", _S + "test_dnat.py::test_published_port_reached_from_the_host", "203.0.113.2:5000", "output_dnat_missing", output_dnat_missing),
+    Fault("vip-not-jumped-from-output", "OUTPUT does not jump to the VIP chain", "seed2", _S + "test_vip.py::test_vip_from_the_host", "10.100.100.100:8080", "vip_not_jumped", vip_not_jumped_from_output),
+    Fault("forward-drop", "FORWARD policy DROP with bridge-nf-call-iptables=1", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "forward_drop", forward_drop),
+    Fault("forward-drop-rule", "a FORWARD DROP rule ahead of the accepts", "seed2", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "forward_drop", forward_drop_rule),
+    Fault("second-container-answers", "the published port is answered by another container", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "wrong-target", "dnat_wrong", second_container_answers),
+    Fault("host-link-in-container", "a container sees a link that is not its own", "seed1", _S + "test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules", "hostlink0", "extra_link", host_link_in_container),
+    Fault("bridge-floods", "the bridge forgets MACs at once (ageing 0) and floods every frame", "seed1", _S + "test_isolation.py::test_unicast_frames_stay_off_other_containers", "must never appear", "bridge_flooding", bridge_floods),
+    Fault("route-localnet-exposed", "route_localnet=1 and a DNAT to 127.0.0.1 expose the host's loopback", "seed1", _S + "test_isolation.py::test_host_loopback_services_are_not_reachable_from_containers", "loopback service", "route_localnet_exposed", route_localnet_exposed),
+    Fault("br-netfilter-off", "bridge-nf-call-iptables=0: a same-bridge DNAT reply skips the un-NAT", "seed1", _S + "test_dnat.py::test_source_address_seen_on_each_access_path", "203.0.113.2:5000", "br_netfilter_off", br_netfilter_off),
+    Fault("no-service", "nothing listens on the published port in the container", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "connection refused", "no_listener", no_service),
+    Fault("wrong-prefix", "a container's address has the wrong prefix length", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "wrong_prefix", wrong_prefix),
+    Fault("address-conflict", "two containers hold the same address", "seed1", _S + "test_bridge.py::test_arp_resolves_to_the_right_mac", "ARP", "address_conflict", address_conflict),
+    Fault("uplink-down", "the host's uplink is down", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "link_down", uplink_down),
+    Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", _S + "test_veth.py::test_both_ends_up_addressed_and_same_mtu", "MTU", "mtu_mismatch", mtu_mismatch),
+    Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost),
+]}
+
+
+def inject(lab: Lab, names: Iterable[str]) -> list[str]:
+    """Apply the named faults that make sense for this lab's topology; returns those applied."""
+    applied = []
+    for name in names:
+        try:
+            FAULTS[name].inject(lab)
+        except (LookupError, IndexError, StopIteration):
+            continue  # the topology lacks what this fault breaks (e.g. no VIP)
+        applied.append(name)
+    return applied
+
+
+__all__ = ["FAULTS", "Fault", "IPv4Address", "inject"]
