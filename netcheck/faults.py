@@ -193,34 +193,48 @@ def dnat_to_localhost(lab: Lab) -> None:
     _swap(lab, "PREROUTING", "DNAT", to_destination=f"127.0.0.1:{p.port}")
 
 
-_S = "suites/"
+# The suite test each fault must make fail.
+BRIDGE_ARP = "suites/test_bridge.py::test_arp_resolves_to_the_right_mac"
+BRIDGE_MATRIX = "suites/test_bridge.py::test_full_matrix_on_each_bridge"
+DNAT_HOST = "suites/test_dnat.py::test_published_port_reached_from_the_host"
+DNAT_OUTSIDE = "suites/test_dnat.py::test_published_port_reached_from_outside"
+DNAT_PATHS = "suites/test_dnat.py::test_source_address_seen_on_each_access_path"
+FORWARD_OUT = "suites/test_forwarding.py::test_container_reaches_the_outside_through_the_host"
+ISO_FRAMES = "suites/test_isolation.py::test_unicast_frames_stay_off_other_containers"
+ISO_LINKS = "suites/test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules"
+ISO_LOOPBACK = "suites/test_isolation.py::test_host_loopback_services_are_not_reachable_from_containers"
+MASQ_OUT = "suites/test_masquerade.py::test_outside_sees_the_host_uplink_address"
+VETH_ENDS = "suites/test_veth.py::test_both_ends_up_addressed_and_same_mtu"
+VETH_LO = "suites/test_veth.py::test_container_loopback_carries_traffic"
+VIP_HOST = "suites/test_vip.py::test_vip_from_the_host"
+
 FAULTS: dict[str, Fault] = {f.name: f for f in [
-    Fault("veth-down", "the host side of a container's veth is down", "seed1", _S + "test_veth.py::test_both_ends_up_addressed_and_same_mtu", "veth0", "link_down", veth_down),
-    Fault("container-iface-down", "a container's own interface is down", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "link_down", iface_down),
-    Fault("lo-down", "a container's lo is down", "seed1", _S + "test_veth.py::test_container_loopback_carries_traffic", "127.0.0.1", "lo_down", lo_down),
-    Fault("detached-from-bridge", "a container's veth is not attached to the bridge", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "not_in_bridge", detach),
-    Fault("ip-forward-off", "net.ipv4.ip_forward = 0 in the host", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "ip_forward_off", ip_forward_off),
-    Fault("no-default-route", "a container has no default route", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "no_default_route", no_default_route),
-    Fault("wrong-gateway", "a container's default route points at an address nobody has", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "wrong_gateway", wrong_gateway),
-    Fault("masquerade-removed", "the MASQUERADE rule is gone", "seed1", _S + "test_masquerade.py::test_outside_sees_the_host_uplink_address", "198.51.100.1", "masquerade_missing", masquerade_removed),
-    Fault("masquerade-wrong-source", "MASQUERADE matches the wrong source subnet", "seed1", _S + "test_masquerade.py::test_outside_sees_the_host_uplink_address", "198.51.100.1", "masquerade_wrong", masquerade_wrong_source),
-    Fault("dnat-removed", "the PREROUTING DNAT of the published port is gone", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "203.0.113.2:5000", "dnat_missing", dnat_removed),
-    Fault("dnat-wrong-port", "the DNAT sends the published port to the wrong container port", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "203.0.113.2:5000", "dnat_wrong", dnat_wrong_port),
-    Fault("output-dnat-missing", "the OUTPUT DNAT is gone: reachable from outside, not from the host", "seed1", _S + "test_dnat.py::test_published_port_reached_from_the_host", "203.0.113.2:5000", "output_dnat_missing", output_dnat_missing),
-    Fault("vip-not-jumped-from-output", "OUTPUT does not jump to the VIP chain", "seed2", _S + "test_vip.py::test_vip_from_the_host", "10.100.100.100:8080", "vip_not_jumped", vip_not_jumped_from_output),
-    Fault("forward-drop", "FORWARD policy DROP with bridge-nf-call-iptables=1", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "forward_drop", forward_drop),
-    Fault("forward-drop-rule", "a FORWARD DROP rule ahead of the accepts", "seed2", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "forward_drop", forward_drop_rule),
-    Fault("second-container-answers", "the published port is answered by another container", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "wrong-target", "dnat_wrong", second_container_answers),
-    Fault("host-link-in-container", "a container sees a link that is not its own", "seed1", _S + "test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules", "hostlink0", "extra_link", host_link_in_container),
-    Fault("bridge-floods", "the bridge forgets MACs at once (ageing 0) and floods every frame", "seed1", _S + "test_isolation.py::test_unicast_frames_stay_off_other_containers", "must never appear", "bridge_flooding", bridge_floods),
-    Fault("route-localnet-exposed", "route_localnet=1 and a DNAT to 127.0.0.1 expose the host's loopback", "seed1", _S + "test_isolation.py::test_host_loopback_services_are_not_reachable_from_containers", "loopback service", "route_localnet_exposed", route_localnet_exposed),
-    Fault("br-netfilter-off", "bridge-nf-call-iptables=0: a same-bridge DNAT reply skips the un-NAT", "seed1", _S + "test_dnat.py::test_source_address_seen_on_each_access_path", "203.0.113.2:5000", "br_netfilter_off", br_netfilter_off),
-    Fault("no-service", "nothing listens on the published port in the container", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "connection refused", "no_listener", no_service),
-    Fault("wrong-prefix", "a container's address has the wrong prefix length", "seed1", _S + "test_bridge.py::test_full_matrix_on_each_bridge", "bridge matrix", "wrong_prefix", wrong_prefix),
-    Fault("address-conflict", "two containers hold the same address", "seed1", _S + "test_bridge.py::test_arp_resolves_to_the_right_mac", "ARP", "address_conflict", address_conflict),
-    Fault("uplink-down", "the host's uplink is down", "seed1", _S + "test_forwarding.py::test_container_reaches_the_outside_through_the_host", "198.51.100.1", "link_down", uplink_down),
-    Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", _S + "test_veth.py::test_both_ends_up_addressed_and_same_mtu", "MTU", "mtu_mismatch", mtu_mismatch),
-    Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", _S + "test_dnat.py::test_published_port_reached_from_outside", "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost),
+    Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
+    Fault("container-iface-down", "a container's own interface is down", "seed1", BRIDGE_MATRIX, "bridge matrix", "link_down", iface_down),
+    Fault("lo-down", "a container's lo is down", "seed1", VETH_LO, "127.0.0.1", "lo_down", lo_down),
+    Fault("detached-from-bridge", "a container's veth is not attached to the bridge", "seed1", BRIDGE_MATRIX, "bridge matrix", "not_in_bridge", detach),
+    Fault("ip-forward-off", "net.ipv4.ip_forward = 0 in the host", "seed1", FORWARD_OUT, "198.51.100.1", "ip_forward_off", ip_forward_off),
+    Fault("no-default-route", "a container has no default route", "seed1", FORWARD_OUT, "198.51.100.1", "no_default_route", no_default_route),
+    Fault("wrong-gateway", "a container's default route points at an address nobody has", "seed1", FORWARD_OUT, "198.51.100.1", "wrong_gateway", wrong_gateway),
+    Fault("masquerade-removed", "the MASQUERADE rule is gone", "seed1", MASQ_OUT, "198.51.100.1", "masquerade_missing", masquerade_removed),
+    Fault("masquerade-wrong-source", "MASQUERADE matches the wrong source subnet", "seed1", MASQ_OUT, "198.51.100.1", "masquerade_wrong", masquerade_wrong_source),
+    Fault("dnat-removed", "the PREROUTING DNAT of the published port is gone", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "dnat_missing", dnat_removed),
+    Fault("dnat-wrong-port", "the DNAT sends the published port to the wrong container port", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "dnat_wrong", dnat_wrong_port),
+    Fault("output-dnat-missing", "the OUTPUT DNAT is gone: reachable from outside, not from the host", "seed1", DNAT_HOST, "203.0.113.2:5000", "output_dnat_missing", output_dnat_missing),
+    Fault("vip-not-jumped-from-output", "OUTPUT does not jump to the VIP chain", "seed2", VIP_HOST, "10.100.100.100:8080", "vip_not_jumped", vip_not_jumped_from_output),
+    Fault("forward-drop", "FORWARD policy DROP with bridge-nf-call-iptables=1", "seed1", BRIDGE_MATRIX, "bridge matrix", "forward_drop", forward_drop),
+    Fault("forward-drop-rule", "a FORWARD DROP rule ahead of the accepts", "seed2", FORWARD_OUT, "198.51.100.1", "forward_drop", forward_drop_rule),
+    Fault("second-container-answers", "the published port is answered by another container", "seed1", DNAT_OUTSIDE, "wrong-target", "dnat_wrong", second_container_answers),
+    Fault("host-link-in-container", "a container sees a link that is not its own", "seed1", ISO_LINKS, "hostlink0", "extra_link", host_link_in_container),
+    Fault("bridge-floods", "the bridge forgets MACs at once (ageing 0) and floods every frame", "seed1", ISO_FRAMES, "must never appear", "bridge_flooding", bridge_floods),
+    Fault("route-localnet-exposed", "route_localnet=1 and a DNAT to 127.0.0.1 expose the host's loopback", "seed1", ISO_LOOPBACK, "loopback service", "route_localnet_exposed", route_localnet_exposed),
+    Fault("br-netfilter-off", "bridge-nf-call-iptables=0: a same-bridge DNAT reply skips the un-NAT", "seed1", DNAT_PATHS, "203.0.113.2:5000", "br_netfilter_off", br_netfilter_off),
+    Fault("no-service", "nothing listens on the published port in the container", "seed1", DNAT_OUTSIDE, "connection refused", "no_listener", no_service),
+    Fault("wrong-prefix", "a container's address has the wrong prefix length", "seed1", BRIDGE_MATRIX, "bridge matrix", "wrong_prefix", wrong_prefix),
+    Fault("address-conflict", "two containers hold the same address", "seed1", BRIDGE_ARP, "ARP", "address_conflict", address_conflict),
+    Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down),
+    Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch),
+    Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost),
 ]}
 
 

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from netcheck.probes import Prober
     from netcheck.report.collector import Collector
 
-SETTINGS = pytest.StashKey["settings_mod.Settings"]()
-EVIDENCE = pytest.StashKey[list[dict[str, Any]]]()
-COLLECTOR = pytest.StashKey["Collector"]()
-FACTORY = pytest.StashKey["LabFactory"]()
+SETTINGS: pytest.StashKey[settings_mod.Settings] = pytest.StashKey()
+EVIDENCE: pytest.StashKey[list[dict[str, Any]]] = pytest.StashKey()
+COLLECTOR: pytest.StashKey[Collector] = pytest.StashKey()
+FACTORY: pytest.StashKey[LabFactory] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
