@@ -58,6 +58,7 @@ class Lab:
         self.keep = keep
         self.host_mode = host_mode
         self.names = KernelNames(tag or new_tag())
+        self._tag_given = tag is not None
         self.run_dir = run_dir
         self.ledger: Ledger | None = None
         self.host: Netns
@@ -162,7 +163,14 @@ class Lab:
     def build(self) -> Lab:
         if self.topology.setup.mode != "build":
             raise LabError(f"{self.topology.source}: setup.mode = {self.topology.setup.mode!r} is made by another tool; use netcheck.adapters to run it")
-        self.ledger = Ledger(self.tag, topology=self.topology.name, mode="host" if self.host_mode else "sandbox", run_dir=self.run_dir)
+        for attempt in range(5):
+            try:
+                self.ledger = Ledger(self.tag, topology=self.topology.name, mode="host" if self.host_mode else "sandbox", run_dir=self.run_dir)
+                break
+            except FileExistsError:
+                if self._tag_given or attempt == 4:
+                    raise LabError(f"lab tag {self.tag} is taken: {self.run_dir / (self.tag + '.jsonl')} exists (a leftover? try: netcheck clean)") from None
+                self.names = KernelNames(new_tag())  # another live lab drew the same tag
         try:
             self._build()
         except BaseException:

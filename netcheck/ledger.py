@@ -45,16 +45,15 @@ class Ledger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.tag = tag
         self.path = run_dir / f"{tag}.jsonl"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._file = os.fdopen(fd, "a", buffering=1)
         self.entries: list[Entry] = []
         pid = os.getpid()
         self.netns_inode = os.stat("/proc/self/ns/net").st_ino
-        self._write({
+        header = {
             "kind": "run", "tag": tag, "pid": pid, "starttime": process_starttime(pid), "started": time.time(),
             "topology": topology, "mode": mode, "netns_inode": self.netns_inode,
-        })
+        }
+        fd = _create_locked(self.path, (json.dumps(header, sort_keys=True) + "\n").encode())
+        self._file = os.fdopen(fd, "a", buffering=1)
 
     def _write(self, entry: Entry) -> None:
         self._file.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -73,6 +72,40 @@ class Ledger:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         self._file.close()
+
+
+def _create_locked(path: Path, header: bytes) -> int:
+    """Create a run record that is locked and holds its header the moment it is visible.
+
+    The record is born unnamed (O_TMPFILE) and linked into place only then, so a concurrent
+    ``clean`` never sees an empty, unlocked record and takes it for a dead run's. Linking
+    fails with FileExistsError if the tag is taken.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    try:
+        fd = os.open(path.parent, flags | os.O_TMPFILE, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+            raise
+        fd = -1  # no O_TMPFILE on this filesystem: create in place (a tiny window remains)
+    if fd < 0:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, header)
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, header)
+        # With a dir fd, os.link calls linkat(AT_SYMLINK_FOLLOW), which links the open file.
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass
