@@ -53,6 +53,9 @@ class Endpoint:
 class Lab:
     """One topology, built in sandbox namespaces (host, wan, one per container)."""
 
+    #: True for subclasses that run another tool instead of building the network (netcheck.adapters).
+    external = False
+
     def __init__(self, topology: S.Topology, *, keep: bool = False, tag: str | None = None, run_dir: Path = RUN_DIR, host_mode: bool = False) -> None:
         self.topology = topology
         self.keep = keep
@@ -161,7 +164,7 @@ class Lab:
         self.teardown()
 
     def build(self) -> Lab:
-        if self.topology.setup.mode != "build":
+        if self.topology.setup.mode != "build" and not self.external:
             raise LabError(f"{self.topology.source}: setup.mode = {self.topology.setup.mode!r} is made by another tool; use netcheck.adapters to run it")
         for attempt in range(5):
             try:
@@ -220,8 +223,7 @@ class Lab:
             self._ns.append(self.host)
         else:
             self.host = self._new_ns(n.host_ns, "host")
-            host_sysctls = {"net.ipv4.ip_forward": 0, **dict(t.host.sysctls)}
-            for key, value in host_sysctls.items():
+            for key, value in self.base_sysctls().items():
                 self.host.set_sysctl(key, value)
         self.wan = self._new_ns(n.wan_ns, "wan")
         self.wan.set_sysctl("net.ipv4.ip_forward", 0)
@@ -247,6 +249,10 @@ class Lab:
             self.host.add_route(DEFAULT_ROUTE, t.host.gateway)
         for r in t.wan.routes:
             self.wan.add_route(r.to, r.via)
+
+    def base_sysctls(self) -> dict[str, int]:
+        """The sandbox host's sysctls before the network is built: ip_forward off, then the spec's."""
+        return {"net.ipv4.ip_forward": 0, **dict(self.topology.host.sysctls)}
 
     def build_network(self) -> None:
         """Bridges, containers, their routes, and the host's iptables rules, as the spec says."""

@@ -10,7 +10,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -26,6 +26,8 @@ SERVICE_KINDS = ("http", "tcp-echo", "udp-echo")
 ECHO_PORT = 7
 BUILTIN = ("seed1", "seed2", "seed2-veth")
 MODES = ("build", "script", "cni", "netavark", "podman", "docker")
+EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
+AUTO = "auto"  # a value read back from what the tool made
 
 
 class SpecError(ValueError):
@@ -65,6 +67,7 @@ class Route:
 class Bridge:
     name: str
     address: IPv4Interface | None
+    auto: tuple[str, ...] = ()  # fields declared "auto" (external setups): read back from the kernel
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class Container:
     routes: tuple[Route, ...] = ()
     services: tuple[Service, ...] = ()
     mtu: int | None = None
+    netns: str | None = None  # an existing namespace to discover (host mode), e.g. /run/netns/web
+    auto: tuple[str, ...] = ()  # fields declared "auto" or left out (external setups): read back from the kernel
 
     def service(self, kind: str) -> Service | None:
         return next((s for s in self.services if s.kind == kind), None)
@@ -140,12 +145,23 @@ class ForwardAccept:
 
 @dataclass(frozen=True)
 class Setup:
-    """How the lab is made: by netcheck ('build') or by another tool, run as the user wrote it."""
+    """How the lab is made: by netcheck ('build') or by another tool, run as the user wrote it.
+
+    ``command`` and ``teardown`` are argv lists run in the sandbox host namespace with the
+    spec file's folder as working directory; ``config`` is a CNI conflist or a netavark
+    network file, relative to that folder; ``socket`` names an existing Docker daemon (or
+    Podman service) whose containers host mode discovers instead of starting its own.
+    """
 
     mode: Literal["build", "script", "cni", "netavark", "podman", "docker"] = "build"
     command: tuple[str, ...] = ()
     teardown: tuple[str, ...] = ()
     config: str | None = None
+    socket: str | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.mode != "build"
 
 
 @dataclass(frozen=True)
@@ -174,7 +190,7 @@ class Topology:
 
     def host_interfaces(self) -> tuple[str, ...]:
         """Spec names of the host's interfaces: uplink, bridges, host-side veths."""
-        return (self.host.uplink, *(b.name for b in self.bridges), *(c.host_veth for c in self.containers))
+        return (self.host.uplink, *(b.name for b in self.bridges), *(c.host_veth for c in self.containers if c.host_veth))
 
 
 # --------------------------------------------------------------------------- reading
@@ -355,10 +371,10 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         command=_argv(sr, "command"),
         teardown=_argv(sr, "teardown"),
         config=sr.string("config", None),
+        socket=sr.string("socket", None),
     )
     sr.done()
-    if setup.mode != "build" and not setup.command and setup.mode == "script":
-        raise sr.fail("command", None, "a script setup needs a command", 'add command = ["sh", "examples/setup.sh"]')
+    _check_setup(sr, setup)
 
     hr = top.sub("host")
     sysr = hr.sub("sysctl", {})
@@ -387,25 +403,30 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
 
     bridges = []
     for br in top.tables("bridge"):
-        bridges.append(Bridge(name=br.interface("name"), address=br.iface_address("address", None)))
+        baddr = br.iface_address("address", None, allow_auto=True)
+        bridges.append(Bridge(name=br.interface("name"), address=baddr, auto=("address",) if br.data.get("address") == AUTO else ()))
         br.done()
 
     containers = []
     for cr in top.tables("container"):
-        containers.append(
-            Container(
-                name=cr.string("name", pattern=NAME_RE),
-                interface=cr.interface("interface", "eth0"),
-                address=cr.iface_address("address", allow_auto=True),
-                host_veth=cr.interface("host_veth", None) or "",
-                bridge=cr.interface("bridge", None),
-                host_address=cr.iface_address("host_address", None),
-                gateway=cr.address("gateway", None),
-                routes=_routes(cr, "routes"),
-                services=_services(cr),
-                mtu=cr.integer("mtu", None, 68, 65535),
-            )
+        gw_auto = cr.data.get("gateway") == AUTO
+        if gw_auto:
+            cr.used.add("gateway")
+        c = Container(
+            name=cr.string("name", pattern=NAME_RE),
+            interface=cr.interface("interface", "eth0"),
+            address=cr.iface_address("address", allow_auto=True),
+            host_veth=cr.interface("host_veth", None) or "",
+            bridge=cr.interface("bridge", None),
+            host_address=cr.iface_address("host_address", None),
+            gateway=None if gw_auto else cr.address("gateway", None),
+            routes=_routes(cr, "routes"),
+            services=_services(cr),
+            mtu=cr.integer("mtu", None, 68, 65535),
+            netns=_netns_path(cr, "netns"),
         )
+        auto = tuple(k for k, on in (("address", c.address is None), ("gateway", gw_auto), ("host_veth", not c.host_veth)) if on)
+        containers.append(replace(c, auto=auto))
         cr.done()
 
     masquerades = []
@@ -473,6 +494,48 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     return topo
 
 
+def _check_setup(r: _Reader, s: Setup) -> None:
+    """Which [setup] keys each mode takes; each refusal says what to write instead."""
+    given = {k for k in ("command", "teardown", "config", "socket") if getattr(s, k)}
+    if s.mode == "build":
+        for k in sorted(given):
+            raise r.fail(k, getattr(s, k), "is only for setups made by another tool", f'set mode = "script", "cni", "netavark", "podman" or "docker" in [setup], or remove {k}')
+        return
+    allowed = {
+        "script": {"command", "teardown"},
+        "cni": {"config"},
+        "netavark": {"config"},
+        "podman": {"command", "teardown", "socket"},
+        "docker": {"command", "teardown", "socket"},
+    }[s.mode]
+    for k in sorted(given - allowed):
+        why = {
+            "command": f"netcheck runs {s.mode} itself, as a container runtime would",
+            "teardown": f"netcheck tears {s.mode} down itself",
+            "config": f"mode {s.mode} reads no config file",
+            "socket": f"mode {s.mode} has no daemon socket",
+        }[k]
+        raise r.fail(k, getattr(s, k), why, f"remove {k} (mode {s.mode} takes: {', '.join(sorted(allowed))})")
+    if s.mode == "script" and not s.command:
+        raise r.fail("command", None, "a script setup needs a command", 'add command = ["sh", "setup.sh"] (run from the spec file\'s folder)')
+    if s.mode in ("cni", "netavark") and not s.config:
+        example = "cni/bridge.conflist" if s.mode == "cni" else "netavark/network.json"
+        raise r.fail("config", None, f"a {s.mode} setup needs its network configuration", f'add config = "{example}" (relative to the spec file\'s folder)')
+    if s.teardown and not s.command:
+        raise r.fail("teardown", list(s.teardown), "a teardown needs a command that it undoes", "add command, or remove teardown")
+    if s.socket is not None and not (s.socket.startswith("/") or s.socket.startswith("unix:///")):
+        raise r.fail("socket", s.socket, "not a unix socket path", 'write it as "/run/docker.sock" or "unix:///run/docker.sock"')
+
+
+def _netns_path(r: _Reader, name: str) -> str | None:
+    value = r.string(name, None)
+    if value is None:
+        return None
+    if not value.startswith("/") or "/../" in value + "/" or len(value) > 4096:
+        raise r.fail(name, value, "not an absolute path to a network namespace", 'write it as "/run/netns/NAME" or "/proc/PID/ns/net"')
+    return str(value)
+
+
 def _argv(r: _Reader, name: str) -> tuple[str, ...]:
     value = r.raw(name, [])
     if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -522,15 +585,24 @@ def _validate(t: Topology) -> None:
         names[c.name] = i
         if c.name in ("host", "wan"):
             raise fail(f"container[{i}].name", c.name, "is reserved for netcheck's own namespaces", "rename the container")
-    if t.setup.mode == "build":
-        for i, c in enumerate(t.containers):
-            if not c.host_veth:
-                raise fail(f"container[{i}].host_veth", None, "missing required key", f'add host_veth = "veth{i}"')
+    external = "set mode in [setup] to the tool that makes this setup (script, cni, netavark, podman, docker)"
+    for i, c in enumerate(t.containers):
+        if not c.host_veth and t.setup.mode == "build":
+            raise fail(f"container[{i}].host_veth", None, "missing required key", f'add host_veth = "veth{i}"')
+        if c.host_veth:
             if c.host_veth in seen:
                 raise fail(f"container[{i}].host_veth", c.host_veth, f"duplicate interface name (also {seen[c.host_veth]})", "give each host-side veth its own name")
             seen[c.host_veth] = f"container[{i}].host_veth"
+        if t.setup.mode == "build":
             if c.address is None:
-                raise fail(f"container[{i}].address", "auto", "'auto' is only for setups made by another tool", "write the address, or set [setup] mode")
+                raise fail(f"container[{i}].address", AUTO, "'auto' is only for setups made by another tool", f"write the address, or {external}")
+            if "gateway" in c.auto:
+                raise fail(f"container[{i}].gateway", AUTO, "'auto' is only for setups made by another tool", f"write the gateway, or {external}")
+            if c.netns is not None:
+                raise fail(f"container[{i}].netns", c.netns, "netcheck builds this container's namespace itself", f"remove netns, or {external}")
+    for i, b in enumerate(t.bridges):
+        if b.auto and t.setup.mode == "build":
+            raise fail(f"bridge[{i}].address", AUTO, "'auto' is only for setups made by another tool", f"write the address, or {external}")
 
     # subnets: bridges, routed veths and the uplink must not overlap.
     subnets: list[tuple[str, IPv4Network]] = [("host.address", t.host.address.network)]
