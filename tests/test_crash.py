@@ -1,0 +1,321 @@
+"""Crash safety: runs killed at any point leave nothing that ``netcheck clean`` does not remove.
+
+Each test uses a private run directory (NETCHECK_RUN_DIR), so other runs on the machine and
+their cleaners never see its records, and it sees none of theirs. After each kill it checks:
+no run record, no namespace or mount of the run, no process of the run, no task or fd still
+holding one of its namespaces, and the root namespace exactly as before.
+
+Kill points are chosen by observable conditions, never by sleeping:
+- ``crash_driver.py`` holds a lab run at an exact step (before a ledger record, with a probe
+  in flight, before an undo) and the test kills it there;
+- real ``pytest suites/`` runs are killed when their run record holds N entries, after the
+  N-th passed test, or once the last test has reported (session teardown).
+
+Cost: about 30 s. By hand, with more kills:
+    NETCHECK_CRASH_KILLS=24 NETCHECK_CRASH_PYTEST_KILLS=9 .venv/bin/pytest tests/test_crash.py
+(NETCHECK_CRASH_SEED=N replays a run; failures print the seed.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from hoststate import PYTEST, PYTHON, REPO, Child, Leftovers, child_env, diff, read_records, run_clean, snapshot, throwaway_netns
+
+from netcheck.waiting import wait_until
+
+pytestmark = pytest.mark.root
+
+KILLS = int(os.environ.get("NETCHECK_CRASH_KILLS", "6"))
+PYTEST_KILLS = int(os.environ.get("NETCHECK_CRASH_PYTEST_KILLS", "3"))
+SEED = int(os.environ.get("NETCHECK_CRASH_SEED", str(random.SystemRandom().randrange(1 << 30))))
+DRIVER = str(REPO / "tests" / "crash_driver.py")
+SUITE_ARGS = ["suites/", "-v", "-p", "no:cacheprovider", "--netcheck-report", "none"]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    d.mkdir()
+    yield d
+    # Whatever a failed test left: remove it by its records (never by name).
+    run_clean(d, "--all")
+
+
+@pytest.fixture
+def root_unchanged():
+    """Asserts the root namespace is the same after the test as before it."""
+    before = snapshot(neighbours=False)
+    yield
+    after = snapshot(neighbours=False)
+    assert after == before, "the root namespace changed:\n" + diff(before, after)
+
+
+def session_members(sid: int) -> list[str]:
+    """Processes still in a killed child's session (its own children, orphaned)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            out.append(f"process {stat.parent.name} of the killed run's session")
+    return out
+
+
+def assert_cleaned(run_dir: Path, left: Leftovers, sid: int, what: str) -> None:
+    """``netcheck clean`` succeeds and leaves nothing of the killed run."""
+    __tracebackhide__ = True
+    proc = run_clean(run_dir)
+    assert proc.returncode == 0, f"{what}: netcheck clean failed:\n{proc.stdout}{proc.stderr}"
+    # Orphaned children of the killed run (e.g. an nft it was running) end on their own.
+    wait_until(lambda: not session_members(sid), timeout=10, what="the killed run's orphaned processes to end", describe=lambda: str(session_members(sid)))
+    remaining = left.remaining(run_dir)
+    assert not remaining, f"{what}: after netcheck clean these are left:\n  " + "\n  ".join(remaining) + f"\nclean said:\n{proc.stdout}"
+
+
+def driver(run_dir: Path, *args: str, netns: str | None = None) -> Child:
+    argv = [PYTHON, DRIVER, *args]
+    if netns is not None:
+        argv = ["nsenter", f"--net={netns}", *argv]
+    return Child(argv, env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
+
+
+def suites(run_dir: Path, *args: str) -> Child:
+    return Child([*PYTEST, *SUITE_ARGS, *args], env={"NETCHECK_RUN_DIR": str(run_dir)})
+
+
+# ----------------------------------------------------------------------------- steps of a run
+
+
+_STEPS: dict[str, list[tuple[int, str, str]]] = {}
+
+
+def steps_of(topology: str, run_dir: Path) -> list[tuple[int, str, str]]:
+    """(step, phase, what) of a whole driver run, learnt once by running it to the end."""
+    if topology not in _STEPS:
+        child = driver(run_dir, topology)
+        try:
+            child.send("")  # never held: it runs to the end
+            assert child.finish(60) == 0, child.output()
+        finally:
+            child.close()
+        steps = []
+        for line in child.lines:
+            if line.startswith("STEP "):
+                n, phase, what = line.split(" ", 3)[1:]
+                steps.append((int(n), phase, what))
+        assert {p for _, p, _ in steps} == {"build", "probe", "teardown"}, child.output()
+        assert not list(run_dir.glob("*.jsonl")), "a run that ended normally left its record"
+        _STEPS[topology] = steps
+    return _STEPS[topology]
+
+
+@pytest.mark.parametrize("case", range(KILLS))
+def test_sigkill_at_a_random_step_then_clean(case, run_dir, root_unchanged):
+    """SIGKILL a lab run held at a random step of its build, a probe, or its teardown."""
+    rng = random.Random(SEED * 1000 + case)
+    topology = rng.choice(["seed1", "seed2"])
+    steps = steps_of(topology, run_dir)
+    phase = ("build", "probe", "teardown")[case % 3]
+    n, _, what = rng.choice([s for s in steps if s[1] == phase])
+    where = f"seed {SEED} case {case}: {topology} killed at step {n} ({phase} {what})"
+    child = driver(run_dir, topology, "--hold-at", str(n))
+    try:
+        child.wait_line(rf"^HELD {n}$", timeout=60)
+        left = Leftovers.of(run_dir)
+        child.kill()
+    finally:
+        child.close()
+    print(where)
+    assert_cleaned(run_dir, left, child.pid, where)
+
+
+@pytest.mark.parametrize("case", range(PYTEST_KILLS))
+def test_sigkill_pytest_suites_then_clean(case, run_dir, root_unchanged):
+    """SIGKILL a real ``pytest suites/`` while it builds, probes, or tears down."""
+    rng = random.Random(SEED * 1000 + 500 + case)
+    phase = ("build", "probe", "teardown")[case % 3]
+    child = suites(run_dir)
+    try:
+        if phase == "build":
+            entries = rng.randint(1, 10)
+            where = f"when its run record held {entries} entries"
+            wait_until(lambda: any(len(e) >= entries for _, e in read_records(run_dir)) or child.proc.poll() is not None,
+                       timeout=60, what=f"a run record with {entries} entries")
+        elif phase == "probe":
+            passed = rng.randint(1, 40)
+            where = f"after {passed} passed tests"
+            child.wait_line(r" PASSED", count=passed, timeout=120)
+        else:
+            where = "in session teardown (after the last test reported)"
+            child.wait_line(r"\[100%\]", timeout=120)
+        left = Leftovers.of(run_dir)
+        child.kill()
+    finally:
+        child.close()
+    what = f"seed {SEED}: pytest suites/ killed {where}"
+    print(what, f"({len(left.netns)} namespaces recorded)")
+    assert_cleaned(run_dir, left, child.pid, what)
+
+
+# ----------------------------------------------------------------------------- clean's promises
+
+
+def test_clean_leaves_live_runs_and_foreign_objects_alone(run_dir, root_unchanged):
+    """clean removes dead runs only; --dry-run removes nothing; --all takes live runs too, after a warning."""
+    hold = next(n for n, phase, _ in steps_of("seed2", run_dir) if phase == "probe")
+    # Looks like netcheck's (an "nc" tag, a netcheck comment), but no run record names it.
+    with throwaway_netns(prefix="nc" + os.urandom(2).hex()) as foreign:
+        ns = f"/run/netns/{foreign}"
+        for argv in (["ip", "link", "add", "ncfake0", "type", "veth", "peer", "name", "ncfake1"],
+                     ["iptables-legacy", "-w", "-A", "FORWARD", "-j", "ACCEPT", "-m", "comment", "--comment", "netcheck ncfake"],
+                     ["sysctl", "-qw", "net.ipv4.ip_forward=1"]):
+            subprocess.run(["nsenter", f"--net={ns}", *argv], check=True, capture_output=True, timeout=30)
+        foreign_before = snapshot(ns)
+
+        live = driver(run_dir, "seed2", "--hold-at", str(hold))
+        dead = driver(run_dir, "seed1", "--hold-at", "6")
+        try:
+            live.wait_line(rf"^HELD {hold}$")
+            dead.wait_line(r"^HELD 6$")
+            live_left = Leftovers.of(run_dir, pid=live.pid)
+            dead_left = Leftovers.of(run_dir, pid=dead.pid)
+            dead.kill()
+            assert live_left.netns and dead_left.netns
+
+            def present(left: Leftovers) -> set[str]:
+                return {n for n in left.netns if os.path.exists(f"/run/netns/{n}")} | {t for t in left.tags if (run_dir / f"{t}.jsonl").exists()}
+
+            everything_live, everything_dead = present(live_left), present(dead_left)
+
+            proc = run_clean(run_dir, "--dry-run")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            for n in dead_left.netns & everything_dead:
+                assert f"remove netns {n}" in proc.stdout, proc.stdout
+            assert not any(t in proc.stdout for t in live_left.tags), f"--dry-run listed the live run:\n{proc.stdout}"
+            assert present(dead_left) == everything_dead and present(live_left) == everything_live, "--dry-run removed something"
+
+            proc = run_clean(run_dir)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert not dead_left.remaining(run_dir), dead_left.remaining(run_dir)
+            assert present(live_left) == everything_live, f"clean touched the live run:\n{proc.stdout}"
+            assert snapshot(ns) == foreign_before, "clean touched a namespace that is not netcheck's:\n" + diff(foreign_before, snapshot(ns))
+
+            proc = run_clean(run_dir, "--all", "--dry-run")
+            assert proc.returncode == 0 and all(t in proc.stdout for t in live_left.tags), proc.stdout + proc.stderr
+            assert "LIVE" in proc.stdout and present(live_left) == everything_live
+
+            proc = run_clean(run_dir, "--all")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "warning" in proc.stderr and all(t in proc.stderr for t in live_left.tags), proc.stderr
+            assert not present(live_left), f"--all left {present(live_left)}"
+            # The run itself survives that: it goes on, and its teardown finds its objects gone.
+            live.send("go")
+            assert live.finish(60) == 0, live.output()[-3000:]
+            assert "DONE" in live.lines
+        finally:
+            dead.close()
+            live.close()
+        assert not live_left.remaining(run_dir), live_left.remaining(run_dir)
+        assert snapshot(ns) == foreign_before, diff(foreign_before, snapshot(ns))
+        assert os.path.exists(ns)
+
+
+def test_new_run_reaps_dead_runs_at_start(run_dir, root_unchanged):
+    """A LabFactory (what every pytest run and xdist worker makes first) reaps dead runs' leftovers."""
+    child = driver(run_dir, "seed2", "--hold-at", "9")
+    try:
+        child.wait_line(r"^HELD 9$")
+        left = Leftovers.of(run_dir)
+        child.kill()
+    finally:
+        child.close()
+    assert left.remaining(run_dir), "the killed run left nothing: the test proves nothing"
+    code = "from netcheck.factory import LabFactory; f = LabFactory(); print('reaped', f.reaped); f.close()"
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          env={**child_env(), "NETCHECK_RUN_DIR": str(run_dir)})
+    assert proc.stdout.strip() == "reaped 1", proc.stdout + proc.stderr
+    assert not left.remaining(run_dir), left.remaining(run_dir)
+
+
+def test_killed_xdist_worker_is_reaped(run_dir, root_unchanged):
+    """SIGKILL one worker of ``pytest -n 2 suites/`` mid-build: its replacement reaps what it left."""
+    child = Child([*PYTEST, *SUITE_ARGS, "-n", "2", "--netcheck-topology", "seed1", "--netcheck-topology", "seed2"],
+                  env={"NETCHECK_RUN_DIR": str(run_dir)})
+    try:
+        def worker_record() -> int | None:
+            for header, entries in read_records(run_dir):
+                pid = header.get("pid")
+                if isinstance(pid, int) and pid != child.pid and len(entries) >= 3:
+                    return pid
+            return None
+
+        worker = wait_until(worker_record, timeout=60, what="an xdist worker's run record with 3 entries")
+        left = Leftovers.of(run_dir, pid=worker)
+        os.kill(worker, signal.SIGKILL)
+        rc = child.finish(180)
+    finally:
+        child.close()
+    out = child.output()
+    assert "replacing crashed worker" in out, out[-3000:]
+    assert rc == 1, f"exit {rc}; only the test the worker was running should fail:\n{out[-3000:]}"
+    assert not left.remaining(run_dir), f"the killed worker's leftovers were not reaped: {left.remaining(run_dir)}"
+    assert not list(run_dir.glob("*.jsonl")), list(run_dir.glob("*.jsonl"))
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize(("sig", "phase"), [(signal.SIGINT, "probe"), (signal.SIGTERM, "probe"), (signal.SIGTERM, "build")],
+                         ids=["SIGINT-probe", "SIGTERM-probe", "SIGTERM-build"])
+def test_sigint_and_sigterm_tear_down_normally(sig, phase, run_dir, root_unchanged):
+    """Ctrl-C or SIGTERM to ``pytest suites/``: a normal teardown, nothing left, no clean needed."""
+    child = suites(run_dir)
+    try:
+        if phase == "build":
+            wait_until(lambda: any(len(e) >= 2 for _, e in read_records(run_dir)), timeout=60, what="a run record with 2 entries")
+        else:
+            child.wait_line(r" PASSED", count=5)
+        left = Leftovers.of(run_dir)
+        child.signal(sig)
+        rc = child.finish(60)
+    finally:
+        child.close()
+    assert rc == pytest.ExitCode.INTERRUPTED, f"exit {rc}:\n{child.output()[-3000:]}"
+    assert "KeyboardInterrupt" in child.output()
+    assert left.netns, "nothing was built when the signal came: the test proves nothing"
+    assert not left.remaining(run_dir), f"left after {signal.Signals(sig).name}: {left.remaining(run_dir)}"
+
+
+def test_host_mode_run_killed_then_cleaned_from_its_namespace(run_dir, root_unchanged):
+    """A host-mode run changes the namespace it runs in; killed, clean restores it from inside it."""
+    with throwaway_netns() as name:
+        ns = f"/run/netns/{name}"
+        # The kernel keeps the legacy tables python-iptables loads (empty) once they exist: load them first.
+        for table in ("filter", "nat"):
+            subprocess.run(["nsenter", f"--net={ns}", "iptables-legacy", "-w", "-t", table, "-S"], check=True, capture_output=True, timeout=30)
+        before = snapshot(ns)
+        child = driver(run_dir, "seed1", "--host-mode", "--hold-in", "probe", netns=ns)
+        try:
+            child.wait_line(r"^HELD ")
+            left = Leftovers.of(run_dir)
+            child.kill()
+        finally:
+            child.close()
+        during = snapshot(ns)
+        assert during != before, "the host-mode run changed nothing: the test proves nothing"
+        # From another namespace, clean refuses to touch what the run changed in its own.
+        proc = run_clean(run_dir)
+        assert proc.returncode == 1 and "from inside that namespace" in proc.stderr, proc.stdout + proc.stderr
+        assert list(run_dir.glob("*.jsonl")), "clean dropped the record of a run it could not undo"
+        proc = run_clean(run_dir, netns=ns)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert snapshot(ns) == before, "host mode left changes:\n" + diff(before, snapshot(ns))
+        assert not left.remaining(run_dir), left.remaining(run_dir)
