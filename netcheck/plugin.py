@@ -51,6 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scale: the opt-in scale suite (-m scale)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.stash[SETTINGS] = settings_mod.resolve(config)
+    from netcheck.report import hooks as report_hooks
+
+    # Every process: lab facts for the report, and pytest-html extras when pytest-html is active.
+    report_hooks.register(config, config.stash[SETTINGS])
     if not hasattr(config, "workerinput"):
         from netcheck.report.collector import Collector
 
