@@ -89,9 +89,17 @@ class Hop:
 
 @dataclass(frozen=True)
 class Diagnosis:
+    """Why a probe failed: ranked findings, the trace of the repeated probe, and the facts behind them."""
+
     findings: tuple[Finding, ...] = ()
     trace: tuple[Hop, ...] = ()
     notes: tuple[str, ...] = ()
+    breaks: tuple[str, ...] = ()  # per direction: last hop seen, first hop missing
+    rewrites: tuple[str, ...] = ()  # address changes between hops (NAT at work)
+    matched: tuple[str, ...] = ()  # rules whose packet counters grew during the repeated probe
+    conntrack: tuple[str, ...] = ()  # conntrack entries of the probe's flow
+    repeated: str = ""  # how the repeated probe went
+    elapsed_ms: float = 0.0  # what the diagnosis cost
 
     @property
     def top(self) -> Finding | None:
@@ -102,17 +110,34 @@ class Diagnosis:
         if self.findings:
             lines.append("diagnosis:")
             for i, f in enumerate(self.findings, 1):
-                lines.append(f"  {i}. {f.where}: {f.line()}")
-                lines.extend(f"       evidence: {e}" for e in f.evidence)
+                lines.append(f"  {i}. [{f.cause}] {f.summary}")
+                lines.append(f"     fix: {f.fix}")
+                lines.extend(f"     evidence: {e}" for e in f.evidence)
         else:
             lines.append("diagnosis: no known cause matched; the trace below shows where the packet was last seen")
         if self.trace:
-            lines.append("trace:")
+            lines.append("trace" + (f" ({self.repeated})" if self.repeated else "") + ":")
             for h in self.trace:
                 mark = "seen    " if h.seen else "MISSING "
-                lines.append(f"  {h.direction:<4} {mark} {h.point:<24} {h.addresses}")
+                lines.append(f"  {h.direction:<4} {mark} {h.point:<24} {h.addresses}".rstrip())
+            lines.extend(f"  {b}" for b in self.breaks)
+            lines.extend(f"  rewritten: {r}" for r in self.rewrites)
+        if self.matched:
+            lines.append("rules the repeated probe matched (packet counter deltas):")
+            lines.extend(f"  {m}" for m in self.matched)
+        if self.conntrack:
+            lines.append("conntrack (host):")
+            lines.extend(f"  {c}" for c in self.conntrack)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Diagnosis:
+        known = {f.name for f in fields(cls)}
+        data: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        data["findings"] = tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ()))}) for f in d.get("findings", ()))
+        data["trace"] = tuple(Hop(**h) for h in d.get("trace", ()))
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -193,12 +218,7 @@ class ProbeResult:
             Capture(**{**c, "packets": tuple(Packet(**{**p, "raw": base64.b64decode(p.get("raw", ""))}) for p in c["packets"])}) for c in d.get("captures", ())
         )
         if d.get("diagnosis"):
-            dd = d["diagnosis"]
-            d["diagnosis"] = Diagnosis(
-                findings=tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ()))}) for f in dd.get("findings", ())),
-                trace=tuple(Hop(**h) for h in dd.get("trace", ())),
-                notes=tuple(dd.get("notes", ())),
-            )
+            d["diagnosis"] = Diagnosis.from_dict(d["diagnosis"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

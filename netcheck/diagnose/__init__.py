@@ -1,21 +1,111 @@
-"""Diagnosis: where the packet died, why, and what to change."""
+"""Diagnosis: where the packet died, why, and what to change.
+
+``diagnose(lab, result)`` runs only for a probe that did not go as expected (passing
+probes cost nothing). It works out the probe's expected path from the topology, reads the
+rule counters, repeats the probe with a capture at every hop, reads the counters again and
+the state of every namespace, and hands the evidence to a small rule set (``rules.py``)
+that names the cause, where it is, and the command that fixes it.
+
+Diagnoses of one lab run one at a time, so that the counter deltas of one repeated probe
+are not mixed with another's.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from typing import TYPE_CHECKING
 
-from netcheck.evidence import Diagnosis, Hop, ProbeResult
+from netcheck.diagnose import path as P
+from netcheck.diagnose import rules as R
+from netcheck.diagnose import state as St
+from netcheck.diagnose.firewall import counter_deltas
+from netcheck.evidence import Diagnosis, ProbeResult
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
 
+REPEAT_TIMEOUT = 0.5  # the repeated probe's wait for an answer; a lab's round trip is well under 1 ms
+SNMP_KEYS = ("TcpExt.IPReversePathFilter", "Ip.InAddrErrors", "Ip.InNoRoutes", "Ip.OutNoRoutes", "IpExt.InNoRoutes", "Ip.ForwDatagrams")
+_locks: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
 
-def diagnose(lab: Lab, result: ProbeResult) -> Diagnosis:
-    """A first, trace-only diagnosis: which capture points saw the probe, each way."""
-    hops = []
-    for c in result.captures:
-        req = c.first("request")
-        rep = c.first("reply")
-        hops.append(Hop(c.point, "out", req is not None, req.flow if req else ""))
-        hops.append(Hop(c.point, "back", rep is not None, rep.flow if rep else ""))
-    return Diagnosis(trace=tuple(hops))
+
+def _lock(lab: object) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(lab)
+        if lock is None:
+            lock = _locks[lab] = threading.Lock()
+        return lock
+
+
+def diagnose(lab: Lab, result: ProbeResult, *, repeat: bool = True) -> Diagnosis:
+    """Diagnose one failed probe: the path trace, the state, the causes ranked, the fixes."""
+    with _lock(lab):
+        return _diagnose(lab, result, repeat=repeat)
+
+
+def _diagnose(lab: Lab, result: ProbeResult, *, repeat: bool) -> Diagnosis:
+    from netcheck.probes import Prober
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    flow = P.flow_of(lab, result)
+    route = P.expected_route(lab, flow)
+    namespaces = lab.namespaces()
+    involved = {"host", "wan", flow.source, *([flow.target] if flow.target else [])}
+    watched = {k: v for k, v in namespaces.items() if k in involved}
+
+    repeated: ProbeResult | None = None
+    matched = []
+    snmp_grew: dict[str, dict[str, int]] = {}
+    if repeat:
+        before = St.rule_counters(lab.host)
+        snmp_before = St.snmp(watched)
+        try:
+            repeated = Prober(lab, diagnose=False).repeat(result, capture=route.points, timeout=REPEAT_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - without a repeat, the diagnosis still reads the state
+            notes.append(f"the probe could not be repeated: {exc}")
+        matched = counter_deltas(before, St.rule_counters(lab.host))
+        snmp_grew = St.snmp_deltas(snmp_before, St.snmp(watched), SNMP_KEYS)
+
+    addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
+    full = involved if len(namespaces) > 16 else None
+    snap = St.snapshot(namespaces, full=full, addresses=addresses)
+    evidence_of = repeated if repeated is not None else result
+    hops = P.trace(route, evidence_of)
+    breaks = P.breaks(hops)
+    ev = R.Evidence(lab, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
+    findings = R.evaluate(ev)
+
+    if repeated is not None and repeated.passed:
+        notes.append("the repeated probe went as expected: the failure did not recur (a transient loss, or something changed meanwhile)")
+    for label, ns in snap.namespaces.items():
+        notes.extend(f"reading {label}: {e}" for e in ns.errors)
+    notes.extend(f"reading host: {e}" for e in snap.host.errors)
+    for label, grew in snmp_grew.items():
+        shown = ", ".join(f"{k} +{v}" for k, v in grew.items() if k != "Ip.ForwDatagrams")
+        if shown:
+            notes.append(f"{label} kernel counters during the repeated probe: {shown}")
+    return Diagnosis(
+        findings=tuple(findings),
+        trace=hops,
+        notes=tuple(notes),
+        breaks=tuple(b.render() for b in breaks) if route.points else (),
+        rewrites=tuple(P.rewrites(hops)),
+        matched=tuple(f"+{n} {p.render()}" for p, n in matched),
+        conntrack=tuple(e.render() for e in snap.host.conntrack[:8]),
+        repeated=_repeat_line(repeated) if repeat else "the probe was not repeated; the captures are the original probe's",
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 1),
+    )
+
+
+def _repeat_line(r: ProbeResult | None) -> str:
+    if r is None:
+        return "the probe could not be repeated"
+    how = r.verdict + (f": {r.error}" if r.error else "")
+    return f"the probe repeated with a capture at every hop: {how}"
+
+
+__all__ = ["diagnose"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import select
 import socket
 import threading
@@ -303,6 +305,39 @@ class Prober:
             destination=ip, sent=f"ARP who-has {ip} tell {c.address.ip} ({link.mac})", expected=expect, verdict=verdict,
             captures=captures, target=target, reply=reply, replied_by=target if verdict == "reached" else None, rtt_ms=_r(rtt), error=error, started_at=t0,
         )
+
+    # ----------------------------------------------------------------- again, for the diagnosis
+
+    def repeat(self, result: ProbeResult, capture: Sequence[str] = (), *, timeout: float | None = None) -> ProbeResult:
+        """Send the same probe again (kind, source, destination, port, expectation, target)
+        with other capture points. The repeat is neither diagnosed nor recorded: it is the
+        diagnosis's own evidence. Its ICMP identifiers start from a fresh random base, so they
+        cannot follow the sequence of probes still in flight from another prober."""
+        self._ids = _Counter(secrets.randbelow(0x7FFF) + 0x8000)
+        dst, port = result.destination, None
+        if result.kind in ("tcp", "http", "udp"):
+            dst, _, p = result.destination.rpartition(":")
+            port = int(p)
+        t = _timeout(timeout, result.expected)
+        points = list(capture)
+        src, exp, target = result.source, result.expected, result.target
+
+        def once() -> ProbeResult:
+            if result.kind == "icmp":
+                ttl = re.search(r" ttl=(\d+)$", result.sent)
+                return self._icmp(src, dst, exp, target, points, t, int(ttl.group(1)) if ttl else None)
+            if result.kind in ("tcp", "http"):
+                assert port is not None
+                return self._stream(src, dst, port, exp, target, points, t, result.kind == "http")
+            if result.kind == "udp":
+                assert port is not None
+                return self._datagram(src, dst, port, exp, target, points, t)
+            if result.kind == "arp":
+                return self._arp(src, dst, points, t, target, exp)
+            raise ValueError(f"cannot repeat a probe of kind {result.kind!r}")
+
+        again = once()
+        return once() if again.verdict == "inconclusive" else again
 
     # ----------------------------------------------------------------- many at once
 

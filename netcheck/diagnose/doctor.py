@@ -1,0 +1,363 @@
+"""``netcheck doctor``: inspect a live lab, or namespaces named on the command line, and say what is wrong.
+
+By default nothing is sent: the doctor reads the kernel state of every namespace and runs the
+rule set against the flows the topology promises (each container to the outside world, to its
+neighbours, the published ports and VIPs). ``--probe`` also sends ICMP probes inside those
+namespaces and diagnoses each one that fails, with the trace.
+
+    netcheck doctor nck7q0                      # a lab by its tag (see: netcheck clean --dry-run --all)
+    netcheck doctor --host-netns H c1 c2        # namespaces another tool made: H plays the host
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING, cast
+
+from netcheck import expect as promise
+from netcheck import spec as S
+from netcheck.diagnose import rules as R
+from netcheck.diagnose import state as St
+from netcheck.diagnose.path import Flow, LabView, expected_route
+from netcheck.evidence import Finding, ProbeResult
+from netcheck.kernel.netns import Netns
+from netcheck.kernel.worker import NamespaceError, netns_path
+from netcheck.probes.capture import CaptureHub
+
+if TYPE_CHECKING:
+    from netcheck.lab import Lab
+
+NO_ADDRESS = IPv4Interface("0.0.0.0/32")
+
+
+class DoctorError(RuntimeError):
+    """The doctor cannot inspect what it was pointed at; the message says why and what to do."""
+
+
+@dataclass
+class LiveLab:
+    """A view of namespaces that exist already (a kept or running lab, or another tool's), for the diagnosis.
+
+    It offers what ``diagnose`` and the prober need of a ``Lab``, and closes the threads it
+    parked in the namespaces when done, so it never keeps them alive.
+    """
+
+    topology: S.Topology
+    host: Netns
+    wan: Netns | None
+    containers: dict[str, Netns]
+    knames: dict[str, str] = field(default_factory=dict)  # spec name -> kernel name (host side)
+    title: str = ""
+    _captures: dict[str, CaptureHub] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def namespaces(self) -> dict[str, Netns]:
+        out = {"host": self.host}
+        if self.wan is not None:
+            out["wan"] = self.wan
+        out.update(self.containers)
+        return out
+
+    def container_ns(self, name: str) -> Netns:
+        return self.containers[name]
+
+    def kname(self, spec_iface: str) -> str:
+        return self.knames[spec_iface]
+
+    def spec_name(self, kernel_iface: str) -> str:
+        return next((k for k, v in self.knames.items() if v == kernel_iface), kernel_iface)
+
+    def resolve_point(self, point: str) -> tuple[Netns, str, str]:
+        label, _, iface = point.partition(":")
+        if label == "host":
+            if iface == "lo":
+                return self.host, "lo", "lo"
+            return self.host, self.knames[iface], iface
+        if label == "wan":
+            if self.wan is None:
+                raise KeyError("no outside world namespace")
+            veth = next((link.name for link in self.wan.links() if link.kind == "veth"), None)
+            if veth is None:
+                raise KeyError("the outside world has no uplink")
+            return self.wan, veth, "uplink"
+        ns = self.containers[label]
+        return ns, iface or self.topology.container(label).interface, iface
+
+    def capture(self, point: str) -> CaptureHub:
+        with self._lock:
+            hub = self._captures.get(point)
+            if hub is None or not hub.started:
+                ns, kernel, spec_iface = self.resolve_point(point)
+                hub = CaptureHub(point, ns, spec_iface, kernel)
+                self._captures[point] = hub
+            return hub
+
+    def point(self, container: str) -> str:
+        return f"{container}:{self.topology.container(container).interface}"
+
+    def close(self) -> None:
+        with self._lock:
+            for hub in self._captures.values():
+                hub.close()
+            self._captures.clear()
+        for ns in self.namespaces().values():
+            with contextlib.suppress(Exception):
+                ns.close()
+
+    def __enter__(self) -> LiveLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def _attach(name: str, label: str) -> Netns:
+    path = netns_path(name)
+    if not os.path.exists(path):
+        raise DoctorError(f"no namespace {name!r} at {path} (list them with: ip netns list)")
+    try:
+        return Netns.attach(path, label)
+    except NamespaceError as exc:
+        raise DoctorError(f"cannot enter namespace {name}: {exc}") from None
+
+
+def open_tag(tag: str) -> LiveLab:
+    """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept."""
+    from netcheck.ledger import list_records
+    from netcheck.naming import KernelNames
+
+    record = next((r for r in list_records() if r.tag == tag), None)
+    if record is None:
+        raise DoctorError(f"no run record for lab {tag!r} in /run/netcheck (labs: {', '.join(r.tag for r in list_records()) or 'none'}; keep one up with --netcheck-keep)")
+    names = [e["name"] for e in record.entries if e.get("kind") == "netns"]
+    names = [n for n in names if os.path.exists(netns_path(n))]
+    kn = KernelNames(tag)
+    topo = _spec_for(record.header)
+    opened: list[Netns] = []
+    try:
+        host = Netns.current("host") if record.header.get("mode") == "host" else _attach(kn.host_ns, "host")
+        opened.append(host)
+        wan = _attach(kn.wan_ns, "wan") if kn.wan_ns in names else None
+        if wan is not None:
+            opened.append(wan)
+        prefix = f"{tag}-"
+        containers = {}
+        for n in names:
+            label = n[len(prefix):] if n.startswith(prefix) else n
+            if n in (kn.host_ns, kn.wan_ns) or (topo is not None and label not in {c.name for c in topo.containers}):
+                continue
+            containers[label] = _attach(n, label)
+            opened.append(containers[label])
+        if topo is not None:
+            knames = _builder_names(topo, kn)
+            return LiveLab(topo, host, wan, containers, knames, title=f"lab {tag} (topology {topo.name}, {'live' if record.alive else 'kept, its run has ended'})")
+        topo, knames = discover(host, containers, wan)
+        return LiveLab(topo, host, wan, containers, knames, title=f"lab {tag} (topology {record.header.get('topology', '?')}: spec not found, discovered from the kernel)")
+    except BaseException:
+        for ns in opened:
+            with contextlib.suppress(Exception):
+                ns.close()
+        raise
+
+
+def _spec_for(header: dict[str, object]) -> S.Topology | None:
+    for key in ("spec", "source"):
+        ref = header.get(key)
+        if isinstance(ref, str) and os.path.exists(ref):
+            with contextlib.suppress(S.SpecError):
+                return S.load(ref)
+    name = header.get("topology")
+    if isinstance(name, str) and name in S.BUILTIN:
+        return S.builtin(name)
+    return None
+
+
+def _builder_names(t: S.Topology, kn: object) -> dict[str, str]:
+    """The kernel names netcheck's builder gives a topology's host interfaces (Lab.map_names)."""
+    from netcheck.naming import KernelNames
+
+    assert isinstance(kn, KernelNames)
+    out = {t.host.uplink: kn.uplink}
+    for i, b in enumerate(t.bridges):
+        out[b.name] = kn.bridge(i)
+    for i, c in enumerate(t.containers):
+        if c.host_veth:
+            out[c.host_veth] = kn.host_veth(i)
+    return out
+
+
+def open_namespaces(names: list[str], host_netns: str | None) -> LiveLab:
+    """Namespaces named on the command line; ``host_netns`` plays the host (default: this namespace)."""
+    opened: list[Netns] = []
+    try:
+        host = _attach(host_netns, "host") if host_netns else Netns.current("host")
+        opened.append(host)
+        containers = {}
+        for n in names:
+            containers[n] = _attach(n, n)
+            opened.append(containers[n])
+        topo, knames = discover(host, containers, None)
+        where = f"host netns {host_netns}" if host_netns else "this namespace as the host"
+        return LiveLab(topo, host, None, containers, knames, title=f"namespaces {', '.join(names)} ({where}; topology discovered from the kernel)")
+    except BaseException:
+        for ns in opened:
+            with contextlib.suppress(Exception):
+                ns.close()
+        raise
+
+
+def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[S.Topology, dict[str, str]]:
+    """A topology read from the kernel: each container's veth, address, gateway and bridge.
+
+    Nothing is expected of it beyond what exists (no masquerade, no published port), so the
+    doctor checks it for faults that need no intent: links down, conflicts, drops, routes.
+    """
+    links = host.links()
+    by_index = {link.index: link for link in links}
+    host_addrs = host.addresses()
+    default = next((r for r in host.routes() if r.dst.prefixlen == 0), None)
+    uplink = default.interface if default is not None and default.interface else ""
+    up_addr = next((a.address for a in host_addrs if a.interface == uplink), NO_ADDRESS)
+    bridges: dict[str, S.Bridge] = {}
+    made: list[S.Container] = []
+    for label, ns in containers.items():
+        inner = next((link for link in ns.links() if link.kind == "veth"), None)
+        if inner is None:
+            continue
+        outer = next((link for link in links if link.kind == "veth" and link.index == inner.peer_index and link.peer_index == inner.index), None)
+        addr = next((a.address for a in ns.addresses() if a.interface == inner.name), None)
+        gw = next((r.gateway for r in ns.routes() if r.dst.prefixlen == 0), None)
+        master = by_index.get(outer.master) if outer is not None and outer.master else None
+        bridge = master.name if master is not None and master.kind == "bridge" else None
+        if bridge is not None and bridge not in bridges:
+            bridges[bridge] = S.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge), None))
+        made.append(S.Container(label, inner.name, addr, outer.name if outer is not None else "", bridge=bridge, gateway=gw))
+    remote: tuple[IPv4Interface, ...] = ()
+    if wan is not None:
+        remote = tuple(IPv4Interface(f"{a.address.ip}/32") for a in wan.addresses() if a.interface == "lo" and not a.address.ip.is_loopback)
+    topo = S.Topology(
+        name="discovered", summary="read from the kernel", source="<discovered>",
+        host=S.Host(uplink, up_addr, default.gateway if default is not None and default.gateway else IPv4Address("0.0.0.0"), ()),
+        wan=S.Wan(NO_ADDRESS, remote), bridges=tuple(bridges.values()), containers=tuple(made),
+    )
+    knames = {name: name for name in [uplink, *bridges, *(c.host_veth for c in made)] if name}
+    return topo, knames
+
+
+# ----------------------------------------------------------------------------- inspecting
+
+
+def expected_flows(view: LabView) -> Iterator[Flow]:
+    """The flows the topology promises, as the suites would probe them."""
+    t = view.topology
+    for c in t.containers:
+        if c.address is None:
+            continue
+        a = str(c.address.ip)
+        if c.gateway is not None:
+            yield Flow("icmp", "icmp", c.name, a, str(c.gateway), None, "reach", None, None, None, "host")
+        if t.wan.remote and promise.reaches_outside(t, c.name):
+            yield Flow("icmp", "icmp", c.name, a, str(t.wan.remote[0].ip), None, "reach", None, None, None, "outside")
+        for o in t.containers:
+            if o.name != c.name and o.address is not None and promise.reaches(t, c.name, o.name):
+                yield Flow("icmp", "icmp", c.name, a, str(o.address.ip), None, "reach", o.name, str(o.address.ip), None, "direct")
+
+
+def inspect(view: LabView, *, flows: bool = True) -> list[Finding]:
+    """Every finding about a live lab, without sending anything: static rules, then each promised flow."""
+    snap = St.snapshot(view.namespaces())
+    found = R.evaluate(R.Evidence(view, snap))
+    if flows:
+        for f in expected_flows(view):
+            with contextlib.suppress(Exception):
+                found += R.evaluate(R.Evidence(view, snap, f, expected_route(view, f)))
+    best: dict[tuple[str, str], Finding] = {}
+    for x in found:
+        key = (x.cause, x.fix)  # one fix, one finding: the same cause seen from several flows
+        if key not in best or best[key].score < x.score:
+            best[key] = x
+    return sorted(best.values(), key=lambda x: -x.score)
+
+
+def probe_all(view: LiveLab) -> list[ProbeResult]:
+    """ICMP probes of the promised flows (inside the lab's namespaces), each failure diagnosed."""
+    from netcheck.diagnose import diagnose
+    from netcheck.probes import Prober
+
+    lab = cast("Lab", view)
+    prober = Prober(lab, diagnoser=lambda lab_, r: diagnose(lab_, r))
+    results = []
+    for f in expected_flows(view):
+        results.append(prober.icmp(f.source, f.dst_addr, target=f.target))
+    return results
+
+
+def _facts(view: LabView) -> list[str]:
+    out = ["namespaces: " + ", ".join(f"{label}={ns.name or '(this one)'}" for label, ns in view.namespaces().items())]
+    rs, tables, errors = St.read_rules(view.host)
+    counts = []
+    for backend in ("legacy", "nft"):
+        n = sum(len(ch.rules) for (b, _t, _c), ch in rs.chains.items() if b == backend)
+        counts.append(f"{'legacy (iptables-legacy)' if backend == 'legacy' else 'nf_tables'}: {n} rule(s)")
+    out.append("host firewall: " + "; ".join(counts) + (f" (legacy tables: {', '.join(tables)})" if tables else ""))
+    out += [f"could not read: {e}" for e in errors]
+    return out
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """The ``netcheck doctor`` subcommand. Exit status: 0 nothing found, 1 findings, 2 cannot inspect."""
+    targets: list[str] = list(args.targets or [])
+    host_netns: str | None = getattr(args, "host_netns", None)
+    try:
+        if len(targets) == 1 and not host_netns and not os.path.exists(netns_path(targets[0])):
+            view = open_tag(targets[0])
+        elif targets or host_netns:
+            view = open_namespaces(targets, host_netns)
+        else:
+            from netcheck.ledger import list_records
+
+            tags = [r.tag for r in list_records()]
+            raise DoctorError("name a lab tag or namespaces: netcheck doctor TAG, or netcheck doctor --host-netns HOST NETNS... " + (f"(labs: {', '.join(tags)})" if tags else "(no lab is up; "
+                "keep one with --netcheck-keep)"))
+    except DoctorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with view:
+        print(f"netcheck doctor: {view.title}")
+        for line in _facts(view):
+            print(f"  {line}")
+        findings = inspect(view)
+        if findings:
+            print("findings (most likely cause first):")
+            for i, f in enumerate(findings, 1):
+                print(f"  {i}. [{f.cause}] {f.summary}")
+                print(f"     fix: {f.fix}")
+                for e in f.evidence:
+                    print(f"     evidence: {e}")
+        else:
+            print("no problem found in the kernel state")
+        failed = 0
+        if args.probe:
+            results = probe_all(view)
+            failed = sum(1 for r in results if not r.passed)
+            print(f"probes: {len(results) - failed} of {len(results)} went as expected")
+            for r in results:
+                if not r.passed:
+                    print()
+                    print(r.explain())
+        else:
+            print("no traffic was sent (add --probe to send ICMP probes inside these namespaces and trace each failure)")
+    return 1 if findings or failed else 0
+
+
+__all__ = ["DoctorError", "LiveLab", "discover", "expected_flows", "inspect", "open_namespaces", "open_tag", "probe_all", "run_doctor"]

@@ -1,0 +1,877 @@
+"""The rule set: evidence in, ranked causes out.
+
+Each rule is a small function that reads the evidence of one failed probe (its flow, the
+expected path, what the capture at each hop saw when the probe was repeated, the rules whose
+counters moved, the state of every namespace) and yields ``Finding`` values: a cause id,
+where it is, a summary in configuration terms, a fix a user can paste, the evidence, and a
+score that ranks it. Rules that need no probe also serve ``netcheck doctor``.
+
+A cause on the probe's own path scores higher than the same fault elsewhere; a cause the
+trace or a counter confirms scores higher than one inferred from configuration alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING
+
+from netcheck import expect as promise
+from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, matches
+from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, side
+from netcheck.diagnose.state import NsState, Snapshot, lookup
+from netcheck.evidence import Finding, Hop, Packet, ProbeResult
+from netcheck.kernel.xtables import XRule
+
+if TYPE_CHECKING:
+    from netcheck.diagnose.firewall import Ruleset
+
+
+@dataclass
+class Evidence:
+    """Everything the rules may look at. ``flow`` is None when nothing was probed (doctor)."""
+
+    lab: LabView
+    snap: Snapshot
+    flow: Flow | None = None
+    route: Route | None = None
+    result: ProbeResult | None = None  # the failed probe
+    repeated: ProbeResult | None = None  # the same probe, sent again with a capture at every hop
+    hops: tuple[Hop, ...] = ()
+    breaks: tuple[Break, ...] = ()
+    matched: list[tuple[Placed, int]] = field(default_factory=list)  # rules whose counters grew
+    snmp: dict[str, dict[str, int]] = field(default_factory=dict)  # SNMP counters that grew, per namespace
+    _sides: dict[str, Side | None] = field(default_factory=dict)
+
+    # ------------------------------------------------------------- names and commands
+
+    @property
+    def t(self):  # type: ignore[no-untyped-def]  # the topology
+        return self.lab.topology
+
+    def show(self, kernel: str | None) -> str:
+        """A host interface as users know it and as the kernel names it: ``br0 (nck7q0b0)``."""
+        if kernel is None:
+            return "?"
+        spec = self.lab.spec_name(kernel)
+        return f"{spec} ({kernel})" if spec != kernel else kernel
+
+    def run(self, label: str, command: str) -> str:
+        """A command to paste, entering the namespace of ``label``."""
+        ns = self.snap.ns(label)
+        name = ns.netns if ns is not None else None
+        return f"ip netns exec {name} {command}" if name else command
+
+    def sysctl_fix(self, label: str, key: str, value: object) -> str:
+        return self.run(label, f"sysctl -w {key}={value}")
+
+    def iptables(self, backend: str, args: str) -> str:
+        return self.run("host", f"{binary(backend)} {args}")
+
+    def backend(self) -> str:
+        """Where new rules should go: the backend that already holds the host's rules."""
+        held = self.fw.backends()
+        if held == ["nft"]:
+            return "nft"
+        return "legacy" if held or self.snap.host.legacy_tables else "nft"
+
+    # ------------------------------------------------------------- state
+
+    @property
+    def host(self) -> NsState:
+        ns = self.snap.ns("host")
+        assert ns is not None
+        return ns
+
+    @property
+    def fw(self) -> Ruleset:
+        return self.snap.host.ruleset
+
+    def side(self, container: str | None) -> Side | None:
+        if container is None or container not in {c.name for c in self.t.containers}:
+            return None
+        if container not in self._sides:
+            try:
+                self._sides[container] = side(self.lab, container)
+            except Exception:  # noqa: BLE001 - a container whose namespace is gone has no side
+                self._sides[container] = None
+        return self._sides[container]
+
+    def on_path(self) -> set[str]:
+        """The containers the probe involves (sender and intended receiver)."""
+        if self.flow is None:
+            return set()
+        names = {c.name for c in self.t.containers}
+        return {n for n in (self.flow.source, self.flow.target) if n is not None and n in names}
+
+    def seen(self, point: str, role: str = "request") -> Packet | None:
+        r = self.repeated or self.result
+        if r is None:
+            return None
+        c = next((c for c in r.captures if c.point == point), None)
+        return c.first(role) if c is not None else None
+
+    def break_note(self, direction: str = "out") -> list[str]:
+        b = next((b for b in self.breaks if b.direction == direction), None)
+        return [b.render()] if b is not None else []
+
+    def counted(self, rule: Placed) -> int:
+        return next((n for p, n in self.matched if p.key == rule.key), 0)
+
+    def bridge_netfilter(self, bridge_k: str | None) -> bool:
+        """Does bridged traffic on this bridge pass through iptables (br_netfilter)?"""
+        if self.host.sysctl("net.bridge.bridge-nf-call-iptables") == "1":
+            return True
+        opts = self.snap.host.bridge(bridge_k) if bridge_k else None
+        return bool(opts and opts.nf_call_iptables)
+
+
+Rule = Callable[[Evidence], Iterator[Finding]]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def evaluate(ev: Evidence) -> list[Finding]:
+    """Run every rule; return the findings ranked, best first, without duplicates."""
+    best: dict[tuple[str, str, str], Finding] = {}
+    for r in RULES:
+        try:
+            found = list(r(ev))
+        except Exception as exc:  # noqa: BLE001 - one broken rule must not hide the others
+            found = [Finding("rule_failed", "netcheck", f"the diagnosis rule {r.__name__} failed: {exc!r}", "report this as a netcheck bug", score=1)]
+        for f in found:
+            key = (f.cause, f.where, f.summary)
+            if key not in best or best[key].score < f.score:
+                best[key] = f
+    return sorted(best.values(), key=lambda f: -f.score)
+
+
+def _spec_links(ev: Evidence) -> list[tuple[str, str, str, str | None]]:
+    """(namespace label, kernel name, role, container) of every link the spec implies."""
+    t = ev.t
+    out: list[tuple[str, str, str, str | None]] = []
+    for c in t.containers:
+        out.append((c.name, c.interface, f"{c.name}'s own interface", c.name))
+        s = ev.side(c.name)
+        if s is not None and s.veth_k:
+            out.append(("host", s.veth_k, f"the host end of {c.name}'s veth", c.name))
+    for b in t.bridges:
+        k = _kname(ev, b.name)
+        if k:
+            out.append(("host", k, "the bridge", None))
+    up = _kname(ev, t.host.uplink)
+    if up:
+        out.append(("host", up, "the host's uplink", None))
+    wan = ev.snap.ns("wan")
+    if wan is not None:
+        for link in wan.links:
+            if link.kind == "veth":
+                out.append(("wan", link.name, "the outside world's end of the uplink", None))
+    return out
+
+
+def _kname(ev: Evidence, spec_name: str) -> str | None:
+    try:
+        return ev.lab.kname(spec_name)
+    except KeyError:
+        return None
+
+
+def _path_links(ev: Evidence) -> set[tuple[str, str]]:
+    """(label, kernel link) pairs on the probe's path."""
+    if ev.flow is None or ev.route is None:
+        return set()
+    out = set()
+    for point in ev.route.points:
+        try:
+            ns, kernel, _spec = ev.lab.resolve_point(point)
+        except Exception:  # noqa: BLE001
+            continue
+        out.add((ns.label, kernel))
+    return out
+
+
+# ============================================================================ links
+
+
+@rule
+def link_down(ev: Evidence) -> Iterator[Finding]:
+    path = _path_links(ev)
+    for label, name, role, _container in _spec_links(ev):
+        ns = ev.snap.ns(label)
+        link = ns.link(name) if ns else None
+        if link is None or link.up:
+            continue
+        on = (label, name) in path
+        where = label
+        shown = ev.show(name) if label == "host" else name
+        if not link.admin_up:
+            yield Finding(
+                "link_down", where, f"{where}: {shown}, {role}, is down (admin down), so nothing crosses it",
+                ev.run(label, f"ip link set {name} up"),
+                (f"operstate {link.operstate}", *(["it is on the probe's path"] if on else []), *ev.break_note()),
+                score=90 if on else 62,
+            )
+        else:
+            yield Finding(
+                "link_down", where, f"{where}: {shown}, {role}, is up but has no carrier (operstate {link.operstate}); its other end is down or detached",
+                f"bring up its peer; then check: {ev.run(label, f'ip link show {name}')}",
+                (), score=50 if on else 30,
+            )
+
+
+@rule
+def lo_down(ev: Evidence) -> Iterator[Finding]:
+    for label, ns in ev.snap.namespaces.items():
+        lo = ns.link("lo")
+        if lo is None or lo.admin_up:
+            continue
+        on = ev.flow is not None and ev.flow.via == "loopback" and ev.flow.source == label
+        yield Finding(
+            "lo_down", label, f"{label}: the loopback interface lo is down, so 127.0.0.1 and the namespace's own addresses are unreachable from inside it",
+            ev.run(label, "ip link set lo up"), ("lo is admin down",), score=92 if on else 45,
+        )
+
+
+@rule
+def not_in_bridge(ev: Evidence) -> Iterator[Finding]:
+    on = ev.on_path()
+    for c in ev.t.containers:
+        s = ev.side(c.name)
+        if s is None or not s.bridge_k or not s.veth_k:
+            continue
+        veth = ev.host.link(s.veth_k)
+        if veth is None:
+            continue
+        master = ev.host.link_by_index(veth.master)
+        if master is not None and master.name == s.bridge_k:
+            continue
+        ports = sorted(ev.show(p.port) for p in ev.snap.host.bridge_ports if p.bridge == s.bridge_k)
+        now = f"is attached to {ev.show(master.name)}" if master is not None else "is attached to no bridge"
+        yield Finding(
+            "not_in_bridge", "host", f"host: {ev.show(s.veth_k)}, the host end of {c.name}'s veth, {now}; it should be a port of {ev.show(s.bridge_k)}, so {c.name} is cut off from the bridge",
+            ev.run("host", f"ip link set {s.veth_k} master {s.bridge_k}"),
+            (f"ports of {ev.show(s.bridge_k)}: {', '.join(ports) or 'none'}",), score=88 if c.name in on else 58,
+        )
+
+
+@rule
+def mtu_mismatch(ev: Evidence) -> Iterator[Finding]:
+    for c in ev.t.containers:
+        s = ev.side(c.name)
+        ns = ev.snap.ns(c.name)
+        if s is None or ns is None or not s.veth_k:
+            continue
+        inner, outer = ns.link(c.interface), ev.host.link(s.veth_k)
+        if inner is None or outer is None or inner.mtu == outer.mtu:
+            continue
+        want = min(inner.mtu, outer.mtu) if c.mtu is None else c.mtu
+        fix_ns, fix_if = (("host", s.veth_k) if outer.mtu != want else (c.name, c.interface))
+        yield Finding(
+            "mtu_mismatch", "host", f"host: the two ends of {c.name}'s veth disagree on the MTU: {c.interface} has {inner.mtu}, {ev.show(s.veth_k)} has {outer.mtu}; large packets are dropped one way",
+            ev.run(fix_ns, f"ip link set {fix_if} mtu {want}"), (), score=64 if c.name in ev.on_path() else 55,
+        )
+
+
+@rule
+def extra_link(ev: Evidence) -> Iterator[Finding]:
+    for c in ev.t.containers:
+        ns = ev.snap.ns(c.name)
+        if ns is None:
+            continue
+        extra = [link for link in ns.links if link.name not in ("lo", c.interface)]
+        for link in extra:
+            yield Finding(
+                "extra_link", c.name, f"{c.name}: the namespace holds a link that is not its own: {link.name} ({link.kind}); a container should see only lo and {c.interface}",
+                ev.run(c.name, f"ip link del {link.name}"), (f"links in {c.name}: {', '.join(x.name for x in ns.links)}",), score=56,
+            )
+
+
+@rule
+def bridge_flooding(ev: Evidence) -> Iterator[Finding]:
+    for b in ev.snap.host.bridges:
+        if b.ageing_time == 0:
+            yield Finding(
+                "bridge_flooding", "host", f"host: bridge {ev.show(b.name)} has ageing_time 0: it forgets every MAC at once and floods each frame to every port, so containers see each other's "
+                    f"unicast traffic",
+                ev.run("host", f"ip link set {b.name} type bridge ageing_time 30000"), ("ageing_time 0 (the default is 30000, i.e. 300 s)",), score=54,
+            )
+
+
+# ============================================================================ addresses and routes
+
+
+@rule
+def address_conflict(ev: Evidence) -> Iterator[Finding]:
+    holders: dict[str, list[tuple[str, str, IPv4Interface]]] = {}
+    for label, ns in ev.snap.namespaces.items():
+        for a in ns.addresses:
+            if a.address.ip in LOOPBACK:
+                continue
+            holders.setdefault(str(a.address.ip), []).append((label, a.interface, a.address))
+    declared = {str(c.address.ip): c.name for c in ev.t.containers if c.address is not None}
+    flow_addrs = {ev.flow.src_addr, ev.flow.dst_addr, ev.flow.target_addr} if ev.flow else set()
+    for ip, where in holders.items():
+        if len(where) < 2:
+            continue
+        owner = declared.get(ip)
+        intruders = [w for w in where if w[0] != owner] if owner else where[1:]
+        for label, iface, addr in intruders:
+            yield Finding(
+                "address_conflict", label, f"{label}: {ip} is also held by {', '.join(f'{lbl} ({i})' for lbl, i, _ in where if (lbl, i) != (label, iface))}: with one address "
+                    "held twice, ARP and replies for it go to either holder, and each drops packets that seem to come from itself",
+                ev.run(label, f"ip addr del {addr} dev {iface}"),
+                (f"{ip} is declared for {owner}" if owner else f"holders: {', '.join(w[0] for w in where)}",), score=94 if ip in flow_addrs else 60,
+            )
+
+
+@rule
+def wrong_prefix(ev: Evidence) -> Iterator[Finding]:
+    on = ev.on_path()
+    for c in ev.t.containers:
+        ns = ev.snap.ns(c.name)
+        if ns is None or c.address is None:
+            continue
+        want = c.address
+        s = ev.side(c.name)
+        host_net = None
+        if s is not None and s.l3:
+            host_net = next((a.address.network for a in ev.host.addrs(s.l3) if want.ip in a.address.network), None)
+        for a in ns.addrs(c.interface):
+            if a.address.ip != want.ip or a.address.network.prefixlen == want.network.prefixlen:
+                continue
+            gw = f" && {ev.run(c.name, f'ip route replace default via {c.gateway}')}" if c.gateway else ""
+            yield Finding(
+                "wrong_prefix", c.name, f"{c.name}: {c.interface} has {a.address}, but its network is {want.network}" + (f" (the host's {ev.show(s.l3 if s else None)} has "
+                    f"{host_net})" if host_net else "")
+                + f"; with /{a.address.network.prefixlen} the container thinks its neighbours are off-link" + (" and its gateway "
+                    "unreachable" if c.gateway and c.gateway not in a.address.network else ""),
+                ev.run(c.name, f"ip addr del {a.address} dev {c.interface}") + " && " + ev.run(c.name, f"ip addr add {want} dev {c.interface}") + gw,
+                (), score=93 if c.name in on else 60,
+            )
+
+
+def _dst_in_own_subnet(ev: Evidence, container: str, dst: str) -> bool:
+    c = ev.t.container(container)
+    try:
+        return c.address is not None and IPv4Address(dst) in c.address.network
+    except ValueError:
+        return False
+
+
+@rule
+def source_route(ev: Evidence) -> Iterator[Finding]:
+    """The sending container's own route lookup: no route, or a gateway nobody holds."""
+    f = ev.flow
+    containers = {c.name for c in ev.t.containers}
+    if f is None or f.source not in containers or f.via in ("loopback", "arp"):
+        return
+    ns_state = ev.snap.ns(f.source)
+    if ns_state is None:
+        return
+    ns = ev.lab.container_ns(f.source)
+    c = ev.t.container(f.source)
+    got = lookup(ev.snap, f.source, ns, f.dst_addr)
+    gw = c.gateway or _host_gateway(ev, f.source)
+    if isinstance(got, str):
+        if _dst_in_own_subnet(ev, f.source, f.dst_addr):
+            yield Finding(
+                "no_route", f.source, f"{f.source}: no route to {f.dst_addr}, although it is in {f.source}'s declared network ({got})",
+                ev.run(f.source, f"ip addr add {c.address} dev {c.interface}"), (f"routes: {_routes(ns_state)}",), score=70,
+            )
+            return
+        yield Finding(
+            "no_default_route", f.source, f"{f.source}: no route to {f.dst_addr} ({got}): the container has no default route, so it cannot reach anything beyond its own subnet",
+            ev.run(f.source, f"ip route add default via {gw}") if gw else ev.run(f.source, "ip route add default via <the host's address on this network>"),
+            (f"routes: {_routes(ns_state)}", *([f"the probe failed with: {ev.result.error}"] if ev.result and ev.result.error else [])), score=85,
+        )
+        return
+    if got.gateway is None:
+        return
+    g = str(got.gateway)
+    if ev.host.holds(g):
+        return
+    neigh = next((n for n in ns_state.neighbours if n.address == g), None)
+    yield Finding(
+        "wrong_gateway", f.source, f"{f.source}: the route to {f.dst_addr} goes via {g}, which no interface of the host holds" + (f"; the host's address on this network is "
+            f"{gw}" if gw else "") + ", so the packets never leave the container's network",
+        ev.run(f.source, f"ip route replace default via {gw}") if gw else ev.run(f.source, "ip route replace default via <the host's address on this network>"),
+        (f"neighbour {g}: {neigh.state if neigh else 'no entry'} (nobody answers ARP for it)", f"route: {f.dst_addr} via {g} dev {got.interface}"), score=86,
+    )
+
+
+def _routes(ns: NsState) -> str:
+    parts = []
+    for r in ns.routes:
+        via = f" via {r.gateway}" if r.gateway else ""
+        parts.append(f"{'default' if r.dst.prefixlen == 0 else r.dst}{via} dev {r.interface}")
+    return "; ".join(parts) or "none"
+
+
+def _host_gateway(ev: Evidence, container: str) -> str | None:
+    """The host's address on the container's network (kernel state), for fixes."""
+    s = ev.side(container)
+    c = ev.t.container(container)
+    if s is None or s.l3 is None or c.address is None:
+        return None
+    return next((str(a.address.ip) for a in ev.host.addrs(s.l3) if c.address.ip in a.address.network), None)
+
+
+@rule
+def default_route_static(ev: Evidence) -> Iterator[Finding]:
+    """Doctor: each container's default route against the spec, without a probe."""
+    if ev.flow is not None:
+        return
+    for c in ev.t.containers:
+        ns = ev.snap.ns(c.name)
+        if ns is None or c.gateway is None:
+            continue
+        d = ns.default_route()
+        gw = str(c.gateway)
+        if d is None:
+            yield Finding("no_default_route", c.name, f"{c.name}: no default route (the spec declares one via {gw})", ev.run(c.name, f"ip route add default via {gw}"), (f"routes: "
+                f"{_routes(ns)}",), score=70)
+        elif d.gateway is not None and not ev.host.holds(str(d.gateway)):
+            yield Finding("wrong_gateway", c.name, f"{c.name}: the default route goes via {d.gateway}, which no interface of the host holds (the spec says {gw})", ev.run(c.name, f"ip route "
+                f"replace default via {gw}"), (), score=70)
+
+
+# ============================================================================ the host: forwarding and filtering
+
+
+def _pkt_request(ev: Evidence) -> Pkt | None:
+    f, r = ev.flow, ev.route
+    if f is None or r is None or f.proto == "arp":
+        return None
+    dst = f.target_addr if f.dnat and f.target_addr else f.dst_addr
+    port = f.target_port if f.dnat else f.dport
+    return Pkt(f.src_addr, dst, f.proto, port, r.in_iface, r.out_iface)
+
+
+@rule
+def ip_forward_off(ev: Evidence) -> Iterator[Finding]:
+    f, r = ev.flow, ev.route
+    fwd = ev.host.sysctl("net.ipv4.ip_forward")
+    if fwd is None or fwd == "1":
+        return
+    if f is not None and r is not None:
+        if not r.routed:
+            return
+        what = f"packets from {ev.show(r.in_iface)} are not routed to {ev.show(r.out_iface)}"
+        yield Finding(
+            "ip_forward_off", "host", f"host: net.ipv4.ip_forward = {fwd}, so {what}",
+            ev.sysctl_fix("host", "net.ipv4.ip_forward", 1), tuple(ev.break_note()), score=95,
+        )
+        return
+    if any(promise.reaches_outside(ev.t, c.name) for c in ev.t.containers) or ev.t.publishes or ev.t.vips:
+        yield Finding(
+            "ip_forward_off", "host", f"host: net.ipv4.ip_forward = {fwd}, so the host routes nothing between its containers and the outside world",
+            ev.sysctl_fix("host", "net.ipv4.ip_forward", 1), ("the spec expects forwarding (a container reaches the outside, or a port is published)",), score=80,
+        )
+
+
+@rule
+def forward_drop(ev: Evidence) -> Iterator[Finding]:
+    r = ev.route
+    pkt = _pkt_request(ev)
+    counted = False
+    # Any DROP/REJECT in a filter chain whose counter grew while the probe was repeated.
+    for placed, n in ev.matched:
+        if placed.rule.table == "filter" and placed.rule.target in ("DROP", "REJECT") and placed.rule.chain not in ("INPUT", "OUTPUT"):
+            yield Finding(
+                "forward_drop", "host", f"host: the rule `{placed.render()}` dropped the probe ({n} packet(s) during the repeated probe)",
+                ev.iptables(placed.backend, placed.rule.render().replace(" -A ", " -D ", 1)),
+                (f"{binary(placed.backend)}: {placed.rule.table} {placed.rule.chain} rule {placed.position}", *ev.break_note()), score=93,
+            )
+            counted = True
+    if pkt is None or r is None or counted:
+        return
+    if not (r.routed or (r.bridged and ev.bridge_netfilter(r.in_iface))):
+        return
+    if r.routed and ev.host.sysctl("net.ipv4.ip_forward") != "1":
+        return  # never reaches FORWARD
+    for label, p in (("request", pkt), ("reply", Pkt(pkt.dst, pkt.src, pkt.proto, None, pkt.oif, pkt.iif))):
+        d = ev.fw.verdict("forward", p)
+        if d is None:
+            continue
+        yield _forward_finding(ev, d, p, label, r.bridged)
+        return
+
+
+def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: bool) -> Finding:
+    way = f"{ev.show(p.iif)} -> {ev.show(p.oif)}"
+    why = " (bridged frames pass FORWARD because bridge-nf-call-iptables=1)" if bridged else ""
+    counted = ev.counted(d.rule) if d.rule is not None else 0
+    evidence = [f"the {label} {p.src} > {p.dst} walks {' -> '.join(d.via)}", *ev.break_note()]
+    if d.rule is not None:
+        if counted:
+            evidence.append(f"its counter grew by {counted} during the repeated probe")
+        return Finding(
+            "forward_drop", "host", f"host: FORWARD drops the {label} {way}{why}: `{d.rule.render()}`",
+            ev.iptables(d.backend, d.rule.rule.render().replace(" -A ", " -D ", 1)), tuple(evidence), score=92 if counted else 86,
+        )
+    accept = f"-I FORWARD -i {p.iif} -o {p.oif} -j ACCEPT"
+    back = f"-I FORWARD -i {p.oif} -o {p.iif} -j ACCEPT"
+    fix = ev.iptables(d.backend, accept) + ("" if p.iif == p.oif else " && " + ev.iptables(d.backend, back))
+    return Finding(
+        "forward_drop", "host", f"host: the FORWARD policy is {d.verdict} ({binary(d.backend)}) and no rule accepts {way}{why}, so the {label} is dropped",
+        fix, tuple(evidence), score=90,
+    )
+
+
+@rule
+def host_no_route(ev: Evidence) -> Iterator[Finding]:
+    r, pkt = ev.route, _pkt_request(ev)
+    if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv4.ip_forward") != "1":
+        return
+    got = lookup(ev.snap, "host", ev.lab.host, pkt.dst)
+    if isinstance(got, str):
+        d = ev.host.default_route()
+        yield Finding(
+            "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
+            ev.run("host", f"ip route add default via {ev.t.host.gateway}"), (f"host routes: {_routes(ev.host)}",), score=60,
+        )
+
+
+@rule
+def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
+    for label, grew in ev.snmp.items():
+        n = grew.get("TcpExt.IPReversePathFilter", 0)
+        if not n:
+            continue
+        ns = ev.snap.ns(label)
+        if ns is None:
+            continue
+        strict = [link.name for link in ns.links if link.name != "lo" and ns.conf(link.name, "rp_filter") == 1]
+        far = ev.flow.dst_addr if ev.flow else None
+        back = lookup(ev.snap, label, ev.lab.namespaces()[label], far) if far else None
+        out = back.interface if back is not None and not isinstance(back, str) else None
+        suspects = [i for i in strict if i != out] or strict
+        shown = ", ".join(ev.show(i) if label == "host" else i for i in suspects)
+        fixes = [ev.sysctl_fix(label, "net.ipv4.conf.all.rp_filter", 2)] + [ev.sysctl_fix(label, f"net.ipv4.conf.{i}.rp_filter", 2) for i in suspects]
+        yield Finding(
+            "rp_filter_strict", label,
+            f"{label}: strict reverse-path filtering (rp_filter=1) dropped {n} packet(s) during the repeated probe: they arrived on {shown or 'an interface'}"
+            + (f", but the route back to {far} leaves by {ev.show(out) if label == 'host' else out}" if out else "") + " (asymmetric routing); loose mode (2) accepts them",
+            " && ".join(fixes), (f"{label}: TcpExt.IPReversePathFilter +{n}", f"interfaces with rp_filter=1: {', '.join(strict) or 'none'}"), score=93,
+        )
+
+
+# ============================================================================ NAT
+
+
+def _masq_decision(ev: Evidence, src: str, dst: str, proto: str, iif: str | None, oif: str | None, dport: int | None = None) -> Decision | None:
+    d = ev.fw.nat("postrouting", Pkt(src, dst, proto, dport, iif, oif))
+    return d if d is not None and d.verdict in ("MASQUERADE", "SNAT") else None
+
+
+def _masq_rules(ev: Evidence) -> list[Placed]:
+    out = []
+    for backend, base in ev.fw.base_chains("postrouting", "nat"):
+        names = ev.fw.reachable(backend, base.table, [base.name])
+        out += [p for p in ev.fw.rules() if p.backend == backend and p.rule.table == base.table and p.rule.chain in names and p.rule.target in ("MASQUERADE", "SNAT")]
+    return out
+
+
+def _spec_masq(ev: Evidence, container: str) -> str:
+    """The MASQUERADE rule the spec declares for a container, in kernel names (or a generic one)."""
+    t = ev.t
+    c = t.container(container)
+    up = _kname(ev, t.host.uplink) or t.host.uplink
+    for m in t.masquerades:
+        if c.address is not None and m.source is not None and c.address.ip not in m.source:
+            continue
+        out = (_kname(ev, m.out_interface) or m.out_interface) if m.out_interface else ("!" + (_kname(ev, m.not_out_interface) or m.not_out_interface) if m.not_out_interface else None)
+        return XRule("nat", "POSTROUTING", "MASQUERADE", src=str(m.source) if m.source else None, out_interface=out).render()
+    src = str(c.address.network) if c.address is not None else None
+    return XRule("nat", "POSTROUTING", "MASQUERADE", src=src, out_interface=up).render()
+
+
+@rule
+def masquerade(ev: Evidence) -> Iterator[Finding]:
+    f, r = ev.flow, ev.route
+    containers = {c.name for c in ev.t.containers}
+    flows: list[tuple[str, str, str | None, str | None, bool]] = []  # (container, address, in, out, confirmed)
+    up = _kname(ev, ev.t.host.uplink)
+    if f is not None and r is not None:
+        if f.source in containers and f.via == "outside" and f.proto != "arp":
+            at_wan = ev.seen("wan:uplink")
+            private = at_wan is not None and at_wan.src == f.src_addr
+            flows.append((f.source, f.src_addr, r.in_iface, r.out_iface, private))
+    else:
+        for c in ev.t.containers:
+            s = ev.side(c.name)
+            if c.address is not None and promise.masqueraded(ev.t, c.name) and s is not None:
+                flows.append((c.name, str(c.address.ip), s.l3, up, False))
+    for name, addr, iif, oif, private in flows:
+        remote = str(ev.t.wan.remote[0].ip)
+        covered = _masq_decision(ev, addr, remote, "tcp", iif, oif)
+        if covered is not None and not private:
+            continue
+        if covered is not None and private:
+            continue  # a rule matches but did not act: leave it to the trace
+        rules = _masq_rules(ev)
+        want = _spec_masq(ev, name)
+        backend = ev.backend()
+        seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
+        if rules:
+            shown = "; ".join(f"`{p.render()}`" for p in rules)
+            fix = " && ".join([ev.iptables(p.backend, p.rule.render().replace(" -A ", " -D ", 1)) for p in rules] + [ev.iptables(rules[0].backend, want)])
+            yield Finding(
+                "masquerade_wrong", "host", f"host: no MASQUERADE rule matches {name}'s packets ({addr} leaving by {ev.show(oif)}): {shown} does not cover them, so they leave with the private "
+                    f"source {addr} and no reply finds its way back",
+                fix, (*seen_note, *ev.break_note("back")), score=90 if private else 72,
+            )
+        else:
+            yield Finding(
+                "masquerade_missing", "host", f"host: no MASQUERADE (or SNAT) rule covers {name}'s packets leaving by {ev.show(oif)}, so they leave with the private source {addr} and no reply "
+                    f"finds its way back",
+                ev.iptables(backend, want), (*seen_note, *ev.break_note("back")), score=90 if private else 72,
+            )
+
+
+def _split_to(to: str | None) -> tuple[str, int | None]:
+    if not to:
+        return "", None
+    addr, _, port = to.partition(":")
+    return addr, int(port.split("-")[0]) if port else None
+
+
+def _dnat_flows(ev: Evidence) -> list[Flow]:
+    """The flow of the failed probe, or (doctor) one per published port and VIP of the spec."""
+    if ev.flow is not None:
+        return [ev.flow] if ev.flow.dnat else []
+    t = ev.t
+    out = []
+    for p in t.publishes:
+        c = t.container(p.container)
+        taddr = str(c.address.ip) if c.address else None
+        for src, on in (("wan", p.from_outside), ("host", p.from_host)):
+            if on:
+                sender = str(t.wan.address.ip) if src == "wan" else str(t.host.address.ip)
+                out.append(Flow("tcp", p.protocol, src, sender, str(t.host.address.ip), p.host_port, "reach", p.container, taddr, p.port, "publish"))
+    for v in t.vips:
+        c = t.container(v.container)
+        taddr = str(c.address.ip) if c.address else None
+        for src, on in (("wan", v.from_outside), ("host", v.from_host)):
+            if on:
+                sender = str(t.wan.address.ip) if src == "wan" else str(t.host.address.ip)
+                out.append(Flow("tcp", v.protocol, src, sender, str(v.address), v.port, "reach", v.container, taddr, v.target_port, "vip", v.chain))
+    return out
+
+
+def _in_iface(ev: Evidence, f: Flow) -> str | None:
+    if f.source == "wan":
+        return _kname(ev, ev.t.host.uplink)
+    s = ev.side(f.source)
+    return s.l3 if s is not None else None
+
+
+def _spec_dnat(ev: Evidence, f: Flow, chain: str) -> str:
+    to = f"{f.target_addr}:{f.target_port}" if f.target_port else str(f.target_addr)
+    return XRule("nat", chain, "DNAT", dst=f.dst_addr, protocol=f.proto, dport=f.dport, to_destination=to).render()
+
+
+@rule
+def dnat(ev: Evidence) -> Iterator[Finding]:
+    for f in _dnat_flows(ev):
+        yield from _dnat_one(ev, f)
+
+
+def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
+    hook = "output" if f.source == "host" else "prerouting"
+    iif = None if f.source == "host" else _in_iface(ev, f)
+    pkt = Pkt(f.src_addr, f.dst_addr, f.proto, f.dport, iif, None)
+    d = ev.fw.nat(hook, pkt)
+    static = ev.result is None
+    what = f"{f.dst_addr}:{f.dport}"
+    chain_name = "OUTPUT" if hook == "output" else "PREROUTING"
+    who = {"host": "the host's own", "wan": "the outside world's"}.get(f.source, f"{f.source}'s")
+    if d is None or d.verdict != "DNAT" or d.rule is None:
+        yield from _dnat_absent(ev, f, hook, pkt, what, chain_name, who, static)
+        return
+    to_addr, to_port = _split_to(d.rule.rule.to_destination)
+    counted = ev.counted(d.rule)
+    rule_ev = [f"matched: `{d.rule.render()}`" + (f" (+{counted} packet(s) during the repeated probe)" if counted else "")]
+    if to_addr and IPv4Address(to_addr) in LOOPBACK and hook == "prerouting":
+        rl = ev.host.conf(iif, "route_localnet") if iif else 0
+        if rl == 0 and f.expected != "block":
+            yield Finding(
+                "route_localnet_off", "host",
+                f"host: {what} is DNATed to {d.rule.rule.to_destination}, but net.ipv4.conf.{ev.lab.spec_name(iif) if iif else 'all'}.route_localnet = 0, so the kernel drops the "
+                    f"rewritten packet as a martian (loopback addresses may not arrive from outside)",
+                ev.sysctl_fix("host", f"net.ipv4.conf.{iif or 'all'}.route_localnet", 1) + f"  (and MASQUERADE the replies, as CNI portmap does; or DNAT to {f.target_addr}:{f.target_port} instead)",
+                (*rule_ev, f"route_localnet: all={ev.host.sysctl('net.ipv4.conf.all.route_localnet')}, {iif}={ev.host.sysctl(f'net.ipv4.conf.{iif}.route_localnet')}"), score=95,
+            )
+            return
+    if f.target_addr and (to_addr != f.target_addr or (to_port is not None and f.target_port is not None and to_port != f.target_port)):
+        want = f"{f.target_addr}:{f.target_port}"
+        owner = next((c.name for c in ev.t.containers if c.address is not None and str(c.address.ip) == to_addr), None)
+        yield Finding(
+            "dnat_wrong", "host",
+            f"host: {what} is DNATed to {d.rule.rule.to_destination}" + (f" ({owner})" if owner else "") + f", but the spec sends it to {f.target} at {want}",
+            ev.iptables(d.backend, d.rule.rule.render().replace(" -A ", " -D ", 1)) + " && " + ev.iptables(d.backend, d.rule.rule.render().replace(f"--to-destination "
+                f"{d.rule.rule.to_destination}", f"--to-destination {want}")),
+            tuple(rule_ev), score=72 if static else 90,
+        )
+
+
+def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_name: str, who: str, static: bool) -> Iterator[Finding]:
+    backend = ev.backend()
+    hook_chains = {b: ev.fw.reachable(b, ch.table, [ch.name]) for b, ch in ev.fw.base_chains(hook, "nat")}
+    pre_chains = {b: ev.fw.reachable(b, ch.table, [ch.name]) for b, ch in ev.fw.base_chains("prerouting", "nat")}
+    orphans = [p for p in ev.fw.rules() if p.rule.table == "nat" and p.rule.target == "DNAT" and matches(p.rule, Pkt(pkt.src, pkt.dst, pkt.proto, pkt.dport))]
+    orphans = [p for p in orphans if p.rule.chain not in hook_chains.get(p.backend, set())]
+    for p in orphans:
+        if p.rule.chain not in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
+            jumpers = ev.fw.jumps_to(p.backend, "nat", p.rule.chain)
+            from_where = ", ".join(sorted({j.rule.chain for j in jumpers})) or "no chain"
+            yield Finding(
+                "vip_not_jumped", "host",
+                f"host: the chain {p.rule.chain} holds the DNAT for {what}, but nat {chain_name} does not jump to it (only {from_where} does), so {who} packets are never translated",
+                ev.iptables(p.backend, f"-t nat -A {chain_name} -j {p.rule.chain}"),
+                (f"the DNAT: `{p.render()}`",), score=72 if static else 92,
+            )
+            return
+        if hook == "output" and p.rule.chain in pre_chains.get(p.backend, set()):
+            yield Finding(
+                "output_dnat_missing", "host",
+                f"host: {what} is DNATed in nat PREROUTING only; traffic the host itself sends goes through nat OUTPUT, which has no DNAT for it, so the host talks to itself instead of {f.target}",
+                ev.iptables(p.backend, p.rule.render().replace("-A PREROUTING", "-A OUTPUT", 1)),
+                (f"PREROUTING has: `{p.render()}`",), score=72 if static else 92,
+            )
+            return
+    chains = " and ".join(["PREROUTING", "OUTPUT"] if f.source == "host" else ["PREROUTING"])
+    fix = ev.iptables(backend, _spec_dnat(ev, f, "PREROUTING"))
+    if f.source == "host":
+        fix = ev.iptables(backend, _spec_dnat(ev, f, "OUTPUT")) + " && " + fix
+    yield Finding(
+        "dnat_missing", "host",
+        f"host: no DNAT rule in nat {chains} translates {what} to {f.target} ({f.target_addr}:{f.target_port}), so {who} packets stay addressed to the host" + (", where nothing "
+            "answers" if f.via == "publish" else ""),
+        fix, tuple(ev.break_note()), score=70 if static else 88,
+    )
+
+
+@rule
+def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
+    f = ev.flow
+    containers = {c.name for c in ev.t.containers}
+    candidates: list[tuple[str | None, Placed]] = []
+    for backend, base in ev.fw.base_chains("prerouting", "nat"):
+        names = ev.fw.reachable(backend, base.table, [base.name])
+        for p in ev.fw.rules():
+            if p.backend == backend and p.rule.table == base.table and p.rule.chain in names and p.rule.target == "DNAT":
+                addr, _port = _split_to(p.rule.to_destination)
+                if addr and IPv4Address(addr) in LOOPBACK:
+                    candidates.append((p.rule.in_interface, p))
+    if not candidates:
+        return
+    exposed = [link.name for link in ev.host.links if link.name != "lo" and ev.host.conf(link.name, "route_localnet") == 1]
+    if not exposed:
+        return
+    live = f is not None and f.expected == "block" and ev.result is not None and ev.result.verdict == "reached" and f.source in containers
+    for _iif, p in candidates:
+        yield Finding(
+            "route_localnet_exposed", "host",
+            f"host: route_localnet = 1 on {', '.join(ev.show(i) for i in exposed)} and `{p.render()}` send container traffic to the host's loopback: services bound to 127.0.0.1 on the host are "
+                f"reachable from the containers",
+            " && ".join([ev.sysctl_fix("host", f"net.ipv4.conf.{i}.route_localnet", 0) for i in exposed] + [ev.iptables(p.backend, p.rule.render().replace(" -A ", " -D ", 1))]),
+            ("a probe that must be blocked reached a loopback service",) if live else (), score=92 if live else 58,
+        )
+
+
+@rule
+def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
+    flows: list[Flow] = []
+    if ev.flow is not None:
+        flows = [ev.flow] if ev.flow.dnat else []
+    else:
+        for fl in _dnat_flows(ev):
+            if fl.source != "wan":
+                continue
+            for o in ev.t.containers:
+                if o.name != fl.target and o.address is not None and promise.same_l2(ev.t, o.name, fl.target or ""):
+                    flows.append(Flow(fl.kind, fl.proto, o.name, str(o.address.ip), fl.dst_addr, fl.dport, "reach", fl.target, fl.target_addr, fl.target_port, fl.via, fl.nat_chain))
+    for f in flows:
+        s, d = ev.side(f.source), ev.side(f.target)
+        if s is None or d is None or not s.bridge_k or s.bridge_k != d.bridge_k or f.target_addr is None:
+            continue
+        if ev.bridge_netfilter(s.bridge_k):
+            continue
+        if _masq_decision(ev, f.src_addr, f.target_addr, f.proto, s.bridge_k, s.bridge_k, f.target_port) is not None:
+            continue
+        back = ev.seen(f"{f.source}:{s.interface}", "reply")
+        evidence = [f"net.bridge.bridge-nf-call-iptables = {ev.host.sysctl('net.bridge.bridge-nf-call-iptables')}", f"no MASQUERADE covers {f.src_addr} -> {f.target_addr} out {ev.show(s.bridge_k)}"]
+        if back is not None:
+            evidence.append(f"{f.source} got the reply from {back.src} instead of {f.dst_addr}: it crossed the bridge without being un-NATed")
+        subnet = ev.t.container(f.source).address
+        masq = XRule("nat", "POSTROUTING", "MASQUERADE", src=str(subnet.network) if subnet else None, out_interface=s.bridge_k).render()
+        yield Finding(
+            "br_netfilter_off", "host",
+            f"host: net.bridge.bridge-nf-call-iptables = 0 and {f.source} and {f.target} share {ev.show(s.bridge_k)}: the DNATed request reaches {f.target}, but the reply goes straight across "
+                f"the bridge, is never un-NATed, and {f.source} drops it (the hairpin / br_netfilter trap)",
+            ev.sysctl_fix("host", "net.bridge.bridge-nf-call-iptables", 1) + f"  (or MASQUERADE bridge-local traffic: {ev.iptables(ev.backend(), masq)})",
+            tuple(evidence), score=60 if ev.flow is None else 93,
+        )
+
+
+# ============================================================================ services
+
+
+@rule
+def no_listener(ev: Evidence) -> Iterator[Finding]:
+    flows = [ev.flow] if ev.flow is not None else _dnat_flows(ev)
+    seen: set[tuple[str, int]] = set()
+    for f in flows:
+        if f is None or f.target is None or f.target_port is None or f.proto not in ("tcp", "udp") or f.expected == "block":
+            continue
+        if (f.target, f.target_port) in seen:
+            continue
+        seen.add((f.target, f.target_port))
+        ns = ev.snap.ns(f.target)
+        if ns is None or (not ns.routes and not ns.links):
+            continue
+        addr = f.target_addr or ""
+        socks = [s for s in ns.listening if s.proto == f.proto and s.port == f.target_port]
+        if any(s.accepts(addr) for s in socks):
+            continue
+        bound = ", ".join(f"{s.address}:{s.port}" for s in socks)
+        rst = ev.seen(f"{f.target}:{ev.t.container(f.target).interface}", "reply")
+        evidence = [f"{f.target} listens on: {', '.join(sorted({f'{s.proto}/{s.port}' for s in ns.listening})) or 'nothing'}"]
+        if rst is not None and "R" in rst.info:
+            evidence.append(f"{f.target} answered with a TCP reset ({rst.flow} {rst.info})")
+        summary = f"{f.target}: nothing listens on {f.proto} port {f.target_port}" + (f" on {addr}; a socket is bound to {bound} only" if bound else "") + ", so the connection is refused"
+        yield Finding(
+            "no_listener", f.target, summary,
+            f"start the service in {f.target} listening on 0.0.0.0:{f.target_port}, e.g. " + ev.run(f.target, f"python3 -m http.server {f.target_port}"),
+            tuple(evidence), score=84 if ev.flow is not None else 65,
+        )
+
+
+# ============================================================================ the firewall as a whole
+
+
+@rule
+def rules_split(ev: Evidence) -> Iterator[Finding]:
+    held = ev.fw.backends()
+    if len(held) < 2:
+        return
+    parts = []
+    for backend in held:
+        chains = sorted({f"{t} {c}" for (b, t, c), ch in ev.fw.chains.items() if b == backend and ch.rules})
+        parts.append(f"{binary(backend)} holds {', '.join(chains)}")
+    yield Finding(
+        "rules_split", "host",
+        "host: the firewall rules are split across both backends (" + "; ".join(parts) + "); the kernel applies both, but each tool shows only its half",
+        ev.run("host", "iptables-legacy-save") + " > rules.v4, then load them into one backend: " + ev.run("host", "iptables-nft-restore") + " < rules.v4, and flush the legacy tables",
+        (), score=25,
+    )
+
+
+__all__ = ["RULES", "Evidence", "evaluate", "rule"]

@@ -1,0 +1,181 @@
+"""State inspection: what the kernel holds in each namespace of a lab, read without changing it.
+
+Netlink (links, addresses, routes, the route lookup of the probe's flow, neighbours, bridge
+ports), sysctls, listening sockets, SNMP counters, conntrack, and the host's rules from
+both backends (legacy through python-iptables, nf_tables through ``nft -j``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any
+
+from netcheck.diagnose.firewall import Placed, Ruleset
+from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
+from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
+from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_nft
+
+if TYPE_CHECKING:
+    from netcheck.kernel.netns import Netns
+
+HOST_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables")
+IFACE_SYSCTLS = ("rp_filter", "route_localnet", "forwarding")
+
+
+@dataclass(frozen=True)
+class NsState:
+    """One namespace, as read."""
+
+    label: str
+    netns: str | None  # the kernel name under /run/netns, None for this process's own
+    links: tuple[Link, ...] = ()
+    addresses: tuple[Address, ...] = ()
+    routes: tuple[RouteEntry, ...] = ()
+    neighbours: tuple[Neighbour, ...] = ()
+    listening: tuple[Listening, ...] = ()
+    sysctls: dict[str, str | None] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    def link(self, name: str | None) -> Link | None:
+        return next((x for x in self.links if x.name == name), None)
+
+    def link_by_index(self, index: int | None) -> Link | None:
+        return next((x for x in self.links if x.index == index), None)
+
+    def addrs(self, iface: str | None = None) -> list[Address]:
+        return [a for a in self.addresses if iface is None or a.interface == iface]
+
+    def holds(self, address: str) -> bool:
+        return any(str(a.address.ip) == address for a in self.addresses)
+
+    def default_route(self) -> RouteEntry | None:
+        return next((r for r in self.routes if r.dst.prefixlen == 0 and r.kind == "unicast"), None)
+
+    def sysctl(self, key: str) -> str | None:
+        return self.sysctls.get(key)
+
+    def conf(self, iface: str, key: str) -> int:
+        """The effective value of a per-interface conf key: the maximum of 'all' and the interface's."""
+        values = [self.sysctls.get(f"net.ipv4.conf.{n}.{key}") for n in ("all", iface)]
+        return max((int(v) for v in values if v not in (None, "")), default=0)
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What only the host holds: bridges, their ports, the firewall, conntrack."""
+
+    bridge_ports: tuple[BridgePort, ...] = ()
+    bridges: tuple[BridgeOptions, ...] = ()
+    ruleset: Ruleset = field(default_factory=Ruleset)
+    legacy_tables: tuple[str, ...] = ()
+    conntrack: tuple[CtEntry, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def bridge(self, name: str | None) -> BridgeOptions | None:
+        return next((b for b in self.bridges if b.name == name), None)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    namespaces: dict[str, NsState]
+    host: HostState
+    route_lookups: dict[str, RouteEntry | str] = field(default_factory=dict)  # "label: dst [from src iif X]" -> result
+
+    def ns(self, label: str) -> NsState | None:
+        return self.namespaces.get(label)
+
+
+def _safe(errors: list[str], what: str, fn: Any, default: Any) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a read that fails is reported, the rest goes on
+        errors.append(f"{what}: {exc}")
+        return default
+
+
+def read_ns(label: str, ns: Netns, *, full: bool, host: bool = False) -> NsState:
+    """Read one namespace. ``full=False`` reads links and addresses only (for big labs)."""
+    errors: list[str] = []
+    links = tuple(_safe(errors, "links", ns.links, []))
+    addresses = tuple(_safe(errors, "addresses", ns.addresses, []))
+    if not full:
+        return NsState(label, ns.name, links, addresses, errors=tuple(errors))
+    routes = tuple(_safe(errors, "routes", ns.routes, []))
+    neighbours = tuple(_safe(errors, "neighbours", ns.neighbours, []))
+    socks = tuple(_safe(errors, "listening sockets", lambda: listening(ns), []))
+    keys = list(HOST_SYSCTLS if host else HOST_SYSCTLS[:3])
+    if host:
+        keys += [f"net.ipv4.conf.{link.name}.{k}" for link in links for k in IFACE_SYSCTLS]
+    sysctls = {}
+    for k in keys:
+        sysctls[k] = _safe(errors, k, lambda k=k: ns.sysctl(k), None)
+    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors))
+
+
+def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
+    """Both backends' rules of a namespace, with counters; legacy tables are read only if they exist."""
+    errors: list[str] = []
+    tables = [t for t in _safe(errors, "legacy tables", lambda: legacy_tables(ns), []) if t in ("filter", "nat")]
+    legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
+    raw: dict[str, Any] = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
+    return Ruleset.build(legacy, nft_chains(raw), raw), tuple(tables), errors
+
+
+def rule_counters(ns: Netns) -> list[Placed]:
+    """Every rule of both backends with its counters (read before and after the repeated probe)."""
+    rs, _tables, _errors = read_rules(ns)
+    return list(rs.rules())
+
+
+def read_host(ns: Netns, addresses: set[str]) -> HostState:
+    errors: list[str] = []
+    ports = tuple(_safe(errors, "bridge ports", ns.bridge_ports, []))
+    brs = tuple(_safe(errors, "bridges", lambda: bridges(ns), []))
+    rs, tables, rule_errors = read_rules(ns)
+    ct = tuple(_safe(errors, "conntrack", lambda: conntrack(ns, addresses), []))
+    return HostState(ports, brs, rs, tables, ct, tuple(errors + rule_errors))
+
+
+def snapshot(namespaces: dict[str, Netns], *, host: str = "host", full: set[str] | None = None, addresses: set[str] | None = None) -> Snapshot:
+    """Read every namespace (in full those in ``full``, or all when None) and the host's extras."""
+    states = {}
+    for label, ns in namespaces.items():
+        states[label] = read_ns(label, ns, full=full is None or label in full or label == host, host=label == host)
+    host_ns = namespaces.get(host)
+    extra = read_host(host_ns, addresses or set()) if host_ns is not None else HostState()
+    return Snapshot(states, extra)
+
+
+def lookup(snap: Snapshot, label: str, ns: Netns, dst: str, src: str | None = None, iif: str | None = None) -> RouteEntry | str:
+    """The kernel's route lookup for a flow (``ip route get``), remembered in the snapshot."""
+    key = f"{label}: {dst}" + (f" from {src}" if src else "") + (f" iif {iif}" if iif else "")
+    if key not in snap.route_lookups:
+        result: RouteEntry | str = "lookup failed"
+        with contextlib.suppress(Exception):
+            result = ns.route_get(IPv4Address(dst), IPv4Address(src) if src else None, iif)
+        snap.route_lookups[key] = result
+    return snap.route_lookups[key]
+
+
+def snmp(namespaces: dict[str, Netns]) -> dict[str, dict[str, int]]:
+    out = {}
+    for label, ns in namespaces.items():
+        with contextlib.suppress(Exception):
+            out[label] = snmp_counters(ns)
+    return out
+
+
+def snmp_deltas(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], keys: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for label, values in after.items():
+        old = before.get(label, {})
+        for k in keys:
+            grew = values.get(k, 0) - old.get(k, values.get(k, 0))
+            if grew > 0:
+                out.setdefault(label, {})[k] = grew
+    return out
+
+
+__all__ = ["HostState", "NsState", "Snapshot", "lookup", "read_host", "read_ns", "read_rules", "rule_counters", "snapshot", "snmp", "snmp_deltas"]
