@@ -1,0 +1,55 @@
+"""Setups other tools make: run the tool in the sandbox host, discover what it made, test that.
+
+A spec whose ``[setup] mode`` is script, cni, netavark, podman or docker states only what to
+expect; ``build_external`` makes the sandbox, runs the tool, and returns a lab that the
+unchanged suites test::
+
+    lab = build_external(spec.load("examples/cni.toml"), keep=False, host_mode=False)
+    try:
+        lab.container_ns("web").addresses()
+    finally:
+        lab.teardown()
+
+In host mode the tool is not run: the containers that already exist are discovered (by
+their namespace paths, or by name through a Docker or Podman socket).
+"""
+
+from __future__ import annotations
+
+from netcheck import spec as S
+from netcheck.adapters.cni import CniAdapter
+from netcheck.adapters.docker import DockerAdapter
+from netcheck.adapters.lab import Adapter, ExternalLab, ToolFailed, ToolMissing, env_name
+from netcheck.adapters.netavark import NetavarkAdapter
+from netcheck.adapters.podman import PodmanAdapter
+from netcheck.adapters.script import ScriptAdapter
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "script": ScriptAdapter,
+    "cni": CniAdapter,
+    "netavark": NetavarkAdapter,
+    "podman": PodmanAdapter,
+    "docker": DockerAdapter,
+}
+
+
+def adapter_for(topology: S.Topology) -> Adapter:
+    return ADAPTERS[topology.setup.mode]()
+
+
+def missing(topology: S.Topology, *, host_mode: bool = False) -> list[str]:
+    """What this machine lacks to run the topology's tool, each with how to install it (empty: ready)."""
+    return adapter_for(topology).missing(topology, host_mode)
+
+
+def build_external(topology: S.Topology, *, keep: bool = False, host_mode: bool = False) -> ExternalLab:
+    """Build the sandbox, run (or, in host mode, find) what the tool made, and discover it."""
+    lacking = missing(topology, host_mode=host_mode)
+    if lacking:
+        raise ToolMissing(f"{topology.source}: setup mode {topology.setup.mode} needs " + "; ".join(lacking))
+    lab = ExternalLab(topology, adapter_for(topology), keep=keep, host_mode=host_mode)
+    lab.build()
+    return lab
+
+
+__all__ = ["ADAPTERS", "ExternalLab", "ToolFailed", "ToolMissing", "adapter_for", "build_external", "env_name", "missing"]

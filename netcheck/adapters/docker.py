@@ -1,0 +1,181 @@
+"""docker: a dockerd of the lab's own, started inside the sandbox host namespace.
+
+``dockerd`` runs with its own data root, exec root, socket, pidfile and an empty config
+file, in a private mount namespace (its mounts die with it), inside the sandbox host. No
+registry is reachable, so the image is imported from a busybox root filesystem made locally
+(``docker import``). Each spec container becomes ``docker run -d --name NAME -p HOST:PORT
+IMAGE`` (or the spec's ``command`` runs, with DOCKER_HOST set, and creates containers named
+like the spec's). Docker sets the FORWARD policy to DROP and accepts traffic to and from
+docker0 by its own rules: a spec for it says so (forward_policy = "DROP" and two
+forward_accept entries). netcheck finds each container's PID with ``docker inspect``, names its
+namespace, and serves its HTTP and echo services inside it.
+
+In host mode with ``[setup] socket`` nothing is started: the existing daemon's containers are
+found by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from netcheck import spec as S
+from netcheck.adapters.lab import ToolFailed, ToolMissing
+from netcheck.adapters.mounts import unshare_argv, wait_unshared
+from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
+from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
+from netcheck.adapters.script import adopt_by_path
+from netcheck.ledger import kill_process, process_starttime
+from netcheck.waiting import WaitTimeout, wait_until
+
+if TYPE_CHECKING:
+    from netcheck.adapters.lab import ExternalLab
+
+INSTALL_HINT = "apt-get install -y --no-install-recommends docker.io"
+DOCKER_CLIS = ("/usr/bin/docker",)  # docker.io's client, the daemon's own version, before any other on PATH
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def docker_cli() -> str | None:
+    return next((p for p in DOCKER_CLIS if os.path.isfile(p)), None) or shutil.which("docker")
+
+
+class DockerAdapter:
+    mode = "docker"
+
+    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
+        out = []
+        if docker_cli() is None:
+            out.append(f"the docker client (install it: {INSTALL_HINT})")
+        if host_mode:
+            return out
+        if shutil.which("dockerd") is None:
+            out.append(f"dockerd (install it: {INSTALL_HINT})")
+        if static_busybox() is None:
+            out.append(f"a static busybox (install it: {BUSYBOX_HINT})")
+        return out
+
+    def _docker(self, lab: ExternalLab, what: str, args: list[str], *, input: bytes | None = None, check: bool = True, timeout: float = 120.0) -> str:
+        cli = docker_cli()
+        if cli is None:
+            raise ToolMissing(f"the docker client is not installed (install it: {INSTALL_HINT})")
+        proc = lab.run_tool(what, [cli, "-H", lab.state["docker_host"], *args], env=lab.state["docker_env"], input=input, check=check, timeout=timeout)
+        return proc.stdout.decode(errors="replace")
+
+    def _start_daemon(self, lab: ExternalLab) -> None:
+        d = lab.workdir
+        assert d is not None
+        root = d / "docker"
+        root.mkdir()
+        (root / "daemon.json").write_text("{}\n")
+        sock = root / "docker.sock"
+        argv = ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"), "--storage-driver", "vfs"]
+        log = (root / "dockerd.log").open("wb")
+        try:
+            proc = lab.host.spawn(unshare_argv(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        lab.record_process(proc.pid, argv)
+        lab.state["dockerd"] = (proc, process_starttime(proc.pid))
+        lab.state["docker_host"] = f"unix://{sock}"
+        lab.state["docker_env"] = lab.tool_env({"DOCKER_HOST": f"unix://{sock}"})
+        wait_unshared(proc.pid, "dockerd")
+        cli = docker_cli()
+        assert cli is not None
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise ToolFailed(f"dockerd exited with status {proc.returncode} while starting:\n{_tail(root / 'dockerd.log')}")
+            if not sock.exists():
+                return False
+            return subprocess.run([cli, "-H", f"unix://{sock}", "version"], capture_output=True, timeout=30, check=False).returncode == 0
+
+        try:
+            wait_until(up, timeout=START_TIMEOUT, what=f"dockerd to answer on {sock}", describe=lambda: _tail(root / "dockerd.log", 600))
+        except WaitTimeout as exc:
+            raise ToolFailed(str(exc)) from None
+
+    def _image(self, lab: ExternalLab) -> str:
+        assert lab.workdir is not None
+        rootfs = make_rootfs(lab.workdir / "rootfs")
+        tar = lab.workdir / "rootfs.tar"
+        with tarfile.open(tar, "w") as archive:
+            archive.add(rootfs, arcname=".")
+        image = f"netcheck-busybox:{lab.tag}"
+        self._docker(lab, "docker import", ["import", "-", image], input=tar.read_bytes())
+        return image
+
+    def setup(self, lab: ExternalLab) -> None:
+        t = lab.declared
+        self._start_daemon(lab)
+        image = self._image(lab)
+        lab.state["docker_env"]["NETCHECK_IMAGE"] = image
+        if t.setup.command:
+            lab.run_tool("setup command", t.setup.command, env=lab.state["docker_env"])
+        else:
+            for i, c in enumerate(t.containers):
+                if c.interface != "eth0":
+                    raise S.SpecError(t.source, f"container[{i}].interface", c.interface, "docker names the container's interface eth0",
+                                      'write interface = "eth0", or run your own docker commands with [setup] command')
+                ports = [a for p in t.publishes if p.container == c.name for a in ("-p", f"{p.host_port}:{p.port}/{p.protocol}")]
+                self._docker(lab, f"docker run {c.name}", ["run", "-d", "--name", c.name, *ports, image, *IDLE_COMMAND])
+        self._adopt(lab, owned=True)
+
+    def _adopt(self, lab: ExternalLab, *, owned: bool) -> None:
+        for c in lab.declared.containers:
+            if not owned and c.netns is not None:
+                lab.adopt_container_ns(c.name, c.netns, owned=False)
+                continue
+            pid = self._docker(lab, f"docker inspect {c.name}", ["inspect", "--format", "{{.State.Pid}}", c.name]).strip()
+            if not pid.isdigit() or pid == "0":
+                raise ToolFailed(f"container {c.name}: docker reports no running process (pid {pid or '?'}); is it running?")
+            lab.adopt_container_ns(c.name, f"/proc/{pid}/ns/net", owned=owned)
+
+    def discover_existing(self, lab: ExternalLab) -> None:
+        sock = lab.declared.setup.socket
+        if sock is None:
+            adopt_by_path(lab)
+            return
+        host = sock if sock.startswith("unix://") else f"unix://{sock}"
+        lab.state["docker_host"] = host
+        lab.state["docker_env"] = lab.tool_env({"DOCKER_HOST": host})
+        self._adopt(lab, owned=False)
+
+    def teardown(self, lab: ExternalLab) -> list[str]:
+        errors: list[str] = []
+        daemon = lab.state.get("dockerd")
+        if daemon is None:
+            return errors
+        t = lab.declared
+        if t.setup.teardown:
+            try:
+                lab.run_tool("teardown command", t.setup.teardown, env=lab.state["docker_env"])
+            except ToolFailed as exc:
+                errors.append(str(exc))
+        proc, start = daemon
+        if proc.poll() is None:
+            try:
+                ids = self._docker(lab, "docker ps", ["ps", "-aq"], timeout=30).split()
+                if ids:
+                    self._docker(lab, "docker rm", ["rm", "-f", *ids], timeout=60)
+            except (ToolFailed, ToolMissing) as exc:
+                errors.append(str(exc))
+            kill_process(proc.pid, start, timeout=STOP_TIMEOUT)
+        proc.wait(10)
+        return errors
+
+
+def _tail(path: Path, size: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError:
+        return "(no log)"
+
+
+__all__ = ["DockerAdapter", "docker_cli"]

@@ -1,0 +1,155 @@
+"""podman: real containers (Debian podman 4.3 with runc), run in the sandbox host.
+
+Podman gets a configuration of the lab's own through CONTAINERS_CONF and
+CONTAINERS_STORAGE_CONF (storage, runtime state, locks and networks under the lab's work
+folder; runc; cgroupfs; ulimits the sandbox allows) and runs in a private mount namespace
+(netcheck.adapters.mounts), where the lab's folder also stands in for /run/containers.
+Each spec container becomes ``podman run -d --name NAME --network bridge -p HOST:PORT
+--rootfs ROOTFS`` with a busybox root filesystem made locally; or the spec's ``command``
+runs instead, with the same environment, and creates containers named like the spec's.
+netcheck finds each container's PID with ``podman inspect``, names its namespace, and serves
+its HTTP and echo services inside it.
+
+In host mode with ``[setup] socket``, nothing is run: ``podman --remote`` finds the existing
+containers by name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import TYPE_CHECKING
+
+from netcheck import spec as S
+from netcheck.adapters.lab import ToolFailed
+from netcheck.adapters.mounts import PrivateMounts
+from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
+from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
+from netcheck.adapters.script import adopt_by_path
+
+if TYPE_CHECKING:
+    from netcheck.adapters.lab import ExternalLab
+
+INSTALL_HINT = "apt-get install -y --no-install-recommends podman runc"
+RUNC = "/usr/sbin/runc"
+ULIMITS = ("nofile=4096:4096", "nproc=1024:1024")
+
+
+def podman_path() -> str | None:
+    return shutil.which("podman")
+
+
+class PodmanAdapter:
+    mode = "podman"
+
+    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
+        out = []
+        if podman_path() is None:
+            out.append(f"podman (install it: {INSTALL_HINT})")
+        if host_mode:
+            return out
+        if shutil.which("runc") is None:
+            out.append(f"runc (install it: {INSTALL_HINT})")
+        if static_busybox() is None:
+            out.append(f"a static busybox (install it: {BUSYBOX_HINT})")
+        return out
+
+    def _configure(self, lab: ExternalLab) -> dict[str, str]:
+        d = lab.workdir
+        assert d is not None
+        for sub in ("tmp", "volumes", "networks", "run-containers", "root", "runroot"):
+            (d / sub).mkdir()
+        runc = shutil.which("runc") or RUNC
+        (d / "containers.conf").write_text(
+            "[containers]\n"
+            f"default_ulimits = {json.dumps(list(ULIMITS))}\n"
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "none"\n'
+            'lock_type = "file"\n'
+            'runtime = "runc"\n'
+            f'tmp_dir = "{d / "tmp"}"\n'
+            f'volume_path = "{d / "volumes"}"\n'
+            "[engine.runtimes]\n"
+            f'runc = ["{runc}"]\n'
+            "[network]\n"
+            'network_backend = "netavark"\n'
+            f'network_config_dir = "{d / "networks"}"\n'
+        )
+        (d / "storage.conf").write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{d / "root"}"\nrunroot = "{d / "runroot"}"\n')
+        return {"CONTAINERS_CONF": str(d / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(d / "storage.conf")}
+
+    def _podman(self, lab: ExternalLab, what: str, args: list[str], *, check: bool = True) -> str:
+        mounts: PrivateMounts = lab.state["podman_mounts"]
+        proc = lab.run_tool(what, mounts.argv([podman_path() or "podman", *args]), env=lab.state["podman_env"], check=check)
+        return proc.stdout.decode(errors="replace")
+
+    def setup(self, lab: ExternalLab) -> None:
+        t = lab.declared
+        assert lab.workdir is not None
+        conf = self._configure(lab)
+        rootfs = make_rootfs(lab.workdir / "rootfs")
+        env = lab.tool_env({**conf, "NETCHECK_ROOTFS": str(rootfs)})
+        lab.state["podman_env"] = env
+        lab.state["podman_mounts"] = PrivateMounts(lab, {"/run/containers": lab.workdir / "run-containers"})
+        if t.setup.command:
+            mounts: PrivateMounts = lab.state["podman_mounts"]
+            lab.run_tool("setup command", mounts.argv(t.setup.command), env=env)
+        else:
+            for c in t.containers:
+                if c.interface != "eth0":
+                    raise S.SpecError(t.source, f"container[{t.containers.index(c)}].interface", c.interface, "podman names the container's interface eth0",
+                                      'write interface = "eth0", or run your own podman commands with [setup] command')
+                ports = [a for p in t.publishes if p.container == c.name for a in ("-p", f"{p.host_port}:{p.port}/{p.protocol}")]
+                limits = [a for u in ULIMITS for a in ("--ulimit", u)]
+                self._podman(lab, f"podman run {c.name}", ["run", "-d", "--name", c.name, "--network", "bridge", *limits, *ports, "--rootfs", str(rootfs), *IDLE_COMMAND])
+        self._adopt(lab, owned=True)
+
+    def _adopt(self, lab: ExternalLab, *, owned: bool, remote: list[str] | None = None) -> None:
+        for c in lab.declared.containers:
+            if not owned and c.netns is not None:
+                lab.adopt_container_ns(c.name, c.netns, owned=False)
+                continue
+            args = [*(remote or []), "inspect", "--format", "{{.State.Pid}} {{.NetworkSettings.SandboxKey}}", c.name]
+            out = self._podman(lab, f"podman inspect {c.name}", args) if owned else self._remote(lab, c.name, args)
+            pid_text, _, sandbox = out.strip().partition(" ")
+            if not pid_text.isdigit() or pid_text == "0":
+                raise ToolFailed(f"container {c.name}: podman reports no running process (pid {pid_text or '?'}); is it running?")
+            if owned:
+                lab.record_foreign_netns(sandbox.strip())
+            lab.adopt_container_ns(c.name, f"/proc/{pid_text}/ns/net", owned=owned)
+
+    def _remote(self, lab: ExternalLab, name: str, args: list[str]) -> str:
+        """The user's own podman, through its service (host mode)."""
+        return lab.run_tool(f"podman inspect {name}", [podman_path() or "podman", *args], env=lab.tool_env()).stdout.decode(errors="replace")
+
+    def discover_existing(self, lab: ExternalLab) -> None:
+        sock = lab.declared.setup.socket
+        if sock is None:
+            adopt_by_path(lab)
+            return
+        url = sock if sock.startswith("unix://") else f"unix://{sock}"
+        self._adopt(lab, owned=False, remote=["--remote", "--url", url])
+
+    def teardown(self, lab: ExternalLab) -> list[str]:
+        errors = []
+        mounts: PrivateMounts | None = lab.state.get("podman_mounts")
+        if mounts is None:
+            return []
+        t = lab.declared
+        if t.setup.teardown:
+            try:
+                lab.run_tool("teardown command", mounts.argv(t.setup.teardown), env=lab.state["podman_env"])
+            except ToolFailed as exc:
+                errors.append(str(exc))
+        try:
+            ids = self._podman(lab, "podman ps", ["ps", "-aq"]).split()
+            if ids:
+                self._podman(lab, "podman rm", ["rm", "-f", "-t", "0", *ids])
+        except ToolFailed as exc:
+            errors.append(str(exc))
+        mounts.close()
+        return errors
+
+
+__all__ = ["PodmanAdapter"]
