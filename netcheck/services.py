@@ -60,14 +60,23 @@ class ServiceHost:
 
         def make() -> socket.socket:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((address, port))
-            if not udp:
-                s.listen(128)
-            s.setblocking(False)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((address, port))
+                if not udp:
+                    s.listen(128)
+                s.setblocking(False)
+            except BaseException:
+                s.close()  # a socket left open would keep the namespace alive after its teardown
+                raise
             return s
 
-        sock = ns.call(make)
+        try:
+            sock = ns.call(make)
+        except OSError as exc:
+            proto = "udp" if udp else "tcp"
+            raise OSError(exc.errno, f"{container}: cannot listen for {kind} on {address}:{port}/{proto} in netns {ns.name}: {exc.strerror} "
+                          f"(is port {port}/{proto} taken by another service of {container}, or by netcheck's echo responders on port 7?)") from None
         listener = Listener(container, kind, address, sock.getsockname()[1])
         with self._lock:
             self._sel.register(sock, selectors.EVENT_READ, ("udp" if udp else "accept", container, kind))
