@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 # One lock for the process: libiptc's table cache and libxtables are not thread-safe.
 _IPTC_LOCK = threading.Lock()
+USED_TABLES = ("filter", "nat")
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -87,13 +88,18 @@ def _iptc() -> Any:
 def _tables(names: Sequence[str]) -> Iterator[dict[str, iptc_t.Table]]:
     """Fresh handles of the named tables, opened in the calling thread's namespace."""
     iptc = _iptc()
+    # A rule that jumps to a user chain makes python-iptables ask every table it knows
+    # (Rule.tables): it opens and caches a handle of each other table, whose socket then keeps
+    # this namespace alive after its teardown, and it reads closed ones (a segfault). Let it
+    # know filter and nat only, both opened here.
+    iptc.Table.existing_table_names.update({name: name in USED_TABLES for name in iptc.Table.ALL})
     tables = {}
     try:
-        for name in names:
+        for name in sorted(set(names) | set(USED_TABLES)):
             t = iptc.Table(name, autocommit=False)
             t.refresh()  # frees any stale handle without committing it, then opens one here
             tables[name] = t
-        yield tables
+        yield {name: tables[name] for name in names}
     finally:
         for t in tables.values():
             t.autocommit = False
