@@ -13,6 +13,7 @@ each a JSON object followed by a NUL byte. That needs no extra dependency and op
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -66,7 +67,7 @@ class Chromium:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             # Only fds 3 and 4 (made by dup2, so inheritable) cross the exec: Python opens
             # every other fd close-on-exec.
-            preexec_fn=child_fds,  # noqa: PLW1509
+            preexec_fn=child_fds,
             close_fds=False,
         )
         os.close(to_chrome_r)
@@ -94,10 +95,8 @@ class Chromium:
             self.proc.kill()  # our own child, by its handle
             self.proc.wait(timeout=10)
         for f in (self._w, self._r):
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
@@ -187,7 +186,8 @@ class Page:
     @property
     def console_errors(self) -> list[str]:
         """Console errors and warnings, uncaught exceptions and browser log errors (e.g. CSP violations)."""
-        out = [f"console.{e['type']}: {[a.get('value', a.get('description')) for a in e.get('args', [])]}" for e in self._events("Runtime.consoleAPICalled") if e.get("type") in ("error", "warning", "assert")]
+        calls = [e for e in self._events("Runtime.consoleAPICalled") if e.get("type") in ("error", "warning", "assert")]
+        out = [f"console.{e['type']}: {[a.get('value', a.get('description')) for a in e.get('args', [])]}" for e in calls]
         out += [f"exception: {e['exceptionDetails']}" for e in self._events("Runtime.exceptionThrown")]
         out += [f"log {e['entry'].get('level')}: {e['entry'].get('text')} {e['entry'].get('url', '')}" for e in self._events("Log.entryAdded") if e["entry"].get("level") in ("error", "warning")]
         return out

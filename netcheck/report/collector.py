@@ -32,6 +32,7 @@ class _Seen:
     outcome: str | None = None
     duration: float = 0.0
     message: str = ""
+    crash: str = ""
     data: dict[str, Any] | None = None
     properties: list[list[str]] = field(default_factory=list)
     worker: str | None = None
@@ -98,10 +99,11 @@ class Collector:
         seen.worker = seen.worker or getattr(report, "worker_id", None)
         if report.failed or (report.skipped and not seen.message):
             seen.message = (seen.message + "\n\n" if seen.message else "") + _message(report)
+            seen.crash = seen.crash or _crash(report)
         data = getattr(report, "netcheck", None)
         if isinstance(data, dict):
             seen.data = data if seen.data is None else {**seen.data, **data, "probes": [*seen.data.get("probes", []), *data.get("probes", [])]}
-            seen.properties = [list(p) for p in report.user_properties]
+            seen.properties = [[str(k), str(v)] for k, v in report.user_properties]
 
     @property
     def tests(self) -> list[TestRecord]:
@@ -122,6 +124,7 @@ class Collector:
                 outcome=s.outcome or "passed",
                 duration_s=round(s.duration, 4),
                 message=s.message,
+                crash=s.crash,
                 phases=dict(s.phases),
                 probes=[p for p in probes if p.get("kind") != "matrix"],
                 matrices=matrices,
@@ -217,6 +220,15 @@ def _message(report: pytest.TestReport) -> str:
     if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2])
     return report.longreprtext
+
+
+def _crash(report: pytest.TestReport) -> str:
+    """The one-line failure pytest shows in its short summary."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(getattr(crash, "message", "") or "")
+    if not text and report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        text = str(report.longrepr[2])
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _shown(path: Path) -> str:

@@ -81,9 +81,9 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
     wan = topo.get("wan") or {}
     out = [
         f"digraph {_q(topo.get('name', 'topology'))} {{",
-        "  graph [rankdir=LR, nodesep=0.3, ranksep=0.7, fontname=%s, fontsize=11, bgcolor=transparent, pad=0.1];" % _q(FONT),
-        "  node [fontname=%s, fontsize=10, shape=box, style=\"rounded,filled\", fillcolor=\"#ffffff\", color=\"#5f6b7a\"];" % _q(FONT),
-        "  edge [fontname=%s, fontsize=9, color=\"#5f6b7a\", arrowsize=0.6];" % _q(FONT),
+        f"  graph [rankdir=LR, nodesep=0.3, ranksep=0.7, fontname={_q(FONT)}, fontsize=11, bgcolor=transparent, pad=0.1];",
+        f'  node [fontname={_q(FONT)}, fontsize=10, shape=box, style="rounded,filled", fillcolor="#ffffff", color="#5f6b7a"];',
+        f'  edge [fontname={_q(FONT)}, fontsize=9, color="#5f6b7a", arrowsize=0.6];',
     ]
 
     def node(point: str, label: str, extra: str = "") -> str:
@@ -117,14 +117,15 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
             cond += f" ! -o {m['not_out_interface']}"
         masq.append(f"MASQUERADE {cond}")
     g.lines.append("  subgraph cluster_host {")
-    g.lines.append(f'    label={_q("host (netns host)" + chr(10) + ", ".join(facts) + ("" if not masq else chr(10) + chr(10).join(masq)))}; style="rounded,filled"; fillcolor="#f7f9fc"; color="#5f6b7a";')
+    host_label = "\n".join(["host (netns host)", ", ".join(facts), *masq])
+    g.lines.append(f'    label={_q(host_label)}; style="rounded,filled"; fillcolor="#f7f9fc"; color="#5f6b7a";')
     uplink = str(host.get("uplink", "eth0"))
     host_up = node(f"host:{uplink}", f"{uplink}\n{host.get('address', '')}")
-    bridge_ids = {}
+    bridge_ids: dict[str, str] = {}
     for b in topo.get("bridges", ()):
         label = f"{b['name']} (bridge)" + (f"\n{b['address']}" if b.get("address") else "")
         bridge_ids[b["name"]] = node(f"host:{b['name']}", label, ', fillcolor="#e3f0fd", color="#2f6fb0", penwidth=1.5')
-    veth_ids = {}
+    veth_ids: dict[str, str] = {}
     for c in topo.get("containers", ()):
         if c.get("host_veth"):
             label = str(c["host_veth"]) + (f"\n{c['host_address']}" if c.get("host_address") else "")
@@ -143,7 +144,7 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
     g.lines = []
 
     # The containers.
-    iface_ids = {}
+    iface_ids: dict[str, str] = {}
     for c in topo.get("containers", ()):
         name = str(c["name"])
         services = ", ".join(f"{s['kind']} :{s['port']}" for s in c.get("services", ()))

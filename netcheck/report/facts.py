@@ -58,7 +58,6 @@ def machine_facts() -> dict[str, Any]:
     versions["iptables"] = _tool_version(["iptables", "--version"], r"v\d+(?:\.\d+)+(?: \((?:nf_tables|legacy)\))?")
     versions["nft"] = _tool_version(["nft", "--version"])
     versions["graphviz"] = _tool_version(["dot", "-V"], r"\d+(?:\.\d+)+")
-    versions["tshark"] = _tool_version(["tshark", "--version"], r"\d+(?:\.\d+)+")
     iptables = versions["iptables"]
     variant = "nft" if "nf_tables" in iptables else "legacy" if "legacy" in iptables else UNKNOWN
     return {

@@ -32,12 +32,15 @@ class ResultsError(ValueError):
 class TestRecord:
     """One test (one node id), merged from its setup, call and teardown reports."""
 
+    __test__ = False  # not a pytest test class
+
     nodeid: str
     property: str | None = None
     topology: str | None = None
     outcome: str = "passed"  # passed, failed, error, skipped, xfailed, xpassed
     duration_s: float = 0.0
     message: str = ""  # the failure (or skip) text pytest printed
+    crash: str = ""  # its one-line form (pytest's reprcrash message)
     phases: dict[str, str] = field(default_factory=dict)  # when -> outcome
     probes: list[dict[str, Any]] = field(default_factory=list)  # ProbeResult.to_dict()
     matrices: list[dict[str, Any]] = field(default_factory=list)  # MatrixResult.to_dict()

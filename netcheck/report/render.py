@@ -11,8 +11,8 @@ import base64
 import hashlib
 import re
 from collections.abc import Sequence
-from importlib import resources
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 import jinja2
@@ -23,6 +23,13 @@ from netcheck.report.model import Results, TestRecord
 from netcheck.report.pcap import probe_failed
 
 REPLY_LIMIT = 400
+# Every run fact the page shows, with its value when a results file lacks it.
+RUN_DEFAULTS: dict[str, Any] = {
+    "started": "unknown date", "duration_s": None, "mode": "unknown", "command": "", "workers": 0, "faults": [], "pcap": "failed",
+    "pcap_dir": "", "json_file": "", "topologies": [], "kernel": "unknown", "machine": "", "distribution": "unknown",
+    "versions": {}, "iptables_command": "unknown",
+}
+SAFE_LINK = re.compile(r"^(file:///)?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.pcap\Z")
 MESSAGE_LIMIT = 20000
 
 
@@ -52,7 +59,7 @@ def page_script() -> tuple[Markup, str]:
     if "</" in text:
         raise RuntimeError("report.js must not contain '</' (it is inlined in a <script> element)")
     digest = "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
-    return Markup(text), digest  # noqa: S704 - our own static file, never data
+    return Markup(text), digest  # our own static file, never data
 
 
 class Renderer:
@@ -70,7 +77,7 @@ class Renderer:
         key = (str(topo.get("name")), tuple(sorted(set(lost), key=lambda x: (x.point, x.direction, x.after or ""))))
         if key not in self._diagrams:
             try:
-                self._diagrams[key] = Markup(diagram.render_svg(diagram.to_dot(topo, key[1])))  # noqa: S704 - checked by sanitize_svg
+                self._diagrams[key] = Markup(diagram.render_svg(diagram.to_dot(topo, key[1])))  # checked by sanitize_svg
             except diagram.DiagramError as exc:
                 self._diagrams[key] = f"diagram unavailable: {exc}"
         return self._diagrams[key]
@@ -119,8 +126,18 @@ def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
             "tests": sum(1 for t in results.tests if t.topology == name),
         })
     properties = sorted({t["property"] for t in tests})
+    failures = []
+    for tv in tests:
+        if not tv["failed"]:
+            continue
+        findings = [f for d in tv["diagnoses"] for f in d["diagnosis"]["findings"]]
+        failures.append({
+            "id": tv["id"], "nodeid": tv["nodeid"], "property": tv["property"], "topology": tv["topology"], "outcome": tv["outcome"], "crash": tv["crash"],
+            "finding": findings[0] if findings else None, "more": max(0, len({f["cause"] for f in findings}) - 1),
+        })
     return {
-        "run": results.run,
+        "failures": failures,
+        "run": {**RUN_DEFAULTS, **results.run},
         "summary": summary,
         "topologies": topologies,
         "tests": tests,
@@ -152,7 +169,9 @@ def anchor(*parts: object) -> str:
 def test_view(t: TestRecord, index: int, topo: dict[str, Any] | None, renderer: Renderer) -> dict[str, Any]:
     pcaps: dict[int, dict[str, str]] = {}
     for pc in t.pcaps:
-        pcaps.setdefault(int(pc.get("probe", -1)), {})[str(pc.get("point"))] = str(pc.get("file"))
+        link = str(pc.get("file", ""))
+        if SAFE_LINK.match(link):  # only the relative paths or file: URLs the pcap writer makes
+            pcaps.setdefault(int(pc.get("probe", -1)), {})[str(pc.get("point"))] = link
     probes = [probe_view(p, i, pcaps.get(i, {})) for i, p in enumerate(t.all_probes()) if p.get("kind") != "matrix"]
     matrices = [matrix_view(m) for m in t.matrices]
     lost = [x for p in probes for x in p["lost"]]
@@ -168,6 +187,7 @@ def test_view(t: TestRecord, index: int, topo: dict[str, Any] | None, renderer: 
         "failed": t.failed,
         "duration": t.duration_s,
         "message": _clip(t.message, MESSAGE_LIMIT),
+        "crash": t.crash,
         "phases": t.phases,
         "probes": probes,
         "failing": len(failing),
@@ -272,7 +292,7 @@ DIAGNOSIS_SECTIONS = {
 def diagnosis_view(d: dict[str, Any]) -> dict[str, Any]:
     """Whatever a Diagnosis holds: findings, trace and notes, then every other field as a labelled list."""
     known = {"cause", "where", "summary", "fix", "evidence", "score"}
-    findings = []
+    findings: list[dict[str, Any]] = []
     for f in d.get("findings", ()):
         if not isinstance(f, dict):
             findings.append({"cause": "", "where": "", "summary": str(f), "fix": "", "evidence": [], "score": None, "extra": {}})
@@ -293,7 +313,7 @@ def diagnosis_view(d: dict[str, Any]) -> dict[str, Any]:
         value = d[key]
         items = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)] if value not in (None, "", {}) else []
         if items:
-            sections.append({"label": DIAGNOSIS_SECTIONS.get(key, key.replace("_", " ")), "items": items})
+            sections.append({"label": DIAGNOSIS_SECTIONS.get(key, key.replace("_", " ")), "lines": items})
     elapsed = d.get("elapsed_ms")
     return {
         "findings": findings,
