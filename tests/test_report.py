@@ -337,7 +337,7 @@ def test_failing_report_in_the_browser(browser: Any, tmp_path: Path, written: di
     assert shown == 23
     page.evaluate("document.querySelector('button.outcome-filter[data-outcome=all]').click()")
     shot = tmp_path / "failing-report.png"
-    page.screenshot(shot, height=1700)
+    page.screenshot(shot, height=2200)
     assert shot.stat().st_size > 50_000
     if os.environ.get("NETCHECK_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, REPO / "reports" / "example-failure.png")
