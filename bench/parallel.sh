@@ -27,7 +27,7 @@ for i in $(seq 1 "$n"); do
     if [ "$rc" -ne 0 ]; then
         failed=$((failed + 1))
         status="FAILED (exit $rc, log $log)"
-        if grep -qE "File exists|already exists|tag .* is taken" "$log"; then
+        if grep -qE "^E .*(File exists|already exists|is taken)" "$log"; then
             collisions=$((collisions + 1))
             status="$status, name collision"
         fi
