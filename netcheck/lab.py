@@ -23,7 +23,7 @@ from types import TracebackType
 
 from netcheck import spec as S
 from netcheck.kernel.netns import Netns
-from netcheck.kernel.xtables import XRule, apply_rules
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, read_legacy
 from netcheck.ledger import RUN_DIR, Ledger, Undoer, undo_all
 from netcheck.naming import KernelNames, new_tag
 from netcheck.probes.capture import CaptureHub
@@ -279,6 +279,13 @@ class Lab:
 
         self.rules = self.expected_rules()
         assert self.ledger is not None
+        # The custom chains the rules need (a VIP's), recorded so teardown removes them too; in
+        # host mode only those the host does not have already.
+        chains = sorted({(r.table, r.chain) for r in self.rules if r.chain not in BUILTIN_CHAINS.get(r.table, ())})
+        existing = {(c.table, c.name) for c in read_legacy(self.host, sorted({c[0] for c in chains}))} if chains and self.host_mode else set()
+        for table, name in chains:
+            if (table, name) not in existing:
+                self.ledger.record("chain", netns=self.host.name, table=table, name=name)
         for rule in self.rules:
             self.ledger.record("rule", netns=self.host.name, rule=_asdict(rule))
         policies = [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" and not self.host_mode else []
