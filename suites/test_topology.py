@@ -13,7 +13,8 @@ pytestmark = pytest.mark.netcheck_property("topology")
 
 def test_every_namespace_exists(lab):
     for label, ns in lab.namespaces().items():
-        assert ns.name is not None and os.path.exists(ns.path), f"namespace of {label} is missing at {ns.path}"
+        own = label == "host" and lab.host_mode  # host mode: the host is the namespace netcheck runs in
+        assert (ns.name is not None or own) and os.path.exists(ns.path), f"namespace of {label} is missing at {ns.path}"
         assert ns.links(), f"namespace {ns.name} ({label}) answers no netlink dump"
 
 
@@ -47,6 +48,13 @@ def test_routes_as_declared(lab):
             assert [r.gateway for r in default] == [c.gateway], f"{c.name}: default route should be via {c.gateway}; routes: {routes}"
         for r in c.routes:
             assert any(x.dst == r.to and x.gateway == r.via for x in routes), f"{c.name}: missing route {r.to} via {r.via}"
+    if lab.host_mode:
+        # A real host keeps its own default route; netcheck routes only its outside addresses via the wan.
+        for remote in t.wan.remote:
+            got = lab.host.route_get(remote.ip)
+            via = got if isinstance(got, str) else got.gateway
+            assert via == t.host.gateway, f"host: {remote.ip} should be routed via {t.host.gateway}; found {via}"
+        return
     default = [r.gateway for r in lab.host.routes() if r.dst.prefixlen == 0]
     assert default == [t.host.gateway], f"host: default route should be via {t.host.gateway}; found {default}"
 
