@@ -193,6 +193,27 @@ def dnat_to_localhost(lab: Lab) -> None:
     _swap(lab, "PREROUTING", "DNAT", to_destination=f"127.0.0.1:{p.port}")
 
 
+def rp_filter_strict(lab: Lab) -> None:
+    """A second link to the outside world carries the replies back (asymmetric routing), and
+    the host filters reverse paths strictly: the replies arrive where the route back does not go."""
+    host_if, wan_if = f"{lab.tag}u2", f"{lab.tag}w2"
+    if lab.ledger is not None:
+        lab.ledger.record("link", netns=lab.host.name, name=host_if)
+    lab.host.add_veth(host_if, wan_if, lab.wan)
+    lab.host.add_address(host_if, IPv4Interface("198.51.100.201/30"))
+    lab.wan.add_address(wan_if, IPv4Interface("198.51.100.202/30"))
+    lab.wan.set_sysctl(f"net.ipv4.conf.{wan_if}.arp_announce", 2)  # the router asks ARP from its link address
+    lab.host.set_link(host_if, up=True)
+    lab.wan.set_link(wan_if, up=True)
+    lab.host.wait_links_up([host_if])
+    lab.wan.wait_links_up([wan_if])
+    lab.wan.add_route(IPv4Network(f"{lab.topology.host.address.ip}/32"), IPv4Address("198.51.100.201"))
+    for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{host_if}.rp_filter"):
+        old = lab.host.set_sysctl(key, 1)
+        if lab.ledger is not None:
+            lab.ledger.record("sysctl", netns=lab.host.name, key=key, old=old)
+
+
 # The suite test each fault must make fail.
 BRIDGE_ARP = "suites/test_bridge.py::test_arp_resolves_to_the_right_mac"
 BRIDGE_MATRIX = "suites/test_bridge.py::test_full_matrix_on_each_bridge"
@@ -234,6 +255,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("address-conflict", "two containers hold the same address", "seed1", BRIDGE_ARP, "ARP", "address_conflict", address_conflict),
     Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down),
     Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch),
+    Fault("rp-filter-strict", "replies come back by a second link (asymmetric routing) and the host's rp_filter is strict", "seed1", FORWARD_OUT, "198.51.100.1", "rp_filter_strict", rp_filter_strict),
     Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost),
 ]}
 

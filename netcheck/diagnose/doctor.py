@@ -41,7 +41,7 @@ class DoctorError(RuntimeError):
     """The doctor cannot inspect what it was pointed at; the message says why and what to do."""
 
 
-@dataclass
+@dataclass(eq=False)
 class LiveLab:
     """A view of namespaces that exist already (a kept or running lab, or another tool's), for the diagnosis.
 

@@ -551,15 +551,50 @@ def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
         far = ev.flow.dst_addr if ev.flow else None
         back = lookup(ev.snap, label, ev.lab.namespaces()[label], far) if far else None
         out = back.interface if back is not None and not isinstance(back, str) else None
-        suspects = [i for i in strict if i != out] or strict
+        routed = {a.interface for a in ns.addresses}
+        suspects = [i for i in strict if i != out and i in routed] or strict
+        arrival = _arrival(ev, label)
+        if arrival in suspects:
+            suspects = [arrival]
         shown = ", ".join(ev.show(i) if label == "host" else i for i in suspects)
         fixes = [ev.sysctl_fix(label, "net.ipv4.conf.all.rp_filter", 2)] + [ev.sysctl_fix(label, f"net.ipv4.conf.{i}.rp_filter", 2) for i in suspects]
         yield Finding(
             "rp_filter_strict", label,
             f"{label}: strict reverse-path filtering (rp_filter=1) dropped {n} packet(s) during the repeated probe: they arrived on {shown or 'an interface'}"
             + (f", but the route back to {far} leaves by {ev.show(out) if label == 'host' else out}" if out else "") + " (asymmetric routing); loose mode (2) accepts them",
-            " && ".join(fixes), (f"{label}: TcpExt.IPReversePathFilter +{n}", f"interfaces with rp_filter=1: {', '.join(strict) or 'none'}"), score=93,
+            " && ".join(fixes), (f"{label}: TcpExt.IPReversePathFilter +{n}", "interfaces with rp_filter=1: " + (", ".join(ev.show(i) if label == "host" else i for i in strict) or "none")), score=93,
         )
+
+
+@rule
+def asymmetric_rp_filter(ev: Evidence) -> Iterator[Finding]:
+    """Without a counter: the outside world routes the host's replies to an interface that the
+    host's route back does not use, and that interface filters reverse paths strictly."""
+    f, r = ev.flow, ev.route
+    if f is None or r is None or f.via != "outside" or any("TcpExt.IPReversePathFilter" in g for g in ev.snmp.values()):
+        return
+    arrival = _arrival(ev, "host")
+    if arrival is None or arrival == r.out_iface or ev.host.conf(arrival, "rp_filter") != 1:
+        return
+    yield Finding(
+        "rp_filter_strict", "host",
+        f"host: the outside world sends the replies back by {ev.show(arrival)}, but the host's route to {f.dst_addr} leaves by {ev.show(r.out_iface)}, "
+        f"and rp_filter=1 (strict) on {ev.show(arrival)} drops what arrives where the route back does not go (even the ARP for its address)",
+        ev.sysctl_fix("host", "net.ipv4.conf.all.rp_filter", 2) + " && " + ev.sysctl_fix("host", f"net.ipv4.conf.{arrival}.rp_filter", 2),
+        (f"rp_filter: all={ev.host.sysctl('net.ipv4.conf.all.rp_filter')}, {arrival}={ev.host.sysctl(f'net.ipv4.conf.{arrival}.rp_filter')}",), score=85,
+    )
+
+
+def _arrival(ev: Evidence, label: str) -> str | None:
+    """Where the outside world sends the host's replies: its route back to the host's address,
+    whose gateway is an address of one host interface (asymmetric if that is not the uplink)."""
+    wan = ev.lab.namespaces().get("wan")
+    if label != "host" or wan is None:
+        return None
+    back = lookup(ev.snap, "wan", wan, str(ev.t.host.address.ip))
+    if isinstance(back, str) or back.gateway is None:
+        return None
+    return next((a.interface for a in ev.host.addresses if a.address.ip == back.gateway), None)
 
 
 # ============================================================================ NAT
