@@ -73,6 +73,9 @@ def resolve(config: pytest.Config) -> Settings:
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise pytest.UsageError(f"--netcheck-fault {', '.join(unknown)}: unknown fault; known: {', '.join(sorted(FAULTS))}")
+        if config.getoption("netcheck_host"):
+            # A fault changes the host on purpose, and nothing would restore a real host's settings.
+            raise pytest.UsageError("--netcheck-fault breaks the host on purpose, so it cannot be used with --netcheck-host; drop --netcheck-host to see it in the sandbox")
     return Settings(
         faults=faults,
         topologies=tuple(topologies),

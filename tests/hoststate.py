@@ -115,6 +115,15 @@ def netns_inode(name: str) -> int | None:
         return None
 
 
+def ticks_now() -> int:
+    """Now, in the clock ticks since boot that /proc/PID/stat's start times use."""
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _starttime(stat: Path) -> int:
+    return int(stat.read_text().rsplit(")", 1)[1].split()[19])
+
+
 @dataclass
 class Leftovers:
     """What a killed run left: its run records, namespaces (and their inodes), processes."""
@@ -123,6 +132,7 @@ class Leftovers:
     netns: set[str] = field(default_factory=set)
     inodes: set[int] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)
+    taken_at: int = field(default_factory=ticks_now)  # before the kill: later tasks are not the run's
 
     @classmethod
     def of(cls, run_dir: Path, pid: int | None = None) -> Leftovers:
@@ -149,19 +159,28 @@ class Leftovers:
         mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
         found += [f"mount {NETNS_DIR / n}" for n in sorted(self.netns) if str(NETNS_DIR / n) in mounts]
         found += [f"process {pid}" for pid in sorted(self.pids) if Path(f"/proc/{pid}").exists()]
-        found += [f"{what} holds namespace inode {ino}" for what, ino in namespace_holders() if ino in self.inodes]
+        found += [f"{what} holds namespace inode {ino}" for what, ino in namespace_holders(self.taken_at) if ino in self.inodes]
         return found
 
 
-def namespace_holders() -> Iterator[tuple[str, int]]:
-    """(who, net namespace inode) for every task and every open namespace fd on the machine."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+def namespace_holders(started_before: int | None = None, pid: int | None = None) -> Iterator[tuple[str, int]]:
+    """(who, net namespace inode) for every task and every open namespace fd on the machine.
+
+    Namespace inode numbers are reused as soon as a namespace is freed, so a task started after
+    ``started_before`` (clock ticks) is left out: it cannot hold a namespace of a run that
+    was killed before it. ``pid`` limits the search to one process.
+    """
+    procs = [Path(f"/proc/{pid}")] if pid is not None else [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+    for proc in procs:
         with contextlib.suppress(OSError):
+            if started_before is not None and _starttime(proc / "stat") > started_before:
+                continue
             for task in (proc / "task").iterdir():
                 with contextlib.suppress(OSError):
-                    yield f"task {proc.name}/{task.name}", os.stat(task / "ns" / "net").st_ino
+                    if started_before is not None and _starttime(task / "stat") > started_before:
+                        continue
+                    comm = (task / "comm").read_text().strip()
+                    yield f"task {proc.name}/{task.name} ({comm})", os.stat(task / "ns" / "net").st_ino
         with contextlib.suppress(OSError):
             for fd in (proc / "fd").iterdir():
                 with contextlib.suppress(OSError):

@@ -101,3 +101,19 @@ def test_a_full_suite_run_leaves_its_namespace_as_it_found_it(tmp_path):
             pytest.fail(f"namespaces appeared in /run/netns during the run and stayed, named in no run record: {sorted(new)}")
         assert os.path.exists(NETNS_DIR / canary), f"the run removed {canary}, a namespace no record of it names"
         assert not list(run_dir.glob("*.jsonl")), "the run left run records"
+
+
+def test_faults_are_refused_in_host_mode():
+    """--netcheck-fault breaks the host on purpose: with --netcheck-host it is a usage error, before anything is built.
+
+    Run inside a throwaway namespace all the same, so that a regression breaks only that.
+    """
+    with throwaway_netns(prefix="nfault") as name:
+        ns = f"/run/netns/{name}"
+        before = snapshot(ns)
+        proc = subprocess.run(["nsenter", f"--net={ns}", *PYTEST, "suites/", "-p", "no:cacheprovider", "--netcheck-report", "none",
+                               "--netcheck-host", "--netcheck-fault", "ip-forward-off"],
+                              cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+        assert "cannot be used with --netcheck-host" in proc.stderr
+        assert snapshot(ns) == before, diff(before, snapshot(ns))
