@@ -145,10 +145,11 @@ def test_matrix_grid_renders_from_matrix_result_to_dict(pytestconfig: pytest.Con
     # Both ways a suite may hand a matrix over: a separate "matrix" entry, or a probes entry of kind "matrix".
     _logreport(collector, "suites/t.py::test_a[seed1]", "failed", {"property": "bridge", "topology": "seed1", "probes": [], "matrix": m})
     _logreport(collector, "suites/t.py::test_b[seed1]", "failed", {"property": "bridge", "topology": "seed1", "probes": [{**m, "kind": "matrix"}]})
+    _logreport(collector, "suites/t.py::test_c[seed1]", "failed", {"property": "bridge", "topology": "seed1", "probes": [m]})  # recorded as evidence as is
     tests = collector.tests
-    assert [len(t.matrices) for t in tests] == [1, 1] and all(not t.probes for t in tests)
+    assert [len(t.matrices) for t in tests] == [1, 1, 1] and all(not t.probes for t in tests)
     html = Renderer().report(Results(tests=tests))
-    assert html.count("6 pairs, 1 not as expected") == 4, "each grid in its test and under its topology"
+    assert html.count("6 pairs, 1 not as expected") == 6, "each grid in its test and under its topology"
     assert 'class="cell bad" title="netns0 → x: expected to reach, blocked"' in html
 
 

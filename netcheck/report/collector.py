@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from netcheck.report.model import Results, TestRecord, combine
+from netcheck.report.model import Results, TestRecord, combine, is_matrix
 from netcheck.settings import Settings
 
 STAMP = "%Y%m%dT%H%M%SZ"
@@ -78,6 +78,7 @@ class Collector:
         self.settings = settings
         self._seen: dict[str, _Seen] = {}
         self.hosts: dict[str, dict[str, Any]] = {}
+        self.lab_views: dict[str, dict[str, Any]] = {}  # the topology as the lab had it (discovered, for external setups)
         self.started = datetime.now(UTC)
         self._t0 = time.monotonic()
         self.outputs: Outputs | None = None
@@ -90,7 +91,11 @@ class Collector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         host = getattr(report, "netcheck_host", None)
         if isinstance(host, dict) and host.get("topology"):
-            self.hosts.setdefault(str(host["topology"]), host)
+            name = str(host["topology"])
+            view = host.get("view")
+            if isinstance(view, dict):
+                self.lab_views.setdefault(name, view)
+            self.hosts.setdefault(name, {k: v for k, v in host.items() if k != "view"})
         seen = self._seen.setdefault(report.nodeid, _Seen())
         wasxfail = hasattr(report, "wasxfail")
         seen.phases[report.when] = report.outcome
@@ -114,7 +119,7 @@ class Collector:
             if d is None or not (d.get("property") or d.get("topology") or d.get("probes") or d.get("matrix")):
                 continue
             probes = [p for p in d.get("probes", []) if isinstance(p, dict)]
-            matrices = [p for p in probes if p.get("kind") == "matrix"]
+            matrices = [p for p in probes if is_matrix(p)]
             extra = d.get("matrix")
             matrices += [m for m in (extra if isinstance(extra, list) else [extra]) if isinstance(m, dict)]
             out.append(TestRecord(
@@ -126,7 +131,7 @@ class Collector:
                 message=s.message,
                 crash=s.crash,
                 phases=dict(s.phases),
-                probes=[p for p in probes if p.get("kind") != "matrix"],
+                probes=[p for p in probes if not is_matrix(p)],
                 matrices=matrices,
                 properties=s.properties,
                 worker=s.worker,
@@ -145,6 +150,9 @@ class Collector:
         names += sorted({t.topology for t in tests if t.topology and t.topology not in names})
         topologies = {}
         for name in names:
+            if name in self.lab_views:
+                topologies[name] = self.lab_views[name]
+                continue
             try:
                 topologies[name] = topology_view(self.settings.topology(name))
             except (spec.SpecError, LookupError, OSError):

@@ -176,6 +176,8 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
             elif not c.get("bridge"):
                 edge(host_up, veth_ids[name], 'style=dashed, dir=none, color="#9aa7b6", label="routed"')
             edge(veth_ids[name], iface_ids[name], 'dir=none, penwidth=1.4, label="veth"')
+        elif c.get("bridge") in bridge_ids:  # the host side's name is not known (made by another tool)
+            edge(bridge_ids[c["bridge"]], iface_ids[name], 'dir=none, penwidth=1.4, label="veth"')
     for b_name, bid in bridge_ids.items():
         if not any(c.get("bridge") == b_name for c in topo.get("containers", ())):
             edge(host_up, bid, "style=invis")

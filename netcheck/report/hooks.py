@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from netcheck.report.model import is_matrix
 from netcheck.settings import Settings
 
 
@@ -45,9 +46,15 @@ class LabFacts:
         host = getattr(lab, "host", None)
         if name and host is not None and name not in self._done:
             from netcheck.report.facts import backend_facts
+            from netcheck.report.model import topology_view
 
             self._done.add(name)
-            report.netcheck_host = {"topology": name, **backend_facts(host)}  # type: ignore[attr-defined]
+            facts: dict[str, Any] = {"topology": name, **backend_facts(host)}
+            real = getattr(lab, "topology", None)
+            if real is not None:
+                # The lab's topology: for a setup made by another tool, what was discovered (addresses, veths).
+                facts["view"] = topology_view(real)
+            report.netcheck_host = facts  # type: ignore[attr-defined]
         return report
 
 
@@ -59,15 +66,16 @@ class HtmlExtras:
         self.renderer = Renderer()
         self._views: dict[str, dict[str, Any] | None] = {}
 
-    def _view(self, name: str | None) -> dict[str, Any] | None:
+    def _view(self, name: str | None, lab: object) -> dict[str, Any] | None:
         if not name:
             return None
         if name not in self._views:
             from netcheck import spec
             from netcheck.report.model import topology_view
 
+            real = getattr(lab, "topology", None)
             try:
-                self._views[name] = topology_view(self.settings.topology(name))
+                self._views[name] = topology_view(real if real is not None else self.settings.topology(name))
             except (spec.SpecError, LookupError, OSError):
                 self._views[name] = None
         return self._views[name]
@@ -80,7 +88,7 @@ class HtmlExtras:
             return report
         probes = [p for p in data.get("probes", []) if isinstance(p, dict)]
         matrix = data.get("matrix")
-        matrices = [p for p in probes if p.get("kind") == "matrix"] + [m for m in (matrix if isinstance(matrix, list) else [matrix]) if isinstance(m, dict)]
+        matrices = [p for p in probes if is_matrix(p)] + [m for m in (matrix if isinstance(matrix, list) else [matrix]) if isinstance(m, dict)]
         if not (probes or matrices or report.failed):
             return report
         from pytest_html import extras  # type: ignore[import-untyped]
@@ -92,9 +100,9 @@ class HtmlExtras:
             property=data.get("property"),
             topology=data.get("topology"),
             outcome="failed" if report.failed else report.outcome,
-            probes=[p for p in probes if p.get("kind") != "matrix"],
+            probes=[p for p in probes if not is_matrix(p)],
             matrices=matrices,
         )
-        snippet = self.renderer.snippet(record, self._view(record.topology))
+        snippet = self.renderer.snippet(record, self._view(record.topology, getattr(item, "funcargs", {}).get("lab")))
         report.extras = [*getattr(report, "extras", []), extras.html(snippet)]  # type: ignore[attr-defined]
         return report

@@ -156,6 +156,11 @@ class Results:
         return cls.from_dict(data, str(p))
 
 
+def is_matrix(entry: dict[str, Any]) -> bool:
+    """A ``MatrixResult.to_dict()`` (or an entry marked kind "matrix") among a test's evidence."""
+    return entry.get("kind") == "matrix" or ("names" in entry and "observed" in entry and "expected" in entry)
+
+
 def _bucket(t: TestRecord) -> str:
     return "failed" if t.failed else "skipped" if t.outcome in ("skipped", "xfailed") else "passed"
 

@@ -19,7 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from netcheck.report import diagram
-from netcheck.report.model import Results, TestRecord
+from netcheck.report.model import Results, TestRecord, is_matrix
 from netcheck.report.pcap import probe_failed
 
 REPLY_LIMIT = 400
@@ -172,7 +172,7 @@ def test_view(t: TestRecord, index: int, topo: dict[str, Any] | None, renderer: 
         link = str(pc.get("file", ""))
         if SAFE_LINK.match(link):  # only the relative paths or file: URLs the pcap writer makes
             pcaps.setdefault(int(pc.get("probe", -1)), {})[str(pc.get("point"))] = link
-    probes = [probe_view(p, i, pcaps.get(i, {})) for i, p in enumerate(t.all_probes()) if p.get("kind") != "matrix"]
+    probes = [probe_view(p, i, pcaps.get(i, {})) for i, p in enumerate(t.all_probes()) if not is_matrix(p)]
     matrices = [matrix_view(m) for m in t.matrices]
     lost = [x for p in probes for x in p["lost"]]
     failing = [p for p in probes if not p["ok"]]
