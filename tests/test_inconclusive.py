@@ -91,24 +91,24 @@ def count_hubs(monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[str
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("kind", ["icmp", "tcp"])
+@pytest.mark.parametrize("kind", ["icmp", "tcp", "udp"])
 def test_capture_that_never_starts_is_retried_once_then_inconclusive(kind, seed1_lab, monkeypatch):
     opened = count_hubs(monkeypatch)
     prober = Prober(seed1_lab, diagnose=False)
     point = "wan:nosuch0"  # no such interface: the capture cannot start
-    if kind == "icmp":
-        r = prober.icmp("netns0", "172.18.0.20", capture=[point])
-    else:
-        r = prober.tcp("wan", "203.0.113.2", 5000, capture=[point])
+    send = {"icmp": lambda: prober.icmp("netns0", "172.18.0.20", capture=[point]),
+            "tcp": lambda: prober.tcp("netns0", "172.18.0.20", 7, capture=[point]),
+            "udp": lambda: prober.udp("netns0", "172.18.0.20", 7, capture=[point])}
+    r = send[kind]()
     assert opened == [point, point], f"capture opened {len(opened)} times; expected one try and one retry"
     assert r.verdict == "inconclusive" and not r.passed, r
-    assert "a capture did not start: wan:nosuch0" in (r.error or "")
+    assert "a capture did not start: wan:nosuch0" in (r.error or ""), r.error
 
 
 @pytest.mark.root
 def test_capture_that_starts_on_the_retry_gives_a_conclusive_result(seed1_lab, monkeypatch):
     opened = count_hubs(monkeypatch, fail_first=1)
-    point = "host:br0"
+    point = "netns1:ceth1"
     seed1_lab.close_captures()  # the point must be opened afresh
     r = Prober(seed1_lab, diagnose=False).icmp("netns0", "172.18.0.20", capture=[point])
     assert opened == [point, point]

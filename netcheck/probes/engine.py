@@ -215,6 +215,7 @@ class Prober:
         captures = tuple(c.collect(port_flow("tcp", eport), t0) for c in caps)
         if any(not c.started for c in captures):
             verdict = "inconclusive"
+            error = (error + "; " if error else "") + "a capture did not start: " + ", ".join(f"{c.point}" for c in captures if not c.started)
         if not src_addr:
             src_addr = self._source_address(src, ns, dst, captures)
         return ProbeResult(
@@ -256,6 +257,7 @@ class Prober:
         captures = tuple(c.collect(port_flow("udp", eport), t0) for c in caps)
         if any(not c.started for c in captures):
             verdict = "inconclusive"
+            error = (error + "; " if error else "") + "a capture did not start: " + ", ".join(f"{c.point}" for c in captures if not c.started)
         return ProbeResult(
             kind="udp", topology=self.lab.topology.name, source=src, source_interface=iface, source_address=src_addr or self._source_address(src, ns, dst, captures),
             destination=f"{dst}:{port}", sent=f"UDP echo token={token} from port {eport}", expected=expect, verdict=verdict,
