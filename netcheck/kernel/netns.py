@@ -11,10 +11,12 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from netcheck.kernel import rtnl as R
 from netcheck.kernel.worker import NamespaceError, NamespaceWorker, netns_path
 from netcheck.waiting import wait_until
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 IFF_UP = 0x1
+LOOPBACK_INDEX = 1  # lo is the first link of every namespace
 AF_BRIDGE = 7
 BRIDGE_PORT_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
@@ -91,6 +94,22 @@ _NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x1
 _RT_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
+@dataclass(frozen=True)
+class VethSpec:
+    """One veth pair of a batch (``Netns.add_veths``): ``name`` here, ``peer`` born in ``peer_ns``."""
+
+    name: str
+    peer: str
+    peer_ns: Netns | None = None
+    master: int | None = None  # ifindex of the bridge to enslave ``name`` to
+    group: int | None = None  # link group of ``name``, for deleting a lab's links in one request
+    mtu: int | None = None
+    up: bool = True  # the peer comes up later, from its own namespace (the kernel refuses it at birth)
+    index: int = 0  # 0: the kernel picks; see rtnl.veth on why a pair's indexes must differ
+    peer_index: int = 0
+    peer_group: int | None = None
+
+
 def _ipr(state: dict[str, Any]) -> IPRoute:
     ipr = state.get("ipr")
     if ipr is None:
@@ -139,14 +158,38 @@ class Netns:
     def call(self, fn: Callable[..., T], *args: Any, timeout: float = 60.0) -> T:
         return self._worker.call(fn, *args, timeout=timeout)
 
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(*args)`` in the namespace without waiting: many namespaces work at once."""
+        return self._worker.submit(fn, *args)
+
     def netlink(self, fn: Callable[[IPRoute], T]) -> T:
         """Run ``fn(ipr)`` with this namespace's netlink socket."""
         return self._worker.call(lambda: fn(_ipr(self._worker.state)))
 
+    def with_rtnl(self, fn: Callable[[R.Rtnl], T]) -> T:
+        """Run ``fn(sock)`` with this namespace's raw rtnetlink socket (batched requests, see rtnl.py)."""
+
+        def do() -> T:
+            sock = self._worker.state.get("rtnl")
+            if sock is None:
+                sock = self._worker.state["rtnl"] = R.Rtnl()
+            return fn(sock)
+
+        return self._worker.call(do)
+
+    def rtnl(self, requests: Sequence[R.Request]) -> None:
+        """Apply rtnetlink requests in one batch, in order; the first failure is raised by name."""
+        try:
+            failures = self.with_rtnl(lambda sock: sock.execute(requests))
+            R.raise_first(failures, f"netns {self.name or 'self'} ({self.label})")
+        except R.NetlinkError as exc:
+            raise KernelError(str(exc)) from None
+
     def _close_in_thread(self) -> None:
-        ipr = self._worker.state.pop("ipr", None)
-        if ipr is not None:
-            ipr.close()
+        for key in ("ipr", "rtnl"):
+            handle = self._worker.state.pop(key, None)
+            if handle is not None:
+                handle.close()
 
     def close(self) -> None:
         """Close the netlink socket and stop the thread, so nothing holds the namespace."""
@@ -160,11 +203,111 @@ class Netns:
         msg = f"{what} in netns {self.name or 'self'} ({self.label}): {exc}"
         return KernelError(msg + (f" ({fix})" if fix else ""))
 
+    @classmethod
+    def create_many(cls, names: Sequence[tuple[str, str]], *, init: Callable[[Netns], None] | None = None,
+                    created: Callable[[Netns], None] = lambda _ns: None, parallel: int = 4) -> list[Netns]:
+        """Create namespaces (name, label) a few at a time; ``init(ns)`` runs in each one's thread.
+
+        ``created`` hears of each namespace as soon as it exists (to register it for teardown),
+        also when another one fails; the first error is raised once every creation has ended.
+        """
+
+        def make(name: str, label: str) -> Netns:
+            ns = cls.create(name, label)
+            created(ns)
+            if init is not None:
+                ns.call(init, ns)
+            return ns
+
+        if len(names) <= 1 or parallel <= 1:
+            return [make(name, label) for name, label in names]
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="netcheck-create") as pool:
+            futures = [pool.submit(make, name, label) for name, label in names]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
+        return [f.result() for f in futures]
+
     # ----------------------------------------------------------------- netlink: writes
 
-    def add_bridge(self, name: str) -> int:
+    def add_veths(self, pairs: Sequence[VethSpec]) -> None:
+        """Create veth pairs in one netlink batch, each peer born in its namespace."""
+
+        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+            fds: dict[str, int] = {}
+            try:
+                requests = []
+                for p in pairs:
+                    fd = None
+                    if p.peer_ns is not None:
+                        fd = fds.get(p.peer_ns.path)
+                        if fd is None:
+                            fd = fds[p.peer_ns.path] = os.open(p.peer_ns.path, os.O_RDONLY | os.O_CLOEXEC)
+                    requests.append(R.veth(p.name, p.peer, peer_netns_fd=fd, master=p.master, group=p.group, mtu=p.mtu,
+                                           up=p.up, index=p.index, peer_index=p.peer_index, peer_group=p.peer_group))
+                return sock.execute(requests)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+
+        try:
+            R.raise_first(self.with_rtnl(do), f"netns {self.name or 'self'} ({self.label})")
+        except (R.NetlinkError, OSError) as exc:
+            raise KernelError(str(exc)) from None
+
+    def configure(
+        self, *, up: Sequence[str] = (), addresses: Sequence[tuple[str, IPv4Interface]] = (),
+        routes: Sequence[tuple[IPv4Network, IPv4Address | None, str | None]] = (),
+    ) -> None:
+        """Bring links up, add addresses, then routes (dst, via, dev): one netlink batch, in that order.
+
+        The batched form of ``set_link(up=True)``, ``add_address`` and ``add_route``.
+        """
+
+        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+            index: dict[str, int] = {"lo": LOOPBACK_INDEX}
+
+            def idx(name: str) -> int:
+                if name not in index:
+                    found = sock.link_index(name)
+                    if found is None:
+                        raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
+                    index[name] = found
+                return index[name]
+
+            requests = [R.set_link(idx(n), up=True, what=f"set link {n} up") for n in up]
+            requests += [R.add_address(idx(n), a, what=f"add address {a} to {n}") for n, a in addresses]
+            requests += [R.add_route(dst, via=via, oif=idx(dev) if dev else None, what=f"add route {dst} via {via or dev}") for dst, via, dev in routes]
+            return sock.execute(requests)
+
+        where = f"netns {self.name or 'self'} ({self.label})"
+        try:
+            failures = self.with_rtnl(do)
+            route_failed = any(f.what.startswith("add route") for f in failures)
+            R.raise_first(failures, where, "is the gateway on a connected subnet, and its link up?" if route_failed and len(failures) == 1 else "")
+        except R.NetlinkError as exc:
+            raise KernelError(str(exc) if where in str(exc) else f"{exc} in {where}") from None
+
+    def link_states(self) -> list[R.LinkState]:
+        """Every link's name, index, admin state and operstate, from one raw dump (cheap at scale)."""
+        return self.with_rtnl(lambda sock: sock.links())
+
+    def link_index(self, name: str) -> int | None:
+        return self.with_rtnl(lambda sock: sock.link_index(name))
+
+    def delete_link_group(self, group: int) -> None:
+        """Delete every link of ``group`` in this namespace in one request (one kernel unregister batch)."""
+        try:
+            self.rtnl([R.delete_group(group)])
+        except KernelError as exc:
+            if "No such device" not in str(exc):  # no link of the group: already gone
+                raise
+
+
+    def add_bridge(self, name: str, *, group: int | None = None) -> int:
         def do(ipr: IPRoute) -> int:
-            ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            kw: dict[str, Any] = {} if group is None else {"group": group}
+            ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0, **kw)
             return int(ipr.link("get", ifname=name)[0]["index"])
 
         try:
@@ -380,18 +523,24 @@ class Netns:
 
     def wait_links_up(self, names: Iterable[str], timeout: float = 5.0) -> None:
         """Wait until every named link is admin-up with carrier, then return."""
-        wanted = list(names)
+        wanted = set(names)
         last: dict[str, str] = {}
 
         def check() -> bool:
             ok = True
-            for link in self.links():
+            for link in self.link_states():  # a raw dump: a host with 250 veths parses in a millisecond
                 if link.name in wanted:
                     last[link.name] = f"{'up' if link.admin_up else 'down'}/{link.operstate}"
                     ok = ok and link.up
             return ok and len(last) == len(wanted)
 
-        wait_until(check, timeout=timeout, what=f"links {', '.join(wanted)} up in {self.label}", describe=lambda: repr(last))
+        def describe() -> str:
+            down = {k: v for k, v in last.items() if v != "up/UP"}
+            missing = sorted(wanted - set(last))
+            return repr(down) + (f"; missing: {', '.join(missing[:10])}" if missing else "")
+
+        shown = ", ".join(sorted(wanted)[:6]) + (f" and {len(wanted) - 6} more" if len(wanted) > 6 else "")
+        wait_until(check, timeout=timeout, what=f"links {shown} up in {self.label}", describe=describe)
 
     # ----------------------------------------------------------------- sysctls
 
@@ -494,4 +643,4 @@ def _route(m: Any, names: dict[int, str]) -> RouteEntry:
     )
 
 
-__all__ = ["Address", "BridgePort", "FdbEntry", "KernelError", "Link", "NamespaceError", "Neighbour", "Netns", "RouteEntry"]
+__all__ = ["Address", "BridgePort", "FdbEntry", "KernelError", "Link", "NamespaceError", "Neighbour", "Netns", "RouteEntry", "VethSpec"]
