@@ -112,8 +112,8 @@ class Ruleset:
         return rs
 
     def backends(self) -> list[str]:
-        """The backends that hold at least one rule."""
-        return sorted({b for (b, _t, _c), ch in self.chains.items() if ch.rules})
+        """The backends that hold at least one rule, or a base chain whose policy is not ACCEPT."""
+        return sorted({b for (b, _t, _c), ch in self.chains.items() if ch.rules or ch.policy not in (None, "ACCEPT")})
 
     def rules(self) -> Iterator[Placed]:
         for (backend, _table, _name), ch in self.chains.items():
@@ -212,21 +212,24 @@ def _addr_match(spec: str | None, addr: str) -> bool:
 
 
 def _iface_match(spec: str | None, iface: str | None) -> bool:
+    """``iface`` None: the packet has no such interface at this hook (no input interface in
+    OUTPUT, no output interface in PREROUTING), so ``-i X`` fails and ``! -i X`` holds."""
     if not spec:
         return True
-    if iface is None:
-        return True  # not known at this hook
     neg = spec.startswith("!")
     text = spec[1:] if neg else spec
+    if iface is None:
+        return neg
     hit = iface.startswith(text[:-1]) if text.endswith(("+", "*")) else iface == text
     return hit != neg
 
 
-def matches(r: XRule, pkt: Pkt) -> bool:
-    """Does the rule's summary match the packet? (Unmodelled matches count as matching.)"""
+def matches(r: XRule, pkt: Pkt, *, interfaces: bool = True) -> bool:
+    """Does the rule's summary match the packet? (Unmodelled matches count as matching.)
+    ``interfaces=False`` ignores the rule's interfaces (to find a rule meant for the packet anywhere)."""
     if not (_addr_match(r.src, pkt.src) and _addr_match(r.dst, pkt.dst)):
         return False
-    if not (_iface_match(r.in_interface, pkt.iif) and _iface_match(r.out_interface, pkt.oif)):
+    if interfaces and not (_iface_match(r.in_interface, pkt.iif) and _iface_match(r.out_interface, pkt.oif)):
         return False
     if r.protocol and r.protocol not in (pkt.proto, {"tcp": "6", "udp": "17", "icmp": "1"}.get(pkt.proto)):
         return False

@@ -315,6 +315,7 @@ class Break:
     direction: str
     last_seen: Hop | None
     first_missing: Hop | None
+    seen_again: Hop | None = None  # a later hop that saw it anyway: the packet went around the missing one
 
     def render(self) -> str:
         what = "the probe" if self.direction == "out" else "the reply"
@@ -324,7 +325,10 @@ class Break:
             return f"{self.direction}: {what} was not seen at any hop (first expected at {self.first_missing.point})"
         if self.last_seen is None or self.first_missing is None:
             return f"{self.direction}: no hop to watch"
-        return f"{self.direction}: {what} was last seen at {self.last_seen.point} ({self.last_seen.addresses}), first missing at {self.first_missing.point}"
+        text = f"{self.direction}: {what} was last seen at {self.last_seen.point} ({self.last_seen.addresses}), first missing at {self.first_missing.point}"
+        if self.seen_again is not None:
+            text += f", yet seen again at {self.seen_again.point} ({self.seen_again.addresses}): it went around {self.first_missing.point}"
+        return text
 
 
 def breaks(hops: tuple[Hop, ...]) -> tuple[Break, Break]:
@@ -342,7 +346,8 @@ def breaks(hops: tuple[Hop, ...]) -> tuple[Break, Break]:
         first_gap = next((h for h in mine if not h.seen), None)
         if first_gap is not None and mine.index(first_gap) < mine.index(last):
             prev = [h for h in mine[: mine.index(first_gap)] if h.seen]
-            return Break(direction, prev[-1] if prev else None, first_gap)
+            again = next((h for h in mine[mine.index(first_gap) :] if h.seen), None)
+            return Break(direction, prev[-1] if prev else None, first_gap, again if prev else None)
         return Break(direction, last, missing)
 
     return one("out"), one("back")

@@ -648,9 +648,10 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
         covered = _masq_decision(ev, addr, remote, "tcp", iif, oif)
         if covered is not None and not private:
             continue
-        if covered is not None and private:
-            continue  # a rule matches but did not act: leave it to the trace
-        rules = _masq_rules(ev)
+        # Rules the walk finds matching but that did not act (the outside saw the private source)
+        # hold conditions the summary does not model (a mark, a conntrack state): not this flow's.
+        pkt = Pkt(addr, remote, "tcp", None, iif, oif)
+        rules = [p for p in _masq_rules(ev) if not matches(p.rule, pkt)]
         want = _spec_masq(ev, name)
         backend = ev.backend()
         seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
@@ -730,6 +731,8 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
     if d is None or d.verdict != "DNAT" or d.rule is None:
         yield from _dnat_absent(ev, f, hook, pkt, what, chain_name, who, static)
         return
+    if d.rule.rule.to_destination is None:
+        return  # a target the rule summary cannot read: nothing to compare
     to_addr, to_port = _split_to(d.rule.rule.to_destination)
     counted = ev.counted(d.rule)
     rule_ev = [f"matched: `{d.rule.render()}`" + (f" (+{counted} packet(s) during the repeated probe)" if counted else "")]
@@ -760,7 +763,7 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
     backend = ev.backend()
     hook_chains = {b: ev.fw.reachable(b, ch.table, [ch.name]) for b, ch in ev.fw.base_chains(hook, "nat")}
     pre_chains = {b: ev.fw.reachable(b, ch.table, [ch.name]) for b, ch in ev.fw.base_chains("prerouting", "nat")}
-    orphans = [p for p in ev.fw.rules() if p.rule.table == "nat" and p.rule.target == "DNAT" and matches(p.rule, Pkt(pkt.src, pkt.dst, pkt.proto, pkt.dport))]
+    orphans = [p for p in ev.fw.rules() if p.rule.table == "nat" and p.rule.target == "DNAT" and matches(p.rule, pkt, interfaces=False)]
     orphans = [p for p in orphans if p.rule.chain not in hook_chains.get(p.backend, set())]
     for p in orphans:
         if p.rule.chain not in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
@@ -899,7 +902,7 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
         return
     parts = []
     for backend in held:
-        chains = sorted({f"{t} {c}" for (b, t, c), ch in ev.fw.chains.items() if b == backend and ch.rules})
+        chains = sorted({f"{t} {c}" + ("" if ch.rules else f" (policy {ch.policy})") for (b, t, c), ch in ev.fw.chains.items() if b == backend and (ch.rules or ch.policy not in (None, "ACCEPT"))})
         parts.append(f"{binary(backend)} holds {', '.join(chains)}")
     yield Finding(
         "rules_split", "host",

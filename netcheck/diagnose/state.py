@@ -8,14 +8,16 @@ both backends (legacy through python-iptables, nf_tables through ``nft -j``).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
 from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
-from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_nft
+from netcheck.kernel.xtables import XChain, nft_available, nft_chains, read_legacy, read_nft
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
@@ -96,7 +98,15 @@ def _safe(errors: list[str], what: str, fn: Any, default: Any) -> Any:
 
 
 def read_ns(label: str, ns: Netns, *, full: bool, host: bool = False) -> NsState:
-    """Read one namespace. ``full=False`` reads links and addresses only (for big labs)."""
+    """Read one namespace. ``full=False`` reads links and addresses only (for big labs).
+
+    Every read runs inside the namespace's own thread in one go (its nested calls run inline),
+    instead of one hand-over per read.
+    """
+    return ns.call(lambda: _read_ns(label, ns, full=full, host=host))
+
+
+def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     errors: list[str] = []
     links = tuple(_safe(errors, "links", ns.links, []))
     addresses = tuple(_safe(errors, "addresses", ns.addresses, []))
@@ -120,7 +130,37 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     tables = [t for t in _safe(errors, "legacy tables", lambda: legacy_tables(ns), []) if t in ("filter", "nat")]
     legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
     raw: dict[str, Any] = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
-    return Ruleset.build(legacy, nft_chains(raw), raw), tuple(tables), errors
+    chains = nft_chains(raw)
+    if any(r.target == "DNAT" and r.to_destination is None for c in chains for r in c.rules):
+        chains = _xt_dnat_targets(ns, chains, errors)
+    return Ruleset.build(legacy, chains, raw), tuple(tables), errors
+
+
+def _xt_dnat_targets(ns: Netns, chains: list[XChain], errors: list[str]) -> list[XChain]:
+    """iptables-nft stores some DNAT targets as opaque xtables targets that ``nft -j`` does not
+    detail; ``iptables-nft-save``, whose output ``iptables-nft-restore`` reads back, names them.
+    Its rules of a chain come in the chain's order, so the k-th rule of each gets its target."""
+    try:
+        proc = ns.run(["iptables-nft-save", "-t", "nat"], timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        errors.append(f"iptables-nft-save: {exc}")
+        return chains
+    if proc.returncode != 0:
+        return chains
+    saved: dict[str, list[str | None]] = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.startswith("-A "):
+            words = line.split()
+            to = words[words.index("--to-destination") + 1] if "--to-destination" in words else None
+            saved.setdefault(words[1], []).append(to)
+    out = []
+    for c in chains:
+        targets = saved.get(c.name, [])
+        if c.table == "nat" and len(targets) == len(c.rules):
+            rules = tuple(replace(r, to_destination=t) if r.target == "DNAT" and r.to_destination is None else r for r, t in zip(c.rules, targets, strict=True))
+            c = replace(c, rules=rules)
+        out.append(c)
+    return out
 
 
 def rule_counters(ns: Netns) -> list[Placed]:
@@ -130,6 +170,10 @@ def rule_counters(ns: Netns) -> list[Placed]:
 
 
 def read_host(ns: Netns, addresses: set[str]) -> HostState:
+    return ns.call(lambda: _read_host(ns, addresses))
+
+
+def _read_host(ns: Netns, addresses: set[str]) -> HostState:
     errors: list[str] = []
     ports = tuple(_safe(errors, "bridge ports", ns.bridge_ports, []))
     brs = tuple(_safe(errors, "bridges", lambda: bridges(ns), []))
@@ -140,12 +184,16 @@ def read_host(ns: Netns, addresses: set[str]) -> HostState:
 
 def snapshot(namespaces: dict[str, Netns], *, host: str = "host", full: set[str] | None = None, addresses: set[str] | None = None) -> Snapshot:
     """Read every namespace (in full those in ``full``, or all when None) and the host's extras."""
-    states = {}
-    for label, ns in namespaces.items():
-        states[label] = read_ns(label, ns, full=full is None or label in full or label == host, host=label == host)
     host_ns = namespaces.get(host)
-    extra = read_host(host_ns, addresses or set()) if host_ns is not None else HostState()
-    return Snapshot(states, extra)
+    # Each namespace has its own worker thread: read them side by side.
+    with ThreadPoolExecutor(max_workers=min(8, len(namespaces) + 1)) as pool:
+        futures = {
+            label: pool.submit(read_ns, label, ns, full=full is None or label in full or label == host, host=label == host)
+            for label, ns in namespaces.items()
+        }
+        extra = pool.submit(read_host, host_ns, addresses or set()) if host_ns is not None else None
+        states = {label: f.result() for label, f in futures.items()}
+        return Snapshot(states, extra.result() if extra is not None else HostState())
 
 
 def lookup(snap: Snapshot, label: str, ns: Netns, dst: str, src: str | None = None, iif: str | None = None) -> RouteEntry | str:
