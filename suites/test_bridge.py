@@ -50,6 +50,8 @@ def test_arp_resolves_to_the_right_mac(lab, probe):
                 results.append(r)
                 assert r.reply == mac, f"ARP from {a.name} for {z.address.ip} answered {r.reply}; {z.name}'s {z.interface} has {mac}\n{r.explain()}"
                 seen(r, f"host:{z.host_veth}", role="request")
+    if not results and not any(len(t.members(b.name)) > 1 for b in t.bridges):
+        pytest.skip(f"{t.name}: no two containers share a bridge")
     expect_all(results, "ARP")
 
 

@@ -13,12 +13,14 @@ pytestmark = pytest.mark.netcheck_property("isolation")
 
 
 def test_container_sees_none_of_the_hosts_links_routes_or_rules(lab):
-    host_links = {link.name for link in lab.host.links()} - {"lo"}
+    # A link is known by its name and MAC: a real host's own eth0 is not a container's eth0.
+    host_links = {(link.name, link.mac) for link in lab.host.links() if link.name != "lo"}
     for c in lab.topology.containers:
         ns = lab.container_ns(c.name)
         links = {link.name for link in ns.links()}
         assert links == {"lo", c.interface}, f"{c.name} sees links {sorted(links)}; a container must see only lo and {c.interface}"
-        assert not links & host_links, f"{c.name} sees host links {sorted(links & host_links)}"
+        shared = {(link.name, link.mac) for link in ns.links()} & host_links
+        assert not shared, f"{c.name} sees host links {sorted(shared)}"
         foreign = [r for r in ns.routes() if r.interface not in (c.interface, "lo")]
         assert not foreign, f"{c.name} has routes through interfaces that are not its own: {foreign}"
         # Only the legacy tables that exist: opening one creates it (a real container's, in host mode).

@@ -76,11 +76,13 @@ def backend_facts(host: Netns) -> dict[str, Any]:
     Legacy rules are read through libiptc, nf_tables through ``nft -j list ruleset``; the kernel
     applies both, which is why a rule made by one tool can be invisible to the other.
     """
+    from netcheck.kernel.inspect import legacy_tables
     from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_nft
 
     out: dict[str, Any] = {"netns": host.name or "(this namespace)", "legacy_rules": None, "nft_rules": None, "errors": []}
     try:
-        chains = read_legacy(host)
+        # Only the tables that exist: opening one through libiptc creates it (in host mode, in the real host).
+        chains = read_legacy(host, tuple(t for t in legacy_tables(host) if t in ("filter", "nat")))
         out["legacy_rules"] = sum(len(c.rules) for c in chains)
         out["legacy_policies"] = {f"{c.table}/{c.name}": c.policy for c in chains if c.policy is not None and c.policy != "ACCEPT"}
     except Exception as exc:  # noqa: BLE001 - a fact we cannot read is "unknown", with the reason
