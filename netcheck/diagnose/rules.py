@@ -484,7 +484,7 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
     for placed, n in ev.matched:
         if placed.rule.table == "filter" and placed.rule.target in ("DROP", "REJECT") and placed.rule.chain not in ("INPUT", "OUTPUT"):
             yield Finding(
-                "forward_drop", "host", f"host: the rule `{placed.render()}` dropped the probe ({n} packet(s) during the repeated probe)",
+                "forward_drop", "host", f"host: the rule `{placed.render()}` dropped the probe{_ifaces(ev, placed.rule)}: its counter grew by {n} during the repeated probe",
                 ev.iptables(placed.backend, placed.rule.render().replace(" -A ", " -D ", 1)),
                 (f"{binary(placed.backend)}: {placed.rule.table} {placed.rule.chain} rule {placed.position}", *ev.break_note()), score=93,
             )
@@ -501,6 +501,16 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
             continue
         yield _forward_finding(ev, d, p, label, r.bridged)
         return
+
+
+def _ifaces(ev: Evidence, r: XRule) -> str:
+    """The interfaces a rule names, as users know them: ' from bridge_local (nc1b0) to enp0s3 (nc1up)'."""
+    parts = []
+    for word, name in (("from", r.in_interface), ("to", r.out_interface)):
+        if name:
+            neg = name.startswith("!")
+            parts.append(f"{word} {'anything but ' if neg else ''}{ev.show(name.lstrip('!'))}")
+    return f" going {' '.join(parts)}" if parts else ""
 
 
 def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: bool) -> Finding:
