@@ -231,7 +231,7 @@ def undo_all(entries: list[Entry], undoer: Undoer) -> list[str]:
             continue
         try:
             undoer.undo(e, owned)
-        except (OSError, NamespaceError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - every entry is tried; errors are reported, not swallowed
             if getattr(exc, "errno", None) in (errno.ENOENT, errno.ENODEV):
                 continue
             errors.append(f"{describe(e)}: {exc}")
