@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from hoststate import namespace_holders
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from test_spec_fuzz import mutated_seed
 
 from netcheck import spec
@@ -261,7 +261,9 @@ def test_fuzzed_spec_that_loads_builds_or_fails_clearly(text, fuzz_run_dir):
     try:
         lab.build()
     except CLEAR_ERRORS as exc:
+        event(f"refused by the kernel: {type(exc).__name__}")
         assert lab.tag in str(exc) or any(c.name in str(exc) for c in topology.containers) or "netns" in str(exc), f"unclear error: {exc!r}"
     else:
+        event("built")
         lab.teardown()
     assert_nothing_left(lab, fuzz_run_dir, set(), before)
