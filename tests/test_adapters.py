@@ -71,3 +71,25 @@ def test_fault_after_the_tools_setup_is_detected(pytester: pytest.Pytester, repo
     if not named and gap:
         pytest.xfail(f"detected, but not yet diagnosed: {gap}")
     assert named, f"{name}: the diagnosis of {fault} does not name {' or '.join(causes)} first:\n{out[-4000:]}"
+
+
+OWN_COMMANDS = {
+    "podman": 'podman run -d --name {name} --network bridge {ports} --rootfs "$NETCHECK_ROOTFS" /bin/sh -c "trap \'exit 0\' TERM; sleep 1000 & wait"',
+    "docker": 'docker run -d --name {name} {ports} "$NETCHECK_IMAGE" /bin/sh -c "trap \'exit 0\' TERM; sleep 1000 & wait"',
+}
+
+
+@pytest.mark.parametrize("tool", sorted(OWN_COMMANDS))
+def test_own_commands_use_the_labs_podman_and_docker(pytester: pytest.Pytester, repo: Path, tmp_path: Path, tool: str) -> None:
+    """With [setup] command, the user's own `podman run` / `docker run` lines make the containers,
+    through the environment netcheck gives them (the lab's dockerd, the lab's Podman configuration)."""
+    example(tool)
+    lines = ["set -eu"]
+    for name, ports in (("web", f"-p {8085 if tool == 'podman' else 8086}:80"), ("client", "")):
+        lines.append(OWN_COMMANDS[tool].format(name=name, ports=ports))
+    (tmp_path / "run.sh").write_text("\n".join(lines) + "\n")
+    text = (EXAMPLES / f"{tool}.toml").read_text().replace(f'mode = "{tool}"', f'mode = "{tool}"\ncommand = ["sh", "run.sh"]', 1)
+    (tmp_path / f"{tool}.toml").write_text(text)
+    result = pytester.runpytest_inprocess(str(repo / "suites"), f"--netcheck-topology={tmp_path / f'{tool}.toml'}", *FLAGS)
+    outcomes = result.parseoutcomes()
+    assert not outcomes.get("failed") and not outcomes.get("error") and outcomes.get("passed", 0) >= 20, result.stdout.str()[-4000:]

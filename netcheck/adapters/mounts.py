@@ -59,9 +59,10 @@ class PrivateMounts:
             if done.returncode != 0:
                 raise OSError(f"bind {source} on {target} in the lab's mount namespace: {done.stderr.decode(errors='replace').strip()}")
 
-    def argv(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside this mount namespace (the network namespace is the caller's)."""
-        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", "--", *argv]
+    def argv(self, argv: Sequence[str], cwd: Path | None = None) -> list[str]:
+        """``argv`` run inside this mount namespace (the network namespace is the caller's), in ``cwd``
+        (entering a mount namespace otherwise moves to its root)."""
+        return ["nsenter", f"--mount=/proc/{self.pid}/ns/mnt", f"--wd={cwd or os.getcwd()}", "--", *argv]
 
     def close(self) -> None:
         """End the holder: the namespace and every mount in it go once no process is left inside."""

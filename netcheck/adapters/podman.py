@@ -94,7 +94,7 @@ class PodmanAdapter:
         lab.state["podman_mounts"] = PrivateMounts(lab, {"/run/containers": lab.workdir / "run-containers"})
         if t.setup.command:
             mounts: PrivateMounts = lab.state["podman_mounts"]
-            lab.run_tool("setup command", mounts.argv(t.setup.command), env=env)
+            lab.run_tool("setup command", mounts.argv(t.setup.command, lab.spec_dir), env=env)
         else:
             for c in t.containers:
                 if c.interface != "eth0":
@@ -139,7 +139,7 @@ class PodmanAdapter:
         t = lab.declared
         if t.setup.teardown:
             try:
-                lab.run_tool("teardown command", mounts.argv(t.setup.teardown), env=lab.state["podman_env"])
+                lab.run_tool("teardown command", mounts.argv(t.setup.teardown, lab.spec_dir), env=lab.state["podman_env"])
             except ToolFailed as exc:
                 errors.append(str(exc))
         try:
