@@ -148,7 +148,7 @@ class ExternalLab(Lab):
         if check and proc.returncode != 0:
             raise ToolFailed(
                 f"{what} failed (exit {proc.returncode}): {' '.join(args)}\n{out[-TAIL:].rstrip()}\n"
-                f"(to retry by hand: netcheck keeps the sandbox with --netcheck-keep; enter it with nsenter --net={self.host.path})"
+                f"(it ran from {where} in the host namespace, as `nsenter --net={self.host.path} {' '.join(args[:3])}...` would; the NETCHECK_* variables it got are in docs/tools.md)"
             )
         return proc
 
