@@ -288,6 +288,35 @@ class Netns:
         except R.NetlinkError as exc:
             raise KernelError(str(exc) if where in str(exc) else f"{exc} in {where}") from None
 
+    def set_neighbours(self, name: str, entries: Sequence[tuple[IPv4Address, str]]) -> None:
+        """Permanent neighbour entries (ip, mac) on link ``name``, in one batch (see rtnl.add_neighbour)."""
+
+        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+            index = sock.link_index(name)
+            if index is None:
+                raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
+            return sock.execute([R.add_neighbour(index, ip, mac, what=f"add neighbour {ip} lladdr {mac} on {name}") for ip, mac in entries])
+
+        self._batch(do)
+
+    def delete_neighbours(self, name: str, ips: Sequence[IPv4Address]) -> None:
+        """Delete neighbour entries on link ``name`` in one batch; entries already gone are fine."""
+
+        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+            index = sock.link_index(name)
+            if index is None:
+                return []  # the link, and its neighbours, are gone
+            failures = sock.execute([R.delete_neighbour(index, ip, what=f"delete neighbour {ip} on {name}") for ip in ips])
+            return [f for f in failures if f.errno not in (errno.ENOENT, errno.ESRCH)]
+
+        self._batch(do)
+
+    def _batch(self, do: Callable[[R.Rtnl], list[R.NetlinkError]]) -> None:
+        try:
+            R.raise_first(self.with_rtnl(do), f"netns {self.name or 'self'} ({self.label})")
+        except (R.NetlinkError, OSError) as exc:
+            raise KernelError(str(exc)) from None
+
     def link_states(self) -> list[R.LinkState]:
         """Every link's name, index, admin state and operstate, from one raw dump (cheap at scale)."""
         return self.with_rtnl(lambda sock: sock.links())

@@ -29,20 +29,23 @@ NLMSG_DONE = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x200, 0x400, 0x300
 NLM_F_ACK_TLVS = 0x200  # on an NLMSG_ERROR: extended-ack attributes follow
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 SOL_NETLINK = 270
 NLMSGERR_ATTR_MSG = 1
 
 # attributes (linux/if_link.h, linux/if_addr.h, linux/rtnetlink.h, linux/veth.h)
-IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 3, 4, 5, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 16, 18, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
@@ -52,6 +55,7 @@ _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
 _ATTR = struct.Struct("=HH")
 MAX_BATCH_BYTES = 32768  # well under the socket's default send and receive buffers
 
@@ -155,6 +159,21 @@ def add_route(dst: IPv4Network, *, via: IPv4Address | None = None, oif: int | No
     return Request(what or f"add route {dst} via {via or f'#{oif}'}", RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
+def add_neighbour(index: int, ip: IPv4Address, mac: str, *, what: str = "") -> Request:
+    """A permanent neighbour (static ARP) entry; it replaces a learned one.
+
+    Permanent entries are exempt from the neighbour table's gc_thresh3, which counts the
+    learned entries of every namespace of the machine together (1024 by default).
+    """
+    body = _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0) + _attr(NDA_DST, ip.packed) + _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+    return Request(what or f"add neighbour {ip} lladdr {mac} on #{index}", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
+
+
+def delete_neighbour(index: int, ip: IPv4Address, *, what: str = "") -> Request:
+    body = _NDMSG.pack(socket.AF_INET, index, 0, 0, 0) + _attr(NDA_DST, ip.packed)
+    return Request(what or f"delete neighbour {ip} on #{index}", RTM_DELNEIGH, 0, body)
+
+
 # ----------------------------------------------------------------------------- socket
 
 
@@ -168,6 +187,7 @@ class LinkState:
     operstate: str
     master: int | None
     peer_index: int | None
+    mac: str = ""
 
     @property
     def up(self) -> bool:
@@ -290,9 +310,11 @@ def _ext_ack(payload: memoryview, flags: int) -> str:
 
 def _link_state(payload: memoryview) -> LinkState:
     _family, _type, index, flags, _change = _IFINFO.unpack_from(payload)
-    name, operstate, master, peer = "", 0, None, None
+    name, operstate, master, peer, mac = "", 0, None, None, ""
     for kind, value in _attrs(payload, _IFINFO.size):
-        if kind == IFLA_IFNAME:
+        if kind == IFLA_ADDRESS:
+            mac = ":".join(f"{b:02x}" for b in bytes(value))
+        elif kind == IFLA_IFNAME:
             name = bytes(value).rstrip(b"\0").decode()
         elif kind == IFLA_OPERSTATE:
             operstate = value[0]
@@ -301,7 +323,7 @@ def _link_state(payload: memoryview) -> LinkState:
         elif kind == IFLA_LINK:
             peer = struct.unpack_from("=i", value)[0]
     state = OPERSTATES[operstate] if operstate < len(OPERSTATES) else str(operstate)
-    return LinkState(index, name, bool(flags & IFF_UP), state, master, peer)
+    return LinkState(index, name, bool(flags & IFF_UP), state, master, peer, mac)
 
 
 def raise_first(failures: Sequence[NetlinkError], where: str, fix: str = "") -> None:
@@ -315,5 +337,6 @@ def raise_first(failures: Sequence[NetlinkError], where: str, fix: str = "") -> 
 
 
 __all__ = [
-    "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_route", "delete_group", "raise_first", "set_link", "veth",
+    "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_neighbour", "add_route", "delete_group", "delete_neighbour",
+    "raise_first", "set_link", "veth",
 ]

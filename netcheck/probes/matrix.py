@@ -1,0 +1,449 @@
+"""Matrix probing: can every container of a set reach every other one, as the spec says?
+
+Not N² sequential probes. One raw ICMP socket per source namespace (opened by that
+namespace's worker, kept for the whole matrix), every echo request sent back to back in
+windows, replies matched by ICMP identifier (one per matrix run) and sequence number (the
+destination's position), short bounded waits, and one retry round for the cells that
+should have answered. Only the failing cells are probed again, by the ordinary ``Prober``
+with a capture point at each end, so that each of them carries its evidence and diagnosis.
+
+The kernel's limit at this size is the IPv4 neighbour (ARP) table: it is shared by every
+namespace of the machine, and learned entries beyond ``gc_thresh3`` (1024 by default, a
+root-namespace setting netcheck never changes) are refused for five seconds. A full mesh
+of N containers on one bridge needs N(N-1) entries at once: 9,900 for 100 containers. So
+when a matrix would need more than a small share of the free entries, its same-bridge
+pairs get permanent neighbour entries (exempt from that limit) for the duration of the
+matrix, and lose them afterwards; ARP itself is then not part of the matrix (the bridge
+suite checks it pair by pair). ``neighbours="arp"`` or ``"static"`` forces either way.
+
+>>> with Matrix(lab) as m:                          # doctest: +SKIP
+...     result = m.bridge("br0")
+>>> result.failing_pairs()                         # doctest: +SKIP
+[]
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any, Literal
+
+from netcheck import expect as promise
+from netcheck.evidence import Diagnosis, MatrixResult, ProbeResult
+from netcheck.kernel.netns import Netns
+from netcheck.probes.engine import Diagnoser, Prober
+
+if TYPE_CHECKING:
+    from netcheck.lab import Lab
+
+ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
+SOL_RAW, ICMP_FILTER = 255, 1
+WINDOW = 512  # echo requests sent between two reads of the replies
+RCVBUF = 1 << 20  # per source socket: a burst of replies must not overflow it
+ARP_SHARE = 4  # learn by ARP only if the matrix needs at most a quarter of the free entries
+ARP_MAX = 256  # ... and at most this many
+GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
+ARP_CACHE_STAT = "/proc/net/stat/arp_cache"
+
+Neighbours = Literal["auto", "arp", "static"]
+
+
+class MatrixError(RuntimeError):
+    """A matrix cannot be probed as asked (unknown container, no address); the message says why."""
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    ns: Netns
+    interface: str
+    ip: IPv4Address
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP echo request (header and payload) with its checksum."""
+    head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, _checksum(head + payload), ident, seq) + payload
+
+
+def _icmp_socket() -> socket.socket:
+    """A raw ICMP socket that hears only echo replies and the errors that quote a probe."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        wanted = (1 << ICMP_ECHOREPLY) | (1 << ICMP_UNREACH) | (1 << ICMP_TIME_EXCEEDED)
+        s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFFFFFF))
+        s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE: past net.core.rmem_max, as root
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def neighbour_budget() -> tuple[int, int]:
+    """(learned neighbour entries of the whole machine, gc_thresh3): the room ARP has left."""
+    try:
+        with open(GC_THRESH3) as f:
+            limit = int(f.read())
+        with open(ARP_CACHE_STAT) as f:
+            f.readline()
+            entries = int(f.readline().split()[0], 16)
+    except (OSError, ValueError, IndexError):
+        return 0, 1024
+    return entries, limit
+
+
+class Matrix:
+    """Probes reachability matrices in one lab; keeps one raw ICMP socket per source namespace.
+
+    ``timeout``: how long a round waits for the last replies (and how long a blocked cell
+    must stay silent). Failing cells are probed again with a capture point at each end,
+    ``max_evidence`` of them at most, all at once; then the failing cells are grouped by
+    the container they share (a container whose every pair fails is one cause) and one cell
+    of each group is diagnosed, ``max_diagnoses`` groups at most: a diagnosis repeats its
+    probe and reads counters, one at a time per lab. The other cells of a group carry the
+    group's findings, with a note naming the cell they were diagnosed on. ``record`` hears
+    every failing cell's evidence (the plugin's ``evidence`` fixture).
+    """
+
+    def __init__(
+        self, lab: Lab, *, record: Callable[[ProbeResult], None] | None = None, diagnoser: Diagnoser | None = None,
+        timeout: float = 0.3, neighbours: Neighbours = "auto", max_evidence: int = 64, max_diagnoses: int = 4,
+        evidence_timeout: float = 0.5,
+    ) -> None:
+        self.lab = lab
+        self.record = record or (lambda _r: None)
+        self._plain = Prober(lab, diagnose=False)
+        self._diagnosing = Prober(lab, diagnoser=diagnoser)
+        self.timeout = timeout
+        self.neighbours = neighbours
+        self.max_evidence = max_evidence
+        self.max_diagnoses = max_diagnoses
+        self.evidence_timeout = evidence_timeout
+        self._socks: dict[str, socket.socket] = {}
+        self.static_neighbours = False  # how the last matrix resolved its neighbours
+
+    def __enter__(self) -> Matrix:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every socket (a socket keeps its namespace alive)."""
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
+
+    # ----------------------------------------------------------------- what to probe
+
+    def bridge(self, bridge: str) -> MatrixResult:
+        """All pairs of the containers on ``bridge`` (spec name), each expected to reach the other."""
+        members = [c.name for c in self.lab.topology.members(bridge)]
+        if len(members) < 2:
+            raise MatrixError(f"bridge {bridge!r} of {self.lab.topology.name} has {len(members)} container(s); a matrix needs two")
+        return self.run(members, lambda _a, _b: True)
+
+    def policy(self, names: Sequence[str] | None = None) -> MatrixResult:
+        """All pairs of ``names`` (default: every container), expected as the spec allows (expect.reaches)."""
+        t = self.lab.topology
+        chosen = list(names) if names is not None else [c.name for c in t.containers]
+        return self.run(chosen, lambda a, b: promise.reaches(t, a, b))
+
+    # ----------------------------------------------------------------- the engine
+
+    def _members(self, names: Sequence[str]) -> list[_Member]:
+        t = self.lab.topology
+        known = {c.name for c in t.containers}
+        out = []
+        for name in names:
+            if name not in known:
+                raise MatrixError(f"{t.name} has no container {name!r} (it has: {', '.join(sorted(known)[:20])})")
+            c = t.container(name)
+            if c.address is None:
+                raise MatrixError(f"container {name} has no address in the spec, so the matrix cannot address it")
+            out.append(_Member(name, self.lab.container_ns(name), c.interface, c.address.ip))
+        if len(set(names)) != len(names):
+            raise MatrixError(f"a container appears twice in {list(names)}")
+        return out
+
+    def _socket(self, m: _Member) -> socket.socket:
+        s = self._socks.get(m.name)
+        if s is None:
+            s = self._socks[m.name] = m.ns.call(_icmp_socket)
+        return s
+
+    def run(self, names: Sequence[str], expected: Callable[[str, str], bool]) -> MatrixResult:
+        """Probe every ordered pair of ``names``; ``expected(a, b)``: should a reach b?"""
+        start = time.perf_counter()
+        members = self._members(names)
+        n = len(members)
+        want = [[i != j and expected(a.name, b.name) for j, b in enumerate(members)] for i, a in enumerate(members)]
+        seen = [[False] * n for _ in range(n)]
+        static = self._use_static(members)
+        self.static_neighbours = static
+        socks = [self._socket(m) for m in members]
+        try:
+            if static:
+                self._set_neighbours(members)
+            errors = self._probe(members, socks, want, seen)
+        finally:
+            self.close()
+            if static:
+                self._clear_neighbours(members)
+        observed = [[None if i == j else seen[i][j] for j in range(n)] for i in range(n)]
+        failures = self._evidence(members, want, observed, errors)
+        return MatrixResult(
+            topology=self.lab.topology.name, kind="icmp", names=tuple(m.name for m in members),
+            expected=tuple(tuple(row) for row in want), observed=tuple(tuple(row) for row in observed),
+            failures=tuple(failures), elapsed_s=round(time.perf_counter() - start, 3),
+        )
+
+    def _use_static(self, members: list[_Member]) -> bool:
+        if self.neighbours != "auto":
+            return self.neighbours == "static"
+        t = self.lab.topology
+        need = sum(1 for a in members for b in members if a is not b and promise.same_l2(t, a.name, b.name))
+        entries, limit = neighbour_budget()
+        return need > min(ARP_MAX, max(0, limit - entries) // ARP_SHARE)
+
+    def _same_l2(self, members: list[_Member]) -> list[list[_Member]]:
+        t = self.lab.topology
+        return [[b for b in members if b is not a and promise.same_l2(t, a.name, b.name)] for a in members]
+
+    def _set_neighbours(self, members: list[_Member]) -> None:
+        """Permanent neighbour entries for every same-bridge pair, each namespace in its own thread."""
+        macs = _all_at_once([m.ns.submit(_mac, m.ns, m.interface) for m in members])
+        mac = {m.name: found for m, found in zip(members, macs, strict=True)}
+        peers = self._same_l2(members)
+        _all_at_once([m.ns.submit(m.ns.set_neighbours, m.interface, [(p.ip, mac[p.name]) for p in ps]) for m, ps in zip(members, peers, strict=True) if ps])
+
+    def _clear_neighbours(self, members: list[_Member]) -> None:
+        peers = self._same_l2(members)
+        _all_at_once([m.ns.submit(m.ns.delete_neighbours, m.interface, [p.ip for p in ps]) for m, ps in zip(members, peers, strict=True) if ps])
+
+    def _probe(self, members: list[_Member], socks: list[socket.socket], want: list[list[bool]], seen: list[list[bool]]) -> dict[tuple[int, int], str]:
+        """Two rounds: every pair, then the pairs that should have answered and did not."""
+        n = len(members)
+        ident = int.from_bytes(os.urandom(2), "big") or 1
+        token = os.urandom(8)
+        packets = [echo_request(ident, j, token) for j in range(n)]
+        addresses = [(str(m.ip), 0) for m in members]
+        sources = [m.ip.packed for m in members]
+        by_fd = {s.fileno(): i for i, s in enumerate(socks)}
+        errors: dict[tuple[int, int], str] = {}
+        poller = select.epoll()
+        try:
+            for fd in by_fd:
+                poller.register(fd, select.EPOLLIN)
+
+            def drain(wait: float) -> None:
+                for fd, _ in poller.poll(wait):
+                    i = by_fd[fd]
+                    s = socks[i]
+                    while True:
+                        try:
+                            data = s.recv(2048, socket.MSG_DONTWAIT)
+                        except BlockingIOError:
+                            break
+                        _match(data, i, ident, token, sources, seen, errors)
+
+            cells = [(i, j) for i in range(n) for j in range(n) if i != j]
+            for attempt in range(2):
+                if not cells:
+                    break
+                for k, (i, j) in enumerate(cells):
+                    try:
+                        socks[i].sendto(packets[j], addresses[j])
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOBUFS, errno.EAGAIN) or attempt:
+                            errors[(i, j)] = f"sending failed: {exc.strerror or exc}"
+                    if k % WINDOW == WINDOW - 1:
+                        drain(0)
+                deadline = time.perf_counter() + self.timeout
+                waiting = [c for c in cells if want[c[0]][c[1]]]
+                blocked_too = any(not want[i][j] for i, j in cells)
+                while (left := deadline - time.perf_counter()) > 0:
+                    waiting = [c for c in waiting if not seen[c[0]][c[1]] and c not in errors]
+                    if not waiting and not blocked_too:
+                        break
+                    drain(min(left, 0.02))
+                cells = [(i, j) for i, j in cells if want[i][j] and not seen[i][j] and (i, j) not in errors]
+        finally:
+            poller.close()
+        return errors
+
+    def _evidence(self, members: list[_Member], want: list[list[bool]], observed: list[list[bool | None]], errors: dict[tuple[int, int], str]) -> list[ProbeResult]:
+        """Probe the failing cells again with captures at both ends; diagnose one cell per group.
+
+        A cell whose evidence probe goes as the spec says after all is counted as observed
+        that way (the evidence is the better witness); the others are the failures.
+        """
+        n = len(members)
+        failing = [(i, j) for i in range(n) for j in range(n) if i != j and observed[i][j] != want[i][j]]
+        if not failing:
+            return []
+        groups = _groups(failing, self.max_diagnoses)
+        heads = [g[0] for g in groups]
+        chosen = heads + [c for c in _spread(failing, n) if c not in set(heads)][: max(0, self.max_evidence - len(heads))]
+
+        def again(prober: Prober, i: int, j: int) -> Callable[[], ProbeResult]:
+            a, b = members[i], members[j]
+            expect: Literal["reach", "block"] = "reach" if want[i][j] else "block"
+            timeout = self.evidence_timeout if expect == "reach" else min(self.evidence_timeout, self.timeout)
+            points = [self.lab.point(a.name), self.lab.point(b.name)]
+            return lambda: prober.icmp(a.name, b.ip, expect=expect, target=b.name, capture=points, timeout=timeout)
+
+        plain = dict(zip(chosen[len(heads):], self._plain.many([again(self._plain, i, j) for i, j in chosen[len(heads):]], workers=32), strict=True))
+        # Diagnoses run one at a time (they repeat the probe and read rule counters), after the plain probes.
+        diagnosed = {c: again(self._diagnosing, *c)() for c in heads}
+        results = {**plain, **diagnosed}
+        shared: dict[tuple[int, int], Diagnosis] = {}
+        for head, cells in groups:
+            d = results[head].diagnosis
+            if d is None or results[head].passed:
+                continue
+            a, b = members[head[0]].name, members[head[1]].name
+            common = _common(cells, members)
+            why = f"every one of its {len(cells)} failing pairs involves {common}" if common else "it fails the same way"
+            note = f"diagnosed on {a} -> {b}: {why}"
+            for c in cells:
+                shared[c] = Diagnosis(findings=d.findings, notes=(note,))
+        failures = []
+        for cell in chosen:
+            r = results[cell]
+            i, j = cell
+            if r.passed:
+                observed[i][j] = want[i][j]
+                continue
+            if r.diagnosis is None and cell in shared:
+                r = r.with_diagnosis(shared[cell])
+            if (i, j) in errors and r.error is None:
+                r = replace(r, error=errors[(i, j)])
+            self.record(r)
+            failures.append(r)
+        return failures
+
+
+def _groups(failing: list[tuple[int, int]], limit: int) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+    """Failing cells grouped by cause, greedily: a container in three or more failing cells
+    is one group (head: one of its own probes out), any other cell is a group of its own."""
+    left = set(failing)
+    groups: list[tuple[tuple[int, int], list[tuple[int, int]]]] = []
+    while left and len(groups) < limit:
+        count: dict[int, int] = {}
+        for i, j in left:
+            count[i] = count.get(i, 0) + 1
+            count[j] = count.get(j, 0) + 1
+        k = max(sorted(count), key=lambda x: count[x])
+        if count[k] >= 3:
+            cells = sorted(c for c in left if k in c)
+            head = next((c for c in cells if c[0] == k), cells[0])
+        else:
+            head = min(left)
+            cells = [head]
+        groups.append((head, cells))
+        left -= set(cells)
+    return groups
+
+
+def _spread(failing: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """Failing cells ordered so that the first few cover as many sources as possible."""
+    rows: dict[int, list[tuple[int, int]]] = {}
+    for c in failing:
+        rows.setdefault(c[0], []).append(c)
+    out: list[tuple[int, int]] = []
+    for k in range(n):
+        out.extend(row[k] for row in rows.values() if k < len(row))
+    return out
+
+
+def _common(cells: list[tuple[int, int]], members: list[_Member]) -> str | None:
+    shared = set(cells[0])
+    for c in cells[1:]:
+        shared &= set(c)
+    return members[min(shared)].name if shared and len(cells) > 1 else None
+
+def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[bytes], seen: list[list[bool]], errors: dict[tuple[int, int], str]) -> None:
+    """Mark the cell a packet answers: an echo reply from the right address, or an ICMP error quoting a probe."""
+    if len(data) < 28:
+        return
+    ihl = (data[0] & 0x0F) * 4
+    kind = data[ihl]
+    if kind == ICMP_ECHOREPLY:
+        rid, seq = struct.unpack_from("!HH", data, ihl + 4)
+        if rid == ident and seq < len(sources) and data[12:16] == sources[seq] and data[ihl + 8 : ihl + 16] == token:
+            seen[i][seq] = True
+        return
+    inner = ihl + 8
+    if len(data) < inner + 28 or data[inner + 9] != 1:
+        return
+    iihl = (data[inner] & 0x0F) * 4
+    if len(data) < inner + iihl + 8:
+        return
+    rid, seq = struct.unpack_from("!HH", data, inner + iihl + 4)
+    if rid == ident and seq < len(sources):
+        name = "destination unreachable" if kind == ICMP_UNREACH else "time exceeded"
+        errors[(i, seq)] = f"ICMP {name} (code {data[ihl + 1]}) from {socket.inet_ntoa(data[12:16])}"
+
+
+def _mac(ns: Netns, interface: str) -> str:
+    for link in ns.link_states():
+        if link.name == interface:
+            return link.mac
+    raise MatrixError(f"netns {ns.label} has no interface {interface}")
+
+
+def _all_at_once(futures: Sequence[Future[Any]]) -> list[Any]:
+    """Wait for every future, then raise the first error (so no namespace is left mid-batch)."""
+    errors = [e for e in (f.exception(timeout=60) for f in futures) if e is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def probe_matrix(lab: Lab, names: Sequence[str] | None = None, *, bridge: str | None = None, **options: object) -> MatrixResult:
+    """One matrix: the containers of ``bridge`` (all must reach), or ``names`` as the spec's policy says."""
+    with Matrix(lab, **options) as m:  # type: ignore[arg-type]
+        return m.bridge(bridge) if bridge is not None else m.policy(names)
+
+
+def describe(result: MatrixResult, limit: int = 20) -> str:
+    """A failure message: which cells differ from the spec, then the first failure's diagnosis and evidence."""
+    bad = result.failing_pairs()
+    n = len(result.names)
+    if not bad:
+        return f"[{result.topology}] matrix of {n} containers: all {result.pairs} pairs as the spec says ({result.elapsed_s:g} s)"
+    index = {name: k for k, name in enumerate(result.names)}
+    lines = [f"[{result.topology}] matrix of {n} containers: {len(bad)} of {result.pairs} pairs differ from the spec:"]
+    for a, b in bad[:limit]:
+        exp = "reach" if result.expected[index[a]][index[b]] else "be blocked"
+        lines.append(f"  {a} -> {b}: expected to {exp}, {'reached' if result.observed[index[a]][index[b]] else 'no reply'}")
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    without = len(bad) - len(result.failures)
+    if without > 0:
+        lines.append(f"({without} failing pairs were not probed again for evidence: raise max_evidence to see them all)")
+    if result.failures:
+        lines.append("")
+        lines.append("first failure:")
+        lines.append(result.failures[0].explain())
+    return "\n".join(lines)
+
+__all__ = ["Matrix", "MatrixError", "describe", "echo_request", "neighbour_budget", "probe_matrix"]
