@@ -85,7 +85,13 @@ class NamespaceWorker:
         self._closers: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._main, args=(create,), name=f"netns:{label}", daemon=True)
         self._thread.start()
-        self._ready.result()
+        try:
+            self._ready.result()
+        except BaseException:
+            # Failed, or interrupted (Ctrl-C) while entering: never leave the thread parked in the
+            # namespace, where it would keep it (and its links) alive after its removal.
+            self._jobs.put(None)
+            raise
 
     def _enter(self, create: bool) -> None:
         if self.path is None:
