@@ -12,6 +12,7 @@ Cost: about 15 s. By hand, every step of both seeds and more fuzzed specs:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import random
@@ -180,6 +181,39 @@ def test_ctrl_c_during_build_leaves_nothing(run_dir, monkeypatch):
     for n in (2, total // 2, total * 3 // 4):
         _, raised, injector = build_failing_at(spec.builtin("seed1"), run_dir, monkeypatch, n, KeyboardInterrupt)
         assert isinstance(raised, KeyboardInterrupt), f"step {n} ({injector.calls[n - 1]}): got {raised!r}"
+
+
+def test_ctrl_c_while_a_namespace_thread_enters_leaves_no_thread(monkeypatch):
+    """Ctrl-C while a namespace's thread is being set up: the thread stops, it does not stay parked
+    in the namespace (which would keep it, and its links, alive after its removal)."""
+    import signal
+
+    from netcheck.kernel.worker import netns_path, remove_netns
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's KeyboardInterrupt in this process")
+    name = f"ntest-{os.urandom(3).hex()}"
+    enter = NamespaceWorker._enter
+
+    def enter_then_interrupt(self: NamespaceWorker, create: bool) -> None:
+        enter(self, create)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        # Go on once the creator has reacted (it asks the thread to stop), or after a while.
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: not self._jobs.empty(), timeout=2, what="the creator to react to Ctrl-C")
+
+    monkeypatch.setattr(NamespaceWorker, "_enter", enter_then_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            NamespaceWorker("interrupted", netns_path(name), create=True)
+        ino = os.stat(netns_path(name)).st_ino
+        try:
+            wait_until(lambda: not [h for h in namespace_holders(pid=os.getpid()) if h[1] == ino], timeout=5,
+                       what="the interrupted thread to leave the namespace")
+        except WaitTimeout:
+            pytest.fail("the thread of an interrupted namespace creation stays parked in the namespace")
+    finally:
+        remove_netns(name)
 
 
 class NotAnOSError(Exception):
