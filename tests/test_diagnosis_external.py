@@ -19,7 +19,7 @@ import pytest
 from netcheck import spec
 from netcheck.adapters import build_external
 from netcheck.adapters.lab import ExternalLab
-from netcheck.diagnose.doctor import run_doctor
+from netcheck.diagnose.doctor import inspect, run_doctor
 from netcheck.probes import Prober
 
 pytestmark = pytest.mark.root
@@ -166,6 +166,7 @@ def test_fault_in_a_scripted_lab_is_diagnosed(scripted: ExternalLab, fault: str)
 def test_doctor_on_namespaces_another_tool_made(scripted: ExternalLab, capsys: pytest.CaptureFixture[str]) -> None:
     """``netcheck doctor --host-netns HOST NS...``: no spec, no run record, only the kernel."""
     lab = scripted
+    assert not inspect(lab), f"false alarms on the healthy scripted lab: {[(f.cause, f.summary) for f in inspect(lab)]}"
     _break(lab, [["ip", "link", "set", "veth1", "down"]])
     names = [lab.container_ns(c).name or "" for c in ("netns0", "netns1")]
     status = run_doctor(argparse.Namespace(targets=names, host_netns=lab.host.name, probe=False))

@@ -25,6 +25,7 @@ from netcheck.evidence import Finding, Hop, Packet, ProbeResult
 from netcheck.kernel.xtables import XRule
 
 if TYPE_CHECKING:
+    from netcheck import spec as S
     from netcheck.diagnose.firewall import Ruleset
 
 
@@ -47,7 +48,8 @@ class Evidence:
     # ------------------------------------------------------------- names and commands
 
     @property
-    def t(self):  # type: ignore[no-untyped-def]  # the topology
+    def t(self) -> S.Topology:
+        """The topology: what the lab promises."""
         return self.lab.topology
 
     def show(self, kernel: str | None) -> str:
