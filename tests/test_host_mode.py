@@ -13,7 +13,7 @@ Normalised, because they change without any change of configuration:
 - the bridge's running timers in ``ip -d link`` (hello_timer, gc_timer, forward_delay_timer...): clocks;
 - address lifetimes (valid_lft/preferred_lft): clocks, for addresses that are not permanent.
 
-Cost on 2 cores: about 25 s (four suite runs, one dockerd start and stop).
+Cost on 2 cores: about 21 s (four suite runs, one dockerd start and stop).
 """
 
 from __future__ import annotations
