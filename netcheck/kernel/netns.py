@@ -295,7 +295,7 @@ class Netns:
             index = sock.link_index(name)
             if index is None:
                 raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
-            return sock.execute([R.add_neighbour(index, ip, mac, what=f"add neighbour {ip} lladdr {mac} on {name}") for ip, mac in entries])
+            return sock.execute(R.neighbours(index, entries, where=name))
 
         self._batch(do)
 
@@ -306,7 +306,7 @@ class Netns:
             index = sock.link_index(name)
             if index is None:
                 return []  # the link, and its neighbours, are gone
-            failures = sock.execute([R.delete_neighbour(index, ip, what=f"delete neighbour {ip} on {name}") for ip in ips])
+            failures = sock.execute(R.neighbours(index, [(ip, "") for ip in ips], delete=True, where=name))
             return [f for f in failures if f.errno not in (errno.ENOENT, errno.ESRCH)]
 
         self._batch(do)

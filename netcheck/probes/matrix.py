@@ -66,6 +66,11 @@ class _Member:
     ns: Netns
     interface: str
     ip: IPv4Address
+    bridge: str | None
+    side: str  # the host interface its traffic enters by: its bridge, or its routed veth
+
+    def same_l2(self, other: _Member) -> bool:
+        return self.bridge is not None and self.bridge == other.bridge
 
 
 def _checksum(data: bytes) -> int:
@@ -138,6 +143,7 @@ class Matrix:
         self.evidence_timeout = evidence_timeout
         self._socks: dict[str, socket.socket] = {}
         self.static_neighbours = False  # how the last matrix resolved its neighbours
+        self.timings: dict[str, float] = {}  # the last matrix's phases, in seconds
 
     def __enter__(self) -> Matrix:
         return self
@@ -161,10 +167,23 @@ class Matrix:
         return self.run(members, lambda _a, _b: True)
 
     def policy(self, names: Sequence[str] | None = None) -> MatrixResult:
-        """All pairs of ``names`` (default: every container), expected as the spec allows (expect.reaches)."""
+        """All pairs of ``names`` (default: every container), expected as the spec allows (expect.reaches).
+
+        ``expect.reaches`` sees a container only through the host interface its traffic
+        enters by (its bridge, or its routed veth), so it is asked once per pair of those.
+        """
         t = self.lab.topology
         chosen = list(names) if names is not None else [c.name for c in t.containers]
-        return self.run(chosen, lambda a, b: promise.reaches(t, a, b))
+        side = {c.name: promise.host_side(t, c.name) for c in t.containers}
+        memo: dict[tuple[str, str], bool] = {}
+
+        def expected(a: str, b: str) -> bool:
+            key = (side[a], side[b])
+            if key not in memo:
+                memo[key] = promise.reaches(t, a, b)
+            return memo[key]
+
+        return self.run(chosen, expected)
 
     # ----------------------------------------------------------------- the engine
 
@@ -178,7 +197,7 @@ class Matrix:
             c = t.container(name)
             if c.address is None:
                 raise MatrixError(f"container {name} has no address in the spec, so the matrix cannot address it")
-            out.append(_Member(name, self.lab.container_ns(name), c.interface, c.address.ip))
+            out.append(_Member(name, self.lab.container_ns(name), c.interface, c.address.ip, c.bridge, c.bridge or c.host_veth))
         if len(set(names)) != len(names):
             raise MatrixError(f"a container appears twice in {list(names)}")
         return out
@@ -199,16 +218,27 @@ class Matrix:
         static = self._use_static(members)
         self.static_neighbours = static
         socks = [self._socket(m) for m in members]
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            clock.append(time.perf_counter())
+            self.timings[name] = self.timings.get(name, 0.0) + clock[-1] - clock[-2]
+
+        self.timings = {}
         try:
             if static:
                 self._set_neighbours(members)
+                lap("neighbours_s")
             errors = self._probe(members, socks, want, seen)
+            lap("probe_s")
         finally:
             self.close()
             if static:
                 self._clear_neighbours(members)
+                lap("neighbours_s")
         observed = [[None if i == j else seen[i][j] for j in range(n)] for i in range(n)]
         failures = self._evidence(members, want, observed, errors)
+        lap("evidence_s")
         return MatrixResult(
             topology=self.lab.topology.name, kind="icmp", names=tuple(m.name for m in members),
             expected=tuple(tuple(row) for row in want), observed=tuple(tuple(row) for row in observed),
@@ -218,14 +248,12 @@ class Matrix:
     def _use_static(self, members: list[_Member]) -> bool:
         if self.neighbours != "auto":
             return self.neighbours == "static"
-        t = self.lab.topology
-        need = sum(1 for a in members for b in members if a is not b and promise.same_l2(t, a.name, b.name))
+        need = sum(1 for a in members for b in members if a is not b and a.same_l2(b))
         entries, limit = neighbour_budget()
         return need > min(ARP_MAX, max(0, limit - entries) // ARP_SHARE)
 
     def _same_l2(self, members: list[_Member]) -> list[list[_Member]]:
-        t = self.lab.topology
-        return [[b for b in members if b is not a and promise.same_l2(t, a.name, b.name)] for a in members]
+        return [[b for b in members if b is not a and a.same_l2(b)] for a in members]
 
     def _set_neighbours(self, members: list[_Member]) -> None:
         """Permanent neighbour entries for every same-bridge pair, each namespace in its own thread."""
@@ -253,7 +281,9 @@ class Matrix:
             for fd in by_fd:
                 poller.register(fd, select.EPOLLIN)
 
-            def drain(wait: float) -> None:
+            def drain(wait: float) -> int:
+                """Read every reply there is (waiting up to ``wait`` for the first); how many expected cells they answered."""
+                answered = 0
                 for fd, _ in poller.poll(wait):
                     i = by_fd[fd]
                     s = socks[i]
@@ -262,28 +292,29 @@ class Matrix:
                             data = s.recv(2048, socket.MSG_DONTWAIT)
                         except BlockingIOError:
                             break
-                        _match(data, i, ident, token, sources, seen, errors)
+                        j = _match(data, i, ident, token, sources, seen, errors)
+                        if j is not None and want[i][j]:
+                            answered += 1
+                return answered
 
             cells = [(i, j) for i in range(n) for j in range(n) if i != j]
             for attempt in range(2):
                 if not cells:
                     break
+                outstanding = sum(1 for i, j in cells if want[i][j])
+                blocked_too = outstanding < len(cells)  # a blocked cell must stay silent for the whole timeout
                 for k, (i, j) in enumerate(cells):
                     try:
                         socks[i].sendto(packets[j], addresses[j])
                     except OSError as exc:
                         if exc.errno not in (errno.ENOBUFS, errno.EAGAIN) or attempt:
                             errors[(i, j)] = f"sending failed: {exc.strerror or exc}"
+                            outstanding -= want[i][j]
                     if k % WINDOW == WINDOW - 1:
-                        drain(0)
+                        outstanding -= drain(0)
                 deadline = time.perf_counter() + self.timeout
-                waiting = [c for c in cells if want[c[0]][c[1]]]
-                blocked_too = any(not want[i][j] for i, j in cells)
-                while (left := deadline - time.perf_counter()) > 0:
-                    waiting = [c for c in waiting if not seen[c[0]][c[1]] and c not in errors]
-                    if not waiting and not blocked_too:
-                        break
-                    drain(min(left, 0.02))
+                while (left := deadline - time.perf_counter()) > 0 and (outstanding > 0 or blocked_too):
+                    outstanding -= drain(min(left, 0.02))
                 cells = [(i, j) for i, j in cells if want[i][j] and not seen[i][j] and (i, j) not in errors]
         finally:
             poller.close()
@@ -380,27 +411,33 @@ def _common(cells: list[tuple[int, int]], members: list[_Member]) -> str | None:
         shared &= set(c)
     return members[min(shared)].name if shared and len(cells) > 1 else None
 
-def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[bytes], seen: list[list[bool]], errors: dict[tuple[int, int], str]) -> None:
-    """Mark the cell a packet answers: an echo reply from the right address, or an ICMP error quoting a probe."""
+def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[bytes], seen: list[list[bool]], errors: dict[tuple[int, int], str]) -> int | None:
+    """Mark the cell a packet answers: an echo reply from the right address, or an ICMP error
+    quoting a probe. Returns the destination of a cell answered for the first time."""
     if len(data) < 28:
-        return
+        return None
     ihl = (data[0] & 0x0F) * 4
     kind = data[ihl]
     if kind == ICMP_ECHOREPLY:
         rid, seq = struct.unpack_from("!HH", data, ihl + 4)
         if rid == ident and seq < len(sources) and data[12:16] == sources[seq] and data[ihl + 8 : ihl + 16] == token:
+            if seen[i][seq] or (i, seq) in errors:
+                return None
             seen[i][seq] = True
-        return
+            return int(seq)
+        return None
     inner = ihl + 8
     if len(data) < inner + 28 or data[inner + 9] != 1:
-        return
+        return None
     iihl = (data[inner] & 0x0F) * 4
     if len(data) < inner + iihl + 8:
-        return
+        return None
     rid, seq = struct.unpack_from("!HH", data, inner + iihl + 4)
-    if rid == ident and seq < len(sources):
-        name = "destination unreachable" if kind == ICMP_UNREACH else "time exceeded"
-        errors[(i, seq)] = f"ICMP {name} (code {data[ihl + 1]}) from {socket.inet_ntoa(data[12:16])}"
+    if rid != ident or seq >= len(sources) or seen[i][seq] or (i, seq) in errors:
+        return None
+    name = "destination unreachable" if kind == ICMP_UNREACH else "time exceeded"
+    errors[(i, seq)] = f"ICMP {name} (code {data[ihl + 1]}) from {socket.inet_ntoa(data[12:16])}"
+    return int(seq)
 
 
 def _mac(ns: Netns, interface: str) -> str:
