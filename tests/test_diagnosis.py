@@ -1,5 +1,5 @@
-"""The diagnosis corpus: every fault of the catalog, injected into a fresh lab, must fail its
-suite test AND be diagnosed with the right cause at the top.
+"""The fault corpus: every fault of the catalog, injected into a fresh lab, must fail its
+suite test, name what is broken, AND be diagnosed with the right cause at the top.
 
 The cause is read from the failure message the user sees (``1. [cause] ...``). A few suite
 tests assert on kernel state without sending a probe (a veth's MTU, the links a container
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -53,6 +52,7 @@ def test_fault_fails_its_suite_test_with_the_right_top_cause(pytester: pytest.Py
     out = result.stdout.str()
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 1 and not outcomes.get("error"), f"fault {fault} ({f.summary}) did not fail {f.suite_test}:\n{out[-3000:]}"
+    assert f.message in out, f"the failure for {fault} does not mention {f.message!r}:\n{out[-3000:]}"
     m = TOP.search(out)
     if m is not None:
         assert m.group(1) == f.cause, f"fault {fault}: the failure message ranks [{m.group(1)}] first, expected [{f.cause}]:\n{out[-4000:]}"
@@ -151,16 +151,12 @@ def test_diagnosis_round_trips_through_json(seed1: Lab) -> None:
     assert again.explain() == r.explain()
 
 
-def test_diagnosing_one_failure_costs_under_a_second(seed1: Lab) -> None:
-    """The repeat waits 0.5 s for the lost reply; reading the state adds tens of milliseconds."""
+def test_diagnosing_a_failure_names_the_cause_directly(seed1: Lab) -> None:
+    """The diagnosis on its own (its cost is measured in bench/, not asserted here)."""
     faults.inject(seed1, ["ip-forward-off"])
-    p = Prober(seed1, diagnose=False)
-    r = p.icmp("netns0", "198.51.100.1")
-    t0 = time.perf_counter()
+    r = Prober(seed1, diagnose=False).icmp("netns0", "198.51.100.1")
     d = diagnose(seed1, r)
-    took = time.perf_counter() - t0
-    assert d.top is not None and d.top.cause == "ip_forward_off"
-    assert took < 1.0, f"diagnosing one failure took {took:.2f}s"
+    assert d.top is not None and d.top.cause == "ip_forward_off", d.render()
 
 
 def test_doctor_inspects_a_live_lab_by_tag_without_traffic(seed1: Lab, capsys: pytest.CaptureFixture[str]) -> None:
