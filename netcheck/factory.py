@@ -37,7 +37,7 @@ class LabFactory:
         self.log = log
         if reap and has_net_admin():
             with contextlib.suppress(OSError):
-                self.reaped, _errors = clean(log=lambda _m: None)
+                self.reaped, _errors = clean(include_kept=False, log=lambda _m: None)
 
     def __enter__(self) -> LabFactory:
         return self

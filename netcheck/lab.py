@@ -178,7 +178,7 @@ class Lab:
             raise LabError(f"{self.topology.source}: setup.mode = {self.topology.setup.mode!r} is made by another tool; use netcheck.adapters to run it")
         for attempt in range(5):
             try:
-                self.ledger = Ledger(self.tag, topology=self.topology.name, mode="host" if self.host_mode else "sandbox", run_dir=self.run_dir)
+                self.ledger = Ledger(self.tag, topology=self.topology.name, mode="host" if self.host_mode else "sandbox", run_dir=self.run_dir, source=self.topology.source)
                 break
             except FileExistsError:
                 if self._tag_given or attempt == 4:
@@ -395,6 +395,7 @@ class Lab:
             return
         if self.keep and not force:
             print("\n" + self.enter_hint(), file=sys.stderr)
+            self.ledger.keep()
             self.ledger.close(remove=False)
             self.ledger = None
             return

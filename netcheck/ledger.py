@@ -41,7 +41,7 @@ def process_starttime(pid: int) -> int | None:
 class Ledger:
     """The append-only record of one lab's objects, persisted as it grows."""
 
-    def __init__(self, tag: str, *, topology: str, mode: str, run_dir: Path = RUN_DIR) -> None:
+    def __init__(self, tag: str, *, topology: str, mode: str, run_dir: Path = RUN_DIR, source: str | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.tag = tag
         self.path = run_dir / f"{tag}.jsonl"
@@ -50,7 +50,7 @@ class Ledger:
         self.netns_inode = os.stat("/proc/self/ns/net").st_ino
         header = {
             "kind": "run", "tag": tag, "pid": pid, "starttime": process_starttime(pid), "started": time.time(),
-            "topology": topology, "mode": mode, "netns_inode": self.netns_inode,
+            "topology": topology, "mode": mode, "netns_inode": self.netns_inode, "source": source,
         }
         fd = _create_locked(self.path, (json.dumps(header, sort_keys=True) + "\n").encode())
         self._file = os.fdopen(fd, "a", buffering=1)
@@ -65,6 +65,10 @@ class Ledger:
         self.entries.append(entry)
         self._write(entry)
         return entry
+
+    def keep(self) -> None:
+        """Mark the lab as kept for inspection: new runs leave it alone; ``netcheck clean`` removes it."""
+        self._write({"kind": "kept", "at": time.time()})
 
     def close(self, *, remove: bool) -> None:
         """Release the lock; remove the record once everything it names is gone."""
@@ -298,8 +302,13 @@ def list_records(run_dir: Path = RUN_DIR) -> list[RunRecord]:
     return out
 
 
-def clean(*, include_live: bool = False, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path = RUN_DIR) -> tuple[int, list[str]]:
+def clean(
+    *, include_live: bool = False, include_kept: bool = True, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path = RUN_DIR,
+) -> tuple[int, list[str]]:
     """Remove the objects of dead runs (and of live ones with ``include_live``).
+
+    Labs kept with --netcheck-keep are removed too, unless ``include_kept`` is False (as when a
+    new run reaps the leftovers of crashed ones at start).
 
     Returns (runs cleaned, errors). Each run is cleaned while its lock is held, so two
     cleaners never undo the same run at once.
@@ -313,7 +322,11 @@ def clean(*, include_live: bool = False, dry_run: bool = False, log: Callable[[s
             if not dead and not include_live:
                 continue
             header, entries = read_record(path)
-            state = "dead" if dead else "LIVE"
+            kept = any(e["kind"] == "kept" for e in entries)
+            if kept and not include_kept:
+                continue
+            entries = [e for e in entries if e["kind"] != "kept"]
+            state = ("kept" if kept else "dead") if dead else "LIVE"
             log(f"run {header.get('tag', path.stem)} (pid {header.get('pid', '?')}, {state}, topology {header.get('topology', '?')}):")
             undoer = Undoer(log=lambda m: log("  " + m), dry_run=dry_run, host_inode=header.get("netns_inode"))
             try:

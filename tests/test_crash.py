@@ -339,3 +339,23 @@ def test_host_mode_run_killed_then_cleaned_from_its_namespace(run_dir, root_unch
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert snapshot(ns) == before, "host mode left changes:\n" + diff(before, snapshot(ns))
         assert not left.remaining(run_dir), left.remaining(run_dir)
+
+
+def test_a_kept_lab_survives_new_runs_and_clean_removes_it(tmp_path) -> None:
+    """--netcheck-keep: the next run's reaping leaves the kept lab up; netcheck clean removes it."""
+    import os
+
+    from netcheck import spec
+    from netcheck.lab import Lab
+    from netcheck.ledger import clean
+
+    lab = Lab(spec.builtin("seed2-veth"), keep=True, run_dir=tmp_path).build()
+    names = [ns.name for ns in lab.namespaces().values()]
+    lab.teardown()  # kept: the record stays, marked
+    assert all(os.path.exists(f"/run/netns/{n}") for n in names)
+    reaped, errors = clean(include_kept=False, log=lambda _m: None, run_dir=tmp_path)  # what a new run does
+    assert (reaped, errors) == (0, []) and all(os.path.exists(f"/run/netns/{n}") for n in names)
+    removed, errors = clean(log=lambda _m: None, run_dir=tmp_path)  # netcheck clean
+    assert (removed, errors) == (1, [])
+    assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
+    assert not list(tmp_path.glob("*.jsonl"))
