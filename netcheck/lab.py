@@ -24,7 +24,7 @@ from types import TracebackType
 
 from netcheck import spec as S
 from netcheck.kernel.netns import Netns, VethSpec
-from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, read_legacy
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, choose_backend, nft_missing, read_legacy, read_nft_chains
 from netcheck.ledger import RUN_DIR, Ledger, Undoer, undo_all
 from netcheck.naming import KernelNames, new_tag
 from netcheck.probes.capture import CaptureHub
@@ -293,16 +293,30 @@ class Lab:
         assert self.ledger is not None
         # The custom chains the rules need (a VIP's), recorded so teardown removes them too; in
         # host mode only those the host does not have already.
+        # A real host keeps its own firewall backend: nft unless it already has legacy tables.
+        backend = choose_backend(self.host) if self.host_mode else "legacy"
         chains = sorted({(r.table, r.chain) for r in self.rules if r.chain not in BUILTIN_CHAINS.get(r.table, ())})
-        existing = {(c.table, c.name) for c in read_legacy(self.host, sorted({c[0] for c in chains}))} if chains and self.host_mode else set()
+        existing: set[tuple[str, str]] = set()
+        if chains and self.host_mode:
+            tables = sorted({c[0] for c in chains})
+            held = read_legacy(self.host, tables) if backend == "legacy" else read_nft_chains(self.host)
+            existing = {(c.table, c.name) for c in held}
+        if backend == "nft":
+            # iptables-nft brings base chains (and tables) into being; record those it will add.
+            base = sorted({(r.table, r.chain) for r in self.rules if r.chain in BUILTIN_CHAINS.get(r.table, ())})
+            new_tables, new_chains = nft_missing(self.host, base)
+            for table in new_tables:
+                self.ledger.record("nft-table", netns=self.host.name, table=table)
+            for table, name in new_chains:
+                self.ledger.record("nft-chain", netns=self.host.name, table=table, name=name)
         for table, name in chains:
             if (table, name) not in existing:
-                self.ledger.record("chain", netns=self.host.name, table=table, name=name)
+                self.ledger.record("chain", netns=self.host.name, table=table, name=name, backend=backend)
         for rule in self.rules:
-            self.ledger.record("rule", netns=self.host.name, rule=_asdict(rule))
+            self.ledger.record("rule", netns=self.host.name, rule=_asdict(rule), backend=backend)
         policies = [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" and not self.host_mode else []
         if self.rules or policies:
-            apply_rules(self.host, self.rules, policies)
+            apply_rules(self.host, self.rules, policies, backend=backend)
 
     def start_all_services(self) -> None:
         """Every container's services, and echo responders in the outside world."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path, remove_netns
-from netcheck.kernel.xtables import XRule, delete_rules, set_policy
+from netcheck.kernel.xtables import XRule, delete_rules, nft_remove_if_empty, set_policy
 
 RUN_DIR = Path(os.environ.get("NETCHECK_RUN_DIR", "/run/netcheck"))
 Entry = dict[str, Any]
@@ -171,9 +171,13 @@ class Undoer:
 
                 ns.delete_route(IPv4Network(e["dst"]))
             elif kind == "rule":
-                delete_rules(ns, [XRule(**e["rule"])])
+                delete_rules(ns, [XRule(**e["rule"])], backend=e.get("backend", "legacy"))
             elif kind == "chain":
-                delete_rules(ns, [], [(e["table"], e["name"])])
+                delete_rules(ns, [], [(e["table"], e["name"])], backend=e.get("backend", "legacy"))
+            elif kind == "nft-chain":
+                nft_remove_if_empty(ns, e["table"], e["name"])
+            elif kind == "nft-table":
+                nft_remove_if_empty(ns, e["table"])
             elif kind == "policy":
                 set_policy(ns, e["table"], e["chain"], e["old"])
             elif kind == "sysctl" and e.get("old") is not None:
@@ -195,6 +199,10 @@ def describe(e: Entry) -> str:
         return f"policy {e['table']} {e['chain']} (restore {e['old']}){where}"
     if kind in ("link", "chain"):
         return f"{kind} {e['name']}{where}"
+    if kind == "nft-chain":
+        return f"nf_tables base chain ip {e['table']} {e['name']}{where} (if empty)"
+    if kind == "nft-table":
+        return f"nf_tables table ip {e['table']}{where} (if empty)"
     if kind == "route":
         return f"route {e['dst']}{where}"
     if kind == "dir":

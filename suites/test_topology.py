@@ -7,7 +7,7 @@ import os
 import pytest
 
 from netcheck.kernel.inspect import legacy_tables
-from netcheck.kernel.xtables import nft_chains, read_legacy, read_nft
+from netcheck.kernel.xtables import read_legacy, read_nft_chains
 
 pytestmark = pytest.mark.netcheck_property("topology")
 
@@ -80,7 +80,7 @@ def test_rules_as_declared(lab):
     # Both backends: netcheck writes legacy rules; Docker, CNI, netavark and iptables-nft write nf_tables.
     # Only the legacy tables that exist are read: opening one creates it (in a real host, in host mode).
     legacy = [t for t in legacy_tables(lab.host) if t in ("filter", "nat")]
-    chains = read_legacy(lab.host, tuple(legacy)) + nft_chains(read_nft(lab.host))
+    chains = read_legacy(lab.host, tuple(legacy)) + read_nft_chains(lab.host)
     have = [r.key() for c in chains for r in c.rules]
     for rule in lab.expected_rules():
         assert rule.key() in have, f"host: rule missing: iptables {rule.render()}"

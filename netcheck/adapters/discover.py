@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from netcheck import spec as S
 from netcheck.kernel.netns import Link
 from netcheck.kernel.worker import netns_path
-from netcheck.kernel.xtables import XChain, nft_chains, read_nft
+from netcheck.kernel.xtables import XChain, read_nft_chains
 from netcheck.lab import LabError
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def discover(lab: ExternalLab) -> Discovery:
         bridges.append(replace(b, address=address))
     rules: tuple[XChain, ...] = ()
     try:
-        rules = tuple(nft_chains(read_nft(lab.host)))
+        rules = tuple(read_nft_chains(lab.host))
     except Exception:  # noqa: BLE001 - the rules are context for the report, not a requirement
         rules = ()
     resolved = replace(t, containers=tuple(containers), bridges=tuple(bridges))

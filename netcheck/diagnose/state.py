@@ -8,16 +8,15 @@ both backends (legacy through python-iptables, nf_tables through ``nft -j``).
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
 from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
-from netcheck.kernel.xtables import XChain, nft_available, nft_chains, read_legacy, read_nft
+from netcheck.kernel.xtables import nft_available, read_legacy, read_nft, read_nft_chains
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
@@ -130,37 +129,8 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     tables = [t for t in _safe(errors, "legacy tables", lambda: legacy_tables(ns), []) if t in ("filter", "nat")]
     legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
     raw: dict[str, Any] = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
-    chains = nft_chains(raw)
-    if any(r.target == "DNAT" and r.to_destination is None for c in chains for r in c.rules):
-        chains = _xt_dnat_targets(ns, chains, errors)
+    chains = _safe(errors, "nf_tables rules", lambda: read_nft_chains(ns, raw), []) if raw else []
     return Ruleset.build(legacy, chains, raw), tuple(tables), errors
-
-
-def _xt_dnat_targets(ns: Netns, chains: list[XChain], errors: list[str]) -> list[XChain]:
-    """iptables-nft stores some DNAT targets as opaque xtables targets that ``nft -j`` does not
-    detail; ``iptables-nft-save``, whose output ``iptables-nft-restore`` reads back, names them.
-    Its rules of a chain come in the chain's order, so the k-th rule of each gets its target."""
-    try:
-        proc = ns.run(["iptables-nft-save", "-t", "nat"], timeout=20)
-    except (OSError, subprocess.SubprocessError) as exc:
-        errors.append(f"iptables-nft-save: {exc}")
-        return chains
-    if proc.returncode != 0:
-        return chains
-    saved: dict[str, list[str | None]] = {}
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        if line.startswith("-A "):
-            words = line.split()
-            to = words[words.index("--to-destination") + 1] if "--to-destination" in words else None
-            saved.setdefault(words[1], []).append(to)
-    out = []
-    for c in chains:
-        targets = saved.get(c.name, [])
-        if c.table == "nat" and len(targets) == len(c.rules):
-            rules = tuple(replace(r, to_destination=t) if r.target == "DNAT" and r.to_destination is None else r for r, t in zip(c.rules, targets, strict=True))
-            c = replace(c, rules=rules)
-        out.append(c)
-    return out
 
 
 def rule_counters(ns: Netns) -> list[Placed]:

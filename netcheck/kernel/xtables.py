@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from netcheck.kernel.netns import KernelError, Netns
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # One lock for the process: libiptc's table cache and libxtables are not thread-safe.
 _IPTC_LOCK = threading.Lock()
 USED_TABLES = ("filter", "nat")
+Backend = Literal["legacy", "nft"]
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -176,8 +177,11 @@ def _from_iptc(table: str, chain: str, r: Any) -> XRule:
     )
 
 
-def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = (), *, insert: bool = False) -> None:
+def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = (), *, insert: bool = False, backend: Backend = "legacy") -> None:
     """Create the custom chains the rules jump to and append (or insert) the rules, one commit per table."""
+    if backend == "nft":
+        _apply_nft(ns, rules, policies, insert)
+        return
 
     def do() -> None:
         iptc = _iptc()
@@ -207,8 +211,10 @@ def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str,
         raise KernelError(f"iptables (legacy) in netns {ns.name or 'self'} ({ns.label}): {exc}") from None
 
 
-def delete_rules(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, str]] = ()) -> int:
+def delete_rules(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, str]] = (), *, backend: Backend = "legacy") -> int:
     """Delete rules that match exactly (counters ignored), then the named empty user chains."""
+    if backend == "nft":
+        return _delete_nft(ns, rules, chains)
 
     def do() -> int:
         iptc = _iptc()
@@ -277,6 +283,98 @@ def read_legacy(ns: Netns, tables: Sequence[str] = ("filter", "nat")) -> list[XC
     return ns.call(do)
 
 
+# ----------------------------------------------------------------------------- the nft backend
+# python-iptables drives legacy xtables only, and no library on PyPI drives nf_tables. On a host
+# whose firewall is nf_tables (the Debian default), host mode writes its rules with the host's
+# own `iptables-nft`, so that it never instantiates legacy tables there.
+
+
+def choose_backend(ns: Netns) -> Backend:
+    """The backend a host already uses: legacy if it has legacy tables or no iptables-nft, else nft."""
+    from netcheck.kernel.inspect import legacy_tables
+
+    if legacy_tables(ns) or shutil.which("iptables-nft") is None:
+        return "legacy"
+    return "nft"
+
+
+def nft_missing(ns: Netns, wanted: Sequence[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Of the (table, base chain) pairs iptables-nft would create in family ip, those absent now:
+    (missing tables, missing chains of existing tables)."""
+    have_tables: set[str] = set()
+    have_chains: set[tuple[str, str]] = set()
+    for item in read_nft(ns).get("nftables", []):
+        if "table" in item and item["table"].get("family") == "ip":
+            have_tables.add(item["table"]["name"])
+        elif "chain" in item and item["chain"].get("family") == "ip":
+            have_chains.add((item["chain"]["table"], item["chain"]["name"]))
+    tables = sorted({t for t, _ in wanted if t not in have_tables})
+    chains = sorted({(t, c) for t, c in wanted if t in have_tables and (t, c) not in have_chains})
+    return tables, chains
+
+
+def nft_remove_if_empty(ns: Netns, table: str, chain: str | None = None) -> bool:
+    """Remove an ip-family base chain (or a whole table) that netcheck brought into being, only if
+    it holds no rule; False if it is gone already or something else now uses it."""
+    listing = read_nft(ns).get("nftables", [])
+    rules = [i["rule"] for i in listing if "rule" in i and i["rule"].get("family") == "ip" and i["rule"]["table"] == table]
+    if chain is not None:
+        if any(r["chain"] == chain for r in rules):
+            return False
+        return _nft_run(ns, ["nft", "delete", "chain", "ip", table, chain], ok_errors=("No such file", "does not exist"))
+    if rules:
+        return False
+    return _nft_run(ns, ["nft", "delete", "table", "ip", table], ok_errors=("No such file", "does not exist"))
+
+
+def rule_argv(rule: XRule, op: str) -> list[str]:
+    """``iptables-nft`` arguments for a rule (op: -A, -I or -D); an argv list, never a shell string."""
+    argv = ["iptables-nft", "-w", "-t", rule.table, op, rule.chain]
+    for flag, value in (("-s", rule.src), ("-d", rule.dst), ("-i", rule.in_interface), ("-o", rule.out_interface)):
+        if value:
+            argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
+    if rule.protocol:
+        argv += ["-p", rule.protocol]
+        if rule.dport is not None:
+            argv += ["-m", rule.protocol, "--dport", str(rule.dport)]
+    if rule.comment:
+        argv += ["-m", "comment", "--comment", rule.comment]
+    argv += ["-j", rule.target]
+    if rule.to_destination:
+        argv += ["--to-destination", rule.to_destination]
+    return argv
+
+
+def _nft_run(ns: Netns, argv: list[str], *, ok_errors: tuple[str, ...] = ()) -> bool:
+    proc = ns.run(argv, timeout=30)
+    if proc.returncode == 0:
+        return True
+    err = proc.stderr.decode(errors="replace").strip()
+    if any(e in err for e in ok_errors):
+        return False
+    raise KernelError(f"{' '.join(argv)} in netns {ns.name or 'self'} ({ns.label}): {err}")
+
+
+def _apply_nft(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]], insert: bool) -> None:
+    for r in rules:
+        for chain in (r.chain, r.target):
+            if chain not in BUILTIN_CHAINS.get(r.table, ()) and chain not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT"):
+                _nft_run(ns, ["iptables-nft", "-w", "-t", r.table, "-N", chain], ok_errors=("already exists",))
+        _nft_run(ns, rule_argv(r, "-I" if insert else "-A"))
+    for table, chain, policy in policies:
+        _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-P", chain, policy])
+
+
+def _delete_nft(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, str]]) -> int:
+    gone = 0
+    missing = ("does a matching rule exist", "No chain/target/match", "doesn't exist", "Bad rule")
+    for r in rules:
+        gone += _nft_run(ns, rule_argv(r, "-D"), ok_errors=missing)
+    for table, name in chains:
+        _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-X", name], ok_errors=(*missing, "not empty", "Directory not empty", "Device or resource busy"))
+    return gone
+
+
 # ----------------------------------------------------------------------------- nf_tables
 
 
@@ -315,6 +413,35 @@ def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
     return out
 
 
+def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XChain]:
+    """The namespace's nf_tables chains as XChains, with every DNAT target's destination.
+
+    iptables-nft (Docker's, CNI's, netavark's and host mode's rules) stores some targets in
+    xtables form, which ``nft -j`` does not detail; ``iptables-nft-save``, whose output
+    ``iptables-nft-restore`` reads back, names them. A chain's rules come in the same order in
+    both, so the k-th rule of each gets its destination.
+    """
+    chains = nft_chains(read_nft(ns) if ruleset is None else ruleset)
+    if not any(r.target == "DNAT" and r.to_destination is None for c in chains for r in c.rules):
+        return chains
+    proc = ns.run(["iptables-nft-save", "-t", "nat"], timeout=20)
+    if proc.returncode != 0:
+        return chains
+    saved: dict[str, list[str | None]] = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.startswith("-A "):
+            words = line.split()
+            to = words[words.index("--to-destination") + 1] if "--to-destination" in words else None
+            saved.setdefault(words[1], []).append(to)
+    out = []
+    for c in chains:
+        targets = saved.get(c.name, [])
+        if c.table == "nat" and len(targets) == len(c.rules):
+            c = replace(c, rules=tuple(replace(r, to_destination=t) if r.target == "DNAT" and r.to_destination is None else r for r, t in zip(c.rules, targets, strict=True)))
+        out.append(c)
+    return out
+
+
 def _nft_rule(r: dict[str, Any]) -> XRule:
     """Summarise an nft JSON rule: addresses, interfaces, port, verdict and counters."""
     fields: dict[str, Any] = {}
@@ -341,7 +468,8 @@ def _nft_rule(r: dict[str, Any]) -> XRule:
         elif "counter" in e and isinstance(e["counter"], dict):
             packets, nbytes = int(e["counter"].get("packets", 0)), int(e["counter"].get("bytes", 0))
         elif "xt" in e:
-            target = target or str(e["xt"].get("name", "xt")).upper()
+            if e["xt"].get("type") == "target":  # an xt *match* (e.g. comment) is not the verdict
+                target = str(e["xt"].get("name", "xt"))
         elif "dnat" in e:
             target = "DNAT"
             d = e["dnat"]
@@ -364,4 +492,4 @@ def _nft_rule(r: dict[str, Any]) -> XRule:
     return XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, **fields)
 
 
-__all__ = ["XChain", "XRule", "apply_rules", "delete_rules", "nft_chains", "read_legacy", "read_nft", "set_policy"]
+__all__ = ["XChain", "XRule", "apply_rules", "choose_backend", "delete_rules", "nft_chains", "read_legacy", "read_nft", "read_nft_chains", "set_policy"]
