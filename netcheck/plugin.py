@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -23,6 +24,7 @@ SETTINGS: pytest.StashKey[settings_mod.Settings] = pytest.StashKey()
 EVIDENCE: pytest.StashKey[list[dict[str, Any]]] = pytest.StashKey()
 COLLECTOR: pytest.StashKey[Collector] = pytest.StashKey()
 FACTORY: pytest.StashKey[LabFactory] = pytest.StashKey()
+REAPED_AT_END: pytest.StashKey[int] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -202,6 +204,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The controller reaps what dead runs left, such as the labs of an xdist worker that crashed
+    (its replacement may never build a lab, so it may never reap them)."""
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    from netcheck.lab import has_net_admin
+
+    if not has_net_admin():
+        return
+    from netcheck.ledger import clean
+
+    with contextlib.suppress(OSError):
+        config.stash[REAPED_AT_END], _errors = clean(include_kept=False, log=lambda _m: None)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     factory = config.stash.get(FACTORY, None)
     if factory is not None:
@@ -209,6 +228,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             terminalreporter.write_line(f"netcheck: removed the leftovers of {factory.reaped} dead run(s) before starting")
         for hint in factory.kept:
             terminalreporter.write_line(hint)
+    if config.stash.get(REAPED_AT_END, 0):
+        terminalreporter.write_line(f"netcheck: removed the leftovers of {config.stash[REAPED_AT_END]} dead run(s) (e.g. a crashed xdist worker's)")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

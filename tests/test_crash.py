@@ -265,8 +265,25 @@ def test_new_run_reaps_dead_runs_at_start(run_dir, root_unchanged):
     assert not left.remaining(run_dir), left.remaining(run_dir)
 
 
+def test_a_session_reaps_dead_runs_at_its_end(run_dir, root_unchanged):
+    """Even a session that builds no lab (a replacement xdist worker may not) reaps at its end, on the controller."""
+    child = driver(run_dir, "seed1", "--hold-at", "7")
+    try:
+        child.wait_line(r"^HELD 7$")
+        left = Leftovers.of(run_dir)
+        child.kill()
+    finally:
+        child.close()
+    assert left.remaining(run_dir)
+    proc = subprocess.run([*PYTEST, "suites/test_topology.py", "--collect-only", "-q", "-p", "no:cacheprovider", "--netcheck-report", "none"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False, env={**child_env(), "NETCHECK_RUN_DIR": str(run_dir)})
+    assert "netcheck: removed the leftovers of 1 dead run(s)" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert not left.remaining(run_dir), left.remaining(run_dir)
+
+
 def test_killed_xdist_worker_is_reaped(run_dir, root_unchanged):
-    """SIGKILL one worker of ``pytest -n 2 suites/`` mid-build: its replacement reaps what it left."""
+    """SIGKILL one worker of ``pytest -n 2 suites/`` mid-build: the same run reaps what it left
+    (its replacement when it builds a lab, else the controller at the end)."""
     child = Child([*PYTEST, *SUITE_ARGS, "-n", "2", "--netcheck-topology", "seed1", "--netcheck-topology", "seed2"],
                   env={"NETCHECK_RUN_DIR": str(run_dir)})
     try:
