@@ -117,6 +117,7 @@ def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
             "anchor": anchor("topo", name),
             "summary": (topo or {}).get("summary", ""),
             "source": (topo or {}).get("source", ""),
+            "setup": (topo or {}).get("setup") or {},
             "diagram": renderer.diagram(topo, lost),
             "lost": sorted({f"{x.point} ({'way out' if x.direction == 'out' else 'reply'})" for x in lost}),
             "host": results.hosts.get(name),
