@@ -11,7 +11,7 @@ Kill points are chosen by observable conditions, never by sleeping:
 - real ``pytest suites/`` runs are killed when their run record holds N entries, after the
   N-th passed test, or once the last test has reported (session teardown).
 
-Cost: about 30 s. By hand, with more kills:
+Cost: about 40 s. By hand, with more kills:
     NETCHECK_CRASH_KILLS=24 NETCHECK_CRASH_PYTEST_KILLS=9 .venv/bin/pytest tests/test_crash.py
 (NETCHECK_CRASH_SEED=N replays a run; failures print the seed.)
 """
@@ -32,7 +32,7 @@ from netcheck.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
-KILLS = int(os.environ.get("NETCHECK_CRASH_KILLS", "6"))
+KILLS = int(os.environ.get("NETCHECK_CRASH_KILLS", "3"))
 PYTEST_KILLS = int(os.environ.get("NETCHECK_CRASH_PYTEST_KILLS", "3"))
 SEED = int(os.environ.get("NETCHECK_CRASH_SEED", str(random.SystemRandom().randrange(1 << 30))))
 DRIVER = str(REPO / "tests" / "crash_driver.py")
@@ -284,7 +284,7 @@ def test_a_session_reaps_dead_runs_at_its_end(run_dir, root_unchanged):
 def test_killed_xdist_worker_is_reaped(run_dir, root_unchanged):
     """SIGKILL one worker of ``pytest -n 2 suites/`` mid-build: the same run reaps what it left
     (its replacement when it builds a lab, else the controller at the end)."""
-    child = Child([*PYTEST, *SUITE_ARGS, "-n", "2", "--netcheck-topology", "seed1", "--netcheck-topology", "seed2"],
+    child = Child([*PYTEST, *SUITE_ARGS, "-n", "2", "--netcheck-topology", "seed1"],
                   env={"NETCHECK_RUN_DIR": str(run_dir)})
     try:
         def worker_record() -> int | None:
@@ -310,8 +310,7 @@ def test_killed_xdist_worker_is_reaped(run_dir, root_unchanged):
 # ----------------------------------------------------------------------------- signals
 
 
-@pytest.mark.parametrize(("sig", "phase"), [(signal.SIGINT, "probe"), (signal.SIGTERM, "probe"), (signal.SIGTERM, "build")],
-                         ids=["SIGINT-probe", "SIGTERM-probe", "SIGTERM-build"])
+@pytest.mark.parametrize(("sig", "phase"), [(signal.SIGINT, "probe"), (signal.SIGTERM, "build")], ids=["SIGINT-probe", "SIGTERM-build"])
 def test_sigint_and_sigterm_tear_down_normally(sig, phase, run_dir, root_unchanged):
     """Ctrl-C or SIGTERM to ``pytest suites/``: a normal teardown, nothing left, no clean needed."""
     child = suites(run_dir)
