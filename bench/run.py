@@ -124,6 +124,19 @@ def child(n: int, repeat: int, ping_samples: int, sr1_samples: int, probe_sample
         out["teardown_s"].append(t4 - t3)
         out["matrix_s"].append(t2 - t1)
         out["e2e_s"].append((t2 - t0) + (t4 - t3))
+    if probe_samples:  # the smallest N also times the built-in seed labs, as the suites build them
+        from netcheck import spec
+
+        for name in ("seed1", "seed2"):
+            builds, teardowns = [], []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                lab = Lab(spec.builtin(name)).build()
+                t1 = time.perf_counter()
+                lab.teardown()
+                builds.append(t1 - t0)
+                teardowns.append(time.perf_counter() - t1)
+            out[f"{name}_build_s"], out[f"{name}_teardown_s"] = builds, teardowns
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -259,6 +272,25 @@ def main() -> None:
     print(f"\nJSON: {path.relative_to(REPO)}")
 
 
+def _memory(report: dict[str, Any]) -> str:
+    """Peak RSS as base + per container + per pair: three sizes fit it exactly, two give one slope."""
+    rows = [report["matrix"][k] for k in sorted(report["matrix"], key=int)]
+    if len(rows) < 2:
+        return ""
+    if len(rows) == 2:
+        lo, hi = rows
+        slope = (hi["maxrss_mb"] - lo["maxrss_mb"]) * 2**20 / (hi["pairs"] - lo["pairs"])
+        return f"Peak memory (ru_maxrss of the process that builds N containers and probes their matrix) grows by {slope:.0f} bytes per added pair from N={lo['n']} to N={hi['n']}."
+    (n1, r1), (n2, r2), (n3, r3) = [(row["n"], row["maxrss_mb"] * 2**20) for row in rows[-3:]]
+    # r = a + b*n + c*n*(n-1): two differences eliminate a, then b.
+    p1, p2, p3 = n1 * (n1 - 1), n2 * (n2 - 1), n3 * (n3 - 1)
+    c = ((r3 - r2) / (n3 - n2) - (r2 - r1) / (n2 - n1)) / ((p3 - p2) / (n3 - n2) - (p2 - p1) / (n2 - n1))
+    b = (r2 - r1 - c * (p2 - p1)) / (n2 - n1)
+    return (f"Peak memory (ru_maxrss of the process that builds N containers and probes their matrix): {rows[-3]['maxrss_mb']:.0f}, "
+            f"{rows[-2]['maxrss_mb']:.0f} and {rows[-1]['maxrss_mb']:.0f} MB at N={n1}, {n2}, {n3}; that is {b / 1024:.0f} KiB per container "
+            f"and {c:.0f} bytes per pair, where the matrix's own tables (expected, seen, observed and the result's two copies) take 40 bytes per pair.")
+
+
 def _s(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds:.2f} s"
 
@@ -277,6 +309,9 @@ def render(report: dict[str, Any]) -> str:
         out.append(f"| {n} | {per['netcheck']:.2f} ms | {per['ip_batch']:.2f} ms | {per['ip_per_op']:.2f} ms | "
                    f"{per['netcheck'] / per['ip_batch']:.2f}x{target} | {per['netcheck'] / per['ip_per_op']:.2f}x |")
     first = report["matrix"][min(report["matrix"], key=int)]
+    seeds = [f"{name} {median(first[f'{name}_build_s']) * 1000:.0f} ms + {median(first[f'{name}_teardown_s']) * 1000:.0f} ms" for name in ("seed1", "seed2") if f"{name}_build_s" in first]
+    if seeds:
+        out += ["", "Built-in labs (host, wan, containers, rules, services), build + teardown: " + "; ".join(seeds) + "."]
     if "probe_ms" in first:
         out += ["", f"**One probe** (N={first['n']} lab, median of {first['probe_samples']} probes; ping and sr1 medians of {first['ping_samples']} and {first['sr1_samples']})", "",
                 "| probe | median | vs raw socket |", "|---|---|---|",
@@ -299,13 +334,7 @@ def render(report: dict[str, Any]) -> str:
         nb = _s(median(r["neighbours_s"])) if r.get("static_neighbours") else "none (ARP)"
         out.append(f"| {n} | {r['pairs']:,} | {_s(mx)}{tgt} | {nb} | {_s(median(r['probe_s']))} | {r['pairs'] / mx:,.0f} | {_s(raw)} | {_s(sr1)} | "
                    f"{raw / mx:.2f}x | {sr1 / mx:.0f}x | {median(r['e2e_s']):.2f} s{e2e_t} | {r['maxrss_mb']:.0f} MB |")
-    sizes = sorted(report["matrix"], key=int)
-    if len(sizes) >= 2:
-        lo, hi = report["matrix"][sizes[0]], report["matrix"][sizes[-1]]
-        per_pair = (hi["maxrss_mb"] - lo["maxrss_mb"]) * 1024 * 1024 / max(1, hi["pairs"] - lo["pairs"])
-        per_container = (hi["maxrss_mb"] - lo["maxrss_mb"]) * 1024 / max(1, hi["n"] - lo["n"])
-        out += ["", f"Peak memory grows by {per_container:.0f} KiB per container, or {per_pair:.0f} bytes per pair, from N={lo['n']} to N={hi['n']} "
-                    "(the matrix itself holds two NxN tables of booleans)."]
+    out += ["", _memory(report)]
     if "suites" in report:
         s = report["suites"]
         out += ["", f"**pytest suites/** (both built-in seeds; wall time, median of {len(s['n0_s'])}): "

@@ -288,7 +288,7 @@ class Netns:
         except R.NetlinkError as exc:
             raise KernelError(str(exc) if where in str(exc) else f"{exc} in {where}") from None
 
-    def set_neighbours(self, name: str, entries: Sequence[tuple[IPv4Address, str]]) -> None:
+    def set_neighbours(self, name: str, entries: Iterable[tuple[IPv4Address, str]]) -> None:
         """Permanent neighbour entries (ip, mac) on link ``name``, in one batch (see rtnl.add_neighbour)."""
 
         def do(sock: R.Rtnl) -> list[R.NetlinkError]:
@@ -299,14 +299,14 @@ class Netns:
 
         self._batch(do)
 
-    def delete_neighbours(self, name: str, ips: Sequence[IPv4Address]) -> None:
+    def delete_neighbours(self, name: str, ips: Iterable[IPv4Address]) -> None:
         """Delete neighbour entries on link ``name`` in one batch; entries already gone are fine."""
 
         def do(sock: R.Rtnl) -> list[R.NetlinkError]:
             index = sock.link_index(name)
             if index is None:
                 return []  # the link, and its neighbours, are gone
-            failures = sock.execute(R.neighbours(index, [(ip, "") for ip in ips], delete=True, where=name))
+            failures = sock.execute(R.neighbours(index, ((ip, "") for ip in ips), delete=True, where=name))
             return [f for f in failures if f.errno not in (errno.ENOENT, errno.ESRCH)]
 
         self._batch(do)

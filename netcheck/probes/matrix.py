@@ -29,8 +29,9 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
@@ -50,6 +51,7 @@ WINDOW = 512  # echo requests sent between two reads of the replies
 RCVBUF = 1 << 20  # per source socket: a burst of replies must not overflow it
 ARP_SHARE = 4  # learn by ARP only if the matrix needs at most a quarter of the free entries
 ARP_MAX = 256  # ... and at most this many
+NEIGHBOUR_BATCHES = 4  # namespaces changing their neighbours at once
 GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
 ARP_CACHE_STAT = "/proc/net/stat/arp_cache"
 
@@ -252,19 +254,27 @@ class Matrix:
         entries, limit = neighbour_budget()
         return need > min(ARP_MAX, max(0, limit - entries) // ARP_SHARE)
 
-    def _same_l2(self, members: list[_Member]) -> list[list[_Member]]:
-        return [[b for b in members if b is not a and a.same_l2(b)] for a in members]
-
     def _set_neighbours(self, members: list[_Member]) -> None:
-        """Permanent neighbour entries for every same-bridge pair, each namespace in its own thread."""
+        """Permanent neighbour entries for every same-bridge pair, each namespace in its own thread.
+
+        Each namespace's entries are made as they are sent (generators, not lists): the
+        matrix is the only thing in memory that grows with the number of pairs.
+        """
         macs = _all_at_once([m.ns.submit(_mac, m.ns, m.interface) for m in members])
         mac = {m.name: found for m, found in zip(members, macs, strict=True)}
-        peers = self._same_l2(members)
-        _all_at_once([m.ns.submit(m.ns.set_neighbours, m.interface, [(p.ip, mac[p.name]) for p in ps]) for m, ps in zip(members, peers, strict=True) if ps])
+
+        def entries(a: _Member) -> Iterator[tuple[IPv4Address, str]]:
+            return ((b.ip, mac[b.name]) for b in members if b is not a and a.same_l2(b))
+
+        turns = threading.BoundedSemaphore(NEIGHBOUR_BATCHES)
+        _all_at_once([m.ns.submit(_in_turn, turns, m.ns.set_neighbours, m.interface, entries(m)) for m in members])
 
     def _clear_neighbours(self, members: list[_Member]) -> None:
-        peers = self._same_l2(members)
-        _all_at_once([m.ns.submit(m.ns.delete_neighbours, m.interface, [p.ip for p in ps]) for m, ps in zip(members, peers, strict=True) if ps])
+        def ips(a: _Member) -> Iterator[IPv4Address]:
+            return (b.ip for b in members if b is not a and a.same_l2(b))
+
+        turns = threading.BoundedSemaphore(NEIGHBOUR_BATCHES)
+        _all_at_once([m.ns.submit(_in_turn, turns, m.ns.delete_neighbours, m.interface, ips(m)) for m in members])
 
     def _probe(self, members: list[_Member], socks: list[socket.socket], want: list[list[bool]], seen: list[list[bool]]) -> dict[tuple[int, int], str]:
         """Two rounds: every pair, then the pairs that should have answered and did not."""
@@ -297,13 +307,18 @@ class Matrix:
                             answered += 1
                 return answered
 
-            cells = [(i, j) for i in range(n) for j in range(n) if i != j]
+            # Round one goes through every pair as it is generated; round two through a list of the few left.
+            cells: Sequence[tuple[int, int]] | None = None
             for attempt in range(2):
-                if not cells:
+                if cells is not None and not cells:
                     break
-                outstanding = sum(1 for i, j in cells if want[i][j])
-                blocked_too = outstanding < len(cells)  # a blocked cell must stay silent for the whole timeout
-                for k, (i, j) in enumerate(cells):
+                if cells is None:
+                    outstanding = sum(sum(row) for row in want)
+                    blocked_too = outstanding < n * (n - 1)  # a blocked cell must stay silent for the whole timeout
+                else:
+                    outstanding, blocked_too = len(cells), False
+                todo = ((i, j) for i in range(n) for j in range(n) if i != j) if cells is None else iter(cells)
+                for k, (i, j) in enumerate(todo):
                     try:
                         socks[i].sendto(packets[j], addresses[j])
                     except OSError as exc:
@@ -315,7 +330,7 @@ class Matrix:
                 deadline = time.perf_counter() + self.timeout
                 while (left := deadline - time.perf_counter()) > 0 and (outstanding > 0 or blocked_too):
                     outstanding -= drain(min(left, 0.02))
-                cells = [(i, j) for i, j in cells if want[i][j] and not seen[i][j] and (i, j) not in errors]
+                cells = [(i, j) for i in range(n) for j in range(n) if want[i][j] and not seen[i][j] and (i, j) not in errors]
         finally:
             poller.close()
         return errors
@@ -438,6 +453,13 @@ def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[bytes], 
     name = "destination unreachable" if kind == ICMP_UNREACH else "time exceeded"
     errors[(i, seq)] = f"ICMP {name} (code {data[ihl + 1]}) from {socket.inet_ntoa(data[12:16])}"
     return int(seq)
+
+
+def _in_turn(turns: threading.BoundedSemaphore, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn`` when a turn is free: the kernel applies neighbour changes one at a time anyway,
+    and a few batches in flight hold a few hundred requests, where all of them would hold N²."""
+    with turns:
+        fn(*args)
 
 
 def _mac(ns: Netns, interface: str) -> str:
