@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -27,7 +26,7 @@ from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, choose_backend, nft_missing, read_legacy, read_nft_chains
 from netcheck.ledger import RUN_DIR, Ledger, Undoer, undo_all
 from netcheck.naming import KernelNames, new_tag
-from netcheck.probes.capture import CaptureHub
+from netcheck.probes.capture import CaptureHub, CapturePoints
 from netcheck.services import ServiceHost
 from netcheck.waiting import WaitTimeout, wait_until
 
@@ -81,8 +80,7 @@ class Lab:
         self.rules: list[XRule] = []
         self.built = False
         self._kname: dict[str, str] = {}
-        self._captures: dict[str, CaptureHub] = {}
-        self._captures_lock = threading.Lock()
+        self._captures = CapturePoints(self.resolve_point)
         self._grouped: dict[str, int] = {}  # host-side links created in a link group (sandbox only)
 
     # ----------------------------------------------------------------- names
@@ -135,19 +133,14 @@ class Lab:
 
     def capture(self, point: str) -> CaptureHub:
         """The lab's persistent capture socket at ``point``, opened on first use."""
-        with self._captures_lock:
-            hub = self._captures.get(point)
-            if hub is None or not hub.started:
-                ns, kernel, spec_iface = self.resolve_point(point)
-                hub = CaptureHub(point, ns, spec_iface, kernel)
-                self._captures[point] = hub
-            return hub
+        return self._captures.get(point)
 
-    def close_captures(self) -> None:
-        with self._captures_lock:
-            for hub in self._captures.values():
-                hub.close()
-            self._captures.clear()
+    def release_held(self) -> None:
+        """Close what netcheck holds inside the namespaces (captures, services): they would keep them alive."""
+        self._captures.close()
+        if self.services is not None:
+            self.services.close()
+            self.services = None
 
     def point(self, container: str) -> str:
         """The capture point of a container's own interface."""
@@ -414,10 +407,7 @@ class Lab:
             self.ledger = None
             return
         errors: list[str] = []
-        self.close_captures()
-        if self.services is not None:
-            self.services.close()
-            self.services = None
+        self.release_held()
         host = next((ns for ns in self._ns if ns.label == "host"), None)
         # Close every worker but the host's, which watches the host-side links go.
         for ns in reversed(self._ns):

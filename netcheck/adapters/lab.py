@@ -303,10 +303,7 @@ class ExternalLab(Lab):
             super().teardown()
             return
         errors: list[str] = []
-        self.close_captures()
-        if self.services is not None:
-            self.services.close()
-            self.services = None
+        self.release_held()
         for ns in self._containers.values():
             with contextlib.suppress(Exception):
                 ns.close()

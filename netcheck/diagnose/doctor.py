@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
@@ -29,7 +28,7 @@ from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path
-from netcheck.probes.capture import CaptureHub
+from netcheck.probes.capture import CaptureHub, CapturePoints
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -55,8 +54,10 @@ class LiveLab:
     containers: dict[str, Netns]
     knames: dict[str, str] = field(default_factory=dict)  # spec name -> kernel name (host side)
     title: str = ""
-    _captures: dict[str, CaptureHub] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _captures: CapturePoints = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._captures = CapturePoints(self.resolve_point)
 
     def namespaces(self) -> dict[str, Netns]:
         out = {"host": self.host}
@@ -91,22 +92,13 @@ class LiveLab:
         return ns, iface or self.topology.container(label).interface, iface
 
     def capture(self, point: str) -> CaptureHub:
-        with self._lock:
-            hub = self._captures.get(point)
-            if hub is None or not hub.started:
-                ns, kernel, spec_iface = self.resolve_point(point)
-                hub = CaptureHub(point, ns, spec_iface, kernel)
-                self._captures[point] = hub
-            return hub
+        return self._captures.get(point)
 
     def point(self, container: str) -> str:
         return f"{container}:{self.topology.container(container).interface}"
 
     def close(self) -> None:
-        with self._lock:
-            for hub in self._captures.values():
-                hub.close()
-            self._captures.clear()
+        self._captures.close()
         for ns in self.namespaces().values():
             with contextlib.suppress(Exception):
                 ns.close()

@@ -239,6 +239,30 @@ class CaptureHub:
             self._buffer.clear()
 
 
+class CapturePoints:
+    """A lab's persistent capture points by name, opened on first use and closed together."""
+
+    def __init__(self, resolve: Callable[[str], tuple[Netns, str, str]]) -> None:
+        self._resolve = resolve  # point -> (namespace, kernel interface, spec interface)
+        self._hubs: dict[str, CaptureHub] = {}
+        self._lock = threading.Lock()
+
+    def get(self, point: str) -> CaptureHub:
+        with self._lock:
+            hub = self._hubs.get(point)
+            if hub is None or not hub.started:
+                ns, kernel, spec_iface = self._resolve(point)
+                hub = CaptureHub(point, ns, spec_iface, kernel)
+                self._hubs[point] = hub
+            return hub
+
+    def close(self) -> None:
+        with self._lock:
+            for hub in self._hubs.values():
+                hub.close()
+            self._hubs.clear()
+
+
 def _stamp(anc: list[tuple[int, int, bytes]]) -> float | None:
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
