@@ -330,13 +330,19 @@ def test_sigint_and_sigterm_tear_down_normally(sig, phase, run_dir, root_unchang
     assert not left.remaining(run_dir), f"left after {signal.Signals(sig).name}: {left.remaining(run_dir)}"
 
 
-def test_host_mode_run_killed_then_cleaned_from_its_namespace(run_dir, root_unchanged):
-    """A host-mode run changes the namespace it runs in; killed, clean restores it from inside it."""
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_host_mode_run_killed_then_cleaned_from_its_namespace(backend, run_dir, root_unchanged):
+    """A host-mode run changes the namespace it runs in; killed, clean restores it from inside it.
+
+    legacy: the host has legacy tables, so netcheck uses python-iptables (the kernel keeps the
+    tables it loads, empty: they are loaded beforehand); nft: the host has none, so netcheck
+    writes its rules with iptables-nft.
+    """
     with throwaway_netns() as name:
         ns = f"/run/netns/{name}"
-        # The kernel keeps the legacy tables python-iptables loads (empty) once they exist: load them first.
-        for table in ("filter", "nat"):
-            subprocess.run(["nsenter", f"--net={ns}", "iptables-legacy", "-w", "-t", table, "-S"], check=True, capture_output=True, timeout=30)
+        if backend == "legacy":
+            for table in ("filter", "nat"):
+                subprocess.run(["nsenter", f"--net={ns}", "iptables-legacy", "-w", "-t", table, "-S"], check=True, capture_output=True, timeout=30)
         before = snapshot(ns)
         child = driver(run_dir, "seed1", "--host-mode", "--hold-in", "probe", netns=ns)
         try:
