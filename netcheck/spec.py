@@ -16,8 +16,11 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # \Z: "$" would let a trailing newline through
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}\Z")
+# \Z: "$" would let a trailing newline through. No leading "-" or ".": a name is passed to tools
+# (podman, docker, ip) as an argument, where "-x" would read as an option.
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
+NETNS_PATH_RE = re.compile(r"^(/run/netns/|/var/run/netns/)[A-Za-z0-9_][A-Za-z0-9_.-]*\Z|^/proc/[0-9]+/ns/net\Z")
 BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])?\Z")  # a bare TOML key, or remote[0]
 SYSCTL_RE = re.compile(r"^net\.(ipv4|ipv6|bridge|core|netfilter)(\.[A-Za-z0-9_-]+)+\Z")
 DOC_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
@@ -331,8 +334,8 @@ class _Reader:
 
 def _name_fix(pattern: re.Pattern[str]) -> str:
     if pattern is IFNAME_RE:
-        return "use 1 to 15 characters from A-Z a-z 0-9 _ . -"
-    return "use 1 to 32 characters from A-Z a-z 0-9 _ . -"
+        return "use 1 to 15 characters from A-Z a-z 0-9 _ . -, not starting with - or ."
+    return "use 1 to 32 characters from A-Z a-z 0-9 _ . -, not starting with - or ."
 
 
 def _check_usable(r: _Reader, name: str, value: object, ip: IPv4Address, net: IPv4Network | None) -> None:
@@ -531,8 +534,8 @@ def _netns_path(r: _Reader, name: str) -> str | None:
     value = r.string(name, None)
     if value is None:
         return None
-    if not value.startswith("/") or "/../" in value + "/" or len(value) > 4096:
-        raise r.fail(name, value, "not an absolute path to a network namespace", 'write it as "/run/netns/NAME" or "/proc/PID/ns/net"')
+    if not NETNS_PATH_RE.match(value) or "/../" in value + "/":
+        raise r.fail(name, value, "not an absolute path to a network namespace (/run/netns/NAME or /proc/PID/ns/net)", 'write it as "/run/netns/NAME" or "/proc/PID/ns/net"')
     return str(value)
 
 

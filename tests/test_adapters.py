@@ -10,6 +10,7 @@ run 7 s. dockerd starts in about 0.4 s and stops in about 2.5 s; each lab starts
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,15 @@ def test_own_commands_use_the_labs_podman_and_docker(pytester: pytest.Pytester, 
     result = pytester.runpytest_inprocess(str(repo / "suites"), f"--netcheck-topology={tmp_path / f'{tool}.toml'}", *FLAGS)
     outcomes = result.parseoutcomes()
     assert not outcomes.get("failed") and not outcomes.get("error") and outcomes.get("passed", 0) >= 20, result.stdout.str()[-4000:]
+
+
+def test_a_cni_plugin_type_cannot_name_another_program(tmp_path: Path) -> None:
+    """A plugin's type names a binary of the CNI path; '../x' or '/bin/x' would run something else."""
+    from netcheck.adapters.cni import load_config
+
+    for bad in ("../../usr/bin/id", "/bin/sh", "-h"):
+        conf = tmp_path / "bad.conflist"
+        conf.write_text(json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}, {"type": bad}]}))
+        with pytest.raises(spec.SpecError) as info:
+            load_config(conf, "my.toml")
+        assert "plugins[1].type" in str(info.value) and "not a CNI plugin name" in str(info.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 CNI_PATHS = ("/usr/lib/cni", "/opt/cni/bin")
 INSTALL_HINT = "apt-get install -y --no-install-recommends containernetworking-plugins"
+
+
+PLUGIN_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 def cni_path() -> str | None:
@@ -48,6 +52,10 @@ def load_config(path: Path, source: str) -> dict[str, Any]:
     plugins = conf["plugins"]
     if not isinstance(plugins, list) or not plugins or not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in plugins):
         raise S.SpecError(source, "setup.config", str(path), "\"plugins\" must be a non-empty list of objects with a \"type\"", 'write "plugins": [{"type": "bridge", ...}]')
+    for i, p in enumerate(plugins):
+        if not PLUGIN_TYPE_RE.match(p["type"]):
+            # The type names a binary in the CNI path: no path of its own, so nothing else can run.
+            raise S.SpecError(source, f"setup.config: plugins[{i}].type", p["type"], "not a CNI plugin name", 'name a plugin of the CNI path, e.g. "bridge"')
     return conf
 
 
