@@ -32,11 +32,10 @@ from netcheck.waiting import WaitTimeout, wait_until
 
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 ECHO_PORT = 7
-# The host-side links of a sandbox lab come in link groups (the bridges and the uplink; the
-# containers' veths), so teardown deletes each group in one request: the kernel unregisters
-# them in one batch, where one link at a time costs 15-45 ms.
-BASE_GROUP = 0x6E62
-VETH_GROUP = 0x6E63
+# The host-side links of a sandbox lab (uplink, bridges, the containers' veths) share a link
+# group, so teardown deletes them in one request: the kernel unregisters them in one batch
+# and waits for one RCU grace period, where one link at a time costs 15-45 ms each.
+LINK_GROUP = 0x6E63
 # The wan end of the uplink gets an ifindex of its own: a veth whose ifindex equals its
 # peer's (2 and 2 in two new namespaces) has its operstate updated up to a second late.
 WAN_UPLINK_INDEX = 0x6E63
@@ -204,12 +203,12 @@ class Lab:
         assert self.ledger is not None
         self.ledger.record("link", netns=ns.name, name=name)
 
-    def _group(self, host_link: str, group: int) -> int | None:
+    def _group(self, host_link: str) -> int | None:
         """The link group a host-side link is created in; None in host mode (a real host's links are never deleted by group)."""
         if self.host_mode:
             return None
-        self._grouped[host_link] = group
-        return group
+        self._grouped[host_link] = LINK_GROUP
+        return LINK_GROUP
 
     def _build(self) -> None:
         """Build in three stages; setups made by other tools replace ``build_network``."""
@@ -244,7 +243,7 @@ class Lab:
 
         # uplink: host <-> wan, documentation addresses; "remote" addresses live on wan's lo.
         self._link(self.host, n.uplink)
-        group = self._group(n.uplink, BASE_GROUP)
+        group = self._group(n.uplink)
         self.wan.add_veths([VethSpec(n.wan_uplink, n.uplink, self.host, up=False, index=WAN_UPLINK_INDEX, peer_group=group)])
         self.host.add_address(n.uplink, t.host.address)
         self.host.set_link(n.uplink, up=True)
@@ -275,7 +274,7 @@ class Lab:
         for b in t.bridges:
             name = self.kname(b.name)
             self._link(self.host, name)
-            self.host.add_bridge(name, group=self._group(name, BASE_GROUP))
+            self.host.add_bridge(name, group=self._group(name))
             if b.address is not None:
                 self.host.add_address(name, b.address)
             self.host.set_link(name, up=True)
@@ -346,7 +345,7 @@ class Lab:
         for c in containers:
             veth = self.kname(c.host_veth)
             self._link(self.host, veth)
-            group = self._group(veth, VETH_GROUP)
+            group = self._group(veth)
             pairs.append(VethSpec(veth, c.interface, self._containers[c.name], master=bridges[c.bridge] if c.bridge else None, group=group, mtu=c.mtu))
         self.host.add_veths(pairs)
         routed = [(self.kname(c.host_veth), c.host_address) for c in containers if c.host_address is not None]
@@ -443,11 +442,13 @@ class Lab:
             raise LabError(f"teardown of lab {self.tag} left: " + "; ".join(errors) + " (try: netcheck clean)")
 
     def _undo_bulk(self, entries: list[dict[str, object]], undoer: Undoer, host: Netns | None) -> list[str]:
-        """``undo_all``, in reverse order, with each link group of the host deleted in one request.
+        """``undo_all``, in reverse order, with the lab's link group in the host deleted in one request.
 
-        The members of a group are recorded one after another, so the entries split into runs:
-        plain runs go to ``undo_all``, a group's run is one RTM_DELLINK. If that fails, its
-        links are deleted one by one.
+        The entries split into runs: plain runs go to ``undo_all``; the group is deleted when
+        its last-recorded run (the containers' veths) comes up, in one RTM_DELLINK, and its
+        earlier runs (the uplink and the bridges) are then already gone: they go before the
+        container namespaces instead of after, which nothing depends on. If the request
+        fails, the group's links are deleted one by one, in order.
         """
         if host is None or not self._grouped:
             return undo_all(entries, undoer)
@@ -460,15 +461,20 @@ class Lab:
             else:
                 runs.append((group, [e]))
         errors: list[str] = []
+        deleted: dict[int, bool] = {}
         for group, run in reversed(runs):
             if group is None:
                 # Entries inside a container namespace go with it, as undo_all skips them.
                 errors += undo_all([e for e in run if e["kind"] == "netns" or e.get("netns") not in owned], undoer)
                 continue
-            try:
-                host.delete_link_group(group)
-            except Exception as exc:  # noqa: BLE001 - fall back to one link at a time
-                errors.append(f"deleting link group {group} of lab {self.tag}: {exc}")
+            if group not in deleted:
+                try:
+                    host.delete_link_group(group)
+                    deleted[group] = True
+                except Exception as exc:  # noqa: BLE001 - fall back to one link at a time
+                    errors.append(f"deleting link group {group} of lab {self.tag}: {exc}")
+                    deleted[group] = False
+            if not deleted[group]:
                 errors += undo_all(run, undoer)
         return errors
 
