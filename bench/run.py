@@ -242,7 +242,12 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         raise SystemExit("bench/run.py builds network namespaces: run it as root (sudo .venv/bin/python bench/run.py)")
-    args.sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else ([10, 100] if args.quick else [10, 100, 250])
+    try:
+        args.sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else ([10, 100] if args.quick else [10, 100, 250])
+    except ValueError:
+        parser.error(f"--sizes {args.sizes}: give numbers of containers separated by commas, e.g. --sizes 10,100")
+    if any(not 2 <= n <= 1000 for n in args.sizes):
+        parser.error(f"--sizes {','.join(map(str, args.sizes))}: each size must be from 2 to 1000 containers")
     per_op_repeat = {n: (1 if n >= 250 or args.quick else min(args.repeat, 3)) for n in args.sizes}
     started = datetime.now(UTC)
     report: dict[str, Any] = {"date": started.isoformat(timespec="seconds"), "machine": _machine(), "repeat": args.repeat, "sizes": args.sizes, "build": {}, "matrix": {}}

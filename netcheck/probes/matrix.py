@@ -163,9 +163,12 @@ class Matrix:
 
     def bridge(self, bridge: str) -> MatrixResult:
         """All pairs of the containers on ``bridge`` (spec name), each expected to reach the other."""
-        members = [c.name for c in self.lab.topology.members(bridge)]
+        t = self.lab.topology
+        if bridge not in {b.name for b in t.bridges}:
+            raise MatrixError(f"{t.name} has no bridge {bridge!r} (its bridges: {', '.join(b.name for b in t.bridges) or 'none'})")
+        members = [c.name for c in t.members(bridge)]
         if len(members) < 2:
-            raise MatrixError(f"bridge {bridge!r} of {self.lab.topology.name} has {len(members)} container(s); a matrix needs two")
+            raise MatrixError(f"bridge {bridge!r} of {t.name} has {len(members)} container(s); a matrix needs two")
         return self.run(members, lambda _a, _b: True)
 
     def policy(self, names: Sequence[str] | None = None) -> MatrixResult:
