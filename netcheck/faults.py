@@ -193,6 +193,24 @@ def dnat_to_localhost(lab: Lab) -> None:
     _swap(lab, "PREROUTING", "DNAT", to_destination=f"127.0.0.1:{p.port}")
 
 
+def stray_publish(lab: Lab) -> None:
+    """A DNAT publishing a container's service port that the spec does not publish."""
+    t = lab.topology
+    published = {p.host_port for p in t.publishes}
+    c, port = next((c, s.port) for c in t.containers for s in c.services if s.protocol == "tcp" and s.port not in published)
+    assert c.address is not None
+    apply_rules(lab.host, [XRule("nat", "PREROUTING", "DNAT", dst=str(t.host.address.ip), protocol="tcp", dport=port, to_destination=f"{c.address.ip}:{port}", comment=lab.names.comment)])
+
+
+def stray_vip_port(lab: Lab) -> None:
+    """The VIP chain redirects one more port than the spec declares."""
+    v = lab.topology.vips[0]
+    c = lab.topology.container(v.container)
+    assert c.address is not None
+    rule = XRule("nat", v.chain, "DNAT", dst=str(v.address), protocol="tcp", dport=v.port + 1, to_destination=f"{c.address.ip}:{v.target_port}", comment=lab.names.comment)
+    apply_rules(lab.host, [rule])
+
+
 def rp_filter_strict(lab: Lab) -> None:
     """A second link to the outside world carries the replies back (asymmetric routing), and
     the host filters reverse paths strictly: the replies arrive where the route back does not go."""
@@ -220,6 +238,7 @@ BRIDGE_MATRIX = "suites/test_bridge.py::test_full_matrix_on_each_bridge"
 DNAT_HOST = "suites/test_dnat.py::test_published_port_reached_from_the_host"
 DNAT_OUTSIDE = "suites/test_dnat.py::test_published_port_reached_from_outside"
 DNAT_PATHS = "suites/test_dnat.py::test_source_address_seen_on_each_access_path"
+DNAT_UNPUBLISHED = "suites/test_dnat.py::test_unpublished_port_is_not_reachable"
 FORWARD_OUT = "suites/test_forwarding.py::test_container_reaches_the_outside_through_the_host"
 ISO_FRAMES = "suites/test_isolation.py::test_unicast_frames_stay_off_other_containers"
 ISO_LINKS = "suites/test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules"
@@ -228,6 +247,7 @@ MASQ_OUT = "suites/test_masquerade.py::test_outside_sees_the_host_uplink_address
 VETH_ENDS = "suites/test_veth.py::test_both_ends_up_addressed_and_same_mtu"
 VETH_LO = "suites/test_veth.py::test_container_loopback_carries_traffic"
 VIP_HOST = "suites/test_vip.py::test_vip_from_the_host"
+VIP_ONLY = "suites/test_vip.py::test_only_the_declared_vip_port_is_redirected"
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
@@ -255,6 +275,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("address-conflict", "two containers hold the same address", "seed1", BRIDGE_ARP, "ARP", "address_conflict", address_conflict),
     Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down),
     Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch),
+    Fault("stray-publish", "a DNAT publishes a container's service port that the spec does not publish",
+          "seed2", DNAT_UNPUBLISHED, "expected to be blocked", "stray_dnat", stray_publish),
+    Fault("stray-vip-port", "the VIP chain redirects a port the spec does not declare",
+          "seed2", VIP_ONLY, "expected to be blocked", "stray_dnat", stray_vip_port),
     Fault("rp-filter-strict", "replies come back by a second link (asymmetric routing) and the host's rp_filter is strict", "seed1", FORWARD_OUT, "198.51.100.1", "rp_filter_strict", rp_filter_strict),
     Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost),
 ]}

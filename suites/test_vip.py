@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netcheck import expect as promise
-from netcheck.checks import expect, seen
+from netcheck.checks import expect, not_seen, seen
 
 pytestmark = pytest.mark.netcheck_property("vip")
 
@@ -53,3 +53,19 @@ def test_vip_from_another_container(lab, probe):
                 seen(r, lab.point(o.name), dst=str(v.address))
                 seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
                 seen(r, lab.point(o.name), role="reply", src=str(v.address))
+
+
+def test_only_the_declared_vip_port_is_redirected(lab, probe):
+    """No stray redirect: the VIP's other ports (or, without a VIP, a VIP-like address) reach no container.
+
+    Runs on every topology: the probe is seen leaving the host, and never inside a container.
+    """
+    t = lab.topology
+    targets = [(v.address, v.port + 1) for v in t.vips] or [("10.100.100.100", 8080)]
+    points = [f"host:{t.host.uplink}", *(lab.point(c.name) for c in t.containers)]
+    for address, port in targets:
+        r = expect(probe.tcp("host", address, port, expect="block", capture=points))
+        for c in t.containers:
+            not_seen(r, lab.point(c.name))
+        # Not redirected, so it follows the host's route: out of the uplink, to nobody.
+        seen(r, f"host:{t.host.uplink}", dst=str(address), dport=port)

@@ -180,6 +180,8 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
     elif dst in {str(t.wan.address.ip), *(str(r.ip) for r in t.wan.remote)}:
         via = "outside"
         target = None
+    elif ip is not None and target is None and not any(ip in net for net in _lab_networks(t)):
+        via = "outside"  # an address the lab does not hold follows the default route: out of the uplink
     if target in ("host", "wan", "host-loopback"):
         target = None
     if target is not None and taddr is None and target in by_addr.values():
@@ -188,6 +190,13 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
         kind=result.kind, proto=proto, source=result.source, src_addr=result.source_address, dst_addr=dst, dport=port,
         expected=result.expected, target=target, target_addr=taddr, target_port=tport, via=via, nat_chain=chain,
     )
+
+
+def _lab_networks(t: S.Topology) -> list[IPv4Network]:
+    """The subnets of the lab's bridges and routed veths."""
+    nets = [b.address.network for b in t.bridges if b.address is not None]
+    nets += [c.host_address.network for c in t.containers if c.host_address is not None]
+    return nets
 
 
 def _addr(t: S.Topology, container: str) -> str | None:

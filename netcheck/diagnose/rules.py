@@ -809,6 +809,29 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
 
 
 @rule
+def stray_dnat(ev: Evidence) -> Iterator[Finding]:
+    """A flow that must be blocked was redirected into the lab by a DNAT the spec does not declare."""
+    f, r = ev.flow, ev.result
+    if f is None or r is None or f.expected != "block" or r.verdict in ("unreachable", "inconclusive"):
+        return
+    for placed, n in ev.matched:
+        if placed.rule.target != "DNAT":
+            continue
+        to = placed.rule.to_destination or "?"
+        addr, _port = _split_to(placed.rule.to_destination)
+        if addr and IPv4Address(addr) in LOOPBACK:
+            continue  # the loopback case is route_localnet_exposed's
+        who = r.replied_by or "a container"
+        yield Finding(
+            "stray_dnat", "host",
+            f"host: `{placed.render()}` redirects {f.dst_addr}:{f.dport} to {to}, which the spec neither publishes nor declares as a VIP: "
+            f"a flow that must be blocked reached {who}",
+            ev.iptables(placed.backend, placed.rule.render().replace(" -A ", " -D ", 1)),
+            (f"its counter grew by {n} during the repeated probe",), score=90,
+        )
+
+
+@rule
 def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
     f = ev.flow
     containers = {c.name for c in ev.t.containers}

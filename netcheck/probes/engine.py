@@ -189,22 +189,29 @@ class Prober:
         src_addr = ""
         t0 = time.time()
         start = time.perf_counter()
+        connected = False
         try:
             sock.settimeout(timeout)
             sock.connect((dst, port))
+            connected = True
             src_addr = sock.getsockname()[0]
             sock.sendall(request)
             data = _read_all(sock, timeout)
             rtt = (time.perf_counter() - start) * 1000
             reply, replied_by, saw = _parse_reply(data)
             if replied_by is None:
-                verdict, error = "unreachable", f"connected, but the reply was not a netcheck service's: {data[:80]!r}"
+                # The port is open, but whatever answered is not the service netcheck expects there.
+                verdict, error = "wrong-target", f"connected, but the reply was not a netcheck service's: {data[:80]!r}"
             elif target is not None and replied_by != target:
                 verdict = "wrong-target"
             else:
                 verdict = "reached"
         except TimeoutError:
-            error = f"no answer within {timeout:g}s (the SYN or its reply was lost)"
+            if connected:
+                verdict = "wrong-target"
+                error = f"connected (the handshake completed), but no netcheck service answered within {timeout:g}s: something else holds {dst}:{port}"
+            else:
+                error = f"no answer within {timeout:g}s (the SYN or its reply was lost)"
         except ConnectionRefusedError:
             error = "connection refused: a RST came back (nothing listening, or a REJECT rule)"
         except OSError as exc:
