@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from netcheck.evidence import Capture, Diagnosis, Expectation, ProbeResult, Verdict
 from netcheck.kernel.netns import Netns
-from netcheck.probes.capture import CaptureHub, arp_flow, icmp_flow, port_flow
+from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, icmp_flow, port_flow
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -143,10 +143,7 @@ class Prober:
         finally:
             if sock is not None:
                 sock.close()
-        captures = tuple(c.collect(icmp_flow(ident), t0) for c in caps)
-        if any(not c.started for c in captures):
-            verdict = "inconclusive"
-            error = (error + "; " if error else "") + "a capture did not start: " + ", ".join(f"{c.point}" for c in captures if not c.started)
+        captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
         if not src_addr:
             src_addr = self._source_address(src, ns, dst, captures)
         return ProbeResult(
@@ -219,10 +216,7 @@ class Prober:
         finally:
             sock.close()
         proto = "http" if http else "tcp"
-        captures = tuple(c.collect(port_flow("tcp", eport), t0) for c in caps)
-        if any(not c.started for c in captures):
-            verdict = "inconclusive"
-            error = (error + "; " if error else "") + "a capture did not start: " + ", ".join(f"{c.point}" for c in captures if not c.started)
+        captures, verdict, error = _collect(caps, port_flow("tcp", eport), t0, verdict, error)
         if not src_addr:
             src_addr = self._source_address(src, ns, dst, captures)
         return ProbeResult(
@@ -261,10 +255,7 @@ class Prober:
         finally:
             src_addr = _sockname(sock)
             sock.close()
-        captures = tuple(c.collect(port_flow("udp", eport), t0) for c in caps)
-        if any(not c.started for c in captures):
-            verdict = "inconclusive"
-            error = (error + "; " if error else "") + "a capture did not start: " + ", ".join(f"{c.point}" for c in captures if not c.started)
+        captures, verdict, error = _collect(caps, port_flow("udp", eport), t0, verdict, error)
         return ProbeResult(
             kind="udp", topology=self.lab.topology.name, source=src, source_interface=iface, source_address=src_addr or self._source_address(src, ns, dst, captures),
             destination=f"{dst}:{port}", sent=f"UDP echo token={token} from port {eport}", expected=expect, verdict=verdict,
@@ -379,6 +370,16 @@ class _Counter:
         with self._lock:
             self._value = (self._value + 1) & 0xFFFF or 1
             return self._value
+
+
+def _collect(caps: Sequence[CaptureHub], match: Matcher, t0: float, verdict: Verdict, error: str | None) -> tuple[tuple[Capture, ...], Verdict, str | None]:
+    """Each capture point's packets of the probe; a point that did not start makes it inconclusive."""
+    captures = tuple(c.collect(match, t0) for c in caps)
+    idle = [c.point for c in captures if not c.started]
+    if idle:
+        verdict = "inconclusive"
+        error = (error + "; " if error else "") + "a capture did not start: " + ", ".join(idle)
+    return captures, verdict, error
 
 
 def _timeout(timeout: float | None, expect: Expectation) -> float:
