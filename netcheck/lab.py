@@ -254,11 +254,13 @@ class Lab:
         self.host.wait_links_up([n.uplink])
         self.wan.wait_links_up([n.wan_uplink])
         if self.host_mode:
-            # Never take over a real host's default route: route only netcheck's own remote addresses.
-            for remote in t.wan.remote:
+            # Never take over a real host's default route: route only netcheck's own remote
+            # addresses, and the VIPs (a VIP packet that no rule redirects then lands in the
+            # outside-world namespace instead of leaving the machine).
+            for dst in self.owned_routes():
                 assert self.ledger is not None
-                self.ledger.record("route", netns=None, dst=str(remote.network))
-                self.host.add_route(remote.network, t.host.gateway)
+                self.ledger.record("route", netns=None, dst=str(dst))
+                self.host.add_route(dst, t.host.gateway)
         else:
             self.host.add_route(DEFAULT_ROUTE, t.host.gateway)
         for r in t.wan.routes:
@@ -267,6 +269,20 @@ class Lab:
     def base_sysctls(self) -> dict[str, int]:
         """The sandbox host's sysctls before the network is built: ip_forward off, then the spec's."""
         return {"net.ipv4.ip_forward": 0, **dict(self.topology.host.sysctls)}
+
+    def owned_routes(self) -> list[IPv4Network]:
+        """In host mode, the destinations the host routes into netcheck's outside world."""
+        t = self.topology
+        return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
+
+    def holds(self, address: IPv4Address) -> bool:
+        """Is ``address`` inside the namespaces of this lab (so a probe to it cannot leave the machine)?"""
+        t = self.topology
+        nets = [t.host.address.network, *self.owned_routes(), IPv4Network("127.0.0.0/8")]
+        nets += [b.address.network for b in t.bridges if b.address is not None]
+        nets += [c.address.network for c in t.containers if c.address is not None]
+        nets += [c.host_address.network for c in t.containers if c.host_address is not None]
+        return any(address in n for n in nets)
 
     def build_network(self) -> None:
         """Bridges, containers, their routes, and the host's iptables rules, as the spec says."""

@@ -61,6 +61,8 @@ def test_only_the_declared_vip_port_is_redirected(lab, probe):
     Runs on every topology: the probe is seen leaving the host, and never inside a container.
     """
     t = lab.topology
+    if not t.vips and lab.host_mode:
+        pytest.skip("host mode: an address that is no VIP follows the host's own routes, off this machine")
     targets = [(v.address, v.port + 1) for v in t.vips] or [("10.100.100.100", 8080)]
     points = [f"host:{t.host.uplink}", *(lab.point(c.name) for c in t.containers)]
     for address, port in targets:

@@ -113,3 +113,16 @@ def test_capture_that_starts_on_the_retry_gives_a_conclusive_result(seed1_lab, m
     assert opened == [point, point]
     assert r.verdict == "reached" and r.passed, r
     assert r.capture(point).started and r.capture(point).packets
+
+
+def test_host_mode_probes_never_leave_for_addresses_the_lab_does_not_hold() -> None:
+    """In host mode the host's own routes lead off the machine: such a probe is refused, unsent."""
+    from types import SimpleNamespace
+
+    from netcheck.probes.engine import Prober, ProbeRefused
+
+    lab = SimpleNamespace(host_mode=True, holds=lambda _address: False)
+    prober = Prober(lab)  # type: ignore[arg-type]
+    for send in (lambda: prober.icmp("host", "198.18.0.9"), lambda: prober.tcp("host", "198.18.0.9", 80), lambda: prober.udp("host", "198.18.0.9")):
+        with pytest.raises(ProbeRefused, match="could leave this machine"):
+            send()

@@ -31,6 +31,10 @@ POSITIVE_TIMEOUT = 1.0
 NEGATIVE_TIMEOUT = 0.3
 
 
+class ProbeRefused(RuntimeError):
+    """A probe that could send a packet off the machine (host mode) is never sent."""
+
+
 class Diagnoser(Protocol):
     def __call__(self, lab: Lab, result: ProbeResult) -> Diagnosis: ...
 
@@ -56,6 +60,11 @@ class Prober:
         self._ids = _Counter(os.getpid() & 0x7FFF)
 
     # ----------------------------------------------------------------- endpoints
+
+    def _guard(self, dst: str) -> None:
+        """In host mode the host's own routes lead off the machine: send only to what the lab holds."""
+        if getattr(self.lab, "host_mode", False) and not self.lab.holds(IPv4Address(dst)):
+            raise ProbeRefused(f"refusing to probe {dst} in host mode: the lab does not hold that address, so the packet could leave this machine")
 
     def _source(self, src: str) -> tuple[Netns, str]:
         """The namespace and the interface a probe leaves from."""
@@ -94,6 +103,7 @@ class Prober:
         return self._retry_inconclusive(lambda: self._icmp(src, str(dst), expect, target, capture, _timeout(timeout, expect), ttl))
 
     def _icmp(self, src: str, dst: str, expect: Expectation, target: str | None, points: Sequence[str], timeout: float, ttl: int | None) -> ProbeResult:
+        self._guard(dst)
         ns, iface = self._source(src)
         ident = self._ids.next()
         token = f"netcheck-{ident:04x}".encode()
@@ -172,6 +182,7 @@ class Prober:
         return self._retry_inconclusive(lambda: self._datagram(src, str(dst), port, expect, target, capture, _timeout(timeout, expect)))
 
     def _stream(self, src: str, dst: str, port: int, expect: Expectation, target: str | None, points: Sequence[str], timeout: float, http: bool) -> ProbeResult:
+        self._guard(dst)
         ns, iface = self._source(src)
         token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
         request = (f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n" if http else f"netcheck-probe token={token}\n").encode()
@@ -227,6 +238,7 @@ class Prober:
         )
 
     def _datagram(self, src: str, dst: str, port: int, expect: Expectation, target: str | None, points: Sequence[str], timeout: float) -> ProbeResult:
+        self._guard(dst)
         ns, iface = self._source(src)
         token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
         sock = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
