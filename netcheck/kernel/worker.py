@@ -84,8 +84,9 @@ class NamespaceWorker:
         self.state: dict[str, Any] = {}  # per-thread resources, e.g. an IPRoute socket
         self._closers: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._main, args=(create,), name=f"netns:{label}", daemon=True)
-        self._thread.start()
         try:
+            # start() inside the try: a Ctrl-C landing just after the thread starts is handled too.
+            self._thread.start()
             self._ready.result()
         except BaseException:
             # Failed, or interrupted (Ctrl-C) while entering: never leave the thread parked in the
