@@ -218,13 +218,7 @@ class Lab:
         self.start_all_services()
 
     def map_names(self) -> None:
-        t, n = self.topology, self.names
-        self._kname[t.host.uplink] = n.uplink
-        for i, b in enumerate(t.bridges):
-            self._kname[b.name] = n.bridge(i)
-        for i, c in enumerate(t.containers):
-            if c.host_veth:
-                self._kname[c.host_veth] = n.host_veth(i)
+        self._kname.update(self.names.host_interfaces(self.topology))
 
     def build_base(self) -> None:
         """The host and the outside world: namespaces, uplink, sysctls, the host's default route."""

@@ -6,6 +6,10 @@ import os
 import secrets
 import string
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netcheck.spec import Topology
 
 IFNAMSIZ = 15
 TAG_PREFIX = "nc"
@@ -55,6 +59,16 @@ class KernelNames:
     @property
     def wan_uplink(self) -> str:
         return f"{self.tag}wn"
+
+    def host_interfaces(self, topology: Topology) -> dict[str, str]:
+        """Spec name -> kernel name of a topology's host-side interfaces: uplink, bridges, veths."""
+        out = {topology.host.uplink: self.uplink}
+        for i, b in enumerate(topology.bridges):
+            out[b.name] = self.bridge(i)
+        for i, c in enumerate(topology.containers):
+            if c.host_veth:
+                out[c.host_veth] = self.host_veth(i)
+        return out
 
     @property
     def comment(self) -> str:

@@ -32,6 +32,8 @@ NETNS_DIR = Path("/run/netns")
 # Lines that differ between two runs of a save command without any change of state.
 _COMMENT = re.compile(r"^#.*$", re.M)
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
+_NFT_COUNTERS = re.compile(r"counter packets \d+ bytes \d+")
+_TIMERS = re.compile(r"\b(\w+_timer)\s+[\d.]+")  # a bridge's running timers in ip -d link
 _LIFETIMES = re.compile(r"\s*(valid_lft|preferred_lft) \S+")
 
 
@@ -45,19 +47,19 @@ def _run(argv: list[str], netns: str | None) -> str:
 def snapshot(netns: str | None = None, *, neighbours: bool = True) -> dict[str, str]:
     """The state of a network namespace (a path such as /run/netns/X; None: this one).
 
-    Counters, comments with timestamps and address lifetimes are left out: they change
-    without anyone changing the namespace. ``neighbours=False`` leaves out the ARP table
+    Counters, comments with timestamps, running timers and address lifetimes are left out:
+    they change without anyone changing the namespace. ``neighbours=False`` leaves out the ARP table
     (the root namespace's changes with the machine's own traffic).
     """
     snap = {
-        "links": _run(["ip", "-d", "link", "show"], netns),
-        "addresses": _LIFETIMES.sub("", _run(["ip", "-d", "addr", "show"], netns)),
+        "links": _TIMERS.sub(r"\1 *", _run(["ip", "-d", "link", "show"], netns)),
+        "addresses": _TIMERS.sub(r"\1 *", _LIFETIMES.sub("", _run(["ip", "-d", "addr", "show"], netns))),
         "routes": _run(["ip", "route", "show", "table", "all"], netns),
         "rules": _run(["ip", "rule", "show"], netns),
         "sysctls": _run(["sysctl", "-a", "--pattern", r"^net\.(ipv4|bridge)\."], netns),
         "iptables-legacy-save": _COUNTERS.sub("", _COMMENT.sub("", _run(["iptables-legacy-save"], netns))),
         "iptables-nft-save": _COUNTERS.sub("", _COMMENT.sub("", _run(["iptables-nft-save"], netns))),
-        "nft list ruleset": _run(["nft", "list", "ruleset"], netns),
+        "nft list ruleset": _NFT_COUNTERS.sub("counter", _run(["nft", "list", "ruleset"], netns)),
     }
     if neighbours:
         snap["neighbours"] = _run(["ip", "neigh", "show"], netns)

@@ -19,15 +19,14 @@ Cost on 2 cores: about 21 s (four suite runs, one dockerd start and stop).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
-import re
 import secrets
 import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import hoststate
 import pytest
 
 from netcheck.adapters.docker import docker_cli
@@ -40,11 +39,6 @@ pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[1]
 PYTEST = str(REPO / ".venv" / "bin" / "pytest") if (REPO / ".venv" / "bin" / "pytest").exists() else "pytest"
 
-_COMMENT = re.compile(r"^#.*\n?", re.M)
-_SAVE_COUNTERS = re.compile(r"\[\d+:\d+\]")
-_NFT_COUNTERS = re.compile(r"counter packets \d+ bytes \d+")
-_TIMERS = re.compile(r"\b(\w+_timer)\s+[\d.]+")
-_LIFETIMES = re.compile(r"\s*(valid_lft|preferred_lft) \S+")
 
 
 def _run(argv: list[str], netns: str | None = None, *, check: bool = True) -> str:
@@ -57,29 +51,11 @@ def _run(argv: list[str], netns: str | None = None, *, check: bool = True) -> st
 
 
 def snapshot(netns: str) -> dict[str, str]:
-    """The configuration of a namespace (a path), read from outside it."""
-    def get(*argv: str) -> str:
-        return _run(list(argv), netns, check=False)
-
-    return {
-        "ip -d link": _TIMERS.sub(r"\1 *", get("ip", "-d", "link", "show")),
-        "ip addr": _TIMERS.sub(r"\1 *", _LIFETIMES.sub("", get("ip", "-d", "addr", "show"))),
-        "ip route": get("ip", "route", "show", "table", "all"),
-        "ip rule": get("ip", "rule", "show"),
-        "iptables-legacy-save": _SAVE_COUNTERS.sub("", _COMMENT.sub("", get("iptables-legacy-save"))),
-        "iptables-nft-save": _SAVE_COUNTERS.sub("", _COMMENT.sub("", get("iptables-nft-save"))),
-        "nft list ruleset": _NFT_COUNTERS.sub("counter", get("nft", "list", "ruleset")),
-        "sysctl net.ipv4 net.bridge": get("sysctl", "-a", "--pattern", r"^net\.(ipv4|bridge)\."),
-    }
+    """The namespace's configuration, read from outside (its ARP cache is traffic, not configuration)."""
+    return hoststate.snapshot(netns, neighbours=False)
 
 
-def difference(before: dict[str, str], after: dict[str, str]) -> str:
-    out = []
-    for key, text in before.items():
-        if text != after[key]:
-            lines = difflib.unified_diff(text.splitlines(), after[key].splitlines(), "before", "after", lineterm="", n=1)
-            out.append(f"--- {key} changed:\n" + "\n".join(lines))
-    return "\n".join(out)
+difference = hoststate.diff
 
 
 @contextlib.contextmanager

@@ -123,6 +123,19 @@ def _attach(name: str, label: str) -> Netns:
         raise DoctorError(f"cannot enter namespace {name}: {exc}") from None
 
 
+@contextlib.contextmanager
+def _closed_on_error() -> Iterator[list[Netns]]:
+    """Collects the namespaces a function opens; if it fails, their threads are closed again."""
+    opened: list[Netns] = []
+    try:
+        yield opened
+    except BaseException:
+        for ns in opened:
+            with contextlib.suppress(Exception):
+                ns.close()
+        raise
+
+
 def open_tag(tag: str) -> LiveLab:
     """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept."""
     from netcheck.ledger import list_records
@@ -135,8 +148,7 @@ def open_tag(tag: str) -> LiveLab:
     names = [n for n in names if os.path.exists(netns_path(n))]
     kn = KernelNames(tag)
     topo = _spec_for(record.header)
-    opened: list[Netns] = []
-    try:
+    with _closed_on_error() as opened:
         host = Netns.current("host") if record.header.get("mode") == "host" else _attach(kn.host_ns, "host")
         opened.append(host)
         wan = _attach(kn.wan_ns, "wan") if kn.wan_ns in names else None
@@ -151,15 +163,10 @@ def open_tag(tag: str) -> LiveLab:
             containers[label] = _attach(n, label)
             opened.append(containers[label])
         if topo is not None:
-            knames = _builder_names(topo, kn)
+            knames = kn.host_interfaces(topo)
             return LiveLab(topo, host, wan, containers, knames, title=f"lab {tag} (topology {topo.name}, {'live' if record.alive else 'kept, its run has ended'})")
         topo, knames = discover(host, containers, wan)
         return LiveLab(topo, host, wan, containers, knames, title=f"lab {tag} (topology {record.header.get('topology', '?')}: spec not found, discovered from the kernel)")
-    except BaseException:
-        for ns in opened:
-            with contextlib.suppress(Exception):
-                ns.close()
-        raise
 
 
 def _spec_for(header: dict[str, object]) -> S.Topology | None:
@@ -174,24 +181,9 @@ def _spec_for(header: dict[str, object]) -> S.Topology | None:
     return None
 
 
-def _builder_names(t: S.Topology, kn: object) -> dict[str, str]:
-    """The kernel names netcheck's builder gives a topology's host interfaces (Lab.map_names)."""
-    from netcheck.naming import KernelNames
-
-    assert isinstance(kn, KernelNames)
-    out = {t.host.uplink: kn.uplink}
-    for i, b in enumerate(t.bridges):
-        out[b.name] = kn.bridge(i)
-    for i, c in enumerate(t.containers):
-        if c.host_veth:
-            out[c.host_veth] = kn.host_veth(i)
-    return out
-
-
 def open_namespaces(names: list[str], host_netns: str | None) -> LiveLab:
     """Namespaces named on the command line; ``host_netns`` plays the host (default: this namespace)."""
-    opened: list[Netns] = []
-    try:
+    with _closed_on_error() as opened:
         host = _attach(host_netns, "host") if host_netns else Netns.current("host")
         opened.append(host)
         containers = {}
@@ -201,11 +193,6 @@ def open_namespaces(names: list[str], host_netns: str | None) -> LiveLab:
         topo, knames = discover(host, containers, None)
         where = f"host netns {host_netns}" if host_netns else "this namespace as the host"
         return LiveLab(topo, host, None, containers, knames, title=f"namespaces {', '.join(names)} ({where}; topology discovered from the kernel)")
-    except BaseException:
-        for ns in opened:
-            with contextlib.suppress(Exception):
-                ns.close()
-        raise
 
 
 def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[S.Topology, dict[str, str]]:
