@@ -101,14 +101,15 @@ def side(lab: LabView, container: str) -> Side:
     """A container's host side: spec names from the topology, kernel names from the lab."""
     c = lab.topology.container(container)
     veth = c.host_veth or None
-    veth_k = _kname(lab, veth) if veth else discover_veth(lab, container)
+    veth_k = kname_or_none(lab, veth) if veth else discover_veth(lab, container)
     if veth is None and veth_k is not None:
         veth = lab.spec_name(veth_k)
-    bridge_k = _kname(lab, c.bridge) if c.bridge else None
+    bridge_k = kname_or_none(lab, c.bridge) if c.bridge else None
     return Side(container, c.interface, str(c.address.ip) if c.address else None, veth, veth_k, c.bridge, bridge_k)
 
 
-def _kname(lab: LabView, name: str) -> str | None:
+def kname_or_none(lab: LabView, name: str) -> str | None:
+    """The kernel name of a host interface given by its spec name, or None if the lab has none."""
     try:
         return lab.kname(name)
     except KeyError:
@@ -208,7 +209,7 @@ def expected_route(lab: LabView, flow: Flow) -> Route:
     """The capture points the probe should cross, in order, and how the host handles it."""
     t = lab.topology
     names = {c.name for c in t.containers}
-    up, up_k = t.host.uplink, _kname(lab, t.host.uplink)
+    up, up_k = t.host.uplink, kname_or_none(lab, t.host.uplink)
     pts: list[str] = []
     routed = bridged = False
     in_iface = out_iface = None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, matches
-from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, side
+from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
 from netcheck.evidence import Finding, Hop, Packet, ProbeResult
 from netcheck.kernel.xtables import XRule
@@ -163,10 +163,10 @@ def _spec_links(ev: Evidence) -> list[tuple[str, str, str, str | None]]:
         if s is not None and s.veth_k:
             out.append(("host", s.veth_k, f"the host end of {c.name}'s veth", c.name))
     for b in t.bridges:
-        k = _kname(ev, b.name)
+        k = kname_or_none(ev.lab, b.name)
         if k:
             out.append(("host", k, "the bridge", None))
-    up = _kname(ev, t.host.uplink)
+    up = kname_or_none(ev.lab, t.host.uplink)
     if up:
         out.append(("host", up, "the host's uplink", None))
     wan = ev.snap.ns("wan")
@@ -175,13 +175,6 @@ def _spec_links(ev: Evidence) -> list[tuple[str, str, str, str | None]]:
             if link.kind == "veth":
                 out.append(("wan", link.name, "the outside world's end of the uplink", None))
     return out
-
-
-def _kname(ev: Evidence, spec_name: str) -> str | None:
-    try:
-        return ev.lab.kname(spec_name)
-    except KeyError:
-        return None
 
 
 def _path_links(ev: Evidence) -> set[tuple[str, str]]:
@@ -629,11 +622,16 @@ def _spec_masq(ev: Evidence, container: str) -> str:
     """The MASQUERADE rule the spec declares for a container, in kernel names (or a generic one)."""
     t = ev.t
     c = t.container(container)
-    up = _kname(ev, t.host.uplink) or t.host.uplink
+    up = kname_or_none(ev.lab, t.host.uplink) or t.host.uplink
     for m in t.masquerades:
         if c.address is not None and m.source is not None and c.address.ip not in m.source:
             continue
-        out = (_kname(ev, m.out_interface) or m.out_interface) if m.out_interface else ("!" + (_kname(ev, m.not_out_interface) or m.not_out_interface) if m.not_out_interface else None)
+        if m.out_interface:
+            out: str | None = kname_or_none(ev.lab, m.out_interface) or m.out_interface
+        elif m.not_out_interface:
+            out = "!" + (kname_or_none(ev.lab, m.not_out_interface) or m.not_out_interface)
+        else:
+            out = None
         return XRule("nat", "POSTROUTING", "MASQUERADE", src=str(m.source) if m.source else None, out_interface=out).render()
     src = str(c.address.network) if c.address is not None else None
     return XRule("nat", "POSTROUTING", "MASQUERADE", src=src, out_interface=up).render()
@@ -644,7 +642,7 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
     f, r = ev.flow, ev.route
     containers = {c.name for c in ev.t.containers}
     flows: list[tuple[str, str, str | None, str | None, bool]] = []  # (container, address, in, out, confirmed)
-    up = _kname(ev, ev.t.host.uplink)
+    up = kname_or_none(ev.lab, ev.t.host.uplink)
     if f is not None and r is not None:
         if f.source in containers and f.via == "outside" and f.proto != "arp":
             at_wan = ev.seen("wan:uplink")
@@ -715,7 +713,7 @@ def _dnat_flows(ev: Evidence) -> list[Flow]:
 
 def _in_iface(ev: Evidence, f: Flow) -> str | None:
     if f.source == "wan":
-        return _kname(ev, ev.t.host.uplink)
+        return kname_or_none(ev.lab, ev.t.host.uplink)
     s = ev.side(f.source)
     return s.l3 if s is not None else None
 
