@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,21 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# An inner session of suite tests, run in this process: no cache, no xdist, and no warning that
+# netcheck (already imported by this session) cannot be assertion-rewritten again.
+INNER_FLAGS = ("-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::pytest.PytestAssertRewriteWarning")
+
+
+@pytest.fixture
+def run_suites(pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
+    """Run suite tests in an inner pytest session: ``run_suites(path, *options, report="none")``."""
+
+    def run(*args: str, report: str = "none") -> pytest.RunResult:
+        return pytester.runpytest_inprocess(*args, f"--netcheck-report={report}", *INNER_FLAGS)
+
+    return run
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TOOLS = ("script-tutorial1", "script-tutorial2", "cni", "netavark", "podman", "docker")
-FLAGS = ("--netcheck-report=none", "-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::pytest.PytestAssertRewriteWarning")
 
 
 def example(name: str) -> Path:
@@ -35,9 +34,9 @@ def example(name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", TOOLS)
-def test_suites_pass_on_what_the_tool_made(pytester: pytest.Pytester, repo: Path, name: str) -> None:
+def test_suites_pass_on_what_the_tool_made(run_suites, repo: Path, name: str) -> None:
     path = example(name)
-    result = pytester.runpytest_inprocess(str(repo / "suites"), f"--netcheck-topology={path}", *FLAGS)
+    result = run_suites(str(repo / "suites"), f"--netcheck-topology={path}")
     outcomes = result.parseoutcomes()
     out = result.stdout.str()
     assert not outcomes.get("failed") and not outcomes.get("error"), f"{name}: the suites failed on what the tool made:\n{out[-4000:]}"
@@ -57,12 +56,12 @@ FAULT_CASES = [
 
 
 @pytest.mark.parametrize(("name", "fault", "suite_test", "phrase", "causes", "gap"), FAULT_CASES, ids=[f"{c[0]}-{c[1]}" for c in FAULT_CASES])
-def test_fault_after_the_tools_setup_is_detected(pytester: pytest.Pytester, repo: Path, monkeypatch: pytest.MonkeyPatch,
+def test_fault_after_the_tools_setup_is_detected(run_suites, repo: Path, monkeypatch: pytest.MonkeyPatch,
                                                  name: str, fault: str, suite_test: str, phrase: str, causes: tuple[str, ...], gap: str) -> None:
     path = example(name)
     for key, f in EXTERNAL_FAULTS.items():
         monkeypatch.setitem(FAULTS, key, f)
-    result = pytester.runpytest_inprocess(str(repo / suite_test), f"--netcheck-topology={path}", f"--netcheck-fault={fault}", *FLAGS)
+    result = run_suites(str(repo / suite_test), f"--netcheck-topology={path}", f"--netcheck-fault={fault}")
     out = result.stdout.str()
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 1 and not outcomes.get("error"), f"{name}: fault {fault} did not fail {suite_test}:\n{out[-4000:]}"
@@ -80,7 +79,7 @@ OWN_COMMANDS = {
 
 
 @pytest.mark.parametrize("tool", sorted(OWN_COMMANDS))
-def test_own_commands_use_the_labs_podman_and_docker(pytester: pytest.Pytester, repo: Path, tmp_path: Path, tool: str) -> None:
+def test_own_commands_use_the_labs_podman_and_docker(run_suites, repo: Path, tmp_path: Path, tool: str) -> None:
     """With [setup] command, the user's own `podman run` / `docker run` lines make the containers,
     through the environment netcheck gives them (the lab's dockerd, the lab's Podman configuration)."""
     example(tool)
@@ -90,7 +89,7 @@ def test_own_commands_use_the_labs_podman_and_docker(pytester: pytest.Pytester, 
     (tmp_path / "run.sh").write_text("\n".join(lines) + "\n")
     text = (EXAMPLES / f"{tool}.toml").read_text().replace(f'mode = "{tool}"', f'mode = "{tool}"\ncommand = ["sh", "run.sh"]', 1)
     (tmp_path / f"{tool}.toml").write_text(text)
-    result = pytester.runpytest_inprocess(str(repo / "suites"), f"--netcheck-topology={tmp_path / f'{tool}.toml'}", *FLAGS)
+    result = run_suites(str(repo / "suites"), f"--netcheck-topology={tmp_path / f'{tool}.toml'}")
     outcomes = result.parseoutcomes()
     assert not outcomes.get("failed") and not outcomes.get("error") and outcomes.get("passed", 0) >= 20, result.stdout.str()[-4000:]
 

@@ -30,12 +30,9 @@ pytestmark = pytest.mark.root
 TOP = re.compile(r"^(?:E)?\s+1\. \[(\w+)\]", re.M)
 
 
-def run_suite_test(pytester: pytest.Pytester, repo, fault: str) -> pytest.RunResult:
+def run_suite_test(run_suites, repo, fault: str) -> pytest.RunResult:
     f = FAULTS[fault]
-    return pytester.runpytest_inprocess(
-        str(repo / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}", "--netcheck-report=none",
-        "-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-    )
+    return run_suites(str(repo / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}")
 
 
 def doctor_top(fault: str) -> list[str]:
@@ -46,9 +43,9 @@ def doctor_top(fault: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_fault_fails_its_suite_test_with_the_right_top_cause(pytester: pytest.Pytester, repo, fault: str) -> None:
+def test_fault_fails_its_suite_test_with_the_right_top_cause(run_suites, repo, fault: str) -> None:
     f = FAULTS[fault]
-    result = run_suite_test(pytester, repo, fault)
+    result = run_suite_test(run_suites, repo, fault)
     out = result.stdout.str()
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 1 and not outcomes.get("error"), f"fault {fault} ({f.summary}) did not fail {f.suite_test}:\n{out[-3000:]}"

@@ -15,14 +15,11 @@ from netcheck.faults import FAULTS
 pytestmark = pytest.mark.root
 
 
-def test_the_suite_tests_that_faults_target_pass_without_faults(pytester: pytest.Pytester, repo) -> None:
+def test_the_suite_tests_that_faults_target_pass_without_faults(run_suites, repo) -> None:
     by_topology: dict[str, set[str]] = {}
     for f in FAULTS.values():
         by_topology.setdefault(f.topology, set()).add(f.suite_test)
     for topology, tests in by_topology.items():
-        result = pytester.runpytest_inprocess(
-            *(str(repo / t) for t in sorted(tests)), f"--netcheck-topology={topology}", "--netcheck-report=none",
-            "-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-        )
+        result = run_suites(*(str(repo / t) for t in sorted(tests)), f"--netcheck-topology={topology}")
         outcomes = result.parseoutcomes()
         assert not outcomes.get("failed") and not outcomes.get("error") and outcomes.get("passed"), result.stdout.str()[-3000:]

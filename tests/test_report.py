@@ -494,13 +494,10 @@ def test_xdist_run_writes_one_merged_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_a_tools_setup_commands_are_marked_as_run_as_written(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_a_tools_setup_commands_are_marked_as_run_as_written(run_suites, tmp_path: Path) -> None:
     """Commands from a spec are the user's: the report says they ran as written, argv, no shell."""
     out = tmp_path / "script.html"
-    result = pytester.runpytest_inprocess(
-        str(REPO / "suites/test_topology.py"), f"--netcheck-topology={REPO / 'examples/script-tutorial1.toml'}", f"--netcheck-report={out}",
-        "-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-    )
+    result = run_suites(str(REPO / "suites/test_topology.py"), f"--netcheck-topology={REPO / 'examples/script-tutorial1.toml'}", report=str(out))
     assert result.ret == 0, result.stdout.str()[-2000:]
     html = out.read_text()
     assert "as the user wrote them" in html and "script-tutorial1.sh" in html
