@@ -88,6 +88,18 @@ def driver(run_dir: Path, *args: str, netns: str | None = None) -> Child:
     return Child(argv, env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
 
 
+def killed_at(run_dir: Path, topology: str, step: int) -> tuple[Child, Leftovers]:
+    """A driver run held at ``step`` and killed there with SIGKILL; what it had made by then."""
+    child = driver(run_dir, topology, "--hold-at", str(step))
+    try:
+        child.wait_line(rf"^HELD {step}$", timeout=60)
+        left = Leftovers.of(run_dir)
+        child.kill()
+    finally:
+        child.close()
+    return child, left
+
+
 def suites(run_dir: Path, *args: str) -> Child:
     return Child([*PYTEST, *SUITE_ARGS, *args], env={"NETCHECK_RUN_DIR": str(run_dir)})
 
@@ -127,13 +139,7 @@ def test_sigkill_at_a_random_step_then_clean(case, run_dir, root_unchanged):
     phase = ("build", "probe", "teardown")[case % 3]
     n, _, what = rng.choice([s for s in steps if s[1] == phase])
     where = f"seed {SEED} case {case}: {topology} killed at step {n} ({phase} {what})"
-    child = driver(run_dir, topology, "--hold-at", str(n))
-    try:
-        child.wait_line(rf"^HELD {n}$", timeout=60)
-        left = Leftovers.of(run_dir)
-        child.kill()
-    finally:
-        child.close()
+    child, left = killed_at(run_dir, topology, n)
     print(where)
     assert_cleaned(run_dir, left, child.pid, where)
 
@@ -250,13 +256,7 @@ def test_clean_leaves_live_runs_and_foreign_objects_alone(run_dir, root_unchange
 
 def test_new_run_reaps_dead_runs_at_start(run_dir, root_unchanged):
     """A LabFactory (what every pytest run and xdist worker makes first) reaps dead runs' leftovers."""
-    child = driver(run_dir, "seed2", "--hold-at", "9")
-    try:
-        child.wait_line(r"^HELD 9$")
-        left = Leftovers.of(run_dir)
-        child.kill()
-    finally:
-        child.close()
+    _child, left = killed_at(run_dir, "seed2", 9)
     assert left.remaining(run_dir), "the killed run left nothing: the test proves nothing"
     code = "from netcheck.factory import LabFactory; f = LabFactory(); print('reaped', f.reaped); f.close()"
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, check=False,
@@ -267,13 +267,7 @@ def test_new_run_reaps_dead_runs_at_start(run_dir, root_unchanged):
 
 def test_a_session_reaps_dead_runs_at_its_end(run_dir, root_unchanged):
     """Even a session that builds no lab (a replacement xdist worker may not) reaps at its end, on the controller."""
-    child = driver(run_dir, "seed1", "--hold-at", "7")
-    try:
-        child.wait_line(r"^HELD 7$")
-        left = Leftovers.of(run_dir)
-        child.kill()
-    finally:
-        child.close()
+    _child, left = killed_at(run_dir, "seed1", 7)
     assert left.remaining(run_dir)
     proc = subprocess.run([*PYTEST, "suites/test_topology.py", "--collect-only", "-q", "-p", "no:cacheprovider", "--netcheck-report", "none"],
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False, env={**child_env(), "NETCHECK_RUN_DIR": str(run_dir)})

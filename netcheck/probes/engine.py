@@ -186,10 +186,7 @@ class Prober:
         ns, iface = self._source(src)
         token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
         request = (f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n" if http else f"netcheck-probe token={token}\n").encode()
-        sock = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close: no TIME_WAIT pile-up
-        sock.bind(("0.0.0.0", 0))
-        eport = sock.getsockname()[1]
+        sock, eport = _client(ns, socket.SOCK_STREAM)
         caps = self._captures(points)
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
@@ -241,9 +238,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(src)
         token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
-        sock = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("0.0.0.0", 0))
-        eport = sock.getsockname()[1]
+        sock, eport = _client(ns, socket.SOCK_DGRAM)
         caps = self._captures(points)
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
@@ -382,6 +377,15 @@ class _Counter:
         with self._lock:
             self._value = (self._value + 1) & 0xFFFF or 1
             return self._value
+
+
+def _client(ns: Netns, kind: int) -> tuple[socket.socket, int]:
+    """A client socket in ``ns``, bound first: its ephemeral port names the probe's flow in captures."""
+    sock = ns.socket(socket.AF_INET, kind)
+    if kind == socket.SOCK_STREAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close: no TIME_WAIT pile-up
+    sock.bind(("0.0.0.0", 0))
+    return sock, sock.getsockname()[1]
 
 
 def _collect(caps: Sequence[CaptureHub], match: Matcher, t0: float, verdict: Verdict, error: str | None) -> tuple[tuple[Capture, ...], Verdict, str | None]:
