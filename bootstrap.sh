@@ -99,7 +99,8 @@ pkg_present() {
     local p="$1"
     pkg_installed "$p" && return 0
     case "$p" in
-        docker.io) command -v docker >/dev/null 2>&1 ;;
+        # the engine, not the client: a fresh machine has a Docker client in /usr/local/bin and no dockerd
+        docker.io) command -v dockerd >/dev/null 2>&1 && command -v containerd >/dev/null 2>&1 ;;
         runc) command -v runc >/dev/null 2>&1 ;;
         podman) command -v podman >/dev/null 2>&1 ;;
         vagrant) command -v vagrant >/dev/null 2>&1 ;;
