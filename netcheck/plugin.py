@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +47,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "netcheck(topologies=[...]): run this test on these topologies only")
     config.addinivalue_line("markers", "netcheck_property(name): the property a suite test checks (isolation, veth, bridge, forwarding, masquerade, dnat, vip)")
-    config.addinivalue_line("markers", "root: needs root to build namespaces (skipped without it)")
-    config.addinivalue_line("markers", "scale: the opt-in scale suite (-m scale)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.stash[SETTINGS] = settings_mod.resolve(config)
     from netcheck.report import hooks as report_hooks
 
@@ -60,31 +55,28 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         from netcheck.report.collector import Collector
 
-        # The controller alone collects every worker's results and writes the report.
+        # The controller alone collects every worker's results and writes the report (only when a
+        # netcheck check ran: a project that does not use netcheck gets no report).
         collector = Collector(config, config.stash[SETTINGS])
         config.stash[COLLECTOR] = collector
         config.pluginmanager.register(collector, "netcheck-collector")
-    _teardown_on_sigterm()
-
-
-def _teardown_on_sigterm() -> None:
-    """SIGTERM tears the labs down like Ctrl-C does, instead of killing the run mid-way."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every test that uses ``lab`` (or ``topology``) once per topology in play."""
-    if "topology" in metafunc.fixturenames:
+    """Run every test that uses ``netcheck_lab`` (or ``netcheck_topology``) once per topology in play."""
+    if "netcheck_topology" in metafunc.fixturenames:
         topologies = settings_mod.marker_topologies(metafunc.definition, metafunc.config.stash[SETTINGS].topologies)
-        metafunc.parametrize("topology", topologies, ids=[t.name for t in topologies], scope="session")
+        metafunc.parametrize("netcheck_topology", topologies, ids=[t.name for t in topologies], scope="session")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run that selects netcheck checks it cannot run fails here, once, with the fix (never green by skipping)."""
+    from netcheck import activation
+
+    problem = activation.unrunnable(session.config, session.items, session.config.stash[SETTINGS])
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -97,55 +89,47 @@ def netcheck_settings(pytestconfig: pytest.Config) -> settings_mod.Settings:
 
 
 @pytest.fixture(scope="session")
-def lab_factory(pytestconfig: pytest.Config, netcheck_settings: settings_mod.Settings) -> Iterator[LabFactory]:
+def netcheck_lab_factory(pytestconfig: pytest.Config, netcheck_settings: settings_mod.Settings) -> Iterator[LabFactory]:
     """Session-wide lab factory: ``shared(topology)`` builds once per session, ``fresh(topology)`` a private lab."""
+    from netcheck import activation
     from netcheck.factory import LabFactory
 
     factory = LabFactory(keep=netcheck_settings.keep, host_mode=netcheck_settings.host_mode, faults=netcheck_settings.faults)
     pytestconfig.stash[FACTORY] = factory
-    yield factory
-    factory.close()
+    with activation.sigterm_tears_down():
+        yield factory
+        factory.close()
 
 
 @pytest.fixture(scope="session")
-def topology(request: pytest.FixtureRequest) -> spec.Topology:
+def netcheck_topology(request: pytest.FixtureRequest) -> spec.Topology:
     """The topology under test (parametrized over --netcheck-topology)."""
     return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def lab(lab_factory: LabFactory, topology: spec.Topology) -> Lab:
+def netcheck_lab(netcheck_lab_factory: LabFactory, netcheck_topology: spec.Topology) -> Lab:
     """The session's built lab for the topology under test (shared: do not break it)."""
-    from netcheck.factory import NEED_ROOT
-    from netcheck.lab import has_net_admin
-
-    if not has_net_admin():
-        pytest.skip(NEED_ROOT)
-    return lab_factory.shared(topology)
+    return netcheck_lab_factory.shared(netcheck_topology)
 
 
 @pytest.fixture
-def fresh_lab(lab_factory: LabFactory) -> Iterator[Callable[[spec.Topology | str], Lab]]:
+def netcheck_fresh_lab(netcheck_lab_factory: LabFactory) -> Iterator[Callable[[spec.Topology | str], Lab]]:
     """Build a private lab (torn down after the test), for tests that break things on purpose."""
-    from netcheck.factory import NEED_ROOT
-    from netcheck.lab import has_net_admin
-
-    if not has_net_admin():
-        pytest.skip(NEED_ROOT)
     made: list[Lab] = []
 
     def make(t: spec.Topology | str) -> Lab:
-        lab = lab_factory.fresh(t)
+        lab = netcheck_lab_factory.fresh(t)
         made.append(lab)
         return lab
 
     yield make
     for lab in reversed(made):
-        lab_factory.release(lab)
+        netcheck_lab_factory.release(lab)
 
 
 @pytest.fixture
-def evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
+def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
     """Record a probe result as this test's evidence (the report shows it)."""
     log = request.node.stash.setdefault(EVIDENCE, [])
 
@@ -156,19 +140,19 @@ def evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
 
 
 @pytest.fixture
-def probe(lab: Lab, evidence: Callable[[ProbeResult], None]) -> Prober:
+def netcheck_probe(netcheck_lab: Lab, netcheck_evidence: Callable[[ProbeResult], None]) -> Prober:
     """A prober for the lab under test; every probe it sends is recorded as evidence."""
     from netcheck.probes import Prober
 
-    return Prober(lab, record=evidence)
+    return Prober(netcheck_lab, record=netcheck_evidence)
 
 
 @pytest.fixture
-def prober_for(evidence: Callable[[ProbeResult], None]) -> Callable[[Lab], Prober]:
-    """Make a prober for any lab (e.g. one from ``fresh_lab``), recording into this test's evidence."""
+def netcheck_prober_for(netcheck_evidence: Callable[[ProbeResult], None]) -> Callable[[Lab], Prober]:
+    """Make a prober for any lab (e.g. one from ``netcheck_fresh_lab``), recording into this test's evidence."""
     from netcheck.probes import Prober
 
-    return lambda lab: Prober(lab, record=evidence)
+    return lambda lab: Prober(lab, record=netcheck_evidence)
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -180,8 +164,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
         return report
+    from netcheck import activation
+
+    if not activation.is_netcheck_item(item):
+        return report
     prop = item.get_closest_marker("netcheck_property")
-    topo = item.callspec.params.get("topology") if hasattr(item, "callspec") else None
+    topo = item.callspec.params.get("netcheck_topology") if hasattr(item, "callspec") else None
     data = {
         "property": prop.args[0] if prop else None,
         "topology": getattr(topo, "name", None),
@@ -211,6 +199,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
         return
+    collector = config.stash.get(COLLECTOR, None)
+    if collector is not None and session.exitstatus == pytest.ExitCode.OK and collector.counts().checked_nothing:
+        # Never green when nothing was checked: the terminal summary says why.
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if FACTORY not in config.stash and not (collector is not None and collector.tests):
+        return  # netcheck was not in play: an unrelated run is left alone
     from netcheck.lab import has_net_admin
 
     if not has_net_admin():
@@ -232,7 +226,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"netcheck: removed the leftovers of {config.stash[REAPED_AT_END]} dead run(s) (e.g. a crashed xdist worker's)")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Only for runs that ask for netcheck: an unrelated project's header stays its own."""
+    from netcheck import activation
+
+    if not activation.asked_for(config):
+        return None
     s = config.stash[SETTINGS]
     mode = "host" if s.host_mode else "sandbox"
     return f"netcheck: topologies {', '.join(t.name for t in s.topologies)}; mode {mode}"

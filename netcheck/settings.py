@@ -11,6 +11,19 @@ import pytest
 from netcheck import spec
 
 ENV_TOPOLOGY = "NETCHECK_TOPOLOGY"  # comma-separated names or files
+ENV_CI = "CI"  # set by CI services; "true" turns a check skipped for a missing tool into a failure
+
+
+def topology_from_env() -> list[str] | None:
+    """The topologies named by NETCHECK_TOPOLOGY, or None when it is unset or empty."""
+    env = os.environ.get(ENV_TOPOLOGY, "").strip()
+    refs = [x.strip() for x in env.split(",") if x.strip()]
+    return refs or None
+
+
+def in_ci() -> bool:
+    """Running under CI (``CI=true``, as GitHub Actions, GitLab CI and this project's .ci/run set it)."""
+    return os.environ.get(ENV_CI, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -34,9 +47,9 @@ def _refs(config: pytest.Config) -> list[str]:
     cli = config.getoption("netcheck_topology") or []
     if cli:
         return list(cli)
-    env = os.environ.get(ENV_TOPOLOGY, "").strip()
+    env = topology_from_env()
     if env:
-        return [x.strip() for x in env.split(",") if x.strip()]
+        return env
     ini: Any = config.getini("netcheck_topology")
     return list(ini) if ini else list(spec.BUILTIN)
 

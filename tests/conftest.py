@@ -32,6 +32,11 @@ def run_suites(pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
     return run
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "root: needs root to build namespaces (skipped without it)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from netcheck.lab import has_net_admin
 

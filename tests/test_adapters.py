@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from netcheck import adapters, spec
+from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.faults import EXTERNAL_FAULTS
 from netcheck.faults import BRIDGE_MATRIX, FAULTS, FORWARD_OUT, MASQ_OUT
 
@@ -29,7 +30,7 @@ def example(name: str) -> Path:
     path = EXAMPLES / f"{name}.toml"
     lacking = adapters.missing(spec.load(path))
     if lacking:
-        pytest.skip(f"{name}: this machine lacks " + "; ".join(lacking))
+        skip_for_missing_tool(f"{name}: this machine lacks " + "; ".join(lacking))
     return path
 
 

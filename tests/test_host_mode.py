@@ -29,6 +29,7 @@ from pathlib import Path
 import hoststate
 import pytest
 
+from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.docker import docker_cli
 from netcheck.adapters.mounts import unshare_argv
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
@@ -163,7 +164,7 @@ def test_existing_docker_containers_are_discovered_by_socket_and_nothing_changes
     container by name through the socket, checks its published port, masquerade and isolation, and
     leaves the host and the container's namespace exactly as they were."""
     if docker_cli() is None or static_busybox() is None or not any(os.access(os.path.join(d, "dockerd"), os.X_OK) for d in os.environ.get("PATH", "").split(":")):
-        pytest.skip("needs docker.io and busybox-static (apt-get install -y --no-install-recommends docker.io busybox-static)")
+        skip_for_missing_tool("needs docker.io and busybox-static (apt-get install -y --no-install-recommends docker.io busybox-static)")
     work = Path(f"/tmp/nc-hm-docker-{secrets.token_hex(3)}")  # short: dockerd's socket paths must fit 108 bytes
     work.mkdir()
     try:
@@ -223,7 +224,7 @@ def test_existing_cni_containers_are_discovered_by_netns_path_and_nothing_change
     from netcheck.adapters.cni import cni_path
 
     if cni_path() is None:
-        pytest.skip("needs containernetworking-plugins (apt-get install -y --no-install-recommends containernetworking-plugins)")
+        skip_for_missing_tool("needs containernetworking-plugins (apt-get install -y --no-install-recommends containernetworking-plugins)")
     with fake_host(legacy_firewall=False, ip_forward=0) as host, cni_containers(host, tmp_path, ["web", "client"]) as paths:
         spec = (REPO / "examples" / "cni.toml").read_text()
         for name, path in paths.items():

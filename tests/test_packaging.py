@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from netcheck.activation import skip_for_missing_tool
+
 REPO = Path(__file__).resolve().parent.parent
 BOOTSTRAP = REPO / "bootstrap.sh"
 CI_RUN = REPO / ".ci" / "run"
@@ -60,7 +62,7 @@ def _as_nobody(cmd: list[str]) -> list[str]:
         return cmd
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is not installed, so no unprivileged user can be had")
+        skip_for_missing_tool("running as root and setpriv (util-linux) is not installed, so no unprivileged user can be had")
     return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
 
 
@@ -106,7 +108,7 @@ def test_vagrantfile_settings() -> None:
 def test_vagrant_validate(tmp_path: Path) -> None:
     vagrant = shutil.which("vagrant")
     if vagrant is None:
-        pytest.skip("vagrant is not installed (Debian: apt-get install vagrant)")
+        skip_for_missing_tool("vagrant is not installed (Debian: apt-get install vagrant)")
     # Validate a copy, so that vagrant's .vagrant/ lands in tmp_path; a private
     # VAGRANT_HOME and no version or box checks keep it off the network.
     shutil.copy(REPO / "Vagrantfile", tmp_path / "Vagrantfile")

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from netcheck.activation import skip_for_missing_tool
 from netcheck.report import diagram
 from netcheck.report.collector import Outputs, resolve_outputs, write
 from netcheck.report.diff import run_diff
@@ -155,7 +156,7 @@ def test_matrix_grid_renders_from_matrix_result_to_dict(pytestconfig: pytest.Con
 
 def test_pcap_of_a_failing_probe_reads_back_in_tshark(written: dict[str, tuple[Results, Outputs]]) -> None:
     if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed (Debian: apt-get install tshark)")
+        skip_for_missing_tool("tshark is not installed (Debian: apt-get install tshark)")
     fail_results, out = written["fail"]
     test = next(t for t in fail_results.tests if t.nodeid == "suites/test_dnat.py::test_published_port_reached_from_outside[seed1]")
     pcap = next(p for p in test.pcaps if p["point"] == "wan:uplink")
@@ -292,7 +293,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from cdp import CHROMIUM, Chromium
 
     if not os.path.exists(CHROMIUM):
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+        skip_for_missing_tool("Chromium is not installed (Debian: apt-get install chromium)")
     with Chromium(tmp_path_factory.mktemp("chromium-profile")) as b:
         yield b
 
@@ -350,7 +351,7 @@ def test_passing_report_in_the_browser(browser: Any, written: dict[str, tuple[Re
     assert page.console_errors == [] and page.requests == []
     assert page.evaluate("document.querySelectorAll('table.summary td.s-fail').length") == 0
     assert page.evaluate("document.querySelectorAll('#topologies svg.nc-diagram').length") == 3
-    assert page.evaluate("document.querySelector('header.top h1').innerText") == "All 71 checks passed"
+    assert page.evaluate("document.querySelector('header.top h1').innerText") == "All 71 checks passed (25 skipped)"
 
 
 def test_hostile_report_runs_nothing_in_the_browser(browser: Any, tmp_path: Path) -> None:
@@ -390,15 +391,15 @@ PROBE = json.loads({probe!r})
 
 @pytest.mark.netcheck(topologies=["seed1"])
 @pytest.mark.netcheck_property("dnat")
-def test_recorded(topology, evidence):
+def test_recorded(netcheck_topology, netcheck_evidence):
     r = ProbeResult.from_dict(PROBE)
-    evidence(r)
+    netcheck_evidence(r)
     if not r.passed:
         pytest.fail(r.explain(), pytrace=False)
 
 @pytest.mark.netcheck(topologies=["seed1"])
 @pytest.mark.netcheck_property("isolation")
-def test_plain(topology):
+def test_plain(netcheck_topology):
     pass
 '''
 
@@ -458,7 +459,7 @@ def test_default_report_path_is_under_the_rootdir(pytester: pytest.Pytester, fai
 @pytest.mark.root
 def test_real_faulted_run_writes_a_pcap_tshark_reads(tmp_path: Path) -> None:
     if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
+        skip_for_missing_tool("tshark is not installed (Debian: apt-get install tshark)")
     proc = subprocess.run([sys.executable, "-m", "pytest", "suites/test_dnat.py::test_published_port_reached_from_outside", "--netcheck-topology=seed1",
                            "--netcheck-fault=dnat-removed", f"--netcheck-report={tmp_path / 'r.html'}", "-p", "no:cacheprovider", "-q"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from netcheck import spec
+from netcheck.activation import skip_for_missing_tool
 
 INVALID = Path(__file__).parent / "specs" / "invalid"
 CORPUS = sorted(INVALID.glob("*.toml"))
@@ -136,7 +137,7 @@ def test_cli_validate_reports_invalid_spec() -> None:
         pytest.skip("netcheck/cli.py has no validate command yet")
     exe = Path(sys.executable).with_name("netcheck")
     if not exe.exists():
-        pytest.skip(f"{exe} is not installed (pip install -e .)")
+        skip_for_missing_tool(f"{exe} is not installed (pip install -e .)")
     path = INVALID / "publish_unknown_container.toml"
     want = expectation(path)
     before = kernel_state()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from netcheck.report.model import Results, TestRecord, combine, is_matrix
+from netcheck.report.model import Counts, Results, TestRecord, combine, is_matrix
 from netcheck.settings import Settings
 
 STAMP = "%Y%m%dT%H%M%SZ"
@@ -138,6 +138,9 @@ class Collector:
             ))
         return out
 
+    def counts(self) -> Counts:
+        return Counts.of(self.tests)
+
     # ------------------------------------------------------------------ writing
 
     def build(self, exitstatus: int | None = None) -> Results:
@@ -182,7 +185,7 @@ class Collector:
         if self.outputs is None:
             return
         try:
-            self.results = self.build(int(exitstatus))
+            self.results = self.build(int(session.exitstatus))
             self.pcaps = write(self.results, self.outputs, self.settings.pcap)
         except Exception as exc:  # noqa: BLE001 - a report that cannot be written must not hide the run's outcome
             self.error = f"{type(exc).__name__}: {exc}"
@@ -192,7 +195,12 @@ class Collector:
         if not tests:
             return
         probes = sum(len(t.all_probes()) for t in tests)
-        terminalreporter.write_line(f"netcheck: {len(tests)} checks, {probes} probes")
+        counts = self.counts()
+        terminalreporter.write_line(f"netcheck: {counts.line()}; {probes} probes", red=bool(counts.failed or counts.errors or counts.checked_nothing))
+        if counts.checked_nothing:
+            terminalreporter.write_line(
+                f"netcheck: FAILED: nothing was checked: every one of the {counts.total} selected netcheck checks was skipped "
+                "(a green run must mean the network was checked; see the skip reasons with -rs)", red=True, bold=True)
         if self.error:
             terminalreporter.write_line(f"netcheck: could not write the report: {self.error}", red=True)
         elif self.outputs is not None and self.results is not None:

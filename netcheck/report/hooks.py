@@ -27,9 +27,10 @@ def register(config: pytest.Config, settings: Settings) -> None:
 
 
 def _topology_name(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    topo = callspec.params.get("topology") if callspec is not None else None
-    return getattr(topo, "name", None)
+    from netcheck.activation import item_topology
+
+    topo = item_topology(item)
+    return topo.name if topo is not None else None
 
 
 class LabFacts:
@@ -41,7 +42,7 @@ class LabFacts:
         report = yield
         if report.when != "call":
             return report
-        lab = getattr(item, "funcargs", {}).get("lab")
+        lab = getattr(item, "funcargs", {}).get("netcheck_lab")
         name = _topology_name(item)
         host = getattr(lab, "host", None)
         if name and host is not None and name not in self._done:
@@ -103,6 +104,6 @@ class HtmlExtras:
             probes=[p for p in probes if not is_matrix(p)],
             matrices=matrices,
         )
-        snippet = self.renderer.snippet(record, self._view(record.topology, getattr(item, "funcargs", {}).get("lab")))
+        snippet = self.renderer.snippet(record, self._view(record.topology, getattr(item, "funcargs", {}).get("netcheck_lab")))
         report.extras = [*getattr(report, "extras", []), extras.html(snippet)]  # type: ignore[attr-defined]
         return report

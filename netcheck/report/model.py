@@ -110,8 +110,9 @@ class Results:
         for row in cells.values():
             for cell in row.values():
                 cell["state"] = "fail" if cell["failed"] else "pass" if cell["passed"] else "skip" if cell["skipped"] else "none"
-        totals = {k: sum(1 for t in self.tests if _bucket(t) == k) for k in ("passed", "failed", "skipped")}
-        return {"properties": props, "topologies": topologies, "cells": cells, "totals": totals}
+        counts = Counts.of(self.tests)
+        totals = {"passed": counts.passed, "failed": counts.failed, "skipped": counts.skipped}
+        return {"properties": props, "topologies": topologies, "cells": cells, "totals": totals, "counts": counts}
 
     # ------------------------------------------------------------------ JSON
 
@@ -159,6 +160,52 @@ class Results:
 def is_matrix(entry: dict[str, Any]) -> bool:
     """A ``MatrixResult.to_dict()`` (or an entry marked kind "matrix") among a test's evidence."""
     return entry.get("kind") == "matrix" or ("names" in entry and "observed" in entry and "expected" in entry)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a run checked, counted one way for the terminal summary and the HTML report alike.
+
+    ``failed`` counts failed checks and ``errors`` those whose setup or teardown broke (as pytest
+    counts them); ``failed_or_error`` in the summary table merges them.
+    """
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def of(cls, tests: list[TestRecord]) -> Counts:
+        outcomes = [t.outcome for t in tests]
+        return cls(
+            passed=sum(1 for o in outcomes if o == "passed"),
+            failed=sum(1 for o in outcomes if o in ("failed", "xpassed")),
+            errors=sum(1 for o in outcomes if o == "error"),
+            skipped=sum(1 for o in outcomes if o in ("skipped", "xfailed")),
+        )
+
+    @builtins.property
+    def total(self) -> int:
+        return self.passed + self.failed + self.errors + self.skipped
+
+    @builtins.property
+    def checked_nothing(self) -> bool:
+        """Netcheck checks were selected, and not one of them ran to a verdict."""
+        return self.total > 0 and self.passed == self.failed == self.errors == 0
+
+    def line(self) -> str:
+        return f"{self.total} checks: {self.passed} passed, {self.failed} failed, {self.errors} errors, {self.skipped} skipped"
+
+    def headline(self) -> str:
+        if self.failed or self.errors:
+            errors = f"{self.errors} error{'s' if self.errors > 1 else ''}"
+            if not self.failed:
+                return f"{errors} in {self.total} checks"
+            return f"{self.failed} of {self.total} checks failed" + (f", {errors}" if self.errors else "")
+        if self.checked_nothing:
+            return f"Nothing was checked: all {self.total} checks were skipped"
+        return f"All {self.passed} checks passed" + (f" ({self.skipped} skipped)" if self.skipped else "")
 
 
 def _bucket(t: TestRecord) -> str:
