@@ -203,7 +203,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if collector is not None and session.exitstatus == pytest.ExitCode.OK and collector.counts().checked_nothing:
         # Never green when nothing was checked: the terminal summary says why.
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if FACTORY not in config.stash and not (collector is not None and collector.tests):
+    from netcheck import activation
+
+    if FACTORY not in config.stash and not any(activation.is_netcheck_item(i) for i in session.items):
         return  # netcheck was not in play: an unrelated run is left alone
     from netcheck.lab import has_net_admin
 

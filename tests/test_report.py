@@ -502,3 +502,19 @@ def test_a_tools_setup_commands_are_marked_as_run_as_written(run_suites, tmp_pat
     assert result.ret == 0, result.stdout.str()[-2000:]
     html = out.read_text()
     assert "as the user wrote them" in html and "script-tutorial1.sh" in html
+
+
+@pytest.mark.root
+def test_the_diagram_draws_the_measured_host_not_the_spec(run_suites, repo: Path, tmp_path: Path) -> None:
+    """With ip_forward off, the host box says ip_forward=0 (and that the spec says 1), never the spec's 1 alone."""
+    from netcheck.report.diagram import to_dot
+
+    out = tmp_path / "r.html"
+    result = run_suites(str(repo / "suites/test_forwarding.py"), "--netcheck-topology=seed1", "--netcheck-fault=ip-forward-off", "-k", "reaches_the_outside", report=str(out))
+    result.assert_outcomes(failed=1)
+    results = Results.load(out.with_suffix(".json"))
+    view = results.topologies["seed1"]
+    assert view["observed"]["sysctls"]["net.ipv4.ip_forward"] == "0"
+    dot = to_dot(view)
+    assert "ip_forward=0 (spec: 1)" in dot and "ip_forward=1" not in dot, dot
+    assert "ip_forward=0 (spec: 1)" in out.read_text()

@@ -201,6 +201,11 @@ class Collector:
             terminalreporter.write_line(
                 f"netcheck: FAILED: nothing was checked: every one of the {counts.total} selected netcheck checks was skipped "
                 "(a green run must mean the network was checked; see the skip reasons with -rs)", red=True, bold=True)
+        groups = Results(tests=tests).causes()
+        if len(groups) < counts.failed + counts.errors:
+            for g in groups:
+                what = f"[{g.cause}] {g.where}: {g.summary}" if g.cause else "no known cause matched"
+                terminalreporter.write_line(f"netcheck: {len(g.tests)} failure(s) share one cause: {what}" + (f"\n  fix: {g.fix}" if g.fix else ""))
         if self.error:
             terminalreporter.write_line(f"netcheck: could not write the report: {self.error}", red=True)
         elif self.outputs is not None and self.results is not None:

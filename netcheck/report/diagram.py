@@ -72,6 +72,43 @@ class _Graph:
         return self.ids[key]
 
 
+SHORT = {"net.ipv4.ip_forward": "ip_forward", "net.bridge.bridge-nf-call-iptables": "br-nf-call-iptables"}
+
+
+def host_facts(topo: dict[str, Any]) -> list[str]:
+    """The host box's facts as measured (``topo["observed"]``, read back from the lab), each marked
+    where it differs from the spec; as declared, and said so, when nothing was read back."""
+    host = topo.get("host") or {}
+    declared = {k: str(v) for k, v in host.get("sysctls", ())}
+    declared_policy = str(host.get("forward_policy", "ACCEPT"))
+    observed = topo.get("observed")
+    if not isinstance(observed, dict):
+        facts = [f"ip_forward={declared.get('net.ipv4.ip_forward', '?')}", f"FORWARD {declared_policy}"]
+        if "net.bridge.bridge-nf-call-iptables" in declared:
+            facts.append(f"br-nf-call-iptables={declared['net.bridge.bridge-nf-call-iptables']}")
+        return [*facts, "(as declared: not read back)"]
+    seen = observed.get("sysctls") or {}
+    facts = []
+    for key in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
+        if key not in seen and key not in declared:
+            continue
+        value = seen.get(key, "?")
+        mark = f" (spec: {declared[key]})" if key in declared and declared[key] != value else ""
+        facts.append(f"{SHORT[key]}={value}{mark}")
+    policy = str(observed.get("forward_policy", declared_policy))
+    facts.append(f"FORWARD {policy}" + (f" (spec: {declared_policy})" if policy != declared_policy else ""))
+    return facts
+
+
+def _link_note(topo: dict[str, Any], name: str) -> str:
+    """A host-side link's measured state, when it is not up."""
+    observed = topo.get("observed")
+    link = (observed.get("links") or {}).get(name) if isinstance(observed, dict) else None
+    if not isinstance(link, dict) or link.get("state") == "UP":
+        return ""
+    return f"\n{link.get('state', '?')} (measured)"
+
+
 def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
     """DOT source for a topology view (``model.topology_view``), with lost hops drawn red."""
     g = _Graph()
@@ -104,10 +141,7 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
     g.lines = []
 
     # The host.
-    sysctls = dict((k, v) for k, v in host.get("sysctls", ()))
-    facts = [f"ip_forward={sysctls.get('net.ipv4.ip_forward', '?')}", f"FORWARD {host.get('forward_policy', 'ACCEPT')}"]
-    if "net.bridge.bridge-nf-call-iptables" in sysctls:
-        facts.append(f"br-nf-call-iptables={sysctls['net.bridge.bridge-nf-call-iptables']}")
+    facts = host_facts(topo)
     masq = []
     for m in topo.get("masquerades", ()):
         cond = f"-s {m['source']}" if m.get("source") else "any source"
@@ -120,15 +154,15 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
     host_label = "\n".join(["host (netns host)", ", ".join(facts), *masq])
     g.lines.append(f'    label={_q(host_label)}; style="rounded,filled"; fillcolor="#f7f9fc"; color="#5f6b7a";')
     uplink = str(host.get("uplink", "eth0"))
-    host_up = node(f"host:{uplink}", f"{uplink}\n{host.get('address', '')}")
+    host_up = node(f"host:{uplink}", f"{uplink}\n{host.get('address', '')}" + _link_note(topo, uplink))
     bridge_ids: dict[str, str] = {}
     for b in topo.get("bridges", ()):
-        label = f"{b['name']} (bridge)" + (f"\n{b['address']}" if b.get("address") else "")
+        label = f"{b['name']} (bridge)" + (f"\n{b['address']}" if b.get("address") else "") + _link_note(topo, b["name"])
         bridge_ids[b["name"]] = node(f"host:{b['name']}", label, ', fillcolor="#e3f0fd", color="#2f6fb0", penwidth=1.5')
     veth_ids: dict[str, str] = {}
     for c in topo.get("containers", ()):
         if c.get("host_veth"):
-            label = str(c["host_veth"]) + (f"\n{c['host_address']}" if c.get("host_address") else "")
+            label = str(c["host_veth"]) + (f"\n{c['host_address']}" if c.get("host_address") else "") + _link_note(topo, c["host_veth"])
             veth_ids[c["name"]] = node(f"host:{c['host_veth']}", label)
     nat_nodes = []
     addr = str(host.get("address", "")).split("/")[0]

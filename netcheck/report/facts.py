@@ -110,3 +110,52 @@ def backend_in_use(legacy: int | None, nft: int | None) -> str:
     if has_nft:
         return "nft" if legacy is not None else "nft (legacy unknown)"
     return "none" if legacy is not None and nft is not None else UNKNOWN
+
+
+OBSERVED_SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
+
+
+def observed_host(lab: Any) -> dict[str, Any]:
+    """What the lab's host namespace holds now, in the spec's names: sysctls, the FORWARD policy,
+    and each host-side link's state and addresses. The diagram draws this, not the spec.
+
+    A fact that cannot be read is left out, with the reason under ``errors``.
+    """
+    from netcheck.kernel.inspect import legacy_tables
+    from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_nft
+
+    host = lab.host
+    t = lab.topology
+    out: dict[str, Any] = {"sysctls": {}, "links": {}, "errors": []}
+    try:
+        for key in sorted({k for k, _ in t.host.sysctls} | set(OBSERVED_SYSCTLS)):
+            value = host.sysctl(key)
+            if value is not None:
+                out["sysctls"][key] = value
+        links = {link.name: link for link in host.links()}
+        addresses: dict[str, list[str]] = {}
+        for a in host.addresses():
+            addresses.setdefault(a.interface, []).append(str(a.address))
+        spec_names = [t.host.uplink, *(b.name for b in t.bridges), *(c.host_veth for c in t.containers if c.host_veth)]
+        for name in spec_names:
+            kernel = lab.kname(name)
+            link = links.get(kernel)
+            out["links"][name] = {
+                "kernel": kernel,
+                "state": "missing" if link is None else ("UP" if link.up else "DOWN"),
+                "addresses": addresses.get(kernel, []),
+            }
+    except Exception as exc:  # noqa: BLE001 - a fact we cannot read is left out, with the reason
+        out["errors"].append(f"reading the host namespace: {exc}")
+    policies: list[str] = []
+    try:
+        if "filter" in legacy_tables(host):
+            policies += [c.policy for c in read_legacy(host, ("filter",)) if c.name == "FORWARD" and c.policy]
+        if nft_available():
+            policies += [c.policy for c in nft_chains(read_nft(host)) if c.name.upper() == "FORWARD" and c.policy]
+    except Exception as exc:  # noqa: BLE001
+        out["errors"].append(f"reading the FORWARD policy: {exc}")
+    if policies:
+        # A drop in any base chain wins: one DROP policy is the policy packets meet.
+        out["forward_policy"] = "DROP" if "DROP" in (p.upper() for p in policies) else policies[0].upper()
+    return out

@@ -53,8 +53,11 @@ class LabFacts:
             facts: dict[str, Any] = {"topology": name, **backend_facts(host)}
             real = getattr(lab, "topology", None)
             if real is not None:
-                # The lab's topology: for a setup made by another tool, what was discovered (addresses, veths).
-                facts["view"] = topology_view(real)
+                # The lab's topology: for a setup made by another tool, what was discovered (addresses, veths),
+                # with what its host holds now (the diagram draws what was measured).
+                from netcheck.report.facts import observed_host
+
+                facts["view"] = {**topology_view(real), "observed": observed_host(lab)}
             report.netcheck_host = facts  # type: ignore[attr-defined]
         return report
 
@@ -72,13 +75,16 @@ class HtmlExtras:
             return None
         if name not in self._views:
             from netcheck import spec
+            from netcheck.report.facts import observed_host
             from netcheck.report.model import topology_view
 
             real = getattr(lab, "topology", None)
             try:
-                self._views[name] = topology_view(real if real is not None else self.settings.topology(name))
+                view = topology_view(real if real is not None else self.settings.topology(name))
             except (spec.SpecError, LookupError, OSError):
                 self._views[name] = None
+            else:
+                self._views[name] = {**view, "observed": observed_host(lab)} if real is not None else view
         return self._views[name]
 
     @pytest.hookimpl(wrapper=True)

@@ -56,6 +56,14 @@ class TestRecord:
     def name(self) -> str:
         return self.nodeid.rpartition("::")[2]
 
+    def top_finding(self) -> dict[str, Any] | None:
+        """The first cause the diagnosis of the test's first failing probe ranks first."""
+        for p in self.all_probes():
+            findings = (p.get("diagnosis") or {}).get("findings") or []
+            if findings and isinstance(findings[0], dict):
+                return findings[0]
+        return None
+
     def all_probes(self) -> list[dict[str, Any]]:
         """The test's probes, then the failing probes its matrices carry (each has captures)."""
         out = list(self.probes)
@@ -114,6 +122,20 @@ class Results:
         totals = {"passed": counts.passed, "failed": counts.failed, "skipped": counts.skipped}
         return {"properties": props, "topologies": topologies, "cells": cells, "totals": totals, "counts": counts}
 
+    def causes(self) -> list[CauseGroup]:
+        """The failed tests grouped by their top cause (most tests first): one cause, its fix, the tests it explains."""
+        groups: dict[tuple[str, str, str], CauseGroup] = {}
+        for t in self.tests:
+            if not t.failed:
+                continue
+            top = t.top_finding()
+            key = (str(top.get("cause", "")), str(top.get("where", "")), str(top.get("fix", ""))) if top else ("", "", "")
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = CauseGroup(cause=key[0], where=key[1], fix=key[2], summary=str(top.get("summary", "")) if top else "")
+            group.tests.append(t.nodeid)
+        return sorted(groups.values(), key=lambda g: (not g.cause, -len(g.tests), g.cause))
+
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +182,17 @@ class Results:
 def is_matrix(entry: dict[str, Any]) -> bool:
     """A ``MatrixResult.to_dict()`` (or an entry marked kind "matrix") among a test's evidence."""
     return entry.get("kind") == "matrix" or ("names" in entry and "observed" in entry and "expected" in entry)
+
+
+@dataclass
+class CauseGroup:
+    """Failed tests that share a top cause (``cause`` empty: no known cause matched)."""
+
+    cause: str
+    where: str
+    fix: str
+    summary: str
+    tests: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ is the Graphviz SVG, which ``diagram.sanitize_svg`` checks first.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 from collections.abc import Sequence
@@ -127,6 +128,7 @@ def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
             "tests": sum(1 for t in results.tests if t.topology == name),
         })
     properties = sorted({t["property"] for t in tests})
+    ids = {tv["nodeid"]: tv["id"] for tv in tests}
     failures = []
     for tv in tests:
         if not tv["failed"]:
@@ -138,6 +140,7 @@ def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
         })
     return {
         "failures": failures,
+        "causes": [dataclasses.asdict(g) | {"entries": [{"nodeid": n, "id": ids.get(n, "")} for n in g.tests]} for g in results.causes()],
         "run": {**RUN_DEFAULTS, **results.run},
         "summary": summary,
         "topologies": topologies,
