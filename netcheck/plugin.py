@@ -186,7 +186,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failed = [p for p in probes if p.get("diagnosis") and p["diagnosis"].get("findings")]
         if failed:
             top = failed[0]["diagnosis"]["findings"][0]
-            report.user_properties.append(("netcheck.diagnosis", f"{top['where']}: {top['summary']}. Fix: {top['fix']}"))
+            from netcheck.report.model import finding_line
+
+            report.user_properties.append(("netcheck.diagnosis", f"{finding_line(top)}. Fix: {top['fix']}"))
     # --junitxml writes the teardown report's properties, which pytest copies from the item's.
     item.user_properties.extend(p for p in report.user_properties if str(p[0]).startswith("netcheck.") and p not in item.user_properties)
     return report

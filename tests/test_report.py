@@ -206,13 +206,16 @@ def test_report_paths(tmp_path: Path) -> None:
     given = resolve_outputs("out/r.html", tmp_path, tmp_path / "cwd", now)
     assert given is not None and given.html == tmp_path / "cwd" / "out" / "r.html" and given.pcap_dir == tmp_path / "cwd" / "out" / "r-pcap"
     assert resolve_outputs("none", tmp_path, tmp_path, now) is None
+    folder = resolve_outputs("runs/today/", tmp_path, tmp_path / "cwd", now)
+    assert folder is not None and not (tmp_path / "cwd" / "runs").exists()
+    assert folder.html == tmp_path / "cwd" / "runs" / "today" / "netcheck-20300102T030405Z.html", "a folder that does not exist yet gets an automatic name inside"
 
 
 def test_diff_lists_changed_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_diff(str(DATA / "results-pass.json"), str(DATA / "results-fail.json")) == 1
     out = capsys.readouterr().out
     assert "BROKE    suites/test_dnat.py::test_published_port_reached_from_outside[seed1]" in out
-    assert "passed -> failed: host: host: net.ipv4.ip_forward = 0" in out
+    assert "passed -> failed: host: net.ipv4.ip_forward = 0" in out and "host: host:" not in out
     assert "injected faults: none -> ip-forward-off, dnat-removed" in out
     assert out.rstrip().endswith("23 broke; 73 unchanged")
     assert run_diff(str(DATA / "results-fail.json"), str(DATA / "results-pass.json")) == 1
@@ -425,7 +428,7 @@ def test_report_junit_and_pytest_html_from_a_pytest_run(pytester: pytest.Pyteste
     case = next(c for c in ET.parse(pytester.path / "junit.xml").iter("testcase") if c.get("name") == "test_recorded[seed1]")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["netcheck.property"] == "dnat" and props["netcheck.topology"] == "seed1" and props["netcheck.probes"] == "1"
-    assert "net.ipv4.ip_forward = 0" in props["netcheck.diagnosis"]
+    assert "net.ipv4.ip_forward = 0" in props["netcheck.diagnosis"] and "host: host:" not in props["netcheck.diagnosis"]
     # pytest-html: the evidence, the diagnosis and the diagram as an extra of the failing test.
     page = (pytester.path / "ph.html").read_text()
     assert "nc-extra" in page and "nc-diagram" in page and "ip_forward_off" in page

@@ -57,8 +57,8 @@ def resolve_outputs(setting: str, rootdir: Path, invocation_dir: Path, now: date
         html = Path(setting).expanduser()
         if not html.is_absolute():
             html = invocation_dir / html
-        if html.is_dir():
-            html = html / name
+        if html.is_dir() or setting.endswith(("/", os.sep)):
+            html = html / name  # a folder, even one that does not exist yet: an automatic name inside it
         elif html.suffix.lower() == ".json":
             html = html.with_suffix(".html")
     if setting == "auto" or html.name == name:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from netcheck.report.model import Results, ResultsError, TestRecord
+from netcheck.report.model import Results, ResultsError, TestRecord, finding_line
 from netcheck.report.pcap import probe_failed
 
 FACTS = ("kernel", "distribution", "mode", "iptables_command")
@@ -27,7 +27,7 @@ def _top_finding(t: TestRecord) -> str:
         d = p.get("diagnosis") or {}
         for f in d.get("findings", ()):
             if isinstance(f, dict) and f.get("summary"):
-                return f"{f.get('where', '?')}: {f['summary']}"
+                return finding_line(f)
     return ""
 
 

@@ -184,6 +184,12 @@ def is_matrix(entry: dict[str, Any]) -> bool:
     return entry.get("kind") == "matrix" or ("names" in entry and "observed" in entry and "expected" in entry)
 
 
+def finding_line(finding: dict[str, Any]) -> str:
+    """A finding as one line, ``where: summary`` (a summary that already starts with its place keeps it once)."""
+    where, summary = str(finding.get("where", "?")), str(finding.get("summary", ""))
+    return summary if summary.startswith(f"{where}:") else f"{where}: {summary}"
+
+
 @dataclass
 class CauseGroup:
     """Failed tests that share a top cause (``cause`` empty: no known cause matched)."""

@@ -22,6 +22,29 @@
     });
     shown.textContent = n + " of " + tests.length + " tests shown";
     none.hidden = n !== 0;
+    saveFilters();
+  }
+
+  // The filters live in the URL's fragment (#filter:outcome=failed&property=dnat), so a filtered view
+  // can be bookmarked or sent. The fragment, not the query: file:// pages may not change their query.
+  var PREFIX = "#filter:";
+  function saveFilters() {
+    var p = new URLSearchParams();
+    if (outcome !== "all") { p.set("outcome", outcome); }
+    if (prop.value) { p.set("property", prop.value); }
+    if (topo.value) { p.set("topology", topo.value); }
+    if (text.value) { p.set("q", text.value); }
+    var hash = p.toString() ? PREFIX + p.toString() : "";
+    if (hash === location.hash || (!hash && location.hash.indexOf(PREFIX) !== 0)) { return; }
+    try { history.replaceState(null, "", hash || location.pathname); } catch (e) { /* a browser that refuses: the filters still work */ }
+  }
+  function loadFilters() {
+    if (location.hash.indexOf(PREFIX) !== 0) { return; }
+    var p = new URLSearchParams(location.hash.slice(PREFIX.length));
+    setOutcome(p.get("outcome") || "all");
+    prop.value = p.get("property") || "";
+    topo.value = p.get("topology") || "";
+    text.value = p.get("q") || "";
   }
 
   function setOutcome(value) {
@@ -64,7 +87,15 @@
     var el = location.hash && document.getElementById(location.hash.slice(1));
     if (el && el.tagName === "DETAILS") { el.open = true; }
   }
-  window.addEventListener("hashchange", openHash);
+  window.addEventListener("hashchange", function () { loadFilters(); openHash(); apply(); });
+  // Printing shows every test open; afterwards the page is as it was.
+  var closed = [];
+  window.addEventListener("beforeprint", function () {
+    closed = Array.prototype.slice.call(document.querySelectorAll("details:not([open])"));
+    closed.forEach(function (d) { d.open = true; });
+  });
+  window.addEventListener("afterprint", function () { closed.forEach(function (d) { d.open = false; }); closed = []; });
+  loadFilters();
   openHash();
   document.body.classList.add("js");
   apply();
