@@ -71,7 +71,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 PACKAGES=(
     python3 python3-venv python3-dev gcc iproute2 iptables nftables tcpdump tshark graphviz
-    chromium containernetworking-plugins netavark podman runc docker.io busybox-static vagrant
+    chromium chromium-driver containernetworking-plugins netavark podman runc docker.io busybox-static vagrant
     conntrack iputils-ping curl procps util-linux ca-certificates
 )
 APT_UPDATED=0

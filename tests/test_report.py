@@ -293,10 +293,11 @@ def test_hostile_text_is_escaped_in_the_source() -> None:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from cdp import CHROMIUM, Chromium
+    pytest.importorskip("selenium", reason="selenium is a dev dependency: pip install -e '.[dev]'")
+    from browser import CHROMEDRIVER, CHROMIUM, INSTALL_HINT, Chromium
 
-    if not os.path.exists(CHROMIUM):
-        skip_for_missing_tool("Chromium is not installed (Debian: apt-get install chromium)")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        skip_for_missing_tool(f"Chromium and its driver are not installed (Debian: {INSTALL_HINT})")
     with Chromium(tmp_path_factory.mktemp("chromium-profile")) as b:
         yield b
 
@@ -305,6 +306,21 @@ def _opened(browser: Any, html: Path) -> Any:
     page = browser.open(html)
     assert page.evaluate("document.body.classList.contains('js')"), "the report's script did not run"
     return page
+
+
+def test_filters_are_kept_in_the_url(browser: Any, written: dict[str, tuple[Results, Outputs]]) -> None:
+    _, out = written["fail"]
+    page = _opened(browser, out.html)
+    page.evaluate("document.querySelector('button.outcome-filter[data-outcome=failed]').click();"
+                  "const t = document.getElementById('f-topology'); t.value = 'seed1'; t.dispatchEvent(new Event('change'))")
+    assert page.evaluate("location.hash") == "#filter:outcome=failed&topology=seed1"
+    shown = page.evaluate("[...document.querySelectorAll('details.test')].filter(t => !t.hidden).map(t => t.dataset.outcome + ' ' + t.dataset.topology)")
+    assert shown and set(shown) == {"failed seed1"}
+    # The same URL, opened afresh, shows the same filtered view.
+    again = browser.open(out.html, fragment="filter:outcome=failed&topology=seed1")
+    assert again.evaluate("document.querySelector('button.outcome-filter.active').dataset.outcome + ' ' + document.getElementById('f-topology').value") == "failed seed1"
+    assert again.evaluate("[...document.querySelectorAll('details.test')].filter(t => !t.hidden).length") == len(shown)
+    assert again.console_errors == []
 
 
 def test_failing_report_in_the_browser(browser: Any, tmp_path: Path, written: dict[str, tuple[Results, Outputs]]) -> None:
