@@ -72,7 +72,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 PACKAGES=(
     python3 python3-venv python3-dev gcc iproute2 iptables nftables tcpdump tshark graphviz
     chromium chromium-driver containernetworking-plugins netavark podman runc docker.io busybox-static vagrant
-    conntrack iputils-ping curl procps util-linux ca-certificates bpftrace
+    conntrack iputils-ping curl procps util-linux ca-certificates bpftrace python3-nftables
 )
 APT_UPDATED=0
 POLICY_RC_D=/usr/sbin/policy-rc.d

@@ -1,0 +1,203 @@
+"""Native nftables rules through libnftables' JSON API (Debian's ``python3-nftables``).
+
+A lab built with ``firewall = "nft"`` gets tables of its own, one per iptables table it would have
+used (``ip <prefix>_nat``, ``ip <prefix>_filter``), with base chains named and hooked like
+iptables' (``PREROUTING``, ``FORWARD``, ...) and user chains (a VIP chain) beside them. The same
+``XRule`` values the iptables path builds are rendered here as nft JSON expressions: one spec,
+two backends. Every rule carries a counter (the diagnosis reads counter deltas) and the lab's comment.
+
+libnftables talks netlink from the calling thread, so every command runs in the namespace's
+own worker thread, and a fresh context is made for each call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import ip_interface
+from typing import Any
+
+from netcheck.kernel.netns import KernelError, Netns
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
+
+INSTALL_HINT = "apt-get install -y --no-install-recommends python3-nftables"
+DEBIAN_MODULE = "/usr/lib/python3/dist-packages/nftables/nftables.py"  # Debian's package, outside a venv's sys.path
+FAMILY = "ip"
+VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return", "MASQUERADE": "masquerade"}
+# Hook and priority of each iptables base chain, as iptables-nft registers them.
+HOOKS: dict[tuple[str, str], tuple[str, str, int]] = {
+    ("nat", "PREROUTING"): ("nat", "prerouting", -100),
+    ("nat", "INPUT"): ("nat", "input", 100),
+    ("nat", "OUTPUT"): ("nat", "output", -100),
+    ("nat", "POSTROUTING"): ("nat", "postrouting", 100),
+    ("filter", "INPUT"): ("filter", "input", 0),
+    ("filter", "FORWARD"): ("filter", "forward", 0),
+    ("filter", "OUTPUT"): ("filter", "output", 0),
+}
+
+
+class NftUnavailable(KernelError):
+    """libnftables' Python binding is not installed; the message says how to install it."""
+
+
+def _binding() -> Any:
+    """The ``nftables`` module: importable in the venv, or Debian's file loaded by path."""
+    if "nftables" in sys.modules:
+        return sys.modules["nftables"]
+    try:
+        import nftables  # type: ignore[import-not-found]
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("nftables", DEBIAN_MODULE)
+        if spec is None or spec.loader is None:
+            raise NftUnavailable(f"a lab with firewall = \"nft\" needs libnftables' Python binding ({INSTALL_HINT})") from None
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except (OSError, ImportError) as exc:
+            raise NftUnavailable(f"cannot load {DEBIAN_MODULE}: {exc} ({INSTALL_HINT})") from None
+        sys.modules["nftables"] = module
+        return module
+    return nftables
+
+
+def available() -> str | None:
+    """Why native nft rules cannot be written here (None: they can)."""
+    try:
+        _binding()
+    except NftUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class NftTable:
+    family: str
+    name: str
+
+    def ref(self) -> dict[str, str]:
+        return {"family": self.family, "name": self.name}
+
+
+def tables_for(prefix: str) -> dict[str, NftTable]:
+    """The lab's own tables, by the iptables table they stand for."""
+    return {t: NftTable(FAMILY, f"{prefix}_{t}") for t in BUILTIN_CHAINS}
+
+
+def run(ns: Netns, commands: Sequence[dict[str, Any]], *, what: str) -> Any:
+    """Run nft JSON commands in ``ns``; the parsed JSON output (for list commands) or None."""
+
+    def do() -> Any:
+        ctx = _binding().Nftables()
+        ctx.set_json_output(True)
+        ctx.set_handle_output(True)
+        rc, out, err = ctx.json_cmd({"nftables": list(commands)})
+        if rc != 0:
+            raise KernelError(f"nft {what} in netns {ns.label}: {str(err).strip() or f'exit {rc}'}")
+        if isinstance(out, str):
+            return json.loads(out) if out.strip() else None
+        return out  # the binding parses JSON output itself
+
+    return ns.call(do)
+
+
+def _addr(value: str) -> Any:
+    """An address or prefix as nft JSON (``10.0.0.0/24`` becomes a prefix)."""
+    iface = ip_interface(value)
+    if iface.network.prefixlen == iface.max_prefixlen:
+        return str(iface.ip)
+    return {"prefix": {"addr": str(iface.network.network_address), "len": iface.network.prefixlen}}
+
+
+def _match(left: dict[str, Any], value: str, right: Any = None) -> dict[str, Any]:
+    negated = value.startswith("!")
+    raw = value[1:] if negated else value
+    return {"match": {"op": "!=" if negated else "==", "left": left, "right": raw if right is None else right(raw)}}
+
+
+def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
+    """An XRule as the nft JSON expressions of one rule (matches, a counter, the verdict or NAT)."""
+    out: list[dict[str, Any]] = []
+    if rule.src:
+        out.append(_match({"payload": {"protocol": "ip", "field": "saddr"}}, rule.src, _addr))
+    if rule.dst:
+        out.append(_match({"payload": {"protocol": "ip", "field": "daddr"}}, rule.dst, _addr))
+    if rule.in_interface:
+        out.append(_match({"meta": {"key": "iifname"}}, rule.in_interface))
+    if rule.out_interface:
+        out.append(_match({"meta": {"key": "oifname"}}, rule.out_interface))
+    if rule.protocol and rule.dport is not None:
+        out.append({"match": {"op": "==", "left": {"payload": {"protocol": rule.protocol, "field": "dport"}}, "right": rule.dport}})
+    elif rule.protocol:
+        out.append({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": rule.protocol}})
+    out.append({"counter": None})
+    target = rule.target
+    if target in VERDICTS:
+        out.append({VERDICTS[target]: None})
+    elif target == "DNAT":
+        if not rule.to_destination:
+            raise KernelError(f"DNAT rule without a destination: {rule.render()}")
+        addr, _, port = rule.to_destination.partition(":")
+        out.append({"dnat": {"addr": addr, **({"port": int(port)} if port else {})}})
+    elif target in chains:
+        out.append({"jump": {"target": target}})
+    else:
+        raise KernelError(f"the nft backend cannot render target {target} of: {rule.render()}")
+    return out
+
+
+def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> tuple[list[NftTable], list[dict[str, Any]]]:
+    """The tables and the nft JSON commands that lay down ``rules`` (and base chain policies) natively."""
+    tables = tables_for(prefix)
+    wanted_policy = {(t, c): p.lower() for t, c, p in policies}
+    used = [t for t in BUILTIN_CHAINS if any(r.table == t for r in rules) or any(p[0] == t for p in policies)]
+    commands: list[dict[str, Any]] = []
+    for t in used:
+        table = tables[t]
+        commands.append({"add": {"table": table.ref()}})
+        # The base chains that hold a rule or a policy, and the user chains (a VIP chain).
+        chains = {r.chain for r in rules if r.table == t} | {c for (pt, c) in wanted_policy if pt == t}
+        for chain in sorted(chains, key=lambda c: (c not in BUILTIN_CHAINS[t], c)):
+            base = HOOKS.get((t, chain))
+            body: dict[str, Any] = {"family": table.family, "table": table.name, "name": chain}
+            if base is not None:
+                kind, hook, prio = base
+                body |= {"type": kind, "hook": hook, "prio": prio, "policy": wanted_policy.get((t, chain), "accept")}
+            commands.append({"add": {"chain": body}})
+        user_chains = chains - set(BUILTIN_CHAINS[t])
+        for r in rules:
+            if r.table != t:
+                continue
+            rule: dict[str, Any] = {"family": table.family, "table": table.name, "chain": r.chain, "expr": expressions(r, user_chains)}
+            if r.comment:
+                rule["comment"] = r.comment
+            commands.append({"add": {"rule": rule}})
+    return [tables[t] for t in used], commands
+
+
+def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> list[NftTable]:
+    """Write the rules as the lab's own nft tables in one transaction; returns the tables made."""
+    tables, commands = ruleset(prefix, rules, policies)
+    if commands:
+        run(ns, commands, what=f"adding {len(rules)} rules in tables {', '.join(t.name for t in tables)}")
+    return tables
+
+
+def table_names(ns: Netns) -> set[tuple[str, str]]:
+    """(family, name) of every nft table in ``ns``."""
+    listed = run(ns, [{"list": {"tables": None}}], what="listing tables") or {}
+    return {(i["table"]["family"], i["table"]["name"]) for i in listed.get("nftables", []) if "table" in i}
+
+
+def delete_table(ns: Netns, table: NftTable) -> bool:
+    """Remove one of the lab's tables (and everything in it); False if it was already gone.
+
+    libnftables reports errors as text only, so "already gone" is read from the table list, not
+    matched in a message.
+    """
+    if (table.family, table.name) not in table_names(ns):
+        return False
+    run(ns, [{"delete": {"table": table.ref()}}], what=f"deleting table {table.family} {table.name}")
+    return True
