@@ -1,7 +1,7 @@
 """Topology specs: frozen dataclasses, loaded from TOML and validated before any kernel call.
 
 A spec names things as the user does (netns0, br0, veth0); the lab maps them to tagged
-kernel names. Every key of every table is declared once, in ``TABLES``: the loader reads
+kernel names. Every key of every table is declared once (the ``*Keys`` classes, rooted at ``TOP``): the loader reads
 through those declarations, and ``netcheck.spec_docs`` writes the JSON Schema and the key
 reference of docs/spec.md from them. Every mistake in a file is reported at once, each
 naming the file, the key path, the bad value and the fix.
@@ -46,6 +46,7 @@ BUILTIN = ("seed1", "seed2", "seed2-veth")
 MODES: tuple[Mode, ...] = ("build", "script", "cni", "netavark", "podman", "docker")
 EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
 AUTO = "auto"  # a value read back from what the tool made
+NO_ROUTE = "none"  # a container gateway: no default route
 MAX_BYTES = 1 << 20  # a spec is a small text file; anything larger is a wrong path
 # The documentation addresses a spec gets when it leaves [host] or [wan] out.
 DEFAULT_HOST_ADDRESS = IPv4Interface("203.0.113.2/24")
@@ -269,7 +270,7 @@ class Kind(Generic[T]):
     placeholder: T
 
 
-def _schema_pattern(pattern: re.Pattern[str]) -> str:
+def schema_pattern(pattern: re.Pattern[str]) -> str:
     return pattern.pattern.replace(r"\Z", "$")  # JSON Schema patterns are ECMA-262: no \Z
 
 
@@ -298,7 +299,7 @@ def string(pattern: re.Pattern[str] | None = None, what: str = "name", title: st
 
     schema: dict[str, object] = {"type": "string"}
     if pattern is not None:
-        schema["pattern"] = _schema_pattern(pattern)
+        schema["pattern"] = schema_pattern(pattern)
     return Kind(title, read, schema, "")
 
 
@@ -326,7 +327,7 @@ def choice(choices: tuple[L, ...]) -> Kind[L]:
                 return c
         raise _Invalid("not one of " + ", ".join(choices), f"use one of: {', '.join(choices)}")
 
-    return Kind(" | ".join(f'"{c}"' for c in choices), read, {"type": "string", "enum": list(choices)}, choices[0])
+    return Kind("one of " + ", ".join(f'"{c}"' for c in choices), read, {"type": "string", "enum": list(choices)}, choices[0])
 
 
 def _interface(value: object, name: str) -> str:
@@ -373,8 +374,8 @@ def _address(value: object, name: str) -> IPv4Address:
     return addr
 
 
-def _address_or_auto(value: object, name: str) -> IPv4Address | None:
-    return None if value == AUTO else _address(value, name)
+def _gateway(value: object, name: str) -> IPv4Address | None:
+    return None if value in (AUTO, NO_ROUTE) else _address(value, name)
 
 
 def _network(value: object, name: str) -> IPv4Network:
@@ -424,14 +425,14 @@ TEXT = string()
 CHAIN = string(CHAIN_RE, what="chain name (1-28 of A-Z a-z 0-9 _ -)", title="chain name (1-28 of A-Z a-z 0-9 _ -)")
 PORT = integer(1, 65535, "port, 1 to 65535")
 BOOLEAN = Kind("boolean", _boolean, {"type": "boolean"}, False)
-INTERFACE = Kind("interface name (1-15 of A-Z a-z 0-9 _ . -)", _interface, {"type": "string", "pattern": _schema_pattern(IFNAME_RE), "not": {"enum": [".", ".."]}}, "")
+INTERFACE = Kind("interface name (1-15 of A-Z a-z 0-9 _ . -)", _interface, {"type": "string", "pattern": schema_pattern(IFNAME_RE), "not": {"enum": [".", ".."]}}, "")
 IFACE_ADDRESS = Kind("IPv4 address/prefix", _iface_address, _IFACE_SCHEMA, IPv4Interface("0.0.0.0/32"))
 IFACE_ADDRESS_OR_AUTO = Kind('IPv4 address/prefix, or "auto"', _iface_address_or_auto, {"anyOf": [_IFACE_SCHEMA, _AUTO_SCHEMA]}, None)
 ADDRESS = Kind("IPv4 address", _address, {"type": "string", "pattern": f"^{_IPV4}$"}, IPv4Address(0))
-ADDRESS_OR_AUTO = Kind('IPv4 address, or "auto"', _address_or_auto, {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}$"}, _AUTO_SCHEMA]}, None)
+GATEWAY = Kind('IPv4 address, "auto" or "none"', _gateway, {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}$"}, _AUTO_SCHEMA, {"type": "string", "const": "none"}]}, None)
 NETWORK = Kind("IPv4 network", _network, {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}, IPv4Network("0.0.0.0/32"))
 ARGV: Kind[tuple[str, ...]] = Kind("list of strings (an argv)", _argv, {"type": "array", "items": {"type": "string"}}, ())
-NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": _schema_pattern(NETNS_PATH_RE)}, "")
+NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": schema_pattern(NETNS_PATH_RE)}, "")
 REMOTE: Kind[tuple[IPv4Interface, ...]] = Kind("list of IPv4 address/prefix", _remote, {"type": "array", "items": _IFACE_SCHEMA, "minItems": 1}, ())
 SYSCTL_VALUE = integer(0, 2**31)
 
@@ -480,6 +481,7 @@ class Sub:
     table: Table
     many: bool
     doc: str
+    example: str = ""  # the value as TOML writes it, for the reference
 
 
 def _table(title: str, doc: str, keys: type) -> Table:
@@ -514,7 +516,8 @@ class SetupKeys:
 SETUP = _table("[setup]", "Who makes the network. Left out: netcheck builds it (mode \"build\").", SetupKeys)
 
 
-SYSCTL = Table("[host.sysctl]", "Network sysctls of the host namespace, set when the lab is built (and expected, for other tools' setups).",
+SYSCTL = Table("[host.sysctl]", "Network sysctls of the host namespace, set when the lab is built (and expected, for other tools' setups). "
+               "net.ipv4.ip_forward is 0 unless set here.",
                values=SYSCTL_VALUE, names=SYSCTL_RE)
 
 
@@ -532,7 +535,7 @@ HOST = _table("[host]", "The container host: a namespace netcheck creates (or th
 class WanKeys:
     address = Key("address", IFACE_ADDRESS, "Its address on the host's uplink subnet.", '"203.0.113.1/24"', DEFAULT_WAN_ADDRESS)
     remote = Key("remote", REMOTE, "Addresses it also holds, standing for the internet (the suites probe the first).", '["198.51.100.1/32"]', DEFAULT_REMOTE)
-    routes = Sub("routes", ROUTE, True, "Routes in the outside world, e.g. to a VIP through the host.")
+    routes = Sub("routes", ROUTE, True, "Routes in the outside world, e.g. to a VIP through the host.", '[{ to = "10.100.100.100/32", via = "203.0.113.2" }]')
 
 
 WAN = _table("[wan]", "The outside world: netcheck's own namespace on documentation addresses. Left out entirely, it takes the defaults.", WanKeys)
@@ -550,13 +553,13 @@ class ContainerKeys:
     name = Key("name", NAME, "The container's name, as the spec's other keys and the reports refer to it.", '"netns0"', Absent.REQUIRED)
     interface = Key("interface", INTERFACE, "The container's end of the veth.", '"ceth0"', "eth0")
     address = Key("address", IFACE_ADDRESS_OR_AUTO, 'The container\'s address, with the prefix of its network; "auto" (other tools\' setups): read back.', '"172.18.0.10/16"', Absent.REQUIRED)
-    host_veth = Key("host_veth", INTERFACE, "The host's end of the veth (required when netcheck builds the lab).", '"veth0"', default_doc="none; read back for other tools' setups")
+    host_veth = Key("host_veth", INTERFACE, "The host's end of the veth.", '"veth0"', default_doc="veth0, veth1, ... by the container's position (build); read back (other tools' setups)")
     bridge = Key("bridge", INTERFACE, "The bridge the host end joins. Left out: a routed veth (give host_address).", '"br0"')
     host_address = Key("host_address", IFACE_ADDRESS, "The host end's address, for a routed veth without a bridge.", '"10.0.0.10/24"')
-    gateway = Key("gateway", ADDRESS_OR_AUTO, 'The container\'s default route: an address the host holds (the bridge\'s, or host_address); "auto": read back.', '"172.18.0.1"',
-                  default_doc="none (no default route)")
-    routes = Sub("routes", ROUTE, True, "Static routes inside the container.")
-    services = Sub("services", SERVICE, True, "Services netcheck runs inside the container.")
+    gateway = Key("gateway", GATEWAY, 'The container\'s default route: an address the host holds (the bridge\'s, or host_address); "none": no default route; '
+                  '"auto": read back.', '"172.18.0.1"', default_doc="the bridge's address, or host_address (build); none (other tools' setups)")
+    routes = Sub("routes", ROUTE, True, "Static routes inside the container.", '[{ to = "10.1.0.0/16", via = "172.18.0.1" }]')
+    services = Sub("services", SERVICE, True, "Services netcheck runs inside the container.", '[{ kind = "http", port = 5000 }]')
     mtu = Key("mtu", integer(68, 65535), "The MTU of both ends of the veth.", "1400", default_doc="the kernel's (1500)")
     netns = Key("netns", NETNS_PATH, "An existing namespace to discover (host mode, other tools' setups).", '"/run/netns/web"')
 
@@ -659,6 +662,8 @@ class _Reader:
             problems.add(path or "(top level)", data, "expected a table", f"write [{path}] as a TOML table")
             data = {}
         self.data: dict[str, object] = data
+        for close in self._misspelt().values():
+            problems.bad.add(self.key(close))  # its own checks (missing required key, ...) would only repeat the unknown key's error
 
     def key(self, name: str) -> str:
         shown = name if BARE_KEY_RE.match(name) else json.dumps(name)  # as TOML writes it: "" or "net.ipv4.x"
@@ -724,17 +729,27 @@ class _Reader:
             except _Invalid as exc:
                 self.fail(name, value, exc.problem, exc.fix)
 
+    def _misspelt(self) -> dict[str, str]:
+        """Undeclared keys that look like a declared key left out: {written: meant}."""
+        if self.table.names is not None:
+            return {}
+        known = [k.name for k in self.table.keys]
+        out = {}
+        for unknown in set(self.data) - set(known):
+            close = difflib.get_close_matches(unknown, known, n=1)
+            if close and close[0] not in self.data:
+                out[unknown] = close[0]
+        return out
+
     def done(self) -> None:
         """Every undeclared key is a problem."""
         if self.table.names is not None:
             return
-        known = [k.name for k in self.table.keys]
+        known = sorted(k.name for k in self.table.keys)
+        meant = self._misspelt()
         for unknown in sorted(set(self.data) - set(known)):
-            close = difflib.get_close_matches(unknown, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            self.fail(unknown, self.data[unknown], "unknown key", f"remove it or correct the spelling (known here: {', '.join(sorted(known))}){hint}")
-            if close and close[0] not in self.data:
-                self.problems.bad.add(self.key(close[0]))  # a misspelt key: its checks would only repeat this error
+            hint = f"; did you mean {meant[unknown]}?" if unknown in meant else ""
+            self.fail(unknown, self.data[unknown], "unknown key", f"remove it or correct the spelling (known here: {', '.join(known)}){hint}")
 
 
 def _routes(r: _Reader, sub: Sub) -> tuple[Route, ...]:
@@ -786,12 +801,15 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         br.done()
 
     containers = []
-    for cr in top.tables(TopKeys.container):
+    for i, cr in enumerate(top.tables(TopKeys.container)):
+        host_veth = cr.opt(ContainerKeys.host_veth)
+        if host_veth is None and "host_veth" not in cr.data and setup.mode == "build":
+            host_veth = f"veth{i}"
         c = Container(
             name=cr.get(ContainerKeys.name),
             interface=cr.get(ContainerKeys.interface),
             address=cr.get(ContainerKeys.address),
-            host_veth=cr.opt(ContainerKeys.host_veth) or "",
+            host_veth=host_veth or "",
             bridge=cr.opt(ContainerKeys.bridge),
             host_address=cr.opt(ContainerKeys.host_address),
             gateway=cr.opt(ContainerKeys.gateway),
@@ -802,6 +820,8 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         )
         given = {k: cr.data.get(k) for k in ("address", "gateway")}
         auto = tuple(k for k, on in (("address", given["address"] == AUTO), ("gateway", given["gateway"] == AUTO), ("host_veth", not c.host_veth)) if on)
+        if "gateway" not in cr.data and setup.mode == "build":
+            c = replace(c, gateway=_host_side_address(c, bridges))
         containers.append(replace(c, auto=auto))
         cr.done()
 
@@ -854,6 +874,12 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     if problems.found:
         raise SpecError.of(problems.found)
     return topo
+
+
+def _host_side_address(c: Container, bridges: Sequence[Bridge]) -> IPv4Address | None:
+    """A built container's gateway when the spec gives none: the address the host holds on its side."""
+    address = next((b.address for b in bridges if b.name == c.bridge), None) if c.bridge is not None else c.host_address
+    return address.ip if address is not None else None
 
 
 def _done_each(readers: Iterator[_Reader]) -> Iterator[_Reader]:
@@ -936,8 +962,6 @@ def _validate(t: Topology, problems: _Problems) -> None:
     build = t.setup.mode == "build" and not wrong("setup.mode")
     for i, c in enumerate(t.containers):
         key = f"container[{i}]"
-        if not c.host_veth and build:
-            fail(f"{key}.host_veth", None, "missing required key", f'add host_veth = "veth{i}"')
         if c.host_veth and not wrong(f"{key}.host_veth"):
             if c.host_veth in seen:
                 fail(f"{key}.host_veth", c.host_veth, f"duplicate interface name (also {seen[c.host_veth]})", "give each host-side veth its own name")
