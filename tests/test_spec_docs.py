@@ -123,7 +123,7 @@ def test_loader_accepts_every_declared_key_and_no_other() -> None:
 
 
 def test_every_example_is_valid_for_its_key() -> None:
-    for path, table in spec_docs.walk():
+    for _path, table in spec_docs.walk():
         props = spec_docs._table_schema(table).get("properties", {})
         for k in table.keys:
             if isinstance(k, spec.Key):
