@@ -1166,17 +1166,23 @@ def read_text(path: str | Path) -> str:
         if exc.errno == errno.ENXIO:  # a socket
             raise refuse("is not a regular file (a socket)", "give the path of a .toml spec file") from None
         raise refuse(f"cannot read the file ({exc.strerror})", "check the path") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
             raise refuse(f"is not a regular file ({what})", "give the path of a .toml spec file")
-        try:
-            raw = f.read(MAX_BYTES + 1)
-        except OSError as exc:
-            raise refuse(f"cannot read the file ({exc.strerror})", "check the path") from None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise refuse(f"cannot read the file ({exc.strerror})", "check the path") from None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_BYTES:
-        raise refuse(f"is larger than {MAX_BYTES // 1024} KiB, too large for a spec", "give the path of a .toml spec file (a spec is a few KiB)")
+        raise refuse(f"is larger than {MAX_BYTES >> 20} MiB, too large for a spec", "give the path of a .toml spec file (a spec is a few KiB)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
