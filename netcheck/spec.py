@@ -1,45 +1,95 @@
 """Topology specs: frozen dataclasses, loaded from TOML and validated before any kernel call.
 
 A spec names things as the user does (netns0, br0, veth0); the lab maps them to tagged
-kernel names. Every error names the file, the key path, the bad value and the fix.
+kernel names. Every key of every table is declared once (the ``*Keys`` classes, rooted at ``TOP``): the loader reads
+through those declarations, and ``netcheck.spec_docs`` writes the JSON Schema and the key
+reference of docs/spec.md from them. Every mistake in a file is reported at once, each
+naming the file, the key path, the bad value and the fix.
 """
 
 from __future__ import annotations
 
+import difflib
+import enum
+import errno
 import json
+import os
 import re
+import stat
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 # \Z: "$" would let a trailing newline through. No leading "-" or ".": a name is passed to tools
 # (podman, docker, ip) as an argument, where "-x" would read as an option.
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
+CHAIN_RE = re.compile(r"^[A-Za-z0-9_-]{1,28}\Z")
 NETNS_PATH_RE = re.compile(r"^(/run/netns/|/var/run/netns/)[A-Za-z0-9_][A-Za-z0-9_.-]*\Z|^/proc/[0-9]+/ns/net\Z")
 BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])?\Z")  # a bare TOML key, or remote[0]
 SYSCTL_RE = re.compile(r"^net\.(ipv4|ipv6|bridge|core|netfilter)(\.[A-Za-z0-9_-]+)+\Z")
 DOC_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
 FORBIDDEN = IPv4Network("192.0.2.0/24")  # this machine's own network
-SERVICE_KINDS = ("http", "tcp-echo", "udp-echo")
+ServiceKind = Literal["http", "tcp-echo", "udp-echo"]
+Transport = Literal["tcp", "udp"]
+Mode = Literal["build", "script", "cni", "netavark", "podman", "docker"]
+Policy = Literal["ACCEPT", "DROP"]
+SERVICE_KINDS: tuple[ServiceKind, ...] = ("http", "tcp-echo", "udp-echo")
+PROTOCOLS: tuple[Transport, ...] = ("tcp", "udp")
+POLICIES: tuple[Policy, ...] = ("ACCEPT", "DROP")
 ECHO_PORT = 7
 BUILTIN = ("seed1", "seed2", "seed2-veth")
-MODES = ("build", "script", "cni", "netavark", "podman", "docker")
+MODES: tuple[Mode, ...] = ("build", "script", "cni", "netavark", "podman", "docker")
 EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
 AUTO = "auto"  # a value read back from what the tool made
+NO_ROUTE = "none"  # a container gateway: no default route
+MAX_BYTES = 1 << 20  # a spec is a small text file; anything larger is a wrong path
+# The documentation addresses a spec gets when it leaves [host] or [wan] out.
+DEFAULT_HOST_ADDRESS = IPv4Interface("203.0.113.2/24")
+DEFAULT_WAN_ADDRESS = IPv4Interface("203.0.113.1/24")
+DEFAULT_REMOTE: tuple[IPv4Interface, ...] = (IPv4Interface("198.51.100.1/32"),)
+T = TypeVar("T")
+L = TypeVar("L", bound=str)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a spec: where, what was written, what is wrong, and what to write instead."""
+
+    source: str
+    key: str
+    value: object
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key} = {_show(self.value)}: {self.problem}. Fix: {self.fix}"
 
 
 class SpecError(ValueError):
-    """A spec is invalid. The message names the file, the key, the value and the fix."""
+    """A spec is invalid. ``problems`` holds every mistake found, each on a line of ``str()``.
 
-    def __init__(self, source: str, key: str, value: object, problem: str, fix: str) -> None:
+    ``source``, ``key``, ``value``, ``problem`` and ``fix`` are the first problem's.
+    """
+
+    def __init__(self, source: str, key: str, value: object, problem: str, fix: str, *, more: Sequence[Problem] = ()) -> None:
+        self.problems: tuple[Problem, ...] = (Problem(source, key, value, problem, fix), *more)
         self.source, self.key, self.value, self.problem, self.fix = source, key, value, problem, fix
-        shown = _show(value)
-        super().__init__(f"{source}: {key} = {shown}: {problem}. Fix: {fix}")
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def of(cls, problems: Sequence[Problem]) -> SpecError:
+        first, *more = problems
+        return cls(first.source, first.key, first.value, first.problem, first.fix, more=more)
+
+
+def env_name(container: str) -> str:
+    """The environment variable holding a container's namespace name: web-1 -> NETCHECK_NETNS_WEB_1."""
+    return "NETCHECK_NETNS_" + re.sub(r"[^A-Z0-9]", "_", container.upper())
 
 
 def _show(value: object) -> str:
@@ -52,11 +102,11 @@ def _show(value: object) -> str:
 
 @dataclass(frozen=True)
 class Service:
-    kind: Literal["http", "tcp-echo", "udp-echo"]
+    kind: ServiceKind
     port: int
 
     @property
-    def protocol(self) -> Literal["tcp", "udp"]:
+    def protocol(self) -> Transport:
         return "udp" if self.kind == "udp-echo" else "tcp"
 
 
@@ -98,7 +148,7 @@ class Host:
     address: IPv4Interface
     gateway: IPv4Address
     sysctls: tuple[tuple[str, int], ...]
-    forward_policy: Literal["ACCEPT", "DROP"] = "ACCEPT"
+    forward_policy: Policy = "ACCEPT"
 
     def sysctl(self, key: str) -> int | None:
         return dict(self.sysctls).get(key)
@@ -123,7 +173,7 @@ class Publish:
     container: str
     host_port: int
     port: int
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Transport = "tcp"
     from_outside: bool = True  # nat PREROUTING DNAT
     from_host: bool = True  # nat OUTPUT DNAT
 
@@ -135,7 +185,7 @@ class Vip:
     port: int
     container: str
     target_port: int
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Transport = "tcp"
     from_outside: bool = True  # PREROUTING jumps to the chain
     from_host: bool = True  # OUTPUT jumps to the chain
 
@@ -156,7 +206,7 @@ class Setup:
     Podman service) whose containers host mode discovers instead of starting its own.
     """
 
-    mode: Literal["build", "script", "cni", "netavark", "podman", "docker"] = "build"
+    mode: Mode = "build"
     command: tuple[str, ...] = ()
     teardown: tuple[str, ...] = ()
     config: str | None = None
@@ -196,313 +246,657 @@ class Topology:
         return (self.host.uplink, *(b.name for b in self.bridges), *(c.host_veth for c in self.containers if c.host_veth))
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- value kinds
 
 
-class _Reader:
-    """Reads one TOML table, tracking the key path and refusing unknown keys."""
+class _Invalid(Exception):
+    """A value's problem and its fix, raised by a kind's reader (``at``: an item inside it, e.g. "[0]")."""
 
-    def __init__(self, source: str, path: str, data: object) -> None:
-        self.source, self.path = source, path
-        if not isinstance(data, dict):
-            raise SpecError(source, path or "(top level)", data, "expected a table", f"write [{path}] as a TOML table")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
+    def __init__(self, problem: str, fix: str, at: str = "", value: object = None) -> None:
+        super().__init__(problem)
+        self.problem, self.fix, self.at, self.value = problem, fix, at, value
 
-    def key(self, name: str) -> str:
-        shown = name if BARE_KEY_RE.match(name) else json.dumps(name)  # as TOML writes it: "" or "net.ipv4.x"
-        return f"{self.path}.{shown}" if self.path else shown
 
-    def fail(self, name: str, value: object, problem: str, fix: str) -> SpecError:
-        return SpecError(self.source, self.key(name), value, problem, fix)
+@dataclass(frozen=True)
+class Kind(Generic[T]):
+    """A type of TOML value: how to read it, its JSON Schema, and a stand-in for an invalid one.
 
-    def raw(self, name: str, default: object = ...) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            if default is ...:
-                raise SpecError(self.source, self.key(name), None, "missing required key", f"add {self.key(name)}")
-            return default
-        return self.data[name]
+    The stand-in never leaves the loader: a file with any problem raises ``SpecError``.
+    """
 
-    def string(self, name: str, default: object = ..., pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
-        value = self.raw(name, default)
-        if value is None or (value is default and default is not ...):
-            return value
-        if not isinstance(value, str):
-            raise self.fail(name, value, "expected a string", f'quote it: {name} = "..."')
-        if "\x00" in value:
-            raise self.fail(name, value, "contains a NUL byte", "remove it")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(name, value, f"not a valid {what or 'name'}", _name_fix(pattern))
-        return value
+    title: str  # as docs/spec.md names the type
+    read: Callable[[object, str], T]  # (value, key name) -> the typed value; raises _Invalid
+    schema: Mapping[str, object]
+    placeholder: T
 
-    def integer(self, name: str, default: object = ..., low: int = 0, high: int = 2**31) -> Any:
-        value = self.raw(name, default)
-        if value is default and default is not ...:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(name, value, "expected a whole number", f"write {name} = <number from {low} to {high}>")
-        if not low <= value <= high:
-            raise self.fail(name, value, f"out of range {low}..{high}", f"use a value from {low} to {high}")
-        return value
 
-    def port(self, name: str, default: object = ...) -> Any:
-        return self.integer(name, default, 1, 65535)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.raw(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(name, value, "expected true or false", f"write {name} = true or {name} = false")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: object = ...) -> Any:
-        value = self.raw(name, default)
-        if value not in choices:
-            raise self.fail(name, value, "not one of " + ", ".join(choices), f"use one of: {', '.join(choices)}")
-        return value
-
-    def interface(self, name: str, default: object = ...) -> Any:
-        value = self.raw(name, default)
-        if value is None or (value is default and default is not ...):
-            return value
-        if not isinstance(value, str):
-            raise self.fail(name, value, "expected a string", f'quote it: {name} = "..."')
-        if not IFNAME_RE.match(value):
-            problem = "longer than 15 characters" if len(value) > 15 else "not a valid interface name"
-            raise self.fail(name, value, problem, _name_fix(IFNAME_RE))
-        if value in (".", ".."):
-            raise self.fail(name, value, "the kernel refuses '.' and '..' as interface names", "use a name such as veth0")
-        return value
-
-    def iface_address(self, name: str, default: object = ..., allow_auto: bool = False) -> Any:
-        value = self.raw(name, default)
-        if value is None or (value is default and default is not ...):
-            return value
-        if allow_auto and value == "auto":
-            return None
-        if not isinstance(value, str) or "/" not in value:
-            raise self.fail(name, value, "expected an address with a prefix length", 'write it as "172.18.0.10/16"')
-        try:
-            iface = IPv4Interface(value)
-        except ValueError as exc:
-            raise self.fail(name, value, f"not a valid IPv4 address/prefix ({exc})", 'write it as "172.18.0.10/16"') from None
-        _check_usable(self, name, value, iface.ip, iface.network)
-        return iface
-
-    def address(self, name: str, default: object = ...) -> Any:
-        value = self.raw(name, default)
-        if value is None or (value is default and default is not ...):
-            return value
-        try:
-            addr = IPv4Address(value) if isinstance(value, str) else None
-        except ValueError:
-            addr = None
-        if addr is None:
-            raise self.fail(name, value, "not a valid IPv4 address", 'write it as "172.18.0.1" (no prefix length)')
-        _check_usable(self, name, value, addr, None)
-        return addr
-
-    def network(self, name: str, default: object = ...) -> Any:
-        value = self.raw(name, default)
-        if value is None or (value is default and default is not ...):
-            return value
-        try:
-            net = IPv4Network(value) if isinstance(value, str) else None
-        except ValueError as exc:
-            raise self.fail(name, value, f"not a valid IPv4 network ({exc})", 'write it as "172.18.0.0/16", with host bits zero') from None
-        if net is None:
-            raise self.fail(name, value, "expected a network string", 'write it as "172.18.0.0/16"')
-        if net.overlaps(FORBIDDEN):
-            raise self.fail(name, value, "overlaps 192.0.2.0/24, which this machine's own network uses", "pick another range")
-        return net
-
-    def tables(self, name: str) -> Iterator[_Reader]:
-        value = self.raw(name, [])
-        if not isinstance(value, list):
-            raise self.fail(name, value, "expected an array of tables", f"write each entry as [[{self.key(name)}]]")
-        for i, item in enumerate(value):
-            yield _Reader(self.source, f"{self.key(name)}[{i}]", item)
-
-    def sub(self, name: str, default: object = ...) -> _Reader:
-        return _Reader(self.source, self.key(name), self.raw(name, default))
-
-    def done(self) -> None:
-        for unknown in sorted(set(self.data) - self.used):
-            known = ", ".join(sorted(self.used)) or "none"
-            raise self.fail(unknown, self.data[unknown], "unknown key", f"remove it or correct the spelling (known here: {known})")
+def schema_pattern(pattern: re.Pattern[str]) -> str:
+    return pattern.pattern.replace(r"\Z", "$")  # JSON Schema patterns are ECMA-262: no \Z
 
 
 def _name_fix(pattern: re.Pattern[str]) -> str:
     if pattern is IFNAME_RE:
         return "use 1 to 15 characters from A-Z a-z 0-9 _ . -, not starting with - or ."
+    if pattern is CHAIN_RE:
+        return "use 1 to 28 characters from A-Z a-z 0-9 _ -"
     return "use 1 to 32 characters from A-Z a-z 0-9 _ . -, not starting with - or ."
 
 
-def _check_usable(r: _Reader, name: str, value: object, ip: IPv4Address, net: IPv4Network | None) -> None:
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string", f'quote it: {name} = "..."')
+    if "\x00" in value:
+        raise _Invalid("contains a NUL byte", "remove it")
+    return value
+
+
+def string(pattern: re.Pattern[str] | None = None, what: str = "name", title: str = "string") -> Kind[str]:
+    def read(value: object, name: str) -> str:
+        text = _text(value, name)
+        if pattern is not None and not pattern.match(text):
+            raise _Invalid(f"not a valid {what}", _name_fix(pattern))
+        return text
+
+    schema: dict[str, object] = {"type": "string"}
+    if pattern is not None:
+        schema["pattern"] = schema_pattern(pattern)
+    return Kind(title, read, schema, "")
+
+
+def integer(low: int, high: int, title: str = "") -> Kind[int]:
+    def read(value: object, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid("expected a whole number", f"write {name} = <number from {low} to {high}>")
+        if not low <= value <= high:
+            raise _Invalid(f"out of range {low}..{high}", f"use a value from {low} to {high}")
+        return value
+
+    return Kind(title or f"integer, {low} to {high}", read, {"type": "integer", "minimum": low, "maximum": high}, low)
+
+
+def _boolean(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("expected true or false", f"write {name} = true or {name} = false")
+    return value
+
+
+def choice(choices: tuple[L, ...]) -> Kind[L]:
+    def read(value: object, name: str) -> L:
+        for c in choices:
+            if value == c:
+                return c
+        raise _Invalid("not one of " + ", ".join(choices), f"use one of: {', '.join(choices)}")
+
+    return Kind("one of " + ", ".join(f'"{c}"' for c in choices), read, {"type": "string", "enum": list(choices)}, choices[0])
+
+
+def _interface(value: object, name: str) -> str:
+    text = _text(value, name)
+    if not IFNAME_RE.match(text):
+        raise _Invalid("longer than 15 characters" if len(text) > 15 else "not a valid interface name", _name_fix(IFNAME_RE))
+    if text in (".", ".."):
+        raise _Invalid("the kernel refuses '.' and '..' as interface names", "use a name such as veth0")
+    return text
+
+
+def _check_usable(ip: IPv4Address, net: IPv4Network | None) -> None:
     if ip in FORBIDDEN:
-        raise r.fail(name, value, "is in 192.0.2.0/24, which this machine's own network uses", "pick another range")
+        raise _Invalid("is in 192.0.2.0/24, which this machine's own network uses", "pick another range")
     if ip.is_multicast or ip.is_unspecified or ip.is_loopback or str(ip) == "255.255.255.255":
-        raise r.fail(name, value, "not a unicast host address", "use a unicast address")
+        raise _Invalid("not a unicast host address", "use a unicast address")
     if net is not None and net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
-        raise r.fail(name, value, f"is the network or broadcast address of {net}", "use a host address inside the subnet")
+        raise _Invalid(f"is the network or broadcast address of {net}", "use a host address inside the subnet")
 
 
-def _routes(r: _Reader, name: str) -> tuple[Route, ...]:
+def _iface_address(value: object, name: str) -> IPv4Interface:
+    if not isinstance(value, str) or "/" not in value:
+        raise _Invalid("expected an address with a prefix length", 'write it as "172.18.0.10/16"')
+    try:
+        iface = IPv4Interface(value)
+    except ValueError as exc:
+        raise _Invalid(f"not a valid IPv4 address/prefix ({exc})", 'write it as "172.18.0.10/16"') from None
+    _check_usable(iface.ip, iface.network)
+    return iface
+
+
+def _iface_address_or_auto(value: object, name: str) -> IPv4Interface | None:
+    return None if value == AUTO else _iface_address(value, name)
+
+
+def _address(value: object, name: str) -> IPv4Address:
+    try:
+        addr = IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None:
+        raise _Invalid("not a valid IPv4 address", 'write it as "172.18.0.1" (no prefix length)')
+    _check_usable(addr, None)
+    return addr
+
+
+def _gateway(value: object, name: str) -> IPv4Address | None:
+    return None if value in (AUTO, NO_ROUTE) else _address(value, name)
+
+
+def _network(value: object, name: str) -> IPv4Network:
+    try:
+        net = IPv4Network(value) if isinstance(value, str) else None
+    except ValueError as exc:
+        raise _Invalid(f"not a valid IPv4 network ({exc})", 'write it as "172.18.0.0/16", with host bits zero') from None
+    if net is None:
+        raise _Invalid("expected a network string", 'write it as "172.18.0.0/16"')
+    if net.overlaps(FORBIDDEN):
+        raise _Invalid("overlaps 192.0.2.0/24, which this machine's own network uses", "pick another range")
+    return net
+
+
+def _argv(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid("expected a list of strings (an argv, run without a shell)", f'write {name} = ["sh", "setup.sh"]')
+    if any("\x00" in v for v in value):
+        raise _Invalid("contains a NUL byte", "remove it")
+    return tuple(value)
+
+
+def _netns_path(value: object, name: str) -> str:
+    text = _text(value, name)
+    if not NETNS_PATH_RE.match(text) or "/../" in text + "/":
+        raise _Invalid("not an absolute path to a network namespace (/run/netns/NAME or /proc/PID/ns/net)", 'write it as "/run/netns/NAME" or "/proc/PID/ns/net"')
+    return text
+
+
+def _remote(value: object, name: str) -> tuple[IPv4Interface, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Invalid("expected a non-empty list of addresses", 'write remote = ["198.51.100.1/32"]')
     out = []
-    for rr in r.tables(name):
-        out.append(Route(to=rr.network("to"), via=rr.address("via")))
+    for i, item in enumerate(value):
+        try:
+            out.append(_iface_address(item, f"{name}[{i}]"))
+        except _Invalid as exc:
+            raise _Invalid(exc.problem, exc.fix, f"[{i}]", item) from None
+    return tuple(out)
+
+
+_IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+_IFACE_SCHEMA = {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}
+_AUTO_SCHEMA = {"type": "string", "const": AUTO}
+NAME = string(NAME_RE, title="name (1-32 of A-Z a-z 0-9 _ . -)")
+TEXT = string()
+CHAIN = string(CHAIN_RE, what="chain name (1-28 of A-Z a-z 0-9 _ -)", title="chain name (1-28 of A-Z a-z 0-9 _ -)")
+PORT = integer(1, 65535, "port, 1 to 65535")
+BOOLEAN = Kind("boolean", _boolean, {"type": "boolean"}, False)
+INTERFACE = Kind("interface name (1-15 of A-Z a-z 0-9 _ . -)", _interface, {"type": "string", "pattern": schema_pattern(IFNAME_RE), "not": {"enum": [".", ".."]}}, "")
+IFACE_ADDRESS = Kind("IPv4 address/prefix", _iface_address, _IFACE_SCHEMA, IPv4Interface("0.0.0.0/32"))
+IFACE_ADDRESS_OR_AUTO = Kind('IPv4 address/prefix, or "auto"', _iface_address_or_auto, {"anyOf": [_IFACE_SCHEMA, _AUTO_SCHEMA]}, None)
+ADDRESS = Kind("IPv4 address", _address, {"type": "string", "pattern": f"^{_IPV4}$"}, IPv4Address(0))
+GATEWAY = Kind('IPv4 address, "auto" or "none"', _gateway, {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}$"}, _AUTO_SCHEMA, {"type": "string", "const": "none"}]}, None)
+NETWORK = Kind("IPv4 network", _network, {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}, IPv4Network("0.0.0.0/32"))
+ARGV: Kind[tuple[str, ...]] = Kind("list of strings (an argv)", _argv, {"type": "array", "items": {"type": "string"}}, ())
+NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": schema_pattern(NETNS_PATH_RE)}, "")
+REMOTE: Kind[tuple[IPv4Interface, ...]] = Kind("list of IPv4 address/prefix", _remote, {"type": "array", "items": _IFACE_SCHEMA, "minItems": 1}, ())
+SYSCTL_VALUE = integer(0, 2**31)
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+class Absent(enum.Enum):
+    """What a key left out of a table means, when it has no default value."""
+
+    REQUIRED = "required"  # the key must be written
+    NONE = "none"  # the value is then None (or, for a few keys, worked out from others)
+
+
+@dataclass(frozen=True)
+class Key(Generic[T]):
+    """One key of a table: its type, its default, and what the reference says about it."""
+
+    name: str
+    kind: Kind[T]
+    doc: str
+    example: str  # the value as TOML writes it
+    default: T | Absent = Absent.NONE
+    default_doc: str = ""  # the default in words, where it is worked out from other keys
+
+
+@dataclass(frozen=True)
+class Table:
+    """A TOML table (or each entry of an array of tables) and the keys it takes."""
+
+    title: str  # as the reference heads it: "[host]", "[[container]]", "routes entry"
+    doc: str
+    keys: tuple[Key[Any] | Sub, ...] = ()
+    values: Kind[int] | None = None  # a table of free-named keys ([host.sysctl]): their value's kind
+    names: re.Pattern[str] | None = None  # ... and the pattern of their names
+
+    def key(self, name: str) -> Key[Any] | Sub | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+@dataclass(frozen=True)
+class Sub:
+    """A key whose value is a table (``many``: an array of tables)."""
+
+    name: str
+    table: Table
+    many: bool
+    doc: str
+    example: str = ""  # the value as TOML writes it, for the reference
+
+
+def _table(title: str, doc: str, keys: type) -> Table:
+    """A table whose keys are the Key and Sub attributes of ``keys``, in the order written."""
+    return Table(title, doc, tuple(v for v in vars(keys).values() if isinstance(v, (Key, Sub))))
+
+
+class ServiceKeys:
+    kind = Key("kind", choice(SERVICE_KINDS), "What answers: an HTTP server, or a TCP or UDP echo; each reply names the container and the source it saw.", '"http"', Absent.REQUIRED)
+    port = Key("port", PORT, "The port it listens on, on every address of the container.", "5000", Absent.REQUIRED)
+
+
+SERVICE = _table("services entry", "A service netcheck starts inside the container; the suites probe it.", ServiceKeys)
+
+
+class RouteKeys:
+    to = Key("to", NETWORK, "The destination network.", '"10.100.100.100/32"', Absent.REQUIRED)
+    via = Key("via", ADDRESS, "The next hop; it must be on the subnet of the namespace the route is in.", '"203.0.113.2"', Absent.REQUIRED)
+
+
+ROUTE = _table("routes entry", "A static route.", RouteKeys)
+
+
+class SetupKeys:
+    mode = Key("mode", choice(MODES), "netcheck builds the lab itself (build), or another tool makes it and netcheck discovers and checks it.", '"script"', "build")
+    command = Key("command", ARGV, "The setup command (script, podman, docker), run without a shell in the sandbox host namespace, from the spec file's folder.", '["sh", "setup.sh"]', ())
+    teardown = Key("teardown", ARGV, "The command that undoes `command`, run before netcheck removes the sandbox.", '["sh", "teardown.sh"]', ())
+    config = Key("config", TEXT, "The CNI conflist (cni) or netavark network file (netavark), relative to the spec file's folder.", '"cni/bridge.conflist"')
+    socket = Key("socket", TEXT, "An existing Docker daemon's or Podman service's socket, whose containers host mode discovers.", '"/run/docker.sock"')
+
+
+SETUP = _table("[setup]", "Who makes the network. Left out: netcheck builds it (mode \"build\").", SetupKeys)
+
+
+SYSCTL = Table("[host.sysctl]", "Network sysctls of the host namespace, set when the lab is built (and expected, for other tools' setups). "
+               "net.ipv4.ip_forward is 0 unless set here.",
+               values=SYSCTL_VALUE, names=SYSCTL_RE)
+
+
+class HostKeys:
+    uplink = Key("uplink", INTERFACE, "The host's interface towards the outside world.", '"enp0s3"', "eth0")
+    address = Key("address", IFACE_ADDRESS, "The uplink's address. The outside world uses documentation ranges only (203.0.113.0/24, 198.51.100.0/24).", '"203.0.113.2/24"', DEFAULT_HOST_ADDRESS)
+    gateway = Key("gateway", ADDRESS, "The host's default route: the outside world's address.", '"203.0.113.1"', default_doc="the address of wan.address (203.0.113.1)")
+    forward_policy = Key("forward_policy", choice(POLICIES), "The policy of the host's filter FORWARD chain.", '"DROP"', "ACCEPT")
+    sysctl = Sub("sysctl", SYSCTL, False, "Network sysctls.")
+
+
+HOST = _table("[host]", "The container host: a namespace netcheck creates (or this one, with --netcheck-host), and its uplink to the outside world.", HostKeys)
+
+
+class WanKeys:
+    address = Key("address", IFACE_ADDRESS, "Its address on the host's uplink subnet.", '"203.0.113.1/24"', DEFAULT_WAN_ADDRESS)
+    remote = Key("remote", REMOTE, "Addresses it also holds, standing for the internet (the suites probe the first).", '["198.51.100.1/32"]', DEFAULT_REMOTE)
+    routes = Sub("routes", ROUTE, True, "Routes in the outside world, e.g. to a VIP through the host.", '[{ to = "10.100.100.100/32", via = "203.0.113.2" }]')
+
+
+WAN = _table("[wan]", "The outside world: netcheck's own namespace on documentation addresses. Left out entirely, it takes the defaults.", WanKeys)
+
+
+class BridgeKeys:
+    name = Key("name", INTERFACE, "The bridge's name, as the spec's other keys refer to it.", '"br0"', Absent.REQUIRED)
+    address = Key("address", IFACE_ADDRESS_OR_AUTO, 'The bridge\'s address, usually the containers\' gateway; "auto" (other tools\' setups): read back.', '"172.18.0.1/16"')
+
+
+BRIDGE = _table("[[bridge]]", "A Linux bridge on the host.", BridgeKeys)
+
+
+class ContainerKeys:
+    name = Key("name", NAME, "The container's name, as the spec's other keys and the reports refer to it.", '"netns0"', Absent.REQUIRED)
+    interface = Key("interface", INTERFACE, "The container's end of the veth.", '"ceth0"', "eth0")
+    address = Key("address", IFACE_ADDRESS_OR_AUTO, 'The container\'s address, with the prefix of its network; "auto" (other tools\' setups): read back.', '"172.18.0.10/16"', Absent.REQUIRED)
+    host_veth = Key("host_veth", INTERFACE, "The host's end of the veth.", '"veth0"', default_doc="veth0, veth1, ... by the container's position (build); read back (other tools' setups)")
+    bridge = Key("bridge", INTERFACE, "The bridge the host end joins. Left out: a routed veth (give host_address).", '"br0"')
+    host_address = Key("host_address", IFACE_ADDRESS, "The host end's address, for a routed veth without a bridge.", '"10.0.0.10/24"')
+    gateway = Key("gateway", GATEWAY, 'The container\'s default route: an address the host holds (the bridge\'s, or host_address); "none": no default route; '
+                  '"auto": read back.', '"172.18.0.1"', default_doc="the bridge's address, or host_address (build); none (other tools' setups)")
+    routes = Sub("routes", ROUTE, True, "Static routes inside the container.", '[{ to = "10.1.0.0/16", via = "172.18.0.1" }]')
+    services = Sub("services", SERVICE, True, "Services netcheck runs inside the container.", '[{ kind = "http", port = 5000 }]')
+    mtu = Key("mtu", integer(68, 65535), "The MTU of both ends of the veth.", "1400", default_doc="the kernel's (1500)")
+    netns = Key("netns", NETNS_PATH, "An existing namespace to discover (host mode, other tools' setups).", '"/run/netns/web"')
+
+
+CONTAINER = _table("[[container]]", "A container: a network namespace joined to the host by a veth pair.", ContainerKeys)
+
+
+class MasqueradeKeys:
+    source = Key("source", NETWORK, "Match this source network (-s).", '"172.18.0.0/16"', default_doc="any source")
+    out_interface = Key("out_interface", INTERFACE, "Match packets leaving by this host interface (-o).", '"eth0"', default_doc="any interface")
+    not_out_interface = Key("not_out_interface", INTERFACE, "Match packets not leaving by this host interface (! -o).", '"br0"', default_doc="none")
+
+
+MASQUERADE = _table("[[masquerade]]", "A nat POSTROUTING MASQUERADE rule.", MasqueradeKeys)
+
+
+class PublishKeys:
+    container = Key("container", NAME, "The container that serves it.", '"netns0"', Absent.REQUIRED)
+    host_port = Key("host_port", PORT, "The port on the host's address.", "8080", Absent.REQUIRED)
+    port = Key("port", PORT, "The container's port; the container must run a service of the same protocol there.", "5000", Absent.REQUIRED)
+    protocol = Key("protocol", choice(PROTOCOLS), 'tcp (served by an "http" or "tcp-echo" service) or udp (a "udp-echo" service).', '"udp"', "tcp")
+    from_outside = Key("from_outside", BOOLEAN, "A nat PREROUTING DNAT: reachable from outside.", "false", True)
+    from_host = Key("from_host", BOOLEAN, "A nat OUTPUT DNAT: reachable from the host itself.", "false", True)
+
+
+PUBLISH = _table("[[publish]]", "A published port: DNAT from the host's uplink address to a container's service.", PublishKeys)
+
+
+class VipKeys:
+    chain = Key("chain", CHAIN, "The custom chain's name.", '"VIP-EXAMPLE"', Absent.REQUIRED)
+    address = Key("address", ADDRESS, "The virtual address; no interface holds it.", '"10.100.100.100"', Absent.REQUIRED)
+    port = Key("port", PORT, "The virtual port.", "8080", Absent.REQUIRED)
+    container = Key("container", NAME, "The container behind it.", '"http2"', Absent.REQUIRED)
+    target_port = Key("target_port", PORT, "The container's port; the container must run a service of the same protocol there.", "8080", Absent.REQUIRED)
+    protocol = Key("protocol", choice(PROTOCOLS), "tcp or udp.", '"tcp"', "tcp")
+    from_outside = Key("from_outside", BOOLEAN, "PREROUTING jumps to the chain.", "false", True)
+    from_host = Key("from_host", BOOLEAN, "OUTPUT jumps to the chain.", "false", True)
+
+
+VIP = _table("[[vip]]", "A virtual IP: a custom nat chain that DNATs address:port to a container.", VipKeys)
+
+
+class ForwardAcceptKeys:
+    in_interface = Key("in_interface", INTERFACE, "Match packets arriving by this host interface (-i).", '"br0"', default_doc="any interface")
+    out_interface = Key("out_interface", INTERFACE, "Match packets leaving by this host interface (-o).", '"eth0"', default_doc="any interface")
+
+
+FORWARD_ACCEPT = _table("[[forward_accept]]", "A filter FORWARD ACCEPT rule between host interfaces (with forward_policy = \"DROP\", the only ways through).", ForwardAcceptKeys)
+
+
+class TopKeys:
+    name = Key("name", NAME, "The topology's name; test ids and reports carry it.", '"my-net"', Absent.REQUIRED)
+    summary = Key("summary", TEXT, "One line saying what the topology is.", '"two containers on br0"', "")
+    setup = Sub("setup", SETUP, False, SETUP.doc)
+    host = Sub("host", HOST, False, HOST.doc)
+    wan = Sub("wan", WAN, False, WAN.doc)
+    bridge = Sub("bridge", BRIDGE, True, BRIDGE.doc)
+    container = Sub("container", CONTAINER, True, CONTAINER.doc)
+    masquerade = Sub("masquerade", MASQUERADE, True, MASQUERADE.doc)
+    publish = Sub("publish", PUBLISH, True, PUBLISH.doc)
+    vip = Sub("vip", VIP, True, VIP.doc)
+    forward_accept = Sub("forward_accept", FORWARD_ACCEPT, True, FORWARD_ACCEPT.doc)
+
+
+TOP = _table("top level", "The spec file itself.", TopKeys)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Problems:
+    """Every problem found in one file: at most one per key, and none under a key already wrong.
+
+    A wrong value is replaced by a stand-in so that reading goes on; a check that involves a
+    wrong key is skipped, so one mistake gives one error, not a cascade.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.found: list[Problem] = []
+        self.bad: set[str] = set()
+
+    def wrong(self, *keys: str) -> bool:
+        """Is one of these keys, or a table holding one, already wrong?"""
+        return any(k == b or k.startswith((b + ".", b + "[")) for k in keys for b in self.bad)
+
+    def add(self, key: str, value: object, problem: str, fix: str, involves: Iterable[str] = ()) -> None:
+        if self.wrong(key, *involves):
+            return
+        self.bad.add(key)
+        self.found.append(Problem(self.source, key, value, problem, fix))
+
+
+class _Reader:
+    """Reads one declared table: typed values, each under its key path; refuses undeclared keys."""
+
+    def __init__(self, problems: _Problems, table: Table, path: str, data: object) -> None:
+        self.problems, self.table, self.path = problems, table, path
+        if not isinstance(data, dict):
+            problems.add(path or "(top level)", data, "expected a table", f"write [{path}] as a TOML table")
+            data = {}
+        self.data: dict[str, object] = data
+        for close in self._misspelt().values():
+            problems.bad.add(self.key(close))  # its own checks (missing required key, ...) would only repeat the unknown key's error
+
+    def key(self, name: str) -> str:
+        shown = name if BARE_KEY_RE.match(name) else json.dumps(name)  # as TOML writes it: "" or "net.ipv4.x"
+        return f"{self.path}.{shown}" if self.path else shown
+
+    def fail(self, name: str, value: object, problem: str, fix: str, involves: Iterable[str] = ()) -> None:
+        self.problems.add(self.key(name), value, problem, fix, involves)
+
+    def ok(self, name: str) -> bool:
+        """Was this key read without a problem (or left out)?"""
+        return not self.problems.wrong(self.key(name))
+
+    def _read(self, key: Key[T]) -> T | Absent:
+        assert self.table.key(key.name) is key, f"{key.name} is not declared in {self.table.title}"
+        if key.name not in self.data:
+            if key.default is Absent.REQUIRED:
+                self.fail(key.name, None, "missing required key", f"add {self.key(key.name)}")
+            return key.default
+        value = self.data[key.name]
+        try:
+            return key.kind.read(value, key.name)
+        except _Invalid as exc:
+            shown = exc.value if exc.at else value
+            self.problems.add(self.key(key.name) + exc.at, shown, exc.problem, exc.fix)
+            self.problems.bad.add(self.key(key.name))
+            return Absent.REQUIRED
+
+    def get(self, key: Key[T]) -> T:
+        """A key that is required or has a default."""
+        assert key.default is not Absent.NONE, f"{key.name} may be left out: read it with opt()"
+        value = self._read(key)
+        if isinstance(value, Absent):
+            return key.kind.placeholder if isinstance(key.default, Absent) else key.default
+        return value
+
+    def opt(self, key: Key[T]) -> T | None:
+        """A key that may be left out (None then)."""
+        value = self._read(key)
+        return None if isinstance(value, Absent) else value
+
+    def sub(self, sub: Sub) -> _Reader:
+        assert self.table.key(sub.name) is sub and not sub.many
+        return _Reader(self.problems, sub.table, self.key(sub.name), self.data.get(sub.name, {}))
+
+    def tables(self, sub: Sub) -> Iterator[_Reader]:
+        assert self.table.key(sub.name) is sub and sub.many
+        value = self.data.get(sub.name, [])
+        if not isinstance(value, list):
+            self.fail(sub.name, value, "expected an array of tables", f"write each entry as [[{self.key(sub.name)}]]")
+            return
+        for i, item in enumerate(value):
+            yield _Reader(self.problems, sub.table, f"{self.key(sub.name)}[{i}]", item)
+
+    def free(self) -> Iterator[tuple[str, int]]:
+        """A table of free-named keys ([host.sysctl]): each valid name and its value."""
+        assert self.table.names is not None and self.table.values is not None
+        for name, value in self.data.items():
+            if not self.table.names.match(name) or ".." in name:
+                self.fail(name, value, "not a network sysctl name", 'use a dotted name under net., e.g. "net.ipv4.ip_forward"')
+                continue
+            try:
+                yield name, self.table.values.read(value, json.dumps(name))
+            except _Invalid as exc:
+                self.fail(name, value, exc.problem, exc.fix)
+
+    def _misspelt(self) -> dict[str, str]:
+        """Undeclared keys that look like a declared key left out: {written: meant}."""
+        if self.table.names is not None:
+            return {}
+        known = [k.name for k in self.table.keys]
+        out = {}
+        for unknown in set(self.data) - set(known):
+            close = difflib.get_close_matches(unknown, known, n=1)
+            if close and close[0] not in self.data:
+                out[unknown] = close[0]
+        return out
+
+    def done(self) -> None:
+        """Every undeclared key is a problem."""
+        if self.table.names is not None:
+            return
+        known = sorted(k.name for k in self.table.keys)
+        meant = self._misspelt()
+        for unknown in sorted(set(self.data) - set(known)):
+            hint = f"; did you mean {meant[unknown]}?" if unknown in meant else ""
+            self.fail(unknown, self.data[unknown], "unknown key", f"remove it or correct the spelling (known here: {', '.join(known)}){hint}")
+
+
+def _routes(r: _Reader, sub: Sub) -> tuple[Route, ...]:
+    out = []
+    for rr in r.tables(sub):
+        out.append(Route(to=rr.get(RouteKeys.to), via=rr.get(RouteKeys.via)))
         rr.done()
     return tuple(out)
 
 
-def _services(r: _Reader) -> tuple[Service, ...]:
-    out = []
-    for sr in r.tables("services"):
-        out.append(Service(kind=sr.choice("kind", SERVICE_KINDS), port=sr.port("port")))
-        sr.done()
-    return tuple(out)
-
-
 def _parse(data: dict[str, Any], source: str) -> Topology:
-    top = _Reader(source, "", data)
-    name = top.string("name", pattern=NAME_RE)
-    summary = top.string("summary", "")
+    problems = _Problems(source)
+    top = _Reader(problems, TOP, "", data)
+    name = top.get(TopKeys.name)
+    summary = top.get(TopKeys.summary)
 
-    sr = top.sub("setup", {})
+    sr = top.sub(TopKeys.setup)
     setup = Setup(
-        mode=sr.choice("mode", MODES, "build"),
-        command=_argv(sr, "command"),
-        teardown=_argv(sr, "teardown"),
-        config=sr.string("config", None),
-        socket=sr.string("socket", None),
+        mode=sr.get(SetupKeys.mode),
+        command=sr.get(SetupKeys.command),
+        teardown=sr.get(SetupKeys.teardown),
+        config=sr.opt(SetupKeys.config),
+        socket=sr.opt(SetupKeys.socket),
     )
     sr.done()
     _check_setup(sr, setup)
 
-    hr = top.sub("host")
-    sysr = hr.sub("sysctl", {})
-    sysctls = []
-    for key in sysr.data:
-        if not SYSCTL_RE.match(key) or ".." in key:
-            raise sysr.fail(key, sysr.data[key], "not a network sysctl name", 'use a dotted name under net., e.g. "net.ipv4.ip_forward"')
-        sysctls.append((key, sysr.integer(key, low=0, high=2**31)))
+    wr = top.sub(TopKeys.wan)
+    wan = Wan(address=wr.get(WanKeys.address), remote=wr.get(WanKeys.remote), routes=_routes(wr, WanKeys.routes))
+    wr.done()
+
+    hr = top.sub(TopKeys.host)
+    sysr = hr.sub(HostKeys.sysctl)
+    sysctls = tuple(sysr.free())
     sysr.done()
     host = Host(
-        uplink=hr.interface("uplink", "eth0"),
-        address=hr.iface_address("address"),
-        gateway=hr.address("gateway"),
-        sysctls=tuple(sysctls),
-        forward_policy=hr.choice("forward_policy", ("ACCEPT", "DROP"), "ACCEPT"),
+        uplink=hr.get(HostKeys.uplink),
+        address=hr.get(HostKeys.address),
+        gateway=hr.opt(HostKeys.gateway) or wan.address.ip,
+        sysctls=sysctls,
+        forward_policy=hr.get(HostKeys.forward_policy),
     )
     hr.done()
 
-    wr = top.sub("wan")
-    wan = Wan(
-        address=wr.iface_address("address"),
-        remote=tuple(_remote(wr)),
-        routes=_routes(wr, "routes"),
-    )
-    wr.done()
-
     bridges = []
-    for br in top.tables("bridge"):
-        baddr = br.iface_address("address", None, allow_auto=True)
-        bridges.append(Bridge(name=br.interface("name"), address=baddr, auto=("address",) if br.data.get("address") == AUTO else ()))
+    for br in top.tables(TopKeys.bridge):
+        address = br.opt(BridgeKeys.address)
+        bridges.append(Bridge(name=br.get(BridgeKeys.name), address=address, auto=("address",) if br.data.get("address") == AUTO else ()))
         br.done()
 
     containers = []
-    for cr in top.tables("container"):
-        gw_auto = cr.data.get("gateway") == AUTO
-        if gw_auto:
-            cr.used.add("gateway")
+    for i, cr in enumerate(top.tables(TopKeys.container)):
+        host_veth = cr.opt(ContainerKeys.host_veth)
+        if host_veth is None and "host_veth" not in cr.data and setup.mode == "build":
+            host_veth = f"veth{i}"
         c = Container(
-            name=cr.string("name", pattern=NAME_RE),
-            interface=cr.interface("interface", "eth0"),
-            address=cr.iface_address("address", allow_auto=True),
-            host_veth=cr.interface("host_veth", None) or "",
-            bridge=cr.interface("bridge", None),
-            host_address=cr.iface_address("host_address", None),
-            gateway=None if gw_auto else cr.address("gateway", None),
-            routes=_routes(cr, "routes"),
-            services=_services(cr),
-            mtu=cr.integer("mtu", None, 68, 65535),
-            netns=_netns_path(cr, "netns"),
+            name=cr.get(ContainerKeys.name),
+            interface=cr.get(ContainerKeys.interface),
+            address=cr.get(ContainerKeys.address),
+            host_veth=host_veth or "",
+            bridge=cr.opt(ContainerKeys.bridge),
+            host_address=cr.opt(ContainerKeys.host_address),
+            gateway=cr.opt(ContainerKeys.gateway),
+            routes=_routes(cr, ContainerKeys.routes),
+            services=tuple(Service(kind=s.get(ServiceKeys.kind), port=s.get(ServiceKeys.port)) for s in _done_each(cr.tables(ContainerKeys.services))),
+            mtu=cr.opt(ContainerKeys.mtu),
+            netns=cr.opt(ContainerKeys.netns),
         )
-        auto = tuple(k for k, on in (("address", c.address is None), ("gateway", gw_auto), ("host_veth", not c.host_veth)) if on)
+        given = {k: cr.data.get(k) for k in ("address", "gateway")}
+        auto = tuple(k for k, on in (("address", given["address"] == AUTO), ("gateway", given["gateway"] == AUTO), ("host_veth", not c.host_veth)) if on)
+        if "gateway" not in cr.data and setup.mode == "build":
+            c = replace(c, gateway=_host_side_address(c, bridges))
         containers.append(replace(c, auto=auto))
         cr.done()
 
     masquerades = []
-    for mr in top.tables("masquerade"):
-        masquerades.append(
-            Masquerade(
-                source=mr.network("source", None),
-                out_interface=mr.interface("out_interface", None),
-                not_out_interface=mr.interface("not_out_interface", None),
-            )
-        )
+    for mr in top.tables(TopKeys.masquerade):
+        masquerades.append(Masquerade(
+            source=mr.opt(MasqueradeKeys.source),
+            out_interface=mr.opt(MasqueradeKeys.out_interface),
+            not_out_interface=mr.opt(MasqueradeKeys.not_out_interface),
+        ))
         mr.done()
 
     publishes = []
-    for pr in top.tables("publish"):
-        publishes.append(
-            Publish(
-                container=pr.string("container", pattern=NAME_RE),
-                host_port=pr.port("host_port"),
-                port=pr.port("port"),
-                protocol=pr.choice("protocol", ("tcp", "udp"), "tcp"),
-                from_outside=pr.boolean("from_outside", True),
-                from_host=pr.boolean("from_host", True),
-            )
-        )
+    for pr in top.tables(TopKeys.publish):
+        publishes.append(Publish(
+            container=pr.get(PublishKeys.container),
+            host_port=pr.get(PublishKeys.host_port),
+            port=pr.get(PublishKeys.port),
+            protocol=pr.get(PublishKeys.protocol),
+            from_outside=pr.get(PublishKeys.from_outside),
+            from_host=pr.get(PublishKeys.from_host),
+        ))
         pr.done()
 
     vips = []
-    for vr in top.tables("vip"):
-        vips.append(
-            Vip(
-                chain=vr.string("chain", pattern=re.compile(r"^[A-Za-z0-9_-]{1,28}\Z"), what="chain name (1-28 of A-Z a-z 0-9 _ -)"),
-                address=vr.address("address"),
-                port=vr.port("port"),
-                container=vr.string("container", pattern=NAME_RE),
-                target_port=vr.port("target_port"),
-                protocol=vr.choice("protocol", ("tcp", "udp"), "tcp"),
-                from_outside=vr.boolean("from_outside", True),
-                from_host=vr.boolean("from_host", True),
-            )
-        )
+    for vr in top.tables(TopKeys.vip):
+        vips.append(Vip(
+            chain=vr.get(VipKeys.chain),
+            address=vr.get(VipKeys.address),
+            port=vr.get(VipKeys.port),
+            container=vr.get(VipKeys.container),
+            target_port=vr.get(VipKeys.target_port),
+            protocol=vr.get(VipKeys.protocol),
+            from_outside=vr.get(VipKeys.from_outside),
+            from_host=vr.get(VipKeys.from_host),
+        ))
         vr.done()
 
     forwards = []
-    for fr in top.tables("forward_accept"):
-        forwards.append(ForwardAccept(in_interface=fr.interface("in_interface", None), out_interface=fr.interface("out_interface", None)))
+    for fr in top.tables(TopKeys.forward_accept):
+        forwards.append(ForwardAccept(in_interface=fr.opt(ForwardAcceptKeys.in_interface), out_interface=fr.opt(ForwardAcceptKeys.out_interface)))
         fr.done()
     top.done()
 
     topo = Topology(
-        name=name,
-        summary=summary,
-        source=source,
-        host=host,
-        wan=wan,
-        bridges=tuple(bridges),
-        containers=tuple(containers),
-        masquerades=tuple(masquerades),
-        publishes=tuple(publishes),
-        vips=tuple(vips),
-        forward_accepts=tuple(forwards),
-        setup=setup,
+        name=name, summary=summary, source=source, host=host, wan=wan, bridges=tuple(bridges), containers=tuple(containers),
+        masquerades=tuple(masquerades), publishes=tuple(publishes), vips=tuple(vips), forward_accepts=tuple(forwards), setup=setup,
     )
-    _validate(topo)
+    _validate(topo, problems)
+    if problems.found:
+        raise SpecError.of(problems.found)
     return topo
+
+
+def _host_side_address(c: Container, bridges: Sequence[Bridge]) -> IPv4Address | None:
+    """A built container's gateway when the spec gives none: the address the host holds on its side."""
+    address = next((b.address for b in bridges if b.name == c.bridge), None) if c.bridge is not None else c.host_address
+    return address.ip if address is not None else None
+
+
+def _done_each(readers: Iterator[_Reader]) -> Iterator[_Reader]:
+    """Each reader of an array of tables, checked for undeclared keys once it has been read."""
+    for r in readers:
+        yield r
+        r.done()
 
 
 def _check_setup(r: _Reader, s: Setup) -> None:
     """Which [setup] keys each mode takes; each refusal says what to write instead."""
+    if not r.ok("mode"):
+        return
     given = {k for k in ("command", "teardown", "config", "socket") if getattr(s, k)}
     if s.mode == "build":
         for k in sorted(given):
-            raise r.fail(k, getattr(s, k), "is only for setups made by another tool", f'set mode = "script", "cni", "netavark", "podman" or "docker" in [setup], or remove {k}')
+            r.fail(k, getattr(s, k), "is only for setups made by another tool", f'set mode = "script", "cni", "netavark", "podman" or "docker" in [setup], or remove {k}')
         return
     allowed = {
         "script": {"command", "teardown"},
@@ -518,182 +912,227 @@ def _check_setup(r: _Reader, s: Setup) -> None:
             "config": f"mode {s.mode} reads no config file",
             "socket": f"mode {s.mode} has no daemon socket",
         }[k]
-        raise r.fail(k, getattr(s, k), why, f"remove {k} (mode {s.mode} takes: {', '.join(sorted(allowed))})")
+        r.fail(k, getattr(s, k), why, f"remove {k} (mode {s.mode} takes: {', '.join(sorted(allowed))})")
     if s.mode == "script" and not s.command:
-        raise r.fail("command", None, "a script setup needs a command", 'add command = ["sh", "setup.sh"] (run from the spec file\'s folder)')
+        r.fail("command", None, "a script setup needs a command", 'add command = ["sh", "setup.sh"] (run from the spec file\'s folder)')
     if s.mode in ("cni", "netavark") and not s.config:
         example = "cni/bridge.conflist" if s.mode == "cni" else "netavark/network.json"
-        raise r.fail("config", None, f"a {s.mode} setup needs its network configuration", f'add config = "{example}" (relative to the spec file\'s folder)')
+        r.fail("config", None, f"a {s.mode} setup needs its network configuration", f'add config = "{example}" (relative to the spec file\'s folder)')
     if s.teardown and not s.command:
-        raise r.fail("teardown", list(s.teardown), "a teardown needs a command that it undoes", "add command, or remove teardown")
+        r.fail("teardown", list(s.teardown), "a teardown needs a command that it undoes", "add command, or remove teardown")
     if s.socket is not None and not (s.socket.startswith("/") or s.socket.startswith("unix:///")):
-        raise r.fail("socket", s.socket, "not a unix socket path", 'write it as "/run/docker.sock" or "unix:///run/docker.sock"')
+        r.fail("socket", s.socket, "not a unix socket path", 'write it as "/run/docker.sock" or "unix:///run/docker.sock"')
 
 
-def _netns_path(r: _Reader, name: str) -> str | None:
-    value = r.string(name, None)
-    if value is None:
-        return None
-    if not NETNS_PATH_RE.match(value) or "/../" in value + "/":
-        raise r.fail(name, value, "not an absolute path to a network namespace (/run/netns/NAME or /proc/PID/ns/net)", 'write it as "/run/netns/NAME" or "/proc/PID/ns/net"')
-    return str(value)
+# --------------------------------------------------------------------------- cross-field checks
 
 
-def _argv(r: _Reader, name: str) -> tuple[str, ...]:
-    value = r.raw(name, [])
-    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise r.fail(name, value, "expected a list of strings (an argv, run without a shell)", f'write {name} = ["sh", "setup.sh"]')
-    if any("\x00" in v for v in value):
-        raise r.fail(name, value, "contains a NUL byte", "remove it")
-    return tuple(value)
-
-
-def _remote(r: _Reader) -> Iterator[IPv4Interface]:
-    value = r.raw("remote", ["198.51.100.1/32"])
-    if not isinstance(value, list) or not value:
-        raise r.fail("remote", value, "expected a non-empty list of addresses", 'write remote = ["198.51.100.1/32"]')
-    for i, item in enumerate(value):
-        holder = _Reader(r.source, r.path, {f"remote[{i}]": item})
-        yield holder.iface_address(f"remote[{i}]")
-
-
-def _validate(t: Topology) -> None:
-    """Cross-field checks: references, subnets, duplicates, documentation ranges."""
-    src = t.source
-
-    def fail(key: str, value: object, problem: str, fix: str) -> SpecError:
-        return SpecError(src, key, value, problem, fix)
-
+def _validate(t: Topology, problems: _Problems) -> None:
+    """Cross-field checks: references, subnets, duplicates, documentation ranges, and what would fail at run time."""
+    fail, wrong = problems.add, problems.wrong
     doc = "the outside world uses documentation ranges only (203.0.113.0/24, 198.51.100.0/24)"
-    for key, iface in [("host.address", t.host.address), ("wan.address", t.wan.address)] + [
-        (f"wan.remote[{i}]", r) for i, r in enumerate(t.wan.remote)
-    ]:
+    for key, iface in [("host.address", t.host.address), ("wan.address", t.wan.address)] + [(f"wan.remote[{i}]", r) for i, r in enumerate(t.wan.remote)]:
         if not any(iface.ip in d for d in DOC_RANGES):
-            raise fail(key, str(iface), "is outside the documentation ranges", f"use an address in 203.0.113.0/24 or 198.51.100.0/24: {doc}")
+            fail(key, str(iface), "is outside the documentation ranges", f"use an address in 203.0.113.0/24 or 198.51.100.0/24: {doc}")
     if t.host.address.network != t.wan.address.network:
-        raise fail("wan.address", str(t.wan.address), f"is not in the host uplink's subnet {t.host.address.network}", "put host.address and wan.address in one subnet")
+        fail("wan.address", str(t.wan.address), f"is not in the host uplink's subnet {t.host.address.network}", "put host.address and wan.address in one subnet", ["host.address"])
     if t.host.gateway != t.wan.address.ip:
-        raise fail("host.gateway", str(t.host.gateway), f"is not the wan address {t.wan.address.ip}", f'set host.gateway = "{t.wan.address.ip}"')
+        fail("host.gateway", str(t.host.gateway), f"is not the wan address {t.wan.address.ip}", f'set host.gateway = "{t.wan.address.ip}"', ["wan.address"])
 
     # names: host-side interfaces share one namespace; containers need distinct names.
     seen: dict[str, str] = {}
     for key, name in [("host.uplink", t.host.uplink)] + [(f"bridge[{i}].name", b.name) for i, b in enumerate(t.bridges)]:
+        if wrong(key):
+            continue
         if name in seen:
-            raise fail(key, name, f"duplicate interface name (also {seen[name]})", "give each host interface its own name")
+            fail(key, name, f"duplicate interface name (also {seen[name]})", "give each host interface its own name")
         seen[name] = key
     names: dict[str, int] = {}
     for i, c in enumerate(t.containers):
+        key = f"container[{i}].name"
+        if wrong(key):
+            continue
         if c.name in names:
-            raise fail(f"container[{i}].name", c.name, f"duplicate container name (also container[{names[c.name]}])", "give each container its own name")
+            fail(key, c.name, f"duplicate container name (also container[{names[c.name]}])", "give each container its own name")
         names[c.name] = i
         if c.name in ("host", "wan"):
-            raise fail(f"container[{i}].name", c.name, "is reserved for netcheck's own namespaces", "rename the container")
+            fail(key, c.name, "is reserved for netcheck's own namespaces", "rename the container")
+    all_names = [f"container[{i}].name" for i in range(len(t.containers))]
     external = "set mode in [setup] to the tool that makes this setup (script, cni, netavark, podman, docker)"
+    build = t.setup.mode == "build" and not wrong("setup.mode")
     for i, c in enumerate(t.containers):
-        if not c.host_veth and t.setup.mode == "build":
-            raise fail(f"container[{i}].host_veth", None, "missing required key", f'add host_veth = "veth{i}"')
-        if c.host_veth:
+        key = f"container[{i}]"
+        if c.host_veth and not wrong(f"{key}.host_veth"):
             if c.host_veth in seen:
-                raise fail(f"container[{i}].host_veth", c.host_veth, f"duplicate interface name (also {seen[c.host_veth]})", "give each host-side veth its own name")
-            seen[c.host_veth] = f"container[{i}].host_veth"
-        if t.setup.mode == "build":
-            if c.address is None:
-                raise fail(f"container[{i}].address", AUTO, "'auto' is only for setups made by another tool", f"write the address, or {external}")
+                fail(f"{key}.host_veth", c.host_veth, f"duplicate interface name (also {seen[c.host_veth]})", "give each host-side veth its own name")
+            seen[c.host_veth] = f"{key}.host_veth"
+        if build:
+            if "address" in c.auto:
+                fail(f"{key}.address", AUTO, "'auto' is only for setups made by another tool", f"write the address, or {external}")
             if "gateway" in c.auto:
-                raise fail(f"container[{i}].gateway", AUTO, "'auto' is only for setups made by another tool", f"write the gateway, or {external}")
+                fail(f"{key}.gateway", AUTO, "'auto' is only for setups made by another tool", f"write the gateway, or {external}")
             if c.netns is not None:
-                raise fail(f"container[{i}].netns", c.netns, "netcheck builds this container's namespace itself", f"remove netns, or {external}")
+                fail(f"{key}.netns", c.netns, "netcheck builds this container's namespace itself", f"remove netns, or {external}")
     for i, b in enumerate(t.bridges):
-        if b.auto and t.setup.mode == "build":
-            raise fail(f"bridge[{i}].address", AUTO, "'auto' is only for setups made by another tool", f"write the address, or {external}")
+        if b.auto and build:
+            fail(f"bridge[{i}].address", AUTO, "'auto' is only for setups made by another tool", f"write the address, or {external}")
+    iface_keys = ["host.uplink", *(f"bridge[{i}].name" for i in range(len(t.bridges))), *(f"container[{i}].host_veth" for i in range(len(t.containers)))]
 
     # subnets: bridges, routed veths and the uplink must not overlap.
     subnets: list[tuple[str, IPv4Network]] = [("host.address", t.host.address.network)]
-    for i, b in enumerate(t.bridges):
-        if b.address is not None:
-            subnets.append((f"bridge[{i}].address", b.address.network))
-    for i, c in enumerate(t.containers):
-        if c.host_address is not None:
-            subnets.append((f"container[{i}].host_address", c.host_address.network))
+    subnets += [(f"bridge[{i}].address", b.address.network) for i, b in enumerate(t.bridges) if b.address is not None]
+    subnets += [(f"container[{i}].host_address", c.host_address.network) for i, c in enumerate(t.containers) if c.host_address is not None]
+    subnets = [(where, net) for where, net in subnets if not wrong(where)]
     for n, (where, subnet) in enumerate(subnets):
         for other_where, other in subnets[:n]:
             if subnet.overlaps(other):
-                raise fail(where, str(subnet), f"overlaps {other} ({other_where})", "give each network its own, non-overlapping subnet")
+                fail(where, str(subnet), f"overlaps {other} ({other_where})", "give each network its own, non-overlapping subnet", [other_where])
 
     # addresses: unique, and inside the subnet they belong to.
     used: dict[IPv4Address, str] = {}
-    _claim(used, t.host.address.ip, "host.address", src)
-    _claim(used, t.wan.address.ip, "wan.address", src)
+
+    def claim(ip: IPv4Address, key: str) -> None:
+        if wrong(key):
+            return
+        if ip in used:
+            fail(key, str(ip), f"duplicate address (also {used[ip]})", "give each interface its own address")
+        else:
+            used[ip] = key
+
+    claim(t.host.address.ip, "host.address")
+    claim(t.wan.address.ip, "wan.address")
     for i, r in enumerate(t.wan.remote):
-        _claim(used, r.ip, f"wan.remote[{i}]", src)
+        claim(r.ip, f"wan.remote[{i}]")
     for i, b in enumerate(t.bridges):
         if b.address is not None:
-            _claim(used, b.address.ip, f"bridge[{i}].address", src)
-    bridge_names = {b.name: b for b in t.bridges}
+            claim(b.address.ip, f"bridge[{i}].address")
+    bridge_at = {b.name: i for i, b in enumerate(t.bridges)}
+    all_bridges = [f"bridge[{i}].name" for i in range(len(t.bridges))]
     for i, c in enumerate(t.containers):
         key = f"container[{i}]"
-        if c.bridge is not None and c.bridge not in bridge_names:
-            raise fail(f"{key}.bridge", c.bridge, "names no bridge in this spec", f"declare [[bridge]] name = \"{c.bridge}\", or use one of: {', '.join(bridge_names) or 'none'}")
-        if c.bridge is not None and c.host_address is not None:
-            raise fail(f"{key}.host_address", str(c.host_address), "a bridged container's veth takes no host address", "remove host_address, or remove bridge for a routed veth")
-        if c.address is None:
+        if c.bridge is not None and c.bridge not in bridge_at:
+            fail(f"{key}.bridge", c.bridge, "names no bridge in this spec", f"declare [[bridge]] name = \"{c.bridge}\", or use one of: {', '.join(bridge_at) or 'none'}", all_bridges)
             continue
-        _claim(used, c.address.ip, f"{key}.address", src)
+        if c.bridge is not None and c.host_address is not None:
+            fail(f"{key}.host_address", str(c.host_address), "a bridged container's veth takes no host address", "remove host_address, or remove bridge for a routed veth", [f"{key}.bridge"])
+        if c.address is None or wrong(f"{key}.address", f"{key}.bridge"):
+            continue
+        claim(c.address.ip, f"{key}.address")
         if c.host_address is not None:
-            _claim(used, c.host_address.ip, f"{key}.host_address", src)
-        net = None
-        if c.bridge is not None and bridge_names[c.bridge].address is not None:
-            net = bridge_names[c.bridge].address.network  # type: ignore[union-attr]
-        elif c.host_address is not None:
-            net = c.host_address.network
+            claim(c.host_address.ip, f"{key}.host_address")
+        net, net_key = _own_network(t, i, bridge_at)
         if net is not None and c.address.ip not in net:
-            raise fail(f"{key}.address", str(c.address), f"is outside its network {net}", f"use an address inside {net}")
+            fail(f"{key}.address", str(c.address), f"is outside its network {net}", f"use an address inside {net}", [net_key])
         if net is not None and c.address.network != net:
-            raise fail(f"{key}.address", str(c.address), f"has prefix /{c.address.network.prefixlen} but its network is {net}", f"write it with /{net.prefixlen}")
-        if c.gateway is not None and not c.address.network.supernet_of(IPv4Network(f"{c.gateway}/32")):
-            raise fail(f"{key}.gateway", str(c.gateway), f"is not on the container's subnet {c.address.network}", "use the bridge's or the host veth's address")
+            fail(f"{key}.address", str(c.address), f"has prefix /{c.address.network.prefixlen} but its network is {net}", f"write it with /{net.prefixlen}", [net_key])
+        if c.gateway is not None and c.gateway not in c.address.network:
+            fail(f"{key}.gateway", str(c.gateway), f"is not on the container's subnet {c.address.network}", "use the bridge's or the host veth's address", [f"{key}.address"])
+        _check_gateway_owner(t, c, key, problems, bridge_at, net_key, build)
 
-    host_ifaces = set(seen)
     for i, m in enumerate(t.masquerades):
         for attr in ("out_interface", "not_out_interface"):
             ref = getattr(m, attr)
-            if ref is not None and ref not in host_ifaces:
-                raise fail(f"masquerade[{i}].{attr}", ref, "names no host interface in this spec", f"use one of: {', '.join(sorted(host_ifaces))}")
+            if ref is not None and ref not in seen:
+                fail(f"masquerade[{i}].{attr}", ref, "names no host interface in this spec", f"use one of: {', '.join(sorted(seen))}", iface_keys)
     for i, f in enumerate(t.forward_accepts):
         for attr in ("in_interface", "out_interface"):
             ref = getattr(f, attr)
-            if ref is not None and ref not in host_ifaces:
-                raise fail(f"forward_accept[{i}].{attr}", ref, "names no host interface in this spec", f"use one of: {', '.join(sorted(host_ifaces))}")
+            if ref is not None and ref not in seen:
+                fail(f"forward_accept[{i}].{attr}", ref, "names no host interface in this spec", f"use one of: {', '.join(sorted(seen))}", iface_keys)
     ports: dict[tuple[str, int], str] = {}
     for i, p in enumerate(t.publishes):
         if p.container not in names:
-            raise fail(f"publish[{i}].container", p.container, "names no container in this spec", f"use one of: {', '.join(names) or 'none'}")
+            fail(f"publish[{i}].container", p.container, "names no container in this spec", f"use one of: {', '.join(names) or 'none'}", all_names)
+        elif not wrong(f"publish[{i}].port", f"publish[{i}].protocol"):
+            _check_served(t, names[p.container], p.port, p.protocol, f"publish[{i}].port", problems)
         k = (p.protocol, p.host_port)
+        if wrong(f"publish[{i}].host_port"):
+            continue
         if k in ports:
-            raise fail(f"publish[{i}].host_port", p.host_port, f"is already published by {ports[k]}", "publish each host port once")
+            fail(f"publish[{i}].host_port", p.host_port, f"is already published by {ports[k]}", "publish each host port once")
         ports[k] = f"publish[{i}]"
     chains: set[str] = set()
     for i, v in enumerate(t.vips):
         if v.container not in names:
-            raise fail(f"vip[{i}].container", v.container, "names no container in this spec", f"use one of: {', '.join(names) or 'none'}")
-        if v.chain in chains or v.chain in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
-            raise fail(f"vip[{i}].chain", v.chain, "duplicate or built-in chain name", "give each VIP its own custom chain")
-        chains.add(v.chain)
+            fail(f"vip[{i}].container", v.container, "names no container in this spec", f"use one of: {', '.join(names) or 'none'}", all_names)
+        elif not wrong(f"vip[{i}].target_port", f"vip[{i}].protocol"):
+            _check_served(t, names[v.container], v.target_port, v.protocol, f"vip[{i}].target_port", problems)
+        if not wrong(f"vip[{i}].chain"):
+            if v.chain in chains or v.chain in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
+                fail(f"vip[{i}].chain", v.chain, "duplicate or built-in chain name", "give each VIP its own custom chain")
+            chains.add(v.chain)
         if v.address in used:
-            raise fail(f"vip[{i}].address", str(v.address), f"is already the address of {used[v.address]}", "a VIP must not be an interface address")
+            fail(f"vip[{i}].address", str(v.address), f"is already the address of {used[v.address]}", "a VIP must not be an interface address")
     for i, c in enumerate(t.containers):
         for j, route in enumerate(c.routes):
             if c.address is not None and route.via not in c.address.network:
-                raise fail(f"container[{i}].routes[{j}].via", str(route.via), f"is not on the container's subnet {c.address.network}", "route via an address on the container's subnet")
+                fail(f"container[{i}].routes[{j}].via", str(route.via), f"is not on the container's subnet {c.address.network}", "route via an address on the container's subnet",
+                     [f"container[{i}].address"])
     for j, route in enumerate(t.wan.routes):
         if route.via not in t.wan.address.network:
-            raise fail(f"wan.routes[{j}].via", str(route.via), f"is not on the uplink subnet {t.wan.address.network}", f'route via the host, "{t.host.address.ip}"')
+            fail(f"wan.routes[{j}].via", str(route.via), f"is not on the uplink subnet {t.wan.address.network}", f'route via the host, "{t.host.address.ip}"', ["wan.address"])
+    if t.setup.mode == "script":
+        _check_env_names(t, problems)
 
 
-def _claim(used: dict[IPv4Address, str], ip: IPv4Address, key: str, src: str) -> None:
-    if ip in used:
-        raise SpecError(src, key, str(ip), f"duplicate address (also {used[ip]})", "give each interface its own address")
-    used[ip] = key
+def _own_network(t: Topology, i: int, bridge_at: Mapping[str, int]) -> tuple[IPv4Network | None, str]:
+    """The network container ``i``'s address belongs to (its bridge's, or its routed veth's), and the key that says so."""
+    c = t.containers[i]
+    if c.bridge is not None:
+        j = bridge_at[c.bridge]
+        address = t.bridges[j].address
+        return (address.network if address is not None else None), f"bridge[{j}].address"
+    if c.host_address is not None:
+        return c.host_address.network, f"container[{i}].host_address"
+    return None, f"container[{i}].address"
+
+
+def _check_gateway_owner(t: Topology, c: Container, key: str, problems: _Problems, bridge_at: Mapping[str, int], net_key: str, build: bool) -> None:
+    """A container's gateway must be an address the host holds on the container's side, or its default route leads nowhere."""
+    if c.gateway is None:
+        return
+    if c.bridge is not None:
+        address = t.bridges[bridge_at[c.bridge]].address
+        owner, what = (address.ip if address is not None else None), f"bridge {c.bridge}"
+        if address is None and not build:
+            return  # another tool's bridge, its address not stated: nothing to compare with
+    else:
+        owner, what = (c.host_address.ip if c.host_address is not None else None), "the host end of the veth (host_address)"
+    if c.gateway == owner:
+        return
+    if owner is None:
+        subnet = c.address.network if c.address is not None else "the container's subnet"
+        fix = f"give {what} an address on {subnet}, and use it as the gateway" if c.bridge else f"add host_address on {subnet}, and use it as the gateway"
+    else:
+        fix = f'set gateway = "{owner}", the address of {what}'
+    problems.add(f"{key}.gateway", str(c.gateway), "is an address no interface in this spec holds, so the container's default route leads nowhere", fix,
+                 [f"{key}.address", f"{key}.bridge", f"{key}.host_address", net_key])
+
+
+def _check_served(t: Topology, index: int, port: int, protocol: Transport, key: str, problems: _Problems) -> None:
+    """A port netcheck DNATs to must have a service of the same protocol behind it, or every probe of it fails."""
+    c = t.containers[index]
+    kinds: tuple[ServiceKind, ...] = ("udp-echo",) if protocol == "udp" else ("http", "tcp-echo")
+    if any(s.port == port and s.kind in kinds for s in c.services):
+        return
+    kind = kinds[0]
+    problems.add(key, port, f"container {c.name} runs no {protocol} service on port {port}, so nothing would answer",
+                 f'add {{ kind = "{kind}", port = {port} }} to container[{index}].services', [f"container[{index}].services", f"container[{index}].name"])
+
+
+def _check_env_names(t: Topology, problems: _Problems) -> None:
+    """A script finds each container's namespace in a variable; two names must not give the same one."""
+    first: dict[str, int] = {}
+    for i, c in enumerate(t.containers):
+        key = f"container[{i}].name"
+        if problems.wrong(key):
+            continue
+        var = env_name(c.name)
+        if var in first and t.containers[first[var]].name != c.name:
+            j = first[var]
+            problems.add(key, c.name, f"gives the script the same variable ${var} as container[{j}].name = {t.containers[j].name!r}",
+                         "rename one of them so that the names differ in more than - . _ or letter case")
+        first.setdefault(var, i)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -712,18 +1151,47 @@ def loads(text: str, source: str = "<string>") -> Topology:
     return _parse(data, source)
 
 
+def read_text(path: str | Path) -> str:
+    """A spec file's text: a regular file of at most MAX_BYTES of UTF-8. Never blocks on a FIFO or a device."""
+    p = Path(path)
+
+    def refuse(problem: str, fix: str) -> SpecError:
+        return SpecError(str(p), "(file)", str(p), problem, fix)
+
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer. fstat on the open file, not
+        # stat before opening: what is checked is what is read.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket
+            raise refuse("is not a regular file (a socket)", "give the path of a .toml spec file") from None
+        raise refuse(f"cannot read the file ({exc.strerror})", "check the path") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+            raise refuse(f"is not a regular file ({what})", "give the path of a .toml spec file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise refuse(f"cannot read the file ({exc.strerror})", "check the path") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_BYTES:
+        raise refuse(f"is larger than {MAX_BYTES >> 20} MiB, too large for a spec", "give the path of a .toml spec file (a spec is a few KiB)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse("is not UTF-8 text", "save the spec as UTF-8 TOML") from None
+
+
 def load(path: str | Path) -> Topology:
     """Load a spec from a TOML file."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise SpecError(str(p), "(file)", str(p), f"cannot read the file ({exc.strerror})", "check the path") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(str(p), "(file)", str(p), "is not UTF-8 text", "save the spec as UTF-8 TOML") from None
-    return loads(text, str(p))
+    return loads(read_text(path), str(Path(path)))
 
 
 def builtin(name: str) -> Topology:
@@ -758,6 +1226,6 @@ def as_mapping(t: Topology) -> Mapping[str, Any]:
 
 
 __all__ = [
-    "Bridge", "Container", "ForwardAccept", "Host", "Masquerade", "Publish", "Route", "Service",
-    "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "load", "loads", "resolve",
+    "Bridge", "Container", "ForwardAccept", "Host", "Masquerade", "Problem", "Publish", "Route", "Service",
+    "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "env_name", "load", "loads", "read_text", "resolve",
 ]

@@ -5,6 +5,11 @@ what the error must say::
 
     # expect: <key path> | <substring of the problem> | <substring of the fix>
 
+Every problem is reported at once, so a file with more than one mistake names each further one
+on a line of its own, and the loader must report exactly those::
+
+    # also: <key path> | <substring of the problem>
+
 Loading a spec is pure: it must never create a kernel object, so each test also compares
 ``/run/netns`` and netcheck's run directory before and after.
 """
@@ -34,13 +39,21 @@ class Expect:
     key: str
     problem: str
     fix: str
+    also: tuple[tuple[str, str], ...] = ()  # (key, problem) of each further mistake in the file
 
 
 def expectation(path: Path) -> Expect:
-    first = path.read_text("utf-8").splitlines()[0]
+    lines = path.read_text("utf-8").splitlines()
+    first = lines[0]
     assert first.startswith("# expect: "), f"{path}: the first line must be '# expect: KEY | PROBLEM | FIX', not {first!r}"
     key, problem, fix = (part.strip() for part in first.removeprefix("# expect: ").split(" | "))
-    return Expect(key, problem, fix)
+    also = []
+    for line in lines[1:]:
+        if not line.startswith("# also: "):
+            break
+        other_key, other_problem = (part.strip() for part in line.removeprefix("# also: ").split(" | "))
+        also.append((other_key, other_problem))
+    return Expect(key, problem, fix, tuple(also))
 
 
 def kernel_state() -> dict[str, list[str]]:
@@ -76,10 +89,18 @@ def test_invalid_spec_is_refused(path: Path) -> None:
     err = info.value
     assert (err.source, err.key) == (str(path), want.key)
     assert err.problem and err.fix
+    # Every mistake is reported, and nothing else: one mistake is one error, not a cascade.
+    got = [(p.key, p.problem) for p in err.problems]
+    assert len(got) == 1 + len(want.also), f"expected {1 + len(want.also)} problem(s), got {len(got)}:\n{message}"
+    for (key, problem), (want_key, want_problem) in zip(got[1:], want.also, strict=True):
+        assert key == want_key and want_problem in problem, f"expected {want_key} ({want_problem}), got {key} ({problem})"
+    assert message.splitlines() == [str(p) for p in err.problems], "str() must give one line per problem"
+    for p in err.problems:
+        assert p.source == str(path) and p.fix, p
 
 
 def test_corpus_files_differ() -> None:
-    bodies = [p.read_text("utf-8").split("\n", 2)[2] for p in CORPUS]
+    bodies = ["\n".join(line for line in p.read_text("utf-8").splitlines() if not line.startswith("#")) for p in CORPUS]
     assert len(set(bodies)) == len(bodies), "two corpus files hold the same spec"
 
 

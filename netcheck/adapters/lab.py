@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from netcheck.kernel.worker import netns_path
 from netcheck.kernel.xtables import XRule
 from netcheck.lab import Lab, LabError
 from netcheck.ledger import RUN_DIR, process_starttime
+from netcheck.spec import env_name  # the spec's knowledge: its validation refuses two names that give one variable
 
 WORK_ROOT = Path(os.environ.get("NETCHECK_WORK_DIR", "/tmp"))
 TAIL = 1500  # characters of a tool's output quoted in an error
@@ -65,11 +65,6 @@ class Adapter(Protocol):
 
     def teardown(self, lab: ExternalLab) -> list[str]:
         """Run the tool's own teardown; return the errors (each step is tried)."""
-
-
-def env_name(container: str) -> str:
-    """The environment variable holding a container's namespace name: web-1 -> NETCHECK_NETNS_WEB_1."""
-    return "NETCHECK_NETNS_" + re.sub(r"[^A-Z0-9]", "_", container.upper())
 
 
 class ExternalLab(Lab):

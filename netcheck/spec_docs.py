@@ -1,0 +1,181 @@
+"""The JSON Schema and the key reference of docs/spec.md, written from the loader's own declarations.
+
+``python -m netcheck.spec_docs`` rewrites both; ``--check`` only says whether they are current.
+Nothing here runs when a spec is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from netcheck import spec
+
+SCHEMA_NAME = "netcheck-spec.schema.json"
+SCHEMA_PATH = Path(__file__).parent / "topologies" / SCHEMA_NAME
+DOCS_PATH = Path(__file__).parent.parent / "docs" / "spec.md"  # in a clone of the repository
+BEGIN = "<!-- BEGIN KEYS: written by `python -m netcheck.spec_docs` from netcheck/spec.py; do not edit by hand -->"
+END = "<!-- END KEYS -->"
+
+
+def walk(table: spec.Table = spec.TOP, path: str = "") -> Iterator[tuple[str, spec.Table]]:
+    """Every table with its path as the reference writes it: "", "host", "container[]", "container[].routes[]"."""
+    yield path, table
+    for k in table.keys:
+        if isinstance(k, spec.Sub):
+            yield from walk(k.table, f"{path}.{k.name}".lstrip(".") + ("[]" if k.many else ""))
+
+
+def declared_keys() -> set[str]:
+    """Every key path the loader accepts, e.g. "container[].services[].port"; a free-named table as "host.sysctl.*"."""
+    out = set()
+    for path, table in walk():
+        if table.names is not None:
+            out.add(f"{path}.*")
+        out |= {f"{path}.{k.name}".lstrip(".") for k in table.keys}
+    return out
+
+
+def _json_value(value: object) -> Any:
+    if isinstance(value, (IPv4Address, IPv4Interface, IPv4Network)):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _example(key: spec.Key[Any]) -> Any:
+    return tomllib.loads(f"x = {key.example}")["x"]
+
+
+def _table_schema(table: spec.Table) -> dict[str, Any]:
+    if table.names is not None and table.values is not None:
+        return {"type": "object", "description": table.doc, "propertyNames": {"pattern": spec.schema_pattern(table.names)},
+                "additionalProperties": dict(table.values.schema)}
+    properties: dict[str, Any] = {}
+    required = []
+    for k in table.keys:
+        if isinstance(k, spec.Sub):
+            inner = _table_schema(k.table)
+            properties[k.name] = {"type": "array", "description": k.doc, "items": inner} if k.many else {**inner, "description": k.doc}
+            continue
+        schema: dict[str, Any] = {**k.kind.schema, "description": k.doc + (f" Default: {k.default_doc}." if k.default_doc else "")}
+        if k.default is spec.Absent.REQUIRED:
+            required.append(k.name)
+        elif not isinstance(k.default, spec.Absent):
+            schema["default"] = _json_value(k.default)
+        schema["examples"] = [_example(k)]
+        properties[k.name] = schema
+    out: dict[str, Any] = {"type": "object", "description": table.doc, "properties": properties, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07) of a spec file, for editors (taplo, Even Better TOML) and tools."""
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "netcheck topology spec",
+        **_table_schema(spec.TOP),
+        "description": "A netcheck topology (TOML). Reference: docs/spec.md. The loader checks more than this schema can say "
+                       "(references between tables, subnets, duplicates); run `netcheck validate FILE`.",
+    }
+
+
+def _default_text(key: spec.Key[Any]) -> str:
+    if key.default is spec.Absent.REQUIRED:
+        return "**required**"
+    if key.default_doc:
+        return key.default_doc
+    if key.default is spec.Absent.NONE:
+        return "none"
+    return f"`{_toml_value(key.default)}`"
+
+
+def _heading(path: str, table: spec.Table) -> str:
+    if not path:
+        return "Top level"
+    if path.endswith("[]") and "." not in path:
+        return f"`[[{path[:-2]}]]`"
+    if not path.endswith("[]"):
+        return f"`[{path}]`"
+    return f"`{path}` (an array of inline tables)"
+
+
+def reference() -> str:
+    """The key reference: one table of keys for each TOML table, with type, default, example and meaning."""
+    lines = [BEGIN, ""]
+    for path, table in walk():
+        lines += [f"### {_heading(path, table)}", "", table.doc, ""]
+        if table.names is not None and table.values is not None:
+            lines += ["| key | type | default | example | meaning |", "|---|---|---|---|---|",
+                      f'| any name under `net.` (quoted) | {table.values.title} | none | `"net.ipv4.ip_forward" = 1` | the sysctl and its value |', ""]
+            continue
+        lines += ["| key | type | default | example | meaning |", "|---|---|---|---|---|"]
+        for k in table.keys:
+            if isinstance(k, spec.Sub):
+                inner = f"{path}.{k.name}".lstrip(".") + ("[]" if k.many else "")
+                kind = "array of tables" if k.many else "table"
+                example = f"`{k.name} = {k.example}`" if k.example else ""
+                lines.append(f"| `{k.name}` | {kind}, see {_heading(inner, k.table)} | none | {example} | {k.doc} |")
+            else:
+                lines.append(f"| `{k.name}` | {k.kind.title} | {_default_text(k)} | `{k.name} = {k.example}` | {k.doc} |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines).replace("|  |", "| |")
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def with_reference(docs: str) -> str:
+    """The text of docs/spec.md with its key reference replaced by the current one."""
+    if BEGIN not in docs or END not in docs:
+        raise ValueError(f"{DOCS_PATH}: no reference block ({BEGIN} ... {END})")
+    before, rest = docs.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    return before + reference() + after
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m netcheck.spec_docs", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if the schema or the reference is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    targets = [(SCHEMA_PATH, schema_text)]
+    if DOCS_PATH.exists():
+        targets.append((DOCS_PATH, lambda: with_reference(DOCS_PATH.read_text("utf-8"))))
+    for path, text in targets:
+        new = text()
+        if path.exists() and path.read_text("utf-8") == new:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.write_text(new, "utf-8")
+            print(f"wrote {path}")
+    if args.check and stale:
+        print("stale: " + ", ".join(map(str, stale)) + " (run: python -m netcheck.spec_docs)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
