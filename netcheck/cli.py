@@ -211,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_validate)
 
     d = sub.add_parser("doctor", help="inspect a live lab or named namespaces and print what is wrong, without sending traffic")
-    d.add_argument("targets", nargs="*", metavar="TAG|NETNS", help="a lab tag (see netcheck clean --dry-run --all), or namespace names under /run/netns")
+    d.add_argument("targets", nargs="*", metavar="TAG|NETNS", help="a lab tag (see netcheck clean --dry-run --all), or namespace names under /run/netns (CONTAINER=NETNS with --topology)")
     d.add_argument("--host-netns", metavar="NETNS", help="the namespace that plays the container host (default: the lab's host, or this namespace)")
     d.add_argument("--probe", action="store_true", help="also send probes (traffic stays inside the named namespaces)")
+    d.add_argument("--topology", metavar="FILE|NAME", help="check against this spec's intent (its sysctls, forwarding, NAT, published ports); "
+                   "named namespaces are matched to its containers by name (or by their netns)")
+    d.add_argument("--json", action="store_true", help="print JSON: the facts, the findings and the probes")
     d.set_defaults(func=_doctor)
 
     f = sub.add_parser("diff", help="list the checks that changed between two results files (reports/*.json)")

@@ -233,3 +233,77 @@ def test_clean_all_removes_everything(runs: tuple[Path, dict[str, Path]]) -> Non
     done = netcheck_cmd("clean", "--all", run_dir=run_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _left(made) == set() and not list(run_dir.glob("*.jsonl"))
+
+
+# ----------------------------------------------------------------------------- doctor, on real labs (root)
+
+
+@pytest.fixture
+def seed1_lab() -> Iterator[object]:
+    from netcheck import spec
+    from netcheck.lab import Lab, has_net_admin
+
+    if not has_net_admin():
+        pytest.skip("needs root to build network namespaces")
+    with Lab(spec.builtin("seed1")) as lab:
+        yield lab
+
+
+@pytest.mark.root
+def test_doctor_topology_checks_namespaces_against_the_intent(seed1_lab) -> None:
+    """Namespaces with ip_forward=0 (as another tool might leave them): the spec says 1."""
+    lab = seed1_lab
+    lab.host.set_sysctl("net.ipv4.ip_forward", 0)
+    targets = [f"{c.name}={lab.container_ns(c.name).name}" for c in lab.topology.containers]
+    done = netcheck_cmd("doctor", "--json", "--topology", "seed1", "--host-netns", lab.host.name, *targets)
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert data["findings"] and data["findings"][0]["cause"] == "ip_forward_off", data["findings"]
+    assert "checked against" in data["title"] and data["traffic_sent"] is False and data["probes"] == []
+    text = netcheck_cmd("doctor", "--topology", "seed1", "--host-netns", lab.host.name, *targets)
+    assert text.returncode == 1 and "1. [ip_forward_off] host: net.ipv4.ip_forward = 0" in text.stdout, text.stdout + text.stderr
+    stray = netcheck_cmd("doctor", "--topology", "seed1", "--host-netns", lab.host.name, f"nosuch={lab.container_ns('netns0').name}")
+    assert stray.returncode == 2 and "match no container of the spec" in stray.stderr and "CONTAINER=NETNS" in stray.stderr, stray.stderr
+    bad = netcheck_cmd("doctor", "--topology", "/nonexistent.toml", "--host-netns", lab.host.name, *targets)
+    assert bad.returncode == 2 and "--topology: /nonexistent.toml" in bad.stderr, bad.stderr
+    for d in (stray, bad):
+        no_traceback(d)
+
+
+@pytest.mark.root
+def test_a_kept_lab_is_listed_by_clean_inspected_by_doctor_and_removed_by_clean_tag(tmp_path: Path) -> None:
+    from netcheck import spec
+    from netcheck.lab import Lab, has_net_admin
+
+    if not has_net_admin():
+        pytest.skip("needs root to build network namespaces")
+    lab = Lab(spec.builtin("seed1"), keep=True, run_dir=tmp_path).build()
+    names = [ns.name for ns in lab.namespaces().values()]
+    try:
+        lab.teardown()  # kept: the lab stays up, its record marked
+        listed = netcheck_cmd("clean", run_dir=tmp_path)
+        assert listed.returncode == 0 and f"kept lab {lab.tag}" in listed.stdout, listed.stdout + listed.stderr
+        assert all(os.path.exists(f"/run/netns/{n}") for n in names), "plain clean removed a kept lab"
+
+        doctor = netcheck_cmd("doctor", "--json", lab.tag, run_dir=tmp_path)
+        assert doctor.returncode in (0, 1), doctor.stdout + doctor.stderr
+        data = json.loads(doctor.stdout)
+        assert lab.tag in data["title"] and "kept" in data["title"]
+        causes = [f["cause"] for f in data["findings"]]
+        assert "no_listener" not in causes, f"the kept lab lost its services: {data['findings']}"
+        assert not causes, data["findings"]
+
+        env = {**os.environ, "NETCHECK_RUN_DIR": str(tmp_path)}
+        proc = subprocess.Popen([str(NETCHECK), "doctor", lab.tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # netcheck doctor TAG | head, with head gone at once
+        err = proc.stderr.read().decode()
+        proc.wait(60)
+        assert "Traceback" not in err, err
+
+        removed = netcheck_cmd("clean", lab.tag, run_dir=tmp_path)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
+        assert not list(tmp_path.glob("*.jsonl"))
+    finally:
+        netcheck_cmd("clean", "--kept", run_dir=tmp_path)
