@@ -271,39 +271,48 @@ def test_doctor_topology_checks_namespaces_against_the_intent(seed1_lab) -> None
 
 
 @pytest.mark.root
-def test_a_kept_lab_is_listed_by_clean_inspected_by_doctor_and_removed_by_clean_tag(tmp_path: Path) -> None:
-    from netcheck import spec
-    from netcheck.lab import Lab, has_net_admin
+def test_a_kept_lab_keeps_its_services_and_clean_tag_removes_it(tmp_path: Path) -> None:
+    """``pytest --netcheck-keep``, and the run ends: plain clean lists the lab and leaves it, the
+    doctor finds it healthy (its services still answer), ``clean TAG`` removes it, services too."""
+    from netcheck.lab import has_net_admin
+    from netcheck.ledger import process_starttime, read_record
 
     if not has_net_admin():
         pytest.skip("needs root to build network namespaces")
-    lab = Lab(spec.builtin("seed1"), keep=True, run_dir=tmp_path).build()
-    names = [ns.name for ns in lab.namespaces().values()]
+    env = {**os.environ, "NETCHECK_RUN_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "suites" / "test_veth.py"), "--netcheck-topology", "seed1", "--netcheck-keep",
+                          "--netcheck-report", "none", "-q", "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300, env=env, check=False)
     try:
-        lab.teardown()  # kept: the lab stays up, its record marked
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+        (record,) = tmp_path.glob("*.jsonl")
+        tag = record.stem
+        assert f"remove it afterwards with: netcheck clean {tag}" in run.stderr + run.stdout
+        _header, entries = read_record(record)
+        names = [e["name"] for e in entries if e["kind"] == "netns"]
+        (server,) = [e for e in entries if e["kind"] == "process"]
+        assert process_starttime(server["pid"]) == server["starttime"], "the kept lab's service process is not running"
+
         listed = netcheck_cmd("clean", run_dir=tmp_path)
-        assert listed.returncode == 0 and f"kept lab {lab.tag}" in listed.stdout, listed.stdout + listed.stderr
+        assert listed.returncode == 0 and f"kept lab {tag}" in listed.stdout, listed.stdout + listed.stderr
         assert all(os.path.exists(f"/run/netns/{n}") for n in names), "plain clean removed a kept lab"
 
-        doctor = netcheck_cmd("doctor", "--json", lab.tag, run_dir=tmp_path)
-        assert doctor.returncode in (0, 1), doctor.stdout + doctor.stderr
+        doctor = netcheck_cmd("doctor", "--json", tag, run_dir=tmp_path)
         data = json.loads(doctor.stdout)
-        assert lab.tag in data["title"] and "kept" in data["title"]
-        causes = [f["cause"] for f in data["findings"]]
-        assert "no_listener" not in causes, f"the kept lab lost its services: {data['findings']}"
-        assert not causes, data["findings"]
+        assert tag in data["title"] and "kept" in data["title"]
+        assert doctor.returncode == 0 and not data["findings"], f"a healthy kept lab has findings (no_listener: its services were lost): {data['findings']}"
 
-        env = {**os.environ, "NETCHECK_RUN_DIR": str(tmp_path)}
-        proc = subprocess.Popen([str(NETCHECK), "doctor", lab.tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen([str(NETCHECK), "doctor", tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()  # netcheck doctor TAG | head, with head gone at once
         err = proc.stderr.read().decode()
         proc.wait(60)
         assert "Traceback" not in err, err
 
-        removed = netcheck_cmd("clean", lab.tag, run_dir=tmp_path)
+        removed = netcheck_cmd("clean", tag, run_dir=tmp_path)
         assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert f"remove process {server['pid']}" in removed.stdout
         assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
+        assert process_starttime(server["pid"]) != server["starttime"], "clean left the service process running"
         assert not list(tmp_path.glob("*.jsonl"))
     finally:
         netcheck_cmd("clean", "--kept", run_dir=tmp_path)
