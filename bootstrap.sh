@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # netcheck's two-command set-up, as root on Debian 12 or Ubuntu 22.04/24.04:
 #
-#   sudo bash bootstrap.sh suites [pytest args]   install everything, run suites/, print the HTML report's path
-#   sudo bash bootstrap.sh tests  [pytest args]   install everything, run ruff, mypy and pytest tests suites
-#   sudo bash bootstrap.sh --install-only         install everything, run nothing (used by the Vagrantfile)
+#   sudo bash bootstrap.sh suites [pytest args]   install what the suites need, run suites/, print the HTML report's path
+#   sudo bash bootstrap.sh tests  [pytest args]   install everything (the other tools too), run ruff, mypy and pytest tests suites
+#   sudo bash bootstrap.sh --install-only         install what the suites need, run nothing (used by the Vagrantfile)
+#
+# --with-tools (with suites or --install-only) also installs the tools that the other-tool
+# adapters drive (CNI plugins, netavark, Podman, Docker, a static busybox) and that the
+# project's own tests use (Chromium, tshark, vagrant); tests always installs them.
 #
 # Installing is idempotent: apt is touched only when a package is missing, and pip only
 # when pyproject.toml is newer than the stamp inside .venv. Downloads come from apt and
@@ -16,16 +20,23 @@ MIN_PY_MINOR=11 # Python 3.11: tomllib
 
 usage() {
     cat <<EOF
-usage: sudo bash $PROG MODE [pytest args...]
+usage: sudo bash $PROG MODE [--with-tools] [pytest args...]
 
 modes:
-  suites          install everything, then run .venv/bin/pytest suites/ [args];
+  suites          install what the suites need, then run .venv/bin/pytest suites/ [args];
                   prints where the newest HTML report is; exits with pytest's code
-  tests           install everything, then run ruff check ., mypy and
-                  .venv/bin/pytest tests suites (the scale suite included) [args];
+  tests           install everything (the other tools included), then run ruff check .,
+                  mypy and .venv/bin/pytest tests suites (the scale suite included) [args];
                   non-zero on any failure
-  --install-only  install everything and stop
+  --install-only  install what the suites need and stop
   -h, --help      show this help
+
+options:
+  --list-packages print the system packages the mode needs, each present or missing, and
+                  stop (installs nothing, needs no root)
+  --with-tools    also install the tools for the other-tool adapters (containernetworking-plugins,
+                  netavark, podman, runc, docker.io, busybox-static) and for the project's own
+                  tests (chromium, tshark, vagrant, tcpdump, iputils-ping); implied by tests
 EOF
 }
 
@@ -36,43 +47,61 @@ die() {
     exit 1
 }
 
-MODE="${1:-}"
-case "$MODE" in
-    suites | tests | --install-only) shift ;;
-    -h | --help | help)
-        usage
-        exit 0
-        ;;
-    "")
-        usage >&2
-        exit 2
-        ;;
-    *)
-        printf '%s: unknown mode %q\n' "$PROG" "$MODE" >&2
-        usage >&2
-        exit 2
-        ;;
-esac
-
-if [ "$(id -u)" -ne 0 ]; then
-    printf '%s: netcheck builds network namespaces and installs system packages: run as root, e.g. sudo bash bootstrap.sh %s\n' \
-        "$PROG" "$MODE" >&2
+MODE=""
+WITH_TOOLS=0
+LIST_ONLY=0
+# The mode and --with-tools, in either order; everything after them goes to pytest.
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        suites | tests | --install-only)
+            if [ -n "$MODE" ]; then
+                printf '%s: two modes given (%s and %s): choose one\n' "$PROG" "$MODE" "$1" >&2
+                usage >&2
+                exit 2
+            fi
+            MODE="$1"
+            shift
+            ;;
+        --with-tools)
+            WITH_TOOLS=1
+            shift
+            ;;
+        --list-packages)
+            LIST_ONLY=1
+            shift
+            ;;
+        -h | --help | help)
+            usage
+            exit 0
+            ;;
+        *) break ;;
+    esac
+done
+if [ -z "$MODE" ]; then
+    if [ "$#" -gt 0 ]; then
+        printf '%s: unknown mode %q\n' "$PROG" "$1" >&2
+    fi
+    usage >&2
     exit 2
 fi
-
-cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" || die "cannot cd to the script's directory"
-ROOT="$PWD"
-VENV="$ROOT/.venv"
-STAMP="$VENV/.netcheck-bootstrap-stamp"
-export DEBIAN_FRONTEND=noninteractive
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ "$MODE" = tests ]; then
+    WITH_TOOLS=1
+fi
 
 # ---------------------------------------------------------------- system packages
 
-PACKAGES=(
-    python3 python3-venv python3-dev gcc iproute2 iptables nftables tcpdump tshark graphviz
-    chromium chromium-driver containernetworking-plugins netavark podman runc docker.io busybox-static vagrant
-    conntrack iputils-ping curl procps util-linux ca-certificates bpftrace python3-nftables
+# What the main job needs: pytest suites/ on the built-in topologies, and its HTML report
+# (graphviz draws the diagram; gcc and the headers build python-iptables).
+SUITE_PACKAGES=(
+    python3 python3-venv python3-dev gcc iproute2 iptables nftables conntrack graphviz
+    procps util-linux ca-certificates python3-nftables bpftrace
+)
+# With --with-tools, and for tests: the tools that the other-tool adapters drive (examples/*.toml),
+# and what the project's own tests use (Chromium for the report's browser test, tshark to read
+# the saved pcaps, vagrant to validate the Vagrantfile; tcpdump and ping for a person's look).
+TOOL_PACKAGES=(
+    containernetworking-plugins netavark podman runc docker.io busybox-static
+    chromium chromium-driver tshark vagrant tcpdump iputils-ping
 )
 APT_UPDATED=0
 POLICY_RC_D=/usr/sbin/policy-rc.d
@@ -92,23 +121,25 @@ pkg_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 
-# A package counts as present when dpkg has it, or when another packaging of the same
-# tool is there already (Docker's docker-ce brings docker and runc, and conflicts with
-# docker.io and runc; a snap brings chromium).
+# A tool counts as present when what its tests run is there (not a client's name), whoever
+# packaged it: Docker's docker-ce brings dockerd and runc, and conflicts with docker.io and
+# runc; a snap brings chromium. Any other package counts as present when dpkg has it.
 pkg_present() {
     local p="$1"
-    pkg_installed "$p" && return 0
     case "$p" in
         # the engine, not the client: a fresh machine has a Docker client in /usr/local/bin and no dockerd
         docker.io) command -v dockerd >/dev/null 2>&1 && command -v containerd >/dev/null 2>&1 ;;
-        runc) command -v runc >/dev/null 2>&1 ;;
+        runc) command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] ;;
         podman) command -v podman >/dev/null 2>&1 ;;
+        netavark) [ -x /usr/lib/podman/netavark ] || [ -x /usr/libexec/podman/netavark ] ;;
+        # the plugins the CNI adapter runs
+        containernetworking-plugins) [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/portmap ] && [ -x /usr/lib/cni/host-local ] ;;
         vagrant) command -v vagrant >/dev/null 2>&1 ;;
         chromium)
-            pkg_installed chromium-browser ||
+            pkg_installed chromium || pkg_installed chromium-browser ||
                 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
             ;;
-        *) return 1 ;;
+        *) pkg_installed "$p" ;;
     esac
 }
 
@@ -121,6 +152,19 @@ pkg_available() {
         return 1
     fi
     return 0
+}
+
+# The packages this mode installs, one a line with "present" or "missing" (--list-packages).
+mode_packages() {
+    printf '%s\n' "${SUITE_PACKAGES[@]}"
+    if [ "$WITH_TOOLS" = 1 ]; then printf '%s\n' "${TOOL_PACKAGES[@]}"; fi
+}
+
+list_packages() {
+    local p
+    while read -r p; do
+        if pkg_present "$p"; then echo "$p present"; else echo "$p missing"; fi
+    done < <(mode_packages)
 }
 
 apt_update_once() {
@@ -206,8 +250,14 @@ find_python() {
 
 install_system() {
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: $PROG supports Debian 12 and Ubuntu 22.04/24.04"
-    say "checking system packages"
-    ensure_packages "${PACKAGES[@]}"
+    if [ "$WITH_TOOLS" = 1 ]; then
+        say "checking system packages (the suites' and the other tools')"
+    else
+        say "checking system packages (the suites'; --with-tools adds: ${TOOL_PACKAGES[*]})"
+    fi
+    local wanted=()
+    mapfile -t wanted < <(mode_packages)
+    ensure_packages "${wanted[@]}"
 
     PYTHON="$(find_python)" || PYTHON=""
     if [ -z "$PYTHON" ]; then
@@ -240,10 +290,18 @@ install_venv() {
             die "'$PYTHON -m venv' failed (is the python3-venv package for this Python installed?)"
         fi
     fi
-    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ ! -x "$VENV/bin/pytest" ]; then
-        say "pip install -e '.[dev]' into $VENV"
-        "$VENV/bin/python" -m pip install -q -e '.[dev]' || die "pip install -e '.[dev]' failed"
-        touch "$STAMP"
+    # tests needs the dev tools (ruff, mypy, hypothesis, pytest-html); the suites need the package alone.
+    local target="."
+    if [ "$MODE" = tests ]; then target=".[dev]"; fi
+    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ ! -x "$VENV/bin/pytest" ] ||
+        { [ "$target" = ".[dev]" ] && [ "$(cat "$STAMP")" != ".[dev]" ]; }; then
+        # The distribution was called netcheck before it became pytest-netcheck: drop the old name.
+        if "$VENV/bin/python" -m pip show -q netcheck >/dev/null 2>&1; then
+            "$VENV/bin/python" -m pip uninstall -q -y netcheck || warn "could not uninstall the old netcheck distribution from $VENV"
+        fi
+        say "pip install -e '$target' into $VENV"
+        "$VENV/bin/python" -m pip install -q -e "$target" || die "pip install -e '$target' failed"
+        printf '%s\n' "$target" >"$STAMP"
     else
         say "$VENV is up to date with pyproject.toml (stamp $STAMP)"
     fi
@@ -304,6 +362,26 @@ run_tests() {
     fi
     return 0
 }
+
+# ---------------------------------------------------------------- main
+
+if [ "$LIST_ONLY" = 1 ]; then
+    list_packages
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    printf '%s: netcheck builds network namespaces and installs system packages: run as root, e.g. sudo bash bootstrap.sh %s\n' \
+        "$PROG" "$MODE" >&2
+    exit 2
+fi
+
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" || die "cannot cd to the script's directory"
+ROOT="$PWD"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.netcheck-bootstrap-stamp"
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 install_all
 case "$MODE" in

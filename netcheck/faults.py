@@ -24,7 +24,7 @@ class Fault:
     name: str
     summary: str
     topology: str  # the built-in it is demonstrated on
-    suite_test: str  # the suite test it must make fail
+    suite_test: str  # the suite test it must make fail (a node id inside netcheck.suites)
     message: str  # a phrase the failure message must contain
     cause: str  # the diagnosis's expected top cause
     inject: Callable[[Lab], None]
@@ -232,22 +232,24 @@ def rp_filter_strict(lab: Lab) -> None:
             lab.ledger.record("sysctl", netns=lab.host.name, key=key, old=old)
 
 
-# The suite test each fault must make fail.
-BRIDGE_ARP = "suites/test_bridge.py::test_arp_resolves_to_the_right_mac"
-BRIDGE_MATRIX = "suites/test_bridge.py::test_full_matrix_on_each_bridge"
-DNAT_HOST = "suites/test_dnat.py::test_published_port_reached_from_the_host"
-DNAT_OUTSIDE = "suites/test_dnat.py::test_published_port_reached_from_outside"
-DNAT_PATHS = "suites/test_dnat.py::test_source_address_seen_on_each_access_path"
-DNAT_UNPUBLISHED = "suites/test_dnat.py::test_unpublished_port_is_not_reachable"
-FORWARD_OUT = "suites/test_forwarding.py::test_container_reaches_the_outside_through_the_host"
-ISO_FRAMES = "suites/test_isolation.py::test_unicast_frames_stay_off_other_containers"
-ISO_LINKS = "suites/test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules"
-ISO_LOOPBACK = "suites/test_isolation.py::test_host_loopback_services_are_not_reachable_from_containers"
-MASQ_OUT = "suites/test_masquerade.py::test_outside_sees_the_host_uplink_address"
-VETH_ENDS = "suites/test_veth.py::test_both_ends_up_addressed_and_same_mtu"
-VETH_LO = "suites/test_veth.py::test_container_loopback_carries_traffic"
-VIP_HOST = "suites/test_vip.py::test_vip_from_the_host"
-VIP_ONLY = "suites/test_vip.py::test_only_the_declared_vip_port_is_redirected"
+# The suite test each fault must make fail, as a node id inside the suites package (netcheck.suites,
+# which is the repository's suites/): a clone runs suites/NODE, an install the path that
+# netcheck.cli.suite_node() gives.
+BRIDGE_ARP = "test_bridge.py::test_arp_resolves_to_the_right_mac"
+BRIDGE_MATRIX = "test_bridge.py::test_full_matrix_on_each_bridge"
+DNAT_HOST = "test_dnat.py::test_published_port_reached_from_the_host"
+DNAT_OUTSIDE = "test_dnat.py::test_published_port_reached_from_outside"
+DNAT_PATHS = "test_dnat.py::test_source_address_seen_on_each_access_path"
+DNAT_UNPUBLISHED = "test_dnat.py::test_unpublished_port_is_not_reachable"
+FORWARD_OUT = "test_forwarding.py::test_container_reaches_the_outside_through_the_host"
+ISO_FRAMES = "test_isolation.py::test_unicast_frames_stay_off_other_containers"
+ISO_LINKS = "test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules"
+ISO_LOOPBACK = "test_isolation.py::test_host_loopback_services_are_not_reachable_from_containers"
+MASQ_OUT = "test_masquerade.py::test_outside_sees_the_host_uplink_address"
+VETH_ENDS = "test_veth.py::test_both_ends_up_addressed_and_same_mtu"
+VETH_LO = "test_veth.py::test_container_loopback_carries_traffic"
+VIP_HOST = "test_vip.py::test_vip_from_the_host"
+VIP_ONLY = "test_vip.py::test_only_the_declared_vip_port_is_redirected"
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),

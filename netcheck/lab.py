@@ -24,7 +24,7 @@ from types import TracebackType
 from netcheck import spec as S
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, choose_backend, nft_missing, read_legacy, read_nft_chains
-from netcheck.ledger import RUN_DIR, Ledger, Undoer, undo_all
+from netcheck.ledger import RUN_DIR, Ledger, Undoer, process_starttime, undo_all
 from netcheck.naming import KernelNames, new_tag
 from netcheck.probes.capture import CaptureHub, CapturePoints
 from netcheck.services import ServiceHost
@@ -149,11 +149,25 @@ class Lab:
         """Every namespace of the lab by the label users see: host, wan and the containers."""
         return {"host": self.host, "wan": self.wan, **self._containers}
 
+    def _keep_services(self) -> None:
+        """A kept lab keeps its services: a process of their own serves them after this run ends,
+        recorded in the ledger by PID, so ``netcheck clean TAG`` ends it before removing the lab."""
+        ledger, services = self.ledger, self.services
+        if ledger is None or services is None:
+            return
+        try:
+            services.hand_over(lambda pid: ledger.record("process", pid=pid, starttime=process_starttime(pid), argv=[sys.executable, "-m", "netcheck.services"]))
+        except OSError as exc:
+            print(f"netcheck: lab {self.tag}: its services could not be handed to a process of their own ({exc}); they stop when this run ends", file=sys.stderr)
+            return
+        services.close()  # the new process serves them now
+        self.services = None
+
     def enter_hint(self) -> str:
         lines = [f"lab {self.topology.name} (tag {self.tag}) is kept up for inspection:"]
         for label, ns in self.namespaces().items():
             lines.append(f"  {label:<12} ip netns exec {ns.name} bash")
-        lines.append(f"remove it afterwards with: netcheck clean   (run record {self.ledger.path if self.ledger else '?'})")
+        lines.append(f"remove it afterwards with: netcheck clean {self.tag}   (run record {self.ledger.path if self.ledger else '?'})")
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- build
@@ -410,6 +424,7 @@ class Lab:
         if self.ledger is None:
             return
         if self.keep and not force:
+            self._keep_services()
             print("\n" + self.enter_hint(), file=sys.stderr)
             self.ledger.keep()
             self.ledger.close(remove=False)

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,11 +312,12 @@ def list_records(run_dir: Path = RUN_DIR) -> list[RunRecord]:
 
 def clean(
     *, include_live: bool = False, include_kept: bool = True, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path = RUN_DIR,
+    tags: Collection[str] | None = None,
 ) -> tuple[int, list[str]]:
     """Remove the objects of dead runs (and of live ones with ``include_live``).
 
     Labs kept with --netcheck-keep are removed too, unless ``include_kept`` is False (as when a
-    new run reaps the leftovers of crashed ones at start).
+    new run reaps the leftovers of crashed ones at start). ``tags`` limits it to those runs.
 
     Returns (runs cleaned, errors). Each run is cleaned while its lock is held, so two
     cleaners never undo the same run at once.
@@ -326,6 +327,8 @@ def clean(
     if not run_dir.is_dir():
         return 0, []
     for path in sorted(run_dir.glob("*.jsonl")):
+        if tags is not None and path.stem not in tags:
+            continue
         with _probe_lock(path) as dead:
             if not dead and not include_live:
                 continue

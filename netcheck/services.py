@@ -9,11 +9,16 @@ checks need.
 from __future__ import annotations
 
 import contextlib
+import json
 import selectors
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from netcheck.kernel.netns import Netns
 
@@ -51,6 +56,7 @@ class ServiceHost:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
         self._running = True
         self.listeners: list[Listener] = []
+        self._held: list[tuple[socket.socket, Listener]] = []  # the listening sockets, for hand_over
         self._thread = threading.Thread(target=self._loop, name="netcheck-services", daemon=True)
         self._thread.start()
 
@@ -77,12 +83,34 @@ class ServiceHost:
             proto = "udp" if udp else "tcp"
             raise OSError(exc.errno, f"{container}: cannot listen for {kind} on {address}:{port}/{proto} in netns {ns.name}: {exc.strerror} "
                           f"(is port {port}/{proto} taken by another service of {container}, or by netcheck's echo responders on port 7?)") from None
-        listener = Listener(container, kind, address, sock.getsockname()[1])
+        return self.adopt(sock, Listener(container, kind, address, sock.getsockname()[1]))
+
+    def adopt(self, sock: socket.socket, listener: Listener) -> Listener:
+        """Serve a listening socket opened elsewhere (in its namespace) for ``listener``."""
         with self._lock:
-            self._sel.register(sock, selectors.EVENT_READ, ("udp" if udp else "accept", container, kind))
+            self._sel.register(sock, selectors.EVENT_READ, ("udp" if listener.kind == "udp-echo" else "accept", listener.container, listener.kind))
             self.listeners.append(listener)
+            self._held.append((sock, listener))
         self._wake()
         return listener
+
+    def hand_over(self, record: Callable[[int], object]) -> int | None:
+        """Go on serving every listener from a process of its own, which outlives this one (a kept
+        lab keeps its services). ``record(pid)`` must put the process in the lab's ledger: it
+        starts serving only after that, and exits if this process dies first. Returns its PID."""
+        with self._lock:
+            items = [{"fd": s.fileno(), **asdict(x)} for s, x in self._held]
+        if not items:
+            return None
+        argv = [sys.executable, "-m", "netcheck.services", json.dumps(items)]
+        proc = subprocess.Popen(argv, pass_fds=[int(it["fd"]) for it in items], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        assert proc.stdin is not None
+        try:
+            record(proc.pid)
+            proc.stdin.write(b"go\n")
+        finally:
+            proc.stdin.close()
+        return proc.pid
 
     def stop(self, container: str, kind: str | None = None) -> int:
         """Close a container's listeners (all, or of one kind); returns how many."""
@@ -95,6 +123,7 @@ class ServiceHost:
                     key.fileobj.close()  # type: ignore[union-attr]
                     closed += 1
             self.listeners = [x for x in self.listeners if not (x.container == container and (kind is None or x.kind == kind))]
+            self._held = [(s, x) for s, x in self._held if x in self.listeners]
         self._wake()
         return closed
 
@@ -153,4 +182,21 @@ class ServiceHost:
         self._wake_w.close()
 
 
+def serve_handed_over(items: list[dict[str, Any]]) -> None:
+    """The process of ``ServiceHost.hand_over``: wait for the go (EOF: the lab's run died before
+    recording this process, so exit), then serve the inherited sockets until SIGTERM."""
+    if sys.stdin.readline().strip() != "go":
+        return
+    host = ServiceHost()
+    for it in items:
+        host.adopt(socket.socket(fileno=int(it.pop("fd"))), Listener(**it))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        signal.pause()
+
+
 Factory = Callable[[], ServiceHost]
+
+
+if __name__ == "__main__":
+    serve_handed_over(json.loads(sys.argv[1]))

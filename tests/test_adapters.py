@@ -62,7 +62,7 @@ def test_fault_after_the_tools_setup_is_detected(run_suites, repo: Path, monkeyp
     path = example(name)
     for key, f in EXTERNAL_FAULTS.items():
         monkeypatch.setitem(FAULTS, key, f)
-    result = run_suites(str(repo / suite_test), f"--netcheck-topology={path}", f"--netcheck-fault={fault}")
+    result = run_suites(str(repo / "suites" / suite_test), f"--netcheck-topology={path}", f"--netcheck-fault={fault}")
     out = result.stdout.str()
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 1 and not outcomes.get("error"), f"{name}: fault {fault} did not fail {suite_test}:\n{out[-4000:]}"

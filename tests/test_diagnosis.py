@@ -32,7 +32,7 @@ TOP = re.compile(r"^(?:E)?\s+1\. \[(\w+)\]", re.M)
 
 def run_suite_test(run_suites, repo, fault: str) -> pytest.RunResult:
     f = FAULTS[fault]
-    return run_suites(str(repo / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}")
+    return run_suites(str(repo / "suites" / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}")
 
 
 def doctor_top(fault: str) -> list[str]:

@@ -20,6 +20,6 @@ def test_the_suite_tests_that_faults_target_pass_without_faults(run_suites, repo
     for f in FAULTS.values():
         by_topology.setdefault(f.topology, set()).add(f.suite_test)
     for topology, tests in by_topology.items():
-        result = run_suites(*(str(repo / t) for t in sorted(tests)), f"--netcheck-topology={topology}")
+        result = run_suites(*(str(repo / "suites" / t) for t in sorted(tests)), f"--netcheck-topology={topology}")
         outcomes = result.parseoutcomes()
         assert not outcomes.get("failed") and not outcomes.get("error") and outcomes.get("passed"), result.stdout.str()[-3000:]

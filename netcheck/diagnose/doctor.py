@@ -7,12 +7,15 @@ namespaces and diagnoses each one that fails, with the trace.
 
     netcheck doctor nck7q0                      # a lab by its tag (see: netcheck clean --dry-run --all)
     netcheck doctor --host-netns H c1 c2        # namespaces another tool made: H plays the host
+    netcheck doctor --topology my.toml H...     # ... checked against what a spec says they should be
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -136,8 +139,8 @@ def _closed_on_error() -> Iterator[list[Netns]]:
         raise
 
 
-def open_tag(tag: str) -> LiveLab:
-    """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept."""
+def open_tag(tag: str, intent: S.Topology | None = None) -> LiveLab:
+    """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept; ``intent`` replaces its spec."""
     from netcheck.ledger import list_records
     from netcheck.naming import KernelNames
 
@@ -147,7 +150,7 @@ def open_tag(tag: str) -> LiveLab:
     names = [e["name"] for e in record.entries if e.get("kind") == "netns"]
     names = [n for n in names if os.path.exists(netns_path(n))]
     kn = KernelNames(tag)
-    topo = _spec_for(record.header)
+    topo = intent or _spec_for(record.header)
     with _closed_on_error() as opened:
         host = Netns.current("host") if record.header.get("mode") == "host" else _attach(kn.host_ns, "host")
         opened.append(host)
@@ -181,18 +184,56 @@ def _spec_for(header: dict[str, object]) -> S.Topology | None:
     return None
 
 
-def open_namespaces(names: list[str], host_netns: str | None) -> LiveLab:
-    """Namespaces named on the command line; ``host_netns`` plays the host (default: this namespace)."""
+def open_namespaces(names: list[str], host_netns: str | None, intent: S.Topology | None = None) -> LiveLab:
+    """Namespaces named on the command line; ``host_netns`` plays the host (default: this namespace).
+
+    Without ``intent`` the topology is discovered, so only faults that need no intent show.
+    With it, the lab is checked against what the spec says (sysctls, forwarding, NAT, published
+    ports): ``CONTAINER=NETNS`` names a spec container's namespace; a bare NETNS is the container
+    of that name, or the one whose ``netns`` is that namespace.
+    """
+    pairs = [(n.partition("=")[0], n.partition("=")[2]) if "=" in n else (n, n) for n in names]
     with _closed_on_error() as opened:
         host = _attach(host_netns, "host") if host_netns else Netns.current("host")
         opened.append(host)
         containers = {}
-        for n in names:
-            containers[n] = _attach(n, n)
-            opened.append(containers[n])
+        for label, n in pairs:
+            containers[label] = _attach(n, label)
+            opened.append(containers[label])
         topo, knames = discover(host, containers, None)
         where = f"host netns {host_netns}" if host_netns else "this namespace as the host"
-        return LiveLab(topo, host, None, containers, knames, title=f"namespaces {', '.join(names)} ({where}; topology discovered from the kernel)")
+        shown = ", ".join(n for _label, n in pairs)
+        if intent is not None:
+            topo, containers, knames = _as_intended(intent, topo, containers, knames, dict(pairs))
+            return LiveLab(topo, host, None, containers, knames, title=f"namespaces {shown} ({where}; checked against {intent.source})")
+        return LiveLab(topo, host, None, containers, knames, title=f"namespaces {shown} ({where}; topology discovered from the kernel)")
+
+
+def _as_intended(intent: S.Topology, found: S.Topology, opened: dict[str, Netns], knames: dict[str, str],
+                 netns_of: dict[str, str]) -> tuple[S.Topology, dict[str, Netns], dict[str, str]]:
+    """The intent's containers matched to the opened namespaces (by label, or by the spec's netns
+    path), and its host-side interface names mapped to what the kernel has."""
+    by_path = {netns_path(n): label for label, n in netns_of.items()}
+    label_of = {c.name: c.name if c.name in opened else by_path.get(c.netns or "") for c in intent.containers}
+    spare = sorted(set(opened) - {x for x in label_of.values() if x})
+    if spare:
+        raise DoctorError(f"{intent.source}: namespace(s) {', '.join(netns_of[s] for s in spare)} match no container of the spec "
+                          f"(containers: {', '.join(label_of)}); name them as CONTAINER=NETNS")
+    seen = {c.name: c for c in found.containers}
+    names = {intent.host.uplink: found.host.uplink} if found.host.uplink else {}
+    containers: list[S.Container] = []
+    ns: dict[str, Netns] = {}
+    for c in intent.containers:
+        label = label_of[c.name]
+        if label is None or label not in seen:
+            continue  # a container of the spec whose namespace was not named: not inspected
+        d = seen[label]
+        names[c.host_veth] = d.host_veth
+        if c.bridge and d.bridge:
+            names[c.bridge] = d.bridge
+        containers.append(c if c.address is not None else dataclasses.replace(c, address=d.address))
+        ns[c.name] = opened[label]
+    return dataclasses.replace(intent, containers=tuple(containers)), ns, {**knames, **names}
 
 
 def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[S.Topology, dict[str, str]]:
@@ -303,11 +344,13 @@ def run_doctor(args: argparse.Namespace) -> int:
     """The ``netcheck doctor`` subcommand. Exit status: 0 nothing found, 1 findings, 2 cannot inspect."""
     targets: list[str] = list(args.targets or [])
     host_netns: str | None = getattr(args, "host_netns", None)
+    as_json: bool = getattr(args, "json", False)
     try:
+        intent = _load_intent(getattr(args, "topology", None))
         if len(targets) == 1 and not host_netns and not os.path.exists(netns_path(targets[0])):
-            view = open_tag(targets[0])
+            view = open_tag(targets[0], intent)
         elif targets or host_netns:
-            view = open_namespaces(targets, host_netns)
+            view = open_namespaces(targets, host_netns, intent)
         else:
             from netcheck.ledger import list_records
 
@@ -317,6 +360,9 @@ def run_doctor(args: argparse.Namespace) -> int:
     except DoctorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if as_json:
+        with view:
+            return _doctor_json(view, probe=args.probe)
     with view:
         print(f"netcheck doctor: {view.title}")
         for line in _facts(view):
@@ -343,6 +389,27 @@ def run_doctor(args: argparse.Namespace) -> int:
         else:
             print("no traffic was sent (add --probe to send ICMP probes inside these namespaces and trace each failure)")
     return 1 if findings or failed else 0
+
+
+def _load_intent(ref: str | None) -> S.Topology | None:
+    if ref is None:
+        return None
+    try:
+        return S.resolve(ref)
+    except S.SpecError as exc:
+        raise DoctorError(f"--topology: {exc}") from None
+
+
+def _doctor_json(view: LiveLab, *, probe: bool) -> int:
+    """``netcheck doctor --json``: the same findings (and probes), as one JSON object on stdout."""
+    findings = inspect(view)
+    results = probe_all(view) if probe else []
+    data = {
+        "title": view.title, "facts": _facts(view), "findings": [dataclasses.asdict(f) for f in findings],
+        "traffic_sent": probe, "probes": [r.to_dict() for r in results],
+    }
+    print(json.dumps(data, indent=2, default=str))
+    return 1 if findings or any(not r.passed for r in results) else 0
 
 
 __all__ = ["DoctorError", "LiveLab", "discover", "expected_flows", "inspect", "open_namespaces", "open_tag", "probe_all", "run_doctor"]
