@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING
 
+from netcheck.kernel.netns import VethSpec
 from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, set_policy
 
 if TYPE_CHECKING:
@@ -139,12 +140,12 @@ def second_container_answers(lab: Lab) -> None:
 
 def host_link_in_container(lab: Lab) -> None:
     """A second veth from the host plugged into the container: the host's network leaks in."""
-    lab.host.add_veth(f"{lab.tag}hl", "hostlink0", lab.container_ns(_first(lab)))
+    lab.host.add_veths([VethSpec(f"{lab.tag}hl", "hostlink0", lab.container_ns(_first(lab)), up=False)])
 
 
 def bridge_floods(lab: Lab) -> None:
     b = lab.topology.bridges[0]
-    lab.host.set_bridge(lab.kname(b.name), br_ageing_time=0)
+    lab.host.set_bridge(lab.kname(b.name), ageing_time=0)
 
 
 def route_localnet_exposed(lab: Lab) -> None:
@@ -217,7 +218,7 @@ def rp_filter_strict(lab: Lab) -> None:
     host_if, wan_if = f"{lab.tag}u2", f"{lab.tag}w2"
     if lab.ledger is not None:
         lab.ledger.record("link", netns=lab.host.name, name=host_if)
-    lab.host.add_veth(host_if, wan_if, lab.wan)
+    lab.host.add_veths([VethSpec(host_if, wan_if, lab.wan, up=False)])
     lab.host.add_address(host_if, IPv4Interface("198.51.100.201/30"))
     lab.wan.add_address(wan_if, IPv4Interface("198.51.100.202/30"))
     lab.wan.set_sysctl(f"net.ipv4.conf.{wan_if}.arp_announce", 2)  # the router asks ARP from its link address

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,17 @@ from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path, remove_netns
 from netcheck.kernel.xtables import XRule, delete_rules, nft_remove_if_empty, set_policy
 
-RUN_DIR = Path(os.environ.get("NETCHECK_RUN_DIR", "/run/netcheck"))
 Entry = dict[str, Any]
+
+
+def default_run_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where run records live: $NETCHECK_RUN_DIR, else /run/netcheck (read when asked, not at import)."""
+    return Path(environ.get("NETCHECK_RUN_DIR") or "/run/netcheck")
+
+
+def default_work_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where a lab's scratch folders go (another tool's state, root filesystems): $NETCHECK_WORK_DIR, else /tmp."""
+    return Path(environ.get("NETCHECK_WORK_DIR") or "/tmp")
 
 
 def process_starttime(pid: int) -> int | None:
@@ -41,7 +50,7 @@ def process_starttime(pid: int) -> int | None:
 class Ledger:
     """The append-only record of one lab's objects, persisted as it grows."""
 
-    def __init__(self, tag: str, *, topology: str, mode: str, run_dir: Path = RUN_DIR, source: str | None = None) -> None:
+    def __init__(self, tag: str, *, topology: str, mode: str, run_dir: Path, source: str | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.tag = tag
         self.path = run_dir / f"{tag}.jsonl"
@@ -299,11 +308,13 @@ def _probe_lock(path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def list_records(run_dir: Path = RUN_DIR) -> list[RunRecord]:
+def list_records(run_dir: Path | None = None) -> list[RunRecord]:
+    """Every run record in ``run_dir`` (default: ``default_run_dir()``), each with whether its run is alive."""
+    directory = run_dir or default_run_dir()
     out: list[RunRecord] = []
-    if not run_dir.is_dir():
+    if not directory.is_dir():
         return out
-    for path in sorted(run_dir.glob("*.jsonl")):
+    for path in sorted(directory.glob("*.jsonl")):
         with _probe_lock(path) as dead:
             header, entries = read_record(path)
             out.append(RunRecord(path, header, entries, alive=not dead))
@@ -311,7 +322,7 @@ def list_records(run_dir: Path = RUN_DIR) -> list[RunRecord]:
 
 
 def clean(
-    *, include_live: bool = False, include_kept: bool = True, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path = RUN_DIR,
+    *, include_live: bool = False, include_kept: bool = True, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path | None = None,
 ) -> tuple[int, list[str]]:
     """Remove the objects of dead runs (and of live ones with ``include_live``).
 
@@ -321,11 +332,12 @@ def clean(
     Returns (runs cleaned, errors). Each run is cleaned while its lock is held, so two
     cleaners never undo the same run at once.
     """
+    directory = run_dir or default_run_dir()
     cleaned = 0
     errors: list[str] = []
-    if not run_dir.is_dir():
+    if not directory.is_dir():
         return 0, []
-    for path in sorted(run_dir.glob("*.jsonl")):
+    for path in sorted(directory.glob("*.jsonl")):
         with _probe_lock(path) as dead:
             if not dead and not include_live:
                 continue

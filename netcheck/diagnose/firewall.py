@@ -55,13 +55,13 @@ class Placed:
     def key(self) -> tuple[str, str, str, int, XRule]:
         return (self.backend, self.rule.table, self.rule.chain, self.position, self.rule.key())
 
-    def render(self) -> str:
-        """As a user would write it: ``iptables-legacy -t nat -A POSTROUTING ...``."""
-        return f"{binary(self.backend)} {self.rule.render()}"
+    def render(self, op: str = "-A") -> str:
+        """As a user would write it: ``iptables-legacy -t nat -A POSTROUTING ...`` (op -D: the command that deletes it)."""
+        return f"{binary(self.backend)} {self.rule.render(op)}"
 
     def delete(self) -> str:
         """The command that deletes this rule."""
-        return f"{binary(self.backend)} {self.rule.render().replace(' -A ', ' -D ', 1)}"
+        return self.render("-D")
 
 
 def binary(backend: str) -> str:

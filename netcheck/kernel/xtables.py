@@ -9,6 +9,7 @@ handles before the lock is released.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -54,20 +55,31 @@ class XRule:
         """The rule without counters and comment, for comparisons."""
         return replace(self, packets=0, bytes=0, comment=None)
 
-    def render(self) -> str:
-        """The rule as ``iptables -t T -A ...`` arguments, for messages and fixes."""
-        parts = [f"-t {self.table} -A {self.chain}"]
+    def argv(self, op: str = "-A") -> list[str]:
+        """The rule as ``iptables`` arguments (op: -A, -I or -D): the one rendering of a rule, for
+        building with iptables-nft, undoing, fixes and messages; an argv list, never a shell string.
+
+        >>> XRule("nat", "PREROUTING", "DNAT", dst="203.0.113.2", protocol="tcp", dport=80, to_destination="10.0.0.2:8080").argv("-D")
+        ['-t', 'nat', '-D', 'PREROUTING', '-d', '203.0.113.2', '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', '10.0.0.2:8080']
+        """
+        argv = ["-t", self.table, op, self.chain]
         for flag, value in (("-s", self.src), ("-d", self.dst), ("-i", self.in_interface), ("-o", self.out_interface)):
             if value:
-                parts.append(f"! {flag} {value[1:]}" if value.startswith("!") else f"{flag} {value}")
+                argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
         if self.protocol:
-            parts.append(f"-p {self.protocol}")
-        if self.dport is not None:
-            parts.append(f"--dport {self.dport}")
-        parts.append(f"-j {self.target}")
+            argv += ["-p", self.protocol]
+            if self.dport is not None:
+                argv += ["--dport", str(self.dport)]
+        if self.comment:
+            argv += ["-m", "comment", "--comment", self.comment]
+        argv += ["-j", self.target]
         if self.to_destination:
-            parts.append(f"--to-destination {self.to_destination}")
-        return " ".join(parts)
+            argv += ["--to-destination", self.to_destination]
+        return argv
+
+    def render(self, op: str = "-A") -> str:
+        """``argv(op)`` as one line a user can paste after ``iptables`` (a lone ``!`` needs no quotes)."""
+        return " ".join(a if a == "!" else shlex.quote(a) for a in self.argv(op))
 
 
 @dataclass(frozen=True)
@@ -327,24 +339,6 @@ def nft_remove_if_empty(ns: Netns, table: str, chain: str | None = None) -> bool
     return _nft_run(ns, ["nft", "delete", "table", "ip", table], ok_errors=("No such file", "does not exist"))
 
 
-def rule_argv(rule: XRule, op: str) -> list[str]:
-    """``iptables-nft`` arguments for a rule (op: -A, -I or -D); an argv list, never a shell string."""
-    argv = ["iptables-nft", "-w", "-t", rule.table, op, rule.chain]
-    for flag, value in (("-s", rule.src), ("-d", rule.dst), ("-i", rule.in_interface), ("-o", rule.out_interface)):
-        if value:
-            argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
-    if rule.protocol:
-        argv += ["-p", rule.protocol]
-        if rule.dport is not None:
-            argv += ["-m", rule.protocol, "--dport", str(rule.dport)]
-    if rule.comment:
-        argv += ["-m", "comment", "--comment", rule.comment]
-    argv += ["-j", rule.target]
-    if rule.to_destination:
-        argv += ["--to-destination", rule.to_destination]
-    return argv
-
-
 def _nft_run(ns: Netns, argv: list[str], *, ok_errors: tuple[str, ...] = ()) -> bool:
     proc = ns.run(argv, timeout=30)
     if proc.returncode == 0:
@@ -360,7 +354,7 @@ def _apply_nft(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, 
         for chain in (r.chain, r.target):
             if chain not in BUILTIN_CHAINS.get(r.table, ()) and chain not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT"):
                 _nft_run(ns, ["iptables-nft", "-w", "-t", r.table, "-N", chain], ok_errors=("already exists",))
-        _nft_run(ns, rule_argv(r, "-I" if insert else "-A"))
+        _nft_run(ns, ["iptables-nft", "-w", *r.argv("-I" if insert else "-A")])
     for table, chain, policy in policies:
         _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-P", chain, policy])
 
@@ -369,7 +363,7 @@ def _delete_nft(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, s
     gone = 0
     missing = ("does a matching rule exist", "No chain/target/match", "doesn't exist", "Bad rule")
     for r in rules:
-        gone += _nft_run(ns, rule_argv(r, "-D"), ok_errors=missing)
+        gone += _nft_run(ns, ["iptables-nft", "-w", *r.argv("-D")], ok_errors=missing)
     for table, name in chains:
         _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-X", name], ok_errors=(*missing, "not empty", "Directory not empty", "Device or resource busy"))
     return gone
