@@ -521,8 +521,8 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
             "forward_drop", "host", f"host: FORWARD drops the {label} {way}{why}: `{d.rule.render()}`",
             ev.run("host", d.rule.delete()), tuple(evidence), score=92 if counted else 86,
         )
-    accept = f"-I FORWARD -i {p.iif} -o {p.oif} -j ACCEPT"
-    back = f"-I FORWARD -i {p.oif} -o {p.iif} -j ACCEPT"
+    accept = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.iif, out_interface=p.oif).render("-I")
+    back = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.oif, out_interface=p.iif).render("-I")
     fix = ev.iptables(d.backend, accept) + ("" if p.iif == p.oif else " && " + ev.iptables(d.backend, back))
     return Finding(
         "forward_drop", "host", f"host: the FORWARD policy is {d.verdict} ({binary(d.backend)}) and no rule accepts {way}{why}, so the {label} is dropped",
@@ -757,7 +757,7 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
             yield Finding(
                 "vip_not_jumped", "host",
                 f"host: the chain {p.rule.chain} holds the DNAT for {what}, but nat {chain_name} does not jump to it (only {from_where} does), so {who} packets are never translated",
-                ev.iptables(p.backend, f"-t nat -A {chain_name} -j {p.rule.chain}"),
+                ev.iptables(p.backend, XRule("nat", chain_name, p.rule.chain).render()),
                 (f"the DNAT: `{p.render()}`",), score=72 if static else 92,
             )
             return
