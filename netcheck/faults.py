@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from netcheck.kernel.netns import VethSpec
 from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, set_policy
+from netcheck.ledger import LinkEntry, SysctlEntry
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -217,7 +218,7 @@ def rp_filter_strict(lab: Lab) -> None:
     the host filters reverse paths strictly: the replies arrive where the route back does not go."""
     host_if, wan_if = f"{lab.tag}u2", f"{lab.tag}w2"
     if lab.ledger is not None:
-        lab.ledger.record("link", netns=lab.host.name, name=host_if)
+        lab.ledger.record(LinkEntry(lab.host.name, host_if))
     lab.host.add_veths([VethSpec(host_if, wan_if, lab.wan, up=False)])
     lab.host.add_address(host_if, IPv4Interface("198.51.100.201/30"))
     lab.wan.add_address(wan_if, IPv4Interface("198.51.100.202/30"))
@@ -230,7 +231,7 @@ def rp_filter_strict(lab: Lab) -> None:
     for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{host_if}.rp_filter"):
         old = lab.host.set_sysctl(key, 1)
         if lab.ledger is not None:
-            lab.ledger.record("sysctl", netns=lab.host.name, key=key, old=old)
+            lab.ledger.record(SysctlEntry(lab.host.name, key, old))
 
 
 # The suite test each fault must make fail.

@@ -26,7 +26,7 @@ from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
 from netcheck.lab import Lab, LabError
 from netcheck.lab.mode import HostMode
-from netcheck.ledger import default_work_root, process_starttime
+from netcheck.ledger import DirEntry, NetnsEntry, ProcessEntry, default_work_root, process_starttime
 
 TAIL = 1500  # characters of a tool's output quoted in an error
 
@@ -155,17 +155,14 @@ class ExternalLab(Lab):
         """A scratch folder for the tool (its state, config copies, root filesystems), removed at teardown."""
         assert self.ledger is not None
         path = default_work_root() / f"netcheck-{self.tag}"
-        self.ledger.record("dir", path=str(path))
-        path.mkdir(mode=0o700)
+        self.ledger.create(DirEntry(str(path)), lambda: path.mkdir(mode=0o700))
         self.workdir = path
         return path
 
     def expect_container_ns(self, name: str) -> str:
         """Record the namespace a command will create for a container (before it exists); returns its name."""
         assert self.ledger is not None
-        ns = self.netns_name(name)
-        self.ledger.record("netns", name=ns)
-        return ns
+        return self.ledger.record(NetnsEntry(self.netns_name(name))).name
 
     def new_container_ns(self, name: str) -> Netns:
         """Create a container's namespace, as a container runtime does before calling CNI or netavark."""
@@ -194,7 +191,7 @@ class ExternalLab(Lab):
         assert self.ledger is not None
         target = self.netns_name(name)
         path = netns_path(target)
-        self.ledger.record("netns", name=target)
+        self.ledger.record(NetnsEntry(target))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
         except FileExistsError:
@@ -213,13 +210,13 @@ class ExternalLab(Lab):
         """Record a namespace file the tool made under /run/netns (e.g. Podman's netns-UUID) for cleanup."""
         assert self.ledger is not None
         if os.path.dirname(path) in ("/run/netns", "/var/run/netns"):
-            self.ledger.record("netns", name=os.path.basename(path))
+            self.ledger.record(NetnsEntry(os.path.basename(path)))
 
     def record_process(self, pid: int, argv: Sequence[str] = ()) -> None:
         assert self.ledger is not None
         start = process_starttime(pid)
         if start is not None:
-            self.ledger.record("process", pid=pid, starttime=start, argv=list(argv) or _cmdline(pid))
+            self.ledger.record(ProcessEntry(pid, start, tuple(argv) or tuple(_cmdline(pid))))
 
     def _own(self, ns: Netns) -> None:
         with contextlib.suppress(OSError):
@@ -232,7 +229,7 @@ class ExternalLab(Lab):
         can end exactly these after a crash. Returns how many were recorded.
         """
         assert self.ledger is not None
-        known = {int(e["pid"]) for e in self.ledger.entries if e["kind"] == "process"}
+        known = {e.pid for e in self.ledger.entries if isinstance(e, ProcessEntry)}
         count = 0
         me = os.getpid()
         for entry in os.scandir("/proc"):

@@ -138,13 +138,13 @@ def _closed_on_error() -> Iterator[list[Netns]]:
 
 def open_tag(tag: str) -> LiveLab:
     """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept."""
-    from netcheck.ledger import default_run_dir, list_records
+    from netcheck.ledger import NetnsEntry, default_run_dir, list_records
     from netcheck.naming import KernelNames
 
     record = next((r for r in list_records() if r.tag == tag), None)
     if record is None:
         raise DoctorError(f"no run record for lab {tag!r} in {default_run_dir()} (labs: {', '.join(r.tag for r in list_records()) or 'none'}; keep one up with --netcheck-keep)")
-    names = [e["name"] for e in record.entries if e.get("kind") == "netns"]
+    names = [e.name for e in record.entries if isinstance(e, NetnsEntry)]
     names = [n for n in names if os.path.exists(netns_path(n))]
     kn = KernelNames(tag)
     topo = _spec_for(record.header)

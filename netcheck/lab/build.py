@@ -8,7 +8,6 @@ the spec declares; netcheck.adapters has another tool make it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,6 +15,7 @@ from netcheck import spec as S
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, nft_missing
 from netcheck.lab.plan import DEFAULT_ROUTE, ECHO_PORT, ContainerPlan, Plan, plan
+from netcheck.ledger import ChainEntry, NftChainEntry, NftTableEntry, RuleEntry
 from netcheck.services import ServiceHost
 
 if TYPE_CHECKING:
@@ -125,14 +125,14 @@ def rules(lab: Lab, wanted: Sequence[XRule]) -> None:
         # iptables-nft brings base chains (and tables) into being; record those it will add.
         new_tables, new_chains = nft_missing(host, sorted({(r.table, r.chain) for r in wanted if r.chain in BUILTIN_CHAINS.get(r.table, ())}))
         for table in new_tables:
-            lab.ledger.record("nft-table", netns=host.name, table=table)
+            lab.ledger.record(NftTableEntry(host.name, table))
         for table, name in new_chains:
-            lab.ledger.record("nft-chain", netns=host.name, table=table, name=name)
+            lab.ledger.record(NftChainEntry(host.name, table, name))
     for table, name in chains:
         if (table, name) not in existing:
-            lab.ledger.record("chain", netns=host.name, table=table, name=name, backend=backend)
+            lab.ledger.record(ChainEntry(host.name, table, name, backend))
     for rule in wanted:
-        lab.ledger.record("rule", netns=host.name, rule=asdict(rule), backend=backend)
+        lab.ledger.record(RuleEntry(host.name, rule, backend))
     policies = lab.mode.forward_policies(t)
     if wanted or policies:
         apply_rules(host, wanted, policies, backend=backend)

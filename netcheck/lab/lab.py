@@ -16,7 +16,7 @@ from netcheck.kernel.xtables import XRule
 from netcheck.lab import build, teardown
 from netcheck.lab.errors import LabError
 from netcheck.lab.mode import HostMode, mode_of, owned_routes
-from netcheck.ledger import Ledger, default_run_dir
+from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, default_run_dir
 from netcheck.naming import KernelNames, new_tag
 from netcheck.services import ServiceHost
 
@@ -172,8 +172,7 @@ class Lab:
     def new_namespace(self, name: str, label: str) -> Netns:
         """A namespace of the lab's own, recorded before it exists."""
         assert self.ledger is not None
-        self.ledger.record("netns", name=name)
-        ns = self.hold(Netns.create(name, label))
+        ns = self.hold(self.ledger.create(NetnsEntry(name), lambda: Netns.create(name, label)))
         ns.call(build.ns_defaults, ns)
         return ns
 
@@ -181,13 +180,13 @@ class Lab:
         """Many namespaces (name, label): all recorded first, then made a few at a time."""
         assert self.ledger is not None
         for name, _label in names:
-            self.ledger.record("netns", name=name)
+            self.ledger.record(NetnsEntry(name))
         return Netns.create_many(names, init=build.ns_defaults, created=self.handles.append)
 
     def link(self, ns: Netns, name: str) -> int | None:
         """Record a link about to be made in ``ns``; returns the link group to make it in (host side only)."""
         assert self.ledger is not None
-        self.ledger.record("link", netns=ns.name, name=name)
+        self.ledger.record(LinkEntry(ns.name, name))
         group = self.mode.link_group() if ns is self.host else None
         if group is not None:
             self.link_groups[name] = group

@@ -5,6 +5,7 @@ factory and the adapters ask the mode, and never test a flag.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
@@ -14,6 +15,7 @@ from netcheck import spec as S
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import Backend, choose_backend, read_legacy, read_nft_chains
 from netcheck.lab.plan import DEFAULT_ROUTE
+from netcheck.ledger import RouteEntry
 
 if TYPE_CHECKING:
     from netcheck.lab.lab import Lab
@@ -122,8 +124,7 @@ class RealHost:
         # outside-world namespace instead of leaving the machine).
         assert lab.ledger is not None
         for dst in owned_routes(lab.topology):
-            lab.ledger.record("route", netns=None, dst=str(dst))
-            lab.host.add_route(dst, lab.topology.host.gateway)
+            lab.ledger.create(RouteEntry(None, str(dst)), functools.partial(lab.host.add_route, dst, lab.topology.host.gateway))
 
     def firewall(self, host: Netns) -> Backend:
         return choose_backend(host)  # a real host keeps its backend: nft unless it has legacy tables

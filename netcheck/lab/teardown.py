@@ -6,11 +6,12 @@ host-side links are gone.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from netcheck.kernel.netns import Netns
 from netcheck.lab.errors import LabError
-from netcheck.ledger import Entry, Undoer, undo_all
+from netcheck.ledger import Entry, LinkEntry, NetnsEntry, Undoer, undo_all
 from netcheck.waiting import WaitTimeout, wait_until
 
 if TYPE_CHECKING:
@@ -29,13 +30,14 @@ def teardown(lab: Lab) -> None:
                 ns.close()
     entries = lab.ledger.entries
     undoer = Undoer(handles={host.name: host} if host is not None else {}, host_inode=lab.ledger.netns_inode)
-    inner = [e for e in entries if not (e["kind"] == "netns" and host is not None and e["name"] == host.name)]
+    mine = [e for e in entries if host is not None and e == NetnsEntry(str(host.name))]  # the host's own, removed last
+    inner = [e for e in entries if e not in mine]
     errors += undo_grouped(lab, inner, undoer, host)
     if host is not None:
-        errors += _wait_links_gone(lab, host, {e["name"] for e in entries if e["kind"] == "link" and e.get("netns") == host.name})
+        errors += _wait_links_gone(lab, host, {e.name for e in entries if isinstance(e, LinkEntry) and e.netns == host.name})
         with contextlib.suppress(Exception):
             host.close()
-        errors += undo_all([e for e in entries if e["kind"] == "netns" and e["name"] == host.name], Undoer())
+        errors += undo_all(mine, Undoer())
     undoer.close()
     lab.ledger.close(remove=not errors)
     lab.ledger = None
@@ -59,7 +61,7 @@ def _wait_links_gone(lab: Lab, host: Netns, gone: set[str]) -> list[str]:
     return []
 
 
-def undo_grouped(lab: Lab, entries: list[Entry], undoer: Undoer, host: Netns | None) -> list[str]:
+def undo_grouped(lab: Lab, entries: Sequence[Entry], undoer: Undoer, host: Netns | None) -> list[str]:
     """``undo_all``, in reverse order, with the lab's link group in the host deleted in one request.
 
     The entries split into runs: plain runs go to ``undo_all``; the group is deleted when
@@ -70,10 +72,10 @@ def undo_grouped(lab: Lab, entries: list[Entry], undoer: Undoer, host: Netns | N
     """
     if host is None or not lab.link_groups:
         return undo_all(entries, undoer)
-    owned = {e["name"] for e in entries if e["kind"] == "netns"}
+    owned = {e.name for e in entries if isinstance(e, NetnsEntry)}
     runs: list[tuple[int | None, list[Entry]]] = []
     for e in entries:
-        group = lab.link_groups.get(str(e.get("name"))) if e["kind"] == "link" and e.get("netns") == host.name else None
+        group = lab.link_groups.get(e.name) if isinstance(e, LinkEntry) and e.netns == host.name else None
         if runs and runs[-1][0] == group:
             runs[-1][1].append(e)
         else:
@@ -83,7 +85,7 @@ def undo_grouped(lab: Lab, entries: list[Entry], undoer: Undoer, host: Netns | N
     for group, run in reversed(runs):
         if group is None:
             # Entries inside a container namespace go with it, as undo_all skips them.
-            errors += undo_all([e for e in run if e["kind"] == "netns" or e.get("netns") not in owned], undoer)
+            errors += undo_all([e for e in run if isinstance(e, NetnsEntry) or e.netns not in owned], undoer)
             continue
         if group not in deleted:
             try:
