@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from netcheck.ledger import Ledger, Undoer, undo_all
+from netcheck.ledger import Ledger, NetnsEntry, Undoer, undo_all
 from netcheck.naming import new_tag
 from netcheck.scale import FIRST_HOST, SUBNET
 
@@ -61,7 +61,7 @@ class Sandbox:
         self.containers = [f"{self.tag}-c{i}" for i in range(n)]
         self.ledger = Ledger(self.tag, topology=f"bench-baseline-{n}", mode="sandbox")
         for name in (self.host, self.wan, *self.containers):
-            self.ledger.record("netns", name=name)
+            self.ledger.record(NetnsEntry(name))
 
     def close(self) -> None:
         """Remove whatever is left (after a failure), then the run record."""

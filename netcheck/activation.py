@@ -74,10 +74,11 @@ def unrunnable(config: pytest.Config, items: Sequence[pytest.Item], settings: Se
     if not topologies:
         return None
     from netcheck import adapters
+    from netcheck.lab.mode import mode_of
 
     lacking = []
     for t in topologies.values():
-        needs = adapters.missing(t, host_mode=settings.host_mode)
+        needs = adapters.missing(t, mode=mode_of(settings.host_mode))
         if needs:
             lacking.append(f"  {t.name} ({t.source}, setup mode {t.setup.mode}) needs " + "; ".join(needs))
     if not lacking:

@@ -133,7 +133,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _is_kept(r: RunRecord) -> bool:
-    return any(e.get("kind") == "kept" for e in r.entries)
+    return r.kept
 
 
 def _describe_run(r: RunRecord) -> str:

@@ -6,7 +6,8 @@ import contextlib
 from collections.abc import Callable
 
 from netcheck import spec
-from netcheck.lab import Lab, LabError, has_net_admin
+from netcheck.lab import HostMode, Lab, LabError, has_net_admin
+from netcheck.lab.mode import mode_of
 from netcheck.ledger import clean
 
 NEED_ROOT = (
@@ -27,7 +28,7 @@ class LabFactory:
 
     def __init__(self, *, keep: bool = False, reap: bool = True, host_mode: bool = False, faults: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> None:
         self.keep = keep
-        self.host_mode = host_mode
+        self.mode: HostMode = mode_of(host_mode)
         self.faults = faults
         self._shared: dict[str, Lab] = {}
         self._fresh: list[Lab] = []
@@ -51,12 +52,11 @@ class LabFactory:
             raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
         lab = self._shared.get(topology.name)
         if lab is None:
-            if self.host_mode:
-                # One host can hold one lab at a time: their addresses would collide.
+            if self.mode.exclusive:
                 for name in list(self._shared):
                     self._shared.pop(name).teardown()
             try:
-                lab = self._build(topology, keep=self.keep, host_mode=self.host_mode)
+                lab = self._build(topology, keep=self.keep, mode=self.mode)
                 if self.faults:
                     from netcheck.faults import inject
 
@@ -70,7 +70,7 @@ class LabFactory:
     def fresh(self, topology: spec.Topology | str) -> Lab:
         """A new lab of its own (for tests that break things); call ``release`` or let ``close`` remove it."""
         t = spec.resolve(topology) if isinstance(topology, str) else topology
-        lab = self._build(t, keep=False)
+        lab = self._build(t, keep=False, mode=mode_of(False))
         self._fresh.append(lab)
         return lab
 
@@ -79,15 +79,15 @@ class LabFactory:
             self._fresh.remove(lab)
         lab.teardown()
 
-    def _build(self, topology: spec.Topology, *, keep: bool, host_mode: bool = False) -> Lab:
+    def _build(self, topology: spec.Topology, *, keep: bool, mode: HostMode) -> Lab:
         if not has_net_admin():
             raise PermissionError(NEED_ROOT)
         if topology.setup.mode != "build":
             from netcheck.adapters import build_external
 
-            lab: Lab = build_external(topology, keep=keep, host_mode=host_mode)
+            lab: Lab = build_external(topology, keep=keep, mode=mode)
             return lab
-        return Lab(topology, keep=keep, host_mode=host_mode).build()
+        return Lab(topology, keep=keep, mode=mode).build()
 
     def close(self) -> None:
         """Tear down every lab, newest first; raise the first error after trying all."""

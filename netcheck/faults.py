@@ -11,7 +11,9 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING
 
+from netcheck.kernel.netns import VethSpec
 from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, set_policy
+from netcheck.ledger import LinkEntry, SysctlEntry
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -139,12 +141,12 @@ def second_container_answers(lab: Lab) -> None:
 
 def host_link_in_container(lab: Lab) -> None:
     """A second veth from the host plugged into the container: the host's network leaks in."""
-    lab.host.add_veth(f"{lab.tag}hl", "hostlink0", lab.container_ns(_first(lab)))
+    lab.host.add_veths([VethSpec(f"{lab.tag}hl", "hostlink0", lab.container_ns(_first(lab)), up=False)])
 
 
 def bridge_floods(lab: Lab) -> None:
     b = lab.topology.bridges[0]
-    lab.host.set_bridge(lab.kname(b.name), br_ageing_time=0)
+    lab.host.set_bridge(lab.kname(b.name), ageing_time=0)
 
 
 def route_localnet_exposed(lab: Lab) -> None:
@@ -216,8 +218,8 @@ def rp_filter_strict(lab: Lab) -> None:
     the host filters reverse paths strictly: the replies arrive where the route back does not go."""
     host_if, wan_if = f"{lab.tag}u2", f"{lab.tag}w2"
     if lab.ledger is not None:
-        lab.ledger.record("link", netns=lab.host.name, name=host_if)
-    lab.host.add_veth(host_if, wan_if, lab.wan)
+        lab.ledger.record(LinkEntry(lab.host.name, host_if))
+    lab.host.add_veths([VethSpec(host_if, wan_if, lab.wan, up=False)])
     lab.host.add_address(host_if, IPv4Interface("198.51.100.201/30"))
     lab.wan.add_address(wan_if, IPv4Interface("198.51.100.202/30"))
     lab.wan.set_sysctl(f"net.ipv4.conf.{wan_if}.arp_announce", 2)  # the router asks ARP from its link address
@@ -229,7 +231,7 @@ def rp_filter_strict(lab: Lab) -> None:
     for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{host_if}.rp_filter"):
         old = lab.host.set_sysctl(key, 1)
         if lab.ledger is not None:
-            lab.ledger.record("sysctl", netns=lab.host.name, key=key, old=old)
+            lab.ledger.record(SysctlEntry(lab.host.name, key, old))
 
 
 # The suite test each fault must make fail, as a node id inside the suites package (netcheck.suites,

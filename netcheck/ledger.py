@@ -16,17 +16,28 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path, remove_netns
-from netcheck.kernel.xtables import XRule, delete_rules, nft_remove_if_empty, set_policy
+from netcheck.kernel.xtables import Backend, XRule, delete_rules, nft_remove_if_empty, set_policy
 
-RUN_DIR = Path(os.environ.get("NETCHECK_RUN_DIR", "/run/netcheck"))
-Entry = dict[str, Any]
+T = TypeVar("T")
+E = TypeVar("E", bound="Entry")
+
+
+def default_run_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where run records live: $NETCHECK_RUN_DIR, else /run/netcheck (read when asked, not at import)."""
+    return Path(environ.get("NETCHECK_RUN_DIR") or "/run/netcheck")
+
+
+def default_work_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where a lab's scratch folders go (another tool's state, root filesystems): $NETCHECK_WORK_DIR, else /tmp."""
+    return Path(environ.get("NETCHECK_WORK_DIR") or "/tmp")
 
 
 def process_starttime(pid: int) -> int | None:
@@ -39,9 +50,15 @@ def process_starttime(pid: int) -> int | None:
 
 
 class Ledger:
-    """The append-only record of one lab's objects, persisted as it grows."""
+    """The append-only record of one lab's objects, persisted as it grows.
 
-    def __init__(self, tag: str, *, topology: str, mode: str, run_dir: Path = RUN_DIR, source: str | None = None) -> None:
+    ``create(entry, do)`` records an object, then makes it; ``record(entry)`` only records (for
+    a batch made in one step afterwards). Undo tolerates "already gone", so an object recorded
+    but never made is harmless.
+    """
+
+    def __init__(self, tag: str, *, topology: str, mode: str, run_dir: Path | None = None, source: str | None = None) -> None:
+        run_dir = run_dir or default_run_dir()
         run_dir.mkdir(parents=True, exist_ok=True)
         self.tag = tag
         self.path = run_dir / f"{tag}.jsonl"
@@ -49,22 +66,26 @@ class Ledger:
         pid = os.getpid()
         self.netns_inode = os.stat("/proc/self/ns/net").st_ino
         header = {
-            "kind": "run", "tag": tag, "pid": pid, "starttime": process_starttime(pid), "started": time.time(),
+            "kind": "run", "version": LEDGER_VERSION, "tag": tag, "pid": pid, "starttime": process_starttime(pid), "started": time.time(),
             "topology": topology, "mode": mode, "netns_inode": self.netns_inode, "source": source,
         }
         fd = _create_locked(self.path, (json.dumps(header, sort_keys=True) + "\n").encode())
         self._file = os.fdopen(fd, "a", buffering=1)
 
-    def _write(self, entry: Entry) -> None:
-        self._file.write(json.dumps(entry, sort_keys=True) + "\n")
+    def _write(self, line: dict[str, Any]) -> None:
+        self._file.write(json.dumps(line, sort_keys=True) + "\n")
         self._file.flush()
 
-    def record(self, kind: str, **data: Any) -> Entry:
-        """Record an object before creating it (undo tolerates 'already gone')."""
-        entry = {"kind": kind, **data}
+    def record(self, entry: E) -> E:
+        """Record an object before it is made (undo tolerates 'already gone')."""
         self.entries.append(entry)
-        self._write(entry)
+        self._write(to_json(entry))
         return entry
+
+    def create(self, entry: Entry, do: Callable[[], T]) -> T:
+        """Record ``entry``, then make it with ``do()``: the one way an object comes into being."""
+        self.record(entry)
+        return do()
 
     def keep(self) -> None:
         """Mark the lab as kept for inspection: new runs leave it alone; ``netcheck clean`` removes it."""
@@ -134,6 +155,12 @@ class Undoer:
         self._opened.append(handle)
         return handle
 
+    def in_ns(self, name: str | None, do: Callable[[Netns], object]) -> None:
+        """``do(ns)`` in namespace ``name``; nothing if the namespace is gone (and with it the object)."""
+        ns = self.ns(name)
+        if ns is not None:
+            do(ns)
+
     def forget(self, name: str) -> None:
         handle = self.handles.pop(name, None)
         if handle is not None:
@@ -146,68 +173,230 @@ class Undoer:
         self._opened.clear()
 
     def undo(self, e: Entry, owned: set[str]) -> None:
-        kind = e["kind"]
-        where = e.get("netns")
-        if where is not None and where in owned and kind != "netns":
+        if e.netns is not None and e.netns in owned and not isinstance(e, NetnsEntry):
             return  # removed with its namespace
-        self.log(f"remove {describe(e)}")
-        if self.dry_run:
-            return
-        if kind == "process":
-            kill_process(int(e["pid"]), e.get("starttime"))
-        elif kind == "netns":
-            self.forget(e["name"])
-            remove_netns(e["name"])
-        elif kind == "dir":
-            shutil.rmtree(e["path"], ignore_errors=True)
-        else:
-            ns = self.ns(where)
-            if ns is None:
-                return
-            if kind == "link":
-                ns.delete_link(e["name"])
-            elif kind == "route":
-                from ipaddress import IPv4Network
-
-                ns.delete_route(IPv4Network(e["dst"]))
-            elif kind == "rule":
-                delete_rules(ns, [XRule(**e["rule"])], backend=e.get("backend", "legacy"))
-            elif kind == "chain":
-                delete_rules(ns, [], [(e["table"], e["name"])], backend=e.get("backend", "legacy"))
-            elif kind == "nft-chain":
-                nft_remove_if_empty(ns, e["table"], e["name"])
-            elif kind == "nft-table":
-                nft_remove_if_empty(ns, e["table"])
-            elif kind == "policy":
-                set_policy(ns, e["table"], e["chain"], e["old"])
-            elif kind == "sysctl" and e.get("old") is not None:
-                ns.set_sysctl(e["key"], e["old"])
+        self.log(f"remove {e.describe()}")
+        if not self.dry_run:
+            e.undo(self)
 
 
-def describe(e: Entry) -> str:
-    kind = e["kind"]
-    where = f" in netns {e['netns']}" if e.get("netns") else ""
-    if kind == "netns":
-        return f"netns {e['name']}"
-    if kind == "process":
-        return f"process {e['pid']} ({' '.join(e.get('argv', []))[:60]})"
-    if kind == "rule":
-        return f"rule {XRule(**e['rule']).render()}{where}"
-    if kind == "sysctl":
-        return f"sysctl {e['key']} (restore {e.get('old')}){where}"
-    if kind == "policy":
-        return f"policy {e['table']} {e['chain']} (restore {e['old']}){where}"
-    if kind in ("link", "chain"):
-        return f"{kind} {e['name']}{where}"
-    if kind == "nft-chain":
-        return f"nf_tables base chain ip {e['table']} {e['name']}{where} (if empty)"
-    if kind == "nft-table":
-        return f"nf_tables table ip {e['table']}{where} (if empty)"
-    if kind == "route":
-        return f"route {e['dst']}{where}"
-    if kind == "dir":
-        return f"directory {e['path']}"
-    return f"{kind}{where}"
+# ----------------------------------------------------------------------------- entries
+# Each kind of object a lab makes is a frozen entry that knows how to undo itself and how to
+# say what it is. On disk each is one JSON line of its fields plus "kind", as before typed
+# entries existed, so a record written by an older netcheck (no "version" in its header)
+# reads and cleans up the same way.
+
+LEDGER_VERSION = 2
+
+
+class Entry(Protocol):
+    """One recorded object. ``netns`` names the namespace it lives in (None: the run's own)."""
+
+    kind: ClassVar[str]
+
+    @property
+    def netns(self) -> str | None: ...
+    def undo(self, undoer: Undoer) -> None: ...
+    def describe(self) -> str: ...
+
+
+def _where(netns: str | None) -> str:
+    return f" in netns {netns}" if netns else ""
+
+
+@dataclass(frozen=True)
+class NetnsEntry:
+    kind: ClassVar[str] = "netns"
+    name: str
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.forget(self.name)
+        remove_netns(self.name)
+
+    def describe(self) -> str:
+        return f"netns {self.name}"
+
+
+@dataclass(frozen=True)
+class LinkEntry:
+    kind: ClassVar[str] = "link"
+    netns: str | None
+    name: str
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: ns.delete_link(self.name))
+
+    def describe(self) -> str:
+        return f"link {self.name}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    kind: ClassVar[str] = "route"
+    netns: str | None
+    dst: str
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: ns.delete_route(IPv4Network(self.dst)))
+
+    def describe(self) -> str:
+        return f"route {self.dst}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    kind: ClassVar[str] = "rule"
+    netns: str | None
+    rule: XRule
+    backend: Backend = "legacy"
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: delete_rules(ns, [self.rule], backend=self.backend))
+
+    def describe(self) -> str:
+        return f"rule {self.rule.render()}{_where(self.netns)}"
+
+    def fields(self) -> dict[str, Any]:
+        return {"netns": self.netns, "rule": asdict(self.rule), "backend": self.backend}
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    kind: ClassVar[str] = "chain"
+    netns: str | None
+    table: str
+    name: str
+    backend: Backend = "legacy"
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: delete_rules(ns, [], [(self.table, self.name)], backend=self.backend))
+
+    def describe(self) -> str:
+        return f"chain {self.name}{_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class NftChainEntry:
+    """A base chain iptables-nft brings into being; removed only if empty."""
+
+    kind: ClassVar[str] = "nft-chain"
+    netns: str | None
+    table: str
+    name: str
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: nft_remove_if_empty(ns, self.table, self.name))
+
+    def describe(self) -> str:
+        return f"nf_tables base chain ip {self.table} {self.name}{_where(self.netns)} (if empty)"
+
+
+@dataclass(frozen=True)
+class NftTableEntry:
+    kind: ClassVar[str] = "nft-table"
+    netns: str | None
+    table: str
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: nft_remove_if_empty(ns, self.table))
+
+    def describe(self) -> str:
+        return f"nf_tables table ip {self.table}{_where(self.netns)} (if empty)"
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    kind: ClassVar[str] = "policy"
+    netns: str | None
+    table: str
+    chain: str
+    old: str
+
+    def undo(self, undoer: Undoer) -> None:
+        undoer.in_ns(self.netns, lambda ns: set_policy(ns, self.table, self.chain, self.old))
+
+    def describe(self) -> str:
+        return f"policy {self.table} {self.chain} (restore {self.old}){_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class SysctlEntry:
+    kind: ClassVar[str] = "sysctl"
+    netns: str | None
+    key: str
+    old: str | None = None
+
+    def undo(self, undoer: Undoer) -> None:
+        old = self.old
+        if old is not None:
+            undoer.in_ns(self.netns, lambda ns: ns.set_sysctl(self.key, old))
+
+    def describe(self) -> str:
+        return f"sysctl {self.key} (restore {self.old}){_where(self.netns)}"
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    kind: ClassVar[str] = "process"
+    pid: int
+    starttime: int | None = None
+    argv: tuple[str, ...] = ()
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        kill_process(self.pid, self.starttime)
+
+    def describe(self) -> str:
+        return f"process {self.pid} ({' '.join(self.argv)[:60]})"
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    kind: ClassVar[str] = "dir"
+    path: str
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def describe(self) -> str:
+        return f"directory {self.path}"
+
+
+ENTRY_KINDS: dict[str, type[Entry]] = {cls.kind: cls for cls in (
+    NetnsEntry, LinkEntry, RouteEntry, RuleEntry, ChainEntry, NftChainEntry, NftTableEntry, PolicyEntry, SysctlEntry, ProcessEntry, DirEntry,
+)}
+
+
+def to_json(entry: Entry) -> dict[str, Any]:
+    """An entry as its JSON line: "kind" and its fields."""
+    fields = entry.fields() if isinstance(entry, RuleEntry) else asdict(entry)  # type: ignore[call-overload]
+    return {"kind": entry.kind, **fields}
+
+
+def from_json(line: dict[str, Any]) -> Entry | None:
+    """The entry of a JSON line (any version); None for a kind this netcheck does not know."""
+    data = {k: v for k, v in line.items() if k != "kind"}
+    cls = ENTRY_KINDS.get(str(line.get("kind")))
+    if cls is None:
+        return None
+    if cls is RuleEntry:
+        rule: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["rule"].items()}
+        data["rule"] = XRule(**rule)
+    if cls is ProcessEntry:
+        data["argv"] = tuple(data.get("argv", ()))
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def kill_process(pid: int, starttime: int | None, timeout: float = 10.0) -> bool:
@@ -234,19 +423,17 @@ def _reap(pid: int) -> bool:
         return False
 
 
-def undo_all(entries: list[Entry], undoer: Undoer) -> list[str]:
-    """Undo entries in reverse order; returns the errors (each entry is tried)."""
-    owned = {e["name"] for e in entries if e["kind"] == "netns"}
+def undo_all(entries: Sequence[Entry], undoer: Undoer) -> list[str]:
+    """Undo entries in reverse order; returns the errors (each entry is tried; "already gone" is none)."""
+    owned = {e.name for e in entries if isinstance(e, NetnsEntry)}
     errors = []
     for e in reversed(entries):
-        if e["kind"] == "run":
-            continue
         try:
             undoer.undo(e, owned)
         except Exception as exc:  # noqa: BLE001 - every entry is tried; errors are reported, not swallowed
             if getattr(exc, "errno", None) in (errno.ENOENT, errno.ENODEV):
                 continue
-            errors.append(f"{describe(e)}: {exc}")
+            errors.append(f"{e.describe()}: {exc}")
     return errors
 
 
@@ -256,28 +443,36 @@ def undo_all(entries: list[Entry], undoer: Undoer) -> list[str]:
 @dataclass(frozen=True)
 class RunRecord:
     path: Path
-    header: Entry
+    header: dict[str, Any]
     entries: list[Entry]
     alive: bool
+    kept: bool = False
 
     @property
     def tag(self) -> str:
         return str(self.header.get("tag", self.path.stem))
 
 
-def read_record(path: Path) -> tuple[Entry, list[Entry]]:
-    header: Entry = {}
+def read_record(path: Path) -> tuple[dict[str, Any], list[Entry], bool]:
+    """(header, entries, kept) of a run record, of this version or an older one (no "version")."""
+    header: dict[str, Any] = {}
     entries = []
+    kept = False
     for line in path.read_text().splitlines():
         try:
             e = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if e.get("kind") == "run":
+        kind = e.get("kind")
+        if kind == "run":
             header = e
+        elif kind == "kept":
+            kept = True
         else:
-            entries.append(e)
-    return header, entries
+            entry = from_json(e)
+            if entry is not None:
+                entries.append(entry)
+    return header, entries, kept
 
 
 @contextlib.contextmanager
@@ -299,19 +494,21 @@ def _probe_lock(path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def list_records(run_dir: Path = RUN_DIR) -> list[RunRecord]:
+def list_records(run_dir: Path | None = None) -> list[RunRecord]:
+    """Every run record in ``run_dir`` (default: ``default_run_dir()``), each with whether its run is alive."""
+    directory = run_dir or default_run_dir()
     out: list[RunRecord] = []
-    if not run_dir.is_dir():
+    if not directory.is_dir():
         return out
-    for path in sorted(run_dir.glob("*.jsonl")):
+    for path in sorted(directory.glob("*.jsonl")):
         with _probe_lock(path) as dead:
-            header, entries = read_record(path)
-            out.append(RunRecord(path, header, entries, alive=not dead))
+            header, entries, kept = read_record(path)
+            out.append(RunRecord(path, header, entries, alive=not dead, kept=kept))
     return out
 
 
 def clean(
-    *, include_live: bool = False, include_kept: bool = True, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path = RUN_DIR,
+    *, include_live: bool = False, include_kept: bool = True, dry_run: bool = False, log: Callable[[str], None] = print, run_dir: Path | None = None,
     tags: Collection[str] | None = None,
 ) -> tuple[int, list[str]]:
     """Remove the objects of dead runs (and of live ones with ``include_live``).
@@ -322,21 +519,20 @@ def clean(
     Returns (runs cleaned, errors). Each run is cleaned while its lock is held, so two
     cleaners never undo the same run at once.
     """
+    directory = run_dir or default_run_dir()
     cleaned = 0
     errors: list[str] = []
-    if not run_dir.is_dir():
+    if not directory.is_dir():
         return 0, []
-    for path in sorted(run_dir.glob("*.jsonl")):
+    for path in sorted(directory.glob("*.jsonl")):
         if tags is not None and path.stem not in tags:
             continue
         with _probe_lock(path) as dead:
             if not dead and not include_live:
                 continue
-            header, entries = read_record(path)
-            kept = any(e["kind"] == "kept" for e in entries)
+            header, entries, kept = read_record(path)
             if kept and not include_kept:
                 continue
-            entries = [e for e in entries if e["kind"] != "kept"]
             state = ("kept" if kept else "dead") if dead else "LIVE"
             log(f"run {header.get('tag', path.stem)} (pid {header.get('pid', '?')}, {state}, topology {header.get('topology', '?')}):")
             undoer = Undoer(log=lambda m: log("  " + m), dry_run=dry_run, host_inode=header.get("netns_inode"))

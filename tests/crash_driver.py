@@ -61,12 +61,12 @@ def main() -> int:
     close = ledger_mod.Ledger.close
     make_socket = netns_mod.Netns.socket
 
-    def held_record(self: ledger_mod.Ledger, kind: str, **data: Any) -> ledger_mod.Entry:
-        step(f"record {kind} {data.get('name') or data.get('dst') or data.get('rule', {}).get('chain', '')}")
-        return record(self, kind, **data)
+    def held_record(self: ledger_mod.Ledger, entry: ledger_mod.Entry) -> ledger_mod.Entry:
+        step(f"record {entry.describe()}")
+        return record(self, entry)
 
     def held_undo(self: ledger_mod.Undoer, e: ledger_mod.Entry, owned: set[str]) -> None:
-        step(f"undo {ledger_mod.describe(e)}")
+        step(f"undo {e.describe()}")
         undo(self, e, owned)
 
     def held_close(self: ledger_mod.Ledger, *, remove: bool) -> None:

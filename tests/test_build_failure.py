@@ -223,16 +223,16 @@ class NotAnOSError(Exception):
 def test_error_during_teardown_is_reported_and_clean_finishes_the_job(run_dir, monkeypatch):
     """An error while undoing one entry: the others are still undone, the error names what is
     left, the record stays, and clean (as after a crash) removes the rest."""
-    from netcheck.ledger import Undoer, clean
+    from netcheck.ledger import Entry, RuleEntry, Undoer, clean
 
     before = process_state()
     lab = Lab(spec.builtin("seed2"), run_dir=run_dir).build()
     undo = Undoer.undo
     failed: list[str] = []
 
-    def undo_failing_once(self: Undoer, e: dict[str, Any], owned: set[str]) -> None:
-        if not failed and e["kind"] == "rule" and e["rule"]["target"] == "DNAT":
-            failed.append(e["rule"]["chain"])
+    def undo_failing_once(self: Undoer, e: Entry, owned: set[str]) -> None:
+        if not failed and isinstance(e, RuleEntry) and e.rule.target == "DNAT":
+            failed.append(e.rule.chain)
             raise NotAnOSError("injected failure while undoing a rule")  # as python-iptables' IPTCError
         undo(self, e, owned)
 

@@ -83,7 +83,7 @@ def test_a_missing_tool_fails_the_run_once_with_the_install_line(pytester: pytes
     from netcheck import adapters
 
     monkeypatch.setattr(lab, "has_net_admin", lambda: True)
-    monkeypatch.setattr(adapters, "missing", lambda t, host_mode=False: ["netavark (apt-get install -y --no-install-recommends netavark)"])
+    monkeypatch.setattr(adapters, "missing", lambda t, mode=None: ["netavark (apt-get install -y --no-install-recommends netavark)"])
     result = pytester.runpytest_inprocess(str(repo / "suites"), f"--netcheck-topology={repo / 'examples/netavark.toml'}", "--netcheck-report=none", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = result.stderr.str()

@@ -4,7 +4,7 @@ A spec whose ``[setup] mode`` is script, cni, netavark, podman or docker states 
 expect; ``build_external`` makes the sandbox, runs the tool, and returns a lab that the
 unchanged suites test::
 
-    lab = build_external(spec.load("examples/cni.toml"), keep=False, host_mode=False)
+    lab = build_external(spec.load("examples/cni.toml"), keep=False)
     try:
         lab.container_ns("web").addresses()
     finally:
@@ -23,6 +23,9 @@ from netcheck.adapters.lab import Adapter, ExternalLab, ToolFailed, ToolMissing,
 from netcheck.adapters.netavark import NetavarkAdapter
 from netcheck.adapters.podman import PodmanAdapter
 from netcheck.adapters.script import ScriptAdapter
+from netcheck.lab.mode import HostMode, Sandbox
+
+SANDBOX = Sandbox()
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "script": ScriptAdapter,
@@ -37,17 +40,17 @@ def adapter_for(topology: S.Topology) -> Adapter:
     return ADAPTERS[topology.setup.mode]()
 
 
-def missing(topology: S.Topology, *, host_mode: bool = False) -> list[str]:
+def missing(topology: S.Topology, *, mode: HostMode = SANDBOX) -> list[str]:
     """What this machine lacks to run the topology's tool, each with how to install it (empty: ready)."""
-    return adapter_for(topology).missing(topology, host_mode)
+    return adapter_for(topology).missing(topology, mode)
 
 
-def build_external(topology: S.Topology, *, keep: bool = False, host_mode: bool = False) -> ExternalLab:
-    """Build the sandbox, run (or, in host mode, find) what the tool made, and discover it."""
-    lacking = missing(topology, host_mode=host_mode)
+def build_external(topology: S.Topology, *, keep: bool = False, mode: HostMode = SANDBOX) -> ExternalLab:
+    """Build the sandbox, run (or, on a real host, find) what the tool made, and discover it."""
+    lacking = missing(topology, mode=mode)
     if lacking:
         raise ToolMissing(f"{topology.source}: setup mode {topology.setup.mode} needs " + "; ".join(lacking))
-    lab = ExternalLab(topology, adapter_for(topology), keep=keep, host_mode=host_mode)
+    lab = ExternalLab(topology, adapter_for(topology), keep=keep, mode=mode)
     lab.build()
     return lab
 

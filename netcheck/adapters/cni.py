@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from netcheck import spec as S
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.script import adopt_by_path
+from netcheck.lab.mode import HostMode
 
 if TYPE_CHECKING:
     from netcheck.adapters.lab import ExternalLab
@@ -62,8 +63,8 @@ def load_config(path: Path, source: str) -> dict[str, Any]:
 class CniAdapter:
     mode = "cni"
 
-    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
-        if host_mode:
+    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+        if mode.name == "host":  # nothing is run: what exists is found
             return []
         return [] if cni_path() is not None else [f"CNI plugins in {' or '.join(CNI_PATHS)} (install them: {INSTALL_HINT})"]
 

@@ -29,6 +29,7 @@ from netcheck.adapters.mounts import unshare_argv, wait_unshared
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
 from netcheck.adapters.script import adopt_by_path
+from netcheck.lab.mode import HostMode
 from netcheck.ledger import kill_process, process_starttime
 from netcheck.waiting import WaitTimeout, wait_until
 
@@ -48,11 +49,11 @@ def docker_cli() -> str | None:
 class DockerAdapter:
     mode = "docker"
 
-    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
+    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
         out = []
         if docker_cli() is None:
             out.append(f"the docker client (install it: {INSTALL_HINT})")
-        if host_mode:
+        if mode.name == "host":  # nothing is run: what exists is found
             return out
         if shutil.which("dockerd") is None:
             out.append(f"dockerd (install it: {INSTALL_HINT})")

@@ -1,11 +1,12 @@
 """``ExternalLab``: a lab whose network another tool makes, discovered and then tested like any other.
 
-The build stages are the sandbox's (``map_names`` for the uplink, ``build_base`` for the host,
-the outside world and the uplink, ``start_all_services``); ``build_network`` is replaced by:
-run the tool in the sandbox host namespace, register the container namespaces it made, record
-every process living in netcheck's namespaces, and discover what the tool built (interfaces,
-addresses, host-side veths, bridges) into a resolved copy of the topology that the unchanged
-suites read. Teardown runs the tool's own teardown first, then removes the sandbox.
+The build stages are the sandbox's (the host, the outside world and the uplink, then the
+services); ``ExternalLab`` is its own ``Network`` (netcheck.lab.build): it runs the tool in the
+sandbox host namespace (or, on a real host, finds what it made), registers the container
+namespaces, records every process living in netcheck's namespaces, and discovers what the tool
+built (interfaces, addresses, host-side veths, bridges) into a resolved copy of the topology
+that the unchanged suites read. Teardown runs the tool's own teardown first, then removes the
+sandbox.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from netcheck import spec as S
 from netcheck.adapters.discover import Discovery, discover
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
-from netcheck.kernel.xtables import XRule
 from netcheck.lab import Lab, LabError
-from netcheck.ledger import RUN_DIR, process_starttime
+from netcheck.lab.mode import HostMode
+from netcheck.ledger import DirEntry, NetnsEntry, ProcessEntry, default_work_root, process_starttime
 from netcheck.spec import env_name  # the spec's knowledge: its validation refuses two names that give one variable
 
-WORK_ROOT = Path(os.environ.get("NETCHECK_WORK_DIR", "/tmp"))
 TAIL = 1500  # characters of a tool's output quoted in an error
 
 
@@ -54,7 +54,7 @@ class Adapter(Protocol):
 
     mode: str
 
-    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
+    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
         """What is not installed, each with the command that installs it (empty: ready)."""
 
     def setup(self, lab: ExternalLab) -> None:
@@ -70,17 +70,14 @@ class Adapter(Protocol):
 class ExternalLab(Lab):
     """A topology made by another tool (script, CNI, netavark, Podman, Docker) and discovered."""
 
-    external = True
-
-    def __init__(self, topology: S.Topology, adapter: Adapter, *, keep: bool = False, host_mode: bool = False, tag: str | None = None, run_dir: Path = RUN_DIR) -> None:
-        super().__init__(topology, keep=keep, host_mode=host_mode, tag=tag, run_dir=run_dir)
+    def __init__(self, topology: S.Topology, adapter: Adapter, *, keep: bool = False, mode: HostMode | None = None, tag: str | None = None, run_dir: Path | None = None) -> None:
+        super().__init__(topology, keep=keep, mode=mode, tag=tag, run_dir=run_dir, network=self)
         self.declared = topology  # the spec as written; self.topology becomes the resolved copy
         self.adapter = adapter
         self.workdir: Path | None = None
         self.tool_runs: list[ToolRun] = []
         self.discovery: Discovery | None = None
         self.state: dict[str, Any] = {}  # the adapter's own notes (results, PIDs, sockets)
-        self._tool_started = False
         self._owned_inodes: set[int] = set()  # namespaces whose processes the tool started for us
 
     # ----------------------------------------------------------------- paths and environment
@@ -152,23 +149,20 @@ class ExternalLab(Lab):
     def make_workdir(self) -> Path:
         """A scratch folder for the tool (its state, config copies, root filesystems), removed at teardown."""
         assert self.ledger is not None
-        path = WORK_ROOT / f"netcheck-{self.tag}"
-        self.ledger.record("dir", path=str(path))
-        path.mkdir(mode=0o700)
+        path = default_work_root() / f"netcheck-{self.tag}"
+        self.ledger.create(DirEntry(str(path)), lambda: path.mkdir(mode=0o700))
         self.workdir = path
         return path
 
     def expect_container_ns(self, name: str) -> str:
         """Record the namespace a command will create for a container (before it exists); returns its name."""
         assert self.ledger is not None
-        ns = self.netns_name(name)
-        self.ledger.record("netns", name=ns)
-        return ns
+        return self.ledger.record(NetnsEntry(self.netns_name(name))).name
 
     def new_container_ns(self, name: str) -> Netns:
         """Create a container's namespace, as a container runtime does before calling CNI or netavark."""
-        ns = self._new_ns(self.netns_name(name), name)
-        self._containers[name] = ns
+        ns = self.new_namespace(self.netns_name(name), name)
+        self.containers[name] = ns
         self._own(ns)
         return ns
 
@@ -177,9 +171,8 @@ class ExternalLab(Lab):
         path = netns_path(self.netns_name(name))
         if not os.path.exists(path):
             raise ToolFailed(f"container {name}: the setup made no namespace {path} ({hint})")
-        ns = Netns.attach(path, name)
-        self._ns.append(ns)
-        self._containers[name] = ns
+        ns = self.hold(Netns.attach(path, name))
+        self.containers[name] = ns
         self._own(ns)
         return ns
 
@@ -193,7 +186,7 @@ class ExternalLab(Lab):
         assert self.ledger is not None
         target = self.netns_name(name)
         path = netns_path(target)
-        self.ledger.record("netns", name=target)
+        self.ledger.record(NetnsEntry(target))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
         except FileExistsError:
@@ -202,9 +195,8 @@ class ExternalLab(Lab):
         done = subprocess.run(["mount", "--bind", source, path], capture_output=True, timeout=30, check=False)
         if done.returncode != 0:
             raise LabError(f"container {name}: cannot bind {source} to {path}: {done.stderr.decode(errors='replace').strip()} (is the container still running?)")
-        ns = Netns.attach(path, name)
-        self._ns.append(ns)
-        self._containers[name] = ns
+        ns = self.hold(Netns.attach(path, name))
+        self.containers[name] = ns
         if owned:
             self._own(ns)
         return ns
@@ -213,13 +205,13 @@ class ExternalLab(Lab):
         """Record a namespace file the tool made under /run/netns (e.g. Podman's netns-UUID) for cleanup."""
         assert self.ledger is not None
         if os.path.dirname(path) in ("/run/netns", "/var/run/netns"):
-            self.ledger.record("netns", name=os.path.basename(path))
+            self.ledger.record(NetnsEntry(os.path.basename(path)))
 
     def record_process(self, pid: int, argv: Sequence[str] = ()) -> None:
         assert self.ledger is not None
         start = process_starttime(pid)
         if start is not None:
-            self.ledger.record("process", pid=pid, starttime=start, argv=list(argv) or _cmdline(pid))
+            self.ledger.record(ProcessEntry(pid, start, tuple(argv) or tuple(_cmdline(pid))))
 
     def _own(self, ns: Netns) -> None:
         with contextlib.suppress(OSError):
@@ -232,7 +224,7 @@ class ExternalLab(Lab):
         can end exactly these after a crash. Returns how many were recorded.
         """
         assert self.ledger is not None
-        known = {int(e["pid"]) for e in self.ledger.entries if e["kind"] == "process"}
+        known = {e.pid for e in self.ledger.entries if isinstance(e, ProcessEntry)}
         count = 0
         me = os.getpid()
         for entry in os.scandir("/proc"):
@@ -248,72 +240,59 @@ class ExternalLab(Lab):
                 count += 1
         return count
 
-    # ----------------------------------------------------------------- build stages
+    # ----------------------------------------------------------------- the network (netcheck.lab.build.Network)
 
-    def map_names(self) -> None:
+    def host_names(self, lab: Lab) -> dict[str, str]:
         # Only the uplink is netcheck's; bridges and veths get the names the tool gave them (discover).
-        self._kname[self.topology.host.uplink] = self.names.uplink
+        return {self.topology.host.uplink: self.names.uplink}
 
-    def base_sysctls(self) -> dict[str, int]:
+    def host_sysctls(self, lab: Lab) -> dict[str, int]:
         # A fresh host: the tool must set what it needs (ip_forward...); the spec's values are expectations.
         return {"net.ipv4.ip_forward": 0}
 
-    def build_network(self) -> None:
-        assert self.ledger is not None
+    def make(self, lab: Lab) -> None:
+        """Have the tool's network (run it, or on a real host find it), then discover it. No rules
+        of netcheck's: the tool writes its own, and the suites test what they do, not their text."""
         self.make_workdir()
-        if self.host_mode:
-            self.adapter.discover_existing(self)
-        else:
-            self._own(self.host)
-            self._tool_started = True
-            self.adapter.setup(self)
-            self.record_processes()
-        missing = [c.name for c in self.declared.containers if c.name not in self._containers]
+        self.mode.make_external(self)
+        missing = [c.name for c in self.declared.containers if c.name not in self.containers]
         if missing:
             raise LabError(f"{self.declared.source}: the {self.declared.setup.mode} setup registered no namespace for {', '.join(missing)}")
         self.discovery = discover(self)
         self.topology = self.discovery.topology
-        self._kname.update(self.discovery.knames)
+        self.knames.update(self.discovery.knames)
 
-    def expected_rules(self) -> list[XRule]:
-        """None: the tool writes its own rules; the suites test what they do, not their text."""
-        return []
+    # ----------------------------------------------------------------- the tool (netcheck.lab.mode.ToolSetup)
+
+    def start(self) -> None:
+        """Run the tool in the sandbox host; its own teardown runs first at the lab's teardown."""
+        self._own(self.host)
+        self.on_teardown(self._tool_teardown)
+        self.adapter.setup(self)
+        self.record_processes()
+
+    def find_existing(self) -> None:
+        self.adapter.discover_existing(self)
+
+    def _tool_teardown(self) -> None:
+        for ns in self.containers.values():
+            with contextlib.suppress(Exception):
+                ns.close()
+        try:
+            errors = self.adapter.teardown(self)
+        except Exception as exc:  # noqa: BLE001 - the sandbox is removed whatever the tool did
+            errors = [str(exc)]
+        if errors:
+            raise LabError(f"{self.declared.setup.mode} teardown: " + "; ".join(errors))
 
     def describe(self) -> dict[str, Any]:
         """What the tool made, as plain data for the report."""
-        out: dict[str, Any] = {"mode": self.declared.setup.mode, "host_mode": self.host_mode, "tool_runs": [
+        out: dict[str, Any] = {"mode": self.declared.setup.mode, "host_mode": self.mode.name == "host", "tool_runs": [
             {"what": r.what, "argv": list(r.argv), "returncode": r.returncode} for r in self.tool_runs
         ]}
         if self.discovery is not None:
             out.update(self.discovery.as_dict())
         return out
-
-    # ----------------------------------------------------------------- teardown
-
-    def teardown(self, *, force: bool = False) -> None:
-        """Close what netcheck holds in the namespaces, run the tool's teardown, then remove the sandbox."""
-        if self.ledger is None:
-            return
-        if self.keep and not force:
-            super().teardown()
-            return
-        errors: list[str] = []
-        self.release_held()
-        for ns in self._containers.values():
-            with contextlib.suppress(Exception):
-                ns.close()
-        if self._tool_started:
-            self._tool_started = False
-            try:
-                errors += self.adapter.teardown(self)
-            except Exception as exc:  # noqa: BLE001 - the sandbox is removed whatever the tool did
-                errors.append(f"{self.declared.setup.mode} teardown: {exc}")
-        try:
-            super().teardown(force=force)
-        except LabError as exc:
-            errors.append(str(exc))
-        if errors:
-            raise LabError(f"teardown of lab {self.tag} ({self.declared.setup.mode}): " + "; ".join(errors))
 
 
 def _state(pid: int) -> str | None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from netcheck import spec as S
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.script import adopt_by_path
+from netcheck.lab.mode import HostMode
 
 if TYPE_CHECKING:
     from netcheck.adapters.lab import ExternalLab
@@ -71,8 +72,8 @@ def allocate(lab: ExternalLab, net: dict[str, Any]) -> dict[str, IPv4Address]:
 class NetavarkAdapter:
     mode = "netavark"
 
-    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
-        if host_mode:
+    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+        if mode.name == "host":  # nothing is run: what exists is found
             return []
         return [] if netavark_path() else [f"netavark in {' or '.join(NETAVARK_PATHS)} (install it: {INSTALL_HINT})"]
 

@@ -26,6 +26,7 @@ from netcheck.adapters.mounts import PrivateMounts
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
 from netcheck.adapters.script import adopt_by_path
+from netcheck.lab.mode import HostMode
 
 if TYPE_CHECKING:
     from netcheck.adapters.lab import ExternalLab
@@ -42,11 +43,11 @@ def podman_path() -> str | None:
 class PodmanAdapter:
     mode = "podman"
 
-    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
+    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
         out = []
         if podman_path() is None:
             out.append(f"podman (install it: {INSTALL_HINT})")
-        if host_mode:
+        if mode.name == "host":  # nothing is run: what exists is found
             return out
         if shutil.which("runc") is None:
             out.append(f"runc (install it: {INSTALL_HINT})")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from netcheck import spec as S
 from netcheck.adapters.lab import env_name
 from netcheck.lab import LabError
+from netcheck.lab.mode import HostMode
 
 if TYPE_CHECKING:
     from netcheck.adapters.lab import ExternalLab
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 class ScriptAdapter:
     mode = "script"
 
-    def missing(self, topology: S.Topology, host_mode: bool) -> list[str]:
+    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
         prog = topology.setup.command[0] if topology.setup.command else ""
         if prog and "/" not in prog and shutil.which(prog) is None:
             return [f"{prog} (the command's program is not on PATH)"]

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, cast
 
-from netcheck import expect as promise
 from netcheck import spec as S
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
@@ -31,6 +30,7 @@ from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path
+from netcheck.lab import plan
 from netcheck.probes.capture import CaptureHub, CapturePoints
 
 if TYPE_CHECKING:
@@ -141,13 +141,13 @@ def _closed_on_error() -> Iterator[list[Netns]]:
 
 def open_tag(tag: str, intent: S.Topology | None = None) -> LiveLab:
     """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept; ``intent`` replaces its spec."""
-    from netcheck.ledger import list_records
+    from netcheck.ledger import NetnsEntry, default_run_dir, list_records
     from netcheck.naming import KernelNames
 
     record = next((r for r in list_records() if r.tag == tag), None)
     if record is None:
-        raise DoctorError(f"no run record for lab {tag!r} in /run/netcheck (labs: {', '.join(r.tag for r in list_records()) or 'none'}; keep one up with --netcheck-keep)")
-    names = [e["name"] for e in record.entries if e.get("kind") == "netns"]
+        raise DoctorError(f"no run record for lab {tag!r} in {default_run_dir()} (labs: {', '.join(r.tag for r in list_records()) or 'none'}; keep one up with --netcheck-keep)")
+    names = [e.name for e in record.entries if isinstance(e, NetnsEntry)]
     names = [n for n in names if os.path.exists(netns_path(n))]
     kn = KernelNames(tag)
     topo = intent or _spec_for(record.header)
@@ -278,25 +278,10 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
 
 
 def expected_flows(view: LabView) -> Iterator[Flow]:
-    """The flows the topology promises, as the suites would probe them: each container to its
-    gateway and to the outside world, and to one neighbour per network it should reach (not
-    every pair: a fault between two networks shows on any pair of them)."""
-    t = view.topology
-    for i, c in enumerate(t.containers):
-        if c.address is None:
-            continue
-        a = str(c.address.ip)
-        if c.gateway is not None:
-            yield Flow("icmp", "icmp", c.name, a, str(c.gateway), None, "reach", None, None, None, "host")
-        if t.wan.remote and promise.reaches_outside(t, c.name):
-            yield Flow("icmp", "icmp", c.name, a, str(t.wan.remote[0].ip), None, "reach", None, None, None, "outside")
-        networks: set[str] = set()
-        for o in t.containers[i + 1 :] + t.containers[:i]:
-            net = o.bridge or f"veth:{o.name}"
-            if net in networks or o.address is None or not promise.reaches(t, c.name, o.name):
-                continue
-            networks.add(net)
-            yield Flow("icmp", "icmp", c.name, a, str(o.address.ip), None, "reach", o.name, str(o.address.ip), None, "direct")
+    """The ICMP flows the topology promises (netcheck.lab.plan.reaches), as the suites would probe them."""
+    for r in plan.reaches(view.topology):
+        yield Flow(kind="icmp", proto="icmp", source=r.source, src_addr=r.src_addr, dst_addr=r.dst_addr, dport=None, expected="reach",
+                   target=r.target, target_addr=r.target_addr, target_port=None, via=r.via)
 
 
 def inspect(view: LabView, *, flows: bool = True) -> list[Finding]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
 
 from netcheck.kernel.xtables import XChain, XRule
 
@@ -55,13 +54,13 @@ class Placed:
     def key(self) -> tuple[str, str, str, int, XRule]:
         return (self.backend, self.rule.table, self.rule.chain, self.position, self.rule.key())
 
-    def render(self) -> str:
-        """As a user would write it: ``iptables-legacy -t nat -A POSTROUTING ...``."""
-        return f"{binary(self.backend)} {self.rule.render()}"
+    def render(self, op: str = "-A") -> str:
+        """As a user would write it: ``iptables-legacy -t nat -A POSTROUTING ...`` (op -D: the command that deletes it)."""
+        return f"{binary(self.backend)} {self.rule.render(op)}"
 
     def delete(self) -> str:
         """The command that deletes this rule."""
-        return f"{binary(self.backend)} {self.rule.render().replace(' -A ', ' -D ', 1)}"
+        return self.render("-D")
 
 
 def binary(backend: str) -> str:
@@ -95,7 +94,7 @@ class Ruleset:
     hooks: list[tuple[str, str, str, str, str, int]] = field(default_factory=list)  # (backend, hook, type, table, chain, priority)
 
     @classmethod
-    def build(cls, legacy: Iterable[XChain], nft: Iterable[XChain], nft_raw: dict[str, Any]) -> Ruleset:
+    def build(cls, legacy: Iterable[XChain], nft: Iterable[XChain]) -> Ruleset:
         rs = cls()
         for c in legacy:
             rs.chains[("legacy", c.table, c.name)] = c
@@ -104,10 +103,8 @@ class Ruleset:
                 rs.hooks.append(("legacy", hook[0], hook[1], c.table, c.name, 0))
         for c in nft:
             rs.chains[("nft", c.table, c.name)] = c
-        for item in nft_raw.get("nftables", []):
-            raw = item.get("chain") if isinstance(item, dict) else None
-            if raw and raw.get("family") in ("ip", "inet") and "hook" in raw:
-                rs.hooks.append(("nft", str(raw["hook"]), str(raw.get("type", "filter")), str(raw["table"]), str(raw["name"]), _prio(raw.get("prio", 0))))
+            if c.hook is not None:
+                rs.hooks.append(("nft", c.hook, c.kind, c.table, c.name, c.priority))
         rs.hooks.sort(key=lambda h: h[5])
         return rs
 
@@ -190,13 +187,6 @@ class Ruleset:
     def jumps_to(self, backend: str, table: str, chain: str) -> list[Placed]:
         """The rules that jump to a chain."""
         return [p for p in self.rules() if p.backend == backend and p.rule.table == table and p.rule.target == chain]
-
-
-def _prio(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    named = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
-    return named.get(str(value), 0)
 
 
 def _addr_match(spec: str | None, addr: str) -> bool:

@@ -13,7 +13,7 @@ trace or a counter confirms scores higher than one inferred from configuration a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, 
 from netcheck.diagnose.state import NsState, Snapshot, lookup
 from netcheck.evidence import Finding, Hop, Packet, ProbeResult
 from netcheck.kernel.xtables import XRule
+from netcheck.lab import plan
 
 if TYPE_CHECKING:
     from netcheck import spec as S
@@ -480,7 +481,7 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
         if placed.rule.table == "filter" and placed.rule.target in ("DROP", "REJECT") and placed.rule.chain not in ("INPUT", "OUTPUT"):
             yield Finding(
                 "forward_drop", "host", f"host: the rule `{placed.render()}` dropped the probe{_ifaces(ev, placed.rule)}: its counter grew by {n} during the repeated probe",
-                ev.iptables(placed.backend, placed.rule.render().replace(" -A ", " -D ", 1)),
+                ev.run("host", placed.delete()),
                 (f"{binary(placed.backend)}: {placed.rule.table} {placed.rule.chain} rule {placed.position}", *ev.break_note()), score=93,
             )
             counted = True
@@ -518,10 +519,10 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
             evidence.append(f"its counter grew by {counted} during the repeated probe")
         return Finding(
             "forward_drop", "host", f"host: FORWARD drops the {label} {way}{why}: `{d.rule.render()}`",
-            ev.iptables(d.backend, d.rule.rule.render().replace(" -A ", " -D ", 1)), tuple(evidence), score=92 if counted else 86,
+            ev.run("host", d.rule.delete()), tuple(evidence), score=92 if counted else 86,
         )
-    accept = f"-I FORWARD -i {p.iif} -o {p.oif} -j ACCEPT"
-    back = f"-I FORWARD -i {p.oif} -o {p.iif} -j ACCEPT"
+    accept = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.iif, out_interface=p.oif).render("-I")
+    back = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.oif, out_interface=p.iif).render("-I")
     fix = ev.iptables(d.backend, accept) + ("" if p.iif == p.oif else " && " + ev.iptables(d.backend, back))
     return Finding(
         "forward_drop", "host", f"host: the FORWARD policy is {d.verdict} ({binary(d.backend)}) and no rule accepts {way}{why}, so the {label} is dropped",
@@ -618,23 +619,9 @@ def _masq_rules(ev: Evidence) -> list[Placed]:
     return out
 
 
-def _spec_masq(ev: Evidence, container: str) -> str:
-    """The MASQUERADE rule the spec declares for a container, in kernel names (or a generic one)."""
-    t = ev.t
-    c = t.container(container)
-    up = kname_or_none(ev.lab, t.host.uplink) or t.host.uplink
-    for m in t.masquerades:
-        if c.address is not None and m.source is not None and c.address.ip not in m.source:
-            continue
-        if m.out_interface:
-            out: str | None = kname_or_none(ev.lab, m.out_interface) or m.out_interface
-        elif m.not_out_interface:
-            out = "!" + (kname_or_none(ev.lab, m.not_out_interface) or m.not_out_interface)
-        else:
-            out = None
-        return XRule("nat", "POSTROUTING", "MASQUERADE", src=str(m.source) if m.source else None, out_interface=out).render()
-    src = str(c.address.network) if c.address is not None else None
-    return XRule("nat", "POSTROUTING", "MASQUERADE", src=src, out_interface=up).render()
+def _rename(ev: Evidence) -> plan.Rename:
+    """Spec interface name -> the lab's kernel name, or the spec name where the lab has none."""
+    return lambda name: kname_or_none(ev.lab, name) or name
 
 
 @rule
@@ -662,12 +649,12 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
         # hold conditions the summary does not model (a mark, a conntrack state): not this flow's.
         pkt = Pkt(addr, remote, "tcp", None, iif, oif)
         rules = [p for p in _masq_rules(ev) if not matches(p.rule, pkt)]
-        want = _spec_masq(ev, name)
+        want = plan.masquerade_for(ev.t, name, _rename(ev)).render()
         backend = ev.backend()
         seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
         if rules:
             shown = "; ".join(f"`{p.render()}`" for p in rules)
-            fix = " && ".join([ev.iptables(p.backend, p.rule.render().replace(" -A ", " -D ", 1)) for p in rules] + [ev.iptables(rules[0].backend, want)])
+            fix = " && ".join([ev.run("host", p.delete()) for p in rules] + [ev.iptables(rules[0].backend, want)])
             yield Finding(
                 "masquerade_wrong", "host", f"host: no MASQUERADE rule matches {name}'s packets ({addr} leaving by {ev.show(oif)}): {shown} does not cover them, so they leave with the private "
                     f"source {addr} and no reply finds its way back",
@@ -689,26 +676,16 @@ def _split_to(to: str | None) -> tuple[str, int | None]:
 
 
 def _dnat_flows(ev: Evidence) -> list[Flow]:
-    """The flow of the failed probe, or (doctor) one per published port and VIP of the spec."""
+    """The flow of the failed probe, or (doctor) one per way in to each published port and VIP of the spec."""
     if ev.flow is not None:
         return [ev.flow] if ev.flow.dnat else []
-    t = ev.t
-    out = []
-    for p in t.publishes:
-        c = t.container(p.container)
-        taddr = str(c.address.ip) if c.address else None
-        for src, on in (("wan", p.from_outside), ("host", p.from_host)):
-            if on:
-                sender = str(t.wan.address.ip) if src == "wan" else str(t.host.address.ip)
-                out.append(Flow("tcp", p.protocol, src, sender, str(t.host.address.ip), p.host_port, "reach", p.container, taddr, p.port, "publish"))
-    for v in t.vips:
-        c = t.container(v.container)
-        taddr = str(c.address.ip) if c.address else None
-        for src, on in (("wan", v.from_outside), ("host", v.from_host)):
-            if on:
-                sender = str(t.wan.address.ip) if src == "wan" else str(t.host.address.ip)
-                out.append(Flow("tcp", v.protocol, src, sender, str(v.address), v.port, "reach", v.container, taddr, v.target_port, "vip", v.chain))
-    return out
+    return [access_flow(a) for a in plan.accesses(ev.t)]
+
+
+def access_flow(a: plan.Access) -> Flow:
+    """The flow of a way in to a published port or VIP (netcheck.lab.plan), as a TCP probe would take it."""
+    return Flow(kind="tcp", proto=a.proto, source=a.source, src_addr=a.src_addr, dst_addr=a.dst_addr, dport=a.dport, expected="reach",
+                target=a.target, target_addr=a.target_addr, target_port=a.target_port, via=a.via, nat_chain=a.chain)
 
 
 def _in_iface(ev: Evidence, f: Flow) -> str | None:
@@ -718,9 +695,8 @@ def _in_iface(ev: Evidence, f: Flow) -> str | None:
     return s.l3 if s is not None else None
 
 
-def _spec_dnat(ev: Evidence, f: Flow, chain: str) -> str:
-    to = f"{f.target_addr}:{f.target_port}" if f.target_port else str(f.target_addr)
-    return XRule("nat", chain, "DNAT", dst=f.dst_addr, protocol=f.proto, dport=f.dport, to_destination=to).render()
+def _spec_dnat(f: Flow, chain: str) -> str:
+    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, f.target_addr, f.target_port).render()
 
 
 @rule
@@ -763,8 +739,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
         yield Finding(
             "dnat_wrong", "host",
             f"host: {what} is DNATed to {d.rule.rule.to_destination}" + (f" ({owner})" if owner else "") + f", but the spec sends it to {f.target} at {want}",
-            ev.iptables(d.backend, d.rule.rule.render().replace(" -A ", " -D ", 1)) + " && " + ev.iptables(d.backend, d.rule.rule.render().replace(f"--to-destination "
-                f"{d.rule.rule.to_destination}", f"--to-destination {want}")),
+            ev.run("host", d.rule.delete()) + " && " + ev.iptables(d.backend, replace(d.rule.rule, to_destination=want).render()),
             tuple(rule_ev), score=72 if static else 90,
         )
 
@@ -782,7 +757,7 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
             yield Finding(
                 "vip_not_jumped", "host",
                 f"host: the chain {p.rule.chain} holds the DNAT for {what}, but nat {chain_name} does not jump to it (only {from_where} does), so {who} packets are never translated",
-                ev.iptables(p.backend, f"-t nat -A {chain_name} -j {p.rule.chain}"),
+                ev.iptables(p.backend, XRule("nat", chain_name, p.rule.chain).render()),
                 (f"the DNAT: `{p.render()}`",), score=72 if static else 92,
             )
             return
@@ -790,14 +765,14 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
             yield Finding(
                 "output_dnat_missing", "host",
                 f"host: {what} is DNATed in nat PREROUTING only; traffic the host itself sends goes through nat OUTPUT, which has no DNAT for it, so the host talks to itself instead of {f.target}",
-                ev.iptables(p.backend, p.rule.render().replace("-A PREROUTING", "-A OUTPUT", 1)),
+                ev.iptables(p.backend, replace(p.rule, chain="OUTPUT").render()),
                 (f"PREROUTING has: `{p.render()}`",), score=72 if static else 92,
             )
             return
     chains = " and ".join(["PREROUTING", "OUTPUT"] if f.source == "host" else ["PREROUTING"])
-    fix = ev.iptables(backend, _spec_dnat(ev, f, "PREROUTING"))
+    fix = ev.iptables(backend, _spec_dnat(f, "PREROUTING"))
     if f.source == "host":
-        fix = ev.iptables(backend, _spec_dnat(ev, f, "OUTPUT")) + " && " + fix
+        fix = ev.iptables(backend, _spec_dnat(f, "OUTPUT")) + " && " + fix
     yield Finding(
         "dnat_missing", "host",
         f"host: no DNAT rule in nat {chains} translates {what} to {f.target} ({f.target_addr}:{f.target_port}), so {who} packets stay addressed to the host" + (", where nothing "
@@ -824,7 +799,7 @@ def stray_dnat(ev: Evidence) -> Iterator[Finding]:
             "stray_dnat", "host",
             f"host: `{placed.render()}` redirects {f.dst_addr}:{f.dport} to {to}, which the spec neither publishes nor declares as a VIP: "
             f"a flow that must be blocked reached {who}",
-            ev.iptables(placed.backend, placed.rule.render().replace(" -A ", " -D ", 1)),
+            ev.run("host", placed.delete()),
             (f"its counter grew by {n} during the repeated probe",), score=90,
         )
 
@@ -852,7 +827,7 @@ def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
             "route_localnet_exposed", "host",
             f"host: route_localnet = 1 on {', '.join(ev.show(i) for i in exposed)} and `{p.render()}` send container traffic to the host's loopback: services bound to 127.0.0.1 on the host are "
                 f"reachable from the containers",
-            " && ".join([ev.sysctl_fix("host", f"net.ipv4.conf.{i}.route_localnet", 0) for i in exposed] + [ev.iptables(p.backend, p.rule.render().replace(" -A ", " -D ", 1))]),
+            " && ".join([ev.sysctl_fix("host", f"net.ipv4.conf.{i}.route_localnet", 0) for i in exposed] + [ev.run("host", p.delete())]),
             ("a probe that must be blocked reached a loopback service",) if live else (), score=92 if live else 58,
         )
 
@@ -868,7 +843,7 @@ def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
                 continue
             for o in ev.t.containers:
                 if o.name != fl.target and o.address is not None and promise.same_l2(ev.t, o.name, fl.target or ""):
-                    flows.append(Flow(fl.kind, fl.proto, o.name, str(o.address.ip), fl.dst_addr, fl.dport, "reach", fl.target, fl.target_addr, fl.target_port, fl.via, fl.nat_chain))
+                    flows.append(replace(fl, source=o.name, src_addr=str(o.address.ip)))
     for f in flows:
         s, d = ev.side(f.source), ev.side(f.target)
         if s is None or d is None or not s.bridge_k or s.bridge_k != d.bridge_k or f.target_addr is None:
@@ -882,7 +857,7 @@ def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
         if back is not None:
             evidence.append(f"{f.source} got the reply from {back.src} instead of {f.dst_addr}: it crossed the bridge without being un-NATed")
         subnet = ev.t.container(f.source).address
-        masq = XRule("nat", "POSTROUTING", "MASQUERADE", src=str(subnet.network) if subnet else None, out_interface=s.bridge_k).render()
+        masq = plan.masquerade_rule(str(subnet.network) if subnet else None, s.bridge_k).render()
         yield Finding(
             "br_netfilter_off", "host",
             f"host: net.bridge.bridge-nf-call-iptables = 0 and {f.source} and {f.target} share {ev.show(s.bridge_k)}: the DNATed request reaches {f.target}, but the reply goes straight across "

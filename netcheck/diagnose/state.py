@@ -130,7 +130,7 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
     raw: dict[str, Any] = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
     chains = _safe(errors, "nf_tables rules", lambda: read_nft_chains(ns, raw), []) if raw else []
-    return Ruleset.build(legacy, chains, raw), tuple(tables), errors
+    return Ruleset.build(legacy, chains), tuple(tables), errors
 
 
 def rule_counters(ns: Netns) -> list[Placed]:

@@ -6,6 +6,7 @@ imports pyroute2 or iptc.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -27,6 +28,8 @@ T = TypeVar("T")
 IFF_UP = 0x1
 LOOPBACK_INDEX = 1  # lo is the first link of every namespace
 AF_BRIDGE = 7
+GONE = (errno.ENODEV, errno.ENOENT)  # "already gone", for a link (ENODEV) or what it held (ENOENT)
+ROUTE_FIX = "is the gateway on a connected subnet, and its link up?"
 BRIDGE_PORT_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
@@ -177,13 +180,25 @@ class Netns:
 
         return self._worker.call(do)
 
-    def rtnl(self, requests: Sequence[R.Request]) -> None:
-        """Apply rtnetlink requests in one batch, in order; the first failure is raised by name."""
+    def _run(self, do: Callable[[R.Rtnl], list[R.NetlinkError]], *, fix: str | Callable[[list[R.NetlinkError]], str] = "", gone: tuple[int, ...] = ()) -> bool:
+        """Run ``do(sock)``, which sends requests and returns their failures, in the namespace's thread.
+
+        A failure whose errno is in ``gone`` ("already gone") is no error, and makes the result
+        False; the first other one is raised as a KernelError naming the request, the namespace
+        and ``fix``.
+        """
+        where = f"netns {self.name or 'self'} ({self.label})"
         try:
-            failures = self.with_rtnl(lambda sock: sock.execute(requests))
-            R.raise_first(failures, f"netns {self.name or 'self'} ({self.label})")
-        except R.NetlinkError as exc:
-            raise KernelError(str(exc)) from None
+            failures = self.with_rtnl(do)
+            errors = [f for f in failures if f.errno not in gone]
+            R.raise_first(errors, where, fix(errors) if callable(fix) else fix)
+        except (R.NetlinkError, OSError) as exc:
+            raise KernelError(str(exc) if where in str(exc) else f"{exc} in {where}") from None
+        return len(errors) == len(failures)
+
+    def _send(self, make: Callable[[R.Rtnl], Iterable[R.Request]], *, fix: str = "", gone: tuple[int, ...] = ()) -> bool:
+        """Send the requests ``make(sock)`` builds (it may look up indexes) in one batch; see ``_run``."""
+        return self._run(lambda sock: sock.execute(make(sock)), fix=fix, gone=gone)
 
     def _close_in_thread(self) -> None:
         for key in ("ipr", "rtnl"):
@@ -198,10 +213,6 @@ class Netns:
     def where(self) -> str:
         """How a user enters this namespace, for messages."""
         return f"ip netns exec {self.name}" if self.name else "(this namespace)"
-
-    def _fail(self, what: str, exc: BaseException, fix: str = "") -> KernelError:
-        msg = f"{what} in netns {self.name or 'self'} ({self.label}): {exc}"
-        return KernelError(msg + (f" ({fix})" if fix else ""))
 
     @classmethod
     def create_many(cls, names: Sequence[tuple[str, str]], *, init: Callable[[Netns], None] | None = None,
@@ -234,88 +245,60 @@ class Netns:
         """Create veth pairs in one netlink batch, each peer born in its namespace."""
 
         def do(sock: R.Rtnl) -> list[R.NetlinkError]:
-            fds: dict[str, int] = {}
-            try:
+            with contextlib.ExitStack() as fds:
+                opened: dict[str, int] = {}
                 requests = []
                 for p in pairs:
                     fd = None
                     if p.peer_ns is not None:
-                        fd = fds.get(p.peer_ns.path)
+                        fd = opened.get(p.peer_ns.path)
                         if fd is None:
-                            fd = fds[p.peer_ns.path] = os.open(p.peer_ns.path, os.O_RDONLY | os.O_CLOEXEC)
+                            fd = opened[p.peer_ns.path] = os.open(p.peer_ns.path, os.O_RDONLY | os.O_CLOEXEC)
+                            fds.callback(os.close, fd)
                     requests.append(R.veth(p.name, p.peer, peer_netns_fd=fd, master=p.master, group=p.group, mtu=p.mtu,
                                            up=p.up, index=p.index, peer_index=p.peer_index, peer_group=p.peer_group))
                 return sock.execute(requests)
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
 
-        try:
-            R.raise_first(self.with_rtnl(do), f"netns {self.name or 'self'} ({self.label})")
-        except (R.NetlinkError, OSError) as exc:
-            raise KernelError(str(exc)) from None
+        self._run(do)
 
     def configure(
         self, *, up: Sequence[str] = (), addresses: Sequence[tuple[str, IPv4Interface]] = (),
         routes: Sequence[tuple[IPv4Network, IPv4Address | None, str | None]] = (),
     ) -> None:
-        """Bring links up, add addresses, then routes (dst, via, dev): one netlink batch, in that order.
+        """Bring links up, add addresses, then routes (dst, via, dev): one netlink batch, in that order."""
 
-        The batched form of ``set_link(up=True)``, ``add_address`` and ``add_route``.
-        """
-
-        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+        def make(sock: R.Rtnl) -> list[R.Request]:
             index: dict[str, int] = {"lo": LOOPBACK_INDEX}
 
             def idx(name: str) -> int:
                 if name not in index:
-                    found = sock.link_index(name)
-                    if found is None:
-                        raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
-                    index[name] = found
+                    index[name] = _index(sock, name)
                 return index[name]
 
             requests = [R.set_link(idx(n), up=True, what=f"set link {n} up") for n in up]
             requests += [R.add_address(idx(n), a, what=f"add address {a} to {n}") for n, a in addresses]
             requests += [R.add_route(dst, via=via, oif=idx(dev) if dev else None, what=f"add route {dst} via {via or dev}") for dst, via, dev in routes]
-            return sock.execute(requests)
+            return requests
 
-        where = f"netns {self.name or 'self'} ({self.label})"
-        try:
-            failures = self.with_rtnl(do)
-            route_failed = any(f.what.startswith("add route") for f in failures)
-            R.raise_first(failures, where, "is the gateway on a connected subnet, and its link up?" if route_failed and len(failures) == 1 else "")
-        except R.NetlinkError as exc:
-            raise KernelError(str(exc) if where in str(exc) else f"{exc} in {where}") from None
+        def fix(failures: list[R.NetlinkError]) -> str:
+            return ROUTE_FIX if len(failures) == 1 and failures[0].what.startswith("add route") else ""
+
+        self._run(lambda sock: sock.execute(make(sock)), fix=fix)
 
     def set_neighbours(self, name: str, entries: Iterable[tuple[IPv4Address, str]]) -> None:
         """Permanent neighbour entries (ip, mac) on link ``name``, in one batch (see rtnl.add_neighbour)."""
-
-        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
-            index = sock.link_index(name)
-            if index is None:
-                raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
-            return sock.execute(R.neighbours(index, entries, where=name))
-
-        self._batch(do)
+        self._send(lambda sock: R.neighbours(_index(sock, name), entries, where=name))
 
     def delete_neighbours(self, name: str, ips: Iterable[IPv4Address]) -> None:
         """Delete neighbour entries on link ``name`` in one batch; entries already gone are fine."""
 
-        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+        def make(sock: R.Rtnl) -> Iterable[R.Request]:
             index = sock.link_index(name)
             if index is None:
                 return []  # the link, and its neighbours, are gone
-            failures = sock.execute(R.neighbours(index, ((ip, "") for ip in ips), delete=True, where=name))
-            return [f for f in failures if f.errno not in (errno.ENOENT, errno.ESRCH)]
+            return R.neighbours(index, ((ip, "") for ip in ips), delete=True, where=name)
 
-        self._batch(do)
-
-    def _batch(self, do: Callable[[R.Rtnl], list[R.NetlinkError]]) -> None:
-        try:
-            R.raise_first(self.with_rtnl(do), f"netns {self.name or 'self'} ({self.label})")
-        except (R.NetlinkError, OSError) as exc:
-            raise KernelError(str(exc)) from None
+        self._send(make, gone=(errno.ENOENT, errno.ESRCH))
 
     def link_states(self) -> list[R.LinkState]:
         """Every link's name, index, admin state and operstate, from one raw dump (cheap at scale)."""
@@ -324,138 +307,45 @@ class Netns:
     def link_index(self, name: str) -> int | None:
         return self.with_rtnl(lambda sock: sock.link_index(name))
 
-    def delete_link_group(self, group: int) -> None:
-        """Delete every link of ``group`` in this namespace in one request (one kernel unregister batch)."""
-        try:
-            self.rtnl([R.delete_group(group)])
-        except KernelError as exc:
-            if "No such device" not in str(exc):  # no link of the group: already gone
-                raise
-
+    def delete_link_group(self, group: int) -> bool:
+        """Delete every link of ``group`` in this namespace in one request (one kernel unregister batch);
+        False if the group had no link left."""
+        return self._send(lambda _sock: [R.delete_group(group)], gone=GONE)
 
     def add_bridge(self, name: str, *, group: int | None = None) -> int:
-        def do(ipr: IPRoute) -> int:
-            kw: dict[str, Any] = {} if group is None else {"group": group}
-            ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0, **kw)
-            return int(ipr.link("get", ifname=name)[0]["index"])
-
-        try:
-            return self.netlink(do)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"add bridge {name}", exc, _exists_fix(exc)) from None
-
-    def add_veth(self, name: str, peer: str, peer_ns: Netns | None, *, master: str | None = None, mtu: int | None = None) -> None:
-        """A veth pair; the peer is born in ``peer_ns`` (one netlink call)."""
-
-        def do(ipr: IPRoute) -> None:
-            fd = os.open(peer_ns.path, os.O_RDONLY) if peer_ns is not None else None
-            try:
-                peer_spec: dict[str, Any] = {"ifname": peer}
-                if fd is not None:
-                    peer_spec["net_ns_fd"] = fd
-                if mtu:
-                    peer_spec["mtu"] = mtu
-                kw: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer_spec}
-                if mtu:
-                    kw["mtu"] = mtu
-                if master is not None:
-                    kw["master"] = ipr.link("get", ifname=master)[0]["index"]
-                ipr.link("add", **kw)
-            finally:
-                if fd is not None:
-                    os.close(fd)
-
-        try:
-            self.netlink(do)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"add veth {name} <-> {peer}", exc, _exists_fix(exc)) from None
+        """A bridge (no STP, no forward delay); returns its ifindex."""
+        self._send(lambda _sock: [R.bridge(name, group=group)])
+        return self.with_rtnl(lambda sock: _index(sock, name))
 
     def set_link(self, name: str, *, up: bool | None = None, master: str | bool | None = False, mtu: int | None = None) -> None:
         """Change a link: ``up``, ``master`` (a bridge name, or None to detach), ``mtu``."""
 
-        def do(ipr: IPRoute) -> None:
-            idx = ipr.link("get", ifname=name)[0]["index"]
-            kw: dict[str, Any] = {}
-            if up is not None:
-                kw["state"] = "up" if up else "down"
-            if master is None:
-                kw["master"] = 0
-            elif isinstance(master, str):
-                kw["master"] = ipr.link("get", ifname=master)[0]["index"]
-            if mtu is not None:
-                kw["mtu"] = mtu
-            ipr.link("set", index=idx, **kw)
+        def make(sock: R.Rtnl) -> list[R.Request]:
+            bridge = 0 if master is None else _index(sock, master) if isinstance(master, str) else None
+            return [R.set_link(_index(sock, name), up=up, master=bridge, mtu=mtu, what=f"set link {name}")]
 
-        try:
-            self.netlink(do)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"set link {name}", exc) from None
+        self._send(make)
 
-    def set_bridge(self, name: str, **attrs: int) -> None:
-        """Set bridge attributes, e.g. ``br_ageing_time=0``."""
-
-        def do(ipr: IPRoute) -> None:
-            idx = ipr.link("get", ifname=name)[0]["index"]
-            ipr.link("set", index=idx, kind="bridge", **attrs)
-
-        self.netlink(do)
+    def set_bridge(self, name: str, *, ageing_time: int) -> None:
+        """Set a bridge's MAC ageing time, in centiseconds (0: it forgets every MAC and floods)."""
+        self._send(lambda sock: [R.set_bridge(_index(sock, name), ageing_time=ageing_time, what=f"set bridge {name} ageing_time {ageing_time}")])
 
     def delete_link(self, name: str) -> bool:
         """Delete a link; False if it was already gone."""
-
-        def do(ipr: IPRoute) -> bool:
-            try:
-                ipr.link("del", ifname=name)
-            except Exception as exc:
-                if _errno(exc) in (errno.ENODEV, errno.ENOENT):
-                    return False
-                raise
-            return True
-
-        return self.netlink(do)
+        return self._send(lambda _sock: [R.delete_link(name)], gone=GONE)
 
     def add_address(self, name: str, address: IPv4Interface) -> None:
-        def do(ipr: IPRoute) -> None:
-            idx = ipr.link("get", ifname=name)[0]["index"]
-            ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
-
-        try:
-            self.netlink(do)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"add address {address} to {name}", exc) from None
+        self._send(lambda sock: [R.add_address(_index(sock, name), address, what=f"add address {address} to {name}")])
 
     def delete_address(self, name: str, address: IPv4Interface) -> None:
-        def do(ipr: IPRoute) -> None:
-            idx = ipr.link("get", ifname=name)[0]["index"]
-            ipr.addr("del", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
-
-        self.netlink(do)
+        self._send(lambda sock: [R.delete_address(_index(sock, name), address, what=f"delete address {address} from {name}")])
 
     def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, dev: str | None = None) -> None:
-        def do(ipr: IPRoute) -> None:
-            kw: dict[str, Any] = {"dst": str(dst)}
-            if via is not None:
-                kw["gateway"] = str(via)
-            if dev is not None:
-                kw["oif"] = ipr.link("get", ifname=dev)[0]["index"]
-            ipr.route("add", **kw)
-
-        try:
-            self.netlink(do)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(f"add route {dst} via {via or dev}", exc, "is the gateway on a connected subnet, and its link up?") from None
+        self.configure(routes=[(dst, via, dev)])
 
     def delete_route(self, dst: IPv4Network) -> bool:
-        def do(ipr: IPRoute) -> bool:
-            try:
-                ipr.route("del", dst=str(dst))
-            except Exception as exc:
-                if _errno(exc) == errno.ESRCH:
-                    return False
-                raise
-            return True
-
-        return self.netlink(do)
+        """Delete the route to ``dst``; False if there was none."""
+        return self._send(lambda _sock: [R.delete_route(dst)], gone=(errno.ESRCH,))
 
     # ----------------------------------------------------------------- netlink: reads
 
@@ -632,8 +522,12 @@ def _errno(exc: BaseException) -> int | None:
     return getattr(exc, "errno", None)
 
 
-def _exists_fix(exc: BaseException) -> str:
-    return "a leftover from a crashed run? try: netcheck clean" if _errno(exc) == errno.EEXIST else ""
+def _index(sock: R.Rtnl, name: str) -> int:
+    """The ifindex of link ``name``, or a NetlinkError (ENODEV) naming it."""
+    index = sock.link_index(name)
+    if index is None:
+        raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
+    return index
 
 
 def _kind(msg: Any) -> str:

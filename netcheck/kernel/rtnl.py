@@ -6,7 +6,8 @@ The requests here are built by hand (a few microseconds each), written to one ra
 NETLINK_ROUTE socket in one ``send`` per batch, and their acknowledgements matched back by
 sequence number, so one bad request is reported by name and the others still apply.
 
-Everything else (reads for checks, rare writes) stays with pyroute2 in ``netns.py``.
+Every netlink write of netcheck goes through here (``Netns`` sends these requests, batched or
+one at a time); the reads for checks stay with pyroute2 in ``netns.py``.
 
 >>> r = veth("nc1av0", "eth0", peer_netns_fd=5, master=3, up=True)
 >>> r.what
@@ -27,8 +28,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR = 20
-RTM_NEWROUTE = 24
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x200, 0x400, 0x300
@@ -41,6 +42,7 @@ NLMSGERR_ATTR_MSG = 1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 16, 18, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_BR_FORWARD_DELAY, IFLA_BR_AGEING_TIME, IFLA_BR_STP_STATE = 1, 4, 5
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -48,7 +50,7 @@ NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
@@ -136,9 +138,29 @@ def veth(
     return Request(f"add veth {name} <-> {peer}", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _ifinfo(index, up or None) + attrs)
 
 
-def set_link(index: int, *, up: bool | None = None, master: int | None = None, what: str = "") -> Request:
+def bridge(name: str, *, group: int | None = None) -> Request:
+    """A bridge without STP and with no forward delay, so its ports forward at once."""
+    info = _str(IFLA_INFO_KIND, "bridge") + _attr(IFLA_INFO_DATA, _u32(IFLA_BR_STP_STATE, 0) + _u32(IFLA_BR_FORWARD_DELAY, 0))
+    attrs = _str(IFLA_IFNAME, name) + _attr(IFLA_LINKINFO, info) + (_u32(IFLA_GROUP, group) if group is not None else b"")
+    return Request(f"add bridge {name}", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _ifinfo() + attrs)
+
+
+def set_bridge(index: int, *, ageing_time: int, what: str = "") -> Request:
+    """Change a bridge's MAC ageing time (in centiseconds; 0: forget every MAC at once)."""
+    info = _str(IFLA_INFO_KIND, "bridge") + _attr(IFLA_INFO_DATA, _u32(IFLA_BR_AGEING_TIME, ageing_time))
+    return Request(what or f"set bridge #{index}", RTM_NEWLINK, 0, _ifinfo(index) + _attr(IFLA_LINKINFO, info))
+
+
+def set_link(index: int, *, up: bool | None = None, master: int | None = None, mtu: int | None = None, what: str = "") -> Request:
+    """Change a link: admin state, master (0 detaches it from its bridge), MTU."""
     attrs = _u32(IFLA_MASTER, master) if master is not None else b""
+    if mtu is not None:
+        attrs += _u32(IFLA_MTU, mtu)
     return Request(what or f"set link #{index}", RTM_SETLINK, 0, _ifinfo(index, up) + attrs)
+
+
+def delete_link(name: str) -> Request:
+    return Request(f"delete link {name}", RTM_DELLINK, 0, _ifinfo() + _str(IFLA_IFNAME, name))
 
 
 def delete_group(group: int) -> Request:
@@ -147,9 +169,16 @@ def delete_group(group: int) -> Request:
 
 
 def add_address(index: int, address: IPv4Interface, *, what: str = "") -> Request:
+    return Request(what or f"add address {address} to #{index}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _address(index, address))
+
+
+def delete_address(index: int, address: IPv4Interface, *, what: str = "") -> Request:
+    return Request(what or f"delete address {address} from #{index}", RTM_DELADDR, 0, _address(index, address))
+
+
+def _address(index: int, address: IPv4Interface) -> bytes:
     ip = address.ip.packed
-    body = _IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index) + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip)
-    return Request(what or f"add address {address} to #{index}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
+    return _IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index) + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip)
 
 
 def add_route(dst: IPv4Network, *, via: IPv4Address | None = None, oif: int | None = None, what: str = "") -> Request:
@@ -162,6 +191,14 @@ def add_route(dst: IPv4Network, *, via: IPv4Address | None = None, oif: int | No
     if oif is not None:
         body += _u32(RTA_OIF, oif)
     return Request(what or f"add route {dst} via {via or f'#{oif}'}", RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
+
+
+def delete_route(dst: IPv4Network) -> Request:
+    """Delete the main table's route to ``dst``, whatever its gateway (as ``ip route del DST``)."""
+    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+    if dst.prefixlen:
+        body += _attr(RTA_DST, dst.network_address.packed)
+    return Request(f"delete route {dst}", RTM_DELROUTE, 0, body)
 
 
 def neighbours(index: int, entries: Iterable[tuple[IPv4Address, str]], *, delete: bool = False, where: str = "") -> Iterator[Request]:
@@ -352,5 +389,6 @@ def raise_first(failures: Sequence[NetlinkError], where: str, fix: str = "") -> 
 
 
 __all__ = [
-    "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_route", "delete_group", "neighbours", "raise_first", "set_link", "veth",
+    "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_route", "bridge", "delete_address", "delete_group", "delete_link", "delete_route",
+    "neighbours", "raise_first", "set_bridge", "set_link", "veth",
 ]

@@ -8,7 +8,9 @@ handles before the lock is released.
 
 from __future__ import annotations
 
+import itertools
 import json
+import shlex
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -49,25 +51,38 @@ class XRule:
     comment: str | None = None
     packets: int = 0
     bytes: int = 0
+    handle: int | None = None  # nf_tables: the rule's handle (``nft delete rule ... handle N``)
+    unmodelled: tuple[str, ...] = ()  # nf_tables: the matches this summary does not model (a mark, a source port...)
 
     def key(self) -> XRule:
-        """The rule without counters and comment, for comparisons."""
-        return replace(self, packets=0, bytes=0, comment=None)
+        """The rule without counters, comment and nft bookkeeping, for comparisons."""
+        return replace(self, packets=0, bytes=0, comment=None, handle=None, unmodelled=())
 
-    def render(self) -> str:
-        """The rule as ``iptables -t T -A ...`` arguments, for messages and fixes."""
-        parts = [f"-t {self.table} -A {self.chain}"]
+    def argv(self, op: str = "-A") -> list[str]:
+        """The rule as ``iptables`` arguments (op: -A, -I or -D): the one rendering of a rule, for
+        building with iptables-nft, undoing, fixes and messages; an argv list, never a shell string.
+
+        >>> XRule("nat", "PREROUTING", "DNAT", dst="203.0.113.2", protocol="tcp", dport=80, to_destination="10.0.0.2:8080").argv("-D")
+        ['-t', 'nat', '-D', 'PREROUTING', '-d', '203.0.113.2', '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', '10.0.0.2:8080']
+        """
+        argv = ["-t", self.table, op, self.chain]
         for flag, value in (("-s", self.src), ("-d", self.dst), ("-i", self.in_interface), ("-o", self.out_interface)):
             if value:
-                parts.append(f"! {flag} {value[1:]}" if value.startswith("!") else f"{flag} {value}")
+                argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
         if self.protocol:
-            parts.append(f"-p {self.protocol}")
-        if self.dport is not None:
-            parts.append(f"--dport {self.dport}")
-        parts.append(f"-j {self.target}")
+            argv += ["-p", self.protocol]
+            if self.dport is not None:
+                argv += ["--dport", str(self.dport)]
+        if self.comment:
+            argv += ["-m", "comment", "--comment", self.comment]
+        argv += ["-j", self.target]
         if self.to_destination:
-            parts.append(f"--to-destination {self.to_destination}")
-        return " ".join(parts)
+            argv += ["--to-destination", self.to_destination]
+        return argv
+
+    def render(self, op: str = "-A") -> str:
+        """``argv(op)`` as one line a user can paste after ``iptables`` (a lone ``!`` needs no quotes)."""
+        return " ".join(a if a == "!" else shlex.quote(a) for a in self.argv(op))
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,10 @@ class XChain:
     policy: str | None  # None for a user chain
     rules: tuple[XRule, ...]
     backend: str = "legacy"
+    family: str = "ip"
+    hook: str | None = None  # nf_tables base chains: the hook (prerouting...), with its type and priority
+    kind: str = "filter"
+    priority: int = 0
 
 
 def _iptc() -> Any:
@@ -301,13 +320,9 @@ def choose_backend(ns: Netns) -> Backend:
 def nft_missing(ns: Netns, wanted: Sequence[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
     """Of the (table, base chain) pairs iptables-nft would create in family ip, those absent now:
     (missing tables, missing chains of existing tables)."""
-    have_tables: set[str] = set()
-    have_chains: set[tuple[str, str]] = set()
-    for item in read_nft(ns).get("nftables", []):
-        if "table" in item and item["table"].get("family") == "ip":
-            have_tables.add(item["table"]["name"])
-        elif "chain" in item and item["chain"].get("family") == "ip":
-            have_chains.add((item["chain"]["table"], item["chain"]["name"]))
+    ruleset = read_nft(ns)
+    have_tables = nft_tables(ruleset)
+    have_chains = {(c.table, c.name) for c in nft_chains(ruleset) if c.family == "ip"}
     tables = sorted({t for t, _ in wanted if t not in have_tables})
     chains = sorted({(t, c) for t, c in wanted if t in have_tables and (t, c) not in have_chains})
     return tables, chains
@@ -316,33 +331,14 @@ def nft_missing(ns: Netns, wanted: Sequence[tuple[str, str]]) -> tuple[list[str]
 def nft_remove_if_empty(ns: Netns, table: str, chain: str | None = None) -> bool:
     """Remove an ip-family base chain (or a whole table) that netcheck brought into being, only if
     it holds no rule; False if it is gone already or something else now uses it."""
-    listing = read_nft(ns).get("nftables", [])
-    rules = [i["rule"] for i in listing if "rule" in i and i["rule"].get("family") == "ip" and i["rule"]["table"] == table]
+    held = [c for c in nft_chains(read_nft(ns)) if c.family == "ip" and c.table == table and c.rules]
     if chain is not None:
-        if any(r["chain"] == chain for r in rules):
+        if any(c.name == chain for c in held):
             return False
         return _nft_run(ns, ["nft", "delete", "chain", "ip", table, chain], ok_errors=("No such file", "does not exist"))
-    if rules:
+    if held:
         return False
     return _nft_run(ns, ["nft", "delete", "table", "ip", table], ok_errors=("No such file", "does not exist"))
-
-
-def rule_argv(rule: XRule, op: str) -> list[str]:
-    """``iptables-nft`` arguments for a rule (op: -A, -I or -D); an argv list, never a shell string."""
-    argv = ["iptables-nft", "-w", "-t", rule.table, op, rule.chain]
-    for flag, value in (("-s", rule.src), ("-d", rule.dst), ("-i", rule.in_interface), ("-o", rule.out_interface)):
-        if value:
-            argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
-    if rule.protocol:
-        argv += ["-p", rule.protocol]
-        if rule.dport is not None:
-            argv += ["-m", rule.protocol, "--dport", str(rule.dport)]
-    if rule.comment:
-        argv += ["-m", "comment", "--comment", rule.comment]
-    argv += ["-j", rule.target]
-    if rule.to_destination:
-        argv += ["--to-destination", rule.to_destination]
-    return argv
 
 
 def _nft_run(ns: Netns, argv: list[str], *, ok_errors: tuple[str, ...] = ()) -> bool:
@@ -360,7 +356,7 @@ def _apply_nft(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, 
         for chain in (r.chain, r.target):
             if chain not in BUILTIN_CHAINS.get(r.table, ()) and chain not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT"):
                 _nft_run(ns, ["iptables-nft", "-w", "-t", r.table, "-N", chain], ok_errors=("already exists",))
-        _nft_run(ns, rule_argv(r, "-I" if insert else "-A"))
+        _nft_run(ns, ["iptables-nft", "-w", *r.argv("-I" if insert else "-A")])
     for table, chain, policy in policies:
         _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-P", chain, policy])
 
@@ -369,13 +365,18 @@ def _delete_nft(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, s
     gone = 0
     missing = ("does a matching rule exist", "No chain/target/match", "doesn't exist", "Bad rule")
     for r in rules:
-        gone += _nft_run(ns, rule_argv(r, "-D"), ok_errors=missing)
+        gone += _nft_run(ns, ["iptables-nft", "-w", *r.argv("-D")], ok_errors=missing)
     for table, name in chains:
         _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-X", name], ok_errors=(*missing, "not empty", "Directory not empty", "Device or resource busy"))
     return gone
 
 
 # ----------------------------------------------------------------------------- nf_tables
+# ``read_nft`` fetches the ruleset as JSON; ``nft_chains`` and ``nft_tables`` are the only
+# readers of that JSON: everything else (the firewall walker, the faults, the builder's
+# bookkeeping) works on the XChain and XRule values they return.
+
+_PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp"}
 
 
 def nft_available() -> bool:
@@ -393,23 +394,29 @@ def read_nft(ns: Netns) -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
-    """Chains of the ip/inet families of an nft JSON ruleset, rules summarised as XRules."""
-    chains: dict[tuple[str, str], dict[str, Any]] = {}
-    rules: dict[tuple[str, str], list[XRule]] = {}
+def _items(ruleset: dict[str, Any], kind: str, families: tuple[str, ...] = ("ip", "inet")) -> Iterator[dict[str, Any]]:
     for item in ruleset.get("nftables", []):
-        if "chain" in item:
-            c = item["chain"]
-            if c.get("family") in ("ip", "inet"):
-                chains[(c["table"], c["name"])] = c
-        elif "rule" in item:
-            r = item["rule"]
-            if r.get("family") in ("ip", "inet"):
-                rules.setdefault((r["table"], r["chain"]), []).append(_nft_rule(r))
+        if isinstance(item, dict) and kind in item and item[kind].get("family") in families:
+            yield item[kind]
+
+
+def nft_tables(ruleset: dict[str, Any], family: str = "ip") -> set[str]:
+    """The names of the tables of one family in an nft JSON ruleset."""
+    return {t["name"] for t in _items(ruleset, "table", (family,))}
+
+
+def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
+    """Chains of the ip/inet families of an nft JSON ruleset, with their hooks, rules summarised as XRules."""
+    rules: dict[tuple[str, str, str], list[XRule]] = {}
+    for r in _items(ruleset, "rule"):
+        rules.setdefault((r["family"], r["table"], r["chain"]), []).append(_nft_rule(r))
     out = []
-    for (table, name), c in chains.items():
-        policy = c.get("policy", "accept").upper() if "hook" in c else None
-        out.append(XChain(table, name, policy, tuple(rules.get((table, name), [])), backend="nft"))
+    for c in _items(ruleset, "chain"):
+        hooked = "hook" in c
+        out.append(XChain(
+            c["table"], c["name"], c.get("policy", "accept").upper() if hooked else None, tuple(rules.get((c["family"], c["table"], c["name"]), [])),
+            backend="nft", family=c["family"], hook=str(c["hook"]) if hooked else None, kind=str(c.get("type", "filter")), priority=_prio(c.get("prio", 0)),
+        ))
     return out
 
 
@@ -417,9 +424,14 @@ def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XC
     """The namespace's nf_tables chains as XChains, with every DNAT target's destination.
 
     iptables-nft (Docker's, CNI's, netavark's and host mode's rules) stores some targets in
-    xtables form, which ``nft -j`` does not detail; ``iptables-nft-save``, whose output
-    ``iptables-nft-restore`` reads back, names them. A chain's rules come in the same order in
-    both, so the k-th rule of each gets its destination.
+    xtables form (an ``xt`` expression), whose arguments ``nft -j`` does not show;
+    ``iptables-nft-save`` prints them. Pairing its rules with nft's is exact, not positional:
+    each side is read into XRule values per (table, chain), both list a chain's rules in the
+    kernel's order, and a chain's two lists are paired only if they have the same length and
+    every pair agrees on everything both describe (addresses, interfaces, protocol, port,
+    target). A chain that disagrees (a rule changed between the two reads, or rules
+    iptables-nft-save cannot print) keeps its destinations unknown rather than borrowing
+    another rule's.
     """
     chains = nft_chains(read_nft(ns) if ruleset is None else ruleset)
     if not any(r.target == "DNAT" and r.to_destination is None for c in chains for r in c.rules):
@@ -427,49 +439,77 @@ def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XC
     proc = ns.run(["iptables-nft-save", "-t", "nat"], timeout=20)
     if proc.returncode != 0:
         return chains
-    saved: dict[str, list[str | None]] = {}
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        if line.startswith("-A "):
+    saved = parse_save(proc.stdout.decode(errors="replace"))
+    return [_with_destinations(c, saved.get((c.table, c.name), [])) if c.family == "ip" else c for c in chains]
+
+
+def _with_destinations(chain: XChain, saved: Sequence[XRule]) -> XChain:
+    if len(saved) != len(chain.rules) or any(_described(a) != _described(b) for a, b in zip(chain.rules, saved, strict=True)):
+        return chain
+    rules = tuple(replace(r, to_destination=s.to_destination) if r.target == "DNAT" and r.to_destination is None else r for r, s in zip(chain.rules, saved, strict=True))
+    return replace(chain, rules=rules)
+
+
+def _described(r: XRule) -> tuple[str | int | None, ...]:
+    """What both an nft summary and an iptables-save line say of a rule (not its target's arguments)."""
+    return (_netmask_cidr(r.src), _netmask_cidr(r.dst), r.in_interface, r.out_interface, r.protocol, r.dport, r.target)
+
+
+def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
+    r"""``iptables-save`` output as XRule values per (table, chain), in order; matches it does not
+    model (``-m addrtype``, ``-m multiport``...) are left out, as the nft summary leaves them out.
+
+    >>> saved = parse_save("*nat\n-A PREROUTING -d 203.0.113.2/32 ! -i br0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080\n")
+    >>> saved[("nat", "PREROUTING")][0].render()
+    '-t nat -A PREROUTING -d 203.0.113.2 ! -i br0 -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080'
+    """
+    out: dict[tuple[str, str], list[XRule]] = {}
+    table = ""
+    flags = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol", "--dport": "dport", "--to-destination": "to_destination",
+             "--comment": "comment", "-j": "target"}
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        if not line.startswith("-A "):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:  # an unbalanced quote in a comment: the words still name the matches
             words = line.split()
-            to = words[words.index("--to-destination") + 1] if "--to-destination" in words else None
-            saved.setdefault(words[1], []).append(to)
-    out = []
-    for c in chains:
-        targets = saved.get(c.name, [])
-        if c.table == "nat" and len(targets) == len(c.rules):
-            c = replace(c, rules=tuple(replace(r, to_destination=t) if r.target == "DNAT" and r.to_destination is None else r for r, t in zip(c.rules, targets, strict=True)))
-        out.append(c)
+        fields: dict[str, Any] = {}
+        neg = False
+        for flag, value in itertools.pairwise(words[2:]):
+            if flag == "!":
+                neg = True
+                continue
+            key = flags.get(flag)
+            if key == "dport":
+                fields[key] = int(value.split(":")[0]) if value.split(":")[0].isdigit() else None
+            elif key is not None and not value.startswith("-"):
+                fields[key] = ("!" if neg else "") + value
+            neg = False
+        out.setdefault((table, words[1]), []).append(XRule(
+            table, words[1], fields.pop("target", ""), src=_netmask_cidr(fields.pop("src", None)), dst=_netmask_cidr(fields.pop("dst", None)), **fields))
     return out
 
 
 def _nft_rule(r: dict[str, Any]) -> XRule:
-    """Summarise an nft JSON rule: addresses, interfaces, port, verdict and counters."""
+    """Summarise an nft JSON rule: addresses, interfaces, protocol, port, verdict, counters and
+    handle; the matches it does not model are named in ``unmodelled``."""
     fields: dict[str, Any] = {}
+    unmodelled: list[str] = []
     target = ""
     packets = nbytes = 0
     for e in r.get("expr", []):
         if "match" in e:
-            m = e["match"]
-            left, right, op = m.get("left", {}), m.get("right"), m.get("op", "==")
-            neg = "!" if op == "!=" else ""
-            if "payload" in left:
-                fld = left["payload"].get("field")
-                if fld in ("saddr", "daddr"):
-                    value = right["prefix"] if isinstance(right, dict) and "prefix" in right else right
-                    if isinstance(value, dict):
-                        value = f"{value.get('addr')}/{value.get('len')}"
-                    fields["src" if fld == "saddr" else "dst"] = neg + str(value)
-                elif fld == "dport" and isinstance(right, int):
-                    fields["dport"] = right
-                    fields["protocol"] = left["payload"].get("protocol")
-            elif "meta" in left and left["meta"].get("key") in ("iifname", "oifname"):
-                key = "in_interface" if left["meta"]["key"] == "iifname" else "out_interface"
-                fields[key] = neg + str(right)
+            _nft_match(e["match"], fields, unmodelled)
         elif "counter" in e and isinstance(e["counter"], dict):
             packets, nbytes = int(e["counter"].get("packets", 0)), int(e["counter"].get("bytes", 0))
         elif "xt" in e:
             if e["xt"].get("type") == "target":  # an xt *match* (e.g. comment) is not the verdict
                 target = str(e["xt"].get("name", "xt"))
+            else:
+                unmodelled.append(f"xt {e['xt'].get('name', '?')}")
         elif "dnat" in e:
             target = "DNAT"
             d = e["dnat"]
@@ -481,15 +521,47 @@ def _nft_rule(r: dict[str, Any]) -> XRule:
             target = "SNAT"
         elif "jump" in e or "goto" in e:
             target = (e.get("jump") or e.get("goto"))["target"]
-        elif "accept" in e:
-            target = "ACCEPT"
-        elif "drop" in e:
-            target = "DROP"
-        elif "reject" in e:
-            target = "REJECT"
-        elif "return" in e:
-            target = "RETURN"
-    return XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, **fields)
+        else:
+            target = next((verdict.upper() for verdict in ("accept", "drop", "reject", "return") if verdict in e), target)
+    return XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, handle=r.get("handle"),
+                 unmodelled=tuple(unmodelled), **fields)
 
 
-__all__ = ["XChain", "XRule", "apply_rules", "choose_backend", "delete_rules", "nft_chains", "read_legacy", "read_nft", "read_nft_chains", "set_policy"]
+def _nft_match(m: dict[str, Any], fields: dict[str, Any], unmodelled: list[str]) -> None:
+    left, right, op = m.get("left", {}), m.get("right"), m.get("op", "==")
+    neg = "!" if op == "!=" else ""
+    if "&" in left:  # e.g. meta mark & 0x2000 == 0x2000
+        inner = next((x for x in left["&"] if isinstance(x, dict)), {})
+        unmodelled.append(str(inner.get("meta", {}).get("key") or next(iter(inner), "&")))
+        return
+    if "payload" in left:
+        fld = left["payload"].get("field")
+        if fld in ("saddr", "daddr"):
+            value = right["prefix"] if isinstance(right, dict) and "prefix" in right else right
+            if isinstance(value, dict):
+                value = f"{value.get('addr')}/{value.get('len')}"
+            fields["src" if fld == "saddr" else "dst"] = neg + str(value)
+        elif fld == "dport" and isinstance(right, int) and not neg:
+            fields["dport"] = right
+            fields["protocol"] = left["payload"].get("protocol")
+        else:
+            unmodelled.append(str(fld))
+    elif "meta" in left and left["meta"].get("key") in ("iifname", "oifname"):
+        name = str(right)  # a wildcard is docker* in nft, docker+ in iptables (and in an XRule)
+        fields["in_interface" if left["meta"]["key"] == "iifname" else "out_interface"] = neg + (name[:-1] + "+" if name.endswith("*") else name)
+    elif "meta" in left and left["meta"].get("key") == "l4proto" and isinstance(right, (str, int)) and not neg:
+        fields.setdefault("protocol", _PROTOCOLS.get(str(right), str(right)))
+    else:
+        unmodelled.append(str(left.get("meta", {}).get("key") or next(iter(left), "?")))
+
+
+def _prio(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    named = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+    return named.get(str(value), 0)
+
+
+__all__ = [
+    "XChain", "XRule", "apply_rules", "choose_backend", "delete_rules", "nft_chains", "nft_tables", "parse_save", "read_legacy", "read_nft", "read_nft_chains", "set_policy",
+]

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from netcheck.lab.plan import masquerade_rule
+
 RED = "#c62828"
 RED_FILL = "#fde0e0"
 FONT = "Helvetica"
@@ -142,14 +144,7 @@ def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
 
     # The host.
     facts = host_facts(topo)
-    masq = []
-    for m in topo.get("masquerades", ()):
-        cond = f"-s {m['source']}" if m.get("source") else "any source"
-        if m.get("out_interface"):
-            cond += f" -o {m['out_interface']}"
-        if m.get("not_out_interface"):
-            cond += f" ! -o {m['not_out_interface']}"
-        masq.append(f"MASQUERADE {cond}")
+    masq = [f"iptables {masquerade_rule(m.get('source'), m.get('out_interface'), m.get('not_out_interface')).render()}" for m in topo.get("masquerades", ())]
     g.lines.append("  subgraph cluster_host {")
     host_label = "\n".join(["host (netns host)", ", ".join(facts), *masq])
     g.lines.append(f'    label={_q(host_label)}; style="rounded,filled"; fillcolor="#f7f9fc"; color="#5f6b7a";')

@@ -1,0 +1,168 @@
+"""Realise a lab: the base (host, outside world, uplink), then the network, then the services.
+
+Every kernel object is recorded in the lab's ledger before the step that makes it. The
+network between the host and its containers is a ``Network``: ``SpecNetwork`` builds the one
+the spec declares; netcheck.adapters has another tool make it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Interface
+from typing import TYPE_CHECKING, Protocol
+
+from netcheck import spec as S
+from netcheck.kernel.netns import Netns, VethSpec
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, nft_missing
+from netcheck.lab.plan import DEFAULT_ROUTE, ECHO_PORT, ContainerPlan, Plan, plan
+from netcheck.ledger import ChainEntry, NftChainEntry, NftTableEntry, RuleEntry
+from netcheck.services import ServiceHost
+
+if TYPE_CHECKING:
+    from netcheck.lab.lab import Lab
+
+# The wan end of the uplink gets an ifindex of its own: a veth whose ifindex equals its
+# peer's (2 and 2 in two new namespaces) has its operstate updated up to a second late.
+WAN_UPLINK_INDEX = 0x6E63
+
+
+class Network(Protocol):
+    """What makes the network between a lab's host and its containers."""
+
+    def host_names(self, lab: Lab) -> dict[str, str]:
+        """Spec name -> kernel name of the host-side interfaces known before the network is made."""
+
+    def host_sysctls(self, lab: Lab) -> dict[str, int]:
+        """The sandbox host's sysctls before the network is made."""
+
+    def make(self, lab: Lab) -> None:
+        """Make the network (recording every object first); set ``lab.rules``."""
+
+
+class SpecNetwork:
+    """The network the spec declares: bridges, containers, their routes and the host's rules."""
+
+    def __init__(self, topology: S.Topology) -> None:
+        self.topology = topology
+
+    def host_names(self, lab: Lab) -> dict[str, str]:
+        return lab.names.host_interfaces(self.topology)
+
+    def host_sysctls(self, lab: Lab) -> dict[str, int]:
+        return {"net.ipv4.ip_forward": 0, **dict(self.topology.host.sysctls)}
+
+    def make(self, lab: Lab) -> None:
+        p = plan(self.topology, lab.names)
+        bridges(lab, p)
+        containers(lab, p.containers)
+        lab.rules = list(p.rules)
+        rules(lab, p.rules)
+
+
+def base(lab: Lab, network: Network) -> None:
+    """The host and the outside world: namespaces, uplink, sysctls, the host's routes."""
+    t, n = lab.topology, lab.names
+    lab.host = lab.mode.open_host(lab, network.host_sysctls(lab))
+    lab.wan = lab.new_namespace(n.wan_ns, "wan")
+    lab.wan.set_sysctl("net.ipv4.ip_forward", 0)
+
+    # uplink: host <-> wan, documentation addresses; "remote" addresses live on wan's lo.
+    group = lab.link(lab.host, n.uplink)
+    lab.wan.add_veths([VethSpec(n.wan_uplink, n.uplink, lab.host, up=False, index=WAN_UPLINK_INDEX, peer_group=group)])
+    lab.host.configure(up=[n.uplink], addresses=[(n.uplink, t.host.address)])
+    lab.wan.configure(up=[n.wan_uplink], addresses=[(n.wan_uplink, t.wan.address), *(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)])
+    lab.host.wait_links_up([n.uplink])
+    lab.wan.wait_links_up([n.wan_uplink])
+    lab.mode.route_host(lab)
+    if t.wan.routes:
+        lab.wan.configure(routes=[(r.to, r.via, None) for r in t.wan.routes])
+
+
+def bridges(lab: Lab, p: Plan) -> None:
+    for b in p.bridges:
+        lab.host.add_bridge(b.kname, group=lab.link(lab.host, b.kname))
+        lab.host.configure(up=[b.kname], addresses=[(b.kname, b.address)] if b.address is not None else [])
+
+
+def containers(lab: Lab, planned: Sequence[ContainerPlan]) -> None:
+    """Containers in batches, not one netlink round trip after another.
+
+    1. their namespaces, made a few at a time (each sets its defaults in its own thread);
+    2. every veth pair in one netlink batch from the host, each born up and enslaved to its
+       bridge, its peer born in the container;
+    3. each container's link up, address and routes, by its own thread, all containers at once;
+    4. one bounded wait until every host-side veth is up.
+    Every object is recorded before the step that makes it.
+    """
+    if not planned:
+        return
+    spaces = lab.new_namespaces([(c.netns, c.name) for c in planned])
+    for c, ns in zip(planned, spaces, strict=True):
+        lab.containers[c.name] = ns
+    index = {b: lab.host.link_index(b) for b in {c.bridge for c in planned if c.bridge}}
+    pairs = [VethSpec(c.host_veth, c.interface, lab.containers[c.name], master=index[c.bridge] if c.bridge else None, group=lab.link(lab.host, c.host_veth), mtu=c.mtu)
+             for c in planned]
+    lab.host.add_veths(pairs)
+    routed = [(c.host_veth, c.host_address) for c in planned if c.host_address is not None]
+    if routed:
+        lab.host.configure(addresses=routed)
+    jobs = [lab.containers[c.name].submit(_configure_container, lab.containers[c.name], c) for c in planned]
+    errors = [e for e in (job.exception(timeout=60) for job in jobs) if e is not None]
+    if errors:
+        raise errors[0]
+    lab.host.wait_links_up([v.name for v in pairs])
+
+
+def rules(lab: Lab, wanted: Sequence[XRule]) -> None:
+    """The rules and the custom chains they need (a VIP's), recorded first, so teardown removes
+    them too; chains the host has already are left alone."""
+    assert lab.ledger is not None
+    t, host = lab.topology, lab.host
+    backend = lab.mode.firewall(host)
+    chains = sorted({(r.table, r.chain) for r in wanted if r.chain not in BUILTIN_CHAINS.get(r.table, ())})
+    existing = lab.mode.chains_held(host, chains, backend)
+    if backend == "nft":
+        # iptables-nft brings base chains (and tables) into being; record those it will add.
+        new_tables, new_chains = nft_missing(host, sorted({(r.table, r.chain) for r in wanted if r.chain in BUILTIN_CHAINS.get(r.table, ())}))
+        for table in new_tables:
+            lab.ledger.record(NftTableEntry(host.name, table))
+        for table, name in new_chains:
+            lab.ledger.record(NftChainEntry(host.name, table, name))
+    for table, name in chains:
+        if (table, name) not in existing:
+            lab.ledger.record(ChainEntry(host.name, table, name, backend))
+    for rule in wanted:
+        lab.ledger.record(RuleEntry(host.name, rule, backend))
+    policies = lab.mode.forward_policies(t)
+    if wanted or policies:
+        apply_rules(host, wanted, policies, backend=backend)
+
+
+def services(lab: Lab) -> ServiceHost:
+    """Every container's declared services and echo responders, and echo responders in the
+    outside world (so a probe can learn the source it saw: masquerade). Closed at teardown."""
+    held = ServiceHost()
+    lab.on_teardown(held.close)
+    for c in lab.topology.containers:
+        ns = lab.containers[c.name]
+        for s in (*c.services, S.Service("tcp-echo", ECHO_PORT), S.Service("udp-echo", ECHO_PORT)):
+            held.listen(ns, c.name, s.kind, s.port)
+    for kind in ("tcp-echo", "udp-echo"):
+        held.listen(lab.wan, "wan", kind, ECHO_PORT)
+    return held
+
+
+def ns_defaults(ns: Netns) -> None:
+    """Explicit defaults for a new namespace (it copies some settings from the root one); in its thread."""
+    ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+    ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+    ns.configure(up=["lo"])
+
+
+def _configure_container(ns: Netns, c: ContainerPlan) -> None:
+    """A container's address and routes, then a bounded wait for its links; in its namespace's thread."""
+    ns.configure(up=[c.interface], addresses=[(c.interface, c.address)], routes=[(dst, via, None) for dst, via in c.routes])
+    ns.wait_links_up([c.interface, "lo"])
+
+
+__all__ = ["DEFAULT_ROUTE", "WAN_UPLINK_INDEX", "Network", "SpecNetwork", "base", "bridges", "containers", "ns_defaults", "rules", "services"]

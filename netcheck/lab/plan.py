@@ -1,0 +1,219 @@
+"""The plan: a pure function from a spec and the lab's kernel names to what the lab is made of.
+
+Nothing here touches the kernel. The builder realises a plan; the diagnosis, the doctor and
+the diagram read the same functions, so the rules and the flows a spec implies are worked out
+in one place::
+
+    >>> from netcheck import spec
+    >>> from netcheck.naming import KernelNames
+    >>> p = plan(spec.builtin("seed1"), KernelNames("nck7q0"))
+    >>> p.bridges[0].kname, p.containers[0].netns
+    ('nck7q0b0', 'nck7q0-netns0')
+    >>> p.rules[0].render()
+    "-t nat -A POSTROUTING -s 172.18.0.0/16 ! -o nck7q0b0 -m comment --comment 'netcheck nck7q0' -j MASQUERADE"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Literal
+
+from netcheck import expect as promise
+from netcheck import spec as S
+from netcheck.kernel.xtables import XRule
+from netcheck.naming import KernelNames
+
+DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+ECHO_PORT = 7  # netcheck's own TCP and UDP echo responders, in every container and the outside world
+Rename = Callable[[str], str]  # a spec interface name -> the kernel's
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    name: str  # spec name
+    kname: str  # kernel name
+    address: IPv4Interface | None
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """One container: its namespace, its veth (host end in kernel names), address and routes."""
+
+    name: str
+    netns: str
+    interface: str
+    address: IPv4Interface
+    host_veth: str  # kernel name
+    bridge: str | None  # kernel name of the bridge its veth is a port of
+    host_address: IPv4Interface | None  # routed single veth: the host end's address
+    mtu: int | None
+    routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, via), the default route first
+
+
+@dataclass(frozen=True)
+class Access:
+    """One way in to a published port or a VIP that the spec promises: who sends, to what, and
+    which container should answer on which port after the DNAT."""
+
+    source: Literal["wan", "host"]
+    src_addr: str
+    dst_addr: str
+    dport: int
+    proto: str
+    target: str
+    target_addr: str | None
+    target_port: int
+    via: Literal["publish", "vip"]
+    chain: str | None = None  # the VIP's chain
+
+
+@dataclass(frozen=True)
+class Reach:
+    """An ICMP flow the spec promises: a container to its gateway, the outside, or a neighbour."""
+
+    source: str
+    src_addr: str
+    dst_addr: str
+    via: Literal["host", "outside", "direct"]
+    target: str | None = None
+    target_addr: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a sandbox lab of one topology is made of, in kernel names."""
+
+    topology: S.Topology
+    names: KernelNames
+    knames: Mapping[str, str]  # spec name -> kernel name of every host-side interface
+    bridges: tuple[BridgePlan, ...]
+    containers: tuple[ContainerPlan, ...]
+    rules: tuple[XRule, ...]
+
+    def kname(self, spec_iface: str) -> str:
+        return self.knames[spec_iface]
+
+
+def plan(t: S.Topology, names: KernelNames) -> Plan:
+    """The plan of a sandbox build of ``t`` with ``names``."""
+    knames = names.host_interfaces(t)
+    bridges = tuple(BridgePlan(b.name, knames[b.name], b.address) for b in t.bridges)
+    containers = []
+    for c in t.containers:
+        if c.address is None:
+            raise ValueError(f"{t.source}: container {c.name} has no address: only setups made by other tools may leave it 'auto'")
+        routes = ((DEFAULT_ROUTE, c.gateway),) if c.gateway is not None else ()
+        containers.append(ContainerPlan(
+            c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
+            c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes),
+        ))
+    return Plan(t, names, knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def masquerade_rule(source: str | None, out: str | None = None, not_out: str | None = None, comment: str | None = None) -> XRule:
+    """``-t nat -A POSTROUTING [-s SOURCE] [-o OUT | ! -o NOT_OUT] -j MASQUERADE``; interfaces as given."""
+    return XRule("nat", "POSTROUTING", "MASQUERADE", src=source, out_interface=out or (f"!{not_out}" if not_out else None), comment=comment)
+
+
+def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str | None, to_port: int | None, comment: str | None = None) -> XRule:
+    """``-t nat -A CHAIN -d DST -p PROTO --dport DPORT -j DNAT --to-destination TO[:PORT]``."""
+    to = f"{to_addr}:{to_port}" if to_port else str(to_addr)
+    return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment)
+
+
+def spec_masquerade(m: S.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
+    out = rename(m.out_interface) if m.out_interface else None
+    not_out = rename(m.not_out_interface) if m.not_out_interface else None
+    return masquerade_rule(str(m.source) if m.source else None, out, not_out, comment)
+
+
+def spec_rules(t: S.Topology, rename: Rename, comment: str | None = None) -> tuple[XRule, ...]:
+    """The spec's iptables rules, interfaces renamed by ``rename``, in the order the builder installs them."""
+    rules: list[XRule] = []
+    for f in t.forward_accepts:
+        rules.append(XRule("filter", "FORWARD", "ACCEPT", in_interface=rename(f.in_interface) if f.in_interface else None,
+                           out_interface=rename(f.out_interface) if f.out_interface else None, comment=comment))
+    rules += [spec_masquerade(m, rename, comment) for m in t.masquerades]
+    host_ip = str(t.host.address.ip)
+    for p in t.publishes:
+        to = _address(t, p.container)
+        rules += [dnat_rule(chain, host_ip, p.protocol, p.host_port, to, p.port, comment) for chain, on in (("PREROUTING", p.from_outside), ("OUTPUT", p.from_host)) if on]
+    for v in t.vips:
+        rules.append(dnat_rule(v.chain, str(v.address), v.protocol, v.port, _address(t, v.container), v.target_port, comment))
+        rules += [XRule("nat", chain, v.chain, comment=comment) for chain, on in (("PREROUTING", v.from_outside), ("OUTPUT", v.from_host)) if on]
+    return tuple(rules)
+
+
+def masquerade_for(t: S.Topology, container: str, rename: Rename) -> XRule:
+    """The MASQUERADE rule the spec declares for a container's traffic, or (none declared) the
+    usual one: its network, out by the uplink."""
+    c = t.container(container)
+    for m in t.masquerades:
+        if c.address is not None and m.source is not None and c.address.ip not in m.source:
+            continue
+        return spec_masquerade(m, rename)
+    return masquerade_rule(str(c.address.network) if c.address is not None else None, rename(t.host.uplink))
+
+
+def _address(t: S.Topology, container: str) -> str | None:
+    c = t.container(container)
+    return str(c.address.ip) if c.address is not None else None
+
+
+# ----------------------------------------------------------------------------- flows
+
+
+def accesses(t: S.Topology) -> tuple[Access, ...]:
+    """Every way in to a published port or a VIP: from the outside world and from the host."""
+    senders = {"wan": str(t.wan.address.ip), "host": str(t.host.address.ip)}
+    out: list[Access] = []
+    for p in t.publishes:
+        for src in _ways(p.from_outside, p.from_host):
+            out.append(Access(src, senders[src], str(t.host.address.ip), p.host_port, p.protocol, p.container, _address(t, p.container), p.port, "publish"))
+    for v in t.vips:
+        for src in _ways(v.from_outside, v.from_host):
+            out.append(Access(src, senders[src], str(v.address), v.port, v.protocol, v.container, _address(t, v.container), v.target_port, "vip", v.chain))
+    return tuple(out)
+
+
+def _ways(from_outside: bool, from_host: bool) -> list[Literal["wan", "host"]]:
+    ways: list[Literal["wan", "host"]] = []
+    if from_outside:
+        ways.append("wan")
+    if from_host:
+        ways.append("host")
+    return ways
+
+
+def reaches(t: S.Topology) -> tuple[Reach, ...]:
+    """The ICMP flows the spec promises, as the suites would probe them: each container to its
+    gateway and to the outside world, and to one neighbour per network it should reach (not
+    every pair: a fault between two networks shows on any pair of them)."""
+    out: list[Reach] = []
+    for i, c in enumerate(t.containers):
+        if c.address is None:
+            continue
+        a = str(c.address.ip)
+        if c.gateway is not None:
+            out.append(Reach(c.name, a, str(c.gateway), "host"))
+        if t.wan.remote and promise.reaches_outside(t, c.name):
+            out.append(Reach(c.name, a, str(t.wan.remote[0].ip), "outside"))
+        networks: set[str] = set()
+        for o in t.containers[i + 1 :] + t.containers[:i]:
+            net = o.bridge or f"veth:{o.name}"
+            if net in networks or o.address is None or not promise.reaches(t, c.name, o.name):
+                continue
+            networks.add(net)
+            out.append(Reach(c.name, a, str(o.address.ip), "direct", o.name, str(o.address.ip)))
+    return tuple(out)
+
+
+__all__ = [
+    "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BridgePlan", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
+    "plan", "reaches", "spec_masquerade", "spec_rules",
+]
