@@ -275,7 +275,7 @@ def test_a_kept_lab_keeps_its_services_and_clean_tag_removes_it(tmp_path: Path) 
     """``pytest --netcheck-keep``, and the run ends: plain clean lists the lab and leaves it, the
     doctor finds it healthy (its services still answer), ``clean TAG`` removes it, services too."""
     from netcheck.lab import has_net_admin
-    from netcheck.ledger import process_starttime, read_record
+    from netcheck.ledger import NetnsEntry, ProcessEntry, process_starttime, read_record
 
     if not has_net_admin():
         pytest.skip("needs root to build network namespaces")
@@ -287,10 +287,11 @@ def test_a_kept_lab_keeps_its_services_and_clean_tag_removes_it(tmp_path: Path) 
         (record,) = tmp_path.glob("*.jsonl")
         tag = record.stem
         assert f"remove it afterwards with: netcheck clean {tag}" in run.stderr + run.stdout
-        _header, entries = read_record(record)
-        names = [e["name"] for e in entries if e["kind"] == "netns"]
-        (server,) = [e for e in entries if e["kind"] == "process"]
-        assert process_starttime(server["pid"]) == server["starttime"], "the kept lab's service process is not running"
+        _header, entries, kept = read_record(record)
+        assert kept
+        names = [e.name for e in entries if isinstance(e, NetnsEntry)]
+        (server,) = [e for e in entries if isinstance(e, ProcessEntry)]
+        assert process_starttime(server.pid) == server.starttime, "the kept lab's service process is not running"
 
         listed = netcheck_cmd("clean", run_dir=tmp_path)
         assert listed.returncode == 0 and f"kept lab {tag}" in listed.stdout, listed.stdout + listed.stderr
@@ -310,9 +311,9 @@ def test_a_kept_lab_keeps_its_services_and_clean_tag_removes_it(tmp_path: Path) 
 
         removed = netcheck_cmd("clean", tag, run_dir=tmp_path)
         assert removed.returncode == 0, removed.stdout + removed.stderr
-        assert f"remove process {server['pid']}" in removed.stdout
+        assert f"remove process {server.pid}" in removed.stdout
         assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
-        assert process_starttime(server["pid"]) != server["starttime"], "clean left the service process running"
+        assert process_starttime(server.pid) != server.starttime, "clean left the service process running"
         assert not list(tmp_path.glob("*.jsonl"))
     finally:
         netcheck_cmd("clean", "--kept", run_dir=tmp_path)
