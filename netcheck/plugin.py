@@ -157,18 +157,18 @@ def evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
 
 @pytest.fixture
 def probe(lab: Lab, evidence: Callable[[ProbeResult], None]) -> Prober:
-    """A prober for the lab under test; every probe it sends is recorded as evidence."""
-    from netcheck.probes import Prober
+    """A prober for the lab under test; every probe it sends is recorded as evidence, failures diagnosed."""
+    from netcheck.diagnosing import DiagnosingProber
 
-    return Prober(lab, record=evidence)
+    return DiagnosingProber(lab, record=evidence)
 
 
 @pytest.fixture
 def prober_for(evidence: Callable[[ProbeResult], None]) -> Callable[[Lab], Prober]:
-    """Make a prober for any lab (e.g. one from ``fresh_lab``), recording into this test's evidence."""
-    from netcheck.probes import Prober
+    """Make a prober for any lab (e.g. one from ``fresh_lab``), recording into this test's evidence, failures diagnosed."""
+    from netcheck.diagnosing import DiagnosingProber
 
-    return lambda lab: Prober(lab, record=evidence)
+    return lambda lab: DiagnosingProber(lab, record=evidence)
 
 
 # ----------------------------------------------------------------------------- hooks
