@@ -59,14 +59,18 @@ class ProbeRequest:
     def __post_init__(self) -> None:
         if self.kind not in get_args(ProbeKind):
             raise RequestError(f"probe kind {self.kind!r}: not one of {', '.join(get_args(ProbeKind))}")
+        if self.expect not in get_args(Expectation):
+            raise RequestError(f"{self.kind} probe to {self.destination}: expect={self.expect!r}; use one of {', '.join(get_args(Expectation))}")
+        if not isinstance(self.destination, (IPv4Address, IPv6Address)):
+            raise RequestError(f"{self.kind} probe: destination {self.destination!r} is not an address object. Fix: pass ipaddress.ip_address({self.destination!r})")
         if (self.port is not None) != (self.kind in PORTED):
             raise RequestError(f"{self.kind} probe to {self.destination}: port={self.port}; " + ("give the port" if self.kind in PORTED else "only tcp, http and udp probes take a port"))
         if self.port is not None and not 0 < self.port < 65536:
             raise RequestError(f"{self.kind} probe to {self.destination}: port {self.port} is out of range. Fix: use 1 to 65535")
         if self.ttl is not None and (self.kind != "icmp" or not 0 < self.ttl < 256):
             raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
-        if self.kind == "arp" and self.payload:
-            raise RequestError(f"arp probe for {self.destination}: an ARP request carries no payload")
+        if self.kind == "arp" and (self.payload or self.destination.version != 4):
+            raise RequestError(f"arp probe for {self.destination}: ARP asks for an IPv4 address and carries no payload")
         if self.kind in PORTED and (b"\n" in self.payload or b"\r" in self.payload):
             raise RequestError(f"{self.kind} probe to {self.destination}: the payload holds a line break, which ends the services' one-line protocol early. Fix: leave line breaks out")
 
