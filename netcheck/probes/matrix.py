@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from netcheck import expect as promise
 from netcheck.evidence import Diagnosis, MatrixResult, ProbeRequest, ProbeResult
@@ -56,6 +56,8 @@ GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
 ARP_CACHE_STAT = "/proc/net/stat/arp_cache"
 
 Neighbours = Literal["auto", "arp", "static"]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class MatrixError(RuntimeError):
@@ -440,11 +442,11 @@ def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[str], se
     return seq
 
 
-def _in_turn(turns: threading.BoundedSemaphore, fn: Callable[..., None], *args: Any) -> None:
+def _in_turn(turns: threading.BoundedSemaphore, fn: Callable[_P, None], *args: _P.args, **kwargs: _P.kwargs) -> None:
     """Run ``fn`` when a turn is free: the kernel applies neighbour changes one at a time anyway,
     and a few batches in flight hold a few hundred requests, where all of them would hold N²."""
     with turns:
-        fn(*args)
+        fn(*args, **kwargs)
 
 
 def _mac(ns: Netns, interface: str) -> str:
@@ -454,7 +456,7 @@ def _mac(ns: Netns, interface: str) -> str:
     raise MatrixError(f"netns {ns.label} has no interface {interface}")
 
 
-def _all_at_once(futures: Sequence[Future[Any]]) -> list[Any]:
+def _all_at_once(futures: Sequence[Future[_T]]) -> list[_T]:
     """Wait for every future, then raise the first error (so no namespace is left mid-batch)."""
     errors = [e for e in (f.exception(timeout=60) for f in futures) if e is not None]
     if errors:
