@@ -101,7 +101,7 @@ class Packet:
     """One packet seen at a capture point, dissected by scapy."""
 
     at_ms: float  # since the probe was sent
-    proto: str  # icmp, tcp, udp, arp, other
+    proto: str  # icmp, icmp6, tcp, udp, arp, other
     src: str
     dst: str
     src_mac: str

@@ -1,8 +1,9 @@
-"""The prober: sends one probe from a namespace of a lab and returns the evidence as a value.
+"""The prober: sends one probe request from a namespace of a lab and returns its evidence as a value.
 
 Captures are opened before sending; the probe itself uses a real kernel socket in the
 source namespace (so the OUTPUT chain and the local routing apply as they would to an
-application), crafted with scapy where the kernel does not build the packet for us.
+application). Where the kernel does not build the packet for us, ``netcheck.packet`` packs
+it (an ICMP echo) or scapy builds it (an ARP request); replies are read by ``netcheck.packet``.
 """
 
 from __future__ import annotations
