@@ -122,3 +122,17 @@ def test_a_request_that_cannot_be_sent_says_which_field_and_the_fix() -> None:
     ):
         with pytest.raises(RequestError, match=words):
             bad()
+
+
+@pytest.mark.parametrize("name", ["pass", "fail"])
+def test_recorded_probes_rebuild_as_typed_results(name: str) -> None:
+    """What a run records (and xdist ships) rebuilds with ProbeResult.from_dict, and writes back the same."""
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / f"results-{name}.json").read_text())
+    probes = [p for t in data["tests"] for p in [*t["probes"], *(f for m in t["matrices"] for f in m["failures"])]]
+    assert probes
+    for p in probes:
+        r = ProbeResult.from_dict(p)
+        assert r.to_dict() == p, f"{r.headline()}: does not write back as it was recorded"
+        assert r.passed == (p["verdict"] == "reached" if p["expected"] == "reach" else p["verdict"] == "unreachable" if p["expected"] == "block" else p["verdict"] != "inconclusive")
