@@ -5,7 +5,8 @@ namespace's worker, kept for the whole matrix), every echo request sent back to 
 windows, replies matched by ICMP identifier (one per matrix run) and sequence number (the
 destination's position), short bounded waits, and one retry round for the cells that
 should have answered. Only the failing cells are probed again, by the ordinary ``Prober``
-with a capture point at each end, so that each of them carries its evidence and diagnosis.
+with a capture point at each end, so that each of them carries its evidence (and, through
+the ``prober`` given, e.g. a ``DiagnosingProber``, its diagnosis).
 
 The kernel's limit at this size is the IPv4 neighbour (ARP) table: it is shared by every
 namespace of the machine, and learned entries beyond ``gc_thresh3`` (1024 by default, a
