@@ -130,6 +130,10 @@ class Prober:
         """The lab's persistent capture points, open (started) before anything is sent."""
         return [self.lab.capture(point) for point in points]
 
+    def _token(self) -> str:
+        """A token the services echo back: names a TCP or UDP probe in their replies."""
+        return f"{self._ids.next():04x}{os.urandom(3).hex()}"
+
     def _result(self, request: ProbeRequest, iface: str, src_addr: str, sent: str, verdict: Verdict, captures: tuple[Capture, ...], t0: float,
                 rtt: float | None, error: str | None, reply: str | None = None, replied_by: str | None = None, saw: str | None = None) -> ProbeResult:
         return ProbeResult(
@@ -199,10 +203,8 @@ class Prober:
         assert port is not None  # a ported kind: ProbeRequest checks it
         self._guard(dst)
         ns, iface = self._source(request.source)
-        token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
-        extra = (b" " + request.payload) if request.payload else b""
-        message = (f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n".encode() if http
-                   else f"netcheck-probe token={token}".encode() + extra + b"\n")
+        token = self._token()
+        message = f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n".encode() if http else _echo_line(token, request)
         sock, eport = _client(ns, socket.SOCK_STREAM)
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
@@ -251,8 +253,7 @@ class Prober:
         assert port is not None  # a ported kind: ProbeRequest checks it
         self._guard(dst)
         ns, iface = self._source(request.source)
-        token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
-        extra = (b" " + request.payload) if request.payload else b""
+        token = self._token()
         sock, eport = _client(ns, socket.SOCK_DGRAM)
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
@@ -263,7 +264,7 @@ class Prober:
         try:
             sock.settimeout(timeout)
             sock.connect((str(dst), port))
-            sock.send(f"netcheck-probe token={token}".encode() + extra + b"\n")
+            sock.send(_echo_line(token, request))
             data = sock.recv(4096)
             rtt = (time.perf_counter() - start) * 1000
             reply, replied_by, saw = _parse_reply(data)
@@ -400,6 +401,11 @@ def _sockname(sock: socket.socket) -> str:
     with contextlib.suppress(OSError):
         return str(sock.getsockname()[0])
     return ""
+
+
+def _echo_line(token: str, request: ProbeRequest) -> bytes:
+    """The echo services' one-line request: the token, then the request's payload."""
+    return f"netcheck-probe token={token}".encode() + (b" " + request.payload if request.payload else b"") + b"\n"
 
 
 def _read_all(sock: socket.socket, timeout: float) -> bytes:
