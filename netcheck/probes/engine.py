@@ -59,13 +59,8 @@ class Prober:
 
     def conclusive(self, request: ProbeRequest) -> ProbeResult:
         """Send one probe, and once more if it was inconclusive; record nothing."""
-        return self._retry_inconclusive(lambda: self._once(request))
-
-    def _retry_inconclusive(self, run: Callable[[], ProbeResult]) -> ProbeResult:
-        result = run()
-        if result.verdict == "inconclusive":
-            result = run()
-        return result
+        result = self._once(request)
+        return self._once(request) if result.verdict == "inconclusive" else result
 
     def _once(self, request: ProbeRequest) -> ProbeResult:
         if request.kind == "icmp":
@@ -325,12 +320,12 @@ class Prober:
 
     # ----------------------------------------------------------------- many at once
 
-    def many(self, probes: Sequence[Callable[[], ProbeResult]], workers: int = 16) -> list[ProbeResult]:
-        """Run probes concurrently (negative probes cost their timeout; run them together)."""
+    def many(self, probes: Sequence[ProbeRequest | Callable[[], ProbeResult]], workers: int = 16) -> list[ProbeResult]:
+        """Send requests (or run probe calls) concurrently: negative probes cost their timeout, so run them together."""
         if not probes:
             return []
         with ThreadPoolExecutor(max_workers=min(workers, len(probes))) as pool:
-            return list(pool.map(lambda p: p(), probes))
+            return list(pool.map(lambda p: self.send(p) if isinstance(p, ProbeRequest) else p(), probes))
 
     # ----------------------------------------------------------------- helpers
 

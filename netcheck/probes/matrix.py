@@ -341,16 +341,15 @@ class Matrix:
         heads = [g[0] for g in groups]
         chosen = heads + [c for c in _spread(failing, n) if c not in set(heads)][: max(0, self.max_evidence - len(heads))]
 
-        def again(prober: Prober, i: int, j: int) -> Callable[[], ProbeResult]:
+        def again(i: int, j: int) -> ProbeRequest:
             a, b = members[i], members[j]
             expect: Literal["reach", "block"] = "reach" if want[i][j] else "block"
             timeout = self.evidence_timeout if expect == "reach" else min(self.evidence_timeout, self.timeout)
-            request = ProbeRequest("icmp", a.name, b.ip, expect=expect, target=b.name, capture=(self.lab.point(a.name), self.lab.point(b.name)), timeout=timeout)
-            return lambda: prober.send(request)
+            return ProbeRequest("icmp", a.name, b.ip, expect=expect, target=b.name, capture=(self.lab.point(a.name), self.lab.point(b.name)), timeout=timeout)
 
-        plain = dict(zip(chosen[len(heads):], self._plain.many([again(self._plain, i, j) for i, j in chosen[len(heads):]], workers=32), strict=True))
+        plain = dict(zip(chosen[len(heads):], self._plain.many([again(i, j) for i, j in chosen[len(heads):]], workers=32), strict=True))
         # Diagnoses run one at a time (they repeat the probe and read rule counters), after the plain probes.
-        diagnosed = {c: again(self._heads, *c)() for c in heads}
+        diagnosed = {c: self._heads.send(again(*c)) for c in heads}
         results = {**plain, **diagnosed}
         shared: dict[tuple[int, int], Diagnosis] = {}
         for head, cells in groups:
