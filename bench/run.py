@@ -54,7 +54,7 @@ def median(values: list[float]) -> float:
 
 
 def _raw_ping(sock: socket.socket, dst: str, ident: int, seq: int) -> float:
-    from netcheck.probes.matrix import echo_request
+    from netcheck.packet import echo_request
 
     start = time.perf_counter()
     sock.sendto(echo_request(ident, seq, b"netcheck"), (dst, 0))

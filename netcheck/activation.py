@@ -45,12 +45,6 @@ def asked_for(config: pytest.Config) -> bool:
     return given or bool(ini) or settings.topology_from_env() is not None
 
 
-def item_topology(item: pytest.Item) -> spec.Topology | None:
-    callspec = getattr(item, "callspec", None)
-    topo = callspec.params.get("netcheck_topology") if callspec is not None else None
-    return topo
-
-
 def unrunnable(config: pytest.Config, items: Sequence[pytest.Item], settings: Settings) -> str | None:
     """Why the selected netcheck checks cannot run on this machine (None: they can), with the fix.
 
@@ -61,6 +55,7 @@ def unrunnable(config: pytest.Config, items: Sequence[pytest.Item], settings: Se
     labs = [i for i in items if builds_labs(i)]
     if not labs:
         return None
+    from netcheck import settings as settings_mod
     from netcheck.factory import NEED_ROOT
     from netcheck.lab import has_net_admin
 
@@ -68,7 +63,7 @@ def unrunnable(config: pytest.Config, items: Sequence[pytest.Item], settings: Se
         return f"{len(labs)} selected netcheck check(s) need to build network namespaces, and this process cannot: {NEED_ROOT}"
     topologies: dict[str, spec.Topology] = {}
     for item in labs:
-        t = item_topology(item)
+        t = settings_mod.item_topology(item)
         if t is not None and t.setup.mode != "build":
             topologies.setdefault(t.name, t)
     if not topologies:

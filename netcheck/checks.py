@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from netcheck.evidence import Packet, ProbeResult
+from netcheck.evidence import Packet, ProbeResult, Role
 
 
 def expect(result: ProbeResult) -> ProbeResult:
@@ -33,7 +33,7 @@ def expect_all(results: Sequence[ProbeResult], what: str) -> Sequence[ProbeResul
     return results
 
 
-def seen(result: ProbeResult, point: str, role: str = "request", **fields: object) -> Packet:
+def seen(result: ProbeResult, point: str, role: Role = "request", **fields: object) -> Packet:
     """The first packet of ``role`` captured at ``point``; fail if none, or if a field differs."""
     __tracebackhide__ = True
     cap = result.capture(point)

@@ -1,18 +1,99 @@
-"""Probe results are values: what was sent, where it was seen, with which addresses, the verdict.
+"""Probes and their results are values: what was asked, what was sent, where it was seen, the verdict.
 
-Tests assert on them, the report renders them, xdist ships them (``to_dict``/``from_dict``
-round-trip through JSON), and the diagnosis attaches to them.
+A ``ProbeRequest`` says what to send; every ``ProbeResult`` carries its request, so a probe
+is repeated (or rendered) from the request itself, never from text. Tests assert on them, the
+report renders them, xdist ships them (``to_dict``/``from_dict`` round-trip through JSON), and
+the diagnosis attaches to them.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, Literal, get_args
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
+ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp"]
+Protocol = Literal["icmp", "tcp", "udp", "arp"]
+Role = Literal["request", "reply", "error"]
+IPAddress = IPv4Address | IPv6Address
+PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp")
 PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "scale")
+
+
+def verdict_passes(expected: Expectation, verdict: Verdict) -> bool:
+    """Whether a probe went as expected: the one rule, for typed results and their JSON form alike."""
+    if expected == "observe":
+        return verdict != "inconclusive"
+    if expected == "reach":
+        return verdict == "reached"
+    return verdict == "unreachable"
+
+
+class RequestError(ValueError):
+    """A probe request that cannot be sent as given; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What to send, from where, to what, and what to expect: a probe before it is sent.
+
+    ``timeout`` None means the default for the expectation (short for ``block``); ``payload``
+    is carried after netcheck's own token (the token names the probe in captures and in the
+    services' replies); ``capture`` names the capture points to open before sending.
+    """
+
+    kind: ProbeKind
+    source: str  # namespace label: a container, "host" or "wan"
+    destination: IPAddress
+    port: int | None = None  # tcp, http, udp only
+    expect: Expectation = "reach"
+    target: str | None = None  # the container expected to answer
+    capture: tuple[str, ...] = ()
+    timeout: float | None = None
+    ttl: int | None = None  # icmp only
+    payload: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(ProbeKind):
+            raise RequestError(f"probe kind {self.kind!r}: not one of {', '.join(get_args(ProbeKind))}")
+        if self.expect not in get_args(Expectation):
+            raise RequestError(f"{self.kind} probe to {self.destination}: expect={self.expect!r}; use one of {', '.join(get_args(Expectation))}")
+        if not isinstance(self.destination, (IPv4Address, IPv6Address)):
+            raise RequestError(f"{self.kind} probe: destination {self.destination!r} is not an address object. Fix: pass ipaddress.ip_address({self.destination!r})")
+        if (self.port is not None) != (self.kind in PORTED):
+            raise RequestError(f"{self.kind} probe to {self.destination}: port={self.port}; " + ("give the port" if self.kind in PORTED else "only tcp, http and udp probes take a port"))
+        if self.port is not None and not 0 < self.port < 65536:
+            raise RequestError(f"{self.kind} probe to {self.destination}: port {self.port} is out of range. Fix: use 1 to 65535")
+        if self.ttl is not None and (self.kind != "icmp" or not 0 < self.ttl < 256):
+            raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
+        if self.kind == "arp" and (self.payload or self.destination.version != 4):
+            raise RequestError(f"arp probe for {self.destination}: ARP asks for an IPv4 address and carries no payload")
+        if self.kind in PORTED and (b"\n" in self.payload or b"\r" in self.payload):
+            raise RequestError(f"{self.kind} probe to {self.destination}: the payload holds a line break, which ends the services' one-line protocol early. Fix: leave line breaks out")
+
+    @property
+    def protocol(self) -> Protocol:
+        return "tcp" if self.kind == "http" else self.kind
+
+    @property
+    def address(self) -> str:
+        """Where it goes, as the evidence shows it: the address, with its port if it has one."""
+        if self.port is None:
+            return str(self.destination)
+        return f"[{self.destination}]:{self.port}" if self.destination.version == 6 else f"{self.destination}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
+                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeRequest:
+        return cls(kind=d["kind"], source=d["source"], destination=ip_address(d["destination"]), port=d.get("port"), expect=d.get("expect", "reach"),
+                   target=d.get("target"), capture=tuple(d.get("capture", ())), timeout=d.get("timeout"), ttl=d.get("ttl"),
+                   payload=base64.b64decode(d.get("payload", "")))
 
 
 @dataclass(frozen=True)
@@ -20,7 +101,7 @@ class Packet:
     """One packet seen at a capture point, dissected by scapy."""
 
     at_ms: float  # since the probe was sent
-    proto: str  # icmp, tcp, udp, arp, other
+    proto: str  # icmp, icmp6, tcp, udp, arp, other
     src: str
     dst: str
     src_mac: str
@@ -29,7 +110,7 @@ class Packet:
     dport: int | None = None
     ttl: int | None = None
     info: str = ""  # ICMP type, TCP flags, ARP op
-    role: str = ""  # request, reply or error (an ICMP error quoting the probe)
+    role: Role | Literal[""] = ""  # request, reply or error (an ICMP error quoting the probe)
     raw: bytes = b""
 
     @property
@@ -142,19 +223,15 @@ class Diagnosis:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe, as evidence."""
+    """One probe, as evidence: its request, what was sent, what came back, where it was seen."""
 
-    kind: str  # icmp, tcp, udp, http, arp
+    request: ProbeRequest
     topology: str
-    source: str  # namespace label
     source_interface: str
     source_address: str
-    destination: str  # address or address:port as sent
-    sent: str  # what was sent, e.g. "ICMP echo id=0x1a2b seq=1"
-    expected: Expectation
+    sent: str  # what was sent, for people: "ICMP echo id=0x1a2b seq=1 'netcheck-1a2b'"
     verdict: Verdict
     captures: tuple[Capture, ...] = ()
-    target: str | None = None  # the container expected to answer
     reply: str | None = None
     replied_by: str | None = None  # the container whose service answered
     service_saw: str | None = None  # source address:port the service saw
@@ -165,12 +242,29 @@ class ProbeResult:
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
+    def kind(self) -> ProbeKind:
+        return self.request.kind
+
+    @property
+    def source(self) -> str:
+        return self.request.source
+
+    @property
+    def destination(self) -> str:
+        """The address, or address:port, as the evidence shows it (``request`` holds the values)."""
+        return self.request.address
+
+    @property
+    def expected(self) -> Expectation:
+        return self.request.expect
+
+    @property
+    def target(self) -> str | None:
+        return self.request.target
+
+    @property
     def passed(self) -> bool:
-        if self.expected == "observe":
-            return self.verdict != "inconclusive"
-        if self.expected == "reach":
-            return self.verdict == "reached"
-        return self.verdict == "unreachable"
+        return verdict_passes(self.expected, self.verdict)
 
     def capture(self, point: str) -> Capture:
         for c in self.captures:
@@ -208,12 +302,19 @@ class ProbeResult:
         return replace(self, diagnosis=diagnosis)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _encode(asdict(self))
+        """Plain data: the request as data, and beside it the fields the report reads (kind, source, destination, expected, target)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis")}
+        d["captures"] = [asdict(c) for c in self.captures]
+        d["diagnosis"] = asdict(self.diagnosis) if self.diagnosis is not None else None
+        flat = {"kind": self.kind, "source": self.source, "destination": self.destination, "expected": self.expected, "target": self.target}
+        out: dict[str, Any] = _encode({"request": self.request.to_dict(), **flat, **d})
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        """The typed result of ``to_dict``'s data (what xdist ships to the controller)."""
         d = dict(data)
+        d["request"] = ProbeRequest.from_dict(d["request"])
         d["captures"] = tuple(
             Capture(**{**c, "packets": tuple(Packet(**{**p, "raw": base64.b64decode(p.get("raw", ""))}) for p in c["packets"])}) for c in d.get("captures", ())
         )
@@ -238,7 +339,7 @@ class MatrixResult:
     """Expected versus observed reachability between every pair of a set of endpoints."""
 
     topology: str
-    kind: str
+    kind: ProbeKind
     names: tuple[str, ...]
     expected: tuple[tuple[bool, ...], ...]  # expected[i][j]: i reaches j
     observed: tuple[tuple[bool | None, ...], ...]  # None on the diagonal
@@ -259,7 +360,7 @@ class MatrixResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failures"}
         d["failures"] = [f.to_dict() for f in self.failures]
         out: dict[str, Any] = _encode(d)
         return out

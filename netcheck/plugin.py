@@ -64,9 +64,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that uses ``netcheck_lab`` (or ``netcheck_topology``) once per topology in play."""
-    if "netcheck_topology" in metafunc.fixturenames:
+    if settings_mod.TOPOLOGY_FIXTURE in metafunc.fixturenames:
         topologies = settings_mod.marker_topologies(metafunc.definition, metafunc.config.stash[SETTINGS].topologies)
-        metafunc.parametrize("netcheck_topology", topologies, ids=[t.name for t in topologies], scope="session")
+        metafunc.parametrize(settings_mod.TOPOLOGY_FIXTURE, topologies, ids=[t.name for t in topologies], scope="session")
 
 
 @pytest.hookimpl(trylast=True)
@@ -141,18 +141,18 @@ def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult],
 
 @pytest.fixture
 def netcheck_probe(netcheck_lab: Lab, netcheck_evidence: Callable[[ProbeResult], None]) -> Prober:
-    """A prober for the lab under test; every probe it sends is recorded as evidence."""
-    from netcheck.probes import Prober
+    """A prober for the lab under test; every probe it sends is recorded as evidence, failures diagnosed."""
+    from netcheck.diagnosing import DiagnosingProber
 
-    return Prober(netcheck_lab, record=netcheck_evidence)
+    return DiagnosingProber(netcheck_lab, record=netcheck_evidence)
 
 
 @pytest.fixture
 def netcheck_prober_for(netcheck_evidence: Callable[[ProbeResult], None]) -> Callable[[Lab], Prober]:
-    """Make a prober for any lab (e.g. one from ``netcheck_fresh_lab``), recording into this test's evidence."""
-    from netcheck.probes import Prober
+    """Make a prober for any lab (e.g. one from ``netcheck_fresh_lab``), recording into this test's evidence, failures diagnosed."""
+    from netcheck.diagnosing import DiagnosingProber
 
-    return lambda lab: Prober(lab, record=netcheck_evidence)
+    return lambda lab: DiagnosingProber(lab, record=netcheck_evidence)
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -169,7 +169,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not activation.is_netcheck_item(item):
         return report
     prop = item.get_closest_marker("netcheck_property")
-    topo = item.callspec.params.get("netcheck_topology") if hasattr(item, "callspec") else None
+    topo = settings_mod.item_topology(item)
     data = {
         "property": prop.args[0] if prop else None,
         "topology": getattr(topo, "name", None),

@@ -108,3 +108,13 @@ def marker_topologies(node: Any, default: tuple[spec.Topology, ...]) -> tuple[sp
     wanted = marker.kwargs["topologies"]
     by_name = {t.name: t for t in default}
     return tuple(by_name.get(w) or spec.resolve(w) for w in wanted)
+
+
+TOPOLOGY_FIXTURE = "netcheck_topology"  # the fixture pytest_generate_tests parametrizes with the topologies in play
+
+
+def item_topology(item: Any) -> spec.Topology | None:
+    """The topology a collected test runs on (its ``netcheck_topology`` parameter), if any."""
+    callspec = getattr(item, "callspec", None)
+    topo = callspec.params.get(TOPOLOGY_FIXTURE) if callspec is not None else None
+    return topo if isinstance(topo, spec.Topology) else None

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from netcheck.diagnosing import DiagnosingProber
 from netcheck.probes.matrix import Matrix, describe
 from netcheck.scale import bridge_topology
 
@@ -22,7 +23,7 @@ def test_every_container_reaches_every_other_on_one_bridge(fresh_lab, netcheck_s
     start = time.perf_counter()
     lab = fresh_lab(bridge_topology(n))
     built = time.perf_counter() - start
-    with Matrix(lab, record=evidence) as matrix:
+    with Matrix(lab, record=evidence, prober=DiagnosingProber(lab)) as matrix:
         result = matrix.bridge("br0")
     record_property("netcheck.scale", f"{n} containers built in {built:.2f} s; {result.pairs} pairs probed in {result.elapsed_s:.2f} s")
     assert result.pairs == n * (n - 1)

@@ -92,7 +92,7 @@ def main() -> int:
         phase = "probe"
         from netcheck.probes import Prober
 
-        prober = Prober(lab, diagnose=False)
+        prober = Prober(lab)
         first = t.containers[0]
         for i in range(args.probes):
             target = t.containers[(i + 1) % len(t.containers)]

@@ -18,8 +18,9 @@ import re
 import pytest
 
 from netcheck import faults, spec
-from netcheck.diagnose import diagnose
+from netcheck.diagnose import Resend, diagnose
 from netcheck.diagnose.doctor import inspect, open_tag, run_doctor
+from netcheck.diagnosing import DiagnosingProber
 from netcheck.evidence import Diagnosis, ProbeResult
 from netcheck.faults import FAULTS
 from netcheck.lab import Lab
@@ -72,11 +73,11 @@ def seed1():
 def test_passing_probes_are_never_diagnosed(seed1: Lab) -> None:
     calls: list[ProbeResult] = []
 
-    def spy(lab: Lab, r: ProbeResult) -> Diagnosis:
+    def spy(lab: Lab, r: ProbeResult, resend: Resend | None) -> Diagnosis:
         calls.append(r)
         return Diagnosis()
 
-    p = Prober(seed1, diagnoser=spy)
+    p = DiagnosingProber(seed1, diagnoser=spy)
     r = p.icmp("netns0", "198.51.100.1", capture=["wan:uplink"])
     assert r.passed and r.diagnosis is None and not calls, r.explain()
     r = p.icmp("netns0", "198.51.100.1", expect="block", capture=["wan:uplink"])
@@ -93,7 +94,7 @@ def test_a_healthy_lab_has_no_findings() -> None:
 
 def test_trace_gives_last_seen_first_missing_and_the_nat_rewrite(seed1: Lab) -> None:
     faults.inject(seed1, ["masquerade-removed"])
-    r = Prober(seed1).tcp("netns0", "198.51.100.1", 7, target="wan", capture=["wan:uplink"])
+    r = DiagnosingProber(seed1).tcp("netns0", "198.51.100.1", 7, target="wan", capture=["wan:uplink"])
     d = r.diagnosis
     assert d is not None and d.top is not None and d.top.cause == "masquerade_missing", r.explain()
     out = [h for h in d.trace if h.direction == "out"]
@@ -107,7 +108,7 @@ def test_trace_gives_last_seen_first_missing_and_the_nat_rewrite(seed1: Lab) -> 
 
 def test_counter_deltas_name_the_rules_that_matched(seed1: Lab) -> None:
     faults.inject(seed1, ["br-netfilter-off"])
-    r = Prober(seed1).http("netns1", "203.0.113.2", 5000, target="netns0")
+    r = DiagnosingProber(seed1).http("netns1", "203.0.113.2", 5000, target="netns0")
     d = r.diagnosis
     assert d is not None and d.top is not None and d.top.cause == "br_netfilter_off", r.explain()
     assert "netns1 got the reply from 172.18.0.10 instead of 203.0.113.2: it crossed the bridge without being un-NATed" in d.top.evidence, r.explain()
@@ -120,7 +121,7 @@ def test_rules_written_with_iptables_nft_are_read_and_a_split_is_flagged(seed1: 
     up = seed1.kname("eth0")
     done = seed1.host.run(["iptables-nft", "-I", "FORWARD", "-o", up, "-p", "icmp", "-j", "DROP"])
     assert done.returncode == 0, done.stderr
-    r = Prober(seed1).icmp("netns0", "198.51.100.1")
+    r = DiagnosingProber(seed1).icmp("netns0", "198.51.100.1")
     d = r.diagnosis
     assert d is not None and d.top is not None, r.explain()
     assert d.top.cause == "forward_drop" and "iptables-nft -t filter -A FORWARD -o" in d.top.summary and "-j DROP" in d.top.summary, r.explain()
@@ -132,7 +133,7 @@ def test_no_known_cause_is_said_honestly_with_the_trace(seed1: Lab) -> None:
     """A drop netcheck has no rule for (the outside world's own firewall) is not guessed at."""
     done = seed1.wan.run(["iptables-nft", "-A", "INPUT", "-p", "icmp", "-j", "DROP"])
     assert done.returncode == 0, done.stderr
-    r = Prober(seed1).icmp("netns0", "198.51.100.1")
+    r = DiagnosingProber(seed1).icmp("netns0", "198.51.100.1")
     d = r.diagnosis
     assert d is not None and not d.findings, r.explain()
     text = r.explain()
@@ -142,7 +143,7 @@ def test_no_known_cause_is_said_honestly_with_the_trace(seed1: Lab) -> None:
 
 def test_diagnosis_round_trips_through_json(seed1: Lab) -> None:
     faults.inject(seed1, ["ip-forward-off"])
-    r = Prober(seed1).icmp("netns0", "198.51.100.1")
+    r = DiagnosingProber(seed1).icmp("netns0", "198.51.100.1")
     again = ProbeResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again.diagnosis == r.diagnosis
     assert again.explain() == r.explain()
@@ -151,8 +152,9 @@ def test_diagnosis_round_trips_through_json(seed1: Lab) -> None:
 def test_diagnosing_a_failure_names_the_cause_directly(seed1: Lab) -> None:
     """The diagnosis on its own (its cost is measured in bench/, not asserted here)."""
     faults.inject(seed1, ["ip-forward-off"])
-    r = Prober(seed1, diagnose=False).icmp("netns0", "198.51.100.1")
-    d = diagnose(seed1, r)
+    r = Prober(seed1).icmp("netns0", "198.51.100.1")
+    assert r.diagnosis is None, "a plain prober never diagnoses"
+    d = diagnose(seed1, r, Prober(seed1).conclusive)
     assert d.top is not None and d.top.cause == "ip_forward_off", d.render()
 
 

@@ -20,7 +20,7 @@ from netcheck import spec
 from netcheck.adapters import build_external
 from netcheck.adapters.lab import ExternalLab
 from netcheck.diagnose.doctor import inspect, run_doctor
-from netcheck.probes import Prober
+from netcheck.diagnosing import DiagnosingProber
 
 pytestmark = pytest.mark.root
 
@@ -145,7 +145,7 @@ def test_fault_in_a_scripted_lab_is_diagnosed(scripted: ExternalLab, fault: str)
     commands, (kind, src, dst, port, target), cause = CASES[fault]
     lab = scripted
     assert not lab.rules, "the builder made no rules here: the diagnosis must read the kernel's"
-    p = Prober(lab)
+    p = DiagnosingProber(lab)
     ok = p.icmp("netns0", "198.51.100.1")
     assert ok.passed and ok.diagnosis is None, f"the scripted lab works before the fault:\n{ok.explain()}"
     _break(lab, commands)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 
 import pytest
 
 from netcheck import spec
-from netcheck.evidence import ProbeResult, Verdict
+from netcheck.evidence import Expectation, ProbeRequest, ProbeResult, Verdict
 from netcheck.lab import Lab
 from netcheck.probes import Prober
 from netcheck.probes.capture import CaptureHub
@@ -22,44 +23,43 @@ class FakeLab:
     topology = spec.builtin("seed1")
 
 
-def result(verdict: Verdict, expected: str = "reach") -> ProbeResult:
-    return ProbeResult(kind="icmp", topology="seed1", source="netns0", source_interface="ceth0", source_address="172.18.0.10",
-                       destination="172.18.0.20", sent="ICMP echo", expected=expected, verdict=verdict)  # type: ignore[arg-type]
+class ScriptedProber(Prober):
+    """A prober whose sends come back with the given verdicts, one per send, and are counted."""
+
+    def __init__(self, *verdicts: Verdict, record: object = None) -> None:
+        super().__init__(FakeLab(), record=record)  # type: ignore[arg-type]
+        self.verdicts, self.calls = list(verdicts), 0
+
+    def _once(self, request: ProbeRequest) -> ProbeResult:
+        self.calls += 1
+        return ProbeResult(request=request, topology="seed1", source_interface="ceth0", source_address="172.18.0.10",
+                           sent="ICMP echo", verdict=self.verdicts[self.calls - 1])
 
 
-def run_of(*verdicts: Verdict, expected: str = "reach") -> tuple[list[int], object]:
-    calls: list[int] = []
-
-    def run() -> ProbeResult:
-        calls.append(1)
-        return result(verdicts[len(calls) - 1], expected)
-
-    return calls, run
+def request(expected: Expectation) -> ProbeRequest:
+    return ProbeRequest("icmp", "netns0", IPv4Address("172.18.0.20"), expect=expected)
 
 
-@pytest.mark.parametrize("expected", ["reach", "unreachable", "observe"])
+@pytest.mark.parametrize("expected", ["reach", "block", "observe"])
 def test_inconclusive_twice_is_reported_inconclusive_never_passed(expected):
     recorded: list[ProbeResult] = []
-    prober = Prober(FakeLab(), record=recorded.append, diagnose=False)  # type: ignore[arg-type]
-    calls, run = run_of("inconclusive", "inconclusive", "reached", expected=expected)
-    r = prober._retry_inconclusive(run)  # type: ignore[arg-type]
-    assert len(calls) == 2, f"tried {len(calls)} times; an inconclusive probe is retried exactly once"
+    prober = ScriptedProber("inconclusive", "inconclusive", "reached", record=recorded.append)
+    r = prober.send(request(expected))
+    assert prober.calls == 2, f"tried {prober.calls} times; an inconclusive probe is retried exactly once"
     assert r.verdict == "inconclusive" and not r.passed
     assert recorded == [r], "the test's evidence holds the reported result, once"
 
 
 def test_inconclusive_then_conclusive_reports_the_retry():
-    prober = Prober(FakeLab(), diagnose=False)  # type: ignore[arg-type]
-    calls, run = run_of("inconclusive", "unreachable", expected="unreachable")
-    r = prober._retry_inconclusive(run)  # type: ignore[arg-type]
-    assert len(calls) == 2 and r.verdict == "unreachable" and r.passed
+    prober = ScriptedProber("inconclusive", "unreachable")
+    r = prober.send(request("block"))
+    assert prober.calls == 2 and r.verdict == "unreachable" and r.passed
 
 
 def test_a_conclusive_probe_is_not_retried():
-    prober = Prober(FakeLab(), diagnose=False)  # type: ignore[arg-type]
-    calls, run = run_of("unreachable", "reached")
-    r = prober._retry_inconclusive(run)  # type: ignore[arg-type]
-    assert len(calls) == 1 and r.verdict == "unreachable" and not r.passed
+    prober = ScriptedProber("unreachable", "reached")
+    r = prober.send(request("reach"))
+    assert prober.calls == 1 and r.verdict == "unreachable" and not r.passed
 
 
 # ----------------------------------------------------------------------------- in a real lab
@@ -94,7 +94,7 @@ def count_hubs(monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> list[str
 @pytest.mark.parametrize("kind", ["icmp", "tcp", "udp"])
 def test_capture_that_never_starts_is_retried_once_then_inconclusive(kind, seed1_lab, monkeypatch):
     opened = count_hubs(monkeypatch)
-    prober = Prober(seed1_lab, diagnose=False)
+    prober = Prober(seed1_lab)
     point = "wan:nosuch0"  # no such interface: the capture cannot start
     send = {"icmp": lambda: prober.icmp("netns0", "172.18.0.20", capture=[point]),
             "tcp": lambda: prober.tcp("netns0", "172.18.0.20", 7, capture=[point]),
@@ -109,7 +109,7 @@ def test_capture_that_never_starts_is_retried_once_then_inconclusive(kind, seed1
 def test_capture_that_starts_on_the_retry_gives_a_conclusive_result(seed1_lab, monkeypatch):
     opened = count_hubs(monkeypatch, fail_first=1)
     point = "netns1:ceth1"  # opened by no other test here: this probe opens it
-    r = Prober(seed1_lab, diagnose=False).icmp("netns0", "172.18.0.20", capture=[point])
+    r = Prober(seed1_lab).icmp("netns0", "172.18.0.20", capture=[point])
     assert opened == [point, point]
     assert r.verdict == "reached" and r.passed, r
     assert r.capture(point).started and r.capture(point).packets

@@ -14,20 +14,22 @@ from collections.abc import Iterator
 import pytest
 
 from netcheck import faults
+from netcheck.diagnosing import DiagnosingProber
 from netcheck.kernel.xtables import XRule, apply_rules
 from netcheck.lab import Lab
-from netcheck.probes.matrix import Matrix, _checksum, _groups, _match, describe, echo_request
+from netcheck.packet import checksum, echo_request
+from netcheck.probes.matrix import Matrix, _groups, _match, describe
 from netcheck.scale import bridge_topology
 
 
 def test_echo_request_carries_a_valid_checksum():
     pkt = echo_request(0x1234, 7, b"netcheck")
     assert pkt[0] == 8 and struct.unpack("!HH", pkt[4:8]) == (0x1234, 7)
-    assert _checksum(pkt) == 0  # a correct ones'-complement checksum sums to zero
+    assert checksum(pkt) == 0  # a correct ones'-complement checksum sums to zero
 
 
 def test_a_reply_counts_only_from_the_address_it_was_sent_to():
-    sources = [socket.inet_aton(a) for a in ("10.0.0.1", "10.0.0.2")]
+    sources = ["10.0.0.1", "10.0.0.2"]
     token = b"12345678"
 
     def reply(src: str, seq: int, tok: bytes = token) -> bytes:
@@ -79,7 +81,7 @@ def test_one_dropped_pair_fails_that_pair_and_its_mirror_with_a_diagnosis(six):
     request, c3 -> c1 its reply. No other cell fails."""
     apply_rules(six.host, [XRule("filter", "FORWARD", "DROP", src=_ip(six, "c1"), dst=_ip(six, "c3"), comment=six.names.comment)])
     recorded = []
-    result = Matrix(six, record=recorded.append).bridge("br0")
+    result = Matrix(six, record=recorded.append, prober=DiagnosingProber(six)).bridge("br0")
     assert result.failing_pairs() == [("c1", "c3"), ("c3", "c1")], describe(result)
     assert [(r.source, r.target) for r in result.failures] == [("c1", "c3"), ("c3", "c1")]
     for r in result.failures:
@@ -94,7 +96,7 @@ def test_one_dropped_pair_fails_that_pair_and_its_mirror_with_a_diagnosis(six):
 @pytest.mark.root
 def test_a_veth_down_fails_every_pair_of_that_container_diagnosed_once(six):
     faults.veth_down(six)  # the host end of c0's veth
-    result = Matrix(six).bridge("br0")
+    result = Matrix(six, prober=DiagnosingProber(six)).bridge("br0")
     others = [f"c{k}" for k in range(1, 6)]
     assert sorted(result.failing_pairs()) == sorted([("c0", o) for o in others] + [(o, "c0") for o in others]), describe(result)
     assert len(result.failures) == 10  # every failing cell has its own evidence

@@ -27,11 +27,12 @@ from typing import Any
 import pytest
 
 from netcheck.activation import skip_for_missing_tool
+from netcheck.evidence import ProbeResult
 from netcheck.report import diagram
 from netcheck.report.collector import Outputs, resolve_outputs, write
 from netcheck.report.diff import run_diff
 from netcheck.report.model import Results, ResultsError
-from netcheck.report.pcap import capture_frames, probe_failed
+from netcheck.report.pcap import capture_frames
 from netcheck.report.render import Renderer, backend_line
 
 DATA = Path(__file__).parent / "data"
@@ -161,7 +162,7 @@ def test_pcap_of_a_failing_probe_reads_back_in_tshark(written: dict[str, tuple[R
     test = next(t for t in fail_results.tests if t.nodeid == "suites/test_dnat.py::test_published_port_reached_from_outside[seed1]")
     pcap = next(p for p in test.pcaps if p["point"] == "wan:uplink")
     probe = test.all_probes()[pcap["probe"]]
-    assert probe_failed(probe)
+    assert not ProbeResult.from_dict(probe).passed
     capture = next(c for c in probe["captures"] if c["point"] == "wan:uplink")
     want = [(p["src"], p["dst"], p["sport"], p["dport"]) for p in capture["packets"]]
     assert len(want) == 2, "the SYN and the RST that came back"
@@ -184,7 +185,7 @@ def test_pcap_of_a_failing_probe_reads_back_in_tshark(written: dict[str, tuple[R
 def test_pcap_modes(tmp_path: Path, fail_results: Results) -> None:
     from netcheck.report.pcap import write_all
 
-    failing = sum(len([c for c in p["captures"] if c.get("started", True)]) for t in fail_results.tests for p in t.all_probes() if probe_failed(p))
+    failing = sum(len([c for c in p["captures"] if c.get("started", True)]) for t in fail_results.tests for p in t.all_probes() if not ProbeResult.from_dict(p).passed)
     every = sum(len([c for c in p["captures"] if c.get("started", True)]) for t in fail_results.tests for p in t.all_probes())
     for mode, want in (("failed", failing), ("all", every), ("none", 0)):
         assert write_all(copy.deepcopy(fail_results), tmp_path / mode, mode, tmp_path) == want

@@ -1,10 +1,13 @@
 """Diagnosis: where the packet died, why, and what to change.
 
-``diagnose(lab, result)`` runs only for a probe that did not go as expected (passing
+``diagnose(lab, result, resend)`` runs only for a probe that did not go as expected (passing
 probes cost nothing). It works out the probe's expected path from the topology, reads the
-rule counters, repeats the probe with a capture at every hop, reads the counters again and
-the state of every namespace, and hands the evidence to a small rule set (``rules.py``)
-that names the cause, where it is, and the command that fixes it.
+rule counters, sends the probe's request again through ``resend`` with a capture at every
+hop, reads the counters again and the state of every namespace, and hands the evidence to a
+small rule set (``rules.py``) that names the cause, where it is, and the command that fixes it.
+
+The diagnosis does not know the prober: it is given a way to send again (``Resend``, which
+``Prober.conclusive`` is). ``netcheck.diagnosing`` joins the two.
 
 Diagnoses of one lab run one at a time, so that the counter deltas of one repeated probe
 are not mixed with another's.
@@ -15,13 +18,14 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
 
 from netcheck.diagnose import path as P
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
 from netcheck.diagnose.firewall import counter_deltas
-from netcheck.evidence import Diagnosis, ProbeResult
+from netcheck.evidence import Diagnosis, ProbeRequest, ProbeResult
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -40,15 +44,21 @@ def _lock(lab: object) -> threading.Lock:
         return lock
 
 
-def diagnose(lab: Lab, result: ProbeResult, *, repeat: bool = True) -> Diagnosis:
-    """Diagnose one failed probe: the path trace, the state, the causes ranked, the fixes."""
+class Resend(Protocol):
+    """Sends a probe request again and returns its result, recording nothing (``Prober.conclusive``)."""
+
+    def __call__(self, request: ProbeRequest) -> ProbeResult: ...
+
+
+def diagnose(lab: Lab, result: ProbeResult, resend: Resend | None = None) -> Diagnosis:
+    """Diagnose one failed probe: the path trace, the state, the causes ranked, the fixes.
+
+    Without ``resend`` the probe is not repeated, and the trace is the original probe's captures."""
     with _lock(lab):
-        return _diagnose(lab, result, repeat=repeat)
+        return _diagnose(lab, result, resend)
 
 
-def _diagnose(lab: Lab, result: ProbeResult, *, repeat: bool) -> Diagnosis:
-    from netcheck.probes import Prober
-
+def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis:
     t0 = time.perf_counter()
     notes: list[str] = []
     flow = P.flow_of(lab, result)
@@ -60,11 +70,11 @@ def _diagnose(lab: Lab, result: ProbeResult, *, repeat: bool) -> Diagnosis:
     repeated: ProbeResult | None = None
     matched = []
     snmp_grew: dict[str, dict[str, int]] = {}
-    if repeat:
+    if resend is not None:
         before = St.rule_counters(lab.host)
         snmp_before = St.snmp(watched)
         try:
-            repeated = Prober(lab, diagnose=False).repeat(result, capture=route.points, timeout=REPEAT_TIMEOUT)
+            repeated = resend(replace(result.request, capture=route.points, timeout=REPEAT_TIMEOUT))
         except Exception as exc:  # noqa: BLE001 - without a repeat, the diagnosis still reads the state
             notes.append(f"the probe could not be repeated: {exc}")
         matched = counter_deltas(before, St.rule_counters(lab.host))
@@ -96,7 +106,7 @@ def _diagnose(lab: Lab, result: ProbeResult, *, repeat: bool) -> Diagnosis:
         rewrites=tuple(P.rewrites(hops)),
         matched=tuple(f"+{n} {p.render()}" for p, n in matched),
         conntrack=tuple(e.render() for e in snap.host.conntrack[:8]),
-        repeated=_repeat_line(repeated) if repeat else "the probe was not repeated; the captures are the original probe's",
+        repeated=_repeat_line(repeated) if resend is not None else "the probe was not repeated; the captures are the original probe's",
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 1),
     )
 
@@ -108,4 +118,4 @@ def _repeat_line(r: ProbeResult | None) -> str:
     return f"the probe repeated with a capture at every hop: {how}"
 
 
-__all__ = ["diagnose"]
+__all__ = ["Resend", "diagnose"]

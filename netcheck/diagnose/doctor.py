@@ -302,11 +302,10 @@ def inspect(view: LabView, *, flows: bool = True) -> list[Finding]:
 
 def probe_all(view: LiveLab) -> list[ProbeResult]:
     """ICMP probes of the promised flows (inside the lab's namespaces), each failure diagnosed."""
-    from netcheck.diagnose import diagnose
-    from netcheck.probes import Prober
+    from netcheck.diagnosing import DiagnosingProber
 
     lab = cast("Lab", view)
-    prober = Prober(lab, diagnoser=lambda lab_, r: diagnose(lab_, r))
+    prober = DiagnosingProber(lab)
     results = []
     for f in expected_flows(view):
         results.append(prober.icmp(f.source, f.dst_addr, target=f.target))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol
 
 from netcheck.evidence import Capture, Hop, Packet, ProbeResult
@@ -139,30 +139,19 @@ def host_addresses(t: S.Topology) -> set[str]:
     return out
 
 
-def _split(result: ProbeResult) -> tuple[str, int | None]:
-    dest = result.destination
-    if result.kind in ("tcp", "http", "udp") and ":" in dest:
-        addr, port = dest.rsplit(":", 1)
-        return addr, int(port)
-    return dest, None
-
-
 def flow_of(lab: LabView, result: ProbeResult) -> Flow:
     """What the probe was, and who should have answered it according to the spec."""
     t = lab.topology
-    dst, port = _split(result)
-    proto = {"http": "tcp"}.get(result.kind, result.kind)
+    request = result.request
+    ip, port, proto = request.destination, request.port, request.protocol
+    dst = str(ip)
     by_addr = _containers_by_address(t)
     target, taddr, tport, via, chain = result.target, None, port, "direct", None
-    try:
-        ip = IPv4Address(dst)
-    except ValueError:
-        ip = None
     if result.kind == "arp":
         via = "arp"
         target = target or by_addr.get(dst)
         taddr = dst
-    elif ip is not None and ip in LOOPBACK:
+    elif ip in LOOPBACK:
         via = "loopback"
         target = target or result.source
         taddr = dst
@@ -181,7 +170,7 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
     elif dst in {str(t.wan.address.ip), *(str(r.ip) for r in t.wan.remote)}:
         via = "outside"
         target = None
-    elif ip is not None and target is None and not any(ip in net for net in _lab_networks(t)):
+    elif target is None and not any(ip in net for net in _lab_networks(t)):
         via = "outside"  # an address the lab does not hold follows the default route: out of the uplink
     if target in ("host", "wan", "host-loopback"):
         target = None

@@ -2,7 +2,7 @@
 
 The socket is opened (bound) before the probe is sent, so the capture has started by
 construction: there is no race to lose. After the probe, the socket is drained and the
-packets of the probe's flow are kept, parsed into ``evidence.Packet`` values.
+packets of the probe's flow are kept: decoded by ``netcheck.packet``, shown as ``evidence.Packet``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Literal
 
-from netcheck.evidence import Capture, Packet
+from netcheck.evidence import Capture, Packet, Role
 from netcheck.kernel.netns import Netns
+from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, ICMPV6_ECHOREPLY, TCP, UDP, Ethernet, ICMPv6, IPv4, IPv6, decode
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
@@ -26,111 +27,45 @@ MAX_FRAME = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(16)
 
 
-@dataclass(frozen=True)
-class Header:
-    """The fields of a frame that flow matching needs, parsed with struct (microseconds)."""
-
-    proto: str
-    src: str
-    dst: str
-    src_mac: str
-    dst_mac: str
-    sport: int | None
-    dport: int | None
-    ttl: int | None
-    info: str
-    icmp_id: int | None = None
-    inner: tuple[str, int | None, int | None, int | None] | None = None  # quoted (proto, id, sport, dport) in an ICMP error
+# A matcher tells whether a decoded frame belongs to the probe: its role, or None.
+Matcher = Callable[[Ethernet], Role | None]
 
 
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
-
-
-def _ip(b: bytes) -> str:
-    return socket.inet_ntoa(b)
-
-
-_ICMP_TYPES = {0: "echo-reply", 3: "dest-unreach", 5: "redirect", 8: "echo-request", 11: "time-exceeded"}
-_UNREACH = {0: "net", 1: "host", 2: "protocol", 3: "port", 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited"}
-_TCP_FLAGS = "FSRPAUEC"
-
-
-def parse(frame: bytes) -> Header | None:
-    """Parse an Ethernet frame carrying IPv4 (ICMP, TCP, UDP) or ARP; None for anything else."""
-    if len(frame) < 14:
-        return None
-    dst_mac, src_mac = _mac(frame[0:6]), _mac(frame[6:12])
-    ethertype = struct.unpack_from("!H", frame, 12)[0]
-    if ethertype == 0x0806 and len(frame) >= 42:
-        op = struct.unpack_from("!H", frame, 20)[0]
-        info = "who-has" if op == 1 else "is-at" if op == 2 else f"op{op}"
-        return Header("arp", _ip(frame[28:32]), _ip(frame[38:42]), src_mac, dst_mac, None, None, None, f"{info} {_mac(frame[22:28])}" if op == 2 else info)
-    if ethertype != 0x0800 or len(frame) < 34:
-        return None
-    ihl = (frame[14] & 0x0F) * 4
-    ttl, proto = frame[22], frame[23]
-    src, dst = _ip(frame[26:30]), _ip(frame[30:34])
-    l4 = 14 + ihl
-    if proto == 1 and len(frame) >= l4 + 8:
-        itype, code = frame[l4], frame[l4 + 1]
-        name = _ICMP_TYPES.get(itype, f"type{itype}")
-        if itype in (0, 8):
-            ident, seq = struct.unpack_from("!HH", frame, l4 + 4)
-            return Header("icmp", src, dst, src_mac, dst_mac, None, None, ttl, f"{name} id={ident:#06x} seq={seq}", icmp_id=ident)
-        inner = _quoted(frame, l4 + 8)
-        detail = f" {_UNREACH.get(code, code)}" if itype == 3 else ""
-        return Header("icmp", src, dst, src_mac, dst_mac, None, None, ttl, f"{name}{detail}", inner=inner)
-    if proto in (6, 17) and len(frame) >= l4 + 8:
-        sport, dport = struct.unpack_from("!HH", frame, l4)
-        if proto == 6 and len(frame) >= l4 + 14:
-            flags = frame[l4 + 13]
-            info = "".join(f for i, f in enumerate(_TCP_FLAGS) if flags & (1 << i))
-            return Header("tcp", src, dst, src_mac, dst_mac, sport, dport, ttl, info)
-        return Header("udp", src, dst, src_mac, dst_mac, sport, dport, ttl, "")
-    return Header("other", src, dst, src_mac, dst_mac, None, None, ttl, f"proto {proto}")
-
-
-def _quoted(frame: bytes, off: int) -> tuple[str, int | None, int | None, int | None] | None:
-    if len(frame) < off + 28:
-        return None
-    ihl = (frame[off] & 0x0F) * 4
-    proto = frame[off + 9]
-    l4 = off + ihl
-    if len(frame) < l4 + 8:
-        return None
-    if proto == 1:
-        return ("icmp", struct.unpack_from("!H", frame, l4 + 4)[0], None, None)
-    if proto in (6, 17):
-        sport, dport = struct.unpack_from("!HH", frame, l4)
-        return ("tcp" if proto == 6 else "udp", None, sport, dport)
-    return None
-
-
-# A matcher tells whether a packet belongs to the probe: "request", "reply", "error" or None.
-Matcher = Callable[[Header], str | None]
+def _ip_of(frame: Ethernet) -> IPv4 | IPv6 | None:
+    p = frame.payload
+    return p if isinstance(p, (IPv4, IPv6)) else None
 
 
 def icmp_flow(ident: int) -> Matcher:
-    def match(h: Header) -> str | None:
-        if h.proto != "icmp":
+    """An ICMP echo's packets by identifier, and the errors that quote it."""
+
+    def match(frame: Ethernet) -> Role | None:
+        ip = _ip_of(frame)
+        if ip is None or not isinstance(ip.payload, (ICMP, ICMPv6)):
             return None
-        if h.icmp_id == ident:
-            return "reply" if h.info.startswith("echo-reply") else "request"
-        if h.inner is not None and h.inner[0] == "icmp" and h.inner[1] == ident:
+        icmp = ip.payload
+        if icmp.is_echo:
+            return None if icmp.ident != ident else "reply" if icmp.type in (ICMP_ECHOREPLY, ICMPV6_ECHOREPLY) else "request"
+        quoted = icmp.quoted
+        if quoted is not None and isinstance(quoted.payload, (ICMP, ICMPv6)) and quoted.payload.ident == ident:
             return "error"
         return None
 
     return match
 
 
-def port_flow(proto: str, port: int) -> Matcher:
-    """Packets of a TCP/UDP flow identified by the client's ephemeral port (kept by NAT)."""
+def port_flow(proto: Literal["tcp", "udp"], port: int) -> Matcher:
+    """Packets of a TCP/UDP flow identified by the client's ephemeral port (kept by NAT), and the errors that quote it."""
+    kind = TCP if proto == "tcp" else UDP
 
-    def match(h: Header) -> str | None:
-        if h.proto == proto:
-            return "request" if h.sport == port else "reply" if h.dport == port else None
-        if h.proto == "icmp" and h.inner is not None and h.inner[0] == proto and h.inner[2] == port:
+    def match(frame: Ethernet) -> Role | None:
+        ip = _ip_of(frame)
+        if ip is None:
+            return None
+        l4 = ip.payload
+        if isinstance(l4, kind):
+            return "request" if l4.sport == port else "reply" if l4.dport == port else None
+        if isinstance(l4, (ICMP, ICMPv6)) and l4.quoted is not None and isinstance(l4.quoted.payload, kind) and l4.quoted.payload.sport == port:
             return "error"
         return None
 
@@ -138,12 +73,34 @@ def port_flow(proto: str, port: int) -> Matcher:
 
 
 def arp_flow(ip: str) -> Matcher:
-    def match(h: Header) -> str | None:
-        if h.proto != "arp" or ip not in (h.src, h.dst):
+    def match(frame: Ethernet) -> Role | None:
+        arp = frame.payload
+        if not isinstance(arp, ARP) or ip not in (arp.sender_ip, arp.target_ip):
             return None
-        return "reply" if h.info.startswith("is-at") else "request"
+        return "reply" if arp.op == 2 else "request"
 
     return match
+
+
+def evidence_packet(frame: Ethernet, raw: bytes, at_ms: float, role: Role) -> Packet:
+    """A decoded frame as the evidence shows it."""
+    p = frame.payload
+    if isinstance(p, ARP):
+        return Packet(at_ms, "arp", p.sender_ip, p.target_ip, frame.src, frame.dst, info=p.describe(), role=role, raw=raw)
+    if p is None:
+        return Packet(at_ms, "other", "", "", frame.src, frame.dst, info=f"ethertype {frame.ethertype:#06x}", role=role, raw=raw)
+    ttl = p.ttl if isinstance(p, IPv4) else p.hop_limit
+    l4 = p.payload
+    if isinstance(l4, TCP):
+        return Packet(at_ms, "tcp", p.src, p.dst, frame.src, frame.dst, l4.sport, l4.dport, ttl, l4.flag_text, role, raw)
+    if isinstance(l4, UDP):
+        return Packet(at_ms, "udp", p.src, p.dst, frame.src, frame.dst, l4.sport, l4.dport, ttl, "", role, raw)
+    if isinstance(l4, ICMP):
+        return Packet(at_ms, "icmp", p.src, p.dst, frame.src, frame.dst, None, None, ttl, l4.describe(), role, raw)
+    if isinstance(l4, ICMPv6):
+        return Packet(at_ms, "icmp6", p.src, p.dst, frame.src, frame.dst, None, None, ttl, l4.describe(), role, raw)
+    proto = p.proto if isinstance(p, IPv4) else p.next_header
+    return Packet(at_ms, "other", p.src, p.dst, frame.src, frame.dst, None, None, ttl, f"proto {proto}", role, raw)
 
 
 class CaptureHub:
@@ -159,7 +116,7 @@ class CaptureHub:
         self.point, self.ns, self.interface, self.kernel_interface = point, ns, interface, kernel_interface
         self.error: str | None = None
         self.sock: socket.socket | None = None
-        self._buffer: deque[tuple[float, Header, bytes, int]] = deque(maxlen=keep)
+        self._buffer: deque[tuple[float, Ethernet, bytes]] = deque(maxlen=keep)
         self._lock = threading.Lock()
         try:
             self.sock = ns.call(self._open)
@@ -195,37 +152,22 @@ class CaptureHub:
                 return
             if addr[2] == PACKET_OUTGOING and self.kernel_interface == "lo":
                 continue  # lo shows each packet twice
-            h = parse(data)
-            if h is not None:
-                self._buffer.append((_stamp(anc) or time.time(), h, data, addr[2]))
+            frame = decode(data)
+            if frame is not None:
+                self._buffer.append((_stamp(anc) or time.time(), frame, data))
 
     def collect(self, match: Matcher, t0: float, limit: int = 64) -> Capture:
         """The packets of one flow seen here since ``t0``."""
         packets: list[Packet] = []
         with self._lock:
             self._pump()
-            for at, h, data, _kind in self._buffer:
+            for at, frame, data in self._buffer:
                 if at < t0 - 0.001:
                     continue
-                role = match(h)
+                role = match(frame)
                 if role is None:
                     continue
-                packets.append(
-                    Packet(
-                        at_ms=round((at - t0) * 1000, 3),
-                        proto=h.proto,
-                        src=h.src,
-                        dst=h.dst,
-                        src_mac=h.src_mac,
-                        dst_mac=h.dst_mac,
-                        sport=h.sport,
-                        dport=h.dport,
-                        ttl=h.ttl,
-                        info=h.info,
-                        role=role,
-                        raw=data,
-                    )
-                )
+                packets.append(evidence_packet(frame, data, round((at - t0) * 1000, 3), role))
                 if len(packets) >= limit:
                     break
         return Capture(self.point, self.point.split(":", 1)[0], self.interface, self.kernel_interface, started=self.started, packets=tuple(packets))

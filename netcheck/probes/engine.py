@@ -1,27 +1,27 @@
-"""The prober: sends one probe from a namespace of a lab and returns the evidence as a value.
+"""The prober: sends one probe request from a namespace of a lab and returns its evidence as a value.
 
 Captures are opened before sending; the probe itself uses a real kernel socket in the
 source namespace (so the OUTPUT chain and the local routing apply as they would to an
-application), crafted with scapy where the kernel does not build the packet for us.
+application). Where the kernel does not build the packet for us, ``netcheck.packet`` packs
+it (an ICMP echo) or scapy builds it (an ARP request); replies are read by ``netcheck.packet``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import secrets
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Protocol
+from ipaddress import IPv4Address, ip_address
+from typing import TYPE_CHECKING
 
-from netcheck.evidence import Capture, Diagnosis, Expectation, ProbeResult, Verdict
+from netcheck.evidence import Capture, Expectation, IPAddress, ProbeKind, ProbeRequest, ProbeResult, RequestError, Verdict
 from netcheck.kernel.netns import Netns
+from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, decode, decode_ipv4, echo_request
 from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, icmp_flow, port_flow
 
 if TYPE_CHECKING:
@@ -35,35 +35,82 @@ class ProbeRefused(RuntimeError):
     """A probe that could send a packet off the machine (host mode) is never sent."""
 
 
-class Diagnoser(Protocol):
-    def __call__(self, lab: Lab, result: ProbeResult) -> Diagnosis: ...
-
-
-def _default_diagnoser(lab: Lab, result: ProbeResult) -> Diagnosis:
-    from netcheck.diagnose import diagnose
-
-    return diagnose(lab, result)
-
-
 class Prober:
-    """Sends probes in a lab. Every result goes to ``record`` (the test's evidence log).
+    """Sends probes in a lab and returns each one's evidence; every result goes to ``record``.
 
-    A failed probe is diagnosed (``diagnose=False`` turns that off); a passing one costs
-    no inspection at all.
+    ``send(request)`` is the one entry point; ``icmp``, ``tcp``, ``http``, ``udp`` and ``arp``
+    make the request. A prober never diagnoses: ``netcheck.diagnosing.DiagnosingProber`` does
+    that on top. ``first_id`` starts the ICMP identifiers elsewhere than the process's own
+    base (a diagnosis's repeats must not follow another prober's sequence).
     """
 
-    def __init__(self, lab: Lab, *, record: Callable[[ProbeResult], None] | None = None, diagnose: bool = True, diagnoser: Diagnoser | None = None) -> None:
+    def __init__(self, lab: Lab, *, record: Callable[[ProbeResult], None] | None = None, first_id: int | None = None) -> None:
         self.lab = lab
         self.record = record or (lambda _r: None)
-        self.diagnose = diagnose
-        self.diagnoser: Diagnoser = diagnoser or _default_diagnoser
-        self._ids = _Counter(os.getpid() & 0x7FFF)
+        self._ids = _Counter(os.getpid() & 0x7FFF if first_id is None else first_id)
+
+    # ----------------------------------------------------------------- the entry point
+
+    def send(self, request: ProbeRequest) -> ProbeResult:
+        """Send one probe (once more if it was inconclusive) and record its result."""
+        result = self.conclusive(request)
+        self.record(result)
+        return result
+
+    def conclusive(self, request: ProbeRequest) -> ProbeResult:
+        """Send one probe, and once more if it was inconclusive; record nothing."""
+        result = self._once(request)
+        return self._once(request) if result.verdict == "inconclusive" else result
+
+    def _once(self, request: ProbeRequest) -> ProbeResult:
+        if request.kind == "icmp":
+            return self._icmp(request)
+        if request.kind == "arp":
+            return self._arp(request)
+        if request.kind == "udp":
+            return self._datagram(request)
+        return self._stream(request)
+
+    # ----------------------------------------------------------------- the requests
+
+    def icmp(
+        self, src: str, dst: str | IPAddress, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None, ttl: int | None = None,
+    ) -> ProbeResult:
+        """An ICMP echo from ``src`` (a container, 'host' or 'wan') to ``dst``."""
+        return self.send(ProbeRequest("icmp", src, ip_address(dst), expect=expect, target=target, capture=tuple(capture), timeout=timeout, ttl=ttl))
+
+    def tcp(
+        self, src: str, dst: str | IPAddress, port: int, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None, http: bool = False,
+    ) -> ProbeResult:
+        """A TCP handshake plus an exchange with the service at dst:port (echo, or HTTP GET)."""
+        kind: ProbeKind = "http" if http else "tcp"
+        return self.send(ProbeRequest(kind, src, ip_address(dst), port, expect=expect, target=target, capture=tuple(capture), timeout=timeout))
+
+    def http(
+        self, src: str, dst: str | IPAddress, port: int, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None,
+    ) -> ProbeResult:
+        """An HTTP GET to the service at dst:port."""
+        return self.tcp(src, dst, port, expect=expect, target=target, capture=capture, timeout=timeout, http=True)
+
+    def udp(
+        self, src: str, dst: str | IPAddress, port: int = 7, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None,
+    ) -> ProbeResult:
+        """A datagram to the UDP echo service at dst:port."""
+        return self.send(ProbeRequest("udp", src, ip_address(dst), port, expect=expect, target=target, capture=tuple(capture), timeout=timeout))
+
+    def arp(self, src: str, ip: str | IPAddress, *, capture: Sequence[str] = (), timeout: float = POSITIVE_TIMEOUT, target: str | None = None, expect: Expectation = "reach") -> ProbeResult:
+        """An ARP who-has for ``ip`` sent from a container's interface; the reply names the MAC."""
+        return self.send(ProbeRequest("arp", src, ip_address(ip), expect=expect, target=target, capture=tuple(capture), timeout=timeout))
 
     # ----------------------------------------------------------------- endpoints
 
-    def _guard(self, dst: str) -> None:
+    def _guard(self, dst: IPv4Address) -> None:
         """In host mode the host's own routes lead off the machine: send only to what the lab holds."""
-        if getattr(self.lab, "host_mode", False) and not self.lab.holds(IPv4Address(dst)):
+        if getattr(self.lab, "host_mode", False) and not self.lab.holds(dst):
             raise ProbeRefused(f"refusing to probe {dst} in host mode: the lab does not hold that address, so the packet could leave this machine")
 
     def _source(self, src: str) -> tuple[Netns, str]:
@@ -78,39 +125,27 @@ class Prober:
         """The lab's persistent capture points, open (started) before anything is sent."""
         return [self.lab.capture(point) for point in points]
 
-    def _finish(self, result: ProbeResult) -> ProbeResult:
-        if self.diagnose and not result.passed:
-            try:
-                result = result.with_diagnosis(self.diagnoser(self.lab, result))
-            except Exception as exc:  # noqa: BLE001 - a broken diagnosis must not hide the failure
-                result = result.with_diagnosis(Diagnosis(notes=(f"the diagnosis itself failed: {exc!r}",)))
-        self.record(result)
-        return result
+    def _token(self) -> str:
+        """A token the services echo back: names a TCP or UDP probe in their replies."""
+        return f"{self._ids.next():04x}{os.urandom(3).hex()}"
 
-    def _retry_inconclusive(self, run: Callable[[], ProbeResult]) -> ProbeResult:
-        result = run()
-        if result.verdict == "inconclusive":
-            result = run()
-        return self._finish(result)
+    def _result(self, request: ProbeRequest, iface: str, src_addr: str, sent: str, verdict: Verdict, captures: tuple[Capture, ...], t0: float,
+                rtt: float | None, error: str | None, reply: str | None = None, replied_by: str | None = None, saw: str | None = None) -> ProbeResult:
+        return ProbeResult(
+            request=request, topology=self.lab.topology.name, source_interface=iface, source_address=src_addr, sent=sent, verdict=verdict,
+            captures=captures, reply=reply, replied_by=replied_by, service_saw=saw, rtt_ms=_r(rtt), error=error, started_at=t0,
+        )
 
     # ----------------------------------------------------------------- ICMP
 
-    def icmp(
-        self, src: str, dst: str | IPv4Address, *, expect: Expectation = "reach", target: str | None = None,
-        capture: Sequence[str] = (), timeout: float | None = None, ttl: int | None = None,
-    ) -> ProbeResult:
-        """An ICMP echo from ``src`` (a container, 'host' or 'wan') to ``dst``."""
-        return self._retry_inconclusive(lambda: self._icmp(src, str(dst), expect, target, capture, _timeout(timeout, expect), ttl))
-
-    def _icmp(self, src: str, dst: str, expect: Expectation, target: str | None, points: Sequence[str], timeout: float, ttl: int | None) -> ProbeResult:
+    def _icmp(self, request: ProbeRequest) -> ProbeResult:
+        dst, timeout = _ipv4(request), _timeout(request)
         self._guard(dst)
-        ns, iface = self._source(src)
+        ns, iface = self._source(request.source)
         ident = self._ids.next()
         token = f"netcheck-{ident:04x}".encode()
-        from scapy.layers.inet import ICMP
-
-        payload = bytes(ICMP(type=8, id=ident, seq=1) / token)
-        caps = self._captures(points)
+        payload = echo_request(ident, 1, token + request.payload)
+        caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = None
         rtt = None
@@ -119,75 +154,54 @@ class Prober:
         t0 = time.time()
         try:
             sock = ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            if ttl is not None:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            if request.ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, request.ttl)
             t0 = time.time()
             start = time.perf_counter()
-            sock.sendto(payload, (dst, 0))
+            sock.sendto(payload, (str(dst), 0))
             deadline = start + timeout
             while True:
                 left = deadline - time.perf_counter()
                 if left <= 0 or not select.select([sock], [], [], left)[0]:
                     break
                 data, peer = sock.recvfrom(65535)
-                ihl = (data[0] & 0x0F) * 4
-                itype = data[ihl]
-                if itype == 0 and int.from_bytes(data[ihl + 4 : ihl + 6], "big") == ident:
+                ip = decode_ipv4(data)
+                icmp = ip.payload if ip is not None else None
+                if ip is None or not isinstance(icmp, ICMP):
+                    continue
+                if icmp.type == ICMP_ECHOREPLY and icmp.ident == ident:
                     rtt = (time.perf_counter() - start) * 1000
-                    src_addr = socket.inet_ntoa(data[16:20])
-                    reply = f"echo-reply from {peer[0]} ttl={data[8]}"
+                    src_addr = ip.dst
+                    reply = f"echo-reply from {peer[0]} ttl={ip.ttl}"
                     verdict = "reached"
                     break
-                if itype in (3, 11) and len(data) >= ihl + 8 + 28:
-                    inner = ihl + 8
-                    iihl = (data[inner] & 0x0F) * 4
-                    if data[inner + 9] == 1 and int.from_bytes(data[inner + iihl + 4 : inner + iihl + 6], "big") == ident:
-                        kind = "destination unreachable" if itype == 3 else "time exceeded"
-                        error = f"ICMP {kind} (code {data[ihl + 1]}) from {peer[0]}"
-                        src_addr = socket.inet_ntoa(data[inner + 12 : inner + 16])
-                        break
+                quoted = icmp.quoted
+                if quoted is not None and isinstance(quoted.payload, ICMP) and quoted.payload.ident == ident:
+                    error = icmp.error_text(peer[0])
+                    src_addr = quoted.src
+                    break
         except OSError as exc:
             error = f"{exc.strerror or exc}"
-            if exc.errno in (101, 113):  # ENETUNREACH, EHOSTUNREACH: the source has no route
-                verdict = "unreachable"
         finally:
             if sock is not None:
                 sock.close()
         captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
         if not src_addr:
-            src_addr = self._source_address(src, ns, dst, captures)
-        return ProbeResult(
-            kind="icmp", topology=self.lab.topology.name, source=src, source_interface=iface, source_address=src_addr,
-            destination=dst, sent=f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={ttl}" if ttl else ""),
-            expected=expect, verdict=verdict, captures=captures, target=target, reply=reply,
-            replied_by=target if verdict == "reached" else None, rtt_ms=_r(rtt), error=error, started_at=t0,
-        )
+            src_addr = self._source_address(request.source, ns, dst)
+        sent = f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={request.ttl}" if request.ttl else "")
+        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict))
 
     # ----------------------------------------------------------------- TCP / HTTP / UDP
 
-    def tcp(
-        self, src: str, dst: str | IPv4Address, port: int, *, expect: Expectation = "reach", target: str | None = None,
-        capture: Sequence[str] = (), timeout: float | None = None, http: bool = False,
-    ) -> ProbeResult:
-        """A TCP handshake plus an exchange with the service at dst:port (echo, or HTTP GET)."""
-        return self._retry_inconclusive(lambda: self._stream(src, str(dst), port, expect, target, capture, _timeout(timeout, expect), http))
-
-    def http(self, src: str, dst: str | IPv4Address, port: int, **kw: object) -> ProbeResult:
-        return self.tcp(src, dst, port, http=True, **kw)  # type: ignore[arg-type]
-
-    def udp(
-        self, src: str, dst: str | IPv4Address, port: int = 7, *, expect: Expectation = "reach", target: str | None = None,
-        capture: Sequence[str] = (), timeout: float | None = None,
-    ) -> ProbeResult:
-        return self._retry_inconclusive(lambda: self._datagram(src, str(dst), port, expect, target, capture, _timeout(timeout, expect)))
-
-    def _stream(self, src: str, dst: str, port: int, expect: Expectation, target: str | None, points: Sequence[str], timeout: float, http: bool) -> ProbeResult:
+    def _stream(self, request: ProbeRequest) -> ProbeResult:
+        dst, port, timeout, http = _ipv4(request), request.port, _timeout(request), request.kind == "http"
+        assert port is not None  # a ported kind: ProbeRequest checks it
         self._guard(dst)
-        ns, iface = self._source(src)
-        token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
-        request = (f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n" if http else f"netcheck-probe token={token}\n").encode()
+        ns, iface = self._source(request.source)
+        token = self._token()
+        message = f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n".encode() if http else _echo_line(token, request)
         sock, eport = _client(ns, socket.SOCK_STREAM)
-        caps = self._captures(points)
+        caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
         rtt = None
@@ -197,24 +211,24 @@ class Prober:
         connected = False
         try:
             sock.settimeout(timeout)
-            sock.connect((dst, port))
+            sock.connect((str(dst), port))
             connected = True
             src_addr = sock.getsockname()[0]
-            sock.sendall(request)
+            sock.sendall(message)
             data = _read_all(sock, timeout)
             rtt = (time.perf_counter() - start) * 1000
             reply, replied_by, saw = _parse_reply(data)
             if replied_by is None:
                 # The port is open, but whatever answered is not the service netcheck expects there.
                 verdict, error = "wrong-target", f"connected, but the reply was not a netcheck service's: {data[:80]!r}"
-            elif target is not None and replied_by != target:
+            elif request.target is not None and replied_by != request.target:
                 verdict = "wrong-target"
             else:
                 verdict = "reached"
         except TimeoutError:
             if connected:
                 verdict = "wrong-target"
-                error = f"connected (the handshake completed), but no netcheck service answered within {timeout:g}s: something else holds {dst}:{port}"
+                error = f"connected (the handshake completed), but no netcheck service answered within {timeout:g}s: something else holds {request.address}"
             else:
                 error = f"no answer within {timeout:g}s (the SYN or its reply was lost)"
         except ConnectionRefusedError:
@@ -223,23 +237,20 @@ class Prober:
             error = f"{exc.strerror or exc}"
         finally:
             sock.close()
-        proto = "http" if http else "tcp"
         captures, verdict, error = _collect(caps, port_flow("tcp", eport), t0, verdict, error)
         if not src_addr:
-            src_addr = self._source_address(src, ns, dst, captures)
-        return ProbeResult(
-            kind=proto, topology=self.lab.topology.name, source=src, source_interface=iface, source_address=src_addr,
-            destination=f"{dst}:{port}", sent=("HTTP GET /" if http else "TCP echo") + f" token={token} from port {eport}",
-            expected=expect, verdict=verdict, captures=captures, target=target, reply=reply, replied_by=replied_by,
-            service_saw=saw, rtt_ms=_r(rtt), error=error, started_at=t0,
-        )
+            src_addr = self._source_address(request.source, ns, dst)
+        sent = ("HTTP GET /" if http else "TCP echo") + f" token={token} from port {eport}"
+        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, replied_by, saw)
 
-    def _datagram(self, src: str, dst: str, port: int, expect: Expectation, target: str | None, points: Sequence[str], timeout: float) -> ProbeResult:
+    def _datagram(self, request: ProbeRequest) -> ProbeResult:
+        dst, port, timeout = _ipv4(request), request.port, _timeout(request)
+        assert port is not None  # a ported kind: ProbeRequest checks it
         self._guard(dst)
-        ns, iface = self._source(src)
-        token = f"{self._ids.next():04x}{os.urandom(3).hex()}"
+        ns, iface = self._source(request.source)
+        token = self._token()
         sock, eport = _client(ns, socket.SOCK_DGRAM)
-        caps = self._captures(points)
+        caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
         rtt = None
@@ -247,12 +258,12 @@ class Prober:
         start = time.perf_counter()
         try:
             sock.settimeout(timeout)
-            sock.connect((dst, port))
-            sock.send(f"netcheck-probe token={token}\n".encode())
+            sock.connect((str(dst), port))
+            sock.send(_echo_line(token, request))
             data = sock.recv(4096)
             rtt = (time.perf_counter() - start) * 1000
             reply, replied_by, saw = _parse_reply(data)
-            verdict = "wrong-target" if target is not None and replied_by != target else "reached"
+            verdict = "wrong-target" if request.target is not None and replied_by != request.target else "reached"
         except TimeoutError:
             error = f"no answer within {timeout:g}s"
         except ConnectionRefusedError:
@@ -263,27 +274,23 @@ class Prober:
             src_addr = _sockname(sock)
             sock.close()
         captures, verdict, error = _collect(caps, port_flow("udp", eport), t0, verdict, error)
-        return ProbeResult(
-            kind="udp", topology=self.lab.topology.name, source=src, source_interface=iface, source_address=src_addr or self._source_address(src, ns, dst, captures),
-            destination=f"{dst}:{port}", sent=f"UDP echo token={token} from port {eport}", expected=expect, verdict=verdict,
-            captures=captures, target=target, reply=reply, replied_by=replied_by, service_saw=saw, rtt_ms=_r(rtt), error=error, started_at=t0,
-        )
+        sent = f"UDP echo token={token} from port {eport}"
+        return self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply, replied_by, saw)
 
     # ----------------------------------------------------------------- ARP
 
-    def arp(self, src: str, ip: str | IPv4Address, *, capture: Sequence[str] = (), timeout: float = POSITIVE_TIMEOUT, target: str | None = None, expect: Expectation = "reach") -> ProbeResult:
-        """An ARP who-has for ``ip`` sent from a container's interface; the reply names the MAC."""
-        return self._retry_inconclusive(lambda: self._arp(src, str(ip), capture, timeout, target, expect))
+    def _arp(self, request: ProbeRequest) -> ProbeResult:
+        from scapy.layers.l2 import ARP as ScapyARP
+        from scapy.layers.l2 import Ether
 
-    def _arp(self, src: str, ip: str, points: Sequence[str], timeout: float, target: str | None, expect: Expectation) -> ProbeResult:
-        from scapy.layers.l2 import ARP, Ether
-
+        ip, src = str(request.destination), request.source
+        timeout = request.timeout if request.timeout is not None else POSITIVE_TIMEOUT
         ns, iface = self._source(src)
         link = ns.link(iface)
         c = self.lab.topology.container(src)
         assert c.address is not None and link is not None
-        frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=link.mac) / ARP(op=1, hwsrc=link.mac, psrc=str(c.address.ip), pdst=ip))
-        caps = self._captures(points)
+        frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=link.mac) / ScapyARP(op=1, hwsrc=link.mac, psrc=str(c.address.ip), pdst=ip))
+        caps = self._captures(request.capture)
         sock = ns.call(lambda: _arp_socket(iface))
         verdict: Verdict = "unreachable"
         reply = error = None
@@ -294,10 +301,11 @@ class Prober:
             sock.send(frame)
             deadline = start + timeout
             while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
-                data = sock.recv(2048)
-                if len(data) >= 42 and data[12:14] == b"\x08\x06" and data[20:22] == b"\x00\x02" and socket.inet_ntoa(data[28:32]) == ip:
+                answer = decode(sock.recv(2048))
+                arp = answer.payload if answer is not None else None
+                if isinstance(arp, ARP) and arp.op == 2 and arp.sender_ip == ip:
                     rtt = (time.perf_counter() - start) * 1000
-                    reply = ":".join(f"{x:02x}" for x in data[22:28])
+                    reply = arp.sender_mac
                     verdict = "reached"
                     break
         except OSError as exc:
@@ -307,62 +315,26 @@ class Prober:
         captures = tuple(cap.collect(arp_flow(ip), t0) for cap in caps)
         if verdict != "reached" and error is None:
             error = f"no ARP reply for {ip} within {timeout:g}s"
-        return ProbeResult(
-            kind="arp", topology=self.lab.topology.name, source=src, source_interface=iface, source_address=str(c.address.ip),
-            destination=ip, sent=f"ARP who-has {ip} tell {c.address.ip} ({link.mac})", expected=expect, verdict=verdict,
-            captures=captures, target=target, reply=reply, replied_by=target if verdict == "reached" else None, rtt_ms=_r(rtt), error=error, started_at=t0,
-        )
-
-    # ----------------------------------------------------------------- again, for the diagnosis
-
-    def repeat(self, result: ProbeResult, capture: Sequence[str] = (), *, timeout: float | None = None) -> ProbeResult:
-        """Send the same probe again (kind, source, destination, port, expectation, target)
-        with other capture points. The repeat is neither diagnosed nor recorded: it is the
-        diagnosis's own evidence. Its ICMP identifiers start from a fresh random base, so they
-        cannot follow the sequence of probes still in flight from another prober."""
-        self._ids = _Counter(secrets.randbelow(0x7FFF) + 0x8000)
-        dst, port = result.destination, None
-        if result.kind in ("tcp", "http", "udp"):
-            dst, _, p = result.destination.rpartition(":")
-            port = int(p)
-        t = _timeout(timeout, result.expected)
-        points = list(capture)
-        src, exp, target = result.source, result.expected, result.target
-
-        def once() -> ProbeResult:
-            if result.kind == "icmp":
-                ttl = re.search(r" ttl=(\d+)$", result.sent)
-                return self._icmp(src, dst, exp, target, points, t, int(ttl.group(1)) if ttl else None)
-            if result.kind in ("tcp", "http"):
-                assert port is not None
-                return self._stream(src, dst, port, exp, target, points, t, result.kind == "http")
-            if result.kind == "udp":
-                assert port is not None
-                return self._datagram(src, dst, port, exp, target, points, t)
-            if result.kind == "arp":
-                return self._arp(src, dst, points, t, target, exp)
-            raise ValueError(f"cannot repeat a probe of kind {result.kind!r}")
-
-        again = once()
-        return once() if again.verdict == "inconclusive" else again
+        sent = f"ARP who-has {ip} tell {c.address.ip} ({link.mac})"
+        return self._result(request, iface, str(c.address.ip), sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict))
 
     # ----------------------------------------------------------------- many at once
 
-    def many(self, probes: Sequence[Callable[[], ProbeResult]], workers: int = 16) -> list[ProbeResult]:
-        """Run probes concurrently (negative probes cost their timeout; run them together)."""
+    def many(self, probes: Sequence[ProbeRequest | Callable[[], ProbeResult]], workers: int = 16) -> list[ProbeResult]:
+        """Send requests (or run probe calls) concurrently: negative probes cost their timeout, so run them together."""
         if not probes:
             return []
         with ThreadPoolExecutor(max_workers=min(workers, len(probes))) as pool:
-            return list(pool.map(lambda p: p(), probes))
+            return list(pool.map(lambda p: self.send(p) if isinstance(p, ProbeRequest) else p(), probes))
 
     # ----------------------------------------------------------------- helpers
 
-    def _source_address(self, src: str, ns: Netns, dst: str, captures: tuple[Capture, ...]) -> str:
+    def _source_address(self, src: str, ns: Netns, dst: IPv4Address) -> str:
         if src not in ("host", "wan"):
             c = self.lab.topology.container(src)
             if c.address is not None:
                 return str(c.address.ip)
-        route = ns.route_get(IPv4Address(dst))
+        route = ns.route_get(dst)
         return str(route.prefsrc) if not isinstance(route, str) and route.prefsrc else ""
 
 
@@ -398,10 +370,22 @@ def _collect(caps: Sequence[CaptureHub], match: Matcher, t0: float, verdict: Ver
     return captures, verdict, error
 
 
-def _timeout(timeout: float | None, expect: Expectation) -> float:
-    if timeout is not None:
-        return timeout
-    return NEGATIVE_TIMEOUT if expect == "block" else POSITIVE_TIMEOUT
+def _timeout(request: ProbeRequest) -> float:
+    if request.timeout is not None:
+        return request.timeout
+    return NEGATIVE_TIMEOUT if request.expect == "block" else POSITIVE_TIMEOUT
+
+
+def _ipv4(request: ProbeRequest) -> IPv4Address:
+    dst = request.destination
+    if not isinstance(dst, IPv4Address):
+        raise RequestError(f"{request.kind} probe to {dst}: the prober sends IPv4 only so far. Fix: probe an IPv4 address")
+    return dst
+
+
+def target_if(request: ProbeRequest, verdict: Verdict) -> str | None:
+    """Who answered an echo (ICMP, ARP): the expected target, if it was reached."""
+    return request.target if verdict == "reached" else None
 
 
 def _r(value: float | None) -> float | None:
@@ -412,6 +396,11 @@ def _sockname(sock: socket.socket) -> str:
     with contextlib.suppress(OSError):
         return str(sock.getsockname()[0])
     return ""
+
+
+def _echo_line(token: str, request: ProbeRequest) -> bytes:
+    """The echo services' one-line request: the token, then the request's payload."""
+    return f"netcheck-probe token={token}".encode() + (b" " + request.payload if request.payload else b"") + b"\n"
 
 
 def _read_all(sock: socket.socket, timeout: float) -> bytes:

@@ -5,7 +5,8 @@ namespace's worker, kept for the whole matrix), every echo request sent back to 
 windows, replies matched by ICMP identifier (one per matrix run) and sequence number (the
 destination's position), short bounded waits, and one retry round for the cells that
 should have answered. Only the failing cells are probed again, by the ordinary ``Prober``
-with a capture point at each end, so that each of them carries its evidence and diagnosis.
+with a capture point at each end, so that each of them carries its evidence (and, through
+the ``prober`` given, e.g. a ``DiagnosingProber``, its diagnosis).
 
 The kernel's limit at this size is the IPv4 neighbour (ARP) table: it is shared by every
 namespace of the machine, and learned entries beyond ``gc_thresh3`` (1024 by default, a
@@ -35,17 +36,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from netcheck import expect as promise
-from netcheck.evidence import Diagnosis, MatrixResult, ProbeResult
+from netcheck.evidence import Diagnosis, MatrixResult, ProbeRequest, ProbeResult
 from netcheck.kernel.netns import Netns
-from netcheck.probes.engine import Diagnoser, Prober
+from netcheck.packet import ICMP, ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED, ICMP_UNREACH, decode_ipv4, echo_request
+from netcheck.probes.engine import Prober
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
 
-ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
 SOL_RAW, ICMP_FILTER = 255, 1
 WINDOW = 512  # echo requests sent between two reads of the replies
 RCVBUF = 1 << 20  # per source socket: a burst of replies must not overflow it
@@ -56,6 +57,8 @@ GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
 ARP_CACHE_STAT = "/proc/net/stat/arp_cache"
 
 Neighbours = Literal["auto", "arp", "static"]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class MatrixError(RuntimeError):
@@ -73,21 +76,6 @@ class _Member:
 
     def same_l2(self, other: _Member) -> bool:
         return self.bridge is not None and self.bridge == other.bridge
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
-    """An ICMP echo request (header and payload) with its checksum."""
-    head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO, 0, _checksum(head + payload), ident, seq) + payload
 
 
 def _icmp_socket() -> socket.socket:
@@ -123,21 +111,22 @@ class Matrix:
     must stay silent). Failing cells are probed again with a capture point at each end,
     ``max_evidence`` of them at most, all at once; then the failing cells are grouped by
     the container they share (a container whose every pair fails is one cause) and one cell
-    of each group is diagnosed, ``max_diagnoses`` groups at most: a diagnosis repeats its
-    probe and reads counters, one at a time per lab. The other cells of a group carry the
-    group's findings, with a note naming the cell they were diagnosed on. ``record`` hears
-    every failing cell's evidence (the plugin's ``evidence`` fixture).
+    of each group is sent through ``prober``, ``max_diagnoses`` groups at most: pass a
+    ``netcheck.diagnosing.DiagnosingProber`` (that records nothing) to have them diagnosed; a
+    diagnosis repeats its probe and reads counters, one at a time per lab. The other cells of
+    a group carry the group's findings, with a note naming the cell they were diagnosed on.
+    ``record`` hears every failing cell's evidence (the plugin's ``evidence`` fixture).
     """
 
     def __init__(
-        self, lab: Lab, *, record: Callable[[ProbeResult], None] | None = None, diagnoser: Diagnoser | None = None,
+        self, lab: Lab, *, record: Callable[[ProbeResult], None] | None = None, prober: Prober | None = None,
         timeout: float = 0.3, neighbours: Neighbours = "auto", max_evidence: int = 64, max_diagnoses: int = 4,
         evidence_timeout: float = 0.5,
     ) -> None:
         self.lab = lab
         self.record = record or (lambda _r: None)
-        self._plain = Prober(lab, diagnose=False)
-        self._diagnosing = Prober(lab, diagnoser=diagnoser)
+        self._plain = Prober(lab)
+        self._heads = prober or self._plain
         self.timeout = timeout
         self.neighbours = neighbours
         self.max_evidence = max_evidence
@@ -286,7 +275,7 @@ class Matrix:
         token = os.urandom(8)
         packets = [echo_request(ident, j, token) for j in range(n)]
         addresses = [(str(m.ip), 0) for m in members]
-        sources = [m.ip.packed for m in members]
+        sources = [str(m.ip) for m in members]
         by_fd = {s.fileno(): i for i, s in enumerate(socks)}
         errors: dict[tuple[int, int], str] = {}
         poller = select.epoll()
@@ -352,16 +341,15 @@ class Matrix:
         heads = [g[0] for g in groups]
         chosen = heads + [c for c in _spread(failing, n) if c not in set(heads)][: max(0, self.max_evidence - len(heads))]
 
-        def again(prober: Prober, i: int, j: int) -> Callable[[], ProbeResult]:
+        def again(i: int, j: int) -> ProbeRequest:
             a, b = members[i], members[j]
             expect: Literal["reach", "block"] = "reach" if want[i][j] else "block"
             timeout = self.evidence_timeout if expect == "reach" else min(self.evidence_timeout, self.timeout)
-            points = [self.lab.point(a.name), self.lab.point(b.name)]
-            return lambda: prober.icmp(a.name, b.ip, expect=expect, target=b.name, capture=points, timeout=timeout)
+            return ProbeRequest("icmp", a.name, b.ip, expect=expect, target=b.name, capture=(self.lab.point(a.name), self.lab.point(b.name)), timeout=timeout)
 
-        plain = dict(zip(chosen[len(heads):], self._plain.many([again(self._plain, i, j) for i, j in chosen[len(heads):]], workers=32), strict=True))
+        plain = dict(zip(chosen[len(heads):], self._plain.many([again(i, j) for i, j in chosen[len(heads):]], workers=32), strict=True))
         # Diagnoses run one at a time (they repeat the probe and read rule counters), after the plain probes.
-        diagnosed = {c: again(self._diagnosing, *c)() for c in heads}
+        diagnosed = {c: self._heads.send(again(*c)) for c in heads}
         results = {**plain, **diagnosed}
         shared: dict[tuple[int, int], Diagnosis] = {}
         for head, cells in groups:
@@ -429,40 +417,36 @@ def _common(cells: list[tuple[int, int]], members: list[_Member]) -> str | None:
         shared &= set(c)
     return members[min(shared)].name if shared and len(cells) > 1 else None
 
-def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[bytes], seen: list[list[bool]], errors: dict[tuple[int, int], str]) -> int | None:
+def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[str], seen: list[list[bool]], errors: dict[tuple[int, int], str]) -> int | None:
     """Mark the cell a packet answers: an echo reply from the right address, or an ICMP error
     quoting a probe. Returns the destination of a cell answered for the first time."""
-    if len(data) < 28:
+    ip = decode_ipv4(data)
+    icmp = ip.payload if ip is not None else None
+    if ip is None or not isinstance(icmp, ICMP):
         return None
-    ihl = (data[0] & 0x0F) * 4
-    kind = data[ihl]
-    if kind == ICMP_ECHOREPLY:
-        rid, seq = struct.unpack_from("!HH", data, ihl + 4)
-        if rid == ident and seq < len(sources) and data[12:16] == sources[seq] and data[ihl + 8 : ihl + 16] == token:
+    if icmp.type == ICMP_ECHOREPLY:
+        seq = icmp.seq
+        if icmp.ident == ident and seq is not None and seq < len(sources) and ip.src == sources[seq] and icmp.data[:8] == token:
             if seen[i][seq] or (i, seq) in errors:
                 return None
             seen[i][seq] = True
-            return int(seq)
+            return seq
         return None
-    inner = ihl + 8
-    if len(data) < inner + 28 or data[inner + 9] != 1:
+    if icmp.type not in (ICMP_UNREACH, ICMP_TIME_EXCEEDED) or icmp.quoted is None or not isinstance(icmp.quoted.payload, ICMP):
         return None
-    iihl = (data[inner] & 0x0F) * 4
-    if len(data) < inner + iihl + 8:
+    quoted = icmp.quoted.payload
+    seq = quoted.seq
+    if quoted.ident != ident or seq is None or seq >= len(sources) or seen[i][seq] or (i, seq) in errors:
         return None
-    rid, seq = struct.unpack_from("!HH", data, inner + iihl + 4)
-    if rid != ident or seq >= len(sources) or seen[i][seq] or (i, seq) in errors:
-        return None
-    name = "destination unreachable" if kind == ICMP_UNREACH else "time exceeded"
-    errors[(i, seq)] = f"ICMP {name} (code {data[ihl + 1]}) from {socket.inet_ntoa(data[12:16])}"
-    return int(seq)
+    errors[(i, seq)] = icmp.error_text(ip.src)
+    return seq
 
 
-def _in_turn(turns: threading.BoundedSemaphore, fn: Callable[..., None], *args: Any) -> None:
+def _in_turn(turns: threading.BoundedSemaphore, fn: Callable[_P, None], *args: _P.args, **kwargs: _P.kwargs) -> None:
     """Run ``fn`` when a turn is free: the kernel applies neighbour changes one at a time anyway,
     and a few batches in flight hold a few hundred requests, where all of them would hold N²."""
     with turns:
-        fn(*args)
+        fn(*args, **kwargs)
 
 
 def _mac(ns: Netns, interface: str) -> str:
@@ -472,7 +456,7 @@ def _mac(ns: Netns, interface: str) -> str:
     raise MatrixError(f"netns {ns.label} has no interface {interface}")
 
 
-def _all_at_once(futures: Sequence[Future[Any]]) -> list[Any]:
+def _all_at_once(futures: Sequence[Future[_T]]) -> list[_T]:
     """Wait for every future, then raise the first error (so no namespace is left mid-batch)."""
     errors = [e for e in (f.exception(timeout=60) for f in futures) if e is not None]
     if errors:
@@ -508,4 +492,4 @@ def describe(result: MatrixResult, limit: int = 20) -> str:
         lines.append(result.failures[0].explain())
     return "\n".join(lines)
 
-__all__ = ["Matrix", "MatrixError", "describe", "echo_request", "neighbour_budget", "probe_matrix"]
+__all__ = ["Matrix", "MatrixError", "describe", "neighbour_budget", "probe_matrix"]

@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from netcheck.evidence import verdict_passes
 from netcheck.report.model import Results, ResultsError, TestRecord, finding_line
-from netcheck.report.pcap import probe_failed
 
 FACTS = ("kernel", "distribution", "mode", "iptables_command")
 
@@ -32,7 +32,7 @@ def _top_finding(t: TestRecord) -> str:
 
 
 def _failing_probes(t: TestRecord) -> list[str]:
-    return sorted(f"{p.get('kind')} {p.get('source')} -> {p.get('destination')}: {p.get('verdict')}" for p in t.all_probes() if probe_failed(p))
+    return sorted(f"{p.get('kind')} {p.get('source')} -> {p.get('destination')}: {p.get('verdict')}" for p in t.all_probes() if not verdict_passes(p.get("expected", "reach"), p.get("verdict", "")))
 
 
 def _first_line(text: str) -> str:

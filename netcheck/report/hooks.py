@@ -27,7 +27,7 @@ def register(config: pytest.Config, settings: Settings) -> None:
 
 
 def _topology_name(item: pytest.Item) -> str | None:
-    from netcheck.activation import item_topology
+    from netcheck.settings import item_topology
 
     topo = item_topology(item)
     return topo.name if topo is not None else None

@@ -1,8 +1,8 @@
 """pcap files: every capture of a failing probe (or of every probe) as a classic pcap file.
 
-The format is libpcap's classic one (magic 0xa1b2c3d4, microsecond timestamps, link type 1 =
-Ethernet), which Wireshark, tshark and tcpdump all read. Timestamps are the probe's send time
-(``ProbeResult.started_at``) plus each packet's offset (``Packet.at_ms``).
+Written by scapy's ``PcapWriter`` (libpcap's classic format, microsecond timestamps, link
+type 1 = Ethernet), which Wireshark, tshark and tcpdump all read. Timestamps are the probe's
+send time (``ProbeResult.started_at``) plus each packet's offset (``Packet.at_ms``).
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from netcheck.evidence import verdict_passes
 from netcheck.report.model import Results
 
-MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -25,16 +24,17 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 def write_pcap(path: Path, frames: Iterable[tuple[float, bytes]]) -> int:
     """Write (epoch seconds, Ethernet frame) records to ``path``; returns how many were written."""
+    from scapy.utils import PcapWriter
+
     count = 0
-    with path.open("wb") as f:
-        f.write(struct.pack("<IHHiIII", MAGIC, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET))
+    with PcapWriter(str(path), linktype=LINKTYPE_ETHERNET, snaplen=SNAPLEN) as writer:
+        writer.write_header(None)  # an empty capture is still a valid file
         for ts, frame in frames:
             sec = int(ts)
             usec = round((ts - sec) * 1_000_000)
             if usec >= 1_000_000:
                 sec, usec = sec + 1, usec - 1_000_000
-            f.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)))
-            f.write(frame)
+            writer.write_packet(frame, sec=sec, usec=usec)
             count += 1
     return count
 
@@ -60,16 +60,6 @@ def safe_name(text: str, limit: int = 60) -> str:
     return cleaned[:limit]
 
 
-def probe_failed(probe: dict[str, Any]) -> bool:
-    """As ``ProbeResult.passed``, read from the JSON form."""
-    expected, verdict = probe.get("expected"), probe.get("verdict")
-    if expected == "observe":
-        return verdict == "inconclusive"
-    if expected == "reach":
-        return verdict != "reached"
-    return verdict != "unreachable"
-
-
 def write_all(results: Results, directory: Path, mode: str, link_base: Path) -> int:
     """Write the pcaps ``mode`` asks for (failed, all, none) into ``directory``; record each in
     ``test.pcaps`` with its path relative to ``link_base`` (the report's folder). Returns the count."""
@@ -79,7 +69,7 @@ def write_all(results: Results, directory: Path, mode: str, link_base: Path) -> 
     for ti, test in enumerate(results.tests):
         test.pcaps = []
         for pi, probe in enumerate(test.all_probes()):
-            if mode != "all" and not probe_failed(probe):
+            if mode != "all" and verdict_passes(probe["expected"], probe["verdict"]):
                 continue
             for capture in probe.get("captures", ()):
                 if not capture.get("started", True):

@@ -19,9 +19,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from netcheck.evidence import verdict_passes
 from netcheck.report import diagram
 from netcheck.report.model import Results, TestRecord, is_matrix
-from netcheck.report.pcap import probe_failed
 
 REPLY_LIMIT = 400
 # Every run fact the page shows, with its value when a results file lacks it.
@@ -204,7 +204,7 @@ def test_view(t: TestRecord, index: int, topo: dict[str, Any] | None, renderer: 
 
 
 def probe_view(p: dict[str, Any], index: int, pcaps: dict[str, str]) -> dict[str, Any]:
-    ok = not probe_failed(p)
+    ok = verdict_passes(p.get("expected", "reach"), p.get("verdict", ""))
     sent_src = str(p.get("source_address") or "")
     sent_dst = str(p.get("destination") or "")
     captures = []
@@ -410,7 +410,7 @@ def access_paths(tests: Sequence[TestRecord], topo: dict[str, Any] | None) -> li
                 "target": targets[dest],
                 "expected": p.get("expected", ""),
                 "verdict": p.get("verdict", ""),
-                "ok": not probe_failed(p),
+                "ok": verdict_passes(p.get("expected", "reach"), p.get("verdict", "")),
                 "saw": saw or "",
                 "kept": kept,
                 "replied_by": p.get("replied_by") or "",
