@@ -18,10 +18,10 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from netcheck import spec as S
 from netcheck.diagnose import rules as R
@@ -31,12 +31,13 @@ from netcheck.evidence import Finding, ProbeResult
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path
 from netcheck.lab import plan
-from netcheck.probes.capture import CaptureHub, CapturePoints
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
 
 NO_ADDRESS = IPv4Interface("0.0.0.0/32")
+
+T = TypeVar("T")
 
 
 class DoctorError(RuntimeError):
@@ -57,10 +58,13 @@ class LiveLab:
     containers: dict[str, Netns]
     knames: dict[str, str] = field(default_factory=dict)  # spec name -> kernel name (host side)
     title: str = ""
-    _captures: CapturePoints = field(init=False)
+    _attached: dict[object, tuple[Any, Callable[[Any], None]]] = field(default_factory=dict, init=False)
 
-    def __post_init__(self) -> None:
-        self._captures = CapturePoints(self.resolve_point)
+    def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
+        """What a user opens in these namespaces (the prober's capture points), released at ``close``."""
+        if key not in self._attached:
+            self._attached[key] = (make(), release)
+        return self._attached[key][0]  # type: ignore[no-any-return]
 
     def namespaces(self) -> dict[str, Netns]:
         out = {"host": self.host}
@@ -94,14 +98,13 @@ class LiveLab:
         ns = self.containers[label]
         return ns, iface or self.topology.container(label).interface, iface
 
-    def capture(self, point: str) -> CaptureHub:
-        return self._captures.get(point)
-
     def point(self, container: str) -> str:
         return f"{container}:{self.topology.container(container).interface}"
 
     def close(self) -> None:
-        self._captures.close()
+        while self._attached:
+            _key, (made, release) = self._attached.popitem()
+            release(made)
         for ns in self.namespaces().values():
             with contextlib.suppress(Exception):
                 ns.close()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from netcheck import spec as S
 from netcheck.kernel.netns import Netns
@@ -19,9 +19,6 @@ from netcheck.lab.mode import HostMode, mode_of, owned_routes
 from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, ProcessEntry, default_run_dir, process_starttime
 from netcheck.naming import KernelNames, new_tag
 from netcheck.services import ServiceHost
-
-if TYPE_CHECKING:
-    from netcheck.probes.capture import CaptureHub
 
 T = TypeVar("T")
 
@@ -151,18 +148,6 @@ class Lab:
             self._attached[key] = made
             self.on_teardown(lambda: release(made))
         return self._attached[key]  # type: ignore[return-value]
-
-    def capture(self, point: str) -> CaptureHub:
-        """The persistent capture socket at ``point``, opened on first use.
-
-        Kept for netcheck.probes.engine, which still asks the lab; once the prober holds its
-        capture points itself (``lab.attachment(CapturePoints, ...)``) this goes, and with it
-        the lab's only reference upward.
-        """
-        from netcheck.probes.capture import CapturePoints
-
-        points = self.attachment(CapturePoints, lambda: CapturePoints(self.resolve_point), CapturePoints.close)
-        return points.get(point)
 
     def release_held(self) -> list[str]:
         """Run every release registered with ``on_teardown``, newest first; returns their errors (each is tried)."""

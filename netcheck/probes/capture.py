@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from netcheck.evidence import Capture, Packet, Role
 from netcheck.kernel.netns import Netns
@@ -25,6 +25,8 @@ SO_TIMESTAMPNS = 35
 PACKET_OUTGOING = 4
 MAX_FRAME = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(16)
+
+T = TypeVar("T")
 
 
 # A matcher tells whether a decoded frame belongs to the probe: its role, or None.
@@ -203,6 +205,23 @@ class CapturePoints:
             for hub in self._hubs.values():
                 hub.close()
             self._hubs.clear()
+
+
+class HoldsAttachments(Protocol):
+    """A lab (or the doctor's view of live namespaces) that keeps what its users open in it, and releases it."""
+
+    def resolve_point(self, point: str) -> tuple[Netns, str, str]: ...
+
+    def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T: ...
+
+
+def capture_at(lab: HoldsAttachments, point: str) -> CaptureHub:
+    """The lab's persistent capture socket at ``point``, opened on first use and closed at its teardown.
+
+    The capture points are the prober's, held by the lab as an attachment: the lab never knows their type.
+    """
+    points = lab.attachment(CapturePoints, lambda: CapturePoints(lab.resolve_point), CapturePoints.close)
+    return points.get(point)
 
 
 def _stamp(anc: list[tuple[int, int, bytes]]) -> float | None:

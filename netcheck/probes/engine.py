@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from netcheck.evidence import Capture, Expectation, IPAddress, ProbeKind, ProbeRequest, ProbeResult, RequestError, Verdict
 from netcheck.kernel.netns import Netns
 from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, decode, decode_ipv4, echo_request
-from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, icmp_flow, port_flow
+from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, port_flow
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -123,7 +123,7 @@ class Prober:
 
     def _captures(self, points: Iterable[str]) -> list[CaptureHub]:
         """The lab's persistent capture points, open (started) before anything is sent."""
-        return [self.lab.capture(point) for point in points]
+        return [capture_at(self.lab, point) for point in points]
 
     def _token(self) -> str:
         """A token the services echo back: names a TCP or UDP probe in their replies."""
