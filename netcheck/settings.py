@@ -106,8 +106,18 @@ def marker_topologies(node: Any, default: tuple[spec.Topology, ...]) -> tuple[sp
     if marker is None or "topologies" not in marker.kwargs:
         return default
     wanted = marker.kwargs["topologies"]
+    where = f"{getattr(node, 'nodeid', node)}: @pytest.mark.netcheck(topologies=...)"
+    if isinstance(wanted, str) or not isinstance(wanted, (list, tuple)) or not all(isinstance(w, str) for w in wanted):
+        pytest.fail(f"{where}: topologies = {wanted!r}: give a list of built-in names or spec files, e.g. topologies=[\"seed1\"]", pytrace=False)
     by_name = {t.name: t for t in default}
-    return tuple(by_name.get(w) or spec.resolve(w) for w in wanted)
+    out = []
+    for w in wanted:
+        try:
+            out.append(by_name.get(w) or spec.resolve(w))
+        except spec.SpecError as exc:
+            # A collection error of this test alone, one line, no traceback.
+            pytest.fail(f"{where}: {exc}", pytrace=False)
+    return tuple(out)
 
 
 TOPOLOGY_FIXTURE = "netcheck_topology"  # the fixture pytest_generate_tests parametrizes with the topologies in play

@@ -176,3 +176,18 @@ def test_a_check_skipped_for_a_missing_tool_fails_under_ci(pytester: pytest.Pyte
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(**{outcome: 1})
     assert "apt-get install frobnicate" in result.stdout.str()
+
+
+@pytest.mark.parametrize("value", ['["seed9"]', '"seed1"', '["/no/such/spec.toml"]'])
+def test_a_bad_topology_in_a_marker_is_one_clear_error(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makepyfile(test_marked=f"""
+import pytest
+
+@pytest.mark.netcheck(topologies={value})
+def test_x(netcheck_topology):
+    pass
+""")
+    result = pytester.runpytest_subprocess("--netcheck-report=none", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error: that test is not run, and the run fails
+    out = result.stdout.str()
+    assert "test_marked.py::test_x: @pytest.mark.netcheck(topologies=...)" in out and "Traceback" not in out and "raise " not in out, out

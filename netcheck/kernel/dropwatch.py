@@ -140,8 +140,11 @@ class DropWatch:
         why = unavailable()
         if why:
             raise DropWatchError(f"cannot watch the kernel's drops: {why}")
-        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", LAUNCH, "bpftrace", "-e", PROGRAM]
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Line-buffered output (each drop reaches us at once), and a ring buffer big enough that a busy
+        # machine's drops are not lost before bpftrace reads them (bpftrace says "Lost N events" if they are).
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", LAUNCH, "bpftrace", "-B", "line", "-e", PROGRAM]
+        env = {**os.environ, "BPFTRACE_PERF_RB_PAGES": "1024"}
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self._record(self._proc.pid)
         self._reader = threading.Thread(target=self._read, name="netcheck-dropwatch", daemon=True)
         self._reader.start()
@@ -182,6 +185,11 @@ class DropWatch:
             raise DropWatchError(str(exc)) from None
         if not self._ready:
             raise DropWatchError(f"cannot watch the kernel's drops: {self._ended}")
+
+    def recent_output(self) -> str:
+        """What bpftrace printed besides drops (warnings, "Lost N events"), for messages."""
+        with self._cv:
+            return " | ".join(self._lines)
 
     @property
     def ready(self) -> bool:
