@@ -107,12 +107,14 @@ def test_cli_validate_refuses_hostile_files(kind: str, fifo: Path) -> None:
     assert f"{path}: (file) = " in done.stderr and "is not a regular file" in done.stderr, done.stderr
 
 
-def test_pytest_refuses_a_fifo_topology(pytester: pytest.Pytester, fifo: Path) -> None:
+@pytest.mark.parametrize(("kind", "what"), [("fifo", "a FIFO"), ("/dev/zero", "a device")])
+def test_pytest_refuses_a_hostile_topology(pytester: pytest.Pytester, fifo: Path, kind: str, what: str) -> None:
     pytester.makepyfile("def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess(f"--netcheck-topology={fifo}", "--netcheck-report=none", "-p", "no:cacheprovider", timeout=120)
+    path = str(fifo) if kind == "fifo" else kind
+    result = pytester.runpytest_subprocess(f"--netcheck-topology={path}", "--netcheck-report=none", "-p", "no:cacheprovider", timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    assert "is not a regular file (a FIFO)" in result.stderr.str()
-    assert "Traceback" not in result.stderr.str()
+    assert f"{path}: (file) = {path!r}: is not a regular file ({what})" in result.stderr.str(), result.stderr.str()
+    assert "Traceback" not in result.stderr.str() and "MemoryError" not in result.stderr.str()
 
 
 # --------------------------------------------------------------------------- every mistake at once
