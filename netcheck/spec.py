@@ -69,6 +69,10 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.source}: {self.key} = {_show(self.value)}: {self.problem}. Fix: {self.fix}"
 
+    def as_dict(self) -> dict[str, str]:
+        """A JSON-ready view (``value`` as the message shows it), e.g. for ``netcheck validate --json``."""
+        return {"source": self.source, "key": self.key, "value": _show(self.value), "problem": self.problem, "fix": self.fix}
+
 
 class SpecError(ValueError):
     """A spec is invalid. ``problems`` holds every mistake found, each on a line of ``str()``.

@@ -134,6 +134,7 @@ def test_three_mistakes_give_three_errors() -> None:
     lines = str(err).splitlines()
     assert len(lines) == 3 and all(line.startswith(f"{THREE}: ") and ". Fix: " in line for line in lines), lines
     assert (err.key, err.fix) == (err.problems[0].key, err.problems[0].fix)
+    assert err.problems[2].as_dict() == {"source": str(THREE), "key": "publish[0].port", "value": "5000", "problem": err.problems[2].problem, "fix": err.problems[2].fix}
 
 
 def test_cli_validate_prints_every_error() -> None:
