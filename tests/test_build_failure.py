@@ -252,7 +252,6 @@ KERNEL_REFUSES = {
     # (change to seed1, phrase the error must contain)
     "unknown sysctl": (('"net.ipv4.ip_forward" = 1', '"net.ipv4.ip_forward" = 1\n"net.ipv4.no_such_knob" = 1'),
                        "sysctl net.ipv4.no_such_knob does not exist"),
-    # (port 5000 keeps its service: the spec refuses a published port with nothing behind it)
     "service on netcheck's echo port": (('services = [{ kind = "http", port = 5000 }]', 'services = [{ kind = "http", port = 5000 }, { kind = "http", port = 7 }]'),
                                         "netns0: cannot listen for tcp-echo on 0.0.0.0:7/tcp"),
 }
