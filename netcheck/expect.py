@@ -93,3 +93,8 @@ def published_from_outside(t: S.Topology, p: S.Publish) -> bool:
 def published_from_container(t: S.Topology, p: S.Publish, src: str) -> bool:
     """Does container ``src`` reach a published port through the host's address (PREROUTING DNAT, then a hairpin)?"""
     return p.from_outside and hairpin(t, src, p.container)
+
+
+def vip_from_container(t: S.Topology, v: S.Vip, src: str) -> bool:
+    """Does container ``src`` reach a VIP (PREROUTING jumps to its chain, then a hairpin to the container behind it)?"""
+    return v.from_outside and hairpin(t, src, v.container)

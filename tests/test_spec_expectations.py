@@ -2,7 +2,7 @@
 
 - FORWARD DROP accepting only the uplink: the bridge matrix expects the containers kept apart, so
   the DNAT access paths must not expect a hairpin between them (``expect.hairpin`` ignored FORWARD).
-- ``[[publish]] protocol = "udp"``: probed with the UDP echo, not HTTP.
+- ``[[publish]] protocol = "udp"`` (and a UDP ``[[vip]]``): probed with the UDP echo, not HTTP.
 - The minimal spec (a bridge and two containers, the rest defaults).
 
 The pure part (what each spec promises) runs anywhere; the suite runs need root.
@@ -49,10 +49,20 @@ def test_a_publish_only_from_the_host_is_no_hairpin() -> None:
     assert not expect.published_from_outside(t, publish)
 
 
-def test_the_udp_publish_has_a_udp_service_behind_it() -> None:
+def test_the_udp_publish_and_vip_have_a_udp_service_behind_them() -> None:
     t = spec.load(UDP_PUBLISH)
-    udp = [p for p in t.publishes if p.protocol == "udp"]
-    assert udp and all(any(s.kind == "udp-echo" and s.port == p.port for s in t.container(p.container).services) for p in udp)
+    udp = [(p.container, p.port) for p in t.publishes if p.protocol == "udp"] + [(v.container, v.target_port) for v in t.vips if v.protocol == "udp"]
+    assert len(udp) == 2 and all(any(s.kind == "udp-echo" and s.port == port for s in t.container(name).services) for name, port in udp)
+    (vip,) = t.vips
+    assert expect.vip_from_container(t, vip, "netns1")
+
+
+def test_a_vip_only_from_the_host_is_no_hairpin() -> None:
+    text = (REPO / "netcheck/topologies/seed2.toml").read_text("utf-8").replace('chain = "VIP-EXAMPLE"', 'chain = "VIP-EXAMPLE"\nfrom_outside = false')
+    t = spec.loads(text, "<seed2, OUTPUT only>")
+    (vip,) = t.vips
+    assert not vip.from_outside and expect.hairpin(t, "http3", "http2")
+    assert not expect.vip_from_container(t, vip, "http3"), "without the PREROUTING jump a container's request is not redirected"
 
 
 @pytest.mark.root
