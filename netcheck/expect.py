@@ -1,4 +1,8 @@
-"""What a topology promises: which flows should pass, computed from the spec alone."""
+"""What a topology promises: which flows should pass, computed from the spec alone.
+
+One function answers each question, from the spec's rules (sysctls, the FORWARD policy and
+accepts, MASQUERADE, DNAT), so that the suites, the matrix and the diagnosis all expect the same.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,11 @@ def forward_allowed(t: S.Topology, in_iface: str, out_iface: str) -> bool:
     return t.host.forward_policy == "ACCEPT"
 
 
+def routed(t: S.Topology, in_iface: str, out_iface: str) -> bool:
+    """Does the host route packets from in_iface to out_iface and their replies back (ip_forward, FORWARD both ways)?"""
+    return t.host.sysctl("net.ipv4.ip_forward") == 1 and forward_allowed(t, in_iface, out_iface) and forward_allowed(t, out_iface, in_iface)
+
+
 def same_l2(t: S.Topology, a: str, b: str) -> bool:
     ca, cb = t.container(a), t.container(b)
     return ca.bridge is not None and ca.bridge == cb.bridge
@@ -33,18 +42,13 @@ def reaches(t: S.Topology, a: str, b: str) -> bool:
         br = t.container(a).bridge
         assert br is not None
         return forward_allowed(t, br, br)
-    if t.host.sysctl("net.ipv4.ip_forward") != 1:
-        return False
-    return forward_allowed(t, host_side(t, a), host_side(t, b)) and forward_allowed(t, host_side(t, b), host_side(t, a))
+    return routed(t, host_side(t, a), host_side(t, b))
 
 
 def reaches_outside(t: S.Topology, a: str) -> bool:
     """Should container ``a`` reach the outside world (with a reply coming back)?"""
     c = t.container(a)
-    if c.gateway is None or t.host.sysctl("net.ipv4.ip_forward") != 1:
-        return False
-    side = host_side(t, a)
-    if not (forward_allowed(t, side, t.host.uplink) and forward_allowed(t, t.host.uplink, side)):
+    if c.gateway is None or not routed(t, host_side(t, a), t.host.uplink):
         return False
     return masqueraded(t, a)
 
@@ -65,13 +69,32 @@ def masqueraded(t: S.Topology, a: str, out: str | None = None) -> bool:
 
 
 def hairpin(t: S.Topology, src: str, dst: str) -> bool:
-    """Does a DNAT from ``src`` to ``dst`` on the same bridge get its reply un-NATed?
+    """Does ``src`` reach ``dst`` through a DNAT on the host (a published port, a VIP), reply included?
 
-    The reply goes straight across the bridge unless br_netfilter hands bridged frames to
-    iptables (bridge-nf-call-iptables=1), or a MASQUERADE rewrote the request so the reply
-    returns through the host.
+    The DNATed request is routed from ``src``'s side of the host to ``dst``'s, so it needs
+    ip_forward and the FORWARD chain's accept (on one bridge: in and out by that bridge). On one
+    bridge, the reply goes straight across it unless br_netfilter hands bridged frames to iptables
+    (bridge-nf-call-iptables=1), or a MASQUERADE rewrote the request so the reply returns through
+    the host.
     """
+    if not routed(t, host_side(t, src), host_side(t, dst)):
+        return False
     if not same_l2(t, src, dst):
         return True
     bridge = t.container(src).bridge
     return t.host.sysctl("net.bridge.bridge-nf-call-iptables") != 0 or masqueraded(t, src, out=bridge)
+
+
+def published_from_outside(t: S.Topology, p: S.Publish) -> bool:
+    """Does the outside world reach a published port (PREROUTING DNAT, then routed from the uplink)?"""
+    return p.from_outside and routed(t, t.host.uplink, host_side(t, p.container))
+
+
+def published_from_container(t: S.Topology, p: S.Publish, src: str) -> bool:
+    """Does container ``src`` reach a published port through the host's address (PREROUTING DNAT, then a hairpin)?"""
+    return p.from_outside and hairpin(t, src, p.container)
+
+
+def vip_from_container(t: S.Topology, v: S.Vip, src: str) -> bool:
+    """Does container ``src`` reach a VIP (PREROUTING jumps to its chain, then a hairpin to the container behind it)?"""
+    return v.from_outside and hairpin(t, src, v.container)

@@ -69,6 +69,10 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.source}: {self.key} = {_show(self.value)}: {self.problem}. Fix: {self.fix}"
 
+    def as_dict(self) -> dict[str, str]:
+        """A JSON-ready view (``value`` as the message shows it), e.g. for ``netcheck validate --json``."""
+        return {"source": self.source, "key": self.key, "value": _show(self.value), "problem": self.problem, "fix": self.fix}
+
 
 class SpecError(ValueError):
     """A spec is invalid. ``problems`` holds every mistake found, each on a line of ``str()``.
@@ -1071,6 +1075,17 @@ def _validate(t: Topology, problems: _Problems) -> None:
     for j, route in enumerate(t.wan.routes):
         if route.via not in t.wan.address.network:
             fail(f"wan.routes[{j}].via", str(route.via), f"is not on the uplink subnet {t.wan.address.network}", f'route via the host, "{t.host.address.ip}"', ["wan.address"])
+    for i, c in enumerate(t.containers):
+        served: dict[tuple[Transport, int], int] = {}
+        for j, svc in enumerate(c.services):
+            key = f"container[{i}].services[{j}]"
+            if problems.wrong(key):
+                continue
+            if (svc.protocol, svc.port) in served:
+                first = served[(svc.protocol, svc.port)]
+                problems.add(f"{key}.port", svc.port, f"services[{first}] already listens on {svc.protocol} port {svc.port} in {c.name}, so this one could not start",
+                             "give each service of a container its own port (an http and a udp-echo may share one)", [f"container[{i}].services[{first}]"])
+            served.setdefault((svc.protocol, svc.port), j)
     if t.setup.mode == "script":
         _check_env_names(t, problems)
 

@@ -16,17 +16,23 @@ def _publishes(lab):
     return lab.topology.publishes
 
 
+def _published(probe, p, src, dst, **kw):
+    """Probe a published port with its own protocol: HTTP for tcp, the UDP echo for udp."""
+    send = probe.udp if p.protocol == "udp" else probe.http
+    return send(src, dst, p.host_port, **kw)
+
+
 def test_published_port_reached_from_outside(lab, probe):
-    """PREROUTING: the outside world reaches host_address:host_port, and the container's page answers."""
+    """PREROUTING: the outside world reaches host_address:host_port, and the container's service answers."""
     t = lab.topology
     for p in _publishes(lab):
-        if not p.from_outside:
+        if not promise.published_from_outside(t, p):
             continue
         c = t.container(p.container)
-        r = expect(probe.http("wan", t.host.address.ip, p.host_port, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        r = expect(_published(probe, p, "wan", t.host.address.ip, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
         seen(r, "wan:uplink", dst=str(t.host.address.ip), dport=p.host_port)
         seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
-        assert r.reply and f"container={c.name}" in r.reply, f"the page did not come from {c.name}: {r.reply!r}"
+        assert r.reply and f"container={c.name}" in r.reply, f"the reply did not come from {c.name}: {r.reply!r}"
 
 
 def test_published_port_reached_from_the_host(lab, probe):
@@ -36,7 +42,7 @@ def test_published_port_reached_from_the_host(lab, probe):
         if not p.from_host:
             continue
         c = t.container(p.container)
-        r = expect(probe.http("host", t.host.address.ip, p.host_port, target=c.name, capture=[lab.point(c.name)]))
+        r = expect(_published(probe, p, "host", t.host.address.ip, target=c.name, capture=[lab.point(c.name)]))
         seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
 
 
@@ -64,12 +70,12 @@ def test_source_address_seen_on_each_access_path(lab, probe):
     rows = []
     for p in _publishes(lab):
         c = t.container(p.container)
-        paths = [("outside", "wan", "reach" if p.from_outside else "observe"), ("host", "host", "reach" if p.from_host else "observe")]
+        paths = [("outside", "wan", "reach" if promise.published_from_outside(t, p) else "observe"), ("host", "host", "reach" if p.from_host else "observe")]
         # Hairpin (another container through the host address): expected only where the spec makes it work.
-        paths += [(f"hairpin from {o.name}", o.name, "reach" if promise.hairpin(t, o.name, c.name) else "observe") for o in t.containers if o.name != c.name]
+        paths += [(f"hairpin from {o.name}", o.name, "reach" if promise.published_from_container(t, p, o.name) else "observe") for o in t.containers if o.name != c.name]
         paths.append((f"{c.name} to its own published port", c.name, "observe"))
         for label, src, exp in paths:
-            r = probe.http(src, t.host.address.ip, p.host_port, target=c.name, expect=exp, capture=[lab.point(c.name)])
+            r = _published(probe, p, src, t.host.address.ip, target=c.name, expect=exp, capture=[lab.point(c.name)])
             rows.append((label, r))
     for label, r in rows:
         if r.expected == "reach":

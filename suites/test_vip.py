@@ -16,13 +16,19 @@ def _vips(lab):
     return lab.topology.vips
 
 
+def _to_vip(probe, v, src, **kw):
+    """Probe a VIP with its own protocol: HTTP for tcp, the UDP echo for udp."""
+    send = probe.udp if v.protocol == "udp" else probe.http
+    return send(src, v.address, v.port, **kw)
+
+
 def test_vip_from_the_host(lab, probe):
     t = lab.topology
     for v in _vips(lab):
         if not v.from_host:
             continue
         c = t.container(v.container)
-        r = expect(probe.http("host", v.address, v.port, target=c.name, capture=[lab.point(c.name)]))
+        r = expect(_to_vip(probe, v, "host", target=c.name, capture=[lab.point(c.name)]))
         seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
 
 
@@ -34,7 +40,7 @@ def test_vip_from_the_outside(lab, probe):
         if not any(v.address in r.to for r in t.wan.routes):
             pytest.skip(f"{t.name}: the outside world has no route to the VIP {v.address}")
         c = t.container(v.container)
-        r = expect(probe.http("wan", v.address, v.port, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        r = expect(_to_vip(probe, v, "wan", target=c.name, capture=["wan:uplink", lab.point(c.name)]))
         seen(r, "wan:uplink", dst=str(v.address), dport=v.port)
         seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
 
@@ -47,8 +53,8 @@ def test_vip_from_another_container(lab, probe):
         if not others:
             pytest.skip(f"{t.name}: no other container to use the VIP from")
         for o in others:
-            exp = "reach" if promise.hairpin(t, o.name, c.name) else "observe"
-            r = expect(probe.http(o.name, v.address, v.port, target=c.name, expect=exp, capture=[lab.point(o.name), lab.point(c.name)]))
+            exp = "reach" if promise.vip_from_container(t, v, o.name) else "observe"
+            r = expect(_to_vip(probe, v, o.name, target=c.name, expect=exp, capture=[lab.point(o.name), lab.point(c.name)]))
             if exp == "reach":
                 seen(r, lab.point(o.name), dst=str(v.address))
                 seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)

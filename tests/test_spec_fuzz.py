@@ -263,6 +263,12 @@ def load_or_refuse(text: str) -> spec.Topology | spec.SpecError:
         msg = str(exc)
         assert msg.startswith(f"{SOURCE}: {exc.key} = "), msg
         assert exc.key and exc.problem and exc.fix and ". Fix: " in msg, msg
+        # Every problem is reported, each on its own line, each complete, at most one per key.
+        assert msg.splitlines() == [str(p) for p in exc.problems], msg
+        for p in exc.problems:
+            assert str(p).startswith(f"{SOURCE}: {p.key} = ") and p.key and p.problem and p.fix, p
+        keys = [p.key for p in exc.problems]
+        assert len(set(keys)) == len(keys), f"a key reported twice: {keys}"
         return exc
     assert isinstance(t, spec.Topology)
     check_invariants(t)
