@@ -89,9 +89,10 @@ def _validate(args: argparse.Namespace) -> int:
             t = resolve(ref)
         except SpecError as exc:
             status = 2
-            rows.append({"file": ref, "ok": False, "error": str(exc)})
+            rows.append({"file": ref, "ok": False, "error": str(exc), "problems": [p.as_dict() for p in exc.problems]})
             if not args.json:
-                print(f"error: {exc}", file=sys.stderr)
+                for problem in exc.problems or [exc]:
+                    print(f"error: {problem}", file=sys.stderr)
             continue
         rows.append({"file": ref, "ok": True, "topology": t.name, "containers": len(t.containers)})
         if not args.json:
