@@ -240,6 +240,7 @@ class ProbeResult:
     diagnosis: Diagnosis | None = None
     started_at: float = 0.0  # epoch seconds when the probe was sent (pcap timestamps)
     labels: dict[str, str] = field(default_factory=dict)
+    service: Literal["netcheck", "user"] = "netcheck"  # whose service answered: netcheck's, or one the user's setup runs
 
     @property
     def kind(self) -> ProbeKind:
@@ -295,7 +296,9 @@ class ProbeResult:
             for p in c.packets[:6]:
                 lines.append(f"  {c.point:<24} {p.proto} {p.flow} ttl={p.ttl} {p.info} ({p.src_mac} > {p.dst_mac})")
         if self.service_saw:
-            lines.append(f"  service {self.replied_by} saw the client as {self.service_saw}")
+            whose = "the user's own service in" if self.service == "user" else "service"
+            how = " (read from the capture inside the container: that service does not report it)" if self.service == "user" else ""
+            lines.append(f"  {whose} {self.replied_by} saw the client as {self.service_saw}{how}")
         return "\n".join(lines)
 
     def with_diagnosis(self, diagnosis: Diagnosis) -> ProbeResult:

@@ -9,6 +9,7 @@ checks need.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import selectors
 import signal
@@ -31,6 +32,7 @@ class Listener:
     kind: str  # http, tcp-echo, udp-echo
     address: str
     port: int
+    owner: str = "netcheck"  # "user": the user's setup already serves this port (netcheck probes that service)
 
 
 def reply_text(container: str, kind: str, peer: tuple[str, int], request: bytes) -> bytes:
@@ -60,8 +62,13 @@ class ServiceHost:
         self._thread = threading.Thread(target=self._loop, name="netcheck-services", daemon=True)
         self._thread.start()
 
-    def listen(self, ns: Netns, container: str, kind: str, port: int, address: str = "0.0.0.0") -> Listener:
-        """Open a listening socket inside ``ns`` and serve it (port 0: any free port)."""
+    def listen(self, ns: Netns, container: str, kind: str, port: int, address: str = "0.0.0.0", *, users_may_serve: bool = False) -> Listener:
+        """Open a listening socket inside ``ns`` and serve it (port 0: any free port).
+
+        With ``users_may_serve``, a port that something in the container serves already (the seeds'
+        own ``python3 -m http.server``) is the user's: it is recorded as such, and probes take that
+        service's answer.
+        """
         udp = kind == "udp-echo"
 
         def make() -> socket.socket:
@@ -81,9 +88,21 @@ class ServiceHost:
             sock = ns.call(make)
         except OSError as exc:
             proto = "udp" if udp else "tcp"
+            if users_may_serve and exc.errno == errno.EADDRINUSE:
+                listener = Listener(container, kind, address, port, owner="user")
+                with self._lock:
+                    self.listeners.append(listener)
+                return listener
             raise OSError(exc.errno, f"{container}: cannot listen for {kind} on {address}:{port}/{proto} in netns {ns.name}: {exc.strerror} "
                           f"(is port {port}/{proto} taken by another service of {container}, or by netcheck's echo responders on port 7?)") from None
         return self.adopt(sock, Listener(container, kind, address, sock.getsockname()[1]))
+
+    def user_service(self, container: str, port: int, protocol: str) -> Listener | None:
+        """The user's own service at a container's port, if the user's setup serves it (not netcheck)."""
+        udp = protocol == "udp"
+        with self._lock:
+            return next((x for x in self.listeners if x.owner == "user" and x.container == container and x.port == port
+                         and (x.kind == "udp-echo") == udp), None)
 
     def adopt(self, sock: socket.socket, listener: Listener) -> Listener:
         """Serve a listening socket opened elsewhere (in its namespace) for ``listener``."""

@@ -32,7 +32,7 @@ def test_published_port_reached_from_outside(lab, probe):
         r = expect(_published(probe, p, "wan", t.host.address.ip, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
         seen(r, "wan:uplink", dst=str(t.host.address.ip), dport=p.host_port)
         seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
-        assert r.reply and f"container={c.name}" in r.reply, f"the reply did not come from {c.name}: {r.reply!r}"
+        assert r.reply and r.replied_by == c.name, f"the reply did not come from {c.name} ({r.service}'s service): {r.reply!r}"
 
 
 def test_published_port_reached_from_the_host(lab, probe):

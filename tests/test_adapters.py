@@ -105,3 +105,28 @@ def test_a_cni_plugin_type_cannot_name_another_program(tmp_path: Path) -> None:
         with pytest.raises(spec.SpecError) as info:
             load_config(conf, "my.toml")
         assert "plugins[1].type" in str(info.value) and "not a CNI plugin name" in str(info.value)
+
+
+def test_the_users_own_service_is_probed_and_said_to_be_theirs(run_suites, repo: Path, tmp_path: Path) -> None:
+    """Tutorial 1 with its own http.server on the published port: the DNAT suite passes on that server's
+    answers (it used to fail every test with "Address already in use"), and the evidence says whose it was."""
+    base = (EXAMPLES / "script-tutorial1.toml").read_text()
+    script = EXAMPLES / "script-tutorial1-own-server.sh"
+    text = base.replace('name = "script-tutorial1"', 'name = "script-tutorial1-own-server"').replace(
+        'command = ["sh", "script-tutorial1.sh"]', f'command = ["sh", "{script}"]').replace(
+        'teardown = ["sh", "script-tutorial1-down.sh"]', f'teardown = ["sh", "{EXAMPLES / "script-tutorial1-down.sh"}"]')
+    assert "own-server" in text and str(script) in text
+    spec_file = tmp_path / "own-server.toml"
+    spec_file.write_text(text)
+    report = tmp_path / "r.html"
+    result = run_suites(str(repo / "suites" / "test_dnat.py"), f"--netcheck-topology={spec_file}", report=str(report))
+    outcomes = result.parseoutcomes()
+    assert not outcomes.get("failed") and not outcomes.get("error") and outcomes.get("passed", 0) >= 3, result.stdout.str()[-4000:]
+    from netcheck.report.model import Results
+
+    probes = [p for t in Results.load(report.with_suffix(".json")).tests for p in t.probes]
+    users = [p for p in probes if p.get("service") == "user"]
+    assert users, "no probe says the user's own service answered"
+    for p in users:
+        assert p["replied_by"] == "netns0" and p["verdict"] == "reached" and p["service_saw"], p
+        assert "Directory listing" in (p.get("reply") or "") or "HTTP" in (p.get("reply") or ""), p.get("reply")

@@ -34,6 +34,7 @@ from netcheck.lab import plan
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
+    from netcheck.services import ServiceHost
 
 NO_ADDRESS = IPv4Interface("0.0.0.0/32")
 
@@ -58,6 +59,7 @@ class LiveLab:
     containers: dict[str, Netns]
     knames: dict[str, str] = field(default_factory=dict)  # spec name -> kernel name (host side)
     title: str = ""
+    services: ServiceHost | None = None  # netcheck serves nothing in namespaces it only looks at
     _attached: dict[object, tuple[Any, Callable[[Any], None]]] = field(default_factory=dict, init=False)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:

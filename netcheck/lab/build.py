@@ -145,8 +145,11 @@ def services(lab: Lab) -> ServiceHost:
     lab.on_teardown(held.close)
     for c in lab.topology.containers:
         ns = lab.containers[c.name]
-        for s in (*c.services, S.Service("tcp-echo", ECHO_PORT), S.Service("udp-echo", ECHO_PORT)):
-            held.listen(ns, c.name, s.kind, s.port)
+        for s in c.services:
+            # Where the user's own setup already serves the port (a script's http.server), probe that service.
+            held.listen(ns, c.name, s.kind, s.port, users_may_serve=True)
+        for kind in ("tcp-echo", "udp-echo"):
+            held.listen(ns, c.name, kind, ECHO_PORT)
     for kind in ("tcp-echo", "udp-echo"):
         held.listen(lab.wan, "wan", kind, ECHO_PORT)
     return held

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from typing import TYPE_CHECKING
 
@@ -201,7 +202,8 @@ class Prober:
         token = self._token()
         message = f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n".encode() if http else _echo_line(token, request)
         sock, eport = _client(ns, socket.SOCK_STREAM)
-        caps = self._captures(request.capture)
+        users = self._users_service_point(request)
+        caps = self._captures(request.capture if users is None or users in request.capture else (*request.capture, users))
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
         rtt = None
@@ -241,7 +243,24 @@ class Prober:
         if not src_addr:
             src_addr = self._source_address(request.source, ns, dst)
         sent = ("HTTP GET /" if http else "TCP echo") + f" token={token} from port {eport}"
+        if users is not None and connected and replied_by is None and verdict == "wrong-target":
+            # The user's own service answered (it does not speak netcheck's line): the request seen
+            # arriving inside the target container is the evidence of who answered and what it saw.
+            arrived = next((c.first("request") for c in captures if c.point == users), None)
+            if arrived is not None:
+                result = self._result(request, iface, src_addr, sent, "reached", captures, t0, rtt, None, reply, request.target, f"{arrived.src}:{arrived.sport}")
+                return replace(result, service="user")
+            error = f"{error}; the user's own service holds port {port} in {request.target}, but the request was not seen arriving there"
         return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, replied_by, saw)
+
+    def _users_service_point(self, request: ProbeRequest) -> str | None:
+        """The capture point inside the target container when the user's own service holds the port there."""
+        services = self.lab.services
+        if request.target is None or request.port is None or services is None:
+            return None
+        if services.user_service(request.target, request.port, request.protocol) is None:
+            return None
+        return self.lab.point(request.target)
 
     def _datagram(self, request: ProbeRequest) -> ProbeResult:
         dst, port, timeout = _ipv4(request), request.port, _timeout(request)

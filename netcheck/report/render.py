@@ -235,6 +235,7 @@ def probe_view(p: dict[str, Any], index: int, pcaps: dict[str, str]) -> dict[str
         "reply": p.get("reply"),
         "replied_by": p.get("replied_by"),
         "service_saw": p.get("service_saw"),
+        "service": p.get("service", "netcheck"),
         "rtt": p.get("rtt_ms"),
         "error": p.get("error"),
         "labels": p.get("labels") or {},
@@ -413,6 +414,6 @@ def access_paths(tests: Sequence[TestRecord], topo: dict[str, Any] | None) -> li
                 "ok": verdict_passes(p.get("expected", "reach"), p.get("verdict", "")),
                 "saw": saw or "",
                 "kept": kept,
-                "replied_by": p.get("replied_by") or "",
+                "replied_by": (p.get("replied_by") or "") + (" (the user's own service)" if p.get("service") == "user" else ""),
             })
     return rows
