@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Protocol
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, nft_missing
 from netcheck.lab.plan import DEFAULT_ROUTE, ECHO_PORT, ContainerPlan, Plan, plan
@@ -42,7 +42,7 @@ class Network(Protocol):
 class SpecNetwork:
     """The network the spec declares: bridges, containers, their routes and the host's rules."""
 
-    def __init__(self, topology: S.Topology) -> None:
+    def __init__(self, topology: spec.Topology) -> None:
         self.topology = topology
 
     def host_names(self, lab: Lab) -> dict[str, str]:
@@ -145,7 +145,7 @@ def services(lab: Lab) -> ServiceHost:
     lab.on_teardown(held.close)
     for c in lab.topology.containers:
         ns = lab.containers[c.name]
-        for s in (*c.services, S.Service("tcp-echo", ECHO_PORT), S.Service("udp-echo", ECHO_PORT)):
+        for s in (*c.services, spec.Service("tcp-echo", ECHO_PORT), spec.Service("udp-echo", ECHO_PORT)):
             held.listen(ns, c.name, s.kind, s.port)
     for kind in ("tcp-echo", "udp-echo"):
         held.listen(lab.wan, "wan", kind, ECHO_PORT)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import Backend, choose_backend, read_legacy, read_nft_chains
 from netcheck.lab.plan import DEFAULT_ROUTE
@@ -59,7 +59,7 @@ class HostMode(Protocol):
     def chains_held(self, host: Netns, chains: Sequence[tuple[str, str]], backend: Backend) -> set[tuple[str, str]]:
         """Of the custom chains the rules need, those the host has already (never removed)."""
 
-    def forward_policies(self, t: S.Topology) -> list[tuple[str, str, str]]:
+    def forward_policies(self, t: spec.Topology) -> list[tuple[str, str, str]]:
         """The (table, chain, policy) the builder sets."""
 
     def may_send_to(self, lab: Lab, address: str) -> bool:
@@ -94,7 +94,7 @@ class Sandbox:
     def chains_held(self, host: Netns, chains: Sequence[tuple[str, str]], backend: Backend) -> set[tuple[str, str]]:
         return set()
 
-    def forward_policies(self, t: S.Topology) -> list[tuple[str, str, str]]:
+    def forward_policies(self, t: spec.Topology) -> list[tuple[str, str, str]]:
         return [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" else []
 
     def may_send_to(self, lab: Lab, address: str) -> bool:
@@ -135,7 +135,7 @@ class RealHost:
         held = read_legacy(host, sorted({table for table, _ in chains})) if backend == "legacy" else read_nft_chains(host)
         return {(c.table, c.name) for c in held}
 
-    def forward_policies(self, t: S.Topology) -> list[tuple[str, str, str]]:
+    def forward_policies(self, t: spec.Topology) -> list[tuple[str, str, str]]:
         return []
 
     def may_send_to(self, lab: Lab, address: str) -> bool:
@@ -147,7 +147,7 @@ class RealHost:
         tool.find_existing()
 
 
-def owned_routes(t: S.Topology) -> list[IPv4Network]:
+def owned_routes(t: spec.Topology) -> list[IPv4Network]:
     """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
     return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
 

@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
 from netcheck import expect as promise
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
 
@@ -85,7 +85,7 @@ class Reach:
 class Plan:
     """Everything a sandbox lab of one topology is made of, in kernel names."""
 
-    topology: S.Topology
+    topology: spec.Topology
     names: KernelNames
     knames: Mapping[str, str]  # spec name -> kernel name of every host-side interface
     bridges: tuple[BridgePlan, ...]
@@ -96,7 +96,7 @@ class Plan:
         return self.knames[spec_iface]
 
 
-def plan(t: S.Topology, names: KernelNames) -> Plan:
+def plan(t: spec.Topology, names: KernelNames) -> Plan:
     """The plan of a sandbox build of ``t`` with ``names``."""
     knames = names.host_interfaces(t)
     bridges = tuple(BridgePlan(b.name, knames[b.name], b.address) for b in t.bridges)
@@ -126,13 +126,13 @@ def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str 
     return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment)
 
 
-def spec_masquerade(m: S.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
+def spec_masquerade(m: spec.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
     out = rename(m.out_interface) if m.out_interface else None
     not_out = rename(m.not_out_interface) if m.not_out_interface else None
     return masquerade_rule(str(m.source) if m.source else None, out, not_out, comment)
 
 
-def spec_rules(t: S.Topology, rename: Rename, comment: str | None = None) -> tuple[XRule, ...]:
+def spec_rules(t: spec.Topology, rename: Rename, comment: str | None = None) -> tuple[XRule, ...]:
     """The spec's iptables rules, interfaces renamed by ``rename``, in the order the builder installs them."""
     rules: list[XRule] = []
     for f in t.forward_accepts:
@@ -149,7 +149,7 @@ def spec_rules(t: S.Topology, rename: Rename, comment: str | None = None) -> tup
     return tuple(rules)
 
 
-def masquerade_for(t: S.Topology, container: str, rename: Rename) -> XRule:
+def masquerade_for(t: spec.Topology, container: str, rename: Rename) -> XRule:
     """The MASQUERADE rule the spec declares for a container's traffic, or (none declared) the
     usual one: its network, out by the uplink."""
     c = t.container(container)
@@ -160,7 +160,7 @@ def masquerade_for(t: S.Topology, container: str, rename: Rename) -> XRule:
     return masquerade_rule(str(c.address.network) if c.address is not None else None, rename(t.host.uplink))
 
 
-def _address(t: S.Topology, container: str) -> str | None:
+def _address(t: spec.Topology, container: str) -> str | None:
     c = t.container(container)
     return str(c.address.ip) if c.address is not None else None
 
@@ -168,7 +168,7 @@ def _address(t: S.Topology, container: str) -> str | None:
 # ----------------------------------------------------------------------------- flows
 
 
-def accesses(t: S.Topology) -> tuple[Access, ...]:
+def accesses(t: spec.Topology) -> tuple[Access, ...]:
     """Every way in to a published port or a VIP: from the outside world and from the host."""
     senders = {"wan": str(t.wan.address.ip), "host": str(t.host.address.ip)}
     out: list[Access] = []
@@ -190,7 +190,7 @@ def _ways(from_outside: bool, from_host: bool) -> list[Literal["wan", "host"]]:
     return ways
 
 
-def reaches(t: S.Topology) -> tuple[Reach, ...]:
+def reaches(t: spec.Topology) -> tuple[Reach, ...]:
     """The ICMP flows the spec promises, as the suites would probe them: each container to its
     gateway and to the outside world, and to one neighbour per network it should reach (not
     every pair: a fault between two networks shows on any pair of them)."""
