@@ -210,10 +210,6 @@ class Netns:
         """Close the netlink socket and stop the thread, so nothing holds the namespace."""
         self._worker.close()
 
-    def where(self) -> str:
-        """How a user enters this namespace, for messages."""
-        return f"ip netns exec {self.name}" if self.name else "(this namespace)"
-
     @classmethod
     def create_many(cls, names: Sequence[tuple[str, str]], *, init: Callable[[Netns], None] | None = None,
                     created: Callable[[Netns], None] = lambda _ns: None, parallel: int = 4) -> list[Netns]:
