@@ -330,18 +330,15 @@ class Netns:
         """Delete a link; False if it was already gone."""
         return self._send(lambda _sock: [rtnl.delete_link(name)], gone=GONE)
 
-    def add_address(self, name: str, address: IPv4Interface) -> None:
-        self._send(lambda sock: [rtnl.add_address(_index(sock, name), address, what=f"add address {address} to {name}")])
+    def deconfigure(self, *, routes: Sequence[IPv4Network] = (), addresses: Sequence[tuple[str, IPv4Interface]] = ()) -> bool:
+        """Delete routes (by destination), then addresses, in one batch: the reverse of ``configure``;
+        False if some were gone already."""
 
-    def delete_address(self, name: str, address: IPv4Interface) -> None:
-        self._send(lambda sock: [rtnl.delete_address(_index(sock, name), address, what=f"delete address {address} from {name}")])
+        def make(sock: rtnl.Rtnl) -> list[rtnl.Request]:
+            requests = [rtnl.delete_route(dst) for dst in routes]
+            return requests + [rtnl.delete_address(_index(sock, n), a, what=f"delete address {a} from {n}") for n, a in addresses]
 
-    def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, dev: str | None = None) -> None:
-        self.configure(routes=[(dst, via, dev)])
-
-    def delete_route(self, dst: IPv4Network) -> bool:
-        """Delete the route to ``dst``; False if there was none."""
-        return self._send(lambda _sock: [rtnl.delete_route(dst)], gone=(errno.ESRCH,))
+        return self._send(make, gone=(errno.ESRCH, errno.EADDRNOTAVAIL))
 
     # ----------------------------------------------------------------- netlink: reads
 

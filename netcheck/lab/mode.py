@@ -86,7 +86,7 @@ class Sandbox:
         return LINK_GROUP
 
     def route_host(self, lab: Lab) -> None:
-        lab.host.add_route(DEFAULT_ROUTE, lab.topology.host.gateway)
+        lab.host.configure(routes=[(DEFAULT_ROUTE, lab.topology.host.gateway, None)])
 
     def firewall(self, host: Netns) -> Backend:
         return "legacy"
@@ -124,7 +124,7 @@ class RealHost:
         # outside-world namespace instead of leaving the machine).
         assert lab.ledger is not None
         for dst in owned_routes(lab.topology):
-            lab.ledger.create(RouteEntry(None, str(dst)), functools.partial(lab.host.add_route, dst, lab.topology.host.gateway))
+            lab.ledger.create(RouteEntry(None, str(dst)), functools.partial(lab.host.configure, routes=[(dst, lab.topology.host.gateway, None)]))
 
     def firewall(self, host: Netns) -> Backend:
         return choose_backend(host)  # a real host keeps its backend: nft unless it has legacy tables
