@@ -8,13 +8,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from netcheck import spec
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import Backend, choose_backend, read_legacy, read_nft_chains
-from netcheck.lab.plan import DEFAULT_ROUTE
+from netcheck.lab.plan import DEFAULT_ROUTE, owned_routes
 from netcheck.ledger import RouteEntry
 
 if TYPE_CHECKING:
@@ -147,13 +146,8 @@ class RealHost:
         tool.find_existing()
 
 
-def owned_routes(t: spec.Topology) -> list[IPv4Network]:
-    """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
-    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
-
-
 def mode_of(host_mode: bool) -> HostMode:
     return RealHost() if host_mode else Sandbox()
 
 
-__all__ = ["LINK_GROUP", "HostMode", "RealHost", "Sandbox", "ToolSetup", "mode_of", "owned_routes"]
+__all__ = ["LINK_GROUP", "HostMode", "RealHost", "Sandbox", "ToolSetup", "mode_of"]

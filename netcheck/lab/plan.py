@@ -31,6 +31,19 @@ Rename = Callable[[str], str]  # a spec interface name -> the kernel's
 
 
 @dataclass(frozen=True)
+class BasePlan:
+    """The host, the outside world and the uplink between them: every lab has them, whoever makes its network."""
+
+    host_ns: str
+    wan_ns: str
+    uplink: str  # the host's end, kernel name
+    wan_uplink: str  # the outside world's end
+    host_address: IPv4Interface
+    wan_addresses: tuple[tuple[str, IPv4Interface], ...]  # (interface, address): the uplink's, then the remote ones on lo
+    wan_routes: tuple[tuple[IPv4Network, IPv4Address], ...]
+
+
+@dataclass(frozen=True)
 class BridgePlan:
     name: str  # spec name
     kname: str  # kernel name
@@ -87,6 +100,7 @@ class Plan:
 
     topology: spec.Topology
     names: KernelNames
+    base: BasePlan
     knames: Mapping[str, str]  # spec name -> kernel name of every host-side interface
     bridges: tuple[BridgePlan, ...]
     containers: tuple[ContainerPlan, ...]
@@ -109,7 +123,19 @@ def plan(t: spec.Topology, names: KernelNames) -> Plan:
             c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
             c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes),
         ))
-    return Plan(t, names, knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
+    return Plan(t, names, base(t, names), knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
+
+
+def base(t: spec.Topology, names: KernelNames) -> BasePlan:
+    """The plan of a lab's base (the sandbox's, or a real host's with netcheck's outside world)."""
+    remote = tuple(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)
+    return BasePlan(names.host_ns, names.wan_ns, names.uplink, names.wan_uplink, t.host.address, ((names.wan_uplink, t.wan.address), *remote),
+                    tuple((r.to, r.via) for r in t.wan.routes))
+
+
+def owned_routes(t: spec.Topology) -> list[IPv4Network]:
+    """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
+    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
 
 
 # ----------------------------------------------------------------------------- rules
@@ -214,6 +240,6 @@ def reaches(t: spec.Topology) -> tuple[Reach, ...]:
 
 
 __all__ = [
-    "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BridgePlan", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
+    "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BasePlan", "BridgePlan", "base", "owned_routes", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
     "plan", "reaches", "spec_masquerade", "spec_rules",
 ]
