@@ -15,8 +15,7 @@ from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import XRule
 from netcheck.lab import build, teardown
 from netcheck.lab.errors import LabError
-from netcheck.lab.mode import HostMode, mode_of
-from netcheck.lab.plan import owned_routes
+from netcheck.lab.mode import HostMode, mode_of, owned_routes
 from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, default_run_dir
 from netcheck.naming import KernelNames, new_tag
 from netcheck.services import ServiceHost

@@ -150,4 +150,4 @@ def mode_of(host_mode: bool) -> HostMode:
     return RealHost() if host_mode else Sandbox()
 
 
-__all__ = ["LINK_GROUP", "HostMode", "RealHost", "Sandbox", "ToolSetup", "mode_of"]
+__all__ = ["LINK_GROUP", "HostMode", "RealHost", "Sandbox", "ToolSetup", "mode_of", "owned_routes"]
