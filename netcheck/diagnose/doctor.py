@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, cast
 
-from netcheck import spec
+from netcheck import spec as S
 from netcheck.diagnose import rules, state
 from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
@@ -47,7 +47,7 @@ class LiveLab:
     parked in the namespaces when done, so it never keeps them alive.
     """
 
-    topology: spec.Topology
+    topology: S.Topology
     host: Netns
     wan: Netns | None
     containers: dict[str, Netns]
@@ -168,15 +168,15 @@ def open_tag(tag: str) -> LiveLab:
         return LiveLab(topo, host, wan, containers, knames, title=f"lab {tag} (topology {record.header.get('topology', '?')}: spec not found, discovered from the kernel)")
 
 
-def _spec_for(header: dict[str, object]) -> spec.Topology | None:
+def _spec_for(header: dict[str, object]) -> S.Topology | None:
     for key in ("spec", "source"):
         ref = header.get(key)
         if isinstance(ref, str) and os.path.exists(ref):
-            with contextlib.suppress(spec.SpecError):
-                return spec.load(ref)
+            with contextlib.suppress(S.SpecError):
+                return S.load(ref)
     name = header.get("topology")
-    if isinstance(name, str) and name in spec.BUILTIN:
-        return spec.builtin(name)
+    if isinstance(name, str) and name in S.BUILTIN:
+        return S.builtin(name)
     return None
 
 
@@ -194,7 +194,7 @@ def open_namespaces(names: list[str], host_netns: str | None) -> LiveLab:
         return LiveLab(topo, host, None, containers, knames, title=f"namespaces {', '.join(names)} ({where}; topology discovered from the kernel)")
 
 
-def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[spec.Topology, dict[str, str]]:
+def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[S.Topology, dict[str, str]]:
     """A topology read from the kernel: each container's veth, address, gateway and bridge.
 
     Nothing is expected of it beyond what exists (no masquerade, no published port), so the
@@ -206,8 +206,8 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
     default = next((r for r in host.routes() if r.dst.prefixlen == 0), None)
     uplink = default.interface if default is not None and default.interface else ""
     up_addr = next((a.address for a in host_addrs if a.interface == uplink), NO_ADDRESS)
-    bridges: dict[str, spec.Bridge] = {}
-    made: list[spec.Container] = []
+    bridges: dict[str, S.Bridge] = {}
+    made: list[S.Container] = []
     for label, ns in containers.items():
         inner = next((link for link in ns.links() if link.kind == "veth"), None)
         if inner is None:
@@ -218,15 +218,15 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
         master = by_index.get(outer.master) if outer is not None and outer.master else None
         bridge = master.name if master is not None and master.kind == "bridge" else None
         if bridge is not None and bridge not in bridges:
-            bridges[bridge] = spec.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge), None))
-        made.append(spec.Container(label, inner.name, addr, outer.name if outer is not None else "", bridge=bridge, gateway=gw))
+            bridges[bridge] = S.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge), None))
+        made.append(S.Container(label, inner.name, addr, outer.name if outer is not None else "", bridge=bridge, gateway=gw))
     remote: tuple[IPv4Interface, ...] = ()
     if wan is not None:
         remote = tuple(IPv4Interface(f"{a.address.ip}/32") for a in wan.addresses() if a.interface == "lo" and not a.address.ip.is_loopback)
-    topo = spec.Topology(
+    topo = S.Topology(
         name="discovered", summary="read from the kernel", source="<discovered>",
-        host=spec.Host(uplink, up_addr, default.gateway if default is not None and default.gateway else IPv4Address("0.0.0.0"), ()),
-        wan=spec.Wan(NO_ADDRESS, remote), bridges=tuple(bridges.values()), containers=tuple(made),
+        host=S.Host(uplink, up_addr, default.gateway if default is not None and default.gateway else IPv4Address("0.0.0.0"), ()),
+        wan=S.Wan(NO_ADDRESS, remote), bridges=tuple(bridges.values()), containers=tuple(made),
     )
     knames = {name: name for name in [uplink, *bridges, *(c.host_veth for c in made)] if name}
     return topo, knames
