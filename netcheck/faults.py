@@ -82,15 +82,15 @@ def ip_forward_off(lab: Lab) -> None:
 
 
 def no_default_route(lab: Lab) -> None:
-    lab.container_ns(_first(lab)).delete_route(DEFAULT)
+    lab.container_ns(_first(lab)).deconfigure(routes=[DEFAULT])
 
 
 def wrong_gateway(lab: Lab) -> None:
     c = lab.topology.container(_first(lab))
     assert c.address is not None
     ns = lab.container_ns(c.name)
-    ns.delete_route(DEFAULT)
-    ns.add_route(DEFAULT, c.address.network.broadcast_address - 1)
+    ns.deconfigure(routes=[DEFAULT])
+    ns.configure(routes=[(DEFAULT, c.address.network.broadcast_address - 1, None)])
 
 
 def masquerade_removed(lab: Lab) -> None:
@@ -169,14 +169,14 @@ def wrong_prefix(lab: Lab) -> None:
     c = lab.topology.container(_second(lab))
     assert c.address is not None
     ns = lab.container_ns(c.name)
-    ns.delete_address(c.interface, c.address)
-    ns.add_address(c.interface, IPv4Interface(f"{c.address.ip}/30"))
+    ns.deconfigure(addresses=[(c.interface, c.address)])
+    ns.configure(addresses=[(c.interface, IPv4Interface(f"{c.address.ip}/30"))])
 
 
 def address_conflict(lab: Lab) -> None:
     first, second = lab.topology.container(_first(lab)), lab.topology.container(_second(lab))
     assert first.address is not None
-    lab.container_ns(second.name).add_address(second.interface, IPv4Interface(f"{first.address.ip}/32"))
+    lab.container_ns(second.name).configure(addresses=[(second.interface, IPv4Interface(f"{first.address.ip}/32"))])
 
 
 def uplink_down(lab: Lab) -> None:
@@ -220,14 +220,14 @@ def rp_filter_strict(lab: Lab) -> None:
     if lab.ledger is not None:
         lab.ledger.record(LinkEntry(lab.host.name, host_if))
     lab.host.add_veths([VethSpec(host_if, wan_if, lab.wan, up=False)])
-    lab.host.add_address(host_if, IPv4Interface("198.51.100.201/30"))
-    lab.wan.add_address(wan_if, IPv4Interface("198.51.100.202/30"))
+    lab.host.configure(addresses=[(host_if, IPv4Interface("198.51.100.201/30"))])
+    lab.wan.configure(addresses=[(wan_if, IPv4Interface("198.51.100.202/30"))])
     lab.wan.set_sysctl(f"net.ipv4.conf.{wan_if}.arp_announce", 2)  # the router asks ARP from its link address
     lab.host.set_link(host_if, up=True)
     lab.wan.set_link(wan_if, up=True)
     lab.host.wait_links_up([host_if])
     lab.wan.wait_links_up([wan_if])
-    lab.wan.add_route(IPv4Network(f"{lab.topology.host.address.ip}/32"), IPv4Address("198.51.100.201"))
+    lab.wan.configure(routes=[(IPv4Network(f"{lab.topology.host.address.ip}/32"), IPv4Address("198.51.100.201"), None)])
     for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{host_if}.rp_filter"):
         old = lab.host.set_sysctl(key, 1)
         if lab.ledger is not None:

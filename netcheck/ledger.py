@@ -241,7 +241,7 @@ class RouteEntry:
     dst: str
 
     def undo(self, undoer: Undoer) -> None:
-        undoer.in_ns(self.netns, lambda ns: ns.delete_route(IPv4Network(self.dst)))
+        undoer.in_ns(self.netns, lambda ns: ns.deconfigure(routes=[IPv4Network(self.dst)]))
 
     def describe(self) -> str:
         return f"route {self.dst}{_where(self.netns)}"

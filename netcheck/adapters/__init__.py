@@ -16,7 +16,7 @@ their namespace paths, or by name through a Docker or Podman socket).
 
 from __future__ import annotations
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.cni import CniAdapter
 from netcheck.adapters.docker import DockerAdapter
 from netcheck.adapters.lab import Adapter, ExternalLab, ToolFailed, ToolMissing, env_name
@@ -36,16 +36,16 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 
-def adapter_for(topology: S.Topology) -> Adapter:
+def adapter_for(topology: spec.Topology) -> Adapter:
     return ADAPTERS[topology.setup.mode]()
 
 
-def missing(topology: S.Topology, *, mode: HostMode = SANDBOX) -> list[str]:
+def missing(topology: spec.Topology, *, mode: HostMode = SANDBOX) -> list[str]:
     """What this machine lacks to run the topology's tool, each with how to install it (empty: ready)."""
     return adapter_for(topology).missing(topology, mode)
 
 
-def build_external(topology: S.Topology, *, keep: bool = False, mode: HostMode = SANDBOX) -> ExternalLab:
+def build_external(topology: spec.Topology, *, keep: bool = False, mode: HostMode = SANDBOX) -> ExternalLab:
     """Build the sandbox, run (or, on a real host, find) what the tool made, and discover it."""
     lacking = missing(topology, mode=mode)
     if lacking:

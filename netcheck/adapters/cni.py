@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.script import adopt_by_path
 from netcheck.lab.mode import HostMode
@@ -44,26 +44,26 @@ def load_config(path: Path, source: str) -> dict[str, Any]:
     try:
         conf = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise S.SpecError(source, "setup.config", str(path), f"not a readable JSON CNI configuration ({exc})", "check the file") from None
+        raise spec.SpecError(source, "setup.config", str(path), f"not a readable JSON CNI configuration ({exc})", "check the file") from None
     if not isinstance(conf, dict) or not isinstance(conf.get("name"), str):
-        raise S.SpecError(source, "setup.config", str(path), "a CNI configuration needs a \"name\"", 'add "name": "mynet"')
+        raise spec.SpecError(source, "setup.config", str(path), "a CNI configuration needs a \"name\"", 'add "name": "mynet"')
     if "plugins" not in conf:
         plugin = {k: v for k, v in conf.items() if k not in ("cniVersion", "name")}
         conf = {"cniVersion": conf.get("cniVersion", "1.0.0"), "name": conf["name"], "plugins": [plugin]}
     plugins = conf["plugins"]
     if not isinstance(plugins, list) or not plugins or not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in plugins):
-        raise S.SpecError(source, "setup.config", str(path), "\"plugins\" must be a non-empty list of objects with a \"type\"", 'write "plugins": [{"type": "bridge", ...}]')
+        raise spec.SpecError(source, "setup.config", str(path), "\"plugins\" must be a non-empty list of objects with a \"type\"", 'write "plugins": [{"type": "bridge", ...}]')
     for i, p in enumerate(plugins):
         if not PLUGIN_TYPE_RE.match(p["type"]):
             # The type names a binary in the CNI path: no path of its own, so nothing else can run.
-            raise S.SpecError(source, f"setup.config: plugins[{i}].type", p["type"], "not a CNI plugin name", 'name a plugin of the CNI path, e.g. "bridge"')
+            raise spec.SpecError(source, f"setup.config: plugins[{i}].type", p["type"], "not a CNI plugin name", 'name a plugin of the CNI path, e.g. "bridge"')
     return conf
 
 
 class CniAdapter:
     mode = "cni"
 
-    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+    def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
         if mode.name == "host":  # nothing is run: what exists is found
             return []
         return [] if cni_path() is not None else [f"CNI plugins in {' or '.join(CNI_PATHS)} (install them: {INSTALL_HINT})"]

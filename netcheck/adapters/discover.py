@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Any
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.netns import Link
 from netcheck.kernel.worker import netns_path
 from netcheck.kernel.xtables import XChain, read_nft_chains
@@ -41,7 +41,7 @@ class Found:
 
 @dataclass(frozen=True)
 class Discovery:
-    topology: S.Topology  # the spec with every 'auto' resolved
+    topology: spec.Topology  # the spec with every 'auto' resolved
     knames: dict[str, str]  # spec interface name -> kernel name, for bridges and host-side veths
     containers: tuple[Found, ...]
     bridges: dict[str, IPv4Interface | None] = field(default_factory=dict)
@@ -66,7 +66,7 @@ def _one_address(name: str, iface: str, addrs: list[IPv4Interface]) -> IPv4Inter
     return addrs[0]
 
 
-def find_container(lab: ExternalLab, c: S.Container, host_links: dict[int, Link], nsids: dict[int, int]) -> Found:
+def find_container(lab: ExternalLab, c: spec.Container, host_links: dict[int, Link], nsids: dict[int, int]) -> Found:
     """Locate one container's interface, address, route and host-side veth."""
     ns = lab.container_ns(c.name)
     links = ns.links()

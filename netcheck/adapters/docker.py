@@ -23,7 +23,7 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.lab import ToolFailed, ToolMissing
 from netcheck.adapters.mounts import unshare_argv, wait_unshared
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
@@ -49,7 +49,7 @@ def docker_cli() -> str | None:
 class DockerAdapter:
     mode = "docker"
 
-    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+    def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
         out = []
         if docker_cli() is None:
             out.append(f"the docker client (install it: {INSTALL_HINT})")
@@ -122,7 +122,7 @@ class DockerAdapter:
         else:
             for i, c in enumerate(t.containers):
                 if c.interface != "eth0":
-                    raise S.SpecError(t.source, f"container[{i}].interface", c.interface, "docker names the container's interface eth0",
+                    raise spec.SpecError(t.source, f"container[{i}].interface", c.interface, "docker names the container's interface eth0",
                                       'write interface = "eth0", or run your own docker commands with [setup] command')
                 ports = [a for p in t.publishes if p.container == c.name for a in ("-p", f"{p.host_port}:{p.port}/{p.protocol}")]
                 self._docker(lab, f"docker run {c.name}", ["run", "-d", "--name", c.name, *ports, image, *IDLE_COMMAND])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.discover import Discovery, discover
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
@@ -54,7 +54,7 @@ class Adapter(Protocol):
 
     mode: str
 
-    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+    def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
         """What is not installed, each with the command that installs it (empty: ready)."""
 
     def setup(self, lab: ExternalLab) -> None:
@@ -70,7 +70,7 @@ class Adapter(Protocol):
 class ExternalLab(Lab):
     """A topology made by another tool (script, CNI, netavark, Podman, Docker) and discovered."""
 
-    def __init__(self, topology: S.Topology, adapter: Adapter, *, keep: bool = False, mode: HostMode | None = None, tag: str | None = None, run_dir: Path | None = None) -> None:
+    def __init__(self, topology: spec.Topology, adapter: Adapter, *, keep: bool = False, mode: HostMode | None = None, tag: str | None = None, run_dir: Path | None = None) -> None:
         super().__init__(topology, keep=keep, mode=mode, tag=tag, run_dir=run_dir, network=self)
         self.declared = topology  # the spec as written; self.topology becomes the resolved copy
         self.adapter = adapter
@@ -92,7 +92,7 @@ class ExternalLab(Lab):
         """A path from the spec, relative to its folder; a SpecError if it does not exist."""
         path = (self.spec_dir / value).resolve()
         if not path.exists():
-            raise S.SpecError(self.declared.source, key, value, f"no such file ({path})", "fix the path; it is relative to the spec file's folder")
+            raise spec.SpecError(self.declared.source, key, value, f"no such file ({path})", "fix the path; it is relative to the spec file's folder")
         return path
 
     def netns_name(self, container: str) -> str:

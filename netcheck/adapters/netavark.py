@@ -17,7 +17,7 @@ import os
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.script import adopt_by_path
 from netcheck.lab.mode import HostMode
@@ -40,12 +40,12 @@ def load_network(lab: ExternalLab) -> dict[str, Any]:
     try:
         net = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise S.SpecError(t.source, "setup.config", str(path), f"not a readable JSON network ({exc})", "check the file") from None
+        raise spec.SpecError(t.source, "setup.config", str(path), f"not a readable JSON network ({exc})", "check the file") from None
     if isinstance(net, list) and len(net) == 1:
         net = net[0]  # podman network inspect prints a list
     subnets = net.get("subnets") if isinstance(net, dict) else None
     if not isinstance(net, dict) or not isinstance(net.get("name"), str) or not subnets:
-        raise S.SpecError(t.source, "setup.config", str(path), "a netavark network needs \"name\" and \"subnets\"",
+        raise spec.SpecError(t.source, "setup.config", str(path), "a netavark network needs \"name\" and \"subnets\"",
                           'write it as podman network inspect prints it: {"name": ..., "subnets": [{"subnet": ..., "gateway": ...}], ...}')
     net.setdefault("id", hashlib.sha256(net["name"].encode()).hexdigest())
     net.setdefault("driver", "bridge")
@@ -72,12 +72,12 @@ def allocate(lab: ExternalLab, net: dict[str, Any]) -> dict[str, IPv4Address]:
 class NetavarkAdapter:
     mode = "netavark"
 
-    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+    def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
         if mode.name == "host":  # nothing is run: what exists is found
             return []
         return [] if netavark_path() else [f"netavark in {' or '.join(NETAVARK_PATHS)} (install it: {INSTALL_HINT})"]
 
-    def _file(self, lab: ExternalLab, net: dict[str, Any], c: S.Container, ip: IPv4Address) -> str:
+    def _file(self, lab: ExternalLab, net: dict[str, Any], c: spec.Container, ip: IPv4Address) -> str:
         assert lab.workdir is not None
         ports = [{"host_ip": "", "container_port": p.port, "host_port": p.host_port, "range": 1, "protocol": p.protocol}
                  for p in lab.declared.publishes if p.container == c.name]
@@ -92,7 +92,7 @@ class NetavarkAdapter:
         path.write_text(json.dumps(body, indent=1))
         return str(path)
 
-    def _run(self, lab: ExternalLab, verb: str, c: S.Container, file: str) -> None:
+    def _run(self, lab: ExternalLab, verb: str, c: spec.Container, file: str) -> None:
         binary = netavark_path()
         assert binary is not None and lab.workdir is not None
         env = {**os.environ, "NETAVARK_FW": "iptables"}

@@ -20,7 +20,7 @@ import json
 import shutil
 from typing import TYPE_CHECKING
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.mounts import PrivateMounts
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
@@ -43,7 +43,7 @@ def podman_path() -> str | None:
 class PodmanAdapter:
     mode = "podman"
 
-    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+    def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
         out = []
         if podman_path() is None:
             out.append(f"podman (install it: {INSTALL_HINT})")
@@ -99,7 +99,7 @@ class PodmanAdapter:
         else:
             for c in t.containers:
                 if c.interface != "eth0":
-                    raise S.SpecError(t.source, f"container[{t.containers.index(c)}].interface", c.interface, "podman names the container's interface eth0",
+                    raise spec.SpecError(t.source, f"container[{t.containers.index(c)}].interface", c.interface, "podman names the container's interface eth0",
                                       'write interface = "eth0", or run your own podman commands with [setup] command')
                 ports = [a for p in t.publishes if p.container == c.name for a in ("-p", f"{p.host_port}:{p.port}/{p.protocol}")]
                 limits = [a for u in ULIMITS for a in ("--ulimit", u)]

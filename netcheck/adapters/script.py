@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.adapters.lab import env_name
 from netcheck.lab import LabError
 from netcheck.lab.mode import HostMode
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class ScriptAdapter:
     mode = "script"
 
-    def missing(self, topology: S.Topology, mode: HostMode) -> list[str]:
+    def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
         prog = topology.setup.command[0] if topology.setup.command else ""
         if prog and "/" not in prog and shutil.which(prog) is None:
             return [f"{prog} (the command's program is not on PATH)"]
@@ -63,7 +63,7 @@ def adopt_by_path(lab: ExternalLab, skip: frozenset[str] = frozenset()) -> None:
         if c.name in skip:
             continue
         if c.netns is None:
-            raise S.SpecError(t.source, f"container[{i}].netns", None,
+            raise spec.SpecError(t.source, f"container[{i}].netns", None,
                               f"in host mode netcheck does not run {t.setup.mode}; it discovers containers that already exist",
                               'add netns = "/run/netns/NAME" (or "/proc/PID/ns/net") for each container')
         lab.adopt_container_ns(c.name, c.netns, owned=False)

@@ -24,8 +24,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from netcheck import spec as S
-from netcheck.diagnose import rules as R
-from netcheck.diagnose import state as St
+from netcheck.diagnose import rules, state
 from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
 from netcheck.kernel.netns import Netns
@@ -291,12 +290,12 @@ def expected_flows(view: LabView) -> Iterator[Flow]:
 
 def inspect(view: LabView, *, flows: bool = True) -> list[Finding]:
     """Every finding about a live lab, without sending anything: static rules, then each promised flow."""
-    snap = St.snapshot(view.namespaces())
-    found = R.evaluate(R.Evidence(view, snap))
+    snap = state.snapshot(view.namespaces())
+    found = rules.evaluate(rules.Evidence(view, snap))
     if flows:
         for f in expected_flows(view):
             with contextlib.suppress(Exception):
-                found += R.evaluate(R.Evidence(view, snap, f, expected_route(view, f)))
+                found += rules.evaluate(rules.Evidence(view, snap, f, expected_route(view, f)))
     best: dict[tuple[str, str], Finding] = {}
     for x in found:
         key = (x.cause, x.fix)  # one fix, one finding: the same cause seen from several flows
@@ -319,7 +318,7 @@ def probe_all(view: LiveLab) -> list[ProbeResult]:
 
 def _facts(view: LabView) -> list[str]:
     out = ["namespaces: " + ", ".join(f"{label}={ns.name or '(this one)'}" for label, ns in view.namespaces().items())]
-    rs, tables, errors = St.read_rules(view.host)
+    rs, tables, errors = state.read_rules(view.host)
     counts = []
     for backend in ("legacy", "nft"):
         n = sum(len(ch.rules) for (b, _t, _c), ch in rs.chains.items() if b == backend)

@@ -26,7 +26,7 @@ from netcheck.kernel.xtables import XRule
 from netcheck.lab import plan
 
 if TYPE_CHECKING:
-    from netcheck import spec as S
+    from netcheck import spec
     from netcheck.diagnose.firewall import Ruleset
 
 
@@ -49,7 +49,7 @@ class Evidence:
     # ------------------------------------------------------------- names and commands
 
     @property
-    def t(self) -> S.Topology:
+    def t(self) -> spec.Topology:
         """The topology: what the lab promises."""
         return self.lab.topology
 
@@ -57,8 +57,8 @@ class Evidence:
         """A host interface as users know it and as the kernel names it: ``br0 (nck7q0b0)``."""
         if kernel is None:
             return "?"
-        spec = self.lab.spec_name(kernel)
-        return f"{spec} ({kernel})" if spec != kernel else kernel
+        known = self.lab.spec_name(kernel)
+        return f"{known} ({kernel})" if known != kernel else kernel
 
     def run(self, label: str, command: str) -> str:
         """A command to paste, entering the namespace of ``label``."""
@@ -131,18 +131,12 @@ class Evidence:
 
 
 Rule = Callable[[Evidence], Iterator[Finding]]
-RULES: list[Rule] = []
-
-
-def rule(fn: Rule) -> Rule:
-    RULES.append(fn)
-    return fn
 
 
 def evaluate(ev: Evidence) -> list[Finding]:
     """Run every rule; return the findings ranked, best first, without duplicates."""
     best: dict[tuple[str, str, str], Finding] = {}
-    for r in RULES:
+    for r in RULES:  # defined at the end of the module, once every rule exists
         try:
             found = list(r(ev))
         except Exception as exc:  # noqa: BLE001 - one broken rule must not hide the others
@@ -195,7 +189,6 @@ def _path_links(ev: Evidence) -> set[tuple[str, str]]:
 # ============================================================================ links
 
 
-@rule
 def link_down(ev: Evidence) -> Iterator[Finding]:
     path = _path_links(ev)
     for label, name, role, _container in _spec_links(ev):
@@ -221,7 +214,6 @@ def link_down(ev: Evidence) -> Iterator[Finding]:
             )
 
 
-@rule
 def lo_down(ev: Evidence) -> Iterator[Finding]:
     for label, ns in ev.snap.namespaces.items():
         lo = ns.link("lo")
@@ -234,7 +226,6 @@ def lo_down(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def not_in_bridge(ev: Evidence) -> Iterator[Finding]:
     on = ev.on_path()
     for c in ev.t.containers:
@@ -256,7 +247,6 @@ def not_in_bridge(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def mtu_mismatch(ev: Evidence) -> Iterator[Finding]:
     for c in ev.t.containers:
         s = ev.side(c.name)
@@ -274,7 +264,6 @@ def mtu_mismatch(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def extra_link(ev: Evidence) -> Iterator[Finding]:
     for c in ev.t.containers:
         ns = ev.snap.ns(c.name)
@@ -288,7 +277,6 @@ def extra_link(ev: Evidence) -> Iterator[Finding]:
             )
 
 
-@rule
 def bridge_flooding(ev: Evidence) -> Iterator[Finding]:
     for b in ev.snap.host.bridges:
         if b.ageing_time == 0:
@@ -302,7 +290,6 @@ def bridge_flooding(ev: Evidence) -> Iterator[Finding]:
 # ============================================================================ addresses and routes
 
 
-@rule
 def address_conflict(ev: Evidence) -> Iterator[Finding]:
     holders: dict[str, list[tuple[str, str, IPv4Interface]]] = {}
     for label, ns in ev.snap.namespaces.items():
@@ -326,7 +313,6 @@ def address_conflict(ev: Evidence) -> Iterator[Finding]:
             )
 
 
-@rule
 def wrong_prefix(ev: Evidence) -> Iterator[Finding]:
     on = ev.on_path()
     for c in ev.t.containers:
@@ -360,7 +346,6 @@ def _dst_in_own_subnet(ev: Evidence, container: str, dst: str) -> bool:
         return False
 
 
-@rule
 def source_route(ev: Evidence) -> Iterator[Finding]:
     """The sending container's own route lookup: no route, or a gateway nobody holds."""
     f = ev.flow
@@ -418,7 +403,6 @@ def _host_gateway(ev: Evidence, container: str) -> str | None:
     return next((str(a.address.ip) for a in ev.host.addrs(s.l3) if c.address.ip in a.address.network), None)
 
 
-@rule
 def default_route_static(ev: Evidence) -> Iterator[Finding]:
     """Doctor: each container's default route against the spec, without a probe."""
     if ev.flow is not None:
@@ -449,7 +433,6 @@ def _pkt_request(ev: Evidence) -> Pkt | None:
     return Pkt(f.src_addr, dst, f.proto, port, r.in_iface, r.out_iface)
 
 
-@rule
 def ip_forward_off(ev: Evidence) -> Iterator[Finding]:
     f, r = ev.flow, ev.route
     fwd = ev.host.sysctl("net.ipv4.ip_forward")
@@ -471,7 +454,6 @@ def ip_forward_off(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def forward_drop(ev: Evidence) -> Iterator[Finding]:
     r = ev.route
     pkt = _pkt_request(ev)
@@ -530,7 +512,6 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
     )
 
 
-@rule
 def host_no_route(ev: Evidence) -> Iterator[Finding]:
     r, pkt = ev.route, _pkt_request(ev)
     if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv4.ip_forward") != "1":
@@ -544,7 +525,6 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
     for label, grew in ev.snmp.items():
         n = grew.get("TcpExt.IPReversePathFilter", 0)
@@ -572,7 +552,6 @@ def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def asymmetric_rp_filter(ev: Evidence) -> Iterator[Finding]:
     """Without a counter: the outside world routes the host's replies to an interface that the
     host's route back does not use, and that interface filters reverse paths strictly."""
@@ -624,7 +603,6 @@ def _rename(ev: Evidence) -> plan.Rename:
     return lambda name: kname_or_none(ev.lab, name) or name
 
 
-@rule
 def masquerade(ev: Evidence) -> Iterator[Finding]:
     f, r = ev.flow, ev.route
     containers = {c.name for c in ev.t.containers}
@@ -699,7 +677,6 @@ def _spec_dnat(f: Flow, chain: str) -> str:
     return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, f.target_addr, f.target_port).render()
 
 
-@rule
 def dnat(ev: Evidence) -> Iterator[Finding]:
     for f in _dnat_flows(ev):
         yield from _dnat_one(ev, f)
@@ -781,7 +758,6 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
     )
 
 
-@rule
 def stray_dnat(ev: Evidence) -> Iterator[Finding]:
     """A flow that must be blocked was redirected into the lab by a DNAT the spec does not declare."""
     f, r = ev.flow, ev.result
@@ -804,7 +780,6 @@ def stray_dnat(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
     f = ev.flow
     containers = {c.name for c in ev.t.containers}
@@ -832,7 +807,6 @@ def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-@rule
 def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
     flows: list[Flow] = []
     if ev.flow is not None:
@@ -870,7 +844,6 @@ def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
 # ============================================================================ services
 
 
-@rule
 def no_listener(ev: Evidence) -> Iterator[Finding]:
     flows = [ev.flow] if ev.flow is not None else _dnat_flows(ev)
     seen: set[tuple[str, int]] = set()
@@ -903,7 +876,6 @@ def no_listener(ev: Evidence) -> Iterator[Finding]:
 # ============================================================================ the firewall as a whole
 
 
-@rule
 def rules_split(ev: Evidence) -> Iterator[Finding]:
     held = ev.fw.backends()
     if len(held) < 2:
@@ -920,4 +892,13 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
     )
 
 
-__all__ = ["RULES", "Evidence", "evaluate", "rule"]
+# Every rule, in the order they are tried (the ranking is by score, not by this order).
+RULES: tuple[Rule, ...] = (
+    link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
+    address_conflict, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
+    host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat,
+    route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
+)
+
+
+__all__ = ["RULES", "Evidence", "evaluate"]

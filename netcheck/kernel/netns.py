@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from netcheck.kernel import rtnl as R
+from netcheck.kernel import rtnl
 from netcheck.kernel.worker import NamespaceError, NamespaceWorker, netns_path
 from netcheck.waiting import wait_until
 
@@ -169,18 +169,18 @@ class Netns:
         """Run ``fn(ipr)`` with this namespace's netlink socket."""
         return self._worker.call(lambda: fn(_ipr(self._worker.state)))
 
-    def with_rtnl(self, fn: Callable[[R.Rtnl], T]) -> T:
+    def with_rtnl(self, fn: Callable[[rtnl.Rtnl], T]) -> T:
         """Run ``fn(sock)`` with this namespace's raw rtnetlink socket (batched requests, see rtnl.py)."""
 
         def do() -> T:
             sock = self._worker.state.get("rtnl")
             if sock is None:
-                sock = self._worker.state["rtnl"] = R.Rtnl()
+                sock = self._worker.state["rtnl"] = rtnl.Rtnl()
             return fn(sock)
 
         return self._worker.call(do)
 
-    def _run(self, do: Callable[[R.Rtnl], list[R.NetlinkError]], *, fix: str | Callable[[list[R.NetlinkError]], str] = "", gone: tuple[int, ...] = ()) -> bool:
+    def _run(self, do: Callable[[rtnl.Rtnl], list[rtnl.NetlinkError]], *, fix: str | Callable[[list[rtnl.NetlinkError]], str] = "", gone: tuple[int, ...] = ()) -> bool:
         """Run ``do(sock)``, which sends requests and returns their failures, in the namespace's thread.
 
         A failure whose errno is in ``gone`` ("already gone") is no error, and makes the result
@@ -191,12 +191,12 @@ class Netns:
         try:
             failures = self.with_rtnl(do)
             errors = [f for f in failures if f.errno not in gone]
-            R.raise_first(errors, where, fix(errors) if callable(fix) else fix)
-        except (R.NetlinkError, OSError) as exc:
+            rtnl.raise_first(errors, where, fix(errors) if callable(fix) else fix)
+        except (rtnl.NetlinkError, OSError) as exc:
             raise KernelError(str(exc) if where in str(exc) else f"{exc} in {where}") from None
         return len(errors) == len(failures)
 
-    def _send(self, make: Callable[[R.Rtnl], Iterable[R.Request]], *, fix: str = "", gone: tuple[int, ...] = ()) -> bool:
+    def _send(self, make: Callable[[rtnl.Rtnl], Iterable[rtnl.Request]], *, fix: str = "", gone: tuple[int, ...] = ()) -> bool:
         """Send the requests ``make(sock)`` builds (it may look up indexes) in one batch; see ``_run``."""
         return self._run(lambda sock: sock.execute(make(sock)), fix=fix, gone=gone)
 
@@ -209,10 +209,6 @@ class Netns:
     def close(self) -> None:
         """Close the netlink socket and stop the thread, so nothing holds the namespace."""
         self._worker.close()
-
-    def where(self) -> str:
-        """How a user enters this namespace, for messages."""
-        return f"ip netns exec {self.name}" if self.name else "(this namespace)"
 
     @classmethod
     def create_many(cls, names: Sequence[tuple[str, str]], *, init: Callable[[Netns], None] | None = None,
@@ -244,7 +240,7 @@ class Netns:
     def add_veths(self, pairs: Sequence[VethSpec]) -> None:
         """Create veth pairs in one netlink batch, each peer born in its namespace."""
 
-        def do(sock: R.Rtnl) -> list[R.NetlinkError]:
+        def do(sock: rtnl.Rtnl) -> list[rtnl.NetlinkError]:
             with contextlib.ExitStack() as fds:
                 opened: dict[str, int] = {}
                 requests = []
@@ -255,7 +251,7 @@ class Netns:
                         if fd is None:
                             fd = opened[p.peer_ns.path] = os.open(p.peer_ns.path, os.O_RDONLY | os.O_CLOEXEC)
                             fds.callback(os.close, fd)
-                    requests.append(R.veth(p.name, p.peer, peer_netns_fd=fd, master=p.master, group=p.group, mtu=p.mtu,
+                    requests.append(rtnl.veth(p.name, p.peer, peer_netns_fd=fd, master=p.master, group=p.group, mtu=p.mtu,
                                            up=p.up, index=p.index, peer_index=p.peer_index, peer_group=p.peer_group))
                 return sock.execute(requests)
 
@@ -267,7 +263,7 @@ class Netns:
     ) -> None:
         """Bring links up, add addresses, then routes (dst, via, dev): one netlink batch, in that order."""
 
-        def make(sock: R.Rtnl) -> list[R.Request]:
+        def make(sock: rtnl.Rtnl) -> list[rtnl.Request]:
             index: dict[str, int] = {"lo": LOOPBACK_INDEX}
 
             def idx(name: str) -> int:
@@ -275,32 +271,32 @@ class Netns:
                     index[name] = _index(sock, name)
                 return index[name]
 
-            requests = [R.set_link(idx(n), up=True, what=f"set link {n} up") for n in up]
-            requests += [R.add_address(idx(n), a, what=f"add address {a} to {n}") for n, a in addresses]
-            requests += [R.add_route(dst, via=via, oif=idx(dev) if dev else None, what=f"add route {dst} via {via or dev}") for dst, via, dev in routes]
+            requests = [rtnl.set_link(idx(n), up=True, what=f"set link {n} up") for n in up]
+            requests += [rtnl.add_address(idx(n), a, what=f"add address {a} to {n}") for n, a in addresses]
+            requests += [rtnl.add_route(dst, via=via, oif=idx(dev) if dev else None, what=f"add route {dst} via {via or dev}") for dst, via, dev in routes]
             return requests
 
-        def fix(failures: list[R.NetlinkError]) -> str:
+        def fix(failures: list[rtnl.NetlinkError]) -> str:
             return ROUTE_FIX if len(failures) == 1 and failures[0].what.startswith("add route") else ""
 
         self._run(lambda sock: sock.execute(make(sock)), fix=fix)
 
     def set_neighbours(self, name: str, entries: Iterable[tuple[IPv4Address, str]]) -> None:
         """Permanent neighbour entries (ip, mac) on link ``name``, in one batch (see rtnl.add_neighbour)."""
-        self._send(lambda sock: R.neighbours(_index(sock, name), entries, where=name))
+        self._send(lambda sock: rtnl.neighbours(_index(sock, name), entries, where=name))
 
     def delete_neighbours(self, name: str, ips: Iterable[IPv4Address]) -> None:
         """Delete neighbour entries on link ``name`` in one batch; entries already gone are fine."""
 
-        def make(sock: R.Rtnl) -> Iterable[R.Request]:
+        def make(sock: rtnl.Rtnl) -> Iterable[rtnl.Request]:
             index = sock.link_index(name)
             if index is None:
                 return []  # the link, and its neighbours, are gone
-            return R.neighbours(index, ((ip, "") for ip in ips), delete=True, where=name)
+            return rtnl.neighbours(index, ((ip, "") for ip in ips), delete=True, where=name)
 
         self._send(make, gone=(errno.ENOENT, errno.ESRCH))
 
-    def link_states(self) -> list[R.LinkState]:
+    def link_states(self) -> list[rtnl.LinkState]:
         """Every link's name, index, admin state and operstate, from one raw dump (cheap at scale)."""
         return self.with_rtnl(lambda sock: sock.links())
 
@@ -310,42 +306,39 @@ class Netns:
     def delete_link_group(self, group: int) -> bool:
         """Delete every link of ``group`` in this namespace in one request (one kernel unregister batch);
         False if the group had no link left."""
-        return self._send(lambda _sock: [R.delete_group(group)], gone=GONE)
+        return self._send(lambda _sock: [rtnl.delete_group(group)], gone=GONE)
 
     def add_bridge(self, name: str, *, group: int | None = None) -> int:
         """A bridge (no STP, no forward delay); returns its ifindex."""
-        self._send(lambda _sock: [R.bridge(name, group=group)])
+        self._send(lambda _sock: [rtnl.bridge(name, group=group)])
         return self.with_rtnl(lambda sock: _index(sock, name))
 
     def set_link(self, name: str, *, up: bool | None = None, master: str | bool | None = False, mtu: int | None = None) -> None:
         """Change a link: ``up``, ``master`` (a bridge name, or None to detach), ``mtu``."""
 
-        def make(sock: R.Rtnl) -> list[R.Request]:
+        def make(sock: rtnl.Rtnl) -> list[rtnl.Request]:
             bridge = 0 if master is None else _index(sock, master) if isinstance(master, str) else None
-            return [R.set_link(_index(sock, name), up=up, master=bridge, mtu=mtu, what=f"set link {name}")]
+            return [rtnl.set_link(_index(sock, name), up=up, master=bridge, mtu=mtu, what=f"set link {name}")]
 
         self._send(make)
 
     def set_bridge(self, name: str, *, ageing_time: int) -> None:
         """Set a bridge's MAC ageing time, in centiseconds (0: it forgets every MAC and floods)."""
-        self._send(lambda sock: [R.set_bridge(_index(sock, name), ageing_time=ageing_time, what=f"set bridge {name} ageing_time {ageing_time}")])
+        self._send(lambda sock: [rtnl.set_bridge(_index(sock, name), ageing_time=ageing_time, what=f"set bridge {name} ageing_time {ageing_time}")])
 
     def delete_link(self, name: str) -> bool:
         """Delete a link; False if it was already gone."""
-        return self._send(lambda _sock: [R.delete_link(name)], gone=GONE)
+        return self._send(lambda _sock: [rtnl.delete_link(name)], gone=GONE)
 
-    def add_address(self, name: str, address: IPv4Interface) -> None:
-        self._send(lambda sock: [R.add_address(_index(sock, name), address, what=f"add address {address} to {name}")])
+    def deconfigure(self, *, routes: Sequence[IPv4Network] = (), addresses: Sequence[tuple[str, IPv4Interface]] = ()) -> bool:
+        """Delete routes (by destination), then addresses, in one batch: the reverse of ``configure``;
+        False if some were gone already."""
 
-    def delete_address(self, name: str, address: IPv4Interface) -> None:
-        self._send(lambda sock: [R.delete_address(_index(sock, name), address, what=f"delete address {address} from {name}")])
+        def make(sock: rtnl.Rtnl) -> list[rtnl.Request]:
+            requests = [rtnl.delete_route(dst) for dst in routes]
+            return requests + [rtnl.delete_address(_index(sock, n), a, what=f"delete address {a} from {n}") for n, a in addresses]
 
-    def add_route(self, dst: IPv4Network, via: IPv4Address | None = None, dev: str | None = None) -> None:
-        self.configure(routes=[(dst, via, dev)])
-
-    def delete_route(self, dst: IPv4Network) -> bool:
-        """Delete the route to ``dst``; False if there was none."""
-        return self._send(lambda _sock: [R.delete_route(dst)], gone=(errno.ESRCH,))
+        return self._send(make, gone=(errno.ESRCH, errno.EADDRNOTAVAIL))
 
     # ----------------------------------------------------------------- netlink: reads
 
@@ -522,11 +515,11 @@ def _errno(exc: BaseException) -> int | None:
     return getattr(exc, "errno", None)
 
 
-def _index(sock: R.Rtnl, name: str) -> int:
+def _index(sock: rtnl.Rtnl, name: str) -> int:
     """The ifindex of link ``name``, or a NetlinkError (ENODEV) naming it."""
     index = sock.link_index(name)
     if index is None:
-        raise R.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
+        raise rtnl.NetlinkError(errno.ENODEV, f"link {name}", "no such link")
     return index
 
 

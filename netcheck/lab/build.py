@@ -8,13 +8,13 @@ the spec declares; netcheck.adapters has another tool make it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Protocol
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, nft_missing
 from netcheck.lab.plan import DEFAULT_ROUTE, ECHO_PORT, ContainerPlan, Plan, plan
+from netcheck.lab.plan import base as plan_base
 from netcheck.ledger import ChainEntry, NftChainEntry, NftTableEntry, RuleEntry
 from netcheck.services import ServiceHost
 
@@ -42,7 +42,7 @@ class Network(Protocol):
 class SpecNetwork:
     """The network the spec declares: bridges, containers, their routes and the host's rules."""
 
-    def __init__(self, topology: S.Topology) -> None:
+    def __init__(self, topology: spec.Topology) -> None:
         self.topology = topology
 
     def host_names(self, lab: Lab) -> dict[str, str]:
@@ -61,21 +61,21 @@ class SpecNetwork:
 
 def base(lab: Lab, network: Network) -> None:
     """The host and the outside world: namespaces, uplink, sysctls, the host's routes."""
-    t, n = lab.topology, lab.names
+    p = plan_base(lab.topology, lab.names)
     lab.host = lab.mode.open_host(lab, network.host_sysctls(lab))
-    lab.wan = lab.new_namespace(n.wan_ns, "wan")
+    lab.wan = lab.new_namespace(p.wan_ns, "wan")
     lab.wan.set_sysctl("net.ipv4.ip_forward", 0)
 
     # uplink: host <-> wan, documentation addresses; "remote" addresses live on wan's lo.
-    group = lab.link(lab.host, n.uplink)
-    lab.wan.add_veths([VethSpec(n.wan_uplink, n.uplink, lab.host, up=False, index=WAN_UPLINK_INDEX, peer_group=group)])
-    lab.host.configure(up=[n.uplink], addresses=[(n.uplink, t.host.address)])
-    lab.wan.configure(up=[n.wan_uplink], addresses=[(n.wan_uplink, t.wan.address), *(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)])
-    lab.host.wait_links_up([n.uplink])
-    lab.wan.wait_links_up([n.wan_uplink])
+    group = lab.link(lab.host, p.uplink)
+    lab.wan.add_veths([VethSpec(p.wan_uplink, p.uplink, lab.host, up=False, index=WAN_UPLINK_INDEX, peer_group=group)])
+    lab.host.configure(up=[p.uplink], addresses=[(p.uplink, p.host_address)])
+    lab.wan.configure(up=[p.wan_uplink], addresses=p.wan_addresses)
+    lab.host.wait_links_up([p.uplink])
+    lab.wan.wait_links_up([p.wan_uplink])
     lab.mode.route_host(lab)
-    if t.wan.routes:
-        lab.wan.configure(routes=[(r.to, r.via, None) for r in t.wan.routes])
+    if p.wan_routes:
+        lab.wan.configure(routes=[(dst, via, None) for dst, via in p.wan_routes])
 
 
 def bridges(lab: Lab, p: Plan) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import XRule
 from netcheck.lab import build, teardown
@@ -31,7 +31,7 @@ class Lab:
     it would keep the namespaces alive.
     """
 
-    def __init__(self, topology: S.Topology, *, keep: bool = False, tag: str | None = None, run_dir: Path | None = None,
+    def __init__(self, topology: spec.Topology, *, keep: bool = False, tag: str | None = None, run_dir: Path | None = None,
                  host_mode: bool = False, mode: HostMode | None = None, network: build.Network | None = None) -> None:
         self.topology = topology
         self.keep = keep

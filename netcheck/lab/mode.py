@@ -8,13 +8,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import Backend, choose_backend, read_legacy, read_nft_chains
-from netcheck.lab.plan import DEFAULT_ROUTE
+from netcheck.lab.plan import DEFAULT_ROUTE, owned_routes
 from netcheck.ledger import RouteEntry
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ class HostMode(Protocol):
     def chains_held(self, host: Netns, chains: Sequence[tuple[str, str]], backend: Backend) -> set[tuple[str, str]]:
         """Of the custom chains the rules need, those the host has already (never removed)."""
 
-    def forward_policies(self, t: S.Topology) -> list[tuple[str, str, str]]:
+    def forward_policies(self, t: spec.Topology) -> list[tuple[str, str, str]]:
         """The (table, chain, policy) the builder sets."""
 
     def may_send_to(self, lab: Lab, address: str) -> bool:
@@ -86,7 +85,7 @@ class Sandbox:
         return LINK_GROUP
 
     def route_host(self, lab: Lab) -> None:
-        lab.host.add_route(DEFAULT_ROUTE, lab.topology.host.gateway)
+        lab.host.configure(routes=[(DEFAULT_ROUTE, lab.topology.host.gateway, None)])
 
     def firewall(self, host: Netns) -> Backend:
         return "legacy"
@@ -94,7 +93,7 @@ class Sandbox:
     def chains_held(self, host: Netns, chains: Sequence[tuple[str, str]], backend: Backend) -> set[tuple[str, str]]:
         return set()
 
-    def forward_policies(self, t: S.Topology) -> list[tuple[str, str, str]]:
+    def forward_policies(self, t: spec.Topology) -> list[tuple[str, str, str]]:
         return [("filter", "FORWARD", t.host.forward_policy)] if t.host.forward_policy != "ACCEPT" else []
 
     def may_send_to(self, lab: Lab, address: str) -> bool:
@@ -124,7 +123,7 @@ class RealHost:
         # outside-world namespace instead of leaving the machine).
         assert lab.ledger is not None
         for dst in owned_routes(lab.topology):
-            lab.ledger.create(RouteEntry(None, str(dst)), functools.partial(lab.host.add_route, dst, lab.topology.host.gateway))
+            lab.ledger.create(RouteEntry(None, str(dst)), functools.partial(lab.host.configure, routes=[(dst, lab.topology.host.gateway, None)]))
 
     def firewall(self, host: Netns) -> Backend:
         return choose_backend(host)  # a real host keeps its backend: nft unless it has legacy tables
@@ -135,7 +134,7 @@ class RealHost:
         held = read_legacy(host, sorted({table for table, _ in chains})) if backend == "legacy" else read_nft_chains(host)
         return {(c.table, c.name) for c in held}
 
-    def forward_policies(self, t: S.Topology) -> list[tuple[str, str, str]]:
+    def forward_policies(self, t: spec.Topology) -> list[tuple[str, str, str]]:
         return []
 
     def may_send_to(self, lab: Lab, address: str) -> bool:
@@ -145,11 +144,6 @@ class RealHost:
 
     def make_external(self, tool: ToolSetup) -> None:
         tool.find_existing()
-
-
-def owned_routes(t: S.Topology) -> list[IPv4Network]:
-    """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
-    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
 
 
 def mode_of(host_mode: bool) -> HostMode:

@@ -21,13 +21,26 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
 from netcheck import expect as promise
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
 
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 ECHO_PORT = 7  # netcheck's own TCP and UDP echo responders, in every container and the outside world
 Rename = Callable[[str], str]  # a spec interface name -> the kernel's
+
+
+@dataclass(frozen=True)
+class BasePlan:
+    """The host, the outside world and the uplink between them: every lab has them, whoever makes its network."""
+
+    host_ns: str
+    wan_ns: str
+    uplink: str  # the host's end, kernel name
+    wan_uplink: str  # the outside world's end
+    host_address: IPv4Interface
+    wan_addresses: tuple[tuple[str, IPv4Interface], ...]  # (interface, address): the uplink's, then the remote ones on lo
+    wan_routes: tuple[tuple[IPv4Network, IPv4Address], ...]
 
 
 @dataclass(frozen=True)
@@ -85,8 +98,9 @@ class Reach:
 class Plan:
     """Everything a sandbox lab of one topology is made of, in kernel names."""
 
-    topology: S.Topology
+    topology: spec.Topology
     names: KernelNames
+    base: BasePlan
     knames: Mapping[str, str]  # spec name -> kernel name of every host-side interface
     bridges: tuple[BridgePlan, ...]
     containers: tuple[ContainerPlan, ...]
@@ -96,7 +110,7 @@ class Plan:
         return self.knames[spec_iface]
 
 
-def plan(t: S.Topology, names: KernelNames) -> Plan:
+def plan(t: spec.Topology, names: KernelNames) -> Plan:
     """The plan of a sandbox build of ``t`` with ``names``."""
     knames = names.host_interfaces(t)
     bridges = tuple(BridgePlan(b.name, knames[b.name], b.address) for b in t.bridges)
@@ -109,7 +123,19 @@ def plan(t: S.Topology, names: KernelNames) -> Plan:
             c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
             c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes),
         ))
-    return Plan(t, names, knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
+    return Plan(t, names, base(t, names), knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
+
+
+def base(t: spec.Topology, names: KernelNames) -> BasePlan:
+    """The plan of a lab's base (the sandbox's, or a real host's with netcheck's outside world)."""
+    remote = tuple(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)
+    return BasePlan(names.host_ns, names.wan_ns, names.uplink, names.wan_uplink, t.host.address, ((names.wan_uplink, t.wan.address), *remote),
+                    tuple((r.to, r.via) for r in t.wan.routes))
+
+
+def owned_routes(t: spec.Topology) -> list[IPv4Network]:
+    """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
+    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
 
 
 # ----------------------------------------------------------------------------- rules
@@ -126,13 +152,13 @@ def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str 
     return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment)
 
 
-def spec_masquerade(m: S.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
+def spec_masquerade(m: spec.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
     out = rename(m.out_interface) if m.out_interface else None
     not_out = rename(m.not_out_interface) if m.not_out_interface else None
     return masquerade_rule(str(m.source) if m.source else None, out, not_out, comment)
 
 
-def spec_rules(t: S.Topology, rename: Rename, comment: str | None = None) -> tuple[XRule, ...]:
+def spec_rules(t: spec.Topology, rename: Rename, comment: str | None = None) -> tuple[XRule, ...]:
     """The spec's iptables rules, interfaces renamed by ``rename``, in the order the builder installs them."""
     rules: list[XRule] = []
     for f in t.forward_accepts:
@@ -149,7 +175,7 @@ def spec_rules(t: S.Topology, rename: Rename, comment: str | None = None) -> tup
     return tuple(rules)
 
 
-def masquerade_for(t: S.Topology, container: str, rename: Rename) -> XRule:
+def masquerade_for(t: spec.Topology, container: str, rename: Rename) -> XRule:
     """The MASQUERADE rule the spec declares for a container's traffic, or (none declared) the
     usual one: its network, out by the uplink."""
     c = t.container(container)
@@ -160,7 +186,7 @@ def masquerade_for(t: S.Topology, container: str, rename: Rename) -> XRule:
     return masquerade_rule(str(c.address.network) if c.address is not None else None, rename(t.host.uplink))
 
 
-def _address(t: S.Topology, container: str) -> str | None:
+def _address(t: spec.Topology, container: str) -> str | None:
     c = t.container(container)
     return str(c.address.ip) if c.address is not None else None
 
@@ -168,7 +194,7 @@ def _address(t: S.Topology, container: str) -> str | None:
 # ----------------------------------------------------------------------------- flows
 
 
-def accesses(t: S.Topology) -> tuple[Access, ...]:
+def accesses(t: spec.Topology) -> tuple[Access, ...]:
     """Every way in to a published port or a VIP: from the outside world and from the host."""
     senders = {"wan": str(t.wan.address.ip), "host": str(t.host.address.ip)}
     out: list[Access] = []
@@ -190,7 +216,7 @@ def _ways(from_outside: bool, from_host: bool) -> list[Literal["wan", "host"]]:
     return ways
 
 
-def reaches(t: S.Topology) -> tuple[Reach, ...]:
+def reaches(t: spec.Topology) -> tuple[Reach, ...]:
     """The ICMP flows the spec promises, as the suites would probe them: each container to its
     gateway and to the outside world, and to one neighbour per network it should reach (not
     every pair: a fault between two networks shows on any pair of them)."""
@@ -214,6 +240,6 @@ def reaches(t: S.Topology) -> tuple[Reach, ...]:
 
 
 __all__ = [
-    "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BridgePlan", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
+    "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BasePlan", "BridgePlan", "base", "owned_routes", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
     "plan", "reaches", "spec_masquerade", "spec_rules",
 ]
