@@ -92,3 +92,13 @@ def test_a_version_less_record_of_a_dead_run_is_cleaned(tmp_path: Path) -> None:
     assert (cleaned, errors) == (1, [])
     assert not os.path.exists(netns_path(name)), "the namespace the old record named is still there"
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_a_rule_from_a_newer_netcheck_is_not_read_rather_than_a_crash() -> None:
+    """Another version's run record on the same machine (a rule with matches this one does not model) never breaks listing or clean."""
+    from netcheck.ledger import from_json
+
+    line = {"kind": "rule", "netns": "nc5st9-host", "backend": "legacy",
+            "rule": {"table": "nat", "chain": "POSTROUTING", "target": "MASQUERADE", "some_future_match": ["x"]}}
+    assert from_json(line) is None
+    assert from_json({**line, "rule": {"table": "nat", "chain": "POSTROUTING", "target": "MASQUERADE"}}) is not None
