@@ -61,7 +61,7 @@ class LabFactory:
                     from netcheck.faults import inject
 
                     inject(lab, self.faults)
-            except Exception as exc:
+            except Exception as exc:  # any build failure is remembered (later tests get it at once), then re-raised
                 self._failed[topology.name] = exc
                 raise
             self._shared[topology.name] = lab

@@ -349,7 +349,7 @@ class Netns:
         def do(ipr: IPRoute) -> Link | None:
             try:
                 return _link(ipr.link("get", ifname=name)[0])
-            except Exception as exc:
+            except Exception as exc:  # pyroute2's NetlinkError and OSError alike: decided by errno, others re-raised
                 if _errno(exc) in (errno.ENODEV, errno.ENOENT):
                     return None
                 raise
