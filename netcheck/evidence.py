@@ -157,6 +157,10 @@ class Finding:
     def line(self) -> str:
         return f"{self.summary}. Fix: {self.fix}"
 
+    def headline(self) -> str:
+        """``where: summary``, the place once (summaries often start with it)."""
+        return self.summary if self.summary.startswith(f"{self.where}:") else f"{self.where}: {self.summary}"
+
 
 @dataclass(frozen=True)
 class Hop:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from netcheck.report.collector import Collector
 
 SETTINGS: pytest.StashKey[settings_mod.Settings] = pytest.StashKey()
-EVIDENCE: pytest.StashKey[list[dict[str, Any]]] = pytest.StashKey()
+EVIDENCE: pytest.StashKey[list[ProbeResult]] = pytest.StashKey()  # typed values; plain data only on the report
 COLLECTOR: pytest.StashKey[Collector] = pytest.StashKey()
 FACTORY: pytest.StashKey[LabFactory] = pytest.StashKey()
 REAPED_AT_END: pytest.StashKey[int] = pytest.StashKey()
@@ -134,7 +134,7 @@ def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult],
     log = request.node.stash.setdefault(EVIDENCE, [])
 
     def record(result: ProbeResult) -> None:
-        log.append(result.to_dict())
+        log.append(result)
 
     return record
 
@@ -170,25 +170,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return report
     prop = item.get_closest_marker("netcheck_property")
     topo = settings_mod.item_topology(item)
+    results = item.stash.get(EVIDENCE, [])
     data = {
         "property": prop.args[0] if prop else None,
         "topology": getattr(topo, "name", None),
-        "probes": item.stash.get(EVIDENCE, []),
+        "probes": [r.to_dict() for r in results],  # plain data: it travels through xdist
     }
     report.netcheck = data  # type: ignore[attr-defined]
     if data["property"]:
         report.user_properties.append(("netcheck.property", data["property"]))
     if data["topology"]:
         report.user_properties.append(("netcheck.topology", data["topology"]))
-    probes = data["probes"]
-    if probes:
-        report.user_properties.append(("netcheck.probes", str(len(probes))))
-        failed = [p for p in probes if p.get("diagnosis") and p["diagnosis"].get("findings")]
-        if failed:
-            top = failed[0]["diagnosis"]["findings"][0]
-            from netcheck.report.model import finding_line
+    if results:
+        report.user_properties.append(("netcheck.probes", str(len(results))))
+        from netcheck.evidence import ProbeResult as Result
 
-            report.user_properties.append(("netcheck.diagnosis", f"{finding_line(top)}. Fix: {top['fix']}"))
+        diagnoses = [r.diagnosis for r in results if isinstance(r, Result) and r.diagnosis is not None]
+        top = next((d.top for d in diagnoses if d.top is not None), None)
+        if top is not None:
+            report.user_properties.append(("netcheck.diagnosis", f"{top.headline()}. Fix: {top.fix}"))
     # --junitxml writes the teardown report's properties, which pytest copies from the item's.
     item.user_properties.extend(p for p in report.user_properties if str(p[0]).startswith("netcheck.") and p not in item.user_properties)
     return report
