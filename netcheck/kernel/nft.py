@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from ipaddress import ip_interface
 from typing import Any
 
@@ -84,6 +84,11 @@ class NftTable:
 def tables_for(prefix: str) -> dict[str, NftTable]:
     """The lab's own tables, by the iptables table they stand for."""
     return {t: NftTable(FAMILY, f"{prefix}_{t}") for t in BUILTIN_CHAINS}
+
+
+def native(prefix: str, rule: XRule) -> XRule:
+    """``rule`` (in an iptables table) as it reads back from the lab's own nft table."""
+    return replace(rule, table=tables_for(prefix)[rule.table].name)
 
 
 def run(ns: Netns, commands: Sequence[dict[str, Any]], *, what: str) -> Any:
@@ -177,9 +182,13 @@ def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, s
     return [tables[t] for t in used], commands
 
 
-def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> list[NftTable]:
-    """Write the rules as the lab's own nft tables in one transaction; returns the tables made."""
+def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = (),
+          *, before: Callable[[list[NftTable]], None] | None = None) -> list[NftTable]:
+    """Write the rules as the lab's own nft tables in one transaction; returns the tables made.
+    ``before(tables)`` runs first (to record them in a ledger before they exist)."""
     tables, commands = ruleset(prefix, rules, policies)
+    if before is not None:
+        before(tables)
     if commands:
         run(ns, commands, what=f"adding {len(rules)} rules in tables {', '.join(t.name for t in tables)}")
     return tables

@@ -11,6 +11,8 @@ in one place::
     ('nck7q0b0', 'nck7q0-netns0')
     >>> p.rules[0].render()
     "-t nat -A POSTROUTING -s 172.18.0.0/16 ! -o nck7q0b0 -m comment --comment 'netcheck nck7q0' -j MASQUERADE"
+    >>> plan(spec.builtin("seed1-nft"), KernelNames("nck7q0")).installed[0].table
+    'nck7q0_nat'
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Literal
 
 from netcheck import expect as promise
 from netcheck import spec as S
+from netcheck.kernel import nft
 from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
 
@@ -90,7 +93,14 @@ class Plan:
     knames: Mapping[str, str]  # spec name -> kernel name of every host-side interface
     bridges: tuple[BridgePlan, ...]
     containers: tuple[ContainerPlan, ...]
-    rules: tuple[XRule, ...]
+    rules: tuple[XRule, ...]  # what the builder writes, in iptables' tables (nat, filter)
+
+    @property
+    def installed(self) -> tuple[XRule, ...]:
+        """The rules as they read back from the kernel: with ``firewall = "nft"``, in the lab's own nft tables."""
+        if self.topology.host.firewall != "nft":
+            return self.rules
+        return tuple(nft.native(self.names.tag, r) for r in self.rules)
 
     def kname(self, spec_iface: str) -> str:
         return self.knames[spec_iface]
