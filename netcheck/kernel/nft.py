@@ -153,6 +153,55 @@ def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _text_match(keyword: str, value: str, quote: bool = False) -> str:
+    neg = value.startswith("!")
+    raw = value[1:] if neg else value
+    if quote:
+        raw = f'"{raw[:-1]}*"' if raw.endswith("+") else f'"{raw}"'
+    return f"{keyword} {'!= ' if neg else ''}{raw}"
+
+
+def text(rule: XRule) -> str:
+    """An XRule as nft rule text (what ``nft list`` prints), for messages and fixes.
+
+    >>> text(XRule("nat", "POSTROUTING", "MASQUERADE", src="172.18.0.0/16", out_interface="!br0"))
+    'ip saddr 172.18.0.0/16 oifname != "br0" counter masquerade'
+    """
+    words = []
+    for keyword, value, quote in (("ip saddr", rule.src, False), ("ip daddr", rule.dst, False), ("iifname", rule.in_interface, True), ("oifname", rule.out_interface, True)):
+        if value:
+            words.append(_text_match(keyword, value, quote))
+    if rule.protocol and rule.dport is not None:
+        words.append(f"{rule.protocol} dport {rule.dport}")
+    elif rule.protocol:
+        words.append(f"meta l4proto {rule.protocol}")
+    words.append("counter")
+    if rule.target in VERDICTS:
+        words.append(VERDICTS[rule.target])
+    elif rule.target == "DNAT":
+        words.append(f"dnat to {rule.to_destination}")
+    elif rule.target:
+        words.append(f"jump {rule.target}")
+    if rule.comment:
+        words.append(f'comment "{rule.comment}"')
+    return " ".join(words)
+
+
+def command(rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
+    """The nft command that adds (-A), inserts (-I) or deletes (-D, by handle) a rule of a native table, one shell word after ``nft``.
+
+    >>> command(XRule("nc1_filter", "FORWARD", "DROP", in_interface="nc1b0", handle=4), "-D")
+    'nft delete rule ip nc1_filter FORWARD handle 4'
+    """
+    where = f"{family} {rule.table} {rule.chain}"
+    if op == "-D":
+        if rule.handle is None:
+            return f"nft -a list chain {where}  (then: nft delete rule {where} handle N, N the handle of: {text(rule)})"
+        return f"nft delete rule {where} handle {rule.handle}"
+    verb = "insert" if op == "-I" else "add"
+    return f"nft '{verb} rule {where} {text(rule)}'"
+
+
 def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> tuple[list[NftTable], list[dict[str, Any]]]:
     """The tables and the nft JSON commands that lay down ``rules`` (and base chain policies) natively."""
     tables = tables_for(prefix)
@@ -192,6 +241,61 @@ def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tup
     if commands:
         run(ns, commands, what=f"adding {len(rules)} rules in tables {', '.join(t.name for t in tables)}")
     return tables
+
+
+def table_of(prefix: str, name: str) -> tuple[str, NftTable]:
+    """(iptables table, the lab's nft table) of a rule's table, named either way (``nat`` or ``<prefix>_nat``)."""
+    for role, table in tables_for(prefix).items():
+        if name in (role, table.name):
+            return role, table
+    raise KernelError(f"{name} is neither an iptables table nor one of the lab's nft tables ({prefix}_nat, {prefix}_filter)")
+
+
+def _chain_body(table: NftTable, role: str, chain: str, policy: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"family": table.family, "table": table.name, "name": chain}
+    base = HOOKS.get((role, chain))
+    if base is not None:
+        kind, hook, prio = base
+        body |= {"type": kind, "hook": hook, "prio": prio} | ({"policy": policy.lower()} if policy else {})
+    return body
+
+
+def add_rules(ns: Netns, prefix: str, rules: Sequence[XRule], *, insert: bool = False, before: Callable[[list[NftTable]], None] | None = None) -> list[NftTable]:
+    """Add (or insert, at the top of their chains) rules to the lab's own tables, making a table or
+    chain they need (an existing one is left as it is); returns the tables they went to."""
+    commands: list[dict[str, Any]] = []
+    used: list[NftTable] = []
+    for r in rules:
+        role, table = table_of(prefix, r.table)
+        if table not in used:
+            used.append(table)
+            commands.append({"add": {"table": table.ref()}})
+        user = {c for c in (r.chain, r.target) if c not in BUILTIN_CHAINS[role] and c not in VERDICTS and c != "DNAT"}
+        for chain in (r.chain, *sorted(user - {r.chain})):
+            commands.append({"add": {"chain": _chain_body(table, role, chain)}})
+        body: dict[str, Any] = {"family": table.family, "table": table.name, "chain": r.chain, "expr": expressions(r, user)}
+        if r.comment:
+            body["comment"] = r.comment
+        commands.append({"insert" if insert else "add": {"rule": body}})
+    if before is not None:
+        before(used)
+    if commands:
+        run(ns, commands, what=f"adding {len(rules)} rules")
+    return used
+
+
+def delete_rule(ns: Netns, family: str, table: str, chain: str, handle: int) -> None:
+    """Delete one rule by its handle (``nft delete rule FAMILY TABLE CHAIN handle N``)."""
+    run(ns, [{"delete": {"rule": {"family": family, "table": table, "chain": chain, "handle": handle}}}], what=f"deleting rule {handle} of {family} {table} {chain}")
+
+
+def set_policy(ns: Netns, prefix: str, role: str, chain: str, policy: str, *, before: Callable[[list[NftTable]], None] | None = None) -> NftTable:
+    """Set the policy of one of the lab's base chains (made, with its table, if missing)."""
+    _, table = table_of(prefix, role)
+    if before is not None:
+        before([table])
+    run(ns, [{"add": {"table": table.ref()}}, {"add": {"chain": _chain_body(table, role, chain, policy)}}], what=f"setting the {chain} policy to {policy}")
+    return table
 
 
 def table_names(ns: Netns) -> set[tuple[str, str]]:
