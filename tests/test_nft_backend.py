@@ -91,3 +91,76 @@ def test_the_rules_are_written_natively_and_removed(repo) -> None:
     chains = {i["chain"]["name"]: i["chain"] for i in out["listed"]["nftables"] if "chain" in i}
     assert chains["FORWARD"]["policy"] == "drop" and chains["FORWARD"]["hook"] == "forward"
     assert out["gone"] == [True, True] and out["again"] == [False, False] and out["left"].strip() == ""
+
+
+@pytest.mark.root
+def test_an_nft_lab_never_creates_a_legacy_table() -> None:
+    """seed1-nft built, probed, broken (its FORWARD policy set natively), diagnosed (rules read back,
+    counters compared) and inspected by the doctor: no namespace of the lab holds an ip_tables
+    table, read from each namespace's own thread and by iptables-legacy-save there. The control:
+    the same reads find seed1's legacy nat table."""
+    from netcheck import faults, spec
+    from netcheck.diagnose.doctor import inspect
+    from netcheck.kernel.inspect import legacy_tables
+    from netcheck.lab import Lab
+    from netcheck.probes import Prober
+
+    why = nft.available()
+    if why:
+        skip_for_missing_tool(why)
+    with Lab(spec.builtin("seed1-nft")) as lab:
+        prober = Prober(lab)
+        r = prober.http("wan", "203.0.113.2", 5000, target="netns0")
+        assert r.passed, r.explain()
+        assert faults.inject(lab, ["forward-drop"]) == ["forward-drop"]
+        r = prober.icmp("netns0", "198.51.100.1")
+        assert r.diagnosis is not None and r.diagnosis.top is not None and r.diagnosis.top.cause == "forward_drop", r.explain()
+        assert f"nft 'insert rule ip {lab.tag}_filter FORWARD" in r.diagnosis.top.fix, r.diagnosis.top.fix
+        inspect(lab)
+        for label, ns in lab.namespaces().items():
+            assert legacy_tables(ns) == [], f"{label}: legacy tables {legacy_tables(ns)} in a firewall = \"nft\" lab"
+            saved = ns.run(["iptables-legacy-save"])
+            assert saved.returncode == 0 and saved.stdout.decode().strip() == "", f"{label}: iptables-legacy-save printed {saved.stdout.decode()!r} {saved.stderr.decode()!r}"
+    with Lab(spec.builtin("seed1")) as lab:
+        assert "nat" in legacy_tables(lab.host), "the control: seed1's rules are legacy, and the read must see them"
+        assert "*nat" in lab.host.run(["iptables-legacy-save"]).stdout.decode()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("fault", "topology", "probe"), [
+    ("masquerade-removed", "seed1-nft", ("tcp", "netns0", "198.51.100.1", 7, "wan")),
+    ("forward-drop-rule", "seed2-nft", ("icmp", "http2", "198.51.100.1", None, None)),
+    ("forward-drop", "seed1-nft", ("icmp", "netns0", "198.51.100.1", None, None)),
+    ("dnat-wrong-port", "seed1-nft", ("http", "wan", "203.0.113.2", 5000, "netns0")),
+    ("vip-not-jumped-from-output", "seed2-nft", ("http", "host", "10.100.100.100", 8080, "http2")),
+])
+def test_the_fix_for_a_native_rule_fault_is_an_nft_command_that_works(fault: str, topology: str, probe: tuple[str, str, str, int | None, str | None]) -> None:
+    """The diagnosis of a fault in a firewall = "nft" lab's own tables names an nft command; pasted, it repairs the lab."""
+    from netcheck import faults, spec
+    from netcheck.evidence import ProbeResult
+    from netcheck.lab import Lab
+    from netcheck.probes import Prober
+
+    why = nft.available()
+    if why:
+        skip_for_missing_tool(why)
+    kind, src, dst, port, target = probe
+
+    def send(prober: Prober) -> ProbeResult:
+        if kind == "icmp":
+            return prober.icmp(src, dst)
+        if kind == "tcp":
+            return prober.tcp(src, dst, port, target=target)
+        return prober.http(src, dst, port, target=target)
+
+    with Lab(spec.builtin(topology)) as lab:
+        prober = Prober(lab)
+        assert faults.inject(lab, [fault]) == [fault]
+        r = send(prober)
+        d = r.diagnosis
+        assert d is not None and d.top is not None and d.top.cause == faults.FAULTS[fault].cause, r.explain()
+        assert f"{lab.host.name} nft " in d.top.fix and "iptables" not in d.top.fix, d.top.fix
+        done = subprocess.run(["sh", "-c", d.top.fix], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, f"{d.top.fix}: {done.stderr}"
+        again = send(prober)
+        assert again.passed, f"after {d.top.fix}:\n{again.explain()}"
