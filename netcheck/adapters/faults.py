@@ -25,7 +25,7 @@ def masquerade_rules(lab: Lab) -> list[tuple[XChain, XRule]]:
     """The nf_tables rules of the host that masquerade containers' outgoing traffic; not the
     port-publishing ones (a DNAT's mark, or a container's own port), which only serve hairpins."""
     return [(c, r) for c in nft_chains(read_nft(lab.host)) if c.table == "nat" for r in c.rules
-            if r.target == "MASQUERADE" and r.dport is None and not HAIRPIN_MATCHES & set(r.unmodelled)]
+            if r.target == "MASQUERADE" and r.dport is None and not r.dports and not HAIRPIN_MATCHES & set(r.unmodelled)]
 
 
 def delete_masquerade(lab: Lab) -> None:

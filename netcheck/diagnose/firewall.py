@@ -5,8 +5,9 @@ iptables-nft, Docker, CNI and netavark write them. The kernel applies both, so a
 walked through each backend's chains for a hook, and any DROP wins.
 
 The walker models what ``XRule`` carries: addresses, interfaces, protocol and destination
-port. Matches it cannot see (conntrack state, marks, sets) are taken to match; the rule
-counters read before and after the repeated probe are the stronger evidence.
+port, the sets of each, and the conntrack state. Matches it cannot see (marks, fib, a source
+port) are taken to match; the rule counters read before and after the repeated probe are the
+stronger evidence.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Pkt:
     dport: int | None = None
     iif: str | None = None
     oif: str | None = None
+    ct_state: str = "new"  # its conntrack state: a probe's first packet is new, its reply established
 
 
 @dataclass(frozen=True)
@@ -260,12 +262,24 @@ def _iface_match(spec: str | None, iface: str | None) -> bool:
 
 def matches(r: XRule, pkt: Pkt, *, interfaces: bool = True) -> bool:
     """Does the rule's summary match the packet? (Unmodelled matches count as matching.)
-    ``interfaces=False`` ignores the rule's interfaces (to find a rule meant for the packet anywhere)."""
+    ``interfaces=False`` ignores the rule's interfaces (to find a rule meant for the packet anywhere).
+
+    >>> matches(XRule("t", "c", "DROP", protocol="tcp", dports=((80, 80), (443, 443))), Pkt("10.0.0.2", "10.0.0.3", "tcp", 22))
+    False
+    """
     if not (_addr_match(r.src, pkt.src) and _addr_match(r.dst, pkt.dst)):
+        return False
+    if (r.src_set and not any(_addr_match(n, pkt.src) for n in r.src_set)) or (r.dst_set and not any(_addr_match(n, pkt.dst) for n in r.dst_set)):
         return False
     if interfaces and not (_iface_match(r.in_interface, pkt.iif) and _iface_match(r.out_interface, pkt.oif)):
         return False
+    if interfaces and ((r.in_set and not any(_iface_match(i, pkt.iif) for i in r.in_set)) or (r.out_set and not any(_iface_match(i, pkt.oif) for i in r.out_set))):
+        return False
     if r.protocol and r.protocol not in (pkt.proto, {"tcp": "6", "udp": "17", "icmp": "1"}.get(pkt.proto)):
+        return False
+    if r.ct_state and pkt.ct_state not in r.ct_state:
+        return False
+    if r.dports and (pkt.dport is None or not any(lo <= pkt.dport <= hi for lo, hi in r.dports)):
         return False
     return r.dport is None or r.dport == pkt.dport
 

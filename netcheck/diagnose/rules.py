@@ -498,7 +498,7 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
         return
     if r.routed and ev.host.sysctl("net.ipv4.ip_forward") != "1":
         return  # never reaches FORWARD
-    for label, p in (("request", pkt), ("reply", Pkt(pkt.dst, pkt.src, pkt.proto, None, pkt.oif, pkt.iif))):
+    for label, p in (("request", pkt), ("reply", Pkt(pkt.dst, pkt.src, pkt.proto, None, pkt.oif, pkt.iif, "established"))):
         d = ev.fw.verdict("forward", p)
         if d is None:
             continue

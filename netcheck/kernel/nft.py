@@ -133,8 +133,19 @@ def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
         out.append(_match({"meta": {"key": "iifname"}}, rule.in_interface))
     if rule.out_interface:
         out.append(_match({"meta": {"key": "oifname"}}, rule.out_interface))
+    for field, values in (("saddr", rule.src_set), ("daddr", rule.dst_set)):
+        if values:
+            out.append({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}}, "right": {"set": [_addr(v) for v in values]}}})
+    for key, names in (("iifname", rule.in_set), ("oifname", rule.out_set)):
+        if names:
+            out.append({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": {"set": [n[:-1] + "*" if n.endswith("+") else n for n in names]}}})
+    if rule.ct_state:
+        out.append({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": list(rule.ct_state)}})
     if rule.protocol and rule.dport is not None:
         out.append({"match": {"op": "==", "left": {"payload": {"protocol": rule.protocol, "field": "dport"}}, "right": rule.dport}})
+    elif rule.protocol and rule.dports:
+        ports = [lo if lo == hi else {"range": [lo, hi]} for lo, hi in rule.dports]
+        out.append({"match": {"op": "==", "left": {"payload": {"protocol": rule.protocol, "field": "dport"}}, "right": {"set": ports}}})
     elif rule.protocol:
         out.append({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": rule.protocol}})
     out.append({"counter": None})
@@ -166,13 +177,22 @@ def text(rule: XRule) -> str:
 
     >>> text(XRule("nat", "POSTROUTING", "MASQUERADE", src="172.18.0.0/16", out_interface="!br0"))
     'ip saddr 172.18.0.0/16 oifname != "br0" counter masquerade'
+    >>> text(XRule("filter", "FORWARD", "DROP", protocol="tcp", dports=((80, 80), (1000, 2000)), in_set=("br0", "veth+")))
+    'iifname { "br0", "veth*" } tcp dport { 80, 1000-2000 } counter drop'
     """
     words = []
     for keyword, value, quote in (("ip saddr", rule.src, False), ("ip daddr", rule.dst, False), ("iifname", rule.in_interface, True), ("oifname", rule.out_interface, True)):
         if value:
             words.append(_text_match(keyword, value, quote))
+    for keyword, values, quote in (("ip saddr", rule.src_set, False), ("ip daddr", rule.dst_set, False), ("iifname", rule.in_set, True), ("oifname", rule.out_set, True)):
+        if values:
+            words.append(f"{keyword} {{ {', '.join(_text_match('', v, quote).strip() for v in values)} }}")
+    if rule.ct_state:
+        words.append(f"ct state {{ {', '.join(rule.ct_state)} }}")
     if rule.protocol and rule.dport is not None:
         words.append(f"{rule.protocol} dport {rule.dport}")
+    elif rule.protocol and rule.dports:
+        words.append(f"{rule.protocol} dport {{ {', '.join(str(lo) if lo == hi else f'{lo}-{hi}' for lo, hi in rule.dports)} }}")
     elif rule.protocol:
         words.append(f"meta l4proto {rule.protocol}")
     words.append("counter")
