@@ -21,7 +21,7 @@ from netcheck.faults import DNAT_OUTSIDE, FAULTS, MASQ_OUT
 pytestmark = pytest.mark.root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RULE_SETS = ("docker29-nft", "netavark-nft", "firewalld-nft")
+RULE_SETS = ("docker29-nft", "netavark-nft", "firewalld-nft", "ufw-nft")
 MASQ_CAUSES = ("masquerade_missing", "masquerade_wrong")
 
 
