@@ -12,7 +12,6 @@ from ipaddress import IPv4Interface
 from typing import TYPE_CHECKING, Protocol
 
 from netcheck import spec as S
-from netcheck.kernel import nft
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, nft_missing
 from netcheck.lab.plan import DEFAULT_ROUTE, ECHO_PORT, ContainerPlan, Plan, plan
@@ -145,6 +144,8 @@ def rules(lab: Lab, wanted: Sequence[XRule]) -> None:
 def native_rules(lab: Lab, wanted: Sequence[XRule]) -> None:
     """``firewall = "nft"``: the rules (and the FORWARD policy) as native nft tables of the lab's
     own, each recorded before the one transaction that makes them; teardown deletes them."""
+    from netcheck.kernel import nft
+
     ledger = lab.ledger
     assert ledger is not None
     host = lab.host

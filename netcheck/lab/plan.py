@@ -24,7 +24,6 @@ from typing import Literal
 
 from netcheck import expect as promise
 from netcheck import spec as S
-from netcheck.kernel import nft
 from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
 
@@ -100,6 +99,8 @@ class Plan:
         """The rules as they read back from the kernel: with ``firewall = "nft"``, in the lab's own nft tables."""
         if self.topology.host.firewall != "nft":
             return self.rules
+        from netcheck.kernel import nft
+
         return tuple(nft.native(self.names.tag, r) for r in self.rules)
 
     def kname(self, spec_iface: str) -> str:
