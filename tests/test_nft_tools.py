@@ -2,7 +2,8 @@
 nftables backend (``table ip docker-bridges``), netavark 1.12+ (``table inet netavark``), a
 firewalld-style ``table inet firewalld`` and a ufw-style rule set. Each example script
 (examples/nft/) makes the containers and loads the tool's rule set with ``nft -f``; the unchanged
-suites pass on it, and a break injected into the tool's own nft rules is diagnosed.
+suites pass on it, and a break injected into the tool's own nft rules (its MASQUERADE or DNAT
+removed by handle, or `nft flush ruleset` as an nftables.conf reload does) is diagnosed.
 
 Cost on 2 cores: about 4-6 s per suite run and 3-4 s per fault run.
 """
@@ -47,6 +48,7 @@ def test_suites_pass_on_the_tools_rule_set(run_suites, repo: Path, name: str) ->
 FAULT_CASES = [(name, fault, test, phrase, causes) for name in RULE_SETS for fault, test, phrase, causes in (
     ("tool-masquerade-removed", MASQ_OUT, "198.51.100.1", MASQ_CAUSES),
     ("tool-dnat-removed", DNAT_OUTSIDE, "203.0.113.2", ("dnat_missing",)),
+    ("nft-flush-ruleset", MASQ_OUT, "198.51.100.1", MASQ_CAUSES),  # every table gone, as after a reload of an nftables.conf that flushes
 )]
 
 

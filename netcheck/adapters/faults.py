@@ -54,10 +54,18 @@ def delete_dnat(lab: Lab) -> None:
             raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode(errors='replace').strip()}")
 
 
+def flush_ruleset(lab: Lab) -> None:
+    """``nft flush ruleset`` in the host, as an nftables.conf that begins with it does on a reload: every tool's tables are gone."""
+    proc = lab.host.run(["nft", "flush", "ruleset"], timeout=20)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nft flush ruleset: {proc.stderr.decode(errors='replace').strip()}")
+
+
 EXTERNAL_FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("tool-masquerade-removed", "the MASQUERADE rule the tool wrote (nf_tables) is gone", "cni", MASQ_OUT, "198.51.100.1", "masquerade_missing", delete_masquerade),
+    Fault("nft-flush-ruleset", "nft flush ruleset (an nftables.conf reload) wiped the tool's tables", "docker29-nft", MASQ_OUT, "198.51.100.1", "masquerade_missing", flush_ruleset),
     Fault("tool-dnat-removed", "the DNAT of the published port the tool wrote (nf_tables) is gone", "docker29-nft", DNAT_OUTSIDE, "203.0.113.2", "dnat_missing", delete_dnat),
 ]}
 
 
-__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_masquerade", "masquerade_rules"]
+__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_masquerade", "flush_ruleset", "masquerade_rules"]
