@@ -62,10 +62,19 @@ def unrunnable(config: pytest.Config, items: Sequence[pytest.Item], settings: Se
     if not has_net_admin():
         return f"{len(labs)} selected netcheck check(s) need to build network namespaces, and this process cannot: {NEED_ROOT}"
     topologies: dict[str, spec.Topology] = {}
+    native: set[str] = set()  # built with firewall = "nft"
     for item in labs:
         t = settings_mod.item_topology(item)
         if t is not None and t.setup.mode != "build":
             topologies.setdefault(t.name, t)
+        elif t is not None and t.host.firewall == "nft":
+            native.add(t.name)
+    if native:
+        from netcheck.kernel import nft
+
+        why = nft.available()
+        if why:
+            return f"the topologies {', '.join(sorted(native))} (firewall = \"nft\") write native nftables rules: {why}"
     if not topologies:
         return None
     from netcheck import adapters

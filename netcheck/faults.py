@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING
 
+from netcheck.kernel import nft
 from netcheck.kernel.netns import VethSpec
-from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, set_policy
-from netcheck.ledger import LinkEntry, SysctlEntry
+from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
+from netcheck.ledger import LinkEntry, NftTableEntry, SysctlEntry
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -47,15 +48,61 @@ def _rule(lab: Lab, chain: str, target: str | None = None) -> XRule:
     raise LookupError(f"{lab.topology.name} has no {target or ''} rule in {chain}")
 
 
+# The rule faults edit the lab's rules where its builder wrote them: legacy iptables, or
+# (firewall = "nft") the lab's own nft tables, natively: by handle, in its tables, its chain policy.
+
+
+def _native(lab: Lab) -> bool:
+    return lab.topology.host.firewall == "nft"
+
+
+def _record(lab: Lab) -> Callable[[list[nft.NftTable]], None]:
+    """Record, before they exist, the lab's nft tables a fault is about to bring into being."""
+
+    def record(tables: list[nft.NftTable]) -> None:
+        held = {(e.family, e.table) for e in (lab.ledger.entries if lab.ledger else []) if isinstance(e, NftTableEntry)}
+        for table in tables:
+            if lab.ledger is not None and (table.family, table.name) not in held:
+                lab.ledger.record(NftTableEntry(lab.host.name, table.name, table.family, owned=True))
+
+    return record
+
+
+def _add(lab: Lab, rules: list[XRule], *, insert: bool = False) -> None:
+    if _native(lab):
+        nft.add_rules(lab.host, lab.names.tag, rules, insert=insert, before=_record(lab))
+    else:
+        apply_rules(lab.host, rules, insert=insert)
+
+
+def _delete(lab: Lab, rule: XRule) -> None:
+    if not _native(lab):
+        delete_rules(lab.host, [rule])
+        return
+    for c in nft_chains(read_nft(lab.host)):
+        held = next((r for r in c.rules if (c.table, c.name) == (rule.table, rule.chain) and r.key() == rule.key()), None)
+        if held is not None and held.handle is not None:
+            nft.delete_rule(lab.host, c.family, c.table, c.name, held.handle)
+            return
+    raise LookupError(f"no rule {rule.render()} in the nft tables of lab {lab.tag}")
+
+
+def _policy(lab: Lab, chain: str, policy: str) -> None:
+    if _native(lab):
+        nft.set_policy(lab.host, lab.names.tag, "filter", chain, policy, before=_record(lab))
+    else:
+        set_policy(lab.host, "filter", chain, policy)
+
+
 def _drop(lab: Lab, chain: str, target: str | None = None) -> XRule:
     r = _rule(lab, chain, target)
-    delete_rules(lab.host, [r])
+    _delete(lab, r)
     return r
 
 
 def _swap(lab: Lab, chain: str, target: str, **changes: object) -> None:
     old = _drop(lab, chain, target)
-    apply_rules(lab.host, [replace(old, **changes)])  # type: ignore[arg-type]
+    _add(lab, [replace(old, **changes)])  # type: ignore[arg-type]
 
 
 def veth_down(lab: Lab) -> None:
@@ -122,13 +169,13 @@ def vip_not_jumped_from_output(lab: Lab) -> None:
 
 
 def forward_drop(lab: Lab) -> None:
-    set_policy(lab.host, "filter", "FORWARD", "DROP")
+    _policy(lab, "FORWARD", "DROP")
 
 
 def forward_drop_rule(lab: Lab) -> None:
     c = lab.topology.container(_first(lab))
     side = lab.kname(c.bridge or c.host_veth)
-    apply_rules(lab.host, [XRule("filter", "FORWARD", "DROP", in_interface=side, out_interface=lab.kname(lab.topology.host.uplink), comment=lab.names.comment)], insert=True)
+    _add(lab, [XRule("filter", "FORWARD", "DROP", in_interface=side, out_interface=lab.kname(lab.topology.host.uplink), comment=lab.names.comment)], insert=True)
 
 
 def second_container_answers(lab: Lab) -> None:
@@ -153,7 +200,7 @@ def route_localnet_exposed(lab: Lab) -> None:
     b = lab.topology.bridges[0]
     assert b.address is not None
     lab.host.set_sysctl(f"net.ipv4.conf.{lab.kname(b.name)}.route_localnet", 1)
-    apply_rules(lab.host, [XRule("nat", "PREROUTING", "DNAT", dst=str(b.address.ip), protocol="tcp", to_destination="127.0.0.1", comment=lab.names.comment)])
+    _add(lab, [XRule("nat", "PREROUTING", "DNAT", dst=str(b.address.ip), protocol="tcp", to_destination="127.0.0.1", comment=lab.names.comment)])
 
 
 def br_netfilter_off(lab: Lab) -> None:
@@ -201,7 +248,7 @@ def stray_publish(lab: Lab) -> None:
     published = {p.host_port for p in t.publishes}
     c, port = next((c, s.port) for c in t.containers for s in c.services if s.protocol == "tcp" and s.port not in published)
     assert c.address is not None
-    apply_rules(lab.host, [XRule("nat", "PREROUTING", "DNAT", dst=str(t.host.address.ip), protocol="tcp", dport=port, to_destination=f"{c.address.ip}:{port}", comment=lab.names.comment)])
+    _add(lab, [XRule("nat", "PREROUTING", "DNAT", dst=str(t.host.address.ip), protocol="tcp", dport=port, to_destination=f"{c.address.ip}:{port}", comment=lab.names.comment)])
 
 
 def stray_vip_port(lab: Lab) -> None:
@@ -210,7 +257,7 @@ def stray_vip_port(lab: Lab) -> None:
     c = lab.topology.container(v.container)
     assert c.address is not None
     rule = XRule("nat", v.chain, "DNAT", dst=str(v.address), protocol="tcp", dport=v.port + 1, to_destination=f"{c.address.ip}:{v.target_port}", comment=lab.names.comment)
-    apply_rules(lab.host, [rule])
+    _add(lab, [rule])
 
 
 def rp_filter_strict(lab: Lab) -> None:

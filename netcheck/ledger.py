@@ -22,6 +22,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from netcheck.kernel import nft
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path, remove_netns
 from netcheck.kernel.xtables import Backend, XRule, delete_rules, nft_remove_if_empty, set_policy
@@ -297,15 +298,23 @@ class NftChainEntry:
 
 @dataclass(frozen=True)
 class NftTableEntry:
+    """An nf_tables table: one iptables-nft brings into being (removed only if empty), or, ``owned``,
+    a native table of the lab's own (``firewall = "nft"``), removed with everything in it."""
+
     kind: ClassVar[str] = "nft-table"
     netns: str | None
     table: str
+    family: str = "ip"
+    owned: bool = False
 
     def undo(self, undoer: Undoer) -> None:
-        undoer.in_ns(self.netns, lambda ns: nft_remove_if_empty(ns, self.table))
+        if self.owned:
+            undoer.in_ns(self.netns, lambda ns: nft.delete_table(ns, nft.NftTable(self.family, self.table)))
+        else:
+            undoer.in_ns(self.netns, lambda ns: nft_remove_if_empty(ns, self.table))
 
     def describe(self) -> str:
-        return f"nf_tables table ip {self.table}{_where(self.netns)} (if empty)"
+        return f"nf_tables table {self.family} {self.table}{_where(self.netns)}{'' if self.owned else ' (if empty)'}"
 
 
 @dataclass(frozen=True)

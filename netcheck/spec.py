@@ -38,11 +38,13 @@ ServiceKind = Literal["http", "tcp-echo", "udp-echo"]
 Transport = Literal["tcp", "udp"]
 Mode = Literal["build", "script", "cni", "netavark", "podman", "docker"]
 Policy = Literal["ACCEPT", "DROP"]
+Firewall = Literal["iptables", "nft"]
 SERVICE_KINDS: tuple[ServiceKind, ...] = ("http", "tcp-echo", "udp-echo")
 PROTOCOLS: tuple[Transport, ...] = ("tcp", "udp")
 POLICIES: tuple[Policy, ...] = ("ACCEPT", "DROP")
+FIREWALLS: tuple[Firewall, ...] = ("iptables", "nft")
 ECHO_PORT = 7
-BUILTIN = ("seed1", "seed2", "seed2-veth")
+BUILTIN = ("seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft")
 MODES: tuple[Mode, ...] = ("build", "script", "cni", "netavark", "podman", "docker")
 EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
 AUTO = "auto"  # a value read back from what the tool made
@@ -153,6 +155,7 @@ class Host:
     gateway: IPv4Address
     sysctls: tuple[tuple[str, int], ...]
     forward_policy: Policy = "ACCEPT"
+    firewall: Firewall = "iptables"
 
     def sysctl(self, key: str) -> int | None:
         return dict(self.sysctls).get(key)
@@ -530,6 +533,8 @@ class HostKeys:
     address = Key("address", IFACE_ADDRESS, "The uplink's address. The outside world uses documentation ranges only (203.0.113.0/24, 198.51.100.0/24).", '"203.0.113.2/24"', DEFAULT_HOST_ADDRESS)
     gateway = Key("gateway", ADDRESS, "The host's default route: the outside world's address.", '"203.0.113.1"', default_doc="the address of wan.address (203.0.113.1)")
     forward_policy = Key("forward_policy", choice(POLICIES), "The policy of the host's filter FORWARD chain.", '"DROP"', "ACCEPT")
+    firewall = Key("firewall", choice(FIREWALLS), "How netcheck writes the host's rules (build): \"iptables\" (legacy xtables, through python-iptables), or \"nft\" "
+                   "(native nf_tables tables of the lab's own, through libnftables; never a legacy table).", '"nft"', "iptables")
     sysctl = Sub("sysctl", SYSCTL, False, "Network sysctls.")
 
 
@@ -795,6 +800,7 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         gateway=hr.opt(HostKeys.gateway) or wan.address.ip,
         sysctls=sysctls,
         forward_policy=hr.get(HostKeys.forward_policy),
+        firewall=hr.get(HostKeys.firewall),
     )
     hr.done()
 
@@ -1210,7 +1216,7 @@ def load(path: str | Path) -> Topology:
 
 
 def builtin(name: str) -> Topology:
-    """One of the built-in topologies (seed1, seed2, seed2-veth)."""
+    """One of the built-in topologies (``BUILTIN``)."""
     text = resources.files("netcheck.topologies").joinpath(f"{name}.toml").read_text("utf-8")
     return loads(text, f"<built-in {name}>")
 

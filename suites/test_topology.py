@@ -77,15 +77,16 @@ def test_sysctls_as_declared(lab):
 
 
 def test_rules_as_declared(lab):
-    # Both backends: netcheck writes legacy rules; Docker, CNI, netavark and iptables-nft write nf_tables.
+    # Both backends: netcheck writes legacy rules (or, firewall = "nft", native tables of its own); Docker, CNI, netavark and iptables-nft write nf_tables.
     # Only the legacy tables that exist are read: opening one creates it (in a real host, in host mode).
     legacy = [t for t in legacy_tables(lab.host) if t in ("filter", "nat")]
     chains = read_legacy(lab.host, tuple(legacy)) + read_nft_chains(lab.host)
     have = [r.key() for c in chains for r in c.rules]
     for rule in lab.expected_rules():
         assert rule.key() in have, f"host: rule missing: iptables {rule.render()}"
-    # The kernel applies every FORWARD chain in turn: one DROP policy is the host's policy.
-    policies = {f"{c.backend} {c.policy}" for c in chains if c.table == "filter" and c.name == "FORWARD"}
+    # The kernel applies every FORWARD chain in turn (iptables' and any nft filter chain on the
+    # forward hook, such as a firewall = "nft" lab's own): one DROP policy is the host's policy.
+    policies = {f"{c.backend} {c.policy}" for c in chains if (c.table, c.name) == ("filter", "FORWARD") or (c.hook, c.kind) == ("forward", "filter")}
     effective = "DROP" if any(p.endswith(" DROP") for p in policies) else "ACCEPT"
     assert effective == lab.topology.host.forward_policy, f"host: FORWARD policy {effective} ({', '.join(sorted(policies))}), declared {lab.topology.host.forward_policy}"
 

@@ -31,22 +31,26 @@ pytestmark = pytest.mark.root
 TOP = re.compile(r"^(?:E)?\s+1\. \[(\w+)\]", re.M)
 
 
-def run_suite_test(run_suites, repo, fault: str) -> pytest.RunResult:
+def run_suite_test(run_suites, repo, fault: str, topology: str) -> pytest.RunResult:
     f = FAULTS[fault]
-    return run_suites(str(repo / "suites" / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}")
+    return run_suites(str(repo / "suites" / f.suite_test), f"--netcheck-topology={topology}", f"--netcheck-fault={fault}")
 
 
-def doctor_top(fault: str) -> list[str]:
-    f = FAULTS[fault]
-    with Lab(spec.builtin(f.topology)) as lab:
+def doctor_top(fault: str, topology: str) -> list[str]:
+    with Lab(spec.builtin(topology)) as lab:
         assert faults.inject(lab, [fault]) == [fault]
         return [x.cause for x in inspect(lab)]
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_fault_fails_its_suite_test_with_the_right_top_cause(run_suites, repo, fault: str) -> None:
+# Each fault on the built-in it is demonstrated on, built both ways: its rules in legacy iptables
+# (seed1) and as native nftables (seed1-nft), where rule faults edit the lab's own nft tables.
+CATALOG = [pytest.param(name, topology, id=name + suffix) for name in sorted(FAULTS) for suffix, topology in (("", FAULTS[name].topology), ("-nft", f"{FAULTS[name].topology}-nft"))]
+
+
+@pytest.mark.parametrize(("fault", "topology"), CATALOG)
+def test_fault_fails_its_suite_test_with_the_right_top_cause(run_suites, repo, fault: str, topology: str) -> None:
     f = FAULTS[fault]
-    result = run_suite_test(run_suites, repo, fault)
+    result = run_suite_test(run_suites, repo, fault, topology)
     out = result.stdout.str()
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 1 and not outcomes.get("error"), f"fault {fault} ({f.summary}) did not fail {f.suite_test}:\n{out[-3000:]}"
@@ -57,8 +61,8 @@ def test_fault_fails_its_suite_test_with_the_right_top_cause(run_suites, repo, f
         assert "fix: " in out and "trace (" in out, f"fault {fault}: the diagnosis shows no fix or no trace:\n{out[-4000:]}"
         return
     assert "diagnosis:" not in out, f"fault {fault}: a diagnosis without a ranked cause:\n{out[-4000:]}"
-    causes = doctor_top(fault)
-    assert causes and causes[0] == f.cause, f"fault {fault}: {f.suite_test} asserts on state (no probe, no diagnosis); netcheck doctor ranks {causes[:3]}, expected {f.cause} first"
+    causes = doctor_top(fault, topology)
+    assert causes and causes[0] == f.cause, f"fault {fault} on {topology}: {f.suite_test} asserts on state (no probe, no diagnosis); netcheck doctor ranks {causes[:3]}, expected {f.cause} first"
 
 
 # ----------------------------------------------------------------------------- the pieces, directly

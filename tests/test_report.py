@@ -507,7 +507,7 @@ def test_xdist_run_writes_one_merged_report(tmp_path: Path) -> None:
     results = Results.load(tmp_path / "r.json")
     assert {t.nodeid for t in results.tests} == nodeids and len(results.tests) == len(nodeids)
     assert {t.worker for t in results.tests} == {"gw0", "gw1"} and results.run["workers"] == 2
-    assert set(results.hosts) == {"seed1", "seed2", "seed2-veth"}, "the workers sent each lab's backend facts"
+    assert set(results.hosts) == {"seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft"}, "the workers sent each lab's backend facts"
     html = (tmp_path / "r.html").read_text()
     assert html.count('<details class="test ') == len(nodeids)
     assert "netcheck report: " in proc.stdout

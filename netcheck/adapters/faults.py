@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netcheck.faults import MASQ_OUT, Fault
+from netcheck.faults import DNAT_OUTSIDE, MASQ_OUT, Fault
 from netcheck.kernel.xtables import XChain, XRule, nft_chains, read_nft
 
 if TYPE_CHECKING:
@@ -24,8 +24,8 @@ HAIRPIN_MATCHES = frozenset({"mark", "sport", "dport", "xt mark", "xt tcp", "xt 
 def masquerade_rules(lab: Lab) -> list[tuple[XChain, XRule]]:
     """The nf_tables rules of the host that masquerade containers' outgoing traffic; not the
     port-publishing ones (a DNAT's mark, or a container's own port), which only serve hairpins."""
-    return [(c, r) for c in nft_chains(read_nft(lab.host)) if c.table == "nat" for r in c.rules
-            if r.target == "MASQUERADE" and r.dport is None and not HAIRPIN_MATCHES & set(r.unmodelled)]
+    return [(c, r) for c in nft_chains(read_nft(lab.host)) for r in c.rules
+            if r.target == "MASQUERADE" and r.dport is None and not r.dports and not HAIRPIN_MATCHES & set(r.unmodelled)]
 
 
 def delete_masquerade(lab: Lab) -> None:
@@ -40,9 +40,32 @@ def delete_masquerade(lab: Lab) -> None:
             raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode(errors='replace').strip()}")
 
 
+def delete_dnat(lab: Lab) -> None:
+    """Delete the tool's DNAT rules of the first published port (nft, by handle; one rule for every element of a map)."""
+    port = lab.topology.publishes[0].host_port
+    rules = {(c.family, c.table, c.name, r.handle) for c in nft_chains(read_nft(lab.host)) for r in c.rules
+             if r.target == "DNAT" and (r.dport == port or any(lo <= port <= hi for lo, hi in r.dports))}
+    if not rules:
+        raise LookupError(f"{lab.topology.name}: the host has no DNAT rule for port {port} in nf_tables")
+    for family, table, chain, handle in sorted(rules, key=str):
+        argv = ["nft", "delete", "rule", family, table, chain, "handle", str(handle)]
+        proc = lab.host.run(argv, timeout=20)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode(errors='replace').strip()}")
+
+
+def flush_ruleset(lab: Lab) -> None:
+    """``nft flush ruleset`` in the host, as an nftables.conf that begins with it does on a reload: every tool's tables are gone."""
+    proc = lab.host.run(["nft", "flush", "ruleset"], timeout=20)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nft flush ruleset: {proc.stderr.decode(errors='replace').strip()}")
+
+
 EXTERNAL_FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("tool-masquerade-removed", "the MASQUERADE rule the tool wrote (nf_tables) is gone", "cni", MASQ_OUT, "198.51.100.1", "masquerade_missing", delete_masquerade),
+    Fault("nft-flush-ruleset", "nft flush ruleset (an nftables.conf reload) wiped the tool's tables", "docker29-nft", MASQ_OUT, "198.51.100.1", "masquerade_missing", flush_ruleset),
+    Fault("tool-dnat-removed", "the DNAT of the published port the tool wrote (nf_tables) is gone", "docker29-nft", DNAT_OUTSIDE, "203.0.113.2", "dnat_missing", delete_dnat),
 ]}
 
 
-__all__ = ["EXTERNAL_FAULTS", "delete_masquerade", "masquerade_rules"]
+__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_masquerade", "flush_ruleset", "masquerade_rules"]

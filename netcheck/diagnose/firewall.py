@@ -5,8 +5,9 @@ iptables-nft, Docker, CNI and netavark write them. The kernel applies both, so a
 walked through each backend's chains for a hook, and any DROP wins.
 
 The walker models what ``XRule`` carries: addresses, interfaces, protocol and destination
-port. Matches it cannot see (conntrack state, marks, sets) are taken to match; the rule
-counters read before and after the repeated probe are the stronger evidence.
+port, the sets of each, and the conntrack state. Matches it cannot see (marks, fib, a source
+port) are taken to match; the rule counters read before and after the repeated probe are the
+stronger evidence.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
+from netcheck.kernel import nft
 from netcheck.kernel.xtables import XChain, XRule
 
 TERMINAL = ("ACCEPT", "DROP", "REJECT")
+XTABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables' tables (in nf_tables: iptables-nft's)
 NAT_TARGETS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT")
 LEGACY_HOOKS = {
     ("filter", "INPUT"): ("input", "filter"),
@@ -40,6 +43,7 @@ class Pkt:
     dport: int | None = None
     iif: str | None = None
     oif: str | None = None
+    ct_state: str = "new"  # its conntrack state: a probe's first packet is new, its reply established
 
 
 @dataclass(frozen=True)
@@ -49,22 +53,43 @@ class Placed:
     backend: str  # legacy or nft
     rule: XRule
     position: int
+    family: str = "ip"  # nf_tables: the table's family
 
     @property
     def key(self) -> tuple[str, str, str, int, XRule]:
         return (self.backend, self.rule.table, self.rule.chain, self.position, self.rule.key())
 
     def render(self, op: str = "-A") -> str:
-        """As a user would write it: ``iptables-legacy -t nat -A POSTROUTING ...`` (op -D: the command that deletes it)."""
-        return f"{binary(self.backend)} {self.rule.render(op)}"
+        """As a user would write it: ``iptables-legacy -t nat -A POSTROUTING ...``, or for a rule of
+        a native nft table ``nft 'add rule ip T C ...'`` (op -D: the command that deletes it)."""
+        return command(self.backend, self.rule, op, self.family)
 
     def delete(self) -> str:
         """The command that deletes this rule."""
         return self.render("-D")
 
+    def where(self) -> str:
+        """``iptables-nft: filter FORWARD rule 1``, or ``nft: ip nc1_filter FORWARD rule 1 (handle 4)``."""
+        if is_native(self.backend, self.rule.table):
+            return f"nft: {self.family} {self.rule.table} {self.rule.chain} rule {self.position} (handle {self.rule.handle})"
+        return f"{binary(self.backend)}: {self.rule.table} {self.rule.chain} rule {self.position}"
+
 
 def binary(backend: str) -> str:
     return "iptables-legacy" if backend == "legacy" else "iptables-nft"
+
+
+def is_native(backend: str, table: str) -> bool:
+    """Is ``table`` a native nf_tables table (a tool's own, such as a firewall = "nft" lab's), not one of iptables'?"""
+    return backend == "nft" and table not in XTABLES
+
+
+def command(backend: str, rule: XRule, op: str = "-A", family: str = "ip") -> str:
+    """The command that adds (op -A), inserts (-I) or deletes (-D) ``rule`` where it lives: iptables-legacy,
+    iptables-nft, or nft for a native table."""
+    if is_native(backend, rule.table):
+        return nft.command(rule, op, family)
+    return f"{binary(backend)} {rule.render(op)}"
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,28 @@ class Ruleset:
     def rules(self) -> Iterator[Placed]:
         for (backend, _table, _name), ch in self.chains.items():
             for i, r in enumerate(ch.rules, 1):
-                yield Placed(backend, r, i)
+                yield Placed(backend, r, i, ch.family)
+
+    def is_base(self, backend: str, table: str, chain: str) -> bool:
+        """Is the chain a base chain (hooked into the kernel), not a user chain reached by jumps?"""
+        return any((b, t, c) == (backend, table, chain) for b, _h, _k, t, c, _p in self.hooks)
+
+    def hooks_of(self, backend: str, table: str, chain: str) -> set[tuple[str, str]]:
+        """The (hook, type) of every base chain from which ``chain`` is reached (itself, or by jumps)."""
+        out = set()
+        for b, hook, kind, t, name, _prio in self.hooks:
+            if b == backend and t == table and chain in self.reachable(backend, table, [name]):
+                out.add((hook, kind))
+        return out
+
+    def native_home(self, role: str, chain: str) -> tuple[str, str] | None:
+        """(table, family) of a native nft table with a base chain named and hooked as iptables'
+        ``role`` ``chain`` (nat POSTROUTING: a nat chain on postrouting): where a rule for it goes."""
+        want = nft.HOOKS.get((role, chain))
+        for backend, hook, kind, table, name, _prio in self.hooks:
+            if want is not None and is_native(backend, table) and name == chain and (kind, hook) == want[:2]:
+                return table, self.chains[(backend, table, name)].family
+        return None
 
     def base_chains(self, hook: str, kind: str) -> list[tuple[str, XChain]]:
         out = []
@@ -216,12 +262,24 @@ def _iface_match(spec: str | None, iface: str | None) -> bool:
 
 def matches(r: XRule, pkt: Pkt, *, interfaces: bool = True) -> bool:
     """Does the rule's summary match the packet? (Unmodelled matches count as matching.)
-    ``interfaces=False`` ignores the rule's interfaces (to find a rule meant for the packet anywhere)."""
+    ``interfaces=False`` ignores the rule's interfaces (to find a rule meant for the packet anywhere).
+
+    >>> matches(XRule("t", "c", "DROP", protocol="tcp", dports=((80, 80), (443, 443))), Pkt("10.0.0.2", "10.0.0.3", "tcp", 22))
+    False
+    """
     if not (_addr_match(r.src, pkt.src) and _addr_match(r.dst, pkt.dst)):
+        return False
+    if (r.src_set and not any(_addr_match(n, pkt.src) for n in r.src_set)) or (r.dst_set and not any(_addr_match(n, pkt.dst) for n in r.dst_set)):
         return False
     if interfaces and not (_iface_match(r.in_interface, pkt.iif) and _iface_match(r.out_interface, pkt.oif)):
         return False
+    if interfaces and ((r.in_set and not any(_iface_match(i, pkt.iif) for i in r.in_set)) or (r.out_set and not any(_iface_match(i, pkt.oif) for i in r.out_set))):
+        return False
     if r.protocol and r.protocol not in (pkt.proto, {"tcp": "6", "udp": "17", "icmp": "1"}.get(pkt.proto)):
+        return False
+    if r.ct_state and pkt.ct_state not in r.ct_state:
+        return False
+    if r.dports and (pkt.dport is None or not any(lo <= pkt.dport <= hi for lo, hi in r.dports)):
         return False
     return r.dport is None or r.dport == pkt.dport
 
@@ -237,4 +295,4 @@ def counter_deltas(before: Iterable[Placed], after: Iterable[Placed]) -> list[tu
     return out
 
 
-__all__ = ["Decision", "Pkt", "Placed", "Ruleset", "binary", "counter_deltas", "matches"]
+__all__ = ["XTABLES", "Decision", "Pkt", "Placed", "Ruleset", "binary", "command", "counter_deltas", "is_native", "matches"]

@@ -18,11 +18,11 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING
 
 from netcheck import expect as promise
-from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, matches
+from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, command, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
 from netcheck.evidence import Finding, Hop, Packet, ProbeResult
-from netcheck.kernel.xtables import XRule
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
 if TYPE_CHECKING:
@@ -69,8 +69,15 @@ class Evidence:
     def sysctl_fix(self, label: str, key: str, value: object) -> str:
         return self.run(label, f"sysctl -w {key}={value}")
 
-    def iptables(self, backend: str, args: str) -> str:
-        return self.run("host", f"{binary(backend)} {args}")
+    def add(self, rule: XRule, backend: str | None = None, op: str = "-A", family: str = "ip") -> str:
+        """The command, in the host, that adds ``rule`` (op -I: inserts it) with ``backend`` (default:
+        where the host's rules are). A rule in one of iptables' tables goes, for a lab built with
+        firewall = "nft", to the lab's own nft table that has that chain."""
+        if self.t.host.firewall == "nft" and rule.table in BUILTIN_CHAINS:
+            home = self.fw.native_home(rule.table, rule.chain)
+            if home is not None:
+                return self.run("host", command("nft", replace(rule, table=home[0]), op, home[1]))
+        return self.run("host", command(backend or self.backend(), rule, op, family))
 
     def backend(self) -> str:
         """Where new rules should go: the backend that already holds the host's rules."""
@@ -460,11 +467,11 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
     counted = False
     # Any DROP/REJECT in a filter chain whose counter grew while the probe was repeated.
     for placed, n in ev.matched:
-        if placed.rule.table == "filter" and placed.rule.target in ("DROP", "REJECT") and placed.rule.chain not in ("INPUT", "OUTPUT"):
+        if placed.rule.target in ("DROP", "REJECT") and ("forward", "filter") in ev.fw.hooks_of(placed.backend, placed.rule.table, placed.rule.chain):
             yield Finding(
                 "forward_drop", "host", f"host: the rule `{placed.render()}` dropped the probe{_ifaces(ev, placed.rule)}: its counter grew by {n} during the repeated probe",
                 ev.run("host", placed.delete()),
-                (f"{binary(placed.backend)}: {placed.rule.table} {placed.rule.chain} rule {placed.position}", *ev.break_note()), score=93,
+                (placed.where(), *ev.break_note()), score=93,
             )
             counted = True
     if pkt is None or r is None or counted:
@@ -473,7 +480,7 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
         return
     if r.routed and ev.host.sysctl("net.ipv4.ip_forward") != "1":
         return  # never reaches FORWARD
-    for label, p in (("request", pkt), ("reply", Pkt(pkt.dst, pkt.src, pkt.proto, None, pkt.oif, pkt.iif))):
+    for label, p in (("request", pkt), ("reply", Pkt(pkt.dst, pkt.src, pkt.proto, None, pkt.oif, pkt.iif, "established"))):
         d = ev.fw.verdict("forward", p)
         if d is None:
             continue
@@ -503,9 +510,9 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
             "forward_drop", "host", f"host: FORWARD drops the {label} {way}{why}: `{d.rule.render()}`",
             ev.run("host", d.rule.delete()), tuple(evidence), score=92 if counted else 86,
         )
-    accept = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.iif, out_interface=p.oif).render("-I")
-    back = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.oif, out_interface=p.iif).render("-I")
-    fix = ev.iptables(d.backend, accept) + ("" if p.iif == p.oif else " && " + ev.iptables(d.backend, back))
+    accept = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.iif, out_interface=p.oif)
+    back = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.oif, out_interface=p.iif)
+    fix = ev.add(accept, d.backend, "-I") + ("" if p.iif == p.oif else " && " + ev.add(back, d.backend, "-I"))
     return Finding(
         "forward_drop", "host", f"host: the FORWARD policy is {d.verdict} ({binary(d.backend)}) and no rule accepts {way}{why}, so the {label} is dropped",
         fix, tuple(evidence), score=90,
@@ -627,12 +634,11 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
         # hold conditions the summary does not model (a mark, a conntrack state): not this flow's.
         pkt = Pkt(addr, remote, "tcp", None, iif, oif)
         rules = [p for p in _masq_rules(ev) if not matches(p.rule, pkt)]
-        want = plan.masquerade_for(ev.t, name, _rename(ev)).render()
-        backend = ev.backend()
+        want = plan.masquerade_for(ev.t, name, _rename(ev))
         seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
         if rules:
             shown = "; ".join(f"`{p.render()}`" for p in rules)
-            fix = " && ".join([ev.run("host", p.delete()) for p in rules] + [ev.iptables(rules[0].backend, want)])
+            fix = " && ".join([ev.run("host", p.delete()) for p in rules] + [ev.add(want, rules[0].backend)])
             yield Finding(
                 "masquerade_wrong", "host", f"host: no MASQUERADE rule matches {name}'s packets ({addr} leaving by {ev.show(oif)}): {shown} does not cover them, so they leave with the private "
                     f"source {addr} and no reply finds its way back",
@@ -642,7 +648,7 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
             yield Finding(
                 "masquerade_missing", "host", f"host: no MASQUERADE (or SNAT) rule covers {name}'s packets leaving by {ev.show(oif)}, so they leave with the private source {addr} and no reply "
                     f"finds its way back",
-                ev.iptables(backend, want), (*seen_note, *ev.break_note("back")), score=90 if private else 72,
+                ev.add(want), (*seen_note, *ev.break_note("back")), score=90 if private else 72,
             )
 
 
@@ -673,8 +679,13 @@ def _in_iface(ev: Evidence, f: Flow) -> str | None:
     return s.l3 if s is not None else None
 
 
-def _spec_dnat(f: Flow, chain: str) -> str:
-    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, f.target_addr, f.target_port).render()
+def _spec_dnat(f: Flow, chain: str) -> XRule:
+    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, f.target_addr, f.target_port)
+
+
+def _reached(ev: Evidence, hook: str) -> set[tuple[str, str, str]]:
+    """(backend, table, chain) of every chain a packet at ``hook`` walks through in a nat base chain (or by its jumps)."""
+    return {(b, ch.table, name) for b, ch in ev.fw.base_chains(hook, "nat") for name in ev.fw.reachable(b, ch.table, [ch.name])}
 
 
 def dnat(ev: Evidence) -> Iterator[Finding]:
@@ -716,40 +727,39 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
         yield Finding(
             "dnat_wrong", "host",
             f"host: {what} is DNATed to {d.rule.rule.to_destination}" + (f" ({owner})" if owner else "") + f", but the spec sends it to {f.target} at {want}",
-            ev.run("host", d.rule.delete()) + " && " + ev.iptables(d.backend, replace(d.rule.rule, to_destination=want).render()),
+            ev.run("host", d.rule.delete()) + " && " + ev.add(replace(d.rule.rule, to_destination=want, handle=None), d.backend, family=d.rule.family),
             tuple(rule_ev), score=72 if static else 90,
         )
 
 
 def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_name: str, who: str, static: bool) -> Iterator[Finding]:
-    backend = ev.backend()
-    hook_chains = {b: ev.fw.reachable(b, ch.table, [ch.name]) for b, ch in ev.fw.base_chains(hook, "nat")}
-    pre_chains = {b: ev.fw.reachable(b, ch.table, [ch.name]) for b, ch in ev.fw.base_chains("prerouting", "nat")}
-    orphans = [p for p in ev.fw.rules() if p.rule.table == "nat" and p.rule.target == "DNAT" and matches(p.rule, pkt, interfaces=False)]
-    orphans = [p for p in orphans if p.rule.chain not in hook_chains.get(p.backend, set())]
+    hook_chains = _reached(ev, hook)
+    pre_chains = _reached(ev, "prerouting")
+    orphans = [p for p in ev.fw.rules() if p.rule.target == "DNAT" and matches(p.rule, pkt, interfaces=False)]
+    orphans = [p for p in orphans if (p.backend, p.rule.table, p.rule.chain) not in hook_chains]
     for p in orphans:
-        if p.rule.chain not in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
-            jumpers = ev.fw.jumps_to(p.backend, "nat", p.rule.chain)
+        if not ev.fw.is_base(p.backend, p.rule.table, p.rule.chain):
+            jumpers = ev.fw.jumps_to(p.backend, p.rule.table, p.rule.chain)
             from_where = ", ".join(sorted({j.rule.chain for j in jumpers})) or "no chain"
             yield Finding(
                 "vip_not_jumped", "host",
                 f"host: the chain {p.rule.chain} holds the DNAT for {what}, but nat {chain_name} does not jump to it (only {from_where} does), so {who} packets are never translated",
-                ev.iptables(p.backend, XRule("nat", chain_name, p.rule.chain).render()),
+                ev.add(XRule(p.rule.table, chain_name, p.rule.chain), p.backend, family=p.family),
                 (f"the DNAT: `{p.render()}`",), score=72 if static else 92,
             )
             return
-        if hook == "output" and p.rule.chain in pre_chains.get(p.backend, set()):
+        if hook == "output" and (p.backend, p.rule.table, p.rule.chain) in pre_chains:
             yield Finding(
                 "output_dnat_missing", "host",
                 f"host: {what} is DNATed in nat PREROUTING only; traffic the host itself sends goes through nat OUTPUT, which has no DNAT for it, so the host talks to itself instead of {f.target}",
-                ev.iptables(p.backend, replace(p.rule, chain="OUTPUT").render()),
+                ev.add(replace(p.rule, chain="OUTPUT", handle=None), p.backend, family=p.family),
                 (f"PREROUTING has: `{p.render()}`",), score=72 if static else 92,
             )
             return
     chains = " and ".join(["PREROUTING", "OUTPUT"] if f.source == "host" else ["PREROUTING"])
-    fix = ev.iptables(backend, _spec_dnat(f, "PREROUTING"))
+    fix = ev.add(_spec_dnat(f, "PREROUTING"))
     if f.source == "host":
-        fix = ev.iptables(backend, _spec_dnat(f, "OUTPUT")) + " && " + fix
+        fix = ev.add(_spec_dnat(f, "OUTPUT")) + " && " + fix
     yield Finding(
         "dnat_missing", "host",
         f"host: no DNAT rule in nat {chains} translates {what} to {f.target} ({f.target_addr}:{f.target_port}), so {who} packets stay addressed to the host" + (", where nothing "
@@ -831,12 +841,12 @@ def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
         if back is not None:
             evidence.append(f"{f.source} got the reply from {back.src} instead of {f.dst_addr}: it crossed the bridge without being un-NATed")
         subnet = ev.t.container(f.source).address
-        masq = plan.masquerade_rule(str(subnet.network) if subnet else None, s.bridge_k).render()
+        masq = plan.masquerade_rule(str(subnet.network) if subnet else None, s.bridge_k)
         yield Finding(
             "br_netfilter_off", "host",
             f"host: net.bridge.bridge-nf-call-iptables = 0 and {f.source} and {f.target} share {ev.show(s.bridge_k)}: the DNATed request reaches {f.target}, but the reply goes straight across "
                 f"the bridge, is never un-NATed, and {f.source} drops it (the hairpin / br_netfilter trap)",
-            ev.sysctl_fix("host", "net.bridge.bridge-nf-call-iptables", 1) + f"  (or MASQUERADE bridge-local traffic: {ev.iptables(ev.backend(), masq)})",
+            ev.sysctl_fix("host", "net.bridge.bridge-nf-call-iptables", 1) + f"  (or MASQUERADE bridge-local traffic: {ev.add(masq)})",
             tuple(evidence), score=60 if ev.flow is None else 93,
         )
 

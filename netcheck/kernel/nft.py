@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from ipaddress import ip_interface
 from typing import Any
 
@@ -86,6 +86,11 @@ def tables_for(prefix: str) -> dict[str, NftTable]:
     return {t: NftTable(FAMILY, f"{prefix}_{t}") for t in BUILTIN_CHAINS}
 
 
+def native(prefix: str, rule: XRule) -> XRule:
+    """``rule`` (in an iptables table) as it reads back from the lab's own nft table."""
+    return replace(rule, table=tables_for(prefix)[rule.table].name)
+
+
 def run(ns: Netns, commands: Sequence[dict[str, Any]], *, what: str) -> Any:
     """Run nft JSON commands in ``ns``; the parsed JSON output (for list commands) or None."""
 
@@ -128,8 +133,19 @@ def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
         out.append(_match({"meta": {"key": "iifname"}}, rule.in_interface))
     if rule.out_interface:
         out.append(_match({"meta": {"key": "oifname"}}, rule.out_interface))
+    for field, values in (("saddr", rule.src_set), ("daddr", rule.dst_set)):
+        if values:
+            out.append({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}}, "right": {"set": [_addr(v) for v in values]}}})
+    for key, names in (("iifname", rule.in_set), ("oifname", rule.out_set)):
+        if names:
+            out.append({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": {"set": [n[:-1] + "*" if n.endswith("+") else n for n in names]}}})
+    if rule.ct_state:
+        out.append({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": list(rule.ct_state)}})
     if rule.protocol and rule.dport is not None:
         out.append({"match": {"op": "==", "left": {"payload": {"protocol": rule.protocol, "field": "dport"}}, "right": rule.dport}})
+    elif rule.protocol and rule.dports:
+        ports = [lo if lo == hi else {"range": [lo, hi]} for lo, hi in rule.dports]
+        out.append({"match": {"op": "==", "left": {"payload": {"protocol": rule.protocol, "field": "dport"}}, "right": {"set": ports}}})
     elif rule.protocol:
         out.append({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": rule.protocol}})
     out.append({"counter": None})
@@ -146,6 +162,64 @@ def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
     else:
         raise KernelError(f"the nft backend cannot render target {target} of: {rule.render()}")
     return out
+
+
+def _text_match(keyword: str, value: str, quote: bool = False) -> str:
+    neg = value.startswith("!")
+    raw = value[1:] if neg else value
+    if quote:
+        raw = f'"{raw[:-1]}*"' if raw.endswith("+") else f'"{raw}"'
+    return f"{keyword} {'!= ' if neg else ''}{raw}"
+
+
+def text(rule: XRule) -> str:
+    """An XRule as nft rule text (what ``nft list`` prints), for messages and fixes.
+
+    >>> text(XRule("nat", "POSTROUTING", "MASQUERADE", src="172.18.0.0/16", out_interface="!br0"))
+    'ip saddr 172.18.0.0/16 oifname != "br0" counter masquerade'
+    >>> text(XRule("filter", "FORWARD", "DROP", protocol="tcp", dports=((80, 80), (1000, 2000)), in_set=("br0", "veth+")))
+    'iifname { "br0", "veth*" } tcp dport { 80, 1000-2000 } counter drop'
+    """
+    words = []
+    for keyword, value, quote in (("ip saddr", rule.src, False), ("ip daddr", rule.dst, False), ("iifname", rule.in_interface, True), ("oifname", rule.out_interface, True)):
+        if value:
+            words.append(_text_match(keyword, value, quote))
+    for keyword, values, quote in (("ip saddr", rule.src_set, False), ("ip daddr", rule.dst_set, False), ("iifname", rule.in_set, True), ("oifname", rule.out_set, True)):
+        if values:
+            words.append(f"{keyword} {{ {', '.join(_text_match('', v, quote).strip() for v in values)} }}")
+    if rule.ct_state:
+        words.append(f"ct state {{ {', '.join(rule.ct_state)} }}")
+    if rule.protocol and rule.dport is not None:
+        words.append(f"{rule.protocol} dport {rule.dport}")
+    elif rule.protocol and rule.dports:
+        words.append(f"{rule.protocol} dport {{ {', '.join(str(lo) if lo == hi else f'{lo}-{hi}' for lo, hi in rule.dports)} }}")
+    elif rule.protocol:
+        words.append(f"meta l4proto {rule.protocol}")
+    words.append("counter")
+    if rule.target in VERDICTS:
+        words.append(VERDICTS[rule.target])
+    elif rule.target == "DNAT":
+        words.append(f"dnat to {rule.to_destination}")
+    elif rule.target:
+        words.append(f"jump {rule.target}")
+    if rule.comment:
+        words.append(f'comment "{rule.comment}"')
+    return " ".join(words)
+
+
+def command(rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
+    """The nft command that adds (-A), inserts (-I) or deletes (-D, by handle) a rule of a native table, one shell word after ``nft``.
+
+    >>> command(XRule("nc1_filter", "FORWARD", "DROP", in_interface="nc1b0", handle=4), "-D")
+    'nft delete rule ip nc1_filter FORWARD handle 4'
+    """
+    where = f"{family} {rule.table} {rule.chain}"
+    if op == "-D":
+        if rule.handle is None:
+            return f"nft -a list chain {where}  (then: nft delete rule {where} handle N, N the handle of: {text(rule)})"
+        return f"nft delete rule {where} handle {rule.handle}"
+    verb = "insert" if op == "-I" else "add"
+    return f"nft '{verb} rule {where} {text(rule)}'"
 
 
 def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> tuple[list[NftTable], list[dict[str, Any]]]:
@@ -177,12 +251,71 @@ def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, s
     return [tables[t] for t in used], commands
 
 
-def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> list[NftTable]:
-    """Write the rules as the lab's own nft tables in one transaction; returns the tables made."""
+def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = (),
+          *, before: Callable[[list[NftTable]], None] | None = None) -> list[NftTable]:
+    """Write the rules as the lab's own nft tables in one transaction; returns the tables made.
+    ``before(tables)`` runs first (to record them in a ledger before they exist)."""
     tables, commands = ruleset(prefix, rules, policies)
+    if before is not None:
+        before(tables)
     if commands:
         run(ns, commands, what=f"adding {len(rules)} rules in tables {', '.join(t.name for t in tables)}")
     return tables
+
+
+def table_of(prefix: str, name: str) -> tuple[str, NftTable]:
+    """(iptables table, the lab's nft table) of a rule's table, named either way (``nat`` or ``<prefix>_nat``)."""
+    for role, table in tables_for(prefix).items():
+        if name in (role, table.name):
+            return role, table
+    raise KernelError(f"{name} is neither an iptables table nor one of the lab's nft tables ({prefix}_nat, {prefix}_filter)")
+
+
+def _chain_body(table: NftTable, role: str, chain: str, policy: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"family": table.family, "table": table.name, "name": chain}
+    base = HOOKS.get((role, chain))
+    if base is not None:
+        kind, hook, prio = base
+        body |= {"type": kind, "hook": hook, "prio": prio} | ({"policy": policy.lower()} if policy else {})
+    return body
+
+
+def add_rules(ns: Netns, prefix: str, rules: Sequence[XRule], *, insert: bool = False, before: Callable[[list[NftTable]], None] | None = None) -> list[NftTable]:
+    """Add (or insert, at the top of their chains) rules to the lab's own tables, making a table or
+    chain they need (an existing one is left as it is); returns the tables they went to."""
+    commands: list[dict[str, Any]] = []
+    used: list[NftTable] = []
+    for r in rules:
+        role, table = table_of(prefix, r.table)
+        if table not in used:
+            used.append(table)
+            commands.append({"add": {"table": table.ref()}})
+        user = {c for c in (r.chain, r.target) if c not in BUILTIN_CHAINS[role] and c not in VERDICTS and c != "DNAT"}
+        for chain in (r.chain, *sorted(user - {r.chain})):
+            commands.append({"add": {"chain": _chain_body(table, role, chain)}})
+        body: dict[str, Any] = {"family": table.family, "table": table.name, "chain": r.chain, "expr": expressions(r, user)}
+        if r.comment:
+            body["comment"] = r.comment
+        commands.append({"insert" if insert else "add": {"rule": body}})
+    if before is not None:
+        before(used)
+    if commands:
+        run(ns, commands, what=f"adding {len(rules)} rules")
+    return used
+
+
+def delete_rule(ns: Netns, family: str, table: str, chain: str, handle: int) -> None:
+    """Delete one rule by its handle (``nft delete rule FAMILY TABLE CHAIN handle N``)."""
+    run(ns, [{"delete": {"rule": {"family": family, "table": table, "chain": chain, "handle": handle}}}], what=f"deleting rule {handle} of {family} {table} {chain}")
+
+
+def set_policy(ns: Netns, prefix: str, role: str, chain: str, policy: str, *, before: Callable[[list[NftTable]], None] | None = None) -> NftTable:
+    """Set the policy of one of the lab's base chains (made, with its table, if missing)."""
+    _, table = table_of(prefix, role)
+    if before is not None:
+        before([table])
+    run(ns, [{"add": {"table": table.ref()}}, {"add": {"chain": _chain_body(table, role, chain, policy)}}], what=f"setting the {chain} policy to {policy}")
+    return table
 
 
 def table_names(ns: Netns) -> set[tuple[str, str]]:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 from typing import TYPE_CHECKING, Any, Literal
 
 from netcheck.kernel.netns import KernelError, Netns
@@ -53,6 +53,13 @@ class XRule:
     bytes: int = 0
     handle: int | None = None  # nf_tables: the rule's handle (``nft delete rule ... handle N``)
     unmodelled: tuple[str, ...] = ()  # nf_tables: the matches this summary does not model (a mark, a source port...)
+    # nf_tables sets (anonymous or named, resolved to their elements), where one value is not enough:
+    dports: tuple[tuple[int, int], ...] = ()  # destination ports and ranges, inclusive (``dport`` holds a single port)
+    src_set: tuple[str, ...] = ()  # source addresses or networks
+    dst_set: tuple[str, ...] = ()
+    in_set: tuple[str, ...] = ()  # interface names (a trailing + is a wildcard)
+    out_set: tuple[str, ...] = ()
+    ct_state: tuple[str, ...] = ()  # conntrack states (new, established, related, invalid, untracked)
 
     def key(self) -> XRule:
         """The rule without counters, comment and nft bookkeeping, for comparisons."""
@@ -69,10 +76,17 @@ class XRule:
         for flag, value in (("-s", self.src), ("-d", self.dst), ("-i", self.in_interface), ("-o", self.out_interface)):
             if value:
                 argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
+        for flag, values in (("-s", self.src_set), ("-d", self.dst_set), ("-i", self.in_set), ("-o", self.out_set)):
+            if values:
+                argv += [flag, ",".join(values)]  # iptables takes an address list; an interface list is nft's only
         if self.protocol:
             argv += ["-p", self.protocol]
             if self.dport is not None:
                 argv += ["--dport", str(self.dport)]
+            elif self.dports:
+                argv += ["-m", "multiport", "--dports", ",".join(str(a) if a == b else f"{a}:{b}" for a, b in self.dports)]
+        if self.ct_state:
+            argv += ["-m", "conntrack", "--ctstate", ",".join(x.upper() for x in self.ct_state)]
         if self.comment:
             argv += ["-m", "comment", "--comment", self.comment]
         argv += ["-j", self.target]
@@ -406,10 +420,15 @@ def nft_tables(ruleset: dict[str, Any], family: str = "ip") -> set[str]:
 
 
 def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
-    """Chains of the ip/inet families of an nft JSON ruleset, with their hooks, rules summarised as XRules."""
+    """Chains of the ip/inet families of an nft JSON ruleset, with their hooks, priorities and
+    policies, rules summarised as XRules: counters and handles, jumps and gotos, ``ct state``,
+    anonymous and named sets resolved to their elements. A rule with a verdict map or a DNAT map
+    reads as one XRule per element (the element's key as its match, its verdict or destination
+    as its target), all with the rule's handle and counter."""
+    sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind)}
     rules: dict[tuple[str, str, str], list[XRule]] = {}
     for r in _items(ruleset, "rule"):
-        rules.setdefault((r["family"], r["table"], r["chain"]), []).append(_nft_rule(r))
+        rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(_nft_rules(r, sets))
     out = []
     for c in _items(ruleset, "chain"):
         hooked = "hook" in c
@@ -493,16 +512,55 @@ def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
     return out
 
 
-def _nft_rule(r: dict[str, Any]) -> XRule:
-    """Summarise an nft JSON rule: addresses, interfaces, protocol, port, verdict, counters and
-    handle; the matches it does not model are named in ``unmodelled``."""
+Sets = dict[tuple[str, str, str], list[Any]]  # (family, table, name) -> a named set's or map's elements
+_NO_SET = "no set"
+
+
+def _elements(right: Any, where: tuple[str, str], sets: Sets) -> list[Any] | None:
+    """The values a match's right side stands for: one value, an anonymous set's or a named set's
+    elements (``@name``), each unwrapped; None for a set this ruleset does not hold."""
+    if isinstance(right, str) and right.startswith("@"):
+        held = sets.get((*where, right[1:]))
+        if held is None:
+            return None
+        right = {"set": held}
+    items = right["set"] if isinstance(right, dict) and "set" in right else right if isinstance(right, list) else [right]
+    return [i["elem"]["val"] if isinstance(i, dict) and "elem" in i else i for i in items]
+
+
+def _network(value: Any) -> list[str] | None:
+    """An address, prefix or range as networks (``10.0.0.0/24``, ``10.0.0.5``); None if it is none of those."""
+    try:
+        if isinstance(value, dict) and "prefix" in value:
+            return [str(IPv4Network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))]
+        if isinstance(value, dict) and "range" in value:
+            lo, hi = (IPv4Address(str(v)) for v in value["range"])
+            return [str(n) if n.prefixlen < 32 else str(n.network_address) for n in summarize_address_range(lo, hi)]
+        if isinstance(value, str):
+            return [str(IPv4Address(value))]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return None
+
+
+def _port(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, dict) and "range" in value:
+        lo, hi = value["range"]
+        return (int(lo), int(hi)) if str(lo).isdigit() and str(hi).isdigit() else None
+    return (int(value), int(value)) if str(value).isdigit() else None
+
+
+def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
+    """One nft JSON rule as XRules (one per element of a verdict or DNAT map, else one)."""
+    where = (str(r["family"]), str(r["table"]))
     fields: dict[str, Any] = {}
     unmodelled: list[str] = []
     target = ""
     packets = nbytes = 0
+    expand: list[tuple[dict[str, Any], Any]] = []  # (map key expression, [(key, verdict or destination)...])
     for e in r.get("expr", []):
         if "match" in e:
-            _nft_match(e["match"], fields, unmodelled)
+            _nft_match(e["match"], fields, unmodelled, where, sets)
         elif "counter" in e and isinstance(e["counter"], dict):
             packets, nbytes = int(e["counter"].get("packets", 0)), int(e["counter"].get("bytes", 0))
         elif "xt" in e:
@@ -510,11 +568,17 @@ def _nft_rule(r: dict[str, Any]) -> XRule:
                 target = str(e["xt"].get("name", "xt"))
             else:
                 unmodelled.append(f"xt {e['xt'].get('name', '?')}")
+        elif "vmap" in e or ("dnat" in e and isinstance(e["dnat"].get("addr"), dict) and "map" in e["dnat"]["addr"]):
+            m = e["vmap"] if "vmap" in e else e["dnat"]["addr"]["map"]
+            pairs = _elements(m.get("data"), where, sets)
+            if pairs is None:
+                unmodelled.append("map")
+            else:
+                expand.append((m.get("key", {}), [(p[0], p[1] if "vmap" in e else _destination(p[1])) for p in pairs if isinstance(p, list) and len(p) == 2]))
+            target = "DNAT" if "dnat" in e else target
         elif "dnat" in e:
             target = "DNAT"
-            d = e["dnat"]
-            addr, port = d.get("addr"), d.get("port")
-            fields["to_destination"] = f"{addr}:{port}" if port else str(addr)
+            fields["to_destination"] = _destination(e["dnat"].get("addr"), e["dnat"].get("port"))
         elif "masquerade" in e:
             target = "MASQUERADE"
         elif "snat" in e:
@@ -522,37 +586,95 @@ def _nft_rule(r: dict[str, Any]) -> XRule:
         elif "jump" in e or "goto" in e:
             target = (e.get("jump") or e.get("goto"))["target"]
         else:
-            target = next((verdict.upper() for verdict in ("accept", "drop", "reject", "return") if verdict in e), target)
-    return XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, handle=r.get("handle"),
+            target = _verdict(e) or target
+    base = XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, handle=r.get("handle"),
                  unmodelled=tuple(unmodelled), **fields)
+    if not expand:
+        return [base]
+    key, pairs = expand[0]
+    out = []
+    for k, value in pairs:
+        more: dict[str, Any] = {}
+        left_out: list[str] = []
+        _nft_match({"op": "==", "left": key, "right": k}, more, left_out, where, sets)
+        if base.target == "DNAT":
+            out.append(replace(base, to_destination=value, unmodelled=base.unmodelled + tuple(left_out), **more))
+        else:
+            out.append(replace(base, target=_verdict(value) or "", unmodelled=base.unmodelled + tuple(left_out), **more))
+    return out
 
 
-def _nft_match(m: dict[str, Any], fields: dict[str, Any], unmodelled: list[str]) -> None:
+def _verdict(e: Any) -> str | None:
+    """The verdict of an nft JSON statement: ACCEPT, DROP, REJECT, RETURN, or the chain a jump or goto names."""
+    if not isinstance(e, dict):
+        return None
+    jump = e.get("jump") or e.get("goto")
+    if isinstance(jump, dict):
+        return str(jump["target"])
+    return next((verdict.upper() for verdict in ("accept", "drop", "reject", "return") if verdict in e), None)
+
+
+def _destination(addr: Any, port: Any = None) -> str:
+    """A DNAT's destination as iptables writes it: ``172.17.0.2:80`` (a map's ``addr . port`` too)."""
+    if isinstance(addr, dict) and "concat" in addr:
+        addr, port = addr["concat"][0], addr["concat"][1] if len(addr["concat"]) > 1 else None
+    return f"{addr}:{port}" if port else str(addr)
+
+
+def _nft_match(m: dict[str, Any], fields: dict[str, Any], unmodelled: list[str], where: tuple[str, str] = ("ip", ""), sets: Sets | None = None) -> None:
     left, right, op = m.get("left", {}), m.get("right"), m.get("op", "==")
     neg = "!" if op == "!=" else ""
+    values = _elements(right, where, sets or {})
     if "&" in left:  # e.g. meta mark & 0x2000 == 0x2000
         inner = next((x for x in left["&"] if isinstance(x, dict)), {})
         unmodelled.append(str(inner.get("meta", {}).get("key") or next(iter(inner), "&")))
         return
-    if "payload" in left:
-        fld = left["payload"].get("field")
-        if fld in ("saddr", "daddr"):
-            value = right["prefix"] if isinstance(right, dict) and "prefix" in right else right
-            if isinstance(value, dict):
-                value = f"{value.get('addr')}/{value.get('len')}"
-            fields["src" if fld == "saddr" else "dst"] = neg + str(value)
-        elif fld == "dport" and isinstance(right, int) and not neg:
-            fields["dport"] = right
-            fields["protocol"] = left["payload"].get("protocol")
+    if values is None:
+        unmodelled.append(f"{_left_name(left)} in {right} (a set this ruleset does not hold)")
+        return
+    many = len(values) > 1 or (isinstance(right, dict) and "set" in right) or (isinstance(right, (list, str)) and str(right).startswith("@"))
+    if "ct" in left and left["ct"].get("key") == "state" and not neg:
+        fields["ct_state"] = tuple(str(v) for v in values)
+    elif "payload" in left and left["payload"].get("field") in ("saddr", "daddr"):
+        fld = left["payload"]["field"]
+        nets = [n for v in values for n in (_network(v) or [])]
+        if not nets or (many and neg):
+            unmodelled.append(f"{fld} {op} set")
+        elif many or len(nets) > 1:
+            fields["src_set" if fld == "saddr" else "dst_set"] = tuple(nets)
         else:
-            unmodelled.append(str(fld))
-    elif "meta" in left and left["meta"].get("key") in ("iifname", "oifname"):
-        name = str(right)  # a wildcard is docker* in nft, docker+ in iptables (and in an XRule)
-        fields["in_interface" if left["meta"]["key"] == "iifname" else "out_interface"] = neg + (name[:-1] + "+" if name.endswith("*") else name)
-    elif "meta" in left and left["meta"].get("key") == "l4proto" and isinstance(right, (str, int)) and not neg:
-        fields.setdefault("protocol", _PROTOCOLS.get(str(right), str(right)))
+            fields["src" if fld == "saddr" else "dst"] = neg + nets[0]
+    elif "payload" in left and left["payload"].get("field") == "dport" and not neg:
+        ports = [p for p in (_port(v) for v in values) if p is not None]
+        if len(ports) != len(values):
+            unmodelled.append("dport")
+            return
+        fields["protocol"] = left["payload"].get("protocol")
+        if len(ports) == 1 and ports[0][0] == ports[0][1]:
+            fields["dport"] = ports[0][0]
+        else:
+            fields["dports"] = tuple(ports)
+    elif "meta" in left and left["meta"].get("key") in ("iifname", "oifname") and not (many and neg):
+        names = [str(v)[:-1] + "+" if str(v).endswith("*") else str(v) for v in values]  # a wildcard is docker* in nft, docker+ in iptables (and in an XRule)
+        inbound = left["meta"]["key"] == "iifname"
+        if len(names) == 1:
+            fields["in_interface" if inbound else "out_interface"] = neg + names[0]
+        else:
+            fields["in_set" if inbound else "out_set"] = tuple(names)
+    elif (("meta" in left and left["meta"].get("key") == "l4proto") or ("payload" in left and left["payload"].get("field") == "protocol")) and len(values) == 1 and not neg:
+        fields.setdefault("protocol", _PROTOCOLS.get(str(values[0]), str(values[0])))
     else:
-        unmodelled.append(str(left.get("meta", {}).get("key") or next(iter(left), "?")))
+        unmodelled.append(_left_name(left))
+
+
+def _left_name(left: dict[str, Any]) -> str:
+    """What a match looks at, in a word (``mark``, ``sport``, ``fib``...)."""
+    for kind in ("meta", "ct"):
+        if kind in left:
+            return str(left[kind].get("key") or kind)
+    if "payload" in left:
+        return str(left["payload"].get("field") or "payload")
+    return str(next(iter(left), "?"))
 
 
 def _prio(value: Any) -> int:

@@ -55,8 +55,11 @@ class SpecNetwork:
         p = plan(self.topology, lab.names)
         bridges(lab, p)
         containers(lab, p.containers)
-        lab.rules = list(p.rules)
-        rules(lab, p.rules)
+        lab.rules = list(p.installed)
+        if self.topology.host.firewall == "nft":
+            native_rules(lab, p.rules)
+        else:
+            rules(lab, p.rules)
 
 
 def base(lab: Lab, network: Network) -> None:
@@ -138,6 +141,22 @@ def rules(lab: Lab, wanted: Sequence[XRule]) -> None:
         apply_rules(host, wanted, policies, backend=backend)
 
 
+def native_rules(lab: Lab, wanted: Sequence[XRule]) -> None:
+    """``firewall = "nft"``: the rules (and the FORWARD policy) as native nft tables of the lab's
+    own, each recorded before the one transaction that makes them; teardown deletes them."""
+    from netcheck.kernel import nft
+
+    ledger = lab.ledger
+    assert ledger is not None
+    host = lab.host
+
+    def record(tables: list[nft.NftTable]) -> None:
+        for table in tables:
+            ledger.record(NftTableEntry(host.name, table.name, table.family, owned=True))
+
+    nft.apply(host, lab.names.tag, wanted, lab.mode.forward_policies(lab.topology), before=record)
+
+
 def services(lab: Lab) -> ServiceHost:
     """Every container's declared services and echo responders, and echo responders in the
     outside world (so a probe can learn the source it saw: masquerade). Closed at teardown."""
@@ -168,4 +187,4 @@ def _configure_container(ns: Netns, c: ContainerPlan) -> None:
     ns.wait_links_up([c.interface, "lo"])
 
 
-__all__ = ["DEFAULT_ROUTE", "WAN_UPLINK_INDEX", "Network", "SpecNetwork", "base", "bridges", "containers", "ns_defaults", "rules", "services"]
+__all__ = ["DEFAULT_ROUTE", "WAN_UPLINK_INDEX", "Network", "SpecNetwork", "base", "bridges", "containers", "native_rules", "ns_defaults", "rules", "services"]

@@ -11,6 +11,8 @@ in one place::
     ('nck7q0b0', 'nck7q0-netns0')
     >>> p.rules[0].render()
     "-t nat -A POSTROUTING -s 172.18.0.0/16 ! -o nck7q0b0 -m comment --comment 'netcheck nck7q0' -j MASQUERADE"
+    >>> plan(spec.builtin("seed1-nft"), KernelNames("nck7q0")).installed[0].table
+    'nck7q0_nat'
 """
 
 from __future__ import annotations
@@ -104,7 +106,16 @@ class Plan:
     knames: Mapping[str, str]  # spec name -> kernel name of every host-side interface
     bridges: tuple[BridgePlan, ...]
     containers: tuple[ContainerPlan, ...]
-    rules: tuple[XRule, ...]
+    rules: tuple[XRule, ...]  # what the builder writes, in iptables' tables (nat, filter)
+
+    @property
+    def installed(self) -> tuple[XRule, ...]:
+        """The rules as they read back from the kernel: with ``firewall = "nft"``, in the lab's own nft tables."""
+        if self.topology.host.firewall != "nft":
+            return self.rules
+        from netcheck.kernel import nft
+
+        return tuple(nft.native(self.names.tag, r) for r in self.rules)
 
     def kname(self, spec_iface: str) -> str:
         return self.knames[spec_iface]
