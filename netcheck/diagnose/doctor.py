@@ -28,6 +28,7 @@ from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
 from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
+from netcheck.kernel.dropwatch import Witness
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path
 from netcheck.lab import plan
@@ -58,6 +59,7 @@ class LiveLab:
     containers: dict[str, Netns]
     knames: dict[str, str] = field(default_factory=dict)  # spec name -> kernel name (host side)
     title: str = ""
+    witness: Witness | None = None  # the kernel's drops in these namespaces, when a watch runs
     _attached: dict[object, tuple[Any, Callable[[Any], None]]] = field(default_factory=dict, init=False)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
