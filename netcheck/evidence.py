@@ -293,7 +293,9 @@ class ProbeResult:
             return None
         if self.kernel_drop is not None:
             return f"blocked: kernel drop {self.kernel_drop.line()}"
-        return f"blocked: {self.error}" if self.error else "blocked: no answer"
+        if self.error:
+            return f"blocked: {self.error}"
+        return f"blocked: no answer within {self.request.timeout:g}s" if self.request.timeout is not None else "blocked: no answer (within the default timeout)"
 
     @property
     def kind(self) -> ProbeKind:

@@ -102,7 +102,7 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     else:
         assert witness is not None
         kernel = W.events(lab, witness, repeated, flow, since_ns)
-        kernel_note = "" if kernel or repeated.passed else "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
+        kernel_note = "" if kernel or repeated.verdict != "unreachable" else "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
         findings, disagreement = W.rank(findings, kernel)
 
     if repeated is not None and repeated.passed:

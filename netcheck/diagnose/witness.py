@@ -18,9 +18,10 @@ from netcheck.kernel.dropwatch import ICMP, TCP, UDP, KernelDrop, PacketKey, Wit
 if TYPE_CHECKING:
     from netcheck.diagnose.path import Flow, LabView
 
-READY_WAIT = 5.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
+SETTLE = 0.05  # how long a failed repeat waits for its drop to be reported (bpftrace is a few ms behind)
+READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
 FIREWALL = ("forward_drop", "rules_split")
-NO_ROUTE = ("no_route", "no_default_route", "host_no_route")
+NO_ROUTE = ("no_route", "no_default_route", "host_no_route", "link_down")  # a link that goes down takes its routes with it
 
 # Drop reasons that name a cause by themselves (the kernel's reason, not a guess from configuration).
 REASON_CAUSES: dict[str, tuple[str, ...]] = {
@@ -32,6 +33,7 @@ REASON_CAUSES: dict[str, tuple[str, ...]] = {
     "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "link_down"),
     "NEIGH_DEAD": ("wrong_gateway", "link_down"),
     "PKT_TOO_BIG": ("mtu_mismatch",),
+    "QDISC_DROP": ("lo_down", "link_down"),  # __dev_queue_xmit on a device that is down
     "IP_LOCALNET": ("route_localnet_off",),
     "IP_LOCAL_SOURCE": ("address_conflict",),
 }
@@ -53,8 +55,11 @@ def key_of(result: ProbeResult, flow: Flow) -> PacketKey:
 
 def events(lab: LabView, witness: Witness, result: ProbeResult, flow: Flow, since_ns: int) -> tuple[KernelEvent, ...]:
     """The decisive drops of the probe's packets since ``since_ns``, in the lab's names, each with its causes."""
-    out = []
-    for d in witness.drops(key_of(result, flow), since_ns=since_ns):
+    out: list[KernelEvent] = []
+    key = key_of(result, flow)
+    if result.kernel_drop is None and not result.passed:
+        witness.settle(key, since_ns=since_ns, timeout=SETTLE)
+    for d in witness.drops(key, since_ns=since_ns):
         if not decisive(d) and d.reason != "NO_SOCKET":
             continue
         label = witness.labels.get(d.netns_inode, "?")

@@ -372,6 +372,11 @@ class Witness:
             return []
         return [d for d in self.watch.drops(self.inodes, since_ns=since_ns, until_ns=until_ns) if key.matches(d)]
 
+    def settle(self, key: PacketKey, *, since_ns: int, timeout: float) -> None:
+        """Wait up to ``timeout`` for a first drop of these packets (bpftrace reports a few ms late)."""
+        if self.watch is not None and self.watch.ready:
+            self.watch.wait_for(key.matches, self.inodes, since_ns=since_ns, timeout=timeout)
+
     def waiter(self, key: PacketKey, *, since_ns: int) -> DropWaiter | None:
         """A waiter for the first decisive drop of these packets (None when the watch is not attached)."""
         if self.watch is None or not self.watch.ready:
