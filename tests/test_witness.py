@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 from ipaddress import ip_address
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from netcheck.diagnose import witness as W
 from netcheck.diagnose.path import Flow
 from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.faults import FAULTS
 from netcheck.kernel.dropwatch import KernelDrop, PacketKey, Witness, decisive, parse_event, reason_names
 
 DATA = Path(__file__).parent / "data"
@@ -240,3 +242,20 @@ def time_ns() -> int:
     import time
 
     return time.monotonic_ns()
+
+
+KERNEL_LINE = r"^E?\s+(?P<reason>[A-Z0-9_]+) at (?P<location>[a-z0-9_.]+) on (?P<where>\S+) \("
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+@pytest.mark.parametrize("fault", sorted(n for n, f in FAULTS.items() if f.kernel))
+def test_every_fault_the_kernel_drops_shows_its_reason_and_location(run_suites, repo, fault: str) -> None:  # type: ignore[no-untyped-def]
+    """Each fault of the catalog where the kernel drops the probe (``Fault.kernel``): its suite test's
+    diagnosis shows the kernel's reason and the function that dropped it, under the kernel's heading."""
+    f = FAULTS[fault]
+    out = run_suites(str(repo / "suites" / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}").stdout.str()
+    section = out.split("kernel (its drops of the probe's packets during the repeat, from skb:kfree_skb):", 1)
+    assert len(section) == 2, f"fault {fault}: the diagnosis shows no kernel drop:\n{out[-3000:]}"
+    shown = {(m.group("reason"), m.group("location")) for m in re.finditer(KERNEL_LINE, section[1].split("\n\n", 1)[0], re.M)}
+    assert any(reason == f.kernel and location for reason, location in shown), f"fault {fault}: expected {f.kernel} with its location, shown: {shown}:\n{section[1][:1500]}"

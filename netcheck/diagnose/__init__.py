@@ -82,12 +82,14 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
             repeated = resend(replace(result.request, capture=route.points, timeout=REPEAT_TIMEOUT, end_on_drop=no_witness is None))
         except Exception as exc:  # noqa: BLE001 - without a repeat, the diagnosis still reads the state
             notes.append(f"the probe could not be repeated: {exc}")
-        matched = counter_deltas(before, St.rule_counters(lab.host))
         snmp_grew = St.snmp_deltas(snmp_before, St.snmp(watched), SNMP_KEYS)
+    ended = time.monotonic()
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
     full = involved if len(namespaces) > 16 else None
     snap = St.snapshot(namespaces, full=full, addresses=addresses)
+    if resend is not None:
+        matched = counter_deltas(before, list(snap.host.ruleset.rules()))  # the snapshot read the counters after the repeat
     evidence_of = repeated if repeated is not None else result
     hops = P.trace(route, evidence_of)
     breaks = P.breaks(hops)
@@ -101,8 +103,9 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         kernel_note = f"no kernel witness: {no_witness}; the diagnosis goes on without it"
     else:
         assert witness is not None
-        kernel = W.events(lab, witness, repeated, flow, since_ns)
-        kernel_note = "" if kernel or repeated.verdict != "unreachable" else "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
+        kernel = W.events(lab, witness, repeated, flow, since_ns, ended)
+        lost = "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
+        kernel_note = "" if kernel or repeated.verdict != "unreachable" else lost
         findings, disagreement = W.rank(findings, kernel)
 
     if repeated is not None and repeated.passed:

@@ -9,6 +9,7 @@ diagnosis shows both.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from netcheck.kernel.dropwatch import ICMP, TCP, UDP, KernelDrop, PacketKey, Wit
 if TYPE_CHECKING:
     from netcheck.diagnose.path import Flow, LabView
 
-SETTLE = 0.05  # how long a failed repeat waits for its drop to be reported (bpftrace is a few ms behind)
+SETTLE = 0.2  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind; its first events, up to ~150 ms)
 READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
 FIREWALL = ("forward_drop", "rules_split")
 NO_ROUTE = ("no_route", "no_default_route", "host_no_route", "link_down")  # a link that goes down takes its routes with it
@@ -53,12 +54,13 @@ def key_of(result: ProbeResult, flow: Flow) -> PacketKey:
     return PacketKey(proto, addresses, result.flow_id)
 
 
-def events(lab: LabView, witness: Witness, result: ProbeResult, flow: Flow, since_ns: int) -> tuple[KernelEvent, ...]:
-    """The decisive drops of the probe's packets since ``since_ns``, in the lab's names, each with its causes."""
+def events(lab: LabView, witness: Witness, result: ProbeResult, flow: Flow, since_ns: int, ended: float) -> tuple[KernelEvent, ...]:
+    """The decisive drops of the probe's packets since ``since_ns``, in the lab's names, each with its causes
+    (waiting for a first one until SETTLE after the repeat ``ended``, a time.monotonic())."""
     out: list[KernelEvent] = []
     key = key_of(result, flow)
     if result.kernel_drop is None and not result.passed:
-        witness.settle(key, since_ns=since_ns, timeout=SETTLE)
+        witness.settle(key, since_ns=since_ns, timeout=max(0.0, ended + SETTLE - time.monotonic()))
     for d in witness.drops(key, since_ns=since_ns):
         if not decisive(d) and d.reason != "NO_SOCKET":
             continue
