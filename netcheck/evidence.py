@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Literal, get_args
 
+from netcheck.kernel.dropwatch import KernelDrop
+
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
 ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp"]
@@ -55,6 +57,11 @@ class ProbeRequest:
     timeout: float | None = None
     ttl: int | None = None  # icmp only
     payload: bytes = b""
+    end_on_drop: bool | None = None  # conclude at the kernel's drop of the probe, when the lab has a witness (None: for expect="block")
+
+    @property
+    def ends_on_drop(self) -> bool:
+        return self.expect == "block" if self.end_on_drop is None else self.end_on_drop
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ProbeKind):
@@ -87,13 +94,14 @@ class ProbeRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
-                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode()}
+                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
+                "end_on_drop": self.end_on_drop}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeRequest:
         return cls(kind=d["kind"], source=d["source"], destination=ip_address(d["destination"]), port=d.get("port"), expect=d.get("expect", "reach"),
                    target=d.get("target"), capture=tuple(d.get("capture", ())), timeout=d.get("timeout"), ttl=d.get("ttl"),
-                   payload=base64.b64decode(d.get("payload", "")))
+                   payload=base64.b64decode(d.get("payload", "")), end_on_drop=d.get("end_on_drop"))
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,31 @@ class Hop:
 
 
 @dataclass(frozen=True)
+class KernelEvent:
+    """The kernel's own account of one of the probe's packets: it dropped it, why, and where
+    (from ``skb:kfree_skb``), in the lab's names, with the causes its reason points to."""
+
+    reason: str  # NETFILTER_DROP, IP_RPFILTER, IP_INNOROUTES, NEIGH_FAILED, PKT_TOO_BIG, ...
+    location: str  # the kernel function: nft_do_chain, nf_hook_slow, ip_forward, ...
+    netns: str  # the namespace's label: host, wan or a container
+    device: str  # the interface's spec name ("-": the packet had none yet)
+    packet: str  # "172.18.0.10 > 198.51.100.1"
+    causes: tuple[str, ...] = ()  # the cause ids this reason points to (none: it names no cause by itself)
+
+    @property
+    def where(self) -> str:
+        return self.netns if self.device == "-" else f"{self.netns}:{self.device}"
+
+    @classmethod
+    def of(cls, drop: KernelDrop, netns: str, device: str, causes: tuple[str, ...] = ()) -> KernelEvent:
+        return cls(drop.reason, drop.location, netns, device, f"{drop.src_at} > {drop.dst_at}", causes)
+
+    def line(self) -> str:
+        """``NETFILTER_DROP at nft_do_chain on host:br0``."""
+        return f"{self.reason} at {self.location} on {self.where}"
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     """Why a probe failed: ranked findings, the trace of the repeated probe, and the facts behind them."""
 
@@ -185,6 +218,9 @@ class Diagnosis:
     conntrack: tuple[str, ...] = ()  # conntrack entries of the probe's flow
     repeated: str = ""  # how the repeated probe went
     elapsed_ms: float = 0.0  # what the diagnosis cost
+    kernel: tuple[KernelEvent, ...] = ()  # the kernel's drops of the probe's packets during the repeat
+    kernel_note: str = ""  # why there are none, or why the kernel could not be asked
+    disagreement: str = ""  # where the model's top cause and the kernel's witness part ways
 
     @property
     def top(self) -> Finding | None:
@@ -207,6 +243,13 @@ class Diagnosis:
                 lines.append(f"  {h.direction:<4} {mark} {h.point:<24} {h.addresses}".rstrip())
             lines.extend(f"  {b}" for b in self.breaks)
             lines.extend(f"  rewritten: {r}" for r in self.rewrites)
+        if self.kernel:
+            lines.append("kernel (its drops of the probe's packets during the repeat, from skb:kfree_skb):")
+            lines.extend(f"  {k.line()} ({k.packet})" + (f" -> {', '.join(k.causes)}" if k.causes else "") for k in self.kernel)
+        if self.kernel_note:
+            lines.append(f"kernel: {self.kernel_note}")
+        if self.disagreement:
+            lines.append(f"model and kernel disagree: {self.disagreement}")
         if self.matched:
             lines.append("rules the repeated probe matched (packet counter deltas):")
             lines.extend(f"  {m}" for m in self.matched)
@@ -222,6 +265,7 @@ class Diagnosis:
         data: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         data["findings"] = tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ()))}) for f in d.get("findings", ()))
         data["trace"] = tuple(Hop(**h) for h in d.get("trace", ()))
+        data["kernel"] = tuple(KernelEvent(**{**k, "causes": tuple(k.get("causes", ()))}) for k in d.get("kernel", ()))
         return cls(**data)
 
 
@@ -245,6 +289,18 @@ class ProbeResult:
     started_at: float = 0.0  # epoch seconds when the probe was sent (pcap timestamps)
     labels: dict[str, str] = field(default_factory=dict)
     service: Literal["netcheck", "user"] = "netcheck"  # whose service answered: netcheck's, or one the user's setup runs
+    flow_id: int | None = None  # the probe's own end: its TCP/UDP client port or ICMP identifier (names it in captures and kernel drops)
+    kernel_drop: KernelEvent | None = None  # the kernel's drop that ended the probe before its timeout
+
+    def blocked_by(self) -> str | None:
+        """How a probe that did not get through was stopped, as the evidence proves it (None if it got through)."""
+        if self.verdict != "unreachable":
+            return None
+        if self.kernel_drop is not None:
+            return f"blocked: kernel drop {self.kernel_drop.line()}"
+        if self.error:
+            return f"blocked: {self.error}"
+        return f"blocked: no answer within {self.request.timeout:g}s" if self.request.timeout is not None else "blocked: no answer (within the default timeout)"
 
     @property
     def kind(self) -> ProbeKind:
@@ -310,8 +366,9 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: the request as data, and beside it the fields the report reads (kind, source, destination, expected, target)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis")}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis", "kernel_drop")}
         d["captures"] = [asdict(c) for c in self.captures]
+        d["kernel_drop"] = asdict(self.kernel_drop) if self.kernel_drop is not None else None
         d["diagnosis"] = asdict(self.diagnosis) if self.diagnosis is not None else None
         flat = {"kind": self.kind, "source": self.source, "destination": self.destination, "expected": self.expected, "target": self.target}
         out: dict[str, Any] = _encode({"request": self.request.to_dict(), **flat, **d})
@@ -327,6 +384,8 @@ class ProbeResult:
         )
         if d.get("diagnosis"):
             d["diagnosis"] = Diagnosis.from_dict(d["diagnosis"])
+        if d.get("kernel_drop"):
+            d["kernel_drop"] = KernelEvent(**{**d["kernel_drop"], "causes": tuple(d["kernel_drop"].get("causes", ()))})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from netcheck import spec
+from netcheck.kernel import dropwatch
+from netcheck.kernel.dropwatch import DropWatch, DropWatchError, Witness
+from netcheck.kernel.netns import Netns
 from netcheck.lab import HostMode, Lab, LabError, has_net_admin
 from netcheck.lab.mode import mode_of
-from netcheck.ledger import clean
+from netcheck.ledger import Ledger, ProcessEntry, clean, process_starttime
+from netcheck.naming import new_tag
 
 NEED_ROOT = (
     "netcheck needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces: "
@@ -36,6 +40,9 @@ class LabFactory:
         self.kept: list[str] = []
         self.reaped = 0
         self.log = log
+        self._watch: DropWatch | None = None  # one per run, started with the first lab
+        self._watch_ledger: Ledger | None = None
+        self._no_watch: str | None = None  # why there is none
         if reap and has_net_admin():
             with contextlib.suppress(OSError):
                 self.reaped, _errors = clean(include_kept=False, log=lambda _m: None)
@@ -86,8 +93,39 @@ class LabFactory:
             from netcheck.adapters import build_external
 
             lab: Lab = build_external(topology, keep=keep, mode=mode)
-            return lab
-        return Lab(topology, keep=keep, mode=mode).build()
+        else:
+            lab = Lab(topology, keep=keep, mode=mode).build()
+        lab.witness = self.witness(lab.namespaces())
+        return lab
+
+    def witness(self, namespaces: Mapping[str, Netns]) -> Witness:
+        """The kernel's drops in these namespaces, from the run's one watch (started on first use,
+        in the background: bpftrace attaches while the lab is probed). Its PID goes in a run
+        record of its own, so ``netcheck clean`` ends it if this run dies."""
+        if self._watch is None and self._no_watch is None:
+            self._no_watch = dropwatch.unavailable()
+            if self._no_watch is None:
+                self._start_watch()
+        labels = {}
+        for label, ns in namespaces.items():
+            with contextlib.suppress(OSError):
+                labels[dropwatch.netns_inode(ns.path)] = label
+        return Witness(self._watch, labels, unavailable=self._no_watch)
+
+    def _start_watch(self) -> None:
+        ledger = Ledger(new_tag(), topology="(kernel drop watch)", mode=self.mode.name)
+        argv = ("bpftrace", "-e", "tracepoint:skb:kfree_skb")
+
+        def record(pid: int) -> None:
+            ledger.record(ProcessEntry(pid, process_starttime(pid), argv))
+
+        try:
+            self._watch = DropWatch(record=record).start()
+        except (DropWatchError, OSError) as exc:
+            self._no_watch = f"the kernel's drop watch did not start: {exc}"
+            ledger.close(remove=True)
+            return
+        self._watch_ledger = ledger
 
     def close(self) -> None:
         """Tear down every lab, newest first; raise the first error after trying all."""
@@ -101,5 +139,11 @@ class LabFactory:
                 errors.append(exc)
         self._shared.clear()
         self._fresh.clear()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
+        if self._watch_ledger is not None:
+            self._watch_ledger.close(remove=True)
+            self._watch_ledger = None
         if errors:
             raise errors[0]

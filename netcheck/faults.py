@@ -31,6 +31,7 @@ class Fault:
     message: str  # a phrase the failure message must contain
     cause: str  # the diagnosis's expected top cause
     inject: Callable[[Lab], None]
+    kernel: str | None = None  # the drop reason the kernel gives for the probe, when it drops it (the diagnosis shows it)
 
 
 def _first(lab: Lab) -> str:
@@ -303,9 +304,9 @@ VIP_ONLY = "test_vip.py::test_only_the_declared_vip_port_is_redirected"
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
     Fault("container-iface-down", "a container's own interface is down", "seed1", BRIDGE_MATRIX, "bridge matrix", "link_down", iface_down),
-    Fault("lo-down", "a container's lo is down", "seed1", VETH_LO, "127.0.0.1", "lo_down", lo_down),
+    Fault("lo-down", "a container's lo is down", "seed1", VETH_LO, "127.0.0.1", "lo_down", lo_down, kernel="QDISC_DROP"),
     Fault("detached-from-bridge", "a container's veth is not attached to the bridge", "seed1", BRIDGE_MATRIX, "bridge matrix", "not_in_bridge", detach),
-    Fault("ip-forward-off", "net.ipv4.ip_forward = 0 in the host", "seed1", FORWARD_OUT, "198.51.100.1", "ip_forward_off", ip_forward_off),
+    Fault("ip-forward-off", "net.ipv4.ip_forward = 0 in the host", "seed1", FORWARD_OUT, "198.51.100.1", "ip_forward_off", ip_forward_off, kernel="IP_INADDRERRORS"),
     Fault("no-default-route", "a container has no default route", "seed1", FORWARD_OUT, "198.51.100.1", "no_default_route", no_default_route),
     Fault("wrong-gateway", "a container's default route points at an address nobody has", "seed1", FORWARD_OUT, "198.51.100.1", "wrong_gateway", wrong_gateway),
     Fault("masquerade-removed", "the MASQUERADE rule is gone", "seed1", MASQ_OUT, "198.51.100.1", "masquerade_missing", masquerade_removed),
@@ -313,25 +314,27 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("dnat-removed", "the PREROUTING DNAT of the published port is gone", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "dnat_missing", dnat_removed),
     Fault("dnat-wrong-port", "the DNAT sends the published port to the wrong container port", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "dnat_wrong", dnat_wrong_port),
     Fault("output-dnat-missing", "the OUTPUT DNAT is gone: reachable from outside, not from the host", "seed1", DNAT_HOST, "203.0.113.2:5000", "output_dnat_missing", output_dnat_missing),
-    Fault("vip-not-jumped-from-output", "OUTPUT does not jump to the VIP chain", "seed2", VIP_HOST, "10.100.100.100:8080", "vip_not_jumped", vip_not_jumped_from_output),
-    Fault("forward-drop", "FORWARD policy DROP with bridge-nf-call-iptables=1", "seed1", BRIDGE_MATRIX, "bridge matrix", "forward_drop", forward_drop),
-    Fault("forward-drop-rule", "a FORWARD DROP rule ahead of the accepts", "seed2", FORWARD_OUT, "198.51.100.1", "forward_drop", forward_drop_rule),
+    Fault("vip-not-jumped-from-output", "OUTPUT does not jump to the VIP chain", "seed2", VIP_HOST, "10.100.100.100:8080", "vip_not_jumped", vip_not_jumped_from_output, kernel="IP_INADDRERRORS"),
+    Fault("forward-drop", "FORWARD policy DROP with bridge-nf-call-iptables=1", "seed1", BRIDGE_MATRIX, "bridge matrix", "forward_drop", forward_drop, kernel="NETFILTER_DROP"),
+    Fault("forward-drop-rule", "a FORWARD DROP rule ahead of the accepts", "seed2", FORWARD_OUT, "198.51.100.1", "forward_drop", forward_drop_rule, kernel="NETFILTER_DROP"),
     Fault("second-container-answers", "the published port is answered by another container", "seed1", DNAT_OUTSIDE, "wrong-target", "dnat_wrong", second_container_answers),
     Fault("host-link-in-container", "a container sees a link that is not its own", "seed1", ISO_LINKS, "hostlink0", "extra_link", host_link_in_container),
     Fault("bridge-floods", "the bridge forgets MACs at once (ageing 0) and floods every frame", "seed1", ISO_FRAMES, "must never appear", "bridge_flooding", bridge_floods),
     Fault("route-localnet-exposed", "route_localnet=1 and a DNAT to 127.0.0.1 expose the host's loopback", "seed1", ISO_LOOPBACK, "loopback service", "route_localnet_exposed", route_localnet_exposed),
-    Fault("br-netfilter-off", "bridge-nf-call-iptables=0: a same-bridge DNAT reply skips the un-NAT", "seed1", DNAT_PATHS, "203.0.113.2:5000", "br_netfilter_off", br_netfilter_off),
-    Fault("no-service", "nothing listens on the published port in the container", "seed1", DNAT_OUTSIDE, "connection refused", "no_listener", no_service),
+    Fault("br-netfilter-off", "bridge-nf-call-iptables=0: a same-bridge DNAT reply skips the un-NAT", "seed1", DNAT_PATHS, "203.0.113.2:5000", "br_netfilter_off", br_netfilter_off,
+          kernel="NO_SOCKET"),
+    Fault("no-service", "nothing listens on the published port in the container", "seed1", DNAT_OUTSIDE, "connection refused", "no_listener", no_service, kernel="NO_SOCKET"),
     Fault("wrong-prefix", "a container's address has the wrong prefix length", "seed1", BRIDGE_MATRIX, "bridge matrix", "wrong_prefix", wrong_prefix),
     Fault("address-conflict", "two containers hold the same address", "seed1", BRIDGE_ARP, "ARP", "address_conflict", address_conflict),
-    Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down),
+    Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down, kernel="IP_INNOROUTES"),
     Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch),
     Fault("stray-publish", "a DNAT publishes a container's service port that the spec does not publish",
           "seed2", DNAT_UNPUBLISHED, "expected to be blocked", "stray_dnat", stray_publish),
     Fault("stray-vip-port", "the VIP chain redirects a port the spec does not declare",
           "seed2", VIP_ONLY, "expected to be blocked", "stray_dnat", stray_vip_port),
-    Fault("rp-filter-strict", "replies come back by a second link (asymmetric routing) and the host's rp_filter is strict", "seed1", FORWARD_OUT, "198.51.100.1", "rp_filter_strict", rp_filter_strict),
-    Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost),
+    Fault("rp-filter-strict", "replies come back by a second link (asymmetric routing) and the host's rp_filter is strict", "seed1", FORWARD_OUT, "198.51.100.1", "rp_filter_strict", rp_filter_strict,
+          kernel="IP_RPFILTER"),
+    Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost, kernel="IP_LOCALNET"),
 ]}
 
 

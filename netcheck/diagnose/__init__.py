@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Protocol
 from netcheck.diagnose import path as P
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
+from netcheck.diagnose import witness as W
 from netcheck.diagnose.firewall import counter_deltas
-from netcheck.evidence import Diagnosis, ProbeRequest, ProbeResult
+from netcheck.evidence import Diagnosis, KernelEvent, ProbeRequest, ProbeResult
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -70,24 +71,42 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     repeated: ProbeResult | None = None
     matched = []
     snmp_grew: dict[str, dict[str, int]] = {}
+    witness = getattr(lab, "witness", None)
+    no_witness = witness.absent(wait=W.READY_WAIT) if witness is not None else "this lab has no drop watch (it was not built by a LabFactory)"
+    since_ns = time.monotonic_ns()
     if resend is not None:
         before = St.rule_counters(lab.host)
         snmp_before = St.snmp(watched)
         try:
-            repeated = resend(replace(result.request, capture=route.points, timeout=REPEAT_TIMEOUT))
+            # With a witness, the repeat ends at the kernel's drop of the probe instead of its timeout.
+            repeated = resend(replace(result.request, capture=route.points, timeout=REPEAT_TIMEOUT, end_on_drop=no_witness is None))
         except Exception as exc:  # noqa: BLE001 - without a repeat, the diagnosis still reads the state
             notes.append(f"the probe could not be repeated: {exc}")
-        matched = counter_deltas(before, St.rule_counters(lab.host))
         snmp_grew = St.snmp_deltas(snmp_before, St.snmp(watched), SNMP_KEYS)
+    ended = time.monotonic()
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
     full = involved if len(namespaces) > 16 else None
     snap = St.snapshot(namespaces, full=full, addresses=addresses)
+    if resend is not None:
+        matched = counter_deltas(before, list(snap.host.ruleset.rules()))  # the snapshot read the counters after the repeat
     evidence_of = repeated if repeated is not None else result
     hops = P.trace(route, evidence_of)
     breaks = P.breaks(hops)
     ev = R.Evidence(lab, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
     findings = R.evaluate(ev)
+    kernel: tuple[KernelEvent, ...] = ()
+    disagreement = ""
+    if repeated is None:
+        kernel_note = "" if resend is None else "the probe was not repeated, so the kernel was not asked"
+    elif no_witness is not None:
+        kernel_note = f"no kernel witness: {no_witness}; the diagnosis goes on without it"
+    else:
+        assert witness is not None
+        kernel = W.events(lab, witness, repeated, flow, since_ns, ended)
+        lost = "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
+        kernel_note = "" if kernel or repeated.verdict != "unreachable" else lost
+        findings, disagreement = W.rank(findings, kernel)
 
     if repeated is not None and repeated.passed:
         notes.append("the repeated probe went as expected: the failure did not recur (a transient loss, or something changed meanwhile)")
@@ -108,6 +127,9 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         conntrack=tuple(e.render() for e in snap.host.conntrack[:8]),
         repeated=_repeat_line(repeated) if resend is not None else "the probe was not repeated; the captures are the original probe's",
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 1),
+        kernel=kernel,
+        kernel_note=kernel_note,
+        disagreement=disagreement,
     )
 
 

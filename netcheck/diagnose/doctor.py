@@ -27,6 +27,7 @@ from netcheck import spec as S
 from netcheck.diagnose import rules, state
 from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
+from netcheck.kernel.dropwatch import Witness
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path
 from netcheck.lab import plan
@@ -59,6 +60,7 @@ class LiveLab:
     knames: dict[str, str] = field(default_factory=dict)  # spec name -> kernel name (host side)
     title: str = ""
     services: ServiceHost | None = None  # netcheck serves nothing in namespaces it only looks at
+    witness: Witness | None = None  # the kernel's drops in these namespaces, when a watch runs
     _attached: dict[object, tuple[Any, Callable[[Any], None]]] = field(default_factory=dict, init=False)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:

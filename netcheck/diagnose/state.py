@@ -8,7 +8,7 @@ both backends (legacy through python-iptables, nf_tables through ``nft -j``).
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
@@ -155,15 +155,14 @@ def _read_host(ns: Netns, addresses: set[str]) -> HostState:
 def snapshot(namespaces: dict[str, Netns], *, host: str = "host", full: set[str] | None = None, addresses: set[str] | None = None) -> Snapshot:
     """Read every namespace (in full those in ``full``, or all when None) and the host's extras."""
     host_ns = namespaces.get(host)
-    # Each namespace has its own worker thread: read them side by side.
-    with ThreadPoolExecutor(max_workers=min(8, len(namespaces) + 1)) as pool:
-        futures = {
-            label: pool.submit(read_ns, label, ns, full=full is None or label in full or label == host, host=label == host)
-            for label, ns in namespaces.items()
-        }
-        extra = pool.submit(read_host, host_ns, addresses or set()) if host_ns is not None else None
-        states = {label: f.result() for label, f in futures.items()}
-        return Snapshot(states, extra.result() if extra is not None else HostState())
+    # Each namespace has its own worker thread: queue the reads on them side by side (no pool to start).
+    def reader(label: str, ns: Netns) -> Callable[[], NsState]:
+        return lambda: _read_ns(label, ns, full=full is None or label in full or label == host, host=label == host)
+
+    futures = {label: ns.submit(reader(label, ns)) for label, ns in namespaces.items()}
+    extra = host_ns.submit(lambda: _read_host(host_ns, addresses or set())) if host_ns is not None else None
+    states = {label: f.result(timeout=60) for label, f in futures.items()}
+    return Snapshot(states, extra.result(timeout=60) if extra is not None else HostState())
 
 
 def lookup(snap: Snapshot, label: str, ns: Netns, dst: str, src: str | None = None, iif: str | None = None) -> RouteEntry | str:

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from netcheck.waiting import WaitTimeout, wait_until
@@ -43,7 +43,11 @@ tracepoint:skb:kfree_skb /args->reason > 2/ {
   else if ($s->sk != 0) { $ns = $s->sk->__sk_common.skc_net.net->ns.inum; }
   if (args->protocol == 0x0800) {
     $ip = (struct iphdr *)($s->head + $s->network_header);
-    printf("D %llu %u %d %s %s %d %s %s\n", nsecs, $ns, args->reason, $dev, ksym(args->location), $ip->protocol, ntop(2, $ip->saddr), ntop(2, $ip->daddr));
+    $l4 = (uint8 *)($s->head + $s->network_header + ((*(uint8 *)($s->head + $s->network_header)) & 15) * 4);
+    $w0 = (uint32)(*$l4) * 256 + (uint32)(*($l4 + 1)); $w1 = (uint32)(*($l4 + 2)) * 256 + (uint32)(*($l4 + 3));
+    $w2 = (uint32)(*($l4 + 4)) * 256 + (uint32)(*($l4 + 5));
+    printf("D %llu %u %d %s %s %d %s %s %u %u %u\n", nsecs, $ns, args->reason, $dev, ksym(args->location), $ip->protocol, ntop(2, $ip->saddr), ntop(2, $ip->daddr),
+           $w0, $w1, $w2);
   } else if (args->protocol == 0x86DD) {
     $ip6 = (struct ipv6hdr *)($s->head + $s->network_header);
     printf("D %llu %u %d %s %s %d %s %s\n", nsecs, $ns, args->reason, $dev, ksym(args->location), $ip6->nexthdr,
@@ -58,7 +62,7 @@ BEGIN { printf("READY\n"); }
 # tracepoint's format (it names the drop reasons), then become bpftrace. Arguments are passed as argv.
 LAUNCH = f'mount -t tracefs nodev {TRACEFS} && cat {FORMAT} && echo FORMAT-END && exec "$0" "$@"'
 _SYMBOLIC = re.compile(r'\{\s*(\d+),\s*"([A-Z0-9_]+)"\s*\}')
-_EVENT = re.compile(r"^D (\d+) (\d+) (\d+) (\S+) (\S+) (-?\d+) (\S+) (\S+)$")
+_EVENT = re.compile(r"^D (\d+) (\d+) (\d+) (\S+) (\S+) (-?\d+) (\S+) (\S+)(?: (\d+) (\d+) (\d+))?$")
 
 
 class DropWatchError(RuntimeError):
@@ -77,10 +81,24 @@ class KernelDrop:
     protocol: int  # IP protocol (1 ICMP, 6 TCP, 17 UDP, 58 ICMPv6, 132 SCTP); -1 when not IP
     src: str
     dst: str
+    sport: int | None = None  # TCP/UDP ports; for ICMP, sport is the echo identifier
+    dport: int | None = None
+    icmp_type: int | None = None
+
+    @property
+    def src_at(self) -> str:
+        return self.src if self.sport is None or self.protocol == ICMP else f"{self.src}:{self.sport}"
+
+    @property
+    def dst_at(self) -> str:
+        return self.dst if self.dport is None or self.protocol == ICMP else f"{self.dst}:{self.dport}"
 
     def describe(self) -> str:
         on = f" on {self.device}" if self.device != "-" else ""
-        return f"kernel drop: {self.reason} at {self.location}{on} ({self.src} > {self.dst})"
+        return f"kernel drop: {self.reason} at {self.location}{on} ({self.src_at} > {self.dst_at})"
+
+
+ICMP, TCP, UDP = 1, 6, 17
 
 
 def reason_names(format_text: str) -> dict[int, str]:
@@ -92,9 +110,38 @@ def parse_event(line: str, reasons: dict[int, str]) -> KernelDrop | None:
     m = _EVENT.match(line.strip())
     if m is None:
         return None
-    at, ns, reason, dev, loc, proto, src, dst = m.groups()
+    at, ns, reason, dev, loc, proto, src, dst, w0, w1, w2 = m.groups()
     location = loc.split("+", 1)[0]
-    return KernelDrop(int(at), int(ns), reasons.get(int(reason), f"reason {reason}"), dev, location, int(proto), src, dst)
+    sport = dport = icmp_type = None
+    if w0 is not None and int(proto) in (TCP, UDP):
+        sport, dport = int(w0), int(w1)
+    elif w0 is not None and int(proto) == ICMP:
+        sport, icmp_type = int(w2), int(w0) >> 8
+    return KernelDrop(int(at), int(ns), reasons.get(int(reason), f"reason {reason}"), dev, location, int(proto), src, dst, sport, dport, icmp_type)
+
+
+@dataclass(frozen=True)
+class PacketKey:
+    """What names one probe's packets in the kernel's drops, both ways and through NAT.
+
+    ``addresses`` are every address the probe may carry (its source, its destination, the
+    DNAT target); ``port`` is the probe's own end: its TCP/UDP client port, or its ICMP
+    echo identifier. A drop matches if it is of the protocol, carries that port on either
+    end, and one of its addresses is the probe's. Without a port, addresses alone decide.
+    """
+
+    protocol: int
+    addresses: frozenset[str]
+    port: int | None = None
+
+    def matches(self, d: KernelDrop) -> bool:
+        if d.protocol != self.protocol or not ({d.src, d.dst} & self.addresses):
+            return False
+        if self.port is None or d.sport is None:
+            return True
+        if self.protocol == ICMP:
+            return d.sport == self.port
+        return self.port in (d.sport, d.dport)
 
 
 def unavailable() -> str | None:
@@ -129,6 +176,7 @@ class DropWatch:
         self._ended: str | None = None
         self._lines: deque[str] = deque(maxlen=20)  # the last lines bpftrace printed, for error messages
         self.reasons: dict[int, str] = {}
+        self._waiters: list[DropWaiter] = []
 
     def __enter__(self) -> DropWatch:
         return self.start()
@@ -140,9 +188,9 @@ class DropWatch:
         why = unavailable()
         if why:
             raise DropWatchError(f"cannot watch the kernel's drops: {why}")
-        # Line-buffered output (each drop reaches us at once), and a ring buffer big enough that a busy
+        # Unbuffered output (each drop reaches us at once), and a ring buffer big enough that a busy
         # machine's drops are not lost before bpftrace reads them (bpftrace says "Lost N events" if they are).
-        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", LAUNCH, "bpftrace", "-B", "line", "-e", PROGRAM]
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", LAUNCH, "bpftrace", "-B", "none", "-e", PROGRAM]
         env = {**os.environ, "BPFTRACE_PERF_RB_PAGES": "1024"}
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self._record(self._proc.pid)
@@ -167,6 +215,8 @@ class DropWatch:
             with self._cv:
                 if event is not None:
                     self._events.append(event)
+                    for w in self._waiters:
+                        w.offer(event)
                 elif line == "READY":
                     self._ready = True
                 else:
@@ -195,6 +245,11 @@ class DropWatch:
     def ready(self) -> bool:
         return self._ready and self._ended is None
 
+    @property
+    def ended(self) -> str | None:
+        """Why bpftrace ended (None while it runs)."""
+        return self._ended
+
     def drops(self, inodes: Iterable[int], *, since_ns: int = 0, until_ns: int | None = None) -> list[KernelDrop]:
         """The drops seen in these namespaces (by inode) between two CLOCK_MONOTONIC times, oldest first."""
         wanted = set(inodes)
@@ -221,6 +276,18 @@ class DropWatch:
                     return None
                 self._cv.wait(left)
 
+    def waiter(self, match: Callable[[KernelDrop], bool], inodes: Iterable[int], *, since_ns: int) -> DropWaiter:
+        """A ``DropWaiter`` that becomes readable (for ``select``) at the first matching drop from now on."""
+        w = DropWaiter(match, frozenset(inodes), since_ns, lambda w: self._forget(w))
+        with self._cv:
+            self._waiters.append(w)
+        return w
+
+    def _forget(self, w: DropWaiter) -> None:
+        with self._cv:
+            if w in self._waiters:
+                self._waiters.remove(w)
+
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
@@ -237,6 +304,92 @@ class DropWatch:
         with contextlib.suppress(OSError):
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+class DropWaiter:
+    """Waits for one drop: ``select`` on it beside a socket; ``drop`` is the drop once readable."""
+
+    def __init__(self, match: Callable[[KernelDrop], bool], inodes: frozenset[int], since_ns: int, forget: Callable[[DropWaiter], None]) -> None:
+        self._match, self._inodes, self._since = match, inodes, since_ns
+        self._forget = forget
+        self._r, self._w = os.pipe()
+        self.drop: KernelDrop | None = None
+
+    def offer(self, d: KernelDrop) -> None:
+        """Called by the watch's reader (under its lock) for every new drop."""
+        if self.drop is None and d.netns_inode in self._inodes and d.at_ns >= self._since and self._match(d):
+            self.drop = d
+            with contextlib.suppress(OSError):
+                os.write(self._w, b"!")
+
+    def fileno(self) -> int:
+        return self._r
+
+    def close(self) -> None:
+        self._forget(self)
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> DropWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Drops that do not decide a probe's fate: a flooded copy for another host, the ICMP stack
+# freeing an echo reply that a raw socket already read, a socket's own bookkeeping.
+INCIDENTAL = frozenset({"OTHERHOST", "UNICAST_IN_L2_MULTICAST"})
+
+
+def decisive(d: KernelDrop) -> bool:
+    """Is this drop the end of the packet's path (not a copy, not a socket's own business)?"""
+    if d.reason in INCIDENTAL or d.reason.startswith(("TCP_", "SOCKET_")):
+        return False
+    return not (d.reason == "NO_SOCKET" and d.location == "ping_rcv")
+
+
+class Witness:
+    """One lab's view of the run's drop watch: only the drops in the lab's namespaces.
+
+    ``absent()`` says why it cannot witness (no bpftrace, not attached yet, ended); the
+    diagnosis then says so and goes on without it. The factory gives one to every lab it builds.
+    """
+
+    def __init__(self, watch: DropWatch | None, labels: Mapping[int, str], *, unavailable: str | None = None) -> None:
+        self.watch = watch
+        self.labels = dict(labels)  # namespace inode -> the label users see (host, wan, a container)
+        self.inodes = frozenset(labels)
+        self._unavailable = unavailable if watch is not None or unavailable else "no drop watch was started"
+
+    def absent(self, *, wait: float = 0.0) -> str | None:
+        """Why this witness cannot see drops now (None: it can); waits up to ``wait`` s for bpftrace to attach."""
+        if self.watch is None:
+            return self._unavailable
+        if not self.watch.ready and wait > 0:
+            with contextlib.suppress(DropWatchError):
+                self.watch.wait_ready(timeout=wait)
+        if self.watch.ready:
+            return None
+        return self.watch.ended or "bpftrace has not attached to skb:kfree_skb yet"
+
+    def drops(self, key: PacketKey, *, since_ns: int, until_ns: int | None = None) -> list[KernelDrop]:
+        """The drops of these packets in the lab's namespaces, oldest first."""
+        if self.watch is None:
+            return []
+        return [d for d in self.watch.drops(self.inodes, since_ns=since_ns, until_ns=until_ns) if key.matches(d)]
+
+    def settle(self, key: PacketKey, *, since_ns: int, timeout: float) -> None:
+        """Wait up to ``timeout`` for a first drop of these packets (bpftrace reports a few ms late)."""
+        if self.watch is not None and self.watch.ready:
+            self.watch.wait_for(key.matches, self.inodes, since_ns=since_ns, timeout=timeout)
+
+    def waiter(self, key: PacketKey, *, since_ns: int) -> DropWaiter | None:
+        """A waiter for the first decisive drop of these packets (None when the watch is not attached)."""
+        if self.watch is None or not self.watch.ready:
+            return None
+        return self.watch.waiter(lambda d: key.matches(d) and decisive(d), self.inodes, since_ns=since_ns)
 
 
 def netns_inode(path: str) -> int:

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from netcheck import spec
+from netcheck.kernel.dropwatch import Witness
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import XRule
 from netcheck.lab import build, teardown
@@ -52,6 +53,7 @@ class Lab:
         self.link_groups: dict[str, int] = {}  # host-side links made in a link group
         self._releases: list[Callable[[], None]] = []
         self._attached: dict[object, object] = {}
+        self.witness: Witness | None = None  # the kernel's drops in this lab's namespaces (the factory gives it)
 
     # ----------------------------------------------------------------- names
 

@@ -9,6 +9,7 @@ it (an ICMP echo) or scapy builds it (an ARP request); replies are read by ``net
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -20,7 +21,11 @@ from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from typing import TYPE_CHECKING
 
-from netcheck.evidence import Capture, Expectation, IPAddress, ProbeKind, ProbeRequest, ProbeResult, RequestError, Verdict
+from netcheck.evidence import Capture, Expectation, IPAddress, KernelEvent, ProbeKind, ProbeRequest, ProbeResult, RequestError, Verdict
+from netcheck.kernel.dropwatch import ICMP as IP_ICMP
+from netcheck.kernel.dropwatch import TCP as IP_TCP
+from netcheck.kernel.dropwatch import UDP as IP_UDP
+from netcheck.kernel.dropwatch import DropWaiter, PacketKey, Witness
 from netcheck.kernel.netns import Netns
 from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, decode, decode_ipv4, echo_request
 from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, port_flow
@@ -131,11 +136,39 @@ class Prober:
         return f"{self._ids.next():04x}{os.urandom(3).hex()}"
 
     def _result(self, request: ProbeRequest, iface: str, src_addr: str, sent: str, verdict: Verdict, captures: tuple[Capture, ...], t0: float,
-                rtt: float | None, error: str | None, reply: str | None = None, replied_by: str | None = None, saw: str | None = None) -> ProbeResult:
+                rtt: float | None, error: str | None, reply: str | None = None, replied_by: str | None = None, saw: str | None = None,
+                flow_id: int | None = None, drop: KernelEvent | None = None) -> ProbeResult:
         return ProbeResult(
             request=request, topology=self.lab.topology.name, source_interface=iface, source_address=src_addr, sent=sent, verdict=verdict,
             captures=captures, reply=reply, replied_by=replied_by, service_saw=saw, rtt_ms=_r(rtt), error=error, started_at=t0,
+            flow_id=flow_id, kernel_drop=drop,
         )
+
+    # ----------------------------------------------------------------- the kernel's witness
+
+    def _drop_waiter(self, request: ProbeRequest, protocol: int, flow_id: int, ns: Netns) -> DropWaiter | None:
+        """For a request that ends on the kernel's drop: a waiter for the drop of its packets (None
+        when the lab has no witness ready). The witness is the lab's, given by its factory."""
+        witness: Witness | None = getattr(self.lab, "witness", None)
+        if witness is None or not request.ends_on_drop or witness.absent() is not None:
+            return None
+        dst = _ipv4(request)
+        addresses = {str(dst), self._source_address(request.source, ns, dst)}
+        if request.target is not None and request.target in {c.name for c in self.lab.topology.containers}:
+            c = self.lab.topology.container(request.target)
+            if c.address is not None:
+                addresses.add(str(c.address.ip))
+        return witness.waiter(PacketKey(protocol, frozenset(a for a in addresses if a), flow_id), since_ns=time.monotonic_ns())
+
+    def _drop_event(self, waiter: DropWaiter | None) -> KernelEvent | None:
+        """The kernel's drop that ended a probe, in the lab's names (None if none did)."""
+        drop = waiter.drop if waiter is not None else None
+        witness: Witness | None = getattr(self.lab, "witness", None)
+        if drop is None or witness is None:
+            return None
+        label = witness.labels.get(drop.netns_inode, "?")
+        device = self.lab.spec_name(drop.device) if label == "host" and drop.device != "-" else drop.device
+        return KernelEvent.of(drop, label, device)
 
     # ----------------------------------------------------------------- ICMP
 
@@ -152,6 +185,7 @@ class Prober:
         rtt = None
         src_addr = ""
         sock = None
+        waiter = self._drop_waiter(request, IP_ICMP, ident, ns)
         t0 = time.time()
         try:
             sock = ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -163,7 +197,8 @@ class Prober:
             deadline = start + timeout
             while True:
                 left = deadline - time.perf_counter()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                ready = select.select([sock.fileno(), *([waiter.fileno()] if waiter else [])], [], [], left)[0] if left > 0 else []
+                if sock.fileno() not in ready:
                     break
                 data, peer = sock.recvfrom(65535)
                 ip = decode_ipv4(data)
@@ -186,11 +221,16 @@ class Prober:
         finally:
             if sock is not None:
                 sock.close()
+            if waiter is not None:
+                waiter.close()
+        drop = self._drop_event(waiter) if verdict == "unreachable" and error is None else None
+        if drop is not None:
+            error = f"the kernel dropped it: {drop.line()} ({drop.packet})"
         captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
         if not src_addr:
             src_addr = self._source_address(request.source, ns, dst)
         sent = f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={request.ttl}" if request.ttl else "")
-        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict))
+        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident, drop=drop)
 
     # ----------------------------------------------------------------- TCP / HTTP / UDP
 
@@ -208,12 +248,12 @@ class Prober:
         reply = error = replied_by = saw = None
         rtt = None
         src_addr = ""
+        waiter = self._drop_waiter(request, IP_TCP, eport, ns)
         t0 = time.time()
         start = time.perf_counter()
         connected = False
         try:
-            sock.settimeout(timeout)
-            sock.connect((str(dst), port))
+            _connect(sock, (str(dst), port), timeout, waiter)
             connected = True
             src_addr = sock.getsockname()[0]
             sock.sendall(message)
@@ -227,6 +267,9 @@ class Prober:
                 verdict = "wrong-target"
             else:
                 verdict = "reached"
+        except KernelDropped:
+            drop = self._drop_event(waiter)
+            error = f"the kernel dropped it: {drop.line()} ({drop.packet})" if drop else "the kernel dropped it"
         except TimeoutError:
             if connected:
                 verdict = "wrong-target"
@@ -239,6 +282,9 @@ class Prober:
             error = f"{exc.strerror or exc}"
         finally:
             sock.close()
+            if waiter is not None:
+                waiter.close()
+        drop = self._drop_event(waiter) if not connected else None
         captures, verdict, error = _collect(caps, port_flow("tcp", eport), t0, verdict, error)
         if not src_addr:
             src_addr = self._source_address(request.source, ns, dst)
@@ -248,10 +294,12 @@ class Prober:
             # arriving inside the target container is the evidence of who answered and what it saw.
             arrived = next((c.first("request") for c in captures if c.point == users), None)
             if arrived is not None:
-                result = self._result(request, iface, src_addr, sent, "reached", captures, t0, rtt, None, reply, request.target, f"{arrived.src}:{arrived.sport}")
+                result = self._result(request, iface, src_addr, sent, "reached", captures, t0, rtt, None, reply, request.target, f"{arrived.src}:{arrived.sport}",
+                                      flow_id=eport)
                 return replace(result, service="user")
             error = f"{error}; the user's own service holds port {port} in {request.target}, but the request was not seen arriving there"
-        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, replied_by, saw)
+        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, replied_by, saw, flow_id=eport,
+                            drop=drop if error and error.startswith("the kernel dropped") else None)
 
     def _users_service_point(self, request: ProbeRequest) -> str | None:
         """The capture point inside the target container when the user's own service holds the port there."""
@@ -273,16 +321,22 @@ class Prober:
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
         rtt = None
+        waiter = self._drop_waiter(request, IP_UDP, eport, ns)
         t0 = time.time()
         start = time.perf_counter()
         try:
             sock.settimeout(timeout)
             sock.connect((str(dst), port))
             sock.send(_echo_line(token, request))
+            if waiter is not None and sock.fileno() not in select.select([sock.fileno(), waiter.fileno()], [], [], timeout)[0]:
+                raise KernelDropped if waiter.drop is not None else TimeoutError
             data = sock.recv(4096)
             rtt = (time.perf_counter() - start) * 1000
             reply, replied_by, saw = _parse_reply(data)
             verdict = "wrong-target" if request.target is not None and replied_by != request.target else "reached"
+        except KernelDropped:
+            drop = self._drop_event(waiter)
+            error = f"the kernel dropped it: {drop.line()} ({drop.packet})" if drop else "the kernel dropped it"
         except TimeoutError:
             error = f"no answer within {timeout:g}s"
         except ConnectionRefusedError:
@@ -292,9 +346,13 @@ class Prober:
         finally:
             src_addr = _sockname(sock)
             sock.close()
+            if waiter is not None:
+                waiter.close()
+        drop = self._drop_event(waiter) if error and error.startswith("the kernel dropped") else None
         captures, verdict, error = _collect(caps, port_flow("udp", eport), t0, verdict, error)
         sent = f"UDP echo token={token} from port {eport}"
-        return self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply, replied_by, saw)
+        return self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply, replied_by, saw,
+                            flow_id=eport, drop=drop)
 
     # ----------------------------------------------------------------- ARP
 
@@ -355,6 +413,32 @@ class Prober:
                 return str(c.address.ip)
         route = ns.route_get(dst)
         return str(route.prefsrc) if not isinstance(route, str) and route.prefsrc else ""
+
+
+class KernelDropped(Exception):
+    """The kernel dropped the probe's packet (its witness said so) before the timeout."""
+
+
+def _connect(sock: socket.socket, address: tuple[str, int], timeout: float, waiter: DropWaiter | None) -> None:
+    """``sock.connect`` with a timeout, ended early by the kernel's drop of the SYN (or its answer)."""
+    sock.settimeout(timeout)
+    if waiter is None:
+        sock.connect(address)
+        return
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code not in (0, errno.EINPROGRESS):
+        raise OSError(code, os.strerror(code))
+    if code == errno.EINPROGRESS:
+        readable, writable, _ = select.select([waiter], [sock], [], timeout)
+        if sock not in writable:
+            raise KernelDropped if waiter in readable else TimeoutError
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == errno.ECONNREFUSED:
+            raise ConnectionRefusedError(code, os.strerror(code))
+        if code:
+            raise OSError(code, os.strerror(code))
+    sock.settimeout(timeout)
 
 
 class _Counter:

@@ -291,6 +291,8 @@ DIAGNOSIS_SECTIONS = {
     "rewrites": "address rewrites (NAT at work)",
     "matched": "rules the repeated probe matched (packet counter deltas)",
     "conntrack": "conntrack entries of the flow (host)",
+    "kernel_note": "the kernel's witness",
+    "disagreement": "model and kernel disagree",
 }
 
 
@@ -313,7 +315,9 @@ def diagnosis_view(d: dict[str, Any]) -> dict[str, Any]:
         })
     hops = [{"point": h.get("point", "?"), "direction": h.get("direction", ""), "seen": bool(h.get("seen")), "addresses": h.get("addresses", "")} for h in d.get("trace", ()) if isinstance(h, dict)]
     sections = []
-    rest = [k for k in d if k not in ("findings", "trace", "notes", "elapsed_ms")]
+    kernel = [{"reason": k.get("reason", "?"), "location": k.get("location", "?"), "where": k.get("netns", "?") if k.get("device", "-") == "-" else f"{k.get('netns')}:{k.get('device')}",
+               "packet": k.get("packet", ""), "causes": ", ".join(k.get("causes", ()))} for k in d.get("kernel", ()) if isinstance(k, dict)]
+    rest = [k for k in d if k not in ("findings", "trace", "notes", "elapsed_ms", "kernel")]
     for key in sorted(rest, key=lambda k: (list(DIAGNOSIS_SECTIONS).index(k) if k in DIAGNOSIS_SECTIONS else 99, k)):
         value = d[key]
         items = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)] if value not in (None, "", {}) else []
@@ -323,6 +327,7 @@ def diagnosis_view(d: dict[str, Any]) -> dict[str, Any]:
     return {
         "findings": findings,
         "trace": hops,
+        "kernel": kernel,
         "notes": [str(n) for n in d.get("notes", ())],
         "sections": sections,
         "elapsed": f"{float(elapsed):.0f} ms" if isinstance(elapsed, (int, float)) and elapsed else "",

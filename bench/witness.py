@@ -1,0 +1,116 @@
+"""The kernel as witness, measured: what a diagnosis and a negative cost with and without it.
+
+    sudo .venv/bin/python bench/witness.py [--repeat 9]
+
+Both figures are medians, each beside today's (no witness) in the same run, on the same lab:
+
+* diagnosing one failure beyond the probe itself: ``diagnose(lab, result, resend)`` for an ICMP
+  probe to the outside that a FORWARD DROP rule kills (seed2, fault forward-drop-rule). With the
+  witness, the repeat ends at the kernel's drop; without it, it waits REPEAT_TIMEOUT (0.5 s).
+  Target: at most 100 ms.
+* a negative proven by a kernel drop: ``Prober.send`` of a probe expected to be blocked (netns0 ->
+  netns1 on seed1, fault forward-drop: FORWARD policy DROP), ICMP, TCP and UDP. Without the
+  witness it waits its timeout (NEGATIVE_TIMEOUT, 0.3 s). Target: at most 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TARGETS = {"diagnosis_ms": 100.0, "negative_ms": 10.0}
+
+
+def _ms(fn: Any, repeat: int) -> float:
+    values = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        values.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(values), 1)
+
+
+def measure(repeat: int) -> dict[str, Any]:
+    from netcheck import faults
+    from netcheck.diagnose import diagnose
+    from netcheck.evidence import ProbeRequest
+    from netcheck.factory import LabFactory
+    from netcheck.probes import Prober
+
+    out: dict[str, Any] = {"repeat": repeat, "load_before": os.getloadavg()[0]}
+    with LabFactory(reap=False) as labs:
+        seed2 = labs.fresh("seed2")
+        faults.inject(seed2, ["forward-drop-rule"])
+        seed1 = labs.fresh("seed1")
+        faults.inject(seed1, ["forward-drop"])
+        assert seed2.witness is not None and seed1.witness is not None
+        why = seed2.witness.absent(wait=30)
+        if why:
+            raise SystemExit(f"bench/witness.py: no kernel witness here: {why}")
+        resend = Prober(seed2, first_id=0x9000).conclusive
+        failed = Prober(seed2).send(ProbeRequest("icmp", "http2", ip_address("198.51.100.1")))
+        assert not failed.passed, "the fault did not break the probe"
+        witness1, witness2 = seed1.witness, seed2.witness
+        kernel_seen = []
+
+        def diagnosis() -> None:
+            d = diagnose(seed2, failed, resend)
+            kernel_seen.append(bool(d.kernel))
+
+        out["diagnosis_ms"] = _ms(diagnosis, repeat)
+        out["diagnosis_kernel_seen"] = sum(kernel_seen)
+        seed2.witness = None
+        out["diagnosis_today_ms"] = _ms(diagnosis, max(3, repeat // 2))
+
+        prober = Prober(seed1)
+        for kind, port in (("icmp", None), ("tcp", 5000), ("udp", 7)):
+            request = ProbeRequest(kind, "netns0", ip_address("172.18.0.20"), port, expect="block")  # type: ignore[arg-type]
+            proven: list[bool] = []
+
+            def negative(request: ProbeRequest = request, proven: list[bool] = proven) -> None:
+                proven.append(prober.send(request).kernel_drop is not None)
+
+            seed1.witness = witness1
+            out[f"negative_{kind}_ms"] = _ms(negative, repeat)
+            out[f"negative_{kind}_proven_by_drop"] = sum(proven)
+            seed1.witness = None
+            out[f"negative_{kind}_today_ms"] = _ms(negative, max(3, repeat // 2))
+        seed1.witness, seed2.witness = witness1, witness2
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"the kernel as witness (median of {r['repeat']}; load {r['load_before']:.1f} -> {r['load_after']:.1f})",
+             f"{'what':<48} {'with witness':>13} {'today':>9} {'target':>8}"]
+    lines.append(f"{'diagnosing one failure, beyond the probe':<48} {r['diagnosis_ms']:>10.1f} ms {r['diagnosis_today_ms']:>6.1f} ms {'<= 100':>8}"
+                 f"   (kernel drop seen in {r['diagnosis_kernel_seen']}/{r['repeat']})")
+    for kind in ("icmp", "tcp", "udp"):
+        lines.append(f"{'a negative proven by a kernel drop (' + kind + ')':<48} {r[f'negative_{kind}_ms']:>10.1f} ms {r[f'negative_{kind}_today_ms']:>6.1f} ms {'<= 10':>8}"
+                     f"   (proven by a drop in {r[f'negative_{kind}_proven_by_drop']}/{r['repeat']})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    r = measure(args.repeat)
+    print(render(r))
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2))
+
+
+if __name__ == "__main__":
+    main()

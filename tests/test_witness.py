@@ -1,0 +1,267 @@
+"""The kernel as witness in the diagnosis: drops of the repeated probe, mapped to causes, ranked,
+rendered; negatives proven by the kernel's drop; one watch per run, scoped to its labs.
+
+The first tests need no root (recorded events and values); those marked root build labs and
+run bpftrace (skipped where ``dropwatch.unavailable()`` says it cannot run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import re
+import threading
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from netcheck.diagnose import witness as W
+from netcheck.diagnose.path import Flow
+from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.faults import FAULTS
+from netcheck.kernel.dropwatch import KernelDrop, PacketKey, Witness, decisive, parse_event, reason_names
+
+DATA = Path(__file__).parent / "data"
+NAMES = reason_names((DATA / "kfree_skb.format").read_text())
+FLOW = Flow("icmp", "icmp", "netns0", "172.18.0.10", "198.51.100.1", None, "reach", None, None, None, "outside")
+
+
+def drop(reason: str, location: str = "nft_do_chain", src: str = "172.18.0.10", dst: str = "198.51.100.1", sport: int | None = 0x1234, ns: int = 7) -> KernelDrop:
+    return KernelDrop(1, ns, reason, "ncab12b0", location, 1, src, dst, sport, None, 8)
+
+
+def test_an_event_line_with_ports_becomes_a_value() -> None:
+    tcp = parse_event("D 5 4026532530 3 lo tcp_v4_rcv 6 127.0.0.1 127.0.0.2 49532 5077 6125", NAMES)
+    assert tcp is not None and (tcp.sport, tcp.dport, tcp.icmp_type) == (49532, 5077, None)
+    assert tcp.describe() == "kernel drop: NO_SOCKET at tcp_v4_rcv on lo (127.0.0.1:49532 > 127.0.0.2:5077)"
+    icmp = parse_event("D 5 4026532530 12 - nft_do_chain+0x4a/0x5c 1 127.0.0.1 127.0.0.1 2048 59921 4920", NAMES)
+    assert icmp is not None and (icmp.sport, icmp.dport, icmp.icmp_type, icmp.device) == (4920, None, 8, "-")
+
+
+def test_a_packet_key_matches_its_probe_both_ways_and_through_nat_only() -> None:
+    key = PacketKey(6, frozenset({"172.18.0.20", "203.0.113.2"}), 40000)
+    request = KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 6, "172.18.0.20", "172.18.0.10", 40000, 5000)  # DNATed: the source still names it
+    reply = KernelDrop(1, 7, "NO_SOCKET", "ceth1", "tcp_v4_rcv", 6, "172.18.0.10", "172.18.0.20", 5000, 40000)
+    other_port = KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 6, "172.18.0.20", "203.0.113.2", 40001, 5000)
+    other_proto = KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 17, "172.18.0.20", "203.0.113.2", 40000, 5000)
+    assert key.matches(request) and key.matches(reply)
+    assert not key.matches(other_port) and not key.matches(other_proto)
+    assert PacketKey(1, frozenset({"172.18.0.10"}), 0x1234).matches(drop("NETFILTER_DROP"))
+    assert not PacketKey(1, frozenset({"172.18.0.10"}), 0x1235).matches(drop("NETFILTER_DROP"))
+
+
+def test_incidental_drops_decide_nothing() -> None:
+    assert decisive(drop("NETFILTER_DROP")) and decisive(drop("IP_RPFILTER"))
+    assert not decisive(drop("OTHERHOST")) and not decisive(drop("NO_SOCKET", "ping_rcv")) and not decisive(drop("TCP_INVALID_SEQUENCE"))
+
+
+def test_a_witness_sees_only_its_labs_namespaces() -> None:
+    class Watch:
+        ready, ended = True, None
+
+        def drops(self, inodes: set[int], *, since_ns: int, until_ns: int | None = None) -> list[KernelDrop]:
+            return [d for d in (drop("NETFILTER_DROP", ns=7), drop("IP_RPFILTER", ns=8)) if d.netns_inode in inodes]
+
+    mine = Witness(Watch(), {7: "host"})  # type: ignore[arg-type]
+    key = PacketKey(1, frozenset({"172.18.0.10"}))
+    assert [d.reason for d in mine.drops(key, since_ns=0)] == ["NETFILTER_DROP"]
+    assert Witness(None, {}, unavailable="bpftrace is not installed").absent() == "bpftrace is not installed"
+
+
+@pytest.mark.parametrize(("reason", "location", "netns", "causes"), [
+    ("NETFILTER_DROP", "nft_do_chain", "host", ("forward_drop", "rules_split")),
+    ("IP_RPFILTER", "ip_rcv_finish_core", "host", ("rp_filter_strict",)),
+    ("IP_INNOROUTES", "ip_route_input_slow", "host", ("no_route", "no_default_route", "host_no_route", "link_down")),
+    ("IP_OUTNOROUTES", "ip_route_output", "netns0", ("no_route", "no_default_route", "host_no_route", "link_down")),
+    ("NEIGH_FAILED", "neigh_invalidate", "netns0", ("wrong_gateway", "wrong_prefix", "not_in_bridge", "link_down")),
+    ("PKT_TOO_BIG", "ip_forward", "host", ("mtu_mismatch",)),
+    ("NO_SOCKET", "tcp_v4_rcv", "netns1", ("no_listener",)),  # in the container meant to answer
+    ("NO_SOCKET", "tcp_v4_rcv", "netns0", ()),  # elsewhere: an un-NATed reply, no missing listener
+    ("TC_INGRESS", "tcf_classify", "host", ()),  # names no cause of the registry
+])
+def test_drop_reasons_map_to_causes_where_it_is_sound(reason: str, location: str, netns: str, causes: tuple[str, ...]) -> None:
+    flow = Flow("tcp", "tcp", "netns0", "172.18.0.10", "172.18.0.20", 5000, "reach", "netns1", "172.18.0.20", 5000, "direct")
+    assert W.causes_of(drop(reason, location), netns, flow) == causes
+
+
+def _finding(cause: str, score: int) -> Finding:
+    return Finding(cause, "host", f"{cause} here", f"fix {cause}", ("seen",), score)
+
+
+def test_a_cause_the_kernel_confirms_ranks_first_and_says_so() -> None:
+    event = KernelEvent("IP_RPFILTER", "ip_rcv_finish_core", "host", "eth0", "198.51.100.1 > 172.18.0.10", ("rp_filter_strict",))
+    ranked, disagreement = W.rank([_finding("ip_forward_off", 95), _finding("rp_filter_strict", 80)], (event,))
+    assert [f.cause for f in ranked] == ["rp_filter_strict", "ip_forward_off"]
+    assert ranked[0].evidence[0] == "the kernel confirms it: IP_RPFILTER at ip_rcv_finish_core on host:eth0 (198.51.100.1 > 172.18.0.10)"
+    assert "[ip_forward_off] first" in disagreement and "IP_RPFILTER at ip_rcv_finish_core on host:eth0" in disagreement and "[rp_filter_strict]" in disagreement
+    agree, none = W.rank([_finding("rp_filter_strict", 95)], (event,))
+    assert none == "" and agree[0].cause == "rp_filter_strict"
+    assert W.rank([_finding("ip_forward_off", 95)], ()) == ([_finding("ip_forward_off", 95)], "")
+
+
+def test_the_diagnosis_shows_the_kernels_reason_and_location_and_round_trips() -> None:
+    event = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 198.51.100.1", ("forward_drop",))
+    d = Diagnosis(findings=(_finding("forward_drop", 90),), kernel=(event,), disagreement="x vs y")
+    text = d.render()
+    assert "  NETFILTER_DROP at nft_do_chain on host:br0 (172.18.0.10 > 198.51.100.1) -> forward_drop" in text
+    assert "model and kernel disagree: x vs y" in text
+    from dataclasses import asdict
+
+    assert Diagnosis.from_dict(json.loads(json.dumps(asdict(d)))) == d
+    assert "kernel: no kernel witness: bpftrace is not installed" in Diagnosis(kernel_note="no kernel witness: bpftrace is not installed").render()
+
+
+def test_a_negative_says_how_it_was_proven() -> None:
+    req = ProbeRequest("icmp", "netns0", ip_address("172.18.0.20"), expect="block")
+    assert req.ends_on_drop and not ProbeRequest("icmp", "netns0", ip_address("172.18.0.20")).ends_on_drop
+    assert ProbeRequest.from_dict(json.loads(json.dumps(ProbeRequest("icmp", "h", ip_address("10.0.0.1"), end_on_drop=True).to_dict()))).end_on_drop is True
+    event = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 172.18.0.20")
+    dropped = ProbeResult(req, "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="the kernel dropped it", kernel_drop=event, flow_id=7)
+    timed = ProbeResult(req, "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="no answer within 0.3s")
+    assert dropped.blocked_by() == "blocked: kernel drop NETFILTER_DROP at nft_do_chain on host:br0"
+    assert timed.blocked_by() == "blocked: no answer within 0.3s"
+    assert ProbeResult.from_dict(json.loads(json.dumps(dropped.to_dict()))) == dropped
+
+
+def test_the_report_shows_the_kernels_drops() -> None:
+    from netcheck.report.model import Results
+    from netcheck.report.render import Renderer
+
+    data = json.loads((DATA / "results-fail.json").read_text())
+    probe = next(p for t in data["tests"] for p in t["probes"] if p.get("diagnosis"))
+    probe["diagnosis"]["kernel"] = [{"reason": "NETFILTER_DROP", "location": "nft_do_chain", "netns": "host", "device": "br0",
+                                     "packet": "172.18.0.10 > 198.51.100.1", "causes": ["forward_drop"]}]
+    probe["diagnosis"]["disagreement"] = "the rules rank [ip_forward_off] first"
+    html = Renderer().report(Results.from_dict(copy.deepcopy(data)))
+    assert "<code>NETFILTER_DROP</code></td><td><code>nft_do_chain</code></td><td><code>host:br0</code>" in html
+    assert "model and kernel disagree" in html and "the rules rank [ip_forward_off] first" in html
+
+
+_ = threading  # the root tests below run two runs at once
+
+
+# ----------------------------------------------------------------------------- as root: real labs, real bpftrace
+
+
+@pytest.fixture
+def watched() -> None:
+    from netcheck.activation import skip_for_missing_tool
+    from netcheck.kernel import dropwatch
+
+    why = dropwatch.unavailable()
+    if why:
+        skip_for_missing_tool(why)
+
+
+def _lab_with(labs: object, topology: str, fault: str):  # type: ignore[no-untyped-def]
+    from netcheck import faults
+    from netcheck.factory import LabFactory
+
+    assert isinstance(labs, LabFactory)
+    lab = labs.fresh(topology)
+    assert faults.inject(lab, [fault]) == [fault]
+    assert lab.witness is not None and lab.witness.absent(wait=30) is None, lab.witness and lab.witness.absent()
+    return lab
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+def test_the_factory_runs_one_watch_per_run_recorded_and_ended() -> None:
+    from netcheck.factory import LabFactory
+    from netcheck.ledger import ProcessEntry, default_run_dir, read_record
+
+    with LabFactory(reap=False) as labs:
+        a, b = labs.fresh("seed1"), labs.fresh("seed2")
+        assert a.witness is not None and b.witness is not None and a.witness.watch is b.witness.watch is not None
+        assert not a.witness.inodes & b.witness.inodes, "each lab's witness is scoped to its own namespaces"
+        proc = a.witness.watch._proc
+        assert proc is not None
+        pid = proc.pid
+        mine = []
+        for path in default_run_dir().glob("*.jsonl"):  # other runs' records come and go meanwhile: read each on its own
+            with contextlib.suppress(OSError):
+                header, entries, _kept = read_record(path)
+                if any(isinstance(e, ProcessEntry) and e.pid == pid for e in entries):
+                    mine.append((path, header))
+        assert len(mine) == 1 and mine[0][1]["topology"] == "(kernel drop watch)", f"the watch's PID is in one run record of its own: {mine}"
+        record = mine[0][0]
+    assert proc.poll() is not None, "bpftrace outlived its run"
+    assert not record.exists(), "the watch's run record stayed after the run"
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+@pytest.mark.parametrize("kind", ["icmp", "tcp", "udp"])
+def test_a_negative_is_proven_by_the_kernels_drop(kind: str) -> None:
+    from netcheck.factory import LabFactory
+    from netcheck.probes import Prober
+
+    with LabFactory(reap=False) as labs:
+        lab = _lab_with(labs, "seed1", "forward-drop")  # FORWARD policy DROP, bridge-nf-call-iptables=1: netns0 cannot reach netns1
+        port = {"icmp": None, "tcp": 5000, "udp": 7}[kind]
+        r = Prober(lab).send(ProbeRequest(kind, "netns0", ip_address("172.18.0.20"), port, expect="block", timeout=5.0))  # type: ignore[arg-type]
+        assert r.passed and r.kernel_drop is not None, r.error
+        assert r.kernel_drop.reason == "NETFILTER_DROP" and r.kernel_drop.netns == "host", r.kernel_drop
+        assert (r.blocked_by() or "").startswith("blocked: kernel drop NETFILTER_DROP at "), r.blocked_by()
+        assert r.error is not None and "no answer within" not in r.error
+        lab.witness = None  # without a witness, the same negative is proven by its timeout alone
+        r = Prober(lab).send(ProbeRequest(kind, "netns0", ip_address("172.18.0.20"), port, expect="block", timeout=0.2))  # type: ignore[arg-type]
+        assert r.passed and r.kernel_drop is None and (r.blocked_by() or "").startswith("blocked: no answer within 0.2s"), r.blocked_by()
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+def test_two_runs_at_once_each_report_only_their_own_kernel_events() -> None:
+    """Two runs (two factories, two watches), the same topology and the same probe, different faults:
+    each diagnosis shows only its own run's drop; a witness scoped to both labs would see both."""
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.factory import LabFactory
+
+    with LabFactory(reap=False) as run_a, LabFactory(reap=False) as run_b:
+        a = _lab_with(run_a, "seed1", "forward-drop")  # NETFILTER_DROP in the host
+        b = _lab_with(run_b, "seed1", "rp-filter-strict")  # IP_RPFILTER in the host
+        results: dict[str, ProbeResult] = {}
+        start = time_ns()
+
+        def probe(name: str, lab: object) -> None:
+            results[name] = DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1")))  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=probe, args=(n, lab)) for n, lab in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        da, db = results["a"].diagnosis, results["b"].diagnosis
+        assert da is not None and db is not None
+        assert {k.reason for k in da.kernel} == {"NETFILTER_DROP"}, da.render()
+        assert {k.reason for k in db.kernel} == {"IP_RPFILTER"}, db.render()
+        assert da.findings[0].cause == "forward_drop" and db.findings[0].cause == "rp_filter_strict"
+        assert a.witness is not None and b.witness is not None
+        both = Witness(a.witness.watch, {**a.witness.labels, **b.witness.labels})
+        seen = {d.reason for d in both.drops(PacketKey(1, frozenset({"172.18.0.10", "198.51.100.1"})), since_ns=start)}
+        assert {"NETFILTER_DROP", "IP_RPFILTER"} <= seen, "the test could not fail: one watch did not see both runs' drops"
+
+
+def time_ns() -> int:
+    import time
+
+    return time.monotonic_ns()
+
+
+KERNEL_LINE = r"^E?\s+(?P<reason>[A-Z0-9_]+) at (?P<location>[a-z0-9_.]+) on (?P<where>\S+) \("
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+@pytest.mark.parametrize("fault", sorted(n for n, f in FAULTS.items() if f.kernel))
+def test_every_fault_the_kernel_drops_shows_its_reason_and_location(run_suites, repo, fault: str) -> None:  # type: ignore[no-untyped-def]
+    """Each fault of the catalog where the kernel drops the probe (``Fault.kernel``): its suite test's
+    diagnosis shows the kernel's reason and the function that dropped it, under the kernel's heading."""
+    f = FAULTS[fault]
+    out = run_suites(str(repo / "suites" / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={fault}").stdout.str()
+    section = out.split("kernel (its drops of the probe's packets during the repeat, from skb:kfree_skb):", 1)
+    assert len(section) == 2, f"fault {fault}: the diagnosis shows no kernel drop:\n{out[-3000:]}"
+    shown = {(m.group("reason"), m.group("location")) for m in re.finditer(KERNEL_LINE, section[1].split("\n\n", 1)[0], re.M)}
+    assert any(reason == f.kernel and location for reason, location in shown), f"fault {fault}: expected {f.kernel} with its location, shown: {shown}:\n{section[1][:1500]}"
