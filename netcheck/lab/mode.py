@@ -148,8 +148,9 @@ class RealHost:
 
 
 def owned_routes(t: S.Topology) -> list[IPv4Network]:
-    """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
-    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
+    """On a real host, the destinations routed into netcheck's outside world: its remote addresses, the VIPs and the DNS server."""
+    dns = {IPv4Network(f"{t.dns.address}/32")} if t.dns is not None else set()
+    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips} | dns)
 
 
 def mode_of(host_mode: bool) -> HostMode:

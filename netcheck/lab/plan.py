@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
 from netcheck import expect as promise
+from netcheck import resolvconf
 from netcheck import spec as S
 from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
@@ -50,6 +51,7 @@ class ContainerPlan:
     host_address: IPv4Interface | None  # routed single veth: the host end's address
     mtu: int | None
     routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, via), the default route first
+    resolv_conf: str | None = None  # the text of its /etc/netns/NETNS/resolv.conf; None: it has none of its own
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,16 @@ def plan(t: S.Topology, names: KernelNames) -> Plan:
         routes = ((DEFAULT_ROUTE, c.gateway),) if c.gateway is not None else ()
         containers.append(ContainerPlan(
             c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
-            c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes),
+            c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes), resolv_conf_text(c),
         ))
     return Plan(t, names, knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
+
+
+def resolv_conf_text(c: S.Container) -> str | None:
+    """The resolv.conf a container's spec declares (``dns = [...]``); None for none or "inherit"."""
+    if c.dns is None or isinstance(c.dns, str):
+        return None
+    return resolvconf.render([str(a) for a in c.dns], c.search)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -215,5 +224,5 @@ def reaches(t: S.Topology) -> tuple[Reach, ...]:
 
 __all__ = [
     "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BridgePlan", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
-    "plan", "reaches", "spec_masquerade", "spec_rules",
+    "plan", "reaches", "resolv_conf_text", "spec_masquerade", "spec_rules",
 ]
