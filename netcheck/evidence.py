@@ -15,12 +15,12 @@ from typing import Any, Literal, get_args
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
-ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp"]
+ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp", "dns"]
 Protocol = Literal["icmp", "tcp", "udp", "arp"]
 Role = Literal["request", "reply", "error"]
 IPAddress = IPv4Address | IPv6Address
-PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp")
-PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "scale")
+PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp", "dns")
+PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "dns", "scale")
 
 
 def verdict_passes(expected: Expectation, verdict: Verdict) -> bool:
@@ -55,6 +55,8 @@ class ProbeRequest:
     timeout: float | None = None
     ttl: int | None = None  # icmp only
     payload: bytes = b""
+    query: str = ""  # dns only: the name asked for, as a program in the source would (through its resolv.conf's search list)
+    transport: Literal["udp", "tcp"] = "udp"  # dns only
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ProbeKind):
@@ -71,11 +73,17 @@ class ProbeRequest:
             raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
         if self.kind == "arp" and (self.payload or self.destination.version != 4):
             raise RequestError(f"arp probe for {self.destination}: ARP asks for an IPv4 address and carries no payload")
+        if (self.kind == "dns") != bool(self.query):
+            raise RequestError(f"{self.kind} probe to {self.destination}: query={self.query!r}; " + ("give the name to ask for" if self.kind == "dns" else "only dns probes take a query"))
+        if self.transport not in ("udp", "tcp") or (self.transport == "tcp" and self.kind != "dns"):
+            raise RequestError(f"{self.kind} probe to {self.destination}: transport={self.transport!r}; only dns probes choose one, udp or tcp")
         if self.kind in PORTED and (b"\n" in self.payload or b"\r" in self.payload):
             raise RequestError(f"{self.kind} probe to {self.destination}: the payload holds a line break, which ends the services' one-line protocol early. Fix: leave line breaks out")
 
     @property
     def protocol(self) -> Protocol:
+        if self.kind == "dns":
+            return self.transport
         return "tcp" if self.kind == "http" else self.kind
 
     @property
@@ -87,13 +95,14 @@ class ProbeRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
-                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode()}
+                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
+                "query": self.query, "transport": self.transport}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeRequest:
         return cls(kind=d["kind"], source=d["source"], destination=ip_address(d["destination"]), port=d.get("port"), expect=d.get("expect", "reach"),
                    target=d.get("target"), capture=tuple(d.get("capture", ())), timeout=d.get("timeout"), ttl=d.get("ttl"),
-                   payload=base64.b64decode(d.get("payload", "")))
+                   payload=base64.b64decode(d.get("payload", "")), query=d.get("query", ""), transport=d.get("transport", "udp"))
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,8 @@ class ProbeResult:
     diagnosis: Diagnosis | None = None
     started_at: float = 0.0  # epoch seconds when the probe was sent (pcap timestamps)
     labels: dict[str, str] = field(default_factory=dict)
+    answers: tuple[str, ...] = ()  # dns: the A records of the answer
+    rcode: str | None = None  # dns: NOERROR, NXDOMAIN, SERVFAIL, ...
 
     @property
     def kind(self) -> ProbeKind:
@@ -276,7 +287,9 @@ class ProbeResult:
         exp = {"reach": "expected to reach", "block": "expected to be blocked", "observe": "observed"}[self.expected]
         who = f" ({self.target})" if self.target else ""
         got = self.verdict + (f", answered by {self.replied_by}" if self.replied_by and self.replied_by != self.target else "")
-        return f"[{self.topology}] {self.kind} {self.source} ({self.source_address}) -> {self.destination}{who}: {exp}, {got}"
+        kind = f"dns/{self.request.transport} {self.request.query!r}" if self.kind == "dns" else self.kind
+        got += f" ({self.rcode}{': ' + ', '.join(self.answers) if self.answers else ''})" if self.rcode else ""
+        return f"[{self.topology}] {kind} {self.source} ({self.source_address}) -> {self.destination}{who}: {exp}, {got}"
 
     def explain(self) -> str:
         """The failure message: headline, diagnosis first, then the evidence."""
@@ -320,6 +333,7 @@ class ProbeResult:
         )
         if d.get("diagnosis"):
             d["diagnosis"] = Diagnosis.from_dict(d["diagnosis"])
+        d["answers"] = tuple(d.get("answers", ()))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

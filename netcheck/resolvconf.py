@@ -22,6 +22,7 @@ from pathlib import Path
 ETC_NETNS = Path("/etc/netns")  # as iproute2 names it (NETNS_ETC_DIR)
 MACHINE = Path("/etc/resolv.conf")
 HEADER = "# written by netcheck"
+DNS_PORT = 53
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,10 @@ def path_for(netns: str, root: Path = ETC_NETNS) -> Path:
     return netns_dir(netns, root) / "resolv.conf"
 
 
-def seen_from(netns: str, root: Path = ETC_NETNS, machine: Path = MACHINE) -> tuple[Path, str | None]:
-    """(the file a process in ``netns`` reads, its text or None if unreadable): the namespace's own, else the machine's."""
-    own = path_for(netns, root)
-    for p in (own, machine):
+def seen_from(netns: str | None, root: Path = ETC_NETNS, machine: Path = MACHINE) -> tuple[Path, str | None]:
+    """(the file a process in ``netns`` reads, its text or None if unreadable): the namespace's own, else the machine's
+    (``netns`` None: a namespace without a name, which only sees the machine's)."""
+    for p in ((path_for(netns, root),) if netns else ()) + (machine,):
         try:
             return p, p.read_text("utf-8", errors="replace")
         except FileNotFoundError:
@@ -101,4 +102,4 @@ def lookup(zone: Mapping[str, str], name: str, conf: ResolvConf) -> tuple[str | 
     return None, None
 
 
-__all__ = ["ETC_NETNS", "HEADER", "MACHINE", "ResolvConf", "candidates", "lookup", "netns_dir", "parse", "path_for", "render", "seen_from"]
+__all__ = ["DNS_PORT", "ETC_NETNS", "HEADER", "MACHINE", "ResolvConf", "candidates", "lookup", "netns_dir", "parse", "path_for", "render", "seen_from"]

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from netcheck.kernel.netns import Netns
+from netcheck.resolvconf import DNS_PORT
 
 MAX_REQUEST = 4096
 
 
-DNS_PORT = 53
 SAW_NAME = "saw.netcheck."  # the TXT record, in every DNS answer's additional section, naming the client the server saw
 
 
