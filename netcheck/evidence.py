@@ -94,9 +94,9 @@ class ProbeRequest:
         return f"[{self.destination}]:{self.port}" if self.destination.version == 6 else f"{self.destination}:{self.port}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
-                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
-                "query": self.query, "transport": self.transport}
+        d = {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
+             "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode()}
+        return {**d, "query": self.query, "transport": self.transport} if self.kind == "dns" else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeRequest:
@@ -316,7 +316,8 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: the request as data, and beside it the fields the report reads (kind, source, destination, expected, target)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis")}
+        dns_only = () if self.kind == "dns" else ("answers", "rcode")  # other kinds' records read as they always did
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis", *dns_only)}
         d["captures"] = [asdict(c) for c in self.captures]
         d["diagnosis"] = asdict(self.diagnosis) if self.diagnosis is not None else None
         flat = {"kind": self.kind, "source": self.source, "destination": self.destination, "expected": self.expected, "target": self.target}

@@ -63,3 +63,18 @@ def test_search_order_is_glibc_s() -> None:
     assert resolvconf.candidates("Web.", conf) == ("web",)
     assert resolvconf.lookup({"web.b.test": "198.51.100.2"}, "web", conf) == ("web.b.test", "198.51.100.2")
     assert resolvconf.parse("nameserver 1.2.3.4 # x\nsearch a. b\noptions ndots:3\n") == resolvconf.ResolvConf(("1.2.3.4",), ("a", "b"), 3)
+
+
+def test_a_dns_request_and_result_round_trip() -> None:
+    from ipaddress import ip_address
+
+    from netcheck.evidence import ProbeRequest, ProbeResult, RequestError
+
+    req = ProbeRequest("dns", "http2", ip_address("203.0.113.53"), 53, query="web", transport="tcp")
+    assert req.protocol == "tcp" and ProbeRequest.from_dict(req.to_dict()) == req
+    res = ProbeResult(req, "seed2", "veth_ns_http2", "10.0.0.11", "DNS tcp A? web.corp.test", "reached", answers=("198.51.100.1",), rcode="NOERROR")
+    assert ProbeResult.from_dict(res.to_dict()) == res and "NOERROR: 198.51.100.1" in res.headline()
+    with pytest.raises(RequestError, match="give the name"):
+        ProbeRequest("dns", "http2", ip_address("203.0.113.53"), 53)
+    with pytest.raises(RequestError, match="only dns probes"):
+        ProbeRequest("udp", "http2", ip_address("203.0.113.53"), 53, transport="tcp")
