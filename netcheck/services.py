@@ -183,6 +183,7 @@ class ServiceHost:
         with self._lock:
             for key in list(self._sel.get_map().values()):
                 role, owner, k = key.data
+                k = k[0] if isinstance(k, tuple) else k  # a DNS listener's data: (kind, zone)
                 if role in ("accept", "udp", "dns-udp") and owner == container and (kind is None or k == kind):
                     self._sel.unregister(key.fileobj)
                     key.fileobj.close()  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
+from netcheck.diagnose import dns as _dns  # noqa: F401 - registers the DNS rules
 from netcheck.diagnose import path as P
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
