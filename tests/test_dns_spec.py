@@ -78,3 +78,19 @@ def test_a_dns_request_and_result_round_trip() -> None:
         ProbeRequest("dns", "http2", ip_address("203.0.113.53"), 53)
     with pytest.raises(RequestError, match="only dns probes"):
         ProbeRequest("udp", "http2", ip_address("203.0.113.53"), 53, transport="tcp")
+
+
+def test_the_dns_server_answers_its_zone_and_nxdomain_otherwise() -> None:
+    import dns.message
+    import dns.rcode
+
+    from netcheck.services import dns_answer
+
+    zone = {"web.corp.test": "198.51.100.1"}
+    peer = ("203.0.113.2", 40000)
+    hit = dns.message.from_wire(dns_answer("wan", zone, peer, dns.message.make_query("Web.Corp.Test.", "A").to_wire()) or b"")
+    assert hit.rcode() == dns.rcode.NOERROR and [r.to_text() for rr in hit.answer for r in rr] == ["198.51.100.1"]
+    assert any("saw=203.0.113.2:40000" in r.to_text() for rr in hit.additional for r in rr)
+    miss = dns.message.from_wire(dns_answer("wan", zone, peer, dns.message.make_query("www.example.com.", "A").to_wire()) or b"")
+    assert miss.rcode() == dns.rcode.NXDOMAIN and not miss.answer
+    assert dns_answer("wan", zone, peer, b"not dns") is None
