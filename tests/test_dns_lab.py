@@ -80,3 +80,20 @@ def test_sigkill_then_clean_removes_the_runs_etc_netns_entries(tmp_path: Path) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not left.remaining(run_dir), left.remaining(run_dir)
     assert not any(Path(p).exists() or Path(p).parent.exists() for p in paths), f"left behind: {paths}"
+
+
+def test_a_fault_that_fails_half_way_leaks_no_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found with the DNS faults: a fault raising after the build left the lab (namespaces, resolv.conf) behind."""
+    from netcheck import faults
+    from netcheck.factory import LabFactory
+
+    made: list[str] = []
+
+    def boom(lab: Lab) -> None:
+        made.append(lab.container_ns("http2").name or "")
+        raise OSError(98, "injected half-way")
+
+    monkeypatch.setitem(faults.FAULTS, "boom", faults.Fault("boom", "raises", "seed2", "x", "x", "x", boom))
+    with LabFactory(faults=("boom",)) as factory, pytest.raises(OSError, match="half-way"):
+        factory.shared(spec.builtin("seed2"))
+    assert made and not resolvconf.netns_dir(made[0]).exists() and not Path(f"/run/netns/{made[0]}").exists()
