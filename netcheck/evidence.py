@@ -17,12 +17,12 @@ from netcheck.kernel.dropwatch import KernelDrop
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
-ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp"]
+ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp", "dns"]
 Protocol = Literal["icmp", "tcp", "udp", "arp"]
 Role = Literal["request", "reply", "error"]
 IPAddress = IPv4Address | IPv6Address
-PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp")
-PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "scale")
+PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp", "dns")
+PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "dns", "scale")
 
 
 def verdict_passes(expected: Expectation, verdict: Verdict) -> bool:
@@ -62,6 +62,8 @@ class ProbeRequest:
     @property
     def ends_on_drop(self) -> bool:
         return self.expect == "block" if self.end_on_drop is None else self.end_on_drop
+    query: str = ""  # dns only: the name asked for, as a program in the source would (through its resolv.conf's search list)
+    transport: Literal["udp", "tcp"] = "udp"  # dns only
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ProbeKind):
@@ -78,11 +80,17 @@ class ProbeRequest:
             raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
         if self.kind == "arp" and (self.payload or self.destination.version != 4):
             raise RequestError(f"arp probe for {self.destination}: ARP asks for an IPv4 address and carries no payload")
+        if (self.kind == "dns") != bool(self.query):
+            raise RequestError(f"{self.kind} probe to {self.destination}: query={self.query!r}; " + ("give the name to ask for" if self.kind == "dns" else "only dns probes take a query"))
+        if self.transport not in ("udp", "tcp") or (self.transport == "tcp" and self.kind != "dns"):
+            raise RequestError(f"{self.kind} probe to {self.destination}: transport={self.transport!r}; only dns probes choose one, udp or tcp")
         if self.kind in PORTED and (b"\n" in self.payload or b"\r" in self.payload):
             raise RequestError(f"{self.kind} probe to {self.destination}: the payload holds a line break, which ends the services' one-line protocol early. Fix: leave line breaks out")
 
     @property
     def protocol(self) -> Protocol:
+        if self.kind == "dns":
+            return self.transport
         return "tcp" if self.kind == "http" else self.kind
 
     @property
@@ -93,15 +101,16 @@ class ProbeRequest:
         return f"[{self.destination}]:{self.port}" if self.destination.version == 6 else f"{self.destination}:{self.port}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
-                "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
-                "end_on_drop": self.end_on_drop}
+        d = {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
+             "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
+             "end_on_drop": self.end_on_drop}
+        return {**d, "query": self.query, "transport": self.transport} if self.kind == "dns" else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeRequest:
         return cls(kind=d["kind"], source=d["source"], destination=ip_address(d["destination"]), port=d.get("port"), expect=d.get("expect", "reach"),
                    target=d.get("target"), capture=tuple(d.get("capture", ())), timeout=d.get("timeout"), ttl=d.get("ttl"),
-                   payload=base64.b64decode(d.get("payload", "")), end_on_drop=d.get("end_on_drop"))
+                   payload=base64.b64decode(d.get("payload", "")), end_on_drop=d.get("end_on_drop"), query=d.get("query", ""), transport=d.get("transport", "udp"))
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,8 @@ class ProbeResult:
     service: Literal["netcheck", "user"] = "netcheck"  # whose service answered: netcheck's, or one the user's setup runs
     flow_id: int | None = None  # the probe's own end: its TCP/UDP client port or ICMP identifier (names it in captures and kernel drops)
     kernel_drop: KernelEvent | None = None  # the kernel's drop that ended the probe before its timeout
+    answers: tuple[str, ...] = ()  # dns: the A records of the answer
+    rcode: str | None = None  # dns: NOERROR, NXDOMAIN, SERVFAIL, ...
 
     def blocked_by(self) -> str | None:
         """How a probe that did not get through was stopped, as the evidence proves it (None if it got through)."""
@@ -337,7 +348,9 @@ class ProbeResult:
         exp = {"reach": "expected to reach", "block": "expected to be blocked", "observe": "observed"}[self.expected]
         who = f" ({self.target})" if self.target else ""
         got = self.verdict + (f", answered by {self.replied_by}" if self.replied_by and self.replied_by != self.target else "")
-        return f"[{self.topology}] {self.kind} {self.source} ({self.source_address}) -> {self.destination}{who}: {exp}, {got}"
+        kind = f"dns/{self.request.transport} {self.request.query!r}" if self.kind == "dns" else self.kind
+        got += f" ({self.rcode}{': ' + ', '.join(self.answers) if self.answers else ''})" if self.rcode else ""
+        return f"[{self.topology}] {kind} {self.source} ({self.source_address}) -> {self.destination}{who}: {exp}, {got}"
 
     def explain(self) -> str:
         """The failure message: headline, diagnosis first, then the evidence."""
@@ -366,7 +379,8 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: the request as data, and beside it the fields the report reads (kind, source, destination, expected, target)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis", "kernel_drop")}
+        dns_only = () if self.kind == "dns" else ("answers", "rcode")  # other kinds' records read as they always did
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis", "kernel_drop", *dns_only)}
         d["captures"] = [asdict(c) for c in self.captures]
         d["kernel_drop"] = asdict(self.kernel_drop) if self.kernel_drop is not None else None
         d["diagnosis"] = asdict(self.diagnosis) if self.diagnosis is not None else None
@@ -386,6 +400,7 @@ class ProbeResult:
             d["diagnosis"] = Diagnosis.from_dict(d["diagnosis"])
         if d.get("kernel_drop"):
             d["kernel_drop"] = KernelEvent(**{**d["kernel_drop"], "causes": tuple(d["kernel_drop"].get("causes", ()))})
+        d["answers"] = tuple(d.get("answers", ()))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -67,7 +67,11 @@ class LabFactory:
                 if self.faults:
                     from netcheck.faults import inject
 
-                    inject(lab, self.faults)
+                    try:
+                        inject(lab, self.faults)
+                    except BaseException:
+                        lab.teardown(force=True)  # a fault that fails half-way must not leak the lab it was breaking
+                        raise
             except Exception as exc:  # any build failure is remembered (later tests get it at once), then re-raised
                 self._failed[topology.name] = exc
                 raise

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from netcheck import resolvconf
 from netcheck.kernel import nft
 from netcheck.kernel.netns import VethSpec
 from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
@@ -282,6 +284,49 @@ def rp_filter_strict(lab: Lab) -> None:
             lab.ledger.record(SysctlEntry(lab.host.name, key, old))
 
 
+def _resolver_user(lab: Lab) -> str:
+    return next(c.name for c in lab.topology.containers if c.dns is not None and not isinstance(c.dns, str))
+
+
+def _resolv_conf(lab: Lab) -> Path:
+    return resolvconf.path_for(lab.container_ns(_resolver_user(lab)).name or "")
+
+
+def _rewrite_resolv_conf(lab: Lab, nameservers: tuple[str, ...] | None = None, search: tuple[str, ...] | None = None) -> None:
+    """The container's resolv.conf, rewritten in place (the ledger's FileEntry still removes it)."""
+    path = _resolv_conf(lab)
+    conf = resolvconf.parse(path.read_text())
+    path.write_text(resolvconf.render(nameservers if nameservers is not None else conf.nameservers, search if search is not None else conf.search))
+
+
+def resolv_conf_missing(lab: Lab) -> None:
+    """As with seed 2's `echo "nameserver 8.8.8.8 | sudo tee ..."`: the file is never written."""
+    _resolv_conf(lab).unlink()
+
+
+def nameserver_loopback(lab: Lab) -> None:
+    _rewrite_resolv_conf(lab, nameservers=("127.0.0.53",))
+
+
+def search_wrong(lab: Lab) -> None:
+    _rewrite_resolv_conf(lab, search=("elsewhere.test",))
+
+
+def dns_udp_dropped(lab: Lab) -> None:
+    apply_rules(lab.host, [XRule("filter", "FORWARD", "DROP", protocol="udp", dport=53, comment=lab.names.comment)], insert=True)
+
+
+def dns_wrong_answer(lab: Lab) -> None:
+    """The resolver serves a zone whose first record points elsewhere."""
+    d = lab.topology.dns
+    assert lab.services is not None and d is not None and d.records
+    zone = d.zone()
+    first = d.records[0].name
+    zone[first] = "198.51.100.254"
+    lab.services.stop("wan", "dns")
+    lab.services.listen_dns(lab.wan, "wan", str(d.address), zone)
+
+
 # The suite test each fault must make fail, as a node id inside the suites package (netcheck.suites,
 # which is the repository's suites/): a clone runs suites/NODE, an install the path that
 # netcheck.cli.suite_node() gives.
@@ -300,6 +345,10 @@ VETH_ENDS = "test_veth.py::test_both_ends_up_addressed_and_same_mtu"
 VETH_LO = "test_veth.py::test_container_loopback_carries_traffic"
 VIP_HOST = "test_vip.py::test_vip_from_the_host"
 VIP_ONLY = "test_vip.py::test_only_the_declared_vip_port_is_redirected"
+DNS_CONF = "test_dns.py::test_resolv_conf_is_the_declared_one"
+DNS_ANSWERS = "test_dns.py::test_resolver_answers_over_udp_and_tcp"
+DNS_NAMES = "test_dns.py::test_declared_names_resolve"
+DNS_MASQ = "test_dns.py::test_queries_leave_masqueraded"
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
@@ -326,6 +375,15 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("no-service", "nothing listens on the published port in the container", "seed1", DNAT_OUTSIDE, "connection refused", "no_listener", no_service, kernel="NO_SOCKET"),
     Fault("wrong-prefix", "a container's address has the wrong prefix length", "seed1", BRIDGE_MATRIX, "bridge matrix", "wrong_prefix", wrong_prefix),
     Fault("address-conflict", "two containers hold the same address", "seed1", BRIDGE_ARP, "ARP", "address_conflict", address_conflict),
+    Fault("resolv-conf-missing", "a container's /etc/netns/NAME/resolv.conf is never written (seed 2's echo | tee typo)", "seed2", DNS_CONF, "is missing",
+          "resolv_conf_missing", resolv_conf_missing),
+    Fault("nameserver-loopback", "a container's resolv.conf names the host's stub resolver 127.0.0.53", "seed2", DNS_CONF, "resolv.conf says",
+          "nameserver_loopback", nameserver_loopback),
+    Fault("dns-search-wrong", "a container's search domain sends a short name to the wrong zone", "seed2", DNS_NAMES, "the spec says", "search_wrong", search_wrong),
+    Fault("dns-udp-dropped", "FORWARD drops UDP/53; TCP/53 passes", "seed2", DNS_ANSWERS, "dns/udp", "dns_udp_blocked", dns_udp_dropped),
+    Fault("dns-wrong-answer", "the resolver answers a declared name with another address", "seed2", DNS_NAMES, "the spec says", "dns_wrong_answer", dns_wrong_answer),
+    Fault("dns-masquerade-removed", "no MASQUERADE: DNS queries leave with the container's private source", "seed2", DNS_MASQ, "203.0.113.53",
+          "masquerade_missing", masquerade_removed),
     Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down, kernel="IP_INNOROUTES"),
     Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch),
     Fault("stray-publish", "a DNAT publishes a container's service port that the spec does not publish",

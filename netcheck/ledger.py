@@ -382,8 +382,54 @@ class DirEntry:
         return f"directory {self.path}"
 
 
+@dataclass(frozen=True)
+class FileEntry:
+    """One file netcheck writes (a container's /etc/netns/NAME/resolv.conf): undo unlinks exactly that path."""
+
+    kind: ClassVar[str] = "file"
+    path: str
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+@dataclass(frozen=True)
+class EmptyDirEntry:
+    """A folder netcheck makes (/etc/netns/NAME): undo removes it only if empty, never what is inside.
+    ``shared`` (/etc/netns itself, which other runs and tools use too): left alone if not empty."""
+
+    kind: ClassVar[str] = "empty-dir"
+    path: str
+    shared: bool = False
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if not (self.shared and exc.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                raise
+
+    def describe(self) -> str:
+        return f"directory {self.path} (if empty)"
+
+
 ENTRY_KINDS: dict[str, type[Entry]] = {cls.kind: cls for cls in (
     NetnsEntry, LinkEntry, RouteEntry, RuleEntry, ChainEntry, NftChainEntry, NftTableEntry, PolicyEntry, SysctlEntry, ProcessEntry, DirEntry,
+    FileEntry, EmptyDirEntry,
 )}
 
 

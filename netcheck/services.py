@@ -22,17 +22,53 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from netcheck.kernel.netns import Netns
+from netcheck.resolvconf import DNS_PORT
 
 MAX_REQUEST = 4096
+
+
+SAW_NAME = "saw.netcheck."  # the TXT record, in every DNS answer's additional section, naming the client the server saw
 
 
 @dataclass(frozen=True)
 class Listener:
     container: str
-    kind: str  # http, tcp-echo, udp-echo
+    kind: str  # http, tcp-echo, udp-echo, dns (one UDP and one TCP listener)
     address: str
     port: int
     owner: str = "netcheck"  # "user": the user's setup already serves this port (netcheck probes that service)
+    zone: tuple[tuple[str, str], ...] = ()  # dns: (absolute name, IPv4 address) of each A record
+
+
+def dns_answer(container: str, zone: dict[str, str], peer: tuple[str, int], query: bytes) -> bytes | None:
+    """A DNS server's reply to one query: A records from ``zone``, NXDOMAIN for any other name
+    (NOERROR and no answer for another type of an existing name); it never recurses. Every reply
+    carries a TXT record naming the client it saw, as the echo services do. None: not a query."""
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rrset
+
+    try:
+        msg = dns.message.from_wire(query)
+    except dns.exception.DNSException:
+        return None
+    if msg.flags & dns.flags.QR or not msg.question:
+        return None
+    reply = dns.message.make_response(msg, recursion_available=False)
+    reply.flags |= dns.flags.AA
+    q = msg.question[0]
+    name = q.name.to_text(omit_final_dot=True).lower()
+    if name not in zone:
+        reply.set_rcode(dns.rcode.NXDOMAIN)
+    elif q.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+        reply.answer.append(dns.rrset.from_text(q.name, 60, dns.rdataclass.IN, dns.rdatatype.A, zone[name]))
+    saw = f"netcheck dns container={container} saw={peer[0]}:{peer[1]}"
+    reply.additional.append(dns.rrset.from_text(SAW_NAME, 0, dns.rdataclass.IN, dns.rdatatype.TXT, f'"{saw}"'))
+    return reply.to_wire()
 
 
 def reply_text(container: str, kind: str, peer: tuple[str, int], request: bytes) -> bytes:
@@ -104,10 +140,39 @@ class ServiceHost:
             return next((x for x in self.listeners if x.owner == "user" and x.container == container and x.port == port
                          and (x.kind == "udp-echo") == udp), None)
 
-    def adopt(self, sock: socket.socket, listener: Listener) -> Listener:
+    def listen_dns(self, ns: Netns, container: str, address: str, zone: dict[str, str]) -> tuple[Listener, Listener]:
+        """A DNS server inside ``ns`` on address:53, UDP and TCP, answering ``zone`` (netcheck's own: it never forwards)."""
+        records = tuple(sorted(zone.items()))
+
+        def make(kind: int) -> socket.socket:
+            s = socket.socket(socket.AF_INET, kind)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((address, DNS_PORT))
+                if kind == socket.SOCK_STREAM:
+                    s.listen(128)
+                s.setblocking(False)
+            except BaseException:
+                s.close()
+                raise
+            return s
+
+        out = []
+        for kind, proto in ((socket.SOCK_DGRAM, "udp"), (socket.SOCK_STREAM, "tcp")):
+            try:
+                sock = ns.call(lambda k=kind: make(k))
+            except OSError as exc:
+                raise OSError(exc.errno, f"{container}: cannot serve DNS on {address}:{DNS_PORT}/{proto} in netns {ns.name}: {exc.strerror}") from None
+            out.append(self.adopt(sock, Listener(container, "dns", address, DNS_PORT, zone=records), udp=proto == "udp"))
+        return out[0], out[1]
+
+    def adopt(self, sock: socket.socket, listener: Listener, udp: bool | None = None) -> Listener:
         """Serve a listening socket opened elsewhere (in its namespace) for ``listener``."""
+        if udp is None:
+            udp = sock.type == socket.SOCK_DGRAM
+        role = ("dns-udp" if udp else "accept") if listener.kind == "dns" else ("udp" if udp else "accept")
         with self._lock:
-            self._sel.register(sock, selectors.EVENT_READ, ("udp" if listener.kind == "udp-echo" else "accept", listener.container, listener.kind))
+            self._sel.register(sock, selectors.EVENT_READ, (role, listener.container, (listener.kind, dict(listener.zone)) if listener.kind == "dns" else listener.kind))
             self.listeners.append(listener)
             self._held.append((sock, listener))
         self._wake()
@@ -137,7 +202,8 @@ class ServiceHost:
         with self._lock:
             for key in list(self._sel.get_map().values()):
                 role, owner, k = key.data
-                if role in ("accept", "udp") and owner == container and (kind is None or k == kind):
+                k = k[0] if isinstance(k, tuple) else k  # a DNS listener's data: (kind, zone)
+                if role in ("accept", "udp", "dns-udp") and owner == container and (kind is None or k == kind):
                     self._sel.unregister(key.fileobj)
                     key.fileobj.close()  # type: ignore[union-attr]
                     closed += 1
@@ -161,6 +227,11 @@ class ServiceHost:
                     elif role == "udp":
                         data, peer = sock.recvfrom(MAX_REQUEST)
                         sock.sendto(reply_text(container, kind, peer, data), peer)
+                    elif role == "dns-udp":
+                        data, peer = sock.recvfrom(MAX_REQUEST)
+                        answer = dns_answer(container, kind[1], peer, data)
+                        if answer is not None:
+                            sock.sendto(answer, peer)
                     elif role == "accept":
                         conn, peer = sock.accept()
                         conn.setblocking(False)
@@ -171,10 +242,13 @@ class ServiceHost:
                 except OSError:
                     self._drop(sock)
 
-    def _on_conn(self, conn: socket.socket, container: str, state: tuple[str, tuple[str, int], bytearray]) -> None:
+    def _on_conn(self, conn: socket.socket, container: str, state: tuple[Any, tuple[str, int], bytearray]) -> None:
         kind, peer, buf = state
         chunk = conn.recv(MAX_REQUEST)
         buf += chunk
+        if isinstance(kind, tuple):  # dns over TCP: length-prefixed messages, answered while the client keeps the connection
+            self._on_dns_stream(conn, container, kind[1], peer, buf, bool(chunk))
+            return
         # Every service answers netcheck's probe line; HTTP also answers a whole HTTP request.
         complete = b"\n" in buf if kind != "http" or buf.startswith(b"netcheck-probe") else b"\r\n\r\n" in buf
         if chunk and not complete and len(buf) < MAX_REQUEST:
@@ -184,6 +258,23 @@ class ServiceHost:
             conn.settimeout(1.0)
             conn.sendall(reply_text(container, kind, peer, bytes(buf)))
         self._drop(conn)
+
+    def _on_dns_stream(self, conn: socket.socket, container: str, zone: dict[str, str], peer: tuple[str, int], buf: bytearray, more: bool) -> None:
+        while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+            size = int.from_bytes(buf[:2], "big")
+            query = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
+            answer = dns_answer(container, zone, peer, query)
+            if answer is None:
+                self._drop(conn)
+                return
+            with contextlib.suppress(OSError):
+                conn.setblocking(True)
+                conn.settimeout(1.0)
+                conn.sendall(len(answer).to_bytes(2, "big") + answer)
+                conn.setblocking(False)
+        if not more or len(buf) > MAX_REQUEST:
+            self._drop(conn)
 
     def _drop(self, sock: socket.socket) -> None:
         with self._lock, contextlib.suppress(KeyError, ValueError):

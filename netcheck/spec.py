@@ -24,6 +24,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from netcheck import resolvconf
+
 # \Z: "$" would let a trailing newline through. No leading "-" or ".": a name is passed to tools
 # (podman, docker, ip) as an argument, where "-x" would read as an option.
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
@@ -31,6 +33,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
 CHAIN_RE = re.compile(r"^[A-Za-z0-9_-]{1,28}\Z")
 NETNS_PATH_RE = re.compile(r"^(/run/netns/|/var/run/netns/)[A-Za-z0-9_][A-Za-z0-9_.-]*\Z|^/proc/[0-9]+/ns/net\Z")
 BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])?\Z")  # a bare TOML key, or remote[0]
+# A DNS name: dot-separated labels of letters, digits, - (not at either end) and _; a trailing dot allowed.
+DNS_NAME_RE = re.compile(r"^(?=.{1,253}\.?\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?\Z")
+INHERIT = "inherit"  # a container's dns: the machine's own resolv.conf, as a namespace without /etc/netns/NAME sees it
+NXDOMAIN = "nxdomain"  # a name a container must not resolve
 SYSCTL_RE = re.compile(r"^net\.(ipv4|ipv6|bridge|core|netfilter)(\.[A-Za-z0-9_-]+)+\Z")
 DOC_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
 FORBIDDEN = IPv4Network("192.0.2.0/24")  # this machine's own network
@@ -130,6 +136,31 @@ class Bridge:
 
 
 @dataclass(frozen=True)
+class Resolve:
+    """A name a container must resolve through its resolv.conf: to ``address``, or (None) to NXDOMAIN."""
+
+    name: str  # as the container asks for it (lower case): a short name goes through the search list
+    address: IPv4Address | None
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str  # absolute, lower case, no trailing dot
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class Dns:
+    """A DNS server in the outside world, served by netcheck itself: it answers its zone, NXDOMAIN otherwise."""
+
+    address: IPv4Address
+    records: tuple[Record, ...] = ()
+
+    def zone(self) -> dict[str, str]:
+        return {r.name: str(r.address) for r in self.records}
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     interface: str
@@ -143,6 +174,9 @@ class Container:
     mtu: int | None = None
     netns: str | None = None  # an existing namespace to discover (host mode), e.g. /run/netns/web
     auto: tuple[str, ...] = ()  # fields declared "auto" or left out (external setups): read back from the kernel
+    dns: tuple[IPv4Address, ...] | Literal["inherit"] | None = None  # its resolv.conf's nameservers; None: not declared
+    search: tuple[str, ...] = ()  # its resolv.conf's search domains (lower case, no trailing dot)
+    resolve: tuple[Resolve, ...] = ()  # names it must resolve (or not)
 
     def service(self, kind: str) -> Service | None:
         return next((s for s in self.services if s.kind == kind), None)
@@ -238,6 +272,7 @@ class Topology:
     vips: tuple[Vip, ...] = ()
     forward_accepts: tuple[ForwardAccept, ...] = ()
     setup: Setup = field(default_factory=Setup)
+    dns: Dns | None = None
 
     def container(self, name: str) -> Container:
         return next(c for c in self.containers if c.name == name)
@@ -424,6 +459,64 @@ def _remote(value: object, name: str) -> tuple[IPv4Interface, ...]:
     return tuple(out)
 
 
+def _dns_name(value: object, name: str) -> str:
+    text = _text(value, name)
+    if not DNS_NAME_RE.match(text):
+        raise _Invalid("not a valid DNS name", "use dot-separated labels of A-Z a-z 0-9 - _ (each 1 to 63 characters, not starting or ending with -), e.g. \"web.corp.test\"")
+    return text.rstrip(".").lower()
+
+
+def _search(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid("expected a list of domains", 'write search = ["corp.test"]')
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(_dns_name(item, f"{name}[{i}]"))
+        except _Invalid as exc:
+            raise _Invalid(exc.problem, exc.fix, f"[{i}]", item) from None
+    if len(out) > 6:
+        raise _Invalid(f"{len(out)} search domains: a stub resolver reads at most 6", "keep the first 6")
+    return tuple(out)
+
+
+def _nameserver(value: object, name: str) -> IPv4Address:
+    try:
+        addr = IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None:
+        raise _Invalid("not a valid IPv4 address", 'write it as "203.0.113.53" (no prefix length, no port)')
+    if not addr.is_loopback:  # a loopback resolver (Docker's 127.0.0.11) is checked against the mode later
+        _check_usable(addr, None)
+    return addr
+
+
+def _nameservers(value: object, name: str) -> tuple[IPv4Address, ...] | Literal["inherit"]:
+    if value == INHERIT:
+        return "inherit"
+    if not isinstance(value, list) or not value:
+        raise _Invalid(f'expected a non-empty list of resolver addresses, or "{INHERIT}"', f'write {name} = ["203.0.113.53"] (the [dns] address), or {name} = "{INHERIT}"')
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(_nameserver(item, f"{name}[{i}]"))
+        except _Invalid as exc:
+            raise _Invalid(exc.problem, exc.fix, f"[{i}]", item) from None
+    if len(out) > 3:
+        raise _Invalid(f"{len(out)} nameservers: a stub resolver reads at most 3", "keep the first 3")
+    return tuple(out)
+
+
+def _answer(value: object, name: str) -> IPv4Address | None:
+    if isinstance(value, str) and value.lower() == NXDOMAIN:
+        return None
+    try:
+        return IPv4Address(value) if isinstance(value, str) else IPv4Address("x")
+    except ValueError:
+        raise _Invalid(f'not an IPv4 address or "{NXDOMAIN}"', f'write it as "198.51.100.10", or "{NXDOMAIN}" for a name that must not resolve') from None
+
+
 _IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 _IFACE_SCHEMA = {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}
 _AUTO_SCHEMA = {"type": "string", "const": AUTO}
@@ -442,6 +535,12 @@ ARGV: Kind[tuple[str, ...]] = Kind("list of strings (an argv)", _argv, {"type": 
 NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": schema_pattern(NETNS_PATH_RE)}, "")
 REMOTE: Kind[tuple[IPv4Interface, ...]] = Kind("list of IPv4 address/prefix", _remote, {"type": "array", "items": _IFACE_SCHEMA, "minItems": 1}, ())
 SYSCTL_VALUE = integer(0, 2**31)
+DNS_NAME = Kind("DNS name", _dns_name, {"type": "string", "pattern": schema_pattern(DNS_NAME_RE)}, "")
+SEARCH: Kind[tuple[str, ...]] = Kind("list of DNS names (at most 6)", _search, {"type": "array", "items": {"type": "string", "pattern": schema_pattern(DNS_NAME_RE)}, "maxItems": 6}, ())
+NAMESERVERS: Kind[tuple[IPv4Address, ...] | Literal["inherit"]] = Kind(
+    f'list of IPv4 addresses (at most 3), or "{INHERIT}"', _nameservers,
+    {"anyOf": [{"type": "array", "items": {"type": "string", "pattern": f"^{_IPV4}$"}, "minItems": 1, "maxItems": 3}, {"type": "string", "const": INHERIT}]}, ())
+ANSWER = Kind(f'IPv4 address, or "{NXDOMAIN}"', _answer, {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}$"}, {"type": "string", "const": NXDOMAIN}]}, None)
 
 
 # --------------------------------------------------------------------------- declarations
@@ -558,6 +657,13 @@ class BridgeKeys:
 BRIDGE = _table("[[bridge]]", "A Linux bridge on the host.", BridgeKeys)
 
 
+class ResolveKeys:
+    name = Key("name", DNS_NAME, "The name the container asks for; a short name goes through its search domains, as its resolver would.", '"web"', Absent.REQUIRED)
+    address = Key("address", ANSWER, f'The address it must resolve to, or "{NXDOMAIN}": the name must not exist.', '"198.51.100.10"', Absent.REQUIRED)
+
+
+RESOLVE = _table("resolve entry", "A name the container must resolve through its resolv.conf, and what to.", ResolveKeys)
+
 class ContainerKeys:
     name = Key("name", NAME, "The container's name, as the spec's other keys and the reports refer to it.", '"netns0"', Absent.REQUIRED)
     interface = Key("interface", INTERFACE, "The container's end of the veth.", '"ceth0"', "eth0")
@@ -571,9 +677,30 @@ class ContainerKeys:
     services = Sub("services", SERVICE, True, "Services netcheck runs inside the container.", '[{ kind = "http", port = 5000 }]')
     mtu = Key("mtu", integer(68, 65535), "The MTU of both ends of the veth.", "1400", default_doc="the kernel's (1500)")
     netns = Key("netns", NETNS_PATH, "An existing namespace to discover (host mode, other tools' setups).", '"/run/netns/web"')
+    dns = Key("dns", NAMESERVERS, "The container's resolvers, written to /etc/netns/NAME/resolv.conf as `ip netns exec` shows it (build; the [dns] address); "
+              f'"{INHERIT}": no file of its own, it sees the machine\'s /etc/resolv.conf.', '["203.0.113.53"]', default_doc="none: netcheck writes and checks no resolv.conf")
+    search = Key("search", SEARCH, "Search domains of its resolv.conf: a short name is tried with each.", '["corp.test"]', ())
+    resolve = Sub("resolve", RESOLVE, True, "Names it must resolve, and to what (the DNS suite asks them).", '[{ name = "web", address = "198.51.100.10" }]')
 
 
 CONTAINER = _table("[[container]]", "A container: a network namespace joined to the host by a veth pair.", ContainerKeys)
+
+
+class RecordKeys:
+    name = Key("name", DNS_NAME, "An absolute name in the zone.", '"web.corp.test"', Absent.REQUIRED)
+    address = Key("address", ADDRESS, "Its A record.", '"198.51.100.10"', Absent.REQUIRED)
+
+
+RECORD = _table("records entry", "An A record of the zone.", RecordKeys)
+
+
+class DnsKeys:
+    address = Key("address", ADDRESS, "Where netcheck's DNS server listens (UDP and TCP port 53), in the outside world; documentation ranges only.", '"203.0.113.53"', Absent.REQUIRED)
+    records = Sub("records", RECORD, True, "The zone it answers; any other name gets NXDOMAIN. It never forwards: nothing leaves the machine.",
+                  '[{ name = "web.corp.test", address = "198.51.100.10" }]')
+
+
+DNS = _table("[dns]", "A DNS server in the outside world, served by netcheck itself from the zone declared here. Left out: no DNS (the DNS suite skips).", DnsKeys)
 
 
 class MasqueradeKeys:
@@ -631,6 +758,7 @@ class TopKeys:
     publish = Sub("publish", PUBLISH, True, PUBLISH.doc)
     vip = Sub("vip", VIP, True, VIP.doc)
     forward_accept = Sub("forward_accept", FORWARD_ACCEPT, True, FORWARD_ACCEPT.doc)
+    dns = Sub("dns", DNS, False, DNS.doc)
 
 
 TOP = _table("top level", "The spec file itself.", TopKeys)
@@ -827,6 +955,9 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
             services=tuple(Service(kind=s.get(ServiceKeys.kind), port=s.get(ServiceKeys.port)) for s in _done_each(cr.tables(ContainerKeys.services))),
             mtu=cr.opt(ContainerKeys.mtu),
             netns=cr.opt(ContainerKeys.netns),
+            dns=cr.opt(ContainerKeys.dns),
+            search=cr.get(ContainerKeys.search),
+            resolve=tuple(Resolve(r.get(ResolveKeys.name), r.get(ResolveKeys.address)) for r in _done_each(cr.tables(ContainerKeys.resolve))),
         )
         given = {k: cr.data.get(k) for k in ("address", "gateway")}
         auto = tuple(k for k, on in (("address", given["address"] == AUTO), ("gateway", given["gateway"] == AUTO), ("host_veth", not c.host_veth)) if on)
@@ -874,11 +1005,16 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     for fr in top.tables(TopKeys.forward_accept):
         forwards.append(ForwardAccept(in_interface=fr.opt(ForwardAcceptKeys.in_interface), out_interface=fr.opt(ForwardAcceptKeys.out_interface)))
         fr.done()
+    dns = None
+    if "dns" in data:
+        dr = top.sub(TopKeys.dns)
+        dns = Dns(dr.get(DnsKeys.address), tuple(Record(r.get(RecordKeys.name), r.get(RecordKeys.address)) for r in _done_each(dr.tables(DnsKeys.records))))
+        dr.done()
     top.done()
 
     topo = Topology(
         name=name, summary=summary, source=source, host=host, wan=wan, bridges=tuple(bridges), containers=tuple(containers),
-        masquerades=tuple(masquerades), publishes=tuple(publishes), vips=tuple(vips), forward_accepts=tuple(forwards), setup=setup,
+        masquerades=tuple(masquerades), publishes=tuple(publishes), vips=tuple(vips), forward_accepts=tuple(forwards), setup=setup, dns=dns,
     )
     _validate(topo, problems)
     if problems.found:
@@ -1094,6 +1230,67 @@ def _validate(t: Topology, problems: _Problems) -> None:
             served.setdefault((svc.protocol, svc.port), j)
     if t.setup.mode == "script":
         _check_env_names(t, problems)
+    _check_dns(t, problems, used, build)
+
+
+def _check_dns(t: Topology, problems: _Problems, used: Mapping[IPv4Address, str], build: bool) -> None:
+    """The [dns] server on documentation addresses only, every container's resolver one that something serves,
+    and every name a container must resolve answered so by the zone, through its search domains."""
+    fail, wrong = problems.add, problems.wrong
+    d = t.dns
+    if d is not None and not wrong("dns.address"):
+        owner = used.get(d.address)
+        if not any(d.address in r for r in DOC_RANGES):
+            fail("dns.address", str(d.address), "is outside the documentation ranges: netcheck's DNS server lives in the outside world, and no real resolver is ever asked",
+                 'use an address in 203.0.113.0/24 or 198.51.100.0/24, e.g. "203.0.113.53"')
+        elif owner is not None and not owner.startswith("wan."):
+            fail("dns.address", str(d.address), f"is already the address of {owner}, not of the outside world", 'give the DNS server an address of its own, e.g. "203.0.113.53"')
+    if d is not None:
+        names: dict[str, int] = {}
+        for j, rec in enumerate(d.records):
+            key = f"dns.records[{j}].name"
+            if not wrong(key) and rec.name in names:
+                fail(key, rec.name, f"is already dns.records[{names[rec.name]}]", "give each name one A record")
+            names.setdefault(rec.name, j)
+    for i, c in enumerate(t.containers):
+        key = f"container[{i}]"
+        if wrong(f"{key}.dns"):
+            continue
+        if c.dns is None or isinstance(c.dns, str):
+            if c.search:
+                fail(f"{key}.search", list(c.search), "search domains go into the container's own resolv.conf, which it has only with dns = [...]",
+                     'add dns = ["<the [dns] address>"], or remove search', [f"{key}.dns"])
+            if c.resolve:
+                why = "inherits the machine's resolv.conf, whose resolver netcheck never asks (nothing may leave the machine)" if c.dns == INHERIT else "declares no resolver"
+                fail(f"{key}.resolve", f"{len(c.resolve)} entries", f"container {c.name} {why}", 'give it dns = ["<the [dns] address>"], or remove resolve', [f"{key}.dns"])
+            continue
+        for j, ns in enumerate(c.dns):
+            where = f"{key}.dns[{j}]"
+            if ns.is_loopback:
+                if build:
+                    fail(where, str(ns), "is a loopback address: inside a container that is its own loopback, where nothing serves DNS "
+                         "(the host's stub resolver, such as 127.0.0.53, is out of the container's reach)",
+                         f'use the [dns] server\'s address{f" ({d.address})" if d else ""}, which the container reaches through the host')
+                continue
+            if build and (d is None or ns != d.address):
+                served = f"the only resolver in this spec is [dns] address = \"{d.address}\"" if d else "this spec declares no DNS server"
+                fix = f'write dns = ["{d.address}"]' if d else 'declare [dns] address = "203.0.113.53" (with its records) and write dns = ["203.0.113.53"]'
+                fail(where, str(ns), f"nothing serves DNS there: {served}, and netcheck never asks a real resolver", fix, ["dns.address"])
+        if d is None or not c.resolve or wrong("dns", f"{key}.search"):
+            continue
+        conf = resolvconf.ResolvConf(tuple(map(str, c.dns)), c.search)
+        for j, r in enumerate(c.resolve):
+            where = f"{key}.resolve[{j}]"
+            if wrong(f"{where}.name", f"{where}.address"):
+                continue
+            hit, got = resolvconf.lookup(d.zone(), r.name, conf)
+            tried = ", ".join(resolvconf.candidates(r.name, conf))
+            want = str(r.address) if r.address is not None else NXDOMAIN
+            if got != (str(r.address) if r.address is not None else None):
+                answer = f"{hit} -> {got}" if hit else "NXDOMAIN"
+                fix = (f'add {{ name = "{resolvconf.candidates(r.name, conf)[0]}", address = "{r.address}" }} to [dns] records, or correct the address'
+                       if hit is None else f'write address = "{got}", or change the record {hit} in [dns]')
+                fail(f"{where}.address", want, f"the zone in [dns] answers {answer} for {r.name!r} (asked as: {tried})", fix, ["dns.records"])
 
 
 def _own_network(t: Topology, i: int, bridge_at: Mapping[str, int]) -> tuple[IPv4Network | None, str]:
@@ -1247,6 +1444,6 @@ def as_mapping(t: Topology) -> Mapping[str, Any]:
 
 
 __all__ = [
-    "Bridge", "Container", "ForwardAccept", "Host", "Masquerade", "Problem", "Publish", "Route", "Service",
+    "Bridge", "Container", "Dns", "ForwardAccept", "Host", "Masquerade", "Problem", "Publish", "Record", "Resolve", "Route", "Service",
     "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "env_name", "load", "loads", "read_text", "resolve",
 ]

@@ -134,6 +134,7 @@ class Leftovers:
     netns: set[str] = field(default_factory=set)
     inodes: set[int] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)
+    paths: set[str] = field(default_factory=set)  # files and folders it wrote (/etc/netns/NAME/resolv.conf)
     taken_at: int = field(default_factory=ticks_now)  # before the kill: later tasks are not the run's
 
     @classmethod
@@ -152,6 +153,8 @@ class Leftovers:
                         left.inodes.add(ino)
                 elif e["kind"] == "process":
                     left.pids.add(int(str(e["pid"])))
+                elif e["kind"] == "file" or (e["kind"] == "empty-dir" and not e.get("shared")):
+                    left.paths.add(str(e["path"]))
         return left
 
     def remaining(self, run_dir: Path) -> list[str]:
@@ -161,6 +164,7 @@ class Leftovers:
         mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
         found += [f"mount {NETNS_DIR / n}" for n in sorted(self.netns) if str(NETNS_DIR / n) in mounts]
         found += [f"process {pid}" for pid in sorted(self.pids) if Path(f"/proc/{pid}").exists()]
+        found += [f"path {p}" for p in sorted(self.paths) if os.path.lexists(p)]
         found += [f"{what} holds namespace inode {ino}" for what, ino in namespace_holders(self.taken_at) if ino in self.inodes]
         return found
 

@@ -69,9 +69,9 @@ def test_faults_lists_each_fault_what_it_breaks_and_the_test_that_catches_it() -
 
 def _rule_causes() -> set[str]:
     """The cause ids the diagnosis rules put in their findings (the first argument of Finding)."""
-    tree = ast.parse((REPO / "netcheck" / "diagnose" / "rules.py").read_text())
     ids = set()
-    for node in ast.walk(tree):
+    nodes = [n for f in ("rules.py", "dns.py") for n in ast.walk(ast.parse((REPO / "netcheck" / "diagnose" / f).read_text()))]
+    for node in nodes:
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding":
             first = node.args[0] if node.args else next(k.value for k in node.keywords if k.arg == "cause")
             assert isinstance(first, ast.Constant) and isinstance(first.value, str), f"rules.py:{node.lineno}: a Finding whose cause is not a literal id"

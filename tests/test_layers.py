@@ -25,6 +25,7 @@ LAYERS: dict[str, str] = {
     "netcheck.kernel": "kernel",  # netlink, iptc, nft, namespaces: the only importers of pyroute2 and iptc
     "netcheck.spec": "spec",  # a topology as data, validated
     "netcheck.topologies": "spec",  # the built-in specs (TOML)
+    "netcheck.resolvconf": "spec",  # resolv.conf as text: where a container's lives, what a lookup tries
     "netcheck.naming": "spec",  # run tags and kernel names, from a spec
     "netcheck.expect": "spec",  # what a spec promises (who reaches whom)
     "netcheck.scale": "spec",  # generated topologies for the scale suite and bench

@@ -17,7 +17,9 @@ from netcheck.ledger import (
     LEDGER_VERSION,
     ChainEntry,
     DirEntry,
+    EmptyDirEntry,
     Entry,
+    FileEntry,
     Ledger,
     LinkEntry,
     NetnsEntry,
@@ -28,10 +30,12 @@ from netcheck.ledger import (
     RouteEntry,
     RuleEntry,
     SysctlEntry,
+    Undoer,
     clean,
     from_json,
     read_record,
     to_json,
+    undo_all,
 )
 
 EXAMPLES: list[Entry] = [
@@ -40,6 +44,7 @@ EXAMPLES: list[Entry] = [
     ChainEntry("nc0000-host", "nat", "VIP-EXAMPLE"), NftChainEntry(None, "nat", "POSTROUTING"), NftTableEntry(None, "nat"),
     PolicyEntry(None, "filter", "FORWARD", "ACCEPT"), SysctlEntry("nc0000-host", "net.ipv4.ip_forward", "0"),
     ProcessEntry(4242, 17, ("netavark", "setup")), DirEntry("/tmp/netcheck-nc0000"),
+    FileEntry("/etc/netns/nc0000-web/resolv.conf"), EmptyDirEntry("/etc/netns/nc0000-web"), EmptyDirEntry("/etc/netns", shared=True),
 ]
 
 
@@ -102,3 +107,16 @@ def test_a_rule_from_a_newer_netcheck_is_not_read_rather_than_a_crash() -> None:
             "rule": {"table": "nat", "chain": "POSTROUTING", "target": "MASQUERADE", "some_future_match": ["x"]}}
     assert from_json(line) is None
     assert from_json({**line, "rule": {"table": "nat", "chain": "POSTROUTING", "target": "MASQUERADE"}}) is not None
+
+
+def test_file_and_empty_dir_entries_remove_exactly_their_paths(tmp_path: Path) -> None:
+    folder = tmp_path / "nc0000-web"
+    folder.mkdir()
+    (folder / "resolv.conf").write_text("nameserver 203.0.113.53\n")
+    (tmp_path / "other").write_text("not ours")
+    errors = undo_all([EmptyDirEntry(str(tmp_path), shared=True), EmptyDirEntry(str(folder)), FileEntry(str(folder / "resolv.conf"))], Undoer())
+    assert errors == [] and not folder.exists() and (tmp_path / "other").exists()  # the shared folder is not empty: left alone
+    (folder).mkdir()
+    (folder / "someone-elses").write_text("x")
+    errors = undo_all([EmptyDirEntry(str(folder)), FileEntry(str(folder / "resolv.conf"))], Undoer())
+    assert len(errors) == 1 and (folder / "someone-elses").exists()  # never removed by pattern: reported instead

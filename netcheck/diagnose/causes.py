@@ -50,6 +50,14 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("host_no_route", "the host has no route for the forwarded packet", "the host's route lookup"),
     Cause("rules_split", "the host's rules are split across legacy and nf_tables",
           "both backends hold rules (or a non-ACCEPT policy); the kernel applies both, each tool shows half"),
+    Cause("resolv_conf_missing", "a container has no /etc/netns/NAME/resolv.conf (seed 2's `echo \"... | tee\"` typo): it reads the machine's",
+          "the file against the spec's dns = [...]"),
+    Cause("nameserver_loopback", "a container's resolver is a loopback address (the host's stub, 127.0.0.53): its own lo, where nothing answers",
+          "the nameservers of the resolv.conf the container reads"),
+    Cause("resolv_conf_wrong", "a container's resolv.conf names other resolvers than the spec", "the nameservers of the resolv.conf against the spec"),
+    Cause("search_wrong", "a container's search domains send a short name to the wrong place", "the search line of the resolv.conf against the spec"),
+    Cause("dns_wrong_answer", "the resolver answers a name with another address than the spec's zone", "the zone netcheck's DNS server serves against [dns] records"),
+    Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)"),
     Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence"),
 ]}
 

@@ -24,6 +24,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from netcheck import spec as S
+from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import rules, state
 from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
@@ -293,11 +294,11 @@ def expected_flows(view: LabView) -> Iterator[Flow]:
 def inspect(view: LabView, *, flows: bool = True) -> list[Finding]:
     """Every finding about a live lab, without sending anything: static rules, then each promised flow."""
     snap = state.snapshot(view.namespaces())
-    found = rules.evaluate(rules.Evidence(view, snap))
+    found = rules.evaluate(rules.Evidence(view, snap), dns_rules.RULES)
     if flows:
         for f in expected_flows(view):
             with contextlib.suppress(Exception):
-                found += rules.evaluate(rules.Evidence(view, snap, f, expected_route(view, f)))
+                found += rules.evaluate(rules.Evidence(view, snap, f, expected_route(view, f)), dns_rules.RULES)
     best: dict[tuple[str, str], Finding] = {}
     for x in found:
         key = (x.cause, x.fix)  # one fix, one finding: the same cause seen from several flows

@@ -12,7 +12,7 @@ trace or a counter confirms scores higher than one inferred from configuration a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING
@@ -140,10 +140,10 @@ class Evidence:
 Rule = Callable[[Evidence], Iterator[Finding]]
 
 
-def evaluate(ev: Evidence) -> list[Finding]:
-    """Run every rule; return the findings ranked, best first, without duplicates."""
+def evaluate(ev: Evidence, more: Sequence[Rule] = ()) -> list[Finding]:
+    """Run every rule (and ``more``: other modules' rules, such as DNS's); return the findings ranked, best first, without duplicates."""
     best: dict[tuple[str, str, str], Finding] = {}
-    for r in RULES:  # defined at the end of the module, once every rule exists
+    for r in (*RULES, *more):  # RULES is defined at the end of the module, once every rule exists
         try:
             found = list(r(ev))
         except Exception as exc:  # noqa: BLE001 - one broken rule must not hide the others

@@ -7,15 +7,18 @@ the spec declares; netcheck.adapters has another tool make it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from netcheck import spec
+from netcheck import resolvconf, spec
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, nft_missing
+from netcheck.lab.errors import LabError
 from netcheck.lab.plan import DEFAULT_ROUTE, ECHO_PORT, ContainerPlan, Plan, plan
 from netcheck.lab.plan import base as plan_base
-from netcheck.ledger import ChainEntry, NftChainEntry, NftTableEntry, RuleEntry
+from netcheck.ledger import ChainEntry, EmptyDirEntry, FileEntry, NftChainEntry, NftTableEntry, RuleEntry
 from netcheck.services import ServiceHost
 
 if TYPE_CHECKING:
@@ -55,6 +58,7 @@ class SpecNetwork:
         p = plan(self.topology, lab.names)
         bridges(lab, p)
         containers(lab, p.containers)
+        resolv_confs(lab, p.containers)
         lab.rules = list(p.installed)
         if self.topology.host.firewall == "nft":
             native_rules(lab, p.rules)
@@ -116,6 +120,30 @@ def containers(lab: Lab, planned: Sequence[ContainerPlan]) -> None:
     lab.host.wait_links_up([v.name for v in pairs])
 
 
+def resolv_confs(lab: Lab, planned: Sequence[ContainerPlan], root: Path = resolvconf.ETC_NETNS) -> None:
+    """Each container's /etc/netns/NETNS/resolv.conf, as seed 2 writes it: ``ip netns exec`` bind-mounts
+    it over /etc/resolv.conf, and netcheck's probes read it (netcheck.resolvconf). Every folder and
+    file is recorded before it exists; undo removes exactly those paths."""
+    assert lab.ledger is not None
+    wanted = [c for c in planned if c.resolv_conf is not None]
+    if not wanted:
+        return
+    if not root.is_dir():
+        lab.ledger.record(EmptyDirEntry(str(root), shared=True))
+        root.mkdir(mode=0o755, exist_ok=True)
+    for c in wanted:
+        folder, path = resolvconf.netns_dir(c.netns, root), resolvconf.path_for(c.netns, root)
+        lab.ledger.record(EmptyDirEntry(str(folder)))
+        try:
+            folder.mkdir(mode=0o755)
+        except FileExistsError:
+            raise LabError(f"{folder} exists already (a leftover of a crashed run? try: netcheck clean); netcheck writes its own there for {c.name}") from None
+        lab.ledger.record(FileEntry(str(path)))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(c.resolv_conf or "")
+
+
 def rules(lab: Lab, wanted: Sequence[XRule]) -> None:
     """The rules and the custom chains they need (a VIP's), recorded first, so teardown removes
     them too; chains the host has already are left alone."""
@@ -171,6 +199,8 @@ def services(lab: Lab) -> ServiceHost:
             held.listen(ns, c.name, kind, ECHO_PORT)
     for kind in ("tcp-echo", "udp-echo"):
         held.listen(lab.wan, "wan", kind, ECHO_PORT)
+    if lab.topology.dns is not None:
+        held.listen_dns(lab.wan, "wan", str(lab.topology.dns.address), lab.topology.dns.zone())
     return held
 
 
@@ -187,4 +217,4 @@ def _configure_container(ns: Netns, c: ContainerPlan) -> None:
     ns.wait_links_up([c.interface, "lo"])
 
 
-__all__ = ["DEFAULT_ROUTE", "WAN_UPLINK_INDEX", "Network", "SpecNetwork", "base", "bridges", "containers", "native_rules", "ns_defaults", "rules", "services"]
+__all__ = ["DEFAULT_ROUTE", "WAN_UPLINK_INDEX", "Network", "SpecNetwork", "base", "bridges", "containers", "native_rules", "ns_defaults", "resolv_confs", "rules", "services"]

@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
 from netcheck import expect as promise
-from netcheck import spec
+from netcheck import resolvconf, spec
 from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
 
@@ -65,6 +65,7 @@ class ContainerPlan:
     host_address: IPv4Interface | None  # routed single veth: the host end's address
     mtu: int | None
     routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, via), the default route first
+    resolv_conf: str | None = None  # the text of its /etc/netns/NETNS/resolv.conf; None: it has none of its own
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def plan(t: spec.Topology, names: KernelNames) -> Plan:
         routes = ((DEFAULT_ROUTE, c.gateway),) if c.gateway is not None else ()
         containers.append(ContainerPlan(
             c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
-            c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes),
+            c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes), resolv_conf_text(c),
         ))
     return Plan(t, names, base(t, names), knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
 
@@ -140,13 +141,24 @@ def plan(t: spec.Topology, names: KernelNames) -> Plan:
 def base(t: spec.Topology, names: KernelNames) -> BasePlan:
     """The plan of a lab's base (the sandbox's, or a real host's with netcheck's outside world)."""
     remote = tuple(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)
+    held = {str(r.ip) for r in t.wan.remote} | {str(t.wan.address.ip)}
+    if t.dns is not None and str(t.dns.address) not in held:
+        remote = (*remote, ("lo", IPv4Interface(f"{t.dns.address}/32")))  # netcheck's DNS server in the outside world
     return BasePlan(names.host_ns, names.wan_ns, names.uplink, names.wan_uplink, t.host.address, ((names.wan_uplink, t.wan.address), *remote),
                     tuple((r.to, r.via) for r in t.wan.routes))
 
 
 def owned_routes(t: spec.Topology) -> list[IPv4Network]:
-    """On a real host, the destinations routed into netcheck's outside world: its remote addresses and the VIPs."""
-    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips})
+    """On a real host, the destinations routed into netcheck's outside world: its remote addresses, the VIPs and the DNS server."""
+    dns = {IPv4Network(f"{t.dns.address}/32")} if t.dns is not None else set()
+    return sorted({r.network for r in t.wan.remote} | {IPv4Network(f"{v.address}/32") for v in t.vips} | dns)
+
+
+def resolv_conf_text(c: spec.Container) -> str | None:
+    """The resolv.conf a container's spec declares (``dns = [...]``); None for none or "inherit"."""
+    if c.dns is None or isinstance(c.dns, str):
+        return None
+    return resolvconf.render([str(a) for a in c.dns], c.search)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -252,5 +264,5 @@ def reaches(t: spec.Topology) -> tuple[Reach, ...]:
 
 __all__ = [
     "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BasePlan", "BridgePlan", "base", "owned_routes", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
-    "plan", "reaches", "spec_masquerade", "spec_rules",
+    "plan", "reaches", "resolv_conf_text", "spec_masquerade", "spec_rules",
 ]

@@ -21,6 +21,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from typing import TYPE_CHECKING
 
+from netcheck import resolvconf
 from netcheck.evidence import Capture, Expectation, IPAddress, KernelEvent, ProbeKind, ProbeRequest, ProbeResult, RequestError, Verdict
 from netcheck.kernel.dropwatch import ICMP as IP_ICMP
 from netcheck.kernel.dropwatch import TCP as IP_TCP
@@ -75,6 +76,8 @@ class Prober:
             return self._arp(request)
         if request.kind == "udp":
             return self._datagram(request)
+        if request.kind == "dns":
+            return self._dns(request)
         return self._stream(request)
 
     # ----------------------------------------------------------------- the requests
@@ -111,6 +114,25 @@ class Prober:
     def arp(self, src: str, ip: str | IPAddress, *, capture: Sequence[str] = (), timeout: float = POSITIVE_TIMEOUT, target: str | None = None, expect: Expectation = "reach") -> ProbeResult:
         """An ARP who-has for ``ip`` sent from a container's interface; the reply names the MAC."""
         return self.send(ProbeRequest("arp", src, ip_address(ip), expect=expect, target=target, capture=tuple(capture), timeout=timeout))
+
+    def dns(
+        self, src: str, name: str, *, tcp: bool = False, resolver: str | IPAddress | None = None, expect: Expectation = "reach",
+        capture: Sequence[str] = (), timeout: float | None = None,
+    ) -> ProbeResult:
+        """A DNS query for ``name`` (type A) from ``src`` to its resolver: the first nameserver of the resolv.conf
+        a program in ``src`` reads (``resolver`` overrides it), through its search list, over UDP or TCP."""
+        if resolver is None:
+            conf = self.resolv_conf(src)
+            resolver = conf.nameservers[0] if conf.nameservers else "127.0.0.1"  # glibc's resolver with no nameserver line
+        request = ProbeRequest("dns", src, ip_address(resolver), resolvconf.DNS_PORT, expect=expect, capture=tuple(capture), timeout=timeout,
+                               query=name, transport="tcp" if tcp else "udp")
+        return self.send(request)
+
+    def resolv_conf(self, src: str) -> resolvconf.ResolvConf:
+        """What a program in ``src`` reads as its resolv.conf: /etc/netns/NETNS/resolv.conf, else the machine's (as ``ip netns exec`` shows it)."""
+        ns, _ = self._source(src)
+        _path, text = resolvconf.seen_from(ns.name)
+        return resolvconf.parse(text or "")
 
     # ----------------------------------------------------------------- endpoints
 
@@ -354,6 +376,77 @@ class Prober:
         return self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply, replied_by, saw,
                             flow_id=eport, drop=drop)
 
+    # ----------------------------------------------------------------- DNS
+
+    def _dns(self, request: ProbeRequest) -> ProbeResult:
+        """The query through the source's search list, one name after another, until one answers with
+        an address (or every one is NXDOMAIN); over TCP, all on one connection (length-prefixed)."""
+        import dns.exception
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+
+        dst, port, timeout = _ipv4(request), request.port, _timeout(request)
+        assert port is not None
+        ns, iface = self._source(request.source)
+        path, text = resolvconf.seen_from(ns.name)
+        conf = resolvconf.parse(text or "")
+        names = resolvconf.candidates(request.query, conf)
+        verdict: Verdict = "unreachable"
+        error = reply = saw = rcode = None
+        answers: tuple[str, ...] = ()
+        rtt = None
+        t0 = time.time()
+        if not (dst.is_loopback or self.lab.holds(dst)):
+            # A resolver outside the lab (the machine's own, say) is never asked: nothing may leave the machine.
+            error = f"not sent: {dst} (from {path}) is not in the lab, and netcheck never asks a resolver outside it"
+            return self._result(request, iface, self._source_address(request.source, ns, dst), f"DNS {request.transport} A? {request.query} (not sent)",
+                                verdict, (), t0, rtt, error)
+        tcp = request.transport == "tcp"
+        sock, eport = _client(ns, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+        caps = self._captures(request.capture)
+        asked: list[str] = []
+        start = time.perf_counter()
+        t0 = time.time()
+        try:
+            sock.settimeout(timeout)
+            sock.connect((str(dst), port))
+            for qname in names:
+                asked.append(qname)
+                query = dns.message.make_query(qname + ".", dns.rdatatype.A)
+                wire = query.to_wire()
+                if tcp:
+                    sock.sendall(len(wire).to_bytes(2, "big") + wire)
+                    data = _read_exact(sock, int.from_bytes(_read_exact(sock, 2, timeout), "big"), timeout)
+                else:
+                    sock.send(wire)
+                    data = sock.recv(65535)
+                rtt = (time.perf_counter() - start) * 1000
+                answer = dns.message.from_wire(data)
+                verdict = "reached"
+                rcode = dns.rcode.to_text(answer.rcode())
+                answers = tuple(r.to_text() for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for r in rrset)
+                saw = next((txt.split("saw=", 1)[1].split()[0] for rrset in answer.additional for r in rrset
+                            for txt in [r.to_text().strip('"')] if "saw=" in txt), None)
+                reply = f"{rcode} {qname}" + (f" A {', '.join(answers)}" if answers else "")
+                if answers or answer.rcode() != dns.rcode.NXDOMAIN:
+                    break
+        except TimeoutError:
+            error = f"no answer within {timeout:g}s to the query for {asked[-1] if asked else request.query}"
+            verdict = "reached" if reply else "unreachable"
+        except ConnectionRefusedError:
+            error = "connection refused: a RST came back (nothing serves DNS over TCP there)" if tcp else "ICMP port unreachable came back (nothing serves DNS over UDP there)"
+        except (OSError, EOFError, dns.exception.DNSException) as exc:
+            error = f"{getattr(exc, 'strerror', None) or exc}"
+        finally:
+            src_addr = _sockname(sock)
+            sock.close()
+        captures, verdict, error = _collect(caps, port_flow(request.transport, eport), t0, verdict, error)
+        sent = f"DNS {request.transport} A? {' then '.join(asked) or request.query} from port {eport} (resolv.conf: {path})"
+        result = self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply,
+                              "wan" if saw else None, saw)
+        return replace(result, answers=answers, rcode=rcode)
+
     # ----------------------------------------------------------------- ARP
 
     def _arp(self, request: ProbeRequest) -> ProbeResult:
@@ -504,6 +597,22 @@ def _sockname(sock: socket.socket) -> str:
 def _echo_line(token: str, request: ProbeRequest) -> bytes:
     """The echo services' one-line request: the token, then the request's payload."""
     return f"netcheck-probe token={token}".encode() + (b" " + request.payload if request.payload else b"") + b"\n"
+
+
+def _read_exact(sock: socket.socket, size: int, timeout: float) -> bytes:
+    """Exactly ``size`` bytes (a DNS-over-TCP length prefix, then its message); EOFError if the peer closes first."""
+    buf = b""
+    deadline = time.perf_counter() + timeout
+    while len(buf) < size:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise EOFError(f"the resolver closed the connection after {len(buf)} of {size} bytes")
+        buf += chunk
+    return buf
 
 
 def _read_all(sock: socket.socket, timeout: float) -> bytes:
