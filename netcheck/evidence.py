@@ -161,8 +161,52 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class Sysctl:
+    """A fix: set a sysctl in one of the lab's namespaces (by its label)."""
+
+    netns: str
+    key: str
+    value: str
+    kind: Literal["sysctl"] = "sysctl"
+
+    def command(self) -> str:
+        """The one rendering of a sysctl fix (without the namespace prefix)."""
+        return f"sysctl -w {self.key}={self.value}"
+
+
+@dataclass(frozen=True)
+class SetLink:
+    """A fix: bring a link up (or down) in one of the lab's namespaces; ``link`` is its kernel name."""
+
+    netns: str
+    link: str
+    up: bool = True
+    kind: Literal["link"] = "link"
+
+    def command(self) -> str:
+        return f"ip link set {self.link} {'up' if self.up else 'down'}"
+
+
+@dataclass(frozen=True)
+class AddRoute:
+    """A fix: add a route (``dst`` a prefix, or "default") via a gateway in one of the lab's namespaces."""
+
+    netns: str
+    dst: str
+    via: str
+    kind: Literal["route"] = "route"
+
+    def command(self) -> str:
+        return f"ip route add {self.dst} via {self.via}"
+
+
+Fix = Sysctl | SetLink | AddRoute
+FIX_KINDS: dict[str, type[Sysctl] | type[SetLink] | type[AddRoute]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute}
+
+
+@dataclass(frozen=True)
 class Finding:
-    """One cause, in configuration terms, with the fix."""
+    """One cause, in configuration terms, with the fix (as a command, and as values where they are known)."""
 
     cause: str  # short identifier, e.g. "ip_forward_off"
     where: str  # namespace label
@@ -170,6 +214,8 @@ class Finding:
     fix: str  # "ip netns exec nck7q0-host sysctl -w net.ipv4.ip_forward=1"
     evidence: tuple[str, ...] = ()
     score: int = 50
+    fixes: tuple[Fix, ...] = ()  # the fix as values, which a sandbox lab can apply, re-probe and undo
+    verified: str = ""  # "fix verified: ...", "fix did not help: ...", or "" (not tried)
 
     def line(self) -> str:
         return f"{self.summary}. Fix: {self.fix}"
@@ -242,6 +288,8 @@ class Diagnosis:
             for i, f in enumerate(self.findings, 1):
                 lines.append(f"  {i}. [{f.cause}] {f.summary}")
                 lines.append(f"     fix: {f.fix}")
+                if f.verified:
+                    lines.append(f"     {f.verified}")
                 lines.extend(f"     evidence: {e}" for e in f.evidence)
         else:
             lines.append("diagnosis: no known cause matched; the trace below shows where the packet was last seen")
@@ -272,7 +320,8 @@ class Diagnosis:
     def from_dict(cls, d: dict[str, Any]) -> Diagnosis:
         known = {f.name for f in fields(cls)}
         data: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
-        data["findings"] = tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ()))}) for f in d.get("findings", ()))
+        data["findings"] = tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ())),
+                                            "fixes": tuple(FIX_KINDS[x["kind"]](**x) for x in f.get("fixes", ()))}) for f in d.get("findings", ()))
         data["trace"] = tuple(Hop(**h) for h in d.get("trace", ()))
         data["kernel"] = tuple(KernelEvent(**{**k, "causes": tuple(k.get("causes", ()))}) for k in d.get("kernel", ()))
         return cls(**data)

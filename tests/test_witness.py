@@ -265,3 +265,47 @@ def test_every_fault_the_kernel_drops_shows_its_reason_and_location(run_suites, 
     assert len(section) == 2, f"fault {fault}: the diagnosis shows no kernel drop:\n{out[-3000:]}"
     shown = {(m.group("reason"), m.group("location")) for m in re.finditer(KERNEL_LINE, section[1].split("\n\n", 1)[0], re.M)}
     assert any(reason == f.kernel and location for reason, location in shown), f"fault {fault}: expected {f.kernel} with its location, shown: {shown}:\n{section[1][:1500]}"
+
+
+# ----------------------------------------------------------------------------- fixes verified by re-probing
+
+
+def test_fix_values_round_trip_and_render_in_one_place() -> None:
+    from dataclasses import asdict
+
+    from netcheck.evidence import AddRoute, SetLink, Sysctl
+
+    f = Finding("link_down", "host", "s", "fix", (), 90, (SetLink("host", "ncab12up"), AddRoute("host", "default", "203.0.113.1"), Sysctl("host", "net.ipv4.ip_forward", "1")),
+                "fix verified: ...")
+    d = Diagnosis(findings=(f,))
+    assert Diagnosis.from_dict(json.loads(json.dumps(asdict(d)))) == d
+    assert [x.command() for x in f.fixes] == ["ip link set ncab12up up", "ip route add default via 203.0.113.1", "sysctl -w net.ipv4.ip_forward=1"]
+    assert "     fix verified: ..." in d.render()
+
+
+def test_fixes_are_never_applied_in_host_mode_or_to_labs_netcheck_did_not_build() -> None:
+    from types import SimpleNamespace
+
+    from netcheck.diagnose import fixes as F
+
+    assert "host mode" in (F.applicable(SimpleNamespace(mode=SimpleNamespace(name="host"), ledger=object())) or "")
+    assert "not a lab netcheck built" in (F.applicable(SimpleNamespace(title="doctor")) or "")
+    assert F.applicable(SimpleNamespace(mode=SimpleNamespace(name="sandbox"), ledger=object())) is None
+
+
+@pytest.mark.root
+def test_a_fix_is_verified_on_the_lab_then_undone() -> None:
+    from netcheck import faults
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.factory import LabFactory
+
+    with LabFactory(reap=False) as labs:
+        lab = labs.fresh("seed1")
+        faults.inject(lab, ["ip-forward-off"])
+        r = DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1")))
+        assert r.diagnosis is not None and r.diagnosis.top is not None
+        top = r.diagnosis.top
+        assert top.cause == "ip_forward_off" and top.verified.startswith("fix verified: the probe passes after host: sysctl -w net.ipv4.ip_forward=1"), r.diagnosis.render()
+        assert "--netcheck-keep" in top.verified
+        assert lab.host.sysctl("net.ipv4.ip_forward") == "0", "the fix was not undone"
+        assert not DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))).passed, "the lab is not as it was built"

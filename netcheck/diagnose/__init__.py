@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from netcheck.diagnose import dns as dns_rules
+from netcheck.diagnose import fixes as F
 from netcheck.diagnose import path as P
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
@@ -108,6 +109,12 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         lost = "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
         kernel_note = "" if kernel or repeated.verdict != "unreachable" else lost
         findings, disagreement = W.rank(findings, kernel)
+    if resend is not None and repeated is not None and not repeated.passed and any(f.fixes for f in findings):
+        why_not = F.applicable(lab)
+        if why_not is None:
+            findings = F.verify(lab, result.request, resend, findings, REPEAT_TIMEOUT)
+        else:
+            notes.append(f"fixes not tried: {why_not}")
 
     if repeated is not None and repeated.passed:
         notes.append("the repeated probe went as expected: the failure did not recur (a transient loss, or something changed meanwhile)")

@@ -21,7 +21,7 @@ from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, command, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import Finding, Hop, Packet, ProbeResult
+from netcheck.evidence import AddRoute, Finding, Hop, Packet, ProbeResult, SetLink, Sysctl
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -67,7 +67,7 @@ class Evidence:
         return f"ip netns exec {name} {command}" if name else command
 
     def sysctl_fix(self, label: str, key: str, value: object) -> str:
-        return self.run(label, f"sysctl -w {key}={value}")
+        return self.run(label, Sysctl(label, key, str(value)).command())
 
     def add(self, rule: XRule, backend: str | None = None, op: str = "-A", family: str = "ip") -> str:
         """The command, in the host, that adds ``rule`` (op -I: inserts it) with ``backend`` (default:
@@ -207,11 +207,14 @@ def link_down(ev: Evidence) -> Iterator[Finding]:
         where = label
         shown = ev.show(name) if label == "host" else name
         if not link.admin_up:
+            fixes: tuple[SetLink | AddRoute, ...] = (SetLink(label, name),)
+            if label == "host" and role == "the host's uplink" and ns is not None and not any(r.dst.prefixlen == 0 for r in ns.routes):
+                fixes += (AddRoute("host", "default", str(ev.t.host.gateway)),)  # the default route went down with the link
             yield Finding(
                 "link_down", where, f"{where}: {shown}, {role}, is down (admin down), so nothing crosses it",
-                ev.run(label, f"ip link set {name} up"),
+                " && ".join(ev.run(label, x.command()) for x in fixes),
                 (f"operstate {link.operstate}", *(["it is on the probe's path"] if on else []), *ev.break_note()),
-                score=90 if on else 62,
+                score=90 if on else 62, fixes=fixes,
             )
         else:
             yield Finding(
@@ -229,7 +232,7 @@ def lo_down(ev: Evidence) -> Iterator[Finding]:
         on = ev.flow is not None and ev.flow.via == "loopback" and ev.flow.source == label
         yield Finding(
             "lo_down", label, f"{label}: the loopback interface lo is down, so 127.0.0.1 and the namespace's own addresses are unreachable from inside it",
-            ev.run(label, "ip link set lo up"), ("lo is admin down",), score=92 if on else 45,
+            ev.run(label, SetLink(label, "lo").command()), ("lo is admin down",), score=92 if on else 45, fixes=(SetLink(label, "lo"),),
         )
 
 
@@ -451,7 +454,7 @@ def ip_forward_off(ev: Evidence) -> Iterator[Finding]:
         what = f"packets from {ev.show(r.in_iface)} are not routed to {ev.show(r.out_iface)}"
         yield Finding(
             "ip_forward_off", "host", f"host: net.ipv4.ip_forward = {fwd}, so {what}",
-            ev.sysctl_fix("host", "net.ipv4.ip_forward", 1), tuple(ev.break_note()), score=95,
+            ev.sysctl_fix("host", "net.ipv4.ip_forward", 1), tuple(ev.break_note()), score=95, fixes=(Sysctl("host", "net.ipv4.ip_forward", "1"),),
         )
         return
     if any(promise.reaches_outside(ev.t, c.name) for c in ev.t.containers) or ev.t.publishes or ev.t.vips:
@@ -550,12 +553,14 @@ def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
         if arrival in suspects:
             suspects = [arrival]
         shown = ", ".join(ev.show(i) if label == "host" else i for i in suspects)
-        fixes = [ev.sysctl_fix(label, "net.ipv4.conf.all.rp_filter", 2)] + [ev.sysctl_fix(label, f"net.ipv4.conf.{i}.rp_filter", 2) for i in suspects]
+        values = (Sysctl(label, "net.ipv4.conf.all.rp_filter", "2"), *(Sysctl(label, f"net.ipv4.conf.{i}.rp_filter", "2") for i in suspects))
+        fixes = [ev.run(label, v.command()) for v in values]
         yield Finding(
             "rp_filter_strict", label,
             f"{label}: strict reverse-path filtering (rp_filter=1) dropped {n} packet(s) during the repeated probe: they arrived on {shown or 'an interface'}"
             + (f", but the route back to {far} leaves by {ev.show(out) if label == 'host' else out}" if out else "") + " (asymmetric routing); loose mode (2) accepts them",
             " && ".join(fixes), (f"{label}: TcpExt.IPReversePathFilter +{n}", "interfaces with rp_filter=1: " + (", ".join(ev.show(i) if label == "host" else i for i in strict) or "none")), score=93,
+            fixes=values,
         )
 
 
@@ -847,7 +852,7 @@ def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
             f"host: net.bridge.bridge-nf-call-iptables = 0 and {f.source} and {f.target} share {ev.show(s.bridge_k)}: the DNATed request reaches {f.target}, but the reply goes straight across "
                 f"the bridge, is never un-NATed, and {f.source} drops it (the hairpin / br_netfilter trap)",
             ev.sysctl_fix("host", "net.bridge.bridge-nf-call-iptables", 1) + f"  (or MASQUERADE bridge-local traffic: {ev.add(masq)})",
-            tuple(evidence), score=60 if ev.flow is None else 93,
+            tuple(evidence), score=60 if ev.flow is None else 93, fixes=(Sysctl("host", "net.bridge.bridge-nf-call-iptables", "1"),),
         )
 
 
