@@ -23,7 +23,8 @@ from netcheck.faults import BRIDGE_MATRIX, FAULTS, FORWARD_OUT, MASQ_OUT
 pytestmark = pytest.mark.root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TOOLS = ("script-tutorial1", "script-tutorial2", "cni", "netavark", "podman", "docker")
+RULE_SETS = ("docker29-nft", "netavark-nft", "firewalld-nft", "ufw-nft")  # today's tools' nftables rule sets, laid down by scripts
+TOOLS = ("script-tutorial1", "script-tutorial2", "cni", "netavark", "podman", "docker", *RULE_SETS)
 
 
 def example(name: str) -> Path:

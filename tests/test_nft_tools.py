@@ -13,38 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_adapters import MASQ_CAUSES, RULE_SETS, example  # test_adapters runs the suites on each rule set; here, the breaks
 
-from netcheck import adapters, spec
-from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.faults import EXTERNAL_FAULTS
 from netcheck.faults import DNAT_OUTSIDE, FAULTS, MASQ_OUT
 
 pytestmark = pytest.mark.root
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RULE_SETS = ("docker29-nft", "netavark-nft", "firewalld-nft", "ufw-nft")
-MASQ_CAUSES = ("masquerade_missing", "masquerade_wrong")
 
-
-def example(name: str) -> Path:
-    path = EXAMPLES / f"{name}.toml"
-    lacking = adapters.missing(spec.load(path))
-    if lacking:
-        skip_for_missing_tool(f"{name}: this machine lacks " + "; ".join(lacking))
-    return path
-
-
-@pytest.mark.parametrize("name", RULE_SETS)
-def test_suites_pass_on_the_tools_rule_set(run_suites, repo: Path, name: str) -> None:
-    path = example(name)
-    result = run_suites(str(repo / "suites"), f"--netcheck-topology={path}")
-    outcomes = result.parseoutcomes()
-    out = result.stdout.str()
-    assert not outcomes.get("failed") and not outcomes.get("error"), f"{name}: the suites failed on the tool's rule set:\n{out[-4000:]}"
-    assert outcomes.get("passed", 0) >= 20, f"{name}: too few checks ran ({outcomes}):\n{out[-2000:]}"
-
-
-# (example, fault, the suite test it must fail, a phrase of the failure, the diagnosis's accepted top causes)
 FAULT_CASES = [(name, fault, test, phrase, causes) for name in RULE_SETS for fault, test, phrase, causes in (
     ("tool-masquerade-removed", MASQ_OUT, "198.51.100.1", MASQ_CAUSES),
     ("tool-dnat-removed", DNAT_OUTSIDE, "203.0.113.2", ("dnat_missing",)),
