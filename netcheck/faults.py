@@ -313,7 +313,7 @@ def search_wrong(lab: Lab) -> None:
 
 
 def dns_udp_dropped(lab: Lab) -> None:
-    apply_rules(lab.host, [XRule("filter", "FORWARD", "DROP", protocol="udp", dport=53, comment=lab.names.comment)], insert=True)
+    _add(lab, [XRule("filter", "FORWARD", "DROP", protocol="udp", dport=53, comment=lab.names.comment)], insert=True)
 
 
 def dns_wrong_answer(lab: Lab) -> None:

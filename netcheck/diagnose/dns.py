@@ -88,12 +88,13 @@ def dns_udp_blocked(ev: Evidence) -> Iterator[Finding]:
         return
     for placed in ev.fw.rules():
         x = placed.rule
-        if x.table == "filter" and x.target in ("DROP", "REJECT") and x.protocol == "udp" and x.dport == 53:
+        filters = {kind for _hook, kind in ev.fw.hooks_of(placed.backend, x.table, x.chain)}
+        if "filter" in filters and x.target in ("DROP", "REJECT") and x.protocol == "udp" and x.dport == 53:
             grew = ev.counted(placed)
-            tool = ev.run("host", "iptables-legacy" if placed.backend == "legacy" else "iptables-nft")
-            yield Finding("dns_udp_blocked", "host", f"host: the rule `{x.render()}` drops DNS over UDP ({x.chain}); DNS over TCP is not matched and passes, "
-                          "so only resolvers that fall back to TCP work", f"{tool} {x.render().replace('-A ', '-D ', 1)}",
-                          (f"{placed.backend}: filter {x.chain} rule {placed.position}" + (f", its counter grew by {grew} during the repeated query" if grew else ""),),
+            # Above a firewall finding on the same rule: the rule's own words say it is DNS over UDP alone.
+            yield Finding("dns_udp_blocked", "host", f"host: the rule `{placed.render()}` drops DNS over UDP ({x.chain}); DNS over TCP is not matched and passes, "
+                          "so only resolvers that fall back to TCP work", ev.run("host", placed.delete()),
+                          (placed.where() + (f", its counter grew by {grew} during the repeated query" if grew else ""),),
                           score=97 if grew else 85)
 
 

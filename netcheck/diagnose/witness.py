@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 SETTLE = 0.2  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind; its first events, up to ~150 ms)
 READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
-FIREWALL = ("forward_drop", "rules_split")
+FIREWALL = ("forward_drop", "dns_udp_blocked", "rules_split")  # a rule or a policy dropped it (a DNS-only drop is one too)
 NO_ROUTE = ("no_route", "no_default_route", "host_no_route", "link_down")  # a link that goes down takes its routes with it
 
 # Drop reasons that name a cause by themselves (the kernel's reason, not a guess from configuration).
