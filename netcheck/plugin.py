@@ -207,8 +207,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     from netcheck import activation
 
-    if FACTORY not in config.stash and not any(activation.is_netcheck_item(i) for i in session.items):
-        return  # netcheck was not in play: an unrelated run is left alone
+    in_play = FACTORY in config.stash or any(activation.is_netcheck_item(i) for i in session.items)
+    # An xdist controller collects no items: the netcheck results its workers sent say netcheck was in play.
+    if not in_play and not (collector is not None and collector.tests):
+        return  # an unrelated run is left alone
     from netcheck.lab import has_net_admin
 
     if not has_net_admin():

@@ -71,7 +71,7 @@ def test_a_witness_sees_only_its_labs_namespaces() -> None:
 
 
 @pytest.mark.parametrize(("reason", "location", "netns", "causes"), [
-    ("NETFILTER_DROP", "nft_do_chain", "host", ("forward_drop", "rules_split")),
+    ("NETFILTER_DROP", "nft_do_chain", "host", ("forward_drop", "dns_udp_blocked", "rules_split")),
     ("IP_RPFILTER", "ip_rcv_finish_core", "host", ("rp_filter_strict",)),
     ("IP_INNOROUTES", "ip_route_input_slow", "host", ("no_route", "no_default_route", "host_no_route", "link_down")),
     ("IP_OUTNOROUTES", "ip_route_output", "netns0", ("no_route", "no_default_route", "host_no_route", "link_down")),
