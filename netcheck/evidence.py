@@ -204,6 +204,11 @@ Fix = Sysctl | SetLink | AddRoute
 FIX_KINDS: dict[str, type[Sysctl] | type[SetLink] | type[AddRoute]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute}
 
 
+def place_once(where: str, summary: str) -> str:
+    """``where: summary``, with the place said once (a summary that starts with its place keeps it)."""
+    return summary if summary.startswith(f"{where}:") else f"{where}: {summary}"
+
+
 @dataclass(frozen=True)
 class Finding:
     """One cause, in configuration terms, with the fix (as a command, and as values where they are known)."""
@@ -222,7 +227,7 @@ class Finding:
 
     def headline(self) -> str:
         """``where: summary``, the place once (summaries often start with it)."""
-        return self.summary if self.summary.startswith(f"{self.where}:") else f"{self.where}: {self.summary}"
+        return place_once(self.where, self.summary)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pytest
 from netcheck import adapters, spec
 from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.faults import EXTERNAL_FAULTS
-from netcheck.faults import BRIDGE_MATRIX, FAULTS, FORWARD_OUT, MASQ_OUT
+from netcheck.faults import BRIDGE_MATRIX, DNAT_OUTSIDE, FAULTS, FORWARD_OUT, MASQ_OUT
 
 pytestmark = pytest.mark.root
 
@@ -55,6 +55,14 @@ FAULT_CASES = [
     ("podman", "forward-drop", FORWARD_OUT, "198.51.100.1", ("forward_drop",), ""),
     ("docker", "tool-masquerade-removed", MASQ_OUT, "198.51.100.1", MASQ_CAUSES, ""),
 ]
+
+
+# Breaks of today's tools' nftables rule sets (examples/*-nft.toml), each against every rule set.
+FAULT_CASES += [(name, fault, test, phrase, causes, "") for name in RULE_SETS for fault, test, phrase, causes in (
+    ("tool-masquerade-removed", MASQ_OUT, "198.51.100.1", MASQ_CAUSES),
+    ("tool-dnat-removed", DNAT_OUTSIDE, "203.0.113.2", ("dnat_missing",)),
+    ("nft-flush-ruleset", MASQ_OUT, "198.51.100.1", MASQ_CAUSES),  # every table gone, as after a reload of an nftables.conf that flushes
+)]
 
 
 @pytest.mark.parametrize(("name", "fault", "suite_test", "phrase", "causes", "gap"), FAULT_CASES, ids=[f"{c[0]}-{c[1]}" for c in FAULT_CASES])

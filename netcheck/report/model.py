@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from netcheck.evidence import PROPERTIES
+from netcheck.evidence import PROPERTIES, place_once
 
 if TYPE_CHECKING:
     from netcheck import spec
@@ -186,8 +186,7 @@ def is_matrix(entry: dict[str, Any]) -> bool:
 
 def finding_line(finding: dict[str, Any]) -> str:
     """A finding as one line, ``where: summary`` (a summary that already starts with its place keeps it once)."""
-    where, summary = str(finding.get("where", "?")), str(finding.get("summary", ""))
-    return summary if summary.startswith(f"{where}:") else f"{where}: {summary}"
+    return place_once(str(finding.get("where", "?")), str(finding.get("summary", "")))
 
 
 @dataclass
