@@ -1,6 +1,7 @@
 """Host mode (--netcheck-host), proven inside throwaway namespaces that stand in for a real host.
 
-Each test makes a namespace from the root namespace (``ip netns add nc-hm-<random>``), configures it
+Each test makes a namespace from the root namespace (``ip netns add <tag>-hm``, recorded first in a run
+record of its own, so that ``netcheck clean`` removes it if the test is killed), configures it
 like a real VM (an eth0 with an address and a default route of its own, ip_forward=1, a firewall),
 snapshots it FROM OUTSIDE (``nsenter --net``), runs ``pytest suites/ --netcheck-host`` inside it,
 snapshots it again and compares: links (``ip -d link``), addresses, routes, policy rules,
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -33,6 +33,8 @@ from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.docker import docker_cli
 from netcheck.adapters.mounts import unshare_argv
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
+from netcheck.ledger import DirEntry, Ledger, NetnsEntry, ProcessEntry, Undoer, process_starttime, undo_all
+from netcheck.naming import new_tag
 from netcheck.waiting import wait_until
 
 pytestmark = pytest.mark.root
@@ -59,41 +61,54 @@ def snapshot(netns: str) -> dict[str, str]:
 difference = hoststate.diff
 
 
-@contextlib.contextmanager
-def fake_host(*, legacy_firewall: bool, ip_forward: int = 1) -> Iterator[str]:
-    """A throwaway namespace configured like a VM; yields its /run/netns path; removed by its exact name."""
-    name = f"nc-hm-{secrets.token_hex(3)}"
-    path = f"/run/netns/{name}"
-    _run(["ip", "netns", "add", name])  # from the root namespace: a namespace made inside another one is broken
+@pytest.fixture
+def run_record() -> Iterator[Ledger]:
+    """A run record of the test's own: what it makes is recorded first and removed in reverse order at
+    the end, so a killed test leaves a dead run that ``netcheck clean`` removes, never a stray object."""
+    ledger = Ledger(new_tag(), topology="(host-mode test's stand-in host)", mode="sandbox")
+    yield ledger
+    undoer = Undoer()
     try:
-        for argv in (
-            ["ip", "link", "set", "lo", "up"],
-            # No duplicate address detection: its link-local addresses are final at once, not "tentative"
-            # for the first seconds (which a snapshot would take for a change).
-            ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"],
-            ["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"],
-            # The VM's own NIC, address and default route (198.18.0.0/15, a benchmarking range; the wire ends here).
-            ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-wire"],
-            ["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"],
-            ["ip", "link", "set", "eth0", "up"],
-            ["ip", "link", "set", "eth0-wire", "up"],
-            ["ip", "route", "add", "default", "via", "198.18.0.1"],
-            ["sysctl", "-qw", f"net.ipv4.ip_forward={ip_forward}"],
-            ["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
-            # Its firewall, written the Debian 12 way (iptables is iptables-nft), plus a native nft table.
-            ["iptables-nft", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-            ["iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16", "-o", "eth0", "-j", "MASQUERADE"],
-            ["nft", "add", "table", "inet", "hostfw"],
-            ["nft", "add", "chain", "inet", "hostfw", "input", "{ type filter hook input priority 10; policy accept; }"],
-            ["nft", "add", "rule", "inet", "hostfw", "input", "tcp", "dport", "22", "counter", "accept"],
-        ):
-            _run(argv, path)
-        if legacy_firewall:  # an older host that still writes legacy rules (filter and nat tables exist)
-            _run(["iptables-legacy", "-w", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"], path)
-            _run(["iptables-legacy", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "10.98.0.0/16", "-o", "eth0", "-j", "MASQUERADE"], path)
-        yield path
+        errors = undo_all(ledger.entries, undoer)
     finally:
-        _run(["ip", "netns", "del", name], check=False)
+        undoer.close()
+    ledger.close(remove=not errors)
+    assert not errors, f"the host-mode test's objects were not all removed: {errors}"
+
+
+@contextlib.contextmanager
+def fake_host(ledger: Ledger, *, legacy_firewall: bool, ip_forward: int = 1) -> Iterator[str]:
+    """A throwaway namespace configured like a VM, named for the run's tag; yields its /run/netns path."""
+    name = f"{ledger.tag}-hm"
+    path = f"/run/netns/{name}"
+    # from the root namespace: a namespace made inside another one is broken
+    ledger.create(NetnsEntry(name), lambda: _run(["ip", "netns", "add", name]))
+    for argv in (
+        ["ip", "link", "set", "lo", "up"],
+        # No duplicate address detection: its link-local addresses are final at once, not "tentative"
+        # for the first seconds (which a snapshot would take for a change).
+        ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"],
+        ["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"],
+        # The VM's own NIC, address and default route (198.18.0.0/15, a benchmarking range; the wire ends here).
+        ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-wire"],
+        ["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"],
+        ["ip", "link", "set", "eth0", "up"],
+        ["ip", "link", "set", "eth0-wire", "up"],
+        ["ip", "route", "add", "default", "via", "198.18.0.1"],
+        ["sysctl", "-qw", f"net.ipv4.ip_forward={ip_forward}"],
+        ["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+        # Its firewall, written the Debian 12 way (iptables is iptables-nft), plus a native nft table.
+        ["iptables-nft", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16", "-o", "eth0", "-j", "MASQUERADE"],
+        ["nft", "add", "table", "inet", "hostfw"],
+        ["nft", "add", "chain", "inet", "hostfw", "input", "{ type filter hook input priority 10; policy accept; }"],
+        ["nft", "add", "rule", "inet", "hostfw", "input", "tcp", "dport", "22", "counter", "accept"],
+    ):
+        _run(argv, path)
+    if legacy_firewall:  # an older host that still writes legacy rules (filter and nat tables exist)
+        _run(["iptables-legacy", "-w", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"], path)
+        _run(["iptables-legacy", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "10.98.0.0/16", "-o", "eth0", "-j", "MASQUERADE"], path)
+    yield path
 
 
 def run_suites(host: str, *topologies: str) -> subprocess.CompletedProcess[str]:
@@ -109,9 +124,9 @@ def assert_passed(done: subprocess.CompletedProcess[str]) -> None:
     assert " passed" in done.stdout, tail
 
 
-def test_host_with_both_firewall_backends_passes_and_is_left_exactly_as_it_was() -> None:
+def test_host_with_both_firewall_backends_passes_and_is_left_exactly_as_it_was(run_record: Ledger) -> None:
     """seed1 and seed2 in host mode; netcheck's rules go to the legacy tables the host already has."""
-    with fake_host(legacy_firewall=True) as host:
+    with fake_host(run_record, legacy_firewall=True) as host:
         before = snapshot(host)
         done = run_suites(host, "seed1", "seed2")
         after = snapshot(host)
@@ -119,11 +134,11 @@ def test_host_with_both_firewall_backends_passes_and_is_left_exactly_as_it_was()
     assert difference(before, after) == "", "host mode changed the host:\n" + difference(before, after)
 
 
-def test_nft_only_host_passes_and_is_left_exactly_as_it_was() -> None:
+def test_nft_only_host_passes_and_is_left_exactly_as_it_was(run_record: Ledger) -> None:
     """The Debian 12 default: no legacy tables. netcheck writes its own rules (seed1's MASQUERADE and
     DNAT) through the host's own backend, iptables-nft, so that it never instantiates a legacy table
     (which could not be unloaded again); teardown deletes exactly those rules."""
-    with fake_host(legacy_firewall=False) as host:
+    with fake_host(run_record, legacy_firewall=False) as host:
         before = snapshot(host)
         done = run_suites(host, "seed1")
         after = snapshot(host)
@@ -132,7 +147,7 @@ def test_nft_only_host_passes_and_is_left_exactly_as_it_was() -> None:
 
 
 @contextlib.contextmanager
-def docker_on(host: str, work: Path) -> Iterator[tuple[str, str]]:
+def docker_on(ledger: Ledger, host: str, work: Path) -> Iterator[tuple[str, str]]:
     """A dockerd of the test's own in the fake host (its Docker), with one container published on 8086."""
     cli = docker_cli()
     sock = work / "docker.sock"
@@ -140,7 +155,9 @@ def docker_on(host: str, work: Path) -> Iterator[tuple[str, str]]:
             "-H", f"unix://{sock}", "--pidfile", str(work / "docker.pid"), "--storage-driver", "vfs"]
     (work / "daemon.json").write_text("{}\n")
     log = (work / "dockerd.log").open("wb")
-    proc = subprocess.Popen(["nsenter", f"--net={host}", *unshare_argv(argv)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    command = ["nsenter", f"--net={host}", *unshare_argv(argv)]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    ledger.record(ProcessEntry(proc.pid, process_starttime(proc.pid), tuple(command)))  # recorded at once: a killed test leaves it to `netcheck clean`
     log.close()
     docker = [str(cli), "-H", f"unix://{sock}"]
     try:
@@ -159,32 +176,29 @@ def docker_on(host: str, work: Path) -> Iterator[tuple[str, str]]:
         proc.wait(60)
 
 
-def test_existing_docker_containers_are_discovered_by_socket_and_nothing_changes(tmp_path: Path) -> None:
+def test_existing_docker_containers_are_discovered_by_socket_and_nothing_changes(tmp_path: Path, run_record: Ledger) -> None:
     """A host running Docker (its rules through iptables-nft, FORWARD policy DROP): netcheck finds the
     container by name through the socket, checks its published port, masquerade and isolation, and
     leaves the host and the container's namespace exactly as they were."""
     if docker_cli() is None or static_busybox() is None or not any(os.access(os.path.join(d, "dockerd"), os.X_OK) for d in os.environ.get("PATH", "").split(":")):
         skip_for_missing_tool("needs docker.io and busybox-static (apt-get install -y --no-install-recommends docker.io busybox-static)")
-    work = Path(f"/tmp/nc-hm-docker-{secrets.token_hex(3)}")  # short: dockerd's socket paths must fit 108 bytes
-    work.mkdir()
-    try:
-        # ip_forward=0 as on a fresh VM: Docker turns it on, and then sets the FORWARD policy to DROP.
-        with fake_host(legacy_firewall=False, ip_forward=0) as host, docker_on(host, work) as (socket, container):
-            spec = (REPO / "examples" / "docker-host.toml").read_text().replace('socket = "/run/docker.sock"', f'socket = "{socket}"')
-            path = tmp_path / "docker-host.toml"
-            path.write_text(spec)
-            before, before_c = snapshot(host), snapshot(container)
-            done = run_suites(host, str(path))
-            after, after_c = snapshot(host), snapshot(container)
-        assert_passed(done)
-        assert difference(before, after) == "", "host mode changed the Docker host:\n" + difference(before, after)
-        assert difference(before_c, after_c) == "", "host mode changed the container's namespace:\n" + difference(before_c, after_c)
-    finally:
-        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False, timeout=60)
+    work = Path(f"/tmp/{run_record.tag}-docker")  # short: dockerd's socket paths must fit 108 bytes
+    run_record.create(DirEntry(str(work)), work.mkdir)
+    # ip_forward=0 as on a fresh VM: Docker turns it on, and then sets the FORWARD policy to DROP.
+    with fake_host(run_record, legacy_firewall=False, ip_forward=0) as host, docker_on(run_record, host, work) as (socket, container):
+        spec = (REPO / "examples" / "docker-host.toml").read_text().replace('socket = "/run/docker.sock"', f'socket = "{socket}"')
+        path = tmp_path / "docker-host.toml"
+        path.write_text(spec)
+        before, before_c = snapshot(host), snapshot(container)
+        done = run_suites(host, str(path))
+        after, after_c = snapshot(host), snapshot(container)
+    assert_passed(done)
+    assert difference(before, after) == "", "host mode changed the Docker host:\n" + difference(before, after)
+    assert difference(before_c, after_c) == "", "host mode changed the container's namespace:\n" + difference(before_c, after_c)
 
 
 @contextlib.contextmanager
-def cni_containers(host: str, work: Path, names: list[str]) -> Iterator[dict[str, str]]:
+def cni_containers(ledger: Ledger, host: str, work: Path, names: list[str]) -> Iterator[dict[str, str]]:
     """Containers a CNI runtime made on the fake host (bridge with ipMasq, host-local, portmap for web:8080)."""
     import json
 
@@ -192,40 +206,36 @@ def cni_containers(host: str, work: Path, names: list[str]) -> Iterator[dict[str
 
     conf = load_config(REPO / "examples" / "cni" / "bridge.conflist", "bridge.conflist")
     made: dict[str, str] = {}
-    try:
-        for name in names:
-            ns = f"{Path(host).name}-{name}"
-            _run(["ip", "netns", "add", ns])
-            made[name] = f"/run/netns/{ns}"
-            _run(["ip", "link", "set", "lo", "up"], made[name])
-            prev = None
-            for plugin in conf["plugins"]:
-                cfg = {"cniVersion": conf["cniVersion"], "name": conf["name"], **plugin}
-                if "ipam" in cfg:
-                    cfg["ipam"] = {**cfg["ipam"], "dataDir": str(work / "ipam")}
-                if plugin.get("capabilities", {}).get("portMappings"):
-                    cfg["runtimeConfig"] = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}] if name == "web" else []}
-                if prev is not None:
-                    cfg["prevResult"] = prev
-                env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns, "CNI_NETNS": made[name], "CNI_IFNAME": "eth0", "CNI_PATH": str(cni_path())}
-                done = subprocess.run(["nsenter", f"--net={host}", os.path.join(str(cni_path()), cfg["type"])], input=json.dumps(cfg), env=env,
-                                      capture_output=True, text=True, timeout=60, check=False)
-                assert done.returncode == 0, f"CNI ADD {cfg['type']} for {name}: {done.stdout} {done.stderr}"
-                prev = json.loads(done.stdout)
-        yield made
-    finally:
-        for path in made.values():
-            _run(["ip", "netns", "del", Path(path).name], check=False)
+    for name in names:
+        ns = f"{Path(host).name}-{name}"
+        ledger.create(NetnsEntry(ns), lambda ns=ns: _run(["ip", "netns", "add", ns]))
+        made[name] = f"/run/netns/{ns}"
+        _run(["ip", "link", "set", "lo", "up"], made[name])
+        prev = None
+        for plugin in conf["plugins"]:
+            cfg = {"cniVersion": conf["cniVersion"], "name": conf["name"], **plugin}
+            if "ipam" in cfg:
+                cfg["ipam"] = {**cfg["ipam"], "dataDir": str(work / "ipam")}
+            if plugin.get("capabilities", {}).get("portMappings"):
+                cfg["runtimeConfig"] = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}] if name == "web" else []}
+            if prev is not None:
+                cfg["prevResult"] = prev
+            env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns, "CNI_NETNS": made[name], "CNI_IFNAME": "eth0", "CNI_PATH": str(cni_path())}
+            done = subprocess.run(["nsenter", f"--net={host}", os.path.join(str(cni_path()), cfg["type"])], input=json.dumps(cfg), env=env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, f"CNI ADD {cfg['type']} for {name}: {done.stdout} {done.stderr}"
+            prev = json.loads(done.stdout)
+    yield made  # the namespaces go with the run record, newest first
 
 
-def test_existing_cni_containers_are_discovered_by_netns_path_and_nothing_changes(tmp_path: Path) -> None:
+def test_existing_cni_containers_are_discovered_by_netns_path_and_nothing_changes(tmp_path: Path, run_record: Ledger) -> None:
     """A host whose containers a CNI runtime made (a Kubernetes node, say): netcheck is given each
     container's namespace path, runs nothing of CNI's, and leaves the host exactly as it was."""
     from netcheck.adapters.cni import cni_path
 
     if cni_path() is None:
         skip_for_missing_tool("needs containernetworking-plugins (apt-get install -y --no-install-recommends containernetworking-plugins)")
-    with fake_host(legacy_firewall=False, ip_forward=0) as host, cni_containers(host, tmp_path, ["web", "client"]) as paths:
+    with fake_host(run_record, legacy_firewall=False, ip_forward=0) as host, cni_containers(run_record, host, tmp_path, ["web", "client"]) as paths:
         spec = (REPO / "examples" / "cni.toml").read_text()
         for name, path in paths.items():
             spec = spec.replace(f'name = "{name}"\n', f'name = "{name}"\nnetns = "{path}"\n', 1)
