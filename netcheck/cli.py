@@ -1,4 +1,4 @@
-"""The ``netcheck`` command: faults, causes, validate, doctor, diff, clean."""
+"""The ``netcheck`` command: faults, causes, validate, review, doctor, diff, clean."""
 
 from __future__ import annotations
 
@@ -100,6 +100,52 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
     return status
+
+
+def _review(args: argparse.Namespace) -> int:
+    from netcheck.adapters import build_external
+    from netcheck.adapters.lab import ToolMissing
+    from netcheck.adapters.script import review
+    from netcheck.lab import LabError, has_net_admin
+    from netcheck.spec import SpecError, resolve
+
+    try:
+        topology = resolve(args.file)
+    except SpecError as exc:
+        for problem in exc.problems or [exc]:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if topology.setup.mode != "script":
+        print(f"error: {args.file}: setup.mode is {topology.setup.mode!r}; review runs a setup script (setup.mode = \"script\")", file=sys.stderr)
+        return 2
+    if not has_net_admin():
+        print("error: review runs the script in sandbox labs: run as root (sudo .venv/bin/netcheck review ...)", file=sys.stderr)
+        return 2
+    try:
+        done = review(topology, build_external)
+    except (LabError, ToolMissing, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(done.corrected, encoding="utf-8")
+    if args.json:
+        _print_json({
+            "script": str(done.script), "clean": done.clean, "out": args.out,
+            "corrections": [{"line": c.mistake.line, "cause": c.mistake.cause, "why": c.mistake.why, "was": c.mistake.text, "corrected": c.mistake.corrected,
+                             "verified": c.verified} for c in done.corrections],
+            "left": [{"line": m.line, "cause": m.cause, "why": m.why, "was": m.text} for m in done.left],
+        })
+        return 0 if done.clean else 1
+    for c in done.corrections:
+        m = c.mistake
+        verdict = "verified: the next run got past it" if c.verified else "NOT verified: the line still fails after the correction"
+        print(f"{done.script.name}:{m.line}: {m.why}\n    was:       {m.text.strip()}\n    corrected: {(m.corrected or '').strip()}\n    {verdict}")
+    for m in done.left:
+        print(f"{done.script.name}:{m.line}: {m.why} (no correction known)\n    {m.text.strip()}")
+    verified = sum(c.verified for c in done.corrections)
+    print(f"\n{len(done.corrections)} mistake(s) corrected, {verified} shown to work by running the script again in a fresh lab; {len(done.left)} left"
+          + (f"; corrected script: {args.out}" if args.out else "; --out FILE writes the corrected script"))
+    return 0 if done.clean and verified == len(done.corrections) else 1
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -210,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("files", nargs="+", metavar="FILE|NAME")
     v.add_argument("--json", action="store_true", help="print JSON: one object per file, with ok and the error")
     v.set_defaults(func=_validate)
+
+    r = sub.add_parser("review", help="run a setup script in sandbox labs, name each command that fails with its cause, correct it, and show the correction works")
+    r.add_argument("file", metavar="FILE", help="a spec with setup.mode = \"script\" and command = [\"sh\", \"SCRIPT\"]")
+    r.add_argument("--out", metavar="FILE", help="write the corrected script here")
+    r.add_argument("--json", action="store_true", help="print JSON: each correction, whether it was verified, and what is left")
+    r.set_defaults(func=_review)
 
     d = sub.add_parser("doctor", help="inspect a live lab or named namespaces and print what is wrong, without sending traffic")
     d.add_argument("targets", nargs="*", metavar="TAG|NETNS", help="a lab tag (see netcheck clean --dry-run --all), or namespace names under /run/netns (CONTAINER=NETNS with --topology)")

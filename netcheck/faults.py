@@ -113,6 +113,20 @@ def veth_down(lab: Lab) -> None:
     lab.host.set_link(lab.kname(c.host_veth), up=False)
 
 
+def address_on_bridge_port(lab: Lab) -> None:
+    """Seed 2's order: the port got an address before the bridge did (veth_http2's 10.0.0.10), so
+    the port's connected route comes first and the host sends the subnet out of that one port."""
+    c = lab.topology.container(_first(lab))
+    assert c.bridge is not None and c.host_veth
+    b = lab.topology.bridge(c.bridge)
+    assert b.address is not None
+    stale = IPv4Interface(f"{b.address.network.broadcast_address - 2}/{b.address.network.prefixlen}")
+    bridge_k = lab.kname(b.name)
+    lab.host.deconfigure(addresses=[(bridge_k, b.address)])
+    lab.host.configure(addresses=[(lab.kname(c.host_veth), stale)])
+    lab.host.configure(addresses=[(bridge_k, b.address)], routes=[])
+
+
 def iface_down(lab: Lab) -> None:
     c = lab.topology.container(_first(lab))
     lab.container_ns(c.name).set_link(c.interface, up=False)
@@ -352,6 +366,8 @@ DNS_MASQ = "test_dns.py::test_queries_leave_masqueraded"
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
+    Fault("address-on-bridge-port", "a container's host veth keeps an address in the bridge's subnet from before it joined the bridge (seed 2's veth_http2)",
+          "seed1", FORWARD_OUT, "198.51.100.1", "address_on_bridge_port", address_on_bridge_port),
     Fault("container-iface-down", "a container's own interface is down", "seed1", BRIDGE_MATRIX, "bridge matrix", "link_down", iface_down),
     Fault("lo-down", "a container's lo is down", "seed1", VETH_LO, "127.0.0.1", "lo_down", lo_down, kernel="QDISC_DROP"),
     Fault("detached-from-bridge", "a container's veth is not attached to the bridge", "seed1", BRIDGE_MATRIX, "bridge matrix", "not_in_bridge", detach),

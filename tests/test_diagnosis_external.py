@@ -114,6 +114,9 @@ CASES = {
     "forward-drop-rule": ([["iptables-nft", "-I", "FORWARD", "-i", "br0", "-o", "{uplink}", "-j", "DROP"]], ("icmp", "netns0", "198.51.100.1", None, None), "forward_drop"),
     "veth-down": ([["ip", "link", "set", "veth1", "down"]], ("icmp", "netns1", "172.18.0.1", None, None), "link_down"),
     "veth-detached": ([["ip", "link", "set", "veth1", "nomaster"]], ("icmp", "netns0", "172.18.0.20", None, "netns1"), "not_in_bridge"),
+    # seed 2's order: the port had an address before the bridge had its own
+    "address-on-bridge-port": ([["ip", "addr", "del", "172.18.0.1/16", "dev", "br0"], ["ip", "addr", "add", "172.18.0.5/16", "dev", "veth1"],
+                                ["ip", "addr", "add", "172.18.0.1/16", "dev", "br0"]], ("icmp", "netns0", "198.51.100.1", None, None), "address_on_bridge_port"),
     "no-default-route": ([["ip", "-n", "{netns0}", "route", "del", "default"]], ("icmp", "netns0", "198.51.100.1", None, None), "no_default_route"),
     "dnat-deleted": ([["iptables-nft", "-t", "nat", "-D", "PREROUTING", "-d", UP_IP, *DNAT]], ("http", "wan", UP_IP, 5000, "netns0"), "dnat_missing"),
     "output-dnat-deleted": ([["iptables-nft", "-t", "nat", "-D", "OUTPUT", "-d", UP_IP, *DNAT]], ("http", "host", UP_IP, 5000, "netns0"), "output_dnat_missing"),

@@ -20,6 +20,8 @@ class Cause:
 CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("link_down", "a link on the path is admin down (or has no carrier)", "netlink link state, for the links of the path first"),
     Cause("lo_down", "a namespace's lo is down", "netlink; ranked first for traffic to 127.0.0.1"),
+    Cause("address_on_bridge_port", "a bridge port still holds an address in the bridge's subnet (seed 2's veth_http2 keeps 10.0.0.10): the host routes the subnet out of that one port",
+          "an address on a link whose master is a bridge, and the connected route it adds"),
     Cause("not_in_bridge", "a container's host veth is not a port of its bridge", "the veth's master against the spec's bridge"),
     Cause("no_default_route", "the sender has no default route", "the sender's route lookup fails, and the spec declares a gateway"),
     Cause("no_route", "the sender has no route for the destination", "the sender's route lookup fails"),

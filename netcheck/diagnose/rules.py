@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING
 
 from netcheck import expect as promise
@@ -321,6 +321,38 @@ def address_conflict(ev: Evidence) -> Iterator[Finding]:
                 ev.run(label, f"ip addr del {addr} dev {iface}"),
                 (f"{ip} is declared for {owner}" if owner else f"holders: {', '.join(w[0] for w in where)}",), score=94 if ip in flow_addrs else 60,
             )
+
+
+def address_on_bridge_port(ev: Evidence) -> Iterator[Finding]:
+    """A bridge port that still holds an address (seed 2's veth_http2 keeps 10.0.0.10 from before the
+    bridge): the kernel keeps a connected route out of that one port, so the host sends traffic for
+    the subnet there instead of to the bridge, and only the one container behind it gets it."""
+    flow_addrs = {ev.flow.src_addr, ev.flow.dst_addr, ev.flow.target_addr} if ev.flow else set()
+    for label, ns in ev.snap.namespaces.items():
+        for a in ns.addresses:
+            link = ns.link(a.interface)
+            bridge = ns.link_by_index(link.master) if link is not None and link.master is not None else None
+            if bridge is None or bridge.kind != "bridge" or a.address.ip in LOOPBACK:
+                continue
+            net = a.address.network
+            routes = [r for r in ns.routes if r.dst == net and r.gateway is None]
+            shadowed = [r for r in routes if r.interface == a.interface]
+            hit = any(x and _in(x, net) for x in flow_addrs)
+            yield Finding(
+                "address_on_bridge_port", label,
+                f"{label}: {ev.show(a.interface)} is a port of bridge {ev.show(bridge.name)} but still holds {a.address}: the kernel routes {net} out of that one port "
+                    f"as well as the bridge, so traffic from {label} to {net} can leave by {ev.show(a.interface)} and reach only what is behind it",
+                ev.run(label, f"ip address del {a.address} dev {a.interface}"),
+                (*(f"route {r.dst} dev {ev.show(r.interface)}" for r in routes), "a bridge port carries frames; addresses belong on the bridge"),
+                score=(93 if hit else 62) if shadowed else 50,
+            )
+
+
+def _in(address: str, net: IPv4Network) -> bool:
+    try:
+        return IPv4Address(address) in net
+    except ValueError:
+        return False
 
 
 def wrong_prefix(ev: Evidence) -> Iterator[Finding]:
@@ -910,7 +942,7 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
 # Every rule, in the order they are tried (the ranking is by score, not by this order).
 RULES: tuple[Rule, ...] = (
     link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
-    address_conflict, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
+    address_conflict, address_on_bridge_port, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
     host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat,
     route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )

@@ -31,7 +31,7 @@ REASON_CAUSES: dict[str, tuple[str, ...]] = {
     "IP_INNOROUTES": NO_ROUTE,
     "IP_OUTNOROUTES": NO_ROUTE,
     "IP_INADDRERRORS": ("ip_forward_off", *NO_ROUTE, "dnat_missing", "vip_not_jumped"),  # ip_error: the route lookup ended unreachable
-    "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "link_down"),
+    "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down"),
     "NEIGH_DEAD": ("wrong_gateway", "link_down"),
     "PKT_TOO_BIG": ("mtu_mismatch",),
     "QDISC_DROP": ("lo_down", "link_down"),  # __dev_queue_xmit on a device that is down
