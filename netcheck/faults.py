@@ -326,6 +326,11 @@ def search_wrong(lab: Lab) -> None:
     _rewrite_resolv_conf(lab, search=("elsewhere.test",))
 
 
+def dns_no_route(lab: Lab) -> None:
+    """The container that asks has no default route: its resolver, outside, is unreachable."""
+    lab.container_ns(_resolver_user(lab)).deconfigure(routes=[DEFAULT])
+
+
 def dns_udp_dropped(lab: Lab) -> None:
     _add(lab, [XRule("filter", "FORWARD", "DROP", protocol="udp", dport=53, comment=lab.names.comment)], insert=True)
 
@@ -396,6 +401,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("nameserver-loopback", "a container's resolv.conf names the host's stub resolver 127.0.0.53", "seed2", DNS_CONF, "resolv.conf says",
           "nameserver_loopback", nameserver_loopback),
     Fault("dns-search-wrong", "a container's search domain sends a short name to the wrong zone", "seed2", DNS_NAMES, "the spec says", "search_wrong", search_wrong),
+    Fault("dns-no-route", "the container that asks has no route to its resolver (its default route is gone)", "seed2", DNS_ANSWERS, "203.0.113.53",
+          "no_default_route", dns_no_route),
     Fault("dns-udp-dropped", "FORWARD drops UDP/53; TCP/53 passes", "seed2", DNS_ANSWERS, "dns/udp", "dns_udp_blocked", dns_udp_dropped),
     Fault("dns-wrong-answer", "the resolver answers a declared name with another address", "seed2", DNS_NAMES, "the spec says", "dns_wrong_answer", dns_wrong_answer),
     Fault("dns-masquerade-removed", "no MASQUERADE: DNS queries leave with the container's private source", "seed2", DNS_MASQ, "203.0.113.53",
