@@ -242,15 +242,9 @@ class FailureRow:
 
 
 @dataclass(frozen=True)
-class CauseEntry:
-    nodeid: str
-    id: str
-
-
-@dataclass(frozen=True)
 class CauseView:
     group: CauseGroup
-    entries: list[CauseEntry]
+    entries: list[TestView]  # the tests it explains
 
 
 @dataclass(frozen=True)
@@ -288,7 +282,7 @@ def report_view(results: Results, renderer: Renderer) -> ReportView:
             failed=sum(1 for t in results.tests if t.topology == name and t.failed),
             tests=sum(1 for t in results.tests if t.topology == name),
         ))
-    ids = {tv.nodeid: tv.id for tv in tests}
+    by_nodeid = {tv.nodeid: tv for tv in tests}
     failures = []
     for tv in tests:
         if not tv.failed:
@@ -298,7 +292,7 @@ def report_view(results: Results, renderer: Renderer) -> ReportView:
                                    finding=findings[0] if findings else None, more=max(0, len({f.cause for f in findings}) - 1)))
     return ReportView(
         failures=failures,
-        causes=[CauseView(g, [CauseEntry(n, ids.get(n, "")) for n in g.tests]) for g in results.causes()],
+        causes=[CauseView(g, [by_nodeid[n] for n in g.tests]) for g in results.causes()],
         run={**RUN_DEFAULTS, **results.run},
         summary=summary,
         topologies=topologies,
