@@ -131,11 +131,11 @@ def netcheck_fresh_lab(netcheck_lab_factory: LabFactory) -> Iterator[Callable[[s
 
 
 @pytest.fixture
-def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
-    """Record a probe result as this test's evidence (the report shows it)."""
+def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[Evidence], None]:
+    """Record a probe result (or a matrix) as this test's evidence (the report shows it)."""
     log = request.node.stash.setdefault(EVIDENCE, [])
 
-    def record(result: ProbeResult) -> None:
+    def record(result: Evidence) -> None:
         log.append(result)
 
     return record
