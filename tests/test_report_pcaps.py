@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -109,14 +109,13 @@ def test_tshark_reads_the_timeline(written: tuple[Results, Outputs]) -> None:
 
 
 @pytest.mark.root
-def test_a_real_failure_writes_its_hops_as_a_timeline(tmp_path: Path) -> None:
+def test_a_real_failure_writes_its_hops_as_a_timeline(run_suites: Callable[..., pytest.RunResult], tmp_path: Path) -> None:
     """ip_forward off on seed1: the repeated probe is seen up to host:br0, so those are the timeline's hops, in that order."""
     from scapy.utils import PcapNgReader
 
-    proc = subprocess.run([sys.executable, "-m", "pytest", "suites/test_forwarding.py::test_container_reaches_the_outside_through_the_host", "--netcheck-topology=seed1",
-                           "--netcheck-fault=ip-forward-off", f"--netcheck-report={tmp_path / 'r.html'}", "-p", "no:cacheprovider", "-q"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = run_suites(str(REPO / "suites/test_forwarding.py"), "--netcheck-topology=seed1", "--netcheck-fault=ip-forward-off", "-k", "reaches_the_outside",
+                        report=str(tmp_path / "r.html"))
+    result.assert_outcomes(failed=1)
     (test,) = Results.load(tmp_path / "r.json").tests
     probe = test.probes[0]
     assert probe.diagnosis is not None and probe.diagnosis.captures, "the diagnosis keeps the repeated probe's packets"
