@@ -9,11 +9,13 @@ the diagnosis attaches to them.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from netcheck.kernel.dropwatch import KernelDrop
+from netcheck.kernel.jsontypes import JSON, JSONObject
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
@@ -100,14 +102,14 @@ class ProbeRequest:
             return str(self.destination)
         return f"[{self.destination}]:{self.port}" if self.destination.version == 6 else f"{self.destination}:{self.port}"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
+    def to_dict(self) -> JSONObject:
+        d: JSONObject = {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
              "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
              "end_on_drop": self.end_on_drop}
         return {**d, "query": self.query, "transport": self.transport} if self.kind == "dns" else d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProbeRequest:
+    def from_dict(cls, d: Mapping[str, JSON]) -> ProbeRequest:
         return cls(kind=d["kind"], source=d["source"], destination=ip_address(d["destination"]), port=d.get("port"), expect=d.get("expect", "reach"),
                    target=d.get("target"), capture=tuple(d.get("capture", ())), timeout=d.get("timeout"), ttl=d.get("ttl"),
                    payload=base64.b64decode(d.get("payload", "")), end_on_drop=d.get("end_on_drop"), query=d.get("query", ""), transport=d.get("transport", "udp"))
@@ -136,6 +138,10 @@ class Packet:
         d = f"{self.dst}:{self.dport}" if self.dport is not None else self.dst
         return f"{s} > {d}"
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, JSON]) -> Packet:
+        return cls(**{**_known(cls, d), "raw": base64.b64decode(d.get("raw") or "")})
+
 
 @dataclass(frozen=True)
 class Capture:
@@ -158,6 +164,14 @@ class Capture:
 
     def roles(self) -> set[str]:
         return {p.role for p in self.packets}
+
+    def hop_packet(self, direction: Literal["out", "back"]) -> Packet | None:
+        """The packet that makes this point a hop of the trace one way: the request out, the reply (or an ICMP error) back."""
+        return self.first("request") if direction == "out" else self.first("reply") or self.first("error")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, JSON]) -> Capture:
+        return cls(**{**_known(cls, d), "packets": tuple(Packet.from_dict(p) for p in d.get("packets", ()))})
 
 
 @dataclass(frozen=True)
@@ -229,6 +243,10 @@ class Finding:
         """``where: summary``, the place once (summaries often start with it)."""
         return place_once(self.where, self.summary)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, JSON]) -> Finding:
+        return cls(**{**_known(cls, d), "evidence": tuple(d.get("evidence", ())), "fixes": tuple(FIX_KINDS[x["kind"]](**x) for x in d.get("fixes", ()))})
+
 
 @dataclass(frozen=True)
 class Hop:
@@ -264,6 +282,10 @@ class KernelEvent:
         """``NETFILTER_DROP at nft_do_chain on host:br0``."""
         return f"{self.reason} at {self.location} on {self.where}"
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, JSON]) -> KernelEvent:
+        return cls(**{**_known(cls, d), "causes": tuple(d.get("causes", ()))})
+
 
 @dataclass(frozen=True)
 class Diagnosis:
@@ -281,6 +303,8 @@ class Diagnosis:
     kernel: tuple[KernelEvent, ...] = ()  # the kernel's drops of the probe's packets during the repeat
     kernel_note: str = ""  # why there are none, or why the kernel could not be asked
     disagreement: str = ""  # where the model's top cause and the kernel's witness part ways
+    captures: tuple[Capture, ...] = ()  # the repeated probe's captures at every hop of the trace (its packets, for the pcaps)
+    started_at: float = 0.0  # epoch seconds when the repeated probe was sent (its packets' at_ms count from here)
 
     @property
     def top(self) -> Finding | None:
@@ -321,15 +345,21 @@ class Diagnosis:
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
+    def to_dict(self) -> JSONObject:
+        """Plain data; a diagnosis whose probe was not repeated with captures reads as it always did (no hop packets)."""
+        d = asdict(self)
+        if not self.captures:
+            del d["captures"], d["started_at"]
+        return d
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Diagnosis:
-        known = {f.name for f in fields(cls)}
-        data: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
-        data["findings"] = tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ())),
-                                            "fixes": tuple(FIX_KINDS[x["kind"]](**x) for x in f.get("fixes", ()))}) for f in d.get("findings", ()))
-        data["trace"] = tuple(Hop(**h) for h in d.get("trace", ()))
-        data["kernel"] = tuple(KernelEvent(**{**k, "causes": tuple(k.get("causes", ()))}) for k in d.get("kernel", ()))
-        return cls(**data)
+    def from_dict(cls, d: Mapping[str, JSON]) -> Diagnosis:
+        data: JSONObject = {k: (tuple(v) if isinstance(v, list) else v) for k, v in _known(cls, d).items()}
+        return cls(**{**data,
+                      "findings": tuple(Finding.from_dict(f) for f in d.get("findings", ())),
+                      "trace": tuple(Hop(**h) for h in d.get("trace", ())),
+                      "kernel": tuple(KernelEvent.from_dict(k) for k in d.get("kernel", ())),
+                      "captures": tuple(Capture.from_dict(c) for c in d.get("captures", ()))})
 
 
 @dataclass(frozen=True)
@@ -431,35 +461,37 @@ class ProbeResult:
     def with_diagnosis(self, diagnosis: Diagnosis) -> ProbeResult:
         return replace(self, diagnosis=diagnosis)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         """Plain data: the request as data, and beside it the fields the report reads (kind, source, destination, expected, target)."""
         dns_only = () if self.kind == "dns" else ("answers", "rcode")  # other kinds' records read as they always did
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("request", "captures", "diagnosis", "kernel_drop", *dns_only)}
         d["captures"] = [asdict(c) for c in self.captures]
         d["kernel_drop"] = asdict(self.kernel_drop) if self.kernel_drop is not None else None
-        d["diagnosis"] = asdict(self.diagnosis) if self.diagnosis is not None else None
+        d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis is not None else None
         flat = {"kind": self.kind, "source": self.source, "destination": self.destination, "expected": self.expected, "target": self.target}
-        out: dict[str, Any] = _encode({"request": self.request.to_dict(), **flat, **d})
+        out: JSONObject = _encode({"request": self.request.to_dict(), **flat, **d})
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+    def from_dict(cls, data: Mapping[str, JSON]) -> ProbeResult:
         """The typed result of ``to_dict``'s data (what xdist ships to the controller)."""
-        d = dict(data)
-        d["request"] = ProbeRequest.from_dict(d["request"])
-        d["captures"] = tuple(
-            Capture(**{**c, "packets": tuple(Packet(**{**p, "raw": base64.b64decode(p.get("raw", ""))}) for p in c["packets"])}) for c in d.get("captures", ())
-        )
-        if d.get("diagnosis"):
-            d["diagnosis"] = Diagnosis.from_dict(d["diagnosis"])
-        if d.get("kernel_drop"):
-            d["kernel_drop"] = KernelEvent(**{**d["kernel_drop"], "causes": tuple(d["kernel_drop"].get("causes", ()))})
-        d["answers"] = tuple(d.get("answers", ()))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{
+            **_known(cls, data),
+            "request": ProbeRequest.from_dict(data["request"]),
+            "captures": tuple(Capture.from_dict(c) for c in data.get("captures", ())),
+            "diagnosis": Diagnosis.from_dict(data["diagnosis"]) if data.get("diagnosis") else None,
+            "kernel_drop": KernelEvent.from_dict(data["kernel_drop"]) if data.get("kernel_drop") else None,
+            "answers": tuple(data.get("answers", ())),
+        })
 
 
-def _encode(value: Any) -> Any:
+def _known(cls: type, d: Mapping[str, JSON]) -> JSONObject:
+    """The entries of ``d`` that name a field of the dataclass ``cls`` (records from other versions carry more)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _encode(value: object) -> JSON:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, dict):
@@ -494,8 +526,24 @@ class MatrixResult:
                     out.append((a, b))
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failures"}
+    def to_dict(self) -> JSONObject:
+        d: JSONObject = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "failures"}
         d["failures"] = [f.to_dict() for f in self.failures]
-        out: dict[str, Any] = _encode(d)
+        out: JSONObject = _encode(d)
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, JSON]) -> MatrixResult:
+        """The typed matrix of ``to_dict``'s data (a suite may record it with ``kind`` "matrix": that kind is the probes')."""
+        def grid(rows: JSON) -> tuple[tuple[bool | None, ...], ...]:
+            return tuple(tuple(None if v is None else bool(v) for v in row) for row in rows or ())
+
+        kind = d.get("kind", "icmp")
+        return cls(topology=str(d.get("topology", "")), kind=kind if kind in get_args(ProbeKind) else "icmp", names=tuple(str(n) for n in d.get("names", ())),
+                   expected=tuple(tuple(bool(v) for v in row) for row in grid(d.get("expected"))), observed=grid(d.get("observed")),
+                   failures=tuple(ProbeResult.from_dict(f) for f in d.get("failures", ())), elapsed_s=float(d.get("elapsed_s") or 0.0))
+
+    @staticmethod
+    def is_one(d: Mapping[str, JSON]) -> bool:
+        """Whether plain data is a matrix (``to_dict``'s, or an entry marked kind "matrix") rather than a probe."""
+        return d.get("kind") == "matrix" or ("names" in d and "observed" in d and "expected" in d)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from netcheck.lab import Lab
     from netcheck.probes import Prober
     from netcheck.report.collector import Collector
+    from netcheck.report.hooks import Evidence, ReportHooks
 
 SETTINGS: pytest.StashKey[settings_mod.Settings] = pytest.StashKey()
-EVIDENCE: pytest.StashKey[list[ProbeResult]] = pytest.StashKey()  # typed values; plain data only on the report
+EVIDENCE: pytest.StashKey[list[Evidence]] = pytest.StashKey()  # typed values; plain data only on the report
+REPORT_HOOKS: pytest.StashKey[ReportHooks] = pytest.StashKey()
 COLLECTOR: pytest.StashKey[Collector] = pytest.StashKey()
 FACTORY: pytest.StashKey[LabFactory] = pytest.StashKey()
 REAPED_AT_END: pytest.StashKey[int] = pytest.StashKey()
@@ -48,10 +50,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "netcheck(topologies=[...]): run this test on these topologies only")
     config.addinivalue_line("markers", "netcheck_property(name): the property a suite test checks (isolation, veth, bridge, forwarding, masquerade, dnat, vip)")
     config.stash[SETTINGS] = settings_mod.resolve(config)
-    from netcheck.report import hooks as report_hooks
+    from netcheck.report.hooks import ReportHooks
 
-    # Every process: lab facts for the report, and pytest-html extras when pytest-html is active.
-    report_hooks.register(config, config.stash[SETTINGS])
+    # Every process: what each test's report carries (evidence, lab facts, pytest-html extras).
+    config.stash[REPORT_HOOKS] = ReportHooks(config, config.stash[SETTINGS])
     if not hasattr(config, "workerinput"):
         from netcheck.report.collector import Collector
 
@@ -129,11 +131,11 @@ def netcheck_fresh_lab(netcheck_lab_factory: LabFactory) -> Iterator[Callable[[s
 
 
 @pytest.fixture
-def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[ProbeResult], None]:
-    """Record a probe result as this test's evidence (the report shows it)."""
+def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[Evidence], None]:
+    """Record a probe result (or a matrix) as this test's evidence (the report shows it)."""
     log = request.node.stash.setdefault(EVIDENCE, [])
 
-    def record(result: ProbeResult) -> None:
+    def record(result: Evidence) -> None:
         log.append(result)
 
     return record
@@ -160,37 +162,13 @@ def netcheck_prober_for(netcheck_evidence: Callable[[ProbeResult], None]) -> Cal
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the test's evidence to its report (travels through xdist as plain data)."""
+    """The one wrapper: a netcheck test's report gets its evidence, lab facts and extras (``report.hooks``)."""
     report = yield
-    if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
-        return report
     from netcheck import activation
 
-    if not activation.is_netcheck_item(item):
-        return report
-    prop = item.get_closest_marker("netcheck_property")
-    topo = settings_mod.item_topology(item)
-    results = item.stash.get(EVIDENCE, [])
-    data = {
-        "property": prop.args[0] if prop else None,
-        "topology": getattr(topo, "name", None),
-        "probes": [r.to_dict() for r in results],  # plain data: it travels through xdist
-    }
-    report.netcheck = data  # type: ignore[attr-defined]
-    if data["property"]:
-        report.user_properties.append(("netcheck.property", data["property"]))
-    if data["topology"]:
-        report.user_properties.append(("netcheck.topology", data["topology"]))
-    if results:
-        report.user_properties.append(("netcheck.probes", str(len(results))))
-        from netcheck.evidence import ProbeResult as Result
-
-        diagnoses = [r.diagnosis for r in results if isinstance(r, Result) and r.diagnosis is not None]
-        top = next((d.top for d in diagnoses if d.top is not None), None)
-        if top is not None:
-            report.user_properties.append(("netcheck.diagnosis", f"{top.headline()}. Fix: {top.fix}"))
-    # --junitxml writes the teardown report's properties, which pytest copies from the item's.
-    item.user_properties.extend(p for p in report.user_properties if str(p[0]).startswith("netcheck.") and p not in item.user_properties)
+    if activation.is_netcheck_item(item):
+        evidence: list[Evidence] = item.stash.get(EVIDENCE, [])
+        item.config.stash[REPORT_HOOKS].on_report(item, report, evidence)
     return report
 
 
@@ -221,7 +199,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.stash[REAPED_AT_END], _errors = clean(include_kept=False, log=lambda _m: None)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     factory = config.stash.get(FACTORY, None)
     if factory is not None:
         if factory.reaped:

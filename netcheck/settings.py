@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 
@@ -50,7 +50,7 @@ def _refs(config: pytest.Config) -> list[str]:
     env = topology_from_env()
     if env:
         return env
-    ini: Any = config.getini("netcheck_topology")
+    ini: list[str] = config.getini("netcheck_topology")
     return list(ini) if ini else list(spec.BUILTIN)
 
 
@@ -100,7 +100,7 @@ def resolve(config: pytest.Config) -> Settings:
     )
 
 
-def marker_topologies(node: Any, default: tuple[spec.Topology, ...]) -> tuple[spec.Topology, ...]:
+def marker_topologies(node: pytest.Item, default: tuple[spec.Topology, ...]) -> tuple[spec.Topology, ...]:
     """A test's ``@pytest.mark.netcheck(topologies=[...])`` overrides the run's topologies."""
     marker = node.get_closest_marker("netcheck")
     if marker is None or "topologies" not in marker.kwargs:
@@ -123,7 +123,7 @@ def marker_topologies(node: Any, default: tuple[spec.Topology, ...]) -> tuple[sp
 TOPOLOGY_FIXTURE = "netcheck_topology"  # the fixture pytest_generate_tests parametrizes with the topologies in play
 
 
-def item_topology(item: Any) -> spec.Topology | None:
+def item_topology(item: pytest.Item) -> spec.Topology | None:
     """The topology a collected test runs on (its ``netcheck_topology`` parameter), if any."""
     callspec = getattr(item, "callspec", None)
     topo = callspec.params.get(TOPOLOGY_FIXTURE) if callspec is not None else None

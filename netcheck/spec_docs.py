@@ -13,9 +13,9 @@ import tomllib
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any
 
 from netcheck import spec
+from netcheck.kernel.jsontypes import JSON, JSONObject
 
 SCHEMA_NAME = "netcheck-spec.schema.json"
 SCHEMA_PATH = Path(__file__).parent / "topologies" / SCHEMA_NAME
@@ -42,7 +42,7 @@ def declared_keys() -> set[str]:
     return out
 
 
-def _json_value(value: object) -> Any:
+def _json_value(value: object) -> JSON:
     if isinstance(value, (IPv4Address, IPv4Interface, IPv4Network)):
         return str(value)
     if isinstance(value, tuple):
@@ -60,35 +60,35 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value))
 
 
-def _example(key: spec.Key[Any]) -> Any:
+def _example(key: spec.Key[object]) -> JSON:
     return tomllib.loads(f"x = {key.example}")["x"]
 
 
-def _table_schema(table: spec.Table) -> dict[str, Any]:
+def _table_schema(table: spec.Table) -> JSONObject:
     if table.names is not None and table.values is not None:
         return {"type": "object", "description": table.doc, "propertyNames": {"pattern": spec.schema_pattern(table.names)},
                 "additionalProperties": dict(table.values.schema)}
-    properties: dict[str, Any] = {}
+    properties: JSONObject = {}
     required = []
     for k in table.keys:
         if isinstance(k, spec.Sub):
             inner = _table_schema(k.table)
             properties[k.name] = {"type": "array", "description": k.doc, "items": inner} if k.many else {**inner, "description": k.doc}
             continue
-        schema: dict[str, Any] = {**k.kind.schema, "description": k.doc + (f" Default: {k.default_doc}." if k.default_doc else "")}
+        schema: JSONObject = {**k.kind.schema, "description": k.doc + (f" Default: {k.default_doc}." if k.default_doc else "")}
         if k.default is spec.Absent.REQUIRED:
             required.append(k.name)
         elif not isinstance(k.default, spec.Absent):
             schema["default"] = _json_value(k.default)
         schema["examples"] = [_example(k)]
         properties[k.name] = schema
-    out: dict[str, Any] = {"type": "object", "description": table.doc, "properties": properties, "additionalProperties": False}
+    out: JSONObject = {"type": "object", "description": table.doc, "properties": properties, "additionalProperties": False}
     if required:
         out["required"] = required
     return out
 
 
-def json_schema() -> dict[str, Any]:
+def json_schema() -> JSONObject:
     """The JSON Schema (draft-07) of a spec file, for editors (taplo, Even Better TOML) and tools."""
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
@@ -99,7 +99,7 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def _default_text(key: spec.Key[Any]) -> str:
+def _default_text(key: spec.Key[object]) -> str:
     if key.default is spec.Absent.REQUIRED:
         return "**required**"
     if key.default_doc:

@@ -134,8 +134,8 @@ def test_the_users_own_service_is_probed_and_said_to_be_theirs(run_suites, repo:
     from netcheck.report.model import Results
 
     probes = [p for t in Results.load(report.with_suffix(".json")).tests for p in t.probes]
-    users = [p for p in probes if p.get("service") == "user"]
+    users = [p for p in probes if p.service == "user"]
     assert users, "no probe says the user's own service answered"
     for p in users:
-        assert p["replied_by"] == "netns0" and p["verdict"] == "reached" and p["service_saw"], p
-        assert "Directory listing" in (p.get("reply") or "") or "HTTP" in (p.get("reply") or ""), p.get("reply")
+        assert p.replied_by == "netns0" and p.verdict == "reached" and p.service_saw, p
+        assert "Directory listing" in (p.reply or "") or "HTTP" in (p.reply or ""), p.reply

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from netcheck.activation import skip_for_missing_tool
-from netcheck.evidence import ProbeResult
+from netcheck.evidence import MatrixResult, ProbeResult
 from netcheck.report import diagram
 from netcheck.report.collector import Outputs, resolve_outputs, write
 from netcheck.report.diff import run_diff
@@ -162,9 +162,9 @@ def test_pcap_of_a_failing_probe_reads_back_in_tshark(written: dict[str, tuple[R
     test = next(t for t in fail_results.tests if t.nodeid == "suites/test_dnat.py::test_published_port_reached_from_outside[seed1]")
     pcap = next(p for p in test.pcaps if p["point"] == "wan:uplink")
     probe = test.all_probes()[pcap["probe"]]
-    assert not ProbeResult.from_dict(probe).passed
-    capture = next(c for c in probe["captures"] if c["point"] == "wan:uplink")
-    want = [(p["src"], p["dst"], p["sport"], p["dport"]) for p in capture["packets"]]
+    assert not probe.passed
+    capture = next(c for c in probe.captures if c.point == "wan:uplink")
+    want = [(p.src, p.dst, p.sport, p.dport) for p in capture.packets]
     assert len(want) == 2, "the SYN and the RST that came back"
     path = out.html.parent / pcap["file"]
     proc = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "frame.time_epoch"],
@@ -185,8 +185,8 @@ def test_pcap_of_a_failing_probe_reads_back_in_tshark(written: dict[str, tuple[R
 def test_pcap_modes(tmp_path: Path, fail_results: Results) -> None:
     from netcheck.report.pcap import write_all
 
-    failing = sum(len([c for c in p["captures"] if c.get("started", True)]) for t in fail_results.tests for p in t.all_probes() if not ProbeResult.from_dict(p).passed)
-    every = sum(len([c for c in p["captures"] if c.get("started", True)]) for t in fail_results.tests for p in t.all_probes())
+    failing = sum(len([c for c in p.captures if c.started]) for t in fail_results.tests for p in t.all_probes() if not p.passed)
+    every = sum(len([c for c in p.captures if c.started]) for t in fail_results.tests for p in t.all_probes())
     for mode, want in (("failed", failing), ("all", every), ("none", 0)):
         assert write_all(copy.deepcopy(fail_results), tmp_path / mode, mode, tmp_path) == want
         assert len(list((tmp_path / mode).glob("*.pcap"))) == want
@@ -264,7 +264,7 @@ def hostile_results() -> Results:
     t.nodeid = f"suites/test_dnat.py::test_published_port_reached_from_outside[{h['script']}]"
     t.message = h["breakout"] + h["shell"]
     t.crash = h["script"]
-    p = t.probes[0]
+    p = t.probes[0].to_dict()
     p.update(reply=h["img"] + h["breakout"], error=h["breakout"], sent=h["shell"], service_saw=h["svg"], labels={h["script"]: h["attr"]})
     p["captures"][0]["packets"][0]["info"] = h["svg"]
     d = p["diagnosis"]
@@ -272,8 +272,9 @@ def hostile_results() -> Results:
     d["notes"] = [h["img"]]
     d["repeated"] = h["svg"]
     d["trace"][0]["addresses"] = h["script"]
-    t.matrices = [{"topology": "seed1", "kind": h["script"], "names": [h["img"], "b"], "expected": [[False, True], [True, False]], "observed": [[None, False], [True, None]]}]
-    t.pcaps = [{"probe": 0, "point": p["captures"][0]["point"], "file": "javascript:window.__pwned=7", "packets": 1}]
+    t.probes[0] = ProbeResult.from_dict(p)
+    t.matrices = [MatrixResult.from_dict({"topology": "seed1", "kind": h["script"], "names": [h["img"], "b"], "expected": [[False, True], [True, False]], "observed": [[None, False], [True, None]]})]
+    t.pcaps = [{"probe": 0, "point": t.probes[0].captures[0].point, "file": "javascript:window.__pwned=7", "packets": 1}]
     return r
 
 
@@ -429,7 +430,7 @@ INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")  # hypothesis co
 
 def _fake_suite(pytester: pytest.Pytester, fail_results: Results) -> None:
     test = next(t for t in fail_results.tests if t.nodeid == "suites/test_dnat.py::test_published_port_reached_from_outside[seed1]")
-    pytester.makepyfile(test_recorded=FAKE_TEST.format(probe=json.dumps(test.probes[0])))
+    pytester.makepyfile(test_recorded=FAKE_TEST.format(probe=json.dumps(test.probes[0].to_dict())))
 
 
 def test_report_junit_and_pytest_html_from_a_pytest_run(pytester: pytest.Pytester, fail_results: Results) -> None:

@@ -15,11 +15,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from netcheck import spec
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.script import adopt_by_path
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.lab.mode import HostMode
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def cni_path() -> str | None:
     return None
 
 
-def load_config(path: Path, source: str) -> dict[str, Any]:
+def load_config(path: Path, source: str) -> JSONObject:
     """A .conflist ({"plugins": [...]}) or a single-plugin .conf, as a conflist."""
     try:
         conf = json.loads(path.read_text())
@@ -68,7 +69,7 @@ class CniAdapter:
             return []
         return [] if cni_path() is not None else [f"CNI plugins in {' or '.join(CNI_PATHS)} (install them: {INSTALL_HINT})"]
 
-    def _plugin_config(self, lab: ExternalLab, conf: dict[str, Any], plugin: dict[str, Any], container: str) -> dict[str, Any]:
+    def _plugin_config(self, lab: ExternalLab, conf: JSONObject, plugin: JSONObject, container: str) -> JSONObject:
         cfg = {"cniVersion": conf.get("cniVersion", "1.0.0"), "name": conf["name"], **plugin}
         ipam = cfg.get("ipam")
         if isinstance(ipam, dict) and ipam.get("type") == "host-local":
@@ -80,7 +81,7 @@ class CniAdapter:
             cfg["runtimeConfig"] = {**cfg.get("runtimeConfig", {}), "portMappings": maps}
         return cfg
 
-    def _call(self, lab: ExternalLab, command: str, cfg: dict[str, Any], container: str, interface: str, prev: dict[str, Any] | None) -> dict[str, Any]:
+    def _call(self, lab: ExternalLab, command: str, cfg: JSONObject, container: str, interface: str, prev: JSONObject | None) -> JSONObject:
         path = cni_path()
         assert path is not None
         if prev is not None:
@@ -107,7 +108,7 @@ class CniAdapter:
             raise ToolFailed(f"CNI {command} of plugin {cfg['type']} for container {container} failed (exit {proc.returncode}): {msg}")
         if command == "DEL" or not out.strip():
             return prev or {}
-        result: dict[str, Any] = json.loads(out)
+        result: JSONObject = json.loads(out)
         return result
 
     def setup(self, lab: ExternalLab) -> None:
@@ -115,11 +116,11 @@ class CniAdapter:
         assert t.setup.config is not None
         conf = load_config(lab.spec_path(t.setup.config, "setup.config"), t.source)
         lab.state["cni"] = conf
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, JSONObject] = {}
         lab.state["cni_results"] = results
         for c in t.containers:
             lab.new_container_ns(c.name)
-            prev: dict[str, Any] | None = None
+            prev: JSONObject | None = None
             for plugin in conf["plugins"]:
                 prev = self._call(lab, "ADD", self._plugin_config(lab, conf, plugin, c.name), c.name, c.interface, prev)
                 results[c.name] = prev
@@ -129,7 +130,7 @@ class CniAdapter:
 
     def teardown(self, lab: ExternalLab) -> list[str]:
         conf = lab.state.get("cni")
-        results: dict[str, dict[str, Any]] = lab.state.get("cni_results", {})
+        results: dict[str, JSONObject] = lab.state.get("cni_results", {})
         if conf is None:
             return []
         errors = []

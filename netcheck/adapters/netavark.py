@@ -15,11 +15,12 @@ import hashlib
 import json
 import os
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from netcheck import spec
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.script import adopt_by_path
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.lab.mode import HostMode
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def netavark_path() -> str | None:
     return next((p for p in NETAVARK_PATHS if os.path.isfile(p)), None)
 
 
-def load_network(lab: ExternalLab) -> dict[str, Any]:
+def load_network(lab: ExternalLab) -> JSONObject:
     t = lab.declared
     assert t.setup.config is not None
     path = lab.spec_path(t.setup.config, "setup.config")
@@ -56,7 +57,7 @@ def load_network(lab: ExternalLab) -> dict[str, Any]:
     return net
 
 
-def allocate(lab: ExternalLab, net: dict[str, Any]) -> dict[str, IPv4Address]:
+def allocate(lab: ExternalLab, net: JSONObject) -> dict[str, IPv4Address]:
     """Each container's address: the spec's, or the next free host of the first subnet (Podman's IPAM)."""
     first = net["subnets"][0]
     subnet = IPv4Network(first["subnet"])
@@ -77,7 +78,7 @@ class NetavarkAdapter:
             return []
         return [] if netavark_path() else [f"netavark in {' or '.join(NETAVARK_PATHS)} (install it: {INSTALL_HINT})"]
 
-    def _file(self, lab: ExternalLab, net: dict[str, Any], c: spec.Container, ip: IPv4Address) -> str:
+    def _file(self, lab: ExternalLab, net: JSONObject, c: spec.Container, ip: IPv4Address) -> str:
         assert lab.workdir is not None
         ports = [{"host_ip": "", "container_port": p.port, "host_port": p.host_port, "range": 1, "protocol": p.protocol}
                  for p in lab.declared.publishes if p.container == c.name]

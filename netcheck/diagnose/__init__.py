@@ -9,15 +9,15 @@ small rule set (``rules.py``) that names the cause, where it is, and the command
 The diagnosis does not know the prober: it is given a way to send again (``Resend``, which
 ``Prober.conclusive`` is). ``netcheck.diagnosing`` joins the two.
 
-Diagnoses of one lab run one at a time, so that the counter deltas of one repeated probe
-are not mixed with another's.
+Diagnoses of one lab run one at a time (probes sent together, ``Prober.many``, fail together),
+so that the counter deltas of one repeated probe are not mixed with another's: the lock is
+the lab's own, one of its attachments.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,16 +35,12 @@ if TYPE_CHECKING:
 
 REPEAT_TIMEOUT = 0.5  # the repeated probe's wait for an answer; a lab's round trip is well under 1 ms
 SNMP_KEYS = ("TcpExt.IPReversePathFilter", "Ip.InAddrErrors", "Ip.InNoRoutes", "Ip.OutNoRoutes", "IpExt.InNoRoutes", "Ip.ForwDatagrams")
-_locks: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
+ONE_AT_A_TIME = "netcheck.diagnose: one diagnosis at a time"  # the key of the lab's lock among its attachments
 
 
-def _lock(lab: object) -> threading.Lock:
-    with _locks_guard:
-        lock = _locks.get(lab)
-        if lock is None:
-            lock = _locks[lab] = threading.Lock()
-        return lock
+def _lock(lab: Lab) -> threading.Lock:
+    """The lab's diagnosis lock: made on first use, it lives and goes with the lab."""
+    return lab.attachment(ONE_AT_A_TIME, threading.Lock, lambda _lock: None)
 
 
 class Resend(Protocol):
@@ -138,6 +134,8 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         kernel=kernel,
         kernel_note=kernel_note,
         disagreement=disagreement,
+        captures=repeated.captures if repeated is not None else (),
+        started_at=repeated.started_at if repeated is not None else 0.0,
     )
 
 

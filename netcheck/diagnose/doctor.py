@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from netcheck import spec as S
 from netcheck.diagnose import dns as dns_rules
@@ -62,13 +62,14 @@ class LiveLab:
     title: str = ""
     services: ServiceHost | None = None  # netcheck serves nothing in namespaces it only looks at
     witness: Witness | None = None  # the kernel's drops in these namespaces, when a watch runs
-    _attached: dict[object, tuple[Any, Callable[[Any], None]]] = field(default_factory=dict, init=False)
+    _attached: dict[object, tuple[object, Callable[[], None]]] = field(default_factory=dict, init=False)  # key -> (it, its release)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
         """What a user opens in these namespaces (the prober's capture points), released at ``close``."""
         if key not in self._attached:
-            self._attached[key] = (make(), release)
-        return self._attached[key][0]  # type: ignore[no-any-return]
+            made = make()
+            self._attached[key] = (made, lambda: release(made))
+        return cast(T, self._attached[key][0])
 
     def namespaces(self) -> dict[str, Netns]:
         out = {"host": self.host}
@@ -107,8 +108,8 @@ class LiveLab:
 
     def close(self) -> None:
         while self._attached:
-            _key, (made, release) = self._attached.popitem()
-            release(made)
+            _key, (_made, release) = self._attached.popitem()
+            release()
         for ns in self.namespaces().values():
             with contextlib.suppress(Exception):
                 ns.close()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
 from netcheck.kernel.xtables import nft_available, read_legacy, read_nft, read_nft_chains
 
@@ -128,7 +129,7 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     errors: list[str] = []
     tables = [t for t in _safe(errors, "legacy tables", lambda: legacy_tables(ns), []) if t in ("filter", "nat")]
     legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
-    raw: dict[str, Any] = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
+    raw: JSONObject = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
     chains = _safe(errors, "nf_tables rules", lambda: read_nft_chains(ns, raw), []) if raw else []
     return Ruleset.build(legacy, chains), tuple(tables), errors
 

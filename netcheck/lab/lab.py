@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -53,6 +54,7 @@ class Lab:
         self.link_groups: dict[str, int] = {}  # host-side links made in a link group
         self._releases: list[Callable[[], None]] = []
         self._attached: dict[object, object] = {}
+        self._attaching = threading.RLock()  # make() may ask for another attachment
         self.witness: Witness | None = None  # the kernel's drops in this lab's namespaces (the factory gives it)
 
     # ----------------------------------------------------------------- names
@@ -145,11 +147,12 @@ class Lab:
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
         """The lab's one attachment under ``key`` (e.g. a prober's capture points), made on first
         use; ``release(it)`` runs at teardown. The lab never needs to know its type."""
-        if key not in self._attached:
-            made = make()
-            self._attached[key] = made
-            self.on_teardown(lambda: release(made))
-        return self._attached[key]  # type: ignore[return-value]
+        with self._attaching:  # probes sent together (Prober.many) may ask for it at once
+            if key not in self._attached:
+                made = make()
+                self._attached[key] = made
+                self.on_teardown(lambda: release(made))
+            return self._attached[key]  # type: ignore[return-value]
 
     def release_held(self) -> list[str]:
         """Run every release registered with ``on_teardown``, newest first; returns their errors (each is tried)."""

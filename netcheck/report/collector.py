@@ -14,12 +14,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from netcheck.report.model import Counts, Results, TestRecord, combine, is_matrix
+from netcheck.evidence import MatrixResult, ProbeResult
+from netcheck.report.model import Counts, HostFacts, Results, RunFacts, TestRecord, TopologyView, combine
 from netcheck.settings import Settings
+
+if TYPE_CHECKING:
+    from netcheck.report.hooks import ShippedData
 
 STAMP = "%Y%m%dT%H%M%SZ"
 
@@ -33,9 +37,27 @@ class _Seen:
     duration: float = 0.0
     message: str = ""
     crash: str = ""
-    data: dict[str, Any] | None = None
+    netcheck: bool = False  # some report of it carried netcheck data
+    property: str | None = None
+    topology: str | None = None
+    probes: list[ProbeResult] = field(default_factory=list)
+    matrices: list[MatrixResult] = field(default_factory=list)
     properties: list[list[str]] = field(default_factory=list)
     worker: str | None = None
+
+    def add(self, data: ShippedData) -> None:
+        """One report's netcheck data, rebuilt as typed values (an xdist worker sent it as plain data)."""
+        self.netcheck = True
+        self.property = data.get("property", self.property)
+        self.topology = data.get("topology", self.topology)
+        entries = list(data.get("probes") or ())
+        matrix = data.get("matrix")
+        entries += matrix if isinstance(matrix, list) else [matrix] if isinstance(matrix, dict) else []
+        for entry in entries:
+            if MatrixResult.is_one(entry):
+                self.matrices.append(MatrixResult.from_dict(entry))
+            else:
+                self.probes.append(ProbeResult.from_dict(entry))
 
 
 @dataclass(frozen=True)
@@ -77,8 +99,8 @@ class Collector:
         self.config = config
         self.settings = settings
         self._seen: dict[str, _Seen] = {}
-        self.hosts: dict[str, dict[str, Any]] = {}
-        self.lab_views: dict[str, dict[str, Any]] = {}  # the topology as the lab had it (discovered, for external setups)
+        self.hosts: dict[str, HostFacts] = {}
+        self.lab_views: dict[str, TopologyView] = {}  # the topology as the lab had it (discovered, for external setups)
         self.started = datetime.now(UTC)
         self._t0 = time.monotonic()
         self.outputs: Outputs | None = None
@@ -89,13 +111,13 @@ class Collector:
     # ------------------------------------------------------------------ collecting
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        host = getattr(report, "netcheck_host", None)
-        if isinstance(host, dict) and host.get("topology"):
-            name = str(host["topology"])
-            view = host.get("view")
-            if isinstance(view, dict):
-                self.lab_views.setdefault(name, view)
-            self.hosts.setdefault(name, {k: v for k, v in host.items() if k != "view"})
+        data: ShippedData | None = getattr(report, "netcheck", None)
+        lab = data.get("lab") if isinstance(data, dict) else None
+        if lab is not None and data is not None and data.get("topology"):
+            name = str(data["topology"])
+            if "view" in lab:
+                self.lab_views.setdefault(name, lab["view"])
+            self.hosts.setdefault(name, lab["host"])
         seen = self._seen.setdefault(report.nodeid, _Seen())
         wasxfail = hasattr(report, "wasxfail")
         seen.phases[report.when] = report.outcome
@@ -105,38 +127,18 @@ class Collector:
         if report.failed or (report.skipped and not seen.message):
             seen.message = (seen.message + "\n\n" if seen.message else "") + _message(report)
             seen.crash = seen.crash or _crash(report)
-        data = getattr(report, "netcheck", None)
         if isinstance(data, dict):
-            seen.data = data if seen.data is None else {**seen.data, **data, "probes": [*seen.data.get("probes", []), *data.get("probes", [])]}
+            seen.add(data)
             seen.properties = [[str(k), str(v)] for k, v in report.user_properties]
 
     @property
     def tests(self) -> list[TestRecord]:
         """The netcheck tests seen so far (tests without netcheck data are not part of the report)."""
-        out = []
-        for nodeid, s in self._seen.items():
-            d = s.data
-            if d is None or not (d.get("property") or d.get("topology") or d.get("probes") or d.get("matrix")):
-                continue
-            probes = [p for p in d.get("probes", []) if isinstance(p, dict)]
-            matrices = [p for p in probes if is_matrix(p)]
-            extra = d.get("matrix")
-            matrices += [m for m in (extra if isinstance(extra, list) else [extra]) if isinstance(m, dict)]
-            out.append(TestRecord(
-                nodeid=nodeid,
-                property=d.get("property"),
-                topology=d.get("topology"),
-                outcome=s.outcome or "passed",
-                duration_s=round(s.duration, 4),
-                message=s.message,
-                crash=s.crash,
-                phases=dict(s.phases),
-                probes=[p for p in probes if not is_matrix(p)],
-                matrices=matrices,
-                properties=s.properties,
-                worker=s.worker,
-            ))
-        return out
+        return [
+            TestRecord(nodeid=nodeid, property=s.property, topology=s.topology, outcome=s.outcome or "passed", duration_s=round(s.duration, 4), message=s.message,
+                       crash=s.crash, phases=dict(s.phases), probes=list(s.probes), matrices=list(s.matrices), properties=s.properties, worker=s.worker)
+            for nodeid, s in self._seen.items() if s.netcheck and (s.property or s.topology or s.probes or s.matrices)
+        ]
 
     def counts(self) -> Counts:
         return Counts.of(self.tests)
@@ -151,7 +153,7 @@ class Collector:
         tests = self.tests
         names = [t.name for t in self.settings.topologies]
         names += sorted({t.topology for t in tests if t.topology and t.topology not in names})
-        topologies = {}
+        topologies: dict[str, TopologyView] = {}
         for name in names:
             if name in self.lab_views:
                 topologies[name] = self.lab_views[name]
@@ -161,7 +163,7 @@ class Collector:
             except (spec.SpecError, LookupError, OSError):
                 continue  # a topology named by a marker whose spec cannot be found: no diagram
         workers = sorted({t.worker for t in tests if t.worker})
-        run = {
+        run: RunFacts = {
             "started": self.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "started_iso": self.started.isoformat(),
             "duration_s": round(time.monotonic() - self._t0, 2),
@@ -190,7 +192,7 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - a report that cannot be written must not hide the run's outcome
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         tests = self.tests
         if not tests:
             return

@@ -17,8 +17,9 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from netcheck.evidence import Hop
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.lab.plan import masquerade_rule
 
 RED = "#c62828"
@@ -42,16 +43,17 @@ class Lost:
     after: str | None = None  # the last capture point that saw the probe in that direction
 
 
-def lost_hops(trace: Sequence[dict[str, Any]]) -> list[Lost]:
+def lost_hops(trace: Sequence[Hop]) -> list[Lost]:
     """The first missing hop of a diagnosis trace: outbound first; the reply's only if the way out was seen."""
     for direction in ("out", "back"):
-        hops = [h for h in trace if h.get("direction") == direction]
         last_seen: str | None = None
-        for h in hops:
-            if h.get("seen"):
-                last_seen = str(h.get("point"))
+        for h in trace:
+            if h.direction != direction:
                 continue
-            return [Lost(str(h.get("point")), direction, last_seen)]
+            if h.seen:
+                last_seen = h.point
+                continue
+            return [Lost(h.point, direction, last_seen)]
     return []
 
 
@@ -77,7 +79,7 @@ class _Graph:
 SHORT = {"net.ipv4.ip_forward": "ip_forward", "net.bridge.bridge-nf-call-iptables": "br-nf-call-iptables"}
 
 
-def host_facts(topo: dict[str, Any]) -> list[str]:
+def host_facts(topo: JSONObject) -> list[str]:
     """The host box's facts as measured (``topo["observed"]``, read back from the lab), each marked
     where it differs from the spec; as declared, and said so, when nothing was read back."""
     host = topo.get("host") or {}
@@ -102,7 +104,7 @@ def host_facts(topo: dict[str, Any]) -> list[str]:
     return facts
 
 
-def _link_note(topo: dict[str, Any], name: str) -> str:
+def _link_note(topo: JSONObject, name: str) -> str:
     """A host-side link's measured state, when it is not up."""
     observed = topo.get("observed")
     link = (observed.get("links") or {}).get(name) if isinstance(observed, dict) else None
@@ -111,7 +113,7 @@ def _link_note(topo: dict[str, Any], name: str) -> str:
     return f"\n{link.get('state', '?')} (measured)"
 
 
-def to_dot(topo: dict[str, Any], lost: Iterable[Lost] = ()) -> str:
+def to_dot(topo: JSONObject, lost: Iterable[Lost] = ()) -> str:
     """DOT source for a topology view (``model.topology_view``), with lost hops drawn red."""
     g = _Graph()
     lost = list(lost)
@@ -259,7 +261,7 @@ def _path(wires: dict[str, set[str]], a: str, b: str) -> list[frozenset[str]]:
     return chain[::-1]
 
 
-def points(topo: dict[str, Any]) -> list[str]:
+def points(topo: JSONObject) -> list[str]:
     """Every capture point the diagram shows, in the names users see."""
     host = topo.get("host") or {}
     found = ["wan:uplink", f"host:{host.get('uplink', 'eth0')}"]

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
-from netcheck.evidence import verdict_passes
-from netcheck.report.model import Results, ResultsError, TestRecord, finding_line
+from netcheck.report.model import Results, ResultsError, TestRecord
 
 FACTS = ("kernel", "distribution", "mode", "iptables_command")
 
@@ -23,16 +22,11 @@ class Change:
 
 
 def _top_finding(t: TestRecord) -> str:
-    for p in t.all_probes():
-        d = p.get("diagnosis") or {}
-        for f in d.get("findings", ()):
-            if isinstance(f, dict) and f.get("summary"):
-                return finding_line(f)
-    return ""
+    return next((f.headline() for p in t.all_probes() if p.diagnosis is not None for f in p.diagnosis.findings if f.summary), "")
 
 
 def _failing_probes(t: TestRecord) -> list[str]:
-    return sorted(f"{p.get('kind')} {p.get('source')} -> {p.get('destination')}: {p.get('verdict')}" for p in t.all_probes() if not verdict_passes(p.get("expected", "reach"), p.get("verdict", "")))
+    return sorted(f"{p.kind} {p.source} -> {p.destination}: {p.verdict}" for p in t.all_probes() if not p.passed)
 
 
 def _first_line(text: str) -> str:
@@ -78,8 +72,8 @@ def fact_changes(old: Results, new: Results) -> list[str]:
         a, b = old.run.get(key), new.run.get(key)
         if a != b:
             out.append(f"{key}: {a} -> {b}")
-    ov: dict[str, Any] = old.run.get("versions") or {}
-    nv: dict[str, Any] = new.run.get("versions") or {}
+    ov = old.run.get("versions") or {}
+    nv = new.run.get("versions") or {}
     for tool in sorted(set(ov) | set(nv)):
         if ov.get(tool) != nv.get(tool):
             out.append(f"{tool}: {ov.get(tool, 'absent')} -> {nv.get(tool, 'absent')}")

@@ -14,10 +14,28 @@ import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
+
+from netcheck.report.model import HostFacts, RunFacts
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
+    from netcheck.lab import Lab
+
+
+class ObservedLink(TypedDict):
+    kernel: str
+    state: str  # UP, DOWN or missing
+    addresses: list[str]
+
+
+class ObservedHost(TypedDict):
+    """What a lab's host namespace holds now, in the spec's names (the diagram draws it)."""
+
+    sysctls: dict[str, str]
+    links: dict[str, ObservedLink]
+    errors: list[str]
+    forward_policy: NotRequired[str]
 
 UNKNOWN = "unknown"
 PACKAGES = ("netcheck", "pyroute2", "scapy", "python-iptables", "pytest", "pytest-xdist", "jinja2")
@@ -51,7 +69,7 @@ def distribution(os_release: Path = Path("/etc/os-release")) -> str:
     return fields.get("PRETTY_NAME", fields.get("NAME", UNKNOWN)).strip().strip('"')
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts() -> RunFacts:
     """Facts about this machine and its tools (cheap: a few ``--version`` calls)."""
     versions = {name: _package_version(name) for name in PACKAGES}
     versions["python"] = platform.python_version()
@@ -70,7 +88,7 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def backend_facts(host: Netns) -> dict[str, Any]:
+def backend_facts(host: Netns) -> HostFacts:
     """Which iptables backend holds rules in ``host`` (a lab's host namespace): legacy, nft, both or none.
 
     Legacy rules are read through libiptc, nf_tables through ``nft -j list ruleset``; the kernel
@@ -79,22 +97,23 @@ def backend_facts(host: Netns) -> dict[str, Any]:
     from netcheck.kernel.inspect import legacy_tables
     from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_nft
 
-    out: dict[str, Any] = {"netns": host.name or "(this namespace)", "legacy_rules": None, "nft_rules": None, "errors": []}
+    errors: list[str] = []
+    out: HostFacts = {"netns": host.name or "(this namespace)", "legacy_rules": None, "nft_rules": None, "errors": errors}
     try:
         # Only the tables that exist: opening one through libiptc creates it (in host mode, in the real host).
         chains = read_legacy(host, tuple(t for t in legacy_tables(host) if t in ("filter", "nat")))
         out["legacy_rules"] = sum(len(c.rules) for c in chains)
         out["legacy_policies"] = {f"{c.table}/{c.name}": c.policy for c in chains if c.policy is not None and c.policy != "ACCEPT"}
     except Exception as exc:  # noqa: BLE001 - a fact we cannot read is "unknown", with the reason
-        out["errors"].append(f"reading legacy xtables: {exc}")
+        errors.append(f"reading legacy xtables: {exc}")
     if nft_available():
         try:
             out["nft_rules"] = sum(len(c.rules) for c in nft_chains(read_nft(host)))
         except Exception as exc:  # noqa: BLE001
-            out["errors"].append(f"reading nf_tables: {exc}")
+            errors.append(f"reading nf_tables: {exc}")
     else:
-        out["errors"].append("nft is not installed, so nf_tables rules could not be read")
-    out["backend"] = backend_in_use(out["legacy_rules"], out["nft_rules"])
+        errors.append("nft is not installed, so nf_tables rules could not be read")
+    out["backend"] = backend_in_use(out.get("legacy_rules"), out.get("nft_rules"))
     return out
 
 
@@ -115,7 +134,7 @@ def backend_in_use(legacy: int | None, nft: int | None) -> str:
 OBSERVED_SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
 
 
-def observed_host(lab: Any) -> dict[str, Any]:
+def observed_host(lab: Lab) -> ObservedHost:
     """What the lab's host namespace holds now, in the spec's names: sysctls, the FORWARD policy,
     and each host-side link's state and addresses. The diagram draws this, not the spec.
 
@@ -126,7 +145,7 @@ def observed_host(lab: Any) -> dict[str, Any]:
 
     host = lab.host
     t = lab.topology
-    out: dict[str, Any] = {"sysctls": {}, "links": {}, "errors": []}
+    out: ObservedHost = {"sysctls": {}, "links": {}, "errors": []}
     try:
         for key in sorted({k for k, _ in t.host.sysctls} | set(OBSERVED_SYSCTLS)):
             value = host.sysctl(key)

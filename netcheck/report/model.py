@@ -1,8 +1,12 @@
-"""The results model: one run as plain data. The JSON file, the HTML page, the pcap files,
+"""The results model: one run as typed values. The JSON file, the HTML page, the pcap files,
 the pytest-html extras and ``netcheck diff`` are all views of it.
 
-A ``Results`` round-trips through JSON (``to_dict``/``from_dict``); the HTML report is
-rendered from the parsed JSON, so the two can never disagree.
+A ``Results`` round-trips through JSON (``to_dict``/``from_dict``): probes come back as
+``ProbeResult``, matrices as ``MatrixResult``, so the views read attributes, never dict keys.
+The HTML report is rendered from the parsed JSON, so the two can never disagree.
+
+A new table for the report is a new field: on ``TestRecord`` (per test, with its JSON form in
+``to_dict``/``from_dict``), or on ``Results`` (per run), and a view of it in ``render``.
 """
 
 from __future__ import annotations
@@ -10,22 +14,70 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 
-from netcheck.evidence import PROPERTIES, place_once
+from netcheck.evidence import PROPERTIES, Finding, MatrixResult, ProbeResult
+from netcheck.kernel.jsontypes import JSON, JSONObject
 
 if TYPE_CHECKING:
     from netcheck import spec
 
 SCHEMA = "netcheck-results/1"
 FAILED_OUTCOMES = ("failed", "error", "xpassed")
+TopologyView = JSONObject  # a spec as plain data (``topology_view``), with what was observed under "observed"
 
 
 class ResultsError(ValueError):
     """A results file cannot be read; the message names the file and the fix."""
+
+
+class PcapLink(TypedDict):
+    """One pcap file written for a probe: a capture point's, a trace hop's, or the probe's merged timeline."""
+
+    probe: int  # the probe's index in ``TestRecord.all_probes()``
+    point: str  # the capture point ("timeline": the merged pcapng of every hop)
+    file: str  # relative to the report's folder (or a file: URL)
+    packets: int
+    of: NotRequired[Literal["capture", "hop", "timeline"]]  # absent in older files: a capture's
+
+
+class HostFacts(TypedDict, total=False):
+    """Which iptables backend holds rules in a lab's host namespace (``facts.backend_facts``)."""
+
+    topology: str
+    netns: str
+    legacy_rules: int | None
+    nft_rules: int | None
+    legacy_policies: dict[str, str]
+    errors: list[str]
+    backend: str
+
+
+class RunFacts(TypedDict, total=False):
+    """The run's facts (``Collector.build`` and ``facts.machine_facts``)."""
+
+    started: str
+    started_iso: str
+    duration_s: float | None
+    mode: str
+    command: str
+    rootdir: str
+    workers: int
+    faults: list[str]
+    pcap: str
+    pcap_dir: str
+    json_file: str
+    topologies: list[str]
+    exitstatus: int | None
+    kernel: str
+    distribution: str
+    machine: str
+    versions: dict[str, str]
+    iptables_command: str
 
 
 @dataclass
@@ -42,10 +94,10 @@ class TestRecord:
     message: str = ""  # the failure (or skip) text pytest printed
     crash: str = ""  # its one-line form (pytest's reprcrash message)
     phases: dict[str, str] = field(default_factory=dict)  # when -> outcome
-    probes: list[dict[str, Any]] = field(default_factory=list)  # ProbeResult.to_dict()
-    matrices: list[dict[str, Any]] = field(default_factory=list)  # MatrixResult.to_dict()
+    probes: list[ProbeResult] = field(default_factory=list)
+    matrices: list[MatrixResult] = field(default_factory=list)
     properties: list[list[str]] = field(default_factory=list)  # pytest user_properties
-    pcaps: list[dict[str, Any]] = field(default_factory=list)  # {"probe", "point", "file", "packets"}
+    pcaps: list[PcapLink] = field(default_factory=list)
     worker: str | None = None
 
     @builtins.property
@@ -56,42 +108,61 @@ class TestRecord:
     def name(self) -> str:
         return self.nodeid.rpartition("::")[2]
 
-    def top_finding(self) -> dict[str, Any] | None:
-        """The first cause the diagnosis of the test's first failing probe ranks first."""
-        for p in self.all_probes():
-            findings = (p.get("diagnosis") or {}).get("findings") or []
-            if findings and isinstance(findings[0], dict):
-                return findings[0]
-        return None
+    def top_finding(self) -> Finding | None:
+        """The first cause the diagnosis of the test's first diagnosed probe ranks first."""
+        return next((p.diagnosis.top for p in self.all_probes() if p.diagnosis is not None and p.diagnosis.top is not None), None)
 
-    def all_probes(self) -> list[dict[str, Any]]:
+    def all_probes(self) -> list[ProbeResult]:
         """The test's probes, then the failing probes its matrices carry (each has captures)."""
-        out = list(self.probes)
-        for m in self.matrices:
-            out.extend(f for f in m.get("failures", ()) if isinstance(f, dict))
+        return [*self.probes, *(f for m in self.matrices for f in m.failures)]
+
+    def to_dict(self) -> JSONObject:
+        out: JSONObject = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["probes"] = [p.to_dict() for p in self.probes]
+        out["matrices"] = [m.to_dict() for m in self.matrices]
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TestRecord:
+    def from_dict(cls, data: Mapping[str, JSON]) -> TestRecord:
+        """A test from its JSON form; a matrix recorded among the probes is a matrix."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        entries = list(data.get("probes") or ())
+        return cls(**{
+            **{k: v for k, v in data.items() if k in known},
+            "probes": [ProbeResult.from_dict(p) for p in entries if not MatrixResult.is_one(p)],
+            "matrices": [MatrixResult.from_dict(m) for m in [*(p for p in entries if MatrixResult.is_one(p)), *(data.get("matrices") or ())]],
+        })
+
+
+class Cell(TypedDict):
+    passed: int
+    failed: int
+    skipped: int
+    state: str  # pass, fail, skip, none
+
+
+class Summary(TypedDict):
+    """The properties x topologies table."""
+
+    properties: list[str]
+    topologies: list[str]
+    cells: dict[str, dict[str, Cell]]
+    totals: dict[str, int]
+    counts: Counts
 
 
 @dataclass
 class Results:
     """A whole run: facts, the topologies in play (as data), each host's iptables backend, the tests."""
 
-    run: dict[str, Any] = field(default_factory=dict)
-    topologies: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> topology_view()
-    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # topology -> facts.backend_facts()
+    run: RunFacts = field(default_factory=lambda: RunFacts())
+    topologies: dict[str, TopologyView] = field(default_factory=dict)  # name -> topology_view()
+    hosts: dict[str, HostFacts] = field(default_factory=dict)  # topology -> facts.backend_facts()
     tests: list[TestRecord] = field(default_factory=list)
 
     # ------------------------------------------------------------------ views of the data
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Summary:
         """The properties x topologies table: counts per cell, and a state (pass, fail, skip, none)."""
         topologies = list(self.topologies) or []
         for t in self.tests:
@@ -102,19 +173,16 @@ class Results:
         props += sorted(p for p in present if p and p not in props)
         if any(t.property is None for t in self.tests):
             props.append("other")
-        cells: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in props}
-        for p in props:
-            for topo in topologies:
-                cells[p][topo] = {"passed": 0, "failed": 0, "skipped": 0}
+        cells: dict[str, dict[str, Cell]] = {p: {} for p in props}
         for t in self.tests:
-            p = t.property or "other"
             topo = t.topology or "-"
             if topo not in topologies:
                 topologies.append(topo)
-                for pp in props:
-                    cells[pp][topo] = {"passed": 0, "failed": 0, "skipped": 0}
-            bucket = "failed" if t.failed else "skipped" if t.outcome in ("skipped", "xfailed") else "passed"
-            cells[p][topo][bucket] += 1
+        for p in props:
+            for topo in topologies:
+                cells[p][topo] = {"passed": 0, "failed": 0, "skipped": 0, "state": "none"}
+        for t in self.tests:
+            cells[t.property or "other"][t.topology or "-"][_bucket(t)] += 1
         for row in cells.values():
             for cell in row.values():
                 cell["state"] = "fail" if cell["failed"] else "pass" if cell["passed"] else "skip" if cell["skipped"] else "none"
@@ -129,16 +197,16 @@ class Results:
             if not t.failed:
                 continue
             top = t.top_finding()
-            key = (str(top.get("cause", "")), str(top.get("where", "")), str(top.get("fix", ""))) if top else ("", "", "")
+            key = (top.cause, top.where, top.fix) if top else ("", "", "")
             group = groups.get(key)
             if group is None:
-                group = groups[key] = CauseGroup(cause=key[0], where=key[1], fix=key[2], summary=str(top.get("summary", "")) if top else "")
+                group = groups[key] = CauseGroup(cause=key[0], where=key[1], fix=key[2], summary=top.summary if top else "")
             group.tests.append(t.nodeid)
         return sorted(groups.values(), key=lambda g: (not g.cause, -len(g.tests), g.cause))
 
     # ------------------------------------------------------------------ JSON
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "schema": SCHEMA,
             "run": self.run,
@@ -151,18 +219,25 @@ class Results:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False, default=str)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<results>") -> Results:
+    def from_dict(cls, data: JSON, source: str = "<results>") -> Results:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             got = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise ResultsError(f"{source}: not a netcheck results file (schema {got!r}, expected {SCHEMA!r}); give the .json file written beside a netcheck HTML report")
         tests = data.get("tests", [])
         if not isinstance(tests, list) or not all(isinstance(t, dict) and isinstance(t.get("nodeid"), str) for t in tests):
             raise ResultsError(f"{source}: 'tests' must be a list of objects with a 'nodeid'; the file is damaged, write it again with a new run")
+        records = []
+        for t in tests:
+            try:
+                records.append(TestRecord.from_dict(t))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ResultsError(f"{source}: test {t['nodeid']}: its probes cannot be read ({type(exc).__name__}: {exc}); "
+                                   "the file is damaged or from another netcheck version, write it again with a new run") from None
         return cls(
-            run=dict(data.get("run") or {}),
+            run=RunFacts(**(data.get("run") or {})),
             topologies=dict(data.get("topologies") or {}),
             hosts=dict(data.get("hosts") or {}),
-            tests=[TestRecord.from_dict(t) for t in tests],
+            tests=records,
         )
 
     @classmethod
@@ -177,16 +252,6 @@ class Results:
         except json.JSONDecodeError as exc:
             raise ResultsError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); give the .json file written beside a netcheck HTML report") from None
         return cls.from_dict(data, str(p))
-
-
-def is_matrix(entry: dict[str, Any]) -> bool:
-    """A ``MatrixResult.to_dict()`` (or an entry marked kind "matrix") among a test's evidence."""
-    return entry.get("kind") == "matrix" or ("names" in entry and "observed" in entry and "expected" in entry)
-
-
-def finding_line(finding: dict[str, Any]) -> str:
-    """A finding as one line, ``where: summary`` (a summary that already starts with its place keeps it once)."""
-    return place_once(str(finding.get("where", "?")), str(finding.get("summary", "")))
 
 
 @dataclass
@@ -246,7 +311,7 @@ class Counts:
         return f"All {self.passed} checks passed" + (f" ({self.skipped} skipped)" if self.skipped else "")
 
 
-def _bucket(t: TestRecord) -> str:
+def _bucket(t: TestRecord) -> Literal["passed", "failed", "skipped"]:
     return "failed" if t.failed else "skipped" if t.outcome in ("skipped", "xfailed") else "passed"
 
 
@@ -263,13 +328,13 @@ def combine(previous: str | None, when: str, outcome: str, wasxfail: bool) -> st
     return previous or outcome
 
 
-def topology_view(t: spec.Topology) -> dict[str, Any]:
+def topology_view(t: spec.Topology) -> TopologyView:
     """A topology spec as plain JSON data (addresses as strings)."""
     return {k: _plain(v) for k, v in dataclasses.asdict(t).items()}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (IPv4Address, IPv4Interface, IPv4Network)):
+def _plain(value: object) -> JSON:
+    if isinstance(value, (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network)):
         return str(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}

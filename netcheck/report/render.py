@@ -8,29 +8,28 @@ is the Graphviz SVG, which ``diagram.sanitize_svg`` checks first.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
 import jinja2
 from markupsafe import Markup
 
-from netcheck.evidence import verdict_passes
+from netcheck.evidence import Capture, Diagnosis, Expectation, Finding, Hop, KernelEvent, MatrixResult, Packet, ProbeResult
 from netcheck.report import diagram
-from netcheck.report.model import Results, TestRecord, is_matrix
+from netcheck.report.model import CauseGroup, HostFacts, PcapLink, Results, RunFacts, Summary, TestRecord, TopologyView
 
 REPLY_LIMIT = 400
 # Every run fact the page shows, with its value when a results file lacks it.
-RUN_DEFAULTS: dict[str, Any] = {
+RUN_DEFAULTS: RunFacts = {
     "started": "unknown date", "duration_s": None, "mode": "unknown", "command": "", "workers": 0, "faults": [], "pcap": "failed",
     "pcap_dir": "", "json_file": "", "topologies": [], "kernel": "unknown", "machine": "", "distribution": "unknown",
     "versions": {}, "iptables_command": "unknown",
 }
-SAFE_LINK = re.compile(r"^(file:///)?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.pcap\Z")
+SAFE_LINK = re.compile(r"^(file:///)?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.pcap(ng)?\Z")
 MESSAGE_LIMIT = 20000
 
 
@@ -71,7 +70,7 @@ class Renderer:
 
     # ------------------------------------------------------------------ diagrams
 
-    def diagram(self, topo: dict[str, Any] | None, lost: Sequence[diagram.Lost] = ()) -> Markup | str:
+    def diagram(self, topo: TopologyView | None, lost: Sequence[diagram.Lost] = ()) -> Markup | str:
         """Inline SVG markup, or a plain string saying why there is no diagram."""
         if not topo:
             return "no topology spec is known for this test, so there is no diagram"
@@ -88,67 +87,219 @@ class Renderer:
     def report(self, results: Results, title: str = "netcheck report") -> str:
         view = report_view(results, self)
         script, digest = page_script()
-        return environment().get_template("report.html.j2").render(title=title, script=script, script_hash=digest, **view)
+        return environment().get_template("report.html.j2").render(title=title, script=script, script_hash=digest, **{f.name: getattr(view, f.name) for f in fields(view)})
 
-    def snippet(self, test: TestRecord, topo: dict[str, Any] | None) -> str:
+    def snippet(self, test: TestRecord, topo: TopologyView | None) -> str:
         """An HTML fragment for one test (pytest-html extras): evidence, diagnosis, diagram."""
         tv = test_view(test, 0, topo, self)
         return environment().get_template("snippet.html.j2").render(t=tv)
 
 
 # ---------------------------------------------------------------------- view data
+# Each view holds the typed values it shows (a ProbeResult, a Finding, a Hop) and only what the
+# page works out from them (marks, links, notes); the templates read attributes of both.
 
 
-def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PacketView:
+    packet: Packet
+    src: str  # address:port
+    dst: str
+    rewritten: tuple[str, ...]  # "src", "dst": changed from what was sent
+
+    @property
+    def macs(self) -> str:
+        return f"{self.packet.src_mac} > {self.packet.dst_mac}"
+
+
+@dataclass(frozen=True)
+class CaptureView:
+    capture: Capture
+    packets: list[PacketView]
+    nat: list[str]
+    pcap: str | None
+
+
+@dataclass(frozen=True)
+class Section:
+    label: str
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class HopView:
+    hop: Hop
+    at_ms: float | None  # when the repeated probe's packet was seen here (the trace as a timeline)
+    pcap: str | None  # this hop's capture, as a pcap file
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    findings: tuple[Finding, ...]
+    trace: list[HopView]
+    kernel: tuple[KernelEvent, ...]
+    notes: tuple[str, ...]
+    sections: list[Section]
+    elapsed: str
+    timeline: str | None  # the merged pcapng of every hop
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    result: ProbeResult
+    index: int
+    ok: bool
+    captures: list[CaptureView]
+    diagnosis: DiagnosisView | None
+    lost: list[diagram.Lost]
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    state: str  # self, ok, bad
+    mark: str
+    title: str
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    name: str
+    cells: list[MatrixCell]
+
+
+@dataclass(frozen=True)
+class MatrixView:
+    matrix: MatrixResult
+    rows: list[MatrixRow]
+    bad: int
+
+
+@dataclass(frozen=True)
+class AccessRow:
+    test: str
+    path: str
+    source: str
+    target: str
+    expected: Expectation
+    verdict: str
+    ok: bool
+    saw: str
+    kept: str
+    replied_by: str
+
+
+@dataclass(frozen=True)
+class TestView:
+    __test__ = False  # not a pytest test class
+
+    index: int
+    id: str
+    nodeid: str
+    name: str
+    property: str
+    topology: str
+    outcome: str
+    failed: bool
+    duration: float
+    message: str
+    crash: str
+    phases: dict[str, str]
+    probes: list[ProbeView]
+    failing: int
+    diagnoses: list[ProbeView]
+    matrices: list[MatrixView]
+    diagram: Markup | str | None
+    access: list[AccessRow]
+    worker: str | None
+
+
+@dataclass(frozen=True)
+class TopologySection:
+    name: str
+    anchor: str
+    summary: str
+    source: str
+    setup: TopologyView
+    diagram: Markup | str
+    lost: list[str]
+    host: HostFacts | None
+    access: list[AccessRow]
+    matrices: list[MatrixView]
+    failed: int
+    tests: int
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    id: str
+    nodeid: str
+    property: str
+    topology: str
+    outcome: str
+    crash: str
+    finding: Finding | None
+    more: int
+
+
+@dataclass(frozen=True)
+class CauseView:
+    group: CauseGroup
+    entries: list[TestView]  # the tests it explains
+
+
+@dataclass(frozen=True)
+class ReportView:
+    failures: list[FailureRow]
+    causes: list[CauseView]
+    run: RunFacts
+    summary: Summary
+    topologies: list[TopologySection]
+    tests: list[TestView]
+    properties: list[str]
+    outcomes: list[str] = field(default_factory=lambda: ["failed", "error", "passed", "skipped", "xfailed", "xpassed"])
+    backend: str = ""
+
+
+def report_view(results: Results, renderer: Renderer) -> ReportView:
     tests = [test_view(t, i, results.topologies.get(t.topology or ""), renderer) for i, t in enumerate(results.tests)]
-    topologies = []
     summary = results.summary()
+    topologies = []
     for name in summary["topologies"]:
         topo = results.topologies.get(name)
-        lost: list[diagram.Lost] = []
-        for tv in tests:
-            if tv["topology"] == name:
-                for p in tv["probes"]:
-                    lost.extend(p["lost"])
-        rows = access_paths([t for t in results.tests if t.topology == name], topo)
-        matrices = [m for tv in tests if tv["topology"] == name for m in tv["matrices"]]
-        failed = sum(1 for t in results.tests if t.topology == name and t.failed)
-        topologies.append({
-            "name": name,
-            "anchor": anchor("topo", name),
-            "summary": (topo or {}).get("summary", ""),
-            "source": (topo or {}).get("source", ""),
-            "setup": (topo or {}).get("setup") or {},
-            "diagram": renderer.diagram(topo, lost),
-            "lost": sorted({f"{x.point} ({'way out' if x.direction == 'out' else 'reply'})" for x in lost}),
-            "host": results.hosts.get(name),
-            "access": rows,
-            "matrices": matrices,
-            "failed": failed,
-            "tests": sum(1 for t in results.tests if t.topology == name),
-        })
-    properties = sorted({t["property"] for t in tests})
-    ids = {tv["nodeid"]: tv["id"] for tv in tests}
+        mine = [tv for tv in tests if tv.topology == name]
+        lost = [x for tv in mine for p in tv.probes for x in p.lost]
+        topologies.append(TopologySection(
+            name=name,
+            anchor=anchor("topo", name),
+            summary=str((topo or {}).get("summary", "")),
+            source=str((topo or {}).get("source", "")),
+            setup=(topo or {}).get("setup") or {},
+            diagram=renderer.diagram(topo, lost),
+            lost=sorted({f"{x.point} ({'way out' if x.direction == 'out' else 'reply'})" for x in lost}),
+            host=results.hosts.get(name),
+            access=access_paths([t for t in results.tests if t.topology == name], topo),
+            matrices=[m for tv in mine for m in tv.matrices],
+            failed=sum(1 for t in results.tests if t.topology == name and t.failed),
+            tests=sum(1 for t in results.tests if t.topology == name),
+        ))
+    by_nodeid = {tv.nodeid: tv for tv in tests}
     failures = []
     for tv in tests:
-        if not tv["failed"]:
+        if not tv.failed:
             continue
-        findings = [f for d in tv["diagnoses"] for f in d["diagnosis"]["findings"]]
-        failures.append({
-            "id": tv["id"], "nodeid": tv["nodeid"], "property": tv["property"], "topology": tv["topology"], "outcome": tv["outcome"], "crash": tv["crash"],
-            "finding": findings[0] if findings else None, "more": max(0, len({f["cause"] for f in findings}) - 1),
-        })
-    return {
-        "failures": failures,
-        "causes": [dataclasses.asdict(g) | {"entries": [{"nodeid": n, "id": ids.get(n, "")} for n in g.tests]} for g in results.causes()],
-        "run": {**RUN_DEFAULTS, **results.run},
-        "summary": summary,
-        "topologies": topologies,
-        "tests": tests,
-        "properties": properties,
-        "outcomes": ["failed", "error", "passed", "skipped", "xfailed", "xpassed"],
-        "backend": backend_line(results),
-    }
+        findings = [f for p in tv.diagnoses if p.diagnosis for f in p.diagnosis.findings]
+        failures.append(FailureRow(id=tv.id, nodeid=tv.nodeid, property=tv.property, topology=tv.topology, outcome=tv.outcome, crash=tv.crash,
+                                   finding=findings[0] if findings else None, more=max(0, len({f.cause for f in findings}) - 1)))
+    return ReportView(
+        failures=failures,
+        causes=[CauseView(g, [by_nodeid[n] for n in g.tests]) for g in results.causes()],
+        run={**RUN_DEFAULTS, **results.run},
+        summary=summary,
+        topologies=topologies,
+        tests=tests,
+        properties=sorted({tv.property for tv in tests}),
+        backend=backend_line(results),
+    )
 
 
 def backend_line(results: Results) -> str:
@@ -170,118 +321,77 @@ def anchor(*parts: object) -> str:
     return "-".join(re.sub(r"[^A-Za-z0-9_-]+", "_", str(p)) for p in parts)
 
 
-def test_view(t: TestRecord, index: int, topo: dict[str, Any] | None, renderer: Renderer) -> dict[str, Any]:
-    pcaps: dict[int, dict[str, str]] = {}
-    for pc in t.pcaps:
-        link = str(pc.get("file", ""))
-        if SAFE_LINK.match(link):  # only the relative paths or file: URLs the pcap writer makes
-            pcaps.setdefault(int(pc.get("probe", -1)), {})[str(pc.get("point"))] = link
-    probes = [probe_view(p, i, pcaps.get(i, {})) for i, p in enumerate(t.all_probes()) if not is_matrix(p)]
-    matrices = [matrix_view(m) for m in t.matrices]
-    lost = [x for p in probes for x in p["lost"]]
-    failing = [p for p in probes if not p["ok"]]
-    return {
-        "index": index,
-        "id": anchor("t", index),
-        "nodeid": t.nodeid,
-        "name": t.name,
-        "property": t.property or "other",
-        "topology": t.topology or "-",
-        "outcome": t.outcome,
-        "failed": t.failed,
-        "duration": t.duration_s,
-        "message": _clip(t.message, MESSAGE_LIMIT),
-        "crash": t.crash,
-        "phases": t.phases,
-        "probes": probes,
-        "failing": len(failing),
-        "diagnoses": [p for p in failing if p["diagnosis"]],
-        "matrices": matrices,
-        "diagram": renderer.diagram(topo, lost) if (t.failed and topo) else None,
-        "access": access_paths([t], topo),
-        "worker": t.worker,
-    }
+def _links(pcaps: Sequence[PcapLink]) -> dict[tuple[int, str, str], str]:
+    """(probe, of, point) -> the link, for the pcaps the writer made (only relative paths or file: URLs)."""
+    out: dict[tuple[int, str, str], str] = {}
+    for pc in pcaps:
+        if SAFE_LINK.match(str(pc.get("file", ""))):
+            out.setdefault((int(pc.get("probe", -1)), pc.get("of", "capture"), str(pc.get("point"))), pc["file"])
+    return out
 
 
-def probe_view(p: dict[str, Any], index: int, pcaps: dict[str, str]) -> dict[str, Any]:
-    ok = verdict_passes(p.get("expected", "reach"), p.get("verdict", ""))
-    sent_src = str(p.get("source_address") or "")
-    sent_dst = str(p.get("destination") or "")
-    captures = []
-    for c in p.get("captures", ()):
-        packets = c.get("packets", ())
-        captures.append({
-            "point": c.get("point", "?"),
-            "started": c.get("started", True),
-            "interface": c.get("kernel_interface", ""),
-            "packets": [packet_view(x, sent_src, sent_dst) for x in packets],
-            "nat": nat_notes(packets, sent_src, sent_dst),
-            "pcap": pcaps.get(str(c.get("point"))),
-        })
-    diag = p.get("diagnosis") or None
-    trace = list((diag or {}).get("trace", ()))
-    lost = diagram.lost_hops(trace) if (diag and not ok) else []
-    return {
-        "index": index,
-        "ok": ok,
-        "kind": p.get("kind", "?"),
-        "source": p.get("source", "?"),
-        "source_address": sent_src,
-        "destination": sent_dst,
-        "target": p.get("target"),
-        "expected": p.get("expected", "?"),
-        "verdict": p.get("verdict", "?"),
-        "sent": p.get("sent", ""),
-        "reply": p.get("reply"),
-        "replied_by": p.get("replied_by"),
-        "service_saw": p.get("service_saw"),
-        "service": p.get("service", "netcheck"),
-        "rtt": p.get("rtt_ms"),
-        "error": p.get("error"),
-        "labels": p.get("labels") or {},
-        "captures": captures,
-        "diagnosis": diagnosis_view(diag) if diag else None,
-        "lost": lost,
-    }
+def test_view(t: TestRecord, index: int, topo: TopologyView | None, renderer: Renderer) -> TestView:
+    links = _links(t.pcaps)
+    probes = [probe_view(p, i, links) for i, p in enumerate(t.all_probes())]
+    failing = [p for p in probes if not p.ok]
+    return TestView(
+        index=index,
+        id=anchor("t", index),
+        nodeid=t.nodeid,
+        name=t.name,
+        property=t.property or "other",
+        topology=t.topology or "-",
+        outcome=t.outcome,
+        failed=t.failed,
+        duration=t.duration_s,
+        message=_clip(t.message, MESSAGE_LIMIT),
+        crash=t.crash,
+        phases=t.phases,
+        probes=probes,
+        failing=len(failing),
+        diagnoses=[p for p in failing if p.diagnosis],
+        matrices=[matrix_view(m) for m in t.matrices],
+        diagram=renderer.diagram(topo, [x for p in probes for x in p.lost]) if (t.failed and topo) else None,
+        access=access_paths([t], topo),
+        worker=t.worker,
+    )
 
 
-def packet_view(x: dict[str, Any], sent_src: str, sent_dst: str) -> dict[str, Any]:
-    src = _hostport(x.get("src"), x.get("sport"))
-    dst = _hostport(x.get("dst"), x.get("dport"))
-    rewritten = []
-    if x.get("role") == "request":
-        if sent_src and x.get("src") not in (None, sent_src) and x.get("proto") != "arp":
+def probe_view(p: ProbeResult, index: int, links: dict[tuple[int, str, str], str]) -> ProbeView:
+    sent_src, sent_dst = p.source_address, p.destination
+    captures = [CaptureView(c, [packet_view(x, sent_src, sent_dst) for x in c.packets], nat_notes(c.packets, sent_src, sent_dst), links.get((index, "capture", c.point)))
+                for c in p.captures]
+    d = p.diagnosis
+    return ProbeView(result=p, index=index, ok=p.passed, captures=captures, diagnosis=diagnosis_view(d, index, links) if d else None,
+                     lost=diagram.lost_hops(d.trace) if (d and not p.passed) else [])
+
+
+def _hostport(addr: str, port: int | None) -> str:
+    return f"{addr}:{port}" if port is not None else addr
+
+
+def packet_view(x: Packet, sent_src: str, sent_dst: str) -> PacketView:
+    src, dst = _hostport(x.src, x.sport), _hostport(x.dst, x.dport)
+    rewritten: list[str] = []
+    if x.role == "request" and x.proto != "arp":
+        if sent_src and x.src != sent_src:
             rewritten.append("src")
-        if sent_dst and dst != sent_dst and x.get("dst") != sent_dst and x.get("proto") != "arp":
+        if sent_dst and dst != sent_dst and x.dst != sent_dst:
             rewritten.append("dst")
-    return {
-        "at": x.get("at_ms"),
-        "role": x.get("role") or "",
-        "proto": x.get("proto", ""),
-        "src": src,
-        "dst": dst,
-        "ttl": x.get("ttl"),
-        "info": x.get("info", ""),
-        "macs": f"{x.get('src_mac', '')} > {x.get('dst_mac', '')}",
-        "rewritten": rewritten,
-    }
+    return PacketView(x, src, dst, tuple(rewritten))
 
 
-def _hostport(addr: object, port: object) -> str:
-    return f"{addr}:{port}" if port is not None else str(addr)
-
-
-def nat_notes(packets: Sequence[dict[str, Any]], sent_src: str, sent_dst: str) -> list[str]:
+def nat_notes(packets: Sequence[Packet], sent_src: str, sent_dst: str) -> list[str]:
     """What the first request seen here says about address translation, compared with what was sent."""
-    req = next((x for x in packets if x.get("role") == "request"), None)
-    if req is None or req.get("proto") == "arp":
+    req = next((x for x in packets if x.role == "request"), None)
+    if req is None or req.proto == "arp":
         return []
     notes = []
-    dst = _hostport(req.get("dst"), req.get("dport"))
-    if sent_dst and dst != sent_dst and req.get("dst") != sent_dst:
+    dst = _hostport(req.dst, req.dport)
+    if sent_dst and dst != sent_dst and req.dst != sent_dst:
         notes.append(f"destination rewritten (DNAT): sent to {sent_dst}, seen here as {dst}")
-    if sent_src and req.get("src") != sent_src:
-        notes.append(f"source rewritten (SNAT/MASQUERADE): sent from {sent_src}, seen here as {req.get('src')}")
+    if sent_src and req.src != sent_src:
+        notes.append(f"source rewritten (SNAT/MASQUERADE): sent from {sent_src}, seen here as {req.src}")
     return notes
 
 
@@ -294,104 +404,72 @@ DIAGNOSIS_SECTIONS = {
     "kernel_note": "the kernel's witness",
     "disagreement": "model and kernel disagree",
 }
+SHOWN_APART = ("findings", "trace", "notes", "elapsed_ms", "kernel", "captures", "started_at")  # the diagnosis's fields with a view of their own
 
 
-def diagnosis_view(d: dict[str, Any]) -> dict[str, Any]:
-    """Whatever a Diagnosis holds: findings, trace and notes, then every other field as a labelled list."""
-    known = {"cause", "where", "summary", "fix", "evidence", "score"}
-    findings: list[dict[str, Any]] = []
-    for f in d.get("findings", ()):
-        if not isinstance(f, dict):
-            findings.append({"cause": "", "where": "", "summary": str(f), "fix": "", "evidence": [], "score": None, "extra": {}})
-            continue
-        findings.append({
-            "cause": f.get("cause", ""),
-            "where": f.get("where", ""),
-            "summary": f.get("summary", ""),
-            "fix": f.get("fix", ""),
-            "evidence": [str(e) for e in f.get("evidence", ())],
-            "score": f.get("score"),
-            "extra": {k: v for k, v in f.items() if k not in known},
-        })
-    hops = [{"point": h.get("point", "?"), "direction": h.get("direction", ""), "seen": bool(h.get("seen")), "addresses": h.get("addresses", "")} for h in d.get("trace", ()) if isinstance(h, dict)]
+def diagnosis_view(d: Diagnosis, probe: int = 0, links: dict[tuple[int, str, str], str] | None = None) -> DiagnosisView:
+    """Whatever a Diagnosis holds: findings, trace (a timeline, with each hop's pcap), kernel drops and notes, then every other field as a labelled list."""
+    links = links or {}
+    caps = {c.point: c for c in d.captures}
+    trace = []
+    for h in d.trace:
+        c = caps.get(h.point)
+        pkt = c.hop_packet(h.direction) if c is not None else None
+        trace.append(HopView(h, pkt.at_ms if pkt is not None else None, links.get((probe, "hop", h.point))))
+    rest = [f.name for f in fields(d) if f.name not in SHOWN_APART]
     sections = []
-    kernel = [{"reason": k.get("reason", "?"), "location": k.get("location", "?"), "where": k.get("netns", "?") if k.get("device", "-") == "-" else f"{k.get('netns')}:{k.get('device')}",
-               "packet": k.get("packet", ""), "causes": ", ".join(k.get("causes", ()))} for k in d.get("kernel", ()) if isinstance(k, dict)]
-    rest = [k for k in d if k not in ("findings", "trace", "notes", "elapsed_ms", "kernel")]
     for key in sorted(rest, key=lambda k: (list(DIAGNOSIS_SECTIONS).index(k) if k in DIAGNOSIS_SECTIONS else 99, k)):
-        value = d[key]
+        value = getattr(d, key)
         items = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)] if value not in (None, "", {}) else []
         if items:
-            sections.append({"label": DIAGNOSIS_SECTIONS.get(key, key.replace("_", " ")), "lines": items})
-    elapsed = d.get("elapsed_ms")
-    return {
-        "findings": findings,
-        "trace": hops,
-        "kernel": kernel,
-        "notes": [str(n) for n in d.get("notes", ())],
-        "sections": sections,
-        "elapsed": f"{float(elapsed):.0f} ms" if isinstance(elapsed, (int, float)) and elapsed else "",
-    }
+            sections.append(Section(DIAGNOSIS_SECTIONS.get(key, key.replace("_", " ")), items))
+    return DiagnosisView(findings=d.findings, trace=trace, kernel=d.kernel, notes=d.notes, sections=sections,
+                         elapsed=f"{d.elapsed_ms:.0f} ms" if d.elapsed_ms else "", timeline=links.get((probe, "timeline", "timeline")))
 
 
-def matrix_view(m: dict[str, Any]) -> dict[str, Any]:
-    names = [str(n) for n in m.get("names", ())]
-    expected = m.get("expected") or []
-    observed = m.get("observed") or []
+def matrix_view(m: MatrixResult) -> MatrixView:
     rows = []
     bad = 0
-    for i, a in enumerate(names):
+    for i, a in enumerate(m.names):
         cells = []
-        for j, b in enumerate(names):
+        for j, b in enumerate(m.names):
             if i == j:
-                cells.append({"state": "self", "mark": "·", "title": f"{a} itself"})
+                cells.append(MatrixCell("self", "·", f"{a} itself"))
                 continue
-            exp = _at(expected, i, j)
-            obs = _at(observed, i, j)
+            exp, obs = _at(m.expected, i, j), _at(m.observed, i, j)
             good = obs is not None and obs == exp
             bad += 0 if good else 1
             mark = "✓" if obs else "✗" if obs is False else "?"
             want = "reach" if exp else "be blocked"
             got = "reached" if obs else "blocked" if obs is False else "not probed"
-            cells.append({"state": "ok" if good else "bad", "mark": mark, "title": f"{a} → {b}: expected to {want}, {got}"})
-        rows.append({"name": a, "cells": cells})
-    return {
-        "topology": m.get("topology", ""),
-        "kind": m.get("kind", ""),
-        "names": names,
-        "rows": rows,
-        "bad": bad,
-        "pairs": len(names) * (len(names) - 1),
-        "elapsed": m.get("elapsed_s"),
-    }
+            cells.append(MatrixCell("ok" if good else "bad", mark, f"{a} → {b}: expected to {want}, {got}"))
+        rows.append(MatrixRow(a, cells))
+    return MatrixView(m, rows, bad)
 
 
-def _at(grid: Any, i: int, j: int) -> bool | None:
+def _at(grid: Sequence[Sequence[bool | None]], i: int, j: int) -> bool | None:
     try:
-        v = grid[i][j]
-    except (IndexError, TypeError, KeyError):
+        return grid[i][j]
+    except IndexError:
         return None
-    return None if v is None else bool(v)
 
 
-def access_paths(tests: Sequence[TestRecord], topo: dict[str, Any] | None) -> list[dict[str, Any]]:
+def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list[AccessRow]:
     """For each probe of a published port or VIP: the access path and the source the service saw."""
     if not topo:
         return []
     host_ip = str((topo.get("host") or {}).get("address", "")).split("/")[0]
     targets: dict[str, str] = {}
-    for p in topo.get("publishes", ()):
-        targets[f"{host_ip}:{p['host_port']}"] = f"published port {host_ip}:{p['host_port']} → {p['container']}:{p['port']}"
+    for pub in topo.get("publishes", ()):
+        targets[f"{host_ip}:{pub['host_port']}"] = f"published port {host_ip}:{pub['host_port']} → {pub['container']}:{pub['port']}"
     for v in topo.get("vips", ()):
         targets[f"{v['address']}:{v['port']}"] = f"VIP {v['address']}:{v['port']} → {v['container']}:{v['target_port']}"
     rows = []
     for t in tests:
         for p in t.all_probes():
-            dest = str(p.get("destination", ""))
-            if dest not in targets or p.get("kind") not in ("tcp", "http", "udp"):
+            if p.destination not in targets or p.kind not in ("tcp", "http", "udp"):
                 continue
-            src = str(p.get("source", ""))
-            target = p.get("target")
+            src, target = p.source, p.target
             if src == "wan":
                 path = "from outside (wan)"
             elif src == "host":
@@ -400,25 +478,19 @@ def access_paths(tests: Sequence[TestRecord], topo: dict[str, Any] | None) -> li
                 path = f"{src} to its own published address"
             else:
                 path = f"hairpin from {src}"
-            saw = p.get("service_saw")
-            saw_ip = str(saw).rsplit(":", 1)[0] if saw else ""
-            sent = str(p.get("source_address") or "")
+            saw, sent = p.service_saw, p.source_address
             if not saw:
                 kept = "no service answered"
-            elif sent and saw_ip == sent:
+            elif sent and saw.rsplit(":", 1)[0] == sent:
                 kept = "client address kept"
             else:
                 kept = f"rewritten from {sent or '?'} (SNAT/MASQUERADE)"
-            rows.append({
-                "test": t.name,
-                "path": path,
-                "source": f"{src} ({sent})" if sent else src,
-                "target": targets[dest],
-                "expected": p.get("expected", ""),
-                "verdict": p.get("verdict", ""),
-                "ok": verdict_passes(p.get("expected", "reach"), p.get("verdict", "")),
-                "saw": saw or "",
-                "kept": kept,
-                "replied_by": (p.get("replied_by") or "") + (" (the user's own service)" if p.get("service") == "user" else ""),
-            })
+            rows.append(AccessRow(
+                test=t.name, path=path, source=f"{src} ({sent})" if sent else src, target=targets[p.destination], expected=p.expected,
+                verdict=p.verdict, ok=p.passed, saw=saw or "", kept=kept,
+                replied_by=(p.replied_by or "") + (" (the user's own service)" if p.service == "user" else ""),
+            ))
     return rows
+
+
+__all__ = ["Renderer", "ReportView", "TestView", "backend_line", "report_view", "test_view"]
