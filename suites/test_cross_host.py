@@ -11,7 +11,7 @@ or a spec file with ``[[host]]`` tables); single-host topologies get none of the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -29,14 +29,13 @@ pytestmark = [pytest.mark.netcheck_property("cross-host"), pytest.mark.netcheck_
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "multi_topology" in metafunc.fixturenames:
         multis = metafunc.config.stash[SETTINGS].multihosts
-        metafunc.parametrize("multi_topology", multis, ids=[t.name for t in multis], scope="module")
+        metafunc.parametrize("multi_topology", multis, ids=[t.name for t in multis], scope="session")
 
 
-@pytest.fixture(scope="module")
-def multi_lab(multi_topology: MultiTopology, netcheck_lab_factory: LabFactory) -> Iterator[MultiLab]:
-    """The module's multi-host lab of the topology under test (do not break it: faults use their own)."""
-    with MultiLab(multi_topology) as lab:
-        yield lab
+@pytest.fixture(scope="session")
+def multi_lab(multi_topology: MultiTopology, netcheck_lab_factory: LabFactory) -> MultiLab:
+    """The session's multi-host lab of the topology under test (shared with the per-host suites: do not break it)."""
+    return netcheck_lab_factory.multi(multi_topology)
 
 
 def _pairs(t: MultiTopology) -> list[tuple[str, str, str, str]]:
