@@ -38,6 +38,16 @@ def multi_lab(multi_topology: MultiTopology, netcheck_lab_factory: LabFactory) -
     return netcheck_lab_factory.multi(multi_topology)
 
 
+def _why(multi: MultiLab, src: str, dst: str) -> str:
+    """The cross-host diagnosis, for a failure message."""
+    from netcheck.diagnose import crosshost
+
+    d = crosshost.diagnose(multi, src, dst)
+    if not d.findings:
+        return "\ndiagnosis: nothing in the hosts' or the underlay's state differs from the spec"
+    return "\ndiagnosis:\n" + "\n".join(f"  {i}. [{f.cause}] {f.headline()}\n     fix: {f.fix}" for i, f in enumerate(d.findings, 1))
+
+
 def _pairs(t: MultiTopology) -> list[tuple[str, str, str, str]]:
     """Every (source host, source container, target host, target container) across hosts."""
     return [(h.name, c.name, o.name, d.name) for h, c in containers(t) for o, d in containers(t) if o.name != h.name]
@@ -67,7 +77,7 @@ def test_every_container_reaches_every_container_on_the_other_host_with_its_sour
         elif not seen or seen[0].src != _addr(t, sh, sc):
             failures.append(f"{sh}/{sc} -> {th}/{tc}: {th}/{tc} saw the request from {seen[0].src if seen else 'nothing'}, "
                             f"not from {_addr(t, sh, sc)} (masqueraded between the hosts?)")
-    assert not failures, "\n".join(failures)
+    assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)
 
 
 def test_underlay_carries_the_packets_as_the_join_declares(multi_lab: MultiLab, netcheck_evidence: Callable[[ProbeResult], None]) -> None:
@@ -78,7 +88,7 @@ def test_underlay_carries_the_packets_as_the_join_declares(multi_lab: MultiLab, 
     X.open_capture(multi_lab, point)
     t0 = time.time()
     r = X.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
-    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}"
+    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th)
     plain = [p for c in r.captures for p in c.packets if p.role == "request"]
     if t.join.kind == "routed":
         assert plain, f"routed: the echo request was not seen in the clear on the underlay at {point}"
@@ -107,7 +117,7 @@ def test_ttl_is_as_the_path_implies(multi_lab: MultiLab, netcheck_evidence: Call
     (sh, sc, th, tc) = _pairs(t)[0]
     point = f"{th}/{tc}:{_iface(t, th, tc)}"
     r = X.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
-    assert r.verdict == "reached", f"{r.verdict} {r.error or ''}"
+    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th)
     seen = [p for c in r.captures for p in c.packets if p.role == "request"]
     assert seen and seen[0].ttl == 62, f"{th}/{tc} saw the request with ttl {seen[0].ttl if seen else '(not seen)'}, expected 64 - 2 = 62"
     assert r.reply is not None and r.reply.endswith("ttl=62"), f"the reply: {r.reply} (expected ttl=62)"
@@ -128,7 +138,7 @@ def test_published_port_on_another_host_is_reached_from_a_container(multi_lab: M
                     failures.append(f"{o.name}/{sc} -> {h.name}'s {h.public}:{p.host_port}: {r.verdict} {r.error or ''}")
                 elif r.service_saw is not None and r.service_saw.split(":")[0] != _addr(t, o.name, sc):
                     failures.append(f"{o.name}/{sc} -> {h.name}'s {h.public}:{p.host_port}: the service saw {r.service_saw}, not {_addr(t, o.name, sc)}")
-    assert not failures, "\n".join(failures)
+    assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)
 
 
 def test_path_mtu_df_probe_at_the_mtu_passes_one_byte_more_gets_frag_needed(multi_lab: MultiLab) -> None:
@@ -136,9 +146,9 @@ def test_path_mtu_df_probe_at_the_mtu_passes_one_byte_more_gets_frag_needed(mult
     (sh, sc, th, tc) = _pairs(t)[0]
     ns, dst = multi_lab.hosts[sh].container_ns(sc), _addr(t, th, tc)
     at = X.df_ping(ns, dst, t.path_mtu)
-    assert at.outcome == "reply", f"{sh}/{sc} -> {th}/{tc}: {at.describe()}; the declared path MTU is {t.path_mtu}"
+    assert at.outcome == "reply", f"{sh}/{sc} -> {th}/{tc}: {at.describe()}; the declared path MTU is {t.path_mtu}" + _why(multi_lab, sh, th)
     over = X.df_ping(ns, dst, t.path_mtu + 1)
-    assert over.outcome == "frag-needed", f"{sh}/{sc} -> {th}/{tc}: {over.describe()}; expected fragmentation-needed (mtu {t.path_mtu})"
+    assert over.outcome == "frag-needed", f"{sh}/{sc} -> {th}/{tc}: {over.describe()}; expected fragmentation-needed (mtu {t.path_mtu})" + _why(multi_lab, sh, th)
     assert over.mtu == t.path_mtu, f"fragmentation-needed gave mtu {over.mtu}, the declared path MTU is {t.path_mtu}"
 
 
@@ -149,4 +159,4 @@ def test_tcp_transfer_bigger_than_one_mtu_completes(multi_lab: MultiLab) -> None
         x = X.transfer(multi_lab.hosts[sh].container_ns(sc), multi_lab.hosts[th].container_ns(tc), _addr(t, th, tc), 256 * 1024)
         if not x.completed:
             failures.append(f"{sh}/{sc} -> {th}/{tc}: {x.describe()}")
-    assert not failures, "\n".join(failures)
+    assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)
