@@ -174,7 +174,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     results = item.stash.get(EVIDENCE, [])
     data = {
         "property": prop.args[0] if prop else None,
-        "topology": getattr(topo, "name", None),
+        "topology": getattr(topo, "name", None) or getattr(settings_mod.item_multihost(item), "name", None),
         "probes": [r.to_dict() for r in results],  # plain data: it travels through xdist
     }
     report.netcheck = data  # type: ignore[attr-defined]

@@ -53,7 +53,7 @@ def _refs(config: pytest.Config) -> list[str]:
     if env:
         return env
     ini: Any = config.getini("netcheck_topology")
-    return list(ini) if ini else [*spec.BUILTIN, *multihost.BUILTIN]
+    return list(ini) if ini else list(spec.BUILTIN)  # the multi-host built-ins run when named (--netcheck-topology two-hosts-vxlan)
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -136,3 +136,13 @@ def item_topology(item: Any) -> spec.Topology | None:
     callspec = getattr(item, "callspec", None)
     topo = callspec.params.get(TOPOLOGY_FIXTURE) if callspec is not None else None
     return topo if isinstance(topo, spec.Topology) else None
+
+
+MULTIHOST_FIXTURE = "multi_topology"  # the fixture suites/test_cross_host.py parametrizes with the multi-host topologies in play
+
+
+def item_multihost(item: Any) -> multihost.MultiTopology | None:
+    """The multi-host topology a collected cross-host test runs on, if any."""
+    callspec = getattr(item, "callspec", None)
+    topo = callspec.params.get(MULTIHOST_FIXTURE) if callspec is not None else None
+    return topo if isinstance(topo, multihost.MultiTopology) else None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from netcheck.evidence import ProbeResult
+from netcheck.evidence import MatrixResult, ProbeResult
 from netcheck.factory import LabFactory
 from netcheck.multihost import probes as X
 from netcheck.multihost.lab import MultiLab
@@ -68,15 +68,24 @@ def test_every_container_reaches_every_container_on_the_other_host_with_its_sour
     t = multi_lab.topology
     failures = []
     probers = {h.name: X.prober(multi_lab, h.name, netcheck_evidence) for h in t.hosts}  # one each: their ICMP ids follow on
+    names = [f"{h.name}/{c.name}" for h, c in containers(t)]
+    observed = {(a, a): None for a in names} | {(f"{sh}/{sc}", f"{th}/{tc}"): True for sh, sc, th, tc in _pairs(t)}
+    for h, c in containers(t):  # the same-host pairs too, for the report's cross-host matrix
+        for d in h.topology.containers:
+            if d.name != c.name:
+                observed[(f"{h.name}/{c.name}", f"{h.name}/{d.name}")] = probers[h.name].icmp(c.name, _addr(t, h.name, d.name), target=d.name).verdict == "reached"
     for sh, sc, th, tc in _pairs(t):
         point = f"{th}/{tc}:{_iface(t, th, tc)}"
         r = probers[sh].icmp(sc, _addr(t, th, tc), capture=[point], target=tc)
         seen = [p for c in r.captures for p in c.packets if p.role == "request"]
         if r.verdict != "reached":
+            observed[(f"{sh}/{sc}", f"{th}/{tc}")] = False
             failures.append(f"{sh}/{sc} -> {th}/{tc} ({_addr(t, th, tc)}): {r.verdict} {r.error or ''}")
         elif not seen or seen[0].src != _addr(t, sh, sc):
             failures.append(f"{sh}/{sc} -> {th}/{tc}: {th}/{tc} saw the request from {seen[0].src if seen else 'nothing'}, "
                             f"not from {_addr(t, sh, sc)} (masqueraded between the hosts?)")
+    netcheck_evidence(MatrixResult(t.name, "icmp", tuple(names), tuple(tuple(a != b for b in names) for a in names),  # type: ignore[arg-type]
+                                   tuple(tuple(observed[(a, b)] for b in names) for a in names)))
     assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)
 
 

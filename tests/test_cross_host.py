@@ -139,3 +139,21 @@ def test_cross_host_fault_fails_its_suite_test_with_the_right_top_cause(fault: s
         message = _run(f.suite_test.split("::")[1], lab)
     assert f.message in message, f"fault {fault}: {f.suite_test} failed without saying {f.message!r}:\n{message}"
     assert f"1. [{f.cause}]" in message, f"fault {fault}: expected {f.cause} first:\n{message}"
+
+
+@pytest.mark.root
+def test_both_multi_host_builtins_pass_every_suite(run_suites: Callable[..., pytest.RunResult]) -> None:
+    """The acceptance run: every suite, per host and across hosts, on two-hosts-routed and two-hosts-vxlan."""
+    result = run_suites(str(ROOT / "suites"), "-v", "--netcheck-topology=two-hosts-routed", "--netcheck-topology=two-hosts-vxlan")
+    outcomes = result.parseoutcomes()
+    assert result.ret == 0 and outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
+    out = result.stdout.str()
+    for name in ("two-hosts-routed", "two-hosts-vxlan"):
+        assert f"test_underlay_carries_the_packets_as_the_join_declares[{name}] PASSED" in out, out[-2000:]
+        for host in ("a", "b"):
+            assert f"test_forwarding.py::test_ttl_drops_by_exactly_one_at_the_host[{name}.{host}] PASSED" in out, out[-2000:]
+
+
+def test_single_host_runs_collect_no_cross_host_test(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_inprocess(str(ROOT / "suites" / "test_cross_host.py"), "--collect-only", "-q", "--netcheck-topology=seed1", "--netcheck-report=none", "-p", "no:cacheprovider")
+    assert "test_cross_host.py::" not in result.stdout.str(), result.stdout.str()
