@@ -26,7 +26,7 @@ needs_root = pytest.mark.skipif(not has_net_admin(), reason="builds labs: needs 
 
 
 def _text(name: str) -> str:
-    return (ROOT / "netcheck" / "topologies" / f"{name}.toml").read_text()
+    return (ROOT / "netcheck" / "topologies" / "multihost" / f"{name}.toml").read_text()
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -157,3 +157,58 @@ def test_both_multi_host_builtins_pass_every_suite(run_suites: Callable[..., pyt
 def test_single_host_runs_collect_no_cross_host_test(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess(str(ROOT / "suites" / "test_cross_host.py"), "--collect-only", "-q", "--netcheck-topology=seed1", "--netcheck-report=none", "-p", "no:cacheprovider")
     assert "test_cross_host.py::" not in result.stdout.str(), result.stdout.str()
+
+
+HOLD = """
+import sys
+from netcheck.multihost import spec as M
+from netcheck.multihost.lab import MultiLab
+lab = MultiLab(M.builtin("two-hosts-vxlan")).build()
+print(" ".join(ns.name for ns in lab.namespaces().values()), flush=True)
+sys.stdin.readline()
+"""
+
+
+@needs_root
+def test_a_killed_multi_host_run_is_cleaned_by_its_records(tmp_path: Path) -> None:
+    """SIGKILL after the build: the host labs' records and the join's record name everything; ``netcheck clean`` removes it all."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "NETCHECK_RUN_DIR": str(run_dir)}
+    child = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert child.stdout is not None
+        names = child.stdout.readline().split()
+        assert len(names) == 9, names  # two hosts of (host, wan, two containers), and the underlay
+        assert len(list(run_dir.glob("*.jsonl"))) == 3, "a record per host lab, and one for the underlay and the join"
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    from hoststate import NETCHECK
+
+    done = subprocess.run([*NETCHECK, "clean"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [n for n in names if os.path.exists(netns_path(n))], f"left after clean: {names}\n{done.stdout}"
+    assert not list(run_dir.glob("*.jsonl")), "run records left"
+
+
+def test_netcheck_validate_reads_a_multi_host_spec_and_names_the_mtu_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from netcheck.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_text("two-hosts-vxlan").replace("mtu = 1450", "mtu = 1480"))
+    assert main(["validate", "two-hosts-vxlan"]) == 0
+    assert "2 hosts joined by vxlan, 4 containers, path MTU 1450" in capsys.readouterr().out
+    assert main(["validate", str(bad)]) == 2
+    assert f"{bad}: join.mtu = 1480: leaves no room for the encapsulation" in capsys.readouterr().err
+
+
+def test_the_diagram_draws_the_hosts_side_by_side_with_the_underlay_between_them() -> None:
+    from netcheck.report.diagram import multihost_view, to_dot
+
+    dot = to_dot(multihost_view(M.builtin("two-hosts-vxlan")))
+    assert "cluster_underlay" in dot and "cluster_host_0" in dot and "cluster_host_1" in dot
+    assert "vxlan VNI 42, UDP 4789, MTU 1450" in dot and "198.51.100.129/25" in dot and "10.244.2.20/24" in dot
+    assert dot.count('label="veth"];') >= 6  # the underlay to each host, each bridge to its containers

@@ -295,7 +295,7 @@ def load(path: str | Path) -> MultiTopology:
 
 
 def builtin(name: str) -> MultiTopology:
-    text = resources.files("netcheck.topologies").joinpath(f"{name}.toml").read_text("utf-8")
+    text = resources.files("netcheck.topologies").joinpath("multihost", f"{name}.toml").read_text("utf-8")
     return loads(text, f"<built-in {name}>")
 
 
