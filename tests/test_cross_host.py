@@ -212,3 +212,17 @@ def test_the_diagram_draws_the_hosts_side_by_side_with_the_underlay_between_them
     assert "cluster_underlay" in dot and "cluster_host_0" in dot and "cluster_host_1" in dot
     assert "vxlan VNI 42, UDP 4789, MTU 1450" in dot and "198.51.100.129/25" in dot and "10.244.2.20/24" in dot
     assert dot.count('label="veth"];') >= 6  # the underlay to each host, each bridge to its containers
+
+
+@needs_root
+def test_a_learning_overlay_floods_to_the_remote_vtep_and_learns_its_mac() -> None:
+    """fdb = "learning": all-zero entries toward every remote VTEP, no neighbours given; the first exchange teaches the fdb."""
+    t = M.loads(_text("two-hosts-vxlan").replace('fdb = "unicast"', 'fdb = "learning"'), "learning.toml")
+    with MultiLab(t) as lab:
+        SUITE.test_every_container_reaches_every_container_on_the_other_host_with_its_source_kept(lab, lambda _r: None)
+        SUITE.test_underlay_carries_the_packets_as_the_join_declares(lab, lambda _r: None)
+        assert lab.plan is not None
+        a = lab.plan.hosts[0]
+        fdb = lab.hosts["a"].host.run(["bridge", "fdb", "show", "dev", a.vxlan or ""]).stdout.decode()
+        assert "00:00:00:00:00:00 dst 198.51.100.130" in fdb and "02:6e:63:00:00:02 dst 198.51.100.130" in fdb, fdb
+        assert crosshost.diagnose(lab, "a", "b").findings == ()
