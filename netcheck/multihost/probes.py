@@ -9,11 +9,12 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Literal
+from typing import Literal, TypeVar
 
-from netcheck.evidence import Capture
+from netcheck.evidence import Capture, ProbeResult
 from netcheck.kernel.netns import Netns
 from netcheck.lab import Lab
 from netcheck.multihost.lab import MultiLab
@@ -24,6 +25,7 @@ from netcheck.services import ServiceHost
 
 IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # linux/in.h: DF set, the route's cached PMTU ignored
 FRAG_NEEDED = 4  # ICMP dest-unreach code
+T = TypeVar("T")
 
 
 class HostView:
@@ -58,12 +60,14 @@ class HostView:
             return self.multi.resolve_point(point)
         return self.lab.resolve_point(point)
 
-    def attachment(self, key: object, make: object, release: object) -> object:
-        return self.multi.attachment(key, make, release)  # type: ignore[arg-type]
+    def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
+        return self.multi.attachment(key, make, release)
 
 
-def prober(multi: MultiLab, host: str, record: object = None) -> Prober:
-    """A prober sending from ``host``'s namespaces, capturing anywhere in the multi-host lab."""
+def prober(multi: MultiLab, host: str, record: Callable[[ProbeResult], None] | None = None) -> Prober:
+    """A prober sending from ``host``'s namespaces, capturing anywhere in the multi-host lab.
+
+    The prober takes a ``Lab``; ``HostView`` has the part of it a prober uses (a structural fit)."""
     return Prober(HostView(multi, host), record=record)  # type: ignore[arg-type]
 
 
