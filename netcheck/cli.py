@@ -80,12 +80,20 @@ def _causes(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from netcheck.multihost import spec as multihost
     from netcheck.spec import SpecError, resolve
 
     status = 0
     rows: list[dict[str, Any]] = []
     for ref in args.files:
         try:
+            if multihost.is_multi_ref(ref):
+                m = multihost.resolve(ref)
+                n = sum(len(h.topology.containers) for h in m.hosts)
+                rows.append({"file": ref, "ok": True, "topology": m.name, "containers": n, "hosts": len(m.hosts)})
+                if not args.json:
+                    print(f"ok: {ref} (topology {m.name}: {len(m.hosts)} hosts joined by {m.join.kind}, {n} containers, path MTU {m.path_mtu})")
+                continue
             t = resolve(ref)
         except SpecError as exc:
             status = 2

@@ -12,6 +12,8 @@ from netcheck.kernel.netns import Netns
 from netcheck.lab import HostMode, Lab, LabError, has_net_admin
 from netcheck.lab.mode import mode_of
 from netcheck.ledger import Ledger, ProcessEntry, clean, process_starttime
+from netcheck.multihost.lab import MultiLab
+from netcheck.multihost.spec import MultiTopology
 from netcheck.naming import new_tag
 
 NEED_ROOT = (
@@ -30,8 +32,12 @@ class LabFactory:
             lab = labs.shared(spec.builtin("seed1"))
     """
 
-    def __init__(self, *, keep: bool = False, reap: bool = True, host_mode: bool = False, faults: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(self, *, keep: bool = False, reap: bool = True, host_mode: bool = False, faults: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None,
+                 multihosts: tuple[MultiTopology, ...] = ()) -> None:
         self.keep = keep
+        # A host of a multi-host topology is served from its multi-host lab (the suites run on each host, joined).
+        self._host_of: dict[str, tuple[MultiTopology, str]] = {h.topology.name: (m, h.name) for m in multihosts for h in m.hosts}
+        self._multi: dict[str, MultiLab] = {}
         self.mode: HostMode = mode_of(host_mode)
         self.faults = faults
         self._shared: dict[str, Lab] = {}
@@ -58,6 +64,9 @@ class LabFactory:
         if topology.name in self._failed:
             raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
         lab = self._shared.get(topology.name)
+        if lab is None and topology.name in self._host_of:
+            multi, host = self._host_of[topology.name]
+            return self.multi(multi).hosts[host]
         if lab is None:
             if self.mode.exclusive:
                 for name in list(self._shared):
@@ -76,6 +85,24 @@ class LabFactory:
                 self._failed[topology.name] = exc
                 raise
             self._shared[topology.name] = lab
+        return lab
+
+    def multi(self, topology: MultiTopology) -> MultiLab:
+        """The session's multi-host lab for a multi-host topology, built on first use."""
+        if topology.name in self._failed:
+            raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
+        lab = self._multi.get(topology.name)
+        if lab is None:
+            if not has_net_admin():
+                raise PermissionError(NEED_ROOT)
+            try:
+                lab = MultiLab(topology).build()
+            except Exception as exc:  # remembered, as a single lab's failure is, then re-raised
+                self._failed[topology.name] = exc
+                raise
+            for host in lab.hosts.values():
+                host.witness = self.witness(host.namespaces())
+            self._multi[topology.name] = lab
         return lab
 
     def fresh(self, topology: spec.Topology | str) -> Lab:
@@ -141,8 +168,14 @@ class LabFactory:
                 lab.teardown()
             except Exception as exc:  # noqa: BLE001 - every lab gets its teardown
                 errors.append(exc)
+        for multi in reversed(list(self._multi.values())):
+            try:
+                multi.teardown()
+            except Exception as exc:  # noqa: BLE001 - every lab gets its teardown
+                errors.append(exc)
         self._shared.clear()
         self._fresh.clear()
+        self._multi.clear()
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.close()

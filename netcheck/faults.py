@@ -20,6 +20,7 @@ from netcheck.ledger import LinkEntry, NftTableEntry, SysctlEntry
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
+    from netcheck.multihost.lab import MultiLab
 
 DEFAULT = IPv4Network("0.0.0.0/0")
 
@@ -431,4 +432,140 @@ def inject(lab: Lab, names: Iterable[str]) -> list[str]:
     return applied
 
 
-__all__ = ["FAULTS", "Fault", "IPv4Address", "inject"]
+# ----------------------------------------------------------------------------- cross-host faults
+# Each breaks a multi-host lab (netcheck.multihost.lab.MultiLab) between its hosts: the first
+# host ("a") is where traffic starts, the second ("b") where it goes. A rule a fault adds is
+# recorded in the multi-host lab's ledger first.
+
+NOBODY = IPv4Address("198.51.100.140")  # an underlay address no host holds
+CROSS_TTL = "test_cross_host.py::test_ttl_is_as_the_path_implies"
+CROSS_MATRIX = "test_cross_host.py::test_every_container_reaches_every_container_on_the_other_host_with_its_source_kept"
+CROSS_PMTU = "test_cross_host.py::test_path_mtu_df_probe_at_the_mtu_passes_one_byte_more_gets_frag_needed"
+
+
+@dataclass(frozen=True)
+class CrossHostFault:
+    name: str
+    summary: str
+    topology: str  # the multi-host built-in it is demonstrated on
+    suite_test: str
+    message: str
+    cause: str
+    inject: Callable[[MultiLab], None]
+
+
+def _remote_route(multi: MultiLab) -> tuple[Lab, IPv4Network, str]:
+    assert multi.plan is not None
+    a = multi.plan.hosts[0]
+    r = next(r for r in a.routes if r.host == multi.plan.hosts[1].name)
+    return multi.hosts[a.name], r.dst, r.dev
+
+
+def cross_route_missing(multi: MultiLab) -> None:
+    lab, dst, _dev = _remote_route(multi)
+    lab.host.deconfigure(routes=[dst])
+
+
+def cross_route_wrong(multi: MultiLab) -> None:
+    lab, dst, dev = _remote_route(multi)
+    lab.host.deconfigure(routes=[dst])
+    lab.host.configure(routes=[(dst, NOBODY, dev)])
+
+
+def _fdb(multi: MultiLab, wrong: bool) -> None:
+    from netcheck.kernel import rtnl
+    from netcheck.multihost.lab import send
+
+    assert multi.plan is not None
+    a = multi.plan.hosts[0]
+    host = multi.hosts[a.name].host
+    index = host.link_index(a.vxlan or "")
+    assert index is not None
+    entry = a.fdb[0]
+    send(host, lambda _sock: [rtnl.fdb(index, entry.mac, entry.dst, delete=True), *([rtnl.fdb(index, entry.mac, NOBODY)] if wrong else [])])
+
+
+def vxlan_fdb_missing(multi: MultiLab) -> None:
+    _fdb(multi, wrong=False)
+
+
+def vxlan_fdb_wrong(multi: MultiLab) -> None:
+    _fdb(multi, wrong=True)
+
+
+def _remake_b(multi: MultiLab, **change: int) -> None:
+    assert multi.plan is not None
+    b = multi.plan.hosts[1]
+    multi.hosts[b.name].host.delete_link(b.vxlan or "")  # its routes go with it; make_join adds them again
+    multi.make_join(b, **change)
+
+
+def vxlan_vni_mismatch(multi: MultiLab) -> None:
+    _remake_b(multi, vni=multi.topology.join.vni + 1)
+
+
+def vxlan_port_mismatch(multi: MultiLab) -> None:
+    _remake_b(multi, port=multi.topology.join.port + 1)
+
+
+def overlay_mtu_black_hole(multi: MultiLab) -> None:
+    """The underlay toward host b carries less than the overlay was sized for (1400 < 1450 + 50), and says nothing."""
+    assert multi.plan is not None and multi.underlay is not None
+    multi.underlay.set_link(multi.plan.hosts[1].port, mtu=1400)
+
+
+def _cross_rule(multi: MultiLab, index: int, rule: XRule) -> None:
+    from netcheck.ledger import RuleEntry
+
+    assert multi.plan is not None and multi.ledger is not None
+    host = multi.hosts[multi.plan.hosts[index].name].host
+    multi.ledger.record(RuleEntry(host.name, rule, "legacy"))
+    apply_rules(host, [rule], insert=True)
+
+
+def frag_needed_dropped(multi: MultiLab) -> None:
+    subnet = multi.topology.hosts[0].subnets[0]
+    _cross_rule(multi, 0, XRule("filter", "OUTPUT", "DROP", protocol="icmp", dst=str(subnet), comment=f"netcheck {multi.tag}"))
+
+
+def masquerade_between_hosts(multi: MultiLab) -> None:
+    subnet = multi.topology.hosts[0].subnets[0]
+    _cross_rule(multi, 0, XRule("nat", "POSTROUTING", "MASQUERADE", src=str(subnet), comment=f"netcheck {multi.tag}"))
+
+
+def rp_filter_decap(multi: MultiLab) -> None:
+    """Host b checks sources strictly, and its route back to a's containers is a stale host-gw one (via the underlay)."""
+    assert multi.plan is not None
+    a, b = multi.plan.hosts
+    host = multi.hosts[b.name].host
+    for key in ("all", b.vxlan or b.uplink):
+        host.set_sysctl(f"net.ipv4.conf.{key}.rp_filter", 1)
+    for r in (r for r in b.routes if r.host == a.name):
+        host.deconfigure(routes=[r.dst])
+        host.configure(routes=[(r.dst, a.underlay.ip, b.uplink)])
+
+
+def underlay_udp_blocked(multi: MultiLab) -> None:
+    _cross_rule(multi, 1, XRule("filter", "INPUT", "DROP", protocol="udp", dport=multi.topology.join.port, comment=f"netcheck {multi.tag}"))
+
+
+CROSS_HOST_FAULTS: dict[str, CrossHostFault] = {f.name: f for f in [
+    CrossHostFault("cross-route-missing", "host a has no route to host b's container subnet", "two-hosts-routed", CROSS_TTL, "unreachable", "cross_route_missing", cross_route_missing),
+    CrossHostFault("cross-route-wrong", "host a routes b's subnet via an underlay address nobody holds", "two-hosts-routed", CROSS_TTL, "unreachable", "cross_route_wrong", cross_route_wrong),
+    CrossHostFault("vxlan-fdb-missing", "host a's vxlan device has no fdb entry for b's VTEP", "two-hosts-vxlan", CROSS_TTL, "unreachable", "vxlan_fdb_missing", vxlan_fdb_missing),
+    CrossHostFault("vxlan-fdb-wrong", "host a's fdb entry for b's VTEP points at another underlay address", "two-hosts-vxlan", CROSS_TTL, "unreachable", "vxlan_fdb_wrong", vxlan_fdb_wrong),
+    CrossHostFault("vxlan-vni-mismatch", "host b's vxlan device has another VNI", "two-hosts-vxlan", CROSS_TTL, "unreachable", "vxlan_vni_mismatch", vxlan_vni_mismatch),
+    CrossHostFault("vxlan-port-mismatch", "host b's vxlan device listens on another UDP port", "two-hosts-vxlan", CROSS_TTL, "unreachable", "vxlan_port_mismatch", vxlan_port_mismatch),
+    CrossHostFault("overlay-mtu-black-hole", "the underlay toward b carries 1400 bytes, less than the overlay's 1450 + 50: big packets vanish", "two-hosts-vxlan", CROSS_PMTU,
+                   "no answer (no reply, no fragmentation-needed)", "mtu_black_hole", overlay_mtu_black_hole),
+    CrossHostFault("frag-needed-dropped", "host a's OUTPUT drops ICMP to its containers, fragmentation-needed included", "two-hosts-routed", CROSS_PMTU,
+                   "no answer (no reply, no fragmentation-needed)", "frag_needed_dropped", frag_needed_dropped),
+    CrossHostFault("masquerade-between-hosts", "host a masquerades its containers' traffic to host b too", "two-hosts-vxlan", CROSS_MATRIX,
+                   "masqueraded between the hosts", "masquerade_between_hosts", masquerade_between_hosts),
+    CrossHostFault("rp-filter-decap", "host b's strict rp_filter drops decapsulated packets (its route back leaves by the underlay)", "two-hosts-vxlan", CROSS_TTL,
+                   "unreachable", "rp_filter_decap", rp_filter_decap),
+    CrossHostFault("underlay-udp-blocked", "host b's INPUT drops UDP 4789, the VXLAN datagrams", "two-hosts-vxlan", CROSS_TTL, "unreachable", "underlay_udp_blocked", underlay_udp_blocked),
+]}
+
+
+__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "CrossHostFault", "Fault", "IPv4Address", "inject"]

@@ -248,4 +248,43 @@ def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
     return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(head + payload), ident, seq) + payload
 
 
-__all__ = ["ARP", "ICMP", "IPv4", "IPv6", "TCP", "UDP", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "echo_request", "checksum", "mac"]
+# ----------------------------------------------------------------------------- VXLAN (RFC 7348)
+
+_VXLAN = struct.Struct("!B3x3sx")  # flags (0x08: the VNI is valid), reserved, VNI, reserved
+
+
+class VXLAN(NamedTuple):
+    """A VXLAN datagram seen on the underlay: the outer addresses and port, the VNI and the inner frame."""
+
+    outer: IPv4
+    dport: int
+    vni: int
+    inner: Ethernet | None
+
+
+def decode_vxlan(frame: bytes, port: int) -> VXLAN | None:
+    """The VXLAN datagram an Ethernet frame carries to UDP ``port``; None if it carries none.
+
+    >>> inner = bytes.fromhex("0200000000010200000000020800" "4500001c00000000400100000a0000010a000002" "0800f7fe00010000")
+    >>> outer = bytes.fromhex("0200000000030200000000040800" "450000520000000040110000c6336481c6336482") + struct.pack("!HHHH", 40000, 4789, 58, 0)
+    >>> v = decode_vxlan(outer + bytes.fromhex("08000000" "00002a00") + inner, 4789)
+    >>> v.vni, v.outer.src, v.inner.payload.dst
+    (42, '198.51.100.129', '10.0.0.2')
+    """
+    eth = decode(frame)
+    ip = eth.payload if eth is not None else None
+    if not isinstance(ip, IPv4) or not isinstance(ip.payload, UDP) or ip.payload.dport != port:
+        return None
+    udp = 14 + (frame[14] & 0x0F) * 4
+    if len(frame) < udp + 16:
+        return None
+    flags, vni = _VXLAN.unpack_from(frame, udp + 8)
+    if not flags & 0x08:
+        return None
+    return _new(VXLAN, (ip, port, int.from_bytes(vni, "big"), decode(frame[udp + 16 :])))
+
+
+__all__ = [
+    "ARP", "ICMP", "IPv4", "IPv6", "TCP", "UDP", "VXLAN", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "decode_vxlan",
+    "echo_request", "checksum", "mac",
+]

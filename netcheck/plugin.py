@@ -96,7 +96,8 @@ def netcheck_lab_factory(pytestconfig: pytest.Config, netcheck_settings: setting
     from netcheck import activation
     from netcheck.factory import LabFactory
 
-    factory = LabFactory(keep=netcheck_settings.keep, host_mode=netcheck_settings.host_mode, faults=netcheck_settings.faults)
+    factory = LabFactory(keep=netcheck_settings.keep, host_mode=netcheck_settings.host_mode, faults=netcheck_settings.faults,
+                         multihosts=netcheck_settings.multihosts)
     pytestconfig.stash[FACTORY] = factory
     with activation.sigterm_tears_down():
         yield factory

@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 
 from netcheck import spec
+from netcheck.multihost import spec as multihost
 
 ENV_TOPOLOGY = "NETCHECK_TOPOLOGY"  # comma-separated names or files
 ENV_CI = "CI"  # set by CI services; "true" turns a check skipped for a missing tool into a failure
@@ -35,6 +36,7 @@ class Settings:
     host_mode: bool
     scale_n: int
     faults: tuple[str, ...] = ()
+    multihosts: tuple[multihost.MultiTopology, ...] = ()  # the multi-host topologies in play (suites/test_cross_host.py)
 
     def topology(self, name: str) -> spec.Topology:
         for t in self.topologies:
@@ -51,18 +53,23 @@ def _refs(config: pytest.Config) -> list[str]:
     if env:
         return env
     ini: list[str] = config.getini("netcheck_topology")
-    return list(ini) if ini else list(spec.BUILTIN)
+    return list(ini) if ini else list(spec.BUILTIN)  # the multi-host built-ins run when named (--netcheck-topology two-hosts-vxlan)
 
 
 def resolve(config: pytest.Config) -> Settings:
     """Read and validate every setting; a bad one raises pytest.UsageError with the fix."""
-    topologies = []
+    topologies: list[spec.Topology] = []
+    multis: list[multihost.MultiTopology] = []
     for ref in _refs(config):
         try:
+            if multihost.is_multi_ref(ref):
+                multis.append(multihost.resolve(ref))
+                continue
             topologies.append(spec.resolve(ref))
         except spec.SpecError as exc:
             raise pytest.UsageError(f"--netcheck-topology {ref}: {exc}") from None
-    names = [t.name for t in topologies]
+    topologies += [h.topology for m in multis for h in m.hosts]  # the single-host suites run on each host of a multi-host lab
+    names = [t.name for t in topologies] + [m.name for m in multis]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise pytest.UsageError(f"--netcheck-topology: the topology name(s) {', '.join(sorted(dupes))} appear twice; give each spec its own name = \"...\"")
@@ -92,6 +99,7 @@ def resolve(config: pytest.Config) -> Settings:
     return Settings(
         faults=faults,
         topologies=tuple(topologies),
+        multihosts=tuple(multis),
         keep=bool(config.getoption("netcheck_keep")),
         report=config.getoption("netcheck_report") or "auto",
         pcap=pcap,
@@ -128,3 +136,13 @@ def item_topology(item: pytest.Item) -> spec.Topology | None:
     callspec = getattr(item, "callspec", None)
     topo = callspec.params.get(TOPOLOGY_FIXTURE) if callspec is not None else None
     return topo if isinstance(topo, spec.Topology) else None
+
+
+MULTIHOST_FIXTURE = "multi_topology"  # the fixture suites/test_cross_host.py parametrizes with the multi-host topologies in play
+
+
+def item_multihost(item: pytest.Item) -> multihost.MultiTopology | None:
+    """The multi-host topology a collected cross-host test runs on, if any."""
+    callspec = getattr(item, "callspec", None)
+    topo = callspec.params.get(MULTIHOST_FIXTURE) if callspec is not None else None
+    return topo if isinstance(topo, multihost.MultiTopology) else None

@@ -18,6 +18,7 @@ from netcheck.probes import Prober
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scale: the opt-in scale suite (-m scale)")
+    config.addinivalue_line("markers", "netcheck_multihost: a cross-host test, collected only for multi-host topologies")
 
 
 @pytest.fixture
@@ -51,7 +52,12 @@ def evidence(netcheck_evidence: Callable[[ProbeResult], None]) -> Callable[[Prob
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The scale suite is opt-in: its tests run only when ``-m`` names ``scale``."""
+    """The scale suite is opt-in: its tests run only when ``-m`` names ``scale``. The cross-host
+    tests are not collected when no multi-host topology is in play."""
+    from netcheck.plugin import SETTINGS
+
+    if not config.stash[SETTINGS].multihosts:
+        items[:] = [item for item in items if not item.get_closest_marker("netcheck_multihost")]
     if "scale" in (config.getoption("markexpr", "") or ""):
         return
     deselected = [item for item in items if item.get_closest_marker("scale")]

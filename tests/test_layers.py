@@ -29,6 +29,7 @@ LAYERS: dict[str, str] = {
     "netcheck.naming": "spec",  # run tags and kernel names, from a spec
     "netcheck.expect": "spec",  # what a spec promises (who reaches whom)
     "netcheck.scale": "spec",  # generated topologies for the scale suite and bench
+    "netcheck.multihost": "spec",  # several hosts: the multi-host spec (its lab and probes sit higher, below)
     "netcheck.lab": "lab",  # build and teardown
     "netcheck.ledger": "lab",  # the run record: what a lab made, for teardown and clean
     "netcheck.services": "lab",  # the echo and HTTP services a lab runs in its containers
@@ -36,9 +37,12 @@ LAYERS: dict[str, str] = {
     "netcheck.adapters": "lab",  # labs that other tools make
     "netcheck.factory": "lab",  # the session's labs
     "netcheck.settings": "lab",  # which labs to build and how (it names faults)
+    "netcheck.multihost.plan": "lab",  # the join between hosts, pure
+    "netcheck.multihost.lab": "lab",  # the host labs, the underlay and the join
     "netcheck.packet": "probes",  # the one packet decoder
     "netcheck.evidence": "probes",  # probe requests and results, as values
     "netcheck.probes": "probes",  # sending, capturing, the matrix
+    "netcheck.multihost.probes": "probes",  # cross-host probing: captures anywhere, DF echoes, bulk TCP
     "netcheck.diagnose": "diagnose",  # why a probe failed
     "netcheck.diagnosing": "diagnose",  # DiagnosingProber: where probes and diagnose meet, above both packages
     "netcheck.report": "report",  # the results model, HTML, pcap, diff

@@ -225,6 +225,37 @@ def _named(verb: str, ip: IPv4Address, mac: str, where: str) -> Callable[[], str
     return lambda: f"{verb} {ip}" + (f" lladdr {mac}" if mac else "") + f" on {where}"
 
 
+# ----------------------------------------------------------------------------- VXLAN (multi-host overlays)
+
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
+AF_BRIDGE, NTF_SELF, NLM_F_APPEND = 7, 0x02, 0x800
+
+
+def vxlan(name: str, *, vni: int, port: int, local: IPv4Address, link: int, learning: bool, mtu: int | None = None, mac: str | None = None) -> Request:
+    """A VXLAN device (``ip link add NAME type vxlan id VNI dstport PORT local LOCAL dev LINK [nolearning]``)."""
+    data = _u32(IFLA_VXLAN_ID, vni) + _u32(IFLA_VXLAN_LINK, link) + _attr(IFLA_VXLAN_LOCAL, local.packed)
+    data += _attr(IFLA_VXLAN_LEARNING, bytes([1 if learning else 0])) + _attr(IFLA_VXLAN_PORT, struct.pack("!H", port))
+    attrs = _str(IFLA_IFNAME, name) + _attr(IFLA_LINKINFO, _str(IFLA_INFO_KIND, "vxlan") + _attr(IFLA_INFO_DATA, data))
+    if mtu:
+        attrs += _u32(IFLA_MTU, mtu)
+    if mac:
+        attrs += _attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+    return Request(f"add vxlan {name} id {vni} dstport {port} local {local}", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _ifinfo() + attrs)
+
+
+def fdb(index: int, mac: str, dst: IPv4Address, *, delete: bool = False, where: str = "") -> Request:
+    """A permanent fdb entry of a VXLAN device (``bridge fdb append MAC dev DEV dst DST``), or its deletion.
+
+    Appended, so several all-zero entries (head-end replication to every remote VTEP) coexist.
+    """
+    body = _NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
+    body += _ATTR.pack(10, NDA_LLADDR) + bytes.fromhex(mac.replace(":", "")) + b"\0\0" + _ATTR.pack(8, NDA_DST) + dst.packed
+    what = f"{'delete' if delete else 'append'} fdb {mac} dst {dst} on {where or f'#{index}'}"
+    if delete:
+        return Request(what, RTM_DELNEIGH, 0, body)
+    return Request(what, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND, body)
+
+
 # ----------------------------------------------------------------------------- socket
 
 
@@ -390,5 +421,5 @@ def raise_first(failures: Sequence[NetlinkError], where: str, fix: str = "") -> 
 
 __all__ = [
     "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_route", "bridge", "delete_address", "delete_group", "delete_link", "delete_route",
-    "neighbours", "raise_first", "set_bridge", "set_link", "veth",
+    "fdb", "neighbours", "raise_first", "set_bridge", "set_link", "veth", "vxlan",
 ]

@@ -151,10 +151,16 @@ class Collector:
         from netcheck.report.model import topology_view
 
         tests = self.tests
-        names = [t.name for t in self.settings.topologies]
+        names = [t.name for t in self.settings.topologies] + [m.name for m in self.settings.multihosts]
         names += sorted({t.topology for t in tests if t.topology and t.topology not in names})
         topologies: dict[str, TopologyView] = {}
+        multis = {m.name: m for m in self.settings.multihosts}
         for name in names:
+            if name in multis:
+                from netcheck.report.diagram import multihost_view
+
+                topologies[name] = multihost_view(multis[name])  # the hosts side by side, the underlay between them
+                continue
             if name in self.lab_views:
                 topologies[name] = self.lab_views[name]
                 continue

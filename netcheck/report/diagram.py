@@ -17,10 +17,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from netcheck.evidence import Hop
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.lab.plan import masquerade_rule
+from netcheck.multihost.spec import MultiTopology
 
 RED = "#c62828"
 RED_FILL = "#fde0e0"
@@ -115,6 +117,8 @@ def _link_note(topo: JSONObject, name: str) -> str:
 
 def to_dot(topo: JSONObject, lost: Iterable[Lost] = ()) -> str:
     """DOT source for a topology view (``model.topology_view``), with lost hops drawn red."""
+    if topo.get("kind") == "multihost":
+        return multihost_dot(topo)
     g = _Graph()
     lost = list(lost)
     red_points = {x.point for x in lost}
@@ -235,6 +239,63 @@ def to_dot(topo: JSONObject, lost: Iterable[Lost] = ()) -> str:
                 out[idx] = base + f', color="{RED}", fontcolor="{RED}", penwidth=3{text}];'
         else:
             out.append(f'  {a} -> {b} [color="{RED}", fontcolor="{RED}", penwidth=2.5, style=bold, label={_q(label)}, constraint=false];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def multihost_view(t: MultiTopology) -> dict[str, Any]:
+    """A multi-host topology as plain data for the report: each host's view, the underlay, the join."""
+    from netcheck.report.model import topology_view
+
+    j = t.join
+    join = f"vxlan VNI {j.vni}, UDP {j.port}, MTU {j.mtu}, fdb {j.fdb}" if j.kind == "vxlan" else f"routed (path MTU {t.path_mtu})"
+    return {
+        "kind": "multihost", "join_kind": j.kind, "name": t.name, "summary": t.summary, "source": t.source, "join": join,
+        "underlay": {"network": str(t.underlay.network), "mtu": t.underlay.mtu},
+        "hosts": [{"name": h.name, "underlay": str(h.underlay), "subnets": [str(n) for n in h.subnets], "view": topology_view(h.topology)} for h in t.hosts],
+    }
+
+
+def multihost_dot(topo: dict[str, Any]) -> str:
+    """DOT source for a multi-host view: the hosts side by side, each with its bridges and
+    containers, and the underlay between them (its bridge, each host's link, the join)."""
+    g = _Graph()
+    nl = "\n"
+    under = topo.get("underlay") or {}
+    out = [
+        f"digraph {_q(topo.get('name', 'topology'))} {{",
+        f"  graph [rankdir=TB, nodesep=0.3, ranksep=0.5, fontname={_q(FONT)}, fontsize=11, bgcolor=transparent, pad=0.1];",
+        f'  node [fontname={_q(FONT)}, fontsize=10, shape=box, style="rounded,filled", fillcolor="#ffffff", color="#5f6b7a"];',
+        f'  edge [fontname={_q(FONT)}, fontsize=9, color="#5f6b7a", arrowsize=0.6, dir=none];',
+        "  subgraph cluster_underlay {",
+        "    label=" + _q(f"underlay (netns underlay): {under.get('network', '')}, MTU {under.get('mtu', '')}") + '; style="rounded,filled"; fillcolor="#f3f6fa"; color="#9aa7b6";',
+    ]
+    hub = g.node_id("underlay")
+    out.append(f"    {hub} [label={_q('bridge' + nl + str(topo.get('join', '')))}, fillcolor=\"#e3f0fd\", color=\"#2f6fb0\"];")
+    out.append("  }")
+    edges: list[str] = []
+    for i, h in enumerate(topo.get("hosts", ())):
+        view = h.get("view") or {}
+        host = view.get("host") or {}
+        name = str(h["name"])
+        out.append(f"  subgraph cluster_host_{i} {{")
+        out.append("    label=" + _q(f"host {name}: " + ", ".join(host_facts(view))) + '; style="rounded,filled"; fillcolor="#f7f9fc"; color="#5f6b7a";')
+        up = g.node_id(f"{name}/host:underlay")
+        out.append(f"    {up} [label={_q('underlay link' + nl + str(h.get('underlay', '')))}];")
+        uplink = g.node_id(f"{name}/host:uplink")
+        out.append(f"    {uplink} [label={_q(str(host.get('uplink', 'eth0')) + nl + str(host.get('address', '')) + nl + 'to its outside world')}];")
+        for b in view.get("bridges", ()):
+            bid = g.node_id(f"{name}/host:{b['name']}")
+            out.append(f"    {bid} [label={_q(str(b['name']) + ' (bridge)' + nl + str(b.get('address') or ''))}, fillcolor=\"#e3f0fd\", color=\"#2f6fb0\"];")
+            edges.append(f"  {up} -> {bid} [style=dashed, label={_q('vxlan (VTEP)' if topo.get('join_kind') == 'vxlan' else 'routed')}];")
+            for c in view.get("containers", ()):
+                if c.get("bridge") == b["name"]:
+                    cid = g.node_id(f"{name}/{c['name']}")
+                    out.append(f"    {cid} [label={_q(str(c['name']) + nl + str(c.get('address') or ''))}, fillcolor=\"#f1f8f1\", color=\"#4a7c4e\"];")
+                    edges.append(f'  {bid} -> {cid} [label="veth"];')
+        out.append("  }")
+        edges.append(f'  {hub} -> {up} [penwidth=1.6, label="veth"];')
+    out += edges
     out.append("}")
     return "\n".join(out) + "\n"
 

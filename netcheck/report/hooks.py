@@ -22,7 +22,7 @@ import pytest
 from netcheck.evidence import MatrixResult, ProbeResult
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.report.model import HostFacts, TestRecord, TopologyView
-from netcheck.settings import Settings, item_topology
+from netcheck.settings import Settings, item_multihost, item_topology
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -64,10 +64,11 @@ class ReportHooks:
             return
         prop = item.get_closest_marker("netcheck_property")
         topo = item_topology(item)
+        multi = item_multihost(item) if topo is None else None
         probes = [e for e in evidence if isinstance(e, ProbeResult)]
         data: ShippedData = {
             "property": str(prop.args[0]) if prop else None,
-            "topology": topo.name if topo is not None else None,
+            "topology": topo.name if topo is not None else multi.name if multi is not None else None,
             "probes": [e.to_dict() for e in evidence],
         }
         lab: Lab | None = getattr(item, "funcargs", {}).get("netcheck_lab")
