@@ -322,6 +322,10 @@ class Netns:
 
         self._send(make)
 
+    def set_hairpin(self, name: str, on: bool = True) -> None:
+        """Set a bridge port's hairpin mode."""
+        self._send(lambda sock: [rtnl.set_hairpin(_index(sock, name), on, what=f"set hairpin {'on' if on else 'off'} on {name}")])
+
     def set_bridge(self, name: str, *, ageing_time: int) -> None:
         """Set a bridge's MAC ageing time, in centiseconds (0: it forgets every MAC and floods)."""
         self._send(lambda sock: [rtnl.set_bridge(_index(sock, name), ageing_time=ageing_time, what=f"set bridge {name} ageing_time {ageing_time}")])
