@@ -110,4 +110,7 @@ def test_published_port_matrix(lab, probe):
             wrong.append(f"{cell.label}: {r.request.address} reached, but the service saw {r.service_saw}, not {cell.saw} ({cell.why})")
         elif cell.expected and not r.service_saw:
             wrong.append(f"{cell.label}: {r.request.address} reached, but the service reported no source")
-    assert not wrong, f"{len(wrong)} of {len(cells)} published-port cells went wrong:\n  " + "\n  ".join(wrong)
+    if wrong:
+        first = next((r for r in results if not r.passed), None)
+        pytest.fail(f"{len(wrong)} of {len(cells)} published-port cells went wrong:\n  " + "\n  ".join(wrong) + ("\n\nfirst failure:\n" + first.explain() if first else ""),
+                    pytrace=False)

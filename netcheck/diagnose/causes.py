@@ -58,6 +58,10 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("search_wrong", "a container's search domains send a short name to the wrong place", "the search line of the resolv.conf against the spec"),
     Cause("dns_wrong_answer", "the resolver answers a name with another address than the spec's zone", "the zone netcheck's DNS server serves against [dns] records"),
     Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)"),
+    Cause("localhost_publish_route_localnet_off", "a port published on 127.0.0.1: nat OUTPUT DNATs it, but without route_localnet the loopback source never leaves lo",
+          "the flow from the host to 127.0.0.1, its OUTPUT DNAT matched, and route_localnet of all and of the container's side"),
+    Cause("hairpin_masquerade_missing", "a container reaching its own published port: no hairpin MASQUERADE (-s C -d C), so the DNATed request comes back with its own "
+          "address as the source and it drops it as a martian", "the flow from a container to its own published port, its DNAT matched, and a POSTROUTING walk of C -> C"),
     Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence"),
 ]}
 
