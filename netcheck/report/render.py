@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
+from ipaddress import ip_address
 from typing import Any
 
 import jinja2
@@ -111,6 +112,7 @@ def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
                 for p in tv["probes"]:
                     lost.extend(p["lost"])
         rows = access_paths([t for t in results.tests if t.topology == name], topo)
+        ports = port_matrix_rows([t for t in results.tests if t.topology == name])
         matrices = [m for tv in tests if tv["topology"] == name for m in tv["matrices"]]
         failed = sum(1 for t in results.tests if t.topology == name and t.failed)
         topologies.append({
@@ -123,6 +125,7 @@ def report_view(results: Results, renderer: Renderer) -> dict[str, Any]:
             "lost": sorted({f"{x.point} ({'way out' if x.direction == 'out' else 'reply'})" for x in lost}),
             "host": results.hosts.get(name),
             "access": rows,
+            "ports": ports,
             "matrices": matrices,
             "failed": failed,
             "tests": sum(1 for t in results.tests if t.topology == name),
@@ -372,6 +375,37 @@ def _at(grid: Any, i: int, j: int) -> bool | None:
     except (IndexError, TypeError, KeyError):
         return None
     return None if v is None else bool(v)
+
+
+PORT_MATRIX_TEST = "test_published_port_matrix"
+_PROTOCOL_OF = {"http": "tcp", "tcp": "tcp", "udp": "udp", "sctp": "sctp"}
+
+
+def port_matrix_rows(tests: Sequence[TestRecord]) -> list[dict[str, Any]]:
+    """The published-port matrix (suites/test_dnat.py), one row a cell: family, protocol, address:port, access path, expected, observed, the source the service saw."""
+    rows = []
+    for t in tests:
+        if not t.name.startswith(PORT_MATRIX_TEST):
+            continue
+        for p in t.all_probes():
+            request = p.get("request") or {}
+            src, target, dest = str(p.get("source", "")), p.get("target"), str(request.get("destination", ""))
+            path = "from outside (wan)" if src == "wan" else "from the host" if src == "host" else f"{src} to itself" if src == target else f"hairpin from {src}"
+            try:
+                version = ip_address(dest).version
+            except ValueError:
+                continue
+            rows.append({
+                "family": f"IPv{version}",
+                "protocol": _PROTOCOL_OF.get(str(p.get("kind")), str(p.get("kind"))),
+                "to": str(p.get("destination", "")),  # as the probe shows it: [addr]:port for IPv6
+                "path": path,
+                "expected": p.get("expected", ""),
+                "verdict": p.get("verdict", ""),
+                "ok": verdict_passes(p.get("expected", "reach"), p.get("verdict", "")),
+                "saw": p.get("service_saw") or "",
+            })
+    return sorted(rows, key=lambda r: (r["family"], r["protocol"], r["to"], r["path"]))
 
 
 def access_paths(tests: Sequence[TestRecord], topo: dict[str, Any] | None) -> list[dict[str, Any]]:
