@@ -296,6 +296,14 @@ def hairpin_masquerade_removed(lab: Lab) -> None:
     _delete(lab, first)
 
 
+def hairpin_mode_off(lab: Lab) -> None:
+    """The bridge port of the first container with a hairpin publish has hairpin mode off."""
+    p = next((p for p in lab.topology.publishes if p.hairpin), None)
+    if p is None:
+        raise LookupError(f"{lab.topology.name} has no hairpin publish")
+    lab.host.set_hairpin(lab.kname(lab.topology.container(p.container).host_veth), False)
+
+
 def rp_filter_strict(lab: Lab) -> None:
     """A second link to the outside world carries the replies back (asymmetric routing), and
     the host filters reverse paths strictly: the replies arrive where the route back does not go."""
@@ -435,6 +443,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "udp single bind=wildcard from the host", "output_dnat_missing", publish_output_dnat_removed),
     Fault("hairpin-masquerade-removed", "the hairpin MASQUERADE is gone: a container cannot reach its own published port", "seed1-ports", DNAT_MATRIX,
           "netns0 to its own published port", "hairpin_masquerade_missing", hairpin_masquerade_removed),
+    Fault("hairpin-mode-off", "the container's bridge port has hairpin mode off: it cannot reach its own published port", "seed1-ports", DNAT_MATRIX,
+          "netns0 to its own published port", "hairpin_mode_off", hairpin_mode_off),
 ]}
 
 

@@ -751,6 +751,16 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                 (*rule_ev, f"no MASQUERADE in nat POSTROUTING matches {f.target_addr} -> {f.target_addr}:{f.target_port} out {ev.show(side_k)}"), score=93,
             )
             return
+        port = next((bp for bp in ev.snap.host.bridge_ports if s is not None and bp.port == s.veth_k), None)
+        if port is not None and not port.hairpin:
+            yield Finding(
+                "hairpin_mode_off", "host",
+                f"host: {f.source} reaches its own published port {what}: the DNAT sends it back to {f.target_addr}:{f.target_port} by the bridge port it came in by, "
+                    f"{ev.show(port.port)}, whose hairpin mode is off, so the bridge never sends it back out there (Docker turns it on without its userland proxy)",
+                ev.run("host", f"bridge link set dev {port.port} hairpin on"),
+                (*rule_ev, f"bridge port {ev.show(port.port)} of {ev.show(port.bridge)}: hairpin off"), score=92,
+            )
+            return
     if f.target_addr and (to_addr != f.target_addr or (to_port is not None and f.target_port is not None and to_port != f.target_port)):
         want = f"{f.target_addr}:{f.target_port}"
         owner = next((c.name for c in ev.t.containers if c.address is not None and str(c.address.ip) == to_addr), None)
