@@ -143,3 +143,11 @@ def test_the_report_shows_the_matrix_as_a_table() -> None:
         ("IPv4", "203.0.113.2:8053", "from outside (wan)", True), ("IPv4", "203.0.113.2:8053", "netns0 to itself", True), ("IPv6", "[2001:db8:1::2]:8053", "from the host", False)]
     html = Renderer().report(Results(tests=[record]))
     assert "Published-port matrix: 3 cells, 1 not as expected" in html and "<code>[2001:db8:1::2]:8053</code>" in html
+
+
+@pytest.mark.root
+def test_every_dnat_test_passes_on_seed1_ports_both_backends(run_suites, repo) -> None:
+    """The DNAT suite, matrix included (36 cells each), on seed1-ports built with iptables and with native nft."""
+    result = run_suites(str(repo / "suites" / "test_dnat.py"), "--netcheck-topology=seed1-ports", "--netcheck-topology=seed1-ports-nft")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == 10 and not outcomes.get("failed") and not outcomes.get("error"), result.stdout.str()[-3000:]
