@@ -58,8 +58,8 @@ def main() -> None:
     kinds = {"tcp": "http", "udp": "udp", "sctp": "sctp"}
     with Lab(t) as lab:
         probe = Prober(lab)
-        requests = [ProbeRequest(kinds[c.protocol], c.source, c.dst, c.port, expect="reach" if c.expected else "block", target=c.target, capture=(lab.point(c.target),))
-                    for c in cells]
+        expects = {True: "reach", False: "block", None: "observe"}
+        requests = [ProbeRequest(kinds[c.protocol], c.source, c.dst, c.port, expect=expects[c.expected], target=c.target, capture=(lab.point(c.target),)) for c in cells]
         probe.many(requests)  # warm: capture points, scapy's import, the services' first accept
         whole, per_cell, bare = [], [], []
         reachable = [r for r, c in zip(requests, cells, strict=True) if c.expected]

@@ -1418,7 +1418,7 @@ def _check_bind(t: Topology, i: int, p: Publish, problems: _Problems, build: boo
     if a.version == 6 and a.is_loopback:
         problems.add(f"{key}.host_address", str(a), "the kernel cannot DNAT to or from ::1: IPv6 has no route_localnet, so a packet from ::1 never leaves lo "
                      "(only a userland proxy, such as docker-proxy, publishes there)",
-                     'bind "127.0.0.1" (with net.ipv4.conf.all.route_localnet = 1), the host\'s address, or "::" ; or run the tool\'s userland proxy')
+                     'bind "127.0.0.1" (with net.ipv4.conf.all.route_localnet = 1), the host\'s address, or "::"; or run the tool\'s userland proxy')
         return
     if a.is_loopback:
         if t.host.sysctl("net.ipv4.conf.all.route_localnet") != 1:

@@ -26,7 +26,7 @@ def _published(probe, p, src, dst, **kw):
 
 def _host_dst(lab, p):
     """Where the host reaches a published port: the address it is bound to (127.0.0.1 too), else the uplink's."""
-    return p.host_address if p.loopback else bound_addresses(lab.topology, p)[0] if not p.wildcard else lab.topology.host.address.ip
+    return p.host_address if p.loopback else bound_addresses(lab.topology, p)[0]
 
 
 def test_published_port_reached_from_outside(lab, probe):
@@ -99,13 +99,14 @@ def test_published_port_matrix(lab, probe):
     _publishes(lab)
     cells = port_matrix(t)
     kinds = {"tcp": "http", "udp": "udp", "sctp": "sctp"}
-    requests = [ProbeRequest(kinds[c.protocol], c.source, c.dst, c.port, expect="reach" if c.expected else "block", target=c.target, capture=(lab.point(c.target),))
-                for c in cells]
+    expects = {True: "reach", False: "block", None: "observe"}
+    requests = [ProbeRequest(kinds[c.protocol], c.source, c.dst, c.port, expect=expects[c.expected], target=c.target, capture=(lab.point(c.target),)) for c in cells]
     results = probe.many(requests)
     wrong = []
     for cell, r in zip(cells, results, strict=True):
         if not r.passed:
-            wrong.append(f"{cell.label}: {r.request.address} expected {'to reach' if cell.expected else 'to be blocked'} ({cell.why}), {r.verdict}: {r.error or r.reply}")
+            wrong.append(f"{cell.label}: {r.request.address} expected {'to reach' if cell.expected else 'to be blocked' if cell.expected is False else 'an answer'} ({cell.why}), "
+                         f"{r.verdict}: {r.error or r.reply}")
         elif cell.expected and cell.saw is not None and r.service_saw is not None and r.service_saw.split(":")[0] != cell.saw:
             wrong.append(f"{cell.label}: {r.request.address} reached, but the service saw {r.service_saw}, not {cell.saw} ({cell.why})")
         elif cell.expected and not r.service_saw:

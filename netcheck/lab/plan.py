@@ -286,7 +286,7 @@ class PortCell:
     target: str
     target_addr: str | None
     target_port: int
-    expected: bool
+    expected: bool | None  # None: observed, not promised (another tool's setup: its userland proxy or hairpin settings are its own)
     saw: str | None  # the source address the service should see (None: it should see nothing)
     why: str
 
@@ -307,7 +307,9 @@ def port_matrix(t: spec.Topology) -> tuple[PortCell, ...]:
         if c.address is None:
             continue
         bind = "uplink" if p.host_address is None else "wildcard" if p.wildcard else str(p.host_address)
-        outside_dst = t.host.address.ip if p.host_address is None or p.wildcard or p.loopback else p.host_address
+        # Outside and the containers address the first host address of the publish's family (a port bound to 127.0.0.1: the uplink's, where it must not answer).
+        held = spec.host_addresses(t, p.host_address.version if p.host_address is not None else t.host.address.ip.version) or (t.host.address.ip,)
+        outside_dst = held[0] if p.host_address is None or p.wildcard or p.loopback else p.host_address
         host_dst = p.host_address if p.host_address is not None and p.loopback else outside_dst
         gateway = bridge_addr.get(c.bridge) if c.bridge else (c.host_address.ip if c.host_address is not None else None)
         port = p.host_ports[-1]
@@ -332,7 +334,14 @@ def port_matrix(t: spec.Topology) -> tuple[PortCell, ...]:
         paths.append(("itself", c.name, outside_dst, ok, str(gateway), f"nat PREROUTING {rule}, then the hairpin MASQUERADE -s {c.address.ip} -d {c.address.ip}: "
                       f"the service sees {gateway}" if ok else _refused(p, c.name, "PREROUTING")))
         for path, src, dst, ok, seen, why in paths:
-            out.append(PortCell(i, p.protocol, kind, bind, dst.version, path, src, dst, port, c.name, str(c.address.ip), p.container_port(port), ok, seen if ok else None, why))
+            # Where another tool made the setup, a container's way in that the spec does not promise is observed only: a
+            # userland proxy (docker-proxy) may carry it where netcheck's own rules would not.
+            # So is the source a container's way in shows the service: the tool's own hairpin MASQUERADE (CNI portmap's, netavark's) is not the spec's.
+            theirs = t.setup.external and path in ("hairpin", "itself")
+            promised: bool | None = None if theirs and not ok else ok
+            shown = why if promised is not None else f"observed: {why}, unless the tool's userland proxy carries it"
+            out.append(PortCell(i, p.protocol, kind, bind, dst.version, path, src, dst, port, c.name, str(c.address.ip), p.container_port(port), promised,
+                                seen if ok and not theirs else None, shown))
     return tuple(out)
 
 
