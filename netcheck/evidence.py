@@ -19,11 +19,11 @@ from netcheck.kernel.jsontypes import JSON, JSONObject
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
-ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp", "dns"]
-Protocol = Literal["icmp", "tcp", "udp", "arp"]
+ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp", "dns", "sctp"]
+Protocol = Literal["icmp", "tcp", "udp", "arp", "sctp"]
 Role = Literal["request", "reply", "error"]
 IPAddress = IPv4Address | IPv6Address
-PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp", "dns")
+PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp", "dns", "sctp")
 PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "dns", "scale")
 
 

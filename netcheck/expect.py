@@ -86,13 +86,25 @@ def hairpin(t: S.Topology, src: str, dst: str) -> bool:
 
 
 def published_from_outside(t: S.Topology, p: S.Publish) -> bool:
-    """Does the outside world reach a published port (PREROUTING DNAT, then routed from the uplink)?"""
-    return p.from_outside and routed(t, t.host.uplink, host_side(t, p.container))
+    """Does the outside world reach a published port (PREROUTING DNAT, then routed from the uplink)? Not one bound to 127.0.0.1."""
+    return p.from_outside and not p.loopback and routed(t, t.host.uplink, host_side(t, p.container))
+
+
+def published_from_host(t: S.Topology, p: S.Publish) -> bool:
+    """Does the host reach a published port (OUTPUT DNAT)? Bound to 127.0.0.1, only with route_localnet (the loopback source leaves lo)."""
+    return p.from_host and (not p.loopback or t.host.sysctl("net.ipv4.conf.all.route_localnet") == 1)
 
 
 def published_from_container(t: S.Topology, p: S.Publish, src: str) -> bool:
     """Does container ``src`` reach a published port through the host's address (PREROUTING DNAT, then a hairpin)?"""
-    return p.from_outside and hairpin(t, src, p.container)
+    return p.from_outside and not p.loopback and hairpin(t, src, p.container)
+
+
+def published_to_itself(t: S.Topology, p: S.Publish) -> bool:
+    """Does a container reach its own published port? The DNATed request goes back out by its own side of the host, so it needs the
+    hairpin MASQUERADE (Docker's -s C -d C): without it, the container sees its own address as the source and drops it as a martian."""
+    side = host_side(t, p.container)
+    return p.from_outside and not p.loopback and p.hairpin and routed(t, side, side)
 
 
 def vip_from_container(t: S.Topology, v: S.Vip, src: str) -> bool:

@@ -278,6 +278,47 @@ def stray_vip_port(lab: Lab) -> None:
     _add(lab, [rule])
 
 
+def _rule_with(lab: Lab, chain: str, target: str, **fields: object) -> XRule:
+    """The lab's first rule in ``chain`` to ``target`` whose fields are as given (a UDP DNAT, a hairpin MASQUERADE)."""
+    for r in lab.rules:
+        if r.chain == chain and r.target == target and all(getattr(r, k) == v for k, v in fields.items()):
+            return r
+    raise LookupError(f"{lab.topology.name} has no {target} rule in {chain} with {fields}")
+
+
+def udp_dnat_removed(lab: Lab) -> None:
+    """The PREROUTING DNAT of the first UDP publish, for the host's uplink address, is gone."""
+    _delete(lab, _rule_with(lab, "PREROUTING", "DNAT", protocol="udp", dst=str(lab.topology.host.address.ip)))
+
+
+def localhost_route_localnet_off(lab: Lab) -> None:
+    """route_localnet = 0 where a port is published on 127.0.0.1."""
+    if not any(p.loopback for p in lab.topology.publishes):
+        raise LookupError(f"{lab.topology.name} publishes nothing on 127.0.0.1")
+    lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", 0)
+
+
+def publish_output_dnat_removed(lab: Lab) -> None:
+    """The OUTPUT DNAT of the first UDP publish is gone: the host cannot reach it, the outside still can."""
+    _delete(lab, _rule_with(lab, "OUTPUT", "DNAT", protocol="udp", dst=str(lab.topology.host.address.ip)))
+
+
+def hairpin_masquerade_removed(lab: Lab) -> None:
+    """Docker's hairpin MASQUERADE (-s C -d C) of the first hairpin publish is gone."""
+    first = next((r for r in lab.rules if r.chain == "POSTROUTING" and r.target == "MASQUERADE" and r.src is not None and r.src == r.dst), None)
+    if first is None:
+        raise LookupError(f"{lab.topology.name} has no hairpin MASQUERADE")
+    _delete(lab, first)
+
+
+def hairpin_mode_off(lab: Lab) -> None:
+    """The bridge port of the first container with a hairpin publish has hairpin mode off."""
+    p = next((p for p in lab.topology.publishes if p.hairpin), None)
+    if p is None:
+        raise LookupError(f"{lab.topology.name} has no hairpin publish")
+    lab.host.set_hairpin(lab.kname(lab.topology.container(p.container).host_veth), False)
+
+
 def rp_filter_strict(lab: Lab) -> None:
     """A second link to the outside world carries the replies back (asymmetric routing), and
     the host filters reverse paths strictly: the replies arrive where the route back does not go."""
@@ -369,6 +410,7 @@ DNS_CONF = "test_dns.py::test_resolv_conf_is_the_declared_one"
 DNS_ANSWERS = "test_dns.py::test_resolver_answers_over_udp_and_tcp"
 DNS_NAMES = "test_dns.py::test_declared_names_resolve"
 DNS_MASQ = "test_dns.py::test_queries_leave_masqueraded"
+DNAT_MATRIX = "test_dnat.py::test_published_port_matrix"
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
@@ -417,6 +459,16 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("rp-filter-strict", "replies come back by a second link (asymmetric routing) and the host's rp_filter is strict", "seed1", FORWARD_OUT, "198.51.100.1", "rp_filter_strict", rp_filter_strict,
           kernel="IP_RPFILTER"),
     Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost, kernel="IP_LOCALNET"),
+    Fault("udp-dnat-removed", "the PREROUTING DNAT of a published UDP port is gone", "seed1-ports", DNAT_MATRIX, "udp single bind=wildcard from outside", "dnat_missing",
+          udp_dnat_removed),
+    Fault("localhost-route-localnet-off", "route_localnet = 0 with a port published on 127.0.0.1", "seed1-ports", DNAT_MATRIX, "bind=127.0.0.1 from the host",
+          "localhost_publish_route_localnet_off", localhost_route_localnet_off),
+    Fault("publish-output-dnat-removed", "the OUTPUT DNAT of a published UDP port is gone: the host cannot reach it, the outside still can", "seed1-ports", DNAT_MATRIX,
+          "udp single bind=wildcard from the host", "output_dnat_missing", publish_output_dnat_removed),
+    Fault("hairpin-masquerade-removed", "the hairpin MASQUERADE is gone: a container cannot reach its own published port", "seed1-ports", DNAT_MATRIX,
+          "netns0 to its own published port", "hairpin_masquerade_missing", hairpin_masquerade_removed),
+    Fault("hairpin-mode-off", "the container's bridge port has hairpin mode off: it cannot reach its own published port", "seed1-ports", DNAT_MATRIX,
+          "netns0 to its own published port", "hairpin_mode_off", hairpin_mode_off),
 ]}
 
 

@@ -18,7 +18,9 @@ import struct
 from typing import NamedTuple
 
 ETH_IPV4, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
-PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
+PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP = 1, 6, 17, 58, 132
+SCTP_INIT, SCTP_INIT_ACK, SCTP_ABORT = 1, 2, 6
+_SCTP_CHUNKS = {0: "DATA", 1: "INIT", 2: "INIT-ACK", 3: "SACK", 4: "HEARTBEAT", 5: "HEARTBEAT-ACK", 6: "ABORT", 7: "SHUTDOWN", 10: "COOKIE-ECHO", 11: "COOKIE-ACK"}
 ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
 ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED, ICMPV6_ECHO, ICMPV6_ECHOREPLY = 1, 3, 128, 129
 
@@ -31,6 +33,7 @@ _ICMP = struct.Struct("!BBxxHH")
 _PORTS = struct.Struct("!HH")
 _ARP = struct.Struct("!6xH6s4s6s4s")
 _IPV6 = struct.Struct("!6xBB16s16s")
+_SCTP = struct.Struct("!HHI")
 
 
 class TCP(NamedTuple):
@@ -47,6 +50,19 @@ class TCP(NamedTuple):
 class UDP(NamedTuple):
     sport: int
     dport: int
+
+
+class SCTP(NamedTuple):
+    """An SCTP common header and its first chunk's type (None where the packet was cut short: an ICMP error quotes 8 bytes)."""
+
+    sport: int
+    dport: int
+    vtag: int
+    chunk: int | None
+
+    @property
+    def chunk_name(self) -> str:
+        return "" if self.chunk is None else _SCTP_CHUNKS.get(self.chunk, f"chunk{self.chunk}")
 
 
 class ICMP(NamedTuple):
@@ -114,7 +130,7 @@ class IPv4(NamedTuple):
     dst: str
     ttl: int
     proto: int
-    payload: ICMP | TCP | UDP | None  # None: another protocol, or cut short
+    payload: ICMP | TCP | UDP | SCTP | None  # None: another protocol, or cut short
 
 
 class IPv6(NamedTuple):
@@ -122,7 +138,7 @@ class IPv6(NamedTuple):
     dst: str
     hop_limit: int
     next_header: int
-    payload: ICMPv6 | TCP | UDP | None  # None: an extension header, another protocol, or cut short
+    payload: ICMPv6 | TCP | UDP | SCTP | None  # None: an extension header, another protocol, or cut short
 
 
 class ARP(NamedTuple):
@@ -188,7 +204,7 @@ def decode_ipv4(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv4 | No
         return None
     vhl, ttl, proto, src, dst = _IPV4.unpack_from(data, off)
     l4 = off + (vhl & 0x0F) * 4
-    payload: ICMP | TCP | UDP | None = None
+    payload: ICMP | TCP | UDP | SCTP | None = None
     if proto == PROTO_ICMP:
         if len(data) >= l4 + 8:
             itype, code, ident, seq = _ICMP.unpack_from(data, l4)
@@ -199,6 +215,8 @@ def decode_ipv4(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv4 | No
                 payload = _new(ICMP, (itype, code, None, None, b"", inner))
     elif proto in (PROTO_TCP, PROTO_UDP):
         payload = _ports(data, l4, proto == PROTO_TCP)
+    elif proto == PROTO_SCTP:
+        payload = _sctp(data, l4)
     return _new(IPv4, (_ntoa(src), _ntoa(dst), ttl, proto, payload))
 
 
@@ -207,7 +225,7 @@ def decode_ipv6(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv6 | No
         return None
     nh, hops, src, dst = _IPV6.unpack_from(data, off)
     l4 = off + 40
-    payload: ICMPv6 | TCP | UDP | None = None
+    payload: ICMPv6 | TCP | UDP | SCTP | None = None
     if nh == PROTO_ICMPV6 and len(data) >= l4 + 8:
         itype, code, ident, seq = _ICMP.unpack_from(data, l4)
         if itype in (ICMPV6_ECHO, ICMPV6_ECHOREPLY):
@@ -217,6 +235,8 @@ def decode_ipv6(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv6 | No
             payload = _new(ICMPv6, (itype, code, None, None, b"", inner))
     elif nh in (PROTO_TCP, PROTO_UDP):
         payload = _ports(data, l4, nh == PROTO_TCP)
+    elif nh == PROTO_SCTP:
+        payload = _sctp(data, l4)
     return _new(IPv6, (socket.inet_ntop(socket.AF_INET6, src), socket.inet_ntop(socket.AF_INET6, dst), hops, nh, payload))
 
 
@@ -227,6 +247,13 @@ def _ports(data: bytes, l4: int, tcp: bool) -> TCP | UDP | None:
     if tcp:
         return _new(TCP, (sport, dport, data[l4 + 13] if len(data) >= l4 + 14 else 0))
     return _new(UDP, (sport, dport))
+
+
+def _sctp(data: bytes, l4: int) -> SCTP | None:
+    if len(data) < l4 + 8:
+        return None
+    sport, dport, vtag = _SCTP.unpack_from(data, l4)
+    return _new(SCTP, (sport, dport, vtag, data[l4 + 12] if len(data) > l4 + 12 else None))
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -285,6 +312,6 @@ def decode_vxlan(frame: bytes, port: int) -> VXLAN | None:
 
 
 __all__ = [
-    "ARP", "ICMP", "IPv4", "IPv6", "TCP", "UDP", "VXLAN", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "decode_vxlan",
+    "ARP", "ICMP", "IPv4", "IPv6", "SCTP", "TCP", "UDP", "VXLAN", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "decode_vxlan",
     "echo_request", "checksum", "mac",
 ]

@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -42,15 +42,18 @@ DOC_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
 FORBIDDEN = IPv4Network("192.0.2.0/24")  # this machine's own network
 ServiceKind = Literal["http", "tcp-echo", "udp-echo"]
 Transport = Literal["tcp", "udp"]
+PublishProtocol = Literal["tcp", "udp", "sctp"]  # a published port's; SCTP is proven by its INIT, captured rewritten (no SCTP service runs)
 Mode = Literal["build", "script", "cni", "netavark", "podman", "docker"]
 Policy = Literal["ACCEPT", "DROP"]
 Firewall = Literal["iptables", "nft"]
 SERVICE_KINDS: tuple[ServiceKind, ...] = ("http", "tcp-echo", "udp-echo")
 PROTOCOLS: tuple[Transport, ...] = ("tcp", "udp")
+PUBLISH_PROTOCOLS: tuple[PublishProtocol, ...] = ("tcp", "udp", "sctp")
 POLICIES: tuple[Policy, ...] = ("ACCEPT", "DROP")
 FIREWALLS: tuple[Firewall, ...] = ("iptables", "nft")
 ECHO_PORT = 7
 BUILTIN = ("seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft")
+OPT_IN = ("seed1-ports", "seed1-ports-nft")  # built-ins that run only when named (--netcheck-topology seed1-ports)
 MODES: tuple[Mode, ...] = ("build", "script", "cni", "netavark", "podman", "docker")
 EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
 AUTO = "auto"  # a value read back from what the tool made
@@ -211,12 +214,37 @@ class Masquerade:
 
 @dataclass(frozen=True)
 class Publish:
+    """A published port: host_port (and the ``size - 1`` ports after it) DNATed to port (and the ports after it).
+
+    ``host_address`` None is the host's uplink address, as specs wrote it before binds existed; an
+    unspecified address (0.0.0.0, ::) is the wildcard: every address the host holds of that family.
+    """
+
     container: str
     host_port: int
     port: int
-    protocol: Transport = "tcp"
+    protocol: PublishProtocol = "tcp"
     from_outside: bool = True  # nat PREROUTING DNAT
     from_host: bool = True  # nat OUTPUT DNAT
+    size: int = 1  # ports in the range (Docker's -p 8000-8002:5000-5002 has 3)
+    host_address: IPv4Address | IPv6Address | None = None  # the host address it is bound to
+    hairpin: bool = False  # Docker's hairpin MASQUERADE (-s C -d C): the container reaches its own published port
+
+    @property
+    def host_ports(self) -> range:
+        return range(self.host_port, self.host_port + self.size)
+
+    def container_port(self, host_port: int) -> int:
+        """The container port a host port of the range maps to (the same offset, as Docker maps ranges)."""
+        return self.port + host_port - self.host_port
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host_address is not None and self.host_address.is_unspecified
+
+    @property
+    def loopback(self) -> bool:
+        return self.host_address is not None and self.host_address.is_loopback
 
 
 @dataclass(frozen=True)
@@ -517,6 +545,31 @@ def _answer(value: object, name: str) -> IPv4Address | None:
         raise _Invalid(f'not an IPv4 address or "{NXDOMAIN}"', f'write it as "198.51.100.10", or "{NXDOMAIN}" for a name that must not resolve') from None
 
 
+def _port_range(value: object, name: str) -> tuple[int, int]:
+    if not isinstance(value, str):
+        port = integer(1, 65535).read(value, name)  # a single port, refused as any port is
+        return port, port
+    m = re.match(r"^([0-9]{1,5})-([0-9]{1,5})\Z", value)
+    if m is None:
+        raise _Invalid('expected a whole number, or a range "LOW-HIGH"', f'write {name} = <number from 1 to 65535>, or a range: {name} = "8000-8009"')
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if not 1 <= lo <= hi <= 65535:
+        raise _Invalid("not a range of ports from low to high, within 1..65535", f'write it low to high, e.g. {name} = "8000-8009"')
+    return lo, hi
+
+
+def _bind(value: object, name: str) -> IPv4Address | IPv6Address:
+    try:
+        addr = ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None:
+        raise _Invalid("not an IP address", 'write it as "203.0.113.2", "0.0.0.0" (every host address) or "127.0.0.1"')
+    if addr.version == 4 and addr in FORBIDDEN:
+        raise _Invalid("is in 192.0.2.0/24, which this machine's own network uses", "pick another address")
+    return addr
+
+
 _IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 _IFACE_SCHEMA = {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}
 _AUTO_SCHEMA = {"type": "string", "const": AUTO}
@@ -531,6 +584,9 @@ IFACE_ADDRESS_OR_AUTO = Kind('IPv4 address/prefix, or "auto"', _iface_address_or
 ADDRESS = Kind("IPv4 address", _address, {"type": "string", "pattern": f"^{_IPV4}$"}, IPv4Address(0))
 GATEWAY = Kind('IPv4 address, "auto" or "none"', _gateway, {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}$"}, _AUTO_SCHEMA, {"type": "string", "const": "none"}]}, None)
 NETWORK = Kind("IPv4 network", _network, {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}, IPv4Network("0.0.0.0/32"))
+PORT_RANGE: Kind[tuple[int, int]] = Kind('port, or a range "LOW-HIGH"', _port_range,
+                                     {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$"}]}, (1, 1))
+BIND: Kind[IPv4Address | IPv6Address] = Kind("IP address to bind", _bind, {"type": "string"}, IPv4Address(0))
 ARGV: Kind[tuple[str, ...]] = Kind("list of strings (an argv)", _argv, {"type": "array", "items": {"type": "string"}}, ())
 NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": schema_pattern(NETNS_PATH_RE)}, "")
 REMOTE: Kind[tuple[IPv4Interface, ...]] = Kind("list of IPv4 address/prefix", _remote, {"type": "array", "items": _IFACE_SCHEMA, "minItems": 1}, ())
@@ -714,11 +770,18 @@ MASQUERADE = _table("[[masquerade]]", "A nat POSTROUTING MASQUERADE rule.", Masq
 
 class PublishKeys:
     container = Key("container", NAME, "The container that serves it.", '"netns0"', Absent.REQUIRED)
-    host_port = Key("host_port", PORT, "The port on the host's address.", "8080", Absent.REQUIRED)
-    port = Key("port", PORT, "The container's port; the container must run a service of the same protocol there.", "5000", Absent.REQUIRED)
-    protocol = Key("protocol", choice(PROTOCOLS), 'tcp (served by an "http" or "tcp-echo" service) or udp (a "udp-echo" service).', '"udp"', "tcp")
+    host_port = Key("host_port", PORT_RANGE, 'The port on the host\'s address, or a range "LOW-HIGH" (one DNAT per port, as Docker writes them).', "8080", Absent.REQUIRED)
+    port = Key("port", PORT_RANGE, "The container's port, or a range of the host range's size; the container must run a service of the same protocol there "
+               "(for a range: on its first and last port).", "5000", Absent.REQUIRED)
+    protocol = Key("protocol", choice(PUBLISH_PROTOCOLS), 'tcp (served by an "http" or "tcp-echo" service), udp (a "udp-echo" service) or sctp (no service: '
+                   "netcheck sends an SCTP INIT and captures it, rewritten, inside the container).", '"udp"', "tcp")
     from_outside = Key("from_outside", BOOLEAN, "A nat PREROUTING DNAT: reachable from outside.", "false", True)
     from_host = Key("from_host", BOOLEAN, "A nat OUTPUT DNAT: reachable from the host itself.", "false", True)
+    host_address = Key("host_address", BIND, 'The host address it is bound to: one the host holds, "0.0.0.0" (every address the host holds), or "127.0.0.1" '
+                       '(the host alone; needs net.ipv4.conf.all.route_localnet = 1). "::1" is refused: the kernel cannot DNAT from it.', '"127.0.0.1"',
+                       default_doc="the host's uplink address (host.address)")
+    hairpin = Key("hairpin", BOOLEAN, "Docker's hairpin MASQUERADE (-s C -d C): the container reaches its own published port, and sees the bridge's address as the source.",
+                  "true", False)
 
 
 PUBLISH = _table("[[publish]]", "A published port: DNAT from the host's uplink address to a container's service.", PublishKeys)
@@ -977,13 +1040,20 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
 
     publishes = []
     for pr in top.tables(TopKeys.publish):
+        (host_lo, host_hi), (lo, hi) = pr.get(PublishKeys.host_port), pr.get(PublishKeys.port)
+        if pr.ok("host_port") and pr.ok("port") and hi - lo != host_hi - host_lo:
+            pr.fail("port", pr.data.get("port"), f"holds {hi - lo + 1} port(s), but host_port holds {host_hi - host_lo + 1}: a range maps port to port",
+                    f'give port a range of the same size, e.g. port = "{lo}-{lo + host_hi - host_lo}" (as docker -p {host_lo}-{host_hi}:{lo}-{lo + host_hi - host_lo})')
         publishes.append(Publish(
             container=pr.get(PublishKeys.container),
-            host_port=pr.get(PublishKeys.host_port),
-            port=pr.get(PublishKeys.port),
+            host_port=host_lo,
+            port=lo,
             protocol=pr.get(PublishKeys.protocol),
             from_outside=pr.get(PublishKeys.from_outside),
             from_host=pr.get(PublishKeys.from_host),
+            size=host_hi - host_lo + 1,
+            host_address=pr.opt(PublishKeys.host_address),
+            hairpin=pr.get(PublishKeys.hairpin),
         ))
         pr.done()
 
@@ -1185,18 +1255,23 @@ def _validate(t: Topology, problems: _Problems) -> None:
             ref = getattr(f, attr)
             if ref is not None and ref not in seen:
                 fail(f"forward_accept[{i}].{attr}", ref, "names no host interface in this spec", f"use one of: {', '.join(sorted(seen))}", iface_keys)
-    ports: dict[tuple[str, int], str] = {}
+    ports: dict[tuple[str, str, int], str] = {}
     for i, p in enumerate(t.publishes):
         if p.container not in names:
             fail(f"publish[{i}].container", p.container, "names no container in this spec", f"use one of: {', '.join(names) or 'none'}", all_names)
-        elif not wrong(f"publish[{i}].port", f"publish[{i}].protocol"):
-            _check_served(t, names[p.container], p.port, p.protocol, f"publish[{i}].port", problems)
-        k = (p.protocol, p.host_port)
+        elif not wrong(f"publish[{i}].port", f"publish[{i}].protocol") and p.protocol != "sctp":
+            for port in sorted({p.port, p.container_port(p.host_ports[-1])}):
+                _check_served(t, names[p.container], port, p.protocol, f"publish[{i}].port", problems)
+        _check_bind(t, i, p, problems, build)
         if wrong(f"publish[{i}].host_port"):
             continue
-        if k in ports:
-            fail(f"publish[{i}].host_port", p.host_port, f"is already published by {ports[k]}", "publish each host port once")
-        ports[k] = f"publish[{i}]"
+        for port in p.host_ports:
+            k = (p.protocol, str(p.host_address or ""), port)
+            if k in ports:
+                fail(f"publish[{i}].host_port", p.host_port, f"is already published by {ports[k]}" + (f" (port {port} of the range)" if p.size > 1 else ""),
+                     "publish each host port once")
+                break
+            ports[k] = f"publish[{i}]"
     chains: set[str] = set()
     for i, v in enumerate(t.vips):
         if v.container not in names:
@@ -1327,6 +1402,51 @@ def _check_gateway_owner(t: Topology, c: Container, key: str, problems: _Problem
                  [f"{key}.address", f"{key}.bridge", f"{key}.host_address", net_key])
 
 
+def _check_bind(t: Topology, i: int, p: Publish, problems: _Problems, build: bool) -> None:
+    """A published port's host address: one the host holds, the wildcard, or 127.0.0.1 with route_localnet; never ::1; ranges and binds on labs netcheck builds."""
+    key = f"publish[{i}]"
+    a = p.host_address
+    if not build:
+        for name, given in (("host_address", a is not None), ("hairpin", p.hairpin), ("host_port", p.size > 1)):
+            if given:
+                problems.add(f"{key}.{name}", str(a) if name == "host_address" else p.hairpin if name == "hairpin" else f"{p.host_port}-{p.host_ports[-1]}",
+                             f"is checked on labs netcheck builds only (mode {t.setup.mode} maps a single port on the host's address)",
+                             f'remove {name} here, or check it on a spec with mode = "build"')
+        return
+    if a is None or problems.wrong(f"{key}.host_address"):
+        return
+    if a.version == 6 and a.is_loopback:
+        problems.add(f"{key}.host_address", str(a), "the kernel cannot DNAT to or from ::1: IPv6 has no route_localnet, so a packet from ::1 never leaves lo "
+                     "(only a userland proxy, such as docker-proxy, publishes there)",
+                     'bind "127.0.0.1" (with net.ipv4.conf.all.route_localnet = 1), the host\'s address, or "::"; or run the tool\'s userland proxy')
+        return
+    if a.is_loopback:
+        if t.host.sysctl("net.ipv4.conf.all.route_localnet") != 1:
+            problems.add(f"{key}.host_address", str(a), "the host's nat OUTPUT DNAT sends the loopback source on to the container, which the kernel allows only with "
+                         "route_localnet = 1 (and the reply to 127.0.0.1 back in)",
+                         'add "net.ipv4.conf.all.route_localnet" = 1 to [host.sysctl] (netcheck adds the MASQUERADE of 127.0.0.0/8 out the bridge, as CNI portmap does)',
+                         ["host.sysctl"])
+        elif p.from_outside:
+            problems.add(f"{key}.from_outside", True, f"a port bound to {a} is the host's alone: nothing outside can address it", "write from_outside = false")
+        return
+    held = [str(x) for x in host_addresses(t, a.version)]
+    if a.is_unspecified:
+        if not held:
+            problems.add(f"{key}.host_address", str(a), f"the host holds no IPv{a.version} address, so the wildcard binds nothing", 'use "0.0.0.0", or give the host an address of that family')
+        return
+    if str(a) not in held:
+        problems.add(f"{key}.host_address", str(a), "is no address the host holds, so nothing would be DNATed",
+                     f"use one of: {', '.join(held)}, \"0.0.0.0\" (all of them) or \"127.0.0.1\"", ["host.address"])
+
+
+def host_addresses(t: Topology, version: int = 4) -> tuple[IPv4Address | IPv6Address, ...]:
+    """The addresses the host holds (its uplink's, its bridges', its routed veths'), of one IP version: what a wildcard bind stands for."""
+    held: list[IPv4Address | IPv6Address] = [t.host.address.ip]
+    held += [b.address.ip for b in t.bridges if b.address is not None]
+    held += [c.host_address.ip for c in t.containers if c.host_address is not None]
+    return tuple(dict.fromkeys(a for a in held if a.version == version))
+
+
 def _check_served(t: Topology, index: int, port: int, protocol: Transport, key: str, problems: _Problems) -> None:
     """A port netcheck DNATs to must have a service of the same protocol behind it, or every probe of it fails."""
     c = t.containers[index]
@@ -1420,10 +1540,10 @@ def builtin(name: str) -> Topology:
 
 def resolve(ref: str) -> Topology:
     """A built-in name or a path to a TOML file."""
-    if ref in BUILTIN:
+    if ref in BUILTIN + OPT_IN:
         return builtin(ref)
     if not ref.endswith(".toml") and not Path(ref).exists():
-        raise SpecError(ref, "(topology)", ref, "is neither a built-in topology nor a file", f"use one of {', '.join(BUILTIN)} or a path to a .toml file")
+        raise SpecError(ref, "(topology)", ref, "is neither a built-in topology nor a file", f"use one of {', '.join(BUILTIN + OPT_IN)} or a path to a .toml file")
     return load(ref)
 
 
@@ -1432,7 +1552,7 @@ def as_mapping(t: Topology) -> Mapping[str, Any]:
     from dataclasses import asdict
 
     def conv(v: Any) -> Any:
-        if isinstance(v, (IPv4Address, IPv4Interface, IPv4Network)):
+        if isinstance(v, (IPv4Address, IPv4Interface, IPv4Network, IPv6Address)):
             return str(v)
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
@@ -1445,5 +1565,5 @@ def as_mapping(t: Topology) -> Mapping[str, Any]:
 
 __all__ = [
     "Bridge", "Container", "Dns", "ForwardAccept", "Host", "Masquerade", "Problem", "Publish", "Record", "Resolve", "Route", "Service",
-    "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "env_name", "load", "loads", "read_text", "resolve",
+    "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "env_name", "host_addresses", "load", "loads", "read_text", "resolve",
 ]

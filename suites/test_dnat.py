@@ -6,6 +6,8 @@ import pytest
 
 from netcheck import expect as promise
 from netcheck.checks import expect, not_seen, seen
+from netcheck.evidence import ProbeRequest
+from netcheck.lab.plan import bound_addresses, port_matrix
 
 pytestmark = pytest.mark.netcheck_property("dnat")
 
@@ -17,9 +19,14 @@ def _publishes(lab):
 
 
 def _published(probe, p, src, dst, **kw):
-    """Probe a published port with its own protocol: HTTP for tcp, the UDP echo for udp."""
-    send = probe.udp if p.protocol == "udp" else probe.http
+    """Probe a published port with its own protocol: HTTP for tcp, the UDP echo for udp, an INIT for sctp."""
+    send = probe.udp if p.protocol == "udp" else probe.sctp if p.protocol == "sctp" else probe.http
     return send(src, dst, p.host_port, **kw)
+
+
+def _host_dst(lab, p):
+    """Where the host reaches a published port: the address it is bound to (127.0.0.1 too), else the uplink's."""
+    return p.host_address if p.loopback else bound_addresses(lab.topology, p)[0]
 
 
 def test_published_port_reached_from_outside(lab, probe):
@@ -39,10 +46,10 @@ def test_published_port_reached_from_the_host(lab, probe):
     """OUTPUT: a process on the host reaches its own address:host_port."""
     t = lab.topology
     for p in _publishes(lab):
-        if not p.from_host:
+        if not promise.published_from_host(t, p):
             continue
         c = t.container(p.container)
-        r = expect(_published(probe, p, "host", t.host.address.ip, target=c.name, capture=[lab.point(c.name)]))
+        r = expect(_published(probe, p, "host", _host_dst(lab, p), target=c.name, capture=[lab.point(c.name)]))
         seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
 
 
@@ -70,15 +77,41 @@ def test_source_address_seen_on_each_access_path(lab, probe):
     rows = []
     for p in _publishes(lab):
         c = t.container(p.container)
-        paths = [("outside", "wan", "reach" if promise.published_from_outside(t, p) else "observe"), ("host", "host", "reach" if p.from_host else "observe")]
+        paths = [("outside", "wan", "reach" if promise.published_from_outside(t, p) else "observe"), ("host", "host", "reach" if promise.published_from_host(t, p) else "observe")]
         # Hairpin (another container through the host address): expected only where the spec makes it work.
         paths += [(f"hairpin from {o.name}", o.name, "reach" if promise.published_from_container(t, p, o.name) else "observe") for o in t.containers if o.name != c.name]
         paths.append((f"{c.name} to its own published port", c.name, "observe"))
         for label, src, exp in paths:
-            r = _published(probe, p, src, t.host.address.ip, target=c.name, expect=exp, capture=[lab.point(c.name)])
+            r = _published(probe, p, src, _host_dst(lab, p) if src == "host" else t.host.address.ip, target=c.name, expect=exp, capture=[lab.point(c.name)])
             rows.append((label, r))
     for label, r in rows:
         if r.expected == "reach":
             expect(r)
             assert r.service_saw, f"{label}: the service reported no source"
     assert rows, "no access path was probed"
+
+
+def test_published_port_matrix(lab, probe):
+    """Every published port x {its port, the last of its range} x {from outside, from the host, hairpin from each other
+    container, the container to its own published port}: each cell expected (netcheck.expect), observed, and explained,
+    with the source address the service saw. Generic over what the topology publishes (protocols, ranges, binds, families)."""
+    t = lab.topology
+    _publishes(lab)
+    cells = port_matrix(t)
+    kinds = {"tcp": "http", "udp": "udp", "sctp": "sctp"}
+    expects = {True: "reach", False: "block", None: "observe"}
+    requests = [ProbeRequest(kinds[c.protocol], c.source, c.dst, c.port, expect=expects[c.expected], target=c.target, capture=(lab.point(c.target),)) for c in cells]
+    results = probe.many(requests)
+    wrong = []
+    for cell, r in zip(cells, results, strict=True):
+        if not r.passed:
+            wrong.append(f"{cell.label}: {r.request.address} expected {'to reach' if cell.expected else 'to be blocked' if cell.expected is False else 'an answer'} ({cell.why}), "
+                         f"{r.verdict}: {r.error or r.reply}")
+        elif cell.expected and cell.saw is not None and r.service_saw is not None and r.service_saw.split(":")[0] != cell.saw:
+            wrong.append(f"{cell.label}: {r.request.address} reached, but the service saw {r.service_saw}, not {cell.saw} ({cell.why})")
+        elif cell.expected and not r.service_saw:
+            wrong.append(f"{cell.label}: {r.request.address} reached, but the service reported no source")
+    if wrong:
+        first = next((r for r in results if not r.passed), None)
+        pytest.fail(f"{len(wrong)} of {len(cells)} published-port cells went wrong:\n  " + "\n  ".join(wrong) + ("\n\nfirst failure:\n" + first.explain() if first else ""),
+                    pytrace=False)

@@ -73,6 +73,12 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("rp_filter_decap", "strict rp_filter drops decapsulated packets whose route back leaves by another interface",
           "rp_filter = 1 (all or the overlay device) and the route back to the source subnet"),
     Cause("underlay_udp_blocked", "a host's firewall drops the overlay's UDP port (4789)", "filter INPUT/FORWARD DROP or REJECT rules for udp to join.port"),
+    Cause("localhost_publish_route_localnet_off", "a port published on 127.0.0.1: nat OUTPUT DNATs it, but without route_localnet the loopback source never leaves lo",
+          "the flow from the host to 127.0.0.1, its OUTPUT DNAT matched, and route_localnet of all and of the container's side"),
+    Cause("hairpin_masquerade_missing", "a container reaching its own published port: no hairpin MASQUERADE (-s C -d C), so the DNATed request comes back with its own "
+          "address as the source and it drops it as a martian", "the flow from a container to its own published port, its DNAT matched, and a POSTROUTING walk of C -> C"),
+    Cause("hairpin_mode_off", "a container reaching its own published port: its bridge port's hairpin mode is off, so the DNATed request never goes back out by it",
+          "the flow from a container to its own published port, its DNAT and hairpin MASQUERADE present, and the bridge port's hairpin flag (netlink)"),
     Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence"),
 ]}
 

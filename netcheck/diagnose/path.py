@@ -17,6 +17,7 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol
 
 from netcheck.evidence import Capture, Hop, Packet, ProbeResult
+from netcheck.lab import plan
 
 if TYPE_CHECKING:
     from netcheck import spec as S
@@ -151,6 +152,9 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
         via = "arp"
         target = target or by_addr.get(dst)
         taddr = dst
+    elif (hit := plan.published_at(t, dst, port, proto)) is not None:
+        via, target, tport = "publish", hit[0].container, hit[1]
+        taddr = _addr(t, hit[0].container)
     elif ip in LOOPBACK:
         via = "loopback"
         target = target or result.source
@@ -158,9 +162,6 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
     elif dst in by_addr:
         target = by_addr[dst]
         taddr = dst
-    elif (p := next((p for p in t.publishes if port == p.host_port and dst == str(t.host.address.ip) and p.protocol == proto), None)) is not None:
-        via, target, tport = "publish", p.container, p.port
-        taddr = _addr(t, p.container)
     elif (v := next((v for v in t.vips if dst == str(v.address) and port == v.port and v.protocol == proto), None)) is not None:
         via, target, tport, chain = "vip", v.container, v.target_port, v.chain
         taddr = _addr(t, v.container)

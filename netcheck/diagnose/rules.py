@@ -758,6 +758,41 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                 (*rule_ev, f"route_localnet: all={ev.host.sysctl('net.ipv4.conf.all.route_localnet')}, {iif}={ev.host.sysctl(f'net.ipv4.conf.{iif}.route_localnet')}"), score=95,
             )
             return
+    if hook == "output" and IPv4Address(f.dst_addr) in LOOPBACK and f.expected != "block":
+        s = ev.side(f.target) if f.target is not None else None
+        out = s.l3 if s is not None else None
+        if out is not None and ev.host.conf(out, "route_localnet") == 0:
+            yield Finding(
+                "localhost_publish_route_localnet_off", "host",
+                f"host: {what} is DNATed by nat OUTPUT to {d.rule.rule.to_destination}, but route_localnet = 0 (all and {ev.show(out)}), so the kernel will not send "
+                    f"the loopback source {f.src_addr or '127.0.0.1'} out by {ev.show(out)}, nor take the reply to 127.0.0.1 back in: a port bound to 127.0.0.1 needs it",
+                ev.sysctl_fix("host", "net.ipv4.conf.all.route_localnet", 1) + "  (with the MASQUERADE of 127.0.0.0/8 out the container's side, as CNI portmap and Docker add)",
+                (*rule_ev, f"route_localnet: all={ev.host.sysctl('net.ipv4.conf.all.route_localnet')}, {ev.show(out)}={ev.host.conf(out, 'route_localnet')}"), score=95,
+            )
+            return
+    if f.source == f.target and f.via == "publish" and f.target_addr and f.expected != "block":
+        s = ev.side(f.source)
+        side_k = s.l3 if s is not None else None
+        if _masq_decision(ev, f.target_addr, f.target_addr, f.proto, side_k, side_k, f.target_port) is None:
+            hairpin_rule = XRule("nat", "POSTROUTING", "MASQUERADE", src=f.target_addr, dst=f.target_addr, protocol=f.proto, dport=f.target_port)
+            yield Finding(
+                "hairpin_masquerade_missing", "host",
+                f"host: {f.source} reaches its own published port {what}: the DNAT sends it back to {f.target_addr}:{f.target_port}, but no MASQUERADE rewrites "
+                    f"{f.target_addr} -> {f.target_addr}, so it arrives with {f.source}'s own address as its source and {f.source} drops it as a martian (Docker's hairpin NAT)",
+                ev.add(hairpin_rule, d.backend),
+                (*rule_ev, f"no MASQUERADE in nat POSTROUTING matches {f.target_addr} -> {f.target_addr}:{f.target_port} out {ev.show(side_k)}"), score=93,
+            )
+            return
+        port = next((bp for bp in ev.snap.host.bridge_ports if s is not None and bp.port == s.veth_k), None)
+        if port is not None and not port.hairpin:
+            yield Finding(
+                "hairpin_mode_off", "host",
+                f"host: {f.source} reaches its own published port {what}: the DNAT sends it back to {f.target_addr}:{f.target_port} by the bridge port it came in by, "
+                    f"{ev.show(port.port)}, whose hairpin mode is off, so the bridge never sends it back out there (Docker turns it on without its userland proxy)",
+                ev.run("host", f"bridge link set dev {port.port} hairpin on"),
+                (*rule_ev, f"bridge port {ev.show(port.port)} of {ev.show(port.bridge)}: hairpin off"), score=92,
+            )
+            return
     if f.target_addr and (to_addr != f.target_addr or (to_port is not None and f.target_port is not None and to_port != f.target_port)):
         want = f"{f.target_addr}:{f.target_port}"
         owner = next((c.name for c in ev.t.containers if c.address is not None and str(c.address.ip) == to_addr), None)

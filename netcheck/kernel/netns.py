@@ -91,6 +91,7 @@ class BridgePort:
     port: str
     bridge: str
     state: str
+    hairpin: bool = False  # frames may leave by the port they came in by
 
 
 _NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE", 0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
@@ -322,6 +323,10 @@ class Netns:
 
         self._send(make)
 
+    def set_hairpin(self, name: str, on: bool = True) -> None:
+        """Set a bridge port's hairpin mode."""
+        self._send(lambda sock: [rtnl.set_hairpin(_index(sock, name), on, what=f"set hairpin {'on' if on else 'off'} on {name}")])
+
     def set_bridge(self, name: str, *, ageing_time: int) -> None:
         """Set a bridge's MAC ageing time, in centiseconds (0: it forgets every MAC and floods)."""
         self._send(lambda sock: [rtnl.set_bridge(_index(sock, name), ageing_time=ageing_time, what=f"set bridge {name} ageing_time {ageing_time}")])
@@ -423,12 +428,13 @@ class Netns:
                     continue
                 if _kind(links[master]) != "bridge":
                     continue
-                state = "unknown"
+                state, hairpin = "unknown", False
                 info = m.get_attr("IFLA_LINKINFO")
                 slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
                 if slave is not None:
                     state = BRIDGE_PORT_STATES.get(slave.get_attr("IFLA_BRPORT_STATE"), "unknown")
-                out.append(BridgePort(m.get_attr("IFLA_IFNAME"), links[master].get_attr("IFLA_IFNAME"), state))
+                    hairpin = bool(slave.get_attr("IFLA_BRPORT_MODE"))
+                out.append(BridgePort(m.get_attr("IFLA_IFNAME"), links[master].get_attr("IFLA_IFNAME"), state, hairpin))
             return out
 
         return self.netlink(do)

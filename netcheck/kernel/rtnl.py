@@ -159,6 +159,17 @@ def set_link(index: int, *, up: bool | None = None, master: int | None = None, m
     return Request(what or f"set link #{index}", RTM_SETLINK, 0, _ifinfo(index, up) + attrs)
 
 
+IFLA_PROTINFO, IFLA_BRPORT_MODE, NLA_F_NESTED = 12, 4, 0x8000
+
+
+def set_hairpin(index: int, on: bool, *, what: str = "") -> Request:
+    """A bridge port's hairpin mode (``bridge link set dev X hairpin on``): frames may leave by the port they came in by,
+    as a container reaching its own published port needs (Docker sets it without its userland proxy)."""
+    info = _IFINFO.pack(socket.AF_BRIDGE, 0, index, 0, 0)
+    mode = _attr(IFLA_BRPORT_MODE, bytes([1 if on else 0]))
+    return Request(what or f"set hairpin on #{index}", RTM_SETLINK, 0, info + _attr(IFLA_PROTINFO | NLA_F_NESTED, mode))
+
+
 def delete_link(name: str) -> Request:
     return Request(f"delete link {name}", RTM_DELLINK, 0, _ifinfo() + _str(IFLA_IFNAME, name))
 

@@ -181,7 +181,7 @@ def _from_iptc(table: str, chain: str, r: Any) -> XRule:
     dport = None
     comment = None
     for m in r.matches:
-        if m.name in ("tcp", "udp") and m.dport:
+        if m.name in ("tcp", "udp", "sctp") and m.dport:
             dport = int(str(m.dport).split(":")[0])
         elif m.name == "comment":
             comment = m.comment
@@ -390,7 +390,7 @@ def _delete_nft(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, s
 # readers of that JSON: everything else (the firewall walker, the faults, the builder's
 # bookkeeping) works on the XChain and XRule values they return.
 
-_PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp"}
+_PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp", "132": "sctp"}
 
 
 def nft_available() -> bool:

@@ -58,6 +58,7 @@ class SpecNetwork:
         p = plan(self.topology, lab.names)
         bridges(lab, p)
         containers(lab, p.containers)
+        hairpins(lab, p.containers)
         resolv_confs(lab, p.containers)
         lab.rules = list(p.installed)
         if self.topology.host.firewall == "nft":
@@ -118,6 +119,14 @@ def containers(lab: Lab, planned: Sequence[ContainerPlan]) -> None:
     if errors:
         raise errors[0]
     lab.host.wait_links_up([v.name for v in pairs])
+
+
+def hairpins(lab: Lab, planned: Sequence[ContainerPlan]) -> None:
+    """Hairpin mode on the bridge port of each container that reaches its own published port (a ``hairpin = true`` publish):
+    the DNATed request goes back out by the port it came in by. The port goes with its veth at teardown."""
+    for c in planned:
+        if c.hairpin and c.bridge is not None:
+            lab.host.set_hairpin(c.host_veth)
 
 
 def resolv_confs(lab: Lab, planned: Sequence[ContainerPlan], root: Path = resolvconf.ETC_NETNS) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_address
 from typing import Literal
 
 from netcheck import expect as promise
@@ -66,6 +66,7 @@ class ContainerPlan:
     mtu: int | None
     routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, via), the default route first
     resolv_conf: str | None = None  # the text of its /etc/netns/NETNS/resolv.conf; None: it has none of its own
+    hairpin: bool = False  # its bridge port in hairpin mode: it reaches its own published port (a hairpin = true publish)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ def plan(t: spec.Topology, names: KernelNames) -> Plan:
         containers.append(ContainerPlan(
             c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
             c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes), resolv_conf_text(c),
+            any(p.hairpin and p.container == c.name for p in t.publishes),
         ))
     return Plan(t, names, base(t, names), knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
 
@@ -170,8 +172,9 @@ def masquerade_rule(source: str | None, out: str | None = None, not_out: str | N
 
 
 def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str | None, to_port: int | None, comment: str | None = None) -> XRule:
-    """``-t nat -A CHAIN -d DST -p PROTO --dport DPORT -j DNAT --to-destination TO[:PORT]``."""
-    to = f"{to_addr}:{to_port}" if to_port else str(to_addr)
+    """``-t nat -A CHAIN -d DST -p PROTO --dport DPORT -j DNAT --to-destination TO[:PORT]`` (an IPv6 TO as ``[TO]:PORT``)."""
+    shown = f"[{to_addr}]" if to_addr is not None and to_port and ip_address(to_addr).version == 6 else to_addr
+    to = f"{shown}:{to_port}" if to_port else str(to_addr)
     return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment)
 
 
@@ -188,14 +191,44 @@ def spec_rules(t: spec.Topology, rename: Rename, comment: str | None = None) -> 
         rules.append(XRule("filter", "FORWARD", "ACCEPT", in_interface=rename(f.in_interface) if f.in_interface else None,
                            out_interface=rename(f.out_interface) if f.out_interface else None, comment=comment))
     rules += [spec_masquerade(m, rename, comment) for m in t.masquerades]
-    host_ip = str(t.host.address.ip)
     for p in t.publishes:
-        to = _address(t, p.container)
-        rules += [dnat_rule(chain, host_ip, p.protocol, p.host_port, to, p.port, comment) for chain, on in (("PREROUTING", p.from_outside), ("OUTPUT", p.from_host)) if on]
+        rules += [r for r in publish_rules(t, p, rename, comment) if r not in rules]  # one localhost MASQUERADE for every 127.0.0.1 publish of a bridge
     for v in t.vips:
         rules.append(dnat_rule(v.chain, str(v.address), v.protocol, v.port, _address(t, v.container), v.target_port, comment))
         rules += [XRule("nat", chain, v.chain, comment=comment) for chain, on in (("PREROUTING", v.from_outside), ("OUTPUT", v.from_host)) if on]
     return tuple(rules)
+
+
+def bound_addresses(t: spec.Topology, p: spec.Publish) -> tuple[IPv4Address | IPv6Address, ...]:
+    """The host addresses a published port is DNATed from: the uplink's (none given), every one the host holds of the family (the wildcard), or the one given."""
+    if p.host_address is None:
+        return (t.host.address.ip,)
+    if p.wildcard:
+        return spec.host_addresses(t, p.host_address.version)
+    return (p.host_address,)
+
+
+def publish_rules(t: spec.Topology, p: spec.Publish, rename: Rename, comment: str | None = None) -> list[XRule]:
+    """A published port's rules, as Docker (without its userland proxy) writes them: a DNAT per bound address and per port of the range,
+    in nat PREROUTING (from outside) and OUTPUT (from the host); the hairpin MASQUERADE (-s C -d C) that lets the container reach its own
+    published port; and for a port bound to 127.0.0.1, the MASQUERADE of 127.0.0.0/8 out the container's side (CNI portmap's), so its
+    replies come back to the host."""
+    to = _address(t, p.container)
+    rules = [dnat_rule(chain, str(dst), p.protocol, port, to, p.container_port(port), comment)
+             for chain, on in (("PREROUTING", p.from_outside), ("OUTPUT", p.from_host)) if on for dst in bound_addresses(t, p) for port in p.host_ports]
+    if p.hairpin and to is not None:
+        rules += [XRule("nat", "POSTROUTING", "MASQUERADE", src=to, dst=to, protocol=p.protocol, dport=p.container_port(port), comment=comment) for port in p.host_ports]
+    if p.loopback and p.host_address is not None and p.host_address.version == 4:
+        rules.append(masquerade_rule("127.0.0.0/8", rename(promise.host_side(t, p.container)), comment=comment))
+    return rules
+
+
+def published_at(t: spec.Topology, dst: str, port: int | None, proto: str) -> tuple[spec.Publish, int] | None:
+    """The published port a packet to dst:port of ``proto`` hits, and the container port it goes to (None: none)."""
+    for p in t.publishes:
+        if p.protocol == proto and port is not None and port in p.host_ports and dst in {str(a) for a in bound_addresses(t, p)}:
+            return p, p.container_port(port)
+    return None
 
 
 def masquerade_for(t: spec.Topology, container: str, rename: Rename) -> XRule:
@@ -222,12 +255,109 @@ def accesses(t: spec.Topology) -> tuple[Access, ...]:
     senders = {"wan": str(t.wan.address.ip), "host": str(t.host.address.ip)}
     out: list[Access] = []
     for p in t.publishes:
-        for src in _ways(p.from_outside, p.from_host):
-            out.append(Access(src, senders[src], str(t.host.address.ip), p.host_port, p.protocol, p.container, _address(t, p.container), p.port, "publish"))
+        for src in _ways(p.from_outside and not p.loopback, p.from_host):
+            out.append(Access(src, senders[src], str(bound_addresses(t, p)[0]), p.host_port, p.protocol, p.container, _address(t, p.container), p.port, "publish"))
     for v in t.vips:
         for src in _ways(v.from_outside, v.from_host):
             out.append(Access(src, senders[src], str(v.address), v.port, v.protocol, v.container, _address(t, v.container), v.target_port, "vip", v.chain))
     return tuple(out)
+
+
+# ----------------------------------------------------------------------------- the published-port matrix
+
+PortPath = Literal["outside", "host", "hairpin", "itself"]
+
+
+@dataclass(frozen=True)
+class PortCell:
+    """One cell of the published-port matrix: a published port (its protocol, a port or the last of its range, its bind) reached by one access path.
+
+    ``expected`` comes from netcheck.expect; ``saw`` is the source the service should see, and ``why`` says both in words."""
+
+    publish: int  # its index in the spec's [[publish]]
+    protocol: str
+    ports: Literal["single", "range"]
+    bind: str  # "uplink" (none given), "wildcard", or the address
+    family: int
+    path: PortPath
+    source: str  # who sends: wan, host, or a container
+    dst: IPv4Address | IPv6Address
+    port: int
+    target: str
+    target_addr: str | None
+    target_port: int
+    expected: bool | None  # None: observed, not promised (another tool's setup: its userland proxy or hairpin settings are its own)
+    saw: str | None  # the source address the service should see (None: it should see nothing)
+    why: str
+
+    @property
+    def label(self) -> str:
+        via = {"outside": "from outside", "host": "from the host", "hairpin": f"hairpin from {self.source}", "itself": f"{self.target} to its own published port"}[self.path]
+        return f"{self.protocol} {self.ports} bind={self.bind} {via}"
+
+
+def port_matrix(t: spec.Topology) -> tuple[PortCell, ...]:
+    """Every published port of ``t`` x {its first port, the last of its range} x every access path: outside (wan), the host,
+    each other container (hairpin), the container itself. Generic over what the spec declares: a family's cells appear where
+    the spec publishes on it."""
+    out: list[PortCell] = []
+    bridge_addr = {b.name: b.address.ip for b in t.bridges if b.address is not None}
+    for i, p in enumerate(t.publishes):
+        c = t.container(p.container)
+        if c.address is None:
+            continue
+        bind = "uplink" if p.host_address is None else "wildcard" if p.wildcard else str(p.host_address)
+        # Outside and the containers address the first host address of the publish's family (a port bound to 127.0.0.1: the uplink's, where it must not answer).
+        held = spec.host_addresses(t, p.host_address.version if p.host_address is not None else t.host.address.ip.version) or (t.host.address.ip,)
+        outside_dst = held[0] if p.host_address is None or p.wildcard or p.loopback else p.host_address
+        host_dst = p.host_address if p.host_address is not None and p.loopback else outside_dst
+        gateway = bridge_addr.get(c.bridge) if c.bridge else (c.host_address.ip if c.host_address is not None else None)
+        port = p.host_ports[-1]
+        kind: Literal["single", "range"] = "range" if p.size > 1 else "single"
+        rule = f"DNAT {'per port of the range, ' if p.size > 1 else ''}{port} -> {c.address.ip}:{p.container_port(port)}"
+        paths: list[tuple[PortPath, str, IPv4Address | IPv6Address, bool, str | None, str]] = []
+        ok = promise.published_from_outside(t, p)
+        paths.append(("outside", "wan", outside_dst, ok, str(t.wan.address.ip),
+                      f"nat PREROUTING {rule}, routed from the uplink" if ok else _refused(p, "the outside world", "PREROUTING")))
+        ok = promise.published_from_host(t, p)
+        saw_host = str(gateway) if p.loopback else str(t.host.address.ip)
+        paths.append(("host", "host", host_dst, ok, saw_host,
+                      (f"nat OUTPUT {rule}" + (f"; route_localnet and MASQUERADE 127.0.0.0/8: the service sees {gateway}" if p.loopback else ""))
+                      if ok else _refused(p, "the host", "OUTPUT")))
+        for o in t.containers:
+            if o.name == c.name or o.address is None:
+                continue
+            ok = promise.published_from_container(t, p, o.name)
+            saw = str(gateway) if promise.masqueraded(t, o.name, out=c.bridge or c.host_veth) else str(o.address.ip)
+            paths.append(("hairpin", o.name, outside_dst, ok, saw, f"nat PREROUTING {rule}, back out by {c.bridge or c.host_veth}" if ok else _refused(p, o.name, "PREROUTING")))
+        ok = promise.published_to_itself(t, p)
+        paths.append(("itself", c.name, outside_dst, ok, str(gateway), f"nat PREROUTING {rule}, then the hairpin MASQUERADE -s {c.address.ip} -d {c.address.ip}: "
+                      f"the service sees {gateway}" if ok else _refused(p, c.name, "PREROUTING")))
+        for path, src, dst, ok, seen, why in paths:
+            # Where another tool made the setup, a container's way in that the spec does not promise is observed only: a
+            # userland proxy (docker-proxy) may carry it where netcheck's own rules would not.
+            # So is the source a container's way in shows the service: the tool's own hairpin MASQUERADE (CNI portmap's, netavark's) is not the spec's.
+            theirs = t.setup.external and path in ("hairpin", "itself")
+            promised: bool | None = None if theirs and not ok else ok
+            shown = why if promised is not None else f"observed: {why}, unless the tool's userland proxy carries it"
+            out.append(PortCell(i, p.protocol, kind, bind, dst.version, path, src, dst, port, c.name, str(c.address.ip), p.container_port(port), promised,
+                                seen if ok and not theirs else None, shown))
+    return tuple(out)
+
+
+def _refused(p: spec.Publish, who: str, chain: str) -> str:
+    """Why a cell is expected blocked, in words."""
+    if p.loopback and chain == "PREROUTING":
+        return f"bound to {p.host_address}: the host's alone, {who} cannot address it"
+    if chain == "PREROUTING" and not p.from_outside:
+        return "from_outside = false: no PREROUTING DNAT"
+    if chain == "OUTPUT" and not p.from_host:
+        return "from_host = false: no OUTPUT DNAT"
+    if chain == "OUTPUT":
+        return "bound to 127.0.0.1 without route_localnet = 1: the kernel keeps the loopback source on lo"
+    if who == p.container and not p.hairpin:
+        return "no hairpin MASQUERADE: the request comes back with the container's own address as its source, which it drops as a martian"
+    return "the spec's routing (ip_forward, FORWARD, br_netfilter) does not carry the DNATed request and its reply"
 
 
 def _ways(from_outside: bool, from_host: bool) -> list[Literal["wan", "host"]]:
@@ -264,5 +394,5 @@ def reaches(t: spec.Topology) -> tuple[Reach, ...]:
 
 __all__ = [
     "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BasePlan", "BridgePlan", "base", "owned_routes", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
-    "plan", "reaches", "resolv_conf_text", "spec_masquerade", "spec_rules",
+    "plan", "reaches", "resolv_conf_text", "spec_masquerade", "spec_rules", "bound_addresses", "publish_rules", "published_at", "PortCell", "PortPath", "port_matrix",
 ]

@@ -18,7 +18,7 @@ from typing import Literal, Protocol, TypeVar
 
 from netcheck.evidence import Capture, Packet, Role
 from netcheck.kernel.netns import Netns
-from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, ICMPV6_ECHOREPLY, TCP, UDP, Ethernet, ICMPv6, IPv4, IPv6, decode
+from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, ICMPV6_ECHOREPLY, SCTP, TCP, UDP, Ethernet, ICMPv6, IPv4, IPv6, decode
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
@@ -56,9 +56,9 @@ def icmp_flow(ident: int) -> Matcher:
     return match
 
 
-def port_flow(proto: Literal["tcp", "udp"], port: int) -> Matcher:
-    """Packets of a TCP/UDP flow identified by the client's ephemeral port (kept by NAT), and the errors that quote it."""
-    kind = TCP if proto == "tcp" else UDP
+def port_flow(proto: Literal["tcp", "udp", "sctp"], port: int) -> Matcher:
+    """Packets of a TCP/UDP/SCTP flow identified by the client's ephemeral port (kept by NAT), and the errors that quote it."""
+    kind = TCP if proto == "tcp" else UDP if proto == "udp" else SCTP
 
     def match(frame: Ethernet) -> Role | None:
         ip = _ip_of(frame)
@@ -95,6 +95,8 @@ def evidence_packet(frame: Ethernet, raw: bytes, at_ms: float, role: Role) -> Pa
     l4 = p.payload
     if isinstance(l4, TCP):
         return Packet(at_ms, "tcp", p.src, p.dst, frame.src, frame.dst, l4.sport, l4.dport, ttl, l4.flag_text, role, raw)
+    if isinstance(l4, SCTP):
+        return Packet(at_ms, "sctp", p.src, p.dst, frame.src, frame.dst, l4.sport, l4.dport, ttl, l4.chunk_name, role, raw)
     if isinstance(l4, UDP):
         return Packet(at_ms, "udp", p.src, p.dst, frame.src, frame.dst, l4.sport, l4.dport, ttl, "", role, raw)
     if isinstance(l4, ICMP):

@@ -28,13 +28,25 @@ from netcheck.kernel.dropwatch import TCP as IP_TCP
 from netcheck.kernel.dropwatch import UDP as IP_UDP
 from netcheck.kernel.dropwatch import DropWaiter, PacketKey, Witness
 from netcheck.kernel.netns import Netns
-from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, decode, decode_ipv4, echo_request
+from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, SCTP, SCTP_INIT_ACK, decode, decode_ip, decode_ipv4, echo_request
 from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, port_flow
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
 
 POSITIVE_TIMEOUT = 1.0
+
+
+def _sctp_sockets() -> bool:
+    """Does this kernel have SCTP sockets (so a target can answer an INIT)? Asked once, of the kernel, not of a lab."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError:
+        return False
+    return True
+
+
+SCTP_SOCKETS = _sctp_sockets()
 NEGATIVE_TIMEOUT = 0.3
 
 
@@ -78,6 +90,8 @@ class Prober:
             return self._datagram(request)
         if request.kind == "dns":
             return self._dns(request)
+        if request.kind == "sctp":
+            return self._sctp(request)
         return self._stream(request)
 
     # ----------------------------------------------------------------- the requests
@@ -110,6 +124,13 @@ class Prober:
     ) -> ProbeResult:
         """A datagram to the UDP echo service at dst:port."""
         return self.send(ProbeRequest("udp", src, ip_address(dst), port, expect=expect, target=target, capture=tuple(capture), timeout=timeout))
+
+    def sctp(
+        self, src: str, dst: str | IPAddress, port: int, *, expect: Expectation = "reach", target: str | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None,
+    ) -> ProbeResult:
+        """An SCTP INIT to dst:port, proven by its capture inside ``target`` (rewritten, where a DNAT publishes it); INIT-ACK where the kernel has SCTP."""
+        return self.send(ProbeRequest("sctp", src, ip_address(dst), port, expect=expect, target=target, capture=tuple(capture), timeout=timeout))
 
     def arp(self, src: str, ip: str | IPAddress, *, capture: Sequence[str] = (), timeout: float = POSITIVE_TIMEOUT, target: str | None = None, expect: Expectation = "reach") -> ProbeResult:
         """An ARP who-has for ``ip`` sent from a container's interface; the reply names the MAC."""
@@ -375,6 +396,99 @@ class Prober:
         sent = f"UDP echo token={token} from port {eport}"
         return self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply, replied_by, saw,
                             flow_id=eport, drop=drop)
+
+    # ----------------------------------------------------------------- SCTP
+
+    def _sctp(self, request: ProbeRequest) -> ProbeResult:
+        """A raw SCTP INIT (built by scapy, sent through a raw socket of the source, so the OUTPUT chain applies). Where the
+        kernel has no SCTP sockets (this one has SCTP conntrack and NAT only), the INIT seen arriving inside the target, with
+        the target's address and port, is the proof: its source is what a service there would see. Where it has them, the
+        target's INIT-ACK coming back completes the exchange."""
+        from scapy.layers.sctp import SCTP as ScapySCTP
+        from scapy.layers.sctp import SCTPChunkInit
+
+        dst, port, timeout = _ipv4(request), request.port, _timeout(request)  # the one IPv4-only step: the family follows dst below
+        assert port is not None
+        self._guard(dst)
+        ns, iface = self._source(request.source)
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}[dst.version]
+        sport = 1024 + (self._ids.next() % 60000)
+        tag = int.from_bytes(os.urandom(4), "big") or 1
+        init = bytes(ScapySCTP(sport=sport, dport=port, tag=0) / SCTPChunkInit(init_tag=tag, a_rwnd=65535, n_out_streams=1, n_in_streams=1, init_tsn=tag))
+        inside = self.lab.point(request.target) if request.target is not None and request.target in {c.name for c in self.lab.topology.containers} else None
+        points = request.capture if inside is None or inside in request.capture else (*request.capture, inside)
+        caps = self._captures(points)
+        hub = next((c for c in caps if c.point == inside), None)
+        want = self._target_endpoint(request)
+        verdict: Verdict = "unreachable"
+        reply = error = replied_by = saw = None
+        rtt = None
+        src_addr = ""
+        t0 = time.time()
+        start = time.perf_counter()
+        sock = ns.socket(family, socket.SOCK_RAW, socket.IPPROTO_SCTP)
+        try:
+            sock.connect((str(dst), 0))
+            src_addr = _sockname(sock)
+            sock.send(init)
+            deadline = start + timeout
+            waits = [sock.fileno(), *([hub.sock.fileno()] if hub is not None and hub.sock is not None else [])]
+            while (left := deadline - time.perf_counter()) > 0:
+                ready = select.select(waits, [], [], left)[0]
+                if sock.fileno() in ready:
+                    try:
+                        data = sock.recv(65535)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOPROTOOPT:
+                            raise
+                        # ICMP protocol unreachable came back through the flow's conntrack entry: the target's kernel got the INIT and has no SCTP.
+                        waits = waits[1:]
+                        reply = "ICMP protocol unreachable came back (the target's kernel has no SCTP)"
+                        data = b""
+                    ip = decode_ip(data)
+                    l4 = ip.payload if ip is not None else None
+                    if isinstance(l4, SCTP) and l4.dport == sport and l4.vtag == tag and l4.chunk == SCTP_INIT_ACK:
+                        rtt = (time.perf_counter() - start) * 1000
+                        reply, verdict = f"INIT-ACK from {ip.src if ip else '?'}", "reached"
+                        replied_by = request.target
+                        break
+                if hub is not None and saw is None and want is not None:
+                    seen = hub.collect(port_flow("sctp", sport), t0).packets
+                    arrived = next((p for p in seen if p.role == "request" and (p.dst, p.dport) == want), None)
+                    if arrived is not None and arrived.src == want[0]:
+                        error = (f"the INIT came back into {request.target} as {arrived.flow}, with {request.target}'s own address as its source: "
+                                 "the kernel drops it as a martian (no hairpin MASQUERADE rewrote it)")
+                        break
+                    if arrived is not None:
+                        rtt = (time.perf_counter() - start) * 1000
+                        saw, replied_by = arrived.src, request.target
+                        verdict = "reached"
+                        reply = f"INIT seen in {request.target} as {arrived.flow}" + (f"; {reply}" if reply else "")
+                        if not SCTP_SOCKETS or reply.endswith("has no SCTP)"):
+                            break
+        except OSError as exc:
+            error = f"{exc.strerror or exc}"
+        finally:
+            sock.close()
+        if verdict != "reached" and error is None:
+            where = f"inside {request.target} as {want[0]}:{want[1]}" if want is not None else "at its target"
+            error = f"the INIT was not seen {where} within {timeout:g}s"
+        captures, verdict, error = _collect(caps, port_flow("sctp", sport), t0, verdict, error)
+        sent = f"SCTP INIT vtag=0 init_tag={tag:#010x} from port {sport}"
+        return self._result(request, iface, src_addr or self._source_address(request.source, ns, dst), sent, verdict, captures, t0, rtt, error, reply, replied_by, saw,
+                            flow_id=sport)
+
+    def _target_endpoint(self, request: ProbeRequest) -> tuple[str, int] | None:
+        """Where a probe should arrive inside its target: the target's address, and the port a published port DNATs to (else the port sent to)."""
+        if request.target is None or request.target not in {c.name for c in self.lab.topology.containers}:
+            return None
+        c = self.lab.topology.container(request.target)
+        if c.address is None or request.port is None:
+            return None
+        from netcheck.lab.plan import published_at
+
+        hit = published_at(self.lab.topology, str(request.destination), request.port, request.protocol)
+        return str(c.address.ip), hit[1] if hit is not None else request.port
 
     # ----------------------------------------------------------------- DNS
 

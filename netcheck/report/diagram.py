@@ -169,7 +169,11 @@ def to_dot(topo: JSONObject, lost: Iterable[Lost] = ()) -> str:
     addr = str(host.get("address", "")).split("/")[0]
     for i, p in enumerate(topo.get("publishes", ())):
         paths = [w for w, on in (("outside", p.get("from_outside", True)), ("host", p.get("from_host", True))) if on]
-        label = f"published {p.get('protocol', 'tcp')} {addr}:{p['host_port']}\nDNAT to {p['container']}:{p['port']}\nfrom {' and '.join(paths) or 'nowhere'}"
+        size = int(p.get("size") or 1)
+        bound = str(p.get("host_address") or addr)  # as written: an address, 0.0.0.0 or 127.0.0.1
+        ports = f"{p['host_port']}-{int(p['host_port']) + size - 1}" if size > 1 else str(p["host_port"])
+        to = f"{p['port']}-{int(p['port']) + size - 1}" if size > 1 else str(p["port"])
+        label = f"published {p.get('protocol', 'tcp')} {bound}:{ports}\nDNAT to {p['container']}:{to}\nfrom {' and '.join(paths) or 'nowhere'}"
         nat_nodes.append((node(f"nat:publish:{i}", label, ', shape=note, fillcolor="#fff8e1", color="#b28704"'), p["container"]))
     for i, v in enumerate(topo.get("vips", ())):
         label = f"VIP {v.get('protocol', 'tcp')} {v['address']}:{v['port']}\nchain {v['chain']}: DNAT to {v['container']}:{v['target_port']}"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
+from ipaddress import ip_address
 
 import jinja2
 from markupsafe import Markup
@@ -224,6 +225,7 @@ class TopologySection:
     lost: list[str]
     host: HostFacts | None
     access: list[AccessRow]
+    ports: list[PortRow]
     matrices: list[MatrixView]
     failed: int
     tests: int
@@ -278,6 +280,7 @@ def report_view(results: Results, renderer: Renderer) -> ReportView:
             lost=sorted({f"{x.point} ({'way out' if x.direction == 'out' else 'reply'})" for x in lost}),
             host=results.hosts.get(name),
             access=access_paths([t for t in results.tests if t.topology == name], topo),
+            ports=port_matrix_rows([t for t in results.tests if t.topology == name]),
             matrices=[m for tv in mine for m in tv.matrices],
             failed=sum(1 for t in results.tests if t.topology == name and t.failed),
             tests=sum(1 for t in results.tests if t.topology == name),
@@ -452,6 +455,38 @@ def _at(grid: Sequence[Sequence[bool | None]], i: int, j: int) -> bool | None:
         return grid[i][j]
     except IndexError:
         return None
+
+
+PORT_MATRIX_TEST = "test_published_port_matrix"
+_PROTOCOL_OF = {"http": "tcp", "tcp": "tcp", "udp": "udp", "sctp": "sctp"}
+
+
+@dataclass(frozen=True)
+class PortRow:
+    """One cell of the published-port matrix (suites/test_dnat.py)."""
+
+    family: str
+    protocol: str
+    to: str  # as the probe shows it: [addr]:port for IPv6
+    path: str
+    expected: Expectation
+    verdict: str
+    ok: bool
+    saw: str
+
+
+def port_matrix_rows(tests: Sequence[TestRecord]) -> list[PortRow]:
+    """The published-port matrix, one row a cell: family, protocol, address:port, access path, expected, observed, the source the service saw."""
+    rows = []
+    for t in tests:
+        if not t.name.startswith(PORT_MATRIX_TEST):
+            continue
+        for p in t.all_probes():
+            src, target = p.source, p.target
+            path = "from outside (wan)" if src == "wan" else "from the host" if src == "host" else f"{src} to itself" if src == target else f"hairpin from {src}"
+            rows.append(PortRow(f"IPv{ip_address(p.request.destination).version}", _PROTOCOL_OF.get(p.kind, p.kind), p.destination, path,
+                                p.expected, p.verdict, p.passed, p.service_saw or ""))
+    return sorted(rows, key=lambda r: (r.family, r.protocol, r.to, r.path))
 
 
 def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list[AccessRow]:
