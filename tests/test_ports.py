@@ -127,19 +127,20 @@ def test_sctp_is_decoded_with_its_first_chunk() -> None:
 
 
 def test_the_report_shows_the_matrix_as_a_table() -> None:
+    from netcheck.evidence import ProbeResult
     from netcheck.report.model import Results, TestRecord
     from netcheck.report.render import Renderer, port_matrix_rows
 
-    def probe(src: str, dst: str, port: int, expected: str, verdict: str, saw: str | None) -> dict[str, object]:
-        shown = f"[{dst}]:{port}" if ":" in dst else f"{dst}:{port}"
-        return {"request": {"kind": "udp", "destination": dst, "port": port}, "kind": "udp", "source": src, "destination": shown, "target": "netns0",
-                "expected": expected, "verdict": verdict, "service_saw": saw}
+    def probe(src: str, dst: str, port: int, expected: str, verdict: str, saw: str | None) -> ProbeResult:
+        return ProbeResult.from_dict({"request": {"kind": "udp", "source": src, "destination": dst, "port": port, "expect": expected, "target": "netns0"},
+                                      "topology": "seed1-ports", "source_interface": "eth0", "source_address": "203.0.113.1", "sent": "udp",
+                                      "verdict": verdict, "service_saw": saw})
 
     record = TestRecord("suites/test_dnat.py::test_published_port_matrix[seed1-ports]", "dnat", "seed1-ports", "failed",
                         probes=[probe("wan", "203.0.113.2", 8053, "reach", "reached", "203.0.113.1:4000"), probe("host", "2001:db8:1::2", 8053, "reach", "unreachable", None),
                                 probe("netns0", "203.0.113.2", 8053, "block", "unreachable", None)])
     rows = port_matrix_rows([record])
-    assert [(r["family"], r["to"], r["path"], r["ok"]) for r in rows] == [
+    assert [(r.family, r.to, r.path, r.ok) for r in rows] == [
         ("IPv4", "203.0.113.2:8053", "from outside (wan)", True), ("IPv4", "203.0.113.2:8053", "netns0 to itself", True), ("IPv6", "[2001:db8:1::2]:8053", "from the host", False)]
     html = Renderer().report(Results(tests=[record]))
     assert "Published-port matrix: 3 cells, 1 not as expected" in html and "<code>[2001:db8:1::2]:8053</code>" in html
