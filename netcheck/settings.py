@@ -120,6 +120,7 @@ def marker_topologies(node: Any, default: tuple[spec.Topology, ...]) -> tuple[sp
     return tuple(out)
 
 
+FAMILY_FIXTURE = "netcheck_family"  # parametrized beside the topology, once per family it declares (4, 6)
 TOPOLOGY_FIXTURE = "netcheck_topology"  # the fixture pytest_generate_tests parametrizes with the topologies in play
 
 

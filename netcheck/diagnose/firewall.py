@@ -72,11 +72,12 @@ class Placed:
         """``iptables-nft: filter FORWARD rule 1``, or ``nft: ip nc1_filter FORWARD rule 1 (handle 4)``."""
         if is_native(self.backend, self.rule.table):
             return f"nft: {self.family} {self.rule.table} {self.rule.chain} rule {self.position} (handle {self.rule.handle})"
-        return f"{binary(self.backend)}: {self.rule.table} {self.rule.chain} rule {self.position}"
+        return f"{binary(self.backend, self.rule.family)}: {self.rule.table} {self.rule.chain} rule {self.position}"
 
 
-def binary(backend: str) -> str:
-    return "iptables-legacy" if backend == "legacy" else "iptables-nft"
+def binary(backend: str, family: int = 4) -> str:
+    tool = "ip6tables" if family == 6 else "iptables"
+    return f"{tool}-legacy" if backend == "legacy" else f"{tool}-nft"
 
 
 def is_native(backend: str, table: str) -> bool:
@@ -89,7 +90,7 @@ def command(backend: str, rule: XRule, op: str = "-A", family: str = "ip") -> st
     iptables-nft, or nft for a native table."""
     if is_native(backend, rule.table):
         return nft.command(rule, op, family)
-    return f"{binary(backend)} {rule.render(op)}"
+    return f"{binary(backend, rule.family)} {rule.render(op)}"
 
 
 @dataclass(frozen=True)

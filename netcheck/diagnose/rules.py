@@ -306,7 +306,7 @@ def address_conflict(ev: Evidence) -> Iterator[Finding]:
         for a in ns.addresses:
             if a.address.ip in LOOPBACK:
                 continue
-            holders.setdefault(str(a.address.ip), []).append((label, a.interface, a.address))
+            holders.setdefault(str(a.address.ip), []).append((label, a.interface, a.address))  # type: ignore[arg-type]  # IPv4: addresses() reads AF_INET
     declared = {str(c.address.ip): c.name for c in ev.t.containers if c.address is not None}
     flow_addrs = {ev.flow.src_addr, ev.flow.dst_addr, ev.flow.target_addr} if ev.flow else set()
     for ip, where in holders.items():
