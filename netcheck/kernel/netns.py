@@ -259,7 +259,7 @@ class Netns:
 
     def configure(
         self, *, up: Sequence[str] = (), addresses: Sequence[tuple[str, IPv4Interface | IPv6Interface]] = (),
-        routes: Sequence[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address | None, str | None]] = (),
+        routes: Sequence[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address | None, str | None]] = (), dad: bool = False,
     ) -> None:
         """Bring links up, add addresses, then routes (dst, via, dev): one netlink batch, in that order."""
 
@@ -272,7 +272,7 @@ class Netns:
                 return index[name]
 
             requests = [rtnl.set_link(idx(n), up=True, what=f"set link {n} up") for n in up]
-            requests += [rtnl.add_address(idx(n), a, what=f"add address {a} to {n}") for n, a in addresses]
+            requests += [rtnl.add_address(idx(n), a, what=f"add address {a} to {n}", dad=dad) for n, a in addresses]
             requests += [rtnl.add_route(dst, via=via, oif=idx(dev) if dev else None, what=f"add route {dst} via {via or dev}") for dst, via, dev in routes]
             return requests
 
@@ -367,6 +367,29 @@ class Netns:
             return out
 
         return self.netlink(do)
+
+    def address_flags(self, name: str, address: IPv6Interface) -> int | None:
+        """An IPv6 address's flags (IFA_F_*: tentative, dadfailed...), None if the interface lacks it."""
+
+        def do(ipr: IPRoute) -> int | None:
+            index = ipr.link_lookup(ifname=name)
+            for m in ipr.get_addr(family=socket.AF_INET6, index=index[0]) if index else []:
+                if m.get_attr("IFA_ADDRESS") == str(address.ip):
+                    return int(m.get_attr("IFA_FLAGS") or m["flags"])
+            return None
+
+        return self.netlink(do)
+
+    def wait_dad_done(self, name: str, address: IPv6Interface, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until duplicate address detection of ``address`` on ``name`` has ended; True if it failed."""
+        def ended() -> tuple[int] | None:
+            f = self.address_flags(name, address)
+            # A failed address stays tentative, flagged dadfailed; a good one stops being tentative.
+            return (f,) if f is not None and (not f & rtnl.IFA_F_TENTATIVE or f & rtnl.IFA_F_DADFAILED) else None
+
+        done = wait_until(ended, timeout=timeout, what=f"duplicate address detection of {address} on {name} in {self.label} to end",
+                          describe=lambda: f"flags {self.address_flags(name, address)}")
+        return done is not None and bool(done[0] & rtnl.IFA_F_DADFAILED)
 
     def routes(self, family: int = socket.AF_INET) -> list[RouteEntry]:
         def do(ipr: IPRoute) -> list[RouteEntry]:

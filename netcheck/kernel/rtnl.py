@@ -45,6 +45,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_BR_FORWARD_DELAY, IFLA_BR_AGEING_TIME, IFLA_BR_STP_STATE = 1, 4, 5
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
 IFA_F_NODAD = 0x02  # an IPv6 address usable at once: no duplicate address detection (the sandbox owns every address)
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 NDA_DST, NDA_LLADDR = 1, 2
@@ -169,19 +170,20 @@ def delete_group(group: int) -> Request:
     return Request(f"delete link group {group}", RTM_DELLINK, 0, _ifinfo() + _u32(IFLA_GROUP, group))
 
 
-def add_address(index: int, address: IPv4Interface | IPv6Interface, *, what: str = "") -> Request:
-    return Request(what or f"add address {address} to #{index}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _address(index, address))
+def add_address(index: int, address: IPv4Interface | IPv6Interface, *, what: str = "", dad: bool = False) -> Request:
+    """Add an address; an IPv6 one without duplicate address detection unless ``dad``."""
+    return Request(what or f"add address {address} to #{index}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _address(index, address, 0 if dad else IFA_F_NODAD))
 
 
 def delete_address(index: int, address: IPv4Interface | IPv6Interface, *, what: str = "") -> Request:
     return Request(what or f"delete address {address} from #{index}", RTM_DELADDR, 0, _address(index, address))
 
 
-def _address(index: int, address: IPv4Interface | IPv6Interface) -> bytes:
+def _address(index: int, address: IPv4Interface | IPv6Interface, flags: int = IFA_F_NODAD) -> bytes:
     ip = address.ip.packed
     if address.version == 6:
         # IPv6 takes IFA_ADDRESS alone; NODAD: the address is not "tentative" for a second, so nothing waits on DAD.
-        return _IFADDR.pack(socket.AF_INET6, address.network.prefixlen, IFA_F_NODAD, RT_SCOPE_UNIVERSE, index) + _attr(IFA_ADDRESS, ip) + _u32(IFA_FLAGS, IFA_F_NODAD)
+        return _IFADDR.pack(socket.AF_INET6, address.network.prefixlen, flags, RT_SCOPE_UNIVERSE, index) + _attr(IFA_ADDRESS, ip) + _u32(IFA_FLAGS, flags)
     return _IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index) + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip)
 
 
