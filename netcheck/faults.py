@@ -455,22 +455,20 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("rp-filter-strict", "replies come back by a second link (asymmetric routing) and the host's rp_filter is strict", "seed1", FORWARD_OUT, "198.51.100.1", "rp_filter_strict", rp_filter_strict,
           kernel="IP_RPFILTER"),
     Fault("dnat-to-localhost", "DNAT to 127.0.0.1 without route_localnet", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000", "route_localnet_off", dnat_to_localhost, kernel="IP_LOCALNET"),
-]}
-
-
-# IPv6 faults (dual-stack labs): in the catalog once their diagnosis ranks the right cause first.
-IPV6_FAULTS: dict[str, Fault] = {f.name: f for f in [
-    Fault("ipv6-forwarding-off", "net.ipv6.conf.all.forwarding = 0 while net.ipv4.ip_forward = 1", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "ipv6_forwarding_off",
+    # IPv6 (dual-stack labs): the suite test runs once per family, and only its IPv6 run must fail.
+    Fault("ipv6-forwarding-off", "net.ipv6.conf.all.forwarding = 0 while net.ipv4.ip_forward = 1", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "ip_six_forwarding_off",
           ipv6_forwarding_off),
     Fault("ip6tables-forward-drop", "an ip6tables FORWARD DROP ahead of everything while iptables accepts", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "forward_drop",
           ip6tables_forward_drop),
-    Fault("ipv6-disabled", "disable_ipv6 = 1 on a container's interface", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "ipv6_disabled", ipv6_disabled),
+    Fault("ipv6-disabled", "disable_ipv6 = 1 on a container's interface", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "ip_six_disabled", ipv6_disabled),
     Fault("ipv6-no-default-route", "a container has no IPv6 default route", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "no_default_route", ipv6_no_default_route),
     Fault("ipv6-dad-duplicate", "duplicate address detection failed: another container holds the address", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "dad_failed",
           ipv6_dad_duplicate),
-    Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback6",
+    Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback_six",
           ipv6_dnat_to_localhost),
 ]}
+
+
 
 
 def inject(lab: Lab, names: Iterable[str]) -> list[str]:
@@ -478,7 +476,7 @@ def inject(lab: Lab, names: Iterable[str]) -> list[str]:
     applied = []
     for name in names:
         try:
-            (FAULTS.get(name) or IPV6_FAULTS[name]).inject(lab)
+            FAULTS[name].inject(lab)
         except (LookupError, IndexError, StopIteration):
             continue  # the topology lacks what this fault breaks (e.g. no VIP)
         applied.append(name)

@@ -380,6 +380,16 @@ class Netns:
 
         return self.netlink(do)
 
+    def dad_failed(self) -> list[tuple[str, str]]:
+        """(interface, address) of every IPv6 address whose duplicate address detection failed (one dump)."""
+
+        def do(ipr: IPRoute) -> list[tuple[str, str]]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            return [(names.get(m["index"], "?"), str(m.get_attr("IFA_ADDRESS"))) for m in ipr.get_addr(family=socket.AF_INET6)
+                    if int(m.get_attr("IFA_FLAGS") or m["flags"]) & rtnl.IFA_F_DADFAILED]
+
+        return self.netlink(do)
+
     def wait_dad_done(self, name: str, address: IPv6Interface, timeout: float = 5.0) -> bool:
         """Wait (bounded) until duplicate address detection of ``address`` on ``name`` has ended; True if it failed."""
         def ended() -> tuple[int] | None:

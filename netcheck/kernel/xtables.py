@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, summarize_address_range
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network, summarize_address_range
 from typing import TYPE_CHECKING, Any, Literal
 
 from netcheck.kernel.netns import KernelError, Netns
@@ -474,7 +474,7 @@ def read_nft(ns: Netns) -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-def _items(ruleset: dict[str, Any], kind: str, families: tuple[str, ...] = ("ip", "inet")) -> Iterator[dict[str, Any]]:
+def _items(ruleset: dict[str, Any], kind: str, families: tuple[str, ...] = ("ip", "inet", "ip6")) -> Iterator[dict[str, Any]]:
     for item in ruleset.get("nftables", []):
         if isinstance(item, dict) and kind in item and item[kind].get("family") in families:
             yield item[kind]
@@ -494,7 +494,7 @@ def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
     sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind)}
     rules: dict[tuple[str, str, str], list[XRule]] = {}
     for r in _items(ruleset, "rule"):
-        rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(_nft_rules(r, sets))
+        rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(replace(x, family=6) if r["family"] == "ip6" else x for x in _nft_rules(r, sets))
     out = []
     for c in _items(ruleset, "chain"):
         hooked = "hook" in c
@@ -606,12 +606,12 @@ def _network(value: Any) -> list[str] | None:
     """An address, prefix or range as networks (``10.0.0.0/24``, ``10.0.0.5``); None if it is none of those."""
     try:
         if isinstance(value, dict) and "prefix" in value:
-            return [str(IPv4Network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))]
+            return [str(ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))]
         if isinstance(value, dict) and "range" in value:
             lo, hi = (IPv4Address(str(v)) for v in value["range"])
             return [str(n) if n.prefixlen < 32 else str(n.network_address) for n in summarize_address_range(lo, hi)]
         if isinstance(value, str):
-            return [str(IPv4Address(value))]
+            return [str(ip_address(value))]
     except (ValueError, TypeError, KeyError):
         return None
     return None
@@ -692,6 +692,8 @@ def _destination(addr: Any, port: Any = None) -> str:
     """A DNAT's destination as iptables writes it: ``172.17.0.2:80`` (a map's ``addr . port`` too)."""
     if isinstance(addr, dict) and "concat" in addr:
         addr, port = addr["concat"][0], addr["concat"][1] if len(addr["concat"]) > 1 else None
+    if port and ":" in str(addr):
+        return f"[{addr}]:{port}"  # IPv6, as ip6tables writes it
     return f"{addr}:{port}" if port else str(addr)
 
 
