@@ -335,6 +335,26 @@ def ipv6_dad_duplicate(lab: Lab) -> None:
     ns.wait_dad_done(first.interface, first.address6)
 
 
+def ipv6_subnet_unrouted(lab: Lab) -> None:
+    """The host's route to the bridge's IPv6 prefix is gone (the bridge keeps its address, as after `ip -6 route flush dev br0`)."""
+    _v6(lab)
+    b = next(b for b in lab.topology.bridges if b.address6 is not None)
+    assert b.address6 is not None
+    lab.host.deconfigure(routes=[b.address6.network])
+
+
+def ipv6_ra_ignored(lab: Lab) -> None:
+    """The host's IPv6 default route came from router advertisements, and is gone: forwarding = 1 with accept_ra = 1 ignores every RA since.
+
+    The kernel's rule (Documentation/networking/ip-sysctl.rst): accept_ra = 1 accepts RAs only when forwarding is off; a router needs
+    accept_ra = 2. accept_ra never turns forwarding off; turning forwarding on turns RAs off. Here the route is removed as an expired RA's would be.
+    """
+    _v6(lab)
+    uplink = lab.kname(lab.topology.host.uplink)
+    lab.host.set_sysctl(f"net.ipv6.conf.{uplink}.accept_ra", 1)
+    lab.host.deconfigure(routes=[DEFAULT6])
+
+
 def ipv6_dnat_to_localhost(lab: Lab) -> None:
     """The published port's IPv6 DNAT sends it to [::1]: the kernel never routes a forwarded packet to ::1 (IPv6 has no route_localnet)."""
     _v6(lab)
@@ -464,6 +484,9 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("ipv6-no-default-route", "a container has no IPv6 default route", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "no_default_route", ipv6_no_default_route),
     Fault("ipv6-dad-duplicate", "duplicate address detection failed: another container holds the address", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "dad_failed",
           ipv6_dad_duplicate),
+    Fault("ipv6-subnet-unrouted", "the host has no route to the bridge's IPv6 prefix", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "host_no_route", ipv6_subnet_unrouted),
+    Fault("ipv6-ra-ignored", "forwarding = 1 with accept_ra = 1: the host ignores router advertisements, its RA default route expired", "seed1-dual", FORWARD_OUT,
+          "2001:db8:2::1", "ra_ignored_when_forwarding", ipv6_ra_ignored),
     Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback_six",
           ipv6_dnat_to_localhost),
 ]}

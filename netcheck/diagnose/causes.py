@@ -31,6 +31,8 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("ip_six_disabled", "disable_ipv6 = 1 on the sender's interface: its IPv6 addresses and routes are gone", "the sender's disable_ipv6 sysctls, for an IPv6 flow"),
     Cause("dad_failed", "duplicate address detection failed: the address is held elsewhere, and the kernel never uses it", "the addresses' dadfailed flag (netlink)"),
     Cause("dnat_to_loopback_six", "an IPv6 DNAT to ::1, which the kernel never routes (IPv6 has no route_localnet; tools use a userland proxy)", "an ip6tables DNAT whose target is ::1"),
+    Cause("ra_ignored_when_forwarding", "the host has no IPv6 default route: with forwarding = 1, accept_ra = 1 ignores router advertisements (2 accepts them)",
+          "an IPv6 flow the host cannot route, IPv6 forwarding on, and the uplink's accept_ra"),
     Cause("ip_forward_off", "the host does not route (net.ipv4.ip_forward = 0)", "the flow is routed by the host, and the sysctl"),
     Cause("forward_drop", "FORWARD drops the flow, by policy or by a rule (the rule is shown)", "counter deltas of DROP/REJECT rules; a walk of both backends' forward chains"),
     Cause("masquerade_missing", "no MASQUERADE covers the container", "the outside world's capture saw the private source; POSTROUTING walk"),

@@ -591,15 +591,49 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
 
 def host_no_route(ev: Evidence) -> Iterator[Finding]:
     r, pkt = ev.route, _pkt_request(ev)
-    if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv4.ip_forward") != "1":
+    v6 = pkt is not None and _v6(pkt.dst)
+    if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv6.conf.all.forwarding" if v6 else "net.ipv4.ip_forward") != "1":
         return
     got = lookup(ev.snap, "host", ev.lab.host, pkt.dst)
     if isinstance(got, str):
         d = ev.host.default_route()
+        if v6:
+            uplink = kname_or_none(ev.lab, ev.t.host.uplink) or ev.t.host.uplink
+            ra = ev.host.sysctl(f"net.ipv6.conf.{uplink}.accept_ra")
+            if ra == "1":
+                # forwarding = 1 makes accept_ra = 1 ignore router advertisements: a default route learned from them is never renewed.
+                yield Finding(
+                    "ra_ignored_when_forwarding", "host", f"host: no IPv6 route to {pkt.dst} ({got}): with net.ipv6.conf.all.forwarding = 1, {ev.show(uplink)}'s accept_ra = 1 "
+                    "ignores router advertisements (a router accepts them only with accept_ra = 2), so a default route learned from them is gone and never renewed",
+                    ev.sysctl_fix("host", f"net.ipv6.conf.{uplink}.accept_ra", 2) + (f" (or a static one: {ev.run('host', f'ip -6 route add default via {ev.t.host.gateway6}')})"
+                                                                                    if ev.t.host.gateway6 else ""),
+                    (f"net.ipv6.conf.{uplink}.accept_ra = 1", "net.ipv6.conf.all.forwarding = 1", "the host has no IPv6 default route"), score=88,
+                )
+                return
+        gw = ev.t.host.gateway6 if v6 else ev.t.host.gateway
         yield Finding(
             "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
-            ev.run("host", f"ip route add default via {ev.t.host.gateway}"), (f"host routes: {_routes(ev.host)}",), score=60,
+            ev.run("host", f"ip {'-6 ' if v6 else ''}route add default via {gw}"), (f"host routes: {_routes(ev.host)}",), score=60,
         )
+        return
+    if v6:
+        yield from _no_route_back6(ev, r, pkt)
+
+
+def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
+    """IPv6: the reply's way back, to the container's address, must leave by the container's side of the host (its bridge)."""
+    f = ev.flow
+    if f is None or f.source not in {c.name for c in ev.t.containers}:
+        return
+    c = ev.t.container(f.source)
+    back = lookup(ev.snap, "host", ev.lab.host, f.src_addr)
+    if isinstance(back, str) or back.interface == r.in_iface or c.address6 is None:
+        return
+    yield Finding(
+        "host_no_route", "host", f"host: the route back to {f.src_addr} leaves by {ev.show(back.interface)}, not {ev.show(r.in_iface)}: the host has no route to "
+        f"{c.address6.network}, so the replies go out again instead of reaching {f.source}",
+        ev.run("host", f"ip -6 route add {c.address6.network} dev {r.in_iface}"), (f"route back: {f.src_addr} via {back.gateway or '-'} dev {back.interface}",), score=75,
+    )
 
 
 def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:

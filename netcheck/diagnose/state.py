@@ -124,6 +124,7 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
         keys += [f"net.ipv4.conf.{link.name}.{k}" for link in links for k in IFACE_SYSCTLS]
     if any(a.address.version == 6 for a in addresses) or not host:  # a container's disable_ipv6 matters most once its addresses are gone
         keys += list(IPV6_SYSCTLS if host else IPV6_SYSCTLS[1:2]) + [f"net.ipv6.conf.{link.name}.disable_ipv6" for link in links if not host]
+        keys += [f"net.ipv6.conf.{link.name}.accept_ra" for link in links if host and link.name != "lo"]
     sysctls = {}
     for k in keys:
         sysctls[k] = _safe(errors, k, lambda k=k: ns.sysctl(k), None)
