@@ -47,7 +47,7 @@ def _second(lab: Lab) -> str:
 
 def _rule(lab: Lab, chain: str, target: str | None = None) -> XRule:
     for r in lab.rules:
-        if r.chain == chain and (target is None or r.target == target) and r.family == 4:
+        if r.chain == chain and (target is None or r.target == target) and r.family != 6:
             return r
     raise LookupError(f"{lab.topology.name} has no {target or ''} rule in {chain}")
 

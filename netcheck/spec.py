@@ -58,7 +58,8 @@ PROTOCOLS: tuple[Transport, ...] = ("tcp", "udp")
 POLICIES: tuple[Policy, ...] = ("ACCEPT", "DROP")
 FIREWALLS: tuple[Firewall, ...] = ("iptables", "nft")
 ECHO_PORT = 7
-BUILTIN = ("seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft", "seed1-dual", "seed1-dual-nft")
+BUILTIN = ("seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft")  # the topologies a plain `pytest suites/` runs
+BUILTIN_DUAL = ("seed1-dual", "seed1-dual-nft")  # built in too, dual stack: run with --netcheck-topology seed1-dual
 MODES: tuple[Mode, ...] = ("build", "script", "cni", "netavark", "podman", "docker")
 EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
 AUTO = "auto"  # a value read back from what the tool made
@@ -1546,6 +1547,8 @@ def _check_ipv6(t: Topology, problems: _Problems, bridge_at: Mapping[str, int]) 
             continue
         j = bridge_at[c.bridge]
         b6 = t.bridges[j].address6
+        if wrong(f"bridge[{j}].address"):
+            continue  # its own error says what is wrong there
         if b6 is None:
             fail(f"{key}.address[1]", str(c.address6), f"its bridge {c.bridge} has no IPv6 prefix, so nothing routes it",
                  f'give bridge[{j}] an IPv6 prefix that holds {c.address6.ip}: address = ["{t.bridges[j].address}", "{next(c.address6.network.hosts())}/{c.address6.network.prefixlen}"]')
@@ -1721,10 +1724,10 @@ def builtin(name: str) -> Topology:
 
 def resolve(ref: str) -> Topology:
     """A built-in name or a path to a TOML file."""
-    if ref in BUILTIN:
+    if ref in BUILTIN or ref in BUILTIN_DUAL:
         return builtin(ref)
     if not ref.endswith(".toml") and not Path(ref).exists():
-        raise SpecError(ref, "(topology)", ref, "is neither a built-in topology nor a file", f"use one of {', '.join(BUILTIN)} or a path to a .toml file")
+        raise SpecError(ref, "(topology)", ref, "is neither a built-in topology nor a file", f"use one of {', '.join(BUILTIN + BUILTIN_DUAL)} or a path to a .toml file")
     return load(ref)
 
 

@@ -186,7 +186,7 @@ def _spec_for(header: dict[str, object]) -> S.Topology | None:
             with contextlib.suppress(S.SpecError):
                 return S.load(ref)
     name = header.get("topology")
-    if isinstance(name, str) and name in S.BUILTIN:
+    if isinstance(name, str) and (name in S.BUILTIN or name in S.BUILTIN_DUAL):
         return S.builtin(name)
     return None
 

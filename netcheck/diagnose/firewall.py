@@ -75,7 +75,7 @@ class Placed:
         return f"{binary(self.backend, self.rule.family)}: {self.rule.table} {self.rule.chain} rule {self.position}"
 
 
-def binary(backend: str, family: int = 4) -> str:
+def binary(backend: str, family: int | None = None) -> str:
     tool = "ip6tables" if family == 6 or backend in (LEGACY6, NFT6) else "iptables"
     return f"{tool}-legacy" if backend in ("legacy", LEGACY6) else f"{tool}-nft"
 

@@ -60,7 +60,7 @@ class XRule:
     in_set: tuple[str, ...] = ()  # interface names (a trailing + is a wildcard)
     out_set: tuple[str, ...] = ()
     ct_state: tuple[str, ...] = ()  # conntrack states (new, established, related, invalid, untracked)
-    family: int = 4  # 4: iptables (nft ip), 6: ip6tables (nft ip6); the arguments are the same
+    family: int | None = None  # None: IPv4, iptables (nft ip); 6: IPv6, ip6tables (nft ip6). The arguments are the same
 
     @property
     def tool(self) -> str:
@@ -582,7 +582,7 @@ def parse_save(text: str, family: int = 4) -> dict[tuple[str, str], list[XRule]]
             fields["protocol"] = "icmpv6"
         out.setdefault((table, words[1]), []).append(XRule(
             table, words[1], fields.pop("target", ""), src=cidr(fields.pop("src", None)), dst=cidr(fields.pop("dst", None)), packets=counters[0], bytes=counters[1],
-            family=family, **fields))
+            family=6 if family == 6 else None, **fields))
     return out
 
 

@@ -183,7 +183,7 @@ def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str 
     """``-t nat -A CHAIN -d DST -p PROTO --dport DPORT -j DNAT --to-destination TO[:PORT]`` (IPv6: ``[TO]:PORT``, in ip6tables)."""
     shown = f"[{to_addr}]" if family == 6 and to_port else str(to_addr)
     to = f"{shown}:{to_port}" if to_port else str(to_addr)
-    return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment, family=family)
+    return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment, family=6 if family == 6 else None)
 
 
 def spec_masquerade(m: spec.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
@@ -199,7 +199,7 @@ def spec_rules(t: spec.Topology, rename: Rename, comment: str | None = None) -> 
     for family in t.families:  # a FORWARD accept between interfaces holds for every family (ip6tables too, on a dual-stack host)
         for f in t.forward_accepts:
             rules.append(XRule("filter", "FORWARD", "ACCEPT", in_interface=rename(f.in_interface) if f.in_interface else None,
-                               out_interface=rename(f.out_interface) if f.out_interface else None, comment=comment, family=family))
+                               out_interface=rename(f.out_interface) if f.out_interface else None, comment=comment, family=6 if family == 6 else None))
     rules += [spec_masquerade(m, rename, comment) for m in t.masquerades]
     for family in t.families:
         host_addr = t.host.at(family)
