@@ -19,7 +19,7 @@ from netcheck.kernel.jsontypes import JSON, JSONObject
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
-ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp", "dns", "sctp"]
+ProbeKind = Literal["icmp", "tcp", "http", "udp", "arp", "dns", "sctp", "ndp"]  # ndp: ARP's IPv6 counterpart
 Protocol = Literal["icmp", "tcp", "udp", "arp", "sctp"]
 Role = Literal["request", "reply", "error"]
 IPAddress = IPv4Address | IPv6Address
@@ -82,6 +82,8 @@ class ProbeRequest:
             raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
         if self.kind == "arp" and (self.payload or self.destination.version != 4):
             raise RequestError(f"arp probe for {self.destination}: ARP asks for an IPv4 address and carries no payload")
+        if self.kind == "ndp" and (self.payload or self.destination.version != 6):
+            raise RequestError(f"ndp probe for {self.destination}: NDP asks for an IPv6 address and carries no payload (ARP asks for an IPv4 one)")
         if (self.kind == "dns") != bool(self.query):
             raise RequestError(f"{self.kind} probe to {self.destination}: query={self.query!r}; " + ("give the name to ask for" if self.kind == "dns" else "only dns probes take a query"))
         if self.transport not in ("udp", "tcp") or (self.transport == "tcp" and self.kind != "dns"):
@@ -93,6 +95,8 @@ class ProbeRequest:
     def protocol(self) -> Protocol:
         if self.kind == "dns":
             return self.transport
+        if self.kind == "ndp":
+            return "arp"  # neighbour resolution, whichever the family
         return "tcp" if self.kind == "http" else self.kind
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from netcheck.multihost.lab import MultiLab
 
 DEFAULT = IPv4Network("0.0.0.0/0")
+DEFAULT6 = IPv6Network("::/0")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def _second(lab: Lab) -> str:
 
 def _rule(lab: Lab, chain: str, target: str | None = None) -> XRule:
     for r in lab.rules:
-        if r.chain == chain and (target is None or r.target == target):
+        if r.chain == chain and (target is None or r.target == target) and r.family != 6:
             return r
     raise LookupError(f"{lab.topology.name} has no {target or ''} rule in {chain}")
 
@@ -340,6 +341,87 @@ def rp_filter_strict(lab: Lab) -> None:
             lab.ledger.record(SysctlEntry(lab.host.name, key, old))
 
 
+# ----------------------------------------------------------------------------- IPv6 (dual-stack labs)
+
+
+def _v6(lab: Lab) -> None:
+    if 6 not in lab.topology.families:
+        raise LookupError(f"{lab.topology.name} declares no IPv6")
+
+
+def ipv6_forwarding_off(lab: Lab) -> None:
+    """IPv6 forwarding off while IPv4's stays on: net.ipv6.conf.all.forwarding = 0."""
+    _v6(lab)
+    lab.host.set_sysctl("net.ipv6.conf.all.forwarding", 0)
+
+
+def ip6tables_forward_drop(lab: Lab) -> None:
+    """A DROP in ip6tables' FORWARD chain, ahead of everything, while iptables' FORWARD accepts."""
+    _v6(lab)
+    c = lab.topology.container(_first(lab))
+    side = lab.kname(c.bridge or c.host_veth)
+    _add(lab, [XRule("filter", "FORWARD", "DROP", in_interface=side, out_interface=lab.kname(lab.topology.host.uplink), comment=lab.names.comment, family=6)], insert=True)
+
+
+def ipv6_disabled(lab: Lab) -> None:
+    """IPv6 disabled on a container's interface: its IPv6 addresses are gone at once."""
+    _v6(lab)
+    c = lab.topology.container(_first(lab))
+    lab.container_ns(c.name).set_sysctl(f"net.ipv6.conf.{c.interface}.disable_ipv6", 1)
+
+
+def ipv6_no_default_route(lab: Lab) -> None:
+    """A container's IPv6 default route is missing (IPv4's is there)."""
+    _v6(lab)
+    lab.container_ns(_first(lab)).deconfigure(routes=[DEFAULT6])
+
+
+def ipv6_dad_duplicate(lab: Lab) -> None:
+    """Duplicate address detection fails: another container claims the first one's IPv6 address while the first re-adds it (as after a restart)."""
+    _v6(lab)
+    first, second = lab.topology.container(_first(lab)), lab.topology.container(_second(lab))
+    assert first.address6 is not None
+    taken = IPv6Interface(f"{first.address6.ip}/128")
+    lab.container_ns(second.name).configure(addresses=[(second.interface, taken)])
+    ns = lab.container_ns(first.name)
+    ns.deconfigure(addresses=[(first.interface, first.address6)])
+    for key in (f"net.ipv6.conf.{first.interface}.accept_dad", f"net.ipv6.conf.{first.interface}.dad_transmits"):
+        ns.set_sysctl(key, 1)
+    ns.configure(addresses=[(first.interface, first.address6)], dad=True)
+    ns.wait_dad_done(first.interface, first.address6)
+
+
+def ipv6_subnet_unrouted(lab: Lab) -> None:
+    """The host's route to the bridge's IPv6 prefix is gone (the bridge keeps its address, as after `ip -6 route flush dev br0`)."""
+    _v6(lab)
+    b = next(b for b in lab.topology.bridges if b.address6 is not None)
+    assert b.address6 is not None
+    lab.host.deconfigure(routes=[b.address6.network])
+
+
+def ipv6_ra_ignored(lab: Lab) -> None:
+    """The host's IPv6 default route came from router advertisements, and is gone: forwarding = 1 with accept_ra = 1 ignores every RA since.
+
+    The kernel's rule (Documentation/networking/ip-sysctl.rst): accept_ra = 1 accepts RAs only when forwarding is off; a router needs
+    accept_ra = 2. accept_ra never turns forwarding off; turning forwarding on turns RAs off. Here the route is removed as an expired RA's would be.
+    """
+    _v6(lab)
+    uplink = lab.kname(lab.topology.host.uplink)
+    lab.host.set_sysctl(f"net.ipv6.conf.{uplink}.accept_ra", 1)
+    lab.host.deconfigure(routes=[DEFAULT6])
+
+
+def ipv6_dnat_to_localhost(lab: Lab) -> None:
+    """The published port's IPv6 DNAT sends it to [::1]: the kernel never routes a forwarded packet to ::1 (IPv6 has no route_localnet)."""
+    _v6(lab)
+    p = lab.topology.publishes[0]
+    assert lab.services is not None
+    lab.services.listen(lab.host, "host", "http", p.port, "::1")
+    old = next(r for r in lab.rules if r.chain == "PREROUTING" and r.target == "DNAT" and r.family == 6)
+    _delete(lab, old)
+    _add(lab, [replace(old, to_destination=f"[::1]:{p.port}")])
+
+
 def _resolver_user(lab: Lab) -> str:
     return next(c.name for c in lab.topology.containers if c.dns is not None and not isinstance(c.dns, str))
 
@@ -469,7 +551,23 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "netns0 to its own published port", "hairpin_masquerade_missing", hairpin_masquerade_removed),
     Fault("hairpin-mode-off", "the container's bridge port has hairpin mode off: it cannot reach its own published port", "seed1-ports", DNAT_MATRIX,
           "netns0 to its own published port", "hairpin_mode_off", hairpin_mode_off),
+    # IPv6 (dual-stack labs): the suite test runs once per family, and only its IPv6 run must fail.
+    Fault("ipv6-forwarding-off", "net.ipv6.conf.all.forwarding = 0 while net.ipv4.ip_forward = 1", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "ip_six_forwarding_off",
+          ipv6_forwarding_off),
+    Fault("ip6tables-forward-drop", "an ip6tables FORWARD DROP ahead of everything while iptables accepts", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "forward_drop",
+          ip6tables_forward_drop),
+    Fault("ipv6-disabled", "disable_ipv6 = 1 on a container's interface", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "ip_six_disabled", ipv6_disabled),
+    Fault("ipv6-no-default-route", "a container has no IPv6 default route", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "no_default_route", ipv6_no_default_route),
+    Fault("ipv6-dad-duplicate", "duplicate address detection failed: another container holds the address", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "dad_failed",
+          ipv6_dad_duplicate),
+    Fault("ipv6-subnet-unrouted", "the host has no route to the bridge's IPv6 prefix", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "host_no_route", ipv6_subnet_unrouted),
+    Fault("ipv6-ra-ignored", "forwarding = 1 with accept_ra = 1: the host ignores router advertisements, its RA default route expired", "seed1-dual", FORWARD_OUT,
+          "2001:db8:2::1", "ra_ignored_when_forwarding", ipv6_ra_ignored),
+    Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback_six",
+          ipv6_dnat_to_localhost),
 ]}
+
+
 
 
 def inject(lab: Lab, names: Iterable[str]) -> list[str]:

@@ -23,6 +23,11 @@ SCTP_INIT, SCTP_INIT_ACK, SCTP_ABORT = 1, 2, 6
 _SCTP_CHUNKS = {0: "DATA", 1: "INIT", 2: "INIT-ACK", 3: "SACK", 4: "HEARTBEAT", 5: "HEARTBEAT-ACK", 6: "ABORT", 7: "SHUTDOWN", 10: "COOKIE-ECHO", 11: "COOKIE-ACK"}
 ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
 ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED, ICMPV6_ECHO, ICMPV6_ECHOREPLY = 1, 3, 128, 129
+NDP_SOLICIT, NDP_ADVERT = 135, 136
+# IPv6 extension headers the decoder steps over to reach the upper layer: hop-by-hop, routing, destination options
+# (each a next header, a length in 8-octet units beyond the first 8), and a fragment header (8 octets; only a first fragment has the upper layer).
+EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_DEST_OPTS = 0, 43, 44, 60
+_EXTENSIONS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_DEST_OPTS)
 
 _ICMP_NAMES = {0: "echo-reply", 3: "dest-unreach", 5: "redirect", 8: "echo-request", 11: "time-exceeded"}
 _ICMPV6_NAMES = {1: "dest-unreach", 2: "packet-too-big", 3: "time-exceeded", 128: "echo-request", 129: "echo-reply", 135: "neighbor-solicit", 136: "neighbor-advert"}
@@ -121,8 +126,30 @@ class ICMPv6(NamedTuple):
     def name(self) -> str:
         return _ICMPV6_NAMES.get(self.type, f"type{self.type}")
 
+    @property
+    def ndp_target(self) -> str | None:
+        """A neighbour solicitation's or advertisement's target address."""
+        if self.type not in (NDP_SOLICIT, NDP_ADVERT) or len(self.data) < 20:
+            return None
+        return socket.inet_ntop(socket.AF_INET6, self.data[4:20])
+
+    @property
+    def ndp_mac(self) -> str | None:
+        """The link-layer address option of an NDP message (source option in a solicitation, target option in an advertisement)."""
+        opts = self.data[20:]
+        while len(opts) >= 8 and opts[1]:
+            if opts[0] in (1, 2):
+                return opts[2:8].hex(":")
+            opts = opts[opts[1] * 8 :]
+        return None
+
     def describe(self) -> str:
-        return f"{self.name} id={self.ident:#06x} seq={self.seq}" if self.is_echo else self.name
+        if self.is_echo:
+            return f"{self.name} id={self.ident:#06x} seq={self.seq}"
+        target = self.ndp_target
+        if target is not None:
+            return f"{self.name} {target}" + (f" is-at {self.ndp_mac}" if self.type == NDP_ADVERT and self.ndp_mac else "")
+        return self.name
 
 
 class IPv4(NamedTuple):
@@ -225,11 +252,14 @@ def decode_ipv6(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv6 | No
         return None
     nh, hops, src, dst = _IPV6.unpack_from(data, off)
     l4 = off + 40
+    nh, l4 = _skip_extensions(data, nh, l4)
     payload: ICMPv6 | TCP | UDP | SCTP | None = None
     if nh == PROTO_ICMPV6 and len(data) >= l4 + 8:
         itype, code, ident, seq = _ICMP.unpack_from(data, l4)
         if itype in (ICMPV6_ECHO, ICMPV6_ECHOREPLY):
             payload = _new(ICMPv6, (itype, code, ident, seq, data[l4 + 8 :], None))
+        elif itype in (NDP_SOLICIT, NDP_ADVERT):
+            payload = _new(ICMPv6, (itype, code, None, None, data[l4 + 4 :], None))
         else:
             inner = None if quoted or itype not in (ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED) else decode_ipv6(data, l4 + 8, quoted=True)
             payload = _new(ICMPv6, (itype, code, None, None, b"", inner))
@@ -238,6 +268,25 @@ def decode_ipv6(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv6 | No
     elif nh == PROTO_SCTP:
         payload = _sctp(data, l4)
     return _new(IPv6, (socket.inet_ntop(socket.AF_INET6, src), socket.inet_ntop(socket.AF_INET6, dst), hops, nh, payload))
+
+
+def _skip_extensions(data: bytes, nh: int, off: int) -> tuple[int, int]:
+    """The upper layer's protocol and offset past any extension headers; a later fragment has none (its
+    protocol is then EXT_FRAGMENT, and the decoder leaves the payload undecoded).
+
+    >>> _skip_extensions(bytes([58, 0]) + bytes(6), EXT_HOP_BY_HOP, 0)
+    (58, 8)
+    """
+    for _ in range(8):  # a real packet has a few at most; a loop of them is cut short
+        if nh in _EXTENSIONS and len(data) >= off + 8:
+            nh, off = data[off], off + (data[off + 1] + 1) * 8
+        elif nh == EXT_FRAGMENT and len(data) >= off + 8:
+            if int.from_bytes(data[off + 2 : off + 4], "big") >> 3:  # a fragment offset: not the first fragment
+                return EXT_FRAGMENT, off
+            nh, off = data[off], off + 8
+        else:
+            break
+    return nh, off
 
 
 def _ports(data: bytes, l4: int, tcp: bool) -> TCP | UDP | None:
@@ -273,6 +322,22 @@ def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
     """An ICMP echo request (header and payload) with its checksum, ready for a raw ICMP socket."""
     head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
     return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(head + payload), ident, seq) + payload
+
+
+def echo_request6(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMPv6 echo request for a raw ICMPv6 socket: the kernel fills in its checksum (RFC 3542)."""
+    return struct.pack("!BBHHH", ICMPV6_ECHO, 0, 0, ident, seq) + payload
+
+
+def neighbour_solicitation(target: str, mac: str) -> bytes:
+    """An NDP neighbour solicitation for ``target`` with the sender's MAC as its source link-layer option (raw ICMPv6 socket: the kernel sums it)."""
+    return struct.pack("!BBHI", NDP_SOLICIT, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, target) + bytes([1, 1]) + bytes.fromhex(mac.replace(":", ""))
+
+
+def solicited_node(target: str) -> str:
+    """The solicited-node multicast address of ``target`` (ff02::1:ffXX:XXXX), where a solicitation for it goes."""
+    low = socket.inet_pton(socket.AF_INET6, target)[13:]
+    return socket.inet_ntop(socket.AF_INET6, bytes.fromhex("ff02" + "00" * 9 + "01ff") + low)
 
 
 # ----------------------------------------------------------------------------- VXLAN (RFC 7348)
@@ -313,5 +378,5 @@ def decode_vxlan(frame: bytes, port: int) -> VXLAN | None:
 
 __all__ = [
     "ARP", "ICMP", "IPv4", "IPv6", "SCTP", "TCP", "UDP", "VXLAN", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "decode_vxlan",
-    "echo_request", "checksum", "mac",
+    "echo_request", "echo_request6", "checksum", "mac", "neighbour_solicitation", "solicited_node",
 ]

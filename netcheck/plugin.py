@@ -68,7 +68,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that uses ``netcheck_lab`` (or ``netcheck_topology``) once per topology in play."""
     if settings_mod.TOPOLOGY_FIXTURE in metafunc.fixturenames:
         topologies = settings_mod.marker_topologies(metafunc.definition, metafunc.config.stash[SETTINGS].topologies)
-        metafunc.parametrize(settings_mod.TOPOLOGY_FIXTURE, topologies, ids=[t.name for t in topologies], scope="session")
+        if settings_mod.FAMILY_FIXTURE not in metafunc.fixturenames:
+            metafunc.parametrize(settings_mod.TOPOLOGY_FIXTURE, topologies, ids=[t.name for t in topologies], scope="session")
+            return
+        # Once per address family the topology declares: an IPv4-only topology keeps its one id, a dual-stack one adds NAME-ipv6.
+        pairs = [(t, family) for t in topologies for family in t.families]
+        ids = [t.name if family == 4 else f"{t.name}-ipv6" for t, family in pairs]
+        metafunc.parametrize([settings_mod.TOPOLOGY_FIXTURE, settings_mod.FAMILY_FIXTURE], pairs, ids=ids, scope="session")
 
 
 @pytest.hookimpl(trylast=True)
@@ -108,6 +114,12 @@ def netcheck_lab_factory(pytestconfig: pytest.Config, netcheck_settings: setting
 def netcheck_topology(request: pytest.FixtureRequest) -> spec.Topology:
     """The topology under test (parametrized over --netcheck-topology)."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def netcheck_family(request: pytest.FixtureRequest) -> int:
+    """The address family under test, 4 or 6: a test that asks for it runs once per family its topology declares."""
+    return getattr(request, "param", 4)
 
 
 @pytest.fixture

@@ -108,9 +108,14 @@ class ServiceHost:
         udp = kind == "udp-echo"
 
         def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            v6 = ":" in address
+            s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if v6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 peers keep their own listener (and their plain addresses)
+                    if udp:  # answer from the address asked (a remote address on lo), not the one the route to the peer would pick
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
                 s.bind((address, port))
                 if not udp:
                     s.listen(128)
@@ -224,6 +229,10 @@ class ServiceHost:
                 try:
                     if role == "wake":
                         sock.recv(512)
+                    elif role == "udp" and sock.family == socket.AF_INET6:
+                        data, anc, _flags, peer = sock.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(20))
+                        asked = [(level, kind_, d[:16] + bytes(4)) for level, kind_, d in anc if level == socket.IPPROTO_IPV6 and kind_ == socket.IPV6_PKTINFO]
+                        sock.sendmsg([reply_text(container, kind, peer, data)], asked, 0, peer)
                     elif role == "udp":
                         data, peer = sock.recvfrom(MAX_REQUEST)
                         sock.sendto(reply_text(container, kind, peer, data), peer)

@@ -128,6 +128,7 @@ def marker_topologies(node: pytest.Item, default: tuple[spec.Topology, ...]) -> 
     return tuple(out)
 
 
+FAMILY_FIXTURE = "netcheck_family"  # parametrized beside the topology, once per family it declares (4, 6)
 TOPOLOGY_FIXTURE = "netcheck_topology"  # the fixture pytest_generate_tests parametrizes with the topologies in play
 
 

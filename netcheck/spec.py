@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -40,6 +40,14 @@ NXDOMAIN = "nxdomain"  # a name a container must not resolve
 SYSCTL_RE = re.compile(r"^net\.(ipv4|ipv6|bridge|core|netfilter)(\.[A-Za-z0-9_-]+)+\Z")
 DOC_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
 FORBIDDEN = IPv4Network("192.0.2.0/24")  # this machine's own network
+DOC_RANGE6 = IPv6Network("2001:db8::/32")  # the outside world's IPv6 addresses: documentation ones only
+ULA = IPv6Network("fc00::/7")  # unique local addresses: a bridge's own IPv6 prefix (or a documentation one)
+LINK_LOCAL6 = IPv6Network("fe80::/10")
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+IPAddr = IPv4Address | IPv6Address
+IPIface = IPv4Interface | IPv6Interface
+IPNet = IPv4Network | IPv6Network
 ServiceKind = Literal["http", "tcp-echo", "udp-echo"]
 Transport = Literal["tcp", "udp"]
 PublishProtocol = Literal["tcp", "udp", "sctp"]  # a published port's; SCTP is proven by its INIT, captured rewritten (no SCTP service runs)
@@ -52,19 +60,26 @@ PUBLISH_PROTOCOLS: tuple[PublishProtocol, ...] = ("tcp", "udp", "sctp")
 POLICIES: tuple[Policy, ...] = ("ACCEPT", "DROP")
 FIREWALLS: tuple[Firewall, ...] = ("iptables", "nft")
 ECHO_PORT = 7
-BUILTIN = ("seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft")
-OPT_IN = ("seed1-ports", "seed1-ports-nft")  # built-ins that run only when named (--netcheck-topology seed1-ports)
+BUILTIN = ("seed1", "seed2", "seed2-veth", "seed1-nft", "seed2-nft")  # the topologies a plain `pytest suites/` runs
+BUILTIN_DUAL = ("seed1-dual", "seed1-dual-nft")  # built in too, dual stack: run with --netcheck-topology seed1-dual
+OPT_IN = ("seed1-ports", "seed1-ports-nft", *BUILTIN_DUAL)  # built-ins that run only when named (--netcheck-topology seed1-ports)
 MODES: tuple[Mode, ...] = ("build", "script", "cni", "netavark", "podman", "docker")
 EXTERNAL = MODES[1:]  # setups another tool makes; the spec states only what to expect
 AUTO = "auto"  # a value read back from what the tool made
 NO_ROUTE = "none"  # a container gateway: no default route
+FORWARDING_SYSCTL: dict[Family, str] = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+BRIDGE_NF_SYSCTL: dict[Family, str] = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
 MAX_BYTES = 1 << 20  # a spec is a small text file; anything larger is a wrong path
 # The documentation addresses a spec gets when it leaves [host] or [wan] out.
 DEFAULT_HOST_ADDRESS = IPv4Interface("203.0.113.2/24")
 DEFAULT_WAN_ADDRESS = IPv4Interface("203.0.113.1/24")
 DEFAULT_REMOTE: tuple[IPv4Interface, ...] = (IPv4Interface("198.51.100.1/32"),)
+DEFAULT_HOST_ADDRESS6 = IPv6Interface("2001:db8:1::2/64")
+DEFAULT_WAN_ADDRESS6 = IPv6Interface("2001:db8:1::1/64")
+DEFAULT_REMOTE6: tuple[IPv6Interface, ...] = (IPv6Interface("2001:db8:2::1/128"),)
 T = TypeVar("T")
 L = TypeVar("L", bound=str)
+U = TypeVar("U")
 
 
 @dataclass(frozen=True)
@@ -127,8 +142,12 @@ class Service:
 
 @dataclass(frozen=True)
 class Route:
-    to: IPv4Network
-    via: IPv4Address
+    to: IPNet
+    via: IPAddr
+
+    @property
+    def family(self) -> Family:
+        return 6 if self.to.version == 6 else 4
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,11 @@ class Bridge:
     name: str
     address: IPv4Interface | None
     auto: tuple[str, ...] = ()  # fields declared "auto" (external setups): read back from the kernel
+    address6: IPv6Interface | None = None
+
+    def at(self, family: Family) -> IPIface | None:
+        """Its address of one family."""
+        return self.address6 if family == 6 else self.address
 
 
 @dataclass(frozen=True)
@@ -180,6 +204,15 @@ class Container:
     dns: tuple[IPv4Address, ...] | Literal["inherit"] | None = None  # its resolv.conf's nameservers; None: not declared
     search: tuple[str, ...] = ()  # its resolv.conf's search domains (lower case, no trailing dot)
     resolve: tuple[Resolve, ...] = ()  # names it must resolve (or not)
+    address6: IPv6Interface | None = None  # dual stack: its IPv6 address beside the IPv4 one
+    gateway6: IPv6Address | None = None
+
+    def at(self, family: Family) -> IPIface | None:
+        """Its address of one family (None: it has none)."""
+        return self.address6 if family == 6 else self.address
+
+    def gateway_at(self, family: Family) -> IPAddr | None:
+        return self.gateway6 if family == 6 else self.gateway
 
     def service(self, kind: str) -> Service | None:
         return next((s for s in self.services if s.kind == kind), None)
@@ -193,9 +226,18 @@ class Host:
     sysctls: tuple[tuple[str, int], ...]
     forward_policy: Policy = "ACCEPT"
     firewall: Firewall = "iptables"
+    address6: IPv6Interface | None = None
+    gateway6: IPv6Address | None = None
 
     def sysctl(self, key: str) -> int | None:
         return dict(self.sysctls).get(key)
+
+    def at(self, family: Family) -> IPIface | None:
+        return self.address6 if family == 6 else self.address
+
+    def forwarding(self, family: Family) -> bool:
+        """Does the host route this family (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)?"""
+        return self.sysctl(FORWARDING_SYSCTL[family]) == 1
 
 
 @dataclass(frozen=True)
@@ -203,13 +245,26 @@ class Wan:
     address: IPv4Interface
     remote: tuple[IPv4Interface, ...]
     routes: tuple[Route, ...] = ()
+    address6: IPv6Interface | None = None
+    remote6: tuple[IPv6Interface, ...] = ()
+
+    def at(self, family: Family) -> IPIface | None:
+        return self.address6 if family == 6 else self.address
+
+    def remote_at(self, family: Family) -> tuple[IPIface, ...]:
+        return self.remote6 if family == 6 else self.remote
 
 
 @dataclass(frozen=True)
 class Masquerade:
-    source: IPv4Network | None
+    source: IPNet | None
     out_interface: str | None = None
     not_out_interface: str | None = None
+
+    @property
+    def family(self) -> Family:
+        """ip6tables for an IPv6 source; iptables otherwise (a rule without a source is IPv4's, as before)."""
+        return 6 if self.source is not None and self.source.version == 6 else 4
 
 
 @dataclass(frozen=True)
@@ -257,6 +312,10 @@ class Vip:
     protocol: Transport = "tcp"
     from_outside: bool = True  # PREROUTING jumps to the chain
     from_host: bool = True  # OUTPUT jumps to the chain
+    address6: IPv6Address | None = None  # dual stack: the same chain in ip6tables, to the container's IPv6 address
+
+    def at(self, family: Family) -> IPAddr | None:
+        return self.address6 if family == 6 else self.address
 
 
 @dataclass(frozen=True)
@@ -310,6 +369,11 @@ class Topology:
 
     def members(self, bridge: str) -> tuple[Container, ...]:
         return tuple(c for c in self.containers if c.bridge == bridge)
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        """The address families the topology declares: (4,), or (4, 6) with IPv6 addresses on its containers."""
+        return (4, 6) if any(c.address6 is not None for c in self.containers) else (4,)
 
     def host_interfaces(self) -> tuple[str, ...]:
         """Spec names of the host's interfaces: uplink, bridges, host-side veths."""
@@ -570,6 +634,100 @@ def _bind(value: object, name: str) -> IPv4Address | IPv6Address:
     return addr
 
 
+def _check_usable6(ip: IPv6Address, net: IPv6Network | None) -> None:
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+        raise _Invalid("not a unicast host address", "use a unicast address")
+    if ip in LINK_LOCAL6:
+        raise _Invalid("is a link-local address (fe80::/10): the kernel gives every interface one of its own", "use a ULA (fd00::/8) or a 2001:db8::/32 address")
+    if ip.ipv4_mapped is not None:
+        raise _Invalid("is an IPv4-mapped address", "write the IPv4 address in the IPv4 key, and a real IPv6 address here")
+    if net is not None and net.prefixlen < 127 and ip == net.network_address:
+        raise _Invalid(f"is the subnet-router anycast address of {net}", "use a host address inside the prefix, e.g. ::1 in it")
+
+
+def _iface_address6(value: object, name: str) -> IPv6Interface:
+    if not isinstance(value, str) or "/" not in value:
+        raise _Invalid("expected an IPv6 address with a prefix length", 'write it as "fd00:18::10/64"')
+    try:
+        iface = IPv6Interface(value)
+    except ValueError as exc:
+        raise _Invalid(f"not a valid IPv6 address/prefix ({exc})", 'write it as "fd00:18::10/64"' + ('; an IPv4 address goes in the IPv4 key (without the 6)' if "." in value else "")) from None
+    _check_usable6(iface.ip, iface.network)
+    return iface
+
+
+def _address6(value: object, name: str) -> IPv6Address:
+    try:
+        addr = IPv6Address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None:
+        raise _Invalid("not a valid IPv6 address", 'write it as "fd00:18::1" (no prefix length)')
+    _check_usable6(addr, None)
+    return addr
+
+
+def _gateway6(value: object, name: str) -> IPv6Address | None:
+    return None if value == NO_ROUTE else _address6(value, name)
+
+
+def _network_any(value: object, name: str) -> IPNet:
+    if isinstance(value, str) and ":" in value:
+        try:
+            return IPv6Network(value)
+        except ValueError as exc:
+            raise _Invalid(f"not a valid IPv6 network ({exc})", 'write it as "fd00:18::/64", with host bits zero') from None
+    return _network(value, name)
+
+
+def _address_any(value: object, name: str) -> IPAddr:
+    return _address6(value, name) if isinstance(value, str) and ":" in value else _address(value, name)
+
+
+def _dual(read4: Callable[[object, str], T], read6: Callable[[object, str], U], example: str) -> Callable[[object, str], tuple[T, U | None]]:
+    """A value of one family, or (dual stack) a list of two: the IPv4 one, then the IPv6 one."""
+
+    def read(value: object, name: str) -> tuple[T, U | None]:
+        if not isinstance(value, list):
+            if isinstance(value, str) and ":" in value:
+                raise _Invalid("an IPv6 value alone: IPv6 comes beside IPv4 (dual stack), never instead of it", f"write {name} = {example}")
+            return read4(value, name), None
+        if len(value) != 2:
+            raise _Invalid(f"a list of {len(value)}: dual stack takes exactly two values, the IPv4 one then the IPv6 one", f"write {name} = {example}")
+        try:
+            first = read4(value[0], name)
+        except _Invalid as exc:
+            raise _Invalid(exc.problem + (" (the first value is the IPv4 one)" if isinstance(value[0], str) and ":" in value[0] else ""), exc.fix, "[0]", value[0]) from None
+        try:
+            second = read6(value[1], name)
+        except _Invalid as exc:
+            raise _Invalid(exc.problem, exc.fix, "[1]", value[1]) from None
+        return first, second
+
+    return read
+
+
+def _remote_dual(value: object, name: str) -> tuple[tuple[IPv4Interface, ...], tuple[IPv6Interface, ...]]:
+    """The outside world's remote addresses, IPv4 and (dual stack) IPv6 ones in one list; at least one IPv4 one."""
+    if not isinstance(value, list) or not value:
+        raise _Invalid("expected a non-empty list of addresses", 'write remote = ["198.51.100.1/32"] (dual stack: ["198.51.100.1/32", "2001:db8:2::1/128"])')
+    v4: list[IPv4Interface] = []
+    v6: list[IPv6Interface] = []
+    for i, item in enumerate(value):
+        try:
+            if isinstance(item, str) and ":" in item:
+                v6.append(_iface_address6(item, f"{name}[{i}]"))
+            else:
+                v4.append(_iface_address(item, f"{name}[{i}]"))
+        except _Invalid as exc:
+            raise _Invalid(exc.problem, exc.fix, f"[{i}]", item) from None
+    if not v4:
+        raise _Invalid("holds no IPv4 address: IPv6 comes beside IPv4 (dual stack)", 'add an IPv4 one first, e.g. "198.51.100.1/32"')
+    return tuple(v4), tuple(v6)
+
+
+_IPV6 = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
+_IFACE6_SCHEMA = {"type": "string", "pattern": f"^{_IPV6}/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$"}
 _IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 _IFACE_SCHEMA = {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}
 _AUTO_SCHEMA = {"type": "string", "const": AUTO}
@@ -587,6 +745,30 @@ NETWORK = Kind("IPv4 network", _network, {"type": "string", "pattern": f"^{_IPV4
 PORT_RANGE: Kind[tuple[int, int]] = Kind('port, or a range "LOW-HIGH"', _port_range,
                                      {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$"}]}, (1, 1))
 BIND: Kind[IPv4Address | IPv6Address] = Kind("IP address to bind", _bind, {"type": "string"}, IPv4Address(0))
+_NETWORK_ANY_SCHEMA = {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}, {"type": "string", "pattern": f"^{_IPV6}/[0-9]+$"}]}
+NETWORK_ANY: Kind[IPNet] = Kind("IPv4 or IPv6 network", _network_any, _NETWORK_ANY_SCHEMA, IPv4Network("0.0.0.0/32"))
+ADDRESS_ANY: Kind[IPAddr] = Kind("IPv4 or IPv6 address", _address_any, {"anyOf": [{"type": "string", "pattern": f"^{_IPV4}$"}, {"type": "string", "pattern": f"^{_IPV6}$"}]}, IPv4Address(0))
+
+def _pair(one: Mapping[str, object], six: Mapping[str, object]) -> dict[str, object]:
+    return {"anyOf": [one, {"type": "array", "prefixItems": [one, six], "minItems": 2, "maxItems": 2}]}
+
+
+_GW4 = {"type": "string", "pattern": f"^{_IPV4}$"}
+_GW6 = {"anyOf": [{"type": "string", "pattern": f"^{_IPV6}$"}, {"type": "string", "const": "none"}]}
+DUAL_IFACE: Kind[tuple[IPv4Interface, IPv6Interface | None]] = Kind(
+    "IPv4 address/prefix, or [IPv4, IPv6]", _dual(_iface_address, _iface_address6, '["172.18.0.10/16", "fd00:18::10/64"]'), _pair(_IFACE_SCHEMA, _IFACE6_SCHEMA),
+    (IPv4Interface("0.0.0.0/32"), None))
+DUAL_IFACE_OR_AUTO: Kind[tuple[IPv4Interface | None, IPv6Interface | None]] = Kind(
+    'IPv4 address/prefix or "auto", or [IPv4, IPv6]', _dual(_iface_address_or_auto, _iface_address6, '["172.18.0.1/16", "fd00:18::1/64"]'),
+    _pair({"anyOf": [_IFACE_SCHEMA, _AUTO_SCHEMA]}, _IFACE6_SCHEMA), (None, None))
+DUAL_ADDRESS: Kind[tuple[IPv4Address, IPv6Address | None]] = Kind(
+    "IPv4 address, or [IPv4, IPv6]", _dual(_address, _address6, '["203.0.113.1", "2001:db8:1::1"]'), _pair(_GW4, {"type": "string", "pattern": f"^{_IPV6}$"}),
+    (IPv4Address(0), None))
+DUAL_GATEWAY: Kind[tuple[IPv4Address | None, IPv6Address | None]] = Kind(
+    'IPv4 address, "auto" or "none", or [IPv4, IPv6 or "none"]', _dual(_gateway, _gateway6, '["172.18.0.1", "fd00:18::1"]'),
+    _pair({"anyOf": [_GW4, _AUTO_SCHEMA, {"type": "string", "const": "none"}]}, _GW6), (None, None))
+DUAL_REMOTE: Kind[tuple[tuple[IPv4Interface, ...], tuple[IPv6Interface, ...]]] = Kind(
+    "list of IPv4 (and IPv6) address/prefix", _remote_dual, {"type": "array", "items": {"anyOf": [_IFACE_SCHEMA, _IFACE6_SCHEMA]}, "minItems": 1}, ((), ()))
 ARGV: Kind[tuple[str, ...]] = Kind("list of strings (an argv)", _argv, {"type": "array", "items": {"type": "string"}}, ())
 NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": schema_pattern(NETNS_PATH_RE)}, "")
 REMOTE: Kind[tuple[IPv4Interface, ...]] = Kind("list of IPv4 address/prefix", _remote, {"type": "array", "items": _IFACE_SCHEMA, "minItems": 1}, ())
@@ -660,8 +842,8 @@ SERVICE = _table("services entry", "A service netcheck starts inside the contain
 
 
 class RouteKeys:
-    to = Key("to", NETWORK, "The destination network.", '"10.100.100.100/32"', Absent.REQUIRED)
-    via = Key("via", ADDRESS, "The next hop; it must be on the subnet of the namespace the route is in.", '"203.0.113.2"', Absent.REQUIRED)
+    to = Key("to", NETWORK_ANY, "The destination network, IPv4 or IPv6.", '"10.100.100.100/32"', Absent.REQUIRED)
+    via = Key("via", ADDRESS_ANY, "The next hop, of the same family; it must be on the subnet of the namespace the route is in.", '"203.0.113.2"', Absent.REQUIRED)
 
 
 ROUTE = _table("routes entry", "A static route.", RouteKeys)
@@ -685,8 +867,11 @@ SYSCTL = Table("[host.sysctl]", "Network sysctls of the host namespace, set when
 
 class HostKeys:
     uplink = Key("uplink", INTERFACE, "The host's interface towards the outside world.", '"enp0s3"', "eth0")
-    address = Key("address", IFACE_ADDRESS, "The uplink's address. The outside world uses documentation ranges only (203.0.113.0/24, 198.51.100.0/24).", '"203.0.113.2/24"', DEFAULT_HOST_ADDRESS)
-    gateway = Key("gateway", ADDRESS, "The host's default route: the outside world's address.", '"203.0.113.1"', default_doc="the address of wan.address (203.0.113.1)")
+    address = Key("address", DUAL_IFACE, "The uplink's address. The outside world uses documentation ranges only (203.0.113.0/24, 198.51.100.0/24; IPv6: 2001:db8::/32). "
+                  "Dual stack: [IPv4, IPv6].", '"203.0.113.2/24"', (DEFAULT_HOST_ADDRESS, None),
+                  default_doc='"203.0.113.2/24"; ["203.0.113.2/24", "2001:db8:1::2/64"] when a container has an IPv6 address')
+    gateway = Key("gateway", DUAL_ADDRESS, "The host's default route: the outside world's address (dual stack: [IPv4, IPv6]).", '"203.0.113.1"',
+                  default_doc="the address of wan.address (203.0.113.1, and its IPv6 one)")
     forward_policy = Key("forward_policy", choice(POLICIES), "The policy of the host's filter FORWARD chain.", '"DROP"', "ACCEPT")
     firewall = Key("firewall", choice(FIREWALLS), "How netcheck writes the host's rules (build): \"iptables\" (legacy xtables, through python-iptables), or \"nft\" "
                    "(native nf_tables tables of the lab's own, through libnftables; never a legacy table).", '"nft"', "iptables")
@@ -697,8 +882,10 @@ HOST = _table("[host]", "The container host: a namespace netcheck creates (or th
 
 
 class WanKeys:
-    address = Key("address", IFACE_ADDRESS, "Its address on the host's uplink subnet.", '"203.0.113.1/24"', DEFAULT_WAN_ADDRESS)
-    remote = Key("remote", REMOTE, "Addresses it also holds, standing for the internet (the suites probe the first).", '["198.51.100.1/32"]', DEFAULT_REMOTE)
+    address = Key("address", DUAL_IFACE, "Its address on the host's uplink subnet (dual stack: [IPv4, IPv6]).", '"203.0.113.1/24"', (DEFAULT_WAN_ADDRESS, None),
+                  default_doc='"203.0.113.1/24"; ["203.0.113.1/24", "2001:db8:1::1/64"] when a container has an IPv6 address')
+    remote = Key("remote", DUAL_REMOTE, "Addresses it also holds, standing for the internet (the suites probe the first of each family); IPv6 ones in 2001:db8::/32.",
+                 '["198.51.100.1/32"]', (DEFAULT_REMOTE, ()), default_doc='["198.51.100.1/32"]; with "2001:db8:2::1/128" too when a container has an IPv6 address')
     routes = Sub("routes", ROUTE, True, "Routes in the outside world, e.g. to a VIP through the host.", '[{ to = "10.100.100.100/32", via = "203.0.113.2" }]')
 
 
@@ -707,7 +894,8 @@ WAN = _table("[wan]", "The outside world: netcheck's own namespace on documentat
 
 class BridgeKeys:
     name = Key("name", INTERFACE, "The bridge's name, as the spec's other keys refer to it.", '"br0"', Absent.REQUIRED)
-    address = Key("address", IFACE_ADDRESS_OR_AUTO, 'The bridge\'s address, usually the containers\' gateway; "auto" (other tools\' setups): read back.', '"172.18.0.1/16"')
+    address = Key("address", DUAL_IFACE_OR_AUTO, 'The bridge\'s address, usually the containers\' gateway; "auto" (other tools\' setups): read back. '
+                  "Dual stack: [IPv4, IPv6], the IPv6 prefix a ULA (fc00::/7) or in 2001:db8::/32.", '"172.18.0.1/16"')
 
 
 BRIDGE = _table("[[bridge]]", "A Linux bridge on the host.", BridgeKeys)
@@ -723,12 +911,13 @@ RESOLVE = _table("resolve entry", "A name the container must resolve through its
 class ContainerKeys:
     name = Key("name", NAME, "The container's name, as the spec's other keys and the reports refer to it.", '"netns0"', Absent.REQUIRED)
     interface = Key("interface", INTERFACE, "The container's end of the veth.", '"ceth0"', "eth0")
-    address = Key("address", IFACE_ADDRESS_OR_AUTO, 'The container\'s address, with the prefix of its network; "auto" (other tools\' setups): read back.', '"172.18.0.10/16"', Absent.REQUIRED)
+    address = Key("address", DUAL_IFACE_OR_AUTO, 'The container\'s address, with the prefix of its network; "auto" (other tools\' setups): read back. '
+                  "Dual stack: [IPv4, IPv6], the IPv6 one inside its bridge's IPv6 prefix.", '"172.18.0.10/16"', Absent.REQUIRED)
     host_veth = Key("host_veth", INTERFACE, "The host's end of the veth.", '"veth0"', default_doc="veth0, veth1, ... by the container's position (build); read back (other tools' setups)")
     bridge = Key("bridge", INTERFACE, "The bridge the host end joins. Left out: a routed veth (give host_address).", '"br0"')
     host_address = Key("host_address", IFACE_ADDRESS, "The host end's address, for a routed veth without a bridge.", '"10.0.0.10/24"')
-    gateway = Key("gateway", GATEWAY, 'The container\'s default route: an address the host holds (the bridge\'s, or host_address); "none": no default route; '
-                  '"auto": read back.', '"172.18.0.1"', default_doc="the bridge's address, or host_address (build); none (other tools' setups)")
+    gateway = Key("gateway", DUAL_GATEWAY, 'The container\'s default route: an address the host holds (the bridge\'s, or host_address); "none": no default route; '
+                  '"auto": read back. Dual stack: [IPv4, IPv6].', '"172.18.0.1"', default_doc="the bridge's address(es), or host_address (build); none (other tools' setups)")
     routes = Sub("routes", ROUTE, True, "Static routes inside the container.", '[{ to = "10.1.0.0/16", via = "172.18.0.1" }]')
     services = Sub("services", SERVICE, True, "Services netcheck runs inside the container.", '[{ kind = "http", port = 5000 }]')
     mtu = Key("mtu", integer(68, 65535), "The MTU of both ends of the veth.", "1400", default_doc="the kernel's (1500)")
@@ -760,7 +949,7 @@ DNS = _table("[dns]", "A DNS server in the outside world, served by netcheck its
 
 
 class MasqueradeKeys:
-    source = Key("source", NETWORK, "Match this source network (-s).", '"172.18.0.0/16"', default_doc="any source")
+    source = Key("source", NETWORK_ANY, "Match this source network (-s); an IPv6 network makes it an ip6tables (nft ip6) rule.", '"172.18.0.0/16"', default_doc="any IPv4 source")
     out_interface = Key("out_interface", INTERFACE, "Match packets leaving by this host interface (-o).", '"eth0"', default_doc="any interface")
     not_out_interface = Key("not_out_interface", INTERFACE, "Match packets not leaving by this host interface (! -o).", '"br0"', default_doc="none")
 
@@ -789,7 +978,8 @@ PUBLISH = _table("[[publish]]", "A published port: DNAT from the host's uplink a
 
 class VipKeys:
     chain = Key("chain", CHAIN, "The custom chain's name.", '"VIP-EXAMPLE"', Absent.REQUIRED)
-    address = Key("address", ADDRESS, "The virtual address; no interface holds it.", '"10.100.100.100"', Absent.REQUIRED)
+    address = Key("address", DUAL_ADDRESS, "The virtual address; no interface holds it. Dual stack: [IPv4, IPv6], the same chain in ip6tables DNATing to the container's IPv6 address.",
+                  '"10.100.100.100"', Absent.REQUIRED)
     port = Key("port", PORT, "The virtual port.", "8080", Absent.REQUIRED)
     container = Key("container", NAME, "The container behind it.", '"http2"', Absent.REQUIRED)
     target_port = Key("target_port", PORT, "The container's port; the container must run a service of the same protocol there.", "8080", Absent.REQUIRED)
@@ -978,27 +1168,33 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     _check_setup(sr, setup)
 
     wr = top.sub(TopKeys.wan)
-    wan = Wan(address=wr.get(WanKeys.address), remote=wr.get(WanKeys.remote), routes=_routes(wr, WanKeys.routes))
+    wan_address, wan_address6 = wr.get(WanKeys.address)
+    remote, remote6 = wr.get(WanKeys.remote)
+    wan = Wan(address=wan_address, remote=remote, routes=_routes(wr, WanKeys.routes), address6=wan_address6, remote6=remote6)
     wr.done()
 
     hr = top.sub(TopKeys.host)
     sysr = hr.sub(HostKeys.sysctl)
     sysctls = tuple(sysr.free())
     sysr.done()
+    host_address, host_address6 = hr.get(HostKeys.address)
+    gateway, gateway6 = hr.opt(HostKeys.gateway) or (None, None)
     host = Host(
         uplink=hr.get(HostKeys.uplink),
-        address=hr.get(HostKeys.address),
-        gateway=hr.opt(HostKeys.gateway) or wan.address.ip,
+        address=host_address,
+        gateway=gateway or wan.address.ip,
         sysctls=sysctls,
         forward_policy=hr.get(HostKeys.forward_policy),
         firewall=hr.get(HostKeys.firewall),
+        address6=host_address6,
+        gateway6=gateway6,
     )
     hr.done()
 
     bridges = []
     for br in top.tables(TopKeys.bridge):
-        address = br.opt(BridgeKeys.address)
-        bridges.append(Bridge(name=br.get(BridgeKeys.name), address=address, auto=("address",) if br.data.get("address") == AUTO else ()))
+        address, address6 = br.opt(BridgeKeys.address) or (None, None)
+        bridges.append(Bridge(name=br.get(BridgeKeys.name), address=address, auto=("address",) if br.data.get("address") == AUTO else (), address6=address6))
         br.done()
 
     containers = []
@@ -1006,14 +1202,16 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         host_veth = cr.opt(ContainerKeys.host_veth)
         if host_veth is None and "host_veth" not in cr.data and setup.mode == "build":
             host_veth = f"veth{i}"
+        address, address6 = cr.get(ContainerKeys.address)
+        gateway, gateway6 = cr.opt(ContainerKeys.gateway) or (None, None)
         c = Container(
             name=cr.get(ContainerKeys.name),
             interface=cr.get(ContainerKeys.interface),
-            address=cr.get(ContainerKeys.address),
+            address=address,
             host_veth=host_veth or "",
             bridge=cr.opt(ContainerKeys.bridge),
             host_address=cr.opt(ContainerKeys.host_address),
-            gateway=cr.opt(ContainerKeys.gateway),
+            gateway=gateway,
             routes=_routes(cr, ContainerKeys.routes),
             services=tuple(Service(kind=s.get(ServiceKeys.kind), port=s.get(ServiceKeys.port)) for s in _done_each(cr.tables(ContainerKeys.services))),
             mtu=cr.opt(ContainerKeys.mtu),
@@ -1021,11 +1219,17 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
             dns=cr.opt(ContainerKeys.dns),
             search=cr.get(ContainerKeys.search),
             resolve=tuple(Resolve(r.get(ResolveKeys.name), r.get(ResolveKeys.address)) for r in _done_each(cr.tables(ContainerKeys.resolve))),
+            address6=address6,
+            gateway6=gateway6,
         )
         given = {k: cr.data.get(k) for k in ("address", "gateway")}
+        given = {k: v[0] if isinstance(v, list) and v else v for k, v in given.items()}  # dual stack: "auto" goes first
         auto = tuple(k for k, on in (("address", given["address"] == AUTO), ("gateway", given["gateway"] == AUTO), ("host_veth", not c.host_veth)) if on)
         if "gateway" not in cr.data and setup.mode == "build":
             c = replace(c, gateway=_host_side_address(c, bridges))
+        if c.address6 is not None and not isinstance(cr.data.get("gateway"), list) and c.bridge is not None:
+            b6 = next((b.address6 for b in bridges if b.name == c.bridge), None)
+            c = replace(c, gateway6=b6.ip if b6 is not None else None)
         containers.append(replace(c, auto=auto))
         cr.done()
 
@@ -1059,15 +1263,17 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
 
     vips = []
     for vr in top.tables(TopKeys.vip):
+        vip_address, vip_address6 = vr.get(VipKeys.address)
         vips.append(Vip(
             chain=vr.get(VipKeys.chain),
-            address=vr.get(VipKeys.address),
+            address=vip_address,
             port=vr.get(VipKeys.port),
             container=vr.get(VipKeys.container),
             target_port=vr.get(VipKeys.target_port),
             protocol=vr.get(VipKeys.protocol),
             from_outside=vr.get(VipKeys.from_outside),
             from_host=vr.get(VipKeys.from_host),
+            address6=vip_address6,
         ))
         vr.done()
 
@@ -1082,6 +1288,12 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         dr.done()
     top.done()
 
+    if any(c.address6 is not None for c in containers):
+        # Dual stack: the outside world and the uplink get their IPv6 documentation addresses unless written.
+        wan = replace(wan, address6=wan.address6 or DEFAULT_WAN_ADDRESS6, remote6=wan.remote6 or DEFAULT_REMOTE6)
+        host = replace(host, address6=host.address6 or DEFAULT_HOST_ADDRESS6)
+    if host.address6 is not None and host.gateway6 is None and wan.address6 is not None:
+        host = replace(host, gateway6=wan.address6.ip)
     topo = Topology(
         name=name, summary=summary, source=source, host=host, wan=wan, bridges=tuple(bridges), containers=tuple(containers),
         masquerades=tuple(masquerades), publishes=tuple(publishes), vips=tuple(vips), forward_accepts=tuple(forwards), setup=setup, dns=dns,
@@ -1286,11 +1498,11 @@ def _validate(t: Topology, problems: _Problems) -> None:
             fail(f"vip[{i}].address", str(v.address), f"is already the address of {used[v.address]}", "a VIP must not be an interface address")
     for i, c in enumerate(t.containers):
         for j, route in enumerate(c.routes):
-            if c.address is not None and route.via not in c.address.network:
+            if c.address is not None and route.family == 4 and route.via not in c.address.network:
                 fail(f"container[{i}].routes[{j}].via", str(route.via), f"is not on the container's subnet {c.address.network}", "route via an address on the container's subnet",
                      [f"container[{i}].address"])
     for j, route in enumerate(t.wan.routes):
-        if route.via not in t.wan.address.network:
+        if route.family == 4 and route.via not in t.wan.address.network:
             fail(f"wan.routes[{j}].via", str(route.via), f"is not on the uplink subnet {t.wan.address.network}", f'route via the host, "{t.host.address.ip}"', ["wan.address"])
     for i, c in enumerate(t.containers):
         served: dict[tuple[Transport, int], int] = {}
@@ -1306,6 +1518,7 @@ def _validate(t: Topology, problems: _Problems) -> None:
     if t.setup.mode == "script":
         _check_env_names(t, problems)
     _check_dns(t, problems, used, build)
+    _check_ipv6(t, problems, bridge_at)
 
 
 def _check_dns(t: Topology, problems: _Problems, used: Mapping[IPv4Address, str], build: bool) -> None:
@@ -1366,6 +1579,97 @@ def _check_dns(t: Topology, problems: _Problems, used: Mapping[IPv4Address, str]
                 fix = (f'add {{ name = "{resolvconf.candidates(r.name, conf)[0]}", address = "{r.address}" }} to [dns] records, or correct the address'
                        if hit is None else f'write address = "{got}", or change the record {hit} in [dns]')
                 fail(f"{where}.address", want, f"the zone in [dns] answers {answer} for {r.name!r} (asked as: {tried})", fix, ["dns.records"])
+
+
+def _check_ipv6(t: Topology, problems: _Problems, bridge_at: Mapping[str, int]) -> None:
+    """Dual stack: documentation addresses outside, each container's IPv6 address inside its bridge's prefix, routes of one family."""
+    fail, wrong = problems.add, problems.wrong
+    doc = "the outside world's IPv6 addresses are documentation ones only (2001:db8::/32)"
+    outside = [("host.address[1]", t.host.address6), ("wan.address[1]", t.wan.address6)] + [(f"wan.remote[{len(t.wan.remote) + i}]", r) for i, r in enumerate(t.wan.remote6)]
+    for key, iface in outside:
+        if iface is not None and not wrong(key) and iface.ip not in DOC_RANGE6:
+            fail(key, str(iface), "is outside 2001:db8::/32", f"use an address in 2001:db8::/32: {doc}")
+    if t.host.address6 is not None and t.wan.address6 is not None and t.host.address6.network != t.wan.address6.network:
+        fail("wan.address[1]", str(t.wan.address6), f"is not in the host uplink's IPv6 subnet {t.host.address6.network}", "put the IPv6 ones of host.address and wan.address in one prefix",
+             ["host.address"])
+    if t.host.gateway6 is not None and t.wan.address6 is not None and t.host.gateway6 != t.wan.address6.ip:
+        fail("host.gateway[1]", str(t.host.gateway6), f"is not the wan's IPv6 address {t.wan.address6.ip}", f'write host.gateway = ["{t.host.gateway}", "{t.wan.address6.ip}"]', ["wan.address"])
+    held: dict[IPv6Address, str] = {}
+    for key, iface in outside:
+        if iface is not None:
+            held.setdefault(iface.ip, key)
+    prefixes: list[tuple[str, IPv6Network]] = [("host.address[1]", t.host.address6.network)] if t.host.address6 is not None else []
+    for i, b in enumerate(t.bridges):
+        key = f"bridge[{i}].address[1]"
+        if b.address6 is None or wrong(key):
+            continue
+        if b.address6.ip not in ULA and b.address6.ip not in DOC_RANGE6:
+            fail(key, str(b.address6), "is a routable (global) IPv6 prefix", "use a ULA prefix (fd00::/8, e.g. fd00:18::1/64) or one in 2001:db8::/32: netcheck never uses a real prefix")
+            continue
+        for other_key, other in prefixes:
+            if b.address6.network.overlaps(other):
+                fail(key, str(b.address6), f"overlaps {other} ({other_key})", "give each network its own IPv6 prefix", [other_key])
+        prefixes.append((key, b.address6.network))
+        if b.address6.ip in held:
+            fail(key, str(b.address6), f"duplicate address (also {held[b.address6.ip]})", "give each interface its own address")
+        held.setdefault(b.address6.ip, key)
+    for i, c in enumerate(t.containers):
+        key = f"container[{i}]"
+        if c.address6 is None or wrong(f"{key}.address", f"{key}.bridge"):
+            continue
+        if c.bridge is None or c.bridge not in bridge_at:
+            fail(f"{key}.address[1]", str(c.address6), "IPv6 is built on bridged containers only", "put the container on a bridge with an IPv6 prefix, or give it its IPv4 address alone")
+            continue
+        j = bridge_at[c.bridge]
+        b6 = t.bridges[j].address6
+        if wrong(f"bridge[{j}].address"):
+            continue  # its own error says what is wrong there
+        if b6 is None:
+            fail(f"{key}.address[1]", str(c.address6), f"its bridge {c.bridge} has no IPv6 prefix, so nothing routes it",
+                 f'give bridge[{j}] an IPv6 prefix that holds {c.address6.ip}: address = ["{t.bridges[j].address}", "{next(c.address6.network.hosts())}/{c.address6.network.prefixlen}"]')
+            continue
+        if c.address6.ip not in b6.network:
+            fail(f"{key}.address[1]", str(c.address6), f"is outside its bridge {c.bridge}'s prefix {b6.network}", f"use an address inside {b6.network}", [f"bridge[{j}].address"])
+            continue
+        if c.address6.network != b6.network:
+            fail(f"{key}.address[1]", str(c.address6), f"has prefix /{c.address6.network.prefixlen} but its bridge's is {b6.network}", f"write it with /{b6.network.prefixlen}",
+                 [f"bridge[{j}].address"])
+        if c.address6.ip in held:
+            fail(f"{key}.address[1]", str(c.address6), f"duplicate address (also {held[c.address6.ip]})", "give each interface its own address")
+        held.setdefault(c.address6.ip, f"{key}.address[1]")
+        if c.gateway6 is not None and not wrong(f"{key}.gateway[1]") and c.gateway6 != b6.ip:
+            fail(f"{key}.gateway[1]", str(c.gateway6), "is an address no interface in this spec holds, so the container's IPv6 default route leads nowhere",
+                 f'write gateway = ["{c.gateway}", "{b6.ip}"]: the IPv6 one is bridge {c.bridge}\'s', [f"bridge[{j}].address"])
+        for r, route in enumerate(c.routes):
+            if route.family == 6 and route.via not in c.address6.network:
+                fail(f"{key}.routes[{r}].via", str(route.via), f"is not on the container's IPv6 subnet {c.address6.network}", "route via an address on that subnet")
+    for i, c in enumerate(t.containers):
+        for r, route in enumerate(c.routes):
+            if route.via.version != route.to.version:
+                fail(f"container[{i}].routes[{r}].via", str(route.via), f"is an IPv{route.via.version} next hop for an IPv{route.to.version} destination",
+                     "give a next hop of the destination's family")
+            elif route.family == 6 and c.address6 is None:
+                fail(f"container[{i}].routes[{r}].to", str(route.to), "an IPv6 route in a container without an IPv6 address", "give the container an IPv6 address ([IPv4, IPv6]), or remove the route")
+    for r, route in enumerate(t.wan.routes):
+        if route.via.version != route.to.version:
+            fail(f"wan.routes[{r}].via", str(route.via), f"is an IPv{route.via.version} next hop for an IPv{route.to.version} destination", "give a next hop of the destination's family")
+        elif route.family == 6 and (t.wan.address6 is None or route.via not in t.wan.address6.network):
+            fail(f"wan.routes[{r}].via", str(route.via), "is not on the uplink's IPv6 subnet", f'route via the host\'s IPv6 address, "{t.host.address6.ip if t.host.address6 else "2001:db8:1::2"}"')
+    for i, m in enumerate(t.masquerades):
+        if m.family == 6 and not any(c.address6 is not None and c.address6.ip in m.source for c in t.containers if m.source is not None):
+            fail(f"masquerade[{i}].source", str(m.source), "covers no container's IPv6 address, so it rewrites nothing",
+                 "use the IPv6 prefix of a bridge whose containers have IPv6 addresses")
+    for i, v in enumerate(t.vips):
+        if v.address6 is None or wrong(f"vip[{i}].address[1]"):
+            continue
+        c6 = next((c for c in t.containers if c.name == v.container), None)
+        if c6 is not None and c6.address6 is None:
+            fail(f"vip[{i}].address[1]", str(v.address6),
+                 f"container {v.container} has no IPv6 address to DNAT to", f"give container {v.container} an IPv6 address, or give vip[{i}].address its IPv4 one alone")
+        elif v.address6 in held:
+            fail(f"vip[{i}].address[1]", str(v.address6), f"is already the address of {held[v.address6]}", "a VIP must not be an interface address")
+    if 6 in t.families and t.setup.mode == "build" and t.host.sysctl("net.ipv6.conf.all.disable_ipv6") == 1:
+        fail('host.sysctl."net.ipv6.conf.all.disable_ipv6"', 1, "disables IPv6 on the host, but containers have IPv6 addresses", "set it to 0, or give the containers their IPv4 addresses alone")
 
 
 def _own_network(t: Topology, i: int, bridge_at: Mapping[str, int]) -> tuple[IPv4Network | None, str]:
@@ -1552,7 +1856,7 @@ def as_mapping(t: Topology) -> Mapping[str, Any]:
     from dataclasses import asdict
 
     def conv(v: Any) -> Any:
-        if isinstance(v, (IPv4Address, IPv4Interface, IPv4Network, IPv6Address)):
+        if isinstance(v, (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network)):
             return str(v)
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}

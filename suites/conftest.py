@@ -28,6 +28,12 @@ def topology(netcheck_topology: spec.Topology) -> spec.Topology:
 
 
 @pytest.fixture
+def family(netcheck_family: int) -> int:
+    """The address family under test (``netcheck_family``): 4, or 6 on a dual-stack topology's second run."""
+    return netcheck_family
+
+
+@pytest.fixture
 def lab(netcheck_lab: Lab) -> Lab:
     """The shared lab of the topology under test (``netcheck_lab``)."""
     return netcheck_lab

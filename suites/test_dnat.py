@@ -12,10 +12,11 @@ from netcheck.lab.plan import bound_addresses, port_matrix
 pytestmark = pytest.mark.netcheck_property("dnat")
 
 
-def _publishes(lab):
-    if not lab.topology.publishes:
-        pytest.skip(f"{lab.topology.name} publishes no port")
-    return lab.topology.publishes
+def _publishes(lab, family=4):
+    published = [p for p in lab.topology.publishes if promise.published(lab.topology, p, family) and bound_addresses(lab.topology, p, family)]
+    if not published:
+        pytest.skip(f"{lab.topology.name} publishes no port{promise.over(family)}")
+    return published
 
 
 def _published(probe, p, src, dst, **kw):
@@ -24,36 +25,37 @@ def _published(probe, p, src, dst, **kw):
     return send(src, dst, p.host_port, **kw)
 
 
-def _host_dst(lab, p):
+def _host_dst(lab, p, family=4):
     """Where the host reaches a published port: the address it is bound to (127.0.0.1 too), else the uplink's."""
-    return p.host_address if p.loopback else bound_addresses(lab.topology, p)[0]
+    return p.host_address if p.loopback else bound_addresses(lab.topology, p, family)[0]
 
 
-def test_published_port_reached_from_outside(lab, probe):
+def test_published_port_reached_from_outside(lab, probe, family):
     """PREROUTING: the outside world reaches host_address:host_port, and the container's service answers."""
     t = lab.topology
-    for p in _publishes(lab):
-        if not promise.published_from_outside(t, p):
+    host_ip = t.host.at(family).ip
+    for p in _publishes(lab, family):
+        if not promise.published_from_outside(t, p, family):
             continue
         c = t.container(p.container)
-        r = expect(_published(probe, p, "wan", t.host.address.ip, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
-        seen(r, "wan:uplink", dst=str(t.host.address.ip), dport=p.host_port)
-        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
+        r = expect(_published(probe, p, "wan", host_ip, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        seen(r, "wan:uplink", dst=str(host_ip), dport=p.host_port)
+        seen(r, lab.point(c.name), dst=str(c.at(family).ip), dport=p.port)
         assert r.reply and r.replied_by == c.name, f"the reply did not come from {c.name} ({r.service}'s service): {r.reply!r}"
 
 
-def test_published_port_reached_from_the_host(lab, probe):
+def test_published_port_reached_from_the_host(lab, probe, family):
     """OUTPUT: a process on the host reaches its own address:host_port."""
     t = lab.topology
-    for p in _publishes(lab):
-        if not promise.published_from_host(t, p):
+    for p in _publishes(lab, family):
+        if not promise.published_from_host(t, p, family):
             continue
         c = t.container(p.container)
-        r = expect(_published(probe, p, "host", _host_dst(lab, p), target=c.name, capture=[lab.point(c.name)]))
-        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=p.port)
+        r = expect(_published(probe, p, "host", _host_dst(lab, p, family), target=c.name, capture=[lab.point(c.name)]))
+        seen(r, lab.point(c.name), dst=str(c.at(family).ip), dport=p.port)
 
 
-def test_unpublished_port_is_not_reachable(lab, probe):
+def test_unpublished_port_is_not_reachable(lab, probe, family):
     """A container's service port is not reachable through the host's address unless published.
 
     Runs on every topology (one that publishes nothing too): the probe is seen arriving at the
@@ -64,25 +66,28 @@ def test_unpublished_port_is_not_reachable(lab, probe):
     service_ports = [s.port for c in t.containers for s in c.services if s.protocol == "tcp"]
     port = next((x for x in service_ports if x not in published), None) or next(x for x in range(8000, 9000) if x not in published)
     points = ["wan:uplink", *(lab.point(c.name) for c in t.containers)]
-    r = expect(probe.tcp("wan", t.host.address.ip, port, expect="block", capture=points))
-    seen(r, "wan:uplink", dst=str(t.host.address.ip), dport=port)
+    host_ip = t.host.at(family).ip
+    r = expect(probe.tcp("wan", host_ip, port, expect="block", capture=points))
+    seen(r, "wan:uplink", dst=str(host_ip), dport=port)
     for c in t.containers:
         not_seen(r, lab.point(c.name))
 
 
-def test_source_address_seen_on_each_access_path(lab, probe):
+def test_source_address_seen_on_each_access_path(lab, probe, family):
     """Record, for every access path, the source the service saw. Paths the seeds do not
     support (hairpin, a container to its own published port) are observed, not required."""
     t = lab.topology
     rows = []
-    for p in _publishes(lab):
+    for p in _publishes(lab, family):
         c = t.container(p.container)
-        paths = [("outside", "wan", "reach" if promise.published_from_outside(t, p) else "observe"), ("host", "host", "reach" if promise.published_from_host(t, p) else "observe")]
+        paths = [("outside", "wan", "reach" if promise.published_from_outside(t, p, family) else "observe"),
+                 ("host", "host", "reach" if promise.published_from_host(t, p, family) else "observe")]
         # Hairpin (another container through the host address): expected only where the spec makes it work.
-        paths += [(f"hairpin from {o.name}", o.name, "reach" if promise.published_from_container(t, p, o.name) else "observe") for o in t.containers if o.name != c.name]
+        paths += [(f"hairpin from {o.name}", o.name, "reach" if promise.published_from_container(t, p, o.name, family) else "observe")
+                  for o in t.containers if o.name != c.name and o.at(family) is not None]
         paths.append((f"{c.name} to its own published port", c.name, "observe"))
         for label, src, exp in paths:
-            r = _published(probe, p, src, _host_dst(lab, p) if src == "host" else t.host.address.ip, target=c.name, expect=exp, capture=[lab.point(c.name)])
+            r = _published(probe, p, src, _host_dst(lab, p, family) if src == "host" else t.host.at(family).ip, target=c.name, expect=exp, capture=[lab.point(c.name)])
             rows.append((label, r))
     for label, r in rows:
         if r.expected == "reach":

@@ -5,51 +5,65 @@ from __future__ import annotations
 import pytest
 
 from netcheck import expect as promise
+from netcheck import spec as S
 from netcheck.checks import expect, seen
 
 pytestmark = pytest.mark.netcheck_property("masquerade")
 
 
-def _masqueraded(lab):
+def _masqueraded(lab, family):
     t = lab.topology
-    names = [c.name for c in t.containers if promise.masqueraded(t, c.name) and c.gateway]
+    names = [c.name for c in t.containers if promise.masqueraded(t, c.name, family=family) and c.gateway_at(family)]
     if not names:
-        pytest.skip(f"{t.name}: no container is masqueraded on the way out")
+        pytest.skip(f"{t.name}: no container is masqueraded on the way out{promise.over(family)}")
     return names
 
 
-def test_outside_sees_the_host_uplink_address(lab, probe):
+def _host_address(t, family):
+    """What the outside world should see: the source the host itself would use towards it (its uplink address)."""
+    return str(t.host.at(family).ip)
+
+
+def _saw(r):
+    """The address a service reported seeing (IPv6 ones hold colons: the port is after the last)."""
+    return r.service_saw.rsplit(":", 1)[0] if r.service_saw else None
+
+
+def test_outside_sees_the_host_uplink_address(lab, probe, family):
     t = lab.topology
-    host_ip = str(t.host.address.ip)
-    remote = str(t.wan.remote[0].ip)
-    for name in _masqueraded(lab):
+    host_ip = _host_address(t, family)
+    remote = str(promise.remote(t, family))
+    for name in _masqueraded(lab, family):
+        own = str(t.container(name).at(family).ip)
         r = expect(probe.tcp(name, remote, 7, target="wan", capture=[lab.point(name), "wan:uplink"]))
-        seen(r, lab.point(name), src=str(t.container(name).address.ip))
+        seen(r, lab.point(name), src=own)
         seen(r, "wan:uplink", src=host_ip)
-        assert r.service_saw and r.service_saw.split(":")[0] == host_ip, f"{name}: the outside service saw {r.service_saw}, expected {host_ip}\n{r.explain()}"
-        seen(r, lab.point(name), role="reply", dst=str(t.container(name).address.ip))
+        assert _saw(r) == host_ip, f"{name}: the outside service saw {r.service_saw}, expected {host_ip}\n{r.explain()}"
+        seen(r, lab.point(name), role="reply", dst=own)
 
 
-def test_icmp_is_masqueraded_too(lab, probe):
+def test_icmp_is_masqueraded_too(lab, probe, family):
     t = lab.topology
-    for name in _masqueraded(lab):
-        r = expect(probe.icmp(name, t.wan.remote[0].ip, capture=["wan:uplink"]))
-        seen(r, "wan:uplink", src=str(t.host.address.ip))
+    for name in _masqueraded(lab, family):
+        r = expect(probe.icmp(name, promise.remote(t, family), capture=["wan:uplink"]))
+        seen(r, "wan:uplink", src=_host_address(t, family))
 
 
-def test_bridge_local_source_is_as_the_rules_say(lab, probe):
+def test_bridge_local_source_is_as_the_rules_say(lab, probe, family):
     """Seed 1's `! -o br0` keeps bridge-local sources; a bare `-s SUBNET` rule (seed 2) also
     rewrites them to the bridge address, since br_netfilter runs nat POSTROUTING on bridged frames."""
     t = lab.topology
-    pairs = [(a.name, b.name) for a in t.containers for b in t.containers if a.name != b.name and promise.same_l2(t, a.name, b.name) and promise.reaches(t, a.name, b.name)]
+    pairs = [(a.name, b.name) for a in t.containers for b in t.containers
+             if a.name != b.name and a.at(family) and b.at(family) and promise.same_l2(t, a.name, b.name) and promise.reaches(t, a.name, b.name, family)]
     if not pairs:
-        pytest.skip(f"{t.name}: no two containers share a bridge and may reach each other")
+        pytest.skip(f"{t.name}: no two containers share a bridge and may reach each other{promise.over(family)}")
     for a, b in pairs:
         ca = t.container(a)
-        rewritten = t.host.sysctl("net.bridge.bridge-nf-call-iptables") != 0 and promise.masqueraded(t, a, out=ca.bridge)
-        want = str(t.bridge(ca.bridge).address.ip) if rewritten else str(ca.address.ip)
+        own = str(ca.at(family).ip)
+        rewritten = t.host.sysctl(S.BRIDGE_NF_SYSCTL[family]) != 0 and promise.masqueraded(t, a, out=ca.bridge, family=family)
+        want = str(t.bridge(ca.bridge).at(family).ip) if rewritten else own
         why = f"rewritten to the bridge address by a MASQUERADE rule that does not exclude {ca.bridge}" if rewritten else "kept"
-        r = expect(probe.tcp(a, t.container(b).address.ip, 7, target=b, capture=[lab.point(a), lab.point(b)]))
-        seen(r, lab.point(a), src=str(ca.address.ip))
+        r = expect(probe.tcp(a, t.container(b).at(family).ip, 7, target=b, capture=[lab.point(a), lab.point(b)]))
+        seen(r, lab.point(a), src=own)
         seen(r, lab.point(b), src=want)
-        assert r.service_saw.split(":")[0] == want, f"{b} saw {a} as {r.service_saw}; the rules say its source is {why}: {want}\n{r.explain()}"
+        assert _saw(r) == want, f"{b} saw {a} as {r.service_saw}; the rules say its source is {why}: {want}\n{r.explain()}"

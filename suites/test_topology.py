@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
 from netcheck.kernel.inspect import legacy_tables
-from netcheck.kernel.xtables import read_legacy, read_nft_chains
+from netcheck.kernel.xtables import read_legacy, read_legacy6, read_nft_chains
 
 pytestmark = pytest.mark.netcheck_property("topology")
 
@@ -36,6 +37,14 @@ def test_addresses_as_declared(lab):
     wanted += [(lab.kname(c.host_veth), c.host_address) for c in t.containers if c.host_address]
     for iface, addr in wanted:
         assert (iface, addr) in host, f"host: {lab.spec_name(iface)} ({iface}) should have {addr}"
+    if 6 in t.families:  # dual stack: the IPv6 ones too
+        for c in t.containers:
+            got6 = {(a.interface, a.address) for a in lab.container_ns(c.name).addresses(socket.AF_INET6)}
+            assert c.address6 is None or (c.interface, c.address6) in got6, f"{c.name}: {c.interface} should have {c.address6}; it has {sorted(map(str, got6))}"
+        host6 = {(a.interface, a.address) for a in lab.host.addresses(socket.AF_INET6)}
+        wanted6 = [(lab.kname(t.host.uplink), t.host.address6), *((lab.kname(b.name), b.address6) for b in t.bridges)]
+        for iface, addr in wanted6:
+            assert addr is None or (iface, addr) in host6, f"host: {lab.spec_name(iface)} ({iface}) should have {addr}"
 
 
 def test_routes_as_declared(lab):
@@ -47,6 +56,10 @@ def test_routes_as_declared(lab):
             assert not default, f"{c.name} has a default route the spec does not declare: {default}"
         else:
             assert [r.gateway for r in default] == [c.gateway], f"{c.name}: default route should be via {c.gateway}; routes: {routes}"
+        if c.address6 is not None:
+            default6 = [r.gateway for r in lab.container_ns(c.name).routes(socket.AF_INET6) if r.dst.prefixlen == 0]
+            assert default6 == ([c.gateway6] if c.gateway6 else []), f"{c.name}: IPv6 default route should be via {c.gateway6}; found {default6}"
+            routes = routes + lab.container_ns(c.name).routes(socket.AF_INET6)
         for r in c.routes:
             assert any(x.dst == r.to and x.gateway == r.via for x in routes), f"{c.name}: missing route {r.to} via {r.via}"
     if lab.host_mode:
@@ -82,8 +95,10 @@ def test_rules_as_declared(lab):
     legacy = [t for t in legacy_tables(lab.host) if t in ("filter", "nat")]
     chains = read_legacy(lab.host, tuple(legacy)) + read_nft_chains(lab.host)
     have = [r.key() for c in chains for r in c.rules]
+    if any(r.family == 6 for r in lab.expected_rules()):
+        have += [r.key() for c in read_legacy6(lab.host) for r in c.rules]
     for rule in lab.expected_rules():
-        assert rule.key() in have, f"host: rule missing: iptables {rule.render()}"
+        assert rule.key() in have, f"host: rule missing: {rule.tool} {rule.render()}"
     # The kernel applies every FORWARD chain in turn (iptables' and any nft filter chain on the
     # forward hook, such as a firewall = "nft" lab's own): one DROP policy is the host's policy.
     policies = {f"{c.backend} {c.policy}" for c in chains if (c.table, c.name) == ("filter", "FORWARD") or (c.hook, c.kind) == ("forward", "filter")}

@@ -10,55 +10,56 @@ from netcheck.checks import expect, not_seen, seen
 pytestmark = pytest.mark.netcheck_property("vip")
 
 
-def _vips(lab):
-    if not lab.topology.vips:
-        pytest.skip(f"{lab.topology.name} declares no VIP")
-    return lab.topology.vips
+def _vips(lab, family=4):
+    vips = [v for v in lab.topology.vips if v.at(family) is not None]
+    if not vips:
+        pytest.skip(f"{lab.topology.name} declares no VIP{promise.over(family)}")
+    return vips
 
 
-def _to_vip(probe, v, src, **kw):
-    """Probe a VIP with its own protocol: HTTP for tcp, the UDP echo for udp."""
+def _to_vip(probe, v, src, family=4, **kw):
+    """Probe a VIP (its address of ``family``) with its own protocol: HTTP for tcp, the UDP echo for udp."""
     send = probe.udp if v.protocol == "udp" else probe.http
-    return send(src, v.address, v.port, **kw)
+    return send(src, v.at(family), v.port, **kw)
 
 
-def test_vip_from_the_host(lab, probe):
+def test_vip_from_the_host(lab, probe, family):
     t = lab.topology
-    for v in _vips(lab):
+    for v in _vips(lab, family):
         if not v.from_host:
             continue
         c = t.container(v.container)
-        r = expect(_to_vip(probe, v, "host", target=c.name, capture=[lab.point(c.name)]))
-        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
+        r = expect(_to_vip(probe, v, "host", family, target=c.name, capture=[lab.point(c.name)]))
+        seen(r, lab.point(c.name), dst=str(c.at(family).ip), dport=v.target_port)
 
 
-def test_vip_from_the_outside(lab, probe):
+def test_vip_from_the_outside(lab, probe, family):
     t = lab.topology
-    for v in _vips(lab):
+    for v in _vips(lab, family):
         if not v.from_outside:
             continue
-        if not any(v.address in r.to for r in t.wan.routes):
-            pytest.skip(f"{t.name}: the outside world has no route to the VIP {v.address}")
+        if not any(v.at(family) in r.to for r in t.wan.routes):
+            pytest.skip(f"{t.name}: the outside world has no route to the VIP {v.at(family)}")
         c = t.container(v.container)
-        r = expect(_to_vip(probe, v, "wan", target=c.name, capture=["wan:uplink", lab.point(c.name)]))
-        seen(r, "wan:uplink", dst=str(v.address), dport=v.port)
-        seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
+        r = expect(_to_vip(probe, v, "wan", family, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        seen(r, "wan:uplink", dst=str(v.at(family)), dport=v.port)
+        seen(r, lab.point(c.name), dst=str(c.at(family).ip), dport=v.target_port)
 
 
-def test_vip_from_another_container(lab, probe):
+def test_vip_from_another_container(lab, probe, family):
     t = lab.topology
-    for v in _vips(lab):
+    for v in _vips(lab, family):
         c = t.container(v.container)
-        others = [o for o in t.containers if o.name != c.name and o.gateway]
+        others = [o for o in t.containers if o.name != c.name and o.gateway_at(family)]
         if not others:
             pytest.skip(f"{t.name}: no other container to use the VIP from")
         for o in others:
-            exp = "reach" if promise.vip_from_container(t, v, o.name) else "observe"
-            r = expect(_to_vip(probe, v, o.name, target=c.name, expect=exp, capture=[lab.point(o.name), lab.point(c.name)]))
+            exp = "reach" if promise.vip_from_container(t, v, o.name, family) else "observe"
+            r = expect(_to_vip(probe, v, o.name, family, target=c.name, expect=exp, capture=[lab.point(o.name), lab.point(c.name)]))
             if exp == "reach":
-                seen(r, lab.point(o.name), dst=str(v.address))
-                seen(r, lab.point(c.name), dst=str(c.address.ip), dport=v.target_port)
-                seen(r, lab.point(o.name), role="reply", src=str(v.address))
+                seen(r, lab.point(o.name), dst=str(v.at(family)))
+                seen(r, lab.point(c.name), dst=str(c.at(family).ip), dport=v.target_port)
+                seen(r, lab.point(o.name), role="reply", src=str(v.at(family)))
 
 
 def test_only_the_declared_vip_port_is_redirected(lab, probe):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from importlib import resources
-from ipaddress import IPv6Address, IPv6Interface
+from ipaddress import IPv6Address
 
 import pytest
 
@@ -85,16 +85,18 @@ def test_ipv6_rules_render_without_splitting_addresses() -> None:
     r = plan.dnat_rule("PREROUTING", "2001:db8:1::2", "sctp", 9132, "fd00::10", 9132)
     assert r.to_destination == "[fd00::10]:9132"
     assert r.argv()[-2:] == ["--to-destination", "[fd00::10]:9132"]
-    t = spec.builtin("seed1")
-    c = dataclasses.replace(t.containers[0], address=IPv6Interface("fd00::10/64"))
+    t = spec.builtin("seed1-dual")
     p = dataclasses.replace(t.publishes[0], protocol="udp", host_address=IPv6Address("2001:db8:1::2"), hairpin=True)
-    t6 = dataclasses.replace(t, containers=(c, t.containers[1]), publishes=(p,))
-    rules = plan.publish_rules(t6, p, NAMES.host_interfaces(t6).__getitem__)
+    t6 = dataclasses.replace(t, publishes=(p,))
+    rename = NAMES.host_interfaces(t6).__getitem__
+    rules = plan.publish_rules(t6, p, rename, family=6)
     assert [" ".join(x.argv()) for x in rules] == [
-        "-t nat -A PREROUTING -d 2001:db8:1::2 -p udp --dport 5000 -j DNAT --to-destination [fd00::10]:5000",
-        "-t nat -A OUTPUT -d 2001:db8:1::2 -p udp --dport 5000 -j DNAT --to-destination [fd00::10]:5000",
-        "-t nat -A POSTROUTING -s fd00::10 -d fd00::10 -p udp --dport 5000 -j MASQUERADE",
+        "-t nat -A PREROUTING -d 2001:db8:1::2 -p udp --dport 5000 -j DNAT --to-destination [fd00:18::10]:5000",
+        "-t nat -A OUTPUT -d 2001:db8:1::2 -p udp --dport 5000 -j DNAT --to-destination [fd00:18::10]:5000",
+        "-t nat -A POSTROUTING -s fd00:18::10 -d fd00:18::10 -p udp --dport 5000 -j MASQUERADE",
     ]
+    assert all(x.family == 6 for x in rules), "IPv6 rules go to ip6tables"
+    assert plan.publish_rules(t6, p, rename, family=4) == [], "a port bound to an IPv6 address is not published on IPv4"
     assert {cell.family for cell in plan.port_matrix(t6)} == {6}
 
 

@@ -82,11 +82,11 @@ def find_container(lab: ExternalLab, c: spec.Container, host_links: dict[int, Li
     peer_inode = nsids.get(outer.peer_netnsid) if outer.peer_netnsid is not None else None
     if peer_inode is not None and peer_inode != os.stat(ns.path).st_ino:
         raise LabError(f"container {c.name}: host veth {outer.name} leads to another namespace (nsid {outer.peer_netnsid}) than {ns.path}")
-    addrs = [a.address for a in ns.addresses() if a.interface == c.interface]
+    addrs = [a.address for a in ns.addresses() if a.interface == c.interface and isinstance(a.address, IPv4Interface)]
     address = c.address if c.address is not None else _one_address(c.name, c.interface, addrs)
     gateway = c.gateway
     if "gateway" in c.auto:
-        default = [r.gateway for r in ns.routes() if r.dst.prefixlen == 0 and r.gateway is not None]
+        default = [r.gateway for r in ns.routes() if r.dst.prefixlen == 0 and isinstance(r.gateway, IPv4Address)]
         gateway = default[0] if default else None
     master = host_links.get(outer.master) if outer.master else None
     bridge = master.name if master is not None and master.kind == "bridge" else None
@@ -140,7 +140,7 @@ def discover(lab: ExternalLab) -> Discovery:
         knames[b.name] = link.name
         address = b.address
         if "address" in b.auto:
-            have = [a.address for a in host_addrs if a.interface == b.name]
+            have = [a.address for a in host_addrs if a.interface == b.name and isinstance(a.address, IPv4Interface)]
             if len(have) != 1:
                 raise LabError(f"bridge {b.name}: address = \"auto\" needs exactly one IPv4 address on it; it has {', '.join(map(str, have)) or 'none'}")
             address = have[0]

@@ -187,7 +187,7 @@ def _spec_for(header: dict[str, object]) -> S.Topology | None:
             with contextlib.suppress(S.SpecError):
                 return S.load(ref)
     name = header.get("topology")
-    if isinstance(name, str) and name in S.BUILTIN:
+    if isinstance(name, str) and (name in S.BUILTIN or name in S.BUILTIN_DUAL):
         return S.builtin(name)
     return None
 
@@ -255,7 +255,7 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
     host_addrs = host.addresses()
     default = next((r for r in host.routes() if r.dst.prefixlen == 0), None)
     uplink = default.interface if default is not None and default.interface else ""
-    up_addr = next((a.address for a in host_addrs if a.interface == uplink), NO_ADDRESS)
+    up_addr = next((a.address for a in host_addrs if a.interface == uplink and isinstance(a.address, IPv4Interface)), NO_ADDRESS)
     bridges: dict[str, S.Bridge] = {}
     made: list[S.Container] = []
     for label, ns in containers.items():
@@ -263,19 +263,19 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
         if inner is None:
             continue
         outer = next((link for link in links if link.kind == "veth" and link.index == inner.peer_index and link.peer_index == inner.index), None)
-        addr = next((a.address for a in ns.addresses() if a.interface == inner.name), None)
-        gw = next((r.gateway for r in ns.routes() if r.dst.prefixlen == 0), None)
+        addr = next((a.address for a in ns.addresses() if a.interface == inner.name and isinstance(a.address, IPv4Interface)), None)
+        gw = next((r.gateway for r in ns.routes() if r.dst.prefixlen == 0 and isinstance(r.gateway, IPv4Address)), None)
         master = by_index.get(outer.master) if outer is not None and outer.master else None
         bridge = master.name if master is not None and master.kind == "bridge" else None
         if bridge is not None and bridge not in bridges:
-            bridges[bridge] = S.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge), None))
+            bridges[bridge] = S.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge and isinstance(a.address, IPv4Interface)), None))
         made.append(S.Container(label, inner.name, addr, outer.name if outer is not None else "", bridge=bridge, gateway=gw))
     remote: tuple[IPv4Interface, ...] = ()
     if wan is not None:
         remote = tuple(IPv4Interface(f"{a.address.ip}/32") for a in wan.addresses() if a.interface == "lo" and not a.address.ip.is_loopback)
     topo = S.Topology(
         name="discovered", summary="read from the kernel", source="<discovered>",
-        host=S.Host(uplink, up_addr, default.gateway if default is not None and default.gateway else IPv4Address("0.0.0.0"), ()),
+        host=S.Host(uplink, up_addr, default.gateway if default is not None and isinstance(default.gateway, IPv4Address) else IPv4Address("0.0.0.0"), ()),
         wan=S.Wan(NO_ADDRESS, remote), bridges=tuple(bridges.values()), containers=tuple(made),
     )
     knames = {name: name for name in [uplink, *bridges, *(c.host_veth for c in made)] if name}

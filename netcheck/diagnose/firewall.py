@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address, ip_network
 
 from netcheck.kernel import nft
 from netcheck.kernel.xtables import XChain, XRule
@@ -72,16 +72,17 @@ class Placed:
         """``iptables-nft: filter FORWARD rule 1``, or ``nft: ip nc1_filter FORWARD rule 1 (handle 4)``."""
         if is_native(self.backend, self.rule.table):
             return f"nft: {self.family} {self.rule.table} {self.rule.chain} rule {self.position} (handle {self.rule.handle})"
-        return f"{binary(self.backend)}: {self.rule.table} {self.rule.chain} rule {self.position}"
+        return f"{binary(self.backend, self.rule.family)}: {self.rule.table} {self.rule.chain} rule {self.position}"
 
 
-def binary(backend: str) -> str:
-    return "iptables-legacy" if backend == "legacy" else "iptables-nft"
+def binary(backend: str, family: int | None = None) -> str:
+    tool = "ip6tables" if family == 6 or backend in (LEGACY6, NFT6) else "iptables"
+    return f"{tool}-legacy" if backend in ("legacy", LEGACY6) else f"{tool}-nft"
 
 
 def is_native(backend: str, table: str) -> bool:
     """Is ``table`` a native nf_tables table (a tool's own, such as a firewall = "nft" lab's), not one of iptables'?"""
-    return backend == "nft" and table not in XTABLES
+    return backend in ("nft", NFT6) and table not in XTABLES
 
 
 def command(backend: str, rule: XRule, op: str = "-A", family: str = "ip") -> str:
@@ -89,7 +90,7 @@ def command(backend: str, rule: XRule, op: str = "-A", family: str = "ip") -> st
     iptables-nft, or nft for a native table."""
     if is_native(backend, rule.table):
         return nft.command(rule, op, family)
-    return f"{binary(backend)} {rule.render(op)}"
+    return f"{binary(backend, rule.family)} {rule.render(op)}"
 
 
 @dataclass(frozen=True)
@@ -119,23 +120,26 @@ class Ruleset:
     hooks: list[tuple[str, str, str, str, str, int]] = field(default_factory=list)  # (backend, hook, type, table, chain, priority)
 
     @classmethod
-    def build(cls, legacy: Iterable[XChain], nft: Iterable[XChain]) -> Ruleset:
+    def build(cls, legacy: Iterable[XChain], nft: Iterable[XChain], legacy6: Iterable[XChain] = ()) -> Ruleset:
+        """``legacy6``: ip6tables' (legacy) chains, under the backend label "legacy6": they see IPv6 packets only."""
         rs = cls()
-        for c in legacy:
-            rs.chains[("legacy", c.table, c.name)] = c
-            hook = LEGACY_HOOKS.get((c.table, c.name))
-            if hook is not None:
-                rs.hooks.append(("legacy", hook[0], hook[1], c.table, c.name, 0))
+        for backend, chains in (("legacy", legacy), (LEGACY6, legacy6)):
+            for c in chains:
+                rs.chains[(backend, c.table, c.name)] = c
+                hook = LEGACY_HOOKS.get((c.table, c.name))
+                if hook is not None:
+                    rs.hooks.append((backend, hook[0], hook[1], c.table, c.name, 0))
         for c in nft:
-            rs.chains[("nft", c.table, c.name)] = c
+            backend = NFT6 if c.family == "ip6" else "nft"  # ip6 tables may share their names with ip ones (iptables-nft's "filter")
+            rs.chains[(backend, c.table, c.name)] = c
             if c.hook is not None:
-                rs.hooks.append(("nft", c.hook, c.kind, c.table, c.name, c.priority))
+                rs.hooks.append((backend, c.hook, c.kind, c.table, c.name, c.priority))
         rs.hooks.sort(key=lambda h: h[5])
         return rs
 
     def backends(self) -> list[str]:
-        """The backends that hold at least one rule, or a base chain whose policy is not ACCEPT."""
-        return sorted({b for (b, _t, _c), ch in self.chains.items() if ch.rules or ch.policy not in (None, "ACCEPT")})
+        """The backends that hold at least one rule, or a base chain whose policy is not ACCEPT (IPv4's: ip6tables' own are another family, not a split)."""
+        return sorted({b for (b, _t, _c), ch in self.chains.items() if b not in (LEGACY6, NFT6) and (ch.rules or ch.policy not in (None, "ACCEPT"))})
 
     def rules(self) -> Iterator[Placed]:
         for (backend, _table, _name), ch in self.chains.items():
@@ -173,8 +177,8 @@ class Ruleset:
         return out
 
     def walk(self, hook: str, kind: str, pkt: Pkt) -> list[Decision]:
-        """Walk the packet through every base chain of a hook; one decision per base chain."""
-        return [self._walk_base(backend, ch, pkt) for backend, ch in self.base_chains(hook, kind)]
+        """Walk the packet through every base chain of a hook that sees its family; one decision per base chain."""
+        return [self._walk_base(backend, ch, pkt) for backend, ch in self.base_chains(hook, kind) if _sees(backend, ch, pkt)]
 
     def verdict(self, hook: str, pkt: Pkt) -> Decision | None:
         """The filter verdict of a hook: the first DROP/REJECT of any backend, else None (accepted)."""
@@ -235,13 +239,27 @@ class Ruleset:
         return [p for p in self.rules() if p.backend == backend and p.rule.table == table and p.rule.target == chain]
 
 
+LEGACY6 = "legacy6"  # the backend label of ip6tables' legacy tables
+NFT6 = "nft6"  # ... and of nf_tables' ip6 family
+
+
+def family_of(pkt: Pkt) -> int:
+    return 6 if ":" in pkt.src or ":" in pkt.dst else 4
+
+
+def _sees(backend: str, chain: XChain, pkt: Pkt) -> bool:
+    """Does a base chain see the packet's family? (ip6tables and nft ip6 tables: IPv6; iptables and nft ip: IPv4; inet: both.)"""
+    family = 6 if backend in (LEGACY6, NFT6) else 4 if backend == "legacy" or chain.family == "ip" else 0
+    return family in (0, family_of(pkt))
+
+
 def _addr_match(spec: str | None, addr: str) -> bool:
     if not spec:
         return True
     neg = spec.startswith("!")
     text = spec[1:] if neg else spec
     try:
-        hit = IPv4Address(addr) in IPv4Network(text, strict=False)
+        hit = ip_address(addr) in ip_network(text, strict=False)
     except ValueError:
         return True  # a set or an expression the summary does not model: assume it matches
     return hit != neg
@@ -267,6 +285,8 @@ def matches(r: XRule, pkt: Pkt, *, interfaces: bool = True) -> bool:
     >>> matches(XRule("t", "c", "DROP", protocol="tcp", dports=((80, 80), (443, 443))), Pkt("10.0.0.2", "10.0.0.3", "tcp", 22))
     False
     """
+    if r.family == 6 and family_of(pkt) == 4:
+        return False  # an ip6tables rule never sees an IPv4 packet (nor an iptables one an IPv6 packet: its chain does not see it)
     if not (_addr_match(r.src, pkt.src) and _addr_match(r.dst, pkt.dst)):
         return False
     if (r.src_set and not any(_addr_match(n, pkt.src) for n in r.src_set)) or (r.dst_set and not any(_addr_match(n, pkt.dst) for n in r.dst_set)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING
 
 from netcheck import expect as promise
@@ -306,7 +306,7 @@ def address_conflict(ev: Evidence) -> Iterator[Finding]:
         for a in ns.addresses:
             if a.address.ip in LOOPBACK:
                 continue
-            holders.setdefault(str(a.address.ip), []).append((label, a.interface, a.address))
+            holders.setdefault(str(a.address.ip), []).append((label, a.interface, a.address))  # type: ignore[arg-type]  # IPv4: addresses() reads AF_INET
     declared = {str(c.address.ip): c.name for c in ev.t.containers if c.address is not None}
     flow_addrs = {ev.flow.src_addr, ev.flow.dst_addr, ev.flow.target_addr} if ev.flow else set()
     for ip, where in holders.items():
@@ -348,9 +348,9 @@ def address_on_bridge_port(ev: Evidence) -> Iterator[Finding]:
             )
 
 
-def _in(address: str, net: IPv4Network) -> bool:
+def _in(address: str, net: IPv4Network | IPv6Network) -> bool:
     try:
-        return IPv4Address(address) in net
+        return ip_address(address) in net
     except ValueError:
         return False
 
@@ -400,7 +400,7 @@ def source_route(ev: Evidence) -> Iterator[Finding]:
     ns = ev.lab.container_ns(f.source)
     c = ev.t.container(f.source)
     got = lookup(ev.snap, f.source, ns, f.dst_addr)
-    gw = c.gateway or _host_gateway(ev, f.source)
+    gw = (c.gateway6 if _v6(f.dst_addr) else c.gateway) or _host_gateway(ev, f.source)
     if isinstance(got, str):
         if _dst_in_own_subnet(ev, f.source, f.dst_addr):
             yield Finding(
@@ -434,6 +434,73 @@ def _routes(ns: NsState) -> str:
         via = f" via {r.gateway}" if r.gateway else ""
         parts.append(f"{'default' if r.dst.prefixlen == 0 else r.dst}{via} dev {r.interface}")
     return "; ".join(parts) or "none"
+
+
+def _v6(address: str | None) -> bool:
+    return address is not None and ":" in address
+
+
+def ipv6_forwarding_off(ev: Evidence) -> Iterator[Finding]:
+    """IPv6 has a forwarding switch of its own: net.ipv4.ip_forward = 1 routes no IPv6 packet."""
+    f, r = ev.flow, ev.route
+    if f is None or r is None or not r.routed or not _v6(f.dst_addr):
+        return
+    fwd = ev.host.sysctl("net.ipv6.conf.all.forwarding")
+    if fwd is None or fwd == "1":
+        return
+    yield Finding(
+        "ip_six_forwarding_off", "host", f"host: net.ipv6.conf.all.forwarding = {fwd} (net.ipv4.ip_forward is {ev.host.sysctl('net.ipv4.ip_forward')}), "
+        f"so IPv6 packets from {ev.show(r.in_iface)} are not routed to {ev.show(r.out_iface)}",
+        ev.sysctl_fix("host", "net.ipv6.conf.all.forwarding", 1), tuple(ev.break_note()), score=96, fixes=(Sysctl("host", "net.ipv6.conf.all.forwarding", "1"),),
+    )
+
+
+def ipv6_disabled(ev: Evidence) -> Iterator[Finding]:
+    """disable_ipv6 = 1 on the sender's interface (or all of them): its IPv6 addresses are gone, and with them every IPv6 route."""
+    f = ev.flow
+    if f is None or not _v6(f.dst_addr) or f.source not in {c.name for c in ev.t.containers}:
+        return
+    c = ev.t.container(f.source)
+    ns = ev.snap.ns(f.source)
+    if ns is None:
+        return
+    for key in (f"net.ipv6.conf.{c.interface}.disable_ipv6", "net.ipv6.conf.all.disable_ipv6"):
+        if ns.sysctl(key) == "1":
+            yield Finding("ip_six_disabled", f.source, f"{f.source}: {key} = 1, so {c.interface} holds no IPv6 address ({c.address6} is gone) and no IPv6 route",
+                          ev.sysctl_fix(f.source, key, 0) + (f" && {ev.run(f.source, f'ip addr add {c.address6} dev {c.interface} nodad')}" if c.address6 else ""),
+                          (f"{key} = 1", "turning it back to 0 does not bring the static address back: it is added again"), score=97)
+            return
+
+
+def dad_failed(ev: Evidence) -> Iterator[Finding]:
+    """Duplicate address detection failed for an address of the flow: the kernel never uses it (it stays "tentative dadfailed")."""
+    f = ev.flow
+    if f is None or not _v6(f.dst_addr):
+        return
+    for label, ns in ev.snap.namespaces.items():
+        for iface, addr in ns.dad_failed:
+            if addr not in (f.src_addr, f.dst_addr, f.target_addr):
+                continue
+            other = next((f"{o} ({a.interface})" for o, s in ev.snap.namespaces.items() if o != label for a in s.addresses if str(a.address.ip) == addr), "another node")
+            yield Finding(
+                "dad_failed", label, f"{label}: duplicate address detection failed for {addr} on {iface} ({other} answered for it), so the kernel never uses it",
+                ev.run(label, f"ip addr del {addr} dev {iface}") + f", give the other holder its own address, then re-add {addr}",
+                (f"{label}: {addr} is 'tentative dadfailed' on {iface}", f"also held by {other}"), score=97,
+            )
+            return
+
+
+def dnat_to_loopback6(ev: Evidence) -> Iterator[Finding]:
+    """An IPv6 DNAT to ::1: IPv6 has no route_localnet; a forwarded packet is never delivered to ::1."""
+    for placed in ev.fw.rules():
+        r = placed.rule
+        if r.family == 6 and r.target == "DNAT" and r.to_destination and _split_to(r.to_destination)[0] == "::1":
+            yield Finding(
+                "dnat_to_loopback_six", "host", f"host: `{placed.render()}` DNATs to [::1], which the kernel never does for a packet from outside (IPv6 has no route_localnet): "
+                "it is dropped as a martian. Docker and Podman publish ::1 through a userland proxy instead",
+                ev.run("host", placed.delete()) + " (then DNAT to the container's own IPv6 address, or run a proxy on ::1)", (placed.where(),), score=90,
+            )
+            return
 
 
 def _host_gateway(ev: Evidence, container: str) -> str | None:
@@ -478,8 +545,8 @@ def _pkt_request(ev: Evidence) -> Pkt | None:
 def ip_forward_off(ev: Evidence) -> Iterator[Finding]:
     f, r = ev.flow, ev.route
     fwd = ev.host.sysctl("net.ipv4.ip_forward")
-    if fwd is None or fwd == "1":
-        return
+    if fwd is None or fwd == "1" or (f is not None and _v6(f.dst_addr)):
+        return  # (IPv6 is routed by its own switch: ipv6_forwarding_off)
     if f is not None and r is not None:
         if not r.routed:
             return
@@ -556,15 +623,49 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
 
 def host_no_route(ev: Evidence) -> Iterator[Finding]:
     r, pkt = ev.route, _pkt_request(ev)
-    if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv4.ip_forward") != "1":
+    v6 = pkt is not None and _v6(pkt.dst)
+    if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv6.conf.all.forwarding" if v6 else "net.ipv4.ip_forward") != "1":
         return
     got = lookup(ev.snap, "host", ev.lab.host, pkt.dst)
     if isinstance(got, str):
         d = ev.host.default_route()
+        if v6:
+            uplink = kname_or_none(ev.lab, ev.t.host.uplink) or ev.t.host.uplink
+            ra = ev.host.sysctl(f"net.ipv6.conf.{uplink}.accept_ra")
+            if ra == "1":
+                # forwarding = 1 makes accept_ra = 1 ignore router advertisements: a default route learned from them is never renewed.
+                yield Finding(
+                    "ra_ignored_when_forwarding", "host", f"host: no IPv6 route to {pkt.dst} ({got}): with net.ipv6.conf.all.forwarding = 1, {ev.show(uplink)}'s accept_ra = 1 "
+                    "ignores router advertisements (a router accepts them only with accept_ra = 2), so a default route learned from them is gone and never renewed",
+                    ev.sysctl_fix("host", f"net.ipv6.conf.{uplink}.accept_ra", 2) + (f" (or a static one: {ev.run('host', f'ip -6 route add default via {ev.t.host.gateway6}')})"
+                                                                                    if ev.t.host.gateway6 else ""),
+                    (f"net.ipv6.conf.{uplink}.accept_ra = 1", "net.ipv6.conf.all.forwarding = 1", "the host has no IPv6 default route"), score=88,
+                )
+                return
+        gw = ev.t.host.gateway6 if v6 else ev.t.host.gateway
         yield Finding(
             "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
-            ev.run("host", f"ip route add default via {ev.t.host.gateway}"), (f"host routes: {_routes(ev.host)}",), score=60,
+            ev.run("host", f"ip {'-6 ' if v6 else ''}route add default via {gw}"), (f"host routes: {_routes(ev.host)}",), score=60,
         )
+        return
+    if v6:
+        yield from _no_route_back6(ev, r, pkt)
+
+
+def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
+    """IPv6: the reply's way back, to the container's address, must leave by the container's side of the host (its bridge)."""
+    f = ev.flow
+    if f is None or f.source not in {c.name for c in ev.t.containers}:
+        return
+    c = ev.t.container(f.source)
+    back = lookup(ev.snap, "host", ev.lab.host, f.src_addr)
+    if isinstance(back, str) or back.interface == r.in_iface or c.address6 is None:
+        return
+    yield Finding(
+        "host_no_route", "host", f"host: the route back to {f.src_addr} leaves by {ev.show(back.interface)}, not {ev.show(r.in_iface)}: the host has no route to "
+        f"{c.address6.network}, so the replies go out again instead of reaching {f.source}",
+        ev.run("host", f"ip -6 route add {c.address6.network} dev {r.in_iface}"), (f"route back: {f.src_addr} via {back.gateway or '-'} dev {back.interface}",), score=75,
+    )
 
 
 def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
@@ -692,7 +793,13 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
 def _split_to(to: str | None) -> tuple[str, int | None]:
     if not to:
         return "", None
-    addr, _, port = to.partition(":")
+    if to.startswith("["):  # IPv6: [addr]:port
+        addr, _, rest = to[1:].partition("]")
+        port = rest[1:]
+    elif to.count(":") > 1:  # IPv6, no port
+        addr, port = to, ""
+    else:
+        addr, _, port = to.partition(":")
     return addr, int(port.split("-")[0]) if port else None
 
 
@@ -871,7 +978,7 @@ def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
         for p in ev.fw.rules():
             if p.backend == backend and p.rule.table == base.table and p.rule.chain in names and p.rule.target == "DNAT":
                 addr, _port = _split_to(p.rule.to_destination)
-                if addr and IPv4Address(addr) in LOOPBACK:
+                if addr and ":" not in addr and IPv4Address(addr) in LOOPBACK:
                     candidates.append((p.rule.in_interface, p))
     if not candidates:
         return
@@ -978,6 +1085,7 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
 RULES: tuple[Rule, ...] = (
     link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
     address_conflict, address_on_bridge_port, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
+    ipv6_forwarding_off, ipv6_disabled, dad_failed, dnat_to_loopback6,
     host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat,
     route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )

@@ -8,21 +8,23 @@ both backends (legacy through python-iptables, nf_tables through ``nft -j``).
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
-from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
+from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy6_tables, legacy_tables, listening, snmp_counters
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
-from netcheck.kernel.xtables import nft_available, read_legacy, read_nft, read_nft_chains
+from netcheck.kernel.xtables import nft_available, read_legacy, read_legacy6, read_nft, read_nft_chains
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
 
 HOST_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables")
+IPV6_SYSCTLS = ("net.ipv6.conf.all.forwarding", "net.ipv6.conf.all.disable_ipv6", "net.bridge.bridge-nf-call-ip6tables")  # read where IPv6 is on
 IFACE_SYSCTLS = ("rp_filter", "route_localnet", "forwarding")
 
 
@@ -39,6 +41,7 @@ class NsState:
     listening: tuple[Listening, ...] = ()
     sysctls: dict[str, str | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
+    dad_failed: tuple[tuple[str, str], ...] = ()  # (interface, IPv6 address) whose duplicate address detection failed
 
     def link(self, name: str | None) -> Link | None:
         return next((x for x in self.links if x.name == name), None)
@@ -110,6 +113,8 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     errors: list[str] = []
     links = tuple(_safe(errors, "links", ns.links, []))
     addresses = tuple(_safe(errors, "addresses", ns.addresses, []))
+    # IPv6's global addresses too, where it is on (netcheck's IPv4-only labs turn it off, so they read none).
+    addresses += tuple(a for a in _safe(errors, "IPv6 addresses", lambda: ns.addresses(socket.AF_INET6), []) if not a.address.ip.is_link_local and not a.address.ip.is_loopback)
     if not full:
         return NsState(label, ns.name, links, addresses, errors=tuple(errors))
     routes = tuple(_safe(errors, "routes", ns.routes, []))
@@ -118,10 +123,14 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     keys = list(HOST_SYSCTLS if host else HOST_SYSCTLS[:3])
     if host:
         keys += [f"net.ipv4.conf.{link.name}.{k}" for link in links for k in IFACE_SYSCTLS]
+    if any(a.address.version == 6 for a in addresses) or not host:  # a container's disable_ipv6 matters most once its addresses are gone
+        keys += list(IPV6_SYSCTLS if host else IPV6_SYSCTLS[1:2]) + [f"net.ipv6.conf.{link.name}.disable_ipv6" for link in links if not host]
+        keys += [f"net.ipv6.conf.{link.name}.accept_ra" for link in links if host and link.name != "lo"]
     sysctls = {}
     for k in keys:
         sysctls[k] = _safe(errors, k, lambda k=k: ns.sysctl(k), None)
-    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors))
+    failed = tuple(_safe(errors, "IPv6 DAD", ns.dad_failed, [])) if any(a.address.version == 6 for a in addresses) else ()
+    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed)
 
 
 def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
@@ -131,7 +140,9 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
     raw: JSONObject = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
     chains = _safe(errors, "nf_tables rules", lambda: read_nft_chains(ns, raw), []) if raw else []
-    return Ruleset.build(legacy, chains), tuple(tables), errors
+    has6 = any(t in ("filter", "nat") for t in _safe(errors, "ip6tables legacy tables", lambda: legacy6_tables(ns), []))
+    legacy6 = _safe(errors, "ip6tables (legacy)", lambda: read_legacy6(ns), []) if has6 else []
+    return Ruleset.build(legacy, chains, legacy6), tuple(tables), errors
 
 
 def rule_counters(ns: Netns) -> list[Placed]:
@@ -172,7 +183,7 @@ def lookup(snap: Snapshot, label: str, ns: Netns, dst: str, src: str | None = No
     if key not in snap.route_lookups:
         result: RouteEntry | str = "lookup failed"
         with contextlib.suppress(Exception):
-            result = ns.route_get(IPv4Address(dst), IPv4Address(src) if src else None, iif)
+            result = ns.route_get(ip_address(dst), ip_address(src) if src else None, iif)
         snap.route_lookups[key] = result
     return snap.route_lookups[key]
 

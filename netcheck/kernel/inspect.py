@@ -195,6 +195,19 @@ def bridges(ns: Netns) -> list[BridgeOptions]:
 
 
 
+def legacy6_tables(ns: Netns) -> list[str]:
+    """The ip6tables (legacy) tables that exist in the namespace (listing them creates none)."""
+
+    def do() -> list[str]:
+        try:
+            with open("/proc/thread-self/net/ip6_tables_names") as f:
+                return [line.strip() for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    return ns.call(do)
+
+
 def legacy_tables(ns: Netns) -> list[str]:
     """The legacy xtables tables that exist in the namespace.
 

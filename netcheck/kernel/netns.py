@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from netcheck.kernel import rtnl
@@ -58,15 +58,15 @@ class Link:
 @dataclass(frozen=True)
 class Address:
     interface: str
-    address: IPv4Interface
+    address: IPv4Interface | IPv6Interface
 
 
 @dataclass(frozen=True)
 class RouteEntry:
-    dst: IPv4Network
-    gateway: IPv4Address | None
+    dst: IPv4Network | IPv6Network
+    gateway: IPv4Address | IPv6Address | None
     interface: str | None
-    prefsrc: IPv4Address | None = None
+    prefsrc: IPv4Address | IPv6Address | None = None
     kind: str = "unicast"
 
 
@@ -259,8 +259,8 @@ class Netns:
         self._run(do)
 
     def configure(
-        self, *, up: Sequence[str] = (), addresses: Sequence[tuple[str, IPv4Interface]] = (),
-        routes: Sequence[tuple[IPv4Network, IPv4Address | None, str | None]] = (),
+        self, *, up: Sequence[str] = (), addresses: Sequence[tuple[str, IPv4Interface | IPv6Interface]] = (),
+        routes: Sequence[tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address | None, str | None]] = (), dad: bool = False,
     ) -> None:
         """Bring links up, add addresses, then routes (dst, via, dev): one netlink batch, in that order."""
 
@@ -273,7 +273,7 @@ class Netns:
                 return index[name]
 
             requests = [rtnl.set_link(idx(n), up=True, what=f"set link {n} up") for n in up]
-            requests += [rtnl.add_address(idx(n), a, what=f"add address {a} to {n}") for n, a in addresses]
+            requests += [rtnl.add_address(idx(n), a, what=f"add address {a} to {n}", dad=dad) for n, a in addresses]
             requests += [rtnl.add_route(dst, via=via, oif=idx(dev) if dev else None, what=f"add route {dst} via {via or dev}") for dst, via, dev in routes]
             return requests
 
@@ -335,7 +335,7 @@ class Netns:
         """Delete a link; False if it was already gone."""
         return self._send(lambda _sock: [rtnl.delete_link(name)], gone=GONE)
 
-    def deconfigure(self, *, routes: Sequence[IPv4Network] = (), addresses: Sequence[tuple[str, IPv4Interface]] = ()) -> bool:
+    def deconfigure(self, *, routes: Sequence[IPv4Network | IPv6Network] = (), addresses: Sequence[tuple[str, IPv4Interface | IPv6Interface]] = ()) -> bool:
         """Delete routes (by destination), then addresses, in one batch: the reverse of ``configure``;
         False if some were gone already."""
 
@@ -361,24 +361,59 @@ class Netns:
 
         return self.netlink(do)
 
-    def addresses(self) -> list[Address]:
+    def addresses(self, family: int = socket.AF_INET) -> list[Address]:
+        """The addresses of one family (AF_INET6: link-local ones included)."""
+
         def do(ipr: IPRoute) -> list[Address]:
             names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
             out = []
-            for m in ipr.get_addr(family=socket.AF_INET):
-                out.append(Address(names.get(m["index"], str(m["index"])), IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")))
+            for m in ipr.get_addr(family=family):
+                out.append(Address(names.get(m["index"], str(m["index"])), ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")))
             return out
 
         return self.netlink(do)
 
-    def routes(self) -> list[RouteEntry]:
-        def do(ipr: IPRoute) -> list[RouteEntry]:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            return [_route(m, names) for m in ipr.get_routes(family=socket.AF_INET, table=254)]
+    def address_flags(self, name: str, address: IPv6Interface) -> int | None:
+        """An IPv6 address's flags (IFA_F_*: tentative, dadfailed...), None if the interface lacks it."""
+
+        def do(ipr: IPRoute) -> int | None:
+            index = ipr.link_lookup(ifname=name)
+            for m in ipr.get_addr(family=socket.AF_INET6, index=index[0]) if index else []:
+                if m.get_attr("IFA_ADDRESS") == str(address.ip):
+                    return int(m.get_attr("IFA_FLAGS") or m["flags"])
+            return None
 
         return self.netlink(do)
 
-    def route_get(self, dst: IPv4Address, src: IPv4Address | None = None, iif: str | None = None) -> RouteEntry | str:
+    def dad_failed(self) -> list[tuple[str, str]]:
+        """(interface, address) of every IPv6 address whose duplicate address detection failed (one dump)."""
+
+        def do(ipr: IPRoute) -> list[tuple[str, str]]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            return [(names.get(m["index"], "?"), str(m.get_attr("IFA_ADDRESS"))) for m in ipr.get_addr(family=socket.AF_INET6)
+                    if int(m.get_attr("IFA_FLAGS") or m["flags"]) & rtnl.IFA_F_DADFAILED]
+
+        return self.netlink(do)
+
+    def wait_dad_done(self, name: str, address: IPv6Interface, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until duplicate address detection of ``address`` on ``name`` has ended; True if it failed."""
+        def ended() -> tuple[int] | None:
+            f = self.address_flags(name, address)
+            # A failed address stays tentative, flagged dadfailed; a good one stops being tentative.
+            return (f,) if f is not None and (not f & rtnl.IFA_F_TENTATIVE or f & rtnl.IFA_F_DADFAILED) else None
+
+        done = wait_until(ended, timeout=timeout, what=f"duplicate address detection of {address} on {name} in {self.label} to end",
+                          describe=lambda: f"flags {self.address_flags(name, address)}")
+        return done is not None and bool(done[0] & rtnl.IFA_F_DADFAILED)
+
+    def routes(self, family: int = socket.AF_INET) -> list[RouteEntry]:
+        def do(ipr: IPRoute) -> list[RouteEntry]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            return [_route(m, names) for m in ipr.get_routes(family=family, table=254)]
+
+        return self.netlink(do)
+
+    def route_get(self, dst: IPv4Address | IPv6Address, src: IPv4Address | IPv6Address | None = None, iif: str | None = None) -> RouteEntry | str:
         """The kernel's route lookup for a flow (``ip route get``); a string names the error."""
 
         def do(ipr: IPRoute) -> RouteEntry | str:
@@ -395,11 +430,11 @@ class Netns:
 
         return self.netlink(do)
 
-    def neighbours(self) -> list[Neighbour]:
+    def neighbours(self, family: int = socket.AF_INET) -> list[Neighbour]:
         def do(ipr: IPRoute) -> list[Neighbour]:
             names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
             out = []
-            for m in ipr.get_neighbours(family=socket.AF_INET):
+            for m in ipr.get_neighbours(family=family):
                 state = _NUD.get(m["state"], str(m["state"]))
                 out.append(Neighbour(names.get(m["ifindex"], "?"), m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR"), state))
             return out
@@ -552,15 +587,15 @@ def _link(m: Any) -> Link:
 
 
 def _route(m: Any, names: dict[int, str]) -> RouteEntry:
-    dst = m.get_attr("RTA_DST") or "0.0.0.0"
+    dst = m.get_attr("RTA_DST") or ("::" if m["family"] == socket.AF_INET6 else "0.0.0.0")
     gw = m.get_attr("RTA_GATEWAY")
     oif = m.get_attr("RTA_OIF")
     src = m.get_attr("RTA_PREFSRC")
     return RouteEntry(
-        dst=IPv4Network(f"{dst}/{m['dst_len']}", strict=False),
-        gateway=IPv4Address(gw) if gw else None,
+        dst=ip_network(f"{dst}/{m['dst_len']}", strict=False),
+        gateway=ip_address(gw) if gw else None,
         interface=names.get(oif) if oif else None,
-        prefsrc=IPv4Address(src) if src else None,
+        prefsrc=ip_address(src) if src else None,
         kind=_RT_TYPES.get(m["type"], str(m["type"])),
     )
 

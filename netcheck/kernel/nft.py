@@ -26,6 +26,7 @@ from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 INSTALL_HINT = "apt-get install -y --no-install-recommends python3-nftables"
 DEBIAN_MODULE = "/usr/lib/python3/dist-packages/nftables/nftables.py"  # Debian's package, outside a venv's sys.path
 FAMILY = "ip"
+FAMILY6 = "ip6"  # a dual-stack lab's IPv6 rules: tables of the same names in family ip6
 VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return", "MASQUERADE": "masquerade"}
 # Hook and priority of each iptables base chain, as iptables-nft registers them.
 HOOKS: dict[tuple[str, str], tuple[str, str, int]] = {
@@ -81,9 +82,29 @@ class NftTable:
         return {"family": self.family, "name": self.name}
 
 
-def tables_for(prefix: str) -> dict[str, NftTable]:
-    """The lab's own tables, by the iptables table they stand for."""
-    return {t: NftTable(FAMILY, f"{prefix}_{t}") for t in BUILTIN_CHAINS}
+def tables_for(prefix: str, family: str = FAMILY) -> dict[str, NftTable]:
+    """The lab's own tables (of family ip, or ip6 for IPv6 rules), by the iptables table they stand for."""
+    return {t: NftTable(family, f"{prefix}_{t}") for t in BUILTIN_CHAINS}
+
+
+def family_of(rule: XRule) -> str:
+    """The nft family a rule's table is of: ip6 for an IPv6 (ip6tables) rule, else ip."""
+    return FAMILY6 if rule.family == 6 else FAMILY
+
+
+def split_destination(to: str) -> tuple[str, int | None]:
+    """A DNAT destination as (address, port): ``10.0.0.2:80``, ``[fd00::2]:80``, ``fd00::2``.
+
+    >>> split_destination("[fd00:18::10]:5000"), split_destination("10.0.0.2")
+    (('fd00:18::10', 5000), ('10.0.0.2', None))
+    """
+    if to.startswith("["):
+        addr, _, rest = to[1:].partition("]")
+        return addr, int(rest[1:]) if rest[1:].isdigit() else None
+    if to.count(":") > 1:
+        return to, None
+    addr, _, port = to.partition(":")
+    return addr, int(port) if port.isdigit() else None
 
 
 def native(prefix: str, rule: XRule) -> XRule:
@@ -125,17 +146,18 @@ def _match(left: dict[str, Any], value: str, right: Any = None) -> dict[str, Any
 def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
     """An XRule as the nft JSON expressions of one rule (matches, a counter, the verdict or NAT)."""
     out: list[dict[str, Any]] = []
+    ip = family_of(rule)
     if rule.src:
-        out.append(_match({"payload": {"protocol": "ip", "field": "saddr"}}, rule.src, _addr))
+        out.append(_match({"payload": {"protocol": ip, "field": "saddr"}}, rule.src, _addr))
     if rule.dst:
-        out.append(_match({"payload": {"protocol": "ip", "field": "daddr"}}, rule.dst, _addr))
+        out.append(_match({"payload": {"protocol": ip, "field": "daddr"}}, rule.dst, _addr))
     if rule.in_interface:
         out.append(_match({"meta": {"key": "iifname"}}, rule.in_interface))
     if rule.out_interface:
         out.append(_match({"meta": {"key": "oifname"}}, rule.out_interface))
     for field, values in (("saddr", rule.src_set), ("daddr", rule.dst_set)):
         if values:
-            out.append({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}}, "right": {"set": [_addr(v) for v in values]}}})
+            out.append({"match": {"op": "==", "left": {"payload": {"protocol": ip, "field": field}}, "right": {"set": [_addr(v) for v in values]}}})
     for key, names in (("iifname", rule.in_set), ("oifname", rule.out_set)):
         if names:
             out.append({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": {"set": [n[:-1] + "*" if n.endswith("+") else n for n in names]}}})
@@ -155,8 +177,8 @@ def expressions(rule: XRule, chains: set[str]) -> list[dict[str, Any]]:
     elif target == "DNAT":
         if not rule.to_destination:
             raise KernelError(f"DNAT rule without a destination: {rule.render()}")
-        addr, _, port = rule.to_destination.partition(":")
-        out.append({"dnat": {"addr": addr, **({"port": int(port)} if port else {})}})
+        addr, port = split_destination(rule.to_destination)
+        out.append({"dnat": {"addr": addr, **({"port": port} if port else {})}})
     elif target in chains:
         out.append({"jump": {"target": target}})
     else:
@@ -181,10 +203,11 @@ def text(rule: XRule) -> str:
     'iifname { "br0", "veth*" } tcp dport { 80, 1000-2000 } counter drop'
     """
     words = []
-    for keyword, value, quote in (("ip saddr", rule.src, False), ("ip daddr", rule.dst, False), ("iifname", rule.in_interface, True), ("oifname", rule.out_interface, True)):
+    ip = family_of(rule)
+    for keyword, value, quote in ((f"{ip} saddr", rule.src, False), (f"{ip} daddr", rule.dst, False), ("iifname", rule.in_interface, True), ("oifname", rule.out_interface, True)):
         if value:
             words.append(_text_match(keyword, value, quote))
-    for keyword, values, quote in (("ip saddr", rule.src_set, False), ("ip daddr", rule.dst_set, False), ("iifname", rule.in_set, True), ("oifname", rule.out_set, True)):
+    for keyword, values, quote in ((f"{ip} saddr", rule.src_set, False), (f"{ip} daddr", rule.dst_set, False), ("iifname", rule.in_set, True), ("oifname", rule.out_set, True)):
         if values:
             words.append(f"{keyword} {{ {', '.join(_text_match('', v, quote).strip() for v in values)} }}")
     if rule.ct_state:
@@ -224,10 +247,20 @@ def command(rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
 
 def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> tuple[list[NftTable], list[dict[str, Any]]]:
     """The tables and the nft JSON commands that lay down ``rules`` (and base chain policies) natively."""
-    tables = tables_for(prefix)
     wanted_policy = {(t, c): p.lower() for t, c, p in policies}
-    used = [t for t in BUILTIN_CHAINS if any(r.table == t for r in rules) or any(p[0] == t for p in policies)]
     commands: list[dict[str, Any]] = []
+    made: list[NftTable] = []
+    # IPv4's tables, then (a dual-stack lab) IPv6's: the same tables and chains in family ip6, holding the IPv6 rules;
+    # a base chain's policy holds for both families.
+    for family in (FAMILY, FAMILY6) if any(r.family == 6 for r in rules) else (FAMILY,):
+        mine = [r for r in rules if family_of(r) == family]
+        made += _family_ruleset(tables_for(prefix, family), mine, policies, wanted_policy, commands)
+    return made, commands
+
+
+def _family_ruleset(tables: dict[str, NftTable], rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]], wanted_policy: dict[tuple[str, str], str],
+                    commands: list[dict[str, Any]]) -> list[NftTable]:
+    used = [t for t in BUILTIN_CHAINS if any(r.table == t for r in rules) or any(p[0] == t for p in policies)]
     for t in used:
         table = tables[t]
         commands.append({"add": {"table": table.ref()}})
@@ -248,7 +281,7 @@ def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, s
             if r.comment:
                 rule["comment"] = r.comment
             commands.append({"add": {"rule": rule}})
-    return [tables[t] for t in used], commands
+    return [tables[t] for t in used]
 
 
 def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = (),
@@ -263,9 +296,9 @@ def apply(ns: Netns, prefix: str, rules: Sequence[XRule], policies: Sequence[tup
     return tables
 
 
-def table_of(prefix: str, name: str) -> tuple[str, NftTable]:
+def table_of(prefix: str, name: str, family: str = FAMILY) -> tuple[str, NftTable]:
     """(iptables table, the lab's nft table) of a rule's table, named either way (``nat`` or ``<prefix>_nat``)."""
-    for role, table in tables_for(prefix).items():
+    for role, table in tables_for(prefix, family).items():
         if name in (role, table.name):
             return role, table
     raise KernelError(f"{name} is neither an iptables table nor one of the lab's nft tables ({prefix}_nat, {prefix}_filter)")
@@ -286,7 +319,7 @@ def add_rules(ns: Netns, prefix: str, rules: Sequence[XRule], *, insert: bool = 
     commands: list[dict[str, Any]] = []
     used: list[NftTable] = []
     for r in rules:
-        role, table = table_of(prefix, r.table)
+        role, table = table_of(prefix, r.table, family_of(r))
         if table not in used:
             used.append(table)
             commands.append({"add": {"table": table.ref()}})

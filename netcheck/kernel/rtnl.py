@@ -22,7 +22,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
 # message types and flags (linux/rtnetlink.h, linux/netlink.h)
 NLMSG_ERROR = 2
@@ -44,7 +44,9 @@ IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 16, 18, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_BR_FORWARD_DELAY, IFLA_BR_AGEING_TIME, IFLA_BR_STP_STATE = 1, 4, 5
 VETH_INFO_PEER = 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
+IFA_F_NODAD = 0x02  # an IPv6 address usable at once: no duplicate address detection (the sandbox owns every address)
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
@@ -179,22 +181,26 @@ def delete_group(group: int) -> Request:
     return Request(f"delete link group {group}", RTM_DELLINK, 0, _ifinfo() + _u32(IFLA_GROUP, group))
 
 
-def add_address(index: int, address: IPv4Interface, *, what: str = "") -> Request:
-    return Request(what or f"add address {address} to #{index}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _address(index, address))
+def add_address(index: int, address: IPv4Interface | IPv6Interface, *, what: str = "", dad: bool = False) -> Request:
+    """Add an address; an IPv6 one without duplicate address detection unless ``dad``."""
+    return Request(what or f"add address {address} to #{index}", RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _address(index, address, 0 if dad else IFA_F_NODAD))
 
 
-def delete_address(index: int, address: IPv4Interface, *, what: str = "") -> Request:
+def delete_address(index: int, address: IPv4Interface | IPv6Interface, *, what: str = "") -> Request:
     return Request(what or f"delete address {address} from #{index}", RTM_DELADDR, 0, _address(index, address))
 
 
-def _address(index: int, address: IPv4Interface) -> bytes:
+def _address(index: int, address: IPv4Interface | IPv6Interface, flags: int = IFA_F_NODAD) -> bytes:
     ip = address.ip.packed
+    if address.version == 6:
+        # IPv6 takes IFA_ADDRESS alone; NODAD: the address is not "tentative" for a second, so nothing waits on DAD.
+        return _IFADDR.pack(socket.AF_INET6, address.network.prefixlen, flags, RT_SCOPE_UNIVERSE, index) + _attr(IFA_ADDRESS, ip) + _u32(IFA_FLAGS, flags)
     return _IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index) + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip)
 
 
-def add_route(dst: IPv4Network, *, via: IPv4Address | None = None, oif: int | None = None, what: str = "") -> Request:
-    scope = RT_SCOPE_UNIVERSE if via is not None else RT_SCOPE_LINK
-    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+def add_route(dst: IPv4Network | IPv6Network, *, via: IPv4Address | IPv6Address | None = None, oif: int | None = None, what: str = "") -> Request:
+    scope = RT_SCOPE_UNIVERSE if via is not None or dst.version == 6 else RT_SCOPE_LINK
+    body = _RTMSG.pack(socket.AF_INET6 if dst.version == 6 else socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
     if dst.prefixlen:
         body += _attr(RTA_DST, dst.network_address.packed)
     if via is not None:
@@ -204,9 +210,9 @@ def add_route(dst: IPv4Network, *, via: IPv4Address | None = None, oif: int | No
     return Request(what or f"add route {dst} via {via or f'#{oif}'}", RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def delete_route(dst: IPv4Network) -> Request:
+def delete_route(dst: IPv4Network | IPv6Network) -> Request:
     """Delete the main table's route to ``dst``, whatever its gateway (as ``ip route del DST``)."""
-    body = _RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+    body = _RTMSG.pack(socket.AF_INET6 if dst.version == 6 else socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
     if dst.prefixlen:
         body += _attr(RTA_DST, dst.network_address.packed)
     return Request(f"delete route {dst}", RTM_DELROUTE, 0, body)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, summarize_address_range
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network, summarize_address_range
 from typing import TYPE_CHECKING, Any, Literal
 
 from netcheck.kernel.netns import KernelError, Netns
@@ -60,6 +60,12 @@ class XRule:
     in_set: tuple[str, ...] = ()  # interface names (a trailing + is a wildcard)
     out_set: tuple[str, ...] = ()
     ct_state: tuple[str, ...] = ()  # conntrack states (new, established, related, invalid, untracked)
+    family: int | None = None  # None: IPv4, iptables (nft ip); 6: IPv6, ip6tables (nft ip6). The arguments are the same
+
+    @property
+    def tool(self) -> str:
+        """The command of its family: iptables or ip6tables."""
+        return "ip6tables" if self.family == 6 else "iptables"
 
     def key(self) -> XRule:
         """The rule without counters, comment and nft bookkeeping, for comparisons."""
@@ -119,18 +125,19 @@ def _iptc() -> Any:
 
 
 @contextmanager
-def _tables(names: Sequence[str]) -> Iterator[dict[str, iptc_t.Table]]:
-    """Fresh handles of the named tables, opened in the calling thread's namespace."""
+def _tables(names: Sequence[str], family: int = 4) -> Iterator[dict[str, iptc_t.Table]]:
+    """Fresh handles of the named tables (ip6tables' with ``family`` 6), opened in the calling thread's namespace."""
     iptc = _iptc()
+    kind = iptc.Table6 if family == 6 else iptc.Table
     # A rule that jumps to a user chain makes python-iptables ask every table it knows
     # (Rule.tables): it opens and caches a handle of each other table, whose socket then keeps
     # this namespace alive after its teardown, and it reads closed ones (a segfault). Let it
     # know filter and nat only, both opened here.
-    iptc.Table.existing_table_names.update({name: name in USED_TABLES for name in iptc.Table.ALL})
+    kind.existing_table_names.update({name: name in USED_TABLES for name in kind.ALL})
     tables = {}
     try:
         for name in sorted(set(names) | set(USED_TABLES)):
-            t = iptc.Table(name, autocommit=False)
+            t = kind(name, autocommit=False)
             t.refresh()  # frees any stale handle without committing it, then opens one here
             tables[name] = t
         yield {name: tables[name] for name in names}
@@ -152,9 +159,19 @@ def _netmask_cidr(value: str | None) -> str | None:
     return ("!" if neg else "") + shown
 
 
+def _netmask_cidr6(value: str | None) -> str | None:
+    if not value:
+        return None
+    neg = value.startswith("!")
+    net = IPv6Network(value[1:] if neg else value, strict=False)
+    if net.prefixlen == 0:
+        return None
+    return ("!" if neg else "") + (str(net.network_address) if net.prefixlen == 128 else str(net))
+
+
 def _to_iptc(rule: XRule) -> Any:
     iptc = _iptc()
-    r = iptc.Rule()
+    r = iptc.Rule6() if rule.family == 6 else iptc.Rule()
     if rule.src:
         r.src = rule.src
     if rule.dst:
@@ -177,7 +194,7 @@ def _to_iptc(rule: XRule) -> Any:
     return r
 
 
-def _from_iptc(table: str, chain: str, r: Any) -> XRule:
+def _from_iptc(table: str, chain: str, r: Any, family: int = 4) -> XRule:
     dport = None
     comment = None
     for m in r.matches:
@@ -193,6 +210,10 @@ def _from_iptc(table: str, chain: str, r: Any) -> XRule:
         to_dest = values[0] if values else None
     packets, nbytes = r.get_counters()
     proto = r.protocol if r.protocol not in (None, "ip", "all", "0") else None
+    if family == 6:
+        return XRule(table=table, chain=chain, target=target, src=_netmask_cidr6(r.src), dst=_netmask_cidr6(r.dst), in_interface=r.in_interface or None,
+                     out_interface=r.out_interface or None, protocol="icmpv6" if proto in ("ipv6-icmp", "icmpv6", "58") else proto, dport=dport,
+                     to_destination=to_dest, comment=comment, packets=int(packets), bytes=int(nbytes), family=6)
     return XRule(
         table=table,
         chain=chain,
@@ -215,6 +236,12 @@ def apply_rules(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str,
     if backend == "nft":
         _apply_nft(ns, rules, policies, insert)
         return
+
+    v6 = [r for r in rules if r.family == 6]
+    if v6:
+        # A built-in chain's policy holds for every family the rules are written in (a dual-stack lab's FORWARD DROP, in ip6tables too).
+        _apply_tool(ns, "ip6tables-legacy", v6, policies, insert)
+        rules = [r for r in rules if r.family != 6]
 
     def do() -> None:
         iptc = _iptc()
@@ -249,9 +276,14 @@ def delete_rules(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, 
     if backend == "nft":
         return _delete_nft(ns, rules, chains)
 
+    gone6 = 0
+    if any(r.family == 6 for r in rules):
+        gone6 = _delete_tool(ns, "ip6tables-legacy", [r for r in rules if r.family == 6], chains)
+        rules = [r for r in rules if r.family != 6]
+
     def do() -> int:
         iptc = _iptc()
-        gone = 0
+        gone = gone6
         names = sorted({r.table for r in rules} | {c[0] for c in chains})
         with _IPTC_LOCK, _tables(names) as tables:
             for r in rules:
@@ -366,23 +398,57 @@ def _nft_run(ns: Netns, argv: list[str], *, ok_errors: tuple[str, ...] = ()) -> 
 
 
 def _apply_nft(ns: Netns, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]], insert: bool) -> None:
+    v6 = [r for r in rules if r.family == 6]
+    if v6:
+        _apply_tool(ns, "ip6tables-nft", v6, policies, insert)
+    _apply_tool(ns, "iptables-nft", [r for r in rules if r.family != 6], policies, insert)
+
+
+def _apply_tool(ns: Netns, tool: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]], insert: bool) -> None:
+    """Rules through an iptables command (iptables-nft; ip6tables-legacy, since python-iptables cannot hold
+    both families' multi-family targets, MASQUERADE and DNAT among them, in one process)."""
     for r in rules:
         for chain in (r.chain, r.target):
             if chain not in BUILTIN_CHAINS.get(r.table, ()) and chain not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT"):
-                _nft_run(ns, ["iptables-nft", "-w", "-t", r.table, "-N", chain], ok_errors=("already exists",))
-        _nft_run(ns, ["iptables-nft", "-w", *r.argv("-I" if insert else "-A")])
+                _nft_run(ns, [tool, "-w", "-t", r.table, "-N", chain], ok_errors=("already exists",))
+        _nft_run(ns, [tool, "-w", *r.argv("-I" if insert else "-A")])
     for table, chain, policy in policies:
-        _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-P", chain, policy])
+        _nft_run(ns, [tool, "-w", "-t", table, "-P", chain, policy])
 
 
 def _delete_nft(ns: Netns, rules: Sequence[XRule], chains: Sequence[tuple[str, str]]) -> int:
     gone = 0
+    if any(r.family == 6 for r in rules):
+        gone += _delete_tool(ns, "ip6tables-nft", [r for r in rules if r.family == 6], chains)
+    return gone + _delete_tool(ns, "iptables-nft", [r for r in rules if r.family != 6], chains)
+
+
+def _delete_tool(ns: Netns, tool: str, rules: Sequence[XRule], chains: Sequence[tuple[str, str]]) -> int:
+    gone = 0
     missing = ("does a matching rule exist", "No chain/target/match", "doesn't exist", "Bad rule")
     for r in rules:
-        gone += _nft_run(ns, ["iptables-nft", "-w", *r.argv("-D")], ok_errors=missing)
+        gone += _nft_run(ns, [tool, "-w", *r.argv("-D")], ok_errors=missing)
     for table, name in chains:
-        _nft_run(ns, ["iptables-nft", "-w", "-t", table, "-X", name], ok_errors=(*missing, "not empty", "Directory not empty", "Device or resource busy"))
+        _nft_run(ns, [tool, "-w", "-t", table, "-X", name], ok_errors=(*missing, "not empty", "Directory not empty", "Device or resource busy"))
     return gone
+
+
+def read_legacy6(ns: Netns) -> list[XChain]:
+    """The host's ip6tables (legacy) filter and nat chains, read through ``ip6tables-legacy-save`` (with counters)."""
+    proc = ns.run(["ip6tables-legacy-save", "-c"], timeout=20)
+    if proc.returncode != 0:
+        return []
+    text = proc.stdout.decode(errors="replace")
+    saved = parse_save(text, family=6)
+    chains: list[XChain] = []
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":") and table in USED_TABLES:
+            name, policy = line[1:].split()[:2]
+            chains.append(XChain(table, name, None if policy == "-" else policy, tuple(saved.get((table, name), [])), family="ip6"))
+    return chains
 
 
 # ----------------------------------------------------------------------------- nf_tables
@@ -408,7 +474,7 @@ def read_nft(ns: Netns) -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-def _items(ruleset: dict[str, Any], kind: str, families: tuple[str, ...] = ("ip", "inet")) -> Iterator[dict[str, Any]]:
+def _items(ruleset: dict[str, Any], kind: str, families: tuple[str, ...] = ("ip", "inet", "ip6")) -> Iterator[dict[str, Any]]:
     for item in ruleset.get("nftables", []):
         if isinstance(item, dict) and kind in item and item[kind].get("family") in families:
             yield item[kind]
@@ -428,7 +494,7 @@ def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
     sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind)}
     rules: dict[tuple[str, str, str], list[XRule]] = {}
     for r in _items(ruleset, "rule"):
-        rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(_nft_rules(r, sets))
+        rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(replace(x, family=6) if r["family"] == "ip6" else x for x in _nft_rules(r, sets))
     out = []
     for c in _items(ruleset, "chain"):
         hooked = "hook" in c
@@ -474,7 +540,7 @@ def _described(r: XRule) -> tuple[str | int | None, ...]:
     return (_netmask_cidr(r.src), _netmask_cidr(r.dst), r.in_interface, r.out_interface, r.protocol, r.dport, r.target)
 
 
-def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
+def parse_save(text: str, family: int = 4) -> dict[tuple[str, str], list[XRule]]:
     r"""``iptables-save`` output as XRule values per (table, chain), in order; matches it does not
     model (``-m addrtype``, ``-m multiport``...) are left out, as the nft summary leaves them out.
 
@@ -486,9 +552,14 @@ def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
     table = ""
     flags = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol", "--dport": "dport", "--to-destination": "to_destination",
              "--comment": "comment", "-j": "target"}
+    cidr = _netmask_cidr6 if family == 6 else _netmask_cidr
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
+        counters = (0, 0)
+        if line.startswith("[") and "] -A " in line:  # iptables-save -c: "[packets:bytes] -A CHAIN ..."
+            head, line = line[1:].split("] ", 1)
+            counters = (int(head.split(":")[0]), int(head.split(":")[1]))
         if not line.startswith("-A "):
             continue
         try:
@@ -507,8 +578,11 @@ def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
             elif key is not None and not value.startswith("-"):
                 fields[key] = ("!" if neg else "") + value
             neg = False
+        if family == 6 and fields.get("protocol") in ("ipv6-icmp", "58"):
+            fields["protocol"] = "icmpv6"
         out.setdefault((table, words[1]), []).append(XRule(
-            table, words[1], fields.pop("target", ""), src=_netmask_cidr(fields.pop("src", None)), dst=_netmask_cidr(fields.pop("dst", None)), **fields))
+            table, words[1], fields.pop("target", ""), src=cidr(fields.pop("src", None)), dst=cidr(fields.pop("dst", None)), packets=counters[0], bytes=counters[1],
+            family=6 if family == 6 else None, **fields))
     return out
 
 
@@ -532,12 +606,12 @@ def _network(value: Any) -> list[str] | None:
     """An address, prefix or range as networks (``10.0.0.0/24``, ``10.0.0.5``); None if it is none of those."""
     try:
         if isinstance(value, dict) and "prefix" in value:
-            return [str(IPv4Network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))]
+            return [str(ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))]
         if isinstance(value, dict) and "range" in value:
             lo, hi = (IPv4Address(str(v)) for v in value["range"])
             return [str(n) if n.prefixlen < 32 else str(n.network_address) for n in summarize_address_range(lo, hi)]
         if isinstance(value, str):
-            return [str(IPv4Address(value))]
+            return [str(ip_address(value))]
     except (ValueError, TypeError, KeyError):
         return None
     return None
@@ -618,6 +692,8 @@ def _destination(addr: Any, port: Any = None) -> str:
     """A DNAT's destination as iptables writes it: ``172.17.0.2:80`` (a map's ``addr . port`` too)."""
     if isinstance(addr, dict) and "concat" in addr:
         addr, port = addr["concat"][0], addr["concat"][1] if len(addr["concat"]) > 1 else None
+    if port and ":" in str(addr):
+        return f"[{addr}]:{port}"  # IPv6, as ip6tables writes it
     return f"{addr}:{port}" if port else str(addr)
 
 

@@ -77,7 +77,7 @@ def base(lab: Lab, network: Network) -> None:
     # uplink: host <-> wan, documentation addresses; "remote" addresses live on wan's lo.
     group = lab.link(lab.host, p.uplink)
     lab.wan.add_veths([VethSpec(p.wan_uplink, p.uplink, lab.host, up=False, index=WAN_UPLINK_INDEX, peer_group=group)])
-    lab.host.configure(up=[p.uplink], addresses=[(p.uplink, p.host_address)])
+    lab.host.configure(up=[p.uplink], addresses=[(p.uplink, p.host_address), *p.host_addresses6])
     lab.wan.configure(up=[p.wan_uplink], addresses=p.wan_addresses)
     lab.host.wait_links_up([p.uplink])
     lab.wan.wait_links_up([p.wan_uplink])
@@ -89,7 +89,8 @@ def base(lab: Lab, network: Network) -> None:
 def bridges(lab: Lab, p: Plan) -> None:
     for b in p.bridges:
         lab.host.add_bridge(b.kname, group=lab.link(lab.host, b.kname))
-        lab.host.configure(up=[b.kname], addresses=[(b.kname, b.address)] if b.address is not None else [])
+        addresses = [(b.kname, a) for a in (b.address, b.address6) if a is not None]
+        lab.host.configure(up=[b.kname], addresses=addresses)
 
 
 def containers(lab: Lab, planned: Sequence[ContainerPlan]) -> None:
@@ -199,30 +200,42 @@ def services(lab: Lab) -> ServiceHost:
     outside world (so a probe can learn the source it saw: masquerade). Closed at teardown."""
     held = ServiceHost()
     lab.on_teardown(held.close)
+    # A dual-stack lab serves every service on "::" too (IPv6 only: IPv4 peers keep their listener).
+    wildcards = ("0.0.0.0", "::") if 6 in lab.topology.families else ("0.0.0.0",)
     for c in lab.topology.containers:
         ns = lab.containers[c.name]
-        for s in c.services:
-            # Where the user's own setup already serves the port (a script's http.server), probe that service.
-            held.listen(ns, c.name, s.kind, s.port, users_may_serve=True)
+        for address in wildcards if c.address6 is not None else wildcards[:1]:
+            for s in c.services:
+                # Where the user's own setup already serves the port (a script's http.server), probe that service.
+                held.listen(ns, c.name, s.kind, s.port, address, users_may_serve=True)
+            for kind in ("tcp-echo", "udp-echo"):
+                held.listen(ns, c.name, kind, ECHO_PORT, address)
+    for address in wildcards:
         for kind in ("tcp-echo", "udp-echo"):
-            held.listen(ns, c.name, kind, ECHO_PORT)
-    for kind in ("tcp-echo", "udp-echo"):
-        held.listen(lab.wan, "wan", kind, ECHO_PORT)
+            held.listen(lab.wan, "wan", kind, ECHO_PORT, address)
     if lab.topology.dns is not None:
         held.listen_dns(lab.wan, "wan", str(lab.topology.dns.address), lab.topology.dns.zone())
     return held
 
 
-def ns_defaults(ns: Netns) -> None:
-    """Explicit defaults for a new namespace (it copies some settings from the root one); in its thread."""
-    ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", 1)
-    ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+def ns_defaults(ns: Netns, ipv6: bool = False) -> None:
+    """Explicit defaults for a new namespace (it copies some settings from the root one); in its thread.
+
+    IPv6 stays off unless the topology declares it. When it does, duplicate address detection is
+    off before any link exists (``accept_dad = 0``; netcheck's own addresses are added NODAD too):
+    every address of the sandbox is netcheck's own, so none is ever "tentative" and nothing waits on DAD.
+    """
+    for scope in ("all", "default"):
+        if ipv6:
+            ns.set_sysctl(f"net.ipv6.conf.{scope}.accept_dad", 0)
+        ns.set_sysctl(f"net.ipv6.conf.{scope}.disable_ipv6", 0 if ipv6 else 1)
     ns.configure(up=["lo"])
 
 
 def _configure_container(ns: Netns, c: ContainerPlan) -> None:
     """A container's address and routes, then a bounded wait for its links; in its namespace's thread."""
-    ns.configure(up=[c.interface], addresses=[(c.interface, c.address)], routes=[(dst, via, None) for dst, via in c.routes])
+    addresses = [(c.interface, a) for a in (c.address, c.address6) if a is not None]
+    ns.configure(up=[c.interface], addresses=addresses, routes=[(dst, via, None) for dst, via in c.routes])
     ns.wait_links_up([c.interface, "lo"])
 
 

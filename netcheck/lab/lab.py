@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -103,9 +104,12 @@ class Lab:
         """The capture point of a container's own interface."""
         return f"{container}:{self.topology.container(container).interface}"
 
-    def holds(self, address: IPv4Address) -> bool:
+    def holds(self, address: IPv4Address | IPv6Address) -> bool:
         """Is ``address`` inside the namespaces of this lab (so a probe to it cannot leave the machine)?"""
         t = self.topology
+        if address.version == 6:
+            held6 = [a.network for a in (t.host.address6, t.wan.address6, *t.wan.remote6, *(b.address6 for b in t.bridges), *(c.address6 for c in t.containers)) if a is not None]
+            return address.is_loopback or any(address in n for n in held6)
         nets = [t.host.address.network, *owned_routes(t), IPv4Network("127.0.0.0/8")]
         nets += [b.address.network for b in t.bridges if b.address is not None]
         nets += [c.address.network for c in t.containers if c.address is not None]
@@ -178,7 +182,7 @@ class Lab:
         """A namespace of the lab's own, recorded before it exists."""
         assert self.ledger is not None
         ns = self.hold(self.ledger.create(NetnsEntry(name), lambda: Netns.create(name, label)))
-        ns.call(build.ns_defaults, ns)
+        ns.call(build.ns_defaults, ns, 6 in self.topology.families)
         return ns
 
     def new_namespaces(self, names: Sequence[tuple[str, str]]) -> list[Netns]:
@@ -186,7 +190,7 @@ class Lab:
         assert self.ledger is not None
         for name, _label in names:
             self.ledger.record(NetnsEntry(name))
-        return Netns.create_many(names, init=build.ns_defaults, created=self.handles.append)
+        return Netns.create_many(names, init=functools.partial(build.ns_defaults, ipv6=6 in self.topology.families), created=self.handles.append)
 
     def link(self, ns: Netns, name: str) -> int | None:
         """Record a link about to be made in ``ns``; returns the link group to make it in (host side only)."""

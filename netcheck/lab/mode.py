@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from netcheck import spec
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import Backend, choose_backend, read_legacy, read_nft_chains
-from netcheck.lab.plan import DEFAULT_ROUTE, owned_routes
+from netcheck.lab.plan import DEFAULT_ROUTE, DEFAULT_ROUTE6, owned_routes
 from netcheck.ledger import RouteEntry
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ class Sandbox:
 
     def route_host(self, lab: Lab) -> None:
         lab.host.configure(routes=[(DEFAULT_ROUTE, lab.topology.host.gateway, None)])
+        if lab.topology.host.gateway6 is not None:
+            lab.host.configure(routes=[(DEFAULT_ROUTE6, lab.topology.host.gateway6, None)])
 
     def firewall(self, host: Netns) -> Backend:
         return "legacy"

@@ -18,8 +18,8 @@ in one place::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_address
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
 from netcheck import expect as promise
@@ -28,6 +28,7 @@ from netcheck.kernel.xtables import XRule
 from netcheck.naming import KernelNames
 
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+DEFAULT_ROUTE6 = IPv6Network("::/0")
 ECHO_PORT = 7  # netcheck's own TCP and UDP echo responders, in every container and the outside world
 Rename = Callable[[str], str]  # a spec interface name -> the kernel's
 
@@ -41,8 +42,9 @@ class BasePlan:
     uplink: str  # the host's end, kernel name
     wan_uplink: str  # the outside world's end
     host_address: IPv4Interface
-    wan_addresses: tuple[tuple[str, IPv4Interface], ...]  # (interface, address): the uplink's, then the remote ones on lo
-    wan_routes: tuple[tuple[IPv4Network, IPv4Address], ...]
+    wan_addresses: tuple[tuple[str, spec.IPIface], ...]  # (interface, address): the uplink's, then the remote ones on lo (IPv6 ones after)
+    wan_routes: tuple[tuple[spec.IPNet, spec.IPAddr], ...]
+    host_addresses6: tuple[tuple[str, spec.IPIface], ...] = ()  # dual stack: the uplink's IPv6 address
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class BridgePlan:
     name: str  # spec name
     kname: str  # kernel name
     address: IPv4Interface | None
+    address6: spec.IPIface | None = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,10 @@ class ContainerPlan:
     bridge: str | None  # kernel name of the bridge its veth is a port of
     host_address: IPv4Interface | None  # routed single veth: the host end's address
     mtu: int | None
-    routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, via), the default route first
+    routes: tuple[tuple[spec.IPNet, spec.IPAddr], ...]  # (dst, via), the default routes first (IPv4's, then IPv6's)
     resolv_conf: str | None = None  # the text of its /etc/netns/NETNS/resolv.conf; None: it has none of its own
     hairpin: bool = False  # its bridge port in hairpin mode: it reaches its own published port (a hairpin = true publish)
+    address6: spec.IPIface | None = None  # dual stack
 
 
 @dataclass(frozen=True)
@@ -126,28 +130,33 @@ class Plan:
 def plan(t: spec.Topology, names: KernelNames) -> Plan:
     """The plan of a sandbox build of ``t`` with ``names``."""
     knames = names.host_interfaces(t)
-    bridges = tuple(BridgePlan(b.name, knames[b.name], b.address) for b in t.bridges)
+    bridges = tuple(BridgePlan(b.name, knames[b.name], b.address, b.address6) for b in t.bridges)
     containers = []
     for c in t.containers:
         if c.address is None:
             raise ValueError(f"{t.source}: container {c.name} has no address: only setups made by other tools may leave it 'auto'")
-        routes = ((DEFAULT_ROUTE, c.gateway),) if c.gateway is not None else ()
+        routes: tuple[tuple[spec.IPNet, spec.IPAddr], ...] = ((DEFAULT_ROUTE, c.gateway),) if c.gateway is not None else ()
+        if c.address6 is not None and c.gateway6 is not None:
+            routes += ((DEFAULT_ROUTE6, c.gateway6),)
         containers.append(ContainerPlan(
             c.name, names.container_ns(c.name), c.interface, c.address, knames[c.host_veth], knames[c.bridge] if c.bridge else None,
             c.host_address, c.mtu, routes + tuple((r.to, r.via) for r in c.routes), resolv_conf_text(c),
-            any(p.hairpin and p.container == c.name for p in t.publishes),
+            any(p.hairpin and p.container == c.name for p in t.publishes), c.address6,
         ))
     return Plan(t, names, base(t, names), knames, bridges, tuple(containers), spec_rules(t, knames.__getitem__, names.comment))
 
 
 def base(t: spec.Topology, names: KernelNames) -> BasePlan:
     """The plan of a lab's base (the sandbox's, or a real host's with netcheck's outside world)."""
-    remote = tuple(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)
+    remote: tuple[tuple[str, spec.IPIface], ...] = tuple(("lo", IPv4Interface(f"{r.ip}/32")) for r in t.wan.remote)
     held = {str(r.ip) for r in t.wan.remote} | {str(t.wan.address.ip)}
     if t.dns is not None and str(t.dns.address) not in held:
         remote = (*remote, ("lo", IPv4Interface(f"{t.dns.address}/32")))  # netcheck's DNS server in the outside world
+    if t.wan.address6 is not None:
+        remote = (*remote, (names.wan_uplink, t.wan.address6), *(("lo", r) for r in t.wan.remote6))
+    host6: tuple[tuple[str, spec.IPIface], ...] = ((names.uplink, t.host.address6),) if t.host.address6 is not None else ()
     return BasePlan(names.host_ns, names.wan_ns, names.uplink, names.wan_uplink, t.host.address, ((names.wan_uplink, t.wan.address), *remote),
-                    tuple((r.to, r.via) for r in t.wan.routes))
+                    tuple((r.to, r.via) for r in t.wan.routes), host6)
 
 
 def owned_routes(t: spec.Topology) -> list[IPv4Network]:
@@ -171,54 +180,74 @@ def masquerade_rule(source: str | None, out: str | None = None, not_out: str | N
     return XRule("nat", "POSTROUTING", "MASQUERADE", src=source, out_interface=out or (f"!{not_out}" if not_out else None), comment=comment)
 
 
-def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str | None, to_port: int | None, comment: str | None = None) -> XRule:
-    """``-t nat -A CHAIN -d DST -p PROTO --dport DPORT -j DNAT --to-destination TO[:PORT]`` (an IPv6 TO as ``[TO]:PORT``)."""
-    shown = f"[{to_addr}]" if to_addr is not None and to_port and ip_address(to_addr).version == 6 else to_addr
+def dnat_rule(chain: str, dst: str, proto: str, dport: int | None, to_addr: str | None, to_port: int | None, comment: str | None = None,
+              family: int | None = None) -> XRule:
+    """``-t nat -A CHAIN -d DST -p PROTO --dport DPORT -j DNAT --to-destination TO[:PORT]`` (IPv6: ``[TO]:PORT``, in ip6tables).
+    ``family`` None: the family of ``dst``."""
+    if family is None:
+        family = ip_address(dst).version
+    shown = f"[{to_addr}]" if family == 6 and to_port else str(to_addr)
     to = f"{shown}:{to_port}" if to_port else str(to_addr)
-    return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment)
+    return XRule("nat", chain, "DNAT", dst=dst, protocol=proto, dport=dport, to_destination=to, comment=comment, family=6 if family == 6 else None)
 
 
 def spec_masquerade(m: spec.Masquerade, rename: Rename, comment: str | None = None) -> XRule:
     out = rename(m.out_interface) if m.out_interface else None
     not_out = rename(m.not_out_interface) if m.not_out_interface else None
-    return masquerade_rule(str(m.source) if m.source else None, out, not_out, comment)
+    rule = masquerade_rule(str(m.source) if m.source else None, out, not_out, comment)
+    return replace(rule, family=m.family) if m.family == 6 else rule
 
 
 def spec_rules(t: spec.Topology, rename: Rename, comment: str | None = None) -> tuple[XRule, ...]:
     """The spec's iptables rules, interfaces renamed by ``rename``, in the order the builder installs them."""
     rules: list[XRule] = []
-    for f in t.forward_accepts:
-        rules.append(XRule("filter", "FORWARD", "ACCEPT", in_interface=rename(f.in_interface) if f.in_interface else None,
-                           out_interface=rename(f.out_interface) if f.out_interface else None, comment=comment))
+    for family in t.families:  # a FORWARD accept between interfaces holds for every family (ip6tables too, on a dual-stack host)
+        for f in t.forward_accepts:
+            rules.append(XRule("filter", "FORWARD", "ACCEPT", in_interface=rename(f.in_interface) if f.in_interface else None,
+                               out_interface=rename(f.out_interface) if f.out_interface else None, comment=comment, family=6 if family == 6 else None))
     rules += [spec_masquerade(m, rename, comment) for m in t.masquerades]
-    for p in t.publishes:
-        rules += [r for r in publish_rules(t, p, rename, comment) if r not in rules]  # one localhost MASQUERADE for every 127.0.0.1 publish of a bridge
+    for family in t.families:  # a port is published on every family its container and the host have an address of
+        for p in t.publishes:
+            rules += [r for r in publish_rules(t, p, rename, comment, family) if r not in rules]  # one localhost MASQUERADE for every 127.0.0.1 publish of a bridge
     for v in t.vips:
         rules.append(dnat_rule(v.chain, str(v.address), v.protocol, v.port, _address(t, v.container), v.target_port, comment))
         rules += [XRule("nat", chain, v.chain, comment=comment) for chain, on in (("PREROUTING", v.from_outside), ("OUTPUT", v.from_host)) if on]
+    for v in t.vips:
+        if v.address6 is not None and _address(t, v.container, 6) is not None:
+            rules.append(dnat_rule(v.chain, str(v.address6), v.protocol, v.port, _address(t, v.container, 6), v.target_port, comment, 6))
+            rules += [XRule("nat", chain, v.chain, comment=comment, family=6) for chain, on in (("PREROUTING", v.from_outside), ("OUTPUT", v.from_host)) if on]
     return tuple(rules)
 
 
-def bound_addresses(t: spec.Topology, p: spec.Publish) -> tuple[IPv4Address | IPv6Address, ...]:
-    """The host addresses a published port is DNATed from: the uplink's (none given), every one the host holds of the family (the wildcard), or the one given."""
+def bound_addresses(t: spec.Topology, p: spec.Publish, family: spec.Family = 4) -> tuple[IPv4Address | IPv6Address, ...]:
+    """The host addresses of ``family`` a published port is DNATed from: the uplink's (none given), every one the host holds of the
+    family (the wildcard), or the one given."""
     if p.host_address is None:
-        return (t.host.address.ip,)
+        up = t.host.at(family)
+        return (up.ip,) if up is not None else ()
+    if p.host_address.version != family:
+        return ()
     if p.wildcard:
-        return spec.host_addresses(t, p.host_address.version)
+        return spec.host_addresses(t, family)
     return (p.host_address,)
 
 
-def publish_rules(t: spec.Topology, p: spec.Publish, rename: Rename, comment: str | None = None) -> list[XRule]:
-    """A published port's rules, as Docker (without its userland proxy) writes them: a DNAT per bound address and per port of the range,
-    in nat PREROUTING (from outside) and OUTPUT (from the host); the hairpin MASQUERADE (-s C -d C) that lets the container reach its own
-    published port; and for a port bound to 127.0.0.1, the MASQUERADE of 127.0.0.0/8 out the container's side (CNI portmap's), so its
-    replies come back to the host."""
-    to = _address(t, p.container)
-    rules = [dnat_rule(chain, str(dst), p.protocol, port, to, p.container_port(port), comment)
-             for chain, on in (("PREROUTING", p.from_outside), ("OUTPUT", p.from_host)) if on for dst in bound_addresses(t, p) for port in p.host_ports]
+def publish_rules(t: spec.Topology, p: spec.Publish, rename: Rename, comment: str | None = None, family: spec.Family = 4) -> list[XRule]:
+    """A published port's rules for one family, as Docker (without its userland proxy) writes them: a DNAT per bound address and per
+    port of the range, in nat PREROUTING (from outside) and OUTPUT (from the host); the hairpin MASQUERADE (-s C -d C) that lets the
+    container reach its own published port; and for a port bound to 127.0.0.1, the MASQUERADE of 127.0.0.0/8 out the container's side
+    (CNI portmap's), so its replies come back to the host."""
+    to = _address(t, p.container, family)
+    bound = bound_addresses(t, p, family)
+    if (to is None and family == 6) or not bound:
+        return []  # not published on this family
+    six = 6 if family == 6 else None
+    rules = [dnat_rule(chain, str(dst), p.protocol, port, to, p.container_port(port), comment, family)
+             for chain, on in (("PREROUTING", p.from_outside), ("OUTPUT", p.from_host)) if on for dst in bound for port in p.host_ports]
     if p.hairpin and to is not None:
-        rules += [XRule("nat", "POSTROUTING", "MASQUERADE", src=to, dst=to, protocol=p.protocol, dport=p.container_port(port), comment=comment) for port in p.host_ports]
-    if p.loopback and p.host_address is not None and p.host_address.version == 4:
+        rules += [XRule("nat", "POSTROUTING", "MASQUERADE", src=to, dst=to, protocol=p.protocol, dport=p.container_port(port), comment=comment, family=six)
+                  for port in p.host_ports]
+    if p.loopback and p.host_address is not None and p.host_address.version == 4 and family == 4:
         rules.append(masquerade_rule("127.0.0.0/8", rename(promise.host_side(t, p.container)), comment=comment))
     return rules
 
@@ -226,25 +255,30 @@ def publish_rules(t: spec.Topology, p: spec.Publish, rename: Rename, comment: st
 def published_at(t: spec.Topology, dst: str, port: int | None, proto: str) -> tuple[spec.Publish, int] | None:
     """The published port a packet to dst:port of ``proto`` hits, and the container port it goes to (None: none)."""
     for p in t.publishes:
-        if p.protocol == proto and port is not None and port in p.host_ports and dst in {str(a) for a in bound_addresses(t, p)}:
+        bound = {str(a) for family in t.families for a in bound_addresses(t, p, family)}
+        if p.protocol == proto and port is not None and port in p.host_ports and dst in bound:
             return p, p.container_port(port)
     return None
 
 
-def masquerade_for(t: spec.Topology, container: str, rename: Rename) -> XRule:
-    """The MASQUERADE rule the spec declares for a container's traffic, or (none declared) the
-    usual one: its network, out by the uplink."""
+def masquerade_for(t: spec.Topology, container: str, rename: Rename, family: spec.Family = 4) -> XRule:
+    """The MASQUERADE rule the spec declares for a container's traffic (of one family), or (none
+    declared) the usual one: its network, out by the uplink."""
     c = t.container(container)
+    address = c.at(family)
     for m in t.masquerades:
-        if c.address is not None and m.source is not None and c.address.ip not in m.source:
+        if m.family != family:
+            continue
+        if address is not None and m.source is not None and address.ip not in m.source:
             continue
         return spec_masquerade(m, rename)
-    return masquerade_rule(str(c.address.network) if c.address is not None else None, rename(t.host.uplink))
+    rule = masquerade_rule(str(address.network) if address is not None else None, rename(t.host.uplink))
+    return replace(rule, family=family) if family == 6 else rule
 
 
-def _address(t: spec.Topology, container: str) -> str | None:
-    c = t.container(container)
-    return str(c.address.ip) if c.address is not None else None
+def _address(t: spec.Topology, container: str, family: spec.Family = 4) -> str | None:
+    address = t.container(container).at(family)
+    return str(address.ip) if address is not None else None
 
 
 # ----------------------------------------------------------------------------- flows

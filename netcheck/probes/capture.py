@@ -18,7 +18,7 @@ from typing import Literal, Protocol, TypeVar
 
 from netcheck.evidence import Capture, Packet, Role
 from netcheck.kernel.netns import Netns
-from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, ICMPV6_ECHOREPLY, SCTP, TCP, UDP, Ethernet, ICMPv6, IPv4, IPv6, decode
+from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, ICMPV6_ECHOREPLY, NDP_ADVERT, SCTP, TCP, UDP, Ethernet, ICMPv6, IPv4, IPv6, decode
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
@@ -70,6 +70,18 @@ def port_flow(proto: Literal["tcp", "udp", "sctp"], port: int) -> Matcher:
         if isinstance(l4, (ICMP, ICMPv6)) and l4.quoted is not None and isinstance(l4.quoted.payload, kind) and l4.quoted.payload.sport == port:
             return "error"
         return None
+
+    return match
+
+
+def ndp_flow(ip: str) -> Matcher:
+    """NDP's neighbour solicitations and advertisements for ``ip`` (ARP's IPv6 counterpart)."""
+
+    def match(frame: Ethernet) -> Role | None:
+        ip6 = frame.payload
+        if not isinstance(ip6, IPv6) or not isinstance(ip6.payload, ICMPv6) or ip6.payload.ndp_target != ip:
+            return None
+        return "reply" if ip6.payload.type == NDP_ADVERT else "request"
 
     return match
 

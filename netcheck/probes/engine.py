@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING
 
 from netcheck import resolvconf
@@ -28,8 +28,27 @@ from netcheck.kernel.dropwatch import TCP as IP_TCP
 from netcheck.kernel.dropwatch import UDP as IP_UDP
 from netcheck.kernel.dropwatch import DropWaiter, PacketKey, Witness
 from netcheck.kernel.netns import Netns
-from netcheck.packet import ARP, ICMP, ICMP_ECHOREPLY, SCTP, SCTP_INIT_ACK, decode, decode_ip, decode_ipv4, echo_request
-from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, port_flow
+from netcheck.packet import (
+    ARP,
+    ICMP,
+    ICMP_ECHOREPLY,
+    ICMPV6_ECHOREPLY,
+    ICMPV6_TIME_EXCEEDED,
+    ICMPV6_UNREACH,
+    NDP_ADVERT,
+    SCTP,
+    SCTP_INIT_ACK,
+    ICMPv6,
+    decode,
+    decode_ip,
+    decode_ipv4,
+    decode_ipv6,
+    echo_request,
+    echo_request6,
+    neighbour_solicitation,
+    solicited_node,
+)
+from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, ndp_flow, port_flow
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -86,6 +105,8 @@ class Prober:
             return self._icmp(request)
         if request.kind == "arp":
             return self._arp(request)
+        if request.kind == "ndp":
+            return self._ndp(request)
         if request.kind == "udp":
             return self._datagram(request)
         if request.kind == "dns":
@@ -136,6 +157,14 @@ class Prober:
         """An ARP who-has for ``ip`` sent from a container's interface; the reply names the MAC."""
         return self.send(ProbeRequest("arp", src, ip_address(ip), expect=expect, target=target, capture=tuple(capture), timeout=timeout))
 
+    def ndp(self, src: str, ip: str | IPAddress, *, capture: Sequence[str] = (), timeout: float = POSITIVE_TIMEOUT, target: str | None = None, expect: Expectation = "reach") -> ProbeResult:
+        """An NDP neighbour solicitation for ``ip`` from a container's interface (ARP for IPv6); the advertisement names the MAC."""
+        return self.send(ProbeRequest("ndp", src, ip_address(ip), expect=expect, target=target, capture=tuple(capture), timeout=timeout))
+
+    def neighbour(self, src: str, ip: str | IPAddress, **kw: object) -> ProbeResult:
+        """ARP for an IPv4 address, NDP for an IPv6 one."""
+        return (self.ndp if ip_address(ip).version == 6 else self.arp)(src, ip, **kw)  # type: ignore[arg-type]
+
     def dns(
         self, src: str, name: str, *, tcp: bool = False, resolver: str | IPAddress | None = None, expect: Expectation = "reach",
         capture: Sequence[str] = (), timeout: float | None = None,
@@ -157,7 +186,7 @@ class Prober:
 
     # ----------------------------------------------------------------- endpoints
 
-    def _guard(self, dst: IPv4Address) -> None:
+    def _guard(self, dst: IPv4Address | IPv6Address) -> None:
         """In host mode the host's own routes lead off the machine: send only to what the lab holds."""
         if getattr(self.lab, "host_mode", False) and not self.lab.holds(dst):
             raise ProbeRefused(f"refusing to probe {dst} in host mode: the lab does not hold that address, so the packet could leave this machine")
@@ -196,11 +225,13 @@ class Prober:
         if witness is None or not request.ends_on_drop or witness.absent() is not None:
             return None
         dst = _ipv4(request)
+        if dst.version == 6:
+            return None  # the witness keys IPv4 packets
         addresses = {str(dst), self._source_address(request.source, ns, dst)}
         if request.target is not None and request.target in {c.name for c in self.lab.topology.containers}:
-            c = self.lab.topology.container(request.target)
-            if c.address is not None:
-                addresses.add(str(c.address.ip))
+            target = self.lab.topology.container(request.target).address
+            if target is not None:
+                addresses.add(str(target.ip))
         return witness.waiter(PacketKey(protocol, frozenset(a for a in addresses if a), flow_id), since_ns=time.monotonic_ns())
 
     def _drop_event(self, waiter: DropWaiter | None) -> KernelEvent | None:
@@ -216,6 +247,8 @@ class Prober:
     # ----------------------------------------------------------------- ICMP
 
     def _icmp(self, request: ProbeRequest) -> ProbeResult:
+        if request.destination.version == 6:
+            return self._icmp6(request)
         dst, timeout = _ipv4(request), _timeout(request)
         self._guard(dst)
         ns, iface = self._source(request.source)
@@ -275,6 +308,55 @@ class Prober:
         sent = f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={request.ttl}" if request.ttl else "")
         return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident, drop=drop)
 
+    def _icmp6(self, request: ProbeRequest) -> ProbeResult:
+        """An ICMPv6 echo from a raw ICMPv6 socket (the kernel sums it); the reply's hop limit read from its ancillary data."""
+        dst, timeout = request.destination, _timeout(request)
+        self._guard(dst)
+        ns, iface = self._source(request.source)
+        ident = self._ids.next()
+        token = f"netcheck-{ident:04x}".encode()
+        payload = echo_request6(ident, 1, token + request.payload)
+        caps = self._captures(request.capture)
+        verdict: Verdict = "unreachable"
+        reply = error = None
+        rtt = None
+        sock = None
+        t0 = time.time()
+        try:
+            sock = ns.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+            if request.ttl is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, request.ttl)
+            t0 = time.time()
+            start = time.perf_counter()
+            sock.sendto(payload, _sockaddr6(ns, iface, dst))
+            deadline = start + timeout
+            while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
+                data, anc, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(4))
+                if len(data) < 8:
+                    continue
+                itype, ident_seen = data[0], int.from_bytes(data[4:6], "big")
+                if itype == ICMPV6_ECHOREPLY and ident_seen == ident:
+                    rtt = (time.perf_counter() - start) * 1000
+                    hops = next((int.from_bytes(d[:4], "little") for level, kind, d in anc if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT), None)
+                    reply = f"echo-reply from {peer[0]} hlim={hops}"
+                    verdict = "reached"
+                    break
+                if itype in (ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED):
+                    quoted = decode_ipv6(data, 8, quoted=True)
+                    if quoted is not None and isinstance(quoted.payload, ICMPv6) and quoted.payload.ident == ident:
+                        error = _icmp6_error(itype, data[1], peer[0])
+                        break
+        except OSError as exc:
+            error = f"{exc.strerror or exc}"
+        finally:
+            if sock is not None:
+                sock.close()
+        captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
+        src_addr = self._source_address(request.source, ns, dst)
+        sent = f"ICMPv6 echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" hlim={request.ttl}" if request.ttl else "")
+        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident)
+
     # ----------------------------------------------------------------- TCP / HTTP / UDP
 
     def _stream(self, request: ProbeRequest) -> ProbeResult:
@@ -283,8 +365,8 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         token = self._token()
-        message = f"GET /?token={token} HTTP/1.0\r\nHost: {dst}\r\nX-Netcheck: token={token}\r\n\r\n".encode() if http else _echo_line(token, request)
-        sock, eport = _client(ns, socket.SOCK_STREAM)
+        message = f"GET /?token={token} HTTP/1.0\r\nHost: {dst if dst.version == 4 else f'[{dst}]'}\r\nX-Netcheck: token={token}\r\n\r\n".encode() if http else _echo_line(token, request)
+        sock, eport = _client(ns, socket.SOCK_STREAM, dst.version)
         users = self._users_service_point(request)
         caps = self._captures(request.capture if users is None or users in request.capture else (*request.capture, users))
         verdict: Verdict = "unreachable"
@@ -359,7 +441,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         token = self._token()
-        sock, eport = _client(ns, socket.SOCK_DGRAM)
+        sock, eport = _client(ns, socket.SOCK_DGRAM, dst.version)
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
@@ -602,6 +684,45 @@ class Prober:
         sent = f"ARP who-has {ip} tell {c.address.ip} ({link.mac})"
         return self._result(request, iface, str(c.address.ip), sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict))
 
+    def _ndp(self, request: ProbeRequest) -> ProbeResult:
+        """NDP in place of ARP: a neighbour solicitation for the address, sent to its solicited-node
+        multicast group from the container's interface; the advertisement names the MAC."""
+        ip, src = str(request.destination), request.source
+        timeout = request.timeout if request.timeout is not None else POSITIVE_TIMEOUT
+        ns, iface = self._source(src)
+        link = ns.link(iface)
+        c = self.lab.topology.container(src)
+        assert c.address6 is not None and link is not None
+        caps = self._captures(request.capture)
+        verdict: Verdict = "unreachable"
+        reply = error = None
+        rtt = None
+        t0 = time.time()
+        sock = ns.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # NDP demands a hop limit of 255 (RFC 4861)
+            sock.bind((str(c.address6.ip), 0))
+            start = time.perf_counter()
+            sock.sendto(neighbour_solicitation(ip, link.mac), (solicited_node(ip), 0, 0, link.index))
+            deadline = start + timeout
+            while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
+                data = sock.recv(2048)
+                if len(data) >= 24 and data[0] == NDP_ADVERT and socket.inet_ntop(socket.AF_INET6, data[8:24]) == ip:
+                    adv = ICMPv6(NDP_ADVERT, data[1], None, None, data[4:], None)
+                    rtt = (time.perf_counter() - start) * 1000
+                    reply = adv.ndp_mac
+                    verdict = "reached"
+                    break
+        except OSError as exc:
+            error = f"{exc.strerror or exc}"
+        finally:
+            sock.close()
+        captures = tuple(cap.collect(ndp_flow(ip), t0) for cap in caps)
+        if verdict != "reached" and error is None:
+            error = f"no neighbour advertisement for {ip} within {timeout:g}s"
+        sent = f"NDP neighbor-solicit {ip} from {c.address6.ip} ({link.mac})"
+        return self._result(request, iface, str(c.address6.ip), sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict))
+
     # ----------------------------------------------------------------- many at once
 
     def many(self, probes: Sequence[ProbeRequest | Callable[[], ProbeResult]], workers: int = 16) -> list[ProbeResult]:
@@ -613,11 +734,11 @@ class Prober:
 
     # ----------------------------------------------------------------- helpers
 
-    def _source_address(self, src: str, ns: Netns, dst: IPv4Address) -> str:
+    def _source_address(self, src: str, ns: Netns, dst: IPv4Address | IPv6Address) -> str:
         if src not in ("host", "wan"):
-            c = self.lab.topology.container(src)
-            if c.address is not None:
-                return str(c.address.ip)
+            own = self.lab.topology.container(src).at(6 if dst.version == 6 else 4)
+            if own is not None and not dst.is_loopback:
+                return str(own.ip)
         route = ns.route_get(dst)
         return str(route.prefsrc) if not isinstance(route, str) and route.prefsrc else ""
 
@@ -661,12 +782,12 @@ class _Counter:
             return self._value
 
 
-def _client(ns: Netns, kind: int) -> tuple[socket.socket, int]:
-    """A client socket in ``ns``, bound first: its ephemeral port names the probe's flow in captures."""
-    sock = ns.socket(socket.AF_INET, kind)
+def _client(ns: Netns, kind: int, family: int = 4) -> tuple[socket.socket, int]:
+    """A client socket in ``ns`` (IPv6 with ``family`` 6), bound first: its ephemeral port names the probe's flow in captures."""
+    sock = ns.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, kind)
     if kind == socket.SOCK_STREAM:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close: no TIME_WAIT pile-up
-    sock.bind(("0.0.0.0", 0))
+    sock.bind(("::" if family == 6 else "0.0.0.0", 0))
     return sock, sock.getsockname()[1]
 
 
@@ -686,11 +807,29 @@ def _timeout(request: ProbeRequest) -> float:
     return NEGATIVE_TIMEOUT if request.expect == "block" else POSITIVE_TIMEOUT
 
 
-def _ipv4(request: ProbeRequest) -> IPv4Address:
+def _ipv4(request: ProbeRequest) -> IPv4Address | IPv6Address:
+    """The request's destination; IPv6 for ICMP(v6), TCP, HTTP, UDP and NDP probes (DNS asks IPv4 resolvers only)."""
     dst = request.destination
-    if not isinstance(dst, IPv4Address):
-        raise RequestError(f"{request.kind} probe to {dst}: the prober sends IPv4 only so far. Fix: probe an IPv4 address")
+    if not isinstance(dst, IPv4Address) and request.kind == "dns":
+        raise RequestError(f"{request.kind} probe to {dst}: DNS probes ask IPv4 resolvers only so far. Fix: give the resolver's IPv4 address")
     return dst
+
+
+def _sockaddr6(ns: Netns, iface: str, dst: IPv4Address | IPv6Address) -> tuple[str, int, int, int] | tuple[str, int]:
+    """Where an IPv6 probe goes: a link-local address is scoped to the source's interface (its index in the
+    source's namespace: the calling thread may be in another, where the name means nothing)."""
+    if not (isinstance(dst, IPv6Address) and dst.is_link_local):
+        return (str(dst), 0)
+    link = ns.link(iface) if iface else None
+    return (str(dst).split("%")[0], 0, 0, link.index if link is not None else 0)
+
+
+def _icmp6_error(itype: int, code: int, sender: str) -> str:
+    """An ICMPv6 error as the result names it."""
+    if itype == ICMPV6_TIME_EXCEEDED:
+        return f"ICMPv6 time exceeded from {sender}"
+    reasons = {0: "no route", 1: "administratively prohibited", 3: "address unreachable", 4: "port unreachable", 5: "source address failed policy", 6: "reject route"}
+    return f"ICMPv6 destination unreachable ({reasons.get(code, f'code {code}')}) from {sender}"
 
 
 def target_if(request: ProbeRequest, verdict: Verdict) -> str | None:

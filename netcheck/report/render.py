@@ -187,6 +187,7 @@ class AccessRow:
     saw: str
     kept: str
     replied_by: str
+    family: str = "IPv4"
 
 
 @dataclass(frozen=True)
@@ -494,11 +495,16 @@ def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list
     if not topo:
         return []
     host_ip = str((topo.get("host") or {}).get("address", "")).split("/")[0]
+    host_ip6 = str((topo.get("host") or {}).get("address6") or "").split("/")[0]
     targets: dict[str, str] = {}
     for pub in topo.get("publishes", ()):
         targets[f"{host_ip}:{pub['host_port']}"] = f"published port {host_ip}:{pub['host_port']} → {pub['container']}:{pub['port']}"
+        if host_ip6:  # dual stack: the same port on the host's IPv6 address
+            targets[f"[{host_ip6}]:{pub['host_port']}"] = f"published port [{host_ip6}]:{pub['host_port']} → {pub['container']}:{pub['port']}"
     for v in topo.get("vips", ()):
         targets[f"{v['address']}:{v['port']}"] = f"VIP {v['address']}:{v['port']} → {v['container']}:{v['target_port']}"
+        if v.get("address6"):
+            targets[f"[{v['address6']}]:{v['port']}"] = f"VIP [{v['address6']}]:{v['port']} → {v['container']}:{v['target_port']}"
     rows = []
     for t in tests:
         for p in t.all_probes():
@@ -524,7 +530,11 @@ def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list
                 test=t.name, path=path, source=f"{src} ({sent})" if sent else src, target=targets[p.destination], expected=p.expected,
                 verdict=p.verdict, ok=p.passed, saw=saw or "", kept=kept,
                 replied_by=(p.replied_by or "") + (" (the user's own service)" if p.service == "user" else ""),
+                family="IPv6" if p.destination.startswith("[") else "IPv4",
             ))
+    if any(r.family == "IPv6" for r in rows):  # dual stack: each path's IPv4 and IPv6 rows side by side
+        order = {path: i for i, path in reversed(list(enumerate(r.path for r in rows)))}
+        rows.sort(key=lambda r: (order[r.path], r.family))
     return rows
 
 
