@@ -58,11 +58,13 @@ def _faults(args: argparse.Namespace) -> int:
 
 
 def _causes(args: argparse.Namespace) -> int:
-    from netcheck.diagnose.causes import CAUSES
-    from netcheck.faults import FAULTS
+    from netcheck.diagnose.causes import CAUSES, faults_of, markdown
 
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
     rows = [
-        {"cause": c.id, "means": c.means, "recognised_by": c.recognised, "faults": sorted(f.name for f in FAULTS.values() if f.cause == c.id)}
+        {"cause": c.id, "means": c.means, "recognised_by": c.recognised, "severity": c.severity, "fix": c.fix, "fix_values": list(c.fixes), "faults": faults_of(c.id)}
         for c in CAUSES.values()
     ]
     if args.json:
@@ -71,6 +73,7 @@ def _causes(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"[{r['cause']}] {r['means']}")
         print(f"    recognised by: {r['recognised_by']}")
+        print(f"    severity: {r['severity']}; fix: {r['fix'] or 'a command to paste (not applied)'}")
         if r["faults"]:
             print(f"    shown by the fault(s): {', '.join(r['faults'])} (see netcheck faults)")
     return 0
@@ -197,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("causes", help="list every cause the diagnosis can name, and how it is recognised")
     ca.add_argument("--json", action="store_true", help="print JSON")
+    ca.add_argument("--markdown", action="store_true", help="print the table of causes of docs/diagnosis.md")
     ca.set_defaults(func=_causes)
 
     c = sub.add_parser("clean", help="remove what ended runs left behind (by their run records, never by name pattern); kept labs are listed and left up")

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Literal, get_args
 
 from netcheck.kernel.dropwatch import KernelDrop
+from netcheck.kernel.xtables import XRule
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
@@ -200,8 +201,87 @@ class AddRoute:
         return f"ip route add {self.dst} via {self.via}"
 
 
-Fix = Sysctl | SetLink | AddRoute
-FIX_KINDS: dict[str, type[Sysctl] | type[SetLink] | type[AddRoute]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute}
+def _rule_command(backend: str, rule: XRule, op: str, family: str) -> str:
+    from netcheck.kernel.nft import rule_command  # the one rendering of a rule where it lives (iptables argv, or nft)
+
+    return rule_command(backend, rule, op, family)
+
+
+@dataclass(frozen=True)
+class DeleteRule:
+    """A fix: delete a firewall rule where it lives (``backend`` legacy or nft; a native nft table's rule by its handle)."""
+
+    netns: str
+    backend: str
+    rule: XRule
+    family: str = "ip"
+    kind: Literal["delete-rule"] = "delete-rule"
+
+    def command(self) -> str:
+        return _rule_command(self.backend, self.rule, "-D", self.family)
+
+
+@dataclass(frozen=True)
+class AddRule:
+    """A fix: add a firewall rule (``insert``: at the top of its chain) with ``backend``, or to a native nft table."""
+
+    netns: str
+    backend: str
+    rule: XRule
+    family: str = "ip"
+    insert: bool = False
+    kind: Literal["add-rule"] = "add-rule"
+
+    def command(self) -> str:
+        return _rule_command(self.backend, self.rule, "-I" if self.insert else "-A", self.family)
+
+
+@dataclass(frozen=True)
+class SetPolicy:
+    """A fix: set a base chain's policy (``ACCEPT``/``DROP``) where the chain lives."""
+
+    netns: str
+    backend: str
+    table: str
+    chain: str
+    policy: str
+    family: str = "ip"
+    kind: Literal["policy"] = "policy"
+
+    def command(self) -> str:
+        from netcheck.kernel.nft import binary, is_native
+
+        if is_native(self.backend, self.table):
+            return f"nft chain {self.family} {self.table} {self.chain} '{{ policy {self.policy.lower()}; }}'"
+        return f"{binary(self.backend)} -t {self.table} -P {self.chain} {self.policy.upper()}"
+
+
+@dataclass(frozen=True)
+class DeleteNeighbour:
+    """A fix: delete a neighbour entry (a wrong static one, or a FAILED one, so that ARP starts again at once)."""
+
+    netns: str
+    link: str
+    address: str
+    kind: Literal["delete-neighbour"] = "delete-neighbour"
+
+    def command(self) -> str:
+        return f"ip neigh del {self.address} dev {self.link}"
+
+
+Fix = Sysctl | SetLink | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour
+FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
+                                   "delete-neighbour": DeleteNeighbour}
+RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
+
+
+def fix_from_dict(d: dict[str, Any]) -> Fix:
+    """A fix value from its JSON form (a rule's tuples come back as lists)."""
+    data = dict(d)
+    if isinstance(data.get("rule"), dict):
+        rule: dict[str, Any] = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if k in RULE_TUPLES else v) for k, v in data["rule"].items()}
+        data["rule"] = XRule(**rule)
+    return FIX_KINDS[data["kind"]](**data)
 
 
 def place_once(where: str, summary: str) -> str:
@@ -326,7 +406,7 @@ class Diagnosis:
         known = {f.name for f in fields(cls)}
         data: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         data["findings"] = tuple(Finding(**{**f, "evidence": tuple(f.get("evidence", ())),
-                                            "fixes": tuple(FIX_KINDS[x["kind"]](**x) for x in f.get("fixes", ()))}) for f in d.get("findings", ()))
+                                            "fixes": tuple(fix_from_dict(x) for x in f.get("fixes", ()))}) for f in d.get("findings", ()))
         data["trace"] = tuple(Hop(**h) for h in d.get("trace", ()))
         data["kernel"] = tuple(KernelEvent(**{**k, "causes": tuple(k.get("causes", ()))}) for k in d.get("kernel", ()))
         return cls(**data)

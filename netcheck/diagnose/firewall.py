@@ -20,7 +20,7 @@ from netcheck.kernel import nft
 from netcheck.kernel.xtables import XChain, XRule
 
 TERMINAL = ("ACCEPT", "DROP", "REJECT")
-XTABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables' tables (in nf_tables: iptables-nft's)
+XTABLES = nft.XTABLES
 NAT_TARGETS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT")
 LEGACY_HOOKS = {
     ("filter", "INPUT"): ("input", "filter"),
@@ -75,21 +75,7 @@ class Placed:
         return f"{binary(self.backend)}: {self.rule.table} {self.rule.chain} rule {self.position}"
 
 
-def binary(backend: str) -> str:
-    return "iptables-legacy" if backend == "legacy" else "iptables-nft"
-
-
-def is_native(backend: str, table: str) -> bool:
-    """Is ``table`` a native nf_tables table (a tool's own, such as a firewall = "nft" lab's), not one of iptables'?"""
-    return backend == "nft" and table not in XTABLES
-
-
-def command(backend: str, rule: XRule, op: str = "-A", family: str = "ip") -> str:
-    """The command that adds (op -A), inserts (-I) or deletes (-D) ``rule`` where it lives: iptables-legacy,
-    iptables-nft, or nft for a native table."""
-    if is_native(backend, rule.table):
-        return nft.command(rule, op, family)
-    return f"{binary(backend)} {rule.render(op)}"
+binary, is_native, command = nft.binary, nft.is_native, nft.rule_command  # the one rendering of a rule where it lives (netcheck/kernel/nft.py)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from netcheck.kernel.xtables import nft_available, read_legacy, read_nft, read_n
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
 
-HOST_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables")
-IFACE_SYSCTLS = ("rp_filter", "route_localnet", "forwarding")
+HOST_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables", "net.ipv4.conf.all.arp_ignore")
+IFACE_SYSCTLS = ("rp_filter", "route_localnet", "forwarding", "arp_ignore")
 
 
 @dataclass(frozen=True)

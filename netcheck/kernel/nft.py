@@ -26,7 +26,7 @@ from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 INSTALL_HINT = "apt-get install -y --no-install-recommends python3-nftables"
 DEBIAN_MODULE = "/usr/lib/python3/dist-packages/nftables/nftables.py"  # Debian's package, outside a venv's sys.path
 FAMILY = "ip"
-VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return", "MASQUERADE": "masquerade"}
+VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject", "RETURN": "return", "MASQUERADE": "masquerade"}
 # Hook and priority of each iptables base chain, as iptables-nft registers them.
 HOOKS: dict[tuple[str, str], tuple[str, str, int]] = {
     ("nat", "PREROUTING"): ("nat", "prerouting", -100),
@@ -220,6 +220,30 @@ def command(rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
         return f"nft delete rule {where} handle {rule.handle}"
     verb = "insert" if op == "-I" else "add"
     return f"nft '{verb} rule {where} {text(rule)}'"
+
+
+XTABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables' tables (in nf_tables: iptables-nft's)
+
+
+def binary(backend: str) -> str:
+    return "iptables-legacy" if backend == "legacy" else "iptables-nft"
+
+
+def is_native(backend: str, table: str) -> bool:
+    """Is ``table`` a native nf_tables table (a tool's own, such as a firewall = "nft" lab's), not one of iptables'?"""
+    return backend == "nft" and table not in XTABLES
+
+
+def rule_command(backend: str, rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
+    """The command that adds (op -A), inserts (-I) or deletes (-D) ``rule`` where it lives: iptables-legacy,
+    iptables-nft (both with ``XRule.argv``), or nft for a native table (``command``).
+
+    >>> rule_command("legacy", XRule("filter", "FORWARD", "DROP", in_interface="br0"), "-D")
+    'iptables-legacy -t filter -D FORWARD -i br0 -j DROP'
+    """
+    if is_native(backend, rule.table):
+        return command(rule, op, family)
+    return f"{binary(backend)} {rule.render(op)}"
 
 
 def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> tuple[list[NftTable], list[dict[str, Any]]]:
