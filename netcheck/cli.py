@@ -38,10 +38,11 @@ def suite_node(node: str) -> str:
 def _faults(args: argparse.Namespace) -> int:
     from netcheck.faults import FAULTS
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": f.name, "breaks": f.summary, "topology": f.topology, "caught_by": f.suite_test, "message": f.message, "cause": f.cause,
             "try": f"pytest {suite_node(f.suite_test)} --netcheck-topology {f.topology} --netcheck-fault {f.name} --netcheck-report none",
+            "script": f.script is not None,  # also injectable as NAME:script, by an outside script (iptables-nft, nft, ip, sysctl)
         }
         for f in sorted(FAULTS.values(), key=lambda f: f.name)
     ]
@@ -51,7 +52,7 @@ def _faults(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  breaks: {r['breaks']}")
-        print(f"{'':<{width}}  caught by: {r['caught_by']} (on {r['topology']}), diagnosed as [{r['cause']}]")
+        print(f"{'':<{width}}  caught by: {r['caught_by']} (on {r['topology']}), diagnosed as [{r['cause']}]" + (f"; also as {r['name']}:script" if r["script"] else ""))
     print(f"\n{len(rows)} faults. Try one (it breaks a sandbox lab on purpose, after it is built):\n"
           f"  pytest {suite_node(rows[0]['caught_by'])} --netcheck-topology {rows[0]['topology']} --netcheck-fault {rows[0]['name']}")
     return 0

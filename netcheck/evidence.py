@@ -269,9 +269,22 @@ class DeleteNeighbour:
         return f"ip neigh del {self.address} dev {self.link}"
 
 
-Fix = Sysctl | SetLink | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour
+@dataclass(frozen=True)
+class FlushConntrack:
+    """A fix's second half: forget the conntrack entries of a source, whose NAT was decided at their first packet
+    (a MASQUERADE added now does not apply to a UDP flow already tracked). Nothing to undo: flows are tracked again."""
+
+    netns: str
+    source: str
+    kind: Literal["flush-conntrack"] = "flush-conntrack"
+
+    def command(self) -> str:
+        return f"conntrack -D -s {self.source}"
+
+
+Fix = Sysctl | SetLink | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
 FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
-                                   "delete-neighbour": DeleteNeighbour}
+                                   "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
 RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
 
 

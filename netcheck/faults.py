@@ -440,12 +440,43 @@ def dnat_wrong_dst(lab: Lab) -> None:
     _swap(lab, "PREROUTING", "DNAT", dst=WRONG_DST)
 
 
-def dnat_wrong_dst_sh(lab: Lab) -> str:
+def _sh_swap_dnat(lab: Lab, **changes: object) -> str:
+    """The shell lines that replace the published port's DNAT by one with ``changes``, where the builder wrote it."""
     old = _rule(lab, "PREROUTING", "DNAT")
-    new = replace(old, dst=WRONG_DST, comment=None)
+    new = replace(old, comment=None, **changes)  # type: ignore[arg-type]
     if _native(lab):
-        return NFT_DEL + _sh_delete(lab, old, "dnat to") + f"nft add rule ip {_q(_nat_table(lab))} PREROUTING {nft.text(new)}\n"
+        return NFT_DEL + _sh_delete(lab, old, "dnat to") + f"nft add rule ip {_q(_nat_table(lab))} PREROUTING {_q(nft.text(new))}\n"
     return _sh_delete(lab, old, "") + "iptables-legacy -w " + " ".join(a if a == "!" else _q(a) for a in new.argv("-A")) + "\n"
+
+
+def dnat_wrong_dst_sh(lab: Lab) -> str:
+    return _sh_swap_dnat(lab, dst=WRONG_DST)
+
+
+def dnat_wrong_iif(lab: Lab) -> None:
+    """The DNAT is bound to the bridge (-i br0, as for hairpin traffic only): traffic from outside passes it untranslated."""
+    _swap(lab, "PREROUTING", "DNAT", in_interface=_side(lab))
+
+
+def dnat_wrong_iif_sh(lab: Lab) -> str:
+    return _sh_swap_dnat(lab, in_interface=_side(lab))
+
+
+def iface_forwarding_off(lab: Lab) -> None:
+    """net.ipv4.conf.BRIDGE.forwarding = 0 while ip_forward = 1: the host routes nothing that arrives from the bridge."""
+    lab.host.set_sysctl(f"net.ipv4.conf.{_side(lab)}.forwarding", 0)
+
+
+def iface_forwarding_off_sh(lab: Lab) -> str:
+    return f"sysctl -qw net.ipv4.conf.{_side(lab)}.forwarding=0\n"
+
+
+def host_default_route_missing(lab: Lab) -> None:
+    lab.host.deconfigure(routes=[DEFAULT])
+
+
+def host_default_route_missing_sh(lab: Lab) -> str:
+    return "ip route del default\n"
 
 
 def static_neigh_wrong(lab: Lab) -> None:
@@ -653,6 +684,12 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "forward_drop", forward_no_return_accept, kernel="NETFILTER_DROP", script=forward_no_return_accept_sh),
     Fault("ipv6-drop-decoy", "IPv6 forwarding dropped (ip6tables, an inet table) beside a removed MASQUERADE: the IPv6 rules must not be blamed", "seed1", MASQ_OUT,
           "198.51.100.1", "masquerade_missing", ipv6_drop_decoy, script=ipv6_drop_decoy_sh, not_blamed=("forward_drop",)),
+    Fault("dnat-wrong-iif", "the published port's DNAT is bound to the bridge (-i br0): traffic from outside passes it untranslated", "seed1", DNAT_OUTSIDE,
+          "203.0.113.2:5000", "dnat_wrong_match", dnat_wrong_iif, script=dnat_wrong_iif_sh),
+    Fault("iface-forwarding-off", "net.ipv4.conf.br0.forwarding = 0 while ip_forward = 1", "seed1", FORWARD_OUT, "198.51.100.1", "forwarding_off", iface_forwarding_off,
+          script=iface_forwarding_off_sh),
+    Fault("host-default-route-missing", "the host has no default route (a DHCP client or a VPN took it away)", "seed1", FORWARD_OUT, "198.51.100.1", "host_no_route",
+          host_default_route_missing, script=host_default_route_missing_sh),
 ]}
 
 

@@ -25,7 +25,7 @@ SEVERITIES: dict[str, str] = {
     "hygiene": "the state differs from the spec without breaking a probe",
     "bug": "netcheck itself failed",
 }
-FIX_VALUES = ("Sysctl", "SetLink", "AddRoute", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour")
+FIX_VALUES = ("Sysctl", "SetLink", "AddRoute", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,10 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
           "counter deltas of DROP/REJECT rules; a walk of both backends' forward chains",
           fix="`DeleteRule` of the rule that drops; for a policy, `AddRule` (inserted) accepting each way, in the chain that drops", fixes=("DeleteRule", "AddRule")),
     Cause("masquerade_missing", "no MASQUERADE covers the container", "the outside world's capture saw the private source; POSTROUTING walk",
-          fix="`AddRule` of the spec's MASQUERADE, with the backend that holds the host's rules", fixes=("AddRule",)),
+          fix="`AddRule` of the spec's MASQUERADE, with the backend that holds the host's rules, and `FlushConntrack` of the container's flows (NAT is decided at a flow's first packet)",
+          fixes=("AddRule", "FlushConntrack")),
     Cause("masquerade_wrong", "a MASQUERADE exists that does not match the container (shown)", "the outside world's capture saw the private source; POSTROUTING walk",
-          fix="`DeleteRule` of each MASQUERADE that misses, `AddRule` of the spec's", fixes=("DeleteRule", "AddRule")),
+          fix="`DeleteRule` of each MASQUERADE that misses, `AddRule` of the spec's, `FlushConntrack` of the container's flows", fixes=("DeleteRule", "AddRule", "FlushConntrack")),
     Cause("dnat_missing", "no DNAT for the published port or VIP", "nat PREROUTING/OUTPUT walk against the spec's `[[publish]]` / `[[vip]]`",
           fix="`AddRule` of the spec's DNAT (PREROUTING; and OUTPUT for the host's own traffic)", fixes=("AddRule",)),
     Cause("dnat_wrong", "a DNAT to another address or port than the spec says", "nat PREROUTING/OUTPUT walk against the spec's `[[publish]]` / `[[vip]]`; the container that answered",
@@ -98,7 +99,10 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("mtu_mismatch", "the two ends of a veth have different MTUs", "netlink (shown by `netcheck doctor`: its suite test asserts on state, not on a probe)", severity="hygiene"),
     Cause("extra_link", "a container holds a link that is not its own", "netlink (shown by `netcheck doctor`: its suite test asserts on state, not on a probe)", severity="exposes"),
     Cause("bridge_flooding", "a bridge forgets MACs at once (`ageing_time 0`) and floods every frame", "netlink bridge options (shown by `netcheck doctor`)", severity="exposes"),
-    Cause("host_no_route", "the host has no route for the forwarded packet", "the host's route lookup"),
+    Cause("host_no_route", "the host has no route for the forwarded packet", "the host's route lookup",
+          fix="`AddRoute` default via the spec's gateway, when the host has no default route", fixes=("AddRoute",)),
+    Cause("forwarding_off", "an interface the routed flow crosses has `net.ipv4.conf.IFACE.forwarding = 0` while `ip_forward = 1`",
+          "the per-interface forwarding sysctl of the flow's in and out interfaces", fix="`Sysctl` `forwarding=1` on those interfaces", fixes=("Sysctl",)),
     Cause("rules_split", "the host's rules are split across legacy and nf_tables",
           "both backends hold rules (or a non-ACCEPT policy); the kernel applies both, each tool shows half", severity="hygiene"),
     Cause("resolv_conf_missing", "a container has no `/etc/netns/NAME/resolv.conf` (seed 2's `echo \"... | tee\"` typo): it reads the machine's",

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
 from netcheck.diagnose.firewall import binary, is_native
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, ProbeRequest, ProbeResult, SetLink, SetPolicy, Sysctl
+from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, ProbeRequest, ProbeResult, SetLink, SetPolicy, Sysctl
 from netcheck.kernel import nft
 from netcheck.kernel.netns import KernelError, Netns
 from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_nft
@@ -96,6 +96,8 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 undo.append(_add_rule(ns, fix))
             elif isinstance(fix, DeleteNeighbour):
                 undo.append(_delete_neighbour(ns, fix))
+            elif isinstance(fix, FlushConntrack):
+                ns.run(["conntrack", "-D", "-s", fix.source], timeout=20)  # exit 1 when there was nothing to forget
             else:
                 undo.append(_set_policy(ns, fix))
     except BaseException:

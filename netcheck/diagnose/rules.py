@@ -21,7 +21,7 @@ from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, Hop, Packet, ProbeResult, SetLink, Sysctl
+from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, Sysctl
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -553,7 +553,25 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
         yield Finding(
             "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
             ev.run("host", f"ip route add default via {ev.t.host.gateway}"), (f"host routes: {_routes(ev.host)}",), score=60,
+            fixes=(AddRoute("host", "default", str(ev.t.host.gateway)),) if d is None else (),
         )
+
+
+def forwarding_off(ev: Evidence) -> Iterator[Finding]:
+    """ip_forward = 1, but an interface the routed flow enters by (either way) has forwarding = 0: the host routes nothing that arrives there."""
+    r = ev.route
+    if r is None or not r.routed or ev.host.sysctl("net.ipv4.ip_forward") != "1":
+        return
+    off = [i for i in (r.in_iface, r.out_iface) if i and ev.host.sysctl(f"net.ipv4.conf.{i}.forwarding") == "0"]
+    if not off:
+        return
+    values = tuple(Sysctl("host", f"net.ipv4.conf.{i}.forwarding", "1") for i in off)
+    yield Finding(
+        "forwarding_off", "host",
+        f"host: net.ipv4.conf.{'/'.join(ev.lab.spec_name(i) for i in off)}.forwarding = 0 (while ip_forward = 1): the host routes nothing that arrives on "
+        f"{' or '.join(ev.show(i) for i in off)}, so the {'request' if r.in_iface in off else 'reply'} is not forwarded",
+        " && ".join(ev.run("host", v.command()) for v in values), tuple(ev.break_note()), score=94, fixes=values,
+    )
 
 
 def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
@@ -664,7 +682,7 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
         seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
         if rules:
             shown = "; ".join(f"`{p.render()}`" for p in rules)
-            values: tuple[Fix, ...] = (*(ev.delete_fix(p) for p in rules), ev.add_fix(want, rules[0].backend))
+            values: tuple[Fix, ...] = (*(ev.delete_fix(p) for p in rules), ev.add_fix(want, rules[0].backend), *_forget(ev, addr))
             fix = " && ".join(ev.run("host", v.command()) for v in values)
             yield Finding(
                 "masquerade_wrong", "host", f"host: no MASQUERADE rule matches {name}'s packets ({addr} leaving by {ev.show(oif)}): {shown} does not cover them, so they leave with the private "
@@ -675,8 +693,13 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
             yield Finding(
                 "masquerade_missing", "host", f"host: no MASQUERADE (or SNAT) rule covers {name}'s packets leaving by {ev.show(oif)}, so they leave with the private source {addr} and no reply "
                     f"finds its way back",
-                ev.add(want), (*seen_note, *ev.break_note("back")), score=90 if private else 72, fixes=(ev.add_fix(want),),
+                ev.add(want), (*seen_note, *ev.break_note("back")), score=90 if private else 72, fixes=(ev.add_fix(want), *_forget(ev, addr)),
             )
+
+
+def _forget(ev: Evidence, addr: str) -> tuple[FlushConntrack, ...]:
+    """For a probed flow: the conntrack entries of its source go too, since NAT is decided at a flow's first packet."""
+    return (FlushConntrack("host", addr),) if ev.flow is not None else ()
 
 
 def _split_to(to: str | None) -> tuple[str, int | None]:
@@ -1049,7 +1072,7 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
 RULES: tuple[Rule, ...] = (
     link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
     address_conflict, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
-    host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat, neigh_wrong, arp_ignore, blackhole_route,
+    host_no_route, forwarding_off, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat, neigh_wrong, arp_ignore, blackhole_route,
     route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )
 

@@ -30,7 +30,7 @@ REASON_CAUSES: dict[str, tuple[str, ...]] = {
     "IP_RPFILTER": ("rp_filter_strict",),
     "IP_INNOROUTES": NO_ROUTE,
     "IP_OUTNOROUTES": NO_ROUTE,
-    "IP_INADDRERRORS": ("ip_forward_off", *NO_ROUTE, "dnat_missing", "vip_not_jumped"),  # ip_error: the route lookup ended unreachable
+    "IP_INADDRERRORS": ("ip_forward_off", "forwarding_off", *NO_ROUTE, "dnat_missing", "vip_not_jumped", "dnat_wrong_match"),  # ip_error: the route lookup ended unreachable
     "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "link_down", "arp_ignore"),
     "NEIGH_DEAD": ("wrong_gateway", "link_down"),
     "PKT_TOO_BIG": ("mtu_mismatch",),
