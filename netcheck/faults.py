@@ -471,6 +471,15 @@ def iface_forwarding_off_sh(lab: Lab) -> str:
     return f"sysctl -qw net.ipv4.conf.{_side(lab)}.forwarding=0\n"
 
 
+def docker_icc_off(lab: Lab) -> None:
+    """Docker's icc=false: a FORWARD DROP for traffic from the bridge to itself, so containers on one bridge cannot talk (bridge-nf-call-iptables=1)."""
+    _add(lab, [XRule("filter", "FORWARD", "DROP", in_interface=_side(lab), out_interface=_side(lab), comment=lab.names.comment)], insert=True)
+
+
+def docker_icc_off_sh(lab: Lab) -> str:
+    return f"iptables-nft -I FORWARD -i {_q(_side(lab))} -o {_q(_side(lab))} -j DROP\n"
+
+
 def host_default_route_missing(lab: Lab) -> None:
     lab.host.deconfigure(routes=[DEFAULT])
 
@@ -690,6 +699,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           script=iface_forwarding_off_sh),
     Fault("host-default-route-missing", "the host has no default route (a DHCP client or a VPN took it away)", "seed1", FORWARD_OUT, "198.51.100.1", "host_no_route",
           host_default_route_missing, script=host_default_route_missing_sh),
+    Fault("docker-icc-off", "a FORWARD DROP from the bridge to itself (Docker's icc=false): containers on one bridge cannot talk", "seed1", BRIDGE_MATRIX, "bridge matrix",
+          "forward_drop", docker_icc_off, kernel="NETFILTER_DROP", script=docker_icc_off_sh),
 ]}
 
 

@@ -96,6 +96,13 @@ def test_blackhole_route_in_the_host_or_the_sender() -> None:
     assert "blackhole_route" not in causes(evidence(host, netns0(routes=(wider, RouteEntry(IPv4Network("198.51.100.0/24"), None, "ceth0")))))
 
 
+def test_forwarding_off_on_the_interface_the_flow_enters_by() -> None:
+    found = R.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "0", f"net.ipv4.conf.{UP}.forwarding": "1"}), netns0()))
+    assert found and found[0].cause == "forwarding_off", [(f.cause, f.summary) for f in found]
+    assert found[0].fixes == (Sysctl("host", f"net.ipv4.conf.{BR}.forwarding", "1"),)
+    assert "forwarding_off" not in causes(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "1"}), netns0()))
+
+
 PUBLISHED = Flow("tcp", "tcp", "wan", "198.51.100.1", "203.0.113.2", 5000, "reach", "netns0", "172.18.0.10", 5000, "publish")
 
 
