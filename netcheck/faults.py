@@ -680,7 +680,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("static-neigh-wrong", "a container's static neighbour entry gives its gateway a MAC nobody has", "seed1", FORWARD_OUT, "198.51.100.1", "neigh_wrong",
           static_neigh_wrong, script=static_neigh_wrong_sh),
     Fault("arp-ignore-host", "arp_ignore = 8 on the host's bridge: the host answers no ARP, the gateway never resolves", "seed1", FORWARD_OUT, "198.51.100.1", "arp_ignore",
-          arp_ignore_host, kernel="NEIGH_FAILED", script=arp_ignore_host_sh),
+          arp_ignore_host, script=arp_ignore_host_sh),  # NEIGH_FAILED comes only after ARP gives up (3 s), past the repeat
     Fault("host-blackhole-route", "a blackhole route in the host swallows the forwarded traffic", "seed1", FORWARD_OUT, "198.51.100.1", "blackhole_route",
           host_blackhole_route, script=host_blackhole_route_sh),
     Fault("container-prohibit-route", "a prohibit route in a container refuses its traffic to the outside", "seed1", FORWARD_OUT, "198.51.100.1", "blackhole_route",
