@@ -38,10 +38,11 @@ def suite_node(node: str) -> str:
 def _faults(args: argparse.Namespace) -> int:
     from netcheck.faults import FAULTS
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": f.name, "breaks": f.summary, "topology": f.topology, "caught_by": f.suite_test, "message": f.message, "cause": f.cause,
             "try": f"pytest {suite_node(f.suite_test)} --netcheck-topology {f.topology} --netcheck-fault {f.name} --netcheck-report none",
+            "script": f.script is not None,  # also injectable as NAME:script, by an outside script (iptables-nft, nft, ip, sysctl)
         }
         for f in sorted(FAULTS.values(), key=lambda f: f.name)
     ]
@@ -51,18 +52,20 @@ def _faults(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  breaks: {r['breaks']}")
-        print(f"{'':<{width}}  caught by: {r['caught_by']} (on {r['topology']}), diagnosed as [{r['cause']}]")
+        print(f"{'':<{width}}  caught by: {r['caught_by']} (on {r['topology']}), diagnosed as [{r['cause']}]" + (f"; also as {r['name']}:script" if r["script"] else ""))
     print(f"\n{len(rows)} faults. Try one (it breaks a sandbox lab on purpose, after it is built):\n"
           f"  pytest {suite_node(rows[0]['caught_by'])} --netcheck-topology {rows[0]['topology']} --netcheck-fault {rows[0]['name']}")
     return 0
 
 
 def _causes(args: argparse.Namespace) -> int:
-    from netcheck.diagnose.causes import CAUSES
-    from netcheck.faults import FAULTS
+    from netcheck.diagnose.causes import CAUSES, faults_of, markdown
 
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
     rows = [
-        {"cause": c.id, "means": c.means, "recognised_by": c.recognised, "faults": sorted(f.name for f in FAULTS.values() if f.cause == c.id)}
+        {"cause": c.id, "means": c.means, "recognised_by": c.recognised, "severity": c.severity, "fix": c.fix, "fix_values": list(c.fixes), "faults": faults_of(c.id)}
         for c in CAUSES.values()
     ]
     if args.json:
@@ -71,6 +74,7 @@ def _causes(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"[{r['cause']}] {r['means']}")
         print(f"    recognised by: {r['recognised_by']}")
+        print(f"    severity: {r['severity']}; fix: {r['fix'] or 'a command to paste (not applied)'}")
         if r["faults"]:
             print(f"    shown by the fault(s): {', '.join(r['faults'])} (see netcheck faults)")
     return 0
@@ -251,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("causes", help="list every cause the diagnosis can name, and how it is recognised")
     ca.add_argument("--json", action="store_true", help="print JSON")
+    ca.add_argument("--markdown", action="store_true", help="print the table of causes of docs/diagnosis.md")
     ca.set_defaults(func=_causes)
 
     c = sub.add_parser("clean", help="remove what ended runs left behind (by their run records, never by name pattern); kept labs are listed and left up")

@@ -16,6 +16,7 @@ from typing import Literal, get_args
 
 from netcheck.kernel.dropwatch import KernelDrop
 from netcheck.kernel.jsontypes import JSON, JSONObject
+from netcheck.kernel.xtables import XRule
 
 Verdict = Literal["reached", "unreachable", "inconclusive", "wrong-target"]
 Expectation = Literal["reach", "block", "observe"]
@@ -218,8 +219,101 @@ class AddRoute:
         return f"ip route add {self.dst} via {self.via}"
 
 
-Fix = Sysctl | SetLink | AddRoute
-FIX_KINDS: dict[str, type[Sysctl] | type[SetLink] | type[AddRoute]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute}
+def _rule_command(backend: str, rule: XRule, op: str, family: str) -> str:
+    from netcheck.kernel.nft import rule_command  # the one rendering of a rule where it lives (iptables argv, or nft)
+
+    return rule_command(backend, rule, op, family)
+
+
+@dataclass(frozen=True)
+class DeleteRule:
+    """A fix: delete a firewall rule where it lives (``backend`` legacy or nft; a native nft table's rule by its handle)."""
+
+    netns: str
+    backend: str
+    rule: XRule
+    family: str = "ip"
+    kind: Literal["delete-rule"] = "delete-rule"
+
+    def command(self) -> str:
+        return _rule_command(self.backend, self.rule, "-D", self.family)
+
+
+@dataclass(frozen=True)
+class AddRule:
+    """A fix: add a firewall rule (``insert``: at the top of its chain) with ``backend``, or to a native nft table."""
+
+    netns: str
+    backend: str
+    rule: XRule
+    family: str = "ip"
+    insert: bool = False
+    kind: Literal["add-rule"] = "add-rule"
+
+    def command(self) -> str:
+        return _rule_command(self.backend, self.rule, "-I" if self.insert else "-A", self.family)
+
+
+@dataclass(frozen=True)
+class SetPolicy:
+    """A fix: set a base chain's policy (``ACCEPT``/``DROP``) where the chain lives."""
+
+    netns: str
+    backend: str
+    table: str
+    chain: str
+    policy: str
+    family: str = "ip"
+    kind: Literal["policy"] = "policy"
+
+    def command(self) -> str:
+        from netcheck.kernel.nft import binary, is_native
+
+        if is_native(self.backend, self.table):
+            return f"nft chain {self.family} {self.table} {self.chain} '{{ policy {self.policy.lower()}; }}'"
+        return f"{binary(self.backend)} -t {self.table} -P {self.chain} {self.policy.upper()}"
+
+
+@dataclass(frozen=True)
+class DeleteNeighbour:
+    """A fix: delete a neighbour entry (a wrong static one, or a FAILED one, so that ARP starts again at once)."""
+
+    netns: str
+    link: str
+    address: str
+    kind: Literal["delete-neighbour"] = "delete-neighbour"
+
+    def command(self) -> str:
+        return f"ip neigh del {self.address} dev {self.link}"
+
+
+@dataclass(frozen=True)
+class FlushConntrack:
+    """A fix's second half: forget the conntrack entries of a source, whose NAT was decided at their first packet
+    (a MASQUERADE added now does not apply to a UDP flow already tracked). Nothing to undo: flows are tracked again."""
+
+    netns: str
+    source: str
+    kind: Literal["flush-conntrack"] = "flush-conntrack"
+
+    def command(self) -> str:
+        return f"conntrack -D -s {self.source}"
+
+
+Fix = Sysctl | SetLink | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
+FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
+                                   "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
+RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
+
+
+def fix_from_dict(d: Mapping[str, JSON]) -> Fix:
+    """A fix value from its JSON form (a rule's tuples come back as lists)."""
+    data: dict[str, object] = dict(d)
+    raw = data.get("rule")
+    if isinstance(raw, dict):
+        rule = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if k in RULE_TUPLES and isinstance(v, list) else v) for k, v in raw.items()}
+        data["rule"] = XRule(**rule)  # type: ignore[arg-type]
+    return FIX_KINDS[str(data["kind"])](**data)  # type: ignore[arg-type]
 
 
 def place_once(where: str, summary: str) -> str:
@@ -249,7 +343,7 @@ class Finding:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, JSON]) -> Finding:
-        return cls(**{**_known(cls, d), "evidence": tuple(d.get("evidence", ())), "fixes": tuple(FIX_KINDS[x["kind"]](**x) for x in d.get("fixes", ()))})
+        return cls(**{**_known(cls, d), "evidence": tuple(d.get("evidence", ())), "fixes": tuple(fix_from_dict(x) for x in d.get("fixes", ()))})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ user can see exactly what a failure and its diagnosis look like.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
@@ -36,6 +37,8 @@ class Fault:
     cause: str  # the diagnosis's expected top cause
     inject: Callable[[Lab], None]
     kernel: str | None = None  # the drop reason the kernel gives for the probe, when it drops it (the diagnosis shows it)
+    script: Callable[[Lab], str] | None = None  # the same fault as an outside shell script writes it (iptables-nft, nft, ip, sysctl), run in the host
+    not_blamed: tuple[str, ...] = ()  # causes the diagnosis must not name at all (a decoy beside the real fault)
 
 
 def _first(lab: Lab) -> str:
@@ -470,6 +473,276 @@ def dns_wrong_answer(lab: Lab) -> None:
     lab.services.listen_dns(lab.wan, "wan", str(d.address), zone)
 
 
+# ----------------------------------------------------------------------------- faults real hosts have
+# Each is injected by netcheck (through its kernel layer) and, as ``NAME:script``, by an outside
+# shell script that writes what real tools write: iptables-nft and nft (and ip, sysctl), run in
+# the lab's host namespace. A script that must remove one of the lab's own rules does it where the
+# builder wrote them (iptables-legacy, or the lab's nft tables by handle), as a firewall reload would.
+
+NFT_DEL = """nft_del() {  # family table chain text: delete the rules of a chain whose listing contains text
+  for h in $(nft -a list chain "$1" "$2" "$3" | awk -v t="$4" 'index($0, t) { print $NF }'); do nft delete rule "$1" "$2" "$3" handle "$h"; done
+}
+"""
+DECOY_MAC = "02:00:5e:00:53:01"  # a locally administered MAC no interface of a lab has
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _subnet(lab: Lab) -> str:
+    c = lab.topology.container(_first(lab))
+    assert c.address is not None
+    return str(c.address.network)
+
+
+def _uplink(lab: Lab) -> str:
+    return lab.kname(lab.topology.host.uplink)
+
+
+def _side(lab: Lab) -> str:
+    """The host interface the first container's traffic arrives on (its bridge, or its veth)."""
+    c = lab.topology.container(_first(lab))
+    return lab.kname(c.bridge or c.host_veth)
+
+
+def _gateway(lab: Lab) -> IPv4Address:
+    c = lab.topology.container(_first(lab))
+    if c.gateway is not None:
+        return c.gateway
+    b = next(b for b in lab.topology.bridges if b.name == c.bridge)
+    assert b.address is not None
+    return b.address.ip
+
+
+def _nat_table(lab: Lab) -> str:
+    return nft.tables_for(lab.names.tag)["nat"].name
+
+
+def _own_table(lab: Lab, suffix: str, family: str = "inet") -> nft.NftTable:
+    table = nft.NftTable(family, f"{lab.names.tag}_{suffix}")
+    _record(lab)([table])
+    return table
+
+
+def _sh_delete(lab: Lab, rule: XRule, text: str) -> str:
+    """The shell line that deletes one of the lab's rules where the builder wrote it."""
+    if _native(lab):
+        return f"nft_del ip {_q(nft.tables_for(lab.names.tag)[rule.table].name)} {_q(rule.chain)} {_q(text)}\n"
+    return "iptables-legacy -w " + " ".join(a if a == "!" else _q(a) for a in rule.argv("-D")) + "\n"
+
+
+def daemon_chain_drop(lab: Lab) -> None:
+    """Another daemon's chain (Docker's DOCKER-USER, ufw's ufw-user-forward), jumped from FORWARD, drops the containers' traffic."""
+    _add(lab, [XRule("filter", "DOCKER-USER", "DROP", src=_subnet(lab), out_interface=_uplink(lab), comment=lab.names.comment)])
+    _add(lab, [XRule("filter", "FORWARD", "DOCKER-USER", comment=lab.names.comment)], insert=True)
+
+
+def daemon_chain_drop_sh(lab: Lab) -> str:
+    return (f"iptables-nft -N DOCKER-USER\niptables-nft -A DOCKER-USER -s {_q(_subnet(lab))} -o {_q(_uplink(lab))} -j DROP\n"
+            "iptables-nft -I FORWARD -j DOCKER-USER\n")
+
+
+def forward_reject_first(lab: Lab) -> None:
+    _add(lab, [XRule("filter", "FORWARD", "REJECT", src=_subnet(lab), comment=lab.names.comment)], insert=True)
+
+
+def forward_reject_first_sh(lab: Lab) -> str:
+    return f"iptables-nft -I FORWARD -s {_q(_subnet(lab))} -j REJECT\n"
+
+
+def firewall_reload_wipes_nat(lab: Lab) -> None:
+    """A firewall reload (firewalld, ufw, an iptables-restore of a file without the tool's rules) empties the nat table."""
+    wiped = [r for r in lab.rules if r.table in ("nat", _nat_table(lab))]
+    if not wiped:
+        raise LookupError(f"{lab.topology.name} has no nat rules")
+    for r in wiped:
+        _delete(lab, r)
+
+
+def firewall_reload_wipes_nat_sh(lab: Lab) -> str:
+    return f"nft flush table ip {_q(_nat_table(lab))}\n" if _native(lab) else "iptables-legacy -w -t nat -F\n"
+
+
+def masquerade_wrong_oif(lab: Lab) -> None:
+    """``-o br0`` where ``! -o br0`` was meant: the MASQUERADE covers bridge-local traffic only."""
+    _swap(lab, "POSTROUTING", "MASQUERADE", out_interface=_side(lab))
+
+
+def masquerade_wrong_oif_sh(lab: Lab) -> str:
+    old = _rule(lab, "POSTROUTING", "MASQUERADE")
+    if _native(lab):
+        return NFT_DEL + _sh_delete(lab, old, "masquerade") + f"nft add rule ip {_q(_nat_table(lab))} POSTROUTING ip saddr {_q(_subnet(lab))} oifname {_q(_side(lab))} masquerade\n"
+    return _sh_delete(lab, old, "") + f"iptables-legacy -w -t nat -A POSTROUTING -s {_q(_subnet(lab))} -o {_q(_side(lab))} -j MASQUERADE\n"
+
+
+WRONG_DST = "203.0.113.99"  # an address of the outside world's network that the host does not hold
+
+
+def dnat_wrong_dst(lab: Lab) -> None:
+    _swap(lab, "PREROUTING", "DNAT", dst=WRONG_DST)
+
+
+def _sh_swap_dnat(lab: Lab, **changes: object) -> str:
+    """The shell lines that replace the published port's DNAT by one with ``changes``, where the builder wrote it."""
+    old = _rule(lab, "PREROUTING", "DNAT")
+    new = replace(old, comment=None, **changes)  # type: ignore[arg-type]
+    if _native(lab):
+        return NFT_DEL + _sh_delete(lab, old, "dnat to") + f"nft add rule ip {_q(_nat_table(lab))} PREROUTING {_q(nft.text(new))}\n"
+    return _sh_delete(lab, old, "") + "iptables-legacy -w " + " ".join(a if a == "!" else _q(a) for a in new.argv("-A")) + "\n"
+
+
+def dnat_wrong_dst_sh(lab: Lab) -> str:
+    return _sh_swap_dnat(lab, dst=WRONG_DST)
+
+
+def dnat_wrong_iif(lab: Lab) -> None:
+    """The DNAT is bound to the bridge (-i br0, as for hairpin traffic only): traffic from outside passes it untranslated."""
+    _swap(lab, "PREROUTING", "DNAT", in_interface=_side(lab))
+
+
+def dnat_wrong_iif_sh(lab: Lab) -> str:
+    return _sh_swap_dnat(lab, in_interface=_side(lab))
+
+
+def iface_forwarding_off(lab: Lab) -> None:
+    """net.ipv4.conf.BRIDGE.forwarding = 0 while ip_forward = 1: the host routes nothing that arrives from the bridge."""
+    lab.host.set_sysctl(f"net.ipv4.conf.{_side(lab)}.forwarding", 0)
+
+
+def iface_forwarding_off_sh(lab: Lab) -> str:
+    return f"sysctl -qw net.ipv4.conf.{_side(lab)}.forwarding=0\n"
+
+
+def docker_icc_off(lab: Lab) -> None:
+    """Docker's icc=false: a FORWARD DROP for traffic from the bridge to itself, so containers on one bridge cannot talk (bridge-nf-call-iptables=1)."""
+    _add(lab, [XRule("filter", "FORWARD", "DROP", in_interface=_side(lab), out_interface=_side(lab), comment=lab.names.comment)], insert=True)
+
+
+def docker_icc_off_sh(lab: Lab) -> str:
+    return f"iptables-nft -I FORWARD -i {_q(_side(lab))} -o {_q(_side(lab))} -j DROP\n"
+
+
+def host_default_route_missing(lab: Lab) -> None:
+    lab.host.deconfigure(routes=[DEFAULT])
+
+
+def host_default_route_missing_sh(lab: Lab) -> str:
+    return "ip route del default\n"
+
+
+def static_neigh_wrong(lab: Lab) -> None:
+    """A static neighbour entry (a leftover of a recreated bridge, a script's ``ip neigh replace``) gives the gateway a MAC nobody has."""
+    c = lab.topology.container(_first(lab))
+    lab.container_ns(c.name).set_neighbours(c.interface, [(_gateway(lab), DECOY_MAC)])
+
+
+def static_neigh_wrong_sh(lab: Lab) -> str:
+    c = lab.topology.container(_first(lab))
+    return f"ip -n {_q(lab.container_ns(c.name).name)} neigh replace {_gateway(lab)} lladdr {DECOY_MAC} dev {_q(c.interface)} nud permanent\n"
+
+
+def arp_ignore_host(lab: Lab) -> None:
+    """arp_ignore = 8 on the host's side of the containers' network: the host answers no ARP there, so the gateway never resolves."""
+    c = lab.topology.container(_first(lab))
+    lab.host.set_sysctl(f"net.ipv4.conf.{_side(lab)}.arp_ignore", 8)
+    lab.container_ns(c.name).delete_neighbours(c.interface, [_gateway(lab)])
+
+
+def arp_ignore_host_sh(lab: Lab) -> str:
+    c = lab.topology.container(_first(lab))
+    return (f"sysctl -qw net.ipv4.conf.{_side(lab)}.arp_ignore=8\n"
+            f"ip -n {_q(lab.container_ns(c.name).name)} neigh del {_gateway(lab)} dev {_q(c.interface)} || true\n")
+
+
+def _remote_net(lab: Lab) -> IPv4Network:
+    return IPv4Network(f"{lab.topology.wan.remote[0].ip}/24", strict=False)
+
+
+def host_blackhole_route(lab: Lab) -> None:
+    """A blackhole route in the host (a VPN client's, a leftover of a route filter) swallows the forwarded traffic."""
+    done = lab.host.run(["ip", "route", "add", "blackhole", str(_remote_net(lab))], timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip route add blackhole {_remote_net(lab)}: {done.stderr.decode(errors='replace').strip()}")
+
+
+def host_blackhole_route_sh(lab: Lab) -> str:
+    return f"ip route add blackhole {_remote_net(lab)}\n"
+
+
+def container_prohibit_route(lab: Lab) -> None:
+    c = lab.topology.container(_first(lab))
+    done = lab.container_ns(c.name).run(["ip", "route", "add", "prohibit", str(lab.topology.wan.remote[0])], timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip route add prohibit: {done.stderr.decode(errors='replace').strip()}")
+
+
+def container_prohibit_route_sh(lab: Lab) -> str:
+    return f"ip -n {_q(lab.container_ns(_first(lab)).name)} route add prohibit {lab.topology.wan.remote[0]}\n"
+
+
+def split_backend_drop(lab: Lab) -> None:
+    """A DROP written with iptables-nft beside the lab's own rules: the kernel applies both, each tool shows half."""
+    apply_rules(lab.host, [XRule("filter", "FORWARD", "DROP", src=_subnet(lab), out_interface=_uplink(lab))], insert=True, backend="nft")
+
+
+def split_backend_drop_sh(lab: Lab) -> str:
+    return f"iptables-nft -I FORWARD -s {_q(_subnet(lab))} -o {_q(_uplink(lab))} -j DROP\n"
+
+
+def ufw_forward_policy_drop(lab: Lab) -> None:
+    """A firewall daemon's own inet table (ufw, firewalld's) hooks forward with policy drop and accepts nothing for the containers."""
+    table = _own_table(lab, "ufw")
+    nft.run(lab.host, [{"add": {"table": table.ref()}},
+                       {"add": {"chain": {"family": table.family, "table": table.name, "name": "forward", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}}],
+            what="adding a daemon's forward chain")
+
+
+def ufw_forward_policy_drop_sh(lab: Lab) -> str:
+    t = f"{lab.names.tag}_ufw"
+    return f"nft add table inet {t}\nnft add chain inet {t} forward '{{ type filter hook forward priority 0; policy drop; }}'\n"
+
+
+def forward_no_return_accept(lab: Lab) -> None:
+    """FORWARD policy DROP with an ACCEPT for the way out only: the replies (no ``ct state established`` accept) are dropped."""
+    _add(lab, [XRule("filter", "FORWARD", "ACCEPT", in_interface=_side(lab), out_interface=_uplink(lab), comment=lab.names.comment)])
+    _policy(lab, "FORWARD", "DROP")
+
+
+def forward_no_return_accept_sh(lab: Lab) -> str:
+    return f"iptables-nft -P FORWARD DROP\niptables-nft -A FORWARD -i {_q(_side(lab))} -o {_q(_uplink(lab))} -j ACCEPT\n"
+
+
+def ipv6_drop_decoy(lab: Lab) -> None:
+    """ip6tables and an inet table drop forwarded IPv6, and the MASQUERADE is gone: only the MASQUERADE explains an IPv4 failure."""
+    table = _own_table(lab, "v6")
+    nft.run(lab.host, [{"add": {"table": table.ref()}},
+                       {"add": {"chain": {"family": table.family, "table": table.name, "name": "forward", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}},
+                       {"add": {"rule": {"family": table.family, "table": table.name, "chain": "forward",
+                                         "expr": [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}, {"counter": None}, {"drop": None}]}}}],
+            what="adding an IPv6 drop")
+    done = lab.host.run(["ip6tables-nft", "-A", "FORWARD", "-j", "DROP"], timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip6tables-nft -A FORWARD -j DROP: {done.stderr.decode(errors='replace').strip()}")
+    masquerade_removed(lab)
+
+
+def ipv6_drop_decoy_sh(lab: Lab) -> str:
+    t = f"{lab.names.tag}_v6"
+    old = _rule(lab, "POSTROUTING", "MASQUERADE")
+    return ((NFT_DEL if _native(lab) else "") + f"nft add table inet {t}\nnft add chain inet {t} forward '{{ type filter hook forward priority 0; policy accept; }}'\n"
+            f"nft add rule inet {t} forward meta nfproto ipv6 counter drop\nip6tables-nft -A FORWARD -j DROP\n" + _sh_delete(lab, old, "masquerade"))
+
+
+def run_script(lab: Lab, fault: Fault) -> None:
+    """Inject a fault as an outside shell script would (``--netcheck-fault NAME:script``), in the lab's host namespace."""
+    assert fault.script is not None
+    text = fault.script(lab)
+    done = lab.host.run(["sh", "-euc", text], timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"the script of fault {fault.name} failed (exit {done.returncode}): {done.stderr.decode(errors='replace').strip()}\n{text}")
+
+
 # The suite test each fault must make fail, as a node id inside the suites package (netcheck.suites,
 # which is the repository's suites/): a clone runs suites/NODE, an install the path that
 # netcheck.cli.suite_node() gives.
@@ -565,17 +838,64 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "2001:db8:2::1", "ra_ignored_when_forwarding", ipv6_ra_ignored),
     Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback_six",
           ipv6_dnat_to_localhost),
+    # Faults real hosts have (each also as NAME:script, written by an outside script with iptables-nft, nft, ip and sysctl)
+    Fault("daemon-chain-drop", "another daemon's chain (a DOCKER-USER), jumped from FORWARD, drops the containers' way out", "seed1", FORWARD_OUT, "198.51.100.1",
+          "forward_drop", daemon_chain_drop, kernel="NETFILTER_DROP", script=daemon_chain_drop_sh),
+    Fault("forward-reject-first", "a FORWARD REJECT for the containers' subnet stands ahead of the accepts (rule order)", "seed2", FORWARD_OUT, "198.51.100.1",
+          "forward_drop", forward_reject_first, script=forward_reject_first_sh),
+    Fault("firewall-reload-wipes-nat", "a firewall reload empties the nat table: the MASQUERADE and the DNATs are gone", "seed1", MASQ_OUT, "198.51.100.1",
+          "masquerade_missing", firewall_reload_wipes_nat, script=firewall_reload_wipes_nat_sh),
+    Fault("masquerade-wrong-oif", "the MASQUERADE says -o br0 where ! -o br0 was meant", "seed1", MASQ_OUT, "198.51.100.1", "masquerade_wrong", masquerade_wrong_oif,
+          script=masquerade_wrong_oif_sh),
+    Fault("dnat-wrong-dst", "the published port's DNAT matches another destination address (-d) than the host's", "seed1", DNAT_OUTSIDE, "203.0.113.2:5000",
+          "dnat_wrong_match", dnat_wrong_dst, script=dnat_wrong_dst_sh),
+    Fault("static-neigh-wrong", "a container's static neighbour entry gives its gateway a MAC nobody has", "seed1", FORWARD_OUT, "198.51.100.1", "neigh_wrong",
+          static_neigh_wrong, script=static_neigh_wrong_sh),
+    Fault("arp-ignore-host", "arp_ignore = 8 on the host's bridge: the host answers no ARP, the gateway never resolves", "seed1", FORWARD_OUT, "198.51.100.1", "arp_ignore",
+          arp_ignore_host, script=arp_ignore_host_sh),  # NEIGH_FAILED comes only after ARP gives up (3 s), past the repeat
+    Fault("host-blackhole-route", "a blackhole route in the host swallows the forwarded traffic", "seed1", FORWARD_OUT, "198.51.100.1", "blackhole_route",
+          host_blackhole_route, script=host_blackhole_route_sh),
+    Fault("container-prohibit-route", "a prohibit route in a container refuses its traffic to the outside", "seed1", FORWARD_OUT, "198.51.100.1", "blackhole_route",
+          container_prohibit_route, script=container_prohibit_route_sh),
+    Fault("split-backend-drop", "a DROP written with iptables-nft beside the lab's rules (the backends split)", "seed1", FORWARD_OUT, "198.51.100.1", "forward_drop",
+          split_backend_drop, kernel="NETFILTER_DROP", script=split_backend_drop_sh),
+    Fault("ufw-forward-policy-drop", "a firewall daemon's inet table hooks forward with policy drop", "seed1", FORWARD_OUT, "198.51.100.1", "forward_drop",
+          ufw_forward_policy_drop, kernel="NETFILTER_DROP", script=ufw_forward_policy_drop_sh),
+    Fault("forward-no-return-accept", "FORWARD policy DROP with an accept for the way out only: the replies are dropped", "seed1", FORWARD_OUT, "198.51.100.1",
+          "forward_drop", forward_no_return_accept, kernel="NETFILTER_DROP", script=forward_no_return_accept_sh),
+    Fault("ipv6-drop-decoy", "IPv6 forwarding dropped (ip6tables, an inet table) beside a removed MASQUERADE: the IPv6 rules must not be blamed", "seed1", MASQ_OUT,
+          "198.51.100.1", "masquerade_missing", ipv6_drop_decoy, script=ipv6_drop_decoy_sh, not_blamed=("forward_drop",)),
+    Fault("dnat-wrong-iif", "the published port's DNAT is bound to the bridge (-i br0): traffic from outside passes it untranslated", "seed1", DNAT_OUTSIDE,
+          "203.0.113.2:5000", "dnat_wrong_match", dnat_wrong_iif, script=dnat_wrong_iif_sh),
+    Fault("iface-forwarding-off", "net.ipv4.conf.br0.forwarding = 0 while ip_forward = 1", "seed1", FORWARD_OUT, "198.51.100.1", "forwarding_off", iface_forwarding_off,
+          script=iface_forwarding_off_sh),
+    Fault("host-default-route-missing", "the host has no default route (a DHCP client or a VPN took it away)", "seed1", FORWARD_OUT, "198.51.100.1", "host_no_route",
+          host_default_route_missing, script=host_default_route_missing_sh),
+    Fault("docker-icc-off", "a FORWARD DROP from the bridge to itself (Docker's icc=false): containers on one bridge cannot talk", "seed1", BRIDGE_MATRIX, "bridge matrix",
+          "forward_drop", docker_icc_off, kernel="NETFILTER_DROP", script=docker_icc_off_sh),
 ]}
 
 
+SCRIPTED = ":script"  # --netcheck-fault NAME:script injects the fault with its outside script
+
+
+def known(name: str) -> bool:
+    """Is ``name`` a fault of the catalog, or NAME:script for one that has a script?"""
+    base, scripted, rest = name.partition(SCRIPTED)
+    f = FAULTS.get(base)
+    return f is not None and not rest and (not scripted or f.script is not None)
 
 
 def inject(lab: Lab, names: Iterable[str]) -> list[str]:
     """Apply the named faults that make sense for this lab's topology; returns those applied."""
     applied = []
     for name in names:
+        base, scripted, _ = name.partition(SCRIPTED)
         try:
-            FAULTS[name].inject(lab)
+            if scripted:
+                run_script(lab, FAULTS[base])
+            else:
+                FAULTS[base].inject(lab)
         except (LookupError, IndexError, StopIteration):
             continue  # the topology lacks what this fault breaks (e.g. no VIP)
         applied.append(name)
@@ -718,4 +1038,4 @@ CROSS_HOST_FAULTS: dict[str, CrossHostFault] = {f.name: f for f in [
 ]}
 
 
-__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "CrossHostFault", "Fault", "IPv4Address", "inject"]
+__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "SCRIPTED", "CrossHostFault", "Fault", "IPv4Address", "inject", "known", "run_script"]

@@ -88,9 +88,9 @@ def resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"--netcheck-scale-n={scale_n}: use a number of containers from 2 to 1000")
     faults = tuple(config.getoption("netcheck_fault") or ())
     if faults:
-        from netcheck.faults import FAULTS
+        from netcheck.faults import FAULTS, known
 
-        unknown = [f for f in faults if f not in FAULTS]
+        unknown = [f for f in faults if not known(f)]
         if unknown:
             raise pytest.UsageError(f"--netcheck-fault {', '.join(unknown)}: unknown fault; known: {', '.join(sorted(FAULTS))}")
         if config.getoption("netcheck_host"):

@@ -73,9 +73,9 @@ def test_a_witness_sees_only_its_labs_namespaces() -> None:
 @pytest.mark.parametrize(("reason", "location", "netns", "causes"), [
     ("NETFILTER_DROP", "nft_do_chain", "host", ("forward_drop", "dns_udp_blocked", "rules_split")),
     ("IP_RPFILTER", "ip_rcv_finish_core", "host", ("rp_filter_strict",)),
-    ("IP_INNOROUTES", "ip_route_input_slow", "host", ("no_route", "no_default_route", "host_no_route", "link_down")),
-    ("IP_OUTNOROUTES", "ip_route_output", "netns0", ("no_route", "no_default_route", "host_no_route", "link_down")),
-    ("NEIGH_FAILED", "neigh_invalidate", "netns0", ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down")),
+    ("IP_INNOROUTES", "ip_route_input_slow", "host", ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")),
+    ("IP_OUTNOROUTES", "ip_route_output", "netns0", ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")),
+    ("NEIGH_FAILED", "neigh_invalidate", "netns0", ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore")),
     ("PKT_TOO_BIG", "ip_forward", "host", ("mtu_mismatch",)),
     ("NO_SOCKET", "tcp_v4_rcv", "netns1", ("no_listener",)),  # in the container meant to answer
     ("NO_SOCKET", "tcp_v4_rcv", "netns0", ()),  # elsewhere: an un-NATed reply, no missing listener

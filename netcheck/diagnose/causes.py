@@ -1,33 +1,82 @@
-"""Every cause the diagnosis can name: what it means and how it is recognised.
+"""The registry of causes: one declaration per cause the diagnosis can name.
 
-The rules (netcheck/diagnose/rules.py) name a cause by its id in each ``Finding``; this is the
-one list of those ids, read by ``netcheck causes``. tests/test_cli.py checks that every id the
-rules use is here, and that docs/diagnosis.md's table of causes names the same ids.
+Each ``Cause`` holds its id, what it means, how it is recognised, its severity, how its fix is
+built as values (``netcheck.evidence``: ``Sysctl``, ``SetLink``, ``AddRoute``, ``DeleteRule``,
+``AddRule``, ``SetPolicy``; none: a command for people only), and its row in docs/diagnosis.md.
+The faults that inject a cause are those of the catalogs (``netcheck.faults.FAULTS`` and
+``CROSS_HOST_FAULTS``, and the tools' ``netcheck.adapters.faults.EXTERNAL_FAULTS``) that name it as their expected cause.
+
+Everything else follows from it: ``netcheck causes`` (``--markdown`` prints the docs table,
+which tests/test_causes.py diffs against docs/diagnosis.md), the check that every id a rule
+names is declared here (tests/test_cli.py), and the expected causes of the fault tests (each
+fault's ``cause`` must be declared, with its fix kinds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["breaks", "exposes", "hygiene", "bug"]
+SEVERITIES: dict[str, str] = {
+    "breaks": "a flow the spec promises fails",
+    "exposes": "a flow that must be blocked gets through",
+    "hygiene": "the state differs from the spec without breaking a probe",
+    "bug": "netcheck itself failed",
+}
+FIX_VALUES = ("Sysctl", "SetLink", "AddRoute", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
 
 
 @dataclass(frozen=True)
 class Cause:
     id: str
-    means: str
+    means: str  # markdown: `code` for sysctls and commands
     recognised: str  # the evidence the rules read to name it
+    severity: Severity = "breaks"
+    fix: str = ""  # how the fix is built; "" when it is a command for people only
+    fixes: tuple[str, ...] = ()  # the fix values its findings carry (names in FIX_VALUES)
+
+    def row(self, faults: Iterable[str] = ()) -> str:
+        """Its row in docs/diagnosis.md's table of causes."""
+        cells = [f"`{self.id}`", self.means, self.recognised, self.severity, self.fix or "a command to paste (not applied)", ", ".join(f"`{f}`" for f in faults) or "-"]
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 CAUSES: dict[str, Cause] = {c.id: c for c in [
-    Cause("link_down", "a link on the path is admin down (or has no carrier)", "netlink link state, for the links of the path first"),
-    Cause("lo_down", "a namespace's lo is down", "netlink; ranked first for traffic to 127.0.0.1"),
+    Cause("link_down", "a link on the path is admin down (or has no carrier)", "netlink link state, for the links of the path first",
+          fix="`SetLink` up (and `AddRoute` of the default route that went down with the uplink)", fixes=("SetLink", "AddRoute")),
+    Cause("lo_down", "a namespace's `lo` is down", "netlink; ranked first for traffic to 127.0.0.1", fix="`SetLink` lo up", fixes=("SetLink",)),
     Cause("address_on_bridge_port", "a bridge port still holds an address in the bridge's subnet (seed 2's veth_http2 keeps 10.0.0.10): the host routes the subnet out of that one port",
           "an address on a link whose master is a bridge, and the connected route it adds"),
     Cause("not_in_bridge", "a container's host veth is not a port of its bridge", "the veth's master against the spec's bridge"),
-    Cause("no_default_route", "the sender has no default route", "the sender's route lookup fails, and the spec declares a gateway"),
+    Cause("no_default_route", "the sender has no default route", "the sender's route lookup fails, and the spec declares a gateway",
+          fix="`AddRoute` default via the host's address on the container's network", fixes=("AddRoute",)),
     Cause("no_route", "the sender has no route for the destination", "the sender's route lookup fails"),
     Cause("wrong_gateway", "the route goes via an address the host does not hold", "route lookup, host addresses, the neighbour entry (FAILED)"),
     Cause("wrong_prefix", "a container's address has the wrong prefix length", "its address against the spec and the host's address on that network"),
     Cause("address_conflict", "one address held by two namespaces", "addresses of every namespace"),
+    Cause("ip_forward_off", "the host does not route (`net.ipv4.ip_forward = 0`)", "the flow is routed by the host, and the sysctl",
+          fix="`Sysctl` `net.ipv4.ip_forward=1`", fixes=("Sysctl",)),
+    Cause("forward_drop", "FORWARD drops the flow, by policy or by a rule (the rule is shown), in any chain a forward hook reaches (another daemon's too)",
+          "counter deltas of DROP/REJECT rules; a walk of both backends' forward chains",
+          fix="`DeleteRule` of the rule that drops; for a policy, `AddRule` (inserted) accepting each way, in the chain that drops", fixes=("DeleteRule", "AddRule")),
+    Cause("masquerade_missing", "no MASQUERADE covers the container", "the outside world's capture saw the private source; POSTROUTING walk",
+          fix="`AddRule` of the spec's MASQUERADE, with the backend that holds the host's rules, and `FlushConntrack` of the container's flows (NAT is decided at a flow's first packet)",
+          fixes=("AddRule", "FlushConntrack")),
+    Cause("masquerade_wrong", "a MASQUERADE exists that does not match the container (shown)", "the outside world's capture saw the private source; POSTROUTING walk",
+          fix="`DeleteRule` of each MASQUERADE that misses, `AddRule` of the spec's, `FlushConntrack` of the container's flows", fixes=("DeleteRule", "AddRule", "FlushConntrack")),
+    Cause("dnat_missing", "no DNAT for the published port or VIP", "nat PREROUTING/OUTPUT walk against the spec's `[[publish]]` / `[[vip]]`",
+          fix="`AddRule` of the spec's DNAT (PREROUTING; and OUTPUT for the host's own traffic)", fixes=("AddRule",)),
+    Cause("dnat_wrong", "a DNAT to another address or port than the spec says", "nat PREROUTING/OUTPUT walk against the spec's `[[publish]]` / `[[vip]]`; the container that answered",
+          fix="`DeleteRule` of the DNAT, `AddRule` of it to the spec's target", fixes=("DeleteRule", "AddRule")),
+    Cause("output_dnat_missing", "DNAT in PREROUTING only: the host's own traffic is not translated", "the same DNAT exists in PREROUTING, none in OUTPUT",
+          fix="`AddRule` of the PREROUTING DNAT in OUTPUT", fixes=("AddRule",)),
+    Cause("vip_not_jumped", "the VIP chain holds the DNAT but the hook does not jump to it", "the chain is not reachable from nat OUTPUT/PREROUTING",
+          fix="`AddRule` of the jump from the hook's chain", fixes=("AddRule",)),
+    Cause("br_netfilter_off", "the same-bridge DNAT/VIP reply skips the un-NAT (the hairpin / `br_netfilter` trap)",
+          "both ends on one bridge, `bridge-nf-call-iptables = 0` (and the bridge's own `nf_call_iptables` off), no MASQUERADE of bridge-local traffic; "
+          "the reply seen from the real address", fix="`Sysctl` `net.bridge.bridge-nf-call-iptables=1`", fixes=("Sysctl",)),
     Cause("ip_six_forwarding_off", "the host does not route IPv6 (net.ipv6.conf.all.forwarding = 0), whatever net.ipv4.ip_forward says",
           "an IPv6 flow routed by the host, and the IPv6 sysctl"),
     Cause("ip_six_disabled", "disable_ipv6 = 1 on the sender's interface: its IPv6 addresses and routes are gone", "the sender's disable_ipv6 sysctls, for an IPv6 flow"),
@@ -35,38 +84,45 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("dnat_to_loopback_six", "an IPv6 DNAT to ::1, which the kernel never routes (IPv6 has no route_localnet; tools use a userland proxy)", "an ip6tables DNAT whose target is ::1"),
     Cause("ra_ignored_when_forwarding", "the host has no IPv6 default route: with forwarding = 1, accept_ra = 1 ignores router advertisements (2 accepts them)",
           "an IPv6 flow the host cannot route, IPv6 forwarding on, and the uplink's accept_ra"),
-    Cause("ip_forward_off", "the host does not route (net.ipv4.ip_forward = 0)", "the flow is routed by the host, and the sysctl"),
-    Cause("forward_drop", "FORWARD drops the flow, by policy or by a rule (the rule is shown)", "counter deltas of DROP/REJECT rules; a walk of both backends' forward chains"),
-    Cause("masquerade_missing", "no MASQUERADE covers the container", "the outside world's capture saw the private source; POSTROUTING walk"),
-    Cause("masquerade_wrong", "a MASQUERADE exists that does not match the container (shown)", "the outside world's capture saw the private source; POSTROUTING walk"),
-    Cause("dnat_missing", "no DNAT for the published port or VIP", "nat PREROUTING/OUTPUT walk against the spec's [[publish]] / [[vip]]"),
-    Cause("dnat_wrong", "a DNAT to another address or port than the spec says", "nat PREROUTING/OUTPUT walk against the spec's [[publish]] / [[vip]]; the container that answered"),
-    Cause("output_dnat_missing", "DNAT in PREROUTING only: the host's own traffic is not translated", "the same DNAT exists in PREROUTING, none in OUTPUT"),
-    Cause("vip_not_jumped", "the VIP chain holds the DNAT but the hook does not jump to it", "the chain is not reachable from nat OUTPUT/PREROUTING"),
-    Cause("br_netfilter_off", "the same-bridge DNAT/VIP reply skips the un-NAT (the hairpin / br_netfilter trap)",
-          "both ends on one bridge, bridge-nf-call-iptables = 0 (and the bridge's own nf_call_iptables off), no MASQUERADE of bridge-local traffic; "
-          "the reply seen from the real address"),
     Cause("rp_filter_strict", "strict reverse-path filtering drops asymmetric traffic",
-          "TcpExt.IPReversePathFilter grew during the repeat; or the outside world routes replies to an interface the host's route back does not use"),
-    Cause("route_localnet_off", "DNAT to 127.0.0.1 without route_localnet", "the DNAT's target and the in-interface's route_localnet"),
+          "`TcpExt.IPReversePathFilter` grew during the repeat; or the outside world routes replies to an interface the host's route back does not use",
+          fix="`Sysctl` `rp_filter=2` (loose) on all and the arrival interface", fixes=("Sysctl",)),
+    Cause("route_localnet_off", "DNAT to 127.0.0.1 without `route_localnet`", "the DNAT's target and the in-interface's `route_localnet`",
+          fix="`DeleteRule` of the DNAT, `AddRule` of it to the spec's container", fixes=("DeleteRule", "AddRule", "Sysctl")),
     Cause("stray_dnat", "a DNAT the spec neither publishes nor declares as a VIP redirects a flow that must be blocked",
-          "a probe expected to be blocked was answered, and a DNAT rule's counter grew during the repeat"),
-    Cause("route_localnet_exposed", "route_localnet = 1 plus a DNAT to 127.0.0.1 expose the host's loopback", "a probe that must be blocked reached a loopback service"),
-    Cause("no_listener", "nothing listens on the port in the container", "the container's listening sockets (/proc/thread-self/net/tcp); a RST in the trace"),
-    Cause("mtu_mismatch", "the two ends of a veth have different MTUs", "netlink (shown by netcheck doctor: its suite test asserts on state, not on a probe)"),
-    Cause("extra_link", "a container holds a link that is not its own", "netlink (shown by netcheck doctor: its suite test asserts on state, not on a probe)"),
-    Cause("bridge_flooding", "a bridge forgets MACs at once (ageing_time 0) and floods every frame", "netlink bridge options (shown by netcheck doctor)"),
-    Cause("host_no_route", "the host has no route for the forwarded packet", "the host's route lookup"),
+          "a probe expected to be blocked was answered, and a DNAT rule's counter grew during the repeat", severity="exposes", fix="`DeleteRule` of the DNAT", fixes=("DeleteRule",)),
+    Cause("route_localnet_exposed", "`route_localnet = 1` plus a DNAT to 127.0.0.1 expose the host's loopback", "a probe that must be blocked reached a loopback service",
+          severity="exposes", fix="`Sysctl` `route_localnet=0` and `DeleteRule` of the DNAT", fixes=("Sysctl", "DeleteRule")),
+    Cause("dnat_wrong_match", "a DNAT meant for the published port or VIP (its target or its port) matches another destination, interface or port than the flow's (shown)",
+          "the nat walk finds no DNAT for the flow, and one in the same chains whose single matches, tried one by one, show which misses",
+          fix="`DeleteRule` of the DNAT, `AddRule` of it with the matches that missed corrected, in the same chain", fixes=("DeleteRule", "AddRule")),
+    Cause("neigh_wrong", "a static (PERMANENT) neighbour entry gives an address of the lab a MAC its holder does not have",
+          "neighbour entries of every namespace against the MAC of the interface that holds the address",
+          fix="`DeleteNeighbour` of the static entry (ARP then finds the real MAC)", fixes=("DeleteNeighbour",)),
+    Cause("arp_ignore", "the host answers no ARP on the containers' network (`arp_ignore = 8`), so their gateway never resolves",
+          "`net.ipv4.conf.{all,IFACE}.arp_ignore` of the host interface that is the containers' gateway; the container's neighbour entry (FAILED)",
+          fix="`Sysctl` `arp_ignore=0` where it is 8, and `DeleteNeighbour` of the container's FAILED entry so that ARP starts again at once", fixes=("Sysctl", "DeleteNeighbour")),
+    Cause("blackhole_route", "the most specific route to the destination is a `blackhole`, `unreachable` or `prohibit` route (in the sender or the host)",
+          "the routes of the sender and of the routing host against the flow's destination"),
+    Cause("no_listener", "nothing listens on the port in the container", "the container's listening sockets (`/proc/thread-self/net/tcp`); a RST in the trace"),
+    Cause("mtu_mismatch", "the two ends of a veth have different MTUs", "netlink (shown by `netcheck doctor`: its suite test asserts on state, not on a probe)", severity="hygiene"),
+    Cause("extra_link", "a container holds a link that is not its own", "netlink (shown by `netcheck doctor`: its suite test asserts on state, not on a probe)", severity="exposes"),
+    Cause("bridge_flooding", "a bridge forgets MACs at once (`ageing_time 0`) and floods every frame", "netlink bridge options (shown by `netcheck doctor`)", severity="exposes"),
+    Cause("host_no_route", "the host has no route for the forwarded packet", "the host's route lookup",
+          fix="`AddRoute` default via the spec's gateway, when the host has no default route", fixes=("AddRoute",)),
+    Cause("forwarding_off", "an interface the routed flow crosses has `net.ipv4.conf.IFACE.forwarding = 0` while `ip_forward = 1`",
+          "the per-interface forwarding sysctl of the flow's in and out interfaces", fix="`Sysctl` `forwarding=1` on those interfaces", fixes=("Sysctl",)),
     Cause("rules_split", "the host's rules are split across legacy and nf_tables",
-          "both backends hold rules (or a non-ACCEPT policy); the kernel applies both, each tool shows half"),
-    Cause("resolv_conf_missing", "a container has no /etc/netns/NAME/resolv.conf (seed 2's `echo \"... | tee\"` typo): it reads the machine's",
-          "the file against the spec's dns = [...]"),
-    Cause("nameserver_loopback", "a container's resolver is a loopback address (the host's stub, 127.0.0.53): its own lo, where nothing answers",
+          "both backends hold rules (or a non-ACCEPT policy); the kernel applies both, each tool shows half", severity="hygiene"),
+    Cause("resolv_conf_missing", "a container has no `/etc/netns/NAME/resolv.conf` (seed 2's `echo \"... | tee\"` typo): it reads the machine's",
+          "the file against the spec's `dns = [...]`"),
+    Cause("nameserver_loopback", "a container's resolver is a loopback address (the host's stub, 127.0.0.53): its own `lo`, where nothing answers",
           "the nameservers of the resolv.conf the container reads"),
     Cause("resolv_conf_wrong", "a container's resolv.conf names other resolvers than the spec", "the nameservers of the resolv.conf against the spec"),
     Cause("search_wrong", "a container's search domains send a short name to the wrong place", "the search line of the resolv.conf against the spec"),
-    Cause("dns_wrong_answer", "the resolver answers a name with another address than the spec's zone", "the zone netcheck's DNS server serves against [dns] records"),
-    Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)"),
+    Cause("dns_wrong_answer", "the resolver answers a name with another address than the spec's zone", "the zone netcheck's DNS server serves against `[dns]` records"),
+    Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)",
+          fix="`DeleteRule` of the rule", fixes=("DeleteRule",)),
     Cause("cross_route_missing", "a host has no route to another host's container subnet", "the host's routes against the join's plan (multi-host labs)"),
     Cause("cross_route_wrong", "a host routes another host's container subnet via the wrong next hop", "the route's gateway and device against the join's plan"),
     Cause("vxlan_fdb_missing", "a VXLAN device has no fdb entry for a remote VTEP", "the device's fdb (bridge fdb show dev ...) against the join's plan"),
@@ -86,8 +142,26 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
           "address as the source and it drops it as a martian", "the flow from a container to its own published port, its DNAT matched, and a POSTROUTING walk of C -> C"),
     Cause("hairpin_mode_off", "a container reaching its own published port: its bridge port's hairpin mode is off, so the DNATed request never goes back out by it",
           "the flow from a container to its own published port, its DNAT and hairpin MASQUERADE present, and the bridge port's hairpin flag (netlink)"),
-    Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence"),
+    Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence", severity="bug"),
 ]}
+DOCUMENTED = [c for c in CAUSES.values() if c.severity != "bug"]  # rule_failed is a bug report, not a cause of the network's
 
 
-__all__ = ["CAUSES", "Cause"]
+def faults_of(cause: str) -> list[str]:
+    """The catalog faults (netcheck's and the tools') whose expected top cause is ``cause``."""
+    from netcheck.adapters.faults import EXTERNAL_FAULTS
+    from netcheck.faults import CROSS_HOST_FAULTS, FAULTS
+
+    return sorted(f.name for f in (*FAULTS.values(), *EXTERNAL_FAULTS.values(), *CROSS_HOST_FAULTS.values()) if f.cause == cause)
+
+
+TABLE_HEAD = ("| Cause id | What it means | How it is recognised | Severity | Fix (applied to a sandbox lab, re-probed, undone) | Faults that inject it |\n"
+              "|---|---|---|---|---|---|")
+
+
+def markdown() -> str:
+    """The table of causes in docs/diagnosis.md (``netcheck causes --markdown``)."""
+    return "\n".join([TABLE_HEAD, *(c.row(faults_of(c.id)) for c in DOCUMENTED)]) + "\n"
+
+
+__all__ = ["CAUSES", "DOCUMENTED", "FIX_VALUES", "SEVERITIES", "Cause", "faults_of", "markdown"]

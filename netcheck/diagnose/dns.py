@@ -95,7 +95,7 @@ def dns_udp_blocked(ev: Evidence) -> Iterator[Finding]:
             yield Finding("dns_udp_blocked", "host", f"host: the rule `{placed.render()}` drops DNS over UDP ({x.chain}); DNS over TCP is not matched and passes, "
                           "so only resolvers that fall back to TCP work", ev.run("host", placed.delete()),
                           (placed.where() + (f", its counter grew by {grew} during the repeated query" if grew else ""),),
-                          score=97 if grew else 85)
+                          score=97 if grew else 85, fixes=(ev.delete_fix(placed),))
 
 
 __all__ = ["dns_udp_blocked", "dns_zone", "resolv_conf"]

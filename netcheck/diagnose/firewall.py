@@ -20,7 +20,7 @@ from netcheck.kernel import nft
 from netcheck.kernel.xtables import XChain, XRule
 
 TERMINAL = ("ACCEPT", "DROP", "REJECT")
-XTABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables' tables (in nf_tables: iptables-nft's)
+XTABLES = nft.XTABLES
 NAT_TARGETS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT")
 LEGACY_HOOKS = {
     ("filter", "INPUT"): ("input", "filter"),
@@ -75,22 +75,7 @@ class Placed:
         return f"{binary(self.backend, self.rule.family)}: {self.rule.table} {self.rule.chain} rule {self.position}"
 
 
-def binary(backend: str, family: int | None = None) -> str:
-    tool = "ip6tables" if family == 6 or backend in (LEGACY6, NFT6) else "iptables"
-    return f"{tool}-legacy" if backend in ("legacy", LEGACY6) else f"{tool}-nft"
-
-
-def is_native(backend: str, table: str) -> bool:
-    """Is ``table`` a native nf_tables table (a tool's own, such as a firewall = "nft" lab's), not one of iptables'?"""
-    return backend in ("nft", NFT6) and table not in XTABLES
-
-
-def command(backend: str, rule: XRule, op: str = "-A", family: str = "ip") -> str:
-    """The command that adds (op -A), inserts (-I) or deletes (-D) ``rule`` where it lives: iptables-legacy,
-    iptables-nft, or nft for a native table."""
-    if is_native(backend, rule.table):
-        return nft.command(rule, op, family)
-    return f"{binary(backend, rule.family)} {rule.render(op)}"
+binary, is_native, command = nft.binary, nft.is_native, nft.rule_command  # the one rendering of a rule where it lives (netcheck/kernel/nft.py)
 
 
 @dataclass(frozen=True)
@@ -239,8 +224,7 @@ class Ruleset:
         return [p for p in self.rules() if p.backend == backend and p.rule.table == table and p.rule.target == chain]
 
 
-LEGACY6 = "legacy6"  # the backend label of ip6tables' legacy tables
-NFT6 = "nft6"  # ... and of nf_tables' ip6 family
+LEGACY6, NFT6 = nft.LEGACY6, nft.NFT6  # the backend labels of ip6tables' legacy tables and of nf_tables' ip6 family
 
 
 def family_of(pkt: Pkt) -> int:

@@ -1,8 +1,10 @@
 """Fixes verified by re-probing: apply the top causes' fixes to a sandbox lab, repeat the probe, undo.
 
 A finding's fix is a command for people (``Finding.fix``) and, where known, values
-(``Finding.fixes``: ``Sysctl``, ``SetLink``) that this module applies to the lab's own
-namespaces. For a sandbox lab, up to three findings are tried in rank order: a fix after which
+(``Finding.fixes``: ``Sysctl``, ``SetLink``, ``AddRoute``, ``DeleteRule``, ``AddRule``,
+``SetPolicy``) that this module applies to the lab's own namespaces. A rule fix goes where the
+rule lives: ``iptables-legacy``/``iptables-nft`` with the rule's one rendering
+(``XRule.argv``), or a native nft table by handle; its undo puts the rule back at its position. For a sandbox lab, up to three findings are tried in rank order: a fix after which
 the probe passes is "verified" and ranks first; one that does not help is demoted. Every fix is
 undone at once, so the rest of the run sees the lab as it was built. A lab in host mode, or one
 that netcheck did not build (the doctor's), is never changed: its fixes are only proposed.
@@ -16,7 +18,11 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
-from netcheck.evidence import AddRoute, Finding, Fix, ProbeRequest, ProbeResult, SetLink, Sysctl
+from netcheck.diagnose.firewall import binary, is_native
+from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, ProbeRequest, ProbeResult, SetLink, SetPolicy, Sysctl
+from netcheck.kernel import nft
+from netcheck.kernel.netns import KernelError, Netns
+from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_nft
 from netcheck.ledger import SysctlEntry
 
 if TYPE_CHECKING:
@@ -36,8 +42,24 @@ def applicable(lab: object) -> str | None:
     return None
 
 
+class NotApplicable(Exception):
+    """A fix that cannot be applied and undone exactly (a rule with matches netcheck does not model)."""
+
+
+def _spec_iface(lab: Lab, name: str | None) -> str | None:
+    if not name:
+        return name
+    neg = name.startswith("!")
+    return ("!" if neg else "") + lab.spec_name(name.lstrip("!"))
+
+
 def shown(lab: Lab, fix: Fix) -> str:
-    """A fix in the spec's names (br0, not nck7q0b0)."""
+    """A fix in the spec's names (br0, not nck7q0b0); in host mode the names are the host's own."""
+    if isinstance(fix, (AddRule, DeleteRule)) and fix.netns == "host":
+        r = fix.rule
+        named = replace(r, in_interface=_spec_iface(lab, r.in_interface), out_interface=_spec_iface(lab, r.out_interface),
+                        in_set=tuple(_spec_iface(lab, x) or x for x in r.in_set), out_set=tuple(_spec_iface(lab, x) or x for x in r.out_set))
+        return f"{fix.netns}: " + replace(fix, rule=named).command()
     if isinstance(fix, SetLink) and fix.netns == "host":
         return f"{fix.netns}: " + replace(fix, link=lab.spec_name(fix.link)).command()
     if isinstance(fix, Sysctl) and fix.netns == "host":
@@ -65,13 +87,115 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 net = IPv4Network("0.0.0.0/0" if fix.dst == "default" else fix.dst)
                 ns.configure(routes=[(net, IPv4Address(fix.via), None)])
                 undo.append(lambda ns=ns, net=net: ns.deconfigure(routes=[net]))  # type: ignore[misc]
-            else:
+            elif isinstance(fix, SetLink):
                 ns.set_link(fix.link, up=fix.up)
                 undo.append(lambda ns=ns, link=fix.link, up=fix.up: ns.set_link(link, up=not up))  # type: ignore[misc]
+            elif isinstance(fix, DeleteRule):
+                undo.append(_delete_rule(ns, fix))
+            elif isinstance(fix, AddRule):
+                undo.append(_add_rule(ns, fix))
+            elif isinstance(fix, DeleteNeighbour):
+                undo.append(_delete_neighbour(ns, fix))
+            elif isinstance(fix, FlushConntrack):
+                ns.run(["conntrack", "-D", "-s", fix.source], timeout=20)  # exit 1 when there was nothing to forget
+            else:
+                undo.append(_set_policy(ns, fix))
     except BaseException:
         _run(undo)
         raise
     return lambda: _run(undo)
+
+
+def _exact(rule: XRule) -> None:
+    if rule.unmodelled:
+        raise NotApplicable(f"the rule has matches netcheck does not model ({', '.join(rule.unmodelled)}), so it could not be put back exactly")
+
+
+def _iptables(ns: Netns, backend: str, argv: list[str]) -> None:
+    cmd = [binary(backend), *(["-w"] if backend == "legacy" else []), *argv]
+    done = ns.run(cmd, timeout=20)
+    if done.returncode != 0:
+        raise KernelError(f"{' '.join(cmd)} in netns {ns.label}: {done.stderr.decode(errors='replace').strip()}")
+
+
+def _chain_rules(ns: Netns, backend: str, family: str, table: str, chain: str) -> list[XRule]:
+    """The rules of one chain as the kernel holds them now, in order."""
+    chains = read_legacy(ns, (table,)) if backend == "legacy" else nft_chains(read_nft(ns))
+    return next((list(c.rules) for c in chains if (c.table, c.name) == (table, chain) and (backend == "legacy" or c.family == family)), [])
+
+
+def _position(ns: Netns, fix: DeleteRule) -> tuple[int, XRule]:
+    """The rule's 1-based position in its chain, and the rule as held (with its handle)."""
+    for i, held in enumerate(_chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain), 1):
+        if held.key() == fix.rule.key() and (fix.rule.handle is None or held.handle in (None, fix.rule.handle)):
+            return i, held
+    raise LookupError(f"no such rule in {fix.rule.table} {fix.rule.chain}: {fix.command()}")
+
+
+def _nft_rule(family: str, rule: XRule, **where: int) -> dict[str, object]:
+    body: dict[str, object] = {"family": family, "table": rule.table, "chain": rule.chain, "expr": nft.expressions(rule, {rule.target}), **where}
+    if rule.comment:
+        body["comment"] = rule.comment
+    return body
+
+
+def _delete_rule(ns: Netns, fix: DeleteRule) -> Callable[[], None]:
+    _exact(fix.rule)
+    position, held = _position(ns, fix)
+    if is_native(fix.backend, fix.rule.table):
+        assert held.handle is not None
+        nft.delete_rule(ns, fix.family, held.table, held.chain, held.handle)
+        return lambda: nft.run(ns, [{"insert": {"rule": _nft_rule(fix.family, held, index=position - 1)}}], what="putting a rule back")
+    _iptables(ns, fix.backend, fix.rule.argv("-D"))
+    return lambda: _iptables(ns, fix.backend, held.argv("-I", position))
+
+
+def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
+    _exact(fix.rule)
+    if not is_native(fix.backend, fix.rule.table):
+        _iptables(ns, fix.backend, fix.rule.argv("-I" if fix.insert else "-A"))
+        return lambda: _iptables(ns, fix.backend, fix.rule.argv("-D"))
+    before = {r.handle for r in _chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain)}
+    nft.run(ns, [{"insert" if fix.insert else "add": {"rule": _nft_rule(fix.family, fix.rule)}}], what="adding a rule")
+    added = [r.handle for r in _chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain) if r.handle not in before and r.handle is not None]
+
+    def remove() -> None:
+        for h in added:
+            nft.delete_rule(ns, fix.family, fix.rule.table, fix.rule.chain, h)
+
+    return remove
+
+
+def _delete_neighbour(ns: Netns, fix: DeleteNeighbour) -> Callable[[], None]:
+    """Delete the entry; the undo puts a static one back (a learned one is learned again)."""
+    held = next((n for n in ns.neighbours() if n.interface == fix.link and n.address == fix.address), None)
+    ns.delete_neighbours(fix.link, [IPv4Address(fix.address)])
+    if held is None or held.state != "PERMANENT" or not held.mac:
+        return lambda: None
+    mac = held.mac
+    return lambda: ns.set_neighbours(fix.link, [(IPv4Address(fix.address), mac)])
+
+
+def _set_policy(ns: Netns, fix: SetPolicy) -> Callable[[], None]:
+    if fix.backend == "legacy":
+        from netcheck.kernel.xtables import set_policy
+
+        old = set_policy(ns, fix.table, fix.chain, fix.policy)
+
+        def back() -> None:
+            set_policy(ns, fix.table, fix.chain, old)
+
+        return back
+    chain = next((c for c in nft_chains(read_nft(ns)) if (c.family, c.table, c.name) == (fix.family, fix.table, fix.chain)), None)
+    if chain is None or chain.hook is None or chain.policy is None:
+        raise LookupError(f"no base chain {fix.family} {fix.table} {fix.chain}")
+    body = {"family": fix.family, "table": fix.table, "name": fix.chain, "type": chain.kind, "hook": chain.hook, "prio": chain.priority}
+
+    def policy(p: str) -> None:
+        nft.run(ns, [{"add": {"chain": {**body, "policy": p.lower()}}}], what=f"setting the {fix.chain} policy to {p}")
+
+    policy(fix.policy)
+    return lambda: policy(chain.policy or "accept")
 
 
 def _run(undo: list[Callable[[], None]]) -> None:
@@ -92,6 +216,9 @@ def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], Pro
         what = " && ".join(shown(lab, x) for x in f.fixes)
         try:
             undo = apply(lab, f.fixes)
+        except NotApplicable as exc:
+            out[i] = replace(f, verified=f"fix not applicable: {what}: {exc}")
+            continue
         except Exception as exc:  # noqa: BLE001 - a fix that cannot be applied is reported, the next one tried
             out[i] = replace(f, verified=f"fix not applied: {what}: {exc}")
             continue

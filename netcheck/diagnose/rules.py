@@ -18,10 +18,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network, ip_a
 from typing import TYPE_CHECKING
 
 from netcheck import expect as promise
-from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, command, matches
+from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import AddRoute, Finding, Hop, Packet, ProbeResult, SetLink, Sysctl
+from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, Sysctl
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -70,14 +70,23 @@ class Evidence:
         return self.run(label, Sysctl(label, key, str(value)).command())
 
     def add(self, rule: XRule, backend: str | None = None, op: str = "-A", family: str = "ip") -> str:
-        """The command, in the host, that adds ``rule`` (op -I: inserts it) with ``backend`` (default:
-        where the host's rules are). A rule in one of iptables' tables goes, for a lab built with
-        firewall = "nft", to the lab's own nft table that has that chain."""
+        """The command, in the host, that adds ``rule`` (op -I: inserts it): ``add_fix``'s value, rendered."""
+        return self.run("host", self.add_fix(rule, backend, op, family).command())
+
+    def add_fix(self, rule: XRule, backend: str | None = None, op: str = "-A", family: str = "ip") -> AddRule:
+        """The fix that adds ``rule`` in the host (op -I: inserts it) with ``backend`` (default: where the
+        host's rules are). A rule in one of iptables' tables goes, for a lab built with firewall = "nft",
+        to the lab's own nft table that has that chain."""
         if self.t.host.firewall == "nft" and rule.table in BUILTIN_CHAINS:
             home = self.fw.native_home(rule.table, rule.chain)
             if home is not None:
-                return self.run("host", command("nft", replace(rule, table=home[0]), op, home[1]))
-        return self.run("host", command(backend or self.backend(), rule, op, family))
+                return AddRule("host", "nft", replace(rule, table=home[0]), home[1], insert=op == "-I")
+        return AddRule("host", backend or self.backend(), rule, family, insert=op == "-I")
+
+    @staticmethod
+    def delete_fix(placed: Placed) -> DeleteRule:
+        """The fix that deletes a rule where it lives (its command is ``placed.delete()``)."""
+        return DeleteRule("host", placed.backend, placed.rule, placed.family)
 
     def backend(self) -> str:
         """Where new rules should go: the backend that already holds the host's rules."""
@@ -412,6 +421,7 @@ def source_route(ev: Evidence) -> Iterator[Finding]:
             "no_default_route", f.source, f"{f.source}: no route to {f.dst_addr} ({got}): the container has no default route, so it cannot reach anything beyond its own subnet",
             ev.run(f.source, f"ip route add default via {gw}") if gw else ev.run(f.source, "ip route add default via <the host's address on this network>"),
             (f"routes: {_routes(ns_state)}", *([f"the probe failed with: {ev.result.error}"] if ev.result and ev.result.error else [])), score=85,
+            fixes=(AddRoute(f.source, "default", str(gw)),) if gw else (),
         )
         return
     if got.gateway is None:
@@ -573,7 +583,7 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
             yield Finding(
                 "forward_drop", "host", f"host: the rule `{placed.render()}` dropped the probe{_ifaces(ev, placed.rule)}: its counter grew by {n} during the repeated probe",
                 ev.run("host", placed.delete()),
-                (placed.where(), *ev.break_note()), score=93,
+                (placed.where(), *ev.break_note()), score=93, fixes=(ev.delete_fix(placed),),
             )
             counted = True
     if pkt is None or r is None or counted:
@@ -610,14 +620,25 @@ def _forward_finding(ev: Evidence, d: Decision, p: Pkt, label: str, bridged: boo
             evidence.append(f"its counter grew by {counted} during the repeated probe")
         return Finding(
             "forward_drop", "host", f"host: FORWARD drops the {label} {way}{why}: `{d.rule.render()}`",
-            ev.run("host", d.rule.delete()), tuple(evidence), score=92 if counted else 86,
+            ev.run("host", d.rule.delete()), tuple(evidence), score=92 if counted else 86, fixes=(ev.delete_fix(d.rule),),
         )
-    accept = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.iif, out_interface=p.oif)
-    back = XRule("filter", "FORWARD", "ACCEPT", in_interface=p.oif, out_interface=p.iif)
-    fix = ev.add(accept, d.backend, "-I") + ("" if p.iif == p.oif else " && " + ev.add(back, d.backend, "-I"))
+    # The accepts go into the chain whose policy drops: iptables' FORWARD, or a native nft chain (a firewall daemon's own table).
+    chain = next((ch for b, ch in ev.fw.base_chains("forward", "filter") if b == d.backend and ch.name == d.chain and (ch.policy or "ACCEPT") == d.policy), None)
+    native = chain is not None and is_native(d.backend, chain.table)
+    where = XRule(chain.table, chain.name, "ACCEPT") if native and chain is not None else XRule("filter", "FORWARD", "ACCEPT")
+    accept = replace(where, in_interface=p.iif, out_interface=p.oif)
+    back = replace(where, in_interface=p.oif, out_interface=p.iif)
+    family = chain.family if native and chain is not None else "ip"
+
+    def value(rule: XRule) -> AddRule:
+        return AddRule("host", d.backend, rule, family, insert=True) if native else ev.add_fix(rule, d.backend, "-I")
+
+    values = (value(accept), *(() if p.iif == p.oif else (value(back),)))
+    policy_of = f"the policy of nft chain {family} {chain.table} {chain.name}" if native and chain is not None else f"the FORWARD policy ({binary(d.backend)})"
     return Finding(
-        "forward_drop", "host", f"host: the FORWARD policy is {d.verdict} ({binary(d.backend)}) and no rule accepts {way}{why}, so the {label} is dropped",
-        fix, tuple(evidence), score=90,
+        "forward_drop", "host", f"host: {policy_of} is {d.verdict} and no rule accepts {way}{why}, so the {label} is dropped" if native else
+        f"host: the FORWARD policy is {d.verdict} ({binary(d.backend)}) and no rule accepts {way}{why}, so the {label} is dropped",
+        " && ".join(ev.run("host", v.command()) for v in values), tuple(evidence), score=90, fixes=values,
     )
 
 
@@ -646,6 +667,7 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
         yield Finding(
             "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
             ev.run("host", f"ip {'-6 ' if v6 else ''}route add default via {gw}"), (f"host routes: {_routes(ev.host)}",), score=60,
+            fixes=(AddRoute("host", "default", str(gw)),) if d is None and not v6 else (),
         )
         return
     if v6:
@@ -665,6 +687,23 @@ def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
         "host_no_route", "host", f"host: the route back to {f.src_addr} leaves by {ev.show(back.interface)}, not {ev.show(r.in_iface)}: the host has no route to "
         f"{c.address6.network}, so the replies go out again instead of reaching {f.source}",
         ev.run("host", f"ip -6 route add {c.address6.network} dev {r.in_iface}"), (f"route back: {f.src_addr} via {back.gateway or '-'} dev {back.interface}",), score=75,
+    )
+
+
+def forwarding_off(ev: Evidence) -> Iterator[Finding]:
+    """ip_forward = 1, but an interface the routed flow enters by (either way) has forwarding = 0: the host routes nothing that arrives there."""
+    r = ev.route
+    if r is None or not r.routed or ev.host.sysctl("net.ipv4.ip_forward") != "1":
+        return
+    off = [i for i in (r.in_iface, r.out_iface) if i and ev.host.sysctl(f"net.ipv4.conf.{i}.forwarding") == "0"]
+    if not off:
+        return
+    values = tuple(Sysctl("host", f"net.ipv4.conf.{i}.forwarding", "1") for i in off)
+    yield Finding(
+        "forwarding_off", "host",
+        f"host: net.ipv4.conf.{'/'.join(ev.lab.spec_name(i) for i in off)}.forwarding = 0 (while ip_forward = 1): the host routes nothing that arrives on "
+        f"{' or '.join(ev.show(i) for i in off)}, so the {'request' if r.in_iface in off else 'reply'} is not forwarded",
+        " && ".join(ev.run("host", v.command()) for v in values), tuple(ev.break_note()), score=94, fixes=values,
     )
 
 
@@ -776,18 +815,24 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
         seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
         if rules:
             shown = "; ".join(f"`{p.render()}`" for p in rules)
-            fix = " && ".join([ev.run("host", p.delete()) for p in rules] + [ev.add(want, rules[0].backend)])
+            values: tuple[Fix, ...] = (*(ev.delete_fix(p) for p in rules), ev.add_fix(want, rules[0].backend), *_forget(ev, addr))
+            fix = " && ".join(ev.run("host", v.command()) for v in values)
             yield Finding(
                 "masquerade_wrong", "host", f"host: no MASQUERADE rule matches {name}'s packets ({addr} leaving by {ev.show(oif)}): {shown} does not cover them, so they leave with the private "
                     f"source {addr} and no reply finds its way back",
-                fix, (*seen_note, *ev.break_note("back")), score=90 if private else 72,
+                fix, (*seen_note, *ev.break_note("back")), score=90 if private else 72, fixes=values,
             )
         else:
             yield Finding(
                 "masquerade_missing", "host", f"host: no MASQUERADE (or SNAT) rule covers {name}'s packets leaving by {ev.show(oif)}, so they leave with the private source {addr} and no reply "
                     f"finds its way back",
-                ev.add(want), (*seen_note, *ev.break_note("back")), score=90 if private else 72,
+                ev.add(want), (*seen_note, *ev.break_note("back")), score=90 if private else 72, fixes=(ev.add_fix(want), *_forget(ev, addr)),
             )
+
+
+def _forget(ev: Evidence, addr: str) -> tuple[FlushConntrack, ...]:
+    """For a probed flow: the conntrack entries of its source go too, since NAT is decided at a flow's first packet."""
+    return (FlushConntrack("host", addr),) if ev.flow is not None else ()
 
 
 def _split_to(to: str | None) -> tuple[str, int | None]:
@@ -863,6 +908,8 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                     f"rewritten packet as a martian (loopback addresses may not arrive from outside)",
                 ev.sysctl_fix("host", f"net.ipv4.conf.{iif or 'all'}.route_localnet", 1) + f"  (and MASQUERADE the replies, as CNI portmap does; or DNAT to {f.target_addr}:{f.target_port} instead)",
                 (*rule_ev, f"route_localnet: all={ev.host.sysctl('net.ipv4.conf.all.route_localnet')}, {iif}={ev.host.sysctl(f'net.ipv4.conf.{iif}.route_localnet')}"), score=95,
+                fixes=(ev.delete_fix(d.rule), ev.add_fix(replace(d.rule.rule, to_destination=f"{f.target_addr}:{f.target_port}", handle=None), d.backend, family=d.rule.family))
+                if f.target_addr else (Sysctl("host", f"net.ipv4.conf.{iif or 'all'}.route_localnet", "1"),),
             )
             return
     if hook == "output" and IPv4Address(f.dst_addr) in LOOPBACK and f.expected != "block":
@@ -908,6 +955,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
             f"host: {what} is DNATed to {d.rule.rule.to_destination}" + (f" ({owner})" if owner else "") + f", but the spec sends it to {f.target} at {want}",
             ev.run("host", d.rule.delete()) + " && " + ev.add(replace(d.rule.rule, to_destination=want, handle=None), d.backend, family=d.rule.family),
             tuple(rule_ev), score=72 if static else 90,
+            fixes=(ev.delete_fix(d.rule), ev.add_fix(replace(d.rule.rule, to_destination=want, handle=None), d.backend, family=d.rule.family)),
         )
 
 
@@ -924,7 +972,7 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
                 "vip_not_jumped", "host",
                 f"host: the chain {p.rule.chain} holds the DNAT for {what}, but nat {chain_name} does not jump to it (only {from_where} does), so {who} packets are never translated",
                 ev.add(XRule(p.rule.table, chain_name, p.rule.chain), p.backend, family=p.family),
-                (f"the DNAT: `{p.render()}`",), score=72 if static else 92,
+                (f"the DNAT: `{p.render()}`",), score=72 if static else 92, fixes=(ev.add_fix(XRule(p.rule.table, chain_name, p.rule.chain), p.backend, family=p.family),),
             )
             return
         if hook == "output" and (p.backend, p.rule.table, p.rule.chain) in pre_chains:
@@ -932,19 +980,54 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
                 "output_dnat_missing", "host",
                 f"host: {what} is DNATed in nat PREROUTING only; traffic the host itself sends goes through nat OUTPUT, which has no DNAT for it, so the host talks to itself instead of {f.target}",
                 ev.add(replace(p.rule, chain="OUTPUT", handle=None), p.backend, family=p.family),
-                (f"PREROUTING has: `{p.render()}`",), score=72 if static else 92,
+                (f"PREROUTING has: `{p.render()}`",), score=72 if static else 92, fixes=(ev.add_fix(replace(p.rule, chain="OUTPUT", handle=None), p.backend, family=p.family),),
             )
             return
+    near = _near_dnat(ev, f, pkt, hook_chains)
+    if near is not None:
+        p, misses, corrected = near
+        values_near: tuple[Fix, ...] = (ev.delete_fix(p), AddRule("host", p.backend, corrected, p.family))
+        yield Finding(
+            "dnat_wrong_match", "host",
+            f"host: `{p.render()}` would send {what} to {f.target}, but it matches {'; '.join(misses)}, so {who} packets pass it by untranslated",
+            " && ".join(ev.run("host", v.command()) for v in values_near), (p.where(), *ev.break_note()), score=74 if static else 91, fixes=values_near,
+        )
+        return
     chains = " and ".join(["PREROUTING", "OUTPUT"] if f.source == "host" else ["PREROUTING"])
-    fix = ev.add(_spec_dnat(f, "PREROUTING"))
-    if f.source == "host":
-        fix = ev.add(_spec_dnat(f, "OUTPUT")) + " && " + fix
+    values = ((ev.add_fix(_spec_dnat(f, "OUTPUT")),) if f.source == "host" else ()) + (ev.add_fix(_spec_dnat(f, "PREROUTING")),)
+    fix = " && ".join(ev.run("host", v.command()) for v in values)
     yield Finding(
         "dnat_missing", "host",
         f"host: no DNAT rule in nat {chains} translates {what} to {f.target} ({f.target_addr}:{f.target_port}), so {who} packets stay addressed to the host" + (", where nothing "
             "answers" if f.via == "publish" else ""),
-        fix, tuple(ev.break_note()), score=70 if static else 88,
+        fix, tuple(ev.break_note()), score=70 if static else 88, fixes=values,
     )
+
+
+def _near_dnat(ev: Evidence, f: Flow, pkt: Pkt, hook_chains: set[tuple[str, str, str]]) -> tuple[Placed, list[str], XRule] | None:
+    """A DNAT in the hook's chains meant for this flow (to the spec's target, or for its port) that misses it, the matches that miss,
+    and the rule corrected to match it (in the same table and chain)."""
+    want = f"{f.target_addr}:{f.target_port}"
+    for p in ev.fw.rules():
+        r = p.rule
+        if r.target != "DNAT" or (p.backend, r.table, r.chain) not in hook_chains or r.unmodelled:
+            continue
+        meant = r.to_destination in (want, f.target_addr) or (r.protocol == pkt.proto and r.dport == pkt.dport)
+        if not meant or matches(r, pkt):
+            continue
+        misses = []
+        corrected = replace(r, handle=None, packets=0, bytes=0)
+        fixed = {"-s": {"src": None}, "-d": {"dst": pkt.dst}, "-i": {"in_interface": None}, "-p/--dport": {"protocol": pkt.proto, "dport": pkt.dport, "dports": ()}}
+        for label, one, seen in (("-s", XRule(r.table, r.chain, "DNAT", src=r.src), pkt.src), ("-d", XRule(r.table, r.chain, "DNAT", dst=r.dst), pkt.dst),
+                                 ("-i", XRule(r.table, r.chain, "DNAT", in_interface=r.in_interface), ev.show(pkt.iif)),
+                                 ("-p/--dport", XRule(r.table, r.chain, "DNAT", protocol=r.protocol, dport=r.dport, dports=r.dports), f"{pkt.proto}/{pkt.dport}")):
+            if not matches(one, pkt):
+                value = {"-s": r.src, "-d": r.dst, "-i": ev.show(r.in_interface.lstrip("!")) if r.in_interface else None}.get(label) or f"{r.protocol}/{r.dport or r.dports}"
+                misses.append(f"{label} {value} (the packet's: {seen})")
+                corrected = replace(corrected, **fixed[label])  # type: ignore[arg-type]
+        if misses:
+            return p, misses, corrected
+    return None
 
 
 def stray_dnat(ev: Evidence) -> Iterator[Finding]:
@@ -965,7 +1048,7 @@ def stray_dnat(ev: Evidence) -> Iterator[Finding]:
             f"host: `{placed.render()}` redirects {f.dst_addr}:{f.dport} to {to}, which the spec neither publishes nor declares as a VIP: "
             f"a flow that must be blocked reached {who}",
             ev.run("host", placed.delete()),
-            (f"its counter grew by {n} during the repeated probe",), score=90,
+            (f"its counter grew by {n} during the repeated probe",), score=90, fixes=(ev.delete_fix(placed),),
         )
 
 
@@ -993,6 +1076,7 @@ def route_localnet_exposed(ev: Evidence) -> Iterator[Finding]:
                 f"reachable from the containers",
             " && ".join([ev.sysctl_fix("host", f"net.ipv4.conf.{i}.route_localnet", 0) for i in exposed] + [ev.run("host", p.delete())]),
             ("a probe that must be blocked reached a loopback service",) if live else (), score=92 if live else 58,
+            fixes=(*(Sysctl("host", f"net.ipv4.conf.{i}.route_localnet", "0") for i in exposed), ev.delete_fix(p)),
         )
 
 
@@ -1027,6 +1111,83 @@ def br_netfilter_off(ev: Evidence) -> Iterator[Finding]:
                 f"the bridge, is never un-NATed, and {f.source} drops it (the hairpin / br_netfilter trap)",
             ev.sysctl_fix("host", "net.bridge.bridge-nf-call-iptables", 1) + f"  (or MASQUERADE bridge-local traffic: {ev.add(masq)})",
             tuple(evidence), score=60 if ev.flow is None else 93, fixes=(Sysctl("host", "net.bridge.bridge-nf-call-iptables", "1"),),
+        )
+
+
+# ============================================================================ neighbours and special routes
+
+
+BLACKHOLES = ("blackhole", "unreachable", "prohibit")
+
+
+def neigh_wrong(ev: Evidence) -> Iterator[Finding]:
+    """A static neighbour entry that gives an address of the lab another MAC than its holder's interface has."""
+    holders = {str(a.address.ip): (label, a.interface) for label, ns in ev.snap.namespaces.items() for a in ns.addresses if a.address.ip not in LOOPBACK}
+    on = ev.on_path()
+    for label, ns in ev.snap.namespaces.items():
+        for n in ns.neighbours:
+            held = holders.get(n.address)
+            if n.state != "PERMANENT" or not n.mac or held is None or held[0] == label:
+                continue
+            holder = ev.snap.ns(held[0])
+            link = holder.link(held[1]) if holder is not None else None
+            if link is None or not link.mac or link.mac.lower() == n.mac.lower():
+                continue
+            iface = ev.show(held[1]) if held[0] == "host" else held[1]
+            yield Finding(
+                "neigh_wrong", label,
+                f"{label}: a static (PERMANENT) neighbour entry on {n.interface} gives {n.address} the MAC {n.mac}, but {n.address} is {held[0]}'s, on {iface} at {link.mac}: "
+                "frames meant for it go to a MAC nobody has, and no ARP corrects a static entry",
+                ev.run(label, DeleteNeighbour(label, n.interface, n.address).command()), (f"{label} neighbour {n.address} lladdr {n.mac} {n.state}",),
+                score=91 if label in on else 60, fixes=(DeleteNeighbour(label, n.interface, n.address),),
+            )
+
+
+def arp_ignore(ev: Evidence) -> Iterator[Finding]:
+    """The host answers no ARP (arp_ignore = 8) on an interface its containers use as their gateway."""
+    on = ev.on_path()
+    done: set[str] = set()
+    for c in ev.t.containers:
+        s = ev.side(c.name)
+        if s is None or not s.l3 or s.l3 in done or ev.host.conf(s.l3, "arp_ignore") != 8:
+            continue
+        done.add(s.l3)
+        users = [x.name for x in ev.t.containers if (ev.side(x.name) or s).l3 == s.l3]
+        gw = _host_gateway(ev, c.name)
+        ns = ev.snap.ns(c.name)
+        neigh = next((n for n in ns.neighbours if n.address == gw), None) if ns is not None and gw else None
+        values: tuple[Fix, ...] = tuple(Sysctl("host", f"net.ipv4.conf.{i}.arp_ignore", "0") for i in ("all", s.l3) if ev.host.sysctl(f"net.ipv4.conf.{i}.arp_ignore") == "8")
+        if neigh is not None and neigh.state in ("FAILED", "INCOMPLETE"):
+            values += (DeleteNeighbour(c.name, neigh.interface, neigh.address),)  # so that ARP starts again at once, not at its next retry
+        yield Finding(
+            "arp_ignore", "host",
+            f"host: net.ipv4.conf.{ev.lab.spec_name(s.l3)}.arp_ignore = 8: the host answers no ARP request on {ev.show(s.l3)}, so {', '.join(users)} never resolve their gateway {gw or ''}".rstrip(),
+            " && ".join(ev.run(v.netns, v.command()) for v in values), (f"{c.name} neighbour {gw}: {neigh.state if neigh else 'no entry'}",),
+            score=91 if on & set(users) else 62, fixes=values,
+        )
+
+
+def blackhole_route(ev: Evidence) -> Iterator[Finding]:
+    """The most specific route for the flow's destination, in the sender or in the routing host, is a blackhole, unreachable or prohibit route."""
+    f, r = ev.flow, ev.route
+    if f is None or f.proto == "arp":
+        return
+    dst = IPv4Address(f.target_addr if f.dnat and f.target_addr else f.dst_addr)
+    places = [f.source] if f.source in {c.name for c in ev.t.containers} else []
+    if r is not None and r.routed:
+        places.append("host")
+    for label in places:
+        ns = ev.snap.ns(label)
+        covering = [x for x in (ns.routes if ns is not None else ()) if dst in x.dst]
+        if not covering:
+            continue
+        best = max(covering, key=lambda x: x.dst.prefixlen)
+        if best.kind not in BLACKHOLES:
+            continue
+        yield Finding(
+            "blackhole_route", label, f"{label}: a {best.kind} route for {best.dst} is the most specific route to {dst}, so the kernel discards the traffic"
+            + (" it forwards" if label == "host" else " it sends") + (" (and refuses it with an ICMP error)" if best.kind != "blackhole" else " silently"),
+            ev.run(label, f"ip route del {best.kind} {best.dst}"), (f"{label} routes: {_routes(ns)}" if ns is not None else "",), score=94,
         )
 
 
@@ -1086,7 +1247,7 @@ RULES: tuple[Rule, ...] = (
     link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
     address_conflict, address_on_bridge_port, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
     ipv6_forwarding_off, ipv6_disabled, dad_failed, dnat_to_loopback6,
-    host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat,
+    host_no_route, forwarding_off, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat, neigh_wrong, arp_ignore, blackhole_route,
     route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )
 

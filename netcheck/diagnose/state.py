@@ -23,9 +23,9 @@ from netcheck.kernel.xtables import nft_available, read_legacy, read_legacy6, re
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
 
-HOST_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables")
+HOST_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables", "net.ipv4.conf.all.arp_ignore")
 IPV6_SYSCTLS = ("net.ipv6.conf.all.forwarding", "net.ipv6.conf.all.disable_ipv6", "net.bridge.bridge-nf-call-ip6tables")  # read where IPv6 is on
-IFACE_SYSCTLS = ("rp_filter", "route_localnet", "forwarding")
+IFACE_SYSCTLS = ("rp_filter", "route_localnet", "forwarding", "arp_ignore")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SETTLE = 0.2  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind; its first events, up to ~150 ms)
 READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
 FIREWALL = ("forward_drop", "dns_udp_blocked", "rules_split")  # a rule or a policy dropped it (a DNS-only drop is one too)
-NO_ROUTE = ("no_route", "no_default_route", "host_no_route", "link_down")  # a link that goes down takes its routes with it
+NO_ROUTE = ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")  # a link that goes down takes its routes with it
 
 # Drop reasons that name a cause by themselves (the kernel's reason, not a guess from configuration).
 REASON_CAUSES: dict[str, tuple[str, ...]] = {
@@ -30,8 +30,8 @@ REASON_CAUSES: dict[str, tuple[str, ...]] = {
     "IP_RPFILTER": ("rp_filter_strict",),
     "IP_INNOROUTES": NO_ROUTE,
     "IP_OUTNOROUTES": NO_ROUTE,
-    "IP_INADDRERRORS": ("ip_forward_off", *NO_ROUTE, "dnat_missing", "vip_not_jumped"),  # ip_error: the route lookup ended unreachable
-    "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down"),
+    "IP_INADDRERRORS": ("ip_forward_off", "forwarding_off", *NO_ROUTE, "dnat_missing", "vip_not_jumped", "dnat_wrong_match"),  # ip_error: the route lookup ended unreachable
+    "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore"),
     "NEIGH_DEAD": ("wrong_gateway", "link_down"),
     "PKT_TOO_BIG": ("mtu_mismatch",),
     "QDISC_DROP": ("lo_down", "link_down"),  # __dev_queue_xmit on a device that is down

@@ -27,7 +27,7 @@ INSTALL_HINT = "apt-get install -y --no-install-recommends python3-nftables"
 DEBIAN_MODULE = "/usr/lib/python3/dist-packages/nftables/nftables.py"  # Debian's package, outside a venv's sys.path
 FAMILY = "ip"
 FAMILY6 = "ip6"  # a dual-stack lab's IPv6 rules: tables of the same names in family ip6
-VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return", "MASQUERADE": "masquerade"}
+VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject", "RETURN": "return", "MASQUERADE": "masquerade"}
 # Hook and priority of each iptables base chain, as iptables-nft registers them.
 HOOKS: dict[tuple[str, str], tuple[str, str, int]] = {
     ("nat", "PREROUTING"): ("nat", "prerouting", -100),
@@ -243,6 +243,35 @@ def command(rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
         return f"nft delete rule {where} handle {rule.handle}"
     verb = "insert" if op == "-I" else "add"
     return f"nft '{verb} rule {where} {text(rule)}'"
+
+
+XTABLES = ("filter", "nat", "mangle", "raw", "security")  # iptables' tables (in nf_tables: iptables-nft's)
+
+
+LEGACY6 = "legacy6"  # the backend label of ip6tables' legacy tables
+NFT6 = "nft6"  # ... and of nf_tables' ip6 family
+
+
+def binary(backend: str, family: int | None = None) -> str:
+    tool = "ip6tables" if family == 6 or backend in (LEGACY6, NFT6) else "iptables"
+    return f"{tool}-legacy" if backend in ("legacy", LEGACY6) else f"{tool}-nft"
+
+
+def is_native(backend: str, table: str) -> bool:
+    """Is ``table`` a native nf_tables table (a tool's own, such as a firewall = "nft" lab's), not one of iptables'?"""
+    return backend in ("nft", NFT6) and table not in XTABLES
+
+
+def rule_command(backend: str, rule: XRule, op: str = "-A", family: str = FAMILY) -> str:
+    """The command that adds (op -A), inserts (-I) or deletes (-D) ``rule`` where it lives: iptables-legacy,
+    iptables-nft (both with ``XRule.argv``), or nft for a native table (``command``).
+
+    >>> rule_command("legacy", XRule("filter", "FORWARD", "DROP", in_interface="br0"), "-D")
+    'iptables-legacy -t filter -D FORWARD -i br0 -j DROP'
+    """
+    if is_native(backend, rule.table):
+        return command(rule, op, family)
+    return f"{binary(backend, rule.family)} {rule.render(op)}"
 
 
 def ruleset(prefix: str, rules: Sequence[XRule], policies: Sequence[tuple[str, str, str]] = ()) -> tuple[list[NftTable], list[dict[str, Any]]]:

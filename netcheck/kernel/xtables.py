@@ -71,14 +71,17 @@ class XRule:
         """The rule without counters, comment and nft bookkeeping, for comparisons."""
         return replace(self, packets=0, bytes=0, comment=None, handle=None, unmodelled=())
 
-    def argv(self, op: str = "-A") -> list[str]:
-        """The rule as ``iptables`` arguments (op: -A, -I or -D): the one rendering of a rule, for
-        building with iptables-nft, undoing, fixes and messages; an argv list, never a shell string.
+    def argv(self, op: str = "-A", position: int | None = None) -> list[str]:
+        """The rule as ``iptables`` arguments (op: -A, -I or -D; -I at ``position``, 1-based): the one
+        rendering of a rule, for building with iptables-nft, undoing, fixes and messages; an argv list,
+        never a shell string.
 
         >>> XRule("nat", "PREROUTING", "DNAT", dst="203.0.113.2", protocol="tcp", dport=80, to_destination="10.0.0.2:8080").argv("-D")
         ['-t', 'nat', '-D', 'PREROUTING', '-d', '203.0.113.2', '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', '10.0.0.2:8080']
+        >>> XRule("filter", "FORWARD", "DROP", in_interface="br0").argv("-I", 2)
+        ['-t', 'filter', '-I', 'FORWARD', '2', '-i', 'br0', '-j', 'DROP']
         """
-        argv = ["-t", self.table, op, self.chain]
+        argv = ["-t", self.table, op, self.chain, *([str(position)] if op == "-I" and position is not None else [])]
         for flag, value in (("-s", self.src), ("-d", self.dst), ("-i", self.in_interface), ("-o", self.out_interface)):
             if value:
                 argv += ["!", flag, value[1:]] if value.startswith("!") else [flag, value]
@@ -632,6 +635,8 @@ def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
     target = ""
     packets = nbytes = 0
     expand: list[tuple[dict[str, Any], Any]] = []  # (map key expression, [(key, verdict or destination)...])
+    if any("match" in e and _ipv6_only(e["match"]) for e in r.get("expr", [])):
+        return []  # an IPv6-only rule of an inet table never decides an IPv4 packet (nor does ip6tables)
     for e in r.get("expr", []):
         if "match" in e:
             _nft_match(e["match"], fields, unmodelled, where, sets)
@@ -676,6 +681,16 @@ def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
         else:
             out.append(replace(base, target=_verdict(value) or "", unmodelled=base.unmodelled + tuple(left_out), **more))
     return out
+
+
+def _ipv6_only(m: dict[str, Any]) -> bool:
+    """Does this match hold for IPv6 packets only (``meta nfproto ipv6``, ``ip6 saddr ...``, ``meta l4proto icmpv6``)?"""
+    left, right, op = m.get("left", {}), m.get("right"), m.get("op", "==")
+    if isinstance(left, dict) and "meta" in left and left["meta"].get("key") == "nfproto":
+        return bool((right == "ipv6" and op == "==") or (right == "ipv4" and op == "!="))
+    if isinstance(left, dict) and "payload" in left and left["payload"].get("protocol") in ("ip6", "icmpv6"):
+        return bool(op == "==")
+    return bool(isinstance(left, dict) and "meta" in left and left["meta"].get("key") == "l4proto" and right in ("icmpv6", "ipv6-icmp", 58) and op == "==")
 
 
 def _verdict(e: Any) -> str | None:

@@ -1,0 +1,139 @@
+"""The new causes on recorded snapshots, without root: each rule reads a frozen ``Snapshot`` (links,
+addresses, routes, neighbours, sysctls and rules as netcheck read them from a seed1 lab with the
+fault injected) and must name its cause, with the fix as values; the same snapshot without the
+fault must name nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Interface, IPv4Network
+
+from netcheck import spec
+from netcheck.diagnose import rules as R
+from netcheck.diagnose.firewall import Pkt, Ruleset
+from netcheck.diagnose.path import Flow, Route, Side
+from netcheck.diagnose.state import HostState, NsState, Snapshot
+from netcheck.evidence import AddRule, DeleteNeighbour, DeleteRule, Sysctl
+from netcheck.kernel.netns import Address, Link, Neighbour, RouteEntry
+from netcheck.kernel.xtables import XChain, XRule, nft_chains
+
+BR, UP, VETH = "nc1b0", "nc1up", "nc1v0"  # the kernel names of seed1's br0, eth0 and netns0's veth in the recorded lab
+BR_MAC, CETH_MAC = "3a:ab:ee:a9:90:f8", "a2:5e:30:cd:2e:cd"
+NAMES = {BR: "br0", UP: "eth0", VETH: "veth0"}
+
+
+class RecordedLab:
+    """The lab a snapshot was recorded from, as far as the rules ask: its spec and its names."""
+
+    topology = spec.builtin("seed1")
+
+    def spec_name(self, kernel: str) -> str:
+        return NAMES.get(kernel, kernel)
+
+    def kname(self, name: str) -> str:
+        return {v: k for k, v in NAMES.items()}.get(name, name)
+
+
+def host_state(**sysctls: str) -> NsState:
+    links = (Link(1, "lo", "loopback", True, "UNKNOWN", 65536, "00:00:00:00:00:00", None), Link(2, BR, "bridge", True, "UP", 1500, BR_MAC, None),
+             Link(3, UP, "veth", True, "UP", 1500, "56:11:22:33:44:55", None), Link(4, VETH, "veth", True, "UP", 1500, "6e:11:22:33:44:66", 2))
+    addresses = (Address(BR, IPv4Interface("172.18.0.1/16")), Address(UP, IPv4Interface("203.0.113.2/24")))
+    routes = (RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("203.0.113.1/32").network_address, UP), RouteEntry(IPv4Network("172.18.0.0/16"), None, BR),
+              RouteEntry(IPv4Network("203.0.113.0/24"), None, UP))
+    base = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.arp_ignore": "0", f"net.ipv4.conf.{BR}.arp_ignore": "0"}
+    return NsState("host", "nc1-host", links, addresses, routes, sysctls=base | sysctls)
+
+
+def netns0(neighbours: tuple[Neighbour, ...] = (), routes: tuple[RouteEntry, ...] = ()) -> NsState:
+    links = (Link(1, "lo", "loopback", True, "UNKNOWN", 65536, "00:00:00:00:00:00", None), Link(2, "ceth0", "veth", True, "UP", 1500, CETH_MAC, None))
+    default = (RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("172.18.0.1/32").network_address, "ceth0"), RouteEntry(IPv4Network("172.18.0.0/16"), None, "ceth0"))
+    return NsState("netns0", "nc1-netns0", links, (Address("ceth0", IPv4Interface("172.18.0.10/16")),), default + routes, neighbours)
+
+
+OUT = Flow("icmp", "icmp", "netns0", "172.18.0.10", "198.51.100.1", None, "reach", "wan", "198.51.100.1", None, "outside")
+ROUTED = Route(("netns0:ceth0", "host:veth0", "host:br0", "host:eth0", "wan:uplink"), True, False, BR, UP)
+
+
+def evidence(host: NsState, container: NsState, flow: Flow | None = OUT, ruleset: Ruleset | None = None) -> R.Evidence:
+    snap = Snapshot({"host": host, "netns0": container}, HostState(ruleset=ruleset or Ruleset()))
+    ev = R.Evidence(RecordedLab(), snap, flow, ROUTED if flow is not None else None)  # type: ignore[arg-type]
+    ev._sides.update({"netns0": Side("netns0", "ceth0", "172.18.0.10", "veth0", VETH, "br0", BR), "netns1": None})
+    return ev
+
+
+def causes(ev: R.Evidence) -> list[str]:
+    return [f.cause for f in R.evaluate(ev)]
+
+
+def test_neigh_wrong_names_the_static_entry_and_deletes_it() -> None:
+    wrong = Neighbour("ceth0", "172.18.0.1", "02:00:5e:00:53:01", "PERMANENT")
+    found = R.evaluate(evidence(host_state(), netns0((wrong,))))
+    assert found and found[0].cause == "neigh_wrong", [(f.cause, f.summary) for f in found]
+    assert "02:00:5e:00:53:01" in found[0].summary and BR_MAC in found[0].summary
+    assert found[0].fixes == (DeleteNeighbour("netns0", "ceth0", "172.18.0.1"),)
+    right = replace(wrong, mac=BR_MAC)
+    assert "neigh_wrong" not in causes(evidence(host_state(), netns0((right,)))), "a static entry with the right MAC is no fault"
+
+
+def test_arp_ignore_8_on_the_gateway_interface() -> None:
+    failed = Neighbour("ceth0", "172.18.0.1", None, "FAILED")
+    found = R.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.arp_ignore": "8"}), netns0((failed,))))
+    assert found and found[0].cause == "arp_ignore", [(f.cause, f.summary) for f in found]
+    assert found[0].fixes == (Sysctl("host", f"net.ipv4.conf.{BR}.arp_ignore", "0"), DeleteNeighbour("netns0", "ceth0", "172.18.0.1"))
+    assert "arp_ignore" not in causes(evidence(host_state(**{f"net.ipv4.conf.{BR}.arp_ignore": "1"}), netns0((failed,)))), "arp_ignore 1 still answers for the bridge's own address"
+
+
+def test_blackhole_route_in_the_host_or_the_sender() -> None:
+    hole = RouteEntry(IPv4Network("198.51.100.0/24"), None, None, kind="blackhole")
+    host = host_state()
+    found = R.evaluate(evidence(replace(host, routes=(*host.routes, hole)), netns0()))
+    assert found and found[0].cause == "blackhole_route" and found[0].where == "host", [(f.cause, f.summary) for f in found]
+    prohibit = RouteEntry(IPv4Network("198.51.100.1/32"), None, None, kind="prohibit")
+    found = R.evaluate(evidence(host, netns0(routes=(prohibit,))))
+    assert found and found[0].cause == "blackhole_route" and found[0].where == "netns0", [(f.cause, f.summary) for f in found]
+    wider = RouteEntry(IPv4Network("198.0.0.0/8"), None, None, kind="unreachable")  # a less specific hole under a unicast route decides nothing
+    assert "blackhole_route" not in causes(evidence(host, netns0(routes=(wider, RouteEntry(IPv4Network("198.51.100.0/24"), None, "ceth0")))))
+
+
+def test_forwarding_off_on_the_interface_the_flow_enters_by() -> None:
+    found = R.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "0", f"net.ipv4.conf.{UP}.forwarding": "1"}), netns0()))
+    assert found and found[0].cause == "forwarding_off", [(f.cause, f.summary) for f in found]
+    assert found[0].fixes == (Sysctl("host", f"net.ipv4.conf.{BR}.forwarding", "1"),)
+    assert "forwarding_off" not in causes(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "1"}), netns0()))
+
+
+PUBLISHED = Flow("tcp", "tcp", "wan", "198.51.100.1", "203.0.113.2", 5000, "reach", "netns0", "172.18.0.10", 5000, "publish")
+
+
+def nat(prerouting: XRule) -> Ruleset:
+    return Ruleset.build([XChain("nat", "PREROUTING", "ACCEPT", (prerouting,)), XChain("nat", "POSTROUTING", "ACCEPT", ()), XChain("nat", "OUTPUT", "ACCEPT", ())], [])
+
+
+def test_dnat_wrong_match_shows_the_match_that_misses_and_corrects_it() -> None:
+    wrong = XRule("nat", "PREROUTING", "DNAT", dst="203.0.113.99", protocol="tcp", dport=5000, to_destination="172.18.0.10:5000")
+    ev = evidence(host_state(), netns0(), PUBLISHED, nat(wrong))
+    found = [f for f in R.evaluate(ev) if f.cause.startswith("dnat")]
+    assert found and found[0].cause == "dnat_wrong_match", [(f.cause, f.summary) for f in found]
+    assert "-d 203.0.113.99 (the packet's: 203.0.113.2)" in found[0].summary, found[0].summary
+    delete, add = found[0].fixes
+    assert isinstance(delete, DeleteRule) and delete.rule == wrong
+    assert isinstance(add, AddRule) and add.rule == replace(wrong, dst="203.0.113.2"), add
+    right = replace(wrong, dst="203.0.113.2")
+    assert not [f for f in R.evaluate(evidence(host_state(), netns0(), PUBLISHED, nat(right))) if f.cause.startswith("dnat")]
+
+
+def test_an_ipv6_only_rule_of_an_inet_table_is_not_read_as_dropping_ipv4() -> None:
+    """``meta nfproto ipv6 drop`` in an inet forward chain (the ipv6-drop-decoy fault) decides no IPv4 packet."""
+    listed = {"nftables": [
+        {"table": {"family": "inet", "name": "nc1_v6", "handle": 1}},
+        {"chain": {"family": "inet", "table": "nc1_v6", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "nc1_v6", "chain": "forward", "handle": 2,
+                  "expr": [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}, {"counter": {"packets": 0, "bytes": 0}}, {"drop": None}]}},
+        {"rule": {"family": "inet", "table": "nc1_v6", "chain": "forward", "handle": 3,
+                  "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "2001:db8::1"}}, {"drop": None}]}},
+    ]}
+    chains = nft_chains(listed)
+    assert [c.rules for c in chains] == [()], chains
+    fw = Ruleset.build([], chains)
+    assert fw.verdict("forward", Pkt("172.18.0.10", "198.51.100.1", "icmp", None, BR, UP)) is None
