@@ -152,7 +152,8 @@ def faults_of(cause: str) -> list[str]:
     from netcheck.adapters.faults import EXTERNAL_FAULTS
     from netcheck.faults import CROSS_HOST_FAULTS, FAULTS
 
-    return sorted(f.name for f in (*FAULTS.values(), *EXTERNAL_FAULTS.values(), *CROSS_HOST_FAULTS.values()) if f.cause == cause)
+    names = [f.name for f in (*FAULTS.values(), *EXTERNAL_FAULTS.values()) if f.cause == cause]
+    return sorted(names + [f.name for f in CROSS_HOST_FAULTS.values() if f.cause == cause])
 
 
 TABLE_HEAD = ("| Cause id | What it means | How it is recognised | Severity | Fix (applied to a sandbox lab, re-probed, undone) | Faults that inject it |\n"
