@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
-from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
+from netcheck.kernel.netns import Address, BridgePort, IpRule, Link, Neighbour, RouteEntry
 from netcheck.kernel.xtables import nft_available, read_legacy, read_nft, read_nft_chains
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class NsState:
     listening: tuple[Listening, ...] = ()
     sysctls: dict[str, str | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
+    ip_rules: tuple[IpRule, ...] = ()  # policy routing; empty: not read
+    all_routes: tuple[RouteEntry, ...] = ()  # every table's routes but local's; empty: not read (``routes`` is main's)
 
     def link(self, name: str | None) -> Link | None:
         return next((x for x in self.links if x.name == name), None)
@@ -120,7 +122,9 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     sysctls = {}
     for k in keys:
         sysctls[k] = _safe(errors, k, lambda k=k: ns.sysctl(k), None)
-    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors))
+    ip_rules = tuple(_safe(errors, "ip rules", ns.ip_rules, []))
+    all_routes = tuple(_safe(errors, "routes of every table", ns.all_routes, []))
+    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), ip_rules, all_routes)
 
 
 def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:

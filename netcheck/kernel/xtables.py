@@ -180,11 +180,22 @@ def _to_iptc(rule: XRule) -> Any:
 def _from_iptc(table: str, chain: str, r: Any) -> XRule:
     dport = None
     comment = None
+    ct_state: tuple[str, ...] = ()
+    unmodelled: list[str] = []
     for m in r.matches:
-        if m.name in ("tcp", "udp") and m.dport:
-            dport = int(str(m.dport).split(":")[0])
+        params = {k: v for k, v in m.get_all_parameters().items() if k != "dport"}
+        if m.name in ("tcp", "udp"):
+            if m.dport:
+                dport = int(str(m.dport).split(":")[0])
+                if ":" in str(m.dport) or str(m.dport).startswith("!"):
+                    unmodelled.append(f"{m.name} dport {m.dport}")
+            unmodelled += [f"{m.name} {k}" for k in params]
         elif m.name == "comment":
             comment = m.comment
+        elif m.name in ("conntrack", "state") and set(params) == {"ctstate" if m.name == "conntrack" else "state"}:
+            ct_state = tuple(x.lower() for v in params.values() for x in ",".join(v).split(","))
+        else:
+            unmodelled.append(m.name)  # -m mac, -m mark, -m physdev...: a match this summary does not model
     target = r.target.name if r.target is not None else ""
     to_dest = None
     if target == "DNAT":
@@ -207,6 +218,8 @@ def _from_iptc(table: str, chain: str, r: Any) -> XRule:
         comment=comment,
         packets=int(packets),
         bytes=int(nbytes),
+        unmodelled=tuple(unmodelled),
+        ct_state=ct_state,
     )
 
 
@@ -585,6 +598,14 @@ def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
             target = "SNAT"
         elif "jump" in e or "goto" in e:
             target = (e.get("jump") or e.get("goto"))["target"]
+        elif "notrack" in e:
+            target = "NOTRACK"
+        elif "redirect" in e:
+            target = "REDIRECT"
+        elif "queue" in e:
+            target = "QUEUE"
+        elif "limit" in e or "quota" in e:
+            unmodelled.append(next(iter(e)))  # a rate or quota decides whether the rule goes on
         else:
             target = _verdict(e) or target
     base = XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, handle=r.get("handle"),
