@@ -13,13 +13,13 @@ trace in "unknown: this rule may match", never in a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Network, ip_address
 from typing import Literal
 
+from netcheck.datapath.firewall import Pkt, Placed, binary, is_native, matches
 from netcheck.datapath.values import LOCAL_TABLE, LOOPBACK, Flow, Iface, Namespace, Route, State, Step, Trace
-from netcheck.diagnose.firewall import Pkt, Placed, binary, is_native, matches
 from netcheck.kernel.netns import IpRule
-from netcheck.kernel.xtables import XChain, XRule
+from netcheck.kernel.xtables import XChain
 
 Direction = Literal["request", "reply"]
 MAX_HOPS = 16
@@ -32,7 +32,7 @@ UNREAD_HOOKS = {"raw": ("prerouting", "output"), "mangle": ("prerouting", "input
 HOOK_CHAIN = {"prerouting": "PREROUTING", "input": "INPUT", "forward": "FORWARD", "output": "OUTPUT", "postrouting": "POSTROUTING"}
 
 
-class _End(Exception):  # noqa: N818 - the walk's end, not an error
+class _End(Exception):
     def __init__(self, disposition: str, reason: str) -> None:
         super().__init__(reason)
         self.disposition, self.reason = disposition, reason
@@ -198,16 +198,16 @@ class _Walk:
             return self.receive(self.ns(peer_ns), peer_if, pkt)
         if dev.peer is None:
             raise self.end(ns.label, "link", "unknown", f"the model does not know what is at the other end of {dev.name} ({dev.kind})")
-        peer_ns = self.ns(dev.peer[0])
-        peer = peer_ns.iface(dev.peer[1])
+        far = self.ns(dev.peer[0])
+        peer = far.iface(dev.peer[1])
         if peer is None or not peer.up:
             raise self.end(ns.label, "link", "dropped", f"{dev.name}'s peer {dev.peer[1]} in {dev.peer[0]} is {'down' if peer else 'missing'}: no carrier", f"link {dev.name}")
         pkt = replace(pkt, ct="", conn=None, reply=False)  # crossing namespaces scrubs the conntrack reference
         if peer.port is not None:
-            return self.bridge_in(peer_ns, peer, nexthop, pkt)
-        if peer_ns.local(nexthop) is None:
-            raise self.end(peer_ns.label, "neighbour", "neighbour-unreachable", f"{dev.name} -> {peer.name}: nobody in {peer_ns.label} holds {nexthop}", f"link {dev.name}")
-        return self.receive(peer_ns, peer.name, pkt)
+            return self.bridge_in(far, peer, nexthop, pkt)
+        if far.local(nexthop) is None:
+            raise self.end(far.label, "neighbour", "neighbour-unreachable", f"{dev.name} -> {peer.name}: nobody in {far.label} holds {nexthop}", f"link {dev.name}")
+        return self.receive(far, peer.name, pkt)
 
     def port_towards(self, ns: Namespace, bridge: Iface, nexthop: str) -> tuple[Iface, str, str] | None:
         """The port of ``bridge`` whose far end holds ``nexthop``: (port, its peer's namespace, its peer's interface)."""
@@ -276,7 +276,7 @@ class _Walk:
             except _End:
                 self.steps.pop()
                 raise self.end(ns.label, "rp_filter", "dropped", f"no route back to {pkt.src}", f"net.ipv4.conf.{iface}.rp_filter = {rp}") from None
-            if back.kind != "unicast" and back.kind != "local" or (rp == 1 and back.dev != iface):
+            if (back.kind != "unicast" and back.kind != "local") or (rp == 1 and back.dev != iface):
                 raise self.end(ns.label, "rp_filter", "dropped", f"the route back to {pkt.src} leaves by {back.dev}, not {iface} (strict reverse-path filter)",
                                f"net.ipv4.conf.{iface}.rp_filter = {rp}; {back.render()}")
         route, nexthop = self.routed(ns, pkt, iface, "routing decision")
@@ -446,7 +446,7 @@ class _Walk:
 
 
 _RETURN = _Verdict("RETURN", None)
-_ANY = IPv4Address("0.0.0.0")
+_ANY = IPv4Network("0.0.0.0/0")
 
 
 def _same(a: _Verdict | None, b: _Verdict | None) -> bool:
@@ -523,7 +523,7 @@ def trace(state: State, flow: Flow) -> Trace:
     """Trace ``flow`` through ``state``: the request to its listener, then the reply back to the sender.
 
     >>> from netcheck import spec
-    >>> from netcheck.datapath.state import planned
+    >>> from netcheck.lab.plan import planned
     >>> t = trace(planned(spec.builtin("seed1")), Flow("netns1", "203.0.113.2", "tcp", 5000))
     >>> t.disposition, t.steps[-1].text
     ('delivered', 'the reply reached netns1 from 203.0.113.2:5000')
@@ -552,7 +552,7 @@ def trace(state: State, flow: Flow) -> Trace:
             raise w.end(back.ns, "reply", "unknown", f"the reply reached {back.ns}, not {flow.source}")
         want_port = None if icmp else flow.dport
         if back.pkt.src != flow.dst or back.pkt.sport != want_port:
-            seen = back.pkt.src + (f":{back.pkt.sport}" if back.pkt.sport is not None else "")
+            seen = str(back.pkt.src) + (f":{back.pkt.sport}" if back.pkt.sport is not None else "")
             raise w.end(back.ns, "reply", "reply-not-unnatted", f"the reply comes from {seen}, not {flow.dst}: it was never un-NATed, and {flow.source} drops it",
                         "the reply did not pass the conntrack entry that holds the NAT")
         w.step(back.ns, "reply", f"the reply reached {flow.source} from {flow.dst}" + (f":{flow.dport}" if not icmp else ""))
@@ -561,4 +561,23 @@ def trace(state: State, flow: Flow) -> Trace:
         return Trace(flow, tuple(w.steps), e.disposition, e.reason)
 
 
-__all__ = ["trace"]
+
+
+
+def chain_verdict(state: State, label: str, hook: str, src: str, dst: str, iif: str | None, oif: str | None, ct: str = "new", proto: str = "icmp") -> str:
+    """The verdict of a hook's base chains of one kind (filter for input/forward/output, nat for
+    postrouting) for one packet: ACCEPT, DROP, REJECT, a NAT target, or UNKNOWN."""
+    w = _Walk(state)
+    ns = state.ns(label)
+    if ns is None or ns.ruleset is None:
+        return "ACCEPT"
+    kind = "nat" if hook == "postrouting" else "filter"
+    p = Pkt(src, dst, proto, None, iif, oif, ct)
+    for _prio, backend, chain in _base_chains(ns, hook):
+        if chain.kind != kind:
+            continue
+        v = w.walk(ns, backend, chain, p)
+        if v.kind != "ACCEPT":
+            return v.kind
+    return "ACCEPT"
+__all__ = ["chain_verdict", "trace"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from netcheck.kernel.netns import IpRule
 
 if TYPE_CHECKING:
-    from netcheck.diagnose.firewall import Ruleset
+    from netcheck.datapath.firewall import Ruleset
 
 LOOPBACK = IPv4Network("127.0.0.0/8")
 LOCAL_TABLE, MAIN_TABLE, DEFAULT_TABLE = 255, 254, 253
