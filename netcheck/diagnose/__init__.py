@@ -21,6 +21,7 @@ import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
+from netcheck.diagnose import datapath as model
 from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import fixes as F
 from netcheck.diagnose import path as P
@@ -97,6 +98,9 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     breaks = P.breaks(hops)
     ev = R.Evidence(lab, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
     findings = R.evaluate(ev, dns_rules.RULES)
+    model_note = model.disagreement(ev)
+    if model_note:
+        notes.append(model_note)
     kernel: tuple[KernelEvent, ...] = ()
     disagreement = ""
     if repeated is None:

@@ -1,9 +1,9 @@
 """The datapath model on the observed state: the kernel snapshot as a model state, and the model's account of a failed probe as a finding.
 
 ``observed(snap)`` turns what the diagnosis read (netlink, sysctls, sockets, both backends'
-rules) into a ``netcheck.datapath`` state; ``model_disposition`` traces the probe's flow through
-it and names the step that decided its fate. Where the model says delivered but the packet
-died, that disagreement is itself a finding.
+rules) into a ``netcheck.datapath`` state; ``probe_trace`` traces the probe's flow through it, and
+the rule ``model_disposition`` (rules.py) names the step that decided its fate. Where the model
+says delivered but the packet died, ``disagreement`` says so in the diagnosis' notes.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from netcheck.datapath.values import DEFAULT_RULES, Iface, Listener, Namespace, Port, Route, State
+from netcheck.datapath import model
+from netcheck.datapath.values import DEFAULT_RULES, Flow, Iface, Listener, Namespace, Port, Route, State, Trace
 
 if TYPE_CHECKING:
+    from netcheck.diagnose.rules import Evidence
     from netcheck.diagnose.state import NsState, Snapshot
+
+MAX_STEPS_SHOWN = 24
 
 
 def observed(snap: Snapshot, peers: Mapping[tuple[str, str], tuple[str, str]] | None = None) -> State:
@@ -73,4 +77,59 @@ def _pair_by_index(snap: Snapshot) -> dict[tuple[str, str], tuple[str, str]]:
     return out
 
 
-__all__ = ["observed"]
+def peers(ev: Evidence) -> dict[tuple[str, str], tuple[str, str]]:
+    """The lab's veth pairs, from its sides (each container's host veth) and its uplink; the rest by peer indexes."""
+    out = _pair_by_index(ev.snap)
+    pairs: list[tuple[tuple[str, str], tuple[str, str]]] = []
+    for c in ev.t.containers:
+        s = ev.side(c.name)
+        if s is not None and s.veth_k:
+            pairs.append(((c.name, c.interface), ("host", s.veth_k)))
+    wan = ev.snap.ns("wan")
+    up = ev.lab.kname(ev.t.host.uplink) if _has(ev, ev.t.host.uplink) else None
+    wan_end = next((link.name for link in wan.links if link.kind == "veth"), None) if wan is not None else None
+    if up and wan_end:
+        pairs.append((("host", up), ("wan", wan_end)))
+    for a, b in pairs:
+        out[a], out[b] = b, a
+    return out
+
+
+def _has(ev: Evidence, spec_iface: str) -> bool:
+    try:
+        ev.lab.kname(spec_iface)
+    except KeyError:
+        return False
+    return True
+
+
+def probe_trace(ev: Evidence) -> Trace | None:
+    """The model's trace of the failed probe's flow on the state read back; None for a probe it does not trace (ARP, or none)."""
+    f = ev.flow
+    if f is None or f.proto not in ("icmp", "tcp", "udp") or ev.snap.ns(f.source) is None:
+        return None
+    state = observed(ev.snap, peers(ev))
+    return model.trace(state, Flow(f.source, f.dst_addr, f.proto, f.dport if f.proto != "icmp" else None, f.src_addr or None))
+
+
+def shown(trace: Trace) -> tuple[str, ...]:
+    """The trace as evidence lines: the disposition, then each step (the last ones if it is long)."""
+    steps = [s.render().strip() for s in trace.steps]
+    if len(steps) > MAX_STEPS_SHOWN:
+        steps = [f"... {len(steps) - MAX_STEPS_SHOWN} earlier steps", *steps[-MAX_STEPS_SHOWN:]]
+    return (f"model: {trace.disposition}: {trace.reason}", *(f"model step {s}" for s in steps))
+
+
+def disagreement(ev: Evidence) -> str:
+    """A note when the model delivers a flow whose probe died: the lab holds something the state read back does not show."""
+    r = ev.repeated or ev.result
+    if r is None or ev.flow is None or ev.flow.expected != "reach" or r.passed:
+        return ""
+    t = probe_trace(ev)
+    if t is None or not t.delivered:
+        return ""
+    return ("the datapath model delivers this flow on the state read back, yet the probe died: the model and the lab disagree "
+            "(something the snapshot does not hold decided it, such as another namespace's firewall)")
+
+
+__all__ = ["disagreement", "observed", "peers", "probe_trace", "shown"]

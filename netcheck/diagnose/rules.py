@@ -907,12 +907,36 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
     )
 
 
+# ============================================================================ the datapath model
+
+
+def model_disposition(ev: Evidence) -> Iterator[Finding]:
+    """The datapath model's account of the probe on the state read back: the step that decided its fate.
+
+    Ranked below every specific cause (and so below what the kernel witness confirms): it speaks for
+    faults no specific rule knows. A match the model does not model gives "unknown", never a guess."""
+    from netcheck.diagnose import datapath
+
+    t = datapath.probe_trace(ev)
+    r = ev.repeated or ev.result
+    if t is None or t.delivered or r is None or r.passed or (ev.flow is not None and ev.flow.expected != "reach"):
+        return
+    step = t.decided
+    assert step is not None
+    causes = [s for s in t.causes() if s is not step]
+    why = "".join(f"; before that, {s.where}: {s.stage}: {s.text}" for s in causes)
+    yield Finding(
+        "model_disposition", step.where, f"{step.where}: the datapath model ends the probe at {step.stage}: {t.disposition}: {step.text}{why}",
+        f"change what decided it: {step.by}" if step.by else "see the model's trace", datapath.shown(t), score=20,
+    )
+
+
 # Every rule, in the order they are tried (the ranking is by score, not by this order).
 RULES: tuple[Rule, ...] = (
     link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
     address_conflict, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
     host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat,
-    route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
+    route_localnet_exposed, br_netfilter_off, no_listener, rules_split, model_disposition,
 )
 
 

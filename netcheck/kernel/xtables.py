@@ -466,9 +466,9 @@ def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XC
     another rule's.
     """
     chains = nft_chains(read_nft(ns) if ruleset is None else ruleset)
-    if not any(r.target == "DNAT" and r.to_destination is None for c in chains for r in c.rules):
+    if not any((r.target == "DNAT" and r.to_destination is None) or r.target == "CT" for c in chains for r in c.rules):
         return chains
-    proc = ns.run(["iptables-nft-save", "-t", "nat"], timeout=20)
+    proc = ns.run(["iptables-nft-save"], timeout=20)  # every table: nat's DNATs, raw's CT --notrack
     if proc.returncode != 0:
         return chains
     saved = parse_save(proc.stdout.decode(errors="replace"))
@@ -478,13 +478,14 @@ def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XC
 def _with_destinations(chain: XChain, saved: Sequence[XRule]) -> XChain:
     if len(saved) != len(chain.rules) or any(_described(a) != _described(b) for a, b in zip(chain.rules, saved, strict=True)):
         return chain
-    rules = tuple(replace(r, to_destination=s.to_destination) if r.target == "DNAT" and r.to_destination is None else r for r, s in zip(chain.rules, saved, strict=True))
+    rules = tuple(replace(r, to_destination=s.to_destination) if r.target == "DNAT" and r.to_destination is None else
+                  replace(r, target=s.target) if r.target == "CT" else r for r, s in zip(chain.rules, saved, strict=True))
     return replace(chain, rules=rules)
 
 
 def _described(r: XRule) -> tuple[str | int | None, ...]:
     """What both an nft summary and an iptables-save line say of a rule (not its target's arguments)."""
-    return (_netmask_cidr(r.src), _netmask_cidr(r.dst), r.in_interface, r.out_interface, r.protocol, r.dport, r.target)
+    return (_netmask_cidr(r.src), _netmask_cidr(r.dst), r.in_interface, r.out_interface, r.protocol, r.dport, "CT" if r.target == "NOTRACK" else r.target)
 
 
 def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
@@ -520,8 +521,11 @@ def parse_save(text: str) -> dict[tuple[str, str], list[XRule]]:
             elif key is not None and not value.startswith("-"):
                 fields[key] = ("!" if neg else "") + value
             neg = False
+        target = fields.pop("target", "")
+        if target == "CT" and "--notrack" in words:
+            target = "NOTRACK"  # -j CT --notrack (iptables-nft's -j NOTRACK); another CT target stays CT, which the model does not model
         out.setdefault((table, words[1]), []).append(XRule(
-            table, words[1], fields.pop("target", ""), src=_netmask_cidr(fields.pop("src", None)), dst=_netmask_cidr(fields.pop("dst", None)), **fields))
+            table, words[1], target, src=_netmask_cidr(fields.pop("src", None)), dst=_netmask_cidr(fields.pop("dst", None)), **fields))
     return out
 
 
