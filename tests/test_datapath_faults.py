@@ -124,3 +124,12 @@ def test_established_accepted_but_no_new(lab: Lab, undo: list[Sequence[str]]) ->
     t = trace_of(lab, Flow("netns0", "198.51.100.1", "icmp"), "established-only")
     assert t.disposition == "dropped" and t.decided is not None and t.decided.stage == "filter FORWARD", "\n".join(t.lines())
     assert "[new]" in t.decided.text and "policy DROP" in t.decided.by, t.decided
+
+
+def test_an_nft_bridge_family_drop(lab: Lab, undo: list[Sequence[str]]) -> None:
+    table = f"{lab.tag}_l2"  # in the lab's own host namespace, gone with it; the undo deletes it first
+    sh(lab, "nft", f"add table bridge {table}; add chain bridge {table} l2fwd {{ type filter hook forward priority 0; }}; add rule bridge {table} l2fwd ip daddr 172.18.0.20 drop")
+    undo.append(["nft", "delete", "table", "bridge", table])
+    t = trace_of(lab, Flow("netns0", "172.18.0.20", "icmp"), "bridge-drop")
+    assert t.disposition == "dropped" and t.decided is not None and t.decided.stage == f"nft bridge {table} l2fwd" and "rule 1" in t.decided.by, "\n".join(t.lines())
+    assert trace_of(lab, Flow("netns0", "198.51.100.1", "icmp")).delivered, "the bridge's forward hook never sees routed traffic"

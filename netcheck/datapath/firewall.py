@@ -117,10 +117,11 @@ class Ruleset:
 
     chains: dict[tuple[str, str, str], XChain] = field(default_factory=dict)  # (backend, table, chain)
     hooks: list[tuple[str, str, str, str, str, int]] = field(default_factory=list)  # (backend, hook, type, table, chain, priority)
+    l2: dict[tuple[str, str, str], XChain] = field(default_factory=dict)  # nf_tables' bridge and netdev families: (family, table, chain); the ip hooks never meet them
 
     @classmethod
-    def build(cls, legacy: Iterable[XChain], nft: Iterable[XChain]) -> Ruleset:
-        rs = cls()
+    def build(cls, legacy: Iterable[XChain], nft: Iterable[XChain], l2: Iterable[XChain] = ()) -> Ruleset:
+        rs = cls(l2={(c.family, c.table, c.name): c for c in l2})
         for c in legacy:
             rs.chains[("legacy", c.table, c.name)] = c
             hook = LEGACY_HOOKS.get((c.table, c.name))

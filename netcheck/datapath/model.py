@@ -29,6 +29,7 @@ LEGACY_PRIORITY = {("raw", ""): -300, ("mangle", ""): -150, ("nat", "prerouting"
 NAT_TARGETS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT")
 CONTINUE_TARGETS = ("", "LOG", "NFLOG", "MARK", "CONNMARK", "TRACE", "COUNTER", "CLASSIFY", "TCPMSS", "CHECKSUM", "TOS", "DSCP", "TTL", "AUDIT", "SET")
 UNREAD_HOOKS = {"raw": ("prerouting", "output"), "mangle": ("prerouting", "input", "forward", "output", "postrouting"), "security": ("input", "forward", "output")}
+L2_FAMILIES = ("bridge", "netdev")
 HOOK_CHAIN = {"prerouting": "PREROUTING", "input": "INPUT", "forward": "FORWARD", "output": "OUTPUT", "postrouting": "POSTROUTING"}
 
 
@@ -195,6 +196,8 @@ class _Walk:
             if port.port.state != "forwarding" or not port.up:
                 raise self.end(ns.label, "bridge", "dropped", f"{dev.name} -> {port.name}: the port is {port.port.state if port.up else 'down'}", f"bridge port {port.name}")
             self.step(ns.label, "bridge", f"{dev.name} -> {port.name} (towards {nexthop})", f"bridge {dev.name}")
+            self.l2_hook(ns, "output", pkt, None, port.name)
+            self.l2_hook(ns, "postrouting", pkt, None, port.name)
             return self.receive(self.ns(peer_ns), peer_if, pkt)
         if dev.peer is None:
             raise self.end(ns.label, "link", "unknown", f"the model does not know what is at the other end of {dev.name} ({dev.kind})")
@@ -228,10 +231,12 @@ class _Walk:
         if port.port.state != "forwarding":
             raise self.end(ns.label, "bridge", "dropped", f"{port.name} -> {br.name}: the ingress port is {port.port.state}", f"bridge port {port.name} state {port.port.state}")
         found = self.port_towards(ns, br, nexthop)
+        self.l2_hook(ns, "prerouting", pkt, port.name, None)
         if found is None or found[0].name == port.name:
             if ns.local(nexthop) is None:
                 raise self.end(ns.label, "neighbour", "neighbour-unreachable", f"nobody on {br.name} holds {nexthop}", f"bridge {br.name}")
             self.step(ns.label, "bridge", f"{port.name} -> {br.name} (to the host)", f"bridge {br.name}")
+            self.l2_hook(ns, "input", pkt, port.name, None)
             return self.receive(ns, br.name, pkt)
         out, peer_ns, peer_if = found
         assert out.port is not None
@@ -242,6 +247,7 @@ class _Walk:
                            f"bridge_slave isolated on: {port.name}, {out.name}")
         self.step(ns.label, "bridge", f"{port.name} -> {out.name} (bridged on {br.name})" + ("" if out.port.learning else f"; {out.name} does not learn: its frames are flooded"),
                   f"bridge {br.name}" + (f", learning off on {out.name}" if not out.port.learning else ""))
+        self.l2_hook(ns, "forward", pkt, port.name, out.name)
         brnf = ns.sysctl("net.bridge.bridge-nf-call-iptables", 1) == 1 or br.nf_call_iptables
         if ns.ruleset is not None:
             if brnf:
@@ -255,6 +261,7 @@ class _Walk:
                 pkt = self.hook(ns, "postrouting", pkt, None, br.name)
             else:
                 self.step(ns.label, "br_netfilter", "the bridged frame skips the host's iptables hooks (no conntrack, no un-NAT)", "net.bridge.bridge-nf-call-iptables = 0")
+        self.l2_hook(ns, "postrouting", pkt, None, out.name)
         pkt = replace(pkt, ct="", conn=None, reply=False)
         far = self.ns(peer_ns)
         return self.receive(far, peer_if, pkt)
@@ -291,6 +298,27 @@ class _Walk:
         return self.transmit(ns, route.dev, nexthop, pkt)
 
     # ------------------------------------------------------------------ netfilter
+
+    def l2_hook(self, ns: Namespace, hook: str, pkt: _Pkt, iif: str | None, oif: str | None) -> None:
+        """nf_tables' bridge-family base chains of a hook (a frame on the bridge), and netdev ingress chains."""
+        if ns.ruleset is None or not ns.ruleset.l2:
+            return
+        chains = sorted((c for c in ns.ruleset.l2.values() if c.hook == hook and c.family == "bridge"), key=lambda c: c.priority)
+        if hook == "prerouting":
+            ingress = [c for c in ns.ruleset.l2.values() if c.family == "netdev" and c.hook == "ingress" and (c.rules or c.policy not in (None, "ACCEPT"))]
+            if ingress:
+                c = ingress[0]
+                raise self.end(ns.label, f"nft netdev {c.table} {c.name}", "unknown", "a netdev ingress chain holds rules, and the model does not know which device it is bound to")
+        for chain in chains:
+            v = self.walk(ns, "nft", chain, _fpkt(pkt, iif, oif, "new"))
+            stage = f"nft bridge {chain.table} {chain.name}"
+            by = _by_l2(chain, v.rule) if v.rule else f"nft bridge {chain.table} {chain.name} policy {chain.policy or 'ACCEPT'}"
+            if v.kind in ("DROP", "REJECT"):
+                raise self.end(ns.label, stage, "dropped" if v.kind == "DROP" else "rejected", f"the frame {pkt.render()} is {'dropped' if v.kind == 'DROP' else 'rejected'} on the bridge", by)
+            if v.kind == "UNKNOWN" or v.kind not in ("ACCEPT", "NOTRACK"):
+                raise self.end(ns.label, stage, "unknown", v.note or f"the verdict {v.kind} is not modelled in the bridge family", by)
+            if chain.rules or v.rule is not None:
+                self.step(ns.label, stage, f"{pkt.render()}: {v.kind.lower()}", by)
 
     def hook(self, ns: Namespace, hook: str, pkt: _Pkt, iif: str | None, oif: str | None) -> _Pkt:
         """Every base chain of a hook, in priority order, with conntrack between raw and the rest."""
@@ -439,7 +467,7 @@ class _Walk:
             return _RETURN
         if t in CONTINUE_TARGETS:
             return None
-        sub = ns.ruleset.chains.get((backend, chain.table, t))
+        sub = ns.ruleset.l2.get((chain.family, chain.table, t)) if chain.family in L2_FAMILIES else ns.ruleset.chains.get((backend, chain.table, t))
         if sub is not None:
             return self.rules(ns, backend, sub, p, 0, depth + 1)
         return _Verdict("UNKNOWN", placed, f"unknown: the target {t} is not modelled")
@@ -512,6 +540,10 @@ def _by(rule: Placed | None) -> str:
     if rule is None:
         return ""
     return f"{rule.render()} ({rule.where()})"
+
+
+def _by_l2(chain: XChain, rule: Placed) -> str:
+    return f"nft: {chain.family} {chain.table} {chain.name} rule {rule.position} (handle {rule.rule.handle})"
 
 
 def _policy(backend: str, chain: XChain) -> str:

@@ -49,7 +49,8 @@ def _ns(n: Namespace) -> dict[str, Any]:
 def _ruleset(rs: Ruleset) -> dict[str, Any]:
     return {"chains": [{**{f.name: getattr(c, f.name) for f in fields(c) if f.name != "rules"}, "key_backend": backend, "rules": [asdict(r) for r in c.rules]}
                        for (backend, _t, _n), c in rs.chains.items()],
-            "hooks": [list(h) for h in rs.hooks]}
+            "hooks": [list(h) for h in rs.hooks],
+            "l2": [{**{f.name: getattr(c, f.name) for f in fields(c) if f.name != "rules"}, "rules": [asdict(r) for r in c.rules]} for c in rs.l2.values()]}
 
 
 def loads(text: str) -> State:
@@ -77,11 +78,18 @@ def _from_ns(n: dict[str, Any]) -> Namespace:
 def _from_ruleset(d: dict[str, Any]) -> Ruleset:
     rs = Ruleset()
     for c in d["chains"]:
-        rules = tuple(XRule(**{k: _tupled(v) for k, v in r.items()}) for r in c["rules"])
-        chain = XChain(c["table"], c["name"], c["policy"], rules, c["backend"], c["family"], c["hook"], c["kind"], c["priority"])
+        chain = _chain(c)
         rs.chains[(c["key_backend"], chain.table, chain.name)] = chain
     rs.hooks = [(h[0], h[1], h[2], h[3], h[4], int(h[5])) for h in d["hooks"]]
+    for c in d.get("l2", []):
+        chain = _chain(c)
+        rs.l2[(chain.family, chain.table, chain.name)] = chain
     return rs
+
+
+def _chain(c: dict[str, Any]) -> XChain:
+    rules = tuple(XRule(**{k: _tupled(v) for k, v in r.items()}) for r in c["rules"])
+    return XChain(c["table"], c["name"], c["policy"], rules, c["backend"], c["family"], c["hook"], c["kind"], c["priority"])
 
 
 def _tupled(value: Any) -> Any:

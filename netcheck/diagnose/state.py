@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from netcheck.diagnose.firewall import Placed, Ruleset
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy_tables, listening, snmp_counters
 from netcheck.kernel.netns import Address, BridgePort, IpRule, Link, Neighbour, RouteEntry
-from netcheck.kernel.xtables import nft_available, read_legacy, read_nft, read_nft_chains
+from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_nft, read_nft_chains
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
@@ -134,7 +134,8 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     legacy = _safe(errors, "iptables (legacy)", lambda: read_legacy(ns, tuple(tables)), []) if tables else []
     raw: dict[str, Any] = _safe(errors, "nft -j list ruleset", lambda: read_nft(ns), {}) if nft_available() else {}
     chains = _safe(errors, "nf_tables rules", lambda: read_nft_chains(ns, raw), []) if raw else []
-    return Ruleset.build(legacy, chains), tuple(tables), errors
+    l2 = _safe(errors, "nf_tables bridge/netdev rules", lambda: nft_chains(raw, ("bridge", "netdev")), []) if raw else []
+    return Ruleset.build(legacy, chains, l2), tuple(tables), errors
 
 
 def rule_counters(ns: Netns) -> list[Placed]:

@@ -432,18 +432,18 @@ def nft_tables(ruleset: dict[str, Any], family: str = "ip") -> set[str]:
     return {t["name"] for t in _items(ruleset, "table", (family,))}
 
 
-def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
+def nft_chains(ruleset: dict[str, Any], families: tuple[str, ...] = ("ip", "inet")) -> list[XChain]:
     """Chains of the ip/inet families of an nft JSON ruleset, with their hooks, priorities and
     policies, rules summarised as XRules: counters and handles, jumps and gotos, ``ct state``,
     anonymous and named sets resolved to their elements. A rule with a verdict map or a DNAT map
     reads as one XRule per element (the element's key as its match, its verdict or destination
     as its target), all with the rule's handle and counter."""
-    sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind)}
+    sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind, families)}
     rules: dict[tuple[str, str, str], list[XRule]] = {}
-    for r in _items(ruleset, "rule"):
+    for r in _items(ruleset, "rule", families):
         rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(_nft_rules(r, sets))
     out = []
-    for c in _items(ruleset, "chain"):
+    for c in _items(ruleset, "chain", families):
         hooked = "hook" in c
         out.append(XChain(
             c["table"], c["name"], c.get("policy", "accept").upper() if hooked else None, tuple(rules.get((c["family"], c["table"], c["name"]), [])),
