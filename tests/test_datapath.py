@@ -140,3 +140,21 @@ def test_strict_rp_filter_drops_what_arrives_by_the_wrong_way() -> None:
 def test_a_bad_recording_says_how_to_fix_it() -> None:
     with pytest.raises(ValueError, match="record it again"):
         record.loads('{"format": 0, "namespaces": []}')
+
+
+def test_a_fwmark_rule_does_not_select_an_unmarked_packet_but_a_mark_makes_it_unknown() -> None:
+    from ipaddress import IPv4Network
+
+    from netcheck.datapath.values import DEFAULT_RULES, Route
+    from netcheck.kernel.netns import IpRule
+
+    t1 = spec.builtin("seed1")
+    s, p = planned(t1), planned_plan(t1)
+    h = host(s)
+    rules = (*DEFAULT_RULES, IpRule(100, "lookup", 100, unmodelled=("fwmark", "fwmask")))
+    routes = (*h.routes, Route(IPv4Network("0.0.0.0/0"), kind="blackhole", table=100))
+    marked = with_host(s, rules=rules, routes=routes)
+    assert trace(marked, Flow("netns0", "198.51.100.1", "icmp")).delivered, "no MARK touched the packet: its mark is 0"
+    mark = XRule("nat", "PREROUTING", "MARK", in_interface=p.kname("br0"))
+    t = trace(with_host(marked, ruleset=planned_ruleset(p, [mark])), Flow("netns0", "198.51.100.1", "icmp"))
+    assert t.disposition == "unknown" and "fwmark" in t.reason and t.decided is not None and t.decided.stage == "routing decision", shown(t)

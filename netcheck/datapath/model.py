@@ -88,6 +88,7 @@ class _Walk:
     state: State
     steps: list[Step] = field(default_factory=list)
     conns: dict[str, list[_Conn]] = field(default_factory=dict)
+    marked: set[str] = field(default_factory=set)  # namespaces where a MARK or CONNMARK target matched the packet
     hops: int = 0
     direction: Direction = "request"
 
@@ -112,10 +113,11 @@ class _Walk:
         """The route for dst (policy rules, then the tables); ends the walk where there is none."""
         ip = ip_address(dst)
         for rule in sorted(ns.rules, key=lambda r: r.priority):
-            if not _rule_matches(rule, src, dst, iif):
-                continue
-            if rule.unmodelled:
+            hit = _rule_matches(rule, src, dst, iif, marked=ns.label in self.marked)
+            if hit is None:
                 raise self.end(ns.label, stage, "unknown", f"this policy rule may match: it uses {', '.join(rule.unmodelled)}, which the model does not model", _render_rule(rule))
+            if not hit:
+                continue
             if rule.action in ("blackhole", "prohibit", "unreachable"):
                 return Route(_ANY, kind=rule.action, table=-1), rule
             if rule.action != "lookup" or rule.table is None:
@@ -466,6 +468,8 @@ class _Walk:
         if t == "RETURN":
             return _RETURN
         if t in CONTINUE_TARGETS:
+            if t in ("MARK", "CONNMARK"):
+                self.marked.add(ns.label)
             return None
         sub = ns.ruleset.l2.get((chain.family, chain.table, t)) if chain.family in L2_FAMILIES else ns.ruleset.chains.get((backend, chain.table, t))
         if sub is not None:
@@ -488,8 +492,17 @@ def _host(dst: str) -> IPv4Network:
     return IPv4Network(f"{dst}/32")
 
 
-def _rule_matches(rule: IpRule, src: str | None, dst: str, iif: str | None) -> bool:
+MARK_SELECTORS = {"fwmark", "fwmask"}
+
+
+def _rule_matches(rule: IpRule, src: str | None, dst: str, iif: str | None, *, marked: bool = False) -> bool | None:
+    """Does a policy rule select the packet? None: it may (a selector the model does not model).
+    A packet no MARK target touched has mark 0, which a ``fwmark`` rule (of a nonzero mark) does not select."""
     hit = True
+    if rule.unmodelled:
+        if marked or not set(rule.unmodelled) <= MARK_SELECTORS:
+            return None
+        hit = False
     if rule.src is not None and (src is None or ip_address(src) not in rule.src):
         hit = False
     if rule.dst is not None and ip_address(dst) not in rule.dst:

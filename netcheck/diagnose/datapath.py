@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from netcheck.diagnose.rules import Evidence
     from netcheck.diagnose.state import NsState, Snapshot
 
-MAX_STEPS_SHOWN = 24
+MAX_STEPS_SHOWN = 12
 
 
 def observed(snap: Snapshot, peers: Mapping[tuple[str, str], tuple[str, str]] | None = None) -> State:
