@@ -216,13 +216,10 @@ class _Walk:
 
     def port_towards(self, ns: Namespace, bridge: Iface, nexthop: str) -> tuple[Iface, str, str] | None:
         """The port of ``bridge`` whose far end holds ``nexthop``: (port, its peer's namespace, its peer's interface)."""
-        for port in ns.ifaces:
-            if port.port is None or port.port.bridge != bridge.name or port.peer is None:
-                continue
-            far = self.state.ns(port.peer[0])
-            if far is not None and far.local(nexthop) is not None and (far.iface(port.peer[1]) or Iface("")).up:
-                return port, port.peer[0], port.peer[1]
-        return None
+        port = self.state.port_towards(ns.label, bridge.name, nexthop)
+        if port is None or port.peer is None:
+            return None
+        return port, port.peer[0], port.peer[1]
 
     def bridge_in(self, ns: Namespace, port: Iface, nexthop: str, pkt: _Pkt) -> _Arrival:
         """A frame entering a bridge port: to the host itself, or bridged to another port."""

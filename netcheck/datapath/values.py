@@ -8,6 +8,7 @@ a kernel snapshot (netcheck.datapath.state.observed), never by reading the kerne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
 from typing import TYPE_CHECKING, Literal
 
@@ -89,8 +90,12 @@ class Namespace:
     ruleset: Ruleset | None = field(default=None, compare=False, hash=False)
     unread: tuple[str, ...] = ()  # netfilter tables that exist but were not read (e.g. "legacy raw")
 
+    @cached_property
+    def _by_name(self) -> dict[str, Iface]:
+        return {i.name: i for i in self.ifaces}
+
     def iface(self, name: str | None) -> Iface | None:
-        return next((i for i in self.ifaces if i.name == name), None)
+        return self._by_name.get(name) if name is not None else None
 
     def sysctl(self, key: str, default: int = 0) -> int:
         return next((v for k, v in self.sysctls if k == key), default)
@@ -106,15 +111,21 @@ class Namespace:
             return self.sysctl(key) == 1, f"{key} = {self.sysctl(key)}"
         return self.sysctl("net.ipv4.ip_forward") == 1, f"net.ipv4.ip_forward = {self.sysctl('net.ipv4.ip_forward')}"
 
+    @cached_property
+    def _locals(self) -> dict[str, Iface]:
+        out: dict[str, Iface] = {}
+        for i in self.ifaces:
+            if i.up:
+                for a in i.addresses:
+                    out.setdefault(str(a.ip), i)
+        return out
+
     def local(self, address: str) -> Iface | None:
         """The up interface that holds ``address`` (127/8 on an up lo), or None."""
-        ip = ip_address(address)
-        for i in self.ifaces:
-            if not i.up:
-                continue
-            if any(a.ip == ip for a in i.addresses) or (i.kind == "loopback" and ip in LOOPBACK):
-                return i
-        return None
+        held = self._locals.get(address)
+        if held is not None or not address.startswith("127."):
+            return held
+        return next((i for i in self.ifaces if i.up and i.kind == "loopback" and ip_address(address) in LOOPBACK), None)
 
     def primary(self, iface: str, near: str | None = None) -> str | None:
         """The address a packet leaving by ``iface`` takes as its source (MASQUERADE, source selection)."""
@@ -134,8 +145,32 @@ class State:
     host: str = "host"
     source: str = ""  # "plan" or "kernel", for messages
 
+    @cached_property
+    def _by_label(self) -> dict[str, Namespace]:
+        return {n.label: n for n in self.namespaces}
+
+    @cached_property
+    def _holders(self) -> dict[tuple[str, str], dict[str, Iface]]:
+        """(namespace, bridge) -> {address: the port whose far end holds it}."""
+        out: dict[tuple[str, str], dict[str, Iface]] = {}
+        for n in self.namespaces:
+            for port in n.ifaces:
+                if port.port is None or port.peer is None:
+                    continue
+                far = self._by_label.get(port.peer[0])
+                if far is None:
+                    continue
+                held = out.setdefault((n.label, port.port.bridge), {})
+                for address in far._locals:
+                    held.setdefault(address, port)
+        return out
+
+    def port_towards(self, label: str, bridge: str, address: str) -> Iface | None:
+        """The port of ``bridge`` (in ``label``) whose far end holds ``address`` on an up interface."""
+        return self._holders.get((label, bridge), {}).get(address)
+
     def ns(self, label: str) -> Namespace | None:
-        return next((n for n in self.namespaces if n.label == label), None)
+        return self._by_label.get(label)
 
 
 @dataclass(frozen=True)

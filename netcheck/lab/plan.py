@@ -17,7 +17,7 @@ in one place::
 
 from __future__ import annotations
 
-import functools
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -271,16 +271,27 @@ def reaches(t: spec.Topology) -> tuple[Reach, ...]:
 # ----------------------------------------------------------------------------- the planned state (what the datapath model traces)
 
 
-@functools.lru_cache(maxsize=16)
 def planned(t: spec.Topology) -> State:
-    """The state a sandbox build of ``t`` will have (a pure function of the frozen spec, memoised)."""
-    return state(planned_plan(t))
+    """The state a sandbox build of ``t`` will have (a pure function of the frozen spec, memoised while ``t`` lives)."""
+    return _memo(t)[1]
 
 
-@functools.lru_cache(maxsize=16)
 def planned_plan(t: spec.Topology) -> Plan:
     """The plan of ``t`` in the planned state's kernel names (memoised; expectations ask in spec names, through ``knames``)."""
-    return plan(t, KernelNames(PLAN_TAG))
+    return _memo(t)[0]
+
+
+_MEMO: dict[int, tuple[weakref.ref[spec.Topology], Plan, State]] = {}  # id(topology) -> its plan and state; by identity (hashing a big spec costs more than a trace)
+
+
+def _memo(t: spec.Topology) -> tuple[Plan, State]:
+    held = _MEMO.get(id(t))
+    if held is None or held[0]() is not t:
+        p = plan(t, KernelNames(PLAN_TAG))
+        held = (weakref.ref(t), p, state(p))
+        _MEMO[id(t)] = held
+        weakref.finalize(t, _MEMO.pop, id(t), None)
+    return held[1], held[2]
 
 
 def delivered(t: spec.Topology, source: str, dst: object, proto: str = "icmp", port: int | None = None) -> bool:
