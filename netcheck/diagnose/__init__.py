@@ -29,7 +29,7 @@ from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
 from netcheck.diagnose import witness as W
 from netcheck.diagnose.firewall import counter_deltas
-from netcheck.evidence import Diagnosis, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -120,6 +120,8 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         else:
             notes.append(f"fixes not tried: {why_not}")
 
+    findings = [*findings, *_model_findings(ev)]  # after the fixes were tried: the model's account ranks last and holds no fix to try
+
     if repeated is not None and repeated.passed:
         notes.append("the repeated probe went as expected: the failure did not recur (a transient loss, or something changed meanwhile)")
     for label, ns in snap.namespaces.items():
@@ -143,6 +145,13 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         kernel_note=kernel_note,
         disagreement=disagreement,
     )
+
+
+def _model_findings(ev: R.Evidence) -> list[Finding]:
+    try:
+        return list(R.model_disposition(ev))
+    except Exception as exc:  # noqa: BLE001 - the model must not hide the other findings
+        return [Finding("rule_failed", "netcheck", f"the datapath model failed: {exc!r}", "report this as a netcheck bug", score=1)]
 
 
 def _repeat_line(r: ProbeResult | None) -> str:

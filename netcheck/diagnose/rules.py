@@ -914,7 +914,8 @@ def model_disposition(ev: Evidence) -> Iterator[Finding]:
     """The datapath model's account of the probe on the state read back: the step that decided its fate.
 
     Ranked below every specific cause (and so below what the kernel witness confirms): it speaks for
-    faults no specific rule knows. A match the model does not model gives "unknown", never a guess."""
+    faults no specific rule knows. A match the model does not model gives "unknown", never a guess.
+    The diagnosis adds it after the fixes were tried (it holds none), so it is not in RULES."""
     from netcheck.diagnose import datapath
 
     t = datapath.probe_trace(ev)
@@ -936,7 +937,7 @@ RULES: tuple[Rule, ...] = (
     link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
     address_conflict, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
     host_no_route, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat,
-    route_localnet_exposed, br_netfilter_off, no_listener, rules_split, model_disposition,
+    route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )
 
 
