@@ -27,7 +27,8 @@ LAYERS: dict[str, str] = {
     "netcheck.topologies": "spec",  # the built-in specs (TOML)
     "netcheck.resolvconf": "spec",  # resolv.conf as text: where a container's lives, what a lookup tries
     "netcheck.naming": "spec",  # run tags and kernel names, from a spec
-    "netcheck.expect": "spec",  # what a spec promises (who reaches whom)
+    "netcheck.datapath": "spec",  # the datapath model: a flow through a state, step by step (pure)
+    "netcheck.expect": "lab",  # what a spec promises (who reaches whom): the model on the planned state
     "netcheck.scale": "spec",  # generated topologies for the scale suite and bench
     "netcheck.multihost": "spec",  # several hosts: the multi-host spec (its lab and probes sit higher, below)
     "netcheck.lab": "lab",  # build and teardown

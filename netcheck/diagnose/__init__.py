@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
+from netcheck.diagnose import datapath as model
 from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import fixes as F
 from netcheck.diagnose import path as P
@@ -28,7 +29,7 @@ from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
 from netcheck.diagnose import witness as W
 from netcheck.diagnose.firewall import counter_deltas
-from netcheck.evidence import Diagnosis, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -93,6 +94,9 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     breaks = P.breaks(hops)
     ev = R.Evidence(lab, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
     findings = R.evaluate(ev, dns_rules.RULES)
+    model_note = model.disagreement(ev)
+    if model_note:
+        notes.append(model_note)
     kernel: tuple[KernelEvent, ...] = ()
     disagreement = ""
     if repeated is None:
@@ -111,6 +115,8 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
             findings = F.verify(lab, result.request, resend, findings, REPEAT_TIMEOUT)
         else:
             notes.append(f"fixes not tried: {why_not}")
+
+    findings = [*findings, *_model_findings(ev)]  # after the fixes were tried: the model's account ranks last and holds no fix to try
 
     if repeated is not None and repeated.passed:
         notes.append("the repeated probe went as expected: the failure did not recur (a transient loss, or something changed meanwhile)")
@@ -137,6 +143,13 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         captures=repeated.captures if repeated is not None else (),
         started_at=repeated.started_at if repeated is not None else 0.0,
     )
+
+
+def _model_findings(ev: R.Evidence) -> list[Finding]:
+    try:
+        return list(R.model_disposition(ev))
+    except Exception as exc:  # noqa: BLE001 - the model must not hide the other findings
+        return [Finding("rule_failed", "netcheck", f"the datapath model failed: {exc!r}", "report this as a netcheck bug", score=1)]
 
 
 def _repeat_line(r: ProbeResult | None) -> str:

@@ -142,6 +142,8 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
           "address as the source and it drops it as a martian", "the flow from a container to its own published port, its DNAT matched, and a POSTROUTING walk of C -> C"),
     Cause("hairpin_mode_off", "a container reaching its own published port: its bridge port's hairpin mode is off, so the DNATed request never goes back out by it",
           "the flow from a container to its own published port, its DNAT and hairpin MASQUERADE present, and the bridge port's hairpin flag (netlink)"),
+    Cause("model_disposition", "the datapath model, on the state read back, names the step that decided the probe's fate (a route, a rule, a sysctl, a bridge port)",
+          "a trace of the probe's flow through the observed state (netcheck.datapath), ranked below every specific cause; an unmodelled match gives \"unknown\""),
     Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence", severity="bug"),
 ]}
 DOCUMENTED = [c for c in CAUSES.values() if c.severity != "bug"]  # rule_failed is a bug report, not a cause of the network's

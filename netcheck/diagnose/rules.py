@@ -1172,7 +1172,10 @@ def blackhole_route(ev: Evidence) -> Iterator[Finding]:
     f, r = ev.flow, ev.route
     if f is None or f.proto == "arp":
         return
-    dst = IPv4Address(f.target_addr if f.dnat and f.target_addr else f.dst_addr)
+    target = f.target_addr if f.dnat and f.target_addr else f.dst_addr
+    if ":" in target:
+        return  # IPv6: its routes are read by the IPv6 rules (host_no_route and its kin)
+    dst = IPv4Address(target)
     places = [f.source] if f.source in {c.name for c in ev.t.containers} else []
     if r is not None and r.routed:
         places.append("host")
@@ -1239,6 +1242,33 @@ def rules_split(ev: Evidence) -> Iterator[Finding]:
         "host: the firewall rules are split across both backends (" + "; ".join(parts) + "); the kernel applies both, but each tool shows only its half",
         ev.run("host", "iptables-legacy-save") + " > rules.v4, then load them into one backend: " + ev.run("host", "iptables-nft-restore") + " < rules.v4, and flush the legacy tables",
         (), score=25,
+    )
+
+
+# ============================================================================ the datapath model
+
+
+def model_disposition(ev: Evidence) -> Iterator[Finding]:
+    """The datapath model's account of the probe on the state read back: the step that decided its fate.
+
+    Ranked below every specific cause (and so below what the kernel witness confirms): it speaks for
+    faults no specific rule knows. A match the model does not model gives "unknown", never a guess.
+    The diagnosis adds it after the fixes were tried (it holds none), so it is not in RULES."""
+    from netcheck.diagnose import datapath
+
+    if ev.flow is not None and ":" in ev.flow.dst_addr:
+        return  # the model is IPv4's: it has no account of an IPv6 flow
+    t = datapath.probe_trace(ev)
+    r = ev.repeated or ev.result
+    if t is None or t.delivered or r is None or r.passed or (ev.flow is not None and ev.flow.expected != "reach"):
+        return
+    step = t.decided
+    assert step is not None
+    causes = [s for s in t.causes() if s is not step]
+    why = "".join(f"; before that, {s.where}: {s.stage}: {s.text}" for s in causes)
+    yield Finding(
+        "model_disposition", step.where, f"{step.where}: the datapath model ends the probe at {step.stage}: {t.disposition}: {step.text}{why}",
+        f"change what decided it: {step.by}" if step.by else "see the model's trace", datapath.shown(t), score=20,
     )
 
 

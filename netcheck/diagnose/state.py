@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from netcheck.diagnose.firewall import Placed, Ruleset
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy6_tables, legacy_tables, listening, snmp_counters
 from netcheck.kernel.jsontypes import JSONObject
-from netcheck.kernel.netns import Address, BridgePort, Link, Neighbour, RouteEntry
-from netcheck.kernel.xtables import nft_available, read_legacy, read_legacy6, read_nft, read_nft_chains
+from netcheck.kernel.netns import Address, BridgePort, IpRule, Link, Neighbour, RouteEntry
+from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_legacy6, read_nft, read_nft_chains
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
@@ -42,6 +42,8 @@ class NsState:
     sysctls: dict[str, str | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     dad_failed: tuple[tuple[str, str], ...] = ()  # (interface, IPv6 address) whose duplicate address detection failed
+    ip_rules: tuple[IpRule, ...] = ()  # policy routing; empty: not read
+    all_routes: tuple[RouteEntry, ...] = ()  # every table's routes but local's; empty: not read (``routes`` is main's)
 
     def link(self, name: str | None) -> Link | None:
         return next((x for x in self.links if x.name == name), None)
@@ -130,7 +132,9 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     for k in keys:
         sysctls[k] = _safe(errors, k, lambda k=k: ns.sysctl(k), None)
     failed = tuple(_safe(errors, "IPv6 DAD", ns.dad_failed, [])) if any(a.address.version == 6 for a in addresses) else ()
-    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed)
+    ip_rules = tuple(_safe(errors, "ip rules", ns.ip_rules, []))
+    all_routes = tuple(_safe(errors, "routes of every table", ns.all_routes, []))
+    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed, ip_rules, all_routes)
 
 
 def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
@@ -142,7 +146,8 @@ def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
     chains = _safe(errors, "nf_tables rules", lambda: read_nft_chains(ns, raw), []) if raw else []
     has6 = any(t in ("filter", "nat") for t in _safe(errors, "ip6tables legacy tables", lambda: legacy6_tables(ns), []))
     legacy6 = _safe(errors, "ip6tables (legacy)", lambda: read_legacy6(ns), []) if has6 else []
-    return Ruleset.build(legacy, chains, legacy6), tuple(tables), errors
+    l2 = _safe(errors, "nf_tables bridge/netdev rules", lambda: nft_chains(raw, ("bridge", "netdev")), []) if raw else []
+    return Ruleset.build(legacy, chains, legacy6, l2), tuple(tables), errors
 
 
 def rule_counters(ns: Netns) -> list[Placed]:

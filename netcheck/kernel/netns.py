@@ -68,6 +68,24 @@ class RouteEntry:
     interface: str | None
     prefsrc: IPv4Address | IPv6Address | None = None
     kind: str = "unicast"
+    table: int = 254  # main
+    metric: int = 0
+
+
+@dataclass(frozen=True)
+class IpRule:
+    """One policy-routing rule (``ip rule``): its selectors and its action (a table lookup, or
+    blackhole, prohibit, unreachable); selectors it does not name are in ``unmodelled``."""
+
+    priority: int
+    action: str  # lookup, blackhole, prohibit, unreachable, goto, nop
+    table: int | None = None
+    src: IPv4Network | None = None
+    dst: IPv4Network | None = None
+    iif: str | None = None
+    oif: str | None = None
+    invert: bool = False
+    unmodelled: tuple[str, ...] = ()  # fwmark, tos, ipproto, ports, uid range...
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,8 @@ class BridgePort:
     bridge: str
     state: str
     hairpin: bool = False  # frames may leave by the port they came in by
+    isolated: bool = False
+    learning: bool = True
 
 
 _NUD = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE", 0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
@@ -413,6 +433,20 @@ class Netns:
 
         return self.netlink(do)
 
+    def all_routes(self) -> list[RouteEntry]:
+        """The routes of every table but local (255), each with its table: policy routing reads them."""
+
+        def do(ipr: IPRoute) -> list[RouteEntry]:
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            routes = (_route(m, names) for m in ipr.get_routes(family=socket.AF_INET, table=None))
+            return [r for r in routes if r.table != 255]
+
+        return self.netlink(do)
+
+    def ip_rules(self) -> list[IpRule]:
+        """The policy-routing rules (``ip rule``), in priority order."""
+        return self.netlink(lambda ipr: sorted((_ip_rule(m) for m in ipr.get_rules(family=socket.AF_INET)), key=lambda r: r.priority))
+
     def route_get(self, dst: IPv4Address | IPv6Address, src: IPv4Address | IPv6Address | None = None, iif: str | None = None) -> RouteEntry | str:
         """The kernel's route lookup for a flow (``ip route get``); a string names the error."""
 
@@ -469,7 +503,9 @@ class Netns:
                 if slave is not None:
                     state = BRIDGE_PORT_STATES.get(slave.get_attr("IFLA_BRPORT_STATE"), "unknown")
                     hairpin = bool(slave.get_attr("IFLA_BRPORT_MODE"))
-                out.append(BridgePort(m.get_attr("IFLA_IFNAME"), links[master].get_attr("IFLA_IFNAME"), state, hairpin))
+                isolated = bool(slave.get_attr("IFLA_BRPORT_ISOLATED")) if slave is not None else False
+                learning = slave.get_attr("IFLA_BRPORT_LEARNING") if slave is not None else None
+                out.append(BridgePort(m.get_attr("IFLA_IFNAME"), links[master].get_attr("IFLA_IFNAME"), state, hairpin, isolated, learning is None or bool(learning)))
             return out
 
         return self.netlink(do)
@@ -597,7 +633,31 @@ def _route(m: Any, names: dict[int, str]) -> RouteEntry:
         interface=names.get(oif) if oif else None,
         prefsrc=ip_address(src) if src else None,
         kind=_RT_TYPES.get(m["type"], str(m["type"])),
+        table=int(m.get_attr("RTA_TABLE") or m["table"]),
+        metric=int(m.get_attr("RTA_PRIORITY") or 0),
     )
 
 
-__all__ = ["Address", "BridgePort", "FdbEntry", "KernelError", "Link", "NamespaceError", "Neighbour", "Netns", "RouteEntry", "VethSpec"]
+_RULE_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+_RULE_MODELLED = {"FRA_PRIORITY", "FRA_TABLE", "FRA_SRC", "FRA_DST", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_PROTOCOL", "FRA_UNSPEC", "FRA_SUPPRESS_PREFIXLEN", "FRA_L3MDEV"}
+
+
+def _ip_rule(m: Any) -> IpRule:
+    def net(attr: str, length: int) -> IPv4Network | None:
+        value = m.get_attr(attr)
+        return IPv4Network(f"{value}/{length}", strict=False) if value else None
+
+    attrs = {name: value for name, value in m["attrs"]}
+    unmodelled = [k[4:].lower() for k, v in attrs.items() if k not in _RULE_MODELLED and v not in (None, 0)]
+    if attrs.get("FRA_SUPPRESS_PREFIXLEN") not in (None, 0xFFFFFFFF, -1):
+        unmodelled.append("suppress_prefixlength")
+    if m["tos"]:
+        unmodelled.append("tos")
+    return IpRule(
+        priority=int(m.get_attr("FRA_PRIORITY") or 0), action=_RULE_ACTIONS.get(m["action"], str(m["action"])),
+        table=int(m.get_attr("FRA_TABLE") or m["table"]) or None, src=net("FRA_SRC", m["src_len"]), dst=net("FRA_DST", m["dst_len"]),
+        iif=m.get_attr("FRA_IIFNAME"), oif=m.get_attr("FRA_OIFNAME"), invert=bool(m["flags"] & 0x2), unmodelled=tuple(unmodelled),
+    )
+
+
+__all__ = ["Address", "BridgePort", "FdbEntry", "IpRule", "KernelError", "Link", "NamespaceError", "Neighbour", "Netns", "RouteEntry", "VethSpec"]

@@ -200,11 +200,22 @@ def _to_iptc(rule: XRule) -> Any:
 def _from_iptc(table: str, chain: str, r: Any, family: int = 4) -> XRule:
     dport = None
     comment = None
+    ct_state: tuple[str, ...] = ()
+    unmodelled: list[str] = []
     for m in r.matches:
-        if m.name in ("tcp", "udp", "sctp") and m.dport:
-            dport = int(str(m.dport).split(":")[0])
+        params = {k: v for k, v in m.get_all_parameters().items() if k != "dport"}
+        if m.name in ("tcp", "udp", "sctp"):
+            if m.dport:
+                dport = int(str(m.dport).split(":")[0])
+                if ":" in str(m.dport) or str(m.dport).startswith("!"):
+                    unmodelled.append(f"{m.name} dport {m.dport}")
+            unmodelled += [f"{m.name} {k}" for k in params]
         elif m.name == "comment":
             comment = m.comment
+        elif m.name in ("conntrack", "state") and set(params) == {"ctstate" if m.name == "conntrack" else "state"}:
+            ct_state = tuple(x.lower() for v in params.values() for x in ",".join(v).split(","))
+        else:
+            unmodelled.append(m.name)  # -m mac, -m mark, -m physdev...: a match this summary does not model
     target = r.target.name if r.target is not None else ""
     to_dest = None
     if target == "DNAT":
@@ -231,6 +242,8 @@ def _from_iptc(table: str, chain: str, r: Any, family: int = 4) -> XRule:
         comment=comment,
         packets=int(packets),
         bytes=int(nbytes),
+        unmodelled=tuple(unmodelled),
+        ct_state=ct_state,
     )
 
 
@@ -488,18 +501,18 @@ def nft_tables(ruleset: dict[str, Any], family: str = "ip") -> set[str]:
     return {t["name"] for t in _items(ruleset, "table", (family,))}
 
 
-def nft_chains(ruleset: dict[str, Any]) -> list[XChain]:
+def nft_chains(ruleset: dict[str, Any], families: tuple[str, ...] = ("ip", "inet")) -> list[XChain]:
     """Chains of the ip/inet families of an nft JSON ruleset, with their hooks, priorities and
     policies, rules summarised as XRules: counters and handles, jumps and gotos, ``ct state``,
     anonymous and named sets resolved to their elements. A rule with a verdict map or a DNAT map
     reads as one XRule per element (the element's key as its match, its verdict or destination
     as its target), all with the rule's handle and counter."""
-    sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind)}
+    sets: Sets = {(x["family"], x["table"], x["name"]): list(x.get("elem", [])) for kind in ("set", "map") for x in _items(ruleset, kind, families)}
     rules: dict[tuple[str, str, str], list[XRule]] = {}
-    for r in _items(ruleset, "rule"):
+    for r in _items(ruleset, "rule", families):
         rules.setdefault((r["family"], r["table"], r["chain"]), []).extend(replace(x, family=6) if r["family"] == "ip6" else x for x in _nft_rules(r, sets))
     out = []
-    for c in _items(ruleset, "chain"):
+    for c in _items(ruleset, "chain", families):
         hooked = "hook" in c
         out.append(XChain(
             c["table"], c["name"], c.get("policy", "accept").upper() if hooked else None, tuple(rules.get((c["family"], c["table"], c["name"]), [])),
@@ -522,9 +535,9 @@ def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XC
     another rule's.
     """
     chains = nft_chains(read_nft(ns) if ruleset is None else ruleset)
-    if not any(r.target == "DNAT" and r.to_destination is None for c in chains for r in c.rules):
+    if not any((r.target == "DNAT" and r.to_destination is None) or r.target == "CT" for c in chains for r in c.rules):
         return chains
-    proc = ns.run(["iptables-nft-save", "-t", "nat"], timeout=20)
+    proc = ns.run(["iptables-nft-save"], timeout=20)  # every table: nat's DNATs, raw's CT --notrack
     if proc.returncode != 0:
         return chains
     saved = parse_save(proc.stdout.decode(errors="replace"))
@@ -534,13 +547,14 @@ def read_nft_chains(ns: Netns, ruleset: dict[str, Any] | None = None) -> list[XC
 def _with_destinations(chain: XChain, saved: Sequence[XRule]) -> XChain:
     if len(saved) != len(chain.rules) or any(_described(a) != _described(b) for a, b in zip(chain.rules, saved, strict=True)):
         return chain
-    rules = tuple(replace(r, to_destination=s.to_destination) if r.target == "DNAT" and r.to_destination is None else r for r, s in zip(chain.rules, saved, strict=True))
+    rules = tuple(replace(r, to_destination=s.to_destination) if r.target == "DNAT" and r.to_destination is None else
+                  replace(r, target=s.target) if r.target == "CT" else r for r, s in zip(chain.rules, saved, strict=True))
     return replace(chain, rules=rules)
 
 
 def _described(r: XRule) -> tuple[str | int | None, ...]:
     """What both an nft summary and an iptables-save line say of a rule (not its target's arguments)."""
-    return (_netmask_cidr(r.src), _netmask_cidr(r.dst), r.in_interface, r.out_interface, r.protocol, r.dport, r.target)
+    return (_netmask_cidr(r.src), _netmask_cidr(r.dst), r.in_interface, r.out_interface, r.protocol, r.dport, "CT" if r.target == "NOTRACK" else r.target)
 
 
 def parse_save(text: str, family: int = 4) -> dict[tuple[str, str], list[XRule]]:
@@ -583,8 +597,11 @@ def parse_save(text: str, family: int = 4) -> dict[tuple[str, str], list[XRule]]
             neg = False
         if family == 6 and fields.get("protocol") in ("ipv6-icmp", "58"):
             fields["protocol"] = "icmpv6"
+        target = fields.pop("target", "")
+        if target == "CT" and "--notrack" in words:
+            target = "NOTRACK"  # -j CT --notrack (iptables-nft's -j NOTRACK); another CT target stays CT, which the model does not model
         out.setdefault((table, words[1]), []).append(XRule(
-            table, words[1], fields.pop("target", ""), src=cidr(fields.pop("src", None)), dst=cidr(fields.pop("dst", None)), packets=counters[0], bytes=counters[1],
+            table, words[1], target, src=cidr(fields.pop("src", None)), dst=cidr(fields.pop("dst", None)), packets=counters[0], bytes=counters[1],
             family=6 if family == 6 else None, **fields))
     return out
 
@@ -664,6 +681,14 @@ def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
             target = "SNAT"
         elif "jump" in e or "goto" in e:
             target = (e.get("jump") or e.get("goto"))["target"]
+        elif "notrack" in e:
+            target = "NOTRACK"
+        elif "redirect" in e:
+            target = "REDIRECT"
+        elif "queue" in e:
+            target = "QUEUE"
+        elif "limit" in e or "quota" in e:
+            unmodelled.append(next(iter(e)))  # a rate or quota decides whether the rule goes on
         else:
             target = _verdict(e) or target
     base = XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, handle=r.get("handle"),

@@ -17,19 +17,26 @@ in one place::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 
 from netcheck import expect as promise
 from netcheck import resolvconf, spec
-from netcheck.kernel.xtables import XRule
+from netcheck.datapath import model
+from netcheck.datapath.firewall import Ruleset
+from netcheck.datapath.values import DEFAULT_RULES, Flow, Iface, Listener, Namespace, Port, Route, State
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XChain, XRule
 from netcheck.naming import KernelNames
 
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 DEFAULT_ROUTE6 = IPv6Network("::/0")
 ECHO_PORT = 7  # netcheck's own TCP and UDP echo responders, in every container and the outside world
+LOOPBACK_ADDRESS = IPv4Interface("127.0.0.1/8")
+DEFAULT_SYSCTLS = {"net.ipv4.ip_forward": 0, "net.bridge.bridge-nf-call-iptables": 1}  # a sandbox host's, before the spec's
+PLAN_TAG = "ncplan"  # the kernel names of a planned state
 Rename = Callable[[str], str]  # a spec interface name -> the kernel's
 
 
@@ -406,7 +413,7 @@ def _ways(from_outside: bool, from_host: bool) -> list[Literal["wan", "host"]]:
 def reaches(t: spec.Topology) -> tuple[Reach, ...]:
     """The ICMP flows the spec promises, as the suites would probe them: each container to its
     gateway and to the outside world, and to one neighbour per network it should reach (not
-    every pair: a fault between two networks shows on any pair of them)."""
+    every pair: a fault between two networks shows on any pair of them), as the datapath model traces them on the planned state."""
     out: list[Reach] = []
     for i, c in enumerate(t.containers):
         if c.address is None:
@@ -414,19 +421,115 @@ def reaches(t: spec.Topology) -> tuple[Reach, ...]:
         a = str(c.address.ip)
         if c.gateway is not None:
             out.append(Reach(c.name, a, str(c.gateway), "host"))
-        if t.wan.remote and promise.reaches_outside(t, c.name):
+        if t.wan.remote and delivered(t, c.name, t.wan.remote[0].ip):
             out.append(Reach(c.name, a, str(t.wan.remote[0].ip), "outside"))
         networks: set[str] = set()
         for o in t.containers[i + 1 :] + t.containers[:i]:
             net = o.bridge or f"veth:{o.name}"
-            if net in networks or o.address is None or not promise.reaches(t, c.name, o.name):
+            if net in networks or o.address is None or not delivered(t, c.name, o.address.ip):
                 continue
             networks.add(net)
             out.append(Reach(c.name, a, str(o.address.ip), "direct", o.name, str(o.address.ip)))
     return tuple(out)
 
 
+# ----------------------------------------------------------------------------- the planned state (what the datapath model traces)
+
+
+def planned(t: spec.Topology) -> State:
+    """The state a sandbox build of ``t`` will have (a pure function of the frozen spec, memoised while ``t`` lives)."""
+    return _memo(t)[1]
+
+
+def planned_plan(t: spec.Topology) -> Plan:
+    """The plan of ``t`` in the planned state's kernel names (memoised; expectations ask in spec names, through ``knames``)."""
+    return _memo(t)[0]
+
+
+_MEMO: dict[int, tuple[weakref.ref[spec.Topology], Plan, State]] = {}  # id(topology) -> its plan and state; by identity (hashing a big spec costs more than a trace)
+
+
+def _memo(t: spec.Topology) -> tuple[Plan, State]:
+    held = _MEMO.get(id(t))
+    if held is None or held[0]() is not t:
+        p = plan(t, KernelNames(PLAN_TAG))
+        held = (weakref.ref(t), p, state(p))
+        _MEMO[id(t)] = held
+        weakref.finalize(t, _MEMO.pop, id(t), None)
+    return held[1], held[2]
+
+
+def delivered(t: spec.Topology, source: str, dst: object, proto: str = "icmp", port: int | None = None) -> bool:
+    """Does the datapath model deliver a flow (and its reply) on the planned state of ``t``?"""
+    return model.trace(planned(t), Flow(source, str(dst), proto, port)).delivered
+
+
+def state(p: Plan) -> State:
+    """The state a plan describes: host, outside world and containers, their links and routes, the rules."""
+    t = p.topology
+    lo = Iface("lo", "loopback", addresses=(LOOPBACK_ADDRESS,))
+    host_ifaces = [lo, Iface(p.base.uplink, addresses=(p.base.host_address,), peer=("wan", p.base.wan_uplink))]
+    host_ifaces += [Iface(b.kname, "bridge", addresses=(b.address,) if b.address else ()) for b in p.bridges]
+    for c in p.containers:
+        host_ifaces.append(Iface(c.host_veth, addresses=(c.host_address,) if c.host_address else (), port=Port(c.bridge) if c.bridge else None, peer=(c.name, c.interface)))
+    host_routes = [*_connected(host_ifaces), Route(IPv4Network("0.0.0.0/0"), p.base.uplink, t.host.gateway)]
+    sysctls = {**DEFAULT_SYSCTLS, **dict(t.host.sysctls)}
+    host = Namespace("host", tuple(host_ifaces), tuple(host_routes), DEFAULT_RULES, tuple(sorted(sysctls.items())), (), planned_ruleset(p))
+
+    # The model is IPv4's: IPv6 addresses and routes stay out of its state.
+    wan_v4 = [(i, a) for i, a in p.base.wan_addresses if isinstance(a, IPv4Interface)]
+    wan_lo = Iface("lo", "loopback", addresses=(LOOPBACK_ADDRESS, *(a for i, a in wan_v4 if i == "lo")))
+    wan_up = Iface(p.base.wan_uplink, addresses=tuple(a for i, a in wan_v4 if i != "lo"), peer=("host", p.base.uplink))
+    wan_routes = [*_connected([wan_up]), *(_via(dst, via, [wan_up]) for dst, via in p.base.wan_routes if isinstance(dst, IPv4Network) and isinstance(via, IPv4Address))]
+    wan_listen = [Listener("tcp", "0.0.0.0", ECHO_PORT), Listener("udp", "0.0.0.0", ECHO_PORT)]
+    if t.dns is not None:
+        wan_listen += [Listener("udp", str(t.dns.address), 53), Listener("tcp", str(t.dns.address), 53)]
+    wan = Namespace("wan", (wan_lo, wan_up), tuple(wan_routes), sysctls=(("net.ipv4.ip_forward", 0),), listeners=tuple(wan_listen))
+
+    containers = []
+    for c in p.containers:
+        own = Iface(c.interface, addresses=(c.address,), peer=("host", c.host_veth))
+        routes = [*_connected([own]), *(_via(dst, via, [own]) for dst, via in c.routes if isinstance(dst, IPv4Network) and isinstance(via, IPv4Address))]
+        services = t.container(c.name).services
+        listen = [Listener(s.protocol, "0.0.0.0", s.port) for s in services] + [Listener("tcp", "0.0.0.0", ECHO_PORT), Listener("udp", "0.0.0.0", ECHO_PORT)]
+        containers.append(Namespace(c.name, (Iface("lo", "loopback", addresses=(LOOPBACK_ADDRESS,)), own), tuple(routes), listeners=tuple(listen)))
+    return State((host, wan, *containers), source="plan")
+
+
+def planned_ruleset(p: Plan, extra: Iterable[XRule] = ()) -> Ruleset:
+    """The host's rules as the builder writes them (in iptables' tables: a firewall = "nft" lab's native
+    tables hold the same rules), the FORWARD policy included; ``extra`` rules go first in their chains."""
+    return ruleset_of([*extra, *p.rules], {("filter", "FORWARD"): p.topology.host.forward_policy})
+
+
+def ruleset_of(rules: Iterable[XRule], policies: Mapping[tuple[str, str], str] | None = None) -> Ruleset:
+    """iptables rules (legacy) as a Ruleset: every built-in chain of their tables, and the user chains they name."""
+    by_chain: dict[tuple[str, str], list[XRule]] = {}
+    for table, names in BUILTIN_CHAINS.items():
+        for name in names:
+            by_chain[(table, name)] = []
+    for r in rules:
+        by_chain.setdefault((r.table, r.chain), []).append(r)
+        if r.target not in ("ACCEPT", "DROP", "REJECT", "RETURN", "MASQUERADE", "DNAT", "SNAT") and r.target:
+            by_chain.setdefault((r.table, r.target), [])
+    chains = []
+    for (table, name), held in by_chain.items():
+        builtin = name in BUILTIN_CHAINS.get(table, ())
+        chains.append(XChain(table, name, (policies or {}).get((table, name), "ACCEPT") if builtin else None, tuple(held)))
+    return Ruleset.build(chains, [])
+
+
+def _connected(ifaces: Iterable[Iface]) -> list[Route]:
+    return [Route(a.network, i.name, src=a.ip, metric=0) for i in ifaces for a in i.addresses if i.kind != "loopback"]
+
+
+def _via(dst: IPv4Network, via: IPv4Address, ifaces: Iterable[Iface]) -> Route:
+    dev = next((i.name for i in ifaces for a in i.addresses if via in a.network), None)
+    return Route(dst, dev, via)
+
+
 __all__ = [
     "DEFAULT_ROUTE", "ECHO_PORT", "Access", "BasePlan", "BridgePlan", "base", "owned_routes", "ContainerPlan", "Plan", "Reach", "accesses", "dnat_rule", "masquerade_for", "masquerade_rule",
     "plan", "reaches", "resolv_conf_text", "spec_masquerade", "spec_rules", "bound_addresses", "publish_rules", "published_at", "PortCell", "PortPath", "port_matrix",
+    "PLAN_TAG", "delivered", "planned", "planned_plan", "planned_ruleset", "ruleset_of", "state",
 ]

@@ -1,0 +1,135 @@
+"""Generality: faults in no catalog, injected by hand into a live lab, are each named by the datapath model.
+
+One seed1 lab for the module; each test breaks it with the tools a user would use (``ip rule``,
+``ip route``, ``iptables-nft``, ``iptables-legacy``, ``ip link``), reads the kernel back as the
+diagnosis does, traces the flow through the observed state, and undoes its fault. The model must
+name the step that decided the packet's fate, or say "unknown" for a match it does not model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from netcheck import spec
+from netcheck.datapath import Flow, Trace, record, trace
+from netcheck.diagnose import datapath, rules
+from netcheck.diagnose import state as St
+from netcheck.diagnosing import DiagnosingProber
+from netcheck.lab import Lab
+
+pytestmark = pytest.mark.root
+RECORDED = Path(__file__).parent / "data" / "datapath"  # NETCHECK_RECORD_STATES=1 writes each fault's observed state there (tests/test_datapath.py reads them)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(spec.builtin("seed1")) as made:
+        yield made
+
+
+def sh(lab: Lab, *argv: str) -> None:
+    done = lab.host.run(list(argv))
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr.decode()}"
+
+
+@pytest.fixture
+def undo(lab: Lab) -> Iterator[list[Sequence[str]]]:
+    """Commands that undo the test's fault, run in reverse after it (even if it failed)."""
+    todo: list[Sequence[str]] = []
+    yield todo
+    for argv in reversed(todo):
+        lab.host.run(list(argv))
+    assert trace_of(lab, Flow("netns0", "198.51.100.1", "icmp")).delivered, "the lab is not healthy again after the undo"
+
+
+def trace_of(lab: Lab, flow: Flow, name: str | None = None) -> Trace:
+    snap = St.snapshot(lab.namespaces())
+    state = datapath.observed(snap, datapath.peers(rules.Evidence(lab, snap)))
+    if name is not None and os.environ.get("NETCHECK_RECORD_STATES"):
+        RECORDED.mkdir(exist_ok=True)
+        (RECORDED / f"{name}.json").write_text(record.dumps(state) + "\n", "utf-8")
+    return trace(state, flow)
+
+
+def test_the_healthy_lab_delivers_every_kind_of_flow(lab: Lab) -> None:
+    for flow in (Flow("netns0", "198.51.100.1", "icmp"), Flow("netns1", "203.0.113.2", "tcp", 5000), Flow("wan", "203.0.113.2", "tcp", 5000),
+                 Flow("netns0", "172.18.0.20", "tcp", 7), Flow("host", "203.0.113.2", "tcp", 5000)):
+        t = trace_of(lab, flow, "healthy")
+        assert t.delivered, "\n".join(t.lines())
+
+
+def test_a_policy_rule_to_a_blackhole_table(lab: Lab, undo: list[Sequence[str]]) -> None:
+    sh(lab, "ip", "route", "add", "blackhole", "default", "table", "100")
+    undo.append(["ip", "route", "del", "blackhole", "default", "table", "100"])
+    sh(lab, "ip", "rule", "add", "from", "172.18.0.20", "lookup", "100", "priority", "100")
+    undo.append(["ip", "rule", "del", "priority", "100"])
+    t = trace_of(lab, Flow("netns1", "198.51.100.1", "icmp", src="172.18.0.20"), "policy-blackhole")
+    assert t.disposition == "null-routed", "\n".join(t.lines())
+    assert t.decided is not None and t.decided.where == "host" and "blackhole default table 100" in t.decided.by and "lookup 100" in t.decided.by, t.decided
+    assert trace_of(lab, Flow("netns0", "198.51.100.1", "icmp")).delivered, "the rule selects netns1's source only"
+
+
+def test_a_prohibit_route(lab: Lab, undo: list[Sequence[str]]) -> None:
+    sh(lab, "ip", "route", "add", "prohibit", "198.51.100.1")
+    undo.append(["ip", "route", "del", "prohibit", "198.51.100.1"])
+    t = trace_of(lab, Flow("netns0", "198.51.100.1", "icmp"), "prohibit-route")
+    assert t.disposition == "prohibited" and t.decided is not None and t.decided.by == "prohibit 198.51.100.1/32", "\n".join(t.lines())
+    r = DiagnosingProber(lab).icmp("netns0", "198.51.100.1")
+    d = r.diagnosis
+    assert d is not None and not r.passed, r.explain()
+    found = next((f for f in d.findings if f.cause == "model_disposition"), None)
+    assert found is not None and "prohibit 198.51.100.1/32" in found.fix and any("model step" in e for e in found.evidence), r.explain()
+
+
+def test_a_raw_notrack_rule_breaks_the_dnat(lab: Lab, undo: list[Sequence[str]]) -> None:
+    rule = ["-t", "raw", "PREROUTING", "-d", "203.0.113.2", "-p", "tcp", "--dport", "5000", "-j", "NOTRACK"]
+    sh(lab, "iptables-nft", *rule[:2], "-A", *rule[2:])
+    undo.append(["iptables-nft", *rule[:2], "-D", *rule[2:]])
+    t = trace_of(lab, Flow("wan", "203.0.113.2", "tcp", 5000), "notrack-dnat")
+    assert t.disposition == "no-listener" and t.decided is not None and t.decided.where == "host", "\n".join(t.lines())
+    why = [s for s in t.causes() if "DNAT not applied" in s.text]
+    assert why and "--to-destination 172.18.0.10:5000" in why[0].by, "\n".join(t.lines())
+    assert any(s.stage.startswith("raw PREROUTING") and "NOTRACK" in s.text for s in t.steps), "\n".join(t.lines())
+
+
+def test_isolated_bridge_ports(lab: Lab, undo: list[Sequence[str]]) -> None:
+    v0, v1 = lab.kname("veth0"), lab.kname("veth1")
+    for v in (v0, v1):
+        sh(lab, "ip", "link", "set", v, "type", "bridge_slave", "isolated", "on")
+        undo.append(["ip", "link", "set", v, "type", "bridge_slave", "isolated", "off"])
+    t = trace_of(lab, Flow("netns0", "172.18.0.20", "icmp"), "isolated-ports")
+    assert t.disposition == "dropped" and t.decided is not None and t.decided.stage == "bridge" and "isolated" in t.decided.text, "\n".join(t.lines())
+    assert trace_of(lab, Flow("netns0", "198.51.100.1", "icmp")).delivered, "an isolated port still reaches the host"
+
+
+def test_an_unmodelled_match_is_unknown_not_a_guess(lab: Lab, undo: list[Sequence[str]]) -> None:
+    rule = ["FORWARD", "-m", "mac", "--mac-source", "02:00:00:00:00:01", "-j", "DROP"]
+    sh(lab, "iptables-legacy", "-w", "5", "-I", *rule)
+    undo.append(["iptables-legacy", "-w", "5", "-D", *rule])
+    t = trace_of(lab, Flow("netns0", "198.51.100.1", "icmp"), "mac-match")
+    assert t.disposition == "unknown" and "this rule may match" in t.reason and "mac" in t.reason, "\n".join(t.lines())
+    assert t.decided is not None and "filter FORWARD rule 1" in t.decided.by, t.decided
+
+
+def test_established_accepted_but_no_new(lab: Lab, undo: list[Sequence[str]]) -> None:
+    rule = ["FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
+    sh(lab, "iptables-legacy", "-w", "5", "-A", *rule)
+    undo.append(["iptables-legacy", "-w", "5", "-D", *rule])
+    sh(lab, "iptables-legacy", "-w", "5", "-P", "FORWARD", "DROP")
+    undo.append(["iptables-legacy", "-w", "5", "-P", "FORWARD", "ACCEPT"])
+    t = trace_of(lab, Flow("netns0", "198.51.100.1", "icmp"), "established-only")
+    assert t.disposition == "dropped" and t.decided is not None and t.decided.stage == "filter FORWARD", "\n".join(t.lines())
+    assert "[new]" in t.decided.text and "policy DROP" in t.decided.by, t.decided
+
+
+def test_an_nft_bridge_family_drop(lab: Lab, undo: list[Sequence[str]]) -> None:
+    table = f"{lab.tag}_l2"  # in the lab's own host namespace, gone with it; the undo deletes it first
+    sh(lab, "nft", f"add table bridge {table}; add chain bridge {table} l2fwd {{ type filter hook forward priority 0; }}; add rule bridge {table} l2fwd ip daddr 172.18.0.20 drop")
+    undo.append(["nft", "delete", "table", "bridge", table])
+    t = trace_of(lab, Flow("netns0", "172.18.0.20", "icmp"), "bridge-drop")
+    assert t.disposition == "dropped" and t.decided is not None and t.decided.stage == f"nft bridge {table} l2fwd" and "rule 1" in t.decided.by, "\n".join(t.lines())
+    assert trace_of(lab, Flow("netns0", "198.51.100.1", "icmp")).delivered, "the bridge's forward hook never sees routed traffic"
