@@ -26,6 +26,7 @@ from netcheck.kernel.worker import netns_path
 from netcheck.lab import Lab, LabError
 from netcheck.lab.mode import HostMode
 from netcheck.ledger import DirEntry, NetnsEntry, ProcessEntry, default_work_root, process_starttime
+from netcheck.lifecycle import Signature, signature
 from netcheck.spec import env_name  # the spec's knowledge: its validation refuses two names that give one variable
 
 TAIL = 1500  # characters of a tool's output quoted in an error
@@ -79,6 +80,7 @@ class ExternalLab(Lab):
         self.discovery: Discovery | None = None
         self.state: dict[str, Any] = {}  # the adapter's own notes (results, PIDs, sockets)
         self._owned_inodes: set[int] = set()  # namespaces whose processes the tool started for us
+        self.tool_rules: Signature | None = None  # the host's nf_tables as the tool left them (netcheck.lifecycle)
 
     # ----------------------------------------------------------------- paths and environment
 
@@ -261,6 +263,7 @@ class ExternalLab(Lab):
         self.discovery = discover(self)
         self.topology = self.discovery.topology
         self.knames.update(self.discovery.knames)
+        self.tool_rules = signature(self.host)
 
     # ----------------------------------------------------------------- the tool (netcheck.lab.mode.ToolSetup)
 

@@ -58,6 +58,8 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("search_wrong", "a container's search domains send a short name to the wrong place", "the search line of the resolv.conf against the spec"),
     Cause("dns_wrong_answer", "the resolver answers a name with another address than the spec's zone", "the zone netcheck's DNS server serves against [dns] records"),
     Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)"),
+    Cause("tool_rules_gone", "the tool's own rules are gone since its setup (a lifecycle event: a flush, a restore, a firewall reload); its reload command writes them again",
+          "the host's nf_tables tables, chain rule counts and policies against those read after the tool's setup (netcheck.lifecycle)"),
     Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence"),
 ]}
 
