@@ -83,14 +83,14 @@ def lost(before: Signature, after: Signature) -> list[str]:
     for (family, table), chains in sorted(before.items()):
         now = after.get((family, table))
         if now is None:
-            out.append(f"table {family} {table} is gone ({len(chains)} chain{'s' if len(chains) != 1 else ''}, {sum(m.rules for m in chains.values())} rules)")
+            out.append(f"table {family} {table} is gone ({_count(len(chains), 'chain')}, {_count(sum(m.rules for m in chains.values()), 'rule')})")
             continue
         for name, mark in sorted(chains.items()):
             got = now.get(name)
             if got is None:
-                out.append(f"chain {family} {table} {name} is gone ({mark.rules} rules)")
+                out.append(f"chain {family} {table} {name} is gone ({_count(mark.rules, 'rule')})")
             elif mark.rules and not got.rules:
-                out.append(f"chain {family} {table} {name} is empty (it had {mark.rules} rules)")
+                out.append(f"chain {family} {table} {name} is empty (it had {_count(mark.rules, 'rule')})")
             elif mark.policy != got.policy:
                 out.append(f"chain {family} {table} {name}: policy {mark.policy} became {got.policy}")
     return out
@@ -99,6 +99,10 @@ def lost(before: Signature, after: Signature) -> list[str]:
 def tool_of(lab: object) -> str:
     declared = getattr(lab, "declared", None)
     return declared.setup.mode if declared is not None else "netcheck"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- the events
@@ -217,6 +221,9 @@ def apply(lab: Lab, name: str) -> EventRun:
         lab.lifecycle = record  # type: ignore[attr-defined]
     before = signature(lab.host)
     did = event.apply(lab)
+    rediscover = getattr(lab, "rediscover", None)  # another tool's lab: its reload may have re-created its links
+    if callable(rediscover):
+        rediscover()
     run = EventRun(name, did, tuple(lost(before, signature(lab.host))))
     record.runs.append(run)
     return run

@@ -265,6 +265,17 @@ class ExternalLab(Lab):
         self.knames.update(self.discovery.knames)
         self.tool_rules = signature(self.host)
 
+    def rediscover(self) -> None:
+        """After a lifecycle event (a tool's reload re-creates its veths): discover the network again, and
+        close what users attached to the old links (the prober's capture points, which reopen on next use)."""
+        for made in list(self._attached.values()):
+            close = getattr(made, "close", None)
+            if callable(close):
+                close()
+        self.discovery = discover(self)
+        self.topology = self.discovery.topology
+        self.knames.update(self.discovery.knames)
+
     # ----------------------------------------------------------------- the tool (netcheck.lab.mode.ToolSetup)
 
     def start(self) -> None:
