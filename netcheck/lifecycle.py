@@ -39,6 +39,9 @@ COMMIT
 COMMIT
 """
 LINK_WAIT = 10.0
+# A long-lived UDP client's fixed port (a syslog or DNS forwarder's): the masquerade suite probes from it, and the
+# stale-conntrack fault leaves an entry for it from before the MASQUERADE rule.
+LONG_LIVED_UDP_PORT = 40007
 
 
 class EventFailed(RuntimeError):

@@ -102,3 +102,37 @@ def test_the_tools_reload_restores_what_a_flush_removed(run_suites, repo: Path, 
         assert row == ("passed", "failed", "passed"), f"{tool}: {name} before / after the flush / after {recovery}: {row}\n{out[-3000:]}"
     assert f"1. [tool_rules_gone] host: {whose}, since the event nft-flush" in out, out[-4000:]
     assert f"fix: {fix}" in out, out[-4000:]
+
+
+@pytest.mark.root
+def test_a_stale_conntrack_entry_is_shown_and_its_deletion_repairs_the_flow() -> None:
+    """The stale-conntrack fault: the long-lived flow leaves un-NATed though the MASQUERADE is back; the diagnosis
+    shows the entry and `conntrack -D` of it; pasted, the flow is masqueraded again (the MASQUERADE was never wrong)."""
+    import shutil
+    import subprocess
+
+    from netcheck import faults, spec
+    from netcheck.activation import skip_for_missing_tool
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.factory import LabFactory
+    from netcheck.lifecycle import LONG_LIVED_UDP_PORT
+
+    if shutil.which("conntrack") is None:
+        skip_for_missing_tool("the conntrack tool (install it: apt-get install -y conntrack)")
+    factory = LabFactory()  # its labs serve the outside world's echo
+    try:
+        lab = factory.fresh(spec.builtin("seed1"))
+        prober = DiagnosingProber(lab)
+        assert faults.inject(lab, ["stale-conntrack"]) == ["stale-conntrack"]
+        r = prober.udp("netns0", "203.0.113.1", 7, target="wan", capture=["wan:uplink"], source_port=LONG_LIVED_UDP_PORT)
+        d = r.diagnosis
+        assert not r.passed and d is not None and d.top is not None and d.top.cause == "stale_conntrack", r.explain()
+        assert f"172.18.0.10:{LONG_LIVED_UDP_PORT} > 203.0.113.1:7" in d.top.summary and any("[UNREPLIED]" in e for e in d.top.evidence), d.top
+        fix = d.top.fix.split("  (", 1)[0]
+        assert fix.startswith(f"ip netns exec {lab.host.name} conntrack -D -p udp"), fix
+        done = subprocess.run(fix.split(), capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"{fix}: {done.stderr}"
+        again = prober.udp("netns0", "203.0.113.1", 7, target="wan", capture=["wan:uplink"], source_port=LONG_LIVED_UDP_PORT)
+        assert again.passed and any(p.src == "203.0.113.2" for c in again.captures for p in c.packets), again.explain()
+    finally:
+        factory.close()

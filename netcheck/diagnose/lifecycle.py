@@ -1,12 +1,14 @@
-"""Why a tool's rules are gone: its nf_tables tables, chains and policies against those it left after its
-setup (or before the first lifecycle event, netcheck.lifecycle). Rules of netcheck.diagnose.rules, given
-to ``rules.evaluate`` as ``RULES`` by the diagnosis."""
+"""What a host's life did to a working setup: the tool's rules gone (its nf_tables tables, chains and policies
+against those it left after its setup, or before the first lifecycle event, netcheck.lifecycle), and a stale
+conntrack entry that keeps a flow on a NAT decision the rules no longer make. Rules of netcheck.diagnose.rules,
+given to ``rules.evaluate`` as ``RULES`` by the diagnosis."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from netcheck import expect as promise
 from netcheck.evidence import Finding
 from netcheck.lifecycle import events_of, lost, signature, tool_of
 
@@ -52,6 +54,29 @@ def tool_rules_gone(ev: Evidence) -> Iterator[Finding]:
                   reload_hint(ev.lab), tuple(gone[:12]), score=97 if after else 70)
 
 
-RULES = (tool_rules_gone,)
+def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
+    """The failed flow's own conntrack entry holds a NAT decision the rules no longer make: no SNAT although a
+    MASQUERADE now covers the container (the entry predates the rule), or a DNAT to another address than the rules'."""
+    flow, result = ev.flow, ev.result
+    if flow is None or result is None or flow.proto not in ("udp", "tcp"):
+        return
+    sport = result.request.source_port
+    for e in ev.snap.host.conntrack:
+        if (e.proto, e.src, e.dst, e.dport) != (flow.proto, flow.src_addr, flow.dst_addr, flow.dport) or (sport is not None and e.sport != sport):
+            continue
+        stale = ""
+        if flow.via == "outside" and flow.source in {c.name for c in ev.t.containers} and promise.masqueraded(ev.t, flow.source) and not e.snat:
+            stale = f"it has no source NAT, although a MASQUERADE rule covers {flow.source} now: the entry was made before the rule, and conntrack NATs a flow at its first packet only"
+        elif flow.target_addr and e.dnat and e.reply_src != flow.target_addr:
+            stale = f"it sends the flow to {e.reply_src}, where the rules send new flows to {flow.target_addr}: the entry was made before the DNAT or the address changed"
+        if not stale:
+            continue
+        delete = f"conntrack -D -p {e.proto} --orig-src {e.src} --orig-dst {e.dst} --sport {e.sport} --dport {e.dport}"
+        yield Finding("stale_conntrack", "host", f"host: a stale conntrack entry steers {flow.source}'s {e.proto} flow {e.src}:{e.sport} > {e.dst}:{e.dport}: {stale}",
+                      ev.run("host", delete) + "  (delete the entry: the next packet makes a new one, with today's rules)", (f"conntrack (host): {e.render()}",), score=96)
+        return
 
-__all__ = ["RELOAD", "RULES", "reload_hint", "tool_rules_gone"]
+
+RULES = (tool_rules_gone, stale_conntrack)
+
+__all__ = ["RELOAD", "RULES", "reload_hint", "stale_conntrack", "tool_rules_gone"]
