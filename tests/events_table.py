@@ -70,8 +70,11 @@ def cell(checks: dict[str, list[str]] | None) -> str:
     if ran and all(v[-1] == "skipped" for v in ran.values()):
         return "n/a"
     broken = sorted({k.split("::")[0].split("/")[-1].removeprefix("test_").removesuffix(".py") for k, v in ran.items() if v[-1] != "passed"})
-    failed = sum(1 for v in ran.values() if v[-1] != "passed")
-    return "survives" if not failed else f"breaks {failed}/{len(ran)}: {', '.join(broken)}"
+    failed = [k.split("::")[-1] for k, v in ran.items() if v[-1] != "passed"]
+    if not failed:
+        return "survives"
+    shown = ", ".join(f"`{f}`" for f in failed) if len(failed) <= 2 else ", ".join(broken)
+    return f"breaks {len(failed)}/{len(ran)}: {shown}"
 
 
 def measure() -> str:
