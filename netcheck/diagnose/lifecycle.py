@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from netcheck import expect as promise
+from netcheck.diagnose.firewall import Pkt
 from netcheck.evidence import Finding
 from netcheck.lifecycle import events_of, lost, signature, tool_of
 
@@ -54,6 +54,13 @@ def tool_rules_gone(ev: Evidence) -> Iterator[Finding]:
                   reload_hint(ev.lab), tuple(gone[:12]), score=97 if after else 70)
 
 
+def _masqueraded_now(ev: Evidence, src: str, dst: str, proto: str, dport: int | None) -> bool:
+    """Do the host's rules now masquerade this flow, by a rule whose every condition the walk models?"""
+    r = ev.route
+    d = ev.fw.nat("postrouting", Pkt(src, dst, proto, dport, r.in_iface if r else None, r.out_iface if r else None))
+    return d is not None and d.verdict in ("MASQUERADE", "SNAT") and (d.rule is None or not d.rule.rule.unmodelled)
+
+
 def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
     """The failed flow's own conntrack entry holds a NAT decision the rules no longer make: no SNAT although a
     MASQUERADE now covers the container (the entry predates the rule), or a DNAT to another address than the rules'."""
@@ -65,7 +72,7 @@ def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
         if (e.proto, e.src, e.dst, e.dport) != (flow.proto, flow.src_addr, flow.dst_addr, flow.dport) or (sport is not None and e.sport != sport):
             continue
         stale = ""
-        if flow.via == "outside" and flow.source in {c.name for c in ev.t.containers} and promise.masqueraded(ev.t, flow.source) and not e.snat:
+        if flow.via == "outside" and not e.snat and _masqueraded_now(ev, e.src, e.dst, e.proto, e.dport):
             stale = f"it has no source NAT, although a MASQUERADE rule covers {flow.source} now: the entry was made before the rule, and conntrack NATs a flow at its first packet only"
         elif flow.target_addr and e.dnat and e.reply_src != flow.target_addr:
             stale = f"it sends the flow to {e.reply_src}, where the rules send new flows to {flow.target_addr}: the entry was made before the DNAT or the address changed"
