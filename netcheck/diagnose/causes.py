@@ -60,7 +60,7 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)"),
     Cause("tool_rules_gone", "the tool's own rules are gone since its setup (a lifecycle event: a flush, a restore, a firewall reload); its reload command writes them again",
           "the host's nf_tables tables, chain rule counts and policies against those read after the tool's setup (netcheck.lifecycle)"),
-    Cause("stale_conntrack", "a conntrack entry from before a rule or address change keeps a flow on the old NAT decision (no SNAT, or the old DNAT address)",
+    Cause("stale_conntrack", "a conntrack entry from before a rule change keeps a flow on the old NAT decision (no SNAT although a MASQUERADE covers it now)",
           "the failed flow's own entry in the host's conntrack table (pyroute2, netlink) against the rules' MASQUERADE and DNAT now; the fix deletes that entry (conntrack -D)"),
     Cause("rule_failed", "a diagnosis rule itself failed (a netcheck bug: please report it)", "the rule raised an exception while reading the evidence"),
 ]}

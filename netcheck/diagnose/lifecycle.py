@@ -63,7 +63,7 @@ def _masqueraded_now(ev: Evidence, src: str, dst: str, proto: str, dport: int | 
 
 def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
     """The failed flow's own conntrack entry holds a NAT decision the rules no longer make: no SNAT although a
-    MASQUERADE now covers the container (the entry predates the rule), or a DNAT to another address than the rules'."""
+    MASQUERADE now covers the container (the entry predates the rule). (A DNAT entry to an old address is not read yet.)"""
     flow, result = ev.flow, ev.result
     if flow is None or result is None or flow.proto not in ("udp", "tcp"):
         return
@@ -74,8 +74,6 @@ def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
         stale = ""
         if flow.via == "outside" and not e.snat and _masqueraded_now(ev, e.src, e.dst, e.proto, e.dport):
             stale = f"it has no source NAT, although a MASQUERADE rule covers {flow.source} now: the entry was made before the rule, and conntrack NATs a flow at its first packet only"
-        elif flow.target_addr and e.dnat and e.reply_src != flow.target_addr:
-            stale = f"it sends the flow to {e.reply_src}, where the rules send new flows to {flow.target_addr}: the entry was made before the DNAT or the address changed"
         if not stale:
             continue
         delete = f"conntrack -D -p {e.proto} --orig-src {e.src} --orig-dst {e.dst} --sport {e.sport} --dport {e.dport}"
