@@ -67,6 +67,7 @@ class ProbeRequest:
         return self.expect == "block" if self.end_on_drop is None else self.end_on_drop
     query: str = ""  # dns only: the name asked for, as a program in the source would (through its resolv.conf's search list)
     transport: Literal["udp", "tcp"] = "udp"  # dns only
+    source_port: int | None = None  # udp only: a fixed client port (a long-lived flow, whose conntrack entry outlives a rule change); None: ephemeral
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ProbeKind):
@@ -79,6 +80,8 @@ class ProbeRequest:
             raise RequestError(f"{self.kind} probe to {self.destination}: port={self.port}; " + ("give the port" if self.kind in PORTED else "only tcp, http and udp probes take a port"))
         if self.port is not None and not 0 < self.port < 65536:
             raise RequestError(f"{self.kind} probe to {self.destination}: port {self.port} is out of range. Fix: use 1 to 65535")
+        if self.source_port is not None and (self.kind != "udp" or not 0 < self.source_port < 65536):
+            raise RequestError(f"{self.kind} probe to {self.destination}: source_port={self.source_port}; only udp probes take one, from 1 to 65535")
         if self.ttl is not None and (self.kind != "icmp" or not 0 < self.ttl < 256):
             raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
         if self.kind == "arp" and (self.payload or self.destination.version != 4):

@@ -767,6 +767,36 @@ DNS_NAMES = "test_dns.py::test_declared_names_resolve"
 DNS_MASQ = "test_dns.py::test_queries_leave_masqueraded"
 DNAT_MATRIX = "test_dnat.py::test_published_port_matrix"
 
+MASQ_LONG_LIVED = "test_masquerade.py::test_a_long_lived_udp_flow_is_masqueraded"
+
+
+def stale_conntrack(lab: Lab) -> None:
+    """A long-lived UDP flow began while the MASQUERADE rule was missing (a firewall reload), then the rule came
+    back: the flow's conntrack entry keeps its first, un-NATed decision (conntrack NATs a flow at its first packet)."""
+    import socket
+
+    from netcheck.kernel.inspect import conntrack
+    from netcheck.lifecycle import LONG_LIVED_UDP_PORT
+    from netcheck.waiting import wait_until
+
+    rule = _drop(lab, "POSTROUTING", "MASQUERADE")
+    name = _first(lab)
+    addr = lab.topology.container(name).address
+    assert addr is not None
+    remote = str(lab.topology.host.gateway)  # the outside world's uplink address, as the masquerade suite's long-lived flow
+    sock = lab.container_ns(name).socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", LONG_LIVED_UDP_PORT))
+        sock.sendto(b"netcheck stale-conntrack", (remote, 7))
+    finally:
+        sock.close()
+    wait_until(lambda: any(e.proto == "udp" and e.sport == LONG_LIVED_UDP_PORT for e in conntrack(lab.host, {str(addr.ip)})), timeout=5,
+               what=f"the host's conntrack entry of {name}'s UDP flow from port {LONG_LIVED_UDP_PORT}")
+    _add(lab, [rule])
+
+
+
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down),
     Fault("address-on-bridge-port", "a container's host veth keeps an address in the bridge's subnet from before it joined the bridge (seed 2's veth_http2)",
@@ -873,6 +903,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           host_default_route_missing, script=host_default_route_missing_sh),
     Fault("docker-icc-off", "a FORWARD DROP from the bridge to itself (Docker's icc=false): containers on one bridge cannot talk", "seed1", BRIDGE_MATRIX, "bridge matrix",
           "forward_drop", docker_icc_off, kernel="NETFILTER_DROP", script=docker_icc_off_sh),
+    Fault("stale-conntrack", "a long-lived UDP flow's conntrack entry predates the MASQUERADE rule: the flow stays un-NATed",
+          "seed1", MASQ_LONG_LIVED, "203.0.113.1", "stale_conntrack", stale_conntrack),
 ]}
 
 

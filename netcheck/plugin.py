@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from netcheck.evidence import ProbeResult
     from netcheck.factory import LabFactory
     from netcheck.lab import Lab
+    from netcheck.lifecycle import EventRun, Phases
     from netcheck.probes import Prober
     from netcheck.report.collector import Collector
     from netcheck.report.hooks import Evidence, ReportHooks
@@ -25,6 +26,8 @@ REPORT_HOOKS: pytest.StashKey[ReportHooks] = pytest.StashKey()
 COLLECTOR: pytest.StashKey[Collector] = pytest.StashKey()
 FACTORY: pytest.StashKey[LabFactory] = pytest.StashKey()
 REAPED_AT_END: pytest.StashKey[int] = pytest.StashKey()
+PHASES: pytest.StashKey[Phases] = pytest.StashKey()  # netcheck.lifecycle.Phases, when --netcheck-event is given
+EVENT_RUNS: pytest.StashKey[dict[str, list[EventRun]]] = pytest.StashKey()  # lab name -> its netcheck.lifecycle.EventRun values
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="containers in the scale suite (-m scale; default 100)")
     g.addoption("--netcheck-fault", action="append", dest="netcheck_fault", metavar="NAME",
                 help="break every lab on purpose after building it (see `netcheck faults`), to see a failure and its diagnosis")
+    g.addoption("--netcheck-event", action="append", dest="netcheck_event", metavar="NAME",
+                help="run the checks, apply this lifecycle event to each lab (e.g. nft-flush, docker-restart; repeatable, in order), and run them again (docs/tools.md)")
     parser.addini("netcheck_topology", "topologies to test (names or files), one per line", type="linelist")
 
 
@@ -50,6 +55,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "netcheck(topologies=[...]): run this test on these topologies only")
     config.addinivalue_line("markers", "netcheck_property(name): the property a suite test checks (isolation, veth, bridge, forwarding, masquerade, dnat, vip)")
     config.stash[SETTINGS] = settings_mod.resolve(config)
+    if config.getoption("netcheck_event", None):
+        from netcheck import lifecycle
+
+        config.stash[PHASES] = lifecycle.configure(config)
+        config.stash[EVENT_RUNS] = {}
     from netcheck.report.hooks import ReportHooks
 
     # Every process: what each test's report carries (evidence, lab facts, pytest-html extras).
@@ -70,11 +80,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         topologies = settings_mod.marker_topologies(metafunc.definition, metafunc.config.stash[SETTINGS].topologies)
         if settings_mod.FAMILY_FIXTURE not in metafunc.fixturenames:
             metafunc.parametrize(settings_mod.TOPOLOGY_FIXTURE, topologies, ids=[t.name for t in topologies], scope="session")
-            return
-        # Once per address family the topology declares: an IPv4-only topology keeps its one id, a dual-stack one adds NAME-ipv6.
-        pairs = [(t, family) for t in topologies for family in t.families]
-        ids = [t.name if family == 4 else f"{t.name}-ipv6" for t, family in pairs]
-        metafunc.parametrize([settings_mod.TOPOLOGY_FIXTURE, settings_mod.FAMILY_FIXTURE], pairs, ids=ids, scope="session")
+        else:
+            # Once per address family the topology declares: an IPv4-only topology keeps its one id, a dual-stack one adds NAME-ipv6.
+            pairs = [(t, family) for t in topologies for family in t.families]
+            ids = [t.name if family == 4 else f"{t.name}-ipv6" for t, family in pairs]
+            metafunc.parametrize([settings_mod.TOPOLOGY_FIXTURE, settings_mod.FAMILY_FIXTURE], pairs, ids=ids, scope="session")
+    phases = metafunc.config.stash.get(PHASES, None)
+    if phases is not None and "netcheck_phase" in metafunc.fixturenames:
+        metafunc.parametrize("netcheck_phase", range(len(phases.ids)), ids=phases.ids, scope="session")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With lifecycle events, every check runs before the first event, then after each (a stable sort by phase)."""
+    if PHASES in config.stash:
+        from netcheck.lifecycle import phase_of
+
+        items.sort(key=phase_of)
 
 
 @pytest.hookimpl(trylast=True)
@@ -122,10 +144,21 @@ def netcheck_family(request: pytest.FixtureRequest) -> int:
     return getattr(request, "param", 4)
 
 
+@pytest.fixture(scope="session")
+def netcheck_phase(request: pytest.FixtureRequest) -> int:
+    """Which lifecycle phase the check runs in: 0 before any event, i after the first i (--netcheck-event)."""
+    return getattr(request, "param", 0)
+
+
 @pytest.fixture
-def netcheck_lab(netcheck_lab_factory: LabFactory, netcheck_topology: spec.Topology) -> Lab:
-    """The session's built lab for the topology under test (shared: do not break it)."""
-    return netcheck_lab_factory.shared(netcheck_topology)
+def netcheck_lab(pytestconfig: pytest.Config, netcheck_lab_factory: LabFactory, netcheck_topology: spec.Topology, netcheck_phase: int) -> Lab:
+    """The session's built lab for the topology under test (shared: do not break it), after this phase's events."""
+    lab = netcheck_lab_factory.shared(netcheck_topology)
+    if netcheck_phase:
+        from netcheck import lifecycle
+
+        lifecycle.reach(pytestconfig.stash[PHASES], lab, netcheck_phase, pytestconfig.stash[EVENT_RUNS])
+    return lab
 
 
 @pytest.fixture
@@ -182,6 +215,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if activation.is_netcheck_item(item):
         evidence: list[Evidence] = item.stash.get(EVIDENCE, [])
         item.config.stash[REPORT_HOOKS].on_report(item, report, evidence)
+        if PHASES in item.config.stash and "netcheck_phase" in getattr(item, "fixturenames", ()) and hasattr(report, "netcheck"):
+            from netcheck.lifecycle import phase_of
+
+            phase = phase_of(item)
+            report.netcheck["phase"] = phase
+            prop = ("netcheck.phase", item.config.stash[PHASES].label(phase))
+            report.user_properties.append(prop)
+            if prop not in item.user_properties:
+                item.user_properties.append(prop)
     return report
 
 
@@ -219,6 +261,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
             terminalreporter.write_line(f"netcheck: removed the leftovers of {factory.reaped} dead run(s) before starting")
         for hint in factory.kept:
             terminalreporter.write_line(hint)
+    if PHASES in config.stash:
+        from netcheck import lifecycle
+
+        for line in lifecycle.terminal_lines(config.stash[PHASES], terminalreporter.stats, config.stash[EVENT_RUNS]):
+            terminalreporter.write_line(line)
     if config.stash.get(REAPED_AT_END, 0):
         terminalreporter.write_line(f"netcheck: removed the leftovers of {config.stash[REAPED_AT_END]} dead run(s) (e.g. a crashed xdist worker's)")
 

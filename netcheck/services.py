@@ -235,12 +235,14 @@ class ServiceHost:
                         sock.sendmsg([reply_text(container, kind, peer, data)], asked, 0, peer)
                     elif role == "udp":
                         data, peer = sock.recvfrom(MAX_REQUEST)
-                        sock.sendto(reply_text(container, kind, peer, data), peer)
+                        with contextlib.suppress(OSError):  # a reply with no route (to an un-NATed private source) is lost; the listener stays
+                            sock.sendto(reply_text(container, kind, peer, data), peer)
                     elif role == "dns-udp":
                         data, peer = sock.recvfrom(MAX_REQUEST)
                         answer = dns_answer(container, kind[1], peer, data)
                         if answer is not None:
-                            sock.sendto(answer, peer)
+                            with contextlib.suppress(OSError):  # as for the UDP echo: the listener outlives an unroutable reply
+                                sock.sendto(answer, peer)
                     elif role == "accept":
                         conn, peer = sock.accept()
                         conn.setblocking(False)

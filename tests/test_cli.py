@@ -70,7 +70,7 @@ def test_faults_lists_each_fault_what_it_breaks_and_the_test_that_catches_it() -
 def _rule_causes() -> set[str]:
     """The cause ids the diagnosis rules put in their findings (the first argument of Finding)."""
     ids = set()
-    nodes = [n for f in ("rules.py", "dns.py", "crosshost.py") for n in ast.walk(ast.parse((REPO / "netcheck" / "diagnose" / f).read_text()))]
+    nodes = [n for f in ("rules.py", "dns.py", "crosshost.py", "lifecycle.py") for n in ast.walk(ast.parse((REPO / "netcheck" / "diagnose" / f).read_text()))]
     for node in nodes:
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding":
             first = node.args[0] if node.args else next(k.value for k in node.keywords if k.arg == "cause")

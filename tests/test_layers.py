@@ -35,6 +35,7 @@ LAYERS: dict[str, str] = {
     "netcheck.ledger": "lab",  # the run record: what a lab made, for teardown and clean
     "netcheck.services": "lab",  # the echo and HTTP services a lab runs in its containers
     "netcheck.faults": "lab",  # breaking a built lab on purpose
+    "netcheck.lifecycle": "lab",  # lifecycle events done to a built lab (a flush, a restart), and the phases of a run
     "netcheck.adapters": "lab",  # labs that other tools make
     "netcheck.factory": "lab",  # the session's labs
     "netcheck.settings": "lab",  # which labs to build and how (it names faults)

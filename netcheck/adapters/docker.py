@@ -5,7 +5,8 @@ file, in a private mount namespace (its mounts die with it), inside the sandbox 
 registry is reachable, so the image is imported from a busybox root filesystem made locally
 (``docker import``). Each spec container becomes ``docker run -d --name NAME -p HOST:PORT
 IMAGE`` (or the spec's ``command`` runs, with DOCKER_HOST set, and creates containers named
-like the spec's). Docker sets the FORWARD policy to DROP and accepts traffic to and from
+like the spec's). The daemon runs with ``"live-restore": true``, so that a daemon restart (the lifecycle event
+docker-restart) keeps its containers running, as a host set up for restarts does. Docker sets the FORWARD policy to DROP and accepts traffic to and from
 docker0 by its own rules: a spec for it says so (forward_policy = "DROP" and two
 forward_accept entries). netcheck finds each container's PID with ``docker inspect``, names its
 namespace, and serves its HTTP and echo services inside it.
@@ -72,8 +73,9 @@ class DockerAdapter:
         d = lab.workdir
         assert d is not None
         root = d / "docker"
-        root.mkdir()
-        (root / "daemon.json").write_text("{}\n")
+        if not root.exists():
+            root.mkdir()
+            (root / "daemon.json").write_text('{"live-restore": true}\n')
         sock = root / "docker.sock"
         argv = ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
                 "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"), "--storage-driver", "vfs"]
@@ -101,6 +103,14 @@ class DockerAdapter:
             wait_until(up, timeout=START_TIMEOUT, what=f"dockerd to answer on {sock}", describe=lambda: _tail(root / "dockerd.log", 600))
         except WaitTimeout as exc:
             raise ToolFailed(str(exc)) from None
+
+    def restart_daemon(self, lab: ExternalLab) -> None:
+        """Stop the lab's dockerd (SIGTERM, by its PID) and start it again on the same state (the lifecycle event docker-restart)."""
+        proc, start = lab.state["dockerd"]
+        if not kill_process(proc.pid, start, timeout=STOP_TIMEOUT):
+            raise ToolFailed(f"dockerd (pid {proc.pid}) did not stop within {STOP_TIMEOUT:g}s")
+        proc.wait(10)
+        self._start_daemon(lab)
 
     def _image(self, lab: ExternalLab) -> str:
         assert lab.workdir is not None

@@ -26,6 +26,7 @@ from netcheck.kernel.worker import netns_path
 from netcheck.lab import Lab, LabError
 from netcheck.lab.mode import HostMode
 from netcheck.ledger import DirEntry, NetnsEntry, ProcessEntry, default_work_root, process_starttime
+from netcheck.lifecycle import Signature, signature
 from netcheck.spec import env_name  # the spec's knowledge: its validation refuses two names that give one variable
 
 TAIL = 1500  # characters of a tool's output quoted in an error
@@ -79,6 +80,7 @@ class ExternalLab(Lab):
         self.discovery: Discovery | None = None
         self.state: dict[str, Any] = {}  # the adapter's own notes (results, PIDs, sockets)
         self._owned_inodes: set[int] = set()  # namespaces whose processes the tool started for us
+        self.tool_rules: Signature | None = None  # the host's nf_tables as the tool left them (netcheck.lifecycle)
 
     # ----------------------------------------------------------------- paths and environment
 
@@ -258,6 +260,18 @@ class ExternalLab(Lab):
         missing = [c.name for c in self.declared.containers if c.name not in self.containers]
         if missing:
             raise LabError(f"{self.declared.source}: the {self.declared.setup.mode} setup registered no namespace for {', '.join(missing)}")
+        self.discovery = discover(self)
+        self.topology = self.discovery.topology
+        self.knames.update(self.discovery.knames)
+        self.tool_rules = signature(self.host)
+
+    def rediscover(self) -> None:
+        """After a lifecycle event (a tool's reload re-creates its veths): discover the network again, and
+        close what users attached to the old links (the prober's capture points, which reopen on next use)."""
+        for made in list(self._attached.values()):
+            close = getattr(made, "close", None)
+            if callable(close):
+                close()
         self.discovery = discover(self)
         self.topology = self.discovery.topology
         self.knames.update(self.discovery.knames)

@@ -106,6 +106,10 @@ class PodmanAdapter:
                 self._podman(lab, f"podman run {c.name}", ["run", "-d", "--name", c.name, "--network", "bridge", *limits, *ports, "--rootfs", str(rootfs), *IDLE_COMMAND])
         self._adopt(lab, owned=True)
 
+    def network_reload(self, lab: ExternalLab) -> None:
+        """``podman network reload --all``: netavark writes the running containers' firewall rules again (the lifecycle event)."""
+        self._podman(lab, "podman network reload", ["network", "reload", "--all"])
+
     def _adopt(self, lab: ExternalLab, *, owned: bool, remote: list[str] | None = None) -> None:
         for c in lab.declared.containers:
             if not owned and c.netns is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from netcheck.diagnose import datapath as model
 from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import fixes as F
+from netcheck.diagnose import lifecycle
 from netcheck.diagnose import path as P
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
@@ -93,7 +94,7 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     hops = P.trace(route, evidence_of)
     breaks = P.breaks(hops)
     ev = R.Evidence(lab, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
-    findings = R.evaluate(ev, dns_rules.RULES)
+    findings = R.evaluate(ev, (*dns_rules.RULES, *lifecycle.RULES))
     model_note = model.disagreement(ev)
     if model_note:
         notes.append(model_note)

@@ -690,7 +690,11 @@ def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
         elif "limit" in e or "quota" in e:
             unmodelled.append(next(iter(e)))  # a rate or quota decides whether the rule goes on
         else:
-            target = _verdict(e) or target
+            verdict = _verdict(e)
+            if verdict is not None:
+                target = verdict
+            elif "log" not in e and "counter" not in e:  # a statement the summary does not know (limit, mangle, notrack...): said, never guessed
+                unmodelled.append(f"unknown {next(iter(e), '?')}")
     base = XRule(table=r["table"], chain=r["chain"], target=target, comment=r.get("comment"), packets=packets, bytes=nbytes, handle=r.get("handle"),
                  unmodelled=tuple(unmodelled), **fields)
     if not expand:
@@ -747,6 +751,14 @@ def _nft_match(m: dict[str, Any], fields: dict[str, Any], unmodelled: list[str],
         return
     if values is None:
         unmodelled.append(f"{_left_name(left)} in {right} (a set this ruleset does not hold)")
+        return
+    if "concat" in left:  # e.g. ip daddr . tcp dport, a DNAT map's key: each part against its part of the value
+        parts = values[0].get("concat") if len(values) == 1 and isinstance(values[0], dict) else None
+        if not isinstance(parts, list) or len(parts) != len(left["concat"]) or neg:
+            unmodelled.append("concat")
+            return
+        for part, value in zip(left["concat"], parts, strict=True):
+            _nft_match({"op": op, "left": part, "right": value}, fields, unmodelled, where, sets)
         return
     many = len(values) > 1 or (isinstance(right, dict) and "set" in right) or (isinstance(right, (list, str)) and str(right).startswith("@"))
     if "ct" in left and left["ct"].get("key") == "state" and not neg:

@@ -141,10 +141,10 @@ class Prober:
 
     def udp(
         self, src: str, dst: str | IPAddress, port: int = 7, *, expect: Expectation = "reach", target: str | None = None,
-        capture: Sequence[str] = (), timeout: float | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None, source_port: int | None = None,
     ) -> ProbeResult:
-        """A datagram to the UDP echo service at dst:port."""
-        return self.send(ProbeRequest("udp", src, ip_address(dst), port, expect=expect, target=target, capture=tuple(capture), timeout=timeout))
+        """A datagram to the UDP echo service at dst:port (from ``source_port``, if given: a long-lived flow's fixed port)."""
+        return self.send(ProbeRequest("udp", src, ip_address(dst), port, expect=expect, target=target, capture=tuple(capture), timeout=timeout, source_port=source_port))
 
     def sctp(
         self, src: str, dst: str | IPAddress, port: int, *, expect: Expectation = "reach", target: str | None = None,
@@ -441,7 +441,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         token = self._token()
-        sock, eport = _client(ns, socket.SOCK_DGRAM, dst.version)
+        sock, eport = _client(ns, socket.SOCK_DGRAM, dst.version, request.source_port or 0)
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = replied_by = saw = None
@@ -782,12 +782,14 @@ class _Counter:
             return self._value
 
 
-def _client(ns: Netns, kind: int, family: int = 4) -> tuple[socket.socket, int]:
-    """A client socket in ``ns`` (IPv6 with ``family`` 6), bound first: its ephemeral port names the probe's flow in captures."""
+def _client(ns: Netns, kind: int, family: int = 4, port: int = 0) -> tuple[socket.socket, int]:
+    """A client socket in ``ns`` (IPv6 with ``family`` 6), bound first (to ``port``, 0: an ephemeral one): its port names the probe's flow in captures."""
     sock = ns.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, kind)
+    if port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if kind == socket.SOCK_STREAM:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close: no TIME_WAIT pile-up
-    sock.bind(("::" if family == 6 else "0.0.0.0", 0))
+    sock.bind(("::" if family == 6 else "0.0.0.0", port))
     return sock, sock.getsockname()[1]
 
 

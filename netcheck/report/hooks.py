@@ -46,6 +46,7 @@ class ShippedData(TypedDict, total=False):
     probes: list[JSONObject]  # ProbeResult.to_dict(), or MatrixResult.to_dict() (a matrix recorded as evidence)
     matrix: JSONObject | list[JSONObject]  # a matrix handed over beside the probes
     lab: LabData
+    phase: int  # --netcheck-event: 0 before any event, i after the first i
 
 
 class ReportHooks:

@@ -1,0 +1,378 @@
+"""Lifecycle events: do something to a working host, then check again.
+
+``--netcheck-event NAME`` (repeatable) runs every check that uses ``netcheck_lab`` once per phase:
+``before``, then after each event in turn (the events add up: ``nft-flush`` then
+``podman-network-reload`` checks whether Podman's reload repairs the flush). Each event acts in the
+lab's host namespace only, never the machine's own. The terminal shows each check's outcome per
+phase, and each test report carries its phase (``netcheck.phase``) for the report.
+
+The tool's rules are read (a signature: tables, each chain's rule count and policy) when its setup
+is discovered and before the first event; netcheck.diagnose.lifecycle names what an event removed,
+which tool's rules they were, and the tool's command that writes them again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from netcheck.kernel.xtables import nft_chains, read_nft
+
+if TYPE_CHECKING:
+    from netcheck.kernel.netns import Netns
+    from netcheck.lab import Lab
+
+FIREWALLD_TABLE = ("inet", "firewalld")  # the table a firewalld (nftables backend) reload rewrites; it keeps no other
+# A saved ruleset of an administrator's, without any tool's rules: what `iptables-restore < /etc/iptables/rules.v4` loads.
+SAVED_RULESET = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+COMMIT
+"""
+LINK_WAIT = 10.0
+# A long-lived UDP client's fixed port (a syslog or DNS forwarder's): the masquerade suite probes from it, and the
+# stale-conntrack fault leaves an entry for it from before the MASQUERADE rule.
+LONG_LIVED_UDP_PORT = 40007
+
+
+class EventFailed(RuntimeError):
+    """An event could not be applied (its command failed); the message quotes it."""
+
+
+class NotApplicable(EventFailed):
+    """The event belongs to a tool this lab was not made with (e.g. docker-restart on a CNI lab)."""
+
+
+# ----------------------------------------------------------------------------- what the tool wrote
+
+
+@dataclass(frozen=True)
+class ChainMark:
+    rules: int
+    policy: str | None
+
+
+Signature = dict[tuple[str, str], dict[str, ChainMark]]  # (family, table) -> chain -> its rule count and policy
+
+
+def signature(ns: Netns) -> Signature:
+    """The namespace's nf_tables tables, and each chain's rule count and policy (every family)."""
+    ruleset = read_nft(ns)
+    out: Signature = {}
+    for item in ruleset.get("nftables", []):
+        if isinstance(item, dict) and "table" in item:
+            out.setdefault((item["table"]["family"], item["table"]["name"]), {})
+    for c in nft_chains(ruleset):
+        out.setdefault((c.family, c.table), {})[c.name] = ChainMark(len(c.rules), c.policy)
+    for item in ruleset.get("nftables", []):  # chains of families nft_chains does not summarise (bridge, ip6, arp)
+        ch = item.get("chain") if isinstance(item, dict) else None
+        if ch and ch["family"] not in ("ip", "inet"):
+            out.setdefault((ch["family"], ch["table"]), {}).setdefault(ch["name"], ChainMark(0, ch.get("policy")))
+    return out
+
+
+def lost(before: Signature, after: Signature) -> list[str]:
+    """What ``after`` lacks of ``before``: tables gone, chains gone or emptied, policies changed."""
+    out: list[str] = []
+    for (family, table), chains in sorted(before.items()):
+        now = after.get((family, table))
+        if now is None:
+            out.append(f"table {family} {table} is gone ({_count(len(chains), 'chain')}, {_count(sum(m.rules for m in chains.values()), 'rule')})")
+            continue
+        for name, mark in sorted(chains.items()):
+            got = now.get(name)
+            if got is None:
+                out.append(f"chain {family} {table} {name} is gone ({_count(mark.rules, 'rule')})")
+            elif mark.rules and not got.rules:
+                out.append(f"chain {family} {table} {name} is empty (it had {_count(mark.rules, 'rule')})")
+            elif mark.policy != got.policy:
+                out.append(f"chain {family} {table} {name}: policy {mark.policy} became {got.policy}")
+    return out
+
+
+def tool_of(lab: object) -> str:
+    declared = getattr(lab, "declared", None)
+    return declared.setup.mode if declared is not None else "netcheck"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+# ----------------------------------------------------------------------------- the events
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    summary: str
+    apply: Callable[[Lab], str]  # does it in the lab's host namespace; returns what it did, as a line
+    tools: tuple[str, ...] = ()  # the setup modes it applies to (empty: every lab)
+
+
+def _run(ns: Netns, argv: Sequence[str], *, input: bytes | None = None) -> str:
+    proc = ns.run(list(argv), timeout=60, input=input)
+    if proc.returncode != 0:
+        raise EventFailed(f"{' '.join(argv)} (in netns {ns.name}) failed: {(proc.stdout + proc.stderr).decode(errors='replace').strip()[-800:]}")
+    return " ".join(argv)
+
+
+def nft_flush(lab: Lab) -> str:
+    return _run(lab.host, ["nft", "flush", "ruleset"])
+
+
+def firewall_reload(lab: Lab) -> str:
+    """firewalld's reload (nftables backend, FlushAllOnReload): every table but its own is deleted, its own written again."""
+    ruleset = read_nft(lab.host)
+    own = [i for i in ruleset.get("nftables", []) if isinstance(i, dict) and _table_of(i) == FIREWALLD_TABLE]
+    _run(lab.host, ["nft", "flush", "ruleset"])
+    if own:
+        _run(lab.host, ["nft", "-j", "-f", "-"], input=json.dumps({"nftables": [_without_handles(i) for i in own]}).encode())
+        return "nft flush ruleset; table inet firewalld written again (firewall-cmd --reload)"
+    return "nft flush ruleset (firewall-cmd --reload; no firewalld table to write again)"
+
+
+def iptables_restore(lab: Lab) -> str:
+    """``iptables-restore`` (Debian's: iptables-nft) of a saved ruleset that lacks the tool's rules: ip filter and ip nat replaced."""
+    _run(lab.host, ["iptables-nft-restore"], input=SAVED_RULESET.encode())
+    return "iptables-nft-restore < a saved ruleset with no tool's rules (filter and nat, policies ACCEPT)"
+
+
+def podman_network_reload(lab: Lab) -> str:
+    adapter = getattr(lab, "adapter", None)
+    assert adapter is not None
+    adapter.network_reload(lab)
+    return "podman network reload --all"
+
+
+def docker_restart(lab: Lab) -> str:
+    adapter = getattr(lab, "adapter", None)
+    assert adapter is not None
+    adapter.restart_daemon(lab)
+    return "dockerd stopped (SIGTERM) and started again, with live-restore (its containers keep running)"
+
+
+def link_flap(lab: Lab) -> str:
+    """The uplink set down and up again (``ip link set dev UPLINK down; ... up``): the kernel drops the routes through it."""
+    up = lab.names.uplink
+    lab.host.set_link(up, up=False)
+    lab.host.set_link(up, up=True)
+    lab.host.wait_links_up([up], timeout=LINK_WAIT)
+    return f"ip link set {up} down; ip link set {up} up"
+
+
+def _table_of(item: Mapping[str, Any]) -> tuple[str, str] | None:
+    for kind, body in item.items():
+        if kind in ("table", "chain", "rule", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit"):
+            return body.get("family"), body.get("table") if kind != "table" else body.get("name")
+    return None
+
+
+def _without_handles(item: Mapping[str, Any]) -> dict[str, Any]:
+    kind, body = next(iter(item.items()))
+    return {"add": {kind: {k: v for k, v in body.items() if k != "handle"}}}
+
+
+EVENTS: dict[str, Event] = {e.name: e for e in [
+    Event("nft-flush", "`nft flush ruleset` (an nftables.conf that begins with it, reloaded): every table of every tool is gone", nft_flush),
+    Event("firewall-reload", "a firewalld reload (nftables backend): every table but `inet firewalld` is deleted and firewalld's own written again", firewall_reload),
+    Event("iptables-restore", "`iptables-restore` of a saved ruleset that lacks the tool's rules: iptables-nft's ip filter and ip nat are replaced", iptables_restore),
+    Event("podman-network-reload", "`podman network reload --all`: netavark writes the running containers' rules again", podman_network_reload, ("podman",)),
+    Event("docker-restart", "the Docker daemon restarted (live-restore: the containers keep running)", docker_restart, ("docker",)),
+    Event("link-flap", "the host's uplink set down and up (a network manager's restart): the routes through it are dropped", link_flap),
+]}
+
+
+# ----------------------------------------------------------------------------- what happened to one lab
+
+
+@dataclass(frozen=True)
+class EventRun:
+    """One event applied to a lab: what was done, and the tool's rules it took away."""
+
+    event: str
+    did: str
+    lost: tuple[str, ...]
+
+
+@dataclass
+class LabEvents:
+    """The events applied to one lab so far, and the rules before the first."""
+
+    baseline: Signature
+    runs: list[EventRun] = field(default_factory=list)
+
+
+def apply(lab: Lab, name: str) -> EventRun:
+    """Apply one event to the lab (its host namespace only) and record it on the lab."""
+    event = EVENTS[name]
+    mode = tool_of(lab)
+    if event.tools and mode not in event.tools:
+        raise NotApplicable(f"the event {name} acts on {', '.join(event.tools)} setups; {lab.topology.name} is a {mode} setup")
+    record = events_of(lab)
+    if record is None:
+        record = LabEvents(baseline(lab))
+        lab.lifecycle = record  # type: ignore[attr-defined]
+    before = signature(lab.host)
+    did = event.apply(lab)
+    rediscover = getattr(lab, "rediscover", None)  # another tool's lab: its reload may have re-created its links
+    if callable(rediscover):
+        rediscover()
+    run = EventRun(name, did, tuple(lost(before, signature(lab.host))))
+    record.runs.append(run)
+    return run
+
+
+def events_of(lab: object) -> LabEvents | None:
+    got = getattr(lab, "lifecycle", None)
+    return got if isinstance(got, LabEvents) else None
+
+
+def baseline(lab: Lab) -> Signature:
+    """The rules as the tool left them: read at discovery for another tool's setup, else now."""
+    got = getattr(lab, "tool_rules", None)
+    return got if isinstance(got, dict) else signature(lab.host)
+
+
+# ----------------------------------------------------------------------------- phases of a pytest run
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The phases of a run with events: 0 is before; phase i comes after the first i events."""
+
+    events: tuple[str, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return ["before", *(f"after-{e}" for e in self.events)]
+
+    def label(self, index: int) -> str:
+        return "before" if index == 0 else "after " + " + ".join(self.events[:index])
+
+    def reach(self, lab: Lab, index: int) -> list[EventRun]:
+        """Apply the events phase ``index`` comes after and the lab has not had yet; return them."""
+        record = events_of(lab)
+        done = len(record.runs) if record is not None else 0
+        if done > index:
+            raise EventFailed(f"{lab.topology.name}: a check of phase {self.label(index)!r} ran after the lab had {done} event(s) (the checks were reordered?)")
+        return [apply(lab, name) for name in self.events[done:index]]
+
+    def check_of(self, nodeid: str) -> str:
+        """The check a phased test item stands for: its node id without the phase's id."""
+        head, sep, inner = nodeid.partition("[")
+        if not sep:
+            return nodeid
+        inner = inner[:-1]
+        for pid in sorted(self.ids, key=len, reverse=True):
+            if inner == pid:
+                return head
+            if inner.endswith("-" + pid):
+                return f"{head}[{inner[: -len(pid) - 1]}]"
+            if inner.startswith(pid + "-"):
+                return f"{head}[{inner[len(pid) + 1:]}]"
+        return nodeid
+
+
+def check_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The events named on the command line, each known; ValueError naming the unknown and the known ones."""
+    out = tuple(names)
+    unknown = [n for n in out if n not in EVENTS]
+    if unknown:
+        raise ValueError(f"--netcheck-event {', '.join(unknown)}: unknown event; known: {', '.join(EVENTS)} (see docs/tools.md)")
+    return out
+
+
+def phase_of(item: Any) -> int:
+    callspec = getattr(item, "callspec", None)
+    return int(callspec.params.get(PHASE_FIXTURE, 0)) if callspec is not None else 0
+
+
+PHASE_FIXTURE = "netcheck_phase"
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """One check's outcome in each phase (``outcomes[i]`` is phase i's; "" where it did not run)."""
+
+    check: str
+    outcomes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "outcomes": list(self.outcomes)}
+
+
+def before_after(phases: Phases, reports: Iterable[Any]) -> list[BeforeAfter]:
+    """Each check's outcome per phase, from test reports (or their plain ``netcheck`` data: nodeid, phase, outcome)."""
+    table: dict[str, list[str]] = {}
+    for r in reports:
+        data = getattr(r, "netcheck", None) or {}
+        if "phase" not in data:
+            continue
+        row = table.setdefault(phases.check_of(r.nodeid), [""] * (len(phases.events) + 1))
+        if r.when == "call" or r.outcome != "passed":
+            row[int(data["phase"])] = r.outcome
+    return [BeforeAfter(k, tuple(v)) for k, v in table.items()]
+
+
+def summary_lines(phases: Phases, rows: Sequence[BeforeAfter], runs: Mapping[str, Sequence[Any]]) -> list[str]:
+    """The terminal's section: what each event did to each lab, each check's outcome per phase (* where it changed), the counts."""
+    out = [f"netcheck events: {' then '.join(phases.events)}"]
+    for lab, done in runs.items():
+        for run in done:
+            out.append(f"  {lab}: {run.event}: {run.did}" + (f"; removed: {'; '.join(run.lost[:4])}" + (" ..." if len(run.lost) > 4 else "") if run.lost else "; removed no table or chain"))
+    width = max((len(r.check) for r in rows), default=0)
+    out.append(f"  {'check'.ljust(width)}  " + "  ".join(phases.ids))
+    for r in rows:
+        changed = len({o for o in r.outcomes if o}) > 1
+        out.append(f"{'*' if changed else ' '} {r.check.ljust(width)}  " + "  ".join((o or "-").ljust(len(pid)) for o, pid in zip(r.outcomes, phases.ids, strict=True)))
+    for i, pid in enumerate(phases.ids):
+        counts: dict[str, int] = {}
+        for r in rows:
+            if r.outcomes[i]:
+                counts[r.outcomes[i]] = counts.get(r.outcomes[i], 0) + 1
+        out.append(f"  {pid}: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing ran"))
+    return out
+
+
+def configure(config: Any) -> Phases:
+    """The run's phases from ``--netcheck-event``; pytest.UsageError for an unknown event or a run that cannot order its phases."""
+    import pytest
+
+    try:
+        names = check_names(config.getoption("netcheck_event") or ())
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no":
+        raise pytest.UsageError("--netcheck-event runs every check before an event and again after it, in one process; drop -n (pytest-xdist) for it")
+    if config.getoption("netcheck_host", False):
+        raise pytest.UsageError("--netcheck-event breaks the host on purpose, so it cannot be used with --netcheck-host; drop --netcheck-host to run it in the sandbox")
+    return Phases(names)
+
+
+def reach(phases: Phases, lab: Lab, index: int, log: dict[str, list[EventRun]]) -> None:
+    """The fixture's part: bring the lab to phase ``index``; skip the check when an event does not apply to this lab's tool."""
+    import pytest
+
+    try:
+        log.setdefault(lab.topology.name, []).extend(phases.reach(lab, index))
+    except NotApplicable as exc:
+        pytest.skip(str(exc))
+
+
+def terminal_lines(phases: Phases, stats: Mapping[str, Sequence[Any]], log: dict[str, list[Any]]) -> list[str]:
+    reports = [r for group in stats.values() for r in group if hasattr(r, "nodeid") and hasattr(r, "when")]
+    return summary_lines(phases, before_after(phases, reports), log)
+
+
+__all__ = ["EVENTS", "PHASE_FIXTURE", "BeforeAfter", "Event", "EventFailed", "EventRun", "LabEvents", "NotApplicable", "Phases",
+           "apply", "before_after", "check_names", "configure", "reach", "terminal_lines", "lost", "signature", "summary_lines", "tool_of"]

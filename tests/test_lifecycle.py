@@ -1,0 +1,138 @@
+"""Lifecycle events (--netcheck-event): the checks run before and after each event; a tool's reload repairs
+what a flush broke (Podman's network reload, a Docker restart), and a plain flush is diagnosed as the tool's
+rules gone, with the tool's reload command as the fix.
+
+Each root case is an in-process pytest run of a few suites (pytester) on one lab: on 2 cores at load ~4,
+seed1-nft about 10 s, Podman about 40 s, Docker about 35 s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netcheck import lifecycle
+from netcheck.lifecycle import ChainMark, Phases
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SUITES = ("test_masquerade.py", "test_dnat.py", "test_forwarding.py")
+
+
+def test_a_checks_phase_is_cut_from_its_node_id() -> None:
+    phases = Phases(("nft-flush", "podman-network-reload"))
+    assert phases.ids == ["before", "after-nft-flush", "after-podman-network-reload"]
+    assert phases.check_of("suites/t.py::test_x[podman-after-nft-flush]") == "suites/t.py::test_x[podman]"
+    assert phases.check_of("suites/t.py::test_x[after-podman-network-reload-podman]") == "suites/t.py::test_x[podman]"
+    assert phases.check_of("suites/t.py::test_x[before]") == "suites/t.py::test_x"
+    assert phases.label(2) == "after nft-flush + podman-network-reload"
+
+
+def test_what_an_event_took_is_said_table_chain_and_policy() -> None:
+    before = {("ip", "nat"): {"POSTROUTING": ChainMark(2, "accept"), "DOCKER": ChainMark(1, None)},
+              ("ip", "filter"): {"FORWARD": ChainMark(3, "drop")}, ("inet", "gone"): {}}
+    after = {("ip", "nat"): {"POSTROUTING": ChainMark(0, "accept")}, ("ip", "filter"): {"FORWARD": ChainMark(3, "accept")}}
+    assert lifecycle.lost(before, after) == [
+        "table inet gone is gone (0 chains, 0 rules)",
+        "chain ip filter FORWARD: policy drop became accept",
+        "chain ip nat DOCKER is gone (1 rule)",
+        "chain ip nat POSTROUTING is empty (it had 2 rules)",
+    ]
+    assert lifecycle.lost(before, before) == []
+
+
+def test_an_unknown_event_is_refused_with_the_known_ones(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_inprocess("--netcheck-event", "reboot", "--netcheck-report=none")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "--netcheck-event reboot: unknown event" in err and "nft-flush" in err and "docker-restart" in err, err
+
+
+def _phased(result: pytest.RunResult, events: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Each check's outcome per phase, read from the inner run's reports (the value the report gets)."""
+    reports: list[Any] = result.reprec.getreports("pytest_runtest_logreport")  # type: ignore[attr-defined]
+    for r in reports:
+        if r.when == "call":
+            assert ("netcheck.phase", Phases(events).label(r.netcheck["phase"])) in r.user_properties, r.user_properties
+    return {row.check.split("::")[1]: row.outcomes for row in lifecycle.before_after(Phases(events), reports)}
+
+
+def _run(run_suites: Any, repo: Path, topology: str, *events: str) -> tuple[dict[str, tuple[str, ...]], str]:
+    args = [str(repo / "suites" / s) for s in SUITES]
+    result = run_suites(*args, f"--netcheck-topology={topology}", *(f"--netcheck-event={e}" for e in events))
+    return _phased(result, events), result.stdout.str()
+
+
+OUTBOUND = ("test_outside_sees_the_host_uplink_address", "test_published_port_reached_from_outside", "test_container_reaches_the_outside_through_the_host")
+
+
+@pytest.mark.root
+def test_a_flush_of_the_labs_own_rules_fails_after_and_not_before(run_suites, repo: Path) -> None:
+    rows, out = _run(run_suites, repo, "seed1-nft", "nft-flush")
+    for name in OUTBOUND:
+        row = rows[f"{name}[seed1-nft]"]
+        assert row == ("passed", "failed"), (name, row, out[-3000:])
+    assert rows["test_default_route_points_at_the_host[seed1-nft]"] == ("passed", "passed")
+    assert "1. [tool_rules_gone] host: the lab's own rules are gone, since the event nft-flush (`nft flush ruleset`): table ip" in out, out[-3000:]
+    assert "netcheck events: nft-flush" in out and "before  after-nft-flush" in out and "after-nft-flush: " in out
+
+
+def _example(name: str) -> str:
+    from netcheck import adapters, spec
+    from netcheck.activation import skip_for_missing_tool
+
+    path = EXAMPLES / f"{name}.toml"
+    lacking = adapters.missing(spec.load(path))
+    if lacking:
+        skip_for_missing_tool(f"{name}: this machine lacks " + "; ".join(lacking))
+    return str(path)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize(("tool", "recovery", "whose", "fix"), [
+    ("podman", "podman-network-reload", "Podman's (netavark) rules are gone", "podman network reload --all"),
+    ("docker", "docker-restart", "Docker's rules are gone", "systemctl restart docker"),
+])
+def test_the_tools_reload_restores_what_a_flush_removed(run_suites, repo: Path, tool: str, recovery: str, whose: str, fix: str) -> None:
+    rows, out = _run(run_suites, repo, _example(tool), "nft-flush", recovery)
+    for name in OUTBOUND:
+        row = rows[f"{name}[{tool}]"]
+        assert row == ("passed", "failed", "passed"), f"{tool}: {name} before / after the flush / after {recovery}: {row}\n{out[-3000:]}"
+    assert f"1. [tool_rules_gone] host: {whose}, since the event nft-flush" in out, out[-4000:]
+    assert f"fix: {fix}" in out, out[-4000:]
+
+
+@pytest.mark.root
+def test_a_stale_conntrack_entry_is_shown_and_its_deletion_repairs_the_flow() -> None:
+    """The stale-conntrack fault: the long-lived flow leaves un-NATed though the MASQUERADE is back; the diagnosis
+    shows the entry and `conntrack -D` of it; pasted, the flow is masqueraded again (the MASQUERADE was never wrong)."""
+    import shutil
+    import subprocess
+
+    from netcheck import faults, spec
+    from netcheck.activation import skip_for_missing_tool
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.factory import LabFactory
+    from netcheck.lifecycle import LONG_LIVED_UDP_PORT
+
+    if shutil.which("conntrack") is None:
+        skip_for_missing_tool("the conntrack tool (install it: apt-get install -y conntrack)")
+    factory = LabFactory()  # its labs serve the outside world's echo
+    try:
+        lab = factory.fresh(spec.builtin("seed1"))
+        prober = DiagnosingProber(lab)
+        assert faults.inject(lab, ["stale-conntrack"]) == ["stale-conntrack"]
+        r = prober.udp("netns0", "203.0.113.1", 7, target="wan", capture=["wan:uplink"], source_port=LONG_LIVED_UDP_PORT)
+        d = r.diagnosis
+        assert not r.passed and d is not None and d.top is not None and d.top.cause == "stale_conntrack", r.explain()
+        assert f"172.18.0.10:{LONG_LIVED_UDP_PORT} > 203.0.113.1:7" in d.top.summary and any("[UNREPLIED]" in e for e in d.top.evidence), d.top
+        fix = d.top.fix.split("  (", 1)[0]
+        assert fix.startswith(f"ip netns exec {lab.host.name} conntrack -D -p udp"), fix
+        done = subprocess.run(fix.split(), capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"{fix}: {done.stderr}"
+        again = prober.udp("netns0", "203.0.113.1", 7, target="wan", capture=["wan:uplink"], source_port=LONG_LIVED_UDP_PORT)
+        assert again.passed and any(p.src == "203.0.113.2" for c in again.captures for p in c.packets), again.explain()
+    finally:
+        factory.close()
