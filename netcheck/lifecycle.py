@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from netcheck.kernel.jsontypes import JSON, JSONObject
 from netcheck.kernel.xtables import nft_chains, read_nft
 
 if TYPE_CHECKING:
+    import pytest
+
     from netcheck.kernel.netns import Netns
     from netcheck.lab import Lab
 
@@ -170,16 +173,16 @@ def link_flap(lab: Lab) -> str:
     return f"ip link set {up} down; ip link set {up} up"
 
 
-def _table_of(item: Mapping[str, Any]) -> tuple[str, str] | None:
+def _table_of(item: Mapping[str, JSON]) -> tuple[str, str] | None:
     for kind, body in item.items():
-        if kind in ("table", "chain", "rule", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit"):
-            return body.get("family"), body.get("table") if kind != "table" else body.get("name")
+        if kind in ("table", "chain", "rule", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit") and isinstance(body, dict):
+            return str(body.get("family")), str(body.get("table") if kind != "table" else body.get("name"))
     return None
 
 
-def _without_handles(item: Mapping[str, Any]) -> dict[str, Any]:
+def _without_handles(item: Mapping[str, JSON]) -> JSONObject:
     kind, body = next(iter(item.items()))
-    return {"add": {kind: {k: v for k, v in body.items() if k != "handle"}}}
+    return {"add": {kind: {k: v for k, v in body.items() if k != "handle"} if isinstance(body, dict) else body}}
 
 
 EVENTS: dict[str, Event] = {e.name: e for e in [
@@ -292,7 +295,7 @@ def check_names(names: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def phase_of(item: Any) -> int:
+def phase_of(item: pytest.Item) -> int:
     callspec = getattr(item, "callspec", None)
     return int(callspec.params.get(PHASE_FIXTURE, 0)) if callspec is not None else 0
 
@@ -307,11 +310,11 @@ class BeforeAfter:
     check: str
     outcomes: tuple[str, ...]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"check": self.check, "outcomes": list(self.outcomes)}
 
 
-def before_after(phases: Phases, reports: Iterable[Any]) -> list[BeforeAfter]:
+def before_after(phases: Phases, reports: Iterable[pytest.TestReport]) -> list[BeforeAfter]:
     """Each check's outcome per phase, from test reports (or their plain ``netcheck`` data: nodeid, phase, outcome)."""
     table: dict[str, list[str]] = {}
     for r in reports:
@@ -324,7 +327,7 @@ def before_after(phases: Phases, reports: Iterable[Any]) -> list[BeforeAfter]:
     return [BeforeAfter(k, tuple(v)) for k, v in table.items()]
 
 
-def summary_lines(phases: Phases, rows: Sequence[BeforeAfter], runs: Mapping[str, Sequence[Any]]) -> list[str]:
+def summary_lines(phases: Phases, rows: Sequence[BeforeAfter], runs: Mapping[str, Sequence[EventRun]]) -> list[str]:
     """The terminal's section: what each event did to each lab, each check's outcome per phase (* where it changed), the counts."""
     out = [f"netcheck events: {' then '.join(phases.events)}"]
     for lab, done in runs.items():
@@ -344,7 +347,7 @@ def summary_lines(phases: Phases, rows: Sequence[BeforeAfter], runs: Mapping[str
     return out
 
 
-def configure(config: Any) -> Phases:
+def configure(config: pytest.Config) -> Phases:
     """The run's phases from ``--netcheck-event``; pytest.UsageError for an unknown event or a run that cannot order its phases."""
     import pytest
 
@@ -369,8 +372,10 @@ def reach(phases: Phases, lab: Lab, index: int, log: dict[str, list[EventRun]]) 
         pytest.skip(str(exc))
 
 
-def terminal_lines(phases: Phases, stats: Mapping[str, Sequence[Any]], log: dict[str, list[Any]]) -> list[str]:
-    reports = [r for group in stats.values() for r in group if hasattr(r, "nodeid") and hasattr(r, "when")]
+def terminal_lines(phases: Phases, stats: Mapping[str, Sequence[object]], log: dict[str, list[EventRun]]) -> list[str]:
+    import pytest
+
+    reports = [r for group in stats.values() for r in group if isinstance(r, pytest.TestReport)]
     return summary_lines(phases, before_after(phases, reports), log)
 
 
