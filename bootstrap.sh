@@ -347,9 +347,12 @@ run_tests() {
     "$VENV/bin/ruff" check . || failed+=("ruff")
     say "running: mypy"
     "$VENV/bin/mypy" || failed+=("mypy")
-    # Everything, the opt-in scale suite (100 containers, the full matrix) included.
-    say "running: .venv/bin/pytest tests suites -m 'scale or not scale' $*"
-    "$VENV/bin/pytest" tests suites -m "scale or not scale" "$@"
+    # Everything, the opt-in scale suite (100 containers, the full matrix) included, in
+    # NETCHECK_TEST_WORKERS processes (pytest-xdist; default 2): most of the time is spent waiting
+    # on labs and probes, and every lab is tagged, so two run side by side (about half the time).
+    local workers="${NETCHECK_TEST_WORKERS:-2}"
+    say "running: .venv/bin/pytest tests suites -m 'scale or not scale' -n $workers $*"
+    "$VENV/bin/pytest" tests suites -m "scale or not scale" -n "$workers" "$@"
     local rc=$?
     case "$rc" in
         0) ;;
