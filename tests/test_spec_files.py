@@ -113,7 +113,8 @@ def test_pytest_refuses_a_hostile_topology(pytester: pytest.Pytester, fifo: Path
     path = str(fifo) if kind == "fifo" else kind
     result = pytester.runpytest_subprocess(f"--netcheck-topology={path}", "--netcheck-report=none", "-p", "no:cacheprovider", timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    assert f"{path}: (file) = {path!r}: is not a regular file ({what})" in result.stderr.str(), result.stderr.str()
+    # (the value is shortened in the message when the path is long, as under pytest-xdist)
+    assert f"{path}: (file) = " in result.stderr.str() and f"is not a regular file ({what})" in result.stderr.str(), result.stderr.str()
     assert "Traceback" not in result.stderr.str() and "MemoryError" not in result.stderr.str()
 
 

@@ -145,7 +145,14 @@ def _delete_rule(ns: Netns, fix: DeleteRule) -> Callable[[], None]:
     if is_native(fix.backend, fix.rule.table):
         assert held.handle is not None
         nft.delete_rule(ns, fix.family, held.table, held.chain, held.handle)
-        return lambda: nft.run(ns, [{"insert": {"rule": _nft_rule(fix.family, held, index=position - 1)}}], what="putting a rule back")
+
+        def put_back() -> None:
+            # nft inserts before the rule at an index, so a rule that was last (or alone) is added again at the end
+            now = len(_chain_rules(ns, fix.backend, fix.family, held.table, held.chain))
+            op = {"insert": {"rule": _nft_rule(fix.family, held, index=position - 1)}} if position - 1 < now else {"add": {"rule": _nft_rule(fix.family, held)}}
+            nft.run(ns, [op], what="putting a rule back")
+
+        return put_back
     _iptables(ns, fix.backend, fix.rule.argv("-D"))
     return lambda: _iptables(ns, fix.backend, held.argv("-I", position))
 
@@ -204,6 +211,25 @@ def _run(undo: list[Callable[[], None]]) -> None:
             u()
 
 
+def _renumbered(lab: Lab, findings: list[Finding]) -> list[Finding]:
+    """A native rule deleted and put back to try a fix has a new handle: the fixes shown say the new one."""
+    namespaces = lab.namespaces()
+    out = []
+    for f in findings:
+        for x in f.fixes:
+            if not isinstance(x, DeleteRule) or x.rule.handle is None or not is_native(x.backend, x.rule.table) or x.netns not in namespaces:
+                continue
+            try:
+                _i, held = _position(namespaces[x.netns], replace(x, rule=replace(x.rule, handle=None)))
+            except LookupError:
+                continue
+            if held.handle is not None and held.handle != x.rule.handle:
+                old, new = f"handle {x.rule.handle}", f"handle {held.handle}"
+                f = replace(f, fix=f.fix.replace(old, new), fixes=tuple(replace(y, rule=replace(y.rule, handle=held.handle)) if y is x else y for y in f.fixes))
+        out.append(f)
+    return out
+
+
 def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], ProbeResult], findings: list[Finding], timeout: float) -> list[Finding]:
     """Try the fixes of the top findings (up to three) on the lab; the verified one first, those that did not help last."""
     tried: dict[int, bool] = {}
@@ -236,7 +262,16 @@ def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], Pro
             out[i] = replace(f, verified=f"fix verified: the probe passes after {what} (applied to the lab, then undone; {KEEP_HINT})")
             break
         out[i] = replace(f, verified=f"fix did not help: the probe still failed after {what} ({r.verdict}{': ' + r.error if r.error else ''})")
-    good = [f for i, f in enumerate(out) if tried.get(i) is True]
+    # A fix that did not help demotes its cause; a verified one moves up past those, and past causes
+    # ranked above it only if they hold no fix to try (a cause without one keeps its place: the
+    # re-probe cannot speak for or against it, e.g. a tool whose rules an event removed).
+    if tried:
+        out = _renumbered(lab, out)
     bad = [f for i, f in enumerate(out) if tried.get(i) is False]
-    rest = [f for i, f in enumerate(out) if i not in tried]
-    return good + rest + bad
+    kept = [(i, f) for i, f in enumerate(out) if tried.get(i) is not False]
+    good = next((i for i, _f in kept if tried.get(i) is True), None)
+    if good is not None:
+        ahead = [(i, f) for i, f in kept if i < good]
+        stays = [x for x in ahead if not x[1].fixes and x[1].score > out[good].score]
+        kept = [*stays, (good, out[good]), *[x for x in kept if x not in stays and x[0] != good]]
+    return [f for _i, f in kept] + bad

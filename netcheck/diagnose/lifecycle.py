@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from netcheck.diagnose.firewall import Pkt
-from netcheck.evidence import Finding
+from netcheck.evidence import Finding, FlushConntrack
 from netcheck.lifecycle import events_of, lost, signature, tool_of
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
             continue
         delete = f"conntrack -D -p {e.proto} --orig-src {e.src} --orig-dst {e.dst} --sport {e.sport} --dport {e.dport}"
         yield Finding("stale_conntrack", "host", f"host: a stale conntrack entry steers {flow.source}'s {e.proto} flow {e.src}:{e.sport} > {e.dst}:{e.dport}: {stale}",
-                      ev.run("host", delete) + "  (delete the entry: the next packet makes a new one, with today's rules)", (f"conntrack (host): {e.render()}",), score=96)
+                      ev.run("host", delete) + "  (delete the entry: the next packet makes a new one, with today's rules)", (f"conntrack (host): {e.render()}",), score=96,
+                      fixes=(FlushConntrack("host", e.src),))  # verified by re-probing, before a cause whose fix flushes it too
         return
 
 

@@ -803,6 +803,8 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
             if c.address is not None and promise.masqueraded(ev.t, c.name) and s is not None:
                 flows.append((c.name, str(c.address.ip), s.l3, up, False))
     for name, addr, iif, oif, private in flows:
+        if ":" in addr:
+            continue  # IPv4's MASQUERADE rules say nothing about an IPv6 flow
         remote = str(ev.t.wan.remote[0].ip)
         covered = _masq_decision(ev, addr, remote, "tcp", iif, oif)
         if covered is not None and not private:
@@ -1008,9 +1010,13 @@ def _near_dnat(ev: Evidence, f: Flow, pkt: Pkt, hook_chains: set[tuple[str, str,
     """A DNAT in the hook's chains meant for this flow (to the spec's target, or for its port) that misses it, the matches that miss,
     and the rule corrected to match it (in the same table and chain)."""
     want = f"{f.target_addr}:{f.target_port}"
+    def what(x: XRule) -> tuple[object, ...]:  # a DNAT as the spec declares it, wherever it lives (iptables' nat, or a lab's own nft table)
+        return (x.chain, x.src, x.dst, x.in_interface, x.protocol, x.dport, x.dports, x.to_destination, x.family)
+
+    declared = {what(x) for x in plan.spec_rules(ev.t, _rename(ev)) if x.target == "DNAT"}  # another publish's own DNAT is not this flow's, mistyped
     for p in ev.fw.rules():
         r = p.rule
-        if r.target != "DNAT" or (p.backend, r.table, r.chain) not in hook_chains or r.unmodelled:
+        if r.target != "DNAT" or (p.backend, r.table, r.chain) not in hook_chains or r.unmodelled or what(r) in declared:
             continue
         meant = r.to_destination in (want, f.target_addr) or (r.protocol == pkt.proto and r.dport == pkt.dport)
         if not meant or matches(r, pkt):

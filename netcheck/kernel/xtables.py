@@ -501,8 +501,8 @@ def nft_tables(ruleset: dict[str, Any], family: str = "ip") -> set[str]:
     return {t["name"] for t in _items(ruleset, "table", (family,))}
 
 
-def nft_chains(ruleset: dict[str, Any], families: tuple[str, ...] = ("ip", "inet")) -> list[XChain]:
-    """Chains of the ip/inet families of an nft JSON ruleset, with their hooks, priorities and
+def nft_chains(ruleset: dict[str, Any], families: tuple[str, ...] = ("ip", "inet", "ip6")) -> list[XChain]:
+    """Chains of the ip, inet and ip6 families of an nft JSON ruleset, with their hooks, priorities and
     policies, rules summarised as XRules: counters and handles, jumps and gotos, ``ct state``,
     anonymous and named sets resolved to their elements. A rule with a verdict map or a DNAT map
     reads as one XRule per element (the element's key as its match, its verdict or destination
@@ -652,8 +652,8 @@ def _nft_rules(r: dict[str, Any], sets: Sets) -> list[XRule]:
     target = ""
     packets = nbytes = 0
     expand: list[tuple[dict[str, Any], Any]] = []  # (map key expression, [(key, verdict or destination)...])
-    if any("match" in e and _ipv6_only(e["match"]) for e in r.get("expr", [])):
-        return []  # an IPv6-only rule of an inet table never decides an IPv4 packet (nor does ip6tables)
+    if r.get("family") == "inet" and any("match" in e and _ipv6_only(e["match"]) for e in r.get("expr", [])):
+        return []  # an IPv6-only rule of an inet table never decides an IPv4 packet (an ip6 table's are read as IPv6 rules)
     for e in r.get("expr", []):
         if "match" in e:
             _nft_match(e["match"], fields, unmodelled, where, sets)
