@@ -20,9 +20,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from netcheck.kernel import nft
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path, remove_netns
 from netcheck.kernel.xtables import Backend, XRule, delete_rules, nft_remove_if_empty, set_policy
@@ -73,7 +74,7 @@ class Ledger:
         fd = _create_locked(self.path, (json.dumps(header, sort_keys=True) + "\n").encode())
         self._file = os.fdopen(fd, "a", buffering=1)
 
-    def _write(self, line: dict[str, Any]) -> None:
+    def _write(self, line: JSONObject) -> None:
         self._file.write(json.dumps(line, sort_keys=True) + "\n")
         self._file.flush()
 
@@ -261,7 +262,7 @@ class RuleEntry:
     def describe(self) -> str:
         return f"rule {self.rule.render()}{_where(self.netns)}"
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self) -> JSONObject:
         return {"netns": self.netns, "rule": asdict(self.rule), "backend": self.backend}
 
 
@@ -433,20 +434,20 @@ ENTRY_KINDS: dict[str, type[Entry]] = {cls.kind: cls for cls in (
 )}
 
 
-def to_json(entry: Entry) -> dict[str, Any]:
+def to_json(entry: Entry) -> JSONObject:
     """An entry as its JSON line: "kind" and its fields."""
     fields = entry.fields() if isinstance(entry, RuleEntry) else asdict(entry)  # type: ignore[call-overload]
     return {"kind": entry.kind, **fields}
 
 
-def from_json(line: dict[str, Any]) -> Entry | None:
+def from_json(line: JSONObject) -> Entry | None:
     """The entry of a JSON line (any version); None for a kind this netcheck does not know."""
     data = {k: v for k, v in line.items() if k != "kind"}
     cls = ENTRY_KINDS.get(str(line.get("kind")))
     if cls is None:
         return None
     if cls is RuleEntry:
-        rule: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["rule"].items()}
+        rule: JSONObject = {k: tuple(v) if isinstance(v, list) else v for k, v in data["rule"].items()}
         if set(rule) - {f.name for f in fields(XRule)}:
             # A rule with matches this netcheck does not know (a newer version wrote the record): undoing it
             # without them could delete another rule, so it is not read (its namespace goes with the lab).
@@ -502,7 +503,7 @@ def undo_all(entries: Sequence[Entry], undoer: Undoer) -> list[str]:
 @dataclass(frozen=True)
 class RunRecord:
     path: Path
-    header: dict[str, Any]
+    header: JSONObject
     entries: list[Entry]
     alive: bool
     kept: bool = False
@@ -512,9 +513,9 @@ class RunRecord:
         return str(self.header.get("tag", self.path.stem))
 
 
-def read_record(path: Path) -> tuple[dict[str, Any], list[Entry], bool]:
+def read_record(path: Path) -> tuple[JSONObject, list[Entry], bool]:
     """(header, entries, kept) of a run record, of this version or an older one (no "version")."""
-    header: dict[str, Any] = {}
+    header: JSONObject = {}
     entries = []
     kept = False
     for line in path.read_text().splitlines():

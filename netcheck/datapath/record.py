@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
 
 from netcheck.datapath.firewall import Ruleset
 from netcheck.datapath.values import Iface, Listener, Namespace, Port, Route, State
+from netcheck.kernel.jsontypes import JSON, JSONObject
 from netcheck.kernel.netns import IpRule
 from netcheck.kernel.xtables import XChain, XRule
 
 FORMAT = 1
 
 
-def to_dict(state: State) -> dict[str, Any]:
+def to_dict(state: State) -> JSONObject:
     return {"format": FORMAT, "source": state.source, "host": state.host, "namespaces": [_ns(n) for n in state.namespaces]}
 
 
@@ -31,7 +31,7 @@ def dumps(state: State) -> str:
     return json.dumps(to_dict(state), indent=1, sort_keys=True)
 
 
-def _ns(n: Namespace) -> dict[str, Any]:
+def _ns(n: Namespace) -> JSONObject:
     return {
         "label": n.label,
         "ifaces": [{"name": i.name, "kind": i.kind, "up": i.up, "addresses": [str(a) for a in i.addresses], "port": asdict(i.port) if i.port else None,
@@ -46,7 +46,7 @@ def _ns(n: Namespace) -> dict[str, Any]:
     }
 
 
-def _ruleset(rs: Ruleset) -> dict[str, Any]:
+def _ruleset(rs: Ruleset) -> JSONObject:
     return {"chains": [{**{f.name: getattr(c, f.name) for f in fields(c) if f.name != "rules"}, "key_backend": backend, "rules": [asdict(r) for r in c.rules]}
                        for (backend, _t, _n), c in rs.chains.items()],
             "hooks": [list(h) for h in rs.hooks],
@@ -57,13 +57,13 @@ def loads(text: str) -> State:
     return from_dict(json.loads(text))
 
 
-def from_dict(d: dict[str, Any]) -> State:
+def from_dict(d: JSONObject) -> State:
     if d.get("format") != FORMAT:
         raise ValueError(f"a recorded datapath state of format {d.get('format')!r}; this netcheck reads format {FORMAT} (record it again)")
     return State(tuple(_from_ns(n) for n in d["namespaces"]), d.get("host", "host"), d.get("source", ""))
 
 
-def _from_ns(n: dict[str, Any]) -> Namespace:
+def _from_ns(n: JSONObject) -> Namespace:
     ifaces = tuple(Iface(i["name"], i["kind"], i["up"], tuple(IPv4Interface(a) for a in i["addresses"]), Port(**i["port"]) if i["port"] else None,
                          (i["peer"][0], i["peer"][1]) if i["peer"] else None, i["nf_call_iptables"]) for i in n["ifaces"])
     routes = tuple(Route(IPv4Network(r["dst"]), r["dev"], IPv4Address(r["via"]) if r["via"] else None, r["kind"], r["table"], r["metric"],
@@ -75,7 +75,7 @@ def _from_ns(n: dict[str, Any]) -> Namespace:
     return Namespace(n["label"], ifaces, routes, rules, tuple((k, v) for k, v in n["sysctls"]), listeners, ruleset, tuple(n["unread"]))
 
 
-def _from_ruleset(d: dict[str, Any]) -> Ruleset:
+def _from_ruleset(d: JSONObject) -> Ruleset:
     rs = Ruleset()
     for c in d["chains"]:
         chain = _chain(c)
@@ -87,12 +87,12 @@ def _from_ruleset(d: dict[str, Any]) -> Ruleset:
     return rs
 
 
-def _chain(c: dict[str, Any]) -> XChain:
+def _chain(c: JSONObject) -> XChain:
     rules = tuple(XRule(**{k: _tupled(v) for k, v in r.items()}) for r in c["rules"])
     return XChain(c["table"], c["name"], c["policy"], rules, c["backend"], c["family"], c["hook"], c["kind"], c["priority"])
 
 
-def _tupled(value: Any) -> Any:
+def _tupled(value: JSON) -> JSON:
     return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
 
 
