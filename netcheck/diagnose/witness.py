@@ -19,7 +19,7 @@ from netcheck.kernel.dropwatch import ICMP, TCP, UDP, KernelDrop, PacketKey, Wit
 if TYPE_CHECKING:
     from netcheck.diagnose.path import Flow, LabView
 
-SETTLE = 0.2  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind; its first events, up to ~150 ms)
+SETTLE = 0.6  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind, and up to ~400 ms when two test processes share 2 cores); a wait on the drop, not a sleep
 READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
 FIREWALL = ("forward_drop", "dns_udp_blocked", "rules_split")  # a rule or a policy dropped it (a DNS-only drop is one too)
 NO_ROUTE = ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")  # a link that goes down takes its routes with it
