@@ -375,3 +375,46 @@ def test_a_kept_lab_survives_new_runs_and_clean_removes_it(tmp_path) -> None:
     assert (removed, errors) == (1, [])
     assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_an_interrupted_namespace_creation_ends_before_the_caller_cleans_up(tmp_path: Path) -> None:
+    """The SIGTERM that lands while a namespace is being created (seen in CI: a build interrupted at
+    its second namespace left it behind). The interrupt reaches the caller first; the creation goes
+    on in its thread. The caller must not re-raise before that creation has ended, or the teardown
+    that follows finds nothing to remove and the namespace appears after it."""
+    import threading
+
+    from netcheck.kernel import worker
+    from netcheck.ledger import Ledger, NetnsEntry, Undoer, undo_all
+    from netcheck.naming import new_tag
+
+    ledger = Ledger(new_tag(), topology="(interrupted creation)", mode="sandbox", run_dir=tmp_path)
+    name = ledger.record(NetnsEntry(f"{ledger.tag}-int")).name
+    interrupted = threading.Event()
+    real_enter = worker.NamespaceWorker._enter
+
+    def enter_after_the_interrupt(self: worker.NamespaceWorker, create: bool) -> None:
+        assert interrupted.wait(10), "the interrupt never came"
+        real_enter(self, create)
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    worker.NamespaceWorker._enter = enter_after_the_interrupt  # type: ignore[method-assign]
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            worker.NamespaceWorker(name, worker.netns_path(name), create=True)
+        made = os.path.exists(worker.netns_path(name))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        worker.NamespaceWorker._enter = real_enter  # type: ignore[method-assign]
+        undoer = Undoer()
+        errors = undo_all(ledger.entries, undoer)
+        undoer.close()
+        ledger.close(remove=not errors)
+    assert made, "the interrupt was re-raised while the namespace was still being made: a teardown then would have missed it"
+    assert not os.path.exists(worker.netns_path(name)) and not errors, errors

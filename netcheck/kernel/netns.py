@@ -12,13 +12,13 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from netcheck.kernel import rtnl
-from netcheck.kernel.worker import NamespaceError, NamespaceWorker, netns_path
+from netcheck.kernel.worker import NamespaceError, NamespaceWorker, netns_path, settle
 from netcheck.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -251,6 +251,14 @@ class Netns:
             return [make(name, label) for name, label in names]
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="netcheck-create") as pool:
             futures = [pool.submit(make, name, label) for name, label in names]
+            try:
+                wait(futures)
+            except BaseException:
+                # Interrupted: the creations under way end (the rest are cancelled) before teardown looks.
+                for f in futures:
+                    f.cancel()
+                settle(futures)
+                raise
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]  # type: ignore[misc]

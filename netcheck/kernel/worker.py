@@ -12,8 +12,9 @@ import errno
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -68,6 +69,21 @@ def remove_netns(name: str) -> bool:
     return True
 
 
+SETTLE_TIMEOUT = 30.0  # how long an interrupted caller waits for creations under way to end
+
+
+def settle(futures: list[Future[Any]], timeout: float = SETTLE_TIMEOUT) -> None:
+    """Wait (bounded) until ``futures`` are done, through further interrupts: work started in
+    other threads ends before the caller's cleanup looks at what exists."""
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        try:
+            wait(futures, timeout=left)
+            return
+        except BaseException:  # noqa: BLE001 - a second Ctrl-C must not cut the wait short; the first is re-raised by the caller
+            continue
+
+
 class NamespaceWorker:
     """Runs callables in a thread that lives in one network namespace.
 
@@ -89,9 +105,11 @@ class NamespaceWorker:
             self._thread.start()
             self._ready.result()
         except BaseException:
-            # Failed, or interrupted (Ctrl-C) while entering: never leave the thread parked in the
-            # namespace, where it would keep it (and its links) alive after its removal.
+            # Failed, or interrupted (Ctrl-C, SIGTERM) while entering: never leave the thread parked in
+            # the namespace, where it would keep it (and its links) alive after its removal. And let a
+            # creation under way end first, so that the caller's teardown finds the namespace it made.
             self._jobs.put(None)
+            settle([self._ready])
             raise
 
     def _enter(self, create: bool) -> None:
