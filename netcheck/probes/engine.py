@@ -658,26 +658,15 @@ class Prober:
         frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=link.mac) / ScapyARP(op=1, hwsrc=link.mac, psrc=str(c.address.ip), pdst=ip))
         caps = self._captures(request.capture)
         sock = ns.call(lambda: _arp_socket(iface))
-        verdict: Verdict = "unreachable"
-        reply = error = None
-        rtt = None
         t0 = time.time()
-        start = time.perf_counter()
-        try:
-            sock.send(frame)
-            deadline = start + timeout
-            while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
-                answer = decode(sock.recv(2048))
-                arp = answer.payload if answer is not None else None
-                if isinstance(arp, ARP) and arp.op == 2 and arp.sender_ip == ip:
-                    rtt = (time.perf_counter() - start) * 1000
-                    reply = arp.sender_mac
-                    verdict = "reached"
-                    break
-        except OSError as exc:
-            error = f"{exc.strerror or exc}"
-        finally:
-            sock.close()
+
+        def mac_of(data: bytes) -> str | None:
+            answer = decode(data)
+            arp = answer.payload if answer is not None else None
+            return arp.sender_mac if isinstance(arp, ARP) and arp.op == 2 and arp.sender_ip == ip else None
+
+        rtt, reply, error = _first_answer(sock, lambda: sock.send(frame), mac_of, timeout)
+        verdict: Verdict = "reached" if reply is not None else "unreachable"
         captures = tuple(cap.collect(arp_flow(ip), t0) for cap in caps)
         if verdict != "reached" and error is None:
             error = f"no ARP reply for {ip} within {timeout:g}s"
@@ -694,29 +683,21 @@ class Prober:
         c = self.lab.topology.container(src)
         assert c.address6 is not None and link is not None
         caps = self._captures(request.capture)
-        verdict: Verdict = "unreachable"
-        reply = error = None
-        rtt = None
         t0 = time.time()
         sock = ns.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        try:
+
+        def solicit() -> None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # NDP demands a hop limit of 255 (RFC 4861)
-            sock.bind((str(c.address6.ip), 0))
-            start = time.perf_counter()
+            sock.bind((str(c.address6.ip), 0))  # type: ignore[union-attr]
             sock.sendto(neighbour_solicitation(ip, link.mac), (solicited_node(ip), 0, 0, link.index))
-            deadline = start + timeout
-            while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
-                data = sock.recv(2048)
-                if len(data) >= 24 and data[0] == NDP_ADVERT and socket.inet_ntop(socket.AF_INET6, data[8:24]) == ip:
-                    adv = ICMPv6(NDP_ADVERT, data[1], None, None, data[4:], None)
-                    rtt = (time.perf_counter() - start) * 1000
-                    reply = adv.ndp_mac
-                    verdict = "reached"
-                    break
-        except OSError as exc:
-            error = f"{exc.strerror or exc}"
-        finally:
-            sock.close()
+
+        def mac_of(data: bytes) -> str | None:
+            if len(data) >= 24 and data[0] == NDP_ADVERT and socket.inet_ntop(socket.AF_INET6, data[8:24]) == ip:
+                return ICMPv6(NDP_ADVERT, data[1], None, None, data[4:], None).ndp_mac
+            return None
+
+        rtt, reply, error = _first_answer(sock, solicit, mac_of, timeout)
+        verdict: Verdict = "reached" if reply is not None else "unreachable"
         captures = tuple(cap.collect(ndp_flow(ip), t0) for cap in caps)
         if verdict != "reached" and error is None:
             error = f"no neighbour advertisement for {ip} within {timeout:g}s"
@@ -791,6 +772,23 @@ def _client(ns: Netns, kind: int, family: int = 4, port: int = 0) -> tuple[socke
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close: no TIME_WAIT pile-up
     sock.bind(("::" if family == 6 else "0.0.0.0", port))
     return sock, sock.getsockname()[1]
+
+
+def _first_answer(sock: socket.socket, send: Callable[[], object], answer: Callable[[bytes], str | None], timeout: float) -> tuple[float | None, str | None, str | None]:
+    """Send once, then read ``sock`` until ``answer(data)`` names the reply or ``timeout`` ends: (rtt in ms, the reply, an error). Closes ``sock``."""
+    start = time.perf_counter()
+    try:
+        send()
+        deadline = start + timeout
+        while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
+            got = answer(sock.recv(2048))
+            if got is not None:
+                return (time.perf_counter() - start) * 1000, got, None
+    except OSError as exc:
+        return None, None, f"{exc.strerror or exc}"
+    finally:
+        sock.close()
+    return None, None, None
 
 
 def _collect(caps: Sequence[CaptureHub], match: Matcher, t0: float, verdict: Verdict, error: str | None) -> tuple[tuple[Capture, ...], Verdict, str | None]:
