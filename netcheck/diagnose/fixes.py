@@ -89,6 +89,8 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 undo.append(lambda ns=ns, net=net: ns.deconfigure(routes=[net]))  # type: ignore[misc]
             elif isinstance(fix, SetLink):
                 ns.set_link(fix.link, up=fix.up)
+                if fix.up:
+                    ns.wait_links_up([fix.link])  # bounded: the re-probe must not race the carrier (uplink-down's fix was judged "did not help")
                 undo.append(lambda ns=ns, link=fix.link, up=fix.up: ns.set_link(link, up=not up))  # type: ignore[misc]
             elif isinstance(fix, DeleteRule):
                 undo.append(_delete_rule(ns, fix))
