@@ -25,6 +25,8 @@ Protocol = Literal["icmp", "tcp", "udp", "arp", "sctp"]
 Role = Literal["request", "reply", "error"]
 IPAddress = IPv4Address | IPv6Address
 PORTED: tuple[ProbeKind, ...] = ("tcp", "http", "udp", "dns", "sctp")
+TOKEN_SIZE = 13  # "netcheck-" and four hex digits: the token that starts every probe's payload
+MIN_SIZE = {4: 20 + 8 + TOKEN_SIZE, 6: 40 + 8 + TOKEN_SIZE}  # the smallest sized ICMP echo: IP and ICMP headers, the token
 PROPERTIES = ("topology", "isolation", "veth", "bridge", "forwarding", "masquerade", "dnat", "vip", "dns", "scale")
 
 
@@ -68,6 +70,7 @@ class ProbeRequest:
     query: str = ""  # dns only: the name asked for, as a program in the source would (through its resolv.conf's search list)
     transport: Literal["udp", "tcp"] = "udp"  # dns only
     source_port: int | None = None  # udp only: a fixed client port (a long-lived flow, whose conntrack entry outlives a rule change); None: ephemeral
+    size: int | None = None  # icmp only: the packet's size in bytes, IP header included, sent with don't-fragment set (a path MTU probe); None: small
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ProbeKind):
@@ -84,6 +87,10 @@ class ProbeRequest:
             raise RequestError(f"{self.kind} probe to {self.destination}: source_port={self.source_port}; only udp probes take one, from 1 to 65535")
         if self.ttl is not None and (self.kind != "icmp" or not 0 < self.ttl < 256):
             raise RequestError(f"{self.kind} probe to {self.destination}: ttl={self.ttl}; only icmp probes take a ttl, from 1 to 255")
+        least = MIN_SIZE[self.destination.version] + len(self.payload)
+        if self.size is not None and (self.kind != "icmp" or not least <= self.size <= 65535):
+            raise RequestError(f"{self.kind} probe to {self.destination}: size={self.size}; only icmp probes take a size, "
+                               f"from {least} (the headers, netcheck's token and the payload) to 65535")
         if self.kind == "arp" and (self.payload or self.destination.version != 4):
             raise RequestError(f"arp probe for {self.destination}: ARP asks for an IPv4 address and carries no payload")
         if self.kind == "ndp" and (self.payload or self.destination.version != 6):
@@ -303,9 +310,22 @@ class FlushConntrack:
         return f"conntrack -D -s {self.source}"
 
 
-Fix = Sysctl | SetLink | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
-FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
-                                   "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
+@dataclass(frozen=True)
+class SetMtu:
+    """A fix: set a link's MTU in one of the lab's namespaces; ``link`` is its kernel name."""
+
+    netns: str
+    link: str
+    mtu: int
+    kind: Literal["mtu"] = "mtu"
+
+    def command(self) -> str:
+        return f"ip link set {self.link} mtu {self.mtu}"
+
+
+Fix = Sysctl | SetLink | SetMtu | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
+FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule,
+                                   "policy": SetPolicy, "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
 RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
 
 
@@ -534,6 +554,7 @@ class ProbeResult:
         who = f" ({self.target})" if self.target else ""
         got = self.verdict + (f", answered by {self.replied_by}" if self.replied_by and self.replied_by != self.target else "")
         kind = f"dns/{self.request.transport} {self.request.query!r}" if self.kind == "dns" else self.kind
+        kind += f" of {self.request.size} bytes, don't fragment," if self.request.size is not None else ""
         got += f" ({self.rcode}{': ' + ', '.join(self.answers) if self.answers else ''})" if self.rcode else ""
         return f"[{self.topology}] {kind} {self.source} ({self.source_address}) -> {self.destination}{who}: {exp}, {got}"
 

@@ -122,6 +122,15 @@ def vip_from_container(t: S.Topology, v: S.Vip, src: str, family: S.Family = 4) 
     return v.from_outside and v.at(family) is not None and hairpin(t, src, v.container, family)
 
 
+DEFAULT_MTU = 1500  # the kernel's for a veth and a bridge; a container's ``mtu`` overrides it
+
+
+def path_mtu(t: S.Topology, a: str) -> int:
+    """The largest packet container ``a`` sends to the outside without fragmenting: its veth's MTU (the spec's, else the
+    kernel's). The spec gives no other link of the path a smaller one, so no link may carry less."""
+    return t.container(a).mtu or DEFAULT_MTU
+
+
 def remote(t: S.Topology, family: S.Family = 4) -> S.IPAddr:
     """The outside world's address the suites probe (its first remote one of ``family``)."""
     return t.wan.remote_at(family)[0].ip

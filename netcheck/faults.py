@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from netcheck import resolvconf
 from netcheck.kernel import nft
-from netcheck.kernel.netns import VethSpec
+from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
 from netcheck.ledger import LinkEntry, NftTableEntry, SysctlEntry
 
@@ -256,6 +256,34 @@ def uplink_down(lab: Lab) -> None:
 def mtu_mismatch(lab: Lab) -> None:
     c = lab.topology.container(_first(lab))
     lab.host.set_link(lab.kname(c.host_veth), mtu=1400)
+
+
+def _uplink_ends(lab: Lab) -> tuple[str, Netns, str]:
+    """The uplink's kernel name in the host, the outside world's namespace and its end of the uplink."""
+    wan = lab.namespaces()["wan"]
+    return lab.kname(lab.topology.host.uplink), wan, next(link.name for link in wan.links() if link.kind == "veth")
+
+
+def uplink_mtu_low(lab: Lab) -> None:
+    """A cloud VM's uplink (an overlay of the provider's: 1450, 1400) under containers that send 1500."""
+    up, wan, far = _uplink_ends(lab)
+    lab.host.set_link(up, mtu=1400)
+    wan.set_link(far, mtu=1400)
+
+
+def uplink_mtu_mismatch(lab: Lab) -> None:
+    """The outside world's end of the uplink takes 1400 bytes, the host's end sends 1500: big packets vanish on arrival."""
+    _up, wan, far = _uplink_ends(lab)
+    wan.set_link(far, mtu=1400)
+
+
+def subnet_overlap(lab: Lab) -> None:
+    """Another network on the host (a tool's bridge) picked a subnet that holds the outside world's address."""
+    subnet = IPv4Network(f"{lab.topology.wan.remote_at(4)[0].ip}/24", strict=False)  # the remote's own /24: its address is a /32 on the wan's lo
+    name = f"{lab.tag}ov"
+    group = lab.link(lab.host, name)
+    lab.host.add_bridge(name, group=group)
+    lab.host.configure(up=[name], addresses=[(name, IPv4Interface(f"{subnet.broadcast_address - 1}/24"))])
 
 
 def dnat_to_localhost(lab: Lab) -> None:
@@ -754,6 +782,7 @@ DNAT_OUTSIDE = "test_dnat.py::test_published_port_reached_from_outside"
 DNAT_PATHS = "test_dnat.py::test_source_address_seen_on_each_access_path"
 DNAT_UNPUBLISHED = "test_dnat.py::test_unpublished_port_is_not_reachable"
 FORWARD_OUT = "test_forwarding.py::test_container_reaches_the_outside_through_the_host"
+FORWARD_FULL_SIZE = "test_forwarding.py::test_a_full_size_packet_reaches_the_outside_unfragmented"
 ISO_FRAMES = "test_isolation.py::test_unicast_frames_stay_off_other_containers"
 ISO_LINKS = "test_isolation.py::test_container_sees_none_of_the_hosts_links_routes_or_rules"
 ISO_LOOPBACK = "test_isolation.py::test_host_loopback_services_are_not_reachable_from_containers"
@@ -838,6 +867,12 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "masquerade_missing", masquerade_removed),
     Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down, kernel="IP_INNOROUTES"),
     Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch, edits_rules=False),
+    Fault("subnet-overlap", "a second bridge on the host (another tool's network) has a subnet that holds the outside world's address",
+          "seed1", FORWARD_OUT, "198.51.100.1", "subnet_overlap", subnet_overlap, edits_rules=False),
+    Fault("uplink-mtu-low", "the host's uplink carries 1400 bytes (a cloud VM's), the containers send 1500: a full-size DF packet gets fragmentation-needed",
+          "seed1", FORWARD_FULL_SIZE, "fragmentation needed (mtu 1400)", "path_mtu_low", uplink_mtu_low, edits_rules=False),
+    Fault("uplink-mtu-mismatch", "the outside world's end of the uplink takes 1400 bytes, the host's end 1500: big packets vanish, small pings pass",
+          "seed1", FORWARD_FULL_SIZE, "icmp of 1500 bytes, don't fragment, netns0", "mtu_mismatch", uplink_mtu_mismatch, edits_rules=False),
     Fault("stray-publish", "a DNAT publishes a container's service port that the spec does not publish",
           "seed2", DNAT_UNPUBLISHED, "expected to be blocked", "stray_dnat", stray_publish),
     Fault("stray-vip-port", "the VIP chain redirects a port the spec does not declare",

@@ -22,7 +22,8 @@ PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP = 1, 6, 17, 58, 132
 SCTP_INIT, SCTP_INIT_ACK, SCTP_ABORT = 1, 2, 6
 _SCTP_CHUNKS = {0: "DATA", 1: "INIT", 2: "INIT-ACK", 3: "SACK", 4: "HEARTBEAT", 5: "HEARTBEAT-ACK", 6: "ABORT", 7: "SHUTDOWN", 10: "COOKIE-ECHO", 11: "COOKIE-ACK"}
 ICMP_ECHOREPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED = 0, 3, 8, 11
-ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED, ICMPV6_ECHO, ICMPV6_ECHOREPLY = 1, 3, 128, 129
+FRAG_NEEDED = 4  # the dest-unreach code of fragmentation needed (its header carries the next hop's MTU)
+ICMPV6_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, ICMPV6_ECHO, ICMPV6_ECHOREPLY = 1, 2, 3, 128, 129
 NDP_SOLICIT, NDP_ADVERT = 135, 136
 # IPv6 extension headers the decoder steps over to reach the upper layer: hop-by-hop, routing, destination options
 # (each a next header, a length in 8-octet units beyond the first 8), and a fragment header (8 octets; only a first fragment has the upper layer).
@@ -31,7 +32,7 @@ _EXTENSIONS = (EXT_HOP_BY_HOP, EXT_ROUTING, EXT_DEST_OPTS)
 
 _ICMP_NAMES = {0: "echo-reply", 3: "dest-unreach", 5: "redirect", 8: "echo-request", 11: "time-exceeded"}
 _ICMPV6_NAMES = {1: "dest-unreach", 2: "packet-too-big", 3: "time-exceeded", 128: "echo-request", 129: "echo-reply", 135: "neighbor-solicit", 136: "neighbor-advert"}
-_UNREACH = {0: "net", 1: "host", 2: "protocol", 3: "port", 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited"}
+_UNREACH = {0: "net", 1: "host", 2: "protocol", 3: "port", 4: "frag-needed", 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited"}
 _TCP_FLAGS = "FSRPAUEC"
 _IPV4 = struct.Struct("!B7xBB2x4s4s")
 _ICMP = struct.Struct("!BBxxHH")
@@ -79,6 +80,7 @@ class ICMP(NamedTuple):
     seq: int | None = None
     data: bytes = b""
     quoted: IPv4 | None = None
+    mtu: int | None = None  # fragmentation-needed only: the next hop's MTU the router gave
 
     @property
     def is_echo(self) -> bool:
@@ -100,6 +102,8 @@ class ICMP(NamedTuple):
 
     def error_text(self, sender: str) -> str:
         """An error as the prober reports it: 'ICMP destination unreachable (code 1) from 10.0.0.1'."""
+        if self.type == ICMP_UNREACH and self.code == FRAG_NEEDED:
+            return f"ICMP fragmentation needed (mtu {self.mtu}) from {sender}"
         kind = "destination unreachable" if self.type == ICMP_UNREACH else "time exceeded"
         return f"ICMP {kind} (code {self.code}) from {sender}"
 
@@ -113,6 +117,7 @@ class ICMPv6(NamedTuple):
     seq: int | None = None
     data: bytes = b""
     quoted: IPv6 | None = None
+    mtu: int | None = None  # packet-too-big only: the MTU of the link it did not fit
 
     @property
     def is_echo(self) -> bool:
@@ -120,7 +125,7 @@ class ICMPv6(NamedTuple):
 
     @property
     def is_error(self) -> bool:
-        return self.type in (ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED)
+        return self.type in (ICMPV6_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED)
 
     @property
     def name(self) -> str:
@@ -236,10 +241,10 @@ def decode_ipv4(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv4 | No
         if len(data) >= l4 + 8:
             itype, code, ident, seq = _ICMP.unpack_from(data, l4)
             if itype in (ICMP_ECHO, ICMP_ECHOREPLY):
-                payload = _new(ICMP, (itype, code, ident, seq, data[l4 + 8 :], None))
+                payload = _new(ICMP, (itype, code, ident, seq, data[l4 + 8 :], None, None))
             else:
                 inner = None if quoted or itype not in (ICMP_UNREACH, ICMP_TIME_EXCEEDED) else decode_ipv4(data, l4 + 8, quoted=True)
-                payload = _new(ICMP, (itype, code, None, None, b"", inner))
+                payload = _new(ICMP, (itype, code, None, None, b"", inner, seq if itype == ICMP_UNREACH and code == FRAG_NEEDED else None))
     elif proto in (PROTO_TCP, PROTO_UDP):
         payload = _ports(data, l4, proto == PROTO_TCP)
     elif proto == PROTO_SCTP:
@@ -257,12 +262,12 @@ def decode_ipv6(data: bytes, off: int = 0, *, quoted: bool = False) -> IPv6 | No
     if nh == PROTO_ICMPV6 and len(data) >= l4 + 8:
         itype, code, ident, seq = _ICMP.unpack_from(data, l4)
         if itype in (ICMPV6_ECHO, ICMPV6_ECHOREPLY):
-            payload = _new(ICMPv6, (itype, code, ident, seq, data[l4 + 8 :], None))
+            payload = _new(ICMPv6, (itype, code, ident, seq, data[l4 + 8 :], None, None))
         elif itype in (NDP_SOLICIT, NDP_ADVERT):
-            payload = _new(ICMPv6, (itype, code, None, None, data[l4 + 4 :], None))
+            payload = _new(ICMPv6, (itype, code, None, None, data[l4 + 4 :], None, None))
         else:
-            inner = None if quoted or itype not in (ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED) else decode_ipv6(data, l4 + 8, quoted=True)
-            payload = _new(ICMPv6, (itype, code, None, None, b"", inner))
+            inner = None if quoted or itype not in (ICMPV6_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED) else decode_ipv6(data, l4 + 8, quoted=True)
+            payload = _new(ICMPv6, (itype, code, None, None, b"", inner, (ident << 16 | seq) if itype == ICMPV6_PACKET_TOO_BIG else None))
     elif nh in (PROTO_TCP, PROTO_UDP):
         payload = _ports(data, l4, nh == PROTO_TCP)
     elif nh == PROTO_SCTP:

@@ -39,6 +39,16 @@ def test_ttl_drops_by_exactly_one_at_the_host(lab, probe, family):
         assert before - after == 1, f"{name}: {what} {before} leaving the container, {after} arriving outside: {before - after} hops, expected exactly 1\n{r.explain()}"
 
 
+def test_a_full_size_packet_reaches_the_outside_unfragmented(lab, probe, family):
+    """A don't-fragment echo as big as the container's MTU reaches the outside world and comes back: no link of the
+    path carries less (a link that does either answers fragmentation-needed, or drops big packets silently: the PMTU black hole)."""
+    remote = promise.remote(lab.topology, family)
+    for name in _outbound(lab, family):
+        size = promise.path_mtu(lab.topology, name)
+        r = expect(probe.icmp(name, remote, size=size, capture=[lab.point(name), "wan:uplink"]))
+        seen(r, "wan:uplink", dst=str(remote))
+
+
 def test_default_route_points_at_the_host(lab, family):
     t = lab.topology
     for name in _outbound(lab, family):

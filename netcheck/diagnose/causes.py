@@ -25,7 +25,7 @@ SEVERITIES: dict[str, str] = {
     "hygiene": "the state differs from the spec without breaking a probe",
     "bug": "netcheck itself failed",
 }
-FIX_VALUES = ("Sysctl", "SetLink", "AddRoute", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
+FIX_VALUES = ("Sysctl", "SetLink", "SetMtu", "AddRoute", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,14 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("blackhole_route", "the most specific route to the destination is a `blackhole`, `unreachable` or `prohibit` route (in the sender or the host)",
           "the routes of the sender and of the routing host against the flow's destination"),
     Cause("no_listener", "nothing listens on the port in the container", "the container's listening sockets (`/proc/thread-self/net/tcp`); a RST in the trace"),
-    Cause("mtu_mismatch", "the two ends of a veth have different MTUs", "netlink (shown by `netcheck doctor`: its suite test asserts on state, not on a probe)", severity="hygiene"),
+    Cause("mtu_mismatch", "the two ends of a veth (a container's, or the host's uplink) have different MTUs: big packets vanish where they arrive, and no fragmentation-needed comes back",
+          "netlink: both ends' MTUs against the spec's (a container's `mtu`, else 1500); ranked first for a don't-fragment probe that was lost on that link",
+          fix="`SetMtu` of the end that differs from the spec's MTU", fixes=("SetMtu",)),
+    Cause("path_mtu_low", "a link of the path carries less than the sender's MTU (a cloud VM's smaller uplink MTU): full-size packets get fragmentation-needed, or vanish where that ICMP is dropped",
+          "the don't-fragment probe's size against the MTU of each link of its path", fix="`SetMtu` of the link (both ends) to the sender's MTU; or lower the containers' MTU",
+          fixes=("SetMtu",)),
+    Cause("subnet_overlap", "a host network's subnet takes in an outside address (a tool's bridge on a range the outside world uses): the host routes it into that network",
+          "the host's route lookup for the outside destination: a connected route on a link other than the uplink, whose address's subnet holds the destination"),
     Cause("extra_link", "a container holds a link that is not its own", "netlink (shown by `netcheck doctor`: its suite test asserts on state, not on a probe)", severity="exposes"),
     Cause("bridge_flooding", "a bridge forgets MACs at once (`ageing_time 0`) and floods every frame", "netlink bridge options (shown by `netcheck doctor`)", severity="exposes"),
     Cause("host_no_route", "the host has no route for the forwarded packet", "the host's route lookup",

@@ -1,7 +1,7 @@
 """Fixes verified by re-probing: apply the top causes' fixes to a sandbox lab, repeat the probe, undo.
 
 A finding's fix is a command for people (``Finding.fix``) and, where known, values
-(``Finding.fixes``: ``Sysctl``, ``SetLink``, ``AddRoute``, ``DeleteRule``, ``AddRule``,
+(``Finding.fixes``: ``Sysctl``, ``SetLink``, ``SetMtu``, ``AddRoute``, ``DeleteRule``, ``AddRule``,
 ``SetPolicy``) that this module applies to the lab's own namespaces. A rule fix goes where the
 rule lives: ``iptables-legacy``/``iptables-nft`` with the rule's one rendering
 (``XRule.argv``), or a native nft table by handle; its undo puts the rule back at its position. For a sandbox lab, up to three findings are tried in rank order: a fix after which
@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
 from netcheck.diagnose.firewall import binary, is_native
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, ProbeRequest, ProbeResult, SetLink, SetPolicy, Sysctl
+from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, ProbeRequest, ProbeResult, SetLink, SetMtu, SetPolicy, Sysctl
 from netcheck.kernel import nft
 from netcheck.kernel.netns import KernelError, Netns
 from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_nft
@@ -60,7 +60,7 @@ def shown(lab: Lab, fix: Fix) -> str:
         named = replace(r, in_interface=_spec_iface(lab, r.in_interface), out_interface=_spec_iface(lab, r.out_interface),
                         in_set=tuple(_spec_iface(lab, x) or x for x in r.in_set), out_set=tuple(_spec_iface(lab, x) or x for x in r.out_set))
         return f"{fix.netns}: " + replace(fix, rule=named).command()
-    if isinstance(fix, SetLink) and fix.netns == "host":
+    if isinstance(fix, (SetLink, SetMtu)) and fix.netns == "host":
         return f"{fix.netns}: " + replace(fix, link=lab.spec_name(fix.link)).command()
     if isinstance(fix, Sysctl) and fix.netns == "host":
         parts = fix.key.split(".")
@@ -92,6 +92,10 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 if fix.up:
                     ns.wait_links_up([fix.link])  # bounded: the re-probe must not race the carrier (uplink-down's fix was judged "did not help")
                 undo.append(lambda ns=ns, link=fix.link, up=fix.up: ns.set_link(link, up=not up))  # type: ignore[misc]
+            elif isinstance(fix, SetMtu):
+                was = next(link.mtu for link in ns.links() if link.name == fix.link)
+                ns.set_link(fix.link, mtu=fix.mtu)
+                undo.append(lambda ns=ns, link=fix.link, was=was: ns.set_link(link, mtu=was))  # type: ignore[misc]
             elif isinstance(fix, DeleteRule):
                 undo.append(_delete_rule(ns, fix))
             elif isinstance(fix, AddRule):

@@ -21,7 +21,7 @@ from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, Sysctl
+from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, SetMtu, Sysctl
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -266,20 +266,71 @@ def not_in_bridge(ev: Evidence) -> Iterator[Finding]:
         )
 
 
-def mtu_mismatch(ev: Evidence) -> Iterator[Finding]:
+def _veth_pairs(ev: Evidence) -> Iterator[tuple[tuple[str, str], tuple[str, str], str, int]]:
+    """Each veth whose two ends netcheck sees: (label, kernel link) of each end, what it is, and the MTU the spec gives it
+    (a container's ``mtu``, else the kernel's default)."""
     for c in ev.t.containers:
         s = ev.side(c.name)
-        ns = ev.snap.ns(c.name)
-        if s is None or ns is None or not s.veth_k:
+        if s is not None and s.veth_k:
+            yield (c.name, c.interface), ("host", s.veth_k), f"{c.name}'s veth", promise.path_mtu(ev.t, c.name)
+    up, wan = kname_or_none(ev.lab, ev.t.host.uplink), ev.snap.ns("wan")
+    peers = [link.name for link in wan.links if link.kind == "veth"] if wan is not None else []
+    if up and len(peers) == 1:
+        yield ("host", up), ("wan", peers[0]), "the host's uplink", promise.DEFAULT_MTU
+
+
+def _mtu(ev: Evidence, end: tuple[str, str]) -> int | None:
+    ns = ev.snap.ns(end[0])
+    link = ns.link(end[1]) if ns is not None else None
+    return link.mtu if link is not None else None
+
+
+def _sized(ev: Evidence) -> int | None:
+    """The size of the failed probe, when it was a don't-fragment one (a path MTU probe)."""
+    return ev.result.request.size if ev.result is not None else None
+
+
+def mtu_mismatch(ev: Evidence) -> Iterator[Finding]:
+    path = _path_links(ev)
+    for a, b, what, want in _veth_pairs(ev):
+        mtu_a, mtu_b = _mtu(ev, a), _mtu(ev, b)
+        if mtu_a is None or mtu_b is None or mtu_a == mtu_b:
             continue
-        inner, outer = ns.link(c.interface), ev.host.link(s.veth_k)
-        if inner is None or outer is None or inner.mtu == outer.mtu:
-            continue
-        want = min(inner.mtu, outer.mtu) if c.mtu is None else c.mtu
-        fix_ns, fix_if = (("host", s.veth_k) if outer.mtu != want else (c.name, c.interface))
+        fixes = tuple(SetMtu(label, link, want) for (label, link), got in ((a, mtu_a), (b, mtu_b)) if got != want)
+        on = a in path or b in path
+        shown = [f"{link if label != 'host' else ev.show(link)} ({label}) has {got}" for (label, link), got in ((a, mtu_a), (b, mtu_b))]
         yield Finding(
-            "mtu_mismatch", "host", f"host: the two ends of {c.name}'s veth disagree on the MTU: {c.interface} has {inner.mtu}, {ev.show(s.veth_k)} has {outer.mtu}; large packets are dropped one way",
-            ev.run(fix_ns, f"ip link set {fix_if} mtu {want}"), (), score=64 if c.name in ev.on_path() else 55,
+            "mtu_mismatch", "host", f"host: the two ends of {what} disagree on the MTU: {shown[0]}, {shown[1]}; a packet larger than the smaller "
+            f"one is dropped where it arrives, and no fragmentation-needed tells its sender (small pings pass, big packets vanish)",
+            " && ".join(ev.run(x.netns, x.command()) for x in fixes), (f"the spec's MTU for {what}: {want}", *(["it is on the probe's path"] if on else [])),
+            score=86 if on and _sized(ev) else 64 if on or a[0] in ev.on_path() else 55, fixes=fixes,
+        )
+
+
+def path_mtu_low(ev: Evidence) -> Iterator[Finding]:
+    """A don't-fragment probe larger than a link of its path (both ends of it agreeing: a mismatch is ``mtu_mismatch``)."""
+    size = _sized(ev)
+    if size is None:
+        return
+    pairs = {end: (a, b, want) for a, b, _what, want in _veth_pairs(ev) for end in (a, b)}
+    named: set[tuple[str, str]] = set()
+    for end in sorted(_path_links(ev)):
+        got = _mtu(ev, end)
+        if got is None or got >= size or end in named:
+            continue
+        a, b, want = pairs.get(end, (end, None, promise.DEFAULT_MTU))
+        named |= {a, *([b] if b is not None else [])}  # one finding per veth: its two ends are one link
+        if b is not None and _mtu(ev, a) != _mtu(ev, b):
+            continue
+        ends = [x for x in (a, b) if x is not None]
+        fixes = tuple(SetMtu(label, link, max(size, want)) for label, link in ends)
+        label, link = end
+        name = ev.show(link) if label == "host" else link
+        yield Finding(
+            "path_mtu_low", label, f"{label}: {name} carries at most {got} bytes, less than the {size} its sender sends unfragmented "
+            f"(the MTU the spec gives it): full-size packets get fragmentation-needed back, or vanish where that ICMP is dropped",
+            " && ".join(ev.run(x.netns, x.command()) for x in fixes) + f" (or give the containers mtu = {got}: Docker's daemon.json \"mtu\", the CNI bridge's \"mtu\")",
+            (f"the failed probe: {size} bytes with don't-fragment set", f"{name}: MTU {got}"), score=87, fixes=fixes,
         )
 
 
@@ -672,6 +723,30 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
         return
     if v6:
         yield from _no_route_back6(ev, r, pkt)
+
+
+def subnet_overlap(ev: Evidence) -> Iterator[Finding]:
+    """A host network whose subnet takes in an outside address (a tool's bridge on a range the outside world uses):
+    the host's connected route sends the packets into that network instead of out of the uplink."""
+    f, r = ev.flow, ev.route
+    up = kname_or_none(ev.lab, ev.t.host.uplink)
+    if f is None or r is None or f.via != "outside" or not r.routed or up is None:
+        return
+    dst = f.target_addr or f.dst_addr
+    got = lookup(ev.snap, "host", ev.lab.host, dst)
+    if isinstance(got, str) or got.gateway is not None or got.interface in (None, up):
+        return
+    held = [a.address for a in ev.host.addrs(got.interface) if ip_address(dst) in a.address.network]
+    if not held:
+        return
+    iface = ev.show(got.interface)
+    yield Finding(
+        "subnet_overlap", "host", f"host: {iface} holds {held[0]}, whose subnet {held[0].network} takes in the outside address {dst}: the host sends "
+        f"packets for {dst} into {iface} instead of out of the uplink {ev.show(up)}",
+        f"give {iface} a subnet that holds no outside address (Docker: \"default-address-pools\" or `docker network create --subnet`; Podman: "
+        f"`podman network create --subnet`), or {ev.run('host', f'ip address del {held[0]} dev {got.interface}')}",
+        (f"host: route get {dst}: dev {iface} (connected, no gateway)", f"{iface}: {held[0]}"), score=85,
+    )
 
 
 def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
@@ -1280,10 +1355,10 @@ def model_disposition(ev: Evidence) -> Iterator[Finding]:
 
 # Every rule, in the order they are tried (the ranking is by score, not by this order).
 RULES: tuple[Rule, ...] = (
-    link_down, lo_down, not_in_bridge, mtu_mismatch, extra_link, bridge_flooding,
+    link_down, lo_down, not_in_bridge, mtu_mismatch, path_mtu_low, extra_link, bridge_flooding,
     address_conflict, address_on_bridge_port, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
     ipv6_forwarding_off, ipv6_disabled, dad_failed, dnat_to_loopback6,
-    host_no_route, forwarding_off, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat, neigh_wrong, arp_ignore, blackhole_route,
+    host_no_route, subnet_overlap, forwarding_off, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat, neigh_wrong, arp_ignore, blackhole_route,
     route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )
 

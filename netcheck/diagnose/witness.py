@@ -31,9 +31,9 @@ REASON_CAUSES: dict[str, tuple[str, ...]] = {
     "IP_INNOROUTES": NO_ROUTE,
     "IP_OUTNOROUTES": NO_ROUTE,
     "IP_INADDRERRORS": ("ip_forward_off", "forwarding_off", *NO_ROUTE, "dnat_missing", "vip_not_jumped", "dnat_wrong_match"),  # ip_error: the route lookup ended unreachable
-    "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore"),
+    "NEIGH_FAILED": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore", "subnet_overlap"),
     "NEIGH_DEAD": ("wrong_gateway", "link_down"),
-    "PKT_TOO_BIG": ("mtu_mismatch",),
+    "PKT_TOO_BIG": ("mtu_mismatch", "path_mtu_low"),
     "QDISC_DROP": ("lo_down", "link_down"),  # __dev_queue_xmit on a device that is down
     "IP_LOCALNET": ("route_localnet_off",),
     "IP_LOCAL_SOURCE": ("address_conflict",),

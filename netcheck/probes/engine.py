@@ -33,6 +33,7 @@ from netcheck.packet import (
     ICMP,
     ICMP_ECHOREPLY,
     ICMPV6_ECHOREPLY,
+    ICMPV6_PACKET_TOO_BIG,
     ICMPV6_TIME_EXCEEDED,
     ICMPV6_UNREACH,
     NDP_ADVERT,
@@ -49,6 +50,8 @@ from netcheck.packet import (
     solicited_node,
 )
 from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, ndp_flow, port_flow
+
+IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE, IPV6_DONTFRAG = 10, 23, 3, 62  # linux/in.h, in6.h: DF set, the route's cached PMTU ignored
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -119,10 +122,10 @@ class Prober:
 
     def icmp(
         self, src: str, dst: str | IPAddress, *, expect: Expectation = "reach", target: str | None = None,
-        capture: Sequence[str] = (), timeout: float | None = None, ttl: int | None = None,
+        capture: Sequence[str] = (), timeout: float | None = None, ttl: int | None = None, size: int | None = None,
     ) -> ProbeResult:
-        """An ICMP echo from ``src`` (a container, 'host' or 'wan') to ``dst``."""
-        return self.send(ProbeRequest("icmp", src, ip_address(dst), expect=expect, target=target, capture=tuple(capture), timeout=timeout, ttl=ttl))
+        """An ICMP echo from ``src`` (a container, 'host' or 'wan') to ``dst``; ``size``: that many bytes, with don't-fragment set."""
+        return self.send(ProbeRequest("icmp", src, ip_address(dst), expect=expect, target=target, capture=tuple(capture), timeout=timeout, ttl=ttl, size=size))
 
     def tcp(
         self, src: str, dst: str | IPAddress, port: int, *, expect: Expectation = "reach", target: str | None = None,
@@ -254,7 +257,7 @@ class Prober:
         ns, iface = self._source(request.source)
         ident = self._ids.next()
         token = f"netcheck-{ident:04x}".encode()
-        payload = echo_request(ident, 1, token + request.payload)
+        payload = echo_request(ident, 1, _padded(token + request.payload, request, 20))
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = None
@@ -267,6 +270,8 @@ class Prober:
             sock = ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             if request.ttl is not None:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, request.ttl)
+            if request.size is not None:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
             t0 = time.time()
             start = time.perf_counter()
             sock.sendto(payload, (str(dst), 0))
@@ -305,7 +310,7 @@ class Prober:
         captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
         if not src_addr:
             src_addr = self._source_address(request.source, ns, dst)
-        sent = f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={request.ttl}" if request.ttl else "")
+        sent = f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={request.ttl}" if request.ttl else "") + _sized(request)
         return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident, drop=drop)
 
     def _icmp6(self, request: ProbeRequest) -> ProbeResult:
@@ -315,7 +320,7 @@ class Prober:
         ns, iface = self._source(request.source)
         ident = self._ids.next()
         token = f"netcheck-{ident:04x}".encode()
-        payload = echo_request6(ident, 1, token + request.payload)
+        payload = echo_request6(ident, 1, _padded(token + request.payload, request, 40))
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
         reply = error = None
@@ -327,6 +332,9 @@ class Prober:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
             if request.ttl is not None:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, request.ttl)
+            if request.size is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
             t0 = time.time()
             start = time.perf_counter()
             sock.sendto(payload, _sockaddr6(ns, iface, dst))
@@ -342,10 +350,10 @@ class Prober:
                     reply = f"echo-reply from {peer[0]} hlim={hops}"
                     verdict = "reached"
                     break
-                if itype in (ICMPV6_UNREACH, ICMPV6_TIME_EXCEEDED):
+                if itype in (ICMPV6_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED):
                     quoted = decode_ipv6(data, 8, quoted=True)
                     if quoted is not None and isinstance(quoted.payload, ICMPv6) and quoted.payload.ident == ident:
-                        error = _icmp6_error(itype, data[1], peer[0])
+                        error = _icmp6_error(itype, data[1], peer[0], int.from_bytes(data[4:8], "big"))
                         break
         except OSError as exc:
             error = f"{exc.strerror or exc}"
@@ -354,7 +362,7 @@ class Prober:
                 sock.close()
         captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
         src_addr = self._source_address(request.source, ns, dst)
-        sent = f"ICMPv6 echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" hlim={request.ttl}" if request.ttl else "")
+        sent = f"ICMPv6 echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" hlim={request.ttl}" if request.ttl else "") + _sized(request)
         return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident)
 
     # ----------------------------------------------------------------- TCP / HTTP / UDP
@@ -824,12 +832,23 @@ def _sockaddr6(ns: Netns, iface: str, dst: IPv4Address | IPv6Address) -> tuple[s
     return (str(dst).split("%")[0], 0, 0, link.index if link is not None else 0)
 
 
-def _icmp6_error(itype: int, code: int, sender: str) -> str:
+def _icmp6_error(itype: int, code: int, sender: str, mtu: int) -> str:
     """An ICMPv6 error as the result names it."""
     if itype == ICMPV6_TIME_EXCEEDED:
         return f"ICMPv6 time exceeded from {sender}"
+    if itype == ICMPV6_PACKET_TOO_BIG:
+        return f"ICMPv6 packet too big (mtu {mtu}) from {sender}"
     reasons = {0: "no route", 1: "administratively prohibited", 3: "address unreachable", 4: "port unreachable", 5: "source address failed policy", 6: "reject route"}
     return f"ICMPv6 destination unreachable ({reasons.get(code, f'code {code}')}) from {sender}"
+
+
+def _padded(data: bytes, request: ProbeRequest, ip_header: int) -> bytes:
+    """The echo's data, filled up so that the packet is ``request.size`` bytes (ProbeRequest checked that it fits)."""
+    return data if request.size is None else data + b"n" * (request.size - ip_header - 8 - len(data))
+
+
+def _sized(request: ProbeRequest) -> str:
+    return f" size={request.size} DF" if request.size is not None else ""
 
 
 def target_if(request: ProbeRequest, verdict: Verdict) -> str | None:
