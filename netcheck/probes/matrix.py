@@ -1,5 +1,8 @@
 """Matrix probing: can every container of a set reach every other one, as the spec says?
 
+The members may come from several labs (``MatrixEngine`` probes ``Member``s; ``Matrix``
+makes them from one lab, netcheck.multihost.matrix from every host of a multi-host lab).
+
 Not N² sequential probes. One raw ICMP socket per source namespace (opened by that
 namespace's worker, kept for the whole matrix), every echo request sent back to back in
 windows, replies matched by ICMP identifier (one per matrix run) and sequence number (the
@@ -14,7 +17,8 @@ root-namespace setting netcheck never changes) are refused for five seconds. A f
 of N containers on one bridge needs N(N-1) entries at once: 9,900 for 100 containers. So
 when a matrix would need more than a small share of the free entries, its same-bridge
 pairs get permanent neighbour entries (exempt from that limit) for the duration of the
-matrix, and lose them afterwards; ARP itself is then not part of the matrix (the bridge
+matrix, and lose them afterwards (pairs across segments: each member's gateway in it, and it on its
+bridge in its host); ARP itself is then not part of the matrix (the bridge
 suite checks it pair by pair). ``neighbours="arp"`` or ``"static"`` forces either way.
 
 >>> with Matrix(lab) as m:                          # doctest: +SKIP
@@ -95,10 +99,6 @@ class Member:
 
     def same_l2(self, other: Member) -> bool:
         return self.segment is not None and other.segment is not None and self.segment.key == other.segment.key
-
-    def routed_via_gateway(self) -> bool:
-        """Does its traffic to another segment go through its segment's gateway, on netcheck's host?"""
-        return self.segment is not None and self.segment.host is not None and self.gateway is not None
 
 
 def _icmp_socket() -> socket.socket:
