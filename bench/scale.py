@@ -26,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -127,6 +128,8 @@ def child(kind: str, hosts: int, per_host: int) -> dict[str, Any]:
         t2 = time.perf_counter()
         tags = [lab.tag] + ([h.tag for h in lab.hosts.values()] if isinstance(lab, MultiLab) else [])
         out["namespaces"] = len(lab.namespaces())
+        out["fds_built"] = len(os.listdir("/proc/self/fd"))  # a worker thread per namespace, its sockets, the listeners
+        out["threads_built"] = threading.active_count()
         try:
             engine: Matrix | CrossHostMatrix = CrossHostMatrix(lab) if isinstance(lab, MultiLab) else Matrix(lab)
             with engine:
@@ -258,6 +261,8 @@ def render(report: dict[str, Any]) -> str:
     row("CPU of the process (user + sys) over the three", lambda x: x["cpu_s"])
     row("matrix pairs/s", lambda x: x["pairs"] / x["matrix_s"], count)
     row("peak RSS (MB)", lambda x: x["maxrss_mb"], count)
+    fds = [f"{median([x['fds_built'] for x in runs]):,.0f} / {median([x['threads_built'] for x in runs]):,.0f}" for runs in (multi, one)]
+    out.append(f"| open fds / threads, once built | {fds[0]} | {fds[1]} | |")
     out += ["", "**Where the time goes** (medians; nested phases are each timed in full: \"host labs: build\" holds its base, bridges, containers and services)", "",
             f"| phase | {h} x {k}, VXLAN | {n} on one host |", "|---|---|---|"]
     names = list(dict.fromkeys([*(p for x in multi for p in x["phases_s"]), *(p for x in one for p in x["phases_s"])]))
