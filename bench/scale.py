@@ -1,8 +1,8 @@
 """Scale across hosts: H hosts of N containers on a VXLAN overlay against H x N containers on
 one host, in the same run: build, the full reachability matrix, teardown, and where the time goes.
 
-    sudo .venv/bin/python bench/scale.py            # 8 hosts x 50 against 400 on one host; 3 rounds, about 4 minutes
-    sudo .venv/bin/python bench/scale.py --quick    # 4 hosts x 10 against 40 on one host; about 30 seconds
+    sudo .venv/bin/python bench/scale.py            # 8 hosts x 50 against 400 on one host; 3 rounds, 2 to 6 minutes (load)
+    sudo .venv/bin/python bench/scale.py --quick    # 4 hosts x 10 against 40 on one host; 15 to 30 seconds
 
 The two labs (netcheck.scale.vxlan_hosts and netcheck.scale.bridge_topology) have the same
 hosts (bridge-nf-call-iptables=1, FORWARD ACCEPT, no rules) and the same number of
@@ -189,7 +189,7 @@ def _run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 hosts x 10 containers, against 40 on one host (about 30 seconds)")
+    parser.add_argument("--quick", action="store_true", help="4 hosts x 10 containers, against 40 on one host (15 to 30 seconds)")
     parser.add_argument("--hosts", type=int, help="hosts of the multi-host lab (default 8; --quick 4)")
     parser.add_argument("--per-host", type=int, help="containers per host (default 50; --quick 10)")
     parser.add_argument("--repeat", type=int, help="rounds, each building, probing and tearing down both labs (default 3)")

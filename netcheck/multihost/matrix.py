@@ -10,23 +10,23 @@ Cells are named ``HOST/CONTAINER``; a failing cell's evidence probe captures at 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Unpack
 
 from netcheck import expect as promise
-from netcheck.evidence import MatrixResult, ProbeResult
+from netcheck.evidence import MatrixResult
 from netcheck.multihost import probes as X
 from netcheck.multihost.lab import MultiLab
 from netcheck.probes import Prober
-from netcheck.probes.matrix import MatrixEngine, MatrixError, Member, Segment
+from netcheck.probes.matrix import EngineOptions, MatrixEngine, MatrixError, Member, Segment
 
 
 class CrossHostMatrix(MatrixEngine):
     """Matrices across the hosts of ``multi``. ``probers`` (host name -> prober, e.g. one that
     diagnoses) sends the probes to be diagnosed; the other options are ``MatrixEngine``'s."""
 
-    def __init__(self, multi: MultiLab, *, record: Callable[[ProbeResult], None] | None = None, probers: Mapping[str, Prober] | None = None, **options: Any) -> None:
-        super().__init__(record=record, **options)
+    def __init__(self, multi: MultiLab, *, probers: Mapping[str, Prober] | None = None, **options: Unpack[EngineOptions]) -> None:
+        super().__init__(**options)
         self.multi = multi
         self._plain = {h: X.prober(multi, h) for h in multi.hosts}
         self._heads = dict(probers or {})

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypedDict, TypeVar, Unpack
 
 from netcheck import expect as promise
 from netcheck.evidence import Diagnosis, MatrixResult, ProbeRequest, ProbeResult
@@ -66,6 +66,17 @@ Neighbours = Literal["auto", "arp", "static"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound="MatrixEngine")
+
+
+class EngineOptions(TypedDict, total=False):
+    """``MatrixEngine``'s options, as ``Matrix`` and ``CrossHostMatrix`` pass them on."""
+
+    record: Callable[[ProbeResult], None] | None
+    timeout: float
+    neighbours: Neighbours
+    max_evidence: int
+    max_diagnoses: int
+    evidence_timeout: float
 
 
 class MatrixError(RuntimeError):
@@ -383,7 +394,7 @@ class Matrix(MatrixEngine):
     spec's policy says (``policy``). ``prober`` sends the probes to be diagnosed (e.g. a
     ``netcheck.diagnosing.DiagnosingProber``); the other options are ``MatrixEngine``'s."""
 
-    def __init__(self, lab: Lab, *, prober: Prober | None = None, **options: Any) -> None:
+    def __init__(self, lab: Lab, *, prober: Prober | None = None, **options: Unpack[EngineOptions]) -> None:
         super().__init__(**options)
         self.lab = lab
         self._plain = Prober(lab)
@@ -612,4 +623,4 @@ def describe(result: MatrixResult, limit: int = 20) -> str:
         lines.append(result.failures[0].explain())
     return "\n".join(lines)
 
-__all__ = ["Matrix", "MatrixEngine", "MatrixError", "Member", "Segment", "describe", "neighbour_budget", "probe_matrix"]
+__all__ = ["EngineOptions", "Matrix", "MatrixEngine", "MatrixError", "Member", "Segment", "describe", "neighbour_budget", "probe_matrix"]
