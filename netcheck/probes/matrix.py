@@ -440,8 +440,9 @@ class Matrix(MatrixEngine):
         known = {c.name for c in t.containers}
         if len(set(names)) != len(names):
             raise MatrixError(f"a container appears twice in {list(names)}")
-        host = self.lab.host if self.lab.mode.name != "host" else None  # a real host's neighbours are not netcheck's to change
-        segments = {b.name: Segment(b.name, host, self.lab.knames.get(b.name, b.name)) for b in t.bridges}
+        # A real host's neighbours are not netcheck's to change (host mode), nor those on a bridge another tool made.
+        host = self.lab.host if self.lab.mode.name != "host" else None
+        segments = {b.name: Segment(b.name, host if b.name in self.lab.knames else None, self.lab.knames.get(b.name, b.name)) for b in t.bridges}
         out = []
         for name in names:
             if name not in known:
