@@ -45,6 +45,7 @@ LAYERS: dict[str, str] = {
     "netcheck.evidence": "probes",  # probe requests and results, as values
     "netcheck.probes": "probes",  # sending, capturing, the matrix
     "netcheck.multihost.probes": "probes",  # cross-host probing: captures anywhere, DF echoes, bulk TCP
+    "netcheck.multihost.matrix": "probes",  # the reachability matrix across hosts (the shared engine, netcheck.probes.matrix)
     "netcheck.diagnose": "diagnose",  # why a probe failed
     "netcheck.diagnosing": "diagnose",  # DiagnosingProber: where probes and diagnose meet, above both packages
     "netcheck.report": "report",  # the results model, HTML, pcap, diff

@@ -4,7 +4,9 @@ tag of its own), then netcheck's underlay namespace and the join between them.
 Build order: every host lab, the underlay namespace and its bridge, each host's link into it,
 then the join (routes, or a VXLAN device with its fdb entries and neighbours). The multi-host
 lab's own ledger records each object of the underlay and the join before it exists; teardown
-undoes that ledger in reverse, then tears the host labs down, newest first::
+tears the host labs down, newest first (each host's namespace takes the join's links and routes
+in it along: deleting them one by one first cost an RCU grace period each), then undoes that
+ledger in reverse (the underlay, and whatever a failed host teardown left)::
 
     with MultiLab(spec.builtin("two-hosts-vxlan")) as lab:
         lab.hosts["a"].container_ns("netns0")
@@ -119,7 +121,7 @@ class MultiLab:
         host.configure(routes=[(r.dst, r.via, r.dev) for r in hj.routes])
 
     def teardown(self) -> None:
-        """Release what users attached, undo the join and the underlay in reverse, then each host lab, newest first."""
+        """Release what users attached, tear each host lab down, newest first, then undo the join and the underlay in reverse."""
         errors: list[str] = []
         while self._releases:
             release = self._releases.pop()
@@ -133,15 +135,15 @@ class MultiLab:
                 ns.close()
         self._handles.clear()
         self.underlay = None
-        if self.ledger is not None:
-            undoer = Undoer()
-            errors += undo_all(self.ledger.entries, undoer)
-            undoer.close()
         for name in reversed(list(self.hosts)):
             try:
                 self.hosts.pop(name).teardown()
             except Exception as exc:  # noqa: BLE001 - every host lab gets its teardown
                 errors.append(str(exc))
+        if self.ledger is not None:
+            undoer = Undoer()  # entries in a host namespace that is gone are skipped: they went with it
+            errors += undo_all(self.ledger.entries, undoer)
+            undoer.close()
         if self.ledger is not None:
             self.ledger.close(remove=not errors)
             self.ledger = None

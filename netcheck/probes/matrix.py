@@ -1,5 +1,8 @@
 """Matrix probing: can every container of a set reach every other one, as the spec says?
 
+The members may come from several labs (``MatrixEngine`` probes ``Member``s; ``Matrix``
+makes them from one lab, netcheck.multihost.matrix from every host of a multi-host lab).
+
 Not N² sequential probes. One raw ICMP socket per source namespace (opened by that
 namespace's worker, kept for the whole matrix), every echo request sent back to back in
 windows, replies matched by ICMP identifier (one per matrix run) and sequence number (the
@@ -14,7 +17,8 @@ root-namespace setting netcheck never changes) are refused for five seconds. A f
 of N containers on one bridge needs N(N-1) entries at once: 9,900 for 100 containers. So
 when a matrix would need more than a small share of the free entries, its same-bridge
 pairs get permanent neighbour entries (exempt from that limit) for the duration of the
-matrix, and lose them afterwards; ARP itself is then not part of the matrix (the bridge
+matrix, and lose them afterwards (pairs across segments: each member's gateway in it, and it on its
+bridge in its host); ARP itself is then not part of the matrix (the bridge
 suite checks it pair by pair). ``neighbours="arp"`` or ``"static"`` forces either way.
 
 >>> with Matrix(lab) as m:                          # doctest: +SKIP
@@ -33,10 +37,10 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypedDict, TypeVar, Unpack
 
 from netcheck import expect as promise
 from netcheck.evidence import Diagnosis, MatrixResult, ProbeRequest, ProbeResult
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
     from netcheck.lab import Lab
 
 SOL_RAW, ICMP_FILTER = 255, 1
+PROTO_ICMP = 1
+_IDENT_SEQ = struct.Struct("!HH")
 WINDOW = 512  # echo requests sent between two reads of the replies
 RCVBUF = 1 << 20  # per source socket: a burst of replies must not overflow it
 ARP_SHARE = 4  # learn by ARP only if the matrix needs at most a quarter of the free entries
@@ -59,6 +65,18 @@ ARP_CACHE_STAT = "/proc/net/stat/arp_cache"
 Neighbours = Literal["auto", "arp", "static"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound="MatrixEngine")
+
+
+class EngineOptions(TypedDict, total=False):
+    """``MatrixEngine``'s options, as ``Matrix`` and ``CrossHostMatrix`` pass them on."""
+
+    record: Callable[[ProbeResult], None] | None
+    timeout: float
+    neighbours: Neighbours
+    max_evidence: int
+    max_diagnoses: int
+    evidence_timeout: float
 
 
 class MatrixError(RuntimeError):
@@ -66,16 +84,32 @@ class MatrixError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Member:
-    name: str
+class Segment:
+    """One L2 segment: a bridge (kernel name) in a host namespace. A pair across two segments
+    is routed through its members' gateways, the bridges' own addresses."""
+
+    key: str  # unique in the matrix, e.g. "br0" or "h3/br0"
+    host: Netns | None  # None: the host is not netcheck's (host mode), so the matrix leaves its neighbours alone
+    bridge: str
+
+
+@dataclass(frozen=True, eq=False)
+class Member:
+    """One container of a matrix: where it is, how it is reached, and who probes from it."""
+
+    name: str  # as the result names it
+    source: str  # its name in its own lab (a prober's source and target)
     ns: Netns
     interface: str
     ip: IPv4Address
-    bridge: str | None
-    side: str  # the host interface its traffic enters by: its bridge, or its routed veth
+    segment: Segment | None
+    gateway: IPv4Address | None
+    point: str  # its capture point, as ``prober`` resolves it
+    prober: Prober  # sends the evidence probes from it
+    heads: Prober  # sends the probes to be diagnosed from it
 
-    def same_l2(self, other: _Member) -> bool:
-        return self.bridge is not None and self.bridge == other.bridge
+    def same_l2(self, other: Member) -> bool:
+        return self.segment is not None and other.segment is not None and self.segment.key == other.segment.key
 
 
 def _icmp_socket() -> socket.socket:
@@ -104,39 +138,35 @@ def neighbour_budget() -> tuple[int, int]:
     return entries, limit
 
 
-class Matrix:
-    """Probes reachability matrices in one lab; keeps one raw ICMP socket per source namespace.
+class MatrixEngine:
+    """Probes reachability matrices of ``Member``s; keeps one raw ICMP socket per source namespace.
 
     ``timeout``: how long a round waits for the last replies (and how long a blocked cell
     must stay silent). Failing cells are probed again with a capture point at each end,
     ``max_evidence`` of them at most, all at once; then the failing cells are grouped by
     the container they share (a container whose every pair fails is one cause) and one cell
-    of each group is sent through ``prober``, ``max_diagnoses`` groups at most: pass a
-    ``netcheck.diagnosing.DiagnosingProber`` (that records nothing) to have them diagnosed; a
-    diagnosis repeats its probe and reads counters, one at a time per lab. The other cells of
-    a group carry the group's findings, with a note naming the cell they were diagnosed on.
+    of each group is sent through its source's ``heads`` prober, ``max_diagnoses`` groups at
+    most: a ``netcheck.diagnosing.DiagnosingProber`` (that records nothing) has them diagnosed;
+    a diagnosis repeats its probe and reads counters, one at a time. The other cells of a
+    group carry the group's findings, with a note naming the cell they were diagnosed on.
     ``record`` hears every failing cell's evidence (the plugin's ``evidence`` fixture).
     """
 
     def __init__(
-        self, lab: Lab, *, record: Callable[[ProbeResult], None] | None = None, prober: Prober | None = None,
-        timeout: float = 0.3, neighbours: Neighbours = "auto", max_evidence: int = 64, max_diagnoses: int = 4,
-        evidence_timeout: float = 0.5,
+        self, *, record: Callable[[ProbeResult], None] | None = None, timeout: float = 0.3, neighbours: Neighbours = "auto",
+        max_evidence: int = 64, max_diagnoses: int = 4, evidence_timeout: float = 0.5,
     ) -> None:
-        self.lab = lab
         self.record = record or (lambda _r: None)
-        self._plain = Prober(lab)
-        self._heads = prober or self._plain
         self.timeout = timeout
         self.neighbours = neighbours
         self.max_evidence = max_evidence
         self.max_diagnoses = max_diagnoses
         self.evidence_timeout = evidence_timeout
-        self._socks: dict[str, socket.socket] = {}
+        self._socks: dict[int, socket.socket] = {}  # by id() of the member's namespace handle
         self.static_neighbours = False  # how the last matrix resolved its neighbours
         self.timings: dict[str, float] = {}  # the last matrix's phases, in seconds
 
-    def __enter__(self) -> Matrix:
+    def __enter__(self: _E) -> _E:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,77 +178,34 @@ class Matrix:
             s.close()
         self._socks.clear()
 
-    # ----------------------------------------------------------------- what to probe
-
-    def bridge(self, bridge: str) -> MatrixResult:
-        """All pairs of the containers on ``bridge`` (spec name), each expected to reach the other."""
-        t = self.lab.topology
-        if bridge not in {b.name for b in t.bridges}:
-            raise MatrixError(f"{t.name} has no bridge {bridge!r} (its bridges: {', '.join(b.name for b in t.bridges) or 'none'})")
-        members = [c.name for c in t.members(bridge)]
-        if len(members) < 2:
-            raise MatrixError(f"bridge {bridge!r} of {t.name} has {len(members)} container(s); a matrix needs two")
-        return self.run(members, lambda _a, _b: True)
-
-    def policy(self, names: Sequence[str] | None = None) -> MatrixResult:
-        """All pairs of ``names`` (default: every container), expected as the spec allows (expect.reaches).
-
-        ``expect.reaches`` sees a container only through the host interface its traffic
-        enters by (its bridge, or its routed veth), so it is asked once per pair of those.
-        """
-        t = self.lab.topology
-        chosen = list(names) if names is not None else [c.name for c in t.containers]
-        side = {c.name: promise.host_side(t, c.name) for c in t.containers}
-        memo: dict[tuple[str, str], bool] = {}
-
-        def expected(a: str, b: str) -> bool:
-            key = (side[a], side[b])
-            if key not in memo:
-                memo[key] = promise.reaches(t, a, b)
-            return memo[key]
-
-        return self.run(chosen, expected)
-
     # ----------------------------------------------------------------- the engine
 
-    def _members(self, names: Sequence[str]) -> list[_Member]:
-        t = self.lab.topology
-        known = {c.name for c in t.containers}
-        out = []
-        for name in names:
-            if name not in known:
-                raise MatrixError(f"{t.name} has no container {name!r} (it has: {', '.join(sorted(known)[:20])})")
-            c = t.container(name)
-            if c.address is None:
-                raise MatrixError(f"container {name} has no address in the spec, so the matrix cannot address it")
-            out.append(_Member(name, self.lab.container_ns(name), c.interface, c.address.ip, c.bridge, c.bridge or c.host_veth))
-        if len(set(names)) != len(names):
-            raise MatrixError(f"a container appears twice in {list(names)}")
-        return out
-
-    def _socket(self, m: _Member) -> socket.socket:
-        s = self._socks.get(m.name)
+    def _socket(self, m: Member) -> socket.socket:
+        s = self._socks.get(id(m.ns))
         if s is None:
-            s = self._socks[m.name] = m.ns.call(_icmp_socket)
+            s = self._socks[id(m.ns)] = m.ns.call(_icmp_socket)
         return s
 
-    def run(self, names: Sequence[str], expected: Callable[[str, str], bool]) -> MatrixResult:
-        """Probe every ordered pair of ``names``; ``expected(a, b)``: should a reach b?"""
+    def run_members(self, topology: str, members: Sequence[Member], expected: Callable[[Member, Member], bool]) -> MatrixResult:
+        """Probe every ordered pair of ``members``; ``expected(a, b)``: should a reach b?"""
         start = time.perf_counter()
-        members = self._members(names)
+        members = list(members)
+        if len({id(m.ns) for m in members}) != len(members):
+            raise MatrixError(f"a container appears twice in {[m.name for m in members]}")
         n = len(members)
-        want = [[i != j and expected(a.name, b.name) for j, b in enumerate(members)] for i, a in enumerate(members)]
+        want = [[i != j and expected(a, b) for j, b in enumerate(members)] for i, a in enumerate(members)]
         seen = [[False] * n for _ in range(n)]
-        static = self._use_static(members)
-        self.static_neighbours = static
-        socks = [self._socket(m) for m in members]
+        self.timings = {}
         clock = [time.perf_counter()]
 
         def lap(name: str) -> None:
             clock.append(time.perf_counter())
             self.timings[name] = self.timings.get(name, 0.0) + clock[-1] - clock[-2]
 
-        self.timings = {}
+        static = self._use_static(members)
+        self.static_neighbours = static
+        socks = [self._socket(m) for m in members]
+        lap("sockets_s")
         try:
             if static:
                 self._set_neighbours(members)
@@ -234,41 +221,64 @@ class Matrix:
         failures = self._evidence(members, want, observed, errors)
         lap("evidence_s")
         return MatrixResult(
-            topology=self.lab.topology.name, kind="icmp", names=tuple(m.name for m in members),
+            topology=topology, kind="icmp", names=tuple(m.name for m in members),
             expected=tuple(tuple(row) for row in want), observed=tuple(tuple(row) for row in observed),
             failures=tuple(failures), elapsed_s=round(time.perf_counter() - start, 3),
         )
 
-    def _use_static(self, members: list[_Member]) -> bool:
+    def _use_static(self, members: list[Member]) -> bool:
         if self.neighbours != "auto":
             return self.neighbours == "static"
-        need = sum(1 for a in members for b in members if a is not b and a.same_l2(b))
+        plan = _neighbour_plan(members)
+        need = sum(1 for a in members for b in members if a is not b and a.same_l2(b)) + 2 * len(plan.via_gateway)
         entries, limit = neighbour_budget()
         return need > min(ARP_MAX, max(0, limit - entries) // ARP_SHARE)
 
-    def _set_neighbours(self, members: list[_Member]) -> None:
-        """Permanent neighbour entries for every same-bridge pair, each namespace in its own thread.
+    def _set_neighbours(self, members: list[Member]) -> None:
+        """Permanent neighbour entries, each namespace in its own thread, a few at a time: in each
+        container for every same-segment member and for its gateway (when it has partners on
+        other segments), and in each host, on the bridge, for its members with such partners.
 
         Each namespace's entries are made as they are sent (generators, not lists): the
         matrix is the only thing in memory that grows with the number of pairs.
         """
+        plan = _neighbour_plan(members)
         macs = _all_at_once([m.ns.submit(_mac, m.ns, m.interface) for m in members])
-        mac = {m.name: found for m, found in zip(members, macs, strict=True)}
+        mac = {id(m): found for m, found in zip(members, macs, strict=True)}
+        bridge_macs = _all_at_once([host.submit(_mac, host, bridge) for host, bridge, _ in plan.hosted.values()])
+        gateway_mac = dict(zip(plan.hosted, bridge_macs, strict=True))
+        on_segment = plan.on_segment
 
-        def entries(a: _Member) -> Iterator[tuple[IPv4Address, str]]:
-            return ((b.ip, mac[b.name]) for b in members if b is not a and a.same_l2(b))
+        def entries(a: Member) -> Iterator[tuple[IPv4Address, str]]:
+            if a.segment is not None:
+                yield from ((b.ip, mac[id(b)]) for b in on_segment.get(a.segment.key, ()) if b is not a)
+            if id(a) in plan.via_gateway and a.gateway is not None and a.segment is not None:
+                yield a.gateway, gateway_mac[a.segment.key]
+
+        def hosted(routed: list[Member]) -> Iterator[tuple[IPv4Address, str]]:
+            return ((m.ip, mac[id(m)]) for m in routed)
 
         turns = threading.BoundedSemaphore(NEIGHBOUR_BATCHES)
-        _all_at_once([m.ns.submit(_in_turn, turns, m.ns.set_neighbours, m.interface, entries(m)) for m in members])
+        jobs = [m.ns.submit(_in_turn, turns, m.ns.set_neighbours, m.interface, entries(m)) for m in members]
+        jobs += [host.submit(_in_turn, turns, host.set_neighbours, bridge, hosted(routed)) for host, bridge, routed in plan.hosted.values()]
+        _all_at_once(jobs)
 
-    def _clear_neighbours(self, members: list[_Member]) -> None:
-        def ips(a: _Member) -> Iterator[IPv4Address]:
-            return (b.ip for b in members if b is not a and a.same_l2(b))
+    def _clear_neighbours(self, members: list[Member]) -> None:
+        plan = _neighbour_plan(members)
+        on_segment = plan.on_segment
+
+        def ips(a: Member) -> Iterator[IPv4Address]:
+            if a.segment is not None:
+                yield from (b.ip for b in on_segment.get(a.segment.key, ()) if b is not a)
+            if id(a) in plan.via_gateway and a.gateway is not None:
+                yield a.gateway
 
         turns = threading.BoundedSemaphore(NEIGHBOUR_BATCHES)
-        _all_at_once([m.ns.submit(_in_turn, turns, m.ns.delete_neighbours, m.interface, ips(m)) for m in members])
+        jobs = [m.ns.submit(_in_turn, turns, m.ns.delete_neighbours, m.interface, ips(m)) for m in members]
+        jobs += [host.submit(_in_turn, turns, host.delete_neighbours, bridge, (m.ip for m in routed)) for host, bridge, routed in plan.hosted.values()]
+        _all_at_once(jobs)
 
-    def _probe(self, members: list[_Member], socks: list[socket.socket], want: list[list[bool]], seen: list[list[bool]]) -> dict[tuple[int, int], str]:
+    def _probe(self, members: list[Member], socks: list[socket.socket], want: list[list[bool]], seen: list[list[bool]]) -> dict[tuple[int, int], str]:
         """Two rounds: every pair, then the pairs that should have answered and did not."""
         n = len(members)
         ident = int.from_bytes(os.urandom(2), "big") or 1
@@ -309,7 +319,7 @@ class Matrix:
                     blocked_too = outstanding < n * (n - 1)  # a blocked cell must stay silent for the whole timeout
                 else:
                     outstanding, blocked_too = len(cells), False
-                todo = ((i, j) for i in range(n) for j in range(n) if i != j) if cells is None else iter(cells)
+                todo = _every_pair(n) if cells is None else iter(cells)
                 for k, (i, j) in enumerate(todo):
                     try:
                         socks[i].sendto(packets[j], addresses[j])
@@ -327,7 +337,7 @@ class Matrix:
             poller.close()
         return errors
 
-    def _evidence(self, members: list[_Member], want: list[list[bool]], observed: list[list[bool | None]], errors: dict[tuple[int, int], str]) -> list[ProbeResult]:
+    def _evidence(self, members: list[Member], want: list[list[bool]], observed: list[list[bool | None]], errors: dict[tuple[int, int], str]) -> list[ProbeResult]:
         """Probe the failing cells again with captures at both ends; diagnose one cell per group.
 
         A cell whose evidence probe goes as the spec says after all is counted as observed
@@ -345,11 +355,12 @@ class Matrix:
             a, b = members[i], members[j]
             expect: Literal["reach", "block"] = "reach" if want[i][j] else "block"
             timeout = self.evidence_timeout if expect == "reach" else min(self.evidence_timeout, self.timeout)
-            return ProbeRequest("icmp", a.name, b.ip, expect=expect, target=b.name, capture=(self.lab.point(a.name), self.lab.point(b.name)), timeout=timeout)
+            return ProbeRequest("icmp", a.source, b.ip, expect=expect, target=b.source, capture=(a.point, b.point), timeout=timeout)
 
-        plain = dict(zip(chosen[len(heads):], self._plain.many([again(i, j) for i, j in chosen[len(heads):]], workers=32), strict=True))
+        rest = chosen[len(heads):]
+        plain = dict(zip(rest, _many([(members[i].prober, again(i, j)) for i, j in rest]), strict=True))
         # Diagnoses run one at a time (they repeat the probe and read rule counters), after the plain probes.
-        diagnosed = {c: self._heads.send(again(*c)) for c in heads}
+        diagnosed = {c: members[c[0]].heads.send(again(*c)) for c in heads}
         results = {**plain, **diagnosed}
         shared: dict[tuple[int, int], Diagnosis] = {}
         for head, cells in groups:
@@ -376,6 +387,116 @@ class Matrix:
             self.record(r)
             failures.append(r)
         return failures
+
+
+class Matrix(MatrixEngine):
+    """The matrices of one lab: a bridge's containers (``bridge``), or any containers as the
+    spec's policy says (``policy``). ``prober`` sends the probes to be diagnosed (e.g. a
+    ``netcheck.diagnosing.DiagnosingProber``); the other options are ``MatrixEngine``'s."""
+
+    def __init__(self, lab: Lab, *, prober: Prober | None = None, **options: Unpack[EngineOptions]) -> None:
+        super().__init__(**options)
+        self.lab = lab
+        self._plain = Prober(lab)
+        self._heads = prober or self._plain
+
+    # ----------------------------------------------------------------- what to probe
+
+    def bridge(self, bridge: str) -> MatrixResult:
+        """All pairs of the containers on ``bridge`` (spec name), each expected to reach the other."""
+        t = self.lab.topology
+        if bridge not in {b.name for b in t.bridges}:
+            raise MatrixError(f"{t.name} has no bridge {bridge!r} (its bridges: {', '.join(b.name for b in t.bridges) or 'none'})")
+        members = [c.name for c in t.members(bridge)]
+        if len(members) < 2:
+            raise MatrixError(f"bridge {bridge!r} of {t.name} has {len(members)} container(s); a matrix needs two")
+        return self.run(members, lambda _a, _b: True)
+
+    def policy(self, names: Sequence[str] | None = None) -> MatrixResult:
+        """All pairs of ``names`` (default: every container), expected as the spec allows (expect.reaches).
+
+        ``expect.reaches`` sees a container only through the host interface its traffic
+        enters by (its bridge, or its routed veth), so it is asked once per pair of those.
+        """
+        t = self.lab.topology
+        chosen = list(names) if names is not None else [c.name for c in t.containers]
+        side = {c.name: promise.host_side(t, c.name) for c in t.containers}
+        memo: dict[tuple[str, str], bool] = {}
+
+        def expected(a: str, b: str) -> bool:
+            key = (side[a], side[b])
+            if key not in memo:
+                memo[key] = promise.reaches(t, a, b)
+            return memo[key]
+
+        return self.run(chosen, expected)
+
+    def run(self, names: Sequence[str], expected: Callable[[str, str], bool]) -> MatrixResult:
+        """Probe every ordered pair of ``names``; ``expected(a, b)``: should a reach b?"""
+        return self.run_members(self.lab.topology.name, self._members(names), lambda a, b: expected(a.name, b.name))
+
+    def _members(self, names: Sequence[str]) -> list[Member]:
+        t = self.lab.topology
+        known = {c.name for c in t.containers}
+        if len(set(names)) != len(names):
+            raise MatrixError(f"a container appears twice in {list(names)}")
+        # A real host's neighbours are not netcheck's to change (host mode), nor those on a bridge another tool made.
+        host = self.lab.host if self.lab.mode.name != "host" else None
+        segments = {b.name: Segment(b.name, host if b.name in self.lab.knames else None, self.lab.knames.get(b.name, b.name)) for b in t.bridges}
+        out = []
+        for name in names:
+            if name not in known:
+                raise MatrixError(f"{t.name} has no container {name!r} (it has: {', '.join(sorted(known)[:20])})")
+            c = t.container(name)
+            if c.address is None:
+                raise MatrixError(f"container {name} has no address in the spec, so the matrix cannot address it")
+            segment = segments.get(c.bridge) if c.bridge is not None else None
+            out.append(Member(name, name, self.lab.container_ns(name), c.interface, c.address.ip, segment, c.gateway if segment is not None else None,
+                              self.lab.point(name), self._plain, self._heads))
+        return out
+
+
+@dataclass(frozen=True)
+class _NeighbourPlan:
+    """Which neighbour entries a matrix of these members needs (see ``MatrixEngine._set_neighbours``)."""
+
+    on_segment: dict[str, list[Member]]  # segment key -> its members
+    via_gateway: set[int]  # id() of each member with a partner on another segment, routed by netcheck's host
+    hosted: dict[str, tuple[Netns, str, list[Member]]]  # segment key -> (its host, its bridge, those of its members)
+
+
+def _neighbour_plan(members: Sequence[Member]) -> _NeighbourPlan:
+    on_segment: dict[str, list[Member]] = {}
+    for m in members:
+        if m.segment is not None:
+            on_segment.setdefault(m.segment.key, []).append(m)
+    hosted: dict[str, tuple[Netns, str, list[Member]]] = {}
+    via: set[int] = set()
+    for m in members:
+        seg = m.segment
+        if seg is None or seg.host is None or m.gateway is None or len(on_segment[seg.key]) == len(members):
+            continue
+        via.add(id(m))
+        hosted.setdefault(seg.key, (seg.host, seg.bridge, []))[2].append(m)
+    return _NeighbourPlan(on_segment, via, hosted)
+
+
+def _many(requests: Sequence[tuple[Prober, ProbeRequest]], workers: int = 32) -> list[ProbeResult]:
+    """Send each request through its prober, concurrently (negative probes cost their timeout)."""
+    if not requests:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(requests))) as pool:
+        return list(pool.map(lambda pr: pr[0].send(pr[1]), requests))
+
+
+def _every_pair(n: int) -> Iterator[tuple[int, int]]:
+    """Every ordered pair, the first member's column first. Its bridge learns a member's MAC from the
+    member's first frame; with permanent neighbours nothing else has taught it, so a request to a
+    member that has not yet sent is flooded to every port of the bridge (at 400 containers on one
+    bridge, the first source's 399 requests would make 159,201 copies). Sending to member 0 first
+    has every member send once, and only the very first request is flooded."""
+    yield from ((i, 0) for i in range(1, n))
+    yield from ((i, j) for i in range(n) for j in range(1, n) if i != j)
 
 
 def _groups(failing: list[tuple[int, int]], limit: int) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
@@ -411,7 +532,7 @@ def _spread(failing: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return out
 
 
-def _common(cells: list[tuple[int, int]], members: list[_Member]) -> str | None:
+def _common(cells: list[tuple[int, int]], members: list[Member]) -> str | None:
     shared = set(cells[0])
     for c in cells[1:]:
         shared &= set(c)
@@ -420,6 +541,17 @@ def _common(cells: list[tuple[int, int]], members: list[_Member]) -> str | None:
 def _match(data: bytes, i: int, ident: int, token: bytes, sources: list[str], seen: list[list[bool]], errors: dict[tuple[int, int], str]) -> int | None:
     """Mark the cell a packet answers: an echo reply from the right address, or an ICMP error
     quoting a probe. Returns the destination of a cell answered for the first time."""
+    ihl = (data[0] & 0x0F) * 4 if data else 0
+    if len(data) >= ihl + 16 >= 36 and data[9] == PROTO_ICMP and data[ihl] == ICMP_ECHOREPLY:
+        # The fast path, for the replies that make up nearly all of a matrix's traffic: no decoding.
+        their_ident, seq = _IDENT_SEQ.unpack_from(data, ihl + 4)
+        seq = int(seq)
+        if their_ident != ident or seq >= len(sources) or data[ihl + 8 : ihl + 16] != token or socket.inet_ntoa(data[12:16]) != sources[seq]:
+            return None
+        if seen[i][seq] or (i, seq) in errors:
+            return None
+        seen[i][seq] = True
+        return seq
     ip = decode_ipv4(data)
     icmp = ip.payload if ip is not None else None
     if ip is None or not isinstance(icmp, ICMP):
@@ -492,4 +624,4 @@ def describe(result: MatrixResult, limit: int = 20) -> str:
         lines.append(result.failures[0].explain())
     return "\n".join(lines)
 
-__all__ = ["Matrix", "MatrixError", "describe", "neighbour_budget", "probe_matrix"]
+__all__ = ["EngineOptions", "Matrix", "MatrixEngine", "MatrixError", "Member", "Segment", "describe", "neighbour_budget", "probe_matrix"]
