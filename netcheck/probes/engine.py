@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netcheck import resolvconf
@@ -180,9 +181,14 @@ class Prober:
 
     def resolv_conf(self, src: str) -> resolvconf.ResolvConf:
         """What a program in ``src`` reads as its resolv.conf: /etc/netns/NETNS/resolv.conf, else the machine's (as ``ip netns exec`` shows it)."""
-        ns, _ = self._source(src)
-        _path, text = resolvconf.seen_from(ns.name)
+        _path, text = self._resolv_conf_seen(src)
         return resolvconf.parse(text or "")
+
+    def _resolv_conf_seen(self, src: str) -> tuple[Path, str | None]:
+        """(the resolv.conf a program in ``src`` reads, its text): a container's as the lab knows it (netcheck.lab.Lab.resolv_conf)."""
+        if src in ("host", "wan"):
+            return resolvconf.seen_from(self._source(src)[0].name)
+        return self.lab.resolv_conf(src)
 
     # ----------------------------------------------------------------- endpoints
 
@@ -585,7 +591,7 @@ class Prober:
         dst, port, timeout = _ipv4(request), request.port, _timeout(request)
         assert port is not None
         ns, iface = self._source(request.source)
-        path, text = resolvconf.seen_from(ns.name)
+        path, text = self._resolv_conf_seen(request.source)
         conf = resolvconf.parse(text or "")
         names = resolvconf.candidates(request.query, conf)
         verdict: Verdict = "unreachable"
