@@ -183,6 +183,7 @@ class Network:
     subnet: IPv4Network | None = None  # None: the tool picks one
     subnet6: IPv6Network | None = None  # dual stack, beside ``subnet`` (the adapters do not create IPv6 networks yet)
     dns: bool = True
+    dns_tcp: bool = True  # its resolver answers over TCP too (aardvark-dns before 1.12 answers over UDP only)
 
 
 @dataclass(frozen=True)
@@ -949,6 +950,8 @@ class NetworkKeys:
                  '"172.30.0.0/24"', default_doc="the tool's choice")
     dns = Key("dns", BOOLEAN, "The tool's resolver names the network's containers: Docker's embedded resolver at 127.0.0.11, Podman's aardvark-dns "
               "on the gateway (`dns_enabled`). Either forwards other names to the resolver of the tool's host: netcheck's [dns] server, never a real one.", "false", True)
+    dns_tcp = Key("dns_tcp", BOOLEAN, "Its resolver answers over TCP too. false: over UDP only, as aardvark-dns before 1.12 (Debian 12 has 1.4); "
+                  "the DNS suite then expects a query over TCP refused.", "false", True)
 
 
 NETWORK_TABLE = _table("[[network]]", "A network a tool creates by name (docker, podman setups), with a bridge of its own and its own DNS for its containers' names.", NetworkKeys)
@@ -1258,7 +1261,8 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     networks = []
     for nr in top.tables(TopKeys.network):
         subnet, subnet6 = nr.opt(NetworkKeys.subnet) or (None, None)
-        networks.append(Network(name=nr.get(NetworkKeys.name), bridge=nr.get(NetworkKeys.bridge), subnet=subnet, subnet6=subnet6, dns=nr.get(NetworkKeys.dns)))
+        networks.append(Network(name=nr.get(NetworkKeys.name), bridge=nr.get(NetworkKeys.bridge), subnet=subnet, subnet6=subnet6, dns=nr.get(NetworkKeys.dns),
+                                dns_tcp=nr.get(NetworkKeys.dns_tcp)))
         nr.done()
 
     containers = []

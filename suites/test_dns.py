@@ -39,6 +39,12 @@ def _tool_resolver(lab, name):
     return on is not None and on.dns
 
 
+def _udp_only(lab, name, resolver):
+    """Is ``resolver`` the container's network's own, declared to answer over UDP only (dns_tcp = false)?"""
+    on = lab.topology.network_of(lab.topology.container(name))
+    return on is not None and on.dns and not on.dns_tcp and lab.topology.container(name).dns[0] == resolver
+
+
 def _hears(lab, name, resolver):
     """Where the container's query to ``resolver`` is seen: its lo for a loopback resolver (Docker's 127.0.0.11), else its interface."""
     return f"{name}:lo" if resolver.is_loopback else lab.point(name)
@@ -61,12 +67,18 @@ def test_resolv_conf_is_the_declared_one(lab):
 
 
 def test_resolver_answers_over_udp_and_tcp(lab, probe):
-    """UDP first, as a stub resolver asks; then TCP, which it falls back to for large answers (a firewall may treat the two apart)."""
+    """UDP first, as a stub resolver asks; then TCP, which it falls back to for large answers (a firewall may treat the two apart).
+    A network's resolver declared to answer over UDP only (dns_tcp = false) must refuse TCP: the spec says what this one does."""
     t = lab.topology
     for name in _resolving(lab):
         c = t.container(name)
         query = c.resolve[0].name if c.resolve else t.dns.records[0].name if t.dns.records else "netcheck-check.invalid."
         for tcp in (False, True):
+            if tcp and _udp_only(lab, name, c.dns[0]):
+                r = probe.dns(name, query, tcp=True, expect="block", capture=[lab.point(name)])
+                assert r.rcode is None and r.error and "refused" in r.error, (f"{name}: the spec says its network's resolver answers over UDP only (dns_tcp = false), "
+                                                                              f"but over TCP it got {r.rcode or r.error}: write dns_tcp = true\n{r.explain()}")
+                continue
             r = expect(probe.dns(name, query, tcp=tcp, capture=[lab.point(name), f"{name}:lo"]))
             at = _hears(lab, name, r.request.destination)
             seen(r, at, dst=str(r.request.destination))
@@ -106,7 +118,9 @@ def test_queries_leave_masqueraded(lab, probe):
         pytest.skip(f"{t.name}: no container with a resolver is masqueraded on the way out")
     host_ip = str(t.host.address.ip)
     for name in names:
-        r = expect(probe.dns(name, "netcheck-masquerade-check.invalid.", capture=[lab.point(name), "wan:uplink"]))
+        # A tool's resolver forwards what it does not know; a name of the zone comes back with the server's view of the query.
+        query = t.dns.records[0].name + "." if _tool_resolver(lab, name) and t.dns.records else "netcheck-masquerade-check.invalid."
+        r = expect(probe.dns(name, query, capture=[lab.point(name), "wan:uplink"]))
         if not _tool_resolver(lab, name):
             seen(r, lab.point(name), src=str(t.container(name).address.ip))
             seen(r, "wan:uplink", src=host_ip)

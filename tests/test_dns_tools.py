@@ -29,14 +29,14 @@ def example(name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["docker-dns"])
+@pytest.mark.parametrize("name", ["docker-dns", "podman-dns"])
 def test_the_dns_suite_passes_on_the_tools_network(run_suites, repo: Path, name: str) -> None:
     result = run_suites(str(repo / DNS_SUITE), f"--netcheck-topology={example(name)}")
     outcomes, out = result.parseoutcomes(), result.stdout.str()
     assert outcomes.get("passed") == 5 and not outcomes.get("failed") and not outcomes.get("error") and not outcomes.get("skipped"), out[-4000:]
 
 
-@pytest.mark.parametrize(("name", "fault"), [("docker-dns", "embedded-dns-rules-removed")])
+@pytest.mark.parametrize(("name", "fault"), [("docker-dns", "embedded-dns-rules-removed"), ("podman-dns", "aardvark-dns-stopped")])
 def test_breaking_the_tools_resolver_is_diagnosed(run_suites, repo: Path, monkeypatch: pytest.MonkeyPatch, name: str, fault: str) -> None:
     path = example(name)
     for key, f in EXTERNAL_FAULTS.items():

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from netcheck import resolvconf
 from netcheck.adapters.docker import EMBEDDED_DNS_CHAINS, EMBEDDED_RESOLVER
+from netcheck.adapters.podman import aardvark_of
 from netcheck.diagnose.rules import Evidence
 from netcheck.evidence import Finding
 from netcheck.kernel.xtables import XChain, nft_chains, read_nft
 from netcheck.lab.plan import resolv_conf_text
+from netcheck.ledger import process_starttime
 
 
 def _declared(ev: Evidence) -> Iterator[tuple[str, str, str]]:
@@ -145,7 +147,37 @@ def embedded_dns_rules(ev: Evidence) -> Iterator[Finding]:
     )
 
 
-__all__ = ["dns_udp_blocked", "dns_zone", "embedded_dns_rules", "resolv_conf"]
+def aardvark_down(ev: Evidence) -> Iterator[Finding]:
+    """A query to a Podman network's resolver (aardvark-dns, on its gateway) went unanswered, nothing listens on the gateway's port 53, and aardvark-dns is gone."""
+    r = ev.result
+    t = ev.t
+    if r is None or r.kind != "dns" or r.rcode is not None or t.setup.mode != "podman":
+        return
+    on = t.network_of(t.container(r.request.source)) if r.request.source in {c.name for c in t.containers} else None
+    bridge = next((b for b in t.bridges if on is not None and b.name == on.bridge), None)
+    if on is None or not on.dns or bridge is None or bridge.address is None or bridge.address.ip != r.request.destination:
+        return
+    host = ev.snap.ns("host")
+    proto = r.request.transport
+    if host is not None and any(s.proto == proto and s.port == 53 and s.accepts(str(bridge.address.ip)) for s in host.listening):
+        return  # something answers there: not this
+    found = aardvark_of(ev.lab)
+    evidence = [f"host: nothing listens on {proto} {bridge.address.ip}:53"]
+    if found is not None:
+        pid, start = found
+        alive = process_starttime(pid) is not None and (start is None or process_starttime(pid) == start)
+        if alive:
+            return  # it runs, but not on the gateway (its config): not this cause
+        evidence.append(f"aardvark-dns (pid {pid}, started by netavark for the lab) is gone")
+    yield Finding(
+        "aardvark_dns_down", "host",
+        f"host: aardvark-dns, the resolver of network {on.name} on its gateway {bridge.address.ip}, is not running, so the query meets a port where nothing listens",
+        "podman network reload --all  (netavark starts aardvark-dns again for the running containers; or restart one of the network's containers)",
+        tuple(evidence), score=96,
+    )
 
 
-RULES = (resolv_conf, dns_zone, dns_udp_blocked, embedded_dns_rules)
+__all__ = ["aardvark_down", "dns_udp_blocked", "dns_zone", "embedded_dns_rules", "resolv_conf"]
+
+
+RULES = (resolv_conf, dns_zone, dns_udp_blocked, embedded_dns_rules, aardvark_down)
