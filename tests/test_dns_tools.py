@@ -47,3 +47,46 @@ def test_breaking_the_tools_resolver_is_diagnosed(run_suites, repo: Path, monkey
     assert result.parseoutcomes().get("failed") == 1, f"{fault} did not fail {f.suite_test}:\n{out[-4000:]}"
     assert f.message in out, out[-4000:]
     assert f"1. [{f.cause}]" in out, f"the diagnosis of {fault} does not name {f.cause} first:\n{out[-4000:]}"
+
+
+@pytest.mark.parametrize("name", ["docker-dns", "podman-dns"])
+def test_the_tools_resolvers_ask_nothing_outside_the_lab_and_leave_nothing(name: str) -> None:
+    """The tool's resolver answers its names, forwards the rest to netcheck's [dns] server only (watched on
+    the wan's uplink), and everything it started is recorded and gone after teardown (aardvark-dns by its PID)."""
+    from test_dns_lab import _dns_packets
+
+    from netcheck.ledger import ProcessEntry, process_starttime
+    from netcheck.probes import Prober
+    from netcheck.probes.capture import capture_at
+    from netcheck.resolvconf import MACHINE
+
+    t = spec.load(example(name))
+    assert t.dns is not None
+    machine = MACHINE.read_text() if MACHINE.exists() else None
+    lab = adapters.build_external(t)
+    try:
+        assert lab.ledger is not None and lab.workdir is not None
+        probe, uplink = Prober(lab), capture_at(lab, "wan:uplink")
+        on, web = t.network_of(t.container("client")), lab.topology.container("web").address
+        assert on is not None and web is not None
+        first = probe.dns("client", "web")
+        asked = [first] + [probe.dns("client", q, tcp=tcp) for q in ("www.corp.test", "nonexistent.corp.test", "netcheck-check.invalid.")
+                           for tcp in ((False, True) if on.dns_tcp else (False,))]
+        assert all(r.rcode in ("NOERROR", "NXDOMAIN") for r in asked), "\n".join(r.explain() for r in asked)
+        assert first.answers == (str(web.ip),) and asked[1].answers == ("198.51.100.10",), first.explain()
+        seen = uplink.collect(_dns_packets, first.started_at, limit=256)
+        processes = [e for e in lab.ledger.entries if isinstance(e, ProcessEntry)]
+        workdir = lab.workdir
+        if name == "podman-dns":
+            aardvark = lab.state["aardvark"][0]
+            assert aardvark in {e.pid for e in processes}, f"aardvark-dns (pid {aardvark}) is not in the run record"
+    finally:
+        lab.teardown()
+    assert seen.started and seen.packets, "no DNS was captured on the wan's uplink: the check proves nothing"
+    strays = [p.flow for p in seen.packets if str(t.dns.address) not in (p.src, p.dst)]
+    assert not strays, f"DNS for an address outside the lab crossed the wan's uplink: {strays}"
+    alive = [e for e in processes if process_starttime(e.pid) is not None and process_starttime(e.pid) == e.starttime]
+    assert not alive, f"left running: {alive}"
+    assert not workdir.exists(), workdir
+    assert (MACHINE.read_text() if MACHINE.exists() else None) == machine, "the machine's /etc/resolv.conf changed"
+    assert str(workdir) not in Path("/proc/self/mountinfo").read_text()
