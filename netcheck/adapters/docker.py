@@ -41,6 +41,7 @@ from netcheck.adapters.mounts import unshare_argv, wait_unshared
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
 from netcheck.adapters.script import adopt_by_path
+from netcheck.kernel.xtables import XRule
 from netcheck.lab.mode import HostMode
 from netcheck.ledger import kill_process, process_starttime
 from netcheck.waiting import WaitTimeout, wait_until
@@ -88,7 +89,10 @@ class DockerAdapter:
         root = d / "docker"
         if not root.exists():
             root.mkdir()
-            (root / "daemon.json").write_text('{"live-restore": true}\n')
+            t = lab.declared
+            # No docker0 when every container is on a [[network]]: an idle bridge without ports would be a link that is down.
+            bridge = ', "bridge": "none"' if t.containers and all(c.network for c in t.containers) and not t.setup.command else ""
+            (root / "daemon.json").write_text(f'{{"live-restore": true{bridge}}}\n')
         sock = root / "docker.sock"
         host_resolv = root / "resolv.conf"
         host_resolv.write_text(upstream_resolv_conf(lab.declared))
@@ -209,6 +213,14 @@ class DockerAdapter:
         return errors
 
 
+def embedded_resolver_rule(t: spec.Topology, c: spec.Container, rule: XRule) -> bool:
+    """Is ``rule``, in container ``c``'s own tables, one Docker writes for the embedded resolver (nat, to or from 127.0.0.11)?"""
+    on = t.network_of(c)
+    if t.setup.mode != "docker" or on is None or rule.table != "nat" or rule.chain not in ("OUTPUT", "POSTROUTING", *EMBEDDED_DNS_CHAINS):
+        return False
+    return str(EMBEDDED_RESOLVER) in ((rule.dst or "").split("/")[0], (rule.src or "").split("/")[0])
+
+
 def upstream_resolv_conf(t: spec.Topology) -> str:
     """The /etc/resolv.conf a tool's resolver forwards to in the lab: netcheck's [dns] server, or the outside
     world's own address, where nothing serves DNS (a query is refused there and never goes further)."""
@@ -222,4 +234,4 @@ def _tail(path: Path, size: int = 1500) -> str:
         return "(no log)"
 
 
-__all__ = ["EMBEDDED_DNS_CHAINS", "EMBEDDED_RESOLVER", "DockerAdapter", "docker_cli", "upstream_resolv_conf"]
+__all__ = ["EMBEDDED_DNS_CHAINS", "EMBEDDED_RESOLVER", "DockerAdapter", "docker_cli", "embedded_resolver_rule", "upstream_resolv_conf"]
