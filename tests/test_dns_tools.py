@@ -94,3 +94,33 @@ def test_the_tools_resolvers_ask_nothing_outside_the_lab_and_leave_nothing(name:
     assert not workdir.exists(), workdir
     assert (MACHINE.read_text() if MACHINE.exists() else None) == machine, "the machine's /etc/resolv.conf changed"
     assert str(workdir) not in Path("/proc/self/mountinfo").read_text()
+
+
+HOLD_LAB = """
+import sys
+from netcheck import adapters, spec
+lab = adapters.build_external(spec.load(sys.argv[1]))
+print("BUILT", lab.state["aardvark"][0], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_sigkill_then_clean_ends_aardvark_dns_and_removes_the_run(tmp_path: Path) -> None:
+    """A run killed with its Podman network up: ``netcheck clean`` ends aardvark-dns (recorded by its PID) with the rest."""
+    from hoststate import PYTHON, Child, Leftovers, read_records, run_clean
+
+    path = example("podman-dns")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    child = Child([PYTHON, "-c", HOLD_LAB, str(path)], env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
+    try:
+        aardvark = int(child.wait_line(r"^BUILT \d+$", timeout=120).split()[1])
+        left = Leftovers.of(run_dir)
+        child.kill()
+    finally:
+        child.close()
+    assert aardvark in left.pids and Path(f"/proc/{aardvark}").exists(), f"aardvark-dns {aardvark} is not recorded, or did not outlive the run: {left}"
+    proc = run_clean(run_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not left.remaining(run_dir), left.remaining(run_dir)
+    assert not read_records(run_dir)
