@@ -131,3 +131,32 @@ def test_network_mistakes_name_key_and_fix(old: str, new: str, key: str, words: 
         spec.loads(DOCKER_DNS.replace(old, new, 1) + '[[bridge]]\nname = "docker0"\naddress = "auto"\n', str(Path(__file__).resolve().parents[1] / "examples" / "x.toml"))
     found = [p for p in info.value.problems if p.key == key]
     assert found and words in found[0].problem and found[0].fix, str(info.value)
+
+
+def test_host_mode_asks_no_tools_resolver() -> None:
+    """On a real host, Docker's 127.0.0.11 and aardvark-dns forward names they do not know to the host's own
+    resolvers, outside the lab: a DNS probe there is refused before anything is sent."""
+    from dataclasses import replace
+    from ipaddress import IPv4Interface
+
+    from netcheck.probes import Prober
+
+    class RealHost:
+        host_mode = True
+
+        def __init__(self, t: spec.Topology, nameserver: str) -> None:
+            self.topology, self.nameserver = t, nameserver
+
+        def holds(self, address: object) -> bool:
+            return True
+
+        def container_ns(self, name: str) -> object:
+            return object()  # a refused probe opens nothing in it
+
+        def resolv_conf(self, name: str) -> tuple[Path, str]:
+            return Path("/proc/1/root/etc/resolv.conf"), resolvconf.render((self.nameserver,))
+
+    t = spec.load(Path(__file__).resolve().parents[1] / "examples" / "podman-dns.toml")
+    t = replace(t, containers=tuple(replace(c, address=IPv4Interface("10.90.0.2/24")) for c in t.containers))
+    refused = Prober(RealHost(t, "10.90.0.1")).dns("client", "web")  # type: ignore[arg-type]
+    assert refused.verdict == "unreachable" and refused.error and "not sent" in refused.error and "host mode" in refused.error, refused.explain()

@@ -599,9 +599,12 @@ class Prober:
         answers: tuple[str, ...] = ()
         rtt = None
         t0 = time.time()
-        if not (dst.is_loopback or self.lab.holds(dst)):
-            # A resolver outside the lab (the machine's own, say) is never asked: nothing may leave the machine.
-            error = f"not sent: {dst} (from {path}) is not in the lab, and netcheck never asks a resolver outside it"
+        ours = self.lab.topology.dns.address if self.lab.topology.dns is not None else None
+        if not (dst.is_loopback or self.lab.holds(dst)) or (getattr(self.lab, "host_mode", False) and dst != ours):
+            # A resolver outside the lab (the machine's own, say) is never asked: nothing may leave the machine. On a real
+            # host a tool's resolver (Docker's 127.0.0.11, aardvark-dns) forwards what it does not know to the host's own.
+            where = "is not in the lab" if not (dst.is_loopback or self.lab.holds(dst)) else "may forward to this host's own resolvers (host mode asks netcheck's [dns] server only)"
+            error = f"not sent: {dst} (from {path}) {where}, and netcheck never asks a resolver outside the lab"
             return self._result(request, iface, self._source_address(request.source, ns, dst), f"DNS {request.transport} A? {request.query} (not sent)",
                                 verdict, (), t0, rtt, error)
         tcp = request.transport == "tcp"
