@@ -944,12 +944,13 @@ BRIDGE = _table("[[bridge]]", "A Linux bridge on the host.", BridgeKeys)
 class NetworkKeys:
     name = Key("name", NAME, "The network's name as the tool knows it (`docker network create NAME`, `podman network create NAME`); a container's `network` names it.",
                '"appnet"', Absent.REQUIRED)
-    bridge = Key("bridge", INTERFACE, "The [[bridge]] the tool makes for it: netcheck has the tool give its bridge this name "
-                 "(Docker's `com.docker.network.bridge.name`, Podman's `--interface-name`).", '"appbr0"', Absent.REQUIRED)
+    bridge = Key("bridge", INTERFACE, "The [[bridge]] the tool makes for it. Docker gives its bridge this name (`com.docker.network.bridge.name`); "
+                 "Podman 4.3 names it itself (podman1, podman2, ... in order), and a wrong name is refused with the one Podman chose.", '"appbr0"', Absent.REQUIRED)
     subnet = Key("subnet", DUAL_NETWORK, "Its subnet (`--subnet`); the gateway is its first address. An IPv6 subnet beside it ([IPv4, IPv6]) is not created yet.",
                  '"172.30.0.0/24"', default_doc="the tool's choice")
     dns = Key("dns", BOOLEAN, "The tool's resolver names the network's containers: Docker's embedded resolver at 127.0.0.11, Podman's aardvark-dns "
-              "on the gateway (`dns_enabled`). Either forwards other names to the resolver of the tool's host: netcheck's [dns] server, never a real one.", "false", True)
+              "on the gateway (`dns_enabled`; Docker's user-defined networks always have it). Either forwards other names to the resolver of the tool's host: "
+              "netcheck's [dns] server, never a real one.", "false", True)
     dns_tcp = Key("dns_tcp", BOOLEAN, "Its resolver answers over TCP too. false: over UDP only, as aardvark-dns before 1.12 (Debian 12 has 1.4); "
                   "the DNS suite then expects a query over TCP refused.", "false", True)
 
