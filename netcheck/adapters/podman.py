@@ -154,7 +154,7 @@ class PodmanAdapter:
         assert pidfile is not None
         pid = int(pidfile.read_text().strip())
         lab.record_process(pid)
-        lab.state["aardvark"] = (pid, process_starttime(pid), pidfile)
+        lab.state["aardvark"] = (pid, process_starttime(pid))
 
     def network_reload(self, lab: ExternalLab) -> None:
         """``podman network reload --all``: netavark writes the running containers' firewall rules again (the lifecycle event)."""
@@ -204,18 +204,17 @@ class PodmanAdapter:
                 self._podman(lab, "podman rm", ["rm", "-f", "-t", "0", *ids])
         except ToolFailed as exc:
             errors.append(str(exc))
-        aardvark = lab.state.get("aardvark")
+        aardvark = aardvark_of(lab)
         if aardvark is not None:  # netavark ends it with the network's last container; by its PID if it did not
-            kill_process(aardvark[0], aardvark[1])
+            kill_process(*aardvark)
         mounts.close()
         return errors
 
 
-
 def aardvark_of(lab: object) -> tuple[int, int | None] | None:
     """(PID, start time) of the aardvark-dns netavark started for the lab (an ExternalLab of podman), or None."""
-    found = getattr(lab, "state", {}).get("aardvark")
-    return None if found is None else (found[0], found[1])
+    found: tuple[int, int | None] | None = getattr(lab, "state", {}).get("aardvark")
+    return found
 
 
 __all__ = ["AARDVARK_PATHS", "PodmanAdapter", "aardvark_of"]

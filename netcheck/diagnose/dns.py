@@ -44,10 +44,13 @@ def resolv_conf(ev: Evidence) -> Iterator[Finding]:
     """The file `ip netns exec` mounts over /etc/resolv.conf: missing, a loopback nameserver, other resolvers, or other search domains."""
     for name, netns, text in _declared(ev):
         path, read = _seen(ev, name, netns)
+        if read is None and path != resolvconf.MACHINE and path.exists():
+            yield Finding("resolv_conf_missing", name, f"{name}: {path} cannot be read", f"chmod 644 {path}", score=80)
+            continue
         if read is None:
             own = resolvconf.path_for(netns) if path == resolvconf.MACHINE else path
-            yield Finding("resolv_conf_missing", name, f"{name}: {own} does not exist (or cannot be read), so a program in the container reads the machine's "
-                          "/etc/resolv.conf, whose resolver the container may not reach", _write_fix(netns, text), (f"the spec declares:\n{text}",), score=92)
+            yield Finding("resolv_conf_missing", name, f"{name}: {own} does not exist, so a program in the container reads the machine's /etc/resolv.conf, "
+                          "whose resolver the container may not reach", _write_fix(netns, text), (f"the spec declares:\n{text}",), score=92)
             continue
         got = resolvconf.parse(read)
         want = resolvconf.parse(text)
