@@ -35,7 +35,7 @@ options:
   --list-packages print the system packages the mode needs, each present or missing, and
                   stop (installs nothing, needs no root)
   --with-tools    also install the tools for the other-tool adapters (containernetworking-plugins,
-                  netavark, podman, runc, docker.io, busybox-static) and for the project's own
+                  netavark, podman, runc, aardvark-dns, docker.io, busybox-static) and for the project's own
                   tests (chromium, tshark, vagrant, tcpdump, iputils-ping); implied by tests
 EOF
 }
@@ -100,7 +100,7 @@ SUITE_PACKAGES=(
 # and what the project's own tests use (Chromium for the report's browser test, tshark to read
 # the saved pcaps, vagrant to validate the Vagrantfile; tcpdump and ping for a person's look).
 TOOL_PACKAGES=(
-    containernetworking-plugins netavark podman runc docker.io busybox-static
+    containernetworking-plugins netavark podman runc aardvark-dns docker.io busybox-static
     chromium chromium-driver tshark vagrant tcpdump iputils-ping
 )
 APT_UPDATED=0
@@ -132,6 +132,7 @@ pkg_present() {
         runc) command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] ;;
         podman) command -v podman >/dev/null 2>&1 ;;
         netavark) [ -x /usr/lib/podman/netavark ] || [ -x /usr/libexec/podman/netavark ] ;;
+        aardvark-dns) [ -x /usr/lib/podman/aardvark-dns ] || [ -x /usr/libexec/podman/aardvark-dns ] ;;
         # the plugins the CNI adapter runs
         containernetworking-plugins) [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/portmap ] && [ -x /usr/lib/cni/host-local ] ;;
         vagrant) command -v vagrant >/dev/null 2>&1 ;;

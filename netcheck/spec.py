@@ -164,10 +164,26 @@ class Bridge:
 
 @dataclass(frozen=True)
 class Resolve:
-    """A name a container must resolve through its resolv.conf: to ``address``, or (None) to NXDOMAIN."""
+    """A name a container must resolve through its resolv.conf: to ``address``, to the address of
+    ``container`` (one the tool assigns, read back), or (both None) to NXDOMAIN."""
 
     name: str  # as the container asks for it (lower case): a short name goes through the search list
     address: IPv4Address | None
+    container: str | None = None  # the name must resolve to this container's address
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network another tool creates by name (``docker network create``, ``podman network create``),
+    with a bridge of its own and, with ``dns``, the tool's resolver naming its containers (Docker's
+    embedded resolver at 127.0.0.11, Podman's aardvark-dns on the gateway)."""
+
+    name: str  # as the tool knows it
+    bridge: str  # the [[bridge]] it makes (netcheck gives the tool this name)
+    subnet: IPv4Network | None = None  # None: the tool picks one
+    subnet6: IPv6Network | None = None  # dual stack, beside ``subnet`` (the adapters do not create IPv6 networks yet)
+    dns: bool = True
+    dns_tcp: bool = True  # its resolver answers over TCP too (aardvark-dns before 1.12 answers over UDP only)
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,7 @@ class Container:
     search: tuple[str, ...] = ()  # its resolv.conf's search domains (lower case, no trailing dot)
     resolve: tuple[Resolve, ...] = ()  # names it must resolve (or not)
     address6: IPv6Interface | None = None  # dual stack: its IPv6 address beside the IPv4 one
+    network: str | None = None  # the [[network]] the tool puts it on; None: the tool's default network
     gateway6: IPv6Address | None = None
 
     def at(self, family: Family) -> IPIface | None:
@@ -360,9 +377,21 @@ class Topology:
     forward_accepts: tuple[ForwardAccept, ...] = ()
     setup: Setup = field(default_factory=Setup)
     dns: Dns | None = None
+    networks: tuple[Network, ...] = ()
 
     def container(self, name: str) -> Container:
         return next(c for c in self.containers if c.name == name)
+
+    def network_of(self, container: Container) -> Network | None:
+        """The [[network]] a container is on (None: the tool's default network, or a built lab)."""
+        return next((n for n in self.networks if n.name == container.network), None)
+
+    def answer(self, r: Resolve) -> IPv4Address | None:
+        """The address a resolve entry must get: its own, or its container's (read back, for addresses the tool assigns); None: NXDOMAIN."""
+        if r.container is None:
+            return r.address
+        c = self.container(r.container)
+        return c.address.ip if c.address is not None else None
 
     def bridge(self, name: str) -> Bridge:
         return next(b for b in self.bridges if b.name == name)
@@ -671,6 +700,13 @@ def _gateway6(value: object, name: str) -> IPv6Address | None:
     return None if value == NO_ROUTE else _address6(value, name)
 
 
+def _network6(value: object, name: str) -> IPv6Network:
+    try:
+        return IPv6Network(value) if isinstance(value, str) and ":" in value else IPv6Network("x")
+    except ValueError as exc:
+        raise _Invalid(f"not a valid IPv6 network ({exc})", 'write it as "fd00:30::/64", with host bits zero') from None
+
+
 def _network_any(value: object, name: str) -> IPNet:
     if isinstance(value, str) and ":" in value:
         try:
@@ -769,6 +805,10 @@ DUAL_GATEWAY: Kind[tuple[IPv4Address | None, IPv6Address | None]] = Kind(
     _pair({"anyOf": [_GW4, _AUTO_SCHEMA, {"type": "string", "const": "none"}]}, _GW6), (None, None))
 DUAL_REMOTE: Kind[tuple[tuple[IPv4Interface, ...], tuple[IPv6Interface, ...]]] = Kind(
     "list of IPv4 (and IPv6) address/prefix", _remote_dual, {"type": "array", "items": {"anyOf": [_IFACE_SCHEMA, _IFACE6_SCHEMA]}, "minItems": 1}, ((), ()))
+_NET4_SCHEMA = {"type": "string", "pattern": f"^{_IPV4}/([0-9]|[12][0-9]|3[0-2])$"}
+DUAL_NETWORK: Kind[tuple[IPv4Network, IPv6Network | None]] = Kind(
+    "IPv4 network, or [IPv4, IPv6]", _dual(_network, _network6, '["172.30.0.0/24", "fd00:30::/64"]'), _pair(_NET4_SCHEMA, {"type": "string", "pattern": f"^{_IPV6}/[0-9]+$"}),
+    (IPv4Network("0.0.0.0/32"), None))
 ARGV: Kind[tuple[str, ...]] = Kind("list of strings (an argv)", _argv, {"type": "array", "items": {"type": "string"}}, ())
 NETNS_PATH = Kind("namespace path", _netns_path, {"type": "string", "pattern": schema_pattern(NETNS_PATH_RE)}, "")
 REMOTE: Kind[tuple[IPv4Interface, ...]] = Kind("list of IPv4 address/prefix", _remote, {"type": "array", "items": _IFACE_SCHEMA, "minItems": 1}, ())
@@ -901,9 +941,28 @@ class BridgeKeys:
 BRIDGE = _table("[[bridge]]", "A Linux bridge on the host.", BridgeKeys)
 
 
+class NetworkKeys:
+    name = Key("name", NAME, "The network's name as the tool knows it (`docker network create NAME`, `podman network create NAME`); a container's `network` names it.",
+               '"appnet"', Absent.REQUIRED)
+    bridge = Key("bridge", INTERFACE, "The [[bridge]] the tool makes for it. Docker gives its bridge this name (`com.docker.network.bridge.name`); "
+                 "Podman 4.3 names it itself (podman1, podman2, ... in order), and a wrong name is refused with the one Podman chose.", '"appbr0"', Absent.REQUIRED)
+    subnet = Key("subnet", DUAL_NETWORK, "Its subnet (`--subnet`); the gateway is its first address. An IPv6 subnet beside it ([IPv4, IPv6]) is not created yet.",
+                 '"172.30.0.0/24"', default_doc="the tool's choice")
+    dns = Key("dns", BOOLEAN, "The tool's resolver names the network's containers: Docker's embedded resolver at 127.0.0.11, Podman's aardvark-dns "
+              "on the gateway (`dns_enabled`; Docker's user-defined networks always have it). Either forwards other names to the resolver of the tool's host: "
+              "netcheck's [dns] server, never a real one.", "false", True)
+    dns_tcp = Key("dns_tcp", BOOLEAN, "Its resolver answers over TCP too. false: over UDP only, as aardvark-dns before 1.12 (Debian 12 has 1.4); "
+                  "the DNS suite then expects a query over TCP refused.", "false", True)
+
+
+NETWORK_TABLE = _table("[[network]]", "A network a tool creates by name (docker, podman setups), with a bridge of its own and its own DNS for its containers' names.", NetworkKeys)
+
+
 class ResolveKeys:
     name = Key("name", DNS_NAME, "The name the container asks for; a short name goes through its search domains, as its resolver would.", '"web"', Absent.REQUIRED)
-    address = Key("address", ANSWER, f'The address it must resolve to, or "{NXDOMAIN}": the name must not exist.', '"198.51.100.10"', Absent.REQUIRED)
+    address = Key("address", ANSWER, f'The address it must resolve to, or "{NXDOMAIN}": the name must not exist.', '"198.51.100.10"',
+                  default_doc="required unless container is given")
+    container = Key("container", NAME, "Instead of address: the name must resolve to this container's address, as the tool assigned it (read back).", '"web"')
 
 
 RESOLVE = _table("resolve entry", "A name the container must resolve through its resolv.conf, and what to.", ResolveKeys)
@@ -926,6 +985,8 @@ class ContainerKeys:
               f'"{INHERIT}": no file of its own, it sees the machine\'s /etc/resolv.conf.', '["203.0.113.53"]', default_doc="none: netcheck writes and checks no resolv.conf")
     search = Key("search", SEARCH, "Search domains of its resolv.conf: a short name is tried with each.", '["corp.test"]', ())
     resolve = Sub("resolve", RESOLVE, True, "Names it must resolve, and to what (the DNS suite asks them).", '[{ name = "web", address = "198.51.100.10" }]')
+    network = Key("network", NAME, "The [[network]] the tool puts it on (`docker run --network`, `podman run --network`); its bridge is the network's.", '"appnet"',
+                  default_doc="the tool's default network (docker0, podman0)")
 
 
 CONTAINER = _table("[[container]]", "A container: a network namespace joined to the host by a veth pair.", ContainerKeys)
@@ -1006,6 +1067,7 @@ class TopKeys:
     host = Sub("host", HOST, False, HOST.doc)
     wan = Sub("wan", WAN, False, WAN.doc)
     bridge = Sub("bridge", BRIDGE, True, BRIDGE.doc)
+    network = Sub("network", NETWORK_TABLE, True, NETWORK_TABLE.doc)
     container = Sub("container", CONTAINER, True, CONTAINER.doc)
     masquerade = Sub("masquerade", MASQUERADE, True, MASQUERADE.doc)
     publish = Sub("publish", PUBLISH, True, PUBLISH.doc)
@@ -1197,6 +1259,13 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
         bridges.append(Bridge(name=br.get(BridgeKeys.name), address=address, auto=("address",) if br.data.get("address") == AUTO else (), address6=address6))
         br.done()
 
+    networks = []
+    for nr in top.tables(TopKeys.network):
+        subnet, subnet6 = nr.opt(NetworkKeys.subnet) or (None, None)
+        networks.append(Network(name=nr.get(NetworkKeys.name), bridge=nr.get(NetworkKeys.bridge), subnet=subnet, subnet6=subnet6, dns=nr.get(NetworkKeys.dns),
+                                dns_tcp=nr.get(NetworkKeys.dns_tcp)))
+        nr.done()
+
     containers = []
     for i, cr in enumerate(top.tables(TopKeys.container)):
         host_veth = cr.opt(ContainerKeys.host_veth)
@@ -1218,10 +1287,14 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
             netns=cr.opt(ContainerKeys.netns),
             dns=cr.opt(ContainerKeys.dns),
             search=cr.get(ContainerKeys.search),
-            resolve=tuple(Resolve(r.get(ResolveKeys.name), r.get(ResolveKeys.address)) for r in _done_each(cr.tables(ContainerKeys.resolve))),
+            resolve=tuple(_resolve_entry(r) for r in _done_each(cr.tables(ContainerKeys.resolve))),
             address6=address6,
             gateway6=gateway6,
+            network=cr.opt(ContainerKeys.network),
         )
+        on = next((n for n in networks if n.name == c.network), None)
+        if on is not None and "bridge" not in cr.data:
+            c = replace(c, bridge=on.bridge)
         given = {k: cr.data.get(k) for k in ("address", "gateway")}
         given = {k: v[0] if isinstance(v, list) and v else v for k, v in given.items()}  # dual stack: "auto" goes first
         auto = tuple(k for k, on in (("address", given["address"] == AUTO), ("gateway", given["gateway"] == AUTO), ("host_veth", not c.host_veth)) if on)
@@ -1297,11 +1370,22 @@ def _parse(data: dict[str, Any], source: str) -> Topology:
     topo = Topology(
         name=name, summary=summary, source=source, host=host, wan=wan, bridges=tuple(bridges), containers=tuple(containers),
         masquerades=tuple(masquerades), publishes=tuple(publishes), vips=tuple(vips), forward_accepts=tuple(forwards), setup=setup, dns=dns,
+        networks=tuple(networks),
     )
     _validate(topo, problems)
     if problems.found:
         raise SpecError.of(problems.found)
     return topo
+
+
+def _resolve_entry(r: _Reader) -> Resolve:
+    """A resolve entry: a name and either the address it must get or the container whose address it must get."""
+    name, container = r.get(ResolveKeys.name), r.opt(ResolveKeys.container)
+    if "address" in r.data and container is not None:
+        r.fail("container", container, "a resolve entry takes address or container, not both", "remove one of them")
+    elif "address" not in r.data and container is None:
+        r.fail("address", None, "missing: what the name must resolve to", f'add address = "198.51.100.10" (or "{NXDOMAIN}"), or container = "<a container of this spec>"')
+    return Resolve(name, r.opt(ResolveKeys.address), container)
 
 
 def _host_side_address(c: Container, bridges: Sequence[Bridge]) -> IPv4Address | None:
@@ -1517,8 +1601,48 @@ def _validate(t: Topology, problems: _Problems) -> None:
             served.setdefault((svc.protocol, svc.port), j)
     if t.setup.mode == "script":
         _check_env_names(t, problems)
+    _check_networks(t, problems, bridge_at)
     _check_dns(t, problems, used, build)
     _check_ipv6(t, problems, bridge_at)
+
+
+def _check_networks(t: Topology, problems: _Problems, bridge_at: Mapping[str, int]) -> None:
+    """[[network]] only where a tool creates networks by name, each on a bridge of the spec's own, and every container's network one of them."""
+    fail, wrong = problems.add, problems.wrong
+    by_name: dict[str, int] = {}
+    on_bridge: dict[str, int] = {}
+    for i, n in enumerate(t.networks):
+        key = f"network[{i}]"
+        if t.setup.mode not in ("docker", "podman") and not wrong("setup.mode"):
+            fail(f"{key}.name", n.name, f"mode {t.setup.mode} creates no networks by name (docker network create, podman network create)",
+                 'set mode = "docker" or "podman" in [setup], or remove [[network]]' + (" (netavark: its network file is setup.config)" if t.setup.mode == "netavark" else ""))
+            continue
+        if not wrong(f"{key}.name"):
+            if n.name in by_name:
+                fail(f"{key}.name", n.name, f"duplicate network name (also network[{by_name[n.name]}])", "give each network its own name")
+            elif n.name in ("bridge", "host", "none", "podman"):
+                fail(f"{key}.name", n.name, "is the name of one of the tool's own networks", 'name it something of your own, e.g. "appnet"')
+            by_name.setdefault(n.name, i)
+        if not wrong(f"{key}.bridge"):
+            if n.bridge not in bridge_at:
+                fail(f"{key}.bridge", n.bridge, "names no bridge in this spec", f'declare [[bridge]] name = "{n.bridge}" (address = "auto"), the bridge the tool makes for it')
+            elif n.bridge in on_bridge:
+                fail(f"{key}.bridge", n.bridge, f"is already the bridge of network[{on_bridge[n.bridge]}]", "give each network its own bridge")
+            on_bridge.setdefault(n.bridge, i)
+        if n.subnet6 is not None and not wrong(f"{key}.subnet"):
+            fail(f"{key}.subnet", [str(n.subnet), str(n.subnet6)], "the docker and podman adapters do not create IPv6 networks yet", f'write subnet = "{n.subnet}"')
+    for i, c in enumerate(t.containers):
+        key = f"container[{i}]"
+        if c.network is None or wrong(f"{key}.network"):
+            continue
+        on = t.network_of(c)
+        if on is None:
+            fail(f"{key}.network", c.network, "names no network in this spec", f'declare [[network]] name = "{c.network}", or use one of: {", ".join(by_name) or "none"}',
+                 [f"network[{j}].name" for j in range(len(t.networks))])
+        elif c.bridge != on.bridge and not wrong(f"{key}.bridge"):
+            fail(f"{key}.bridge", c.bridge, f"network {on.name} is on bridge {on.bridge}", f'write bridge = "{on.bridge}", or leave bridge out', [f"{key}.network"])
+        elif on.subnet is not None and c.address is not None and c.address.network != on.subnet and not wrong(f"{key}.address"):
+            fail(f"{key}.address", str(c.address), f"is not an address of network {on.name} ({on.subnet})", f"use an address inside {on.subnet} with /{on.subnet.prefixlen}, or \"auto\"")
 
 
 def _check_dns(t: Topology, problems: _Problems, used: Mapping[IPv4Address, str], build: bool) -> None:
@@ -1564,19 +1688,26 @@ def _check_dns(t: Topology, problems: _Problems, used: Mapping[IPv4Address, str]
                 served = f"the only resolver in this spec is [dns] address = \"{d.address}\"" if d else "this spec declares no DNS server"
                 fix = f'write dns = ["{d.address}"]' if d else 'declare [dns] address = "203.0.113.53" (with its records) and write dns = ["203.0.113.53"]'
                 fail(where, str(ns), f"nothing serves DNS there: {served}, and netcheck never asks a real resolver", fix, ["dns.address"])
-        if d is None or not c.resolve or wrong("dns", f"{key}.search"):
-            continue
+        for j, r in enumerate(c.resolve):
+            if r.container is not None and r.container not in {o.name for o in t.containers}:
+                fail(f"{key}.resolve[{j}].container", r.container, "names no container in this spec", f"use one of: {', '.join(o.name for o in t.containers)}")
+        on = t.network_of(c)
+        if d is None or not c.resolve or wrong("dns", f"{key}.search") or (on is not None and on.dns):
+            continue  # a network's own resolver answers its containers' names: the suite asks it, the zone has no say
         conf = resolvconf.ResolvConf(tuple(map(str, c.dns)), c.search)
         for j, r in enumerate(c.resolve):
             where = f"{key}.resolve[{j}]"
-            if wrong(f"{where}.name", f"{where}.address"):
+            if wrong(f"{where}.name", f"{where}.address", f"{where}.container") or (r.container is not None and r.container not in {o.name for o in t.containers}):
                 continue
+            expected = t.answer(r)
+            if r.container is not None and expected is None:
+                continue  # the container's address is read back at run time
             hit, got = resolvconf.lookup(d.zone(), r.name, conf)
             tried = ", ".join(resolvconf.candidates(r.name, conf))
-            want = str(r.address) if r.address is not None else NXDOMAIN
-            if got != (str(r.address) if r.address is not None else None):
+            want = str(expected) if expected is not None else NXDOMAIN
+            if got != (str(expected) if expected is not None else None):
                 answer = f"{hit} -> {got}" if hit else "NXDOMAIN"
-                fix = (f'add {{ name = "{resolvconf.candidates(r.name, conf)[0]}", address = "{r.address}" }} to [dns] records, or correct the address'
+                fix = (f'add {{ name = "{resolvconf.candidates(r.name, conf)[0]}", address = "{expected}" }} to [dns] records, or correct the address'
                        if hit is None else f'write address = "{got}", or change the record {hit} in [dns]')
                 fail(f"{where}.address", want, f"the zone in [dns] answers {answer} for {r.name!r} (asked as: {tried})", fix, ["dns.records"])
 
@@ -1869,5 +2000,5 @@ def as_mapping(t: Topology) -> Mapping[str, Any]:
 
 __all__ = [
     "Bridge", "Container", "Dns", "ForwardAccept", "Host", "Masquerade", "Problem", "Publish", "Record", "Resolve", "Route", "Service",
-    "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "env_name", "host_addresses", "load", "loads", "read_text", "resolve",
+    "Network", "Setup", "SpecError", "Topology", "Vip", "Wan", "builtin", "env_name", "host_addresses", "load", "loads", "read_text", "resolve",
 ]

@@ -94,3 +94,69 @@ def test_the_dns_server_answers_its_zone_and_nxdomain_otherwise() -> None:
     miss = dns.message.from_wire(dns_answer("wan", zone, peer, dns.message.make_query("www.example.com.", "A").to_wire()) or b"")
     assert miss.rcode() == dns.rcode.NXDOMAIN and not miss.answer
     assert dns_answer("wan", zone, peer, b"not dns") is None
+
+
+DOCKER_DNS = (Path(__file__).resolve().parents[1] / "examples" / "docker-dns.toml").read_text()
+
+
+def test_a_container_is_on_a_tools_network_and_names_resolve_to_assigned_addresses() -> None:
+    from dataclasses import replace
+    from ipaddress import IPv4Interface
+
+    t = spec.loads(DOCKER_DNS, "docker-dns.toml")
+    client = t.container("client")
+    on = t.network_of(client)
+    assert on is not None and (on.name, on.bridge, str(on.subnet), on.dns) == ("appnet", "appbr0", "172.30.0.0/24", True)
+    assert client.bridge == "appbr0" and client.dns == (spec.IPv4Address("127.0.0.11"),)  # the bridge is the network's
+    web = client.resolve[0]
+    assert (web.name, web.address, web.container) == ("web", None, "web") and t.answer(web) is None  # read back at run time
+    resolved = replace(t, containers=tuple(replace(c, address=IPv4Interface("172.30.0.2/24")) if c.name == "web" else c for c in t.containers))
+    assert str(resolved.answer(web)) == "172.30.0.2" and resolved.answer(client.resolve[2]) is None  # nxdomain
+
+
+@pytest.mark.parametrize(("old", "new", "key", "words"), [
+    ('network = "appnet"\ngateway = "auto"\nservices', 'network = "othernet"\ngateway = "auto"\nservices', "container[0].network", "names no network"),
+    ('network = "appnet"\ngateway = "auto"\nservices', 'network = "appnet"\nbridge = "docker0"\ngateway = "auto"\nservices', "container[0].bridge", "is on bridge appbr0"),
+    ('bridge = "appbr0"\nsubnet', 'bridge = "appbr9"\nsubnet', "network[0].bridge", "names no bridge"),
+    ('subnet = "172.30.0.0/24"', 'subnet = ["172.30.0.0/24", "fd00:30::/64"]', "network[0].subnet", "do not create IPv6 networks yet"),
+    ('name = "appnet"', 'name = "bridge"', "network[0].name", "the tool's own networks"),
+    ('{ name = "client", container = "client" }', '{ name = "client", container = "nosuch" }', "container[0].resolve[0].container", "names no container"),
+    ('{ name = "client", container = "client" }', '{ name = "client", container = "client", address = "172.30.0.3" }', "container[0].resolve[0].container", "not both"),
+    ('{ name = "client", container = "client" }', '{ name = "client" }', "container[0].resolve[0].address", "what the name must resolve to"),
+    ('mode = "docker"', 'mode = "netavark"\nconfig = "netavark/network.json"', "network[0].name", "creates no networks by name"),
+])
+def test_network_mistakes_name_key_and_fix(old: str, new: str, key: str, words: str) -> None:
+    assert old in DOCKER_DNS
+    with pytest.raises(spec.SpecError) as info:
+        spec.loads(DOCKER_DNS.replace(old, new, 1) + '[[bridge]]\nname = "docker0"\naddress = "auto"\n', str(Path(__file__).resolve().parents[1] / "examples" / "x.toml"))
+    found = [p for p in info.value.problems if p.key == key]
+    assert found and words in found[0].problem and found[0].fix, str(info.value)
+
+
+def test_host_mode_asks_no_tools_resolver() -> None:
+    """On a real host, Docker's 127.0.0.11 and aardvark-dns forward names they do not know to the host's own
+    resolvers, outside the lab: a DNS probe there is refused before anything is sent."""
+    from dataclasses import replace
+    from ipaddress import IPv4Interface
+
+    from netcheck.probes import Prober
+
+    class RealHost:
+        host_mode = True
+
+        def __init__(self, t: spec.Topology, nameserver: str) -> None:
+            self.topology, self.nameserver = t, nameserver
+
+        def holds(self, address: object) -> bool:
+            return True
+
+        def container_ns(self, name: str) -> object:
+            return object()  # a refused probe opens nothing in it
+
+        def resolv_conf(self, name: str) -> tuple[Path, str]:
+            return Path("/proc/1/root/etc/resolv.conf"), resolvconf.render((self.nameserver,))
+
+    t = spec.load(Path(__file__).resolve().parents[1] / "examples" / "podman-dns.toml")
+    t = replace(t, containers=tuple(replace(c, address=IPv4Interface("10.90.0.2/24")) for c in t.containers))
+    refused = Prober(RealHost(t, "10.90.0.1")).dns("client", "web")  # type: ignore[arg-type]
+    assert refused.verdict == "unreachable" and refused.error and "not sent" in refused.error and "host mode" in refused.error, refused.explain()

@@ -197,7 +197,7 @@ def test_editable_install_serves_the_clones_suites_by_pyargs(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------- bootstrap.sh: what each mode installs
 
-TOOLS = ("containernetworking-plugins", "netavark", "podman", "runc", "docker.io", "busybox-static", "chromium")
+TOOLS = ("containernetworking-plugins", "netavark", "podman", "runc", "aardvark-dns", "docker.io", "busybox-static", "chromium")
 
 
 def _listed(*args: str, path: str | None = None) -> dict[str, str]:

@@ -11,6 +11,16 @@ docker0 by its own rules: a spec for it says so (forward_policy = "DROP" and two
 forward_accept entries). netcheck finds each container's PID with ``docker inspect``, names its
 namespace, and serves its HTTP and echo services inside it.
 
+A spec's ``[[network]]`` becomes ``docker network create -o com.docker.network.bridge.name=BRIDGE
+[--subnet S] NAME``, and a container with ``network = NAME`` joins it (``docker run --network``).
+There Docker's embedded resolver answers at 127.0.0.11: dockerd serves it inside the container's
+namespace, reached through DNAT rules Docker writes in the container's own nat table
+(DOCKER_OUTPUT, DOCKER_POSTROUTING), and it forwards other names to the resolvers of the host's
+/etc/resolv.conf. dockerd sees a resolv.conf of the lab's own there (bind-mounted in its private
+mount namespace) that names netcheck's [dns] server, or the outside world's address, where
+nothing answers: never a real resolver. A container's resolv.conf is read where its processes
+read it, through /proc/PID/root.
+
 In host mode with ``[setup] socket`` nothing is started: the existing daemon's containers are
 found by name.
 """
@@ -21,15 +31,17 @@ import os
 import shutil
 import subprocess
 import tarfile
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netcheck import spec
+from netcheck import resolvconf, spec
 from netcheck.adapters.lab import ToolFailed, ToolMissing
 from netcheck.adapters.mounts import unshare_argv, wait_unshared
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
 from netcheck.adapters.script import adopt_by_path
+from netcheck.kernel.xtables import XRule
 from netcheck.lab.mode import HostMode
 from netcheck.ledger import kill_process, process_starttime
 from netcheck.waiting import WaitTimeout, wait_until
@@ -41,6 +53,8 @@ INSTALL_HINT = "apt-get install -y --no-install-recommends docker.io"
 DOCKER_CLIS = ("/usr/bin/docker",)  # docker.io's client, the daemon's own version, before any other on PATH
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+EMBEDDED_RESOLVER = IPv4Address("127.0.0.11")  # on a user-defined network
+EMBEDDED_DNS_CHAINS = ("DOCKER_OUTPUT", "DOCKER_POSTROUTING")  # its DNAT and SNAT, in each container's own nat table
 
 
 def docker_cli() -> str | None:
@@ -75,13 +89,20 @@ class DockerAdapter:
         root = d / "docker"
         if not root.exists():
             root.mkdir()
-            (root / "daemon.json").write_text('{"live-restore": true}\n')
+            t = lab.declared
+            # No docker0 when every container is on a [[network]]: an idle bridge without ports would be a link that is down.
+            bridge = ', "bridge": "none"' if t.containers and all(c.network for c in t.containers) and not t.setup.command else ""
+            (root / "daemon.json").write_text(f'{{"live-restore": true{bridge}}}\n')
         sock = root / "docker.sock"
+        host_resolv = root / "resolv.conf"
+        host_resolv.write_text(upstream_resolv_conf(lab.declared))
         argv = ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
                 "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"), "--storage-driver", "vfs"]
+        # dockerd's /etc/resolv.conf is the lab's (its mount namespace is its own): what it copies into containers and forwards to.
+        bound = ["sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(host_resolv), *argv]
         log = (root / "dockerd.log").open("wb")
         try:
-            proc = lab.host.spawn(unshare_argv(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = lab.host.spawn(unshare_argv(bound), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
         lab.record_process(proc.pid, argv)
@@ -130,12 +151,21 @@ class DockerAdapter:
         if t.setup.command:
             lab.run_tool("setup command", t.setup.command, env=lab.state["docker_env"])
         else:
+            for i, n in enumerate(t.networks):
+                if not n.dns:
+                    raise spec.SpecError(t.source, f"network[{i}].dns", False, "Docker's user-defined networks always have the embedded resolver (127.0.0.11)",
+                                      "remove dns = false")
+                subnet = ["--subnet", str(n.subnet)] if n.subnet is not None else []
+                self._docker(lab, f"docker network create {n.name}", ["network", "create", "--driver", "bridge", "-o", f"com.docker.network.bridge.name={n.bridge}",
+                                                                      *subnet, n.name])
             for i, c in enumerate(t.containers):
                 if c.interface != "eth0":
                     raise spec.SpecError(t.source, f"container[{i}].interface", c.interface, "docker names the container's interface eth0",
                                       'write interface = "eth0", or run your own docker commands with [setup] command')
                 ports = [a for p in t.publishes if p.container == c.name for a in ("-p", f"{p.host_port}:{p.port}/{p.protocol}")]
-                self._docker(lab, f"docker run {c.name}", ["run", "-d", "--name", c.name, *ports, image, *IDLE_COMMAND])
+                network = ["--network", c.network] if c.network else []
+                search = [a for domain in c.search for a in ("--dns-search", domain)]
+                self._docker(lab, f"docker run {c.name}", ["run", "-d", "--name", c.name, *network, *search, *ports, image, *IDLE_COMMAND])
         self._adopt(lab, owned=True)
 
     def _adopt(self, lab: ExternalLab, *, owned: bool) -> None:
@@ -147,6 +177,7 @@ class DockerAdapter:
             if not pid.isdigit() or pid == "0":
                 raise ToolFailed(f"container {c.name}: docker reports no running process (pid {pid or '?'}); is it running?")
             lab.adopt_container_ns(c.name, f"/proc/{pid}/ns/net", owned=owned)
+            lab.roots[c.name] = Path(f"/proc/{pid}/root")
 
     def discover_existing(self, lab: ExternalLab) -> None:
         sock = lab.declared.setup.socket
@@ -182,6 +213,20 @@ class DockerAdapter:
         return errors
 
 
+def embedded_resolver_rule(t: spec.Topology, c: spec.Container, rule: XRule) -> bool:
+    """Is ``rule``, in container ``c``'s own tables, one Docker writes for the embedded resolver (nat, to or from 127.0.0.11)?"""
+    on = t.network_of(c)
+    if t.setup.mode != "docker" or on is None or rule.table != "nat" or rule.chain not in ("OUTPUT", "POSTROUTING", *EMBEDDED_DNS_CHAINS):
+        return False
+    return str(EMBEDDED_RESOLVER) in ((rule.dst or "").split("/")[0], (rule.src or "").split("/")[0])
+
+
+def upstream_resolv_conf(t: spec.Topology) -> str:
+    """The /etc/resolv.conf a tool's resolver forwards to in the lab: netcheck's [dns] server, or the outside
+    world's own address, where nothing serves DNS (a query is refused there and never goes further)."""
+    return resolvconf.render((str(t.dns.address if t.dns is not None else t.wan.address.ip),))
+
+
 def _tail(path: Path, size: int = 1500) -> str:
     try:
         return path.read_text(errors="replace")[-size:]
@@ -189,4 +234,4 @@ def _tail(path: Path, size: int = 1500) -> str:
         return "(no log)"
 
 
-__all__ = ["DockerAdapter", "docker_cli"]
+__all__ = ["EMBEDDED_DNS_CHAINS", "EMBEDDED_RESOLVER", "DockerAdapter", "docker_cli", "embedded_resolver_rule", "upstream_resolv_conf"]

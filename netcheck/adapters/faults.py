@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netcheck.faults import DNAT_OUTSIDE, MASQ_OUT, Fault
+from netcheck.adapters.docker import EMBEDDED_DNS_CHAINS
+from netcheck.adapters.podman import aardvark_of
+from netcheck.faults import DNAT_OUTSIDE, DNS_ANSWERS, MASQ_OUT, Fault
 from netcheck.kernel.xtables import XChain, XRule, nft_chains, read_nft
+from netcheck.ledger import kill_process
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -54,6 +57,36 @@ def delete_dnat(lab: Lab) -> None:
             raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode(errors='replace').strip()}")
 
 
+def tool_resolver_user(lab: Lab) -> str:
+    """The first container whose resolver is its [[network]]'s own (Docker's embedded one, aardvark-dns)."""
+    t = lab.topology
+    for c in t.containers:
+        on = t.network_of(c)
+        if on is not None and on.dns and c.dns is not None and not isinstance(c.dns, str):
+            return c.name
+    raise LookupError(f"{t.name}: no container with a resolver is on a [[network]] with dns")
+
+
+def delete_embedded_dns_rules(lab: Lab) -> None:
+    """Flush Docker's DNAT and SNAT rules for 127.0.0.11 in the container's own nat table: its queries meet a port where nothing listens."""
+    ns = lab.container_ns(tool_resolver_user(lab))
+    chains = [c for c in nft_chains(read_nft(ns)) if c.name in EMBEDDED_DNS_CHAINS and c.rules]
+    if not chains:
+        raise LookupError(f"{lab.topology.name}: the container's namespace has no rules in {' or '.join(EMBEDDED_DNS_CHAINS)}")
+    for c in chains:
+        argv = ["nft", "flush", "chain", c.family, c.table, c.name]
+        proc = ns.run(argv, timeout=20)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode(errors='replace').strip()}")
+
+
+def stop_aardvark(lab: Lab) -> None:
+    """End the aardvark-dns netavark started (by its recorded PID): the network's resolver on the gateway is gone."""
+    found = aardvark_of(lab)
+    if found is None or not kill_process(*found):
+        raise LookupError(f"{lab.topology.name}: no aardvark-dns of the lab's is running")
+
+
 def flush_ruleset(lab: Lab) -> None:
     """``nft flush ruleset`` in the host, as an nftables.conf that begins with it does on a reload: every tool's tables are gone."""
     proc = lab.host.run(["nft", "flush", "ruleset"], timeout=20)
@@ -65,7 +98,11 @@ EXTERNAL_FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("tool-masquerade-removed", "the MASQUERADE rule the tool wrote (nf_tables) is gone", "cni", MASQ_OUT, "198.51.100.1", "masquerade_missing", delete_masquerade),
     Fault("nft-flush-ruleset", "nft flush ruleset (an nftables.conf reload) wiped the tool's tables", "docker29-nft", MASQ_OUT, "198.51.100.1", "masquerade_missing", flush_ruleset),
     Fault("tool-dnat-removed", "the DNAT of the published port the tool wrote (nf_tables) is gone", "docker29-nft", DNAT_OUTSIDE, "203.0.113.2", "dnat_missing", delete_dnat),
+    Fault("embedded-dns-rules-removed", "Docker's DNAT rules for the embedded resolver (DOCKER_OUTPUT, DOCKER_POSTROUTING in the container's nat table) are gone",
+          "docker-dns", DNS_ANSWERS, "127.0.0.11", "embedded_dns_rules_missing", delete_embedded_dns_rules),
+    Fault("aardvark-dns-stopped", "the aardvark-dns netavark started for a network with DNS has stopped (ended by its PID)", "podman-dns", DNS_ANSWERS, "10.90.0.1",
+          "aardvark_dns_down", stop_aardvark),
 ]}
 
 
-__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_masquerade", "flush_ruleset", "masquerade_rules"]
+__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_embedded_dns_rules", "delete_masquerade", "flush_ruleset", "masquerade_rules", "stop_aardvark", "tool_resolver_user"]

@@ -81,6 +81,7 @@ class ExternalLab(Lab):
         self.state: dict[str, Any] = {}  # the adapter's own notes (results, PIDs, sockets)
         self._owned_inodes: set[int] = set()  # namespaces whose processes the tool started for us
         self.tool_rules: Signature | None = None  # the host's nf_tables as the tool left them (netcheck.lifecycle)
+        self.roots: dict[str, Path] = {}  # container -> the root its processes see (/proc/PID/root), for containers a tool runs
 
     # ----------------------------------------------------------------- paths and environment
 
@@ -96,6 +97,17 @@ class ExternalLab(Lab):
         if not path.exists():
             raise spec.SpecError(self.declared.source, key, value, f"no such file ({path})", "fix the path; it is relative to the spec file's folder")
         return path
+
+    def resolv_conf(self, container: str) -> tuple[Path, str | None]:
+        """A container a tool runs reads the resolv.conf of its own root (Docker's and Podman's, mounted in the container), not /etc/netns."""
+        root = self.roots.get(container)
+        if root is None:
+            return super().resolv_conf(container)
+        path = root / "etc" / "resolv.conf"
+        try:
+            return path, path.read_text("utf-8", errors="replace")
+        except OSError:
+            return path, None
 
     def netns_name(self, container: str) -> str:
         return self.names.container_ns(container)

@@ -53,8 +53,9 @@ class PrivateMounts:
         self.starttime = process_starttime(self.pid)
         wait_unshared(self.pid, HOLD[0])
         for target, source in binds.items():
-            # The mount point must exist on the shared filesystem (the tool would create it there itself).
-            os.makedirs(target, exist_ok=True)
+            # The mount point must exist on the shared filesystem (the tool would create it there itself); a file binds over a file.
+            if source.is_dir():
+                os.makedirs(target, exist_ok=True)
             done = subprocess.run(self.argv(["mount", "--bind", str(source), target]), capture_output=True, timeout=30, check=False)
             if done.returncode != 0:
                 raise OSError(f"bind {source} on {target} in the lab's mount namespace: {done.stderr.decode(errors='replace').strip()}")

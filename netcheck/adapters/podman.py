@@ -10,6 +10,15 @@ runs instead, with the same environment, and creates containers named like the s
 netcheck finds each container's PID with ``podman inspect``, names its namespace, and serves
 its HTTP and echo services inside it.
 
+A spec's ``[[network]]`` becomes ``podman network create [--subnet S] [--disable-dns] NAME``
+(Podman 4.3 names its bridge itself: podman1, podman2, ... in order, which the spec's bridge must
+say), and a container with ``network = NAME`` joins it. With DNS, netavark starts aardvark-dns on
+the network's gateway (in the host namespace, in the lab's mount namespace); its PID, from the
+pidfile in the lab's /run/containers, is recorded, and it is ended by that PID at teardown.
+aardvark-dns forwards other names to the resolvers of /etc/resolv.conf, which in the lab's mount
+namespace is a file of the lab's own naming netcheck's [dns] server (never a real resolver).
+A container's resolv.conf is read where its processes read it, through /proc/PID/root.
+
 In host mode with ``[setup] socket``, nothing is run: ``podman --remote`` finds the existing
 containers by name.
 """
@@ -18,21 +27,29 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netcheck import spec
+from netcheck.adapters.docker import upstream_resolv_conf
 from netcheck.adapters.lab import ToolFailed
 from netcheck.adapters.mounts import PrivateMounts
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
 from netcheck.adapters.script import adopt_by_path
 from netcheck.lab.mode import HostMode
+from netcheck.ledger import kill_process, process_starttime
+from netcheck.waiting import WaitTimeout, wait_until
 
 if TYPE_CHECKING:
     from netcheck.adapters.lab import ExternalLab
 
 INSTALL_HINT = "apt-get install -y --no-install-recommends podman runc"
 RUNC = "/usr/sbin/runc"
+AARDVARK_PATHS = ("/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns")
+AARDVARK_HINT = "apt-get install -y --no-install-recommends aardvark-dns"
+AARDVARK_PIDFILE = "aardvark.pid"  # netavark's, in its config folder's aardvark-dns/ (under the lab's /run/containers)
+DNS_DOMAIN = "dns.podman"  # the search domain Podman gives a container on a network with DNS
 ULIMITS = ("nofile=4096:4096", "nproc=1024:1024")
 
 
@@ -53,6 +70,8 @@ class PodmanAdapter:
             out.append(f"runc (install it: {INSTALL_HINT})")
         if static_busybox() is None:
             out.append(f"a static busybox (install it: {BUSYBOX_HINT})")
+        if any(n.dns for n in topology.networks) and not any(Path(p).is_file() for p in AARDVARK_PATHS):
+            out.append(f"aardvark-dns, for a network with dns (install it: {AARDVARK_HINT})")
         return out
 
     def _configure(self, lab: ExternalLab) -> dict[str, str]:
@@ -92,19 +111,50 @@ class PodmanAdapter:
         rootfs = make_rootfs(lab.workdir / "rootfs")
         env = lab.tool_env({**conf, "NETCHECK_ROOTFS": str(rootfs)})
         lab.state["podman_env"] = env
-        lab.state["podman_mounts"] = PrivateMounts(lab, {"/run/containers": lab.workdir / "run-containers"})
+        upstream = lab.workdir / "resolv.conf"
+        upstream.write_text(upstream_resolv_conf(t))
+        lab.state["podman_mounts"] = PrivateMounts(lab, {"/run/containers": lab.workdir / "run-containers", "/etc/resolv.conf": upstream})
         if t.setup.command:
             mounts: PrivateMounts = lab.state["podman_mounts"]
             lab.run_tool("setup command", mounts.argv(t.setup.command, lab.spec_dir), env=env)
         else:
+            for i, n in enumerate(t.networks):
+                args = ["network", "create", *(["--subnet", str(n.subnet)] if n.subnet is not None else []), *([] if n.dns else ["--disable-dns"]), n.name]
+                self._podman(lab, f"podman network create {n.name}", args)
+                made = self._podman(lab, f"podman network inspect {n.name}", ["network", "inspect", "--format", "{{.NetworkInterface}}", n.name]).strip()
+                if made != n.bridge:
+                    raise spec.SpecError(t.source, f"network[{i}].bridge", n.bridge, f"Podman named the network's bridge {made} (it picks podman1, podman2, ... in order)",
+                                      f'write bridge = "{made}" (and [[bridge]] name = "{made}")')
             for c in t.containers:
                 if c.interface != "eth0":
                     raise spec.SpecError(t.source, f"container[{t.containers.index(c)}].interface", c.interface, "podman names the container's interface eth0",
                                       'write interface = "eth0", or run your own podman commands with [setup] command')
                 ports = [a for p in t.publishes if p.container == c.name for a in ("-p", f"{p.host_port}:{p.port}/{p.protocol}")]
                 limits = [a for u in ULIMITS for a in ("--ulimit", u)]
-                self._podman(lab, f"podman run {c.name}", ["run", "-d", "--name", c.name, "--network", "bridge", *limits, *ports, "--rootfs", str(rootfs), *IDLE_COMMAND])
+                search = [a for domain in c.search if domain != DNS_DOMAIN for a in ("--dns-search", domain)]
+                self._podman(lab, f"podman run {c.name}", ["run", "-d", "--name", c.name, "--network", c.network or "bridge", *search, *limits, *ports,
+                                                         "--rootfs", str(rootfs), *IDLE_COMMAND])
         self._adopt(lab, owned=True)
+        self._find_aardvark(lab)
+
+    def _find_aardvark(self, lab: ExternalLab) -> None:
+        """Record the aardvark-dns netavark started for a network with DNS (its pidfile is in the lab's /run/containers)."""
+        if not any(n.dns for n in lab.declared.networks) or lab.declared.setup.command:
+            return
+        assert lab.workdir is not None
+        run = lab.workdir / "run-containers"
+
+        def started() -> Path | None:
+            return next((p for p in run.rglob(AARDVARK_PIDFILE) if p.read_text().strip().isdigit()), None)
+
+        try:
+            pidfile = wait_until(started, timeout=10, what=f"aardvark-dns's pidfile under {run}")
+        except WaitTimeout as exc:
+            raise ToolFailed(f"netavark started no aardvark-dns for the network with dns: {exc}") from None
+        assert pidfile is not None
+        pid = int(pidfile.read_text().strip())
+        lab.record_process(pid)
+        lab.state["aardvark"] = (pid, process_starttime(pid))
 
     def network_reload(self, lab: ExternalLab) -> None:
         """``podman network reload --all``: netavark writes the running containers' firewall rules again (the lifecycle event)."""
@@ -123,6 +173,7 @@ class PodmanAdapter:
             if owned:
                 lab.record_foreign_netns(sandbox.strip())
             lab.adopt_container_ns(c.name, f"/proc/{pid_text}/ns/net", owned=owned)
+            lab.roots[c.name] = Path(f"/proc/{pid_text}/root")
 
     def _remote(self, lab: ExternalLab, name: str, args: list[str]) -> str:
         """The user's own podman, through its service (host mode)."""
@@ -153,8 +204,17 @@ class PodmanAdapter:
                 self._podman(lab, "podman rm", ["rm", "-f", "-t", "0", *ids])
         except ToolFailed as exc:
             errors.append(str(exc))
+        aardvark = aardvark_of(lab)
+        if aardvark is not None:  # netavark ends it with the network's last container; by its PID if it did not
+            kill_process(*aardvark)
         mounts.close()
         return errors
 
 
-__all__ = ["PodmanAdapter"]
+def aardvark_of(lab: object) -> tuple[int, int | None] | None:
+    """(PID, start time) of the aardvark-dns netavark started for the lab (an ExternalLab of podman), or None."""
+    found: tuple[int, int | None] | None = getattr(lab, "state", {}).get("aardvark")
+    return found
+
+
+__all__ = ["AARDVARK_PATHS", "PodmanAdapter", "aardvark_of"]

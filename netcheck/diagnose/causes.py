@@ -130,6 +130,10 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("dns_wrong_answer", "the resolver answers a name with another address than the spec's zone", "the zone netcheck's DNS server serves against `[dns]` records"),
     Cause("dns_udp_blocked", "a filter rule drops DNS over UDP while TCP/53 passes", "a UDP query unanswered, and a DROP/REJECT rule for udp port 53 (its counter delta)",
           fix="`DeleteRule` of the rule", fixes=("DeleteRule",)),
+    Cause("embedded_dns_rules_missing", "Docker's DNAT rules for its embedded resolver are gone from a container's nat table (DOCKER_OUTPUT, DOCKER_POSTROUTING): "
+          "queries to 127.0.0.11:53 meet a port where nothing listens", "a query to 127.0.0.11 unanswered, and the container's own nat table without a DNAT for it"),
+    Cause("aardvark_dns_down", "the aardvark-dns of a Podman network with DNS is not running: nothing answers on the gateway's port 53",
+          "a query to the network's gateway unanswered, nothing listening on its port 53 in the host, and the aardvark-dns netavark started (its PID) gone"),
     Cause("cross_route_missing", "a host has no route to another host's container subnet", "the host's routes against the join's plan (multi-host labs)"),
     Cause("cross_route_wrong", "a host routes another host's container subnet via the wrong next hop", "the route's gateway and device against the join's plan"),
     Cause("vxlan_fdb_missing", "a VXLAN device has no fdb entry for a remote VTEP", "the device's fdb (bridge fdb show dev ...) against the join's plan"),

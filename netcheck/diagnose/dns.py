@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from netcheck import resolvconf
+from netcheck.adapters.docker import EMBEDDED_DNS_CHAINS, EMBEDDED_RESOLVER
+from netcheck.adapters.podman import aardvark_of
 from netcheck.diagnose.rules import Evidence
 from netcheck.evidence import Finding
+from netcheck.kernel.xtables import XChain, nft_chains, read_nft
 from netcheck.lab.plan import resolv_conf_text
+from netcheck.ledger import process_starttime
 
 
 def _declared(ev: Evidence) -> Iterator[tuple[str, str, str]]:
@@ -27,21 +32,29 @@ def _write_fix(netns: str, text: str) -> str:
     return f"mkdir -p /etc/netns/{netns} && printf '{body}\\n' > {resolvconf.path_for(netns)}  (not `echo \"... | tee\"`: quoted, the pipe is text)"
 
 
+def _seen(ev: Evidence, name: str, netns: str) -> tuple[Path, str | None]:
+    """(the resolv.conf the container reads, its text; None: it has none of its own): the lab's view (a tool's
+    container reads its own root's), else /etc/netns/NETNS (the doctor's view of live namespaces)."""
+    seen = getattr(ev.lab, "resolv_conf", None)
+    path, text = seen(name) if callable(seen) else resolvconf.seen_from(netns)
+    return Path(path), None if Path(path) == resolvconf.MACHINE else text
+
+
 def resolv_conf(ev: Evidence) -> Iterator[Finding]:
     """The file `ip netns exec` mounts over /etc/resolv.conf: missing, a loopback nameserver, other resolvers, or other search domains."""
     for name, netns, text in _declared(ev):
-        path = resolvconf.path_for(netns)
-        try:
-            got = resolvconf.parse(path.read_text("utf-8", errors="replace"))
-        except FileNotFoundError:
-            yield Finding("resolv_conf_missing", name, f"{name}: {path} does not exist, so a program in the container reads the machine's /etc/resolv.conf, "
+        path, read = _seen(ev, name, netns)
+        if read is None and path != resolvconf.MACHINE and path.exists():
+            yield Finding("resolv_conf_missing", name, f"{name}: {path} cannot be read", f"chmod 644 {path}", score=80)
+            continue
+        if read is None:
+            own = resolvconf.path_for(netns) if path == resolvconf.MACHINE else path
+            yield Finding("resolv_conf_missing", name, f"{name}: {own} does not exist, so a program in the container reads the machine's /etc/resolv.conf, "
                           "whose resolver the container may not reach", _write_fix(netns, text), (f"the spec declares:\n{text}",), score=92)
             continue
-        except OSError as exc:
-            yield Finding("resolv_conf_missing", name, f"{name}: {path} cannot be read ({exc.strerror})", f"chmod 644 {path}", score=80)
-            continue
+        got = resolvconf.parse(read)
         want = resolvconf.parse(text)
-        loop = [n for n in got.nameservers if _loopback(n)]
+        loop = [n for n in got.nameservers if _loopback(n) and n not in want.nameservers]  # a declared one is a tool's (Docker's 127.0.0.11)
         if loop:
             yield Finding("nameserver_loopback", name, f"{name}: {path} names {', '.join(loop)}, a loopback address: inside the container that is its own lo, where nothing "
                           "serves DNS (the host's stub resolver 127.0.0.53 is not reachable from a container)", _write_fix(netns, text),
@@ -98,7 +111,76 @@ def dns_udp_blocked(ev: Evidence) -> Iterator[Finding]:
                           score=97 if grew else 85, fixes=(ev.delete_fix(placed),))
 
 
-__all__ = ["dns_udp_blocked", "dns_zone", "resolv_conf"]
+def _embedded_dnat(chains: list[XChain], transport: str) -> str | None:
+    """The rule that leads a query to 127.0.0.11:53 on to dockerd's port, if the nat OUTPUT hook reaches it (rendered), else None."""
+    hooked = {c.name for c in chains if c.hook == "output" and c.kind == "nat"}
+    jumped = {r.target for c in chains if c.name in hooked for r in c.rules}
+    for c in chains:
+        if c.name not in hooked | jumped:
+            continue
+        for r in c.rules:
+            if r.target == "DNAT" and r.protocol == transport and r.dport == 53 and (r.dst or "").split("/")[0] == str(EMBEDDED_RESOLVER):
+                return r.render()
+    return None
 
 
-RULES = (resolv_conf, dns_zone, dns_udp_blocked)
+def embedded_dns_rules(ev: Evidence) -> Iterator[Finding]:
+    """A query to Docker's embedded resolver went unanswered, and the container's own nat table has no DNAT that leads 127.0.0.11:53 to dockerd."""
+    r = ev.result
+    if r is None or r.kind != "dns" or r.rcode is not None or r.request.destination != EMBEDDED_RESOLVER or ev.t.setup.mode != "docker":
+        return
+    name = r.request.source
+    try:
+        chains = nft_chains(read_nft(ev.lab.container_ns(name)), ("ip",))
+    except (KeyError, OSError, ValueError) as exc:
+        yield Finding("embedded_dns_rules_missing", name, f"{name}: its nat table cannot be read ({exc})", "", score=40)
+        return
+    if _embedded_dnat(chains, r.request.transport) is not None:
+        return
+    left = [f"{c.name}: {len(c.rules)} rule(s)" for c in chains if c.name in EMBEDDED_DNS_CHAINS]
+    on = ev.t.network_of(ev.t.container(name))
+    host = getattr(ev.lab, "state", {}).get("docker_host", "unix:///run/docker.sock")
+    yield Finding(
+        "embedded_dns_rules_missing", name,
+        f"{name}: no DNAT in its own nat table leads {r.request.transport} to {EMBEDDED_RESOLVER}:53 on to Docker's embedded resolver, so the query meets a port where "
+        "nothing listens (Docker writes these rules, DOCKER_OUTPUT and DOCKER_POSTROUTING, when it sets the container's network up)",
+        f"docker -H {host} restart {name}  (Docker writes them again; or docker network disconnect {on.name if on else 'NETWORK'} {name} and connect it again)",
+        (f"{name}'s nat chains: " + (", ".join(left) or f"no {' or '.join(EMBEDDED_DNS_CHAINS)}"), f"the query: {r.error or r.verdict}"),
+        score=96,
+    )
+
+
+def aardvark_down(ev: Evidence) -> Iterator[Finding]:
+    """A query to a Podman network's resolver (aardvark-dns, on its gateway) went unanswered, nothing listens on the gateway's port 53, and aardvark-dns is gone."""
+    r = ev.result
+    t = ev.t
+    if r is None or r.kind != "dns" or r.rcode is not None or t.setup.mode != "podman":
+        return
+    on = t.network_of(t.container(r.request.source)) if r.request.source in {c.name for c in t.containers} else None
+    bridge = next((b for b in t.bridges if on is not None and b.name == on.bridge), None)
+    if on is None or not on.dns or bridge is None or bridge.address is None or bridge.address.ip != r.request.destination:
+        return
+    host = ev.snap.ns("host")
+    proto = r.request.transport
+    if host is not None and any(s.proto == proto and s.port == 53 and s.accepts(str(bridge.address.ip)) for s in host.listening):
+        return  # something answers there: not this
+    found = aardvark_of(ev.lab)
+    evidence = [f"host: nothing listens on {proto} {bridge.address.ip}:53"]
+    if found is not None:
+        pid, start = found
+        alive = process_starttime(pid) is not None and (start is None or process_starttime(pid) == start)
+        if alive:
+            return  # it runs, but not on the gateway (its config): not this cause
+        evidence.append(f"aardvark-dns (pid {pid}, started by netavark for the lab) is gone")
+    yield Finding(
+        "aardvark_dns_down", "host",
+        f"host: aardvark-dns, the resolver of network {on.name} on its gateway {bridge.address.ip}, is not running, so the query meets a port where nothing listens",
+        "podman network reload --all  (netavark starts aardvark-dns again for the running containers; or restart one of the network's containers)",
+        tuple(evidence), score=96,
+    )
+
+
+__all__ = ["aardvark_down", "dns_udp_blocked", "dns_zone", "embedded_dns_rules", "resolv_conf"]
+
+
+RULES = (resolv_conf, dns_zone, dns_udp_blocked, embedded_dns_rules, aardvark_down)

@@ -42,9 +42,10 @@ REASON_CAUSES: dict[str, tuple[str, ...]] = {
 
 def causes_of(drop: KernelDrop, netns: str, flow: Flow) -> tuple[str, ...]:
     """The causes a drop points to, where that is sound. NO_SOCKET names a missing listener
-    only for the request, in the container meant to answer (elsewhere it is an un-NATed reply)."""
+    only for the request, in the container meant to answer (elsewhere it is an un-NATed reply),
+    or the missing DNAT that leads to one (Docker's embedded resolver: 127.0.0.11:53 to dockerd's port)."""
     if drop.reason == "NO_SOCKET":
-        return ("no_listener",) if flow.target is not None and netns == flow.target else ()
+        return ("no_listener", "embedded_dns_rules_missing") if flow.target is not None and netns == flow.target else ()
     return REASON_CAUSES.get(drop.reason, ())
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from netcheck import spec
+from netcheck import resolvconf, spec
 from netcheck.kernel.dropwatch import Witness
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import XRule
@@ -79,6 +79,10 @@ class Lab:
 
     def container_ns(self, name: str) -> Netns:
         return self.containers[name]
+
+    def resolv_conf(self, container: str) -> tuple[Path, str | None]:
+        """(the resolv.conf a program in the container reads, its text): /etc/netns/NETNS/resolv.conf, else the machine's, as ``ip netns exec`` shows it."""
+        return resolvconf.seen_from(self.container_ns(container).name)
 
     def namespaces(self) -> dict[str, Netns]:
         """Every namespace of the lab by the label users see: host, wan and the containers."""

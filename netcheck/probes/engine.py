@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netcheck import resolvconf
@@ -183,9 +184,14 @@ class Prober:
 
     def resolv_conf(self, src: str) -> resolvconf.ResolvConf:
         """What a program in ``src`` reads as its resolv.conf: /etc/netns/NETNS/resolv.conf, else the machine's (as ``ip netns exec`` shows it)."""
-        ns, _ = self._source(src)
-        _path, text = resolvconf.seen_from(ns.name)
+        _path, text = self._resolv_conf_seen(src)
         return resolvconf.parse(text or "")
+
+    def _resolv_conf_seen(self, src: str) -> tuple[Path, str | None]:
+        """(the resolv.conf a program in ``src`` reads, its text): a container's as the lab knows it (netcheck.lab.Lab.resolv_conf)."""
+        if src in ("host", "wan"):
+            return resolvconf.seen_from(self._source(src)[0].name)
+        return self.lab.resolv_conf(src)
 
     # ----------------------------------------------------------------- endpoints
 
@@ -593,7 +599,7 @@ class Prober:
         dst, port, timeout = _ipv4(request), request.port, _timeout(request)
         assert port is not None
         ns, iface = self._source(request.source)
-        path, text = resolvconf.seen_from(ns.name)
+        path, text = self._resolv_conf_seen(request.source)
         conf = resolvconf.parse(text or "")
         names = resolvconf.candidates(request.query, conf)
         verdict: Verdict = "unreachable"
@@ -601,9 +607,12 @@ class Prober:
         answers: tuple[str, ...] = ()
         rtt = None
         t0 = time.time()
-        if not (dst.is_loopback or self.lab.holds(dst)):
-            # A resolver outside the lab (the machine's own, say) is never asked: nothing may leave the machine.
-            error = f"not sent: {dst} (from {path}) is not in the lab, and netcheck never asks a resolver outside it"
+        ours = self.lab.topology.dns.address if self.lab.topology.dns is not None else None
+        if not (dst.is_loopback or self.lab.holds(dst)) or (getattr(self.lab, "host_mode", False) and dst != ours):
+            # A resolver outside the lab (the machine's own, say) is never asked: nothing may leave the machine. On a real
+            # host a tool's resolver (Docker's 127.0.0.11, aardvark-dns) forwards what it does not know to the host's own.
+            where = "is not in the lab" if not (dst.is_loopback or self.lab.holds(dst)) else "may forward to this host's own resolvers (host mode asks netcheck's [dns] server only)"
+            error = f"not sent: {dst} (from {path}) {where}, and netcheck never asks a resolver outside the lab"
             return self._result(request, iface, self._source_address(request.source, ns, dst), f"DNS {request.transport} A? {request.query} (not sent)",
                                 verdict, (), t0, rtt, error)
         tcp = request.transport == "tcp"
