@@ -75,8 +75,8 @@ def test_a_witness_sees_only_its_labs_namespaces() -> None:
     ("IP_RPFILTER", "ip_rcv_finish_core", "host", ("rp_filter_strict",)),
     ("IP_INNOROUTES", "ip_route_input_slow", "host", ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")),
     ("IP_OUTNOROUTES", "ip_route_output", "netns0", ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")),
-    ("NEIGH_FAILED", "neigh_invalidate", "netns0", ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore")),
-    ("PKT_TOO_BIG", "ip_forward", "host", ("mtu_mismatch",)),
+    ("NEIGH_FAILED", "neigh_invalidate", "netns0", ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore", "subnet_overlap")),
+    ("PKT_TOO_BIG", "ip_forward", "host", ("mtu_mismatch", "path_mtu_low")),
     ("NO_SOCKET", "tcp_v4_rcv", "netns1", ("no_listener",)),  # in the container meant to answer
     ("NO_SOCKET", "tcp_v4_rcv", "netns0", ()),  # elsewhere: an un-NATed reply, no missing listener
     ("TC_INGRESS", "tcf_classify", "host", ()),  # names no cause of the registry
