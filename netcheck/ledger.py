@@ -428,9 +428,35 @@ class EmptyDirEntry:
         return f"directory {self.path} (if empty)"
 
 
+@dataclass(frozen=True)
+class NodeEntry:
+    """A host's lab on a node, reached through an execnet gateway (``netcheck.multihost.nodes``): undo ends
+    the node's agent and undoes the node's own run record ``tag`` there (in ``run_dir``; None: the node's default)."""
+
+    kind: ClassVar[str] = "node"
+    transport: str  # popen (this machine) or ssh
+    gateway: str  # the execnet spec
+    tag: str
+    run_dir: str | None = None
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        from netcheck.multihost.nodes import clean_node
+
+        errors = clean_node(self)
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def describe(self) -> str:
+        return f"node run {self.tag} ({self.gateway})"
+
+
 ENTRY_KINDS: dict[str, type[Entry]] = {cls.kind: cls for cls in (
     NetnsEntry, LinkEntry, RouteEntry, RuleEntry, ChainEntry, NftChainEntry, NftTableEntry, PolicyEntry, SysctlEntry, ProcessEntry, DirEntry,
-    FileEntry, EmptyDirEntry,
+    FileEntry, EmptyDirEntry, NodeEntry,
 )}
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
 from netcheck.evidence import Capture, ProbeResult
 from netcheck.kernel.netns import Netns
@@ -26,6 +26,11 @@ from netcheck.services import ServiceHost
 IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # linux/in.h: DF set, the route's cached PMTU ignored
 FRAG_NEEDED = 4  # ICMP dest-unreach code
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from netcheck.multihost.nodes import NodeProber, NodesLab
+
+    AnyMulti: TypeAlias = MultiLab | NodesLab  # a multi-host lab held in this process, or one whose hosts are served by nodes
 
 
 class HostView:
@@ -64,14 +69,17 @@ class HostView:
         return self.multi.attachment(key, make, release)
 
 
-def prober(multi: MultiLab, host: str, record: Callable[[ProbeResult], None] | None = None) -> Prober:
-    """A prober sending from ``host``'s namespaces, capturing anywhere in the multi-host lab.
+def prober(multi: AnyMulti, host: str, record: Callable[[ProbeResult], None] | None = None) -> Prober | NodeProber:
+    """A prober sending from ``host``'s namespaces, capturing anywhere in the multi-host lab (on a
+    ``NodesLab``: a prober that asks the host's node to send, see ``netcheck.multihost.nodes``).
 
     The prober takes a ``Lab``; ``HostView`` has the part of it a prober uses (a structural fit)."""
+    if not isinstance(multi, MultiLab):
+        return multi.prober(host, record)
     return Prober(HostView(multi, host), record=record)  # type: ignore[arg-type]
 
 
-def vxlan_seen(multi: MultiLab, point: str, port: int, t0: float) -> tuple[VXLAN, ...]:
+def vxlan_seen(multi: AnyMulti, point: str, port: int, t0: float) -> tuple[VXLAN, ...]:
     """The VXLAN datagrams to UDP ``port`` seen at an underlay point since ``t0``, decoded."""
     cap: Capture = capture_at(multi, point).collect(port_flow("udp", port), t0, limit=256)
     out = []
@@ -82,7 +90,7 @@ def vxlan_seen(multi: MultiLab, point: str, port: int, t0: float) -> tuple[VXLAN
     return tuple(out)
 
 
-def open_capture(multi: MultiLab, point: str) -> None:
+def open_capture(multi: AnyMulti, point: str) -> None:
     """Start a capture point before a probe (it sees only what comes after it opened)."""
     capture_at(multi, point)
 
@@ -150,46 +158,85 @@ class Transfer:
         return f"TCP transfer of {self.size} bytes: {self.received} received" + (f" ({self.error})" if self.error else "")
 
 
-def transfer(src: Netns, dst: Netns, dst_addr: str, size: int, *, port: int = 5999, timeout: float = 3.0) -> Transfer:
-    """Send ``size`` bytes over TCP from ``src`` to a sink netcheck opens in ``dst`` for this transfer alone."""
-    server = dst.socket(socket.AF_INET, socket.SOCK_STREAM)
-    got = [0]
-    errors: list[str] = []
+class Sink:
+    """A TCP sink netcheck opens in ``ns`` on ``port`` for one transfer of ``size`` bytes; ``result()`` waits for it: (bytes read, errors)."""
 
-    def sink() -> None:
-        server.settimeout(timeout)
+    def __init__(self, ns: Netns, port: int, size: int, *, timeout: float = 3.0) -> None:
+        self.size, self.timeout = size, timeout
+        self.got = 0
+        self.errors: list[str] = []
+        self.server = ns.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            conn, _ = server.accept()
+            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.server.bind(("0.0.0.0", port))
+            self.server.listen(1)
+        except BaseException:
+            self.server.close()
+            raise
+        self.thread = threading.Thread(target=self._drain, name="netcheck-sink", daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        self.server.settimeout(self.timeout)
+        try:
+            conn, _ = self.server.accept()
         except OSError as exc:
-            errors.append(f"no connection: {exc}")
+            self.errors.append(f"no connection: {exc}")
             return
         with conn:
-            conn.settimeout(timeout)
+            conn.settimeout(self.timeout)
             try:
-                while got[0] < size and (chunk := conn.recv(65536)):
-                    got[0] += len(chunk)
+                while self.got < self.size and (chunk := conn.recv(65536)):
+                    self.got += len(chunk)
             except OSError as exc:
-                errors.append(f"stalled after {got[0]} bytes: {exc}")
+                self.errors.append(f"stalled after {self.got} bytes: {exc}")
 
+    def result(self) -> tuple[int, str]:
+        self.thread.join(self.timeout + 1)
+        self.server.close()
+        return self.got, "; ".join(self.errors)
+
+
+def send_bytes(src: Netns, dst_addr: str, port: int, size: int, *, timeout: float = 3.0) -> str:
+    """Connect from ``src`` and send ``size`` bytes; returns the sender's error ("" if none)."""
+    client = src.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("0.0.0.0", port))
-        server.listen(1)
-        thread = threading.Thread(target=sink, name="netcheck-sink", daemon=True)
-        thread.start()
-        client = src.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            client.settimeout(timeout)
-            client.connect((dst_addr, port))
-            client.sendall(b"x" * size)
-        except OSError as exc:
-            errors.append(f"sender: {exc.strerror or exc}")
-        finally:
-            thread.join(timeout + 1)
-            client.close()
+        client.settimeout(timeout)
+        client.connect((dst_addr, port))
+        client.sendall(b"x" * size)
+    except OSError as exc:
+        return f"sender: {exc.strerror or exc}"
     finally:
-        server.close()
-    return Transfer(size, got[0], "; ".join(errors))
+        client.close()
+    return ""
 
 
-__all__ = ["DfResult", "HostView", "Transfer", "df_ping", "open_capture", "prober", "transfer", "vxlan_seen"]
+def transfer(src: Netns, dst: Netns, dst_addr: str, size: int, *, port: int = 5999, timeout: float = 3.0) -> Transfer:
+    """Send ``size`` bytes over TCP from ``src`` to a sink netcheck opens in ``dst`` for this transfer alone."""
+    sink = Sink(dst, port, size, timeout=timeout)
+    sent = ""
+    try:
+        sent = send_bytes(src, dst_addr, port, size, timeout=timeout)
+    finally:
+        got, errors = sink.result()
+    return Transfer(size, got, "; ".join(e for e in (errors, sent) if e))
+
+
+# --------------------------------------------------------------------------- either kind of multi-host lab
+
+
+def df_ping_from(multi: AnyMulti, host: str, container: str, dst: str, size: int) -> DfResult:
+    """``df_ping`` from a container of ``host``, in-process or on the host's node."""
+    if isinstance(multi, MultiLab):
+        return df_ping(multi.hosts[host].container_ns(container), dst, size)
+    return multi.df_ping(host, container, dst, size)
+
+
+def transfer_between(multi: AnyMulti, src: tuple[str, str], dst: tuple[str, str], dst_addr: str, size: int) -> Transfer:
+    """``transfer`` from container ``src`` (host, container) to ``dst``, in-process or between the hosts' nodes."""
+    if isinstance(multi, MultiLab):
+        return transfer(multi.hosts[src[0]].container_ns(src[1]), multi.hosts[dst[0]].container_ns(dst[1]), dst_addr, size)
+    return multi.transfer(src, dst, dst_addr, size)
+
+
+__all__ = ["DfResult", "HostView", "Sink", "Transfer", "df_ping", "df_ping_from", "open_capture", "prober", "send_bytes", "transfer", "transfer_between", "vxlan_seen"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_interface, ip_network
 from pathlib import Path
@@ -36,7 +36,8 @@ HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}\Z")  # short: a host's name goes
 BUILTIN = ("two-hosts-routed", "two-hosts-vxlan")
 DEFAULT_UNDERLAY = IPv4Network("198.51.100.128/25")
 DEFAULT_OVERLAY = IPv4Network("10.244.0.0/24")  # documentation space, clear of the outside world's 198.51.100.1
-_HOST_KEYS = ("name", "underlay")
+_HOST_KEYS = ("name", "underlay", "node")
+NODE_RE = re.compile(r"^(popen|ssh=[^\s/]+)(//[a-z_]+(=(?:(?!//)\S)+)?)*\Z")  # an execnet spec: popen or ssh=[user@]host, then //key=value options
 _TOP_KEYS = ("name", "summary", "underlay", "join", "host")
 
 
@@ -67,6 +68,7 @@ class HostSpec:
     name: str
     underlay: IPv4Interface
     topology: S.Topology
+    node: str | None = None  # the execnet gateway that serves it (netcheck.multihost.nodes): "popen", "ssh=user@addr"; None: in this process
 
     @property
     def subnets(self) -> tuple[IPv4Network, ...]:
@@ -87,6 +89,7 @@ class MultiTopology:
     underlay: Underlay
     join: Join
     hosts: tuple[HostSpec, ...]
+    text: str = field(default="", repr=False, compare=False)  # the TOML it was read from, for nodes that read it again
 
     @property
     def path_mtu(self) -> int:
@@ -228,6 +231,11 @@ def _host(p: _Problems, h: object, i: int, top: str, source: str) -> HostSpec | 
     if not isinstance(underlay, IPv4Interface):
         p.add(f"{at}.underlay", str(underlay), "is not an IPv4 address", 'write e.g. underlay = "198.51.100.129/25"')
         return None
+    node = h.get("node")
+    if node is not None and not (isinstance(node, str) and NODE_RE.match(node)):
+        p.add(f"{at}.node", node, "is not an execnet gateway to a node (popen, or ssh=user@address)",
+              'write node = "popen" (a namespace on this machine) or node = "ssh=root@198.51.100.7" (options follow as //python=/usr/bin/python3)')
+        return None
     single = {k: v for k, v in h.items() if k not in _HOST_KEYS}
     single["name"] = f"{top}.{name}"
     single.setdefault("summary", f"host {name} of {top}")
@@ -237,7 +245,7 @@ def _host(p: _Problems, h: object, i: int, top: str, source: str) -> HostSpec | 
         for prob in exc.problems:
             p.add(f"{at}.{prob.key}", prob.value, prob.problem, prob.fix)
         return None
-    return HostSpec(name, underlay, topology)
+    return HostSpec(name, underlay, topology, node)
 
 
 def _validate(t: MultiTopology, p: _Problems) -> None:
@@ -287,7 +295,7 @@ def loads(text: str, source: str = "<string>") -> MultiTopology:
         raise S.SpecError(source, "(syntax)", None, f"not valid TOML: {exc}", "fix the TOML syntax at the position shown") from None
     if not is_multi(data):
         raise S.SpecError(source, "host", data.get("host"), "is not an array of [[host]] tables", "write [[host]] tables for a multi-host spec (or load it with netcheck.spec)")
-    return _parse(data, source)
+    return replace(_parse(data, source), text=text)
 
 
 def load(path: str | Path) -> MultiTopology:

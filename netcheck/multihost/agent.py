@@ -1,0 +1,174 @@
+"""The node's side of an execnet gateway: one host's lab, built and probed on the node.
+
+The controller (``netcheck.multihost.nodes``) starts it with ``remote_exec`` on a gateway opened
+to the node (``popen`` inside a sandbox namespace of this machine, or ``ssh=user@node``) and sends
+requests, ``(op, {args})``; each answer is ``("ok", value)`` or ``("error", message)``, plain
+JSON-able values only. The lab's objects are recorded in the node's own ledger (its run record
+on the node), so ``netcheck clean`` can undo them on the node after the controller dies.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from netcheck.evidence import Capture, _encode
+from netcheck.kernel.jsontypes import JSON, JSONObject
+from netcheck.lab import Lab
+from netcheck.ledger import default_run_dir, process_starttime, read_record
+from netcheck.multihost import probes as X
+from netcheck.multihost import spec as M
+from netcheck.multihost.plan import plan
+from netcheck.probes import Prober
+from netcheck.probes.capture import Matcher, capture_at, icmp_flow, port_flow
+
+
+class Channel(Protocol):
+    """The part of an execnet channel the agent uses."""
+
+    def receive(self) -> Any: ...
+    def send(self, item: Any) -> None: ...
+
+
+class Agent:
+    """One node's state: its host lab, the sinks of transfers under way."""
+
+    def __init__(self) -> None:
+        self.lab: Lab | None = None
+        self.host = ""
+        self.sinks: dict[int, X.Sink] = {}
+
+    def _lab(self) -> Lab:
+        if self.lab is None:
+            raise RuntimeError("no lab on this node yet: send build first")
+        return self.lab
+
+    def hello(self) -> JSONObject:
+        pid = os.getpid()
+        return {"pid": pid, "starttime": process_starttime(pid), "netns_inode": os.stat("/proc/self/ns/net").st_ino}
+
+    def build(self, text: str, source: str, host: str, tag: str, run_dir: str | None) -> JSONObject:
+        """Build host ``host`` of the multi-host spec ``text`` as a lab tagged ``tag``, its ledger in ``run_dir`` (the node's default if None)."""
+        topology = M.loads(text, source).host(host).topology
+        self.host = host
+        self.lab = Lab(topology, tag=tag, run_dir=Path(run_dir) if run_dir else None).build()
+        return self.state()
+
+    def state(self) -> JSONObject:
+        lab = self._lab()
+        return {"tag": lab.tag, "namespaces": {label: ns.name for label, ns in lab.namespaces().items() if ns.name},
+                "knames": dict(lab.knames), "record": str(lab.ledger.path) if lab.ledger else None}
+
+    def join(self, text: str, source: str, multi_tag: str, host_tags: dict[str, str]) -> JSONObject:
+        """This host's side of the join (the underlay's link already reaches the host namespace), recorded in the node's ledger."""
+        from netcheck.multihost.lab import make_join
+
+        lab = self._lab()
+        assert lab.ledger is not None
+        t = M.loads(text, source)
+        hj = plan(t, multi_tag, host_tags).host(self.host)
+        lab.host.configure(up=[hj.uplink], addresses=[(hj.uplink, hj.underlay)])
+        lab.host.wait_links_up([hj.uplink])
+        lab.knames["underlay"] = hj.uplink
+        if hj.vxlan is not None:
+            lab.knames["vxlan"] = hj.vxlan
+        make_join(lab.ledger.record, lab.host, t.join, hj)
+        return self.state()
+
+    def probe(self, kind: str, src: str, dst: str, port: int, capture: list[str], target: str | None) -> JSONObject:
+        prober = Prober(self._lab())
+        if kind == "icmp":
+            return prober.icmp(src, dst, capture=capture, target=target).to_dict()
+        return prober.tcp(src, dst, port, http=kind == "http", capture=capture, target=target).to_dict()
+
+    def capture_open(self, point: str) -> float:
+        """Open a capture point; returns the node's clock, from which ``capture_collect`` reads."""
+        capture_at(self._lab(), point)
+        return time.time()
+
+    def capture_collect(self, point: str, proto: str, flow: int, since: float) -> JSONObject:
+        match: Matcher = icmp_flow(flow) if proto == "icmp" else port_flow("udp" if proto == "udp" else "tcp", flow)
+        cap: Capture = capture_at(self._lab(), point).collect(match, since)
+        out: JSONObject = _encode(asdict(cap))
+        return out
+
+    def df_ping(self, src: str, dst: str, size: int) -> JSONObject:
+        out: JSONObject = asdict(X.df_ping(self._lab().container_ns(src), dst, size))
+        return out
+
+    def sink_open(self, container: str, port: int, size: int, timeout: float) -> None:
+        self.sinks[port] = X.Sink(self._lab().container_ns(container), port, size, timeout=timeout)
+
+    def sink_result(self, port: int) -> JSONObject:
+        received, error = self.sinks.pop(port).result()
+        return {"received": received, "error": error}
+
+    def send_bytes(self, container: str, addr: str, port: int, size: int, timeout: float) -> str:
+        return X.send_bytes(self._lab().container_ns(container), addr, port, size, timeout=timeout)
+
+    def run(self, where: str, argv: list[str]) -> JSONObject:
+        """A command in one of the lab's namespaces (by label), for checks of kernel state: its exit code and output."""
+        lab = self._lab()
+        done = lab.namespaces()[where].run(argv)
+        return {"returncode": done.returncode, "stdout": done.stdout.decode(errors="replace"), "stderr": done.stderr.decode(errors="replace")}
+
+    def teardown(self) -> None:
+        if self.lab is not None:
+            for sink in self.sinks.values():
+                sink.result()
+            self.sinks.clear()
+            lab, self.lab = self.lab, None
+            lab.teardown()
+
+    def clean(self, tags: list[str], run_dir: str | None) -> list[str]:
+        return clean_here(tags, Path(run_dir) if run_dir else None)
+
+
+def clean_here(tags: list[str], run_dir: Path | None) -> list[str]:
+    """End the agents that own these node runs (by the PID their run record names, if still the same process), then undo the runs."""
+    from netcheck.ledger import clean, kill_process
+
+    directory = run_dir or default_run_dir()
+    for tag in tags:
+        path = directory / f"{tag}.jsonl"
+        if not path.exists():
+            continue
+        header, _entries, _kept = read_record(path)
+        pid, starttime = header.get("pid"), header.get("starttime")
+        if isinstance(pid, int) and pid != os.getpid():
+            kill_process(pid, starttime if isinstance(starttime, int) else None)
+    _n, errors = clean(include_live=False, run_dir=directory, tags=set(tags), log=lambda _m: None)
+    return errors
+
+
+def serve(channel: Channel) -> None:
+    """Answer the controller's requests until it closes the channel (or sends ``("bye", {})``)."""
+    agent = Agent()
+    ops: dict[str, Callable[..., JSON | None]] = {
+        name: getattr(agent, name) for name in ("hello", "build", "state", "join", "probe", "capture_open", "capture_collect", "df_ping",
+                                                "sink_open", "sink_result", "send_bytes", "run", "teardown", "clean")
+    }
+    lock = threading.Lock()
+    while True:
+        try:
+            request = channel.receive()
+        except EOFError:
+            return
+        op, args = request
+        if op == "bye":
+            return
+        try:
+            with lock:
+                value = ops[op](**args)
+        except Exception as exc:  # noqa: BLE001 - handed to the controller, which raises it with the node's name
+            channel.send(("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        channel.send(("ok", value))
+
+
+__all__ = ["Agent", "clean_here", "serve"]

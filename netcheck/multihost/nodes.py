@@ -1,0 +1,351 @@
+"""Hosts served by nodes: each host of a multi-host lab built and probed on its own node, reached
+through an **execnet** gateway (the transport pytest-xdist uses), never a protocol of netcheck's own.
+
+A node is ``popen`` (a simulated node: a namespace of netcheck's own on this machine, the
+gateway's Python started inside it with ``nsenter --net``, which enters that namespace alone) or
+``ssh=user@address`` (a real machine, or an sshd in a sandbox namespace). The node runs
+``netcheck.multihost.agent``: it builds its host's lab, recorded in its own ledger on the node,
+makes its side of the join, and sends probes and reads captures there; what comes back is plain
+values, rebuilt with the evidence's ``from_dict``. The controller records each node's run
+(``NodeEntry``) before the node builds, so ``netcheck clean`` can end the node's agent and undo the
+node's record there after the controller is killed::
+
+    with NodesLab(spec.builtin("two-hosts-vxlan")) as lab:      # every host on a popen node
+        lab.prober("a").icmp("netns0", "10.244.2.10").verdict
+
+The underlay is still netcheck's namespace on this machine, with a veth into each node's host
+namespace: a sandbox-only step (real nodes need their own underlay, see docs/multihost.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from netcheck.evidence import Capture, ProbeResult
+from netcheck.kernel.netns import Netns, VethSpec
+from netcheck.kernel.worker import netns_path
+from netcheck.lab import LabError
+from netcheck.lab.build import ns_defaults
+from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, Undoer, default_run_dir, undo_all
+from netcheck.multihost.plan import JoinPlan, plan
+from netcheck.multihost.probes import DfResult, Transfer
+from netcheck.multihost.spec import MultiTopology
+from netcheck.naming import new_tag
+from netcheck.probes.capture import capture_at, icmp_flow, port_flow
+
+T = TypeVar("T")
+SERVE = "from netcheck.multihost.agent import serve; serve(channel)"
+BUILD_TIMEOUT = 300.0  # a host lab's build on a loaded node
+CALL_TIMEOUT = 60.0
+
+
+class NodeError(RuntimeError):
+    """A node could not be reached, or its agent reported an error (the message names the node and the request)."""
+
+
+def transport_of(gateway: str) -> str:
+    """``popen`` or ``ssh``: the part of an execnet spec before its first ``=`` or ``//``."""
+    return gateway.split("//", 1)[0].split("=", 1)[0]
+
+
+def popen_in(netns: str, python: str = sys.executable) -> str:
+    """The execnet spec of a simulated node: this Python, started inside namespace ``netns`` alone."""
+    return f"popen//python=nsenter --net={netns_path(netns)} {python}"
+
+
+class Node:
+    """One node's gateway and the agent it runs; ``call`` sends one request and returns its plain value."""
+
+    def __init__(self, name: str, gateway: str) -> None:
+        import execnet  # lazily: only runs with nodes need it
+
+        self.name, self.gateway = name, gateway
+        self._lock = threading.Lock()
+        try:
+            self.gw = execnet.makegateway(gateway)
+        except Exception as exc:
+            raise NodeError(f"node {name}: cannot open the execnet gateway {gateway!r}: {exc} "
+                            "(is the node reachable, and netcheck installed for the Python it names?)") from exc
+        self.channel = self.gw.remote_exec(SERVE)
+        self.info = self.call("hello")
+
+    def call(self, op: str, wait: float = CALL_TIMEOUT, **args: Any) -> Any:
+        with self._lock:
+            try:
+                self.channel.send((op, args))
+                status, value = self.channel.receive(wait)
+            except Exception as exc:
+                raise NodeError(f"node {self.name} ({self.gateway}): {op}: {exc}") from exc
+        if status == "error":
+            raise NodeError(f"node {self.name} ({self.gateway}): {op}: {value}")
+        return value
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.send(("bye", {}))
+            self.channel.waitclose(10)
+        with contextlib.suppress(Exception):
+            self.gw.exit()
+
+
+def clean_node(entry: NodeEntry) -> list[str]:
+    """Undo one node run: end its agent and undo its run record, on this machine (popen) or through a new gateway (ssh)."""
+    if entry.transport == "popen":
+        from netcheck.multihost.agent import clean_here
+
+        return clean_here([entry.tag], Path(entry.run_dir) if entry.run_dir else None)
+    node = Node(f"run {entry.tag}", entry.gateway)
+    try:
+        errors: list[str] = node.call("clean", tags=[entry.tag], run_dir=entry.run_dir, wait=BUILD_TIMEOUT)
+        return errors
+    finally:
+        node.close()
+
+
+@dataclass
+class NodeHost:
+    """A host served by a node: its gateway, and its lab's state as the node reported it."""
+
+    name: str
+    node: Node
+    state: dict[str, Any]
+
+    @property
+    def tag(self) -> str:
+        return str(self.state["tag"])
+
+
+class NodesLab:
+    """A multi-host topology whose hosts are built on nodes (see the module's docstring).
+
+    ``gateways`` maps a host's name to its node (an execnet spec: ``popen``, ``ssh=user@addr``,
+    with options such as ``//python=...//ssh_config=...``); left out, the host's ``node`` in the spec,
+    else ``popen``. ``run_dir``: where the controller's record goes, and the nodes' on this machine.
+    """
+
+    def __init__(self, topology: MultiTopology, *, gateways: Mapping[str, str] | None = None, tag: str | None = None,
+                 run_dir: Path | None = None, python: str = sys.executable) -> None:
+        self.topology = topology
+        self.tag = tag or new_tag()
+        self.gateways = dict(gateways or {})
+        self.run_dir = run_dir
+        self.python = python
+        self.hosts: dict[str, NodeHost] = {}
+        self.ledger: Ledger | None = None
+        self.underlay: Netns | None = None
+        self.plan: JoinPlan | None = None
+        self._handles: list[Netns] = []
+        self._releases: list[Callable[[], None]] = []
+        self._attached: dict[object, object] = {}
+
+    def __enter__(self) -> NodesLab:
+        return self.build()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.teardown()
+
+    def gateway_of(self, host: str) -> str:
+        spec = self.topology.host(host)
+        return self.gateways.get(host) or spec.node or "popen"
+
+    def build(self) -> NodesLab:
+        t = self.topology
+        run_dir = self.run_dir or default_run_dir()
+        try:
+            self.ledger = Ledger(self.tag, topology=t.name, mode="nodes", run_dir=run_dir, source=t.source)
+        except FileExistsError:
+            raise LabError(f"lab tag {self.tag} is taken (a leftover? try: netcheck clean)") from None
+        try:
+            for h in t.hosts:
+                self._start(h.name, run_dir)
+            self.plan = plan(t, self.tag, {name: nh.tag for name, nh in self.hosts.items()})
+            self._underlay(self.plan)
+            tags = {name: nh.tag for name, nh in self.hosts.items()}
+            for nh in self.hosts.values():
+                nh.state = nh.node.call("join", text=t.text, source=t.source, multi_tag=self.tag, host_tags=tags)
+            assert self.underlay is not None
+            self.underlay.wait_links_up([hj.port for hj in self.plan.hosts])  # up once each node brought its end up
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def _start(self, host: str, run_dir: Path) -> None:
+        """Open the host's node and build its lab there, its run recorded here first."""
+        assert self.ledger is not None
+        gateway = self.gateway_of(host)
+        node_run_dir: str | None = str(run_dir)
+        if gateway == "popen":  # a simulated node: a namespace of netcheck's own on this machine
+            name = f"{self.tag}-n{host}"
+            self._handles.append(self.ledger.create(NetnsEntry(name), lambda: Netns.create(name, f"node {host}")))
+            gateway = popen_in(name, self.python)
+        elif self.run_dir is None:
+            node_run_dir = None  # the node's own default
+        tag = new_tag()
+        self.ledger.record(NodeEntry(transport_of(gateway), gateway, tag, node_run_dir))
+        node = Node(host, gateway)
+        nh = NodeHost(host, node, {"tag": tag})
+        self.hosts[host] = nh
+        nh.state = node.call("build", wait=BUILD_TIMEOUT, text=self.topology.text, source=self.topology.source, host=host, tag=tag, run_dir=node_run_dir)
+
+    def _underlay(self, p: JoinPlan) -> None:
+        """netcheck's underlay namespace, with a veth into each node's host namespace (on this machine: the sandbox's underlay)."""
+        assert self.ledger is not None
+        ul = self.ledger.create(NetnsEntry(p.underlay_ns), lambda: Netns.create(p.underlay_ns, "underlay"))
+        self._handles.append(ul)
+        self.underlay = ul
+        ul.call(ns_defaults, ul)
+        ul.set_sysctl("net.ipv4.ip_forward", 0)
+        self.ledger.record(LinkEntry(ul.name, p.bridge))
+        index = ul.add_bridge(p.bridge)
+        ul.configure(up=[p.bridge])
+        for hj in p.hosts:
+            host = Netns.attach(netns_path(hj.host_ns), f"{hj.name}/host")
+            try:
+                self.ledger.record(LinkEntry(ul.name, hj.port))
+                self.ledger.record(LinkEntry(hj.host_ns, hj.uplink))
+                ul.add_veths([VethSpec(hj.port, hj.uplink, host, master=index, mtu=self.topology.underlay.mtu)])
+            finally:
+                host.close()  # the node holds its host namespace; a handle here would keep it alive
+
+    def teardown(self) -> None:
+        """Release captures, tear each node's lab down on its node, then undo this run's record in reverse."""
+        errors: list[str] = []
+        while self._releases:
+            release = self._releases.pop()
+            try:
+                release()
+            except Exception as exc:  # noqa: BLE001 - every release is tried; the errors are reported
+                errors.append(str(exc))
+        self._attached.clear()
+        down: set[str] = set()
+        for name in reversed(list(self.hosts)):
+            nh = self.hosts.pop(name)
+            try:
+                nh.node.call("teardown", wait=BUILD_TIMEOUT)
+                down.add(nh.tag)
+            except NodeError as exc:
+                errors.append(str(exc))  # its NodeEntry below cleans the node's record instead
+            finally:
+                nh.node.close()
+        for ns in reversed(self._handles):
+            with contextlib.suppress(Exception):
+                ns.close()
+        self._handles.clear()
+        self.underlay = None
+        if self.ledger is not None:
+            undoer = Undoer()
+            entries = [e for e in self.ledger.entries if not (isinstance(e, NodeEntry) and e.tag in down)]
+            errors += undo_all(entries, undoer)
+            undoer.close()
+            self.ledger.close(remove=not errors)
+            self.ledger = None
+        if errors:
+            raise LabError(f"teardown of multi-host lab {self.tag} (nodes) left: " + "; ".join(errors) + " (try: netcheck clean)")
+
+    # ----------------------------------------------------------------- captures on the underlay (this machine)
+
+    def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
+        if key not in self._attached:
+            made = make()
+            self._attached[key] = made
+            self._releases.append(lambda: release(made))
+        return self._attached[key]  # type: ignore[return-value]
+
+    def resolve_point(self, point: str) -> tuple[Netns, str, str]:
+        """``underlay:HOST``, the underlay's port toward HOST; a host's points are on its node."""
+        label, _, rest = point.partition(":")
+        if label != "underlay" or self.underlay is None or self.plan is None or rest not in self.hosts:
+            raise LabError(f"capture point {point!r}: only underlay:HOST is captured here (hosts: {', '.join(self.hosts)}); a host's points are read on its node")
+        return self.underlay, self.plan.host(rest).port, rest
+
+    def namespaces(self) -> dict[str, str]:
+        """Every namespace by label (``a/host``, ..., ``underlay``) -> its name, as the nodes report them."""
+        out = {f"{h}/{label}": name for h, nh in self.hosts.items() for label, name in nh.state["namespaces"].items()}
+        if self.underlay is not None and self.underlay.name:
+            out["underlay"] = self.underlay.name
+        return out
+
+    # ----------------------------------------------------------------- probes, sent by the nodes
+
+    def prober(self, host: str, record: Callable[[ProbeResult], None] | None = None) -> NodeProber:
+        return NodeProber(self, host, record)
+
+    def df_ping(self, host: str, container: str, dst: str, size: int) -> DfResult:
+        d = self.hosts[host].node.call("df_ping", src=container, dst=dst, size=size)
+        return DfResult(**d)
+
+    def transfer(self, src: tuple[str, str], dst: tuple[str, str], dst_addr: str, size: int, *, port: int = 5999, timeout: float = 3.0) -> Transfer:
+        """A sink on ``dst``'s node, the sender on ``src``'s."""
+        sink = self.hosts[dst[0]].node
+        sink.call("sink_open", container=dst[1], port=port, size=size, timeout=timeout)
+        sent = ""
+        try:
+            sent = self.hosts[src[0]].node.call("send_bytes", container=src[1], addr=dst_addr, port=port, size=size, timeout=timeout)
+        finally:
+            got = sink.call("sink_result", port=port)
+        return Transfer(size, int(got["received"]), "; ".join(e for e in (got["error"], sent) if e))
+
+
+class NodeProber:
+    """Probes sent by ``host``'s node; capture points on another host are read on that host's node,
+    ``underlay:HOST`` here. Points are written as for ``netcheck.multihost.probes.prober``."""
+
+    def __init__(self, multi: NodesLab, host: str, record: Callable[[ProbeResult], None] | None = None) -> None:
+        self.multi, self.host, self.record = multi, host, record
+
+    def icmp(self, src: str, dst: str, *, target: str | None = None, capture: Sequence[str] = ()) -> ProbeResult:
+        return self._send("icmp", src, dst, 0, capture, target)
+
+    def tcp(self, src: str, dst: str, port: int, *, http: bool = False, target: str | None = None, capture: Sequence[str] = ()) -> ProbeResult:
+        return self._send("http" if http else "tcp", src, dst, port, capture, target)
+
+    def _where(self, point: str) -> tuple[str, str]:
+        """(host whose node reads it, or "" for this machine's underlay; the point in that host lab's names)."""
+        label = point.partition(":")[0]
+        if label == "underlay":
+            return "", point
+        host, slash, inner = point.partition("/")
+        if slash and "/" not in host and ":" not in host:
+            if host not in self.multi.hosts:
+                raise LabError(f"capture point {point!r}: no host {host!r} (hosts: {', '.join(self.multi.hosts)})")
+            return host, inner
+        return self.host, point
+
+    def _send(self, kind: str, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
+        where = {p: self._where(p) for p in capture}
+        marks: dict[str, float] = {}
+        for p, (host, inner) in where.items():
+            if host == "":
+                capture_at(self.multi, p)
+            elif host != self.host:
+                marks[p] = self.multi.hosts[host].node.call("capture_open", point=inner)
+        t0 = time.time()
+        local = [inner for p, (host, inner) in where.items() if host == self.host]
+        r = ProbeResult.from_dict(self.multi.hosts[self.host].node.call("probe", kind=kind, src=src, dst=str(dst), port=port, capture=local, target=target))
+        own = iter(r.captures)
+        proto, flow = ("icmp" if kind == "icmp" else "tcp"), r.flow_id or 0
+        captures: list[Capture] = []
+        for p, (host, inner) in where.items():
+            if host == self.host:
+                c = next(own)
+            elif host == "":
+                c = capture_at(self.multi, p).collect(icmp_flow(flow) if proto == "icmp" else port_flow("tcp", flow), t0)
+            else:
+                c = Capture.from_dict(self.multi.hosts[host].node.call("capture_collect", point=inner, proto=proto, flow=flow, since=marks[p]))
+            captures.append(replace(c, point=p, netns=p.split(":", 1)[0]))
+        r = replace(r, request=replace(r.request, capture=tuple(capture)), captures=tuple(captures))
+        if self.record is not None:
+            self.record(r)
+        return r
+
+
+__all__ = ["Node", "NodeError", "NodeHost", "NodeProber", "NodesLab", "clean_node", "popen_in", "transport_of"]
