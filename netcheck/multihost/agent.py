@@ -157,8 +157,11 @@ def serve(channel: Channel) -> None:
     while True:
         try:
             request = channel.receive()
-        except EOFError:
-            return
+        except (EOFError, KeyboardInterrupt):
+            # The controller is gone without a goodbye (killed): end now, holding the run record's lock
+            # to the last, so that no cleaner sees it free while this process still runs; the lab is
+            # left to ``netcheck clean`` (here, or the controller's through its NodeEntry).
+            os._exit(1)
         op, args = request
         if op == "bye":
             return

@@ -127,8 +127,8 @@ class NodesLab:
     """A multi-host topology whose hosts are built on nodes (see the module's docstring).
 
     ``gateways`` maps a host's name to its node (an execnet spec: ``popen``, ``ssh=user@addr``,
-    with options such as ``//python=...//ssh_config=...``); left out, the host's ``node`` in the spec,
-    else ``popen``. ``run_dir``: where the controller's record goes, and the nodes' on this machine.
+    with options such as ``//python=...//ssh_config=...//env:NETCHECK_RUN_DIR=...``); left out, the host's
+    ``node`` in the spec, else ``popen``. ``run_dir``: where the controller's record goes, and the popen nodes'.
     """
 
     def __init__(self, topology: MultiTopology, *, gateways: Mapping[str, str] | None = None, tag: str | None = None,
@@ -182,13 +182,12 @@ class NodesLab:
         """Open the host's node and build its lab there, its run recorded here first."""
         assert self.ledger is not None
         gateway = self.gateway_of(host)
-        node_run_dir: str | None = str(run_dir)
-        if gateway == "popen":  # a simulated node: a namespace of netcheck's own on this machine
+        node_run_dir: str | None = None  # another machine's: its own default (an //env:NETCHECK_RUN_DIR=... option sets it)
+        if gateway == "popen":  # a simulated node: a namespace of netcheck's own on this machine, its record beside this one's
             name = f"{self.tag}-n{host}"
             self._handles.append(self.ledger.create(NetnsEntry(name), lambda: Netns.create(name, f"node {host}")))
             gateway = popen_in(name, self.python)
-        elif self.run_dir is None:
-            node_run_dir = None  # the node's own default
+            node_run_dir = str(run_dir)
         tag = new_tag()
         self.ledger.record(NodeEntry(transport_of(gateway), gateway, tag, node_run_dir))
         node = Node(host, gateway)

@@ -37,7 +37,7 @@ BUILTIN = ("two-hosts-routed", "two-hosts-vxlan")
 DEFAULT_UNDERLAY = IPv4Network("198.51.100.128/25")
 DEFAULT_OVERLAY = IPv4Network("10.244.0.0/24")  # documentation space, clear of the outside world's 198.51.100.1
 _HOST_KEYS = ("name", "underlay", "node")
-NODE_RE = re.compile(r"^(popen|ssh=[^\s/]+)(//[a-z_]+(=(?:(?!//)\S)+)?)*\Z")  # an execnet spec: popen or ssh=[user@]host, then //key=value options
+NODE_RE = re.compile(r"^(popen|ssh=[^\s/]+)(//[a-z_]+(:[A-Za-z_][A-Za-z0-9_]*)?(=(?:(?!//)\S)+)?)*\Z")  # an execnet spec: popen or ssh=[user@]host, then //key=value options
 _TOP_KEYS = ("name", "summary", "underlay", "join", "host")
 
 
