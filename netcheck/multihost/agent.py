@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from netcheck.evidence import Capture, _encode
+from netcheck.kernel import rtnl
 from netcheck.kernel.jsontypes import JSON, JSONObject
+from netcheck.kernel.netns import Netns
+from netcheck.kernel.worker import netns_path
 from netcheck.lab import Lab
-from netcheck.ledger import default_run_dir, process_starttime, read_record
+from netcheck.ledger import LinkEntry, default_run_dir, process_starttime, read_record
 from netcheck.multihost import probes as X
 from netcheck.multihost import spec as M
 from netcheck.multihost.plan import plan
@@ -64,14 +67,26 @@ class Agent:
         return {"tag": lab.tag, "namespaces": {label: ns.name for label, ns in lab.namespaces().items() if ns.name},
                 "knames": dict(lab.knames), "record": str(lab.ledger.path) if lab.ledger else None}
 
-    def join(self, text: str, source: str, multi_tag: str, host_tags: dict[str, str]) -> JSONObject:
-        """This host's side of the join (the underlay's link already reaches the host namespace), recorded in the node's ledger."""
-        from netcheck.multihost.lab import make_join
+    def join(self, text: str, source: str, multi_tag: str, host_tags: dict[str, str], nic: str) -> JSONObject:
+        """The host's link into the underlay, a macvlan of the node's interface ``nic`` born in the host namespace, then the
+        host's side of the join; each recorded in the node's ledger first."""
+        from netcheck.multihost.lab import link_index, make_join, send
 
         lab = self._lab()
         assert lab.ledger is not None
         t = M.loads(text, source)
         hj = plan(t, multi_tag, host_tags).host(self.host)
+        assert lab.host.name is not None  # a sandbox lab's host namespace is named
+        lab.ledger.record(LinkEntry(lab.host.name, hj.uplink))
+        node = Netns.current("node")  # this process's namespace: the node's own, where its interface is
+        try:
+            fd = os.open(netns_path(lab.host.name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                send(node, lambda sock: [rtnl.macvlan(hj.uplink, link=link_index(sock, nic), netns_fd=fd, mtu=t.underlay.mtu)])
+            finally:
+                os.close(fd)
+        finally:
+            node.close()
         lab.host.configure(up=[hj.uplink], addresses=[(hj.uplink, hj.underlay)])
         lab.host.wait_links_up([hj.uplink])
         lab.knames["underlay"] = hj.uplink

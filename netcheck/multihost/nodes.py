@@ -20,6 +20,7 @@ namespace: a sandbox-only step (real nodes need their own underlay, see docs/mul
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -31,10 +32,10 @@ from typing import Any, TypeVar
 
 from netcheck.evidence import Capture, ProbeResult
 from netcheck.kernel.netns import Netns, VethSpec
-from netcheck.kernel.worker import netns_path
+from netcheck.kernel.worker import NETNS_RUN_DIR, netns_path
 from netcheck.lab import LabError
 from netcheck.lab.build import ns_defaults
-from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, Undoer, default_run_dir, undo_all
+from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, Undoer, default_run_dir, process_starttime, undo_all
 from netcheck.multihost.plan import JoinPlan, plan
 from netcheck.multihost.probes import DfResult, Transfer
 from netcheck.multihost.spec import MultiTopology
@@ -45,6 +46,13 @@ T = TypeVar("T")
 SERVE = "from netcheck.multihost.agent import serve; serve(channel)"
 BUILD_TIMEOUT = 300.0  # a host lab's build on a loaded node
 CALL_TIMEOUT = 60.0
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 class NodeError(RuntimeError):
@@ -145,6 +153,7 @@ class NodesLab:
         self._handles: list[Netns] = []
         self._releases: list[Callable[[], None]] = []
         self._attached: dict[object, object] = {}
+        self._nics: dict[str, str] = {}  # the link netcheck gave each node on this machine
 
     def __enter__(self) -> NodesLab:
         return self.build()
@@ -169,8 +178,9 @@ class NodesLab:
             self.plan = plan(t, self.tag, {name: nh.tag for name, nh in self.hosts.items()})
             self._underlay(self.plan)
             tags = {name: nh.tag for name, nh in self.hosts.items()}
-            for nh in self.hosts.values():
-                nh.state = nh.node.call("join", text=t.text, source=t.source, multi_tag=self.tag, host_tags=tags)
+            for name, nh in self.hosts.items():
+                nic = t.host(name).nic or self._nics[name]
+                nh.state = nh.node.call("join", text=t.text, source=t.source, multi_tag=self.tag, host_tags=tags, nic=nic)
             assert self.underlay is not None
             self.underlay.wait_links_up([hj.port for hj in self.plan.hosts])  # up once each node brought its end up
         except BaseException:
@@ -196,7 +206,8 @@ class NodesLab:
         nh.state = node.call("build", wait=BUILD_TIMEOUT, text=self.topology.text, source=self.topology.source, host=host, tag=tag, run_dir=node_run_dir)
 
     def _underlay(self, p: JoinPlan) -> None:
-        """netcheck's underlay namespace, with a veth into each node's host namespace (on this machine: the sandbox's underlay)."""
+        """netcheck's underlay namespace and bridge, with a link into each node on this machine (a simulated node's
+        network between the nodes); a real node brings its own, its ``nic``."""
         assert self.ledger is not None
         ul = self.ledger.create(NetnsEntry(p.underlay_ns), lambda: Netns.create(p.underlay_ns, "underlay"))
         self._handles.append(ul)
@@ -206,14 +217,33 @@ class NodesLab:
         self.ledger.record(LinkEntry(ul.name, p.bridge))
         index = ul.add_bridge(p.bridge)
         ul.configure(up=[p.bridge])
-        for hj in p.hosts:
-            host = Netns.attach(netns_path(hj.host_ns), f"{hj.name}/host")
+        for i, hj in enumerate(p.hosts):
+            if self.topology.host(hj.name).nic is not None:
+                continue
+            node = self._node_netns(hj.name)
+            assert node.name is not None  # the peer is born by the path of a named namespace, never by the process's own
+            cable = f"{self.tag}n{i}"
             try:
-                self.ledger.record(LinkEntry(ul.name, hj.port))
-                self.ledger.record(LinkEntry(hj.host_ns, hj.uplink))
-                ul.add_veths([VethSpec(hj.port, hj.uplink, host, master=index, mtu=self.topology.underlay.mtu)])
+                self.ledger.record(LinkEntry(ul.name, hj.port))  # its peer, the node's end, goes with it
+                ul.add_veths([VethSpec(hj.port, cable, node, master=index, mtu=self.topology.underlay.mtu)])
+                node.configure(up=[cable])
             finally:
-                host.close()  # the node holds its host namespace; a handle here would keep it alive
+                node.close()  # a handle here would keep the node's namespace alive
+            self._nics[hj.name] = cable
+
+    def _node_netns(self, host: str) -> Netns:
+        """A handle on the namespace of ``host``'s node, which must be a named namespace of this machine (a simulated
+        node's, or the sandbox sshd's): its agent is a process here, in the namespace /run/netns/NAME."""
+        info = self.hosts[host].node.info
+        try:
+            here = process_starttime(int(info["pid"])) == info["starttime"] and os.stat(f"/proc/{info['pid']}/ns/net").st_ino == info["netns_inode"]
+        except OSError:
+            here = False
+        names = [n for n in (os.listdir(NETNS_RUN_DIR) if here and os.path.isdir(NETNS_RUN_DIR) else []) if _inode(netns_path(n)) == info["netns_inode"]]
+        if not names:
+            raise LabError(f"{self.topology.source}: host {host}'s node ({self.gateway_of(host)}) is not a named namespace of this machine: netcheck cannot "
+                           f'give it a link into the underlay. Fix: give its [[host]] nic = "eth1" (its interface on the network between the nodes)')
+        return Netns.attach(netns_path(names[0]), f"node {host}")
 
     def teardown(self) -> None:
         """Release captures, tear each node's lab down on its node, then undo this run's record in reverse."""
