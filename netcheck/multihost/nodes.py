@@ -35,7 +35,7 @@ from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.worker import NETNS_RUN_DIR, netns_path
 from netcheck.lab import LabError
 from netcheck.lab.build import ns_defaults
-from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, Undoer, default_run_dir, process_starttime, undo_all
+from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, ProcessEntry, Undoer, default_run_dir, process_starttime, undo_all
 from netcheck.multihost.plan import JoinPlan, plan
 from netcheck.multihost.probes import DfResult, Transfer
 from netcheck.multihost.spec import MultiTopology
@@ -201,6 +201,8 @@ class NodesLab:
         tag = new_tag()
         self.ledger.record(NodeEntry(transport_of(gateway), gateway, tag, node_run_dir))
         node = Node(host, gateway)
+        if transport_of(gateway) == "popen":  # a process of this machine: clean also waits, by its PID, until it is gone
+            self.ledger.record(ProcessEntry(int(node.info["pid"]), node.info["starttime"], ("netcheck node agent", host)))
         nh = NodeHost(host, node, {"tag": tag})
         self.hosts[host] = nh
         nh.state = node.call("build", wait=BUILD_TIMEOUT, text=self.topology.text, source=self.topology.source, host=host, tag=tag, run_dir=node_run_dir)
