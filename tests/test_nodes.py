@@ -166,3 +166,35 @@ def test_a_killed_controller_with_an_ssh_node_is_cleaned_on_the_node(sshd: Sandb
     """The node's record is in a folder the controller's clean does not read: clean reaches it over ssh."""
     node_dir = tmp_path / "node"
     _kill_then_clean(tmp_path / "controller", {"b": f"{sshd.gateway}//env:NETCHECK_RUN_DIR={node_dir}"}, node_dir)
+
+
+# ----------------------------------------------------------------------------- the plugin, and the two-machine Vagrantfile
+
+
+@pytest.mark.root
+def test_a_spec_whose_hosts_name_nodes_runs_the_cross_host_suite_on_them(run_suites: Callable[..., pytest.RunResult]) -> None:
+    result = run_suites(str(ROOT / "suites" / "test_cross_host.py"), "-v", f"--netcheck-topology={ROOT / 'examples' / 'multihost' / 'two-hosts-vxlan-nodes.toml'}")
+    out = result.stdout.str()
+    assert result.ret == 0 and result.parseoutcomes().get("passed") == 6, out[-3000:]
+    assert "test_underlay_carries_the_packets_as_the_join_declares[two-hosts-vxlan-nodes] PASSED" in out, out[-2000:]
+
+
+def test_the_two_machine_vagrantfile_validates(tmp_path: Path) -> None:
+    """``NETCHECK_VMS=2``: machines a and b, each with the nodes' key (made once, beside .vagrant)."""
+    import shutil
+    import subprocess
+
+    vagrant = shutil.which("vagrant")
+    if vagrant is None:
+        pytest.skip("vagrant is not installed (Debian: apt-get install vagrant)")
+    shutil.copy(ROOT / "Vagrantfile", tmp_path / "Vagrantfile")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+           "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1", "VAGRANT_NO_COLOR": "1", "NETCHECK_VMS": "2"}
+    done = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "validated successfully" in done.stdout, done.stdout + done.stderr
+    assert "==> a:" in done.stdout or "==> b:" in done.stdout, done.stdout
+    assert (tmp_path / ".vagrant" / "netcheck-nodes" / "id_ed25519.pub").is_file()
+    text = (ROOT / "Vagrantfile").read_text()
+    assert "examples/multihost/two-vms-vxlan.toml" in text
+    t = M.load(ROOT / "examples" / "multihost" / "two-vms-vxlan.toml")
+    assert [(h.node or "").split("//")[0] for h in t.hosts] == ["ssh=root@198.51.100.11", "ssh=root@198.51.100.12"] and {h.nic for h in t.hosts} == {"eth1"}

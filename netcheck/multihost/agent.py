@@ -106,9 +106,9 @@ class Agent:
         capture_at(self._lab(), point)
         return time.time()
 
-    def capture_collect(self, point: str, proto: str, flow: int, since: float) -> JSONObject:
+    def capture_collect(self, point: str, proto: str, flow: int, since: float, limit: int = 64) -> JSONObject:
         match: Matcher = icmp_flow(flow) if proto == "icmp" else port_flow("udp" if proto == "udp" else "tcp", flow)
-        cap: Capture = capture_at(self._lab(), point).collect(match, since)
+        cap: Capture = capture_at(self._lab(), point).collect(match, since, limit=limit)
         out: JSONObject = _encode(asdict(cap))
         return out
 

@@ -154,6 +154,7 @@ class NodesLab:
         self._releases: list[Callable[[], None]] = []
         self._attached: dict[object, object] = {}
         self._nics: dict[str, str] = {}  # the link netcheck gave each node on this machine
+        self._marks: dict[str, float] = {}  # underlay points read on a node: the node's clock when each opened
 
     def __enter__(self) -> NodesLab:
         return self.build()
@@ -181,8 +182,8 @@ class NodesLab:
             for name, nh in self.hosts.items():
                 nic = t.host(name).nic or self._nics[name]
                 nh.state = nh.node.call("join", text=t.text, source=t.source, multi_tag=self.tag, host_tags=tags, nic=nic)
-            assert self.underlay is not None
-            self.underlay.wait_links_up([hj.port for hj in self.plan.hosts])  # up once each node brought its end up
+            if self.underlay is not None:  # up once each node brought its end up
+                self.underlay.wait_links_up([hj.port for hj in self.plan.hosts if t.host(hj.name).nic is None])
         except BaseException:
             self.teardown()
             raise
@@ -211,6 +212,8 @@ class NodesLab:
         """netcheck's underlay namespace and bridge, with a link into each node on this machine (a simulated node's
         network between the nodes); a real node brings its own, its ``nic``."""
         assert self.ledger is not None
+        if all(h.nic is not None for h in self.topology.hosts):
+            return  # real nodes: their network is the underlay
         ul = self.ledger.create(NetnsEntry(p.underlay_ns), lambda: Netns.create(p.underlay_ns, "underlay"))
         self._handles.append(ul)
         self.underlay = ul
@@ -298,6 +301,29 @@ class NodesLab:
             raise LabError(f"capture point {point!r}: only underlay:HOST is captured here (hosts: {', '.join(self.hosts)}); a host's points are read on its node")
         return self.underlay, self.plan.host(rest).port, rest
 
+    def on_node(self, point: str) -> tuple[str, str] | None:
+        """(host, its point) for ``underlay:HOST`` of a host on a real node: its link into the underlay, read there; else None."""
+        label, _, rest = point.partition(":")
+        if label == "underlay" and rest in self.hosts and self.topology.host(rest).nic is not None:
+            return rest, "host:underlay"
+        return None
+
+    def open_capture(self, point: str) -> None:
+        """Open an underlay capture point (here, or on a real node), to read with ``underlay_seen``."""
+        where = self.on_node(point)
+        if where is None:
+            capture_at(self, point)
+        else:
+            self._marks[point] = self.hosts[where[0]].node.call("capture_open", point=where[1])
+
+    def underlay_seen(self, point: str, port: int, t0: float) -> Capture:
+        """The UDP datagrams to or from ``port`` seen at an underlay point since it opened (here: since ``t0``)."""
+        where = self.on_node(point)
+        if where is None:
+            return capture_at(self, point).collect(port_flow("udp", port), t0, limit=256)
+        d = self.hosts[where[0]].node.call("capture_collect", point=where[1], proto="udp", flow=port, since=self._marks[point], limit=256)
+        return replace(Capture.from_dict(d), point=point, netns="underlay")
+
     def namespaces(self) -> dict[str, str]:
         """Every namespace by label (``a/host``, ..., ``underlay``) -> its name, as the nodes report them."""
         out = {f"{h}/{label}": name for h, nh in self.hosts.items() for label, name in nh.state["namespaces"].items()}
@@ -343,7 +369,7 @@ class NodeProber:
         """(host whose node reads it, or "" for this machine's underlay; the point in that host lab's names)."""
         label = point.partition(":")[0]
         if label == "underlay":
-            return "", point
+            return self.multi.on_node(point) or ("", point)
         host, slash, inner = point.partition("/")
         if slash and "/" not in host and ":" not in host:
             if host not in self.multi.hosts:

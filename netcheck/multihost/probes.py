@@ -81,7 +81,7 @@ def prober(multi: AnyMulti, host: str, record: Callable[[ProbeResult], None] | N
 
 def vxlan_seen(multi: AnyMulti, point: str, port: int, t0: float) -> tuple[VXLAN, ...]:
     """The VXLAN datagrams to UDP ``port`` seen at an underlay point since ``t0``, decoded."""
-    cap: Capture = capture_at(multi, point).collect(port_flow("udp", port), t0, limit=256)
+    cap: Capture = capture_at(multi, point).collect(port_flow("udp", port), t0, limit=256) if isinstance(multi, MultiLab) else multi.underlay_seen(point, port, t0)
     out = []
     for p in cap.packets:
         v = decode_vxlan(p.raw, port)
@@ -92,7 +92,10 @@ def vxlan_seen(multi: AnyMulti, point: str, port: int, t0: float) -> tuple[VXLAN
 
 def open_capture(multi: AnyMulti, point: str) -> None:
     """Start a capture point before a probe (it sees only what comes after it opened)."""
-    capture_at(multi, point)
+    if isinstance(multi, MultiLab):
+        capture_at(multi, point)
+    else:
+        multi.open_capture(point)
 
 
 @dataclass(frozen=True)
