@@ -23,7 +23,7 @@ from netcheck.kernel.jsontypes import JSON, JSONObject
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
 from netcheck.lab import Lab
-from netcheck.ledger import LinkEntry, default_run_dir, process_starttime, read_record
+from netcheck.ledger import LinkEntry, process_starttime
 from netcheck.multihost import probes as X
 from netcheck.multihost import spec as M
 from netcheck.multihost.plan import plan
@@ -140,33 +140,13 @@ class Agent:
             lab, self.lab = self.lab, None
             lab.teardown()
 
-    def clean(self, tags: list[str], run_dir: str | None) -> list[str]:
-        return clean_here(tags, Path(run_dir) if run_dir else None)
-
-
-def clean_here(tags: list[str], run_dir: Path | None) -> list[str]:
-    """End the agents that own these node runs (by the PID their run record names, if still the same process), then undo the runs."""
-    from netcheck.ledger import clean, kill_process
-
-    directory = run_dir or default_run_dir()
-    for tag in tags:
-        path = directory / f"{tag}.jsonl"
-        if not path.exists():
-            continue
-        header, _entries, _kept = read_record(path)
-        pid, starttime = header.get("pid"), header.get("starttime")
-        if isinstance(pid, int) and pid != os.getpid():
-            kill_process(pid, starttime if isinstance(starttime, int) else None)
-    _n, errors = clean(include_live=False, run_dir=directory, tags=set(tags), log=lambda _m: None)
-    return errors
-
 
 def serve(channel: Channel) -> None:
     """Answer the controller's requests until it closes the channel (or sends ``("bye", {})``)."""
     agent = Agent()
     ops: dict[str, Callable[..., JSON | None]] = {
         name: getattr(agent, name) for name in ("hello", "build", "state", "join", "probe", "capture_open", "capture_collect", "df_ping",
-                                                "sink_open", "sink_result", "send_bytes", "run", "teardown", "clean")
+                                                "sink_open", "sink_result", "send_bytes", "run", "teardown")
     }
     lock = threading.Lock()
     while True:
@@ -189,4 +169,4 @@ def serve(channel: Channel) -> None:
         channel.send(("ok", value))
 
 
-__all__ = ["Agent", "clean_here", "serve"]
+__all__ = ["Agent", "serve"]

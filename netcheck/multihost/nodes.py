@@ -11,7 +11,7 @@ values, rebuilt with the evidence's ``from_dict``. The controller records each n
 node's record there after the controller is killed::
 
     with NodesLab(spec.builtin("two-hosts-vxlan")) as lab:      # every host on a popen node
-        lab.prober("a").icmp("netns0", "10.244.2.10").verdict
+        probes.prober(lab, "a").icmp("netns0", "10.244.2.10").verdict   # netcheck.multihost.probes
 
 The underlay is still netcheck's namespace on this machine, with a veth into each node's host
 namespace: a sandbox-only step (real nodes need their own underlay, see docs/multihost.md).
@@ -23,24 +23,20 @@ import contextlib
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from netcheck.evidence import Capture, ProbeResult
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.worker import NETNS_RUN_DIR, netns_path
 from netcheck.lab import LabError
 from netcheck.lab.build import ns_defaults
 from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, ProcessEntry, Undoer, default_run_dir, process_starttime, undo_all
 from netcheck.multihost.plan import JoinPlan, plan
-from netcheck.multihost.probes import DfResult, Transfer
 from netcheck.multihost.spec import MultiTopology
 from netcheck.naming import new_tag
-from netcheck.probes.capture import capture_at, icmp_flow, port_flow
 
 T = TypeVar("T")
 SERVE = "from netcheck.multihost.agent import serve; serve(channel)"
@@ -82,8 +78,12 @@ class Node:
         except Exception as exc:
             raise NodeError(f"node {name}: cannot open the execnet gateway {gateway!r}: {exc} "
                             "(is the node reachable, and netcheck installed for the Python it names?)") from exc
-        self.channel = self.gw.remote_exec(SERVE)
-        self.info = self.call("hello")
+        try:
+            self.channel = self.gw.remote_exec(SERVE)
+            self.info = self.call("hello")
+        except BaseException:
+            self.gw.exit()  # never leave the node's process behind
+            raise
 
     def call(self, op: str, wait: float = CALL_TIMEOUT, **args: Any) -> Any:
         with self._lock:
@@ -102,20 +102,6 @@ class Node:
             self.channel.waitclose(10)
         with contextlib.suppress(Exception):
             self.gw.exit()
-
-
-def clean_node(entry: NodeEntry) -> list[str]:
-    """Undo one node run: end its agent and undo its run record, on this machine (popen) or through a new gateway (ssh)."""
-    if entry.transport == "popen":
-        from netcheck.multihost.agent import clean_here
-
-        return clean_here([entry.tag], Path(entry.run_dir) if entry.run_dir else None)
-    node = Node(f"run {entry.tag}", entry.gateway)
-    try:
-        errors: list[str] = node.call("clean", tags=[entry.tag], run_dir=entry.run_dir, wait=BUILD_TIMEOUT)
-        return errors
-    finally:
-        node.close()
 
 
 @dataclass
@@ -161,6 +147,11 @@ class NodesLab:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.teardown()
+
+    @property
+    def marks(self) -> dict[str, float]:
+        """Underlay points read on a node: the node's clock when each opened (``netcheck.multihost.probes``)."""
+        return self._marks
 
     def gateway_of(self, host: str) -> str:
         spec = self.topology.host(host)
@@ -308,22 +299,6 @@ class NodesLab:
             return rest, "host:underlay"
         return None
 
-    def open_capture(self, point: str) -> None:
-        """Open an underlay capture point (here, or on a real node), to read with ``underlay_seen``."""
-        where = self.on_node(point)
-        if where is None:
-            capture_at(self, point)
-        else:
-            self._marks[point] = self.hosts[where[0]].node.call("capture_open", point=where[1])
-
-    def underlay_seen(self, point: str, port: int, t0: float) -> Capture:
-        """The UDP datagrams to or from ``port`` seen at an underlay point since it opened (here: since ``t0``)."""
-        where = self.on_node(point)
-        if where is None:
-            return capture_at(self, point).collect(port_flow("udp", port), t0, limit=256)
-        d = self.hosts[where[0]].node.call("capture_collect", point=where[1], proto="udp", flow=port, since=self._marks[point], limit=256)
-        return replace(Capture.from_dict(d), point=point, netns="underlay")
-
     def namespaces(self) -> dict[str, str]:
         """Every namespace by label (``a/host``, ..., ``underlay``) -> its name, as the nodes report them."""
         out = {f"{h}/{label}": name for h, nh in self.hosts.items() for label, name in nh.state["namespaces"].items()}
@@ -331,78 +306,5 @@ class NodesLab:
             out["underlay"] = self.underlay.name
         return out
 
-    # ----------------------------------------------------------------- probes, sent by the nodes
 
-    def prober(self, host: str, record: Callable[[ProbeResult], None] | None = None) -> NodeProber:
-        return NodeProber(self, host, record)
-
-    def df_ping(self, host: str, container: str, dst: str, size: int) -> DfResult:
-        d = self.hosts[host].node.call("df_ping", src=container, dst=dst, size=size)
-        return DfResult(**d)
-
-    def transfer(self, src: tuple[str, str], dst: tuple[str, str], dst_addr: str, size: int, *, port: int = 5999, timeout: float = 3.0) -> Transfer:
-        """A sink on ``dst``'s node, the sender on ``src``'s."""
-        sink = self.hosts[dst[0]].node
-        sink.call("sink_open", container=dst[1], port=port, size=size, timeout=timeout)
-        sent = ""
-        try:
-            sent = self.hosts[src[0]].node.call("send_bytes", container=src[1], addr=dst_addr, port=port, size=size, timeout=timeout)
-        finally:
-            got = sink.call("sink_result", port=port)
-        return Transfer(size, int(got["received"]), "; ".join(e for e in (got["error"], sent) if e))
-
-
-class NodeProber:
-    """Probes sent by ``host``'s node; capture points on another host are read on that host's node,
-    ``underlay:HOST`` here. Points are written as for ``netcheck.multihost.probes.prober``."""
-
-    def __init__(self, multi: NodesLab, host: str, record: Callable[[ProbeResult], None] | None = None) -> None:
-        self.multi, self.host, self.record = multi, host, record
-
-    def icmp(self, src: str, dst: str, *, target: str | None = None, capture: Sequence[str] = ()) -> ProbeResult:
-        return self._send("icmp", src, dst, 0, capture, target)
-
-    def tcp(self, src: str, dst: str, port: int, *, http: bool = False, target: str | None = None, capture: Sequence[str] = ()) -> ProbeResult:
-        return self._send("http" if http else "tcp", src, dst, port, capture, target)
-
-    def _where(self, point: str) -> tuple[str, str]:
-        """(host whose node reads it, or "" for this machine's underlay; the point in that host lab's names)."""
-        label = point.partition(":")[0]
-        if label == "underlay":
-            return self.multi.on_node(point) or ("", point)
-        host, slash, inner = point.partition("/")
-        if slash and "/" not in host and ":" not in host:
-            if host not in self.multi.hosts:
-                raise LabError(f"capture point {point!r}: no host {host!r} (hosts: {', '.join(self.multi.hosts)})")
-            return host, inner
-        return self.host, point
-
-    def _send(self, kind: str, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
-        where = {p: self._where(p) for p in capture}
-        marks: dict[str, float] = {}
-        for p, (host, inner) in where.items():
-            if host == "":
-                capture_at(self.multi, p)
-            elif host != self.host:
-                marks[p] = self.multi.hosts[host].node.call("capture_open", point=inner)
-        t0 = time.time()
-        local = [inner for p, (host, inner) in where.items() if host == self.host]
-        r = ProbeResult.from_dict(self.multi.hosts[self.host].node.call("probe", kind=kind, src=src, dst=str(dst), port=port, capture=local, target=target))
-        own = iter(r.captures)
-        proto, flow = ("icmp" if kind == "icmp" else "tcp"), r.flow_id or 0
-        captures: list[Capture] = []
-        for p, (host, inner) in where.items():
-            if host == self.host:
-                c = next(own)
-            elif host == "":
-                c = capture_at(self.multi, p).collect(icmp_flow(flow) if proto == "icmp" else port_flow("tcp", flow), t0)
-            else:
-                c = Capture.from_dict(self.multi.hosts[host].node.call("capture_collect", point=inner, proto=proto, flow=flow, since=marks[p]))
-            captures.append(replace(c, point=p, netns=p.split(":", 1)[0]))
-        r = replace(r, request=replace(r.request, capture=tuple(capture)), captures=tuple(captures))
-        if self.record is not None:
-            self.record(r)
-        return r
-
-
-__all__ = ["Node", "NodeError", "NodeHost", "NodeProber", "NodesLab", "clean_node", "popen_in", "transport_of"]
+__all__ = ["Node", "NodeError", "NodeHost", "NodesLab", "popen_in", "transport_of"]

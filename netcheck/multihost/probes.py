@@ -9,28 +9,26 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
+from typing import Literal, TypeAlias, TypeVar
 
 from netcheck.evidence import Capture, ProbeResult
 from netcheck.kernel.netns import Netns
-from netcheck.lab import Lab
+from netcheck.lab import Lab, LabError
 from netcheck.multihost.lab import MultiLab
+from netcheck.multihost.nodes import NodesLab
 from netcheck.packet import ICMP, ICMP_ECHOREPLY, ICMP_UNREACH, VXLAN, decode_ipv4, decode_vxlan, echo_request
 from netcheck.probes import Prober
-from netcheck.probes.capture import capture_at, port_flow
+from netcheck.probes.capture import capture_at, icmp_flow, port_flow
 from netcheck.services import ServiceHost
 
 IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # linux/in.h: DF set, the route's cached PMTU ignored
 FRAG_NEEDED = 4  # ICMP dest-unreach code
 T = TypeVar("T")
 
-if TYPE_CHECKING:
-    from netcheck.multihost.nodes import NodeProber, NodesLab
-
-    AnyMulti: TypeAlias = MultiLab | NodesLab  # a multi-host lab held in this process, or one whose hosts are served by nodes
+AnyMulti: TypeAlias = "MultiLab | NodesLab"  # a multi-host lab held in this process, or one whose hosts are served by nodes
 
 
 class HostView:
@@ -75,13 +73,13 @@ def prober(multi: AnyMulti, host: str, record: Callable[[ProbeResult], None] | N
 
     The prober takes a ``Lab``; ``HostView`` has the part of it a prober uses (a structural fit)."""
     if not isinstance(multi, MultiLab):
-        return multi.prober(host, record)
+        return NodeProber(multi, host, record)
     return Prober(HostView(multi, host), record=record)  # type: ignore[arg-type]
 
 
 def vxlan_seen(multi: AnyMulti, point: str, port: int, t0: float) -> tuple[VXLAN, ...]:
     """The VXLAN datagrams to UDP ``port`` seen at an underlay point since ``t0``, decoded."""
-    cap: Capture = capture_at(multi, point).collect(port_flow("udp", port), t0, limit=256) if isinstance(multi, MultiLab) else multi.underlay_seen(point, port, t0)
+    cap: Capture = capture_at(multi, point).collect(port_flow("udp", port), t0, limit=256) if isinstance(multi, MultiLab) else _underlay_seen(multi, point, port, t0)
     out = []
     for p in cap.packets:
         v = decode_vxlan(p.raw, port)
@@ -95,7 +93,7 @@ def open_capture(multi: AnyMulti, point: str) -> None:
     if isinstance(multi, MultiLab):
         capture_at(multi, point)
     else:
-        multi.open_capture(point)
+        _open_on_nodes(multi, point)
 
 
 @dataclass(frozen=True)
@@ -225,6 +223,79 @@ def transfer(src: Netns, dst: Netns, dst_addr: str, size: int, *, port: int = 59
     return Transfer(size, got, "; ".join(e for e in (errors, sent) if e))
 
 
+# --------------------------------------------------------------------------- hosts served by nodes (netcheck.multihost.nodes)
+
+
+class NodeProber:
+    """Probes sent by ``host``'s node; capture points on another host are read on that host's node,
+    ``underlay:HOST`` here. Points are written as for ``netcheck.multihost.probes.prober``."""
+
+    def __init__(self, multi: NodesLab, host: str, record: Callable[[ProbeResult], None] | None = None) -> None:
+        self.multi, self.host, self.record = multi, host, record
+
+    def icmp(self, src: str, dst: str, *, target: str | None = None, capture: Sequence[str] = ()) -> ProbeResult:
+        return self._send("icmp", src, dst, 0, capture, target)
+
+    def tcp(self, src: str, dst: str, port: int, *, http: bool = False, target: str | None = None, capture: Sequence[str] = ()) -> ProbeResult:
+        return self._send("http" if http else "tcp", src, dst, port, capture, target)
+
+    def _where(self, point: str) -> tuple[str, str]:
+        """(host whose node reads it, or "" for this machine's underlay; the point in that host lab's names)."""
+        label = point.partition(":")[0]
+        if label == "underlay":
+            return self.multi.on_node(point) or ("", point)
+        host, slash, inner = point.partition("/")
+        if slash and "/" not in host and ":" not in host:
+            if host not in self.multi.hosts:
+                raise LabError(f"capture point {point!r}: no host {host!r} (hosts: {', '.join(self.multi.hosts)})")
+            return host, inner
+        return self.host, point
+
+    def _send(self, kind: str, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
+        where = {p: self._where(p) for p in capture}
+        marks: dict[str, float] = {}
+        for p, (host, inner) in where.items():
+            if host == "":
+                capture_at(self.multi, p)
+            elif host != self.host:
+                marks[p] = self.multi.hosts[host].node.call("capture_open", point=inner)
+        t0 = time.time()
+        local = [inner for p, (host, inner) in where.items() if host == self.host]
+        r = ProbeResult.from_dict(self.multi.hosts[self.host].node.call("probe", kind=kind, src=src, dst=str(dst), port=port, capture=local, target=target))
+        own = iter(r.captures)
+        proto, flow = ("icmp" if kind == "icmp" else "tcp"), r.flow_id or 0
+        captures: list[Capture] = []
+        for p, (host, inner) in where.items():
+            if host == self.host:
+                c = next(own)
+            elif host == "":
+                c = capture_at(self.multi, p).collect(icmp_flow(flow) if proto == "icmp" else port_flow("tcp", flow), t0)
+            else:
+                c = Capture.from_dict(self.multi.hosts[host].node.call("capture_collect", point=inner, proto=proto, flow=flow, since=marks[p]))
+            captures.append(replace(c, point=p, netns=p.split(":", 1)[0]))
+        r = replace(r, request=replace(r.request, capture=tuple(capture)), captures=tuple(captures))
+        if self.record is not None:
+            self.record(r)
+        return r
+
+
+def _open_on_nodes(multi: NodesLab, point: str) -> None:
+    """Open an underlay capture point (here, or on a real node), to read with ``_underlay_seen``."""
+    where = multi.on_node(point)
+    if where is None:
+        capture_at(multi, point)
+    else:
+        multi.marks[point] = multi.hosts[where[0]].node.call("capture_open", point=where[1])
+
+def _underlay_seen(multi: NodesLab, point: str, port: int, t0: float) -> Capture:
+    """The UDP datagrams to or from ``port`` seen at an underlay point since it opened (here: since ``t0``)."""
+    where = multi.on_node(point)
+    if where is None:
+        return capture_at(multi, point).collect(port_flow("udp", port), t0, limit=256)
+    d = multi.hosts[where[0]].node.call("capture_collect", point=where[1], proto="udp", flow=port, since=multi.marks[point], limit=256)
+    return replace(Capture.from_dict(d), point=point, netns="underlay")
+
+
 # --------------------------------------------------------------------------- either kind of multi-host lab
 
 
@@ -232,14 +303,23 @@ def df_ping_from(multi: AnyMulti, host: str, container: str, dst: str, size: int
     """``df_ping`` from a container of ``host``, in-process or on the host's node."""
     if isinstance(multi, MultiLab):
         return df_ping(multi.hosts[host].container_ns(container), dst, size)
-    return multi.df_ping(host, container, dst, size)
+    d = multi.hosts[host].node.call("df_ping", src=container, dst=dst, size=size)
+    return DfResult(**d)
 
 
 def transfer_between(multi: AnyMulti, src: tuple[str, str], dst: tuple[str, str], dst_addr: str, size: int) -> Transfer:
     """``transfer`` from container ``src`` (host, container) to ``dst``, in-process or between the hosts' nodes."""
     if isinstance(multi, MultiLab):
         return transfer(multi.hosts[src[0]].container_ns(src[1]), multi.hosts[dst[0]].container_ns(dst[1]), dst_addr, size)
-    return multi.transfer(src, dst, dst_addr, size)
+    port, timeout = 5999, 3.0
+    sink = multi.hosts[dst[0]].node  # the sink on the target's node, the sender on the source's
+    sink.call("sink_open", container=dst[1], port=port, size=size, timeout=timeout)
+    sent = ""
+    try:
+        sent = multi.hosts[src[0]].node.call("send_bytes", container=src[1], addr=dst_addr, port=port, size=size, timeout=timeout)
+    finally:
+        got = sink.call("sink_result", port=port)
+    return Transfer(size, int(got["received"]), "; ".join(e for e in (got["error"], sent) if e))
 
 
-__all__ = ["DfResult", "HostView", "Sink", "Transfer", "df_ping", "df_ping_from", "open_capture", "prober", "send_bytes", "transfer", "transfer_between", "vxlan_seen"]
+__all__ = ["DfResult", "HostView", "NodeProber", "Sink", "Transfer", "df_ping", "df_ping_from", "open_capture", "prober", "send_bytes", "transfer", "transfer_between", "vxlan_seen"]
