@@ -198,3 +198,32 @@ def test_the_two_machine_vagrantfile_validates(tmp_path: Path) -> None:
     assert "examples/multihost/two-vms-vxlan.toml" in text
     t = M.load(ROOT / "examples" / "multihost" / "two-vms-vxlan.toml")
     assert [(h.node or "").split("//")[0] for h in t.hosts] == ["ssh=root@198.51.100.11", "ssh=root@198.51.100.12"] and {h.nic for h in t.hosts} == {"eth1"}
+
+
+@needs_root
+def test_a_controller_killed_while_a_node_builds_is_cleaned(tmp_path: Path) -> None:
+    """SIGKILL while node a is building its lab (its record growing, its agent busy): the agent finishes its step
+    and ends, or clean ends it by its PID; nothing of any of the runs is left."""
+    from hoststate import read_records
+
+    from netcheck.waiting import wait_until
+
+    child = Child([PYTHON, "-c", CONTROLLER, "{}"], env={"NETCHECK_RUN_DIR": str(tmp_path)}, stdin=True)
+    try:
+        def building() -> bool:
+            return any(h.get("topology") == "two-hosts-vxlan.a" and len(entries) >= 3 for h, entries in read_records(tmp_path))
+
+        wait_until(building, timeout=120, what="node a's record to hold 3 entries", describe=lambda: str([(h.get("tag"), len(e)) for h, e in read_records(tmp_path)]))
+        child.signal(signal.SIGKILL)
+        child.proc.wait(30)
+    finally:
+        child.close()
+    records = read_records(tmp_path)
+    tags = {str(h.get("tag")) for h, _ in records}
+    agents = {int(str(e["pid"])) for _, entries in records for e in entries if e["kind"] == "process"}
+    assert len(tags) >= 2 and agents, records
+    done = run_clean(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    left = [n for n in os.listdir("/run/netns") if any(n.startswith(f"{tag}-") for tag in tags)]
+    assert not left and not list(tmp_path.glob("*.jsonl")), f"left: {left}, {list(tmp_path.glob('*.jsonl'))}\n{done.stdout}"
+    assert not [pid for pid in agents if Path(f"/proc/{pid}").exists()], done.stdout
