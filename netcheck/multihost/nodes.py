@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -111,6 +112,7 @@ class NodeHost:
     name: str
     node: Node
     state: dict[str, Any]
+    run_dir: str | None = None  # where its run record goes on the node (None: the node's default)
 
     @property
     def tag(self) -> str:
@@ -167,6 +169,11 @@ class NodesLab:
         try:
             for h in t.hosts:
                 self._start(h.name, run_dir)
+            with ThreadPoolExecutor(len(self.hosts)) as pool:  # the nodes build at once, each on its own channel
+                built = {name: pool.submit(nh.node.call, "build", BUILD_TIMEOUT, text=t.text, source=t.source, host=name, tag=nh.tag, run_dir=nh.run_dir)
+                         for name, nh in self.hosts.items()}
+            for name, future in built.items():
+                self.hosts[name].state = future.result()
             self.plan = plan(t, self.tag, {name: nh.tag for name, nh in self.hosts.items()})
             self._underlay(self.plan)
             tags = {name: nh.tag for name, nh in self.hosts.items()}
@@ -181,7 +188,7 @@ class NodesLab:
         return self
 
     def _start(self, host: str, run_dir: Path) -> None:
-        """Open the host's node and build its lab there, its run recorded here first."""
+        """Open the host's node, its run recorded here first (``build`` then builds the lab there)."""
         assert self.ledger is not None
         gateway = self.gateway_of(host)
         node_run_dir: str | None = None  # another machine's: its own default (an //env:NETCHECK_RUN_DIR=... option sets it)
@@ -195,9 +202,7 @@ class NodesLab:
         node = Node(host, gateway)
         if transport_of(gateway) == "popen":  # a process of this machine: clean also waits, by its PID, until it is gone
             self.ledger.record(ProcessEntry(int(node.info["pid"]), node.info["starttime"], ("netcheck node agent", host)))
-        nh = NodeHost(host, node, {"tag": tag})
-        self.hosts[host] = nh
-        nh.state = node.call("build", wait=BUILD_TIMEOUT, text=self.topology.text, source=self.topology.source, host=host, tag=tag, run_dir=node_run_dir)
+        self.hosts[host] = NodeHost(host, node, {"tag": tag}, node_run_dir)
 
     def _underlay(self, p: JoinPlan) -> None:
         """netcheck's underlay namespace and bridge, with a link into each node on this machine (a simulated node's
