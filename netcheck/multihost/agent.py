@@ -45,6 +45,7 @@ class Agent:
         self.lab: Lab | None = None
         self.host = ""
         self.sinks: dict[int, X.Sink] = {}
+        self.prober: Prober | None = None
 
     def _lab(self) -> Lab:
         if self.lab is None:
@@ -96,7 +97,8 @@ class Agent:
         return self.state()
 
     def probe(self, kind: str, src: str, dst: str, port: int, capture: list[str], target: str | None) -> JSONObject:
-        prober = Prober(self._lab())
+        prober = self.prober or Prober(self._lab())
+        self.prober = prober  # one for the lab's life: its ICMP ids follow on
         if kind == "icmp":
             return prober.icmp(src, dst, capture=capture, target=target).to_dict()
         return prober.tcp(src, dst, port, http=kind == "http", capture=capture, target=target).to_dict()
@@ -138,6 +140,7 @@ class Agent:
                 sink.result()
             self.sinks.clear()
             lab, self.lab = self.lab, None
+            self.prober = None
             lab.teardown()
 
 
