@@ -98,10 +98,11 @@ SUITE_PACKAGES=(
 )
 # With --with-tools, and for tests: the tools that the other-tool adapters drive (examples/*.toml),
 # and what the project's own tests use (Chromium for the report's browser test, tshark to read
-# the saved pcaps, vagrant to validate the Vagrantfile; tcpdump and ping for a person's look).
+# the saved pcaps, vagrant to validate the Vagrantfile, openssh-server for the ssh node test (an sshd
+# in a sandbox namespace; policy-rc.d keeps the package from starting the machine's own); tcpdump and ping for a person's look).
 TOOL_PACKAGES=(
     containernetworking-plugins netavark podman runc aardvark-dns docker.io busybox-static
-    chromium chromium-driver tshark vagrant tcpdump iputils-ping
+    chromium chromium-driver tshark vagrant tcpdump iputils-ping openssh-server
 )
 APT_UPDATED=0
 POLICY_RC_D=/usr/sbin/policy-rc.d

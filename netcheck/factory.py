@@ -13,6 +13,7 @@ from netcheck.lab import HostMode, Lab, LabError, has_net_admin
 from netcheck.lab.mode import mode_of
 from netcheck.ledger import Ledger, ProcessEntry, clean, process_starttime
 from netcheck.multihost.lab import MultiLab
+from netcheck.multihost.nodes import NodesLab
 from netcheck.multihost.spec import MultiTopology
 from netcheck.naming import new_tag
 
@@ -37,7 +38,7 @@ class LabFactory:
         self.keep = keep
         # A host of a multi-host topology is served from its multi-host lab (the suites run on each host, joined).
         self._host_of: dict[str, tuple[MultiTopology, str]] = {h.topology.name: (m, h.name) for m in multihosts for h in m.hosts}
-        self._multi: dict[str, MultiLab] = {}
+        self._multi: dict[str, MultiLab | NodesLab] = {}
         self.mode: HostMode = mode_of(host_mode)
         self.faults = faults
         self._shared: dict[str, Lab] = {}
@@ -66,7 +67,10 @@ class LabFactory:
         lab = self._shared.get(topology.name)
         if lab is None and topology.name in self._host_of:
             multi, host = self._host_of[topology.name]
-            return self.multi(multi).hosts[host]
+            held = self.multi(multi)
+            if not isinstance(held, MultiLab):
+                raise LabError(f"host {host} of {multi.name} is served by its node: the single-host suites run only on hosts held in this process")
+            return held.hosts[host]
         if lab is None:
             if self.mode.exclusive:
                 for name in list(self._shared):
@@ -87,8 +91,9 @@ class LabFactory:
             self._shared[topology.name] = lab
         return lab
 
-    def multi(self, topology: MultiTopology) -> MultiLab:
-        """The session's multi-host lab for a multi-host topology, built on first use."""
+    def multi(self, topology: MultiTopology) -> MultiLab | NodesLab:
+        """The session's multi-host lab for a multi-host topology, built on first use: its hosts served by nodes
+        (execnet gateways, ``netcheck.multihost.nodes``) when its [[host]] tables name them, else held in this process."""
         if topology.name in self._failed:
             raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
         lab = self._multi.get(topology.name)
@@ -96,12 +101,13 @@ class LabFactory:
             if not has_net_admin():
                 raise PermissionError(NEED_ROOT)
             try:
-                lab = MultiLab(topology).build()
+                lab = NodesLab(topology).build() if any(h.node for h in topology.hosts) else MultiLab(topology).build()
             except Exception as exc:  # remembered, as a single lab's failure is, then re-raised
                 self._failed[topology.name] = exc
                 raise
-            for host in lab.hosts.values():
-                host.witness = self.witness(host.namespaces())
+            if isinstance(lab, MultiLab):
+                for host in lab.hosts.values():
+                    host.witness = self.witness(host.namespaces())
             self._multi[topology.name] = lab
         return lab
 

@@ -428,9 +428,69 @@ class EmptyDirEntry:
         return f"directory {self.path} (if empty)"
 
 
+@dataclass(frozen=True)
+class NodeEntry:
+    """A host's lab on a node, reached through an execnet gateway (``netcheck.multihost.nodes``): undo ends
+    the node's agent and undoes the node's own run record ``tag`` there (in ``run_dir``; None: the node's default)."""
+
+    kind: ClassVar[str] = "node"
+    transport: str  # popen (this machine) or ssh
+    gateway: str  # the execnet spec
+    tag: str
+    run_dir: str | None = None
+
+    @property
+    def netns(self) -> str | None:
+        return None
+
+    def undo(self, undoer: Undoer) -> None:
+        errors = clean_node_runs([self.tag], Path(self.run_dir) if self.run_dir else None) if self.transport == "popen" else self._clean_over_gateway()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def _clean_over_gateway(self) -> list[str]:
+        """``clean_node_runs`` on the node, through a new execnet gateway to it."""
+        import execnet  # lazily: only runs with nodes need it
+
+        try:
+            gw = execnet.makegateway(self.gateway)
+        except Exception as exc:
+            raise RuntimeError(f"cannot reach node {self.gateway!r} to clean its run {self.tag}: {exc} (is it up? then: netcheck clean on it)") from exc
+        try:
+            channel = gw.remote_exec(NODE_CLEAN)
+            channel.send(([self.tag], self.run_dir))
+            errors: list[str] = channel.receive(600)
+            return errors
+        finally:
+            gw.exit()
+
+    def describe(self) -> str:
+        return f"node run {self.tag} ({self.gateway})"
+
+
+NODE_CLEAN = "from pathlib import Path; from netcheck.ledger import clean_node_runs; tags, run_dir = channel.receive(); " \
+    "channel.send(clean_node_runs(tags, Path(run_dir) if run_dir else None))"
+
+
+def clean_node_runs(tags: Collection[str], run_dir: Path | None) -> list[str]:
+    """On a node: end the agents that own these runs (by the PID each run record names, if still the same process),
+    then undo the runs; returns the errors."""
+    directory = run_dir or default_run_dir()
+    for tag in tags:
+        path = directory / f"{tag}.jsonl"
+        if not path.exists():
+            continue
+        header, _entries, _kept = read_record(path)
+        pid, starttime = header.get("pid"), header.get("starttime")
+        if isinstance(pid, int) and pid != os.getpid():
+            kill_process(pid, starttime if isinstance(starttime, int) else None)
+    _n, errors = clean(run_dir=directory, tags=set(tags), log=lambda _m: None)
+    return errors
+
+
 ENTRY_KINDS: dict[str, type[Entry]] = {cls.kind: cls for cls in (
     NetnsEntry, LinkEntry, RouteEntry, RuleEntry, ChainEntry, NftChainEntry, NftTableEntry, PolicyEntry, SysctlEntry, ProcessEntry, DirEntry,
-    FileEntry, EmptyDirEntry,
+    FileEntry, EmptyDirEntry, NodeEntry,
 )}
 
 

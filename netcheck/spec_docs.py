@@ -22,20 +22,37 @@ SCHEMA_PATH = Path(__file__).parent / "topologies" / SCHEMA_NAME
 DOCS_PATH = Path(__file__).parent.parent / "docs" / "spec.md"  # in a clone of the repository
 BEGIN = "<!-- BEGIN KEYS: written by `python -m netcheck.spec_docs` from netcheck/spec.py; do not edit by hand -->"
 END = "<!-- END KEYS -->"
+# Multi-host specs ([[host]], [underlay], [join]): their own schema, and their reference in docs/multihost.md.
+MULTI_SCHEMA_NAME = "netcheck-multihost.schema.json"
+MULTI_SCHEMA_PATH = Path(__file__).parent / "topologies" / MULTI_SCHEMA_NAME
+MULTI_DOCS_PATH = Path(__file__).parent.parent / "docs" / "multihost.md"
+MULTI_BEGIN = "<!-- BEGIN MULTIHOST KEYS: written by `python -m netcheck.spec_docs` from netcheck/multihost/spec.py; do not edit by hand -->"
+MULTI_END = "<!-- END MULTIHOST KEYS -->"
 
 
-def walk(table: spec.Table = spec.TOP, path: str = "") -> Iterator[tuple[str, spec.Table]]:
-    """Every table with its path as the reference writes it: "", "host", "container[]", "container[].routes[]"."""
+def walk(table: spec.Table = spec.TOP, path: str = "", *, leaves: frozenset[str] = frozenset()) -> Iterator[tuple[str, spec.Table]]:
+    """Every table with its path as the reference writes it: "", "host", "container[]", "container[].routes[]"
+    (but not the tables at the paths in ``leaves``, described elsewhere)."""
+    if path in leaves:
+        return
     yield path, table
     for k in table.keys:
         if isinstance(k, spec.Sub):
-            yield from walk(k.table, f"{path}.{k.name}".lstrip(".") + ("[]" if k.many else ""))
+            yield from walk(k.table, f"{path}.{k.name}".lstrip(".") + ("[]" if k.many else ""), leaves=leaves)
 
 
-def declared_keys() -> set[str]:
+def multi_walk(*, whole: bool = False) -> Iterator[tuple[str, spec.Table]]:
+    """The tables of a multi-host spec; a [[host]]'s single-host tables only with ``whole`` (docs/spec.md describes them)."""
+    from netcheck.multihost.spec import MULTI_TOP, SINGLE_HOST_SUBS
+
+    leaves = frozenset() if whole else frozenset(f"host[].{name}" for name in SINGLE_HOST_SUBS) | {f"host[].{name}[]" for name in SINGLE_HOST_SUBS}
+    return walk(MULTI_TOP, leaves=leaves)
+
+
+def declared_keys(tables: Iterator[tuple[str, spec.Table]] | None = None) -> set[str]:
     """Every key path the loader accepts, e.g. "container[].services[].port"; a free-named table as "host.sysctl.*"."""
     out = set()
-    for path, table in walk():
+    for path, table in tables if tables is not None else walk():
         if table.names is not None:
             out.add(f"{path}.*")
         out |= {f"{path}.{k.name}".lstrip(".") for k in table.keys}
@@ -99,6 +116,19 @@ def json_schema() -> JSONObject:
     }
 
 
+def multi_json_schema() -> JSONObject:
+    """The JSON Schema (draft-07) of a multi-host spec file ([[host]] tables): each host's single-host tables inlined."""
+    from netcheck.multihost.spec import MULTI_TOP
+
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "netcheck multi-host topology spec",
+        **_table_schema(MULTI_TOP),
+        "description": "A netcheck multi-host topology (TOML): [[host]] tables, [underlay] and [join]. Reference: docs/multihost.md "
+                       "(each host's tables: docs/spec.md). The loader checks more; run `netcheck validate FILE`.",
+    }
+
+
 def _default_text(key: spec.Key[object]) -> str:
     if key.default is spec.Absent.REQUIRED:
         return "**required**"
@@ -121,8 +151,19 @@ def _heading(path: str, table: spec.Table) -> str:
 
 def reference() -> str:
     """The key reference: one table of keys for each TOML table, with type, default, example and meaning."""
-    lines = [BEGIN, ""]
-    for path, table in walk():
+    return _reference(walk(), BEGIN, END, frozenset())
+
+
+def multi_reference() -> str:
+    """The key reference of a multi-host spec's own tables (a host's single-host tables link to docs/spec.md)."""
+    from netcheck.multihost.spec import SINGLE_HOST_SUBS
+
+    return _reference(multi_walk(), MULTI_BEGIN, MULTI_END, SINGLE_HOST_SUBS)
+
+
+def _reference(tables: Iterator[tuple[str, spec.Table]], begin: str, end: str, elsewhere: frozenset[str]) -> str:
+    lines = [begin, ""]
+    for path, table in tables:
         lines += [f"### {_heading(path, table)}", "", table.doc, ""]
         if table.names is not None and table.values is not None:
             lines += ["| key | type | default | example | meaning |", "|---|---|---|---|---|",
@@ -133,12 +174,16 @@ def reference() -> str:
             if isinstance(k, spec.Sub):
                 inner = f"{path}.{k.name}".lstrip(".") + ("[]" if k.many else "")
                 kind = "array of tables" if k.many else "table"
+                if path == "host[]" and k.name in elsewhere:
+                    title = f"[[{k.name}]]" if k.many else f"[{k.name}]"
+                    lines.append(f"| `{k.name}` | {kind}, as a single-host spec's `{title}` ([spec.md](spec.md#reference)) | none | | {k.doc} |")
+                    continue
                 example = f"`{k.name} = {k.example}`" if k.example else ""
                 lines.append(f"| `{k.name}` | {kind}, see {_heading(inner, k.table)} | none | {example} | {k.doc} |")
             else:
                 lines.append(f"| `{k.name}` | {k.kind.title} | {_default_text(k)} | `{k.name} = {k.example}` | {k.doc} |")
         lines.append("")
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines).replace("|  |", "| |")
 
 
@@ -146,13 +191,17 @@ def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
-def with_reference(docs: str) -> str:
-    """The text of docs/spec.md with its key reference replaced by the current one."""
-    if BEGIN not in docs or END not in docs:
-        raise ValueError(f"{DOCS_PATH}: no reference block ({BEGIN} ... {END})")
-    before, rest = docs.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    return before + reference() + after
+def multi_schema_text() -> str:
+    return json.dumps(multi_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def with_reference(docs: str, begin: str = BEGIN, end: str = END, text: str | None = None) -> str:
+    """The text of docs/spec.md (or docs/multihost.md) with its key reference replaced by the current one."""
+    if begin not in docs or end not in docs:
+        raise ValueError(f"no reference block ({begin} ... {end})")
+    before, rest = docs.split(begin, 1)
+    after = rest.split(end, 1)[1]
+    return before + (text if text is not None else reference()) + after
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,9 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if the schema or the reference is stale")
     args = parser.parse_args(argv)
     stale = []
-    targets = [(SCHEMA_PATH, schema_text)]
+    targets = [(SCHEMA_PATH, schema_text), (MULTI_SCHEMA_PATH, multi_schema_text)]
     if DOCS_PATH.exists():
         targets.append((DOCS_PATH, lambda: with_reference(DOCS_PATH.read_text("utf-8"))))
+    if MULTI_DOCS_PATH.exists():
+        targets.append((MULTI_DOCS_PATH, lambda: with_reference(MULTI_DOCS_PATH.read_text("utf-8"), MULTI_BEGIN, MULTI_END, multi_reference())))
     for path, text in targets:
         new = text()
         if path.exists() and path.read_text("utf-8") == new:

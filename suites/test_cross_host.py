@@ -42,6 +42,8 @@ def _why(multi: MultiLab, src: str, dst: str) -> str:
     """The cross-host diagnosis, for a failure message."""
     from netcheck.diagnose import crosshost
 
+    if not isinstance(multi, MultiLab):
+        return "\ndiagnosis: none (the hosts are served by nodes; the cross-host diagnosis reads the hosts' state in this process)"
     d = crosshost.diagnose(multi, src, dst)
     if not d.findings:
         return "\ndiagnosis: nothing in the hosts' or the underlay's state differs from the spec"
@@ -153,10 +155,10 @@ def test_published_port_on_another_host_is_reached_from_a_container(multi_lab: M
 def test_path_mtu_df_probe_at_the_mtu_passes_one_byte_more_gets_frag_needed(multi_lab: MultiLab) -> None:
     t = multi_lab.topology
     (sh, sc, th, tc) = _pairs(t)[0]
-    ns, dst = multi_lab.hosts[sh].container_ns(sc), _addr(t, th, tc)
-    at = X.df_ping(ns, dst, t.path_mtu)
+    dst = _addr(t, th, tc)
+    at = X.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu)
     assert at.outcome == "reply", f"{sh}/{sc} -> {th}/{tc}: {at.describe()}; the declared path MTU is {t.path_mtu}" + _why(multi_lab, sh, th)
-    over = X.df_ping(ns, dst, t.path_mtu + 1)
+    over = X.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu + 1)
     assert over.outcome == "frag-needed", f"{sh}/{sc} -> {th}/{tc}: {over.describe()}; expected fragmentation-needed (mtu {t.path_mtu})" + _why(multi_lab, sh, th)
     assert over.mtu == t.path_mtu, f"fragmentation-needed gave mtu {over.mtu}, the declared path MTU is {t.path_mtu}"
 
@@ -165,7 +167,7 @@ def test_tcp_transfer_bigger_than_one_mtu_completes(multi_lab: MultiLab) -> None
     t = multi_lab.topology
     failures = []
     for sh, sc, th, tc in _pairs(t)[:2]:
-        x = X.transfer(multi_lab.hosts[sh].container_ns(sc), multi_lab.hosts[th].container_ns(tc), _addr(t, th, tc), 256 * 1024)
+        x = X.transfer_between(multi_lab, (sh, sc), (th, tc), _addr(t, th, tc), 256 * 1024)
         if not x.completed:
             failures.append(f"{sh}/{sc} -> {th}/{tc}: {x.describe()}")
     assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,80 @@ def test_a_learning_overlay_floods_to_the_remote_vtep_and_learns_its_mac() -> No
         fdb = lab.hosts["a"].host.run(["bridge", "fdb", "show", "dev", a.vxlan or ""]).stdout.decode()
         assert "00:00:00:00:00:00 dst 198.51.100.130" in fdb and "02:6e:63:00:00:02 dst 198.51.100.130" in fdb, fdb
         assert crosshost.diagnose(lab, "a", "b").findings == ()
+
+
+# ----------------------------------------------------------------------------- the multi-host spec's declarations, docs and schema
+
+
+def _multi_schema() -> dict[str, object]:
+    import json
+
+    schema: dict[str, object] = json.loads((ROOT / "netcheck" / "topologies" / "netcheck-multihost.schema.json").read_text())
+    return schema
+
+
+def _schema_keys(node: dict[str, Any], path: str = "") -> Iterator[str]:
+    if "propertyNames" in node:
+        yield f"{path}.*"
+    for name, child in node.get("properties", {}).items():
+        here = f"{path}.{name}".lstrip(".")
+        yield here
+        if child.get("type") == "array" and child["items"].get("type") == "object":
+            yield from _schema_keys(child["items"], here + "[]")
+        elif child.get("type") == "object":
+            yield from _schema_keys(child, here)
+
+
+def test_the_multi_host_keys_are_declared_once_and_docs_schema_and_loader_agree() -> None:
+    import re
+
+    from netcheck import spec_docs
+
+    assert spec_docs.main(["--check"]) == 0, "run: python -m netcheck.spec_docs"
+    declared = spec_docs.declared_keys(spec_docs.multi_walk())
+    assert {"name", "underlay.network", "join.kind", "join.vni", "host[].name", "host[].underlay", "host[].node", "host[].nic", "host[].container"} <= declared
+    headings = {f"### {spec_docs._heading(path, table)}": path for path, table in spec_docs.multi_walk()}
+    docs, path = set(), None
+    block = (ROOT / "docs" / "multihost.md").read_text().split(spec_docs.MULTI_BEGIN, 1)[1].split(spec_docs.MULTI_END, 1)[0]
+    for line in block.splitlines():
+        if line.startswith("### "):
+            assert line in headings, f"docs/multihost.md has a table the loader does not declare: {line}"
+            path = headings[line]
+        elif (m := re.match(r"\| `([A-Za-z0-9_]+)` \|", line)) and path is not None:
+            docs.add(f"{path}.{m.group(1)}".lstrip("."))
+    assert docs == declared, f"docs only: {sorted(docs - declared)}; loader only: {sorted(declared - docs)}"
+    assert set(_schema_keys(_multi_schema())) == spec_docs.declared_keys(spec_docs.multi_walk(whole=True))
+
+
+@pytest.mark.parametrize("path", sorted([*(ROOT / "netcheck" / "topologies" / "multihost").glob("*.toml"), *(ROOT / "examples" / "multihost").glob("*.toml")]),
+                         ids=lambda p: p.name)
+def test_a_shipped_multi_host_spec_fits_the_schema_and_loads(path: Path) -> None:
+    import tomllib
+
+    import jsonschema
+
+    errors = list(jsonschema.Draft7Validator(_multi_schema()).iter_errors(tomllib.loads(path.read_text())))
+    assert not errors, "\n".join(f"{path}: {'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+    M.load(path)
+
+
+@pytest.mark.parametrize("table", ["", "underlay", "join", "host[0]"])
+def test_an_unknown_key_in_a_multi_host_table_is_refused_by_name(table: str) -> None:
+    import tomllib
+
+    data = tomllib.loads(_text("two-hosts-vxlan"))
+    node: Any = data if not table else data["host"][0] if table == "host[0]" else data[table]
+    node["not_a_key"] = 1
+    with pytest.raises(spec.SpecError) as exc:
+        M._parse(data, "mine.toml")
+    want = f"{table}.not_a_key".lstrip(".")
+    assert any(p.key == want and p.problem == "unknown key" and "known here" in p.fix for p in exc.value.problems), str(exc.value)
+
+
+def test_a_nic_needs_a_node() -> None:
+    text = _text("two-hosts-routed").replace('name = "b"', 'name = "b"\nnic = "eth1"')
+    with pytest.raises(spec.SpecError) as exc:
+        M.loads(text, "mine.toml")
+    assert (exc.value.key, exc.value.value) == ("host[1].nic", "eth1") and "add node" in exc.value.fix, str(exc.value)
+    t = M.loads(text.replace('nic = "eth1"', 'nic = "eth1"\nnode = "ssh=root@198.51.100.12"'), "mine.toml")
+    assert (t.hosts[1].node, t.hosts[1].nic) == ("ssh=root@198.51.100.12", "eth1")

@@ -41,11 +41,14 @@ LAYERS: dict[str, str] = {
     "netcheck.settings": "lab",  # which labs to build and how (it names faults)
     "netcheck.multihost.plan": "lab",  # the join between hosts, pure
     "netcheck.multihost.lab": "lab",  # the host labs, the underlay and the join
+    "netcheck.multihost.nodes": "lab",  # hosts built on nodes, through execnet gateways
+    "netcheck.multihost.sshnode": "lab",  # an sshd in a sandbox namespace, serving as a node
     "netcheck.packet": "probes",  # the one packet decoder
     "netcheck.evidence": "probes",  # probe requests and results, as values
     "netcheck.probes": "probes",  # sending, capturing, the matrix
-    "netcheck.multihost.probes": "probes",  # cross-host probing: captures anywhere, DF echoes, bulk TCP
+    "netcheck.multihost.probes": "probes",  # cross-host probing: captures anywhere, DF echoes, bulk TCP (on nodes too)
     "netcheck.multihost.matrix": "probes",  # the reachability matrix across hosts (the shared engine, netcheck.probes.matrix)
+    "netcheck.multihost.agent": "probes",  # the node's side of a gateway: its host lab, built and probed there
     "netcheck.diagnose": "diagnose",  # why a probe failed
     "netcheck.diagnosing": "diagnose",  # DiagnosingProber: where probes and diagnose meet, above both packages
     "netcheck.report": "report",  # the results model, HTML, pcap, diff

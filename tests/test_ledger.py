@@ -25,6 +25,7 @@ from netcheck.ledger import (
     NetnsEntry,
     NftChainEntry,
     NftTableEntry,
+    NodeEntry,
     PolicyEntry,
     ProcessEntry,
     RouteEntry,
@@ -45,6 +46,7 @@ EXAMPLES: list[Entry] = [
     PolicyEntry(None, "filter", "FORWARD", "ACCEPT"), SysctlEntry("nc0000-host", "net.ipv4.ip_forward", "0"),
     ProcessEntry(4242, 17, ("netavark", "setup")), DirEntry("/tmp/netcheck-nc0000"),
     FileEntry("/etc/netns/nc0000-web/resolv.conf"), EmptyDirEntry("/etc/netns/nc0000-web"), EmptyDirEntry("/etc/netns", shared=True),
+    NodeEntry("ssh", "ssh=root@198.51.100.12", "nc0001"),
 ]
 
 

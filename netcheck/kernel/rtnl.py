@@ -42,6 +42,7 @@ NLMSGERR_ATTR_MSG = 1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 16, 18, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE = 1, 4
 IFLA_BR_FORWARD_DELAY, IFLA_BR_AGEING_TIME, IFLA_BR_STP_STATE = 1, 4, 5
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
@@ -258,6 +259,16 @@ def vxlan(name: str, *, vni: int, port: int, local: IPv4Address, link: int, lear
     if mac:
         attrs += _attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
     return Request(f"add vxlan {name} id {vni} dstport {port} local {local}", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _ifinfo() + attrs)
+
+
+def macvlan(name: str, *, link: int, netns_fd: int, mtu: int | None = None) -> Request:
+    """A bridge-mode macvlan of ``link``, born in the namespace of ``netns_fd``
+    (``ip link add link LINK name NAME netns NS type macvlan mode bridge``): the link never exists beside its parent."""
+    info = _str(IFLA_INFO_KIND, "macvlan") + _attr(IFLA_INFO_DATA, _u32(IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE))
+    attrs = _str(IFLA_IFNAME, name) + _u32(IFLA_LINK, link) + _u32(IFLA_NET_NS_FD, netns_fd) + _attr(IFLA_LINKINFO, info)
+    if mtu:
+        attrs += _u32(IFLA_MTU, mtu)
+    return Request(f"add macvlan {name} of link #{link}", RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _ifinfo() + attrs)
 
 
 def fdb(index: int, mac: str, dst: IPv4Address, *, delete: bool = False, where: str = "") -> Request:

@@ -23,9 +23,9 @@ from netcheck.kernel import rtnl
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.lab import Lab, LabError
 from netcheck.lab.build import ns_defaults
-from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, RouteEntry, Undoer, default_run_dir, undo_all
+from netcheck.ledger import Entry, Ledger, LinkEntry, NetnsEntry, RouteEntry, Undoer, default_run_dir, undo_all
 from netcheck.multihost.plan import HostJoin, JoinPlan, plan
-from netcheck.multihost.spec import MultiTopology
+from netcheck.multihost.spec import Join, MultiTopology
 from netcheck.naming import new_tag
 
 T = TypeVar("T")
@@ -103,22 +103,7 @@ class MultiLab:
     def make_join(self, hj: HostJoin, *, vni: int | None = None, port: int | None = None) -> None:
         """One host's side of the join, each object recorded first (a fault may remake it with another VNI or port)."""
         assert self.ledger is not None
-        j = self.topology.join
-        host = self.hosts[hj.name].host
-        if hj.vxlan is not None and hj.vtep is not None:
-            self.ledger.record(LinkEntry(host.name, hj.vxlan))
-            send(host, lambda sock: [rtnl.vxlan(hj.vxlan or "", vni=vni or j.vni, port=port or j.port, local=hj.underlay.ip,
-                                                link=link_index(sock, hj.uplink), learning=j.fdb == "learning", mtu=j.mtu, mac=hj.mac)])
-            host.configure(up=[hj.vxlan], addresses=[(hj.vxlan, hj.vtep)])
-            index = host.link_index(hj.vxlan)
-            assert index is not None
-            send(host, lambda _sock: [rtnl.fdb(index, f.mac, f.dst, where=hj.vxlan or "") for f in hj.fdb])
-            if hj.neighbours:
-                host.set_neighbours(hj.vxlan, [(n.ip, n.mac) for n in hj.neighbours])
-            host.wait_links_up([hj.vxlan])
-        for r in hj.routes:
-            self.ledger.record(RouteEntry(host.name, str(r.dst)))
-        host.configure(routes=[(r.dst, r.via, r.dev) for r in hj.routes])
+        make_join(self.ledger.record, self.hosts[hj.name].host, self.topology.join, hj, vni=vni, port=port)
 
     def teardown(self) -> None:
         """Release what users attached, tear each host lab down, newest first, then undo the join and the underlay in reverse."""
@@ -180,6 +165,25 @@ class MultiLab:
         return out
 
 
+def make_join(record: Callable[[Entry], object], host: Netns, j: Join, hj: HostJoin, *, vni: int | None = None, port: int | None = None) -> None:
+    """One host's side of the join in its host namespace ``host``, each object given to ``record`` (a ledger's) before it is made:
+    the VXLAN device with its fdb entries and neighbours (vxlan), then the routes to the other hosts."""
+    if hj.vxlan is not None and hj.vtep is not None:
+        record(LinkEntry(host.name, hj.vxlan))
+        send(host, lambda sock: [rtnl.vxlan(hj.vxlan or "", vni=vni or j.vni, port=port or j.port, local=hj.underlay.ip,
+                                            link=link_index(sock, hj.uplink), learning=j.fdb == "learning", mtu=j.mtu, mac=hj.mac)])
+        host.configure(up=[hj.vxlan], addresses=[(hj.vxlan, hj.vtep)])
+        index = host.link_index(hj.vxlan)
+        assert index is not None
+        send(host, lambda _sock: [rtnl.fdb(index, f.mac, f.dst, where=hj.vxlan or "") for f in hj.fdb])
+        if hj.neighbours:
+            host.set_neighbours(hj.vxlan, [(n.ip, n.mac) for n in hj.neighbours])
+        host.wait_links_up([hj.vxlan])
+    for r in hj.routes:
+        record(RouteEntry(host.name, str(r.dst)))
+    host.configure(routes=[(r.dst, r.via, r.dev) for r in hj.routes])
+
+
 def link_index(sock: rtnl.Rtnl, name: str) -> int:
     index = sock.link_index(name)
     if index is None:
@@ -193,4 +197,4 @@ def send(ns: Netns, make: Callable[[rtnl.Rtnl], list[rtnl.Request]]) -> None:
     rtnl.raise_first(failures, f"netns {ns.name} ({ns.label})")
 
 
-__all__ = ["MultiLab", "link_index", "send"]
+__all__ = ["MultiLab", "link_index", "make_join", "send"]

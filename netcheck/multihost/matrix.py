@@ -28,7 +28,7 @@ class CrossHostMatrix(MatrixEngine):
     def __init__(self, multi: MultiLab, *, probers: Mapping[str, Prober] | None = None, **options: Unpack[EngineOptions]) -> None:
         super().__init__(**options)
         self.multi = multi
-        self._plain = {h: X.prober(multi, h) for h in multi.hosts}
+        self._plain = {h: _in_process(X.prober(multi, h)) for h in multi.hosts}
         self._heads = dict(probers or {})
 
     def all(self, hosts: Sequence[str] | None = None) -> MatrixResult:
@@ -70,6 +70,12 @@ class CrossHostMatrix(MatrixEngine):
             out.append(Member(f"{host}/{c.name}", c.name, lab.container_ns(c.name), c.interface, c.address.ip, segment,
                               c.gateway if segment is not None else None, f"{host}/{lab.point(c.name)}", plain, heads))
         return out
+
+
+def _in_process(prober: object) -> Prober:
+    """A MultiLab's prober sends from this process (a NodesLab's asks its node, which the matrix engine cannot drive)."""
+    assert isinstance(prober, Prober), f"a cross-host matrix needs an in-process MultiLab, not {type(prober).__name__}"
+    return prober
 
 
 __all__ = ["CrossHostMatrix"]

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_interface, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +36,7 @@ HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}\Z")  # short: a host's name goes
 BUILTIN = ("two-hosts-routed", "two-hosts-vxlan")
 DEFAULT_UNDERLAY = IPv4Network("198.51.100.128/25")
 DEFAULT_OVERLAY = IPv4Network("10.244.0.0/24")  # documentation space, clear of the outside world's 198.51.100.1
-_HOST_KEYS = ("name", "underlay")
-_TOP_KEYS = ("name", "summary", "underlay", "join", "host")
+NODE_RE = re.compile(r"^(popen|ssh=[^\s/]+)(//[a-z_]+(:[A-Za-z_][A-Za-z0-9_]*)?(=(?:(?!//)\S)+)?)*\Z")  # an execnet spec: popen or ssh=[user@]host, then //key=value options
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,8 @@ class HostSpec:
     name: str
     underlay: IPv4Interface
     topology: S.Topology
+    node: str | None = None  # the execnet gateway that serves it (netcheck.multihost.nodes): "popen", "ssh=user@addr"; None: in this process
+    nic: str | None = None  # on a real node: its interface on the network between the nodes (the host's underlay link is a macvlan of it)
 
     @property
     def subnets(self) -> tuple[IPv4Network, ...]:
@@ -87,6 +88,7 @@ class MultiTopology:
     underlay: Underlay
     join: Join
     hosts: tuple[HostSpec, ...]
+    text: str = field(default="", repr=False, compare=False)  # the TOML it was read from, for nodes that read it again
 
     @property
     def path_mtu(self) -> int:
@@ -102,20 +104,89 @@ class MultiTopology:
         return IPv4Interface(f"{net.network_address + index + 1}/{net.prefixlen}")
 
 
+# --------------------------------------------------------------------------- declarations
+# The keys of a multi-host file, declared as netcheck.spec declares a single host's (Key, Sub, Table):
+# the loader reads them, and netcheck.spec_docs writes docs/multihost.md's reference and the JSON Schema
+# netcheck-multihost.schema.json from them.
+
+
+def _host_name(value: object, name: str) -> str:
+    if not isinstance(value, str) or not HOST_NAME_RE.match(value):
+        raise S._Invalid("must be a short host name (a lowercase letter, then up to 5 letters or digits)", f'write {name} = "a"')
+    return value
+
+
+def _node(value: object, name: str) -> str:
+    if not isinstance(value, str) or not NODE_RE.match(value):
+        raise S._Invalid("is not an execnet gateway to a node (popen, or ssh=user@address)",
+                         f'write {name} = "popen" (a namespace on this machine) or {name} = "ssh=root@198.51.100.7" (options follow as //python=/usr/bin/python3)')
+    return value
+
+
+HOST_NAME = S.Kind("host name (a lowercase letter, then up to 5 letters or digits)", _host_name, {"type": "string", "pattern": S.schema_pattern(HOST_NAME_RE)}, "")
+NODE = S.Kind('execnet gateway: "popen", or "ssh=[user@]host" with //key=value options', _node, {"type": "string", "pattern": S.schema_pattern(NODE_RE)}, "")
+
+
+class UnderlayKeys:
+    network = S.Key("network", S.NETWORK, "The fabric's network, in netcheck's underlay namespace: documentation space, clear of each host's outside world.",
+                    '"198.51.100.128/25"', DEFAULT_UNDERLAY)
+    mtu = S.Key("mtu", S.integer(576, 9000), "The fabric's MTU: each host's link into it.", "1500", 1500)
+
+
+UNDERLAY = S._table("[underlay]", "The fabric that joins the hosts: a bridge in a namespace of netcheck's own.", UnderlayKeys)
+
+
+class JoinKeys:
+    kind = S.Key("kind", S.choice(JOIN_KINDS), "How the hosts' container networks are joined: a route per remote subnet via the other host's underlay address (routed, "
+                 "flannel's host-gw), or a VXLAN overlay (vxlan, flannel's VXLAN, Docker's overlay).", '"vxlan"', S.Absent.REQUIRED)
+    vni = S.Key("vni", S.integer(1, (1 << 24) - 1), "vxlan: the VXLAN network identifier.", "42", 1)
+    port = S.Key("port", S.PORT, "vxlan: the UDP port (IANA's 4789; Linux's and flannel's default is 8472).", "4789", VXLAN_PORT)
+    mtu = S.Key("mtu", S.integer(576, 9000), f"vxlan: the overlay devices' MTU; it must leave {VXLAN_OVERHEAD} bytes of the underlay's for the encapsulation.", "1450",
+                default_doc=f"underlay.mtu - {VXLAN_OVERHEAD}")
+    fdb = S.Key("fdb", S.choice(FDB_MODES), "vxlan: an fdb entry and a neighbour per remote VTEP (unicast), or all-zero entries and learning.", '"learning"', "unicast")
+    overlay = S.Key("overlay", S.NETWORK, "vxlan: the VTEPs' addresses; host i gets the network's address i + 1.", '"10.244.0.0/24"', DEFAULT_OVERLAY)
+
+
+JOIN = S._table("[join]", "How the hosts' container networks are joined.", JoinKeys)
+
+
+class HostEntryKeys:
+    name = S.Key("name", HOST_NAME, "The host's name: capture points (a/netns0:ceth0), labels and test ids carry it.", '"a"', S.Absent.REQUIRED)
+    underlay = S.Key("underlay", S.IFACE_ADDRESS, "The host's address on the underlay, with the underlay's prefix.", '"198.51.100.129/25"', S.Absent.REQUIRED)
+    node = S.Key("node", NODE, "The node that serves this host, reached through execnet (netcheck.multihost.nodes): a namespace on this machine (popen), "
+                 "or a real machine (ssh=user@address).", '"ssh=root@198.51.100.7"', default_doc="none: the host is built in the controller's process")
+    nic = S.Key("nic", S.INTERFACE, "On a real node: its interface on the network between the nodes; the host's link into the underlay is a bridge-mode "
+                "macvlan of it, made inside the host's namespace.", '"eth1"', default_doc="none: on this machine, netcheck gives the node a link into its underlay namespace")
+    summary = S.Key("summary", S.TEXT, "One line saying what the host is.", '"the first node"', default_doc='"host NAME of TOPOLOGY"')
+    setup = S.Sub("setup", S.SETUP, False, "The host's [setup], as a single-host spec's, one level down: [host.setup].")
+    host = S.Sub("host", S.HOST, False, "The host's [host], one level down: [host.host].")
+    wan = S.Sub("wan", S.WAN, False, "The host's outside world, one level down: [host.wan].")
+    bridge = S.Sub("bridge", S.BRIDGE, True, "The host's bridges: [[host.bridge]].")
+    container = S.Sub("container", S.CONTAINER, True, "The host's containers: [[host.container]].")
+    masquerade = S.Sub("masquerade", S.MASQUERADE, True, "The host's masquerade rules: [[host.masquerade]].")
+    publish = S.Sub("publish", S.PUBLISH, True, "The host's published ports: [[host.publish]].")
+    vip = S.Sub("vip", S.VIP, True, "The host's virtual IPs: [[host.vip]].")
+    forward_accept = S.Sub("forward_accept", S.FORWARD_ACCEPT, True, "The host's FORWARD accept rules: [[host.forward_accept]].")
+    dns = S.Sub("dns", S.DNS, False, "The host's DNS server: [host.dns].")
+
+
+HOST_ENTRY = S._table("[[host]]", "One container host: its name, its underlay address, the node that serves it, and the tables of a single-host spec one level down.",
+                      HostEntryKeys)
+SINGLE_HOST_SUBS = frozenset(k.name for k in HOST_ENTRY.keys if isinstance(k, S.Sub))  # described by docs/spec.md's reference
+
+
+class MultiTopKeys:
+    name = S.Key("name", S.NAME, "The topology's name; test ids and reports carry it, and each host's (NAME.HOST).", '"my-hosts"', S.Absent.REQUIRED)
+    summary = S.Key("summary", S.TEXT, "One line saying what the topology is.", '"two hosts on a VXLAN overlay"', "")
+    underlay = S.Sub("underlay", UNDERLAY, False, UNDERLAY.doc)
+    join = S.Sub("join", JOIN, False, JOIN.doc)
+    host = S.Sub("host", HOST_ENTRY, True, "The hosts, at least two.")
+
+
+MULTI_TOP = S._table("top level", "A multi-host spec file: several container hosts, the underlay that joins them, and how their container networks are joined.", MultiTopKeys)
+
+
 # --------------------------------------------------------------------------- reading
-
-
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.found: list[S.Problem] = []
-
-    def add(self, key: str, value: object, problem: str, fix: str) -> None:
-        self.found.append(S.Problem(self.source, key, value, problem, fix))
-
-    def raise_any(self) -> None:
-        if self.found:
-            raise S.SpecError.of(self.found)
 
 
 def is_multi(data: dict[str, Any]) -> bool:
@@ -123,124 +194,73 @@ def is_multi(data: dict[str, Any]) -> bool:
     return isinstance(data.get("host"), list)
 
 
-def _int(p: _Problems, table: dict[str, Any], key: str, path: str, default: int, low: int, high: int, fix: str) -> int:
-    v = table.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        p.add(path, v, f"must be a whole number from {low} to {high}", fix)
-        return default
-    return v
-
-
-def _net(p: _Problems, value: object, path: str, default: IPv4Network, fix: str) -> IPv4Network:
-    try:
-        net = ip_network(str(value), strict=True)
-    except ValueError:
-        p.add(path, value, "is not an IPv4 network in CIDR form", fix)
-        return default
-    if not isinstance(net, IPv4Network):
-        p.add(path, value, "is not an IPv4 network", fix)
-        return default
-    return net
-
-
 def _parse(data: dict[str, Any], source: str) -> MultiTopology:
-    p = _Problems(source)
-    for key in data:
-        if key not in _TOP_KEYS:
-            p.add(key, data[key], "is not a key of a multi-host spec", f"use only {', '.join(_TOP_KEYS)} at the top (a host's own tables go inside its [[host]])")
-    name = data.get("name")
-    if not isinstance(name, str) or not S.NAME_RE.match(name):
-        p.add("name", name, "must be a name of letters, digits, '.', '_' or '-'", 'write name = "my-hosts"')
-        name = "multi"
-    summary = str(data.get("summary", ""))
+    p = S._Problems(source)
+    top = S._Reader(p, MULTI_TOP, "", data)
+    name = top.get(MultiTopKeys.name) or "multi"
+    summary = top.get(MultiTopKeys.summary)
 
-    u = data.get("underlay", {})
-    if not isinstance(u, dict):
-        p.add("underlay", u, "must be a table", 'write [underlay] with network = "198.51.100.128/25"')
-        u = {}
-    network = _net(p, u.get("network", str(DEFAULT_UNDERLAY)), "underlay.network", DEFAULT_UNDERLAY, 'use documentation space, e.g. network = "198.51.100.128/25"')
-    if not any(network.subnet_of(r) for r in S.DOC_RANGES):
-        p.add("underlay.network", str(network), "is outside the documentation ranges netcheck keeps its traffic in", 'use e.g. network = "198.51.100.128/25"')
-    underlay = Underlay(network, _int(p, u, "mtu", "underlay.mtu", 1500, 576, 9000, "use an MTU from 576 to 9000, e.g. mtu = 1500"))
+    ur = top.sub(MultiTopKeys.underlay)
+    network = ur.get(UnderlayKeys.network)
+    if ur.ok("network") and not any(network.subnet_of(r) for r in S.DOC_RANGES):
+        ur.fail("network", str(network), "is outside the documentation ranges netcheck keeps its traffic in", 'use e.g. network = "198.51.100.128/25"')
+    underlay = Underlay(network, ur.get(UnderlayKeys.mtu))
+    ur.done()
 
-    j = data.get("join", {})
-    if not isinstance(j, dict):
-        p.add("join", j, "must be a table", 'write [join] with kind = "routed" or kind = "vxlan"')
-        j = {}
-    kind: JoinKind = "routed"
-    given = j.get("kind")
-    if given == "vxlan":
-        kind = "vxlan"
-    elif given != "routed":
-        p.add("join.kind", given, "must say how the hosts' container networks are joined", 'write kind = "routed" (a route per remote subnet) or kind = "vxlan"')
-    fdb: FdbMode = "unicast"
-    if j.get("fdb") == "learning":
-        fdb = "learning"
-    elif j.get("fdb", "unicast") != "unicast":
-        p.add("join.fdb", j.get("fdb"), "must be unicast (an fdb entry per remote VTEP, no learning) or learning", 'write fdb = "unicast" or fdb = "learning"')
-    overlay = _net(p, j.get("overlay", str(DEFAULT_OVERLAY)), "join.overlay", DEFAULT_OVERLAY, 'write e.g. overlay = "10.244.0.0/24" (the VTEPs\' addresses)')
-    known = {"kind", "vni", "port", "mtu", "fdb", "overlay"}
-    for key in j:
-        if key not in known:
-            p.add(f"join.{key}", j[key], "is not a key of [join]", f"use only {', '.join(sorted(known))}")
-    join = Join(
-        kind, vni=_int(p, j, "vni", "join.vni", 1, 1, (1 << 24) - 1, "use a VNI from 1 to 16777215"),
-        port=_int(p, j, "port", "join.port", VXLAN_PORT, 1, 65535, f"use a UDP port, e.g. port = {VXLAN_PORT}"),
-        mtu=_int(p, j, "mtu", "join.mtu", underlay.mtu - VXLAN_OVERHEAD, 576, 9000, f"use an MTU, e.g. mtu = {underlay.mtu - VXLAN_OVERHEAD}"),
-        fdb=fdb, overlay=overlay,
-    )
-    if join.kind == "vxlan" and join.mtu + VXLAN_OVERHEAD > underlay.mtu:
+    jr = top.sub(MultiTopKeys.join)
+    join = Join(jr.get(JoinKeys.kind), vni=jr.get(JoinKeys.vni), port=jr.get(JoinKeys.port), mtu=jr.opt(JoinKeys.mtu) or underlay.mtu - VXLAN_OVERHEAD,
+                fdb=jr.get(JoinKeys.fdb), overlay=jr.get(JoinKeys.overlay))
+    if join.kind == "vxlan" and jr.ok("mtu") and ur.ok("mtu") and join.mtu + VXLAN_OVERHEAD > underlay.mtu:
         room = underlay.mtu - VXLAN_OVERHEAD
-        p.add("join.mtu", join.mtu,
-              f"leaves no room for the encapsulation: VXLAN over IPv4 adds {VXLAN_OVERHEAD} bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14), "
-              f"so over an underlay MTU of {underlay.mtu} the overlay MTU can be at most {room}; {join.mtu} is {join.mtu - room} bytes too many "
-              "(large packets would be dropped in the underlay with no fragmentation-needed: the MTU black hole)",
-              f"set join.mtu = {room} (or raise underlay.mtu to {join.mtu + VXLAN_OVERHEAD})")
+        jr.fail("mtu", join.mtu,
+                f"leaves no room for the encapsulation: VXLAN over IPv4 adds {VXLAN_OVERHEAD} bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14), "
+                f"so over an underlay MTU of {underlay.mtu} the overlay MTU can be at most {room}; {join.mtu} is {join.mtu - room} bytes too many "
+                "(large packets would be dropped in the underlay with no fragmentation-needed: the MTU black hole)",
+                f"set join.mtu = {room} (or raise underlay.mtu to {join.mtu + VXLAN_OVERHEAD})")
+    jr.done()
 
-    raw_hosts = data.get("host", [])
     hosts: list[HostSpec] = []
-    for i, h in enumerate(raw_hosts if isinstance(raw_hosts, list) else []):
-        host = _host(p, h, i, name, source)
+    count = 0
+    for hr in top.tables(MultiTopKeys.host):
+        count += 1
+        host = _host(hr, name, source)
         if host is not None:
             hosts.append(host)
-    if isinstance(raw_hosts, list) and len(raw_hosts) < 2:
-        p.add("host", len(raw_hosts), "a multi-host spec needs at least two [[host]] tables", "add a second [[host]] (or write one [host] table for a single host)")
+    if is_multi(data) and count < 2:
+        top.fail("host", count, "a multi-host spec needs at least two [[host]] tables", "add a second [[host]] (or write one [host] table for a single host)")
+    top.done()
     t = MultiTopology(name, summary, source, underlay, join, tuple(hosts))
     _validate(t, p)
-    p.raise_any()
+    if p.found:
+        raise S.SpecError.of(p.found)
     return t
 
 
-def _host(p: _Problems, h: object, i: int, top: str, source: str) -> HostSpec | None:
-    at = f"host[{i}]"
-    if not isinstance(h, dict):
-        p.add(at, h, "must be a table", 'write [[host]] with name = "a"')
+def _host(hr: S._Reader, top: str, source: str) -> HostSpec | None:
+    """One [[host]]: its own keys, then its single-host tables read by netcheck.spec (their problems under host[i])."""
+    name = hr.get(HostEntryKeys.name)
+    underlay = hr.get(HostEntryKeys.underlay)
+    node = hr.opt(HostEntryKeys.node)
+    nic = hr.opt(HostEntryKeys.nic)
+    summary = hr.opt(HostEntryKeys.summary)
+    if nic is not None and node is None and hr.ok("nic"):
+        hr.fail("nic", nic, "is a real node's interface, and this host has no node", 'add node = "ssh=root@ADDRESS" (or remove nic)')
+    hr.done()
+    if not (hr.ok("name") and hr.ok("underlay") and hr.ok("node") and hr.ok("nic")):
         return None
-    name = h.get("name")
-    if not isinstance(name, str) or not HOST_NAME_RE.match(name):
-        p.add(f"{at}.name", name, "must be a short host name (a lowercase letter, then up to 5 letters or digits)", 'write name = "a"')
-        return None
-    try:
-        underlay = ip_interface(str(h.get("underlay")))
-    except ValueError:
-        p.add(f"{at}.underlay", h.get("underlay"), "is not an IPv4 address with its prefix", 'write e.g. underlay = "198.51.100.129/25"')
-        return None
-    if not isinstance(underlay, IPv4Interface):
-        p.add(f"{at}.underlay", str(underlay), "is not an IPv4 address", 'write e.g. underlay = "198.51.100.129/25"')
-        return None
-    single = {k: v for k, v in h.items() if k not in _HOST_KEYS}
+    single: dict[str, Any] = {k: v for k, v in hr.data.items() if k in SINGLE_HOST_SUBS}
     single["name"] = f"{top}.{name}"
-    single.setdefault("summary", f"host {name} of {top}")
+    single["summary"] = summary if summary is not None else f"host {name} of {top}"
     try:
         topology = S._parse(single, f"{source} [host {name}]")
     except S.SpecError as exc:
         for prob in exc.problems:
-            p.add(f"{at}.{prob.key}", prob.value, prob.problem, prob.fix)
+            hr.problems.add(f"{hr.path}.{prob.key}", prob.value, prob.problem, prob.fix)
         return None
-    return HostSpec(name, underlay, topology)
+    return HostSpec(name, underlay, topology, node, nic)
 
 
-def _validate(t: MultiTopology, p: _Problems) -> None:
+def _validate(t: MultiTopology, p: S._Problems) -> None:
     seen: dict[str, int] = {}
     held: dict[IPv4Address, str] = {}
     u = t.underlay.network
@@ -287,7 +307,7 @@ def loads(text: str, source: str = "<string>") -> MultiTopology:
         raise S.SpecError(source, "(syntax)", None, f"not valid TOML: {exc}", "fix the TOML syntax at the position shown") from None
     if not is_multi(data):
         raise S.SpecError(source, "host", data.get("host"), "is not an array of [[host]] tables", "write [[host]] tables for a multi-host spec (or load it with netcheck.spec)")
-    return _parse(data, source)
+    return replace(_parse(data, source), text=text)
 
 
 def load(path: str | Path) -> MultiTopology:
