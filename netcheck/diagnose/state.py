@@ -44,6 +44,7 @@ class NsState:
     dad_failed: tuple[tuple[str, str], ...] = ()  # (interface, IPv6 address) whose duplicate address detection failed
     ip_rules: tuple[IpRule, ...] = ()  # policy routing; empty: not read
     all_routes: tuple[RouteEntry, ...] = ()  # every table's routes but local's; empty: not read (``routes`` is main's)
+    routes6: tuple[RouteEntry, ...] = ()  # IPv6's main table, read where the namespace has IPv6 addresses (for the datapath model)
 
     def link(self, name: str | None) -> Link | None:
         return next((x for x in self.links if x.name == name), None)
@@ -134,7 +135,8 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     failed = tuple(_safe(errors, "IPv6 DAD", ns.dad_failed, [])) if any(a.address.version == 6 for a in addresses) else ()
     ip_rules = tuple(_safe(errors, "ip rules", ns.ip_rules, []))
     all_routes = tuple(_safe(errors, "routes of every table", ns.all_routes, []))
-    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed, ip_rules, all_routes)
+    routes6 = tuple(_safe(errors, "IPv6 routes", lambda: ns.routes(socket.AF_INET6), [])) if any(a.address.version == 6 for a in addresses) else ()
+    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed, ip_rules, all_routes, routes6)
 
 
 def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
