@@ -1,8 +1,9 @@
 """The plan's pure half: what a sandbox lab of a spec is made of (kernel names, links, addresses, routes,
-the rules the builder writes) and the state the datapath model traces on it (``planned``).
+the rules the builder writes), and the state the datapath model traces on it (``planned``).
 
-Below the expectations (netcheck.expect answers with the model on ``planned``) and the lab, which the port
-matrix and the flows of netcheck.lab.plan read: netcheck.lab.plan re-exports every name here.
+It sits below netcheck.expect, which answers every expectation with the model on ``planned``, and
+below netcheck.lab.plan, whose port matrix and flows read those answers (plan.py re-exports every
+name here, so ``from netcheck.lab.plan import planned`` still works).
 """
 
 from __future__ import annotations
