@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from netcheck import spec as S
 from netcheck.datapath import model
-from netcheck.datapath.planned import ECHO_PORT, dnat_rule, host_side, planned, planned_plan, planned_ruleset
+from netcheck.datapath.planned import ECHO_PORT, dnat_rule, host_side, planned, planned_plan, planned_ruleset, planned_trace
 from netcheck.datapath.values import Flow, State, Trace
 
 PROBE_PORT = 65000  # the port of the DNAT that ``hairpin`` adds to the planned state (a question about any published port)
@@ -138,8 +138,7 @@ def over(family: S.Family) -> str:
 
 def trace_of(t: S.Topology, flow: Flow) -> Trace:
     """The model's trace of ``flow`` on the planned state of ``t`` (what every answer here reads)."""
-    state, _knames = _planned(t)
-    return model.trace(state, flow)
+    return planned_trace(t, flow)
 
 
 def _answers(t: S.Topology, flow: Flow, target: str) -> bool:

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 from netcheck import resolvconf, spec
 from netcheck.datapath import model
 from netcheck.datapath.firewall import Ruleset
-from netcheck.datapath.values import DEFAULT_RULES, Flow, Iface, Listener, Namespace, Port, Route, State
+from netcheck.datapath.values import DEFAULT_RULES, Flow, Iface, Listener, Namespace, Port, Route, State, Trace
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XChain, XRule
 from netcheck.naming import KernelNames
 
@@ -269,22 +269,37 @@ def planned_plan(t: spec.Topology) -> Plan:
     return _memo(t)[0]
 
 
-_MEMO: dict[int, tuple[weakref.ref[spec.Topology], Plan, State]] = {}  # id(topology) -> its plan and state; by identity (hashing a big spec costs more than a trace)
+def planned_trace(t: spec.Topology, flow: Flow) -> Trace:
+    """The model's trace of ``flow`` on the planned state of ``t`` (memoised with it: the suites, the port matrix and the report
+    ask the same questions)."""
+    traces = _memo_of(t)[3]
+    held = traces.get(flow)
+    if held is None:
+        held = traces[flow] = model.trace(planned(t), flow)
+    return held
+
+
+_MEMO: dict[int, tuple[weakref.ref[spec.Topology], Plan, State, dict[Flow, Trace]]] = {}  # id(topology) -> its plan, state and traces; by identity (hashing a big spec costs more than a trace)
 
 
 def _memo(t: spec.Topology) -> tuple[Plan, State]:
+    held = _memo_of(t)
+    return held[1], held[2]
+
+
+def _memo_of(t: spec.Topology) -> tuple[weakref.ref[spec.Topology], Plan, State, dict[Flow, Trace]]:
     held = _MEMO.get(id(t))
     if held is None or held[0]() is not t:
         p = plan(t, KernelNames(PLAN_TAG))
-        held = (weakref.ref(t), p, state(p))
+        held = (weakref.ref(t), p, state(p), {})
         _MEMO[id(t)] = held
         weakref.finalize(t, _MEMO.pop, id(t), None)
-    return held[1], held[2]
+    return held
 
 
 def delivered(t: spec.Topology, source: str, dst: object, proto: str = "icmp", port: int | None = None) -> bool:
     """Does the datapath model deliver a flow (and its reply) on the planned state of ``t``?"""
-    return model.trace(planned(t), Flow(source, str(dst), proto, port)).delivered
+    return planned_trace(t, Flow(source, str(dst), proto, port)).delivered
 
 
 def state(p: Plan) -> State:
@@ -385,6 +400,7 @@ __all__ = [
     "published_at",
     "masquerade_for",
     "planned",
+    "planned_trace",
     "planned_plan",
     "delivered",
     "state",
