@@ -8,6 +8,14 @@ the next namespace, the bridge (port state, ``isolated``, ``learning``; br_netfi
 bridged frames), and at the end a listener. The reply then walks back and must come out
 un-NATed. Each step records what decided it; a match or target the model does not model ends the
 trace in "unknown: this rule may match", never in a guess.
+
+Both families: an IPv6 packet meets only the chains that see IPv6 (ip6tables', nft ip6 and inet),
+its own forwarding sysctl (``net.ipv6.conf.all.forwarding``) and br_netfilter's
+(``bridge-nf-call-ip6tables``), NDP where IPv4 has ARP, no rp_filter and no route_localnet (::1
+never leaves lo). Published ports: tcp, udp and sctp (an SCTP INIT traced to its arrival), each
+port of a range by its own DNAT, a loopback source leaving lo only with route_localnet, a frame
+bridged back out the port it came in by only in hairpin mode, and an IPv4 packet arriving with
+the receiver's own address as its source dropped as a martian.
 """
 
 from __future__ import annotations

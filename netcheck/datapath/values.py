@@ -1,8 +1,8 @@
 """The values the datapath model reads and writes: a state (namespaces, interfaces, routes,
 policy rules, sysctls, listeners, the host's firewall), a flow, and a trace of steps.
 
-All are frozen and pure: a state is made from a plan (netcheck.datapath.state.planned) or from
-a kernel snapshot (netcheck.datapath.state.observed), never by reading the kernel here.
+All are frozen and pure: a state is made from a plan (netcheck.datapath.planned.planned) or from
+a kernel snapshot (netcheck.diagnose.datapath.observed), never by reading the kernel here.
 """
 
 from __future__ import annotations
