@@ -66,6 +66,14 @@ def test_a_recorded_fault_is_named_by_its_step(name: str, flow: Flow, dispositio
     assert t.decided is not None and t.decided.stage.endswith(stage) and says in t.decided.by, shown(t)
 
 
+def test_the_recorded_dual_stack_lab_is_traced_over_ipv6() -> None:
+    s = recorded("healthy-dual")
+    assert trace(s, Flow("netns0", "2001:db8:2::1", "icmp")).delivered and trace(s, Flow("netns0", "198.51.100.1", "icmp")).delivered
+    t = trace(recorded("ip6tables-drop"), Flow("netns0", "2001:db8:2::1", "icmp"))
+    assert t.disposition == "dropped" and t.decided is not None and "ip6tables-nft" in t.decided.by and "-j DROP" in t.decided.by, shown(t)
+    assert trace(recorded("ip6tables-drop"), Flow("netns0", "198.51.100.1", "icmp")).delivered, "an ip6tables rule does not explain an IPv4 failure"
+
+
 def test_the_recorded_notrack_names_the_dnat_it_skipped() -> None:
     t = trace(recorded("notrack-dnat"), Flow("wan", "203.0.113.2", "tcp", 5000))
     skipped = [s for s in t.causes() if "DNAT not applied" in s.text]
