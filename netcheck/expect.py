@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from netcheck import spec as S
 from netcheck.datapath import model
-from netcheck.datapath.planned import ECHO_PORT, dnat_rule, host_side, planned, planned_plan, planned_ruleset, planned_trace
+from netcheck.datapath.planned import ECHO_PORT, bound_addresses, dnat_rule, host_side, planned, planned_plan, planned_ruleset, planned_trace
 from netcheck.datapath.values import Flow, State, Trace
 
 PROBE_PORT = 65000  # the port of the DNAT that ``hairpin`` adds to the planned state (a question about any published port)
@@ -113,8 +113,9 @@ def published_to_itself(t: S.Topology, p: S.Publish, family: S.Family = 4) -> bo
 
 
 def published(t: S.Topology, p: S.Publish, family: S.Family = 4) -> bool:
-    """Is the port published on this family? (On every family its container and the host's uplink have an address of.)"""
-    return t.container(p.container).at(family) is not None and t.host.at(family) is not None
+    """Is the port published on this family? (On every family its container has an address of and the host one to bind it to:
+    none given, the uplink's; the wildcard, every one it holds; else the one given, of that family alone.)"""
+    return t.container(p.container).at(family) is not None and bool(bound_addresses(t, p, family))
 
 
 def vip_from_container(t: S.Topology, v: S.Vip, src: str, family: S.Family = 4) -> bool:
