@@ -109,7 +109,18 @@ def read_ns(label: str, ns: Netns, *, full: bool, host: bool = False) -> NsState
     Every read runs inside the namespace's own thread in one go (its nested calls run inline),
     instead of one hand-over per read.
     """
-    return ns.call(lambda: _read_ns(label, ns, full=full, host=host))
+    return ns.call(lambda: _with_routes6(_read_ns(label, ns, full=full, host=host), ns, full=full))
+
+
+def _with_routes6(state: NsState, ns: Netns, *, full: bool) -> NsState:
+    """A full read of a namespace with IPv6 addresses gets IPv6's routes too (the datapath model traces IPv6 flows)."""
+    if not full or not any(a.address.version == 6 for a in state.addresses):
+        return state
+    from dataclasses import replace
+
+    errors: list[str] = list(state.errors)
+    routes6 = tuple(_safe(errors, "IPv6 routes", lambda: ns.routes(socket.AF_INET6), []))
+    return replace(state, routes6=routes6, errors=tuple(errors))
 
 
 def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
@@ -135,8 +146,7 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     failed = tuple(_safe(errors, "IPv6 DAD", ns.dad_failed, [])) if any(a.address.version == 6 for a in addresses) else ()
     ip_rules = tuple(_safe(errors, "ip rules", ns.ip_rules, []))
     all_routes = tuple(_safe(errors, "routes of every table", ns.all_routes, []))
-    routes6 = tuple(_safe(errors, "IPv6 routes", lambda: ns.routes(socket.AF_INET6), [])) if any(a.address.version == 6 for a in addresses) else ()
-    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed, ip_rules, all_routes, routes6)
+    return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed, ip_rules, all_routes)
 
 
 def read_rules(ns: Netns) -> tuple[Ruleset, tuple[str, ...], list[str]]:
