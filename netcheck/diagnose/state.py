@@ -186,7 +186,8 @@ def snapshot(namespaces: dict[str, Netns], *, host: str = "host", full: set[str]
     host_ns = namespaces.get(host)
     # Each namespace has its own worker thread: queue the reads on them side by side (no pool to start).
     def reader(label: str, ns: Netns) -> Callable[[], NsState]:
-        return lambda: _read_ns(label, ns, full=full is None or label in full or label == host, host=label == host)
+        whole = full is None or label in full or label == host
+        return lambda: _with_routes6(_read_ns(label, ns, full=whole, host=label == host), ns, full=whole)
 
     futures = {label: ns.submit(reader(label, ns)) for label, ns in namespaces.items()}
     extra = host_ns.submit(lambda: _read_host(host_ns, addresses or set())) if host_ns is not None else None
