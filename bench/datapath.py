@@ -5,7 +5,13 @@
 Measured (medians):
 
 * one trace on the planned state of seed1 and seed2, per kind of flow (ICMP out and back,
-  a hairpin DNAT, a VIP), and the planned state built from scratch (plan + state);
+  a hairpin DNAT, a VIP), of seed1-dual over IPv6 (ip6tables), and of seed1-ports (a port
+  range over UDP, an SCTP INIT, a port bound to 127.0.0.1 from the host), and the planned
+  state built from scratch (plan + state);
+* the expectations, which trace the planned state: one question (``expect.reaches``,
+  ``expect.published_from_container``), every question the suites ask of seed1-ports, and
+  its published-port matrix (every cell's expectation), cold (a new topology object: plan,
+  state and traces built) and memoised (the traces are memoised per topology object);
 * on a live seed1 lab: the snapshot the diagnosis reads anyway, the observed state built from
   it, and one trace on it;
 * the baseline from the same run: one evidence-carrying probe (``Prober.icmp``, two captures)
@@ -21,6 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,13 +46,30 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+def _every_question(t: object) -> int:
+    """Every expectation the suites ask of a topology, on each family: pairs, the outside, each publish's access paths, each VIP."""
+    from netcheck import expect
+    from netcheck import spec as S
+
+    assert isinstance(t, S.Topology)
+    n = 0
+    for f in t.families:
+        names = [c.name for c in t.containers if c.at(f) is not None]
+        n += sum(expect.reaches(t, a, b, f) for a in names for b in names if a != b) + sum(expect.reaches_outside(t, a, f) for a in names)
+        for p in t.publishes:
+            n += expect.published_from_outside(t, p, f) + expect.published_from_host(t, p, f) + expect.published_to_itself(t, p, f)
+            n += sum(expect.published_from_container(t, p, o, f) for o in names if o != p.container)
+        n += sum(expect.vip_from_container(t, v, o, f) for v in t.vips for o in names if o != v.container)
+    return n
+
+
 def main() -> int:
-    from netcheck import spec
+    from netcheck import expect, spec
     from netcheck.datapath import Flow, trace
     from netcheck.diagnose import datapath, rules
     from netcheck.diagnose import state as st
     from netcheck.lab import Lab
-    from netcheck.lab.plan import plan, planned, state
+    from netcheck.lab.plan import plan, planned, port_matrix, state
     from netcheck.naming import KernelNames
     from netcheck.probes import Prober
 
@@ -57,9 +81,26 @@ def main() -> int:
         "trace hairpin DNAT (seed1, planned)": (s1, Flow("netns1", "203.0.113.2", "tcp", 5000)),
         "trace VIP from a container (seed2, planned)": (s2, Flow("http3", "10.100.100.100", "tcp", 8080)),
     }
+    dual, ports = spec.builtin("seed1-dual"), spec.builtin("seed1-ports")
+    s6, sp = planned(dual), planned(ports)
+    flows |= {
+        "trace icmp to the outside over IPv6 (seed1-dual, planned)": (s6, Flow("netns0", "2001:db8:2::1", "icmp")),
+        "trace hairpin DNAT over IPv6 (seed1-dual, planned)": (s6, Flow("netns1", "2001:db8:1::2", "tcp", 5000)),
+        "trace udp range port from outside (seed1-ports, planned)": (sp, Flow("wan", "203.0.113.2", "udp", 8202)),
+        "trace sctp INIT from outside (seed1-ports, planned)": (sp, Flow("wan", "203.0.113.2", "sctp", 9202, reply=False)),
+        "trace 127.0.0.1 bind from the host (seed1-ports, planned)": (sp, Flow("host", "127.0.0.1", "tcp", 8102)),
+    }
     for name, (s, f) in flows.items():
         rows[name] = timed(lambda s=s, f=f: trace(s, f), 2000)
     rows["planned state from scratch (seed2: plan + state)"] = timed(lambda: state(plan(seed2, KernelNames("ncbench"))), 500)
+    rows["planned state from scratch (seed1-ports: plan + state)"] = timed(lambda: state(plan(ports, KernelNames("ncbench"))), 200)
+    rows["expect.reaches (seed1, one question, memoised)"] = timed(lambda: expect.reaches(seed1, "netns0", "netns1"), 2000)
+    rows["expect.published_from_container (seed1-ports, one question, memoised)"] = timed(lambda: expect.published_from_container(ports, ports.publishes[3], "netns1"), 1000)
+    # Cold: a new topology object each time (the planned state and its traces are memoised per object), so the plan and state are built too.
+    rows["expect: every suite question of seed1-ports (cold)"] = timed(lambda: _every_question(replace(ports)), 20)
+    rows["expect: every suite question of seed1-ports (memoised)"] = timed(lambda: _every_question(ports), 20)
+    rows["port_matrix (seed1-ports: every cell's expectation, cold)"] = timed(lambda: port_matrix(replace(ports)), 20)
+    rows["port_matrix (seed1-ports: every cell's expectation, memoised)"] = timed(lambda: port_matrix(ports), 20)
 
     with Lab(seed1) as lab:
         probe = Prober(lab)

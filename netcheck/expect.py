@@ -1,33 +1,47 @@
-"""What a topology promises: which flows should pass, computed from the spec alone.
+"""What a topology promises: which flows should pass, answered by the datapath model on the planned state.
 
-One function answers each question, from the spec's rules (sysctls, the FORWARD policy and
-accepts, MASQUERADE, DNAT), so that the suites, the matrix and the diagnosis all expect the same.
-Each takes the address family (4 or 6; IPv4 unless given): IPv6 has its own forwarding sysctl,
-its own bridge-nf sysctl, and its own MASQUERADE rules (ip6tables).
+Each question is a flow traced by ``netcheck.datapath`` through the state a sandbox build of the
+spec will have (``netcheck.lab.plan.planned``: its addresses and routes of both families, sysctls,
+bridge ports, and the rules the builder writes, in iptables and ip6tables), so that the suites, the
+port matrix and the diagnosis all expect what the one model of the datapath says, and a spec's
+FORWARD policy, accepts, br_netfilter, MASQUERADE, DNAT, binds, ranges, protocols and hairpin
+settings all count without a special case here. Each takes the address family (4 or 6; IPv4 unless
+given).
+
+The planned state holds only netcheck's own rules, all of which the model models, so its traces end
+delivered or in a named drop. Should one end "unknown", the question's answer is False: the flow is
+not promised, so the suites skip it or probe it as "observe" (a published port's access paths, a VIP
+from a container) or "block" (the bridge and isolation matrices, the port matrix);
+tests/test_datapath.py asserts that no planned question of a built-in or example ends unknown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+
 from netcheck import spec as S
+from netcheck.datapath import model
+from netcheck.datapath.planned import ECHO_PORT, bound_addresses, dnat_rule, host_side, planned, planned_plan, planned_ruleset, planned_trace
+from netcheck.datapath.values import Flow, State, Trace
+
+PROBE_PORT = 65000  # the port of the DNAT that ``hairpin`` adds to the planned state (a question about any published port)
 
 
-def host_side(t: S.Topology, container: str) -> str:
-    """The host interface (spec name) a container's traffic enters the host by."""
-    c = t.container(container)
-    return c.bridge or c.host_veth
-
-
-def forward_allowed(t: S.Topology, in_iface: str, out_iface: str) -> bool:
-    """Does the host's filter FORWARD chain, as declared, accept in_iface -> out_iface? (The same in ip6tables.)"""
-    for f in t.forward_accepts:
-        if (f.in_interface in (None, in_iface)) and (f.out_interface in (None, out_iface)):
-            return True
-    return t.host.forward_policy == "ACCEPT"
+def forward_allowed(t: S.Topology, in_iface: str, out_iface: str, family: S.Family = 4) -> bool:
+    """Does the host's filter FORWARD chain (of ``family``) accept a new packet in by in_iface and out by out_iface?"""
+    state, knames = _planned(t)
+    src, dst = ("::", "::") if family == 6 else ("0.0.0.0", "0.0.0.0")
+    return model.chain_verdict(state, "host", "forward", src, dst, knames[in_iface], knames[out_iface]) == "ACCEPT"
 
 
 def routed(t: S.Topology, in_iface: str, out_iface: str, family: S.Family = 4) -> bool:
-    """Does the host route packets from in_iface to out_iface and their replies back (ip_forward or IPv6 forwarding, FORWARD both ways)?"""
-    return t.host.forwarding(family) and forward_allowed(t, in_iface, out_iface) and forward_allowed(t, out_iface, in_iface)
+    """Does the host route packets from in_iface to out_iface and their replies back (the family's forwarding sysctl, FORWARD both ways)?"""
+    state, knames = _planned(t)
+    host = state.ns("host")
+    assert host is not None
+    on, _by = host.forwarding(knames[in_iface], family)
+    return on and forward_allowed(t, in_iface, out_iface, family) and forward_allowed(t, out_iface, in_iface, family)
 
 
 def same_l2(t: S.Topology, a: str, b: str) -> bool:
@@ -36,90 +50,78 @@ def same_l2(t: S.Topology, a: str, b: str) -> bool:
 
 
 def reaches(t: S.Topology, a: str, b: str, family: S.Family = 4) -> bool:
-    """Should container ``a`` reach container ``b`` by its address (of ``family``)?"""
-    if same_l2(t, a, b):
-        # Bridged traffic passes the FORWARD chain when bridge-nf-call-iptables (ip6tables) is 1.
-        if t.host.sysctl(S.BRIDGE_NF_SYSCTL[family]) == 0:
-            return True
-        br = t.container(a).bridge
-        assert br is not None
-        return forward_allowed(t, br, br)
-    return routed(t, host_side(t, a), host_side(t, b), family)
+    """Should container ``a`` reach container ``b`` by its address (of ``family``)? An echo request, and its reply."""
+    address = t.container(b).at(family)
+    return address is not None and _answers(t, Flow(a, str(address.ip), "icmp"), b)
 
 
 def reaches_outside(t: S.Topology, a: str, family: S.Family = 4) -> bool:
     """Should container ``a`` reach the outside world (with a reply coming back)?"""
-    c = t.container(a)
-    if c.gateway_at(family) is None or not t.wan.remote_at(family) or not routed(t, host_side(t, a), t.host.uplink, family):
-        return False
-    return masqueraded(t, a, family=family)
+    remotes = t.wan.remote_at(family)
+    return bool(remotes) and _answers(t, Flow(a, str(remotes[0].ip), "icmp"), "wan")
 
 
 def masqueraded(t: S.Topology, a: str, out: str | None = None, family: S.Family = 4) -> bool:
-    """Does a MASQUERADE rule (of ``family``) rewrite ``a``'s packets leaving by ``out`` (default: the uplink)?"""
-    c = t.container(a)
-    address = c.at(family)
-    out = out or t.host.uplink
-    for m in t.masquerades:
-        if m.family != family:
-            continue
-        if m.source is not None and (address is None or address.ip not in m.source):
-            continue
-        if m.out_interface is not None and m.out_interface != out:
-            continue
-        if m.not_out_interface is not None and m.not_out_interface == out:
-            continue
-        return True
-    return False
+    """Does a MASQUERADE rule (of ``family``) rewrite ``a``'s packets leaving the host by ``out`` (default: the uplink)?"""
+    address = t.container(a).at(family)
+    if address is None:
+        return False
+    state, knames = _planned(t)
+    remotes = t.wan.remote_at(family)
+    dst = str(remotes[0].ip) if remotes else ("2001:db8::1" if family == 6 else "198.51.100.1")
+    return model.chain_verdict(state, "host", "postrouting", str(address.ip), dst, None, knames[out or t.host.uplink]) == "MASQUERADE"
 
 
 def hairpin(t: S.Topology, src: str, dst: str, family: S.Family = 4) -> bool:
     """Does ``src`` reach ``dst`` through a DNAT on the host (a published port, a VIP), reply included?
 
-    The DNATed request is routed from ``src``'s side of the host to ``dst``'s, so it needs
-    ip_forward and the FORWARD chain's accept (on one bridge: in and out by that bridge). On one
-    bridge, the reply goes straight across it unless br_netfilter hands bridged frames to iptables
-    (bridge-nf-call-iptables=1), or a MASQUERADE rewrote the request so the reply returns through
-    the host.
-    """
-    if not routed(t, host_side(t, src), host_side(t, dst), family):
+    Traced with a DNAT of the host's uplink address (a TCP port no publish uses) to ``dst``'s echo
+    responder added to the planned rules: the DNATed request is routed (or, on one bridge with
+    br_netfilter, bridged) to ``dst``'s side, and its reply must come back through the host to be
+    un-NATed (br_netfilter, or a MASQUERADE of the request)."""
+    to, up = t.container(dst).at(family), t.host.at(family)
+    if to is None or up is None:
         return False
-    if not same_l2(t, src, dst):
-        return True
-    bridge = t.container(src).bridge
-    return t.host.sysctl(S.BRIDGE_NF_SYSCTL[family]) != 0 or masqueraded(t, src, out=bridge, family=family)
+    p, state = planned_plan(t), planned(t)
+    rule = dnat_rule("PREROUTING", str(up.ip), "tcp", PROBE_PORT, str(to.ip), ECHO_PORT)
+    with_dnat = replace(state, namespaces=tuple(replace(n, ruleset=planned_ruleset(p, [rule])) if n.label == "host" else n for n in state.namespaces))
+    return _delivered(model.trace(with_dnat, Flow(src, str(up.ip), "tcp", PROBE_PORT)), dst)
 
 
 def published_from_outside(t: S.Topology, p: S.Publish, family: S.Family = 4) -> bool:
-    """Does the outside world reach a published port (PREROUTING DNAT, then routed from the uplink)? Not one bound to 127.0.0.1."""
-    return p.from_outside and not p.loopback and published(t, p, family) and routed(t, t.host.uplink, host_side(t, p.container), family)
+    """Does the outside world reach a published port (PREROUTING DNAT, then routed from the uplink), at the address it is bound to?
+    One bound to 127.0.0.1 is asked at the uplink's address, where it must not answer."""
+    return published(t, p, family) and _reach_publish(t, p, "wan", _outside_dst(t, p, family))
 
 
 def published_from_host(t: S.Topology, p: S.Publish, family: S.Family = 4) -> bool:
-    """Does the host reach a published port (OUTPUT DNAT)? Bound to 127.0.0.1, only with route_localnet (the loopback source leaves lo)."""
-    return p.from_host and published(t, p, family) and (not p.loopback or t.host.sysctl("net.ipv4.conf.all.route_localnet") == 1)
+    """Does the host reach a published port (OUTPUT DNAT)? Bound to 127.0.0.1, only with route_localnet (the loopback source leaves lo)
+    and the MASQUERADE of 127.0.0.0/8 (the reply comes back to the host)."""
+    return published(t, p, family) and _reach_publish(t, p, "host", _host_dst(t, p, family))
 
 
 def published_from_container(t: S.Topology, p: S.Publish, src: str, family: S.Family = 4) -> bool:
     """Does container ``src`` reach a published port through the host's address (PREROUTING DNAT, then a hairpin)?"""
-    return p.from_outside and not p.loopback and published(t, p, family) and hairpin(t, src, p.container, family)
+    return published(t, p, family) and t.container(src).at(family) is not None and _reach_publish(t, p, src, _outside_dst(t, p, family))
 
 
 def published_to_itself(t: S.Topology, p: S.Publish, family: S.Family = 4) -> bool:
     """Does a container reach its own published port? The DNATed request goes back out by its own side of the host, so it needs the
-    hairpin MASQUERADE (Docker's -s C -d C): without it, the container sees its own address as the source and drops it as a martian."""
-    side = host_side(t, p.container)
-    return p.from_outside and not p.loopback and p.hairpin and published(t, p, family) and routed(t, side, side, family)
+    hairpin MASQUERADE (Docker's -s C -d C), and with br_netfilter its bridge port in hairpin mode: without them, it sees its own
+    address as the source (a martian), or the bridge does not send the frame back out the port it came in by."""
+    return published(t, p, family) and _reach_publish(t, p, p.container, _outside_dst(t, p, family))
 
 
 def published(t: S.Topology, p: S.Publish, family: S.Family = 4) -> bool:
-    """Is the port published on this family? (On every family its container and the host's uplink have an address of.)"""
-    return t.container(p.container).at(family) is not None and t.host.at(family) is not None
+    """Is the port published on this family? (On every family its container has an address of and the host one to bind it to:
+    none given, the uplink's; the wildcard, every one it holds; else the one given, of that family alone.)"""
+    return t.container(p.container).at(family) is not None and bool(bound_addresses(t, p, family))
 
 
 def vip_from_container(t: S.Topology, v: S.Vip, src: str, family: S.Family = 4) -> bool:
     """Does container ``src`` reach a VIP (PREROUTING jumps to its chain, then a hairpin to the container behind it)?"""
-    return v.from_outside and v.at(family) is not None and hairpin(t, src, v.container, family)
+    address = v.at(family)
+    return address is not None and t.container(src).at(family) is not None and _answers(t, Flow(src, str(address), v.protocol, v.port), v.container)
 
 
 DEFAULT_MTU = 1500  # the kernel's for a veth and a bridge; a container's ``mtu`` overrides it
@@ -139,3 +141,56 @@ def remote(t: S.Topology, family: S.Family = 4) -> S.IPAddr:
 def over(family: S.Family) -> str:
     """" over IPv6" for messages about the IPv6 run of a test; nothing for IPv4 (its messages stay as they were)."""
     return " over IPv6" if family == 6 else ""
+
+
+# ----------------------------------------------------------------------------- the model's answers
+
+
+def trace_of(t: S.Topology, flow: Flow) -> Trace:
+    """The model's trace of ``flow`` on the planned state of ``t`` (what every answer here reads)."""
+    return planned_trace(t, flow)
+
+
+def _answers(t: S.Topology, flow: Flow, target: str) -> bool:
+    return _delivered(trace_of(t, flow), target)
+
+
+def _delivered(tr: Trace, target: str) -> bool:
+    """Delivered to ``target`` (its listener answered, or for a request-only flow, the request arrived there). Unknown: not promised."""
+    return tr.delivered and tr.target == target
+
+
+def _reach_publish(t: S.Topology, p: S.Publish, src: str, dst: S.IPAddr | None) -> bool:
+    """Does ``src`` reach the published port at ``dst``, on its first and its last port (a range's every port has its own DNAT)?
+    SCTP is proven by its INIT's arrival (no SCTP service runs), the others by the service's answer."""
+    if dst is None:
+        return False
+    ports = sorted({p.host_ports[0], p.host_ports[-1]})
+    return all(_answers(t, Flow(src, str(dst), p.protocol, port, reply=p.protocol != "sctp"), p.container) for port in ports)
+
+
+def _outside_dst(t: S.Topology, p: S.Publish, family: S.Family) -> S.IPAddr | None:
+    """Where the outside and the containers address a published port: the address it is bound to, else (none given, the wildcard,
+    127.0.0.1) the uplink's."""
+    up = t.host.at(family)
+    if p.host_address is not None and not p.wildcard and not p.loopback:
+        return p.host_address if p.host_address.version == family else None
+    return up.ip if up is not None else None
+
+
+def _host_dst(t: S.Topology, p: S.Publish, family: S.Family) -> S.IPAddr | None:
+    """Where the host addresses a published port: the address it is bound to (127.0.0.1 too), else the uplink's."""
+    if p.loopback:
+        return p.host_address if p.host_address is not None and p.host_address.version == family else None
+    return _outside_dst(t, p, family)
+
+
+def _planned(t: S.Topology) -> tuple[State, Mapping[str, str]]:
+    """The planned state of ``t`` and its host interfaces' kernel names (spec name -> planned name)."""
+    return planned(t), planned_plan(t).knames
+
+
+__all__ = [
+    "forward_allowed", "hairpin", "host_side", "masqueraded", "over", "published", "published_from_container", "published_from_host", "published_from_outside",
+    "published_to_itself", "reaches", "reaches_outside", "remote", "routed", "same_l2", "trace_of", "vip_from_container",
+]

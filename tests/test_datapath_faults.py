@@ -133,3 +133,46 @@ def test_an_nft_bridge_family_drop(lab: Lab, undo: list[Sequence[str]]) -> None:
     t = trace_of(lab, Flow("netns0", "172.18.0.20", "icmp"), "bridge-drop")
     assert t.disposition == "dropped" and t.decided is not None and t.decided.stage == f"nft bridge {table} l2fwd" and "rule 1" in t.decided.by, "\n".join(t.lines())
     assert trace_of(lab, Flow("netns0", "198.51.100.1", "icmp")).delivered, "the bridge's forward hook never sees routed traffic"
+
+
+# ----------------------------------------------------------------------------- IPv6: one dual-stack lab
+
+
+@pytest.fixture(scope="module")
+def dual() -> Iterator[Lab]:
+    with Lab(spec.builtin("seed1-dual")) as made:
+        yield made
+
+
+def test_the_dual_stack_lab_is_traced_over_ipv6(dual: Lab) -> None:
+    """The observed state holds IPv6's addresses and routes: echoes out and between containers are delivered; a TCP flow reaches
+    its container, whose IPv6 sockets the snapshot does not read (so the listener is unknown, never a guessed "no listener")."""
+    for flow in (Flow("netns0", "2001:db8:2::1", "icmp"), Flow("netns0", "fd00:18::20", "icmp"), Flow("wan", "2001:db8:1::2", "icmp")):
+        t = trace_of(dual, flow, "healthy-dual" if flow.source == "netns0" and flow.dst.startswith("2001") else None)
+        assert t.delivered, "\n".join(t.lines())
+    t = trace_of(dual, Flow("wan", "2001:db8:1::2", "tcp", 5000))
+    assert t.disposition == "unknown" and t.target == "netns0" and "on IPv6" in t.reason, "\n".join(t.lines())
+    assert any("DNAT" in s.text and "[fd00:18::10]:5000" in s.text for s in t.steps), "\n".join(t.lines())
+
+
+def test_an_ip6tables_drop_is_named_and_leaves_ipv4_alone(dual: Lab, undo6: list[Sequence[str]]) -> None:
+    rule = ["FORWARD", "-o", dual.kname("eth0"), "-j", "DROP"]
+    sh(dual, "ip6tables-nft", "-I", *rule)
+    undo6.append(["ip6tables-nft", "-D", *rule])
+    t = trace_of(dual, Flow("netns0", "2001:db8:2::1", "icmp"), "ip6tables-drop")
+    assert t.disposition == "dropped" and t.decided is not None and t.decided.stage.startswith("filter FORWARD") and "ip6tables-nft" in t.decided.by, "\n".join(t.lines())
+    assert trace_of(dual, Flow("netns0", "198.51.100.1", "icmp")).delivered, "an ip6tables rule never sees IPv4"
+    r = DiagnosingProber(dual).icmp("netns0", "2001:db8:2::1")
+    d = r.diagnosis
+    assert d is not None and not r.passed, r.explain()
+    found = next((f for f in d.findings if f.cause == "model_disposition"), None)
+    assert found is not None and "ip6tables-nft" in found.fix, r.explain()
+
+
+@pytest.fixture
+def undo6(dual: Lab) -> Iterator[list[Sequence[str]]]:
+    todo: list[Sequence[str]] = []
+    yield todo
+    for argv in reversed(todo):
+        dual.host.run(list(argv))
+    assert trace_of(dual, Flow("netns0", "2001:db8:2::1", "icmp")).delivered, "the dual-stack lab is not healthy again after the undo"

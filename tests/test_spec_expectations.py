@@ -65,6 +65,23 @@ def test_a_vip_only_from_the_host_is_no_hairpin() -> None:
     assert not expect.vip_from_container(t, vip, "http3"), "without the PREROUTING jump a container's request is not redirected"
 
 
+def test_the_model_names_what_keeps_each_false_failure_away() -> None:
+    """The expectations come from the datapath model on the planned state: it names the FORWARD policy that stops the hairpin, and
+    it delivers the UDP publish to a UDP probe only (an HTTP probe of it, as once sent, finds nothing on TCP)."""
+    from netcheck.datapath import Flow
+
+    t = spec.load(FORWARD_DROP)
+    (publish,) = t.publishes
+    tr = expect.trace_of(t, Flow("netns1", str(t.host.address.ip), publish.protocol, publish.host_port))
+    assert tr.disposition == "dropped" and tr.decided is not None and tr.decided.stage == "filter FORWARD" and "-P FORWARD policy DROP" in tr.decided.by, "\n".join(tr.lines())
+    assert expect.trace_of(t, Flow("wan", str(t.host.address.ip), publish.protocol, publish.host_port)).delivered
+    u = spec.load(UDP_PUBLISH)
+    (udp,) = [p for p in u.publishes if p.protocol == "udp"]
+    assert expect.published_from_outside(u, udp) and expect.trace_of(u, Flow("wan", str(u.host.address.ip), "udp", udp.host_port)).target == udp.container
+    tcp = expect.trace_of(u, Flow("wan", str(u.host.address.ip), "tcp", udp.host_port))
+    assert not tcp.delivered and tcp.target != udp.container, "\n".join(tcp.lines())
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("path", [FORWARD_DROP, UDP_PUBLISH, MINIMAL], ids=["forward-drop", "udp-publish", "minimal"])
 def test_suites_pass(run_suites: Callable[..., pytest.RunResult], path: Path) -> None:

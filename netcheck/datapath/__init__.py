@@ -3,7 +3,7 @@
 ``trace(state, flow)`` walks a flow through a state hop by hop, in the kernel's order, to a
 disposition (delivered, dropped by a rule, rejected, no route, null-routed, neighbour
 unreachable, no listener, reply not un-NATed, unknown), each step saying what decided it. The
-state is the one planned from a spec (``netcheck.lab.plan.state``, ``planned``) or the one read
+state is the one planned from a spec (``netcheck.datapath.planned.planned``, both families) or the one read
 back from the kernel (``netcheck.diagnose.datapath.observed``). Pure: no kernel access, no root.
 """
 

@@ -233,9 +233,13 @@ def family_of(pkt: Pkt) -> int:
 
 
 def _sees(backend: str, chain: XChain, pkt: Pkt) -> bool:
-    """Does a base chain see the packet's family? (ip6tables and nft ip6 tables: IPv6; iptables and nft ip: IPv4; inet: both.)"""
-    family = 6 if backend in (LEGACY6, NFT6) else 4 if backend == "legacy" or chain.family == "ip" else 0
-    return family in (0, family_of(pkt))
+    return sees(backend, chain, family_of(pkt))
+
+
+def sees(backend: str, chain: XChain, family: int) -> bool:
+    """Does a base chain see packets of ``family``? (ip6tables and nft ip6 tables: IPv6; iptables and nft ip: IPv4; inet: both.)"""
+    seen = 6 if backend in (LEGACY6, NFT6) else 4 if backend == "legacy" or chain.family == "ip" else 0
+    return seen in (0, family)
 
 
 def _addr_match(spec: str | None, addr: str) -> bool:
@@ -280,13 +284,16 @@ def matches(r: XRule, pkt: Pkt, *, interfaces: bool = True) -> bool:
         return False
     if interfaces and ((r.in_set and not any(_iface_match(i, pkt.iif) for i in r.in_set)) or (r.out_set and not any(_iface_match(i, pkt.oif) for i in r.out_set))):
         return False
-    if r.protocol and r.protocol not in (pkt.proto, {"tcp": "6", "udp": "17", "icmp": "1"}.get(pkt.proto)):
+    if r.protocol and r.protocol not in PROTOCOL_NAMES.get(pkt.proto + ("6" if pkt.proto == "icmp" and family_of(pkt) == 6 else ""), (pkt.proto,)):
         return False
     if r.ct_state and pkt.ct_state not in r.ct_state:
         return False
     if r.dports and (pkt.dport is None or not any(lo <= pkt.dport <= hi for lo, hi in r.dports)):
         return False
     return r.dport is None or r.dport == pkt.dport
+
+
+PROTOCOL_NAMES = {"tcp": ("tcp", "6"), "udp": ("udp", "17"), "sctp": ("sctp", "132"), "icmp": ("icmp", "1"), "icmp6": ("icmpv6", "ipv6-icmp", "58")}  # a probe's protocol as a rule may name it
 
 
 def counter_deltas(before: Iterable[Placed], after: Iterable[Placed]) -> list[tuple[Placed, int]]:
@@ -300,4 +307,4 @@ def counter_deltas(before: Iterable[Placed], after: Iterable[Placed]) -> list[tu
     return out
 
 
-__all__ = ["XTABLES", "Decision", "Pkt", "Placed", "Ruleset", "binary", "command", "counter_deltas", "is_native", "matches"]
+__all__ = ["LEGACY6", "NFT6", "XTABLES", "Decision", "Pkt", "Placed", "Ruleset", "binary", "command", "counter_deltas", "is_native", "matches", "sees"]

@@ -8,16 +8,24 @@ the next namespace, the bridge (port state, ``isolated``, ``learning``; br_netfi
 bridged frames), and at the end a listener. The reply then walks back and must come out
 un-NATed. Each step records what decided it; a match or target the model does not model ends the
 trace in "unknown: this rule may match", never in a guess.
+
+Both families: an IPv6 packet meets only the chains that see IPv6 (ip6tables', nft ip6 and inet),
+its own forwarding sysctl (``net.ipv6.conf.all.forwarding``) and br_netfilter's
+(``bridge-nf-call-ip6tables``), NDP where IPv4 has ARP, no rp_filter and no route_localnet (::1
+never leaves lo). Published ports: tcp, udp and sctp (an SCTP INIT traced to its arrival), each
+port of a range by its own DNAT, a loopback source leaving lo only with route_localnet, a frame
+bridged back out the port it came in by only in hairpin mode, and an IPv4 packet arriving with
+the receiver's own address as its source dropped as a martian.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Literal
 
-from netcheck.datapath.firewall import Pkt, Placed, binary, is_native, matches
-from netcheck.datapath.values import LOCAL_TABLE, LOOPBACK, Flow, Iface, Namespace, Route, State, Step, Trace
+from netcheck.datapath.firewall import LEGACY6, Pkt, Placed, binary, is_native, matches, sees
+from netcheck.datapath.values import BRIDGE_NF, DEFAULT_RULES, LOCAL_TABLE, LOOPBACK, Flow, Iface, Namespace, Route, State, Step, Trace
 from netcheck.kernel.netns import IpRule
 from netcheck.kernel.xtables import XChain
 
@@ -50,9 +58,15 @@ class _Pkt:
     conn: int | None = None  # the conntrack entry (index in the namespace's list)
     reply: bool = False  # the entry's reply direction
 
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.dst else 4
+
     def render(self) -> str:
         if self.proto == "icmp":
-            return f"{self.src} > {self.dst} icmp"
+            return f"{self.src} > {self.dst} icmp" + ("v6" if self.family == 6 else "")
+        if self.family == 6:
+            return f"[{self.src}]:{self.sport} > [{self.dst}]:{self.dport} {self.proto}"
         return f"{self.src}:{self.sport} > {self.dst}:{self.dport} {self.proto}"
 
 
@@ -91,6 +105,7 @@ class _Walk:
     marked: set[str] = field(default_factory=set)  # namespaces where a MARK or CONNMARK target matched the packet
     hops: int = 0
     direction: Direction = "request"
+    physin: tuple[str, str, str] | None = None  # (namespace, bridge, port): the bridge port a frame handed to br_netfilter came in by
 
     # ------------------------------------------------------------------ recording
 
@@ -112,14 +127,15 @@ class _Walk:
     def lookup(self, ns: Namespace, dst: str, src: str | None, iif: str | None, stage: str = "route") -> tuple[Route, IpRule]:
         """The route for dst (policy rules, then the tables); ends the walk where there is none."""
         ip = ip_address(dst)
-        for rule in sorted(ns.rules, key=lambda r: r.priority):
+        rules = ns.rules if ip.version == 4 else DEFAULT_RULES  # the state holds IPv4's policy rules (ip rule); IPv6's are taken as the defaults
+        for rule in sorted(rules, key=lambda r: r.priority):
             hit = _rule_matches(rule, src, dst, iif, marked=ns.label in self.marked)
             if hit is None:
                 raise self.end(ns.label, stage, "unknown", f"this policy rule may match: it uses {', '.join(rule.unmodelled)}, which the model does not model", _render_rule(rule))
             if not hit:
                 continue
             if rule.action in ("blackhole", "prohibit", "unreachable"):
-                return Route(_ANY, kind=rule.action, table=-1), rule
+                return Route(_ANY if ip.version == 4 else _ANY6, kind=rule.action, table=-1), rule
             if rule.action != "lookup" or rule.table is None:
                 if rule.action == "nop":
                     continue
@@ -141,7 +157,8 @@ class _Walk:
             if best is None or best.kind == "throw":
                 continue
             return best, rule
-        raise self.end(ns.label, stage, "no-route", f"no route to {dst}", f"routes of {ns.label}: " + ("; ".join(r.render() for r in ns.routes) or "none"))
+        shown = [r.render() for r in ns.routes if r.dst.version == ip.version]
+        raise self.end(ns.label, stage, "no-route", f"no route to {dst}", f"{'IPv6 ' if ip.version == 6 else ''}routes of {ns.label}: " + ("; ".join(shown) or "none"))
 
     def routed(self, ns: Namespace, pkt: _Pkt, iif: str | None, stage: str = "route") -> tuple[Route, str]:
         """The route a packet takes and its next hop; a blackhole, prohibit or unreachable route ends the walk."""
@@ -164,7 +181,7 @@ class _Walk:
         ns = self.ns(label)
         route, nexthop = self.routed(ns, pkt, None)
         if pkt.src is None:
-            src = str(route.src) if route.src else (pkt.dst if route.kind == "local" else ns.primary(route.dev or "", nexthop))
+            src = str(route.src) if route.src else (pkt.dst if route.kind == "local" else ns.primary(route.dev or "", nexthop, pkt.family))
             if src is None:
                 raise self.end(label, "route", "unknown", f"no source address for {pkt.dst} on {route.dev}")
             pkt = replace(pkt, src=src)
@@ -174,6 +191,14 @@ class _Walk:
         if pkt.dst != before:
             route, nexthop = self.routed(ns, pkt, None, "reroute")
             oif = "lo" if route.kind == "local" else route.dev
+            source = ip_address(pkt.src or "0.0.0.0")
+            if route.kind != "local" and source.is_loopback:
+                if source.version == 6:
+                    raise self.end(label, "reroute", "dropped", f"the DNATed packet keeps its source {source} and would leave by {oif}: IPv6 never routes ::1 off lo", "the kernel")
+                if ns.conf(oif or "", "route_localnet") != 1:
+                    raise self.end(label, "reroute", "dropped", f"the DNATed packet keeps its loopback source {source} and would leave by {oif}: the kernel refuses it",
+                                   f"net.ipv4.conf.{oif}.route_localnet = {ns.conf(oif or '', 'route_localnet')}")
+                self.step(label, "reroute", f"its loopback source {source} may leave by {oif}", f"net.ipv4.conf.{oif}.route_localnet = 1")
         pkt = self.hook(ns, "postrouting", pkt, None, oif)
         if route.kind == "local":
             pkt = self.hook(ns, "input", pkt, "lo", None)
@@ -192,11 +217,15 @@ class _Walk:
         if dev.kind == "bridge":
             found = self.port_towards(ns, dev, nexthop)
             if found is None:
-                raise self.end(ns.label, "neighbour", "neighbour-unreachable", f"no port of {dev.name} leads to {nexthop} (nobody answers ARP for it)", f"bridge {dev.name}")
+                raise self.end(ns.label, "neighbour", "neighbour-unreachable", f"no port of {dev.name} leads to {nexthop} (nobody answers {_nd(nexthop)} for it)", f"bridge {dev.name}")
             port, peer_ns, peer_if = found
             assert port.port is not None
             if port.port.state != "forwarding" or not port.up:
                 raise self.end(ns.label, "bridge", "dropped", f"{dev.name} -> {port.name}: the port is {port.port.state if port.up else 'down'}", f"bridge port {port.name}")
+            if self.physin == (ns.label, dev.name, port.name) and not port.port.hairpin:
+                raise self.end(ns.label, "bridge", "dropped", f"{dev.name}: br_netfilter bridges the DNATed frame back out {port.name}, the port it came in by, and "
+                               f"{port.name} is not in hairpin mode", f"bridge_slave {port.name} hairpin off; {BRIDGE_NF[pkt.family]} = 1")
+            self.physin = None
             self.step(ns.label, "bridge", f"{dev.name} -> {port.name} (towards {nexthop})", f"bridge {dev.name}")
             self.l2_hook(ns, "output", pkt, None, port.name)
             self.l2_hook(ns, "postrouting", pkt, None, port.name)
@@ -208,10 +237,11 @@ class _Walk:
         if peer is None or not peer.up:
             raise self.end(ns.label, "link", "dropped", f"{dev.name}'s peer {dev.peer[1]} in {dev.peer[0]} is {'down' if peer else 'missing'}: no carrier", f"link {dev.name}")
         pkt = replace(pkt, ct="", conn=None, reply=False)  # crossing namespaces scrubs the conntrack reference
+        self.physin = None
         if peer.port is not None:
             return self.bridge_in(far, peer, nexthop, pkt)
         if far.local(nexthop) is None:
-            raise self.end(far.label, "neighbour", "neighbour-unreachable", f"{dev.name} -> {peer.name}: nobody in {far.label} holds {nexthop}", f"link {dev.name}")
+            raise self.end(far.label, "neighbour", "neighbour-unreachable", f"{dev.name} -> {peer.name}: nobody in {far.label} holds {nexthop} ({_nd(nexthop)} unanswered)", f"link {dev.name}")
         return self.receive(far, peer.name, pkt)
 
     def port_towards(self, ns: Namespace, bridge: Iface, nexthop: str) -> tuple[Iface, str, str] | None:
@@ -236,6 +266,8 @@ class _Walk:
                 raise self.end(ns.label, "neighbour", "neighbour-unreachable", f"nobody on {br.name} holds {nexthop}", f"bridge {br.name}")
             self.step(ns.label, "bridge", f"{port.name} -> {br.name} (to the host)", f"bridge {br.name}")
             self.l2_hook(ns, "input", pkt, port.name, None)
+            if _brnf(ns, br, pkt.family):
+                self.physin = (ns.label, br.name, port.name)
             return self.receive(ns, br.name, pkt)
         out, peer_ns, peer_if = found
         assert out.port is not None
@@ -247,11 +279,12 @@ class _Walk:
         self.step(ns.label, "bridge", f"{port.name} -> {out.name} (bridged on {br.name})" + ("" if out.port.learning else f"; {out.name} does not learn: its frames are flooded"),
                   f"bridge {br.name}" + (f", learning off on {out.name}" if not out.port.learning else ""))
         self.l2_hook(ns, "forward", pkt, port.name, out.name)
-        brnf = ns.sysctl("net.bridge.bridge-nf-call-iptables", 1) == 1 or br.nf_call_iptables
+        brnf = _brnf(ns, br, pkt.family)
+        key = BRIDGE_NF[pkt.family]
         if ns.ruleset is not None:
             if brnf:
-                self.step(ns.label, "br_netfilter", "the bridged frame passes the host's iptables hooks", "net.bridge.bridge-nf-call-iptables = 1" if ns.sysctl(
-                    "net.bridge.bridge-nf-call-iptables", 1) == 1 else f"bridge {br.name} nf_call_iptables on")
+                self.step(ns.label, "br_netfilter", f"the bridged frame passes the host's {'ip6tables' if pkt.family == 6 else 'iptables'} hooks",
+                          f"{key} = 1" if ns.sysctl(key, 1) == 1 else f"bridge {br.name} nf_call_{'ip6tables' if pkt.family == 6 else 'iptables'} on")
                 before = pkt.dst
                 pkt = self.hook(ns, "prerouting", pkt, br.name, None)
                 if pkt.dst != before:
@@ -259,7 +292,7 @@ class _Walk:
                 pkt = self.hook(ns, "forward", pkt, br.name, br.name)
                 pkt = self.hook(ns, "postrouting", pkt, None, br.name)
             else:
-                self.step(ns.label, "br_netfilter", "the bridged frame skips the host's iptables hooks (no conntrack, no un-NAT)", "net.bridge.bridge-nf-call-iptables = 0")
+                self.step(ns.label, "br_netfilter", "the bridged frame skips the host's iptables hooks (no conntrack, no un-NAT)", f"{key} = 0")
         self.l2_hook(ns, "postrouting", pkt, None, out.name)
         pkt = replace(pkt, ct="", conn=None, reply=False)
         far = self.ns(peer_ns)
@@ -272,10 +305,15 @@ class _Walk:
 
     def route_input(self, ns: Namespace, iface: str, pkt: _Pkt) -> _Arrival:
         dst = ip_address(pkt.dst)
+        if dst.version == 6 and dst.is_loopback and iface != "lo":
+            raise self.end(ns.label, "routing decision", "dropped", f"{pkt.dst} arrived on {iface}: IPv6 drops a loopback destination from outside (no route_localnet)", "the kernel")
         if dst in LOOPBACK and iface != "lo" and ns.conf(iface, "route_localnet") != 1:
             raise self.end(ns.label, "routing decision", "dropped", f"{pkt.dst} arrived on {iface}: a loopback destination from outside is a martian",
                            f"net.ipv4.conf.{iface}.route_localnet = {ns.conf(iface, 'route_localnet')}")
-        rp = ns.conf(iface, "rp_filter")
+        if dst.version == 4 and iface != "lo" and pkt.src is not None and ns.local(pkt.src) is not None and ns.conf(iface, "accept_local") != 1:
+            raise self.end(ns.label, "routing decision", "dropped", f"{pkt.src} > {pkt.dst} arrived on {iface} with one of {ns.label}'s own addresses as its source: a martian",
+                           f"net.ipv4.conf.{iface}.accept_local = 0")
+        rp = ns.conf(iface, "rp_filter") if dst.version == 4 else 0  # IPv6 has no rp_filter sysctl (nft's fib rules do that job)
         if rp and pkt.src is not None and iface != "lo":
             try:
                 back, _rule = self.lookup(ns, pkt.src, None, None, "rp_filter")
@@ -289,7 +327,7 @@ class _Walk:
         if route.kind == "local":
             pkt = self.hook(ns, "input", pkt, iface, None)
             return _Arrival(ns.label, iface, pkt)
-        on, by = ns.forwarding(iface)
+        on, by = ns.forwarding(iface, dst.version)
         if not on:
             raise self.end(ns.label, "forwarding", "dropped", f"{ns.label} does not forward packets that arrive on {iface}", by)
         pkt = self.hook(ns, "forward", pkt, iface, route.dev)
@@ -324,9 +362,9 @@ class _Walk:
         if ns.ruleset is None:
             return pkt
         for table in ns.unread:
-            if hook in UNREAD_HOOKS.get(table.split()[-1], ()):
+            if (table.split()[0] == LEGACY6) == (pkt.family == 6) and hook in UNREAD_HOOKS.get(table.split()[-1], ()):
                 raise self.end(ns.label, f"{table} {HOOK_CHAIN[hook]}", "unknown", f"the {table} table exists but was not read: its rules may decide this packet")
-        chains = _base_chains(ns, hook)
+        chains = _base_chains(ns, hook, pkt.family)
         tracks = hook in ("prerouting", "output")
         natted = False
         for prio, backend, chain in chains:
@@ -405,13 +443,13 @@ class _Walk:
         conn = self.conns[ns.label][pkt.conn] if pkt.conn is not None else None
         if v.kind in ("DNAT", "REDIRECT"):
             if v.kind == "REDIRECT":
-                addr = "127.0.0.1" if iif is None else ns.primary(iif)
-                to = f"{addr}:{r.to_destination}" if r.to_destination else str(addr)
+                addr = ("::1" if pkt.family == 6 else "127.0.0.1") if iif is None else ns.primary(iif, family=pkt.family)
+                to = _join(str(addr), r.to_destination) if r.to_destination else str(addr)
             else:
                 to = r.to_destination or ""
             if not to:
                 raise self.end(ns.label, _stage(backend, chain), "unknown", "a DNAT whose destination was not read", _by(v.rule))
-            addr, _, port = to.partition(":")
+            addr, port = _split(to)
             dport = int(port.split("-")[0]) if port else pkt.dport
             self.step(ns.label, _stage(backend, chain), f"{v.kind} {pkt.dst}{f':{pkt.dport}' if pkt.dport else ''} to {to}", _by(v.rule))
             if conn is not None:
@@ -419,7 +457,7 @@ class _Walk:
             return replace(pkt, dst=addr, dport=dport)
         if v.kind == "SNAT":
             raise self.end(ns.label, _stage(backend, chain), "unknown", "an SNAT whose --to-source the model does not read", _by(v.rule))
-        src = ns.primary(oif or "", pkt.dst)
+        src = ns.primary(oif or "", pkt.dst, pkt.family)
         if src is None:
             raise self.end(ns.label, _stage(backend, chain), "dropped", f"MASQUERADE out of {oif}, which has no address", _by(v.rule))
         self.step(ns.label, _stage(backend, chain), f"MASQUERADE {pkt.src} to {src} out of {oif}", _by(v.rule))
@@ -476,6 +514,32 @@ class _Walk:
 
 _RETURN = _Verdict("RETURN", None)
 _ANY = IPv4Network("0.0.0.0/0")
+_ANY6 = IPv6Network("::/0")
+
+
+def _nd(address: str) -> str:
+    """The neighbour protocol that resolves an address: ARP, or NDP for IPv6."""
+    return "NDP" if ":" in address else "ARP"
+
+
+def _brnf(ns: Namespace, bridge: Iface, family: int) -> bool:
+    """Does br_netfilter hand the bridge's frames of ``family`` to the host's hooks (the sysctl, or the bridge's own option)?"""
+    return ns.sysctl(BRIDGE_NF[family], 1) == 1 or bridge.nf_call_iptables
+
+
+def _split(to: str) -> tuple[str, str]:
+    """A DNAT's ``--to-destination`` as (address, port): ``10.0.0.2:80``, ``[fd00::2]:80``, ``fd00::2``."""
+    if to.startswith("["):
+        addr, _, rest = to[1:].partition("]")
+        return addr, rest.lstrip(":")
+    if to.count(":") > 1:
+        return to, ""
+    addr, _, port = to.partition(":")
+    return addr, port
+
+
+def _join(addr: str, port: str) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _same(a: _Verdict | None, b: _Verdict | None) -> bool:
@@ -485,8 +549,8 @@ def _same(a: _Verdict | None, b: _Verdict | None) -> bool:
     return kind(a) == kind(b) and kind(a) not in NAT_TARGETS and kind(a) != "UNKNOWN"
 
 
-def _host(dst: str) -> IPv4Network:
-    return IPv4Network(f"{dst}/32")
+def _host(dst: str) -> IPv4Network | IPv6Network:
+    return IPv6Network(f"{dst}/128") if ":" in dst else IPv4Network(f"{dst}/32")
 
 
 MARK_SELECTORS = {"fwmark", "fwmask"}
@@ -519,16 +583,17 @@ def _render_rule(rule: IpRule) -> str:
     return "ip rule " + " ".join(parts)
 
 
-def _base_chains(ns: Namespace, hook: str) -> list[tuple[int, str, XChain]]:
+def _base_chains(ns: Namespace, hook: str, family: int = 4) -> list[tuple[int, str, XChain]]:
+    """The base chains of a hook that see packets of ``family`` (ip and ip6tables, nft ip, ip6 and inet), in priority order."""
     assert ns.ruleset is not None
     out = []
     for backend, h, _kind, table, name, prio in ns.ruleset.hooks:
         if h != hook:
             continue
         ch = ns.ruleset.chains.get((backend, table, name))
-        if ch is None:
+        if ch is None or not sees(backend, ch, family):
             continue
-        if backend == "legacy":
+        if backend in ("legacy", LEGACY6):
             prio = LEGACY_PRIORITY.get((table, hook), LEGACY_PRIORITY.get((table, ""), 0))
             ch = replace(ch, kind="nat" if table == "nat" else "filter")
         out.append((prio, backend, ch))
@@ -537,7 +602,7 @@ def _base_chains(ns: Namespace, hook: str) -> list[tuple[int, str, XChain]]:
 
 
 def _fpkt(pkt: _Pkt, iif: str | None, oif: str | None, ct: str) -> Pkt:
-    return Pkt(pkt.src or "0.0.0.0", pkt.dst, pkt.proto, pkt.dport, iif, oif, ct or "new")
+    return Pkt(pkt.src or ("::" if pkt.family == 6 else "0.0.0.0"), pkt.dst, pkt.proto, pkt.dport, iif, oif, ct or "new")
 
 
 def _stage(backend: str, chain: XChain) -> str:
@@ -573,53 +638,58 @@ def trace(state: State, flow: Flow) -> Trace:
     w = _Walk(state)
     icmp = flow.proto == "icmp"
     pkt = _Pkt(flow.src, flow.dst, flow.proto, None if icmp else flow.sport, None if icmp else flow.dport)
+    target, seen = "", ""
     try:
         arrival = w.send(flow.source, pkt)
         ns = w.ns(arrival.ns)
         p = arrival.pkt
+        target, seen = ns.label, p.src or ""
+        if not flow.reply:
+            w.step(ns.label, "arrival", f"the request arrives at {ns.label} as {p.render()}; the model traces no reply")
+            return Trace(flow, tuple(w.steps), "delivered", f"{flow.render()} arrives at {ns.label}", target, seen)
         if icmp:
             w.step(ns.label, "listener", f"{p.dst} answers the echo request", "the kernel")
         else:
-            if ns.listeners is None:
-                raise w.end(ns.label, "listener", "unknown", "the state does not say what listens there")
-            hit = next((x for x in ns.listeners if x.proto == flow.proto and x.port == p.dport and x.address in ("0.0.0.0", p.dst)), None)
+            if ns.listeners is None or p.family not in ns.listening_known:
+                raise w.end(ns.label, "listener", "unknown", f"the state does not say what listens there{' on IPv6' if ns.listeners is not None else ''}")
+            hit = next((x for x in ns.listeners if x.takes(flow.proto, p.dst, p.dport)), None)
             if hit is None:
-                refusal = "a TCP reset" if flow.proto == "tcp" else "ICMP port unreachable"
-                raise w.end(ns.label, "listener", "no-listener", f"nothing listens on {flow.proto} {p.dst}:{p.dport}: {refusal}",
-                            f"listening: {', '.join(sorted({f'{x.proto}/{x.address}:{x.port}' for x in ns.listeners})) or 'nothing'}")
-            w.step(ns.label, "listener", f"{flow.proto} {hit.address}:{hit.port} accepts it", "a listening socket")
+                refusal = {"tcp": "a TCP reset", "sctp": "an SCTP ABORT"}.get(flow.proto, "ICMP port unreachable")
+                raise w.end(ns.label, "listener", "no-listener", f"nothing listens on {flow.proto} {_join(p.dst, str(p.dport))}: {refusal}",
+                            f"listening: {', '.join(sorted({f'{x.proto}/{_join(x.address, str(x.port))}' for x in ns.listeners})) or 'nothing'}")
+            w.step(ns.label, "listener", f"{flow.proto} {_join(hit.address, str(hit.port))} accepts it", "a listening socket")
         w.direction = "reply"
         back = w.send(arrival.ns, _Pkt(p.dst, p.src or "", flow.proto, p.dport, p.sport))
         if back.ns != flow.source:
             raise w.end(back.ns, "reply", "unknown", f"the reply reached {back.ns}, not {flow.source}")
         want_port = None if icmp else flow.dport
         if back.pkt.src != flow.dst or back.pkt.sport != want_port:
-            seen = str(back.pkt.src) + (f":{back.pkt.sport}" if back.pkt.sport is not None else "")
-            raise w.end(back.ns, "reply", "reply-not-unnatted", f"the reply comes from {seen}, not {flow.dst}: it was never un-NATed, and {flow.source} drops it",
+            shown = str(back.pkt.src) if back.pkt.sport is None else _join(str(back.pkt.src), str(back.pkt.sport))
+            raise w.end(back.ns, "reply", "reply-not-unnatted", f"the reply comes from {shown}, not {flow.dst}: it was never un-NATed, and {flow.source} drops it",
                         "the reply did not pass the conntrack entry that holds the NAT")
-        w.step(back.ns, "reply", f"the reply reached {flow.source} from {flow.dst}" + (f":{flow.dport}" if not icmp else ""))
-        return Trace(flow, tuple(w.steps), "delivered", f"{flow.render()} delivered, and its reply came back")
+        w.step(back.ns, "reply", f"the reply reached {flow.source} from {flow.dst if icmp else _join(flow.dst, str(flow.dport))}")
+        return Trace(flow, tuple(w.steps), "delivered", f"{flow.render()} delivered, and its reply came back", target, seen)
     except _End as e:
-        return Trace(flow, tuple(w.steps), e.disposition, e.reason)
+        return Trace(flow, tuple(w.steps), e.disposition, e.reason, target, seen)
 
 
-
-
-
-def chain_verdict(state: State, label: str, hook: str, src: str, dst: str, iif: str | None, oif: str | None, ct: str = "new", proto: str = "icmp") -> str:
+def chain_verdict(state: State, label: str, hook: str, src: str, dst: str, iif: str | None, oif: str | None, ct: str = "new", proto: str = "icmp",
+                  dport: int | None = None) -> str:
     """The verdict of a hook's base chains of one kind (filter for input/forward/output, nat for
-    postrouting) for one packet: ACCEPT, DROP, REJECT, a NAT target, or UNKNOWN."""
+    postrouting) for one packet (the chains of its family): ACCEPT, DROP, REJECT, a NAT target, or UNKNOWN."""
     w = _Walk(state)
     ns = state.ns(label)
     if ns is None or ns.ruleset is None:
         return "ACCEPT"
     kind = "nat" if hook == "postrouting" else "filter"
-    p = Pkt(src, dst, proto, None, iif, oif, ct)
-    for _prio, backend, chain in _base_chains(ns, hook):
+    p = Pkt(src, dst, proto, dport, iif, oif, ct)
+    for _prio, backend, chain in _base_chains(ns, hook, 6 if ":" in dst else 4):
         if chain.kind != kind:
             continue
         v = w.walk(ns, backend, chain, p)
         if v.kind != "ACCEPT":
             return v.kind
     return "ACCEPT"
+
+
 __all__ = ["chain_verdict", "trace"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, fields
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network, ip_address, ip_interface, ip_network
 
 from netcheck.datapath.firewall import Ruleset
 from netcheck.datapath.values import Iface, Listener, Namespace, Port, Route, State
@@ -43,6 +43,7 @@ def _ns(n: Namespace) -> JSONObject:
         "listeners": [asdict(x) for x in n.listeners] if n.listeners is not None else None,
         "ruleset": _ruleset(n.ruleset) if n.ruleset is not None else None,
         "unread": list(n.unread),
+        "listening_known": list(n.listening_known),
     }
 
 
@@ -64,15 +65,16 @@ def from_dict(d: JSONObject) -> State:
 
 
 def _from_ns(n: JSONObject) -> Namespace:
-    ifaces = tuple(Iface(i["name"], i["kind"], i["up"], tuple(IPv4Interface(a) for a in i["addresses"]), Port(**i["port"]) if i["port"] else None,
+    ifaces = tuple(Iface(i["name"], i["kind"], i["up"], tuple(ip_interface(a) for a in i["addresses"]), Port(**i["port"]) if i["port"] else None,
                          (i["peer"][0], i["peer"][1]) if i["peer"] else None, i["nf_call_iptables"]) for i in n["ifaces"])
-    routes = tuple(Route(IPv4Network(r["dst"]), r["dev"], IPv4Address(r["via"]) if r["via"] else None, r["kind"], r["table"], r["metric"],
-                         IPv4Address(r["src"]) if r["src"] else None) for r in n["routes"])
+    routes = tuple(Route(ip_network(r["dst"]), r["dev"], ip_address(r["via"]) if r["via"] else None, r["kind"], r["table"], r["metric"],
+                         ip_address(r["src"]) if r["src"] else None) for r in n["routes"])
     rules = tuple(IpRule(**{**r, "src": IPv4Network(r["src"]) if r["src"] else None, "dst": IPv4Network(r["dst"]) if r["dst"] else None,
                             "unmodelled": tuple(r["unmodelled"])}) for r in n["rules"])
     listeners = tuple(Listener(**x) for x in n["listeners"]) if n["listeners"] is not None else None
     ruleset = _from_ruleset(n["ruleset"]) if n["ruleset"] is not None else None
-    return Namespace(n["label"], ifaces, routes, rules, tuple((k, v) for k, v in n["sysctls"]), listeners, ruleset, tuple(n["unread"]))
+    return Namespace(n["label"], ifaces, routes, rules, tuple((k, v) for k, v in n["sysctls"]), listeners, ruleset, tuple(n["unread"]),
+                     tuple(n.get("listening_known", (4, 6))))
 
 
 def _from_ruleset(d: JSONObject) -> Ruleset:

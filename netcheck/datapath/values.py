@@ -1,15 +1,15 @@
 """The values the datapath model reads and writes: a state (namespaces, interfaces, routes,
 policy rules, sysctls, listeners, the host's firewall), a flow, and a trace of steps.
 
-All are frozen and pure: a state is made from a plan (netcheck.datapath.state.planned) or from
-a kernel snapshot (netcheck.datapath.state.observed), never by reading the kernel here.
+All are frozen and pure: a state is made from a plan (netcheck.datapath.planned.planned) or from
+a kernel snapshot (netcheck.diagnose.datapath.observed), never by reading the kernel here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Literal
 
 from netcheck.kernel.netns import IpRule
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from netcheck.datapath.firewall import Ruleset
 
 LOOPBACK = IPv4Network("127.0.0.0/8")
+LOOPBACK6 = IPv6Network("::1/128")
+Address = IPv4Address | IPv6Address
+Interface = IPv4Interface | IPv6Interface
+Network = IPv4Network | IPv6Network
+FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+BRIDGE_NF = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
+ANY_ADDRESS = {4: "0.0.0.0", 6: "::"}
 LOCAL_TABLE, MAIN_TABLE, DEFAULT_TABLE = 255, 254, 253
 DEFAULT_RULES = (IpRule(0, "lookup", LOCAL_TABLE), IpRule(32766, "lookup", MAIN_TABLE), IpRule(32767, "lookup", DEFAULT_TABLE))
 
@@ -39,6 +46,7 @@ class Port:
     state: str = "forwarding"
     isolated: bool = False
     learning: bool = True
+    hairpin: bool = False  # hairpin mode: a bridged frame may leave by the port it came in by
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class Iface:
     name: str
     kind: str = "veth"  # veth, bridge, loopback, or another kind (treated as a plain L3 link)
     up: bool = True
-    addresses: tuple[IPv4Interface, ...] = ()
+    addresses: tuple[Interface, ...] = ()
     port: Port | None = None  # set if the interface is a bridge port
     peer: tuple[str, str] | None = None  # a veth's other end: (namespace label, interface)
     nf_call_iptables: bool = False  # a bridge's own option (OR-ed with the sysctl)
@@ -54,13 +62,13 @@ class Iface:
 
 @dataclass(frozen=True)
 class Route:
-    dst: IPv4Network
+    dst: Network
     dev: str | None = None
-    via: IPv4Address | None = None
+    via: Address | None = None
     kind: str = "unicast"  # unicast, local, blackhole, prohibit, unreachable, throw
     table: int = MAIN_TABLE
     metric: int = 0
-    src: IPv4Address | None = None
+    src: Address | None = None
 
     def render(self) -> str:
         head = "default" if self.dst.prefixlen == 0 else str(self.dst)
@@ -72,9 +80,13 @@ class Route:
 
 @dataclass(frozen=True)
 class Listener:
-    proto: str  # tcp, udp
-    address: str  # 0.0.0.0: any
+    proto: str  # tcp, udp, sctp
+    address: str  # 0.0.0.0: any IPv4 address; "::": any address (a dual-stack socket)
     port: int
+
+    def takes(self, proto: str, dst: str, port: int | None) -> bool:
+        """Does this socket accept a packet to dst:port of ``proto``?"""
+        return self.proto == proto and self.port == port and self.address in ("::", dst, *(("0.0.0.0",) if ":" not in dst else ()))
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ class Namespace:
     listeners: tuple[Listener, ...] | None = ()  # None: not known
     ruleset: Ruleset | None = field(default=None, compare=False, hash=False)
     unread: tuple[str, ...] = ()  # netfilter tables that exist but were not read (e.g. "legacy raw")
+    listening_known: tuple[int, ...] = (4, 6)  # the families whose listening sockets ``listeners`` holds
 
     @cached_property
     def _by_name(self) -> dict[str, Iface]:
@@ -104,12 +117,13 @@ class Namespace:
         """A per-interface conf value as the kernel applies it (rp_filter, route_localnet: the maximum of all and the interface's)."""
         return max(self.sysctl(f"net.ipv4.conf.all.{key}"), self.sysctl(f"net.ipv4.conf.{iface}.{key}"))
 
-    def forwarding(self, iface: str) -> tuple[bool, str]:
-        """Does the interface forward, and the sysctl that says so."""
+    def forwarding(self, iface: str, family: int = 4) -> tuple[bool, str]:
+        """Does the interface forward packets of ``family``, and the sysctl that says so (IPv6: the
+        namespace's ``net.ipv6.conf.all.forwarding``, which the kernel's ip6_forward reads)."""
         key = f"net.ipv4.conf.{iface}.forwarding"
-        if any(k == key for k, _v in self.sysctls):
+        if family == 4 and any(k == key for k, _v in self.sysctls):
             return self.sysctl(key) == 1, f"{key} = {self.sysctl(key)}"
-        return self.sysctl("net.ipv4.ip_forward") == 1, f"net.ipv4.ip_forward = {self.sysctl('net.ipv4.ip_forward')}"
+        return self.sysctl(FORWARDING[family]) == 1, f"{FORWARDING[family]} = {self.sysctl(FORWARDING[family])}"
 
     @cached_property
     def _locals(self) -> dict[str, Iface]:
@@ -123,20 +137,23 @@ class Namespace:
     def local(self, address: str) -> Iface | None:
         """The up interface that holds ``address`` (127/8 on an up lo), or None."""
         held = self._locals.get(address)
-        if held is not None or not address.startswith("127."):
+        if held is not None or not (address.startswith("127.") or address == "::1"):
             return held
-        return next((i for i in self.ifaces if i.up and i.kind == "loopback" and ip_address(address) in LOOPBACK), None)
+        return next((i for i in self.ifaces if i.up and i.kind == "loopback" and ip_address(address) in (LOOPBACK if "." in address else LOOPBACK6)), None)
 
-    def primary(self, iface: str, near: str | None = None) -> str | None:
-        """The address a packet leaving by ``iface`` takes as its source (MASQUERADE, source selection)."""
+    def primary(self, iface: str, near: str | None = None, family: int | None = None) -> str | None:
+        """The address a packet leaving by ``iface`` takes as its source (MASQUERADE, source selection):
+        one of ``family`` (default: ``near``'s; IPv6: a global one, not link-local)."""
         i = self.iface(iface)
-        if i is None or not i.addresses:
+        version = family or (ip_address(near).version if near is not None else 4)
+        held = [a for a in (i.addresses if i is not None else ()) if a.version == version and not a.ip.is_link_local]
+        if not held:
             return None
         if near is not None:
-            hit = next((a for a in i.addresses if ip_address(near) in a.network), None)
+            hit = next((a for a in held if ip_address(near) in a.network), None)
             if hit is not None:
                 return str(hit.ip)
-        return str(i.addresses[0].ip)
+        return str(held[0].ip)
 
 
 @dataclass(frozen=True)
@@ -179,14 +196,20 @@ class Flow:
 
     source: str
     dst: str
-    proto: str  # icmp, tcp, udp
+    proto: str  # icmp (ICMPv6 for an IPv6 destination), tcp, udp, sctp
     dport: int | None = None
     src: str | None = None  # the source address; None: the one the route gives
     sport: int = 40000
+    reply: bool = True  # False: the request's arrival is the answer (an SCTP INIT, proven by its capture), no listener or reply traced
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.dst else 4
 
     def render(self) -> str:
+        dst = f"[{self.dst}]" if ":" in self.dst and self.dport is not None and self.proto != "icmp" else self.dst
         port = f":{self.dport}" if self.dport is not None and self.proto != "icmp" else ""
-        return f"{self.proto} {self.source}{f' ({self.src})' if self.src else ''} -> {self.dst}{port}"
+        return f"{self.proto} {self.source}{f' ({self.src})' if self.src else ''} -> {dst}{port}"
 
 
 @dataclass(frozen=True)
@@ -212,6 +235,8 @@ class Trace:
     steps: tuple[Step, ...]
     disposition: str  # one of DISPOSITIONS
     reason: str
+    target: str = ""  # the namespace where the request arrived (its listener's): a DNAT may send it elsewhere than the flow's destination
+    seen_src: str = ""  # the source address the request arrived with (what the service sees)
 
     @property
     def delivered(self) -> bool:
@@ -231,5 +256,6 @@ class Trace:
 
 
 __all__ = [
-    "DEFAULT_RULES", "DISPOSITIONS", "LOOPBACK", "Disposition", "Flow", "Iface", "Listener", "Namespace", "Port", "Route", "State", "Step", "Trace",
+    "ANY_ADDRESS", "BRIDGE_NF", "DEFAULT_RULES", "DISPOSITIONS", "FORWARDING", "LOOPBACK", "LOOPBACK6", "Address", "Interface", "Network",
+    "Disposition", "Flow", "Iface", "Listener", "Namespace", "Port", "Route", "State", "Step", "Trace",
 ]

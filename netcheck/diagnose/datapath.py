@@ -9,7 +9,6 @@ says delivered but the packet died, ``disagreement`` says so in the diagnosis' n
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Interface, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING
 
 from netcheck.datapath import model
@@ -38,15 +37,16 @@ def observed(snap: Snapshot, peers: Mapping[tuple[str, str], tuple[str, str]] | 
                 bp = ports[link.name]
                 port = Port(bp.bridge, bp.state, bp.isolated, bp.learning)
             opts = snap.host.bridge(link.name) if host and link.kind == "bridge" else None
-            ifaces.append(Iface(link.name, kind, link.up, tuple(a.address for a in ns.addrs(link.name) if isinstance(a.address, IPv4Interface)), port, pairs.get((label, link.name)),
+            ifaces.append(Iface(link.name, kind, link.up, tuple(a.address for a in ns.addrs(link.name)), port, pairs.get((label, link.name)),
                                 bool(opts and opts.nf_call_iptables)))
-        entries = ns.all_routes or ns.routes
+        entries = (*(ns.all_routes or ns.routes), *ns.routes6)
         routes = tuple(Route(r.dst, r.interface, r.gateway, r.kind, r.table, r.metric, r.prefsrc) for r in entries
-                       if isinstance(r.dst, IPv4Network) and not isinstance(r.gateway, IPv6Address) and not isinstance(r.prefsrc, IPv6Address))  # the model is IPv4's
+                       if all(x is None or x.version == r.dst.version for x in (r.gateway, r.prefsrc)))
         listeners: tuple[Listener, ...] | None = tuple(Listener(s.proto, s.address, s.port) for s in ns.listening) if ns.routes or ns.listening else None
         namespaces.append(Namespace(
             label, tuple(ifaces), routes, ns.ip_rules or DEFAULT_RULES, _sysctls(ns), listeners,
             snap.host.ruleset if host else None, _unread(snap.host.legacy_tables) if host else (),
+            (4,),  # the snapshot reads /proc/net/tcp and udp: IPv4's sockets (an IPv6 flow's listener is "unknown")
         ))
     return State(tuple(namespaces), source="kernel")
 
@@ -106,12 +106,13 @@ def _has(ev: Evidence, spec_iface: str) -> bool:
 
 
 def probe_trace(ev: Evidence) -> Trace | None:
-    """The model's trace of the failed probe's flow on the state read back; None for a probe it does not trace (ARP, or none)."""
+    """The model's trace of the failed probe's flow (either family) on the state read back; None for a probe it does not trace (ARP and NDP, or none).
+    An SCTP INIT is traced to its arrival (the probe proves it by its capture)."""
     f = ev.flow
-    if f is None or f.proto not in ("icmp", "tcp", "udp") or ev.snap.ns(f.source) is None:
+    if f is None or f.proto not in ("icmp", "tcp", "udp", "sctp") or ev.snap.ns(f.source) is None:
         return None
     state = observed(ev.snap, peers(ev))
-    return model.trace(state, Flow(f.source, f.dst_addr, f.proto, f.dport if f.proto != "icmp" else None, f.src_addr or None))
+    return model.trace(state, Flow(f.source, f.dst_addr, f.proto, f.dport if f.proto != "icmp" else None, f.src_addr or None, reply=f.proto != "sctp"))
 
 
 def shown(trace: Trace) -> tuple[str, ...]:

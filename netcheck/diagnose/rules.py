@@ -1337,8 +1337,6 @@ def model_disposition(ev: Evidence) -> Iterator[Finding]:
     The diagnosis adds it after the fixes were tried (it holds none), so it is not in RULES."""
     from netcheck.diagnose import datapath
 
-    if ev.flow is not None and ":" in ev.flow.dst_addr:
-        return  # the model is IPv4's: it has no account of an IPv6 flow
     t = datapath.probe_trace(ev)
     r = ev.repeated or ev.result
     if t is None or t.delivered or r is None or r.passed or (ev.flow is not None and ev.flow.expected != "reach"):

@@ -44,6 +44,7 @@ class NsState:
     dad_failed: tuple[tuple[str, str], ...] = ()  # (interface, IPv6 address) whose duplicate address detection failed
     ip_rules: tuple[IpRule, ...] = ()  # policy routing; empty: not read
     all_routes: tuple[RouteEntry, ...] = ()  # every table's routes but local's; empty: not read (``routes`` is main's)
+    routes6: tuple[RouteEntry, ...] = ()  # IPv6's main table, read where the namespace has IPv6 addresses (for the datapath model)
 
     def link(self, name: str | None) -> Link | None:
         return next((x for x in self.links if x.name == name), None)
@@ -108,7 +109,18 @@ def read_ns(label: str, ns: Netns, *, full: bool, host: bool = False) -> NsState
     Every read runs inside the namespace's own thread in one go (its nested calls run inline),
     instead of one hand-over per read.
     """
-    return ns.call(lambda: _read_ns(label, ns, full=full, host=host))
+    return ns.call(lambda: _with_routes6(_read_ns(label, ns, full=full, host=host), ns, full=full))
+
+
+def _with_routes6(state: NsState, ns: Netns, *, full: bool) -> NsState:
+    """A full read of a namespace with IPv6 addresses gets IPv6's routes too (the datapath model traces IPv6 flows)."""
+    if not full or not any(a.address.version == 6 for a in state.addresses):
+        return state
+    from dataclasses import replace
+
+    errors: list[str] = list(state.errors)
+    routes6 = tuple(_safe(errors, "IPv6 routes", lambda: ns.routes(socket.AF_INET6), []))
+    return replace(state, routes6=routes6, errors=tuple(errors))
 
 
 def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
@@ -174,7 +186,8 @@ def snapshot(namespaces: dict[str, Netns], *, host: str = "host", full: set[str]
     host_ns = namespaces.get(host)
     # Each namespace has its own worker thread: queue the reads on them side by side (no pool to start).
     def reader(label: str, ns: Netns) -> Callable[[], NsState]:
-        return lambda: _read_ns(label, ns, full=full is None or label in full or label == host, host=label == host)
+        whole = full is None or label in full or label == host
+        return lambda: _with_routes6(_read_ns(label, ns, full=whole, host=label == host), ns, full=whole)
 
     futures = {label: ns.submit(reader(label, ns)) for label, ns in namespaces.items()}
     extra = host_ns.submit(lambda: _read_host(host_ns, addresses or set())) if host_ns is not None else None
