@@ -14,6 +14,7 @@ which tool's rules they were, and the tool's command that writes them again.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -39,6 +40,14 @@ COMMIT
 :INPUT ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
+COMMIT
+"""
+# The saved ruleset an iptables service loads after the `iptables` alternative was switched (netfilter-persistent's
+# rules.v4 of a host hardened by hand): FORWARD DROP, the tool's accepts being in the other backend.
+HARDENED_RULESET = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
 COMMIT
 """
 LINK_WAIT = 10.0
@@ -120,6 +129,8 @@ class Event:
     summary: str
     apply: Callable[[Lab], str]  # does it in the lab's host namespace; returns what it did, as a line
     tools: tuple[str, ...] = ()  # the setup modes it applies to (empty: every lab)
+    rediscover: bool = True  # another tool's lab is discovered again afterwards (not when the event leaves it undiscoverable: ports detached)
+    relinks: bool = False  # it deletes and re-creates links: what was attached to the old ones is closed
 
 
 def _run(ns: Netns, argv: Sequence[str], *, input: bytes | None = None) -> str:
@@ -173,6 +184,78 @@ def link_flap(lab: Lab) -> str:
     return f"ip link set {up} down; ip link set {up} up"
 
 
+def rules_backend(ns: Netns) -> str:
+    """The iptables backend the host's tools write with: nft when iptables-nft's ``ip filter`` or ``ip nat`` exists, else
+    legacy when the namespace has legacy tables, else nft (Debian's `iptables`)."""
+    from netcheck.kernel.inspect import legacy_tables
+
+    if {("ip", "filter"), ("ip", "nat")} & _tables(ns):
+        return "nft"
+    return "legacy" if legacy_tables(ns) else "nft"
+
+
+def _tables(ns: Netns) -> set[tuple[str, str]]:
+    return {(str(i["table"]["family"]), str(i["table"]["name"])) for i in read_nft(ns).get("nftables", []) if isinstance(i, dict) and "table" in i}
+
+
+def _iptables(lab: Lab, backend: str, args: Sequence[str], *, restore: bool = False, input: bytes | None = None) -> str:
+    """Run iptables (or iptables-restore) of ``backend`` in the host; an nf_tables table it brings into being is recorded first."""
+    from netcheck.ledger import NftTableEntry
+
+    binary = f"iptables-{backend}{'-restore' if restore else ''}"
+    argv = [binary, *(["-w"] if backend == "legacy" else []), *args]
+    if backend == "nft" and lab.ledger is not None:
+        have = _tables(lab.host)
+        for table in ("filter", "nat") if restore else ("filter",):
+            if ("ip", table) not in have:
+                lab.ledger.record(NftTableEntry(lab.host.name, table))  # removed at teardown only if empty
+    return _run(lab.host, argv, input=input)
+
+
+def iptables_flush(lab: Lab) -> str:
+    """``iptables -F``: every chain of the filter table emptied, through the backend the host's rules are in (policies stay)."""
+    return _iptables(lab, rules_backend(lab.host), ["-F"]) + "  (iptables -F)"
+
+
+def forward_policy_drop(lab: Lab) -> str:
+    """``iptables -P FORWARD DROP`` by another daemon (a Docker started later, a firewall script), through the host's backend."""
+    return _iptables(lab, rules_backend(lab.host), ["-P", "FORWARD", "DROP"]) + "  (iptables -P FORWARD DROP, by another daemon)"
+
+
+def iptables_alternative_switch(lab: Lab) -> str:
+    """The `iptables` alternative switched to the other backend, and the iptables service loads the saved rules.v4
+    (FORWARD DROP) through it: the tool's rules stay in one backend, the administrator's land in the other (split brain)."""
+    now = rules_backend(lab.host)
+    other = "legacy" if now == "nft" else "nft"
+    did = _iptables(lab, other, [], restore=True, input=HARDENED_RULESET.encode())
+    return f"(as after update-alternatives --set iptables /usr/sbin/iptables-{other}) {did} < rules.v4 (FORWARD DROP): the tool's rules are in {now}, these in {other}"
+
+
+def ip_forward_reset(lab: Lab) -> str:
+    """A network manager (re)applies its sysctl defaults: ``net.ipv4.ip_forward = 0`` in the host."""
+    lab.host.set_sysctl("net.ipv4.ip_forward", 0)
+    return "sysctl -w net.ipv4.ip_forward=0  (a network manager's defaults, applied again)"
+
+
+def bridge_recreate(lab: Lab) -> str:
+    """The containers' bridge deleted and made again with its addresses (a network manager's profile), its ports left
+    detached: the kernel detaches every port when a bridge goes, and nothing attaches them again."""
+    from netcheck.ledger import LinkEntry
+
+    spec_bridge = next((b.name for b in lab.topology.bridges), None)
+    if spec_bridge is None:
+        raise NotApplicable(f"{lab.topology.name} has no bridge")
+    name = lab.kname(spec_bridge)
+    held = [a.address for a in (*lab.host.addresses(), *lab.host.addresses(socket.AF_INET6)) if a.interface == name and not (a.address.version == 6 and a.address.is_link_local)]
+    if not lab.host.delete_link(name):
+        raise EventFailed(f"{lab.topology.name}: the host has no bridge {name}")
+    if lab.ledger is not None:
+        lab.ledger.record(LinkEntry(lab.host.name, name))
+    lab.host.add_bridge(name, group=lab.link_groups.get(name))  # in the lab's link group, if it was: teardown deletes the group at once
+    lab.host.configure(up=[name], addresses=[(name, a) for a in held])  # no port: it stays without carrier
+    return f"ip link del {name}; ip link add {name} type bridge; " + "; ".join(f"ip addr add {a} dev {name}" for a in held) + f"; ip link set {name} up (its ports not attached again)"
+
+
 def _table_of(item: Mapping[str, JSON]) -> tuple[str, str] | None:
     for kind, body in item.items():
         if kind in ("table", "chain", "rule", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit") and isinstance(body, dict):
@@ -189,6 +272,12 @@ EVENTS: dict[str, Event] = {e.name: e for e in [
     Event("nft-flush", "`nft flush ruleset` (an nftables.conf that begins with it, reloaded): every table of every tool is gone", nft_flush),
     Event("firewall-reload", "a firewalld reload (nftables backend): every table but `inet firewalld` is deleted and firewalld's own written again", firewall_reload),
     Event("iptables-restore", "`iptables-restore` of a saved ruleset that lacks the tool's rules: iptables-nft's ip filter and ip nat are replaced", iptables_restore),
+    Event("iptables-flush", "`iptables -F` through the host's backend: the filter table's chains emptied, policies kept", iptables_flush),
+    Event("forward-policy-drop", "`iptables -P FORWARD DROP` by another daemon, through the host's backend", forward_policy_drop),
+    Event("iptables-alternative-switch", "the `iptables` alternative switched (nft <-> legacy) and the saved rules.v4 (FORWARD DROP) loaded through it: rules in both backends",
+          iptables_alternative_switch),
+    Event("ip-forward-reset", "a network manager sets `net.ipv4.ip_forward = 0` again in the host", ip_forward_reset),
+    Event("bridge-recreate", "the containers' bridge deleted and made again with its addresses, its ports left detached", bridge_recreate, rediscover=False, relinks=True),
     Event("podman-network-reload", "`podman network reload --all`: netavark writes the running containers' rules again", podman_network_reload, ("podman",)),
     Event("docker-restart", "the Docker daemon restarted (live-restore: the containers keep running)", docker_restart, ("docker",)),
     Event("link-flap", "the host's uplink set down and up (a network manager's restart): the routes through it are dropped", link_flap),
@@ -228,8 +317,10 @@ def apply(lab: Lab, name: str) -> EventRun:
     before = signature(lab.host)
     did = event.apply(lab)
     rediscover = getattr(lab, "rediscover", None)  # another tool's lab: its reload may have re-created its links
-    if callable(rediscover):
+    if event.rediscover and callable(rediscover):
         rediscover()
+    elif event.relinks:
+        lab.close_attachments()  # capture sockets on a deleted link would hold the namespace (and miss the new link)
     run = EventRun(name, did, tuple(lost(before, signature(lab.host))))
     record.runs.append(run)
     return run
