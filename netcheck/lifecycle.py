@@ -256,6 +256,69 @@ def bridge_recreate(lab: Lab) -> str:
     return f"ip link del {name}; ip link add {name} type bridge; " + "; ".join(f"ip addr add {a} dev {name}" for a in held) + f"; ip link set {name} up (its ports not attached again)"
 
 
+def container_new_address(lab: Lab) -> str:
+    """The published container restarted with a new address, as its tool hands one out.
+
+    Real tools write the container's rules again for the new address (Docker and netavark write a container's
+    port rules at its start, CNI's portmap at each ADD), so the DNAT follows it; what they may leave is conntrack's
+    entries for the old address. CNI: netcheck plays the runtime, DEL then ADD of the container's plugins (host-local
+    hands out the next address). netcheck's own lab: its address moved to the next free one of its network, and
+    the lab's rules that name it written again for the new one (as a tool would); the lab's topology follows."""
+    mode = tool_of(lab)
+    name = next((p.container for p in lab.topology.publishes), lab.topology.containers[0].name)
+    if mode == "cni":
+        adapter = getattr(lab, "adapter", None)
+        assert adapter is not None
+        old = lab.topology.container(name).address
+        adapter.restart_container(lab, name)
+        return f"CNI DEL then ADD of {name} (its runtime restarted it; it had {old})"
+    if mode != "netcheck":
+        raise NotApplicable(f"container-new-address is built for netcheck's own labs and CNI; a restarted {mode} container gets a new network namespace, "
+                            "which netcheck does not adopt again yet")
+    return _move_container(lab, name)
+
+
+def _move_container(lab: Lab, name: str) -> str:
+    from dataclasses import replace
+    from ipaddress import IPv4Interface
+
+    from netcheck.faults import _add, _delete, _native  # the lab's rules edited where its builder wrote them, as the faults do
+    from netcheck.ledger import RuleEntry
+
+    t = lab.topology
+    c = t.container(name)
+    if c.address is None or c.gateway is None:
+        raise NotApplicable(f"{t.name}: container {name} has no IPv4 address and gateway of its own")
+    taken = {x.address.ip for x in t.containers if x.address} | {b.address.ip for b in t.bridges if b.address}
+    new_ip = next(ip for ip in c.address.network.hosts() if ip > c.address.ip and ip not in taken)
+    new = IPv4Interface(f"{new_ip}/{c.address.network.prefixlen}")
+    old_ip = str(c.address.ip)
+    ns = lab.container_ns(name)
+    ns.deconfigure(addresses=[(c.interface, c.address)])
+    ns.configure(addresses=[(c.interface, new)])
+    _run(ns, ["ip", "route", "replace", "default", "via", str(c.gateway), "dev", c.interface])
+
+    def moved(value: str | None) -> str | None:
+        if value is None:
+            return None
+        head, sep, tail = value.partition("/") if "/" in value else value.partition(":")
+        return f"{new_ip}{sep}{tail}" if head == old_ip else value
+
+    rewritten = []
+    for r in list(lab.rules):
+        again = replace(r, src=moved(r.src), dst=moved(r.dst), to_destination=moved(r.to_destination))
+        if again == r:
+            continue
+        _delete(lab, r)
+        if not _native(lab) and lab.ledger is not None:
+            lab.ledger.record(RuleEntry(lab.host.name, again))
+        _add(lab, [again])
+        lab.rules[lab.rules.index(r)] = again
+        rewritten.append(again)
+    lab.topology = replace(t, containers=tuple(replace(x, address=new) if x.name == name else x for x in t.containers))
+    return f"{name} restarted with {new} (it had {c.address}); the lab's {len(rewritten)} rule(s) naming it written again for {new_ip}"
+
+
 def _table_of(item: Mapping[str, JSON]) -> tuple[str, str] | None:
     for kind, body in item.items():
         if kind in ("table", "chain", "rule", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit") and isinstance(body, dict):
@@ -278,6 +341,8 @@ EVENTS: dict[str, Event] = {e.name: e for e in [
           iptables_alternative_switch),
     Event("ip-forward-reset", "a network manager sets `net.ipv4.ip_forward = 0` again in the host", ip_forward_reset),
     Event("bridge-recreate", "the containers' bridge deleted and made again with its addresses, its ports left detached", bridge_recreate, rediscover=False, relinks=True),
+    Event("container-new-address", "the published container restarted with a new address; its tool writes its rules again (conntrack keeps the old entries)",
+          container_new_address),
     Event("podman-network-reload", "`podman network reload --all`: netavark writes the running containers' rules again", podman_network_reload, ("podman",)),
     Event("docker-restart", "the Docker daemon restarted (live-restore: the containers keep running)", docker_restart, ("docker",)),
     Event("link-flap", "the host's uplink set down and up (a network manager's restart): the routes through it are dropped", link_flap),
@@ -348,7 +413,12 @@ class Phases:
 
     @property
     def ids(self) -> list[str]:
-        return ["before", *(f"after-{e}" for e in self.events)]
+        """Each phase's test id: ``after-EVENT``; an event given again gets ``after-EVENT-2``, ``-3`` (unique, so pytest keeps them)."""
+        out = ["before"]
+        for i, e in enumerate(self.events):
+            n = self.events[: i + 1].count(e)
+            out.append(f"after-{e}" + (f"-{n}" if n > 1 else ""))
+        return out
 
     def label(self, index: int) -> str:
         return "before" if index == 0 else "after " + " + ".join(self.events[:index])
