@@ -227,3 +227,59 @@ def test_a_moved_containers_stale_udp_entry_is_shown_and_its_deletion_repairs_th
         assert flow().passed, "the entry deleted, the flow reaches the new address"
     finally:
         lab_factory.release(lab)
+
+
+# ----------------------------------------------------------------------------- the same events on other tools' setups
+# Each case is one in-process run of the three OUTBOUND checks through a chain of events, the tool's own recovery
+# among them: each check's outcome per phase, and the top causes the run printed.
+
+TOOL_CHAINS = [
+    # Docker: its FORWARD policy is DROP already; ip_forward reset and the filter table flushed break it; its
+    # restart sets ip_forward again and writes its chains again.
+    ("docker", ("forward-policy-drop", "ip-forward-reset", "iptables-flush", "docker-restart"), ("passed", "passed", "failed", "failed", "passed"),
+     ("1. [ip_forward_off]",)),
+    # Docker does not mend a split brain: the legacy FORWARD DROP stays after its restart (it writes with iptables-nft).
+    ("docker", ("iptables-alternative-switch", "docker-restart"), ("passed", "failed", "failed"), ("1. [forward_drop] host: the FORWARD policy is DROP (iptables-legacy)",
+                                                                                                 "[rules_split]")),
+    # Podman: netavark's reload sets ip_forward again and attaches the containers to the re-created bridge;
+    # a restarted container is not adopted again (NotApplicable: skipped).
+    ("podman", ("ip-forward-reset", "podman-network-reload", "bridge-recreate", "podman-network-reload", "container-new-address"),
+     ("passed", "failed", "passed", "failed", "passed", "skipped"), ("1. [ip_forward_off]", "1. [not_in_bridge]")),
+    # CNI: a DEL and ADD gives the container a new address and portmap's DNAT follows it; CNI writes no filter rule,
+    # so iptables -F takes nothing; a FORWARD DROP of another daemon's breaks it (nothing of CNI's accepts).
+    ("cni", ("container-new-address", "iptables-flush", "forward-policy-drop"), ("passed", "passed", "passed", "failed"), ("1. [forward_drop]",)),
+]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize(("tool", "events", "outcomes", "causes"), TOOL_CHAINS, ids=[f"{c[0]}-{'-'.join(c[1][:2])}" for c in TOOL_CHAINS])
+def test_a_tools_setup_through_host_events_and_its_recovery(run_suites, repo: Path, tool: str, events: tuple[str, ...], outcomes: tuple[str, ...],
+                                                            causes: tuple[str, ...]) -> None:
+    args = [str(repo / "suites" / s) for s in SUITES]
+    result = run_suites(*args, "-k", " or ".join(OUTBOUND), f"--netcheck-topology={_example(tool)}", *(f"--netcheck-event={e}" for e in events))
+    rows, out = _phased(result, events), result.stdout.str()
+    for name in OUTBOUND:
+        row = rows[f"{name}[{tool}]"]
+        assert row == outcomes, f"{tool}: {name} through {' then '.join(events)}: {row}\n{out[-4000:]}"
+    for cause in causes:
+        assert cause in out, (cause, out[-6000:])
+
+
+@pytest.mark.root
+def test_the_host_events_keep_an_nft_only_host_free_of_legacy_tables(lab_factory: Any) -> None:
+    """iptables -F and -P FORWARD DROP go through the backend the host uses: on an nf_tables-only host (seed1-nft)
+    no ip_tables table appears; only the alternative switch, whose point it is, brings one (the control)."""
+    from netcheck import spec
+    from netcheck.kernel.inspect import legacy_tables
+
+    lab = lab_factory.fresh(spec.builtin("seed1-nft"))
+    try:
+        for event in ("iptables-flush", "forward-policy-drop", "ip-forward-reset", "container-new-address", "bridge-recreate"):
+            run = lifecycle.apply(lab, event)
+            assert legacy_tables(lab.host) == [], f"after {event} ({run.did}): legacy tables {legacy_tables(lab.host)}"
+        assert "iptables-nft -P FORWARD DROP" in lab.lifecycle.runs[1].did, lab.lifecycle.runs[1].did
+        lifecycle.apply(lab, "iptables-alternative-switch")
+        assert legacy_tables(lab.host) == ["filter"], legacy_tables(lab.host)
+    finally:
+        lab_factory.release(lab)
