@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from netcheck.faults import LONG_LIVED_UDP_PORT  # the suites' long-lived UDP client port (its stale entries are this module's matter)
 from netcheck.kernel.jsontypes import JSON, JSONObject
 from netcheck.kernel.xtables import nft_chains, read_nft
 
@@ -51,9 +52,6 @@ HARDENED_RULESET = """*filter
 COMMIT
 """
 LINK_WAIT = 10.0
-# A long-lived UDP client's fixed port (a syslog or DNS forwarder's): the masquerade suite probes from it, and the
-# stale-conntrack fault leaves an entry for it from before the MASQUERADE rule.
-LONG_LIVED_UDP_PORT = 40007
 
 
 class EventFailed(RuntimeError):
@@ -540,5 +538,5 @@ def terminal_lines(phases: Phases, stats: Mapping[str, Sequence[object]], log: d
     return summary_lines(phases, before_after(phases, reports), log)
 
 
-__all__ = ["EVENTS", "PHASE_FIXTURE", "BeforeAfter", "Event", "EventFailed", "EventRun", "LabEvents", "NotApplicable", "Phases",
+__all__ = ["EVENTS", "LONG_LIVED_UDP_PORT", "PHASE_FIXTURE", "BeforeAfter", "Event", "EventFailed", "EventRun", "LabEvents", "NotApplicable", "Phases",
            "apply", "before_after", "check_names", "configure", "reach", "terminal_lines", "lost", "signature", "summary_lines", "tool_of"]
