@@ -95,6 +95,17 @@ def _delete(lab: Lab, rule: XRule) -> None:
     raise LookupError(f"no rule {rule.render()} in the nft tables of lab {lab.tag}")
 
 
+def rewrite_rule(lab: Lab, old: XRule, new: XRule) -> None:
+    """Replace one of the lab's rules where its builder wrote it (a legacy rule recorded in the ledger first), and in ``lab.rules``."""
+    from netcheck.ledger import RuleEntry
+
+    _delete(lab, old)
+    if not _native(lab) and lab.ledger is not None:
+        lab.ledger.record(RuleEntry(lab.host.name, new))
+    _add(lab, [new])
+    lab.rules[lab.rules.index(old)] = new
+
+
 def _policy(lab: Lab, chain: str, policy: str) -> None:
     if _native(lab):
         nft.set_policy(lab.host, lab.names.tag, "filter", chain, policy, before=_record(lab))
@@ -1072,4 +1083,4 @@ CROSS_HOST_FAULTS: dict[str, CrossHostFault] = {f.name: f for f in [
 ]}
 
 
-__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "SCRIPTED", "CrossHostFault", "Fault", "IPv4Address", "inject", "known", "run_script"]
+__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "LONG_LIVED_UDP_PORT", "SCRIPTED", "CrossHostFault", "Fault", "IPv4Address", "inject", "known", "rewrite_rule", "run_script"]

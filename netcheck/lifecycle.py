@@ -184,7 +184,8 @@ def link_flap(lab: Lab) -> str:
 
 def rules_backend(ns: Netns) -> str:
     """The iptables backend the host's tools write with: nft when iptables-nft's ``ip filter`` or ``ip nat`` exists, else
-    legacy when the namespace has legacy tables, else nft (Debian's `iptables`)."""
+    legacy when the namespace has legacy tables, else nft (Debian's `iptables`). (xtables.choose_backend picks legacy as
+    soon as any legacy table exists, for netcheck's own rules; an event acts where the tools' rules are.)"""
     from netcheck.kernel.inspect import legacy_tables
 
     if {("ip", "filter"), ("ip", "nat")} & _tables(ns):
@@ -280,8 +281,7 @@ def _move_container(lab: Lab, name: str) -> str:
     from dataclasses import replace
     from ipaddress import IPv4Interface
 
-    from netcheck.faults import _add, _delete, _native  # the lab's rules edited where its builder wrote them, as the faults do
-    from netcheck.ledger import RuleEntry
+    from netcheck.faults import rewrite_rule  # the lab's rules edited where its builder wrote them, as the faults do
 
     t = lab.topology
     c = t.container(name)
@@ -307,11 +307,7 @@ def _move_container(lab: Lab, name: str) -> str:
         again = replace(r, src=moved(r.src), dst=moved(r.dst), to_destination=moved(r.to_destination))
         if again == r:
             continue
-        _delete(lab, r)
-        if not _native(lab) and lab.ledger is not None:
-            lab.ledger.record(RuleEntry(lab.host.name, again))
-        _add(lab, [again])
-        lab.rules[lab.rules.index(r)] = again
+        rewrite_rule(lab, r, again)
         rewritten.append(again)
     lab.topology = replace(t, containers=tuple(replace(x, address=new) if x.name == name else x for x in t.containers))
     return f"{name} restarted with {new} (it had {c.address}); the lab's {len(rewritten)} rule(s) naming it written again for {new_ip}"
