@@ -269,8 +269,10 @@ def test_a_tools_setup_through_host_events_and_its_recovery(run_suites, repo: Pa
 @pytest.mark.root
 def test_the_host_events_keep_an_nft_only_host_free_of_legacy_tables(lab_factory: Any) -> None:
     """iptables -F and -P FORWARD DROP go through the backend the host uses: on an nf_tables-only host (seed1-nft)
-    no ip_tables table appears; only the alternative switch, whose point it is, brings one (the control)."""
+    no ip_tables table appears, the diagnosis of the break and its fix's verification included; only the
+    alternative switch, whose point it is, brings one (the control)."""
     from netcheck import spec
+    from netcheck.diagnosing import DiagnosingProber
     from netcheck.kernel.inspect import legacy_tables
 
     lab = lab_factory.fresh(spec.builtin("seed1-nft"))
@@ -278,6 +280,10 @@ def test_the_host_events_keep_an_nft_only_host_free_of_legacy_tables(lab_factory
         for event in ("iptables-flush", "forward-policy-drop", "ip-forward-reset", "container-new-address", "bridge-recreate"):
             run = lifecycle.apply(lab, event)
             assert legacy_tables(lab.host) == [], f"after {event} ({run.did}): legacy tables {legacy_tables(lab.host)}"
+            if event == "forward-policy-drop":
+                r = DiagnosingProber(lab).icmp("netns0", "198.51.100.1")
+                assert r.diagnosis is not None and r.diagnosis.top is not None and r.diagnosis.top.cause == "forward_drop", r.explain()
+                assert r.diagnosis.top.verified.startswith("fix verified") and legacy_tables(lab.host) == [], (r.diagnosis.top.verified, legacy_tables(lab.host))
         assert "iptables-nft -P FORWARD DROP" in lab.lifecycle.runs[1].did, lab.lifecycle.runs[1].did
         lifecycle.apply(lab, "iptables-alternative-switch")
         assert legacy_tables(lab.host) == ["filter"], legacy_tables(lab.host)
