@@ -34,7 +34,8 @@ ROWS = {  # example -> the row's name
 COLUMNS: tuple[tuple[str, ...], ...] = (("nft-flush",), ("firewall-reload",), ("iptables-restore",), ("link-flap",),
            ("nft-flush", "podman-network-reload"), ("nft-flush", "docker-restart"),
            ("iptables-flush",), ("forward-policy-drop",), ("iptables-alternative-switch",), ("ip-forward-reset",), ("bridge-recreate",),
-           ("ip-forward-reset", "podman-network-reload"), ("ip-forward-reset", "docker-restart"))
+           ("ip-forward-reset", "podman-network-reload"), ("ip-forward-reset", "docker-restart"),
+           ("bridge-recreate", "podman-network-reload"), ("bridge-recreate", "docker-restart"), ("container-new-address",))
 SUITES = ("test_topology.py", "test_forwarding.py", "test_masquerade.py", "test_dnat.py")
 BEGIN, END = "<!-- events table: begin (tests/events_table.py --write) -->", "<!-- events table: end -->"
 
