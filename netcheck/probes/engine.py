@@ -48,7 +48,7 @@ from netcheck.packet import (
     neighbour_solicitation,
     solicited_node,
 )
-from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, echo_token, icmp_flow, ndp_flow, port_flow
+from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, ndp_flow, port_flow
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -253,7 +253,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         ident = self._ids.next()
-        token = echo_token(ident)
+        token = f"netcheck-{ident:04x}".encode()
         payload = echo_request(ident, 1, token + request.payload)
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
@@ -314,7 +314,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         ident = self._ids.next()
-        token = echo_token(ident)
+        token = f"netcheck-{ident:04x}".encode()
         payload = echo_request6(ident, 1, token + request.payload)
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
