@@ -305,9 +305,15 @@ class FlushConntrack:
     netns: str
     source: str
     kind: Literal["flush-conntrack"] = "flush-conntrack"
+    proto: str | None = None  # with dst, sport, dport: one flow's entry only (a stale DNAT's)
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
 
     def command(self) -> str:
-        return f"conntrack -D -s {self.source}"
+        parts = ["conntrack", "-D", *(["-p", self.proto] if self.proto else []), "-s", self.source, *(["-d", self.dst] if self.dst else []),
+                 *(["--sport", str(self.sport)] if self.sport is not None else []), *(["--dport", str(self.dport)] if self.dport is not None else [])]
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)

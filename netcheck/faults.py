@@ -96,6 +96,17 @@ def _delete(lab: Lab, rule: XRule) -> None:
     raise LookupError(f"no rule {rule.render()} in the nft tables of lab {lab.tag}")
 
 
+def rewrite_rule(lab: Lab, old: XRule, new: XRule) -> None:
+    """Replace one of the lab's rules where its builder wrote it (a legacy rule recorded in the ledger first), and in ``lab.rules``."""
+    from netcheck.ledger import RuleEntry
+
+    _delete(lab, old)
+    if not _native(lab) and lab.ledger is not None:
+        lab.ledger.record(RuleEntry(lab.host.name, new))
+    _add(lab, [new])
+    lab.rules[lab.rules.index(old)] = new
+
+
 def _policy(lab: Lab, chain: str, policy: str) -> None:
     if _native(lab):
         nft.set_policy(lab.host, lab.names.tag, "filter", chain, policy, before=_record(lab))
@@ -798,6 +809,9 @@ DNS_MASQ = "test_dns.py::test_queries_leave_masqueraded"
 DNAT_MATRIX = "test_dnat.py::test_published_port_matrix"
 
 MASQ_LONG_LIVED = "test_masquerade.py::test_a_long_lived_udp_flow_is_masqueraded"
+# A long-lived UDP client's fixed port (a syslog or DNS forwarder's): the masquerade suite probes from it, and the
+# stale-conntrack fault leaves an entry for it from before the MASQUERADE rule (netcheck.lifecycle exports it too).
+LONG_LIVED_UDP_PORT = 40007
 
 
 def stale_conntrack(lab: Lab) -> None:
@@ -806,7 +820,6 @@ def stale_conntrack(lab: Lab) -> None:
     import socket
 
     from netcheck.kernel.inspect import conntrack
-    from netcheck.lifecycle import LONG_LIVED_UDP_PORT
     from netcheck.waiting import wait_until
 
     rule = _drop(lab, "POSTROUTING", "MASQUERADE")
@@ -1106,4 +1119,4 @@ CROSS_HOST_FAULTS: dict[str, CrossHostFault] = {f.name: f for f in [
 ]}
 
 
-__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "SCRIPTED", "CrossHostFault", "Fault", "IPv4Address", "inject", "known", "run_script"]
+__all__ = ["CROSS_HOST_FAULTS", "FAULTS", "LONG_LIVED_UDP_PORT", "SCRIPTED", "CrossHostFault", "Fault", "IPv4Address", "inject", "known", "rewrite_rule", "run_script"]

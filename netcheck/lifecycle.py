@@ -14,10 +14,12 @@ which tool's rules they were, and the tool's command that writes them again.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from netcheck.faults import LONG_LIVED_UDP_PORT  # the suites' long-lived UDP client port (its stale entries are this module's matter)
 from netcheck.kernel.jsontypes import JSON, JSONObject
 from netcheck.kernel.xtables import nft_chains, read_nft
 
@@ -41,10 +43,15 @@ COMMIT
 :POSTROUTING ACCEPT [0:0]
 COMMIT
 """
+# The saved ruleset an iptables service loads after the `iptables` alternative was switched (netfilter-persistent's
+# rules.v4 of a host hardened by hand): FORWARD DROP, the tool's accepts being in the other backend.
+HARDENED_RULESET = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+"""
 LINK_WAIT = 10.0
-# A long-lived UDP client's fixed port (a syslog or DNS forwarder's): the masquerade suite probes from it, and the
-# stale-conntrack fault leaves an entry for it from before the MASQUERADE rule.
-LONG_LIVED_UDP_PORT = 40007
 
 
 class EventFailed(RuntimeError):
@@ -120,6 +127,8 @@ class Event:
     summary: str
     apply: Callable[[Lab], str]  # does it in the lab's host namespace; returns what it did, as a line
     tools: tuple[str, ...] = ()  # the setup modes it applies to (empty: every lab)
+    rediscover: bool = True  # another tool's lab is discovered again afterwards (not when the event leaves it undiscoverable: ports detached)
+    relinks: bool = False  # it deletes and re-creates links: what was attached to the old ones is closed
 
 
 def _run(ns: Netns, argv: Sequence[str], *, input: bytes | None = None) -> str:
@@ -173,6 +182,137 @@ def link_flap(lab: Lab) -> str:
     return f"ip link set {up} down; ip link set {up} up"
 
 
+def rules_backend(ns: Netns) -> str:
+    """The iptables backend the host's tools write with: nft when iptables-nft's ``ip filter`` or ``ip nat`` exists, else
+    legacy when the namespace has legacy tables, else nft (Debian's `iptables`). (xtables.choose_backend picks legacy as
+    soon as any legacy table exists, for netcheck's own rules; an event acts where the tools' rules are.)"""
+    from netcheck.kernel.inspect import legacy_tables
+
+    if {("ip", "filter"), ("ip", "nat")} & _tables(ns):
+        return "nft"
+    return "legacy" if legacy_tables(ns) else "nft"
+
+
+def _tables(ns: Netns) -> set[tuple[str, str]]:
+    return {(str(i["table"]["family"]), str(i["table"]["name"])) for i in read_nft(ns).get("nftables", []) if isinstance(i, dict) and "table" in i}
+
+
+def _iptables(lab: Lab, backend: str, args: Sequence[str], *, restore: bool = False, input: bytes | None = None) -> str:
+    """Run iptables (or iptables-restore) of ``backend`` in the host; an nf_tables table it brings into being is recorded first."""
+    from netcheck.ledger import NftTableEntry
+
+    binary = f"iptables-{backend}{'-restore' if restore else ''}"
+    argv = [binary, *(["-w"] if backend == "legacy" else []), *args]
+    if backend == "nft" and lab.ledger is not None:
+        have = _tables(lab.host)
+        for table in ("filter", "nat") if restore else ("filter",):
+            if ("ip", table) not in have:
+                lab.ledger.record(NftTableEntry(lab.host.name, table))  # removed at teardown only if empty
+    return _run(lab.host, argv, input=input)
+
+
+def iptables_flush(lab: Lab) -> str:
+    """``iptables -F``: every chain of the filter table emptied, through the backend the host's rules are in (policies stay)."""
+    return _iptables(lab, rules_backend(lab.host), ["-F"]) + "  (iptables -F)"
+
+
+def forward_policy_drop(lab: Lab) -> str:
+    """``iptables -P FORWARD DROP`` by another daemon (a Docker started later, a firewall script), through the host's backend."""
+    return _iptables(lab, rules_backend(lab.host), ["-P", "FORWARD", "DROP"]) + "  (iptables -P FORWARD DROP, by another daemon)"
+
+
+def iptables_alternative_switch(lab: Lab) -> str:
+    """The `iptables` alternative switched to the other backend, and the iptables service loads the saved rules.v4
+    (FORWARD DROP) through it: the tool's rules stay in one backend, the administrator's land in the other (split brain)."""
+    now = rules_backend(lab.host)
+    other = "legacy" if now == "nft" else "nft"
+    did = _iptables(lab, other, [], restore=True, input=HARDENED_RULESET.encode())
+    return f"(as after update-alternatives --set iptables /usr/sbin/iptables-{other}) {did} < rules.v4 (FORWARD DROP): the tool's rules are in {now}, these in {other}"
+
+
+def ip_forward_reset(lab: Lab) -> str:
+    """A network manager (re)applies its sysctl defaults: ``net.ipv4.ip_forward = 0`` in the host."""
+    lab.host.set_sysctl("net.ipv4.ip_forward", 0)
+    return "sysctl -w net.ipv4.ip_forward=0  (a network manager's defaults, applied again)"
+
+
+def bridge_recreate(lab: Lab) -> str:
+    """The containers' bridge deleted and made again with its addresses (a network manager's profile), its ports left
+    detached: the kernel detaches every port when a bridge goes, and nothing attaches them again."""
+    from netcheck.ledger import LinkEntry
+
+    spec_bridge = next((b.name for b in lab.topology.bridges), None)
+    if spec_bridge is None:
+        raise NotApplicable(f"{lab.topology.name} has no bridge")
+    name = lab.kname(spec_bridge)
+    held = [a.address for a in (*lab.host.addresses(), *lab.host.addresses(socket.AF_INET6)) if a.interface == name and not (a.address.version == 6 and a.address.is_link_local)]
+    if not lab.host.delete_link(name):
+        raise EventFailed(f"{lab.topology.name}: the host has no bridge {name}")
+    if lab.ledger is not None:
+        lab.ledger.record(LinkEntry(lab.host.name, name))
+    lab.host.add_bridge(name, group=lab.link_groups.get(name))  # in the lab's link group, if it was: teardown deletes the group at once
+    lab.host.configure(up=[name], addresses=[(name, a) for a in held])  # no port: it stays without carrier
+    return f"ip link del {name}; ip link add {name} type bridge; " + "; ".join(f"ip addr add {a} dev {name}" for a in held) + f"; ip link set {name} up (its ports not attached again)"
+
+
+def container_new_address(lab: Lab) -> str:
+    """The published container restarted with a new address, as its tool hands one out.
+
+    Real tools write the container's rules again for the new address (Docker and netavark write a container's
+    port rules at its start, CNI's portmap at each ADD), so the DNAT follows it; what they may leave is conntrack's
+    entries for the old address. CNI: netcheck plays the runtime, DEL then ADD of the container's plugins (host-local
+    hands out the next address). netcheck's own lab: its address moved to the next free one of its network, and
+    the lab's rules that name it written again for the new one (as a tool would); the lab's topology follows."""
+    mode = tool_of(lab)
+    name = next((p.container for p in lab.topology.publishes), lab.topology.containers[0].name)
+    if mode == "cni":
+        adapter = getattr(lab, "adapter", None)
+        assert adapter is not None
+        old = lab.topology.container(name).address
+        adapter.restart_container(lab, name)
+        return f"CNI DEL then ADD of {name} (its runtime restarted it; it had {old})"
+    if mode != "netcheck":
+        raise NotApplicable(f"container-new-address is built for netcheck's own labs and CNI; a restarted {mode} container gets a new network namespace, "
+                            "which netcheck does not adopt again yet")
+    return _move_container(lab, name)
+
+
+def _move_container(lab: Lab, name: str) -> str:
+    from dataclasses import replace
+    from ipaddress import IPv4Interface
+
+    from netcheck.faults import rewrite_rule  # the lab's rules edited where its builder wrote them, as the faults do
+
+    t = lab.topology
+    c = t.container(name)
+    if c.address is None or c.gateway is None:
+        raise NotApplicable(f"{t.name}: container {name} has no IPv4 address and gateway of its own")
+    taken = {x.address.ip for x in t.containers if x.address} | {b.address.ip for b in t.bridges if b.address}
+    new_ip = next(ip for ip in c.address.network.hosts() if ip > c.address.ip and ip not in taken)
+    new = IPv4Interface(f"{new_ip}/{c.address.network.prefixlen}")
+    old_ip = str(c.address.ip)
+    ns = lab.container_ns(name)
+    ns.deconfigure(addresses=[(c.interface, c.address)])
+    ns.configure(addresses=[(c.interface, new)])
+    _run(ns, ["ip", "route", "replace", "default", "via", str(c.gateway), "dev", c.interface])
+
+    def moved(value: str | None) -> str | None:
+        if value is None:
+            return None
+        head, sep, tail = value.partition("/") if "/" in value else value.partition(":")
+        return f"{new_ip}{sep}{tail}" if head == old_ip else value
+
+    rewritten = []
+    for r in list(lab.rules):
+        again = replace(r, src=moved(r.src), dst=moved(r.dst), to_destination=moved(r.to_destination))
+        if again == r:
+            continue
+        rewrite_rule(lab, r, again)
+        rewritten.append(again)
+    lab.topology = replace(t, containers=tuple(replace(x, address=new) if x.name == name else x for x in t.containers))
+    return f"{name} restarted with {new} (it had {c.address}); the lab's {len(rewritten)} rule(s) naming it written again for {new_ip}"
+
+
 def _table_of(item: Mapping[str, JSON]) -> tuple[str, str] | None:
     for kind, body in item.items():
         if kind in ("table", "chain", "rule", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit") and isinstance(body, dict):
@@ -189,6 +329,14 @@ EVENTS: dict[str, Event] = {e.name: e for e in [
     Event("nft-flush", "`nft flush ruleset` (an nftables.conf that begins with it, reloaded): every table of every tool is gone", nft_flush),
     Event("firewall-reload", "a firewalld reload (nftables backend): every table but `inet firewalld` is deleted and firewalld's own written again", firewall_reload),
     Event("iptables-restore", "`iptables-restore` of a saved ruleset that lacks the tool's rules: iptables-nft's ip filter and ip nat are replaced", iptables_restore),
+    Event("iptables-flush", "`iptables -F` through the host's backend: the filter table's chains emptied, policies kept", iptables_flush),
+    Event("forward-policy-drop", "`iptables -P FORWARD DROP` by another daemon, through the host's backend", forward_policy_drop),
+    Event("iptables-alternative-switch", "the `iptables` alternative switched (nft <-> legacy) and the saved rules.v4 (FORWARD DROP) loaded through it: rules in both backends",
+          iptables_alternative_switch),
+    Event("ip-forward-reset", "a network manager sets `net.ipv4.ip_forward = 0` again in the host", ip_forward_reset),
+    Event("bridge-recreate", "the containers' bridge deleted and made again with its addresses, its ports left detached", bridge_recreate, rediscover=False, relinks=True),
+    Event("container-new-address", "the published container restarted with a new address; its tool writes its rules again (conntrack keeps the old entries)",
+          container_new_address),
     Event("podman-network-reload", "`podman network reload --all`: netavark writes the running containers' rules again", podman_network_reload, ("podman",)),
     Event("docker-restart", "the Docker daemon restarted (live-restore: the containers keep running)", docker_restart, ("docker",)),
     Event("link-flap", "the host's uplink set down and up (a network manager's restart): the routes through it are dropped", link_flap),
@@ -228,8 +376,10 @@ def apply(lab: Lab, name: str) -> EventRun:
     before = signature(lab.host)
     did = event.apply(lab)
     rediscover = getattr(lab, "rediscover", None)  # another tool's lab: its reload may have re-created its links
-    if callable(rediscover):
+    if event.rediscover and callable(rediscover):
         rediscover()
+    elif event.relinks:
+        lab.close_attachments()  # capture sockets on a deleted link would hold the namespace (and miss the new link)
     run = EventRun(name, did, tuple(lost(before, signature(lab.host))))
     record.runs.append(run)
     return run
@@ -257,7 +407,12 @@ class Phases:
 
     @property
     def ids(self) -> list[str]:
-        return ["before", *(f"after-{e}" for e in self.events)]
+        """Each phase's test id: ``after-EVENT``; an event given again gets ``after-EVENT-2``, ``-3`` (unique, so pytest keeps them)."""
+        out = ["before"]
+        for i, e in enumerate(self.events):
+            n = self.events[: i + 1].count(e)
+            out.append(f"after-{e}" + (f"-{n}" if n > 1 else ""))
+        return out
 
     def label(self, index: int) -> str:
         return "before" if index == 0 else "after " + " + ".join(self.events[:index])
@@ -379,5 +534,5 @@ def terminal_lines(phases: Phases, stats: Mapping[str, Sequence[object]], log: d
     return summary_lines(phases, before_after(phases, reports), log)
 
 
-__all__ = ["EVENTS", "PHASE_FIXTURE", "BeforeAfter", "Event", "EventFailed", "EventRun", "LabEvents", "NotApplicable", "Phases",
+__all__ = ["EVENTS", "LONG_LIVED_UDP_PORT", "PHASE_FIXTURE", "BeforeAfter", "Event", "EventFailed", "EventRun", "LabEvents", "NotApplicable", "Phases",
            "apply", "before_after", "check_names", "configure", "reach", "terminal_lines", "lost", "signature", "summary_lines", "tool_of"]

@@ -2,6 +2,8 @@
 
     sudo .venv/bin/python tests/events_table.py            # print the table
     sudo .venv/bin/python tests/events_table.py --write    # and replace it in docs/tools.md
+    sudo .venv/bin/python tests/events_table.py --write --columns ip-forward-reset ip-forward-reset+docker-restart
+                                                           # measure only these columns (events joined by +), keep the others' cells
 
 One pytest run of a few suites per column, on every row's example at once, with --netcheck-event:
 a cell says which checks that passed before the event(s) fail after them. A row whose tool is not
@@ -29,8 +31,11 @@ ROWS = {  # example -> the row's name
     "firewalld-nft": "firewalld-style rule set",
     "ufw-nft": "ufw-style rule set",
 }
-COLUMNS = (("nft-flush",), ("firewall-reload",), ("iptables-restore",), ("link-flap",),
-           ("nft-flush", "podman-network-reload"), ("nft-flush", "docker-restart"))
+COLUMNS: tuple[tuple[str, ...], ...] = (("nft-flush",), ("firewall-reload",), ("iptables-restore",), ("link-flap",),
+           ("nft-flush", "podman-network-reload"), ("nft-flush", "docker-restart"),
+           ("iptables-flush",), ("forward-policy-drop",), ("iptables-alternative-switch",), ("ip-forward-reset",), ("bridge-recreate",),
+           ("ip-forward-reset", "podman-network-reload"), ("ip-forward-reset", "docker-restart"),
+           ("bridge-recreate", "podman-network-reload"), ("bridge-recreate", "docker-restart"), ("container-new-address",))
 SUITES = ("test_topology.py", "test_forwarding.py", "test_masquerade.py", "test_dnat.py")
 BEGIN, END = "<!-- events table: begin (tests/events_table.py --write) -->", "<!-- events table: end -->"
 
@@ -77,18 +82,37 @@ def cell(checks: dict[str, list[str]] | None) -> str:
     return f"breaks {len(failed)}/{len(ran)}: {shown}"
 
 
-def measure() -> str:
-    results: list[dict[str, Any]] = []
+def head(events: tuple[str, ...]) -> str:
+    return " then ".join(f"`{e}`" for e in events)
+
+
+def old_cells(text: str) -> dict[tuple[str, str], str]:
+    """The cells of the table in docs/tools.md, by (example, column head): kept for the columns not measured now."""
+    _, _, rest = text.partition(BEGIN)
+    lines = [line for line in rest.partition(END)[0].splitlines() if line.startswith("| ")]
+    if not lines:
+        return {}
+    heads = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    out = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        example = cells[0].rpartition("(`")[2].rstrip("`)")
+        out.update({(example, h): c for h, c in zip(heads, cells[1:], strict=False)})
+    return out
+
+
+def measure(columns: tuple[tuple[str, ...], ...], kept: dict[tuple[str, str], str]) -> str:
+    results: dict[tuple[str, ...], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as d:
-        for i, events in enumerate(COLUMNS):
+        for i, events in enumerate(columns):
             out = Path(d) / f"{i}.json"
             subprocess.run([sys.executable, __file__, "--cell", *events, "--out", str(out)], cwd=REPO, check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            results.append(json.loads(out.read_text()) if out.exists() else {})
-    heads = [" then ".join(f"`{e}`" for e in events) for events in COLUMNS]
-    lines = ["| setup | " + " | ".join(heads) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+            results[events] = json.loads(out.read_text()) if out.exists() else {}
+    lines = ["| setup | " + " | ".join(head(e) for e in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for example, name in ROWS.items():
-        lines.append(f"| {name} (`{example}`) | " + " | ".join(cell(r.get(example)) for r in results) + " |")
+        cells = [cell(results[e].get(example)) if e in results else kept.get((example, head(e)), "not measured") for e in COLUMNS]
+        lines.append(f"| {name} (`{example}`) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -97,14 +121,21 @@ def main(argv: list[str]) -> None:
         cut = argv.index("--out")
         cell_run(argv[1:cut], Path(argv[cut + 1]))
         return
-    table = measure()
+    doc = REPO / "docs" / "tools.md"
+    text = doc.read_text()
+    columns = COLUMNS
+    if "--columns" in argv:
+        asked = [tuple(a.split("+")) for a in argv[argv.index("--columns") + 1:] if not a.startswith("--")]
+        unknown = [a for a in asked if a not in COLUMNS]
+        if unknown:
+            sys.exit(f"--columns: {', '.join('+'.join(u) for u in unknown)} not among COLUMNS ({', '.join('+'.join(c) for c in COLUMNS)})")
+        columns = tuple(asked)
+    table = measure(columns, old_cells(text))
     print(table)
     if "--write" in argv:
-        doc = REPO / "docs" / "tools.md"
-        text = doc.read_text()
-        head, _, rest = text.partition(BEGIN)
+        before, _, rest = text.partition(BEGIN)
         _, _, tail = rest.partition(END)
-        doc.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+        doc.write_text(f"{before}{BEGIN}\n{table}\n{END}{tail}")
 
 
 if __name__ == "__main__":

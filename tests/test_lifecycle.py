@@ -136,3 +136,156 @@ def test_a_stale_conntrack_entry_is_shown_and_its_deletion_repairs_the_flow() ->
         assert again.passed and any(p.src == "203.0.113.2" for c in again.captures for p in c.packets), again.explain()
     finally:
         factory.close()
+
+
+# ----------------------------------------------------------------------------- the host's own events, on netcheck's labs
+# One fresh seed1 lab per event (an event breaks it for good), probed before and after in-process: the outbound
+# ICMP and the published port from outside, each failure diagnosed. The tools' runs follow below.
+
+HOST_EVENTS = [  # event, the top cause after it (None: the lab survives it), a cause the diagnosis must also name
+    ("forward-policy-drop", "forward_drop", None),
+    ("iptables-alternative-switch", "forward_drop", "rules_split"),
+    ("ip-forward-reset", "ip_forward_off", None),
+    ("bridge-recreate", "not_in_bridge", None),
+    ("container-new-address", None, None),
+]
+
+
+@pytest.fixture(scope="module")
+def lab_factory() -> Any:
+    from netcheck.factory import LabFactory
+
+    factory = LabFactory()  # its labs serve the outside world's echo
+    yield factory
+    factory.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("event", "cause", "also"), HOST_EVENTS, ids=[e[0] for e in HOST_EVENTS])
+def test_a_host_event_breaks_a_netcheck_lab_as_diagnosed(lab_factory: Any, event: str, cause: str | None, also: str | None) -> None:
+    from netcheck import spec
+    from netcheck.diagnosing import DiagnosingProber
+
+    lab = lab_factory.fresh(spec.builtin("seed1"))
+    try:
+        def probes() -> list[Any]:
+            prober = DiagnosingProber(lab)  # a new one: the topology may have moved (container-new-address)
+            return [prober.icmp("netns0", "198.51.100.1"), prober.http("wan", "203.0.113.2", 5000, target="netns0")]
+
+        assert all(r.passed for r in probes()), "before the event"
+        run = lifecycle.apply(lab, event)
+        after = probes()
+        if cause is None:
+            assert all(r.passed for r in after), "\n".join(r.explain() for r in after if not r.passed)
+            return
+        r = after[0]
+        d = r.diagnosis
+        assert not r.passed and d is not None and d.top is not None and d.top.cause == cause, f"{run.did}\n{r.explain()}"
+        if also is not None:
+            assert also in {f.cause for f in d.findings}, r.explain()
+    finally:
+        lab_factory.release(lab)
+
+
+@pytest.mark.root
+def test_a_moved_containers_stale_udp_entry_is_shown_and_its_deletion_repairs_the_flow(lab_factory: Any) -> None:
+    """A UDP flow published to a container keeps its conntrack entry when the container comes back with a new
+    address and the DNAT follows it: the flow's datagrams still go to the old address. The diagnosis shows the
+    entry and `conntrack -D` of it (verified by re-probing); pasted, the flow reaches the new address. A new flow
+    (another client port) reaches it at once: the DNAT was rewritten."""
+    import shutil
+    import subprocess
+
+    from netcheck import spec
+    from netcheck.activation import skip_for_missing_tool
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.evidence import FlushConntrack
+    from netcheck.lifecycle import LONG_LIVED_UDP_PORT
+
+    if shutil.which("conntrack") is None:
+        skip_for_missing_tool("the conntrack tool (install it: apt-get install -y conntrack)")
+    lab = lab_factory.fresh(spec.builtin("seed1-ports"))  # udp 8053 -> netns0:5353
+    try:
+        def flow(port: int | None = LONG_LIVED_UDP_PORT) -> Any:
+            return DiagnosingProber(lab).udp("wan", "203.0.113.2", 8053, target="netns0", source_port=port)
+
+        assert flow().passed, "before the event"
+        run = lifecycle.apply(lab, "container-new-address")
+        assert "netns0 restarted with 172.18.0.11/16 (it had 172.18.0.10/16)" in run.did, run.did
+        assert flow(None).passed, "a new flow follows the rewritten DNAT"
+        r = flow()
+        d = r.diagnosis
+        assert not r.passed and d is not None and d.top is not None and d.top.cause == "stale_conntrack", r.explain()
+        assert "it sends the flow to 172.18.0.10:5353, but netns0 is 172.18.0.11 now" in d.top.summary, d.top.summary
+        assert f"conntrack (host): udp 203.0.113.1:{LONG_LIVED_UDP_PORT} > 203.0.113.2:8053 (DNAT to 172.18.0.10:5353)" in d.top.evidence, d.top.evidence
+        assert d.top.fixes == (FlushConntrack("host", "203.0.113.1", proto="udp", dst="203.0.113.2", sport=LONG_LIVED_UDP_PORT, dport=8053),), d.top.fixes
+        assert d.top.verified.startswith("fix verified"), d.top.verified
+        fix = d.top.fix.split("  (", 1)[0]
+        assert fix.startswith(f"ip netns exec {lab.host.name} conntrack -D -p udp"), fix
+        done = subprocess.run(fix.split(), capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"{fix}: {done.stderr}"
+        assert flow().passed, "the entry deleted, the flow reaches the new address"
+    finally:
+        lab_factory.release(lab)
+
+
+# ----------------------------------------------------------------------------- the same events on other tools' setups
+# Each case is one in-process run of the three OUTBOUND checks through a chain of events, the tool's own recovery
+# among them: each check's outcome per phase, and the top causes the run printed.
+
+TOOL_CHAINS = [
+    # Docker: its FORWARD policy is DROP already; ip_forward reset and the filter table flushed break it; its
+    # restart sets ip_forward again and writes its chains again.
+    ("docker", ("forward-policy-drop", "ip-forward-reset", "iptables-flush", "docker-restart"), ("passed", "passed", "failed", "failed", "passed"),
+     ("1. [ip_forward_off]",)),
+    # Docker does not mend a split brain: the legacy FORWARD DROP stays after its restart (it writes with iptables-nft).
+    ("docker", ("iptables-alternative-switch", "docker-restart"), ("passed", "failed", "failed"), ("1. [forward_drop] host: the FORWARD policy is DROP (iptables-legacy)",
+                                                                                                 "[rules_split]")),
+    # Podman: netavark's reload sets ip_forward again and attaches the containers to the re-created bridge;
+    # a restarted container is not adopted again (NotApplicable: skipped).
+    ("podman", ("ip-forward-reset", "podman-network-reload", "bridge-recreate", "podman-network-reload", "container-new-address"),
+     ("passed", "failed", "passed", "failed", "passed", "skipped"), ("1. [ip_forward_off]", "1. [not_in_bridge]")),
+    # CNI: a DEL and ADD gives the container a new address and portmap's DNAT follows it; CNI writes no filter rule,
+    # so iptables -F takes nothing; a FORWARD DROP of another daemon's breaks it (nothing of CNI's accepts).
+    ("cni", ("container-new-address", "iptables-flush", "forward-policy-drop"), ("passed", "passed", "passed", "failed"), ("1. [forward_drop]",)),
+]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize(("tool", "events", "outcomes", "causes"), TOOL_CHAINS, ids=[f"{c[0]}-{'-'.join(c[1][:2])}" for c in TOOL_CHAINS])
+def test_a_tools_setup_through_host_events_and_its_recovery(run_suites, repo: Path, tool: str, events: tuple[str, ...], outcomes: tuple[str, ...],
+                                                            causes: tuple[str, ...]) -> None:
+    args = [str(repo / "suites" / s) for s in SUITES]
+    result = run_suites(*args, "-k", " or ".join(OUTBOUND), f"--netcheck-topology={_example(tool)}", *(f"--netcheck-event={e}" for e in events))
+    rows, out = _phased(result, events), result.stdout.str()
+    for name in OUTBOUND:
+        row = rows[f"{name}[{tool}]"]
+        assert row == outcomes, f"{tool}: {name} through {' then '.join(events)}: {row}\n{out[-4000:]}"
+    for cause in causes:
+        assert cause in out, (cause, out[-6000:])
+
+
+@pytest.mark.root
+def test_the_host_events_keep_an_nft_only_host_free_of_legacy_tables(lab_factory: Any) -> None:
+    """iptables -F and -P FORWARD DROP go through the backend the host uses: on an nf_tables-only host (seed1-nft)
+    no ip_tables table appears, the diagnosis of the break and its fix's verification included; only the
+    alternative switch, whose point it is, brings one (the control)."""
+    from netcheck import spec
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.kernel.inspect import legacy_tables
+
+    lab = lab_factory.fresh(spec.builtin("seed1-nft"))
+    try:
+        for event in ("iptables-flush", "forward-policy-drop", "ip-forward-reset", "container-new-address", "bridge-recreate"):
+            run = lifecycle.apply(lab, event)
+            assert legacy_tables(lab.host) == [], f"after {event} ({run.did}): legacy tables {legacy_tables(lab.host)}"
+            if event == "forward-policy-drop":
+                r = DiagnosingProber(lab).icmp("netns0", "198.51.100.1")
+                assert r.diagnosis is not None and r.diagnosis.top is not None and r.diagnosis.top.cause == "forward_drop", r.explain()
+                assert r.diagnosis.top.verified.startswith("fix verified") and legacy_tables(lab.host) == [], (r.diagnosis.top.verified, legacy_tables(lab.host))
+        assert "iptables-nft -P FORWARD DROP" in lab.lifecycle.runs[1].did, lab.lifecycle.runs[1].did
+        lifecycle.apply(lab, "iptables-alternative-switch")
+        assert legacy_tables(lab.host) == ["filter"], legacy_tables(lab.host)
+    finally:
+        lab_factory.release(lab)

@@ -125,6 +125,19 @@ class CniAdapter:
                 prev = self._call(lab, "ADD", self._plugin_config(lab, conf, plugin, c.name), c.name, c.interface, prev)
                 results[c.name] = prev
 
+    def restart_container(self, lab: ExternalLab, name: str) -> None:
+        """A runtime's restart of one container (the lifecycle event container-new-address): DEL of its plugins in
+        reverse, then ADD in order, in the same namespace; host-local hands out its next free address."""
+        conf = lab.state["cni"]
+        results: dict[str, JSONObject] = lab.state["cni_results"]
+        c = lab.declared.container(name)
+        for plugin in reversed(conf["plugins"]):
+            self._call(lab, "DEL", self._plugin_config(lab, conf, plugin, name), name, c.interface, results[name])
+        prev: JSONObject | None = None
+        for plugin in conf["plugins"]:
+            prev = self._call(lab, "ADD", self._plugin_config(lab, conf, plugin, name), name, c.interface, prev)
+            results[name] = prev
+
     def discover_existing(self, lab: ExternalLab) -> None:
         adopt_by_path(lab)
 

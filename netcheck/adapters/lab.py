@@ -280,10 +280,7 @@ class ExternalLab(Lab):
     def rediscover(self) -> None:
         """After a lifecycle event (a tool's reload re-creates its veths): discover the network again, and
         close what users attached to the old links (the prober's capture points, which reopen on next use)."""
-        for made in list(self._attached.values()):
-            close = getattr(made, "close", None)
-            if callable(close):
-                close()
+        self.close_attachments()
         self.discovery = discover(self)
         self.topology = self.discovery.topology
         self.knames.update(self.discovery.knames)

@@ -103,7 +103,7 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
             elif isinstance(fix, DeleteNeighbour):
                 undo.append(_delete_neighbour(ns, fix))
             elif isinstance(fix, FlushConntrack):
-                ns.run(["conntrack", "-D", "-s", fix.source], timeout=20)  # exit 1 when there was nothing to forget
+                ns.run(fix.command().split(), timeout=20)  # exit 1 when there was nothing to forget
             else:
                 undo.append(_set_policy(ns, fix))
     except BaseException:

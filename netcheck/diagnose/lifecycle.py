@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from netcheck.diagnose.firewall import Pkt
 from netcheck.evidence import Finding, FlushConntrack
+from netcheck.kernel.inspect import CtEntry
 from netcheck.lifecycle import events_of, lost, signature, tool_of
 
 if TYPE_CHECKING:
@@ -61,9 +62,19 @@ def _masqueraded_now(ev: Evidence, src: str, dst: str, proto: str, dport: int | 
     return d is not None and d.verdict in ("MASQUERADE", "SNAT") and (d.rule is None or not d.rule.rule.unmodelled)
 
 
+def _dnat_now(ev: Evidence, e: CtEntry) -> str | None:
+    """The address the host's rules DNAT this flow's first packet to now (None: no DNAT the walk models)."""
+    r = ev.route
+    d = ev.fw.nat("prerouting", Pkt(e.src, e.dst, e.proto, e.dport, r.in_iface if r else None, None))
+    if d is None or d.verdict != "DNAT" or d.rule is None or d.rule.rule.unmodelled or not d.rule.rule.to_destination:
+        return None
+    return d.rule.rule.to_destination.rsplit(":", 1)[0] if d.rule.rule.to_destination.count(":") == 1 else d.rule.rule.to_destination
+
+
 def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
     """The failed flow's own conntrack entry holds a NAT decision the rules no longer make: no SNAT although a
-    MASQUERADE now covers the container (the entry predates the rule). (A DNAT entry to an old address is not read yet.)"""
+    MASQUERADE now covers the container (the entry predates the rule), or a DNAT to an address the published
+    container no longer has (it came back with a new one, and the rules followed it; the entry did not)."""
     flow, result = ev.flow, ev.result
     if flow is None or result is None or flow.proto not in ("udp", "tcp"):
         return
@@ -72,14 +83,19 @@ def stale_conntrack(ev: Evidence) -> Iterator[Finding]:
         if (e.proto, e.src, e.dst, e.dport) != (flow.proto, flow.src_addr, flow.dst_addr, flow.dport) or (sport is not None and e.sport != sport):
             continue
         stale = ""
+        fix = FlushConntrack("host", e.src)
         if flow.via == "outside" and not e.snat and _masqueraded_now(ev, e.src, e.dst, e.proto, e.dport):
             stale = f"it has no source NAT, although a MASQUERADE rule covers {flow.source} now: the entry was made before the rule, and conntrack NATs a flow at its first packet only"
+        elif flow.dnat and flow.target_addr and e.dnat and e.reply_src != flow.target_addr and _dnat_now(ev, e) == flow.target_addr:
+            stale = (f"it sends the flow to {e.reply_src}:{e.reply_sport}, but {flow.target} is {flow.target_addr} now and the DNAT says so: the entry was made "
+                     f"before {flow.target} changed address, and conntrack NATs a flow at its first packet only (a UDP flow that keeps sending never expires)")
+            fix = FlushConntrack("host", e.src, proto=e.proto, dst=e.dst, sport=e.sport, dport=e.dport)  # this entry only
         if not stale:
             continue
         delete = f"conntrack -D -p {e.proto} --orig-src {e.src} --orig-dst {e.dst} --sport {e.sport} --dport {e.dport}"
         yield Finding("stale_conntrack", "host", f"host: a stale conntrack entry steers {flow.source}'s {e.proto} flow {e.src}:{e.sport} > {e.dst}:{e.dport}: {stale}",
                       ev.run("host", delete) + "  (delete the entry: the next packet makes a new one, with today's rules)", (f"conntrack (host): {e.render()}",), score=96,
-                      fixes=(FlushConntrack("host", e.src),))  # verified by re-probing, before a cause whose fix flushes it too
+                      fixes=(fix,))  # verified by re-probing, before a cause whose fix flushes it too
         return
 
 

@@ -162,6 +162,13 @@ class Lab:
                 self.on_teardown(lambda: release(made))
             return self._attached[key]  # type: ignore[return-value]
 
+    def close_attachments(self) -> None:
+        """Close what users attached (a prober's capture points, which reopen on next use): after links were re-created."""
+        for made in list(self._attached.values()):
+            close = getattr(made, "close", None)
+            if callable(close):
+                close()
+
     def release_held(self) -> list[str]:
         """Run every release registered with ``on_teardown``, newest first; returns their errors (each is tried)."""
         errors = []

@@ -38,8 +38,15 @@ def _ip_of(frame: Ethernet) -> IPv4 | IPv6 | None:
     return p if isinstance(p, (IPv4, IPv6)) else None
 
 
+def echo_token(ident: int) -> bytes:
+    """The start of an echo probe's data: it names the probe where a NAT changed its identifier (the prober writes the same, engine.py)."""
+    return f"netcheck-{ident:04x}".encode()
+
+
 def icmp_flow(ident: int) -> Matcher:
-    """An ICMP echo's packets by identifier, and the errors that quote it."""
+    """An ICMP echo's packets by identifier, or by the probe's token in its data (a NAT remaps the identifier when
+    another flow's conntrack entry holds it: a container that came back with a new address), and the errors that quote it."""
+    token = echo_token(ident)
 
     def match(frame: Ethernet) -> Role | None:
         ip = _ip_of(frame)
@@ -47,7 +54,8 @@ def icmp_flow(ident: int) -> Matcher:
             return None
         icmp = ip.payload
         if icmp.is_echo:
-            return None if icmp.ident != ident else "reply" if icmp.type in (ICMP_ECHOREPLY, ICMPV6_ECHOREPLY) else "request"
+            ours = icmp.ident == ident or icmp.data.startswith(token)
+            return None if not ours else "reply" if icmp.type in (ICMP_ECHOREPLY, ICMPV6_ECHOREPLY) else "request"
         quoted = icmp.quoted
         if quoted is not None and isinstance(quoted.payload, (ICMP, ICMPv6)) and quoted.payload.ident == ident:
             return "error"
