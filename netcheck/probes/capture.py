@@ -39,7 +39,7 @@ def _ip_of(frame: Ethernet) -> IPv4 | IPv6 | None:
 
 
 def echo_token(ident: int) -> bytes:
-    """The start of an echo probe's data: it names the probe where a NAT changed its identifier (the prober writes the same, engine.py)."""
+    """The start of an echo probe's data (evidence.TOKEN_SIZE bytes): it names the probe where a NAT changed its identifier."""
     return f"netcheck-{ident:04x}".encode()
 
 

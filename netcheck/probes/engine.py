@@ -50,7 +50,7 @@ from netcheck.packet import (
     neighbour_solicitation,
     solicited_node,
 )
-from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, icmp_flow, ndp_flow, port_flow
+from netcheck.probes.capture import CaptureHub, Matcher, arp_flow, capture_at, echo_token, icmp_flow, ndp_flow, port_flow
 
 IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE, IPV6_DONTFRAG = 10, 23, 3, 62  # linux/in.h, in6.h: DF set, the route's cached PMTU ignored
 
@@ -262,7 +262,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         ident = self._ids.next()
-        token = f"netcheck-{ident:04x}".encode()
+        token = echo_token(ident)
         payload = echo_request(ident, 1, _padded(token + request.payload, request, 20))
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
@@ -325,7 +325,7 @@ class Prober:
         self._guard(dst)
         ns, iface = self._source(request.source)
         ident = self._ids.next()
-        token = f"netcheck-{ident:04x}".encode()
+        token = echo_token(ident)
         payload = echo_request6(ident, 1, _padded(token + request.payload, request, 40))
         caps = self._captures(request.capture)
         verdict: Verdict = "unreachable"
