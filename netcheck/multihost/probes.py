@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,13 +18,12 @@ from netcheck.kernel.netns import Netns
 from netcheck.lab import Lab, LabError
 from netcheck.multihost.lab import MultiLab
 from netcheck.multihost.nodes import NodesLab
-from netcheck.packet import ICMP, ICMP_ECHOREPLY, ICMP_UNREACH, VXLAN, decode_ipv4, decode_vxlan, echo_request
+from netcheck.packet import FRAG_NEEDED, ICMP, ICMP_ECHOREPLY, ICMP_UNREACH, VXLAN, decode_ipv4, decode_vxlan, echo_request
 from netcheck.probes import Prober
 from netcheck.probes.capture import capture_at, icmp_flow, port_flow
+from netcheck.probes.engine import IP_MTU_DISCOVER, IP_PMTUDISC_PROBE
 from netcheck.services import ServiceHost
 
-IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3  # linux/in.h: DF set, the route's cached PMTU ignored
-FRAG_NEEDED = 4  # ICMP dest-unreach code
 T = TypeVar("T")
 
 AnyMulti: TypeAlias = "MultiLab | NodesLab"  # a multi-host lab held in this process, or one whose hosts are served by nodes
@@ -136,8 +134,7 @@ def df_ping(ns: Netns, dst: str, size: int, *, timeout: float = 1.0) -> DfResult
                 return DfResult(size, "reply", sender=peer[0])
             quoted = icmp.quoted
             if icmp.type == ICMP_UNREACH and icmp.code == FRAG_NEEDED and quoted is not None and isinstance(quoted.payload, ICMP) and quoted.payload.ident == ident:
-                ihl = (data[0] & 0x0F) * 4
-                return DfResult(size, "frag-needed", mtu=struct.unpack_from("!H", data, ihl + 6)[0], sender=peer[0])
+                return DfResult(size, "frag-needed", mtu=icmp.mtu, sender=peer[0])
         return DfResult(size, "lost")
     finally:
         sock.close()
