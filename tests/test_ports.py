@@ -153,4 +153,34 @@ def test_every_dnat_test_passes_on_seed1_ports_both_backends(run_suites, repo) -
     """The DNAT suite, matrix included (36 cells each), on seed1-ports built with iptables and with native nft."""
     result = run_suites(str(repo / "suites" / "test_dnat.py"), "--netcheck-topology=seed1-ports", "--netcheck-topology=seed1-ports-nft")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed") == 10 and not outcomes.get("failed") and not outcomes.get("error"), result.stdout.str()[-3000:]
+    assert outcomes.get("passed") == 12 and not outcomes.get("failed") and not outcomes.get("error"), result.stdout.str()[-3000:]
+
+
+def test_the_dual_stack_matrix_crosses_both_families_and_every_dimension() -> None:
+    """seed1-dual's matrix (issue 15): at least 48 cells, both families, tcp/udp/sctp, a port and a range, the uplink's
+    address, the wildcard and a given address, every access path; each expected and explained, with the source to see."""
+    t = spec.builtin("seed1-dual")
+    cells = plan.port_matrix(t)
+    assert len(cells) >= 48 and {c.family for c in cells} == {4, 6}
+    for family in (4, 6):
+        mine = plan.port_matrix(t, family)
+        assert mine == tuple(c for c in cells if c.family == family) and all(c.dst.version == family for c in mine)
+        assert {c.protocol for c in mine} == {"tcp", "udp", "sctp"} and {c.ports for c in mine} == {"single", "range"}
+        assert {c.bind for c in mine} >= {"uplink", "wildcard"} and {c.path for c in mine} == {"outside", "host", "hairpin", "itself"}
+        assert all(c.why and c.expected is not None and (c.saw if c.expected else c.saw is None) for c in mine)
+    by = {(c.family, c.protocol, c.ports, c.path): c for c in cells}
+    assert by[(6, "udp", "single", "itself")].saw == "fd00:18::1", "the IPv6 hairpin MASQUERADE: the service sees the bridge's IPv6 address"
+    assert by[(6, "tcp", "single", "hairpin")].saw == "fd00:18::20", "seed1's ! -o br0 keeps a bridge-local IPv6 source"
+    assert by[(6, "sctp", "range", "outside")].target_addr == "fd00:18::10" and by[(6, "sctp", "range", "outside")].target_port == 9302
+    assert not by[(6, "tcp", "single", "itself")].expected and "martian" in by[(6, "tcp", "single", "itself")].why
+
+
+@pytest.mark.root
+def test_every_dnat_test_passes_on_seed1_dual_both_backends(run_suites, repo) -> None:
+    """The DNAT suite on seed1-dual with iptables/ip6tables and with native nft: each test once per family (48 matrix cells each),
+    the UDP replies proven the flow's own through the host's conntrack entry on both families."""
+    result = run_suites(str(repo / "suites" / "test_dnat.py"), "--netcheck-topology=seed1-dual", "--netcheck-topology=seed1-dual-nft")
+    outcomes = result.parseoutcomes()
+    out = result.stdout.str()
+    assert outcomes.get("passed") == 24 and not outcomes.get("failed") and not outcomes.get("error"), out[-3000:]
+
