@@ -140,12 +140,13 @@ def test_the_report_shows_the_matrix_as_a_table() -> None:
 
     record = TestRecord("suites/test_dnat.py::test_published_port_matrix[seed1-ports]", "dnat", "seed1-ports", "failed",
                         probes=[probe("wan", "203.0.113.2", 8053, "reach", "reached", "203.0.113.1:4000"), probe("host", "2001:db8:1::2", 8053, "reach", "unreachable", None),
-                                probe("netns0", "203.0.113.2", 8053, "block", "unreachable", None)])
+                                probe("netns0", "203.0.113.2", 8053, "block", "unreachable", None), probe("wan", "2001:db8:1::2", 8053, "reach", "reached", "2001:db8:1::1:4000")])
     rows = port_matrix_rows([record])
-    assert [(r.family, r.to, r.path, r.ok) for r in rows] == [
-        ("IPv4", "203.0.113.2:8053", "from outside (wan)", True), ("IPv4", "203.0.113.2:8053", "netns0 to itself", True), ("IPv6", "[2001:db8:1::2]:8053", "from the host", False)]
+    assert [(r.family, r.to, r.path, r.ok) for r in rows] == [  # each cell's IPv4 and IPv6 rows side by side
+        ("IPv4", "203.0.113.2:8053", "from outside (wan)", True), ("IPv6", "[2001:db8:1::2]:8053", "from outside (wan)", True),
+        ("IPv6", "[2001:db8:1::2]:8053", "from the host", False), ("IPv4", "203.0.113.2:8053", "netns0 to itself", True)]
     html = Renderer().report(Results(tests=[record]))
-    assert "Published-port matrix: 3 cells, 1 not as expected" in html and "<code>[2001:db8:1::2]:8053</code>" in html
+    assert "Published-port matrix: 4 cells, 1 not as expected" in html and "<code>[2001:db8:1::2]:8053</code>" in html
 
 
 @pytest.mark.root

@@ -17,6 +17,7 @@ found by name.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,7 +76,7 @@ class DockerAdapter:
         root = d / "docker"
         if not root.exists():
             root.mkdir()
-            (root / "daemon.json").write_text('{"live-restore": true}\n')
+            (root / "daemon.json").write_text(json.dumps({"live-restore": True, **ipv6_daemon_config(lab.declared)}) + "\n")
         sock = root / "docker.sock"
         argv = ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
                 "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"), "--storage-driver", "vfs"]
@@ -182,6 +183,15 @@ class DockerAdapter:
         return errors
 
 
+def ipv6_daemon_config(t: spec.Topology) -> dict[str, object]:
+    """Dual stack: the daemon.json keys that give docker0 the spec's IPv6 prefix (``dockerd --ipv6 --fixed-cidr-v6``), with Docker's
+    ip6tables rules (MASQUERADE, DNAT; experimental in Docker 20.10); nothing for a spec without an IPv6 docker0."""
+    six = next((b.address6 for b in t.bridges if b.name == "docker0" and b.address6 is not None), None)
+    if six is None:
+        return {}
+    return {"ipv6": True, "fixed-cidr-v6": str(six.network), "experimental": True, "ip6tables": True}
+
+
 def _tail(path: Path, size: int = 1500) -> str:
     try:
         return path.read_text(errors="replace")[-size:]
@@ -189,4 +199,4 @@ def _tail(path: Path, size: int = 1500) -> str:
         return "(no log)"
 
 
-__all__ = ["DockerAdapter", "docker_cli"]
+__all__ = ["DockerAdapter", "docker_cli", "ipv6_daemon_config"]

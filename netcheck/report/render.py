@@ -487,7 +487,14 @@ def port_matrix_rows(tests: Sequence[TestRecord]) -> list[PortRow]:
             path = "from outside (wan)" if src == "wan" else "from the host" if src == "host" else f"{src} to itself" if src == target else f"hairpin from {src}"
             rows.append(PortRow(f"IPv{ip_address(p.request.destination).version}", _PROTOCOL_OF.get(p.kind, p.kind), p.destination, path,
                                 p.expected, p.verdict, p.passed, p.service_saw or ""))
-    return sorted(rows, key=lambda r: (r.family, r.protocol, r.to, r.path))
+    # Dual stack: each cell's IPv4 and IPv6 rows side by side (the same protocol, host port and access path).
+    return sorted(rows, key=lambda r: (r.protocol, _port_of(r.to), r.path, r.family))
+
+
+def _port_of(to: str) -> int:
+    """The port of an "address:port" ("[address]:port" for IPv6) as the probe shows it."""
+    tail = to.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list[AccessRow]:
