@@ -14,7 +14,7 @@ from netcheck import spec
 from netcheck.kernel import nft
 from netcheck.lab import plan
 from netcheck.naming import KernelNames
-from netcheck.packet import SCTP, decode_ip
+from netcheck.packet import SCTP, decode_ip, decode_sctp
 
 NAMES = KernelNames("nck7q0")
 SEED1_RULES = [
@@ -126,6 +126,7 @@ def test_sctp_is_decoded_with_its_first_chunk() -> None:
     ip = decode_ip(init)
     assert ip is not None and ip.payload == SCTP(12288, 9100, 0, 1) and ip.payload.chunk_name == "INIT"
     assert decode_ip(init[:24]).payload is None, "cut short of the common header"  # type: ignore[union-attr]
+    assert decode_sctp(init[20:]) == ip.payload, "a raw IPv6 socket reads the SCTP packet without its IP header"
 
 
 def test_the_report_shows_the_matrix_as_a_table() -> None:
