@@ -24,7 +24,7 @@ pytestmark = pytest.mark.root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RULE_SETS = ("docker29-nft", "netavark-nft", "firewalld-nft", "ufw-nft")  # today's tools' nftables rule sets, laid down by scripts
-DUAL_STACK = ("cni-dual", "docker-dual", "podman-dual")  # the tools' dual-stack setups (issue 15): each suite runs on both families
+DUAL_STACK = ("cni-dual", "docker-dual", "podman-dual", "netavark-dual")  # the tools' dual-stack setups (issue 15): each suite runs on both families
 TOOLS = ("script-tutorial1", "script-tutorial2", "cni", "netavark", "podman", "docker", *RULE_SETS, *DUAL_STACK)
 
 
@@ -59,6 +59,7 @@ FAULT_CASES = [
     ("cni-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
     ("docker-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
     ("podman-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
+    ("netavark-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
 ]
 
 

@@ -126,5 +126,5 @@ def test_the_dual_stack_examples_ask_their_tools_for_ipv6() -> None:
     assert ipv6_default_network(spec.load(EXAMPLES / "podman.toml")) is None
     ranges = json.loads((EXAMPLES / "cni" / "bridge-dual.conflist").read_text())["plugins"][0]["ipam"]["ranges"]
     assert [r[0]["subnet"] for r in ranges] == ["10.22.0.0/16", "fd00:22::/64"]
-    for name in ("cni-dual", "docker-dual", "podman-dual"):
+    for name in ("cni-dual", "docker-dual", "podman-dual", "netavark-dual"):
         assert spec.load(EXAMPLES / f"{name}.toml").families == (4, 6), name
