@@ -186,3 +186,25 @@ def test_every_dnat_test_passes_on_seed1_dual_both_backends(run_suites, repo) ->
     out = result.stdout.str()
     assert outcomes.get("passed") == 24 and not outcomes.get("failed") and not outcomes.get("error"), out[-3000:]
 
+
+
+def test_the_source_address_table_pairs_each_ports_families() -> None:
+    """Dual stack: each access path's IPv4 and IPv6 rows side by side, port by port."""
+    from netcheck.evidence import ProbeResult
+    from netcheck.report.model import TestRecord
+    from netcheck.report.render import access_paths
+
+    def probe(dst: str, port: int, saw: str) -> ProbeResult:
+        return ProbeResult.from_dict({"request": {"kind": "udp", "source": "wan", "destination": dst, "port": port, "expect": "reach", "target": "netns0"},
+                                      "topology": "seed1-dual", "source_interface": "uplink", "source_address": saw.rsplit(":", 1)[0], "sent": "udp",
+                                      "verdict": "reached", "service_saw": saw})
+
+    probes = [probe("203.0.113.2", 5000, "203.0.113.1:1"), probe("203.0.113.2", 8053, "203.0.113.1:2"),
+              probe("2001:db8:1::2", 5000, "2001:db8:1::1:3"), probe("2001:db8:1::2", 8053, "2001:db8:1::1:4")]
+    record = TestRecord("suites/test_dnat.py::test_source_address_seen_on_each_access_path[seed1-dual]", "dnat", "seed1-dual", "passed", probes=probes)
+    topo = {"host": {"address": "203.0.113.2/24", "address6": "2001:db8:1::2/64"},
+            "publishes": [{"host_port": 5000, "container": "netns0", "port": 5000}, {"host_port": 8053, "container": "netns0", "port": 5353}]}
+    rows = access_paths([record], topo)  # type: ignore[arg-type]
+    assert [(r.family, r.target.split(" → ")[0]) for r in rows] == [
+        ("IPv4", "published port 203.0.113.2:5000"), ("IPv6", "published port [2001:db8:1::2]:5000"),
+        ("IPv4", "published port 203.0.113.2:8053"), ("IPv6", "published port [2001:db8:1::2]:8053")]

@@ -539,9 +539,9 @@ def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list
                 replied_by=(p.replied_by or "") + (" (the user's own service)" if p.service == "user" else ""),
                 family="IPv6" if p.destination.startswith("[") else "IPv4",
             ))
-    if any(r.family == "IPv6" for r in rows):  # dual stack: each path's IPv4 and IPv6 rows side by side
+    if any(r.family == "IPv6" for r in rows):  # dual stack: each path's IPv4 and IPv6 rows side by side, port by port
         order = {path: i for i, path in reversed(list(enumerate(r.path for r in rows)))}
-        rows.sort(key=lambda r: (order[r.path], r.family))
+        rows.sort(key=lambda r: (order[r.path], _port_of(r.target.split(" → ")[0].rsplit(" ", 1)[-1]), r.family))
     return rows
 
 
