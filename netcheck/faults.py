@@ -335,6 +335,14 @@ def udp_dnat_removed(lab: Lab) -> None:
     _delete(lab, _rule_with(lab, "PREROUTING", "DNAT", protocol="udp", dst=str(lab.topology.host.address.ip)))
 
 
+def ipv6_udp_dnat_removed(lab: Lab) -> None:
+    """The ip6tables PREROUTING DNAT of the first UDP publish, for the host's IPv6 uplink address, is gone (IPv4's stays)."""
+    _v6(lab)
+    six = lab.topology.host.address6
+    assert six is not None
+    _delete(lab, _rule_with(lab, "PREROUTING", "DNAT", protocol="udp", dst=str(six.ip), family=6))
+
+
 def localhost_route_localnet_off(lab: Lab) -> None:
     """route_localnet = 0 where a port is published on 127.0.0.1."""
     if not any(p.loopback for p in lab.topology.publishes):
@@ -915,6 +923,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("ipv6-subnet-unrouted", "the host has no route to the bridge's IPv6 prefix", "seed1-dual", FORWARD_OUT, "2001:db8:2::1", "host_no_route", ipv6_subnet_unrouted),
     Fault("ipv6-ra-ignored", "forwarding = 1 with accept_ra = 1: the host ignores router advertisements, its RA default route expired", "seed1-dual", FORWARD_OUT,
           "2001:db8:2::1", "ra_ignored_when_forwarding", ipv6_ra_ignored, edits_rules=False),
+    Fault("ipv6-udp-dnat-removed", "the ip6tables PREROUTING DNAT of a published UDP port is gone, iptables' stays", "seed1-dual", DNAT_MATRIX,
+          "udp single bind=uplink from outside: [2001:db8:1::2]:8053", "dnat_missing", ipv6_udp_dnat_removed),
     Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback_six",
           ipv6_dnat_to_localhost),
     # Faults real hosts have (each also as NAME:script, written by an outside script with iptables-nft, nft, ip and sysctl)

@@ -303,6 +303,11 @@ def _ports(data: bytes, l4: int, tcp: bool) -> TCP | UDP | None:
     return _new(UDP, (sport, dport))
 
 
+def decode_sctp(data: bytes) -> SCTP | None:
+    """An SCTP common header and its first chunk, from its first byte (as a raw IPv6 socket reads it: no IP header)."""
+    return _sctp(data, 0)
+
+
 def _sctp(data: bytes, l4: int) -> SCTP | None:
     if len(data) < l4 + 8:
         return None
@@ -382,6 +387,6 @@ def decode_vxlan(frame: bytes, port: int) -> VXLAN | None:
 
 
 __all__ = [
-    "ARP", "ICMP", "IPv4", "IPv6", "SCTP", "TCP", "UDP", "VXLAN", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "decode_vxlan",
+    "ARP", "ICMP", "IPv4", "IPv6", "SCTP", "TCP", "UDP", "VXLAN", "Ethernet", "ICMPv6", "decode", "decode_arp", "decode_ip", "decode_ipv4", "decode_ipv6", "decode_sctp", "decode_vxlan",
     "echo_request", "echo_request6", "checksum", "mac", "neighbour_solicitation", "solicited_node",
 ]

@@ -1876,8 +1876,8 @@ def _check_bind(t: Topology, i: int, p: Publish, problems: _Problems, build: boo
 
 def host_addresses(t: Topology, version: int = 4) -> tuple[IPv4Address | IPv6Address, ...]:
     """The addresses the host holds (its uplink's, its bridges', its routed veths'), of one IP version: what a wildcard bind stands for."""
-    held: list[IPv4Address | IPv6Address] = [t.host.address.ip]
-    held += [b.address.ip for b in t.bridges if b.address is not None]
+    held: list[IPv4Address | IPv6Address] = [t.host.address.ip] + ([t.host.address6.ip] if t.host.address6 is not None else [])
+    held += [a.ip for b in t.bridges for a in (b.address, b.address6) if a is not None]
     held += [c.host_address.ip for c in t.containers if c.host_address is not None]
     return tuple(dict.fromkeys(a for a in held if a.version == version))
 

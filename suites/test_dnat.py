@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 import pytest
 
 from netcheck import expect as promise
 from netcheck.checks import expect, not_seen, seen
 from netcheck.evidence import ProbeRequest
+from netcheck.kernel.inspect import conntrack
 from netcheck.lab.plan import bound_addresses, port_matrix
 
 pytestmark = pytest.mark.netcheck_property("dnat")
@@ -96,13 +99,44 @@ def test_source_address_seen_on_each_access_path(lab, probe, family):
     assert rows, "no access path was probed"
 
 
-def test_published_port_matrix(lab, probe):
-    """Every published port x {its port, the last of its range} x {from outside, from the host, hairpin from each other
-    container, the container to its own published port}: each cell expected (netcheck.expect), observed, and explained,
-    with the source address the service saw. Generic over what the topology publishes (protocols, ranges, binds, families)."""
+def test_udp_reply_comes_back_through_its_flows_conntrack_entry(lab, probe, family):
+    """A UDP reply is the flow's own, un-NATed by the host's conntrack entry of that flow: the echo leaves the container to the
+    client's address and port, reaches the client from the published address and port (its connected socket takes nothing else),
+    and the host's entry of the flow (by the client's port) shows the DNAT with its reply seen."""
     t = lab.topology
-    _publishes(lab)
-    cells = port_matrix(t)
+    udp = [p for p in _publishes(lab, family) if p.protocol == "udp" and promise.published_from_outside(t, p, family)]
+    if not udp:
+        pytest.skip(f"{t.name} publishes no UDP port to the outside{promise.over(family)}")
+    for p in udp:
+        c = t.container(p.container)
+        own, dst = str(c.at(family).ip), bound_addresses(t, p, family)[0]
+        r = expect(probe.udp("wan", dst, p.host_port, target=c.name, capture=["wan:uplink", lab.point(c.name)]))
+        client, eport = r.source_address, r.flow_id
+        arrived = seen(r, lab.point(c.name), dst=own, dport=p.port, sport=eport)
+        seen(r, lab.point(c.name), role="reply", src=own, sport=p.port, dst=arrived.src, dport=eport)
+        seen(r, "wan:uplink", role="reply", src=str(dst), sport=p.host_port, dst=client, dport=eport)
+        entries = [e for e in conntrack(lab.host, {client}, family=family) if e.proto == "udp" and e.sport == eport and e.src == client]
+        assert entries, f"the host holds no conntrack entry of the flow {client}:{eport} > {dst}:{p.host_port}{promise.over(family)}\n{r.explain()}"
+        e = entries[0]
+        assert (e.dst, e.dport, e.reply_src, e.reply_sport) == (str(dst), p.host_port, own, p.port) and "SEEN_REPLY" in e.status, (
+            f"the flow's conntrack entry is not the DNAT to {own}:{p.port} with its reply seen: {e.render()} ({e.status})\n{r.explain()}")
+
+
+def _address_of(saw):
+    """The address part of what a service saw ("addr:port"; an SCTP INIT's is the address alone; IPv6 ones hold colons)."""
+    try:
+        return str(ip_address(saw))
+    except ValueError:
+        return saw.rsplit(":", 1)[0]
+
+
+def test_published_port_matrix(lab, probe, family):
+    """Every published port x {its port, the last of its range} x {from outside, from the host, hairpin from each other
+    container, the container to its own published port}, on each family: each cell expected (netcheck.expect), observed, and
+    explained, with the source address the service saw. Generic over what the topology publishes (protocols, ranges, binds, families)."""
+    t = lab.topology
+    _publishes(lab, family)
+    cells = port_matrix(t, family)
     kinds = {"tcp": "http", "udp": "udp", "sctp": "sctp"}
     expects = {True: "reach", False: "block", None: "observe"}
     requests = [ProbeRequest(kinds[c.protocol], c.source, c.dst, c.port, expect=expects[c.expected], target=c.target, capture=(lab.point(c.target),)) for c in cells]
@@ -112,11 +146,11 @@ def test_published_port_matrix(lab, probe):
         if not r.passed:
             wrong.append(f"{cell.label}: {r.request.address} expected {'to reach' if cell.expected else 'to be blocked' if cell.expected is False else 'an answer'} ({cell.why}), "
                          f"{r.verdict}: {r.error or r.reply}")
-        elif cell.expected and cell.saw is not None and r.service_saw is not None and r.service_saw.split(":")[0] != cell.saw:
+        elif cell.expected and cell.saw is not None and r.service_saw is not None and _address_of(r.service_saw) != cell.saw:
             wrong.append(f"{cell.label}: {r.request.address} reached, but the service saw {r.service_saw}, not {cell.saw} ({cell.why})")
         elif cell.expected and not r.service_saw:
             wrong.append(f"{cell.label}: {r.request.address} reached, but the service reported no source")
     if wrong:
         first = next((r for r in results if not r.passed), None)
-        pytest.fail(f"{len(wrong)} of {len(cells)} published-port cells went wrong:\n  " + "\n  ".join(wrong) + ("\n\nfirst failure:\n" + first.explain() if first else ""),
-                    pytrace=False)
+        pytest.fail(f"{len(wrong)} of {len(cells)} published-port cells{promise.over(family)} went wrong:\n  " + "\n  ".join(wrong)
+                    + ("\n\nfirst failure:\n" + first.explain() if first else ""), pytrace=False)

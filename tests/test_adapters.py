@@ -24,7 +24,8 @@ pytestmark = pytest.mark.root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RULE_SETS = ("docker29-nft", "netavark-nft", "firewalld-nft", "ufw-nft")  # today's tools' nftables rule sets, laid down by scripts
-TOOLS = ("script-tutorial1", "script-tutorial2", "cni", "netavark", "podman", "docker", *RULE_SETS)
+DUAL_STACK = ("cni-dual", "docker-dual", "podman-dual", "netavark-dual")  # the tools' dual-stack setups (issue 15): each suite runs on both families
+TOOLS = ("script-tutorial1", "script-tutorial2", "cni", "netavark", "podman", "docker", *RULE_SETS, *DUAL_STACK)
 
 
 def example(name: str) -> Path:
@@ -54,6 +55,11 @@ FAULT_CASES = [
     ("netavark", "veth-down", BRIDGE_MATRIX, "bridge matrix", ("link_down",), ""),
     ("podman", "forward-drop", FORWARD_OUT, "198.51.100.1", ("forward_drop",), ""),
     ("docker", "tool-masquerade-removed", MASQ_OUT, "198.51.100.1", MASQ_CAUSES, ""),
+    # IPv6-only faults on the dual-stack setups: only the IPv6 run of the suite test fails (failed == 1), and its top cause is named.
+    ("cni-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
+    ("docker-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
+    ("podman-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
+    ("netavark-dual", "tool-ip6-masquerade-removed", MASQ_OUT, "2001:db8:2::1", MASQ_CAUSES, ""),
 ]
 
 

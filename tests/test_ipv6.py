@@ -3,6 +3,9 @@ themselves run in tests/test_diagnosis.py's catalog, on seed1-dual and seed1-dua
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from netcheck import spec
@@ -104,3 +107,24 @@ def test_ipv4_only_specs_get_no_ipv6() -> None:
     t = spec.builtin("seed1")
     assert t.families == (4,) and t.host.address6 is None and t.wan.remote6 == ()
     assert all(r.family is None for r in plan(t, KernelNames("nck7q0")).rules)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_dual_stack_examples_ask_their_tools_for_ipv6() -> None:
+    """Docker gets --ipv6 --fixed-cidr-v6 (daemon.json) from docker0's IPv6 prefix, Podman a default network file with both
+    subnets, CNI two host-local ranges; a spec without an IPv6 bridge changes nothing of the tool's configuration."""
+    from netcheck.adapters.docker import ipv6_daemon_config
+    from netcheck.adapters.podman import ipv6_default_network
+
+    assert ipv6_daemon_config(spec.load(EXAMPLES / "docker-dual.toml")) == {"ipv6": True, "fixed-cidr-v6": "fd00:17::/64", "experimental": True, "ip6tables": True}
+    assert ipv6_daemon_config(spec.load(EXAMPLES / "docker.toml")) == {}
+    network = ipv6_default_network(spec.load(EXAMPLES / "podman-dual.toml"))
+    assert network is not None and network["ipv6_enabled"] is True and network["name"] == "podman"
+    assert network["subnets"] == [{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}, {"subnet": "fd00:88::/64", "gateway": "fd00:88::1"}]
+    assert ipv6_default_network(spec.load(EXAMPLES / "podman.toml")) is None
+    ranges = json.loads((EXAMPLES / "cni" / "bridge-dual.conflist").read_text())["plugins"][0]["ipam"]["ranges"]
+    assert [r[0]["subnet"] for r in ranges] == ["10.22.0.0/16", "fd00:22::/64"]
+    for name in ("cni-dual", "docker-dual", "podman-dual", "netavark-dual"):
+        assert spec.load(EXAMPLES / f"{name}.toml").families == (4, 6), name

@@ -14,7 +14,7 @@ from netcheck import spec
 from netcheck.kernel import nft
 from netcheck.lab import plan
 from netcheck.naming import KernelNames
-from netcheck.packet import SCTP, decode_ip
+from netcheck.packet import SCTP, decode_ip, decode_sctp
 
 NAMES = KernelNames("nck7q0")
 SEED1_RULES = [
@@ -126,6 +126,7 @@ def test_sctp_is_decoded_with_its_first_chunk() -> None:
     ip = decode_ip(init)
     assert ip is not None and ip.payload == SCTP(12288, 9100, 0, 1) and ip.payload.chunk_name == "INIT"
     assert decode_ip(init[:24]).payload is None, "cut short of the common header"  # type: ignore[union-attr]
+    assert decode_sctp(init[20:]) == ip.payload, "a raw IPv6 socket reads the SCTP packet without its IP header"
 
 
 def test_the_report_shows_the_matrix_as_a_table() -> None:
@@ -140,12 +141,13 @@ def test_the_report_shows_the_matrix_as_a_table() -> None:
 
     record = TestRecord("suites/test_dnat.py::test_published_port_matrix[seed1-ports]", "dnat", "seed1-ports", "failed",
                         probes=[probe("wan", "203.0.113.2", 8053, "reach", "reached", "203.0.113.1:4000"), probe("host", "2001:db8:1::2", 8053, "reach", "unreachable", None),
-                                probe("netns0", "203.0.113.2", 8053, "block", "unreachable", None)])
+                                probe("netns0", "203.0.113.2", 8053, "block", "unreachable", None), probe("wan", "2001:db8:1::2", 8053, "reach", "reached", "2001:db8:1::1:4000")])
     rows = port_matrix_rows([record])
-    assert [(r.family, r.to, r.path, r.ok) for r in rows] == [
-        ("IPv4", "203.0.113.2:8053", "from outside (wan)", True), ("IPv4", "203.0.113.2:8053", "netns0 to itself", True), ("IPv6", "[2001:db8:1::2]:8053", "from the host", False)]
+    assert [(r.family, r.to, r.path, r.ok) for r in rows] == [  # each cell's IPv4 and IPv6 rows side by side
+        ("IPv4", "203.0.113.2:8053", "from outside (wan)", True), ("IPv6", "[2001:db8:1::2]:8053", "from outside (wan)", True),
+        ("IPv6", "[2001:db8:1::2]:8053", "from the host", False), ("IPv4", "203.0.113.2:8053", "netns0 to itself", True)]
     html = Renderer().report(Results(tests=[record]))
-    assert "Published-port matrix: 3 cells, 1 not as expected" in html and "<code>[2001:db8:1::2]:8053</code>" in html
+    assert "Published-port matrix: 4 cells, 1 not as expected" in html and "<code>[2001:db8:1::2]:8053</code>" in html
 
 
 @pytest.mark.root
@@ -153,4 +155,56 @@ def test_every_dnat_test_passes_on_seed1_ports_both_backends(run_suites, repo) -
     """The DNAT suite, matrix included (36 cells each), on seed1-ports built with iptables and with native nft."""
     result = run_suites(str(repo / "suites" / "test_dnat.py"), "--netcheck-topology=seed1-ports", "--netcheck-topology=seed1-ports-nft")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed") == 10 and not outcomes.get("failed") and not outcomes.get("error"), result.stdout.str()[-3000:]
+    assert outcomes.get("passed") == 12 and not outcomes.get("failed") and not outcomes.get("error"), result.stdout.str()[-3000:]
+
+
+def test_the_dual_stack_matrix_crosses_both_families_and_every_dimension() -> None:
+    """seed1-dual's matrix (issue 15): at least 48 cells, both families, tcp/udp/sctp, a port and a range, the uplink's
+    address, the wildcard and a given address, every access path; each expected and explained, with the source to see."""
+    t = spec.builtin("seed1-dual")
+    cells = plan.port_matrix(t)
+    assert len(cells) >= 48 and {c.family for c in cells} == {4, 6}
+    for family in (4, 6):
+        mine = plan.port_matrix(t, family)
+        assert mine == tuple(c for c in cells if c.family == family) and all(c.dst.version == family for c in mine)
+        assert {c.protocol for c in mine} == {"tcp", "udp", "sctp"} and {c.ports for c in mine} == {"single", "range"}
+        assert {c.bind for c in mine} >= {"uplink", "wildcard"} and {c.path for c in mine} == {"outside", "host", "hairpin", "itself"}
+        assert all(c.why and c.expected is not None and (c.saw if c.expected else c.saw is None) for c in mine)
+    by = {(c.family, c.protocol, c.ports, c.path): c for c in cells}
+    assert by[(6, "udp", "single", "itself")].saw == "fd00:18::1", "the IPv6 hairpin MASQUERADE: the service sees the bridge's IPv6 address"
+    assert by[(6, "tcp", "single", "hairpin")].saw == "fd00:18::20", "seed1's ! -o br0 keeps a bridge-local IPv6 source"
+    assert by[(6, "sctp", "range", "outside")].target_addr == "fd00:18::10" and by[(6, "sctp", "range", "outside")].target_port == 9302
+    assert not by[(6, "tcp", "single", "itself")].expected and "martian" in by[(6, "tcp", "single", "itself")].why
+
+
+@pytest.mark.root
+def test_every_dnat_test_passes_on_seed1_dual_both_backends(run_suites, repo) -> None:
+    """The DNAT suite on seed1-dual with iptables/ip6tables and with native nft: each test once per family (48 matrix cells each),
+    the UDP replies proven the flow's own through the host's conntrack entry on both families."""
+    result = run_suites(str(repo / "suites" / "test_dnat.py"), "--netcheck-topology=seed1-dual", "--netcheck-topology=seed1-dual-nft")
+    outcomes = result.parseoutcomes()
+    out = result.stdout.str()
+    assert outcomes.get("passed") == 24 and not outcomes.get("failed") and not outcomes.get("error"), out[-3000:]
+
+
+
+def test_the_source_address_table_pairs_each_ports_families() -> None:
+    """Dual stack: each access path's IPv4 and IPv6 rows side by side, port by port."""
+    from netcheck.evidence import ProbeResult
+    from netcheck.report.model import TestRecord
+    from netcheck.report.render import access_paths
+
+    def probe(dst: str, port: int, saw: str) -> ProbeResult:
+        return ProbeResult.from_dict({"request": {"kind": "udp", "source": "wan", "destination": dst, "port": port, "expect": "reach", "target": "netns0"},
+                                      "topology": "seed1-dual", "source_interface": "uplink", "source_address": saw.rsplit(":", 1)[0], "sent": "udp",
+                                      "verdict": "reached", "service_saw": saw})
+
+    probes = [probe("203.0.113.2", 5000, "203.0.113.1:1"), probe("203.0.113.2", 8053, "203.0.113.1:2"),
+              probe("2001:db8:1::2", 5000, "2001:db8:1::1:3"), probe("2001:db8:1::2", 8053, "2001:db8:1::1:4")]
+    record = TestRecord("suites/test_dnat.py::test_source_address_seen_on_each_access_path[seed1-dual]", "dnat", "seed1-dual", "passed", probes=probes)
+    topo = {"host": {"address": "203.0.113.2/24", "address6": "2001:db8:1::2/64"},
+            "publishes": [{"host_port": 5000, "container": "netns0", "port": 5000}, {"host_port": 8053, "container": "netns0", "port": 5353}]}
+    rows = access_paths([record], topo)  # type: ignore[arg-type]
+    assert [(r.family, r.target.split(" → ")[0]) for r in rows] == [
+        ("IPv4", "published port 203.0.113.2:5000"), ("IPv6", "published port [2001:db8:1::2]:5000"),
+        ("IPv4", "published port 203.0.113.2:8053"), ("IPv6", "published port [2001:db8:1::2]:8053")]

@@ -27,6 +27,7 @@ found by name.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,8 +92,8 @@ class DockerAdapter:
             root.mkdir()
             t = lab.declared
             # No docker0 when every container is on a [[network]]: an idle bridge without ports would be a link that is down.
-            bridge = ', "bridge": "none"' if t.containers and all(c.network for c in t.containers) and not t.setup.command else ""
-            (root / "daemon.json").write_text(f'{{"live-restore": true{bridge}}}\n')
+            none = {"bridge": "none"} if t.containers and all(c.network for c in t.containers) and not t.setup.command else {}
+            (root / "daemon.json").write_text(json.dumps({"live-restore": True, **none, **ipv6_daemon_config(t)}) + "\n")
         sock = root / "docker.sock"
         host_resolv = root / "resolv.conf"
         host_resolv.write_text(upstream_resolv_conf(lab.declared))
@@ -227,6 +228,15 @@ def upstream_resolv_conf(t: spec.Topology) -> str:
     return resolvconf.render((str(t.dns.address if t.dns is not None else t.wan.address.ip),))
 
 
+def ipv6_daemon_config(t: spec.Topology) -> dict[str, object]:
+    """Dual stack: the daemon.json keys that give docker0 the spec's IPv6 prefix (``dockerd --ipv6 --fixed-cidr-v6``), with Docker's
+    ip6tables rules (MASQUERADE, DNAT; experimental in Docker 20.10); nothing for a spec without an IPv6 docker0."""
+    six = next((b.address6 for b in t.bridges if b.name == "docker0" and b.address6 is not None), None)
+    if six is None:
+        return {}
+    return {"ipv6": True, "fixed-cidr-v6": str(six.network), "experimental": True, "ip6tables": True}
+
+
 def _tail(path: Path, size: int = 1500) -> str:
     try:
         return path.read_text(errors="replace")[-size:]
@@ -234,4 +244,4 @@ def _tail(path: Path, size: int = 1500) -> str:
         return "(no log)"
 
 
-__all__ = ["EMBEDDED_DNS_CHAINS", "EMBEDDED_RESOLVER", "DockerAdapter", "docker_cli", "embedded_resolver_rule", "upstream_resolv_conf"]
+__all__ = ["EMBEDDED_DNS_CHAINS", "EMBEDDED_RESOLVER", "DockerAdapter", "docker_cli", "embedded_resolver_rule", "ipv6_daemon_config", "upstream_resolv_conf"]

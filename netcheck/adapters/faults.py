@@ -31,16 +31,23 @@ def masquerade_rules(lab: Lab) -> list[tuple[XChain, XRule]]:
             if r.target == "MASQUERADE" and r.dport is None and not r.dports and not HAIRPIN_MATCHES & set(r.unmodelled)]
 
 
-def delete_masquerade(lab: Lab) -> None:
-    """Delete the tool's MASQUERADE rules (nft, by handle); LookupError if it wrote none."""
-    rules = masquerade_rules(lab)
+def delete_masquerade(lab: Lab, only_ipv6: bool = False) -> None:
+    """Delete the tool's MASQUERADE rules (nft, by handle), or its IPv6 ones alone (ip6tables-nft's, nft ip6); LookupError if it wrote none."""
+    rules = [(c, r) for c, r in masquerade_rules(lab) if not only_ipv6 or c.family == "ip6" or r.family == 6]
     if not rules:
-        raise LookupError(f"{lab.topology.name}: the host has no MASQUERADE rule in nf_tables")
+        raise LookupError(f"{lab.topology.name}: the host has no {'IPv6 ' if only_ipv6 else ''}MASQUERADE rule in nf_tables")
     for c, r in rules:
         argv = ["nft", "delete", "rule", c.family, c.table, c.name, "handle", str(r.handle)]
         proc = lab.host.run(argv, timeout=20)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode(errors='replace').strip()}")
+
+
+def delete_masquerade6(lab: Lab) -> None:
+    """Delete the tool's IPv6 MASQUERADE rules alone: its IPv4 ones stay."""
+    if 6 not in lab.topology.families:
+        raise LookupError(f"{lab.topology.name} declares no IPv6")
+    delete_masquerade(lab, only_ipv6=True)
 
 
 def delete_dnat(lab: Lab) -> None:
@@ -96,6 +103,8 @@ def flush_ruleset(lab: Lab) -> None:
 
 EXTERNAL_FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("tool-masquerade-removed", "the MASQUERADE rule the tool wrote (nf_tables) is gone", "cni", MASQ_OUT, "198.51.100.1", "masquerade_missing", delete_masquerade),
+    Fault("tool-ip6-masquerade-removed", "the IPv6 MASQUERADE rules the tool wrote (ip6tables-nft, nft ip6) are gone, its IPv4 ones stay", "cni-dual", MASQ_OUT,
+          "2001:db8:2::1", "masquerade_missing", delete_masquerade6),
     Fault("nft-flush-ruleset", "nft flush ruleset (an nftables.conf reload) wiped the tool's tables", "docker29-nft", MASQ_OUT, "198.51.100.1", "masquerade_missing", flush_ruleset),
     Fault("tool-dnat-removed", "the DNAT of the published port the tool wrote (nf_tables) is gone", "docker29-nft", DNAT_OUTSIDE, "203.0.113.2", "dnat_missing", delete_dnat),
     Fault("embedded-dns-rules-removed", "Docker's DNAT rules for the embedded resolver (DOCKER_OUTPUT, DOCKER_POSTROUTING in the container's nat table) are gone",
@@ -105,4 +114,5 @@ EXTERNAL_FAULTS: dict[str, Fault] = {f.name: f for f in [
 ]}
 
 
-__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_embedded_dns_rules", "delete_masquerade", "flush_ruleset", "masquerade_rules", "stop_aardvark", "tool_resolver_user"]
+__all__ = ["EXTERNAL_FAULTS", "delete_dnat", "delete_embedded_dns_rules", "delete_masquerade", "delete_masquerade6", "flush_ruleset", "masquerade_rules", "stop_aardvark",
+           "tool_resolver_user"]

@@ -87,7 +87,8 @@ class NetavarkAdapter:
             "container_id": hashlib.sha256(lab.netns_name(c.name).encode()).hexdigest(),
             "container_name": c.name,
             "port_mappings": ports,
-            "networks": {net["name"]: {"static_ips": [str(ip)], "interface_name": c.interface, "aliases": []}},
+            # Dual stack: the spec's IPv6 address too (netavark has no IPAM of its own for either family).
+            "networks": {net["name"]: {"static_ips": [str(ip), *([str(c.address6.ip)] if c.address6 is not None else [])], "interface_name": c.interface, "aliases": []}},
             "network_info": {net["name"]: net},
         }
         path = lab.workdir / f"netavark-{c.name}.json"

@@ -96,6 +96,9 @@ class PodmanAdapter:
             'network_backend = "netavark"\n'
             f'network_config_dir = "{d / "networks"}"\n'
         )
+        network = ipv6_default_network(lab.declared)
+        if network is not None:
+            (d / "networks" / "podman.json").write_text(json.dumps(network, indent=2) + "\n")
         (d / "storage.conf").write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{d / "root"}"\nrunroot = "{d / "runroot"}"\n')
         return {"CONTAINERS_CONF": str(d / "containers.conf"), "CONTAINERS_STORAGE_CONF": str(d / "storage.conf")}
 
@@ -217,4 +220,20 @@ def aardvark_of(lab: object) -> tuple[int, int | None] | None:
     return found
 
 
-__all__ = ["AARDVARK_PATHS", "PodmanAdapter", "aardvark_of"]
+
+def ipv6_default_network(t: spec.Topology) -> dict[str, object] | None:
+    """Dual stack: Podman's default network ("podman", on podman0) as a network config file with the spec's IPv4 and IPv6
+    subnets, as ``podman network create --ipv6`` writes one (netavark then masquerades and publishes on both families);
+    None for a spec without an IPv6 podman0 (Podman's built-in default, 10.88.0.0/16, stays)."""
+    b = next((b for b in t.bridges if b.name == "podman0" and b.address6 is not None), None)
+    if b is None or b.address6 is None:
+        return None
+    v4 = b.address.network if b.address is not None else "10.88.0.0/16"
+    gw4 = b.address.ip if b.address is not None else "10.88.0.1"
+    subnets = [{"subnet": str(v4), "gateway": str(gw4)}, {"subnet": str(b.address6.network), "gateway": str(b.address6.ip)}]
+    return {"name": "podman", "id": "2f259bab93aaaaa2542ba43ef33eb990d0999ee1b9924b557b7be53c0b7a1bb9", "driver": "bridge", "network_interface": "podman0",
+            "created": "2026-01-01T00:00:00Z", "subnets": subnets, "ipv6_enabled": True, "internal": False, "dns_enabled": False, "ipam_options": {"driver": "host-local"}}
+
+
+
+__all__ = ["AARDVARK_PATHS", "PodmanAdapter", "aardvark_of", "ipv6_default_network"]

@@ -168,7 +168,7 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
     elif dst in host_addresses(t):
         via = "host"
         target = None
-    elif dst in {str(t.wan.address.ip), *(str(r.ip) for r in t.wan.remote)}:
+    elif dst in {str(a.ip) for family in t.families for a in (t.wan.at(family), *t.wan.remote_at(family)) if a is not None}:
         via = "outside"
         target = None
     elif target is None and not any(ip in net for net in _lab_networks(t)):

@@ -525,7 +525,10 @@ def ipv6_disabled(ev: Evidence) -> Iterator[Finding]:
     ns = ev.snap.ns(f.source)
     if ns is None:
         return
-    for key in (f"net.ipv6.conf.{c.interface}.disable_ipv6", "net.ipv6.conf.all.disable_ipv6"):
+    # The interface's own value is the one in force: writing "all" sets every interface there is at that moment, and Docker leaves
+    # all = 1 with its container's eth0 set back to 0 (--ipv6). "all" speaks only where the interface's value cannot be read.
+    own = f"net.ipv6.conf.{c.interface}.disable_ipv6"
+    for key in (own,) if ns.sysctl(own) is not None else ("net.ipv6.conf.all.disable_ipv6",):
         if ns.sysctl(key) == "1":
             yield Finding("ip_six_disabled", f.source, f"{f.source}: {key} = 1, so {c.interface} holds no IPv6 address ({c.address6} is gone) and no IPv6 route",
                           ev.sysctl_fix(f.source, key, 0) + (f" && {ev.run(f.source, f'ip addr add {c.address6} dev {c.interface} nodad')}" if c.address6 else ""),
@@ -878,17 +881,18 @@ def masquerade(ev: Evidence) -> Iterator[Finding]:
             if c.address is not None and promise.masqueraded(ev.t, c.name) and s is not None:
                 flows.append((c.name, str(c.address.ip), s.l3, up, False))
     for name, addr, iif, oif, private in flows:
-        if ":" in addr:
-            continue  # IPv4's MASQUERADE rules say nothing about an IPv6 flow
-        remote = str(ev.t.wan.remote[0].ip)
+        family: spec.Family = 6 if ":" in addr else 4  # each family's flow is walked through its own MASQUERADE rules (iptables or ip6tables)
+        if not ev.t.wan.remote_at(family):
+            continue
+        remote = str(ev.t.wan.remote_at(family)[0].ip)
         covered = _masq_decision(ev, addr, remote, "tcp", iif, oif)
         if covered is not None and not private:
             continue
         # Rules the walk finds matching but that did not act (the outside saw the private source)
         # hold conditions the summary does not model (a mark, a conntrack state): not this flow's.
         pkt = Pkt(addr, remote, "tcp", None, iif, oif)
-        rules = [p for p in _masq_rules(ev) if not matches(p.rule, pkt)]
-        want = plan.masquerade_for(ev.t, name, _rename(ev))
+        rules = [p for p in _masq_rules(ev) if (p.rule.family == 6) == (family == 6) and not matches(p.rule, pkt)]  # the other family's rules never explain it
+        want = plan.masquerade_for(ev.t, name, _rename(ev), family)
         seen_note = [f"the outside world (wan:uplink) saw the private source {addr}"] if private else []
         if rules:
             shown = "; ".join(f"`{p.render()}`" for p in rules)

@@ -128,13 +128,13 @@ def snmp_counters(ns: Netns) -> dict[str, int]:
     return ns.call(do)
 
 
-def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096) -> list[CtEntry]:
-    """Conntrack entries of the namespace through netlink; only those touching ``addresses`` if given."""
+def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096, family: int = 4) -> list[CtEntry]:
+    """Conntrack entries of the namespace (of one address family) through netlink; only those touching ``addresses`` if given."""
 
     def do() -> list[CtEntry]:
         from pyroute2 import Conntrack
 
-        ct = Conntrack()
+        ct = Conntrack(nfgen_family=socket.AF_INET6) if family == 6 else Conntrack()
         out: list[CtEntry] = []
         try:
             for n, e in enumerate(ct.dump_entries()):

@@ -135,53 +135,64 @@ class PortCell:
         return f"{self.protocol} {self.ports} bind={self.bind} {via}"
 
 
-def port_matrix(t: spec.Topology) -> tuple[PortCell, ...]:
+def port_matrix(t: spec.Topology, family: spec.Family | None = None) -> tuple[PortCell, ...]:
     """Every published port of ``t`` x {its first port, the last of its range} x every access path: outside (wan), the host,
-    each other container (hairpin), the container itself. Generic over what the spec declares: a family's cells appear where
-    the spec publishes on it."""
+    each other container (hairpin), the container itself; on every family the topology declares (or on ``family`` alone).
+    Generic over what the spec declares: a family's cells appear where the spec publishes on it."""
     out: list[PortCell] = []
-    bridge_addr = {b.name: b.address.ip for b in t.bridges if b.address is not None}
-    for i, p in enumerate(t.publishes):
-        c = t.container(p.container)
-        if c.address is None:
-            continue
-        bind = "uplink" if p.host_address is None else "wildcard" if p.wildcard else str(p.host_address)
-        # Outside and the containers address the first host address of the publish's family (a port bound to 127.0.0.1: the uplink's, where it must not answer).
-        held = spec.host_addresses(t, p.host_address.version if p.host_address is not None else t.host.address.ip.version) or (t.host.address.ip,)
-        outside_dst = held[0] if p.host_address is None or p.wildcard or p.loopback else p.host_address
-        host_dst = p.host_address if p.host_address is not None and p.loopback else outside_dst
-        gateway = bridge_addr.get(c.bridge) if c.bridge else (c.host_address.ip if c.host_address is not None else None)
-        port = p.host_ports[-1]
-        kind: Literal["single", "range"] = "range" if p.size > 1 else "single"
-        rule = f"DNAT {'per port of the range, ' if p.size > 1 else ''}{port} -> {c.address.ip}:{p.container_port(port)}"
-        paths: list[tuple[PortPath, str, IPv4Address | IPv6Address, bool, str | None, str]] = []
-        ok = promise.published_from_outside(t, p)
-        paths.append(("outside", "wan", outside_dst, ok, str(t.wan.address.ip),
-                      f"nat PREROUTING {rule}, routed from the uplink" if ok else _refused(p, "the outside world", "PREROUTING")))
-        ok = promise.published_from_host(t, p)
-        saw_host = str(gateway) if p.loopback else str(t.host.address.ip)
-        paths.append(("host", "host", host_dst, ok, saw_host,
-                      (f"nat OUTPUT {rule}" + (f"; route_localnet and MASQUERADE 127.0.0.0/8: the service sees {gateway}" if p.loopback else ""))
-                      if ok else _refused(p, "the host", "OUTPUT")))
-        for o in t.containers:
-            if o.name == c.name or o.address is None:
-                continue
-            ok = promise.published_from_container(t, p, o.name)
-            saw = str(gateway) if promise.masqueraded(t, o.name, out=c.bridge or c.host_veth) else str(o.address.ip)
-            paths.append(("hairpin", o.name, outside_dst, ok, saw, f"nat PREROUTING {rule}, back out by {c.bridge or c.host_veth}" if ok else _refused(p, o.name, "PREROUTING")))
-        ok = promise.published_to_itself(t, p)
-        paths.append(("itself", c.name, outside_dst, ok, str(gateway), f"nat PREROUTING {rule}, then the hairpin MASQUERADE -s {c.address.ip} -d {c.address.ip}: "
-                      f"the service sees {gateway}" if ok else _refused(p, c.name, "PREROUTING")))
-        for path, src, dst, ok, seen, why in paths:
-            # Where another tool made the setup, a container's way in that the spec does not promise is observed only: a
-            # userland proxy (docker-proxy) may carry it where netcheck's own rules would not.
-            # So is the source a container's way in shows the service: the tool's own hairpin MASQUERADE (CNI portmap's, netavark's) is not the spec's.
-            theirs = t.setup.external and path in ("hairpin", "itself")
-            promised: bool | None = None if theirs and not ok else ok
-            shown = why if promised is not None else f"observed: {why}, unless the tool's userland proxy carries it"
-            out.append(PortCell(i, p.protocol, kind, bind, dst.version, path, src, dst, port, c.name, str(c.address.ip), p.container_port(port), promised,
-                                seen if ok and not theirs else None, shown))
+    for fam in t.families if family is None else (family,):
+        for i, p in enumerate(t.publishes):
+            out += _port_cells(t, i, p, fam)
     return tuple(out)
+
+
+def _port_cells(t: spec.Topology, i: int, p: spec.Publish, family: spec.Family) -> list[PortCell]:
+    """One published port's cells on one family (none where it is not published on that family)."""
+    c = t.container(p.container)
+    own, up, wan = c.at(family), t.host.at(family), t.wan.at(family)
+    if own is None or up is None or wan is None or not bound_addresses(t, p, family) or not promise.published(t, p, family):
+        return []
+    bind = "uplink" if p.host_address is None else "wildcard" if p.wildcard else str(p.host_address)
+    # Outside and the containers address the host's uplink address of the family (a port bound to 127.0.0.1: there, where it must not answer).
+    outside_dst = up.ip if p.host_address is None or p.wildcard or p.loopback else p.host_address
+    host_dst = p.host_address if p.host_address is not None and p.loopback else outside_dst
+    side = t.bridge(c.bridge).at(family) if c.bridge else c.host_address if family == 4 else None
+    gateway = side.ip if side is not None else None
+    port = p.host_ports[-1]
+    kind: Literal["single", "range"] = "range" if p.size > 1 else "single"
+    to = f"[{own.ip}]" if family == 6 else str(own.ip)
+    rule = f"DNAT {'per port of the range, ' if p.size > 1 else ''}{port} -> {to}:{p.container_port(port)}"
+    nat = "ip6tables nat" if family == 6 else "nat"
+    paths: list[tuple[PortPath, str, IPv4Address | IPv6Address, bool, str | None, str]] = []
+    ok = promise.published_from_outside(t, p, family)
+    paths.append(("outside", "wan", outside_dst, ok, str(wan.ip),
+                  f"{nat} PREROUTING {rule}, routed from the uplink" if ok else _refused(p, "the outside world", "PREROUTING")))
+    ok = promise.published_from_host(t, p, family)
+    saw_host = str(gateway) if p.loopback else str(up.ip)
+    paths.append(("host", "host", host_dst, ok, saw_host,
+                  (f"{nat} OUTPUT {rule}" + (f"; route_localnet and MASQUERADE 127.0.0.0/8: the service sees {gateway}" if p.loopback else ""))
+                  if ok else _refused(p, "the host", "OUTPUT")))
+    for o in t.containers:
+        theirs_addr = o.at(family)
+        if o.name == c.name or theirs_addr is None:
+            continue
+        ok = promise.published_from_container(t, p, o.name, family)
+        saw = str(gateway) if promise.masqueraded(t, o.name, out=c.bridge or c.host_veth, family=family) else str(theirs_addr.ip)
+        paths.append(("hairpin", o.name, outside_dst, ok, saw, f"{nat} PREROUTING {rule}, back out by {c.bridge or c.host_veth}" if ok else _refused(p, o.name, "PREROUTING")))
+    ok = promise.published_to_itself(t, p, family)
+    paths.append(("itself", c.name, outside_dst, ok, str(gateway), f"{nat} PREROUTING {rule}, then the hairpin MASQUERADE -s {own.ip} -d {own.ip}: "
+                  f"the service sees {gateway}" if ok else _refused(p, c.name, "PREROUTING")))
+    out: list[PortCell] = []
+    for path, src, dst, ok, seen, why in paths:
+        # Where another tool made the setup, a container's way in that the spec does not promise is observed only: a
+        # userland proxy (docker-proxy) may carry it where netcheck's own rules would not.
+        # So is the source a container's way in shows the service: the tool's own hairpin MASQUERADE (CNI portmap's, netavark's) is not the spec's.
+        theirs = t.setup.external and path in ("hairpin", "itself")
+        promised: bool | None = None if theirs and not ok else ok
+        shown = why if promised is not None else f"observed: {why}, unless the tool's userland proxy carries it"
+        out.append(PortCell(i, p.protocol, kind, bind, family, path, src, dst, port, c.name, str(own.ip), p.container_port(port), promised,
+                            seen if ok and not theirs else None, shown))
+    return out
 
 
 def _refused(p: spec.Publish, who: str, chain: str) -> str:

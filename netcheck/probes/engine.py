@@ -45,6 +45,7 @@ from netcheck.packet import (
     decode_ip,
     decode_ipv4,
     decode_ipv6,
+    decode_sctp,
     echo_request,
     echo_request6,
     neighbour_solicitation,
@@ -503,7 +504,7 @@ class Prober:
         from scapy.layers.sctp import SCTP as ScapySCTP
         from scapy.layers.sctp import SCTPChunkInit
 
-        dst, port, timeout = _ipv4(request), request.port, _timeout(request)  # the one IPv4-only step: the family follows dst below
+        dst, port, timeout = _ipv4(request), request.port, _timeout(request)
         assert port is not None
         self._guard(dst)
         ns, iface = self._source(request.source)
@@ -535,17 +536,20 @@ class Prober:
                     try:
                         data = sock.recv(65535)
                     except OSError as exc:
-                        if exc.errno != errno.ENOPROTOOPT:
+                        if exc.errno not in (errno.ENOPROTOOPT, errno.EPROTO):
                             raise
-                        # ICMP protocol unreachable came back through the flow's conntrack entry: the target's kernel got the INIT and has no SCTP.
+                        # ICMP protocol unreachable (ICMPv6 parameter problem: unrecognised next header) came back through the flow's
+                        # conntrack entry: the target's kernel got the INIT and has no SCTP.
                         waits = waits[1:]
-                        reply = "ICMP protocol unreachable came back (the target's kernel has no SCTP)"
+                        reply = ("ICMPv6 parameter problem (unrecognised next header)" if dst.version == 6 else "ICMP protocol unreachable") + \
+                            " came back (the target's kernel has no SCTP)"
                         data = b""
-                    ip = decode_ip(data)
-                    l4 = ip.payload if ip is not None else None
+                    # A raw IPv4 socket reads the IP header too; a raw IPv6 one the SCTP packet alone.
+                    ip = decode_ip(data) if dst.version == 4 else None
+                    l4 = ip.payload if ip is not None else decode_sctp(data) if data and dst.version == 6 else None
                     if isinstance(l4, SCTP) and l4.dport == sport and l4.vtag == tag and l4.chunk == SCTP_INIT_ACK:
                         rtt = (time.perf_counter() - start) * 1000
-                        reply, verdict = f"INIT-ACK from {ip.src if ip else '?'}", "reached"
+                        reply, verdict = f"INIT-ACK from {ip.src if ip else dst}", "reached"
                         replied_by = request.target
                         break
                 if hub is not None and saw is None and want is not None:
@@ -579,12 +583,13 @@ class Prober:
         if request.target is None or request.target not in {c.name for c in self.lab.topology.containers}:
             return None
         c = self.lab.topology.container(request.target)
-        if c.address is None or request.port is None:
+        own = c.at(6 if request.destination.version == 6 else 4)
+        if own is None or request.port is None:
             return None
         from netcheck.lab.plan import published_at
 
         hit = published_at(self.lab.topology, str(request.destination), request.port, request.protocol)
-        return str(c.address.ip), hit[1] if hit is not None else request.port
+        return str(own.ip), hit[1] if hit is not None else request.port
 
     # ----------------------------------------------------------------- DNS
 

@@ -487,7 +487,14 @@ def port_matrix_rows(tests: Sequence[TestRecord]) -> list[PortRow]:
             path = "from outside (wan)" if src == "wan" else "from the host" if src == "host" else f"{src} to itself" if src == target else f"hairpin from {src}"
             rows.append(PortRow(f"IPv{ip_address(p.request.destination).version}", _PROTOCOL_OF.get(p.kind, p.kind), p.destination, path,
                                 p.expected, p.verdict, p.passed, p.service_saw or ""))
-    return sorted(rows, key=lambda r: (r.family, r.protocol, r.to, r.path))
+    # Dual stack: each cell's IPv4 and IPv6 rows side by side (the same protocol, host port and access path).
+    return sorted(rows, key=lambda r: (r.protocol, _port_of(r.to), r.path, r.family))
+
+
+def _port_of(to: str) -> int:
+    """The port of an "address:port" ("[address]:port" for IPv6) as the probe shows it."""
+    tail = to.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list[AccessRow]:
@@ -532,9 +539,9 @@ def access_paths(tests: Sequence[TestRecord], topo: TopologyView | None) -> list
                 replied_by=(p.replied_by or "") + (" (the user's own service)" if p.service == "user" else ""),
                 family="IPv6" if p.destination.startswith("[") else "IPv4",
             ))
-    if any(r.family == "IPv6" for r in rows):  # dual stack: each path's IPv4 and IPv6 rows side by side
+    if any(r.family == "IPv6" for r in rows):  # dual stack: each path's IPv4 and IPv6 rows side by side, port by port
         order = {path: i for i, path in reversed(list(enumerate(r.path for r in rows)))}
-        rows.sort(key=lambda r: (order[r.path], r.family))
+        rows.sort(key=lambda r: (order[r.path], _port_of(r.target.split(" → ")[0].rsplit(" ", 1)[-1]), r.family))
     return rows
 
 
