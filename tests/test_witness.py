@@ -12,16 +12,20 @@ import copy
 import json
 import re
 import threading
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
+from netcheck.diagnose import ranking as Rk
 from netcheck.diagnose import witness as W
 from netcheck.diagnose.path import Flow
-from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.evidence import DeleteRule, Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 from netcheck.faults import FAULTS
+from netcheck.kernel import nftrace
 from netcheck.kernel.dropwatch import KernelDrop, PacketKey, Witness, decisive, parse_event, reason_names
+from netcheck.kernel.xtables import XRule
 
 DATA = Path(__file__).parent / "data"
 NAMES = reason_names((DATA / "kfree_skb.format").read_text())
@@ -92,13 +96,95 @@ def _finding(cause: str, score: int) -> Finding:
 
 def test_a_cause_the_kernel_confirms_ranks_first_and_says_so() -> None:
     event = KernelEvent("IP_RPFILTER", "ip_rcv_finish_core", "host", "eth0", "198.51.100.1 > 172.18.0.10", ("rp_filter_strict",))
-    ranked, disagreement = W.rank([_finding("ip_forward_off", 95), _finding("rp_filter_strict", 80)], (event,))
+    found = [_finding("ip_forward_off", 95), _finding("rp_filter_strict", 80)]
+    ranked = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), kernel=(event,)))
     assert [f.cause for f in ranked] == ["rp_filter_strict", "ip_forward_off"]
     assert ranked[0].evidence[0] == "the kernel confirms it: IP_RPFILTER at ip_rcv_finish_core on host:eth0 (198.51.100.1 > 172.18.0.10)"
+    disagreement = W.rules_vs_kernel(found[0], ranked, (event,))
     assert "[ip_forward_off] first" in disagreement and "IP_RPFILTER at ip_rcv_finish_core on host:eth0" in disagreement and "[rp_filter_strict]" in disagreement
-    agree, none = W.rank([_finding("rp_filter_strict", 95)], (event,))
-    assert none == "" and agree[0].cause == "rp_filter_strict"
-    assert W.rank([_finding("ip_forward_off", 95)], ()) == ([_finding("ip_forward_off", 95)], "")
+    assert W.rules_vs_kernel(_finding("rp_filter_strict", 95), ranked, (event,)) == ""
+    assert Rk.rank([_finding("ip_forward_off", 95)], Rk.Witnessed()) == [_finding("ip_forward_off", 95)]
+    assert W.rules_vs_kernel(None, [], (event,)).startswith("the rules name no cause, but the kernel dropped the probe: IP_RPFILTER")
+
+
+def test_causes_rank_by_their_support_then_the_path_then_the_score() -> None:
+    """Model, kernel and counter each add one kind of support; the score only orders causes of equal support."""
+    rule = XRule("filter", "FORWARD", "DROP", protocol="icmp")
+    dropping = replace(_finding("forward_drop", 60), fixes=(DeleteRule("host", "legacy", rule),))
+    found = [_finding("ip_forward_off", 95), dropping, replace(_finding("link_down", 90), where="netns1")]
+    bare = Rk.rank(found, Rk.Witnessed(frozenset({"host", "netns0"})))
+    assert [f.cause for f in bare] == ["ip_forward_off", "forward_drop", "link_down"], "on the path first, then the score"
+    counted = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), rule_counters={rule.key(): 2}))
+    assert counted[0].cause == "forward_drop" and counted[0].evidence[0] == "a counter confirms it: the rule's counter grew by 2"
+    modelled = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), model=("dropped", "filter FORWARD", "dropped by the FORWARD policy")))
+    assert modelled[0].cause == "forward_drop" and modelled[0].evidence[0] == "the model confirms it: dropped at filter FORWARD"
+    nft = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), nft_drop="ip filter FORWARD: chain policy drop (no rule decided)"))
+    assert nft[0].cause == "forward_drop" and nft[0].evidence[0].startswith("the nft trace confirms it: ip filter FORWARD: chain policy drop")
+    routed = Rk.Witnessed(frozenset({"host"}), model=("no-route", "route", "no route to 198.51.100.1"), snmp={"host": {"Ip.InNoRoutes": 1}},
+                          rule_counters={rule.key(): 1})
+    both = Rk.rank([dropping, _finding("host_no_route", 60)], routed)
+    assert both[0].cause == "host_no_route", "model and counter (two kinds) outrank a counter alone"
+    assert "a counter confirms it: host: Ip.InNoRoutes +1" in both[0].evidence
+    kernel_and_nft = Rk.Witnessed(kernel=(KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "p", ("forward_drop",)),), nft_drop="x")
+    assert Rk._kinds(Rk.confirmations(dropping, kernel_and_nft)) == 1, "the kernel's drop and the nft trace are one witness"
+
+
+def test_model_and_kernel_disagreement_shows_both() -> None:
+    drop = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 198.51.100.1", ("forward_drop",))
+    delivered = W.model_vs_kernel(("delivered", "", ""), set(), (drop,), "", True, None)
+    assert delivered == "the model delivers the flow on the state read back; the kernel dropped it: NETFILTER_DROP at nft_do_chain on host:br0 (172.18.0.10 > 198.51.100.1)"
+    routed = ("no-route", "route", "no route to 198.51.100.1")
+    elsewhere = W.model_vs_kernel(routed, {"no_route"}, (drop,), "", True, None)
+    assert elsewhere.startswith("the model ends the probe at route: no-route: no route to 198.51.100.1; the kernel dropped it elsewhere: NETFILTER_DROP"), elsewhere
+    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (drop,), "", True, None) == "", "they agree"
+    req = ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))
+    lost = ProbeResult(req, "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="no answer")
+    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", True, lost).endswith("the kernel, watching, dropped none of the probe's packets")
+    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", False, lost) == "", "no witness, no disagreement"
+    assert W.model_vs_kernel(None, set(), (drop,), "", True, None) == "", "the model has no account of the flow (IPv6)"
+
+
+def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
+    """Two pings recorded in a throwaway namespace: one dropped by a rule in a chain jumped to, one by another table's chain policy."""
+    events = nftrace.parse((DATA / "nftrace.bin").read_bytes())
+    listing = nftrace.Listing.parse((DATA / "nftrace.ruleset").read_text())
+    assert [(e.table, e.chain, e.kind, e.handle, e.verdict, e.target) for e in events[:4]] == [
+        ("nc_trace", "out", "rule", 3, "continue", ""), ("nc_trace", "out", "policy", None, "accept", ""), ("f", "o", "rule", 3, "jump", "j"), ("f", "j", "rule", 4, "drop", "")]
+    first = events[0]
+    assert (first.family, first.protocol, first.src, first.dst, first.icmp_type, first.oif) == ("inet", 1, "127.0.0.1", "127.0.0.5", 8, 1)
+    assert listing.rules[("ip", "f", "j", 4)] == "ip daddr 127.0.0.5 counter drop", "counters are left out of the rule's text"
+    assert listing.policies[("ip", "g", "o")] == "drop"
+    rule_drop = next(e for e in events if e.verdict == "drop" and e.kind == "rule")
+    assert nftrace.render(rule_drop, listing) == "ip f j rule 4: `ip daddr 127.0.0.5 counter drop` -> drop"
+    policy_drop = next(e for e in events if e.kind == "policy" and e.verdict == "drop")
+    assert nftrace.render(policy_drop, listing) == "ip g o: chain policy drop (no rule decided)"
+    assert nftrace.parse(b"\x10\x00\x00\x00\x03\x00\x00\x00" + bytes(8)) == [], "other messages are skipped"
+
+
+def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
+    events = nftrace.parse((DATA / "nftrace.bin").read_bytes())
+    trace = nftrace.NftTrace(None, "nc_trace")  # type: ignore[arg-type]
+    flow = Flow("icmp", "icmp", "host", "127.0.0.1", "127.0.0.6", None, "reach", None, None, None, "loopback")
+    second = events[4]
+    req = ProbeRequest("icmp", "host", ip_address("127.0.0.6"))
+    result = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=second.sport)
+    steps = W.nft_steps(events, result, flow, trace)
+    assert [(e.table, e.chain, e.kind, e.verdict) for e in steps] == [("f", "o", "rule", "jump"), ("f", "o", "policy", "accept"), ("g", "o", "policy", "drop")]
+    assert W.nft_dropped(steps) == steps[-1]
+    other = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=(second.sport or 0) + 1)
+    assert W.nft_steps(events, other, flow, trace) == (), "another flow id's packets are not the probe's"
+    lines = W.nft_lines(steps, trace, {})
+    assert lines[-1] == "host: ip g o: chain policy drop (no rule decided)"
+
+
+def test_the_trace_table_marks_only_the_probes_packets() -> None:
+    text = nftrace.marking_rules("nc1_trace", {"172.18.0.10", "198.51.100.1", "2001:db8::1"}, ("tcp", "icmp"))
+    assert "add table inet nc1_trace" in text
+    assert "add chain inet nc1_trace pre { type filter hook prerouting priority -400; policy accept; }" in text
+    assert "add rule inet nc1_trace out ip saddr { 172.18.0.10, 198.51.100.1 } meta l4proto { tcp, icmp } meta nftrace set 1" in text
+    assert "add rule inet nc1_trace pre ip6 daddr { 2001:db8::1 } meta l4proto { tcp, icmp } meta nftrace set 1" in text
+    assert W.trace_protocols(FLOW) == ("icmp",)
+    assert W.trace_protocols(Flow("tcp", "tcp", "wan", "2001:db8::1", "2001:db8:1::2", 80, "reach", None, None, None, "publish")) == ("tcp", "ipv6-icmp")
 
 
 def test_the_diagnosis_shows_the_kernels_reason_and_location_and_round_trips() -> None:
