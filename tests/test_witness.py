@@ -146,7 +146,9 @@ def test_model_and_kernel_disagreement_shows_both() -> None:
 
 def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
     """Two pings recorded in a throwaway namespace: one dropped by a rule in a chain jumped to, one by another table's chain policy."""
-    events = nftrace.parse((DATA / "nftrace.bin").read_bytes())
+    every = nftrace.parse((DATA / "nftrace.bin").read_bytes())
+    events = [e for e in every if e.kind != "end"]
+    assert every[1].kind == "end" and every[1].verdict == "continue", "a chain's end (its policy follows) is a step of its own"
     listing = nftrace.Listing.parse((DATA / "nftrace.ruleset").read_text())
     assert [(e.table, e.chain, e.kind, e.handle, e.verdict, e.target) for e in events[:4]] == [
         ("nc_trace", "out", "rule", 3, "continue", ""), ("nc_trace", "out", "policy", None, "accept", ""), ("f", "o", "rule", 3, "jump", "j"), ("f", "j", "rule", 4, "drop", "")]
@@ -164,8 +166,8 @@ def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
 def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
     events = nftrace.parse((DATA / "nftrace.bin").read_bytes())
     trace = nftrace.NftTrace(None, "nc_trace")  # type: ignore[arg-type]
+    second = next(e for e in events if e.dst == "127.0.0.6")
     flow = Flow("icmp", "icmp", "host", "127.0.0.1", "127.0.0.6", None, "reach", None, None, None, "loopback")
-    second = events[4]
     req = ProbeRequest("icmp", "host", ip_address("127.0.0.6"))
     result = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=second.sport)
     steps = W.nft_steps(events, result, flow, trace)
@@ -301,13 +303,13 @@ def test_a_negative_is_proven_by_the_kernels_drop(kind: str) -> None:
 @pytest.mark.usefixtures("watched")
 def test_two_runs_at_once_each_report_only_their_own_kernel_events() -> None:
     """Two runs (two factories, two watches), the same topology and the same probe, different faults:
-    each diagnosis shows only its own run's drop; a witness scoped to both labs would see both."""
+    each diagnosis shows only its own run's drop and its own nft trace; a witness scoped to both labs would see both drops."""
     from netcheck.diagnosing import DiagnosingProber
     from netcheck.factory import LabFactory
 
     with LabFactory(reap=False) as run_a, LabFactory(reap=False) as run_b:
-        a = _lab_with(run_a, "seed1", "forward-drop")  # NETFILTER_DROP in the host
-        b = _lab_with(run_b, "seed1", "rp-filter-strict")  # IP_RPFILTER in the host
+        a = _lab_with(run_a, "seed1-nft", "forward-drop")  # NETFILTER_DROP in the host: the FORWARD policy
+        b = _lab_with(run_b, "seed1-nft", "rp-filter-strict")  # IP_RPFILTER in the host
         results: dict[str, ProbeResult] = {}
         start = time_ns()
 
@@ -324,6 +326,12 @@ def test_two_runs_at_once_each_report_only_their_own_kernel_events() -> None:
         assert {k.reason for k in da.kernel} == {"NETFILTER_DROP"}, da.render()
         assert {k.reason for k in db.kernel} == {"IP_RPFILTER"}, db.render()
         assert da.findings[0].cause == "forward_drop" and db.findings[0].cause == "rp_filter_strict"
+        assert any(f"{a.tag}_filter FORWARD: chain policy drop (no rule decided)" in line for line in da.nft_trace), da.render()
+        assert not any("policy drop" in line for line in db.nft_trace), db.render()
+        for d, other in ((da, b), (db, a)):
+            assert d.nft_trace and not [line for line in d.nft_trace if other.tag in line], f"a run's nft trace shows the other run's tables:\n{d.render()}"
+        for lab in (a, b):
+            assert (lab.tag + "_trace") not in lab.host.run(["nft", "list", "tables"]).stdout.decode(), "the trace table outlived its diagnosis"
         assert a.witness is not None and b.witness is not None
         both = Witness(a.witness.watch, {**a.witness.labels, **b.witness.labels})
         seen = {d.reason for d in both.drops(PacketKey(1, frozenset({"172.18.0.10", "198.51.100.1"})), since_ns=start)}

@@ -94,8 +94,7 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     ended = time.monotonic()
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
-    full = involved if len(namespaces) > 16 else None
-    snap = St.snapshot(namespaces, full=full, addresses=addresses)
+    snap = St.snapshot(namespaces, full=involved, addresses=addresses)  # the others' links and addresses only: the probe does not cross them
     if resend is not None:
         matched = counter_deltas(before, list(snap.host.ruleset.rules()))  # the snapshot read the counters after the repeat
     evidence_of = repeated if repeated is not None else result

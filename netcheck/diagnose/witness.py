@@ -113,14 +113,15 @@ def trace_protocols(flow: Flow) -> tuple[str, ...]:
 
 def nft_steps(events: list[TraceEvent], result: ProbeResult, flow: Flow, trace: NftTrace) -> tuple[TraceEvent, ...]:
     """The steps of the repeated probe's own packets (its flow id: a step without headers belongs to
-    the packet whose trace id it shares), each once, in order, without the trace table's own."""
+    the packet whose trace id it shares), each once, in order, without the trace table's own and the
+    chains' ends (a policy or a return follows each)."""
     key = key_of(result, flow)
     ours = {e.trace_id for e in events if e.src and key.matches(e)}
     out: list[TraceEvent] = []
     seen: set[tuple[object, ...]] = set()
     for e in events:
         k = (e.family, e.table, e.chain, e.kind, e.handle, e.verdict, e.target)
-        if e.trace_id in ours and not trace.own(e) and k not in seen:
+        if e.trace_id in ours and not trace.own(e) and e.kind != "end" and k not in seen:
             seen.add(k)
             out.append(e)
     return tuple(out)

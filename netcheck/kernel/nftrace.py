@@ -3,7 +3,9 @@
 A trace is one namespace's: a table of netcheck's own (``inet <tag>_trace``) whose chains, hooked
 at prerouting and output ahead of every other (priority -400), set ``meta nftrace 1`` on the
 probe's packets only (their addresses and protocol), and a netlink socket in the same namespace
-subscribed to the nftables trace group (what ``nft monitor trace`` reads). The kernel sends the
+subscribed to the nftables trace group (what ``nft monitor trace`` reads). The first step of each packet in each hook carries its headers
+and a trace id (the id may change from one hook to the next), so the probe's steps are found by its
+headers. The kernel sends the
 trace events while it handles the packet, so once the probe has ended its events are all queued:
 reading them needs no wait. Trace events are per namespace: two runs never see each other's.
 
@@ -13,7 +15,6 @@ stops. iptables-legacy rules are not nf_tables: they leave no trace (their count
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 import socket
@@ -49,7 +50,7 @@ class TraceEvent:
     family: str  # ip, ip6, inet, bridge, ...
     table: str
     chain: str
-    kind: str  # rule, policy, return
+    kind: str  # rule, policy, return, or end (a chain's end: the step that carries the headers when no rule matched)
     handle: int | None  # the rule's handle (kind "rule")
     verdict: str  # accept, drop, jump, goto, return, continue, ...
     target: str = ""  # the chain of a jump or goto
@@ -121,7 +122,9 @@ def parse(data: bytes) -> list[TraceEvent]:
             a = _attrs(data, off + 20, off + length)
             trace_kind = KINDS.get(_u32(a.get(A_TYPE)) or 0)
             handle = struct.unpack(">Q", a[A_HANDLE][:8])[0] if len(a.get(A_HANDLE, b"")) >= 8 else None
-            if trace_kind is not None and not (trace_kind == "rule" and handle is None):  # a rule step without a handle is the chain's end: its policy follows
+            if trace_kind == "rule" and handle is None:
+                trace_kind = "end"  # the end of a chain no rule decided (its policy, or a return, follows); it may carry the packet's headers
+            if trace_kind is not None:
                 verdict, target = "", ""
                 if A_VERDICT in a:
                     v = _attrs(a[A_VERDICT], 0, len(a[A_VERDICT]))
@@ -176,7 +179,7 @@ def render(e: TraceEvent, listing: Listing, names: Callable[[int | None], str] =
     where = f"{e.family} {e.table} {e.chain}"
     if e.kind == "policy":
         step = f"{where}: chain policy {e.verdict} (no rule decided)"
-    elif e.kind == "return":
+    elif e.kind in ("return", "end"):
         step = f"{where}: end of chain, return to the caller"
     else:
         text = listing.rules.get((e.family, e.table, e.chain, e.handle or -1), "(rule gone since)")
@@ -291,20 +294,23 @@ class NftTrace:
         return out
 
     def stop(self, *, list_rules: bool = True) -> list[TraceEvent]:
-        """Read the events, list the rules they name (their text, before anything changes), remove the table, close the socket."""
+        """Read the events; list the rules they name (their text, before anything changes) and remove
+        the table, in one libnftables call; close the socket."""
         events: list[TraceEvent] = []
         try:
             events = self.read()
-            if list_rules and any(not self.own(e) for e in events):
-                self.listing = Listing.parse(_nft(self.ns, "list ruleset", what="listing the rules the trace names"))
         finally:
-            if self._made:
-                self._made = False
-                with contextlib.suppress(KernelError):
-                    _nft(self.ns, f"delete table {TABLE_FAMILY} {self.table}", what=f"deleting the trace table {self.table}")
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            listed = list_rules and any(not self.own(e) for e in events)
+            commands = [*(["list ruleset"] if listed else []), *([f"delete table {TABLE_FAMILY} {self.table}"] if self._made else [])]
+            self._made = False
+            try:
+                if commands:
+                    out = _nft(self.ns, "\n".join(commands), what=f"listing the rules the trace names and deleting the trace table {self.table}")
+                    self.listing = Listing.parse(out) if listed else self.listing
+            finally:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
         return events
 
 
