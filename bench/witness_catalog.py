@@ -124,11 +124,25 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", help="comma-separated fault names")
     ap.add_argument("--json", type=Path, help="also write every outcome here")
+    ap.add_argument("--progress", type=Path, help="append each outcome here as a JSON line as soon as it is known")
+    ap.add_argument("--summarize", type=Path, help="only print the summary of a --progress file (a partial run too)")
     args = ap.parse_args()
+    if args.summarize:
+        done = [Outcome(**{**d, "kernel": [tuple(k) for k in d["kernel"]]}) for d in map(json.loads, args.summarize.read_text().splitlines()) if d]
+        print(summary(done))
+        return
     runs = catalog(set(args.only.split(",")) if args.only else None)
     load = os.getloadavg()[0]
+
+    def one(r: tuple[str, str, bool, str | None, str, str]) -> Outcome:
+        o = run(*r)
+        if args.progress:
+            with args.progress.open("a") as f:
+                f.write(json.dumps(asdict(o)) + "\n")
+        return o
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        outcomes = list(pool.map(lambda r: run(*r), runs))
+        outcomes = list(pool.map(one, runs))
     print(f"the kernel as witness over the catalog ({len(runs)} runs, {args.jobs} at a time; load {load:.1f} -> {os.getloadavg()[0]:.1f})")
     print(summary(outcomes))
     if args.json:

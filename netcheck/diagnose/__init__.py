@@ -16,6 +16,7 @@ the lab's own, one of its attachments.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import replace
@@ -33,9 +34,12 @@ from netcheck.diagnose import witness as W
 from netcheck.diagnose.firewall import counter_deltas
 from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 from netcheck.kernel import nftrace
+from netcheck.kernel.inspect import snmp_counters
 from netcheck.kernel.nftrace import NftTrace, TraceEvent
 
 if TYPE_CHECKING:
+    from netcheck.diagnose.firewall import Placed
+    from netcheck.kernel.netns import Netns
     from netcheck.lab import Lab
 
 REPEAT_TIMEOUT = 0.5  # the repeated probe's wait for an answer; a lab's round trip is well under 1 ms
@@ -80,8 +84,7 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     traced: list[TraceEvent] = []
     since_ns = time.monotonic_ns()
     if resend is not None:
-        before = St.rule_counters(lab.host)
-        snmp_before = St.snmp(watched)
+        before, snmp_before = _counters(lab, watched)
         tracing = _start(trace, result, flow, notes)
         try:
             # With a witness, the repeat ends at the kernel's drop of the probe instead of its timeout.
@@ -90,7 +93,7 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
             notes.append(f"the probe could not be repeated: {exc}")
         finally:
             traced = _stop(tracing, notes)  # before the snapshot: the trace table is gone when the rules are read
-        snmp_grew = St.snmp_deltas(snmp_before, St.snmp(watched), SNMP_KEYS)
+        snmp_grew = St.snmp_deltas(snmp_before, _snmp(watched), SNMP_KEYS)
     ended = time.monotonic()
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
@@ -164,6 +167,23 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         captures=repeated.captures if repeated is not None else (),
         started_at=repeated.started_at if repeated is not None else 0.0,
     )
+
+
+def _snmp(watched: dict[str, Netns]) -> dict[str, dict[str, int]]:
+    """The SNMP counters of these namespaces, read side by side (each in its own worker)."""
+    futures = {label: ns.submit(snmp_counters, ns) for label, ns in watched.items()}
+    out = {}
+    for label, f in futures.items():
+        with contextlib.suppress(Exception):
+            out[label] = f.result(timeout=30)
+    return out
+
+
+def _counters(lab: Lab, watched: dict[str, Netns]) -> tuple[list[Placed], dict[str, dict[str, int]]]:
+    """The host's rule counters and every watched namespace's SNMP counters before the repeat, read side by side."""
+    rules = lab.host.submit(St.rule_counters, lab.host)
+    snmp = _snmp(watched)
+    return rules.result(timeout=60), snmp
 
 
 def _start(trace: NftTrace | str, result: ProbeResult, flow: P.Flow, notes: list[str]) -> NftTrace | None:
