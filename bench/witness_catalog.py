@@ -132,6 +132,10 @@ def main() -> None:
         print(summary(done))
         return
     runs = catalog(set(args.only.split(",")) if args.only else None)
+    if args.progress and args.progress.exists():  # go on where a run left off
+        done = {(d["fault"], d["topology"]) for d in map(json.loads, args.progress.read_text().splitlines()) if d}
+        runs = [r for r in runs if (r[0], r[1]) not in done]
+    runs.sort(key=lambda r: (r[3] is None, not r[2]))  # the kernel-drop faults first, then those on an nft rule set: a partial run counts them first
     load = os.getloadavg()[0]
 
     def one(r: tuple[str, str, bool, str | None, str, str]) -> Outcome:

@@ -191,9 +191,11 @@ def test_the_trace_table_marks_only_the_probes_packets() -> None:
 
 def test_the_diagnosis_shows_the_kernels_reason_and_location_and_round_trips() -> None:
     event = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 198.51.100.1", ("forward_drop",))
-    d = Diagnosis(findings=(_finding("forward_drop", 90),), kernel=(event,), disagreement="x vs y")
+    d = Diagnosis(findings=(_finding("forward_drop", 90),), kernel=(event,), disagreement="x vs y",
+                  nft_trace=("host: ip nc1_filter FORWARD rule 4: `oifname \"nc1up\" counter drop` -> drop (172.18.0.10 > 198.51.100.1)",))
     text = d.render()
     assert "  NETFILTER_DROP at nft_do_chain on host:br0 (172.18.0.10 > 198.51.100.1) -> forward_drop" in text
+    assert "nft trace (the rules and verdicts the repeated probe's packets met in nf_tables):\n  host: ip nc1_filter FORWARD rule 4: `oifname" in text
     assert "model and kernel disagree: x vs y" in text
     from dataclasses import asdict
 
@@ -222,9 +224,11 @@ def test_the_report_shows_the_kernels_drops() -> None:
     probe["diagnosis"]["kernel"] = [{"reason": "NETFILTER_DROP", "location": "nft_do_chain", "netns": "host", "device": "br0",
                                      "packet": "172.18.0.10 > 198.51.100.1", "causes": ["forward_drop"]}]
     probe["diagnosis"]["disagreement"] = "the rules rank [ip_forward_off] first"
+    probe["diagnosis"]["nft_trace"] = ["host: ip nc1_filter FORWARD: chain policy drop (no rule decided)"]
     html = Renderer().report(Results.from_dict(copy.deepcopy(data)))
     assert "<code>NETFILTER_DROP</code></td><td><code>nft_do_chain</code></td><td><code>host:br0</code>" in html
     assert "model and kernel disagree" in html and "the rules rank [ip_forward_off] first" in html
+    assert "nft trace" in html and "host: ip nc1_filter FORWARD: chain policy drop (no rule decided)" in html, "the nft trace is shown beside the kernel's drops"
 
 
 _ = threading  # the root tests below run two runs at once

@@ -206,7 +206,9 @@ def _stop(tracing: NftTrace | None, notes: list[str]) -> list[TraceEvent]:
     except Exception as exc:  # noqa: BLE001 - the table is in the ledger: teardown removes what stop() could not
         notes.append(f"the nft trace failed: {exc}")
         return []
-    if not [e for e in events if not tracing.own(e)]:
+    if not events:
+        notes.append("nft trace: none of the probe's packets reached the host's netfilter hooks")
+    elif all(tracing.own(e) for e in events):
         notes.append("nft trace: no nf_tables chain but netcheck's own saw the probe's packets (iptables-legacy rules leave no trace; their counters are read instead)")
     return events
 
