@@ -407,3 +407,41 @@ def test_a_fix_is_verified_on_the_lab_then_undone() -> None:
         assert "--netcheck-keep" in top.verified
         assert lab.host.sysctl("net.ipv4.ip_forward") == "0", "the fix was not undone"
         assert not DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))).passed, "the lab is not as it was built"
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+def test_in_host_mode_the_nft_trace_shows_the_hosts_rule_and_leaves_the_host_as_it_was() -> None:
+    """A stand-in host (a throwaway namespace, as tests/test_host_mode.py makes) whose own nft table drops one
+    container's traffic to another: the host-mode run's diagnosis shows that rule and its verdict from the trace,
+    and the trace table (recorded in the run's ledger before it existed) is gone: the host is left exactly as it was."""
+    import subprocess
+
+    from test_host_mode import PYTEST, REPO, difference, fake_host, snapshot
+
+    from netcheck.ledger import Ledger, Undoer, undo_all
+    from netcheck.naming import new_tag
+
+    ledger = Ledger(new_tag(), topology="(host-mode test's stand-in host)", mode="sandbox")
+    try:
+        with fake_host(ledger, legacy_firewall=False) as host:
+            for argv in (["nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy accept; }"],
+                         ["nft", "add", "rule", "inet", "hostfw", "forward", "ip", "saddr", "172.18.0.10", "ip", "daddr", "172.18.0.20", "counter", "drop"]):
+                done = subprocess.run(["nsenter", f"--net={host}", *argv], capture_output=True, text=True, timeout=60, check=False)
+                assert done.returncode == 0, done.stderr
+            before = snapshot(host)
+            argv = ["nsenter", f"--net={host}", PYTEST, "suites/test_bridge.py::test_full_matrix_on_each_bridge", "--netcheck-host", "--netcheck-topology=seed1",
+                    "--netcheck-report=none", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+            run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+            after = snapshot(host)
+    finally:
+        undoer = Undoer()
+        try:
+            errors = undo_all(ledger.entries, undoer)
+        finally:
+            undoer.close()
+        ledger.close(remove=not errors)
+    out = run.stdout
+    assert run.returncode == 1 and "nft trace (the rules and verdicts" in out, out[-6000:]
+    assert re.search(r"host: inet hostfw forward rule \d+: `ip saddr 172\.18\.0\.10 ip daddr 172\.18\.0\.20 counter drop` -> drop", out), out[-6000:]
+    assert difference(before, after) == "", "host mode changed the host (the trace table stayed?):\n" + difference(before, after)
