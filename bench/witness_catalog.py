@@ -36,6 +36,7 @@ KERNEL_LINE = re.compile(r"^E?\s+(?P<reason>[A-Z0-9_]+) at (?P<location>[a-z0-9_
 NFT_HEAD = "nft trace (the rules and verdicts the repeated probe's packets met in nf_tables):"
 NFT_LINE = re.compile(r"^E?\s+host: (?P<step>.+?(?: -> (?P<verdict>\w+)|chain policy (?P<policy>\w+) \(no rule decided\)).*)$", re.M)
 DISAGREE = re.compile(r"^E?\s*model and kernel disagree: (?P<text>.+)$", re.M)
+NFT_NOTE = re.compile(r"^E?\s*note: (?P<text>(?:no )?nft trace[^\n]*)$", re.M)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Outcome:
     nft_steps: list[str] = field(default_factory=list)
     nft_drop: bool = False  # a step with a drop verdict (a rule's or a policy's)
     disagreements: list[str] = field(default_factory=list)
+    nft_notes: list[str] = field(default_factory=list)  # why there is no trace (the packets never reached the host's hooks, legacy rules only, ...)
     failed_as_expected: bool = False
     seconds: float = 0.0
 
@@ -73,6 +75,7 @@ def run(fault: str, topology: str, nft: bool, kernel: str | None, expected: str,
     o.nft_steps = [s.group("step") for s in steps]
     o.nft_drop = any("drop" in (s.group("verdict") or "", s.group("policy") or "") for s in steps)
     o.disagreements = [d.group("text") for d in DISAGREE.finditer(out)]
+    o.nft_notes = [n.group("text") for n in NFT_NOTE.finditer(out)]
     return o
 
 
@@ -97,6 +100,7 @@ def summary(outcomes: list[Outcome]) -> str:
     kernel_shown = [o for o in kernel if any(r == o.kernel_expected and loc for r, loc in o.kernel)]
     nft = [o for o in outcomes if o.nft and o.top is not None]
     nft_shown = [o for o in nft if o.nft_steps]
+    unreached = [o for o in nft if not o.nft_steps and any("reached the host" in n for n in o.nft_notes)]
     nft_dropping = [o for o in nft if o.kernel_expected == "NETFILTER_DROP"]
     nft_drop_shown = [o for o in nft_dropping if o.nft_drop]
     diagnosed = [o for o in outcomes if o.top is not None]
@@ -109,6 +113,8 @@ def summary(outcomes: list[Outcome]) -> str:
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in kernel if o not in kernel_shown)})" if len(kernel_shown) < len(kernel) else ""),
         f"faults on an nft or iptables-nft rule set whose diagnosis shows the exact rule and verdict (nft trace): {len(nft_shown)}/{len(nft)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft if o not in nft_shown)})" if len(nft_shown) < len(nft) else ""),
+        f"  without a trace because none of the probe's packets reached the host's hooks (the diagnosis says so): {len(unreached)}"
+        + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unreached)})" if unreached else ""),
         f"  of which NETFILTER_DROP faults whose trace shows the dropping rule or policy: {len(nft_drop_shown)}/{len(nft_dropping)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft_dropping if o not in nft_drop_shown)})" if len(nft_drop_shown) < len(nft_dropping) else ""),
         f"the model and the kernel disagree (both shown): {len(model)}/{len(diagnosed)}" + "".join(f"\n    {o.fault}@{o.topology}: {d}" for o in model for d in o.disagreements if "the model" in d),
