@@ -179,6 +179,14 @@ def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
     assert lines[-1] == "host: ip g o: chain policy drop (no rule decided)"
 
 
+def test_an_icmp_probe_over_ipv6_is_keyed_as_icmpv6() -> None:
+    six = Flow("icmp", "icmp", "netns0", "2001:db8:1::10", "2001:db8:2::1", None, "reach", None, None, None, "outside")
+    result = ProbeResult(ProbeRequest("icmp", "netns0", ip_address("2001:db8:2::1")), "seed1-dual", "ceth0", "2001:db8:1::10", "ICMPv6 echo", "unreachable", flow_id=7)
+    key = W.key_of(result, six)
+    assert key.protocol == 58 and key.matches(KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 58, "2001:db8:1::10", "2001:db8:2::1"))
+    assert W.key_of(replace(result, request=ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))), FLOW).protocol == 1
+
+
 def test_the_trace_table_marks_only_the_probes_packets() -> None:
     text = nftrace.marking_rules("nc1_trace", {"172.18.0.10", "198.51.100.1", "2001:db8::1"}, ("tcp", "icmp"))
     assert "add table inet nc1_trace" in text

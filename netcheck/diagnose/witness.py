@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from netcheck.diagnose.path import Flow, LabView
     from netcheck.lab import Lab
 
+ICMP6 = 58
 SETTLE = 0.6  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind, and up to ~400 ms when two test processes share 2 cores); a wait on the drop, not a sleep
 READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
 FIREWALL = ("forward_drop", "dns_udp_blocked", "rules_split")  # a rule or a policy dropped it (a DNS-only drop is one too)
@@ -53,7 +54,8 @@ def causes_of(drop: KernelDrop, netns: str, flow: Flow) -> tuple[str, ...]:
 
 
 def key_of(result: ProbeResult, flow: Flow) -> PacketKey:
-    proto = {"icmp": ICMP, "tcp": TCP, "udp": UDP}.get(result.request.protocol, -1)
+    """What names the probe's packets; an ICMP probe over IPv6 is ICMPv6 (protocol 58)."""
+    proto = {"icmp": ICMP6 if ":" in flow.dst_addr else ICMP, "tcp": TCP, "udp": UDP}.get(result.request.protocol, -1)
     addresses = frozenset(a for a in (flow.src_addr, flow.dst_addr, flow.target_addr, result.source_address) if a)
     return PacketKey(proto, addresses, result.flow_id)
 
