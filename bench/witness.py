@@ -2,7 +2,8 @@
 
     sudo .venv/bin/python bench/witness.py [--repeat 9]
 
-Both figures are medians, each beside today's (no witness) in the same run, on the same lab:
+Both figures are medians, each beside today's (no witness) in the same run, on the same lab; then
+where a diagnosis's time goes (each phase's mean, with the witness):
 
 * diagnosing one failure beyond the probe itself: ``diagnose(lab, result, resend)`` for an ICMP
   probe to the outside that a FORWARD DROP rule kills (seed2, fault forward-drop-rule). With the
@@ -40,6 +41,36 @@ def _ms(fn: Any, repeat: int) -> float:
     return round(statistics.median(values), 1)
 
 
+PHASES = (("netcheck.diagnose", "_counters", "rule and SNMP counters before the repeat"), ("netcheck.diagnose", "_start", "nft trace: listen, make its table"),
+          ("resend", "resend", "the repeated probe (ends at the kernel's drop)"), ("netcheck.diagnose", "_stop", "nft trace: read, list the rules, remove its table"),
+          ("netcheck.diagnose", "_snmp", "SNMP counters after the repeat"), ("netcheck.diagnose.state", "snapshot", "the snapshot of the namespaces"),
+          ("netcheck.diagnose.rules", "evaluate", "the rules (route lookups included)"), ("netcheck.diagnose.witness", "events", "the kernel's drops"),
+          ("netcheck.diagnose", "_model_end", "the model's trace (for the ranking)"), ("netcheck.diagnose.fixes", "verify", "fix verification (apply, re-probe, undo)"))
+
+
+def _timed(phases: dict[str, float]) -> Any:
+    """Wrap each phase's function to add its time (ms) to ``phases``; returns the undo."""
+    import importlib
+
+    undo = []
+    for module, name, label in PHASES:
+        if module == "resend":
+            continue
+        mod = importlib.import_module(module)
+        original = getattr(mod, name)
+
+        def timed(*a: Any, _f: Any = original, _label: str = label, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                phases[_label] = phases.get(_label, 0.0) + (time.perf_counter() - t) * 1000
+
+        setattr(mod, name, timed)
+        undo.append((mod, name, original))
+    return lambda: [setattr(m, n, f) for m, n, f in undo]
+
+
 def measure(repeat: int) -> dict[str, Any]:
     from netcheck import faults
     from netcheck.diagnose import diagnose
@@ -57,7 +88,16 @@ def measure(repeat: int) -> dict[str, Any]:
         why = seed2.witness.absent(wait=30)
         if why:
             raise SystemExit(f"bench/witness.py: no kernel witness here: {why}")
-        resend = Prober(seed2, first_id=0x9000).conclusive
+        conclusive = Prober(seed2, first_id=0x9000).conclusive
+        phases: dict[str, float] = {}
+
+        def resend(request: ProbeRequest) -> Any:
+            t = time.perf_counter()
+            try:
+                return conclusive(request)
+            finally:
+                phases["the repeated probe (and fix verification's re-probe)"] = phases.get("the repeated probe (and fix verification's re-probe)", 0.0) + (time.perf_counter() - t) * 1000
+
         failed = Prober(seed2).send(ProbeRequest("icmp", "http2", ip_address("198.51.100.1")))
         assert not failed.passed, "the fault did not break the probe"
         witness1, witness2 = seed1.witness, seed2.witness
@@ -67,8 +107,16 @@ def measure(repeat: int) -> dict[str, Any]:
             d = diagnose(seed2, failed, resend)
             kernel_seen.append(bool(d.kernel))
 
-        out["diagnosis_ms"] = _ms(diagnosis, repeat)
+        diagnosis()  # the first one loads what later ones reuse (libnftables, the model)
+        kernel_seen.clear()
+        undo = _timed(phases)
+        phases.clear()
+        try:
+            out["diagnosis_ms"] = _ms(diagnosis, repeat)
+        finally:
+            undo()
         out["diagnosis_kernel_seen"] = sum(kernel_seen)
+        out["phases_ms"] = {label: round(ms / repeat, 1) for label, ms in phases.items()}
         seed2.witness = None
         out["diagnosis_today_ms"] = _ms(diagnosis, max(3, repeat // 2))
 
@@ -98,6 +146,8 @@ def render(r: dict[str, Any]) -> str:
     for kind in ("icmp", "tcp", "udp"):
         lines.append(f"{'a negative proven by a kernel drop (' + kind + ')':<48} {r[f'negative_{kind}_ms']:>10.1f} ms {r[f'negative_{kind}_today_ms']:>6.1f} ms {'<= 10':>8}"
                      f"   (proven by a drop in {r[f'negative_{kind}_proven_by_drop']}/{r['repeat']})")
+    lines.append("where a diagnosis's time goes (mean ms a diagnosis, with the witness; fix verification holds its re-probe, which the repeated probe line counts too):")
+    lines.extend(f"  {label:<58} {ms:>7.1f}" for label, ms in sorted(r.get("phases_ms", {}).items(), key=lambda x: -x[1]))
     return "\n".join(lines)
 
 

@@ -429,7 +429,8 @@ class Diagnosis:
     elapsed_ms: float = 0.0  # what the diagnosis cost
     kernel: tuple[KernelEvent, ...] = ()  # the kernel's drops of the probe's packets during the repeat
     kernel_note: str = ""  # why there are none, or why the kernel could not be asked
-    disagreement: str = ""  # where the model's top cause and the kernel's witness part ways
+    disagreement: str = ""  # where the rules' top cause or the datapath model and the kernel's witness part ways (both shown)
+    nft_trace: tuple[str, ...] = ()  # the nf_tables rules and verdicts the repeated probe's packets met (nftables tracing; a chain policy marked as such)
     captures: tuple[Capture, ...] = ()  # the repeated probe's captures at every hop of the trace (its packets, for the pcaps)
     started_at: float = 0.0  # epoch seconds when the repeated probe was sent (its packets' at_ms count from here)
 
@@ -461,6 +462,9 @@ class Diagnosis:
             lines.extend(f"  {k.line()} ({k.packet})" + (f" -> {', '.join(k.causes)}" if k.causes else "") for k in self.kernel)
         if self.kernel_note:
             lines.append(f"kernel: {self.kernel_note}")
+        if self.nft_trace:
+            lines.append("nft trace (the rules and verdicts the repeated probe's packets met in nf_tables):")
+            lines.extend(f"  {t}" for t in self.nft_trace)
         if self.disagreement:
             lines.append(f"model and kernel disagree: {self.disagreement}")
         if self.matched:

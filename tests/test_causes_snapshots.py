@@ -6,15 +6,18 @@ fault must name nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, ip_address
+
+import pytest
 
 from netcheck import spec
 from netcheck.diagnose import rules as R
 from netcheck.diagnose.firewall import Pkt, Ruleset
 from netcheck.diagnose.path import Flow, Route, Side
 from netcheck.diagnose.state import HostState, NsState, Snapshot
-from netcheck.evidence import AddRule, DeleteNeighbour, DeleteRule, Sysctl
+from netcheck.evidence import AddRule, DeleteNeighbour, DeleteRule, Finding, ProbeRequest, ProbeResult, Sysctl
 from netcheck.kernel.netns import Address, Link, Neighbour, RouteEntry
 from netcheck.kernel.xtables import XChain, XRule, nft_chains
 
@@ -27,12 +30,19 @@ class RecordedLab:
     """The lab a snapshot was recorded from, as far as the rules ask: its spec and its names."""
 
     topology = spec.builtin("seed1")
+    host = None  # no namespace is asked: route lookups come from the snapshot
 
     def spec_name(self, kernel: str) -> str:
         return NAMES.get(kernel, kernel)
 
     def kname(self, name: str) -> str:
         return {v: k for k, v in NAMES.items()}.get(name, name)
+
+    def container_ns(self, name: str) -> None:
+        return None  # route lookups come from the snapshot (taken up front)
+
+    def namespaces(self) -> dict[str, None]:
+        return {"host": None, "netns0": None}  # the same: no namespace is asked
 
 
 def host_state(**sysctls: str) -> NsState:
@@ -137,3 +147,109 @@ def test_an_ipv6_only_rule_of_an_inet_table_is_not_read_as_dropping_ipv4() -> No
     assert [c.rules for c in chains] == [()], chains
     fw = Ruleset.build([], chains)
     assert fw.verdict("forward", Pkt("172.18.0.10", "198.51.100.1", "icmp", None, BR, UP)) is None
+
+
+# ----------------------------------------------------------------------------- one case per cause, and the check that every cause has one
+
+
+def _evidence_with(host: NsState | None = None, container: NsState | None = None, flow: Flow | None = OUT, ruleset: Ruleset | None = None,
+                   lookups: dict[str, RouteEntry | str] | None = None, snmp: dict[str, dict[str, int]] | None = None) -> R.Evidence:
+    ev = evidence(host or host_state(), container or netns0(), flow, ruleset or _forward())
+    ev.snap.route_lookups.update(lookups or {})
+    ev.snmp.update(snmp or {})
+    return ev
+
+
+def _link_state(ns: NsState, name: str, **changes: object) -> NsState:
+    return replace(ns, links=tuple(replace(link, **changes) if link.name == name else link for link in ns.links))  # type: ignore[arg-type]
+
+
+MASQUERADE = XRule("nat", "POSTROUTING", "MASQUERADE", src="172.18.0.0/16", out_interface=f"!{BR}")
+
+
+def _forward(*rules: XRule, policy: str = "ACCEPT") -> Ruleset:
+    """seed1's rules as built: its MASQUERADE, and FORWARD with ``rules``."""
+    return Ruleset.build([XChain("nat", "PREROUTING", "ACCEPT", ()), XChain("nat", "POSTROUTING", "ACCEPT", (MASQUERADE,)), XChain("nat", "OUTPUT", "ACCEPT", ()),
+                          XChain("filter", "FORWARD", policy, rules), XChain("filter", "INPUT", "ACCEPT", ()), XChain("filter", "OUTPUT", "ACCEPT", ())], [])
+
+
+ROUTED_OUT: dict[str, RouteEntry | str] = {"netns0: 198.51.100.1": RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("172.18.0.1/32").network_address, "ceth0"),
+                                           "host: 198.51.100.1": RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("203.0.113.1/32").network_address, UP)}
+
+
+def _raises(ev: R.Evidence) -> Iterator[Finding]:
+    raise RuntimeError("a broken rule")
+    yield  # pragma: no cover
+
+
+CASES: dict[str, Callable[[], list[Finding]]] = {
+    "link_down": lambda: R.evaluate(_evidence_with(_link_state(host_state(), VETH, admin_up=False, operstate="DOWN"), lookups=ROUTED_OUT)),
+    "lo_down": lambda: R.evaluate(_evidence_with(container=_link_state(netns0(), "lo", admin_up=False, operstate="DOWN"), lookups=ROUTED_OUT)),
+    "not_in_bridge": lambda: R.evaluate(_evidence_with(_link_state(host_state(), VETH, master=None), lookups=ROUTED_OUT)),
+    "ip_forward_off": lambda: R.evaluate(_evidence_with(host_state(**{"net.ipv4.ip_forward": "0"}), lookups=ROUTED_OUT)),
+    "no_default_route": lambda: R.evaluate(_evidence_with(container=replace(netns0(), routes=netns0().routes[1:]), lookups={"netns0: 198.51.100.1": "Network is unreachable"})),
+    "wrong_gateway": lambda: R.evaluate(_evidence_with(container=netns0((Neighbour("ceth0", "172.18.0.254", None, "FAILED"),)), lookups={
+        "netns0: 198.51.100.1": RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("172.18.0.254/32").network_address, "ceth0")})),
+    "wrong_prefix": lambda: R.evaluate(_evidence_with(container=replace(netns0(), addresses=(Address("ceth0", IPv4Interface("172.18.0.10/24")),)), lookups=ROUTED_OUT)),
+    "forward_drop": lambda: R.evaluate(_evidence_with(ruleset=_forward(XRule("filter", "FORWARD", "DROP", protocol="icmp")), lookups=ROUTED_OUT)),
+    "rp_filter_strict": lambda: R.evaluate(_evidence_with(host_state(**{"net.ipv4.conf.all.rp_filter": "1", f"net.ipv4.conf.{UP}.rp_filter": "1"}), lookups=ROUTED_OUT,
+                                                          snmp={"host": {"TcpExt.IPReversePathFilter": 1}})),
+    "host_no_route": lambda: R.evaluate(_evidence_with(replace(host_state(), routes=host_state().routes[1:]),
+                                                       lookups={**ROUTED_OUT, "host: 198.51.100.1": "Network is unreachable"})),
+    "rule_failed": lambda: R.evaluate(_evidence_with(lookups=ROUTED_OUT), (_raises,)),
+    "extra_link": lambda: R.evaluate(_evidence_with(container=replace(netns0(), links=(*netns0().links, Link(3, "hostlink0", "dummy", True, "UNKNOWN", 1500, "02:00:00:00:00:09", None))),
+                                                    lookups=ROUTED_OUT), ),
+    "address_conflict": lambda: R.evaluate(_with_namespace(_evidence_with(lookups=ROUTED_OUT), NsState("netns1", "nc1-netns1", netns0().links, netns0().addresses))),
+    "address_on_bridge_port": lambda: R.evaluate(_evidence_with(replace(host_state(), addresses=(*host_state().addresses, Address(VETH, IPv4Interface("172.18.255.253/16")))),
+                                                                lookups=ROUTED_OUT)),
+    "mtu_mismatch": lambda: R.evaluate(_evidence_with(_link_state(host_state(), VETH, mtu=1400), lookups=ROUTED_OUT)),
+    "rules_split": lambda: R.evaluate(_evidence_with(ruleset=Ruleset.build(
+        [XChain("nat", "POSTROUTING", "ACCEPT", (MASQUERADE,)), XChain("filter", "FORWARD", "ACCEPT", ())],
+        [XChain("filter", "FORWARD", "ACCEPT", (XRule("filter", "FORWARD", "ACCEPT", protocol="tcp"),))]), lookups=ROUTED_OUT)),
+    "model_disposition": lambda: list(R.model_disposition(_failed(_evidence_with(host_state(**{"net.ipv4.ip_forward": "0"}), lookups=ROUTED_OUT)))),
+}
+
+
+def _failed(ev: R.Evidence) -> R.Evidence:
+    """The evidence of a probe that failed: netns0's ping to the outside went unanswered."""
+    ev.result = ProbeResult(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1")), "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="no answer")
+    return ev
+
+
+def _with_namespace(ev: R.Evidence, ns: NsState) -> R.Evidence:
+    ev.snap.namespaces[ns.label] = ns
+    return ev
+
+
+@pytest.mark.parametrize("cause", sorted(CASES))
+def test_a_cause_is_named_on_its_recorded_snapshot(cause: str) -> None:
+    found = CASES[cause]()
+    named = found[:1] if cause != "rule_failed" else found  # a rule that failed ranks last, below what the others found
+    assert cause in [f.cause for f in named], [(f.cause, f.summary) for f in found]
+
+
+def test_a_healthy_recorded_snapshot_names_nothing() -> None:
+    assert R.evaluate(_evidence_with(lookups=ROUTED_OUT)) == [], "the recorded lab without a fault is healthy"
+
+
+# Causes without a recorded-snapshot test yet (each has its injected-fault test as root): the list may only shrink.
+WITHOUT_SNAPSHOT_TEST = frozenset({
+    "br_netfilter_off", "bridge_flooding", "cross_route_missing", "cross_route_wrong", "dad_failed", "dnat_missing",
+    "dnat_to_loopback_six", "dnat_wrong", "dns_udp_blocked", "dns_wrong_answer", "frag_needed_dropped", "hairpin_masquerade_missing", "hairpin_mode_off",
+    "ip_six_disabled", "ip_six_forwarding_off", "localhost_publish_route_localnet_off", "masquerade_between_hosts", "masquerade_missing", "masquerade_wrong",
+    "mtu_black_hole", "nameserver_loopback", "no_listener", "no_route", "output_dnat_missing", "ra_ignored_when_forwarding",
+    "resolv_conf_missing", "resolv_conf_wrong", "route_localnet_exposed", "route_localnet_off", "rp_filter_decap", "search_wrong", "stale_conntrack",
+    "stray_dnat", "tool_rules_gone", "underlay_udp_blocked", "vip_not_jumped", "vxlan_fdb_missing", "vxlan_fdb_wrong", "vxlan_port_mismatch", "vxlan_vni_mismatch",
+})
+TESTED_ABOVE = frozenset({"neigh_wrong", "arp_ignore", "blackhole_route", "forwarding_off", "dnat_wrong_match"})  # the tests at the top of this module
+
+
+def test_every_cause_of_the_registry_has_a_recorded_snapshot_test() -> None:
+    """A cause added to the registry fails this test until it has a case here (or, stating why, joins WITHOUT_SNAPSHOT_TEST)."""
+    from netcheck.diagnose.causes import CAUSES
+
+    covered = set(CASES) | TESTED_ABOVE
+    assert covered <= set(CAUSES), sorted(covered - set(CAUSES))
+    missing = set(CAUSES) - covered - WITHOUT_SNAPSHOT_TEST
+    assert not missing, f"causes without a recorded-snapshot test: {sorted(missing)}"
+    assert not covered & WITHOUT_SNAPSHOT_TEST, f"tested now, so take them off WITHOUT_SNAPSHOT_TEST: {sorted(covered & WITHOUT_SNAPSHOT_TEST)}"

@@ -12,16 +12,20 @@ import copy
 import json
 import re
 import threading
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
+from netcheck.diagnose import ranking as Rk
 from netcheck.diagnose import witness as W
 from netcheck.diagnose.path import Flow
-from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.evidence import DeleteRule, Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 from netcheck.faults import FAULTS
+from netcheck.kernel import nftrace
 from netcheck.kernel.dropwatch import KernelDrop, PacketKey, Witness, decisive, parse_event, reason_names
+from netcheck.kernel.xtables import XRule
 
 DATA = Path(__file__).parent / "data"
 NAMES = reason_names((DATA / "kfree_skb.format").read_text())
@@ -92,20 +96,114 @@ def _finding(cause: str, score: int) -> Finding:
 
 def test_a_cause_the_kernel_confirms_ranks_first_and_says_so() -> None:
     event = KernelEvent("IP_RPFILTER", "ip_rcv_finish_core", "host", "eth0", "198.51.100.1 > 172.18.0.10", ("rp_filter_strict",))
-    ranked, disagreement = W.rank([_finding("ip_forward_off", 95), _finding("rp_filter_strict", 80)], (event,))
+    found = [_finding("ip_forward_off", 95), _finding("rp_filter_strict", 80)]
+    ranked = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), kernel=(event,)))
     assert [f.cause for f in ranked] == ["rp_filter_strict", "ip_forward_off"]
     assert ranked[0].evidence[0] == "the kernel confirms it: IP_RPFILTER at ip_rcv_finish_core on host:eth0 (198.51.100.1 > 172.18.0.10)"
+    disagreement = W.rules_vs_kernel(found[0], ranked, (event,))
     assert "[ip_forward_off] first" in disagreement and "IP_RPFILTER at ip_rcv_finish_core on host:eth0" in disagreement and "[rp_filter_strict]" in disagreement
-    agree, none = W.rank([_finding("rp_filter_strict", 95)], (event,))
-    assert none == "" and agree[0].cause == "rp_filter_strict"
-    assert W.rank([_finding("ip_forward_off", 95)], ()) == ([_finding("ip_forward_off", 95)], "")
+    assert W.rules_vs_kernel(_finding("rp_filter_strict", 95), ranked, (event,)) == ""
+    assert Rk.rank([_finding("ip_forward_off", 95)], Rk.Witnessed()) == [_finding("ip_forward_off", 95)]
+    assert W.rules_vs_kernel(None, [], (event,)).startswith("the rules name no cause, but the kernel dropped the probe: IP_RPFILTER")
+
+
+def test_causes_rank_by_their_support_then_the_path_then_the_score() -> None:
+    """Model, kernel and counter each add one kind of support; the score only orders causes of equal support."""
+    rule = XRule("filter", "FORWARD", "DROP", protocol="icmp")
+    dropping = replace(_finding("forward_drop", 60), fixes=(DeleteRule("host", "legacy", rule),))
+    found = [_finding("ip_forward_off", 95), dropping, replace(_finding("link_down", 90), where="netns1")]
+    bare = Rk.rank(found, Rk.Witnessed(frozenset({"host", "netns0"})))
+    assert [f.cause for f in bare] == ["ip_forward_off", "forward_drop", "link_down"], "on the path first, then the score"
+    counted = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), rule_counters={rule.key(): 2}))
+    assert counted[0].cause == "forward_drop" and counted[0].evidence[0] == "a counter confirms it: the rule's counter grew by 2"
+    modelled = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), model=("dropped", "filter FORWARD", "dropped by the FORWARD policy")))
+    assert modelled[0].cause == "forward_drop" and modelled[0].evidence[0] == "the model confirms it: dropped at filter FORWARD"
+    nft = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), nft_drop="ip filter FORWARD: chain policy drop (no rule decided)"))
+    assert nft[0].cause == "forward_drop" and nft[0].evidence[0].startswith("the nft trace confirms it: ip filter FORWARD: chain policy drop")
+    routed = Rk.Witnessed(frozenset({"host"}), model=("no-route", "route", "no route to 198.51.100.1"), snmp={"host": {"Ip.InNoRoutes": 1}},
+                          rule_counters={rule.key(): 1})
+    both = Rk.rank([dropping, _finding("host_no_route", 60)], routed)
+    assert both[0].cause == "host_no_route", "model and counter (two kinds) outrank a counter alone"
+    assert "a counter confirms it: host: Ip.InNoRoutes +1" in both[0].evidence
+    kernel_and_nft = Rk.Witnessed(kernel=(KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "p", ("forward_drop",)),), nft_drop="x")
+    assert Rk._kinds(Rk.confirmations(dropping, kernel_and_nft)) == 1, "the kernel's drop and the nft trace are one witness"
+
+
+def test_model_and_kernel_disagreement_shows_both() -> None:
+    drop = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 198.51.100.1", ("forward_drop",))
+    delivered = W.model_vs_kernel(("delivered", "", ""), set(), (drop,), "", True, None)
+    assert delivered == "the model delivers the flow on the state read back; the kernel dropped it: NETFILTER_DROP at nft_do_chain on host:br0 (172.18.0.10 > 198.51.100.1)"
+    routed = ("no-route", "route", "no route to 198.51.100.1")
+    elsewhere = W.model_vs_kernel(routed, {"no_route"}, (drop,), "", True, None)
+    assert elsewhere.startswith("the model ends the probe at route: no-route: no route to 198.51.100.1; the kernel dropped it elsewhere: NETFILTER_DROP"), elsewhere
+    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (drop,), "", True, None) == "", "they agree"
+    req = ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))
+    lost = ProbeResult(req, "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="no answer")
+    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", True, lost).endswith("the kernel, watching, dropped none of the probe's packets")
+    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", False, lost) == "", "no witness, no disagreement"
+    assert W.model_vs_kernel(None, set(), (drop,), "", True, None) == "", "the model has no account of the flow (IPv6)"
+
+
+def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
+    """Two pings recorded in a throwaway namespace: one dropped by a rule in a chain jumped to, one by another table's chain policy."""
+    every = nftrace.parse((DATA / "nftrace.bin").read_bytes())
+    events = [e for e in every if e.kind != "end"]
+    assert every[1].kind == "end" and every[1].verdict == "continue", "a chain's end (its policy follows) is a step of its own"
+    listing = nftrace.Listing.parse((DATA / "nftrace.ruleset").read_text())
+    assert [(e.table, e.chain, e.kind, e.handle, e.verdict, e.target) for e in events[:4]] == [
+        ("nc_trace", "out", "rule", 3, "continue", ""), ("nc_trace", "out", "policy", None, "accept", ""), ("f", "o", "rule", 3, "jump", "j"), ("f", "j", "rule", 4, "drop", "")]
+    first = events[0]
+    assert (first.family, first.protocol, first.src, first.dst, first.icmp_type, first.oif) == ("inet", 1, "127.0.0.1", "127.0.0.5", 8, 1)
+    assert listing.rules[("ip", "f", "j", 4)] == "ip daddr 127.0.0.5 counter drop", "counters are left out of the rule's text"
+    assert listing.policies[("ip", "g", "o")] == "drop"
+    rule_drop = next(e for e in events if e.verdict == "drop" and e.kind == "rule")
+    assert nftrace.render(rule_drop, listing) == "ip f j rule 4: `ip daddr 127.0.0.5 counter drop` -> drop"
+    policy_drop = next(e for e in events if e.kind == "policy" and e.verdict == "drop")
+    assert nftrace.render(policy_drop, listing) == "ip g o: chain policy drop (no rule decided)"
+    assert nftrace.parse(b"\x10\x00\x00\x00\x03\x00\x00\x00" + bytes(8)) == [], "other messages are skipped"
+
+
+def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
+    events = nftrace.parse((DATA / "nftrace.bin").read_bytes())
+    trace = nftrace.NftTrace(None, "nc_trace")  # type: ignore[arg-type]
+    second = next(e for e in events if e.dst == "127.0.0.6")
+    flow = Flow("icmp", "icmp", "host", "127.0.0.1", "127.0.0.6", None, "reach", None, None, None, "loopback")
+    req = ProbeRequest("icmp", "host", ip_address("127.0.0.6"))
+    result = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=second.sport)
+    steps = W.nft_steps(events, result, flow, trace)
+    assert [(e.table, e.chain, e.kind, e.verdict) for e in steps] == [("f", "o", "rule", "jump"), ("f", "o", "policy", "accept"), ("g", "o", "policy", "drop")]
+    assert W.nft_dropped(steps) == steps[-1]
+    other = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=(second.sport or 0) + 1)
+    assert W.nft_steps(events, other, flow, trace) == (), "another flow id's packets are not the probe's"
+    lines = W.nft_lines(steps, trace, {})
+    assert lines[-1] == "host: ip g o: chain policy drop (no rule decided)"
+
+
+def test_an_icmp_probe_over_ipv6_is_keyed_as_icmpv6() -> None:
+    six = Flow("icmp", "icmp", "netns0", "2001:db8:1::10", "2001:db8:2::1", None, "reach", None, None, None, "outside")
+    result = ProbeResult(ProbeRequest("icmp", "netns0", ip_address("2001:db8:2::1")), "seed1-dual", "ceth0", "2001:db8:1::10", "ICMPv6 echo", "unreachable", flow_id=7)
+    key = W.key_of(result, six)
+    assert key.protocol == 58 and key.matches(KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 58, "2001:db8:1::10", "2001:db8:2::1"))
+    assert W.key_of(replace(result, request=ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))), FLOW).protocol == 1
+
+
+def test_the_trace_table_marks_only_the_probes_packets() -> None:
+    text = nftrace.marking_rules("nc1_trace", {"172.18.0.10", "198.51.100.1", "2001:db8::1"}, ("tcp", "icmp"))
+    assert "add table inet nc1_trace" in text
+    assert "add chain inet nc1_trace pre { type filter hook prerouting priority -400; policy accept; }" in text
+    assert "add rule inet nc1_trace out ip saddr { 172.18.0.10, 198.51.100.1 } meta l4proto { tcp, icmp } meta nftrace set 1" in text
+    assert "add rule inet nc1_trace pre ip6 daddr { 2001:db8::1 } meta l4proto { tcp, icmp } meta nftrace set 1" in text
+    assert W.trace_protocols(FLOW) == ("icmp",)
+    assert W.trace_protocols(Flow("tcp", "tcp", "wan", "2001:db8::1", "2001:db8:1::2", 80, "reach", None, None, None, "publish")) == ("tcp", "ipv6-icmp")
 
 
 def test_the_diagnosis_shows_the_kernels_reason_and_location_and_round_trips() -> None:
     event = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 198.51.100.1", ("forward_drop",))
-    d = Diagnosis(findings=(_finding("forward_drop", 90),), kernel=(event,), disagreement="x vs y")
+    d = Diagnosis(findings=(_finding("forward_drop", 90),), kernel=(event,), disagreement="x vs y",
+                  nft_trace=("host: ip nc1_filter FORWARD rule 4: `oifname \"nc1up\" counter drop` -> drop (172.18.0.10 > 198.51.100.1)",))
     text = d.render()
     assert "  NETFILTER_DROP at nft_do_chain on host:br0 (172.18.0.10 > 198.51.100.1) -> forward_drop" in text
+    assert "nft trace (the rules and verdicts the repeated probe's packets met in nf_tables):\n  host: ip nc1_filter FORWARD rule 4: `oifname" in text
     assert "model and kernel disagree: x vs y" in text
     from dataclasses import asdict
 
@@ -134,9 +232,11 @@ def test_the_report_shows_the_kernels_drops() -> None:
     probe["diagnosis"]["kernel"] = [{"reason": "NETFILTER_DROP", "location": "nft_do_chain", "netns": "host", "device": "br0",
                                      "packet": "172.18.0.10 > 198.51.100.1", "causes": ["forward_drop"]}]
     probe["diagnosis"]["disagreement"] = "the rules rank [ip_forward_off] first"
+    probe["diagnosis"]["nft_trace"] = ["host: ip nc1_filter FORWARD: chain policy drop (no rule decided)"]
     html = Renderer().report(Results.from_dict(copy.deepcopy(data)))
     assert "<code>NETFILTER_DROP</code></td><td><code>nft_do_chain</code></td><td><code>host:br0</code>" in html
     assert "model and kernel disagree" in html and "the rules rank [ip_forward_off] first" in html
+    assert "nft trace" in html and "host: ip nc1_filter FORWARD: chain policy drop (no rule decided)" in html, "the nft trace is shown beside the kernel's drops"
 
 
 _ = threading  # the root tests below run two runs at once
@@ -215,13 +315,13 @@ def test_a_negative_is_proven_by_the_kernels_drop(kind: str) -> None:
 @pytest.mark.usefixtures("watched")
 def test_two_runs_at_once_each_report_only_their_own_kernel_events() -> None:
     """Two runs (two factories, two watches), the same topology and the same probe, different faults:
-    each diagnosis shows only its own run's drop; a witness scoped to both labs would see both."""
+    each diagnosis shows only its own run's drop and its own nft trace; a witness scoped to both labs would see both drops."""
     from netcheck.diagnosing import DiagnosingProber
     from netcheck.factory import LabFactory
 
     with LabFactory(reap=False) as run_a, LabFactory(reap=False) as run_b:
-        a = _lab_with(run_a, "seed1", "forward-drop")  # NETFILTER_DROP in the host
-        b = _lab_with(run_b, "seed1", "rp-filter-strict")  # IP_RPFILTER in the host
+        a = _lab_with(run_a, "seed1-nft", "forward-drop")  # NETFILTER_DROP in the host: the FORWARD policy
+        b = _lab_with(run_b, "seed1-nft", "rp-filter-strict")  # IP_RPFILTER in the host
         results: dict[str, ProbeResult] = {}
         start = time_ns()
 
@@ -238,6 +338,12 @@ def test_two_runs_at_once_each_report_only_their_own_kernel_events() -> None:
         assert {k.reason for k in da.kernel} == {"NETFILTER_DROP"}, da.render()
         assert {k.reason for k in db.kernel} == {"IP_RPFILTER"}, db.render()
         assert da.findings[0].cause == "forward_drop" and db.findings[0].cause == "rp_filter_strict"
+        assert any(f"{a.tag}_filter FORWARD: chain policy drop (no rule decided)" in line for line in da.nft_trace), da.render()
+        assert not any("policy drop" in line for line in db.nft_trace), db.render()
+        for d, other in ((da, b), (db, a)):
+            assert d.nft_trace and not [line for line in d.nft_trace if other.tag in line], f"a run's nft trace shows the other run's tables:\n{d.render()}"
+        for lab in (a, b):
+            assert (lab.tag + "_trace") not in lab.host.run(["nft", "list", "tables"]).stdout.decode(), "the trace table outlived its diagnosis"
         assert a.witness is not None and b.witness is not None
         both = Witness(a.witness.watch, {**a.witness.labels, **b.witness.labels})
         seen = {d.reason for d in both.drops(PacketKey(1, frozenset({"172.18.0.10", "198.51.100.1"})), since_ns=start)}
@@ -309,3 +415,41 @@ def test_a_fix_is_verified_on_the_lab_then_undone() -> None:
         assert "--netcheck-keep" in top.verified
         assert lab.host.sysctl("net.ipv4.ip_forward") == "0", "the fix was not undone"
         assert not DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))).passed, "the lab is not as it was built"
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+def test_in_host_mode_the_nft_trace_shows_the_hosts_rule_and_leaves_the_host_as_it_was() -> None:
+    """A stand-in host (a throwaway namespace, as tests/test_host_mode.py makes) whose own nft table drops one
+    container's traffic to another: the host-mode run's diagnosis shows that rule and its verdict from the trace,
+    and the trace table (recorded in the run's ledger before it existed) is gone: the host is left exactly as it was."""
+    import subprocess
+
+    from test_host_mode import PYTEST, REPO, difference, fake_host, snapshot
+
+    from netcheck.ledger import Ledger, Undoer, undo_all
+    from netcheck.naming import new_tag
+
+    ledger = Ledger(new_tag(), topology="(host-mode test's stand-in host)", mode="sandbox")
+    try:
+        with fake_host(ledger, legacy_firewall=False) as host:
+            for argv in (["nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy accept; }"],
+                         ["nft", "add", "rule", "inet", "hostfw", "forward", "ip", "saddr", "172.18.0.10", "ip", "daddr", "172.18.0.20", "counter", "drop"]):
+                done = subprocess.run(["nsenter", f"--net={host}", *argv], capture_output=True, text=True, timeout=60, check=False)
+                assert done.returncode == 0, done.stderr
+            before = snapshot(host)
+            argv = ["nsenter", f"--net={host}", PYTEST, "suites/test_bridge.py::test_full_matrix_on_each_bridge", "--netcheck-host", "--netcheck-topology=seed1",
+                    "--netcheck-report=none", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+            run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+            after = snapshot(host)
+    finally:
+        undoer = Undoer()
+        try:
+            errors = undo_all(ledger.entries, undoer)
+        finally:
+            undoer.close()
+        ledger.close(remove=not errors)
+    out = run.stdout
+    assert run.returncode == 1 and "nft trace (the rules and verdicts" in out, out[-6000:]
+    assert re.search(r"host: inet hostfw forward rule \d+: `ip saddr 172\.18\.0\.10 ip daddr 172\.18\.0\.20 counter drop` -> drop", out), out[-6000:]
+    assert difference(before, after) == "", "host mode changed the host (the trace table stayed?):\n" + difference(before, after)

@@ -16,6 +16,7 @@ the lab's own, one of its attachments.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import replace
@@ -26,13 +27,19 @@ from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import fixes as F
 from netcheck.diagnose import lifecycle
 from netcheck.diagnose import path as P
+from netcheck.diagnose import ranking as Rk
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
 from netcheck.diagnose import witness as W
 from netcheck.diagnose.firewall import counter_deltas
 from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
+from netcheck.kernel import nftrace
+from netcheck.kernel.inspect import snmp_counters
+from netcheck.kernel.nftrace import NftTrace, TraceEvent
 
 if TYPE_CHECKING:
+    from netcheck.diagnose.firewall import Placed
+    from netcheck.kernel.netns import Netns
     from netcheck.lab import Lab
 
 REPEAT_TIMEOUT = 0.5  # the repeated probe's wait for an answer; a lab's round trip is well under 1 ms
@@ -73,21 +80,24 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     snmp_grew: dict[str, dict[str, int]] = {}
     witness = getattr(lab, "witness", None)
     no_witness = witness.absent(wait=W.READY_WAIT) if witness is not None else "this lab has no drop watch (it was not built by a LabFactory)"
+    trace = W.nft_trace(lab, flow, result) if resend is not None else "no nft trace: the probe was not repeated"
+    traced: list[TraceEvent] = []
     since_ns = time.monotonic_ns()
     if resend is not None:
-        before = St.rule_counters(lab.host)
-        snmp_before = St.snmp(watched)
+        before, snmp_before = _counters(lab, watched)
+        tracing = _start(trace, result, flow, notes)
         try:
             # With a witness, the repeat ends at the kernel's drop of the probe instead of its timeout.
             repeated = resend(replace(result.request, capture=route.points, timeout=REPEAT_TIMEOUT, end_on_drop=no_witness is None))
         except Exception as exc:  # noqa: BLE001 - without a repeat, the diagnosis still reads the state
             notes.append(f"the probe could not be repeated: {exc}")
-        snmp_grew = St.snmp_deltas(snmp_before, St.snmp(watched), SNMP_KEYS)
+        finally:
+            traced = _stop(tracing, notes)  # before the snapshot: the trace table is gone when the rules are read
+        snmp_grew = St.snmp_deltas(snmp_before, _snmp(watched), SNMP_KEYS)
     ended = time.monotonic()
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
-    full = involved if len(namespaces) > 16 else None
-    snap = St.snapshot(namespaces, full=full, addresses=addresses)
+    snap = St.snapshot(namespaces, full=involved, addresses=addresses)  # the others' links and addresses only: the probe does not cross them
     if resend is not None:
         matched = counter_deltas(before, list(snap.host.ruleset.rules()))  # the snapshot read the counters after the repeat
     evidence_of = repeated if repeated is not None else result
@@ -99,7 +109,8 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     if model_note:
         notes.append(model_note)
     kernel: tuple[KernelEvent, ...] = ()
-    disagreement = ""
+    nft_lines: tuple[str, ...] = ()
+    nft_drop = ""
     if repeated is None:
         kernel_note = "" if resend is None else "the probe was not repeated, so the kernel was not asked"
     elif no_witness is not None:
@@ -109,7 +120,18 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         kernel = W.events(lab, witness, repeated, flow, since_ns, ended)
         lost = "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
         kernel_note = "" if kernel or repeated.verdict != "unreachable" else lost
-        findings, disagreement = W.rank(findings, kernel)
+    if repeated is not None and isinstance(trace, NftTrace) and traced:
+        steps = W.nft_steps(traced, repeated, flow, trace)
+        names = {link.index: lab.spec_name(link.name) for link in (snap.namespaces["host"].links if "host" in snap.namespaces else ())}
+        nft_lines = W.nft_lines(steps, trace, names)
+        dropped = W.nft_dropped(steps)
+        nft_drop = nftrace.render(dropped, trace.listing, lambda i: names.get(i or 0, str(i))) if dropped is not None else ""
+    model_end = _model_end(ev)
+    witnessed = Rk.Witnessed(frozenset(involved), model_end, kernel, nft_drop, {p.rule.key(): n for p, n in matched}, snmp_grew)
+    first = findings[0] if findings else None
+    findings = Rk.rank(findings, witnessed)
+    disagreement = "; ".join(x for x in (W.rules_vs_kernel(first, findings, kernel),
+                                         W.model_vs_kernel(model_end, witnessed.model_causes(), kernel, nft_drop, no_witness is None, repeated)) if x)
     if resend is not None and repeated is not None and not repeated.passed and any(f.fixes for f in findings):
         why_not = F.applicable(lab)
         if why_not is None:
@@ -140,10 +162,69 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 1),
         kernel=kernel,
         kernel_note=kernel_note,
+        nft_trace=nft_lines,
         disagreement=disagreement,
         captures=repeated.captures if repeated is not None else (),
         started_at=repeated.started_at if repeated is not None else 0.0,
     )
+
+
+def _snmp(watched: dict[str, Netns]) -> dict[str, dict[str, int]]:
+    """The SNMP counters of these namespaces, read side by side (each in its own worker)."""
+    futures = {label: ns.submit(snmp_counters, ns) for label, ns in watched.items()}
+    out = {}
+    for label, f in futures.items():
+        with contextlib.suppress(Exception):
+            out[label] = f.result(timeout=30)
+    return out
+
+
+def _counters(lab: Lab, watched: dict[str, Netns]) -> tuple[list[Placed], dict[str, dict[str, int]]]:
+    """The host's rule counters and every watched namespace's SNMP counters before the repeat, read side by side."""
+    rules = lab.host.submit(St.rule_counters, lab.host)
+    snmp = _snmp(watched)
+    return rules.result(timeout=60), snmp
+
+
+def _start(trace: NftTrace | str, result: ProbeResult, flow: P.Flow, notes: list[str]) -> NftTrace | None:
+    """Start the nft trace of the repeat (None, with a note why, where it cannot run)."""
+    if isinstance(trace, str):
+        notes.append(trace)
+        return None
+    try:
+        return trace.start(W.trace_addresses(result, flow), W.trace_protocols(flow))
+    except Exception as exc:  # noqa: BLE001 - without a trace, the diagnosis goes on
+        notes.append(f"no nft trace: {exc}")
+        return None
+
+
+def _stop(tracing: NftTrace | None, notes: list[str]) -> list[TraceEvent]:
+    if tracing is None:
+        return []
+    try:
+        events = tracing.stop()
+    except Exception as exc:  # noqa: BLE001 - the table is in the ledger: teardown removes what stop() could not
+        notes.append(f"the nft trace failed: {exc}")
+        return []
+    if not events:
+        notes.append("nft trace: none of the probe's packets reached the host's netfilter hooks")
+    elif all(tracing.own(e) for e in events):
+        notes.append("nft trace: no nf_tables chain but netcheck's own saw the probe's packets (iptables-legacy rules leave no trace; their counters are read instead)")
+    return events
+
+
+def _model_end(ev: R.Evidence) -> tuple[str, str, str] | None:
+    """The model's (disposition, deciding stage, its text) for the probe; None where it has no account of it."""
+    if ev.flow is None or ":" in ev.flow.dst_addr:
+        return None
+    try:
+        t = model.probe_trace(ev)
+    except Exception:  # noqa: BLE001 - _model_findings reports the model's failure
+        return None
+    if t is None:
+        return None
+    step = t.decided
+    return (t.disposition, step.stage if step is not None else "", step.text if step is not None else "")
 
 
 def _model_findings(ev: R.Evidence) -> list[Finding]:

@@ -11,7 +11,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Network, ip_address
 from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
@@ -19,6 +19,8 @@ from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, 
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Address, BridgePort, IpRule, Link, Neighbour, RouteEntry
 from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_legacy6, read_nft, read_nft_chains
+
+MAIN_TABLE = 254  # the main routing table
 
 if TYPE_CHECKING:
     from netcheck.kernel.netns import Netns
@@ -131,7 +133,8 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
     addresses += tuple(a for a in _safe(errors, "IPv6 addresses", lambda: ns.addresses(socket.AF_INET6), []) if not a.address.ip.is_link_local and not a.address.ip.is_loopback)
     if not full:
         return NsState(label, ns.name, links, addresses, errors=tuple(errors))
-    routes = tuple(_safe(errors, "routes", ns.routes, []))
+    all_routes = tuple(_safe(errors, "routes of every table", ns.all_routes, []))
+    routes = tuple(r for r in all_routes if r.table == MAIN_TABLE and isinstance(r.dst, IPv4Network))  # main's, from the same dump (one dump fewer)
     neighbours = tuple(_safe(errors, "neighbours", ns.neighbours, []))
     socks = tuple(_safe(errors, "listening sockets", lambda: listening(ns), []))
     keys = list(HOST_SYSCTLS if host else HOST_SYSCTLS[:3])
@@ -145,7 +148,6 @@ def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:
         sysctls[k] = _safe(errors, k, lambda k=k: ns.sysctl(k), None)
     failed = tuple(_safe(errors, "IPv6 DAD", ns.dad_failed, [])) if any(a.address.version == 6 for a in addresses) else ()
     ip_rules = tuple(_safe(errors, "ip rules", ns.ip_rules, []))
-    all_routes = tuple(_safe(errors, "routes of every table", ns.all_routes, []))
     return NsState(label, ns.name, links, addresses, routes, neighbours, socks, sysctls, tuple(errors), failed, ip_rules, all_routes)
 
 

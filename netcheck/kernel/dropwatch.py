@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from netcheck.waiting import WaitTimeout, wait_until
 
@@ -120,6 +121,21 @@ def parse_event(line: str, reasons: dict[int, str]) -> KernelDrop | None:
     return KernelDrop(int(at), int(ns), reasons.get(int(reason), f"reason {reason}"), dev, location, int(proto), src, dst, sport, dport, icmp_type)
 
 
+class Packet(Protocol):
+    """What a packet key reads of a packet: a ``KernelDrop``, or a step of the nft trace."""
+
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def src(self) -> str: ...
+    @property
+    def dst(self) -> str: ...
+    @property
+    def sport(self) -> int | None: ...
+    @property
+    def dport(self) -> int | None: ...
+
+
 @dataclass(frozen=True)
 class PacketKey:
     """What names one probe's packets in the kernel's drops, both ways and through NAT.
@@ -134,7 +150,7 @@ class PacketKey:
     addresses: frozenset[str]
     port: int | None = None
 
-    def matches(self, d: KernelDrop) -> bool:
+    def matches(self, d: Packet) -> bool:
         if d.protocol != self.protocol or not ({d.src, d.dst} & self.addresses):
             return False
         if self.port is None or d.sport is None:
