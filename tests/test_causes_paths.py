@@ -16,6 +16,7 @@ from netcheck.diagnose.state import HostState, NsState, Snapshot
 from netcheck.evidence import ProbeRequest, SetMtu
 from netcheck.kernel.netns import Address, Link, RouteEntry
 
+COVERS = frozenset({"path_mtu_low", "subnet_overlap"})  # the causes this module tests (mtu_mismatch on the uplink too; its veth case is in test_causes_snapshots)
 WAN_END = "nc1wn"
 POINTS = ("netns0:ceth0", "host:veth0", "host:br0", "host:eth0", "wan:uplink")
 

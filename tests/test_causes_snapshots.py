@@ -239,16 +239,18 @@ WITHOUT_SNAPSHOT_TEST = frozenset({
     "ip_six_disabled", "ip_six_forwarding_off", "localhost_publish_route_localnet_off", "masquerade_between_hosts", "masquerade_missing", "masquerade_wrong",
     "mtu_black_hole", "nameserver_loopback", "no_listener", "no_route", "output_dnat_missing", "ra_ignored_when_forwarding",
     "resolv_conf_missing", "resolv_conf_wrong", "route_localnet_exposed", "route_localnet_off", "rp_filter_decap", "search_wrong", "stale_conntrack",
-    "stray_dnat", "tool_rules_gone", "underlay_udp_blocked", "vip_not_jumped", "vxlan_fdb_missing", "vxlan_fdb_wrong", "vxlan_port_mismatch", "vxlan_vni_mismatch",
+    "stray_dnat", "tool_rules_gone", "underlay_udp_blocked", "aardvark_dns_down", "embedded_dns_rules_missing", "vip_not_jumped", "vxlan_fdb_missing", "vxlan_fdb_wrong", "vxlan_port_mismatch", "vxlan_vni_mismatch",
 })
 TESTED_ABOVE = frozenset({"neigh_wrong", "arp_ignore", "blackhole_route", "forwarding_off", "dnat_wrong_match"})  # the tests at the top of this module
 
 
 def test_every_cause_of_the_registry_has_a_recorded_snapshot_test() -> None:
     """A cause added to the registry fails this test until it has a case here (or, stating why, joins WITHOUT_SNAPSHOT_TEST)."""
+    from test_causes_paths import COVERS as TESTED_ON_PATHS
+
     from netcheck.diagnose.causes import CAUSES
 
-    covered = set(CASES) | TESTED_ABOVE
+    covered = set(CASES) | TESTED_ABOVE | TESTED_ON_PATHS
     assert covered <= set(CAUSES), sorted(covered - set(CAUSES))
     missing = set(CAUSES) - covered - WITHOUT_SNAPSHOT_TEST
     assert not missing, f"causes without a recorded-snapshot test: {sorted(missing)}"
