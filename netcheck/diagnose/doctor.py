@@ -32,6 +32,7 @@ from netcheck.kernel.dropwatch import Witness
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import NamespaceError, netns_path
 from netcheck.lab import plan
+from netcheck.lab.attachments import Attachments
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -62,14 +63,11 @@ class LiveLab:
     title: str = ""
     services: ServiceHost | None = None  # netcheck serves nothing in namespaces it only looks at
     witness: Witness | None = None  # the kernel's drops in these namespaces, when a watch runs
-    _attached: dict[object, tuple[object, Callable[[], None]]] = field(default_factory=dict, init=False)  # key -> (it, its release)
+    attached: Attachments = field(default_factory=Attachments, init=False)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
         """What a user opens in these namespaces (the prober's capture points), released at ``close``."""
-        if key not in self._attached:
-            made = make()
-            self._attached[key] = (made, lambda: release(made))
-        return cast(T, self._attached[key][0])
+        return self.attached.get(key, make, release)
 
     def namespaces(self) -> dict[str, Netns]:
         out = {"host": self.host}
@@ -107,12 +105,12 @@ class LiveLab:
         return f"{container}:{self.topology.container(container).interface}"
 
     def close(self) -> None:
-        while self._attached:
-            _key, (_made, release) = self._attached.popitem()
-            release()
+        errors = self.attached.release_all(self.title or "the namespaces looked at")
         for ns in self.namespaces().values():
             with contextlib.suppress(Exception):
                 ns.close()
+        if errors:
+            raise RuntimeError("; ".join(errors))
 
     def __enter__(self) -> LiveLab:
         return self

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
@@ -17,6 +16,7 @@ from netcheck.kernel.dropwatch import Witness
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.xtables import XRule
 from netcheck.lab import build, teardown
+from netcheck.lab.attachments import Attachments
 from netcheck.lab.errors import LabError
 from netcheck.lab.mode import HostMode, mode_of, owned_routes
 from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, ProcessEntry, default_run_dir, process_starttime
@@ -53,9 +53,7 @@ class Lab:
         self.built = False
         self.knames: dict[str, str] = {}  # spec name -> kernel name of the host-side interfaces
         self.link_groups: dict[str, int] = {}  # host-side links made in a link group
-        self._releases: list[Callable[[], None]] = []
-        self._attached: dict[object, object] = {}
-        self._attaching = threading.RLock()  # make() may ask for another attachment
+        self.attached = Attachments()
         self.witness: Witness | None = None  # the kernel's drops in this lab's namespaces (the factory gives it)
 
     # ----------------------------------------------------------------- names
@@ -150,35 +148,20 @@ class Lab:
 
     def on_teardown(self, release: Callable[[], None]) -> None:
         """Run ``release`` at teardown, before the namespaces go (newest first)."""
-        self._releases.append(release)
+        self.attached.on_teardown(release)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
         """The lab's one attachment under ``key`` (e.g. a prober's capture points), made on first
         use; ``release(it)`` runs at teardown. The lab never needs to know its type."""
-        with self._attaching:  # probes sent together (Prober.many) may ask for it at once
-            if key not in self._attached:
-                made = make()
-                self._attached[key] = made
-                self.on_teardown(lambda: release(made))
-            return self._attached[key]  # type: ignore[return-value]
+        return self.attached.get(key, make, release)
 
     def close_attachments(self) -> None:
         """Close what users attached (a prober's capture points, which reopen on next use): after links were re-created."""
-        for made in list(self._attached.values()):
-            close = getattr(made, "close", None)
-            if callable(close):
-                close()
+        self.attached.close_all()
 
     def release_held(self) -> list[str]:
         """Run every release registered with ``on_teardown``, newest first; returns their errors (each is tried)."""
-        errors = []
-        while self._releases:
-            release = self._releases.pop()
-            try:
-                release()
-            except Exception as exc:  # noqa: BLE001 - every release is tried; the errors are reported
-                errors.append(f"releasing what lab {self.tag} held: {exc}")
-        self._attached.clear()
+        errors = self.attached.release_all(f"lab {self.tag}")
         self.services = None
         return errors
 

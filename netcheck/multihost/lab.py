@@ -22,6 +22,7 @@ from typing import TypeVar
 from netcheck.kernel import rtnl
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.lab import Lab, LabError
+from netcheck.lab.attachments import Attachments
 from netcheck.lab.build import ns_defaults
 from netcheck.ledger import Entry, Ledger, LinkEntry, NetnsEntry, RouteEntry, Undoer, default_run_dir, undo_all
 from netcheck.multihost.plan import HostJoin, JoinPlan, plan
@@ -47,8 +48,7 @@ class MultiLab:
         self.underlay: Netns | None = None
         self.plan: JoinPlan | None = None
         self._handles: list[Netns] = []
-        self._releases: list[Callable[[], None]] = []
-        self._attached: dict[object, object] = {}
+        self.attached = Attachments()
 
     # ----------------------------------------------------------------- life cycle
 
@@ -108,13 +108,7 @@ class MultiLab:
     def teardown(self) -> None:
         """Release what users attached, tear each host lab down, newest first, then undo the join and the underlay in reverse."""
         errors: list[str] = []
-        while self._releases:
-            release = self._releases.pop()
-            try:
-                release()
-            except Exception as exc:  # noqa: BLE001 - every release is tried; the errors are reported
-                errors.append(str(exc))
-        self._attached.clear()
+        errors += self.attached.release_all(f"multi-host lab {self.tag}")
         for ns in reversed(self._handles):
             with contextlib.suppress(Exception):
                 ns.close()
@@ -138,11 +132,7 @@ class MultiLab:
     # ----------------------------------------------------------------- what users attach (captures)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
-        if key not in self._attached:
-            made = make()
-            self._attached[key] = made
-            self._releases.append(lambda: release(made))
-        return self._attached[key]  # type: ignore[return-value]
+        return self.attached.get(key, make, release)
 
     def resolve_point(self, point: str) -> tuple[Netns, str, str]:
         """``HOST/POINT`` -> the host lab's point; ``underlay:HOST`` -> the underlay's port toward HOST."""

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.worker import NETNS_RUN_DIR, netns_path
 from netcheck.lab import LabError
+from netcheck.lab.attachments import Attachments
 from netcheck.lab.build import ns_defaults
 from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, ProcessEntry, Undoer, default_run_dir, process_starttime, undo_all
 from netcheck.multihost.plan import JoinPlan, plan
@@ -139,8 +140,7 @@ class NodesLab:
         self.underlay: Netns | None = None
         self.plan: JoinPlan | None = None
         self._handles: list[Netns] = []
-        self._releases: list[Callable[[], None]] = []
-        self._attached: dict[object, object] = {}
+        self.attached = Attachments()
         self._nics: dict[str, str] = {}  # the link netcheck gave each node on this machine
         self._marks: dict[str, float] = {}  # underlay points read on a node: the node's clock when each opened
 
@@ -249,13 +249,7 @@ class NodesLab:
     def teardown(self) -> None:
         """Release captures, tear each node's lab down on its node, then undo this run's record in reverse."""
         errors: list[str] = []
-        while self._releases:
-            release = self._releases.pop()
-            try:
-                release()
-            except Exception as exc:  # noqa: BLE001 - every release is tried; the errors are reported
-                errors.append(str(exc))
-        self._attached.clear()
+        errors += self.attached.release_all(f"multi-host lab {self.tag}")
         down: set[str] = set()
         for name in reversed(list(self.hosts)):
             nh = self.hosts.pop(name)
@@ -284,11 +278,7 @@ class NodesLab:
     # ----------------------------------------------------------------- captures on the underlay (this machine)
 
     def attachment(self, key: object, make: Callable[[], T], release: Callable[[T], None]) -> T:
-        if key not in self._attached:
-            made = make()
-            self._attached[key] = made
-            self._releases.append(lambda: release(made))
-        return self._attached[key]  # type: ignore[return-value]
+        return self.attached.get(key, make, release)
 
     def resolve_point(self, point: str) -> tuple[Netns, str, str]:
         """``underlay:HOST``, the underlay's port toward HOST; a host's points are on its node."""
