@@ -206,14 +206,18 @@ def _where(netns: str | None) -> str:
     return f" in netns {netns}" if netns else ""
 
 
-@dataclass(frozen=True)
-class NetnsEntry:
-    kind: ClassVar[str] = "netns"
-    name: str
+class OfTheMachine:
+    """An entry undone from the machine, entering no namespace (a namespace itself, a process, a folder, a file)."""
 
     @property
     def netns(self) -> str | None:
         return None
+
+
+@dataclass(frozen=True)
+class NetnsEntry(OfTheMachine):
+    kind: ClassVar[str] = "netns"
+    name: str
 
     def undo(self, undoer: Undoer) -> None:
         undoer.forget(self.name)
@@ -350,15 +354,11 @@ class SysctlEntry:
 
 
 @dataclass(frozen=True)
-class ProcessEntry:
+class ProcessEntry(OfTheMachine):
     kind: ClassVar[str] = "process"
     pid: int
     starttime: int | None = None
     argv: tuple[str, ...] = ()
-
-    @property
-    def netns(self) -> str | None:
-        return None
 
     def undo(self, undoer: Undoer) -> None:
         kill_process(self.pid, self.starttime)
@@ -368,13 +368,9 @@ class ProcessEntry:
 
 
 @dataclass(frozen=True)
-class DirEntry:
+class DirEntry(OfTheMachine):
     kind: ClassVar[str] = "dir"
     path: str
-
-    @property
-    def netns(self) -> str | None:
-        return None
 
     def undo(self, undoer: Undoer) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -384,15 +380,11 @@ class DirEntry:
 
 
 @dataclass(frozen=True)
-class FileEntry:
+class FileEntry(OfTheMachine):
     """One file netcheck writes (a container's /etc/netns/NAME/resolv.conf): undo unlinks exactly that path."""
 
     kind: ClassVar[str] = "file"
     path: str
-
-    @property
-    def netns(self) -> str | None:
-        return None
 
     def undo(self, undoer: Undoer) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -403,17 +395,13 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class EmptyDirEntry:
+class EmptyDirEntry(OfTheMachine):
     """A folder netcheck makes (/etc/netns/NAME): undo removes it only if empty, never what is inside.
     ``shared`` (/etc/netns itself, which other runs and tools use too): left alone if not empty."""
 
     kind: ClassVar[str] = "empty-dir"
     path: str
     shared: bool = False
-
-    @property
-    def netns(self) -> str | None:
-        return None
 
     def undo(self, undoer: Undoer) -> None:
         try:
@@ -429,7 +417,7 @@ class EmptyDirEntry:
 
 
 @dataclass(frozen=True)
-class NodeEntry:
+class NodeEntry(OfTheMachine):
     """A host's lab on a node, reached through an execnet gateway (``netcheck.multihost.nodes``): undo ends
     the node's agent and undoes the node's own run record ``tag`` there (in ``run_dir``; None: the node's default)."""
 
@@ -438,10 +426,6 @@ class NodeEntry:
     gateway: str  # the execnet spec
     tag: str
     run_dir: str | None = None
-
-    @property
-    def netns(self) -> str | None:
-        return None
 
     def undo(self, undoer: Undoer) -> None:
         errors = clean_node_runs([self.tag], Path(self.run_dir) if self.run_dir else None) if self.transport == "popen" else self._clean_over_gateway()
