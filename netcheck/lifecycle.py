@@ -261,8 +261,10 @@ def container_new_address(lab: Lab) -> str:
     Real tools write the container's rules again for the new address (Docker and netavark write a container's
     port rules at its start, CNI's portmap at each ADD), so the DNAT follows it; what they may leave is conntrack's
     entries for the old address. CNI: netcheck plays the runtime, DEL then ADD of the container's plugins (host-local
-    hands out the next address). netcheck's own lab: its address moved to the next free one of its network, and
-    the lab's rules that name it written again for the new one (as a tool would); the lab's topology follows."""
+    hands out the next address). Docker and Podman: the tool restarts it (Docker's old address taken meanwhile by
+    another container, Podman's IPAM moves on by itself) and its new namespace is adopted (netcheck.adapters).
+    netcheck's own lab: its address moved to the next free one of its network, and the lab's rules that name it
+    written again for the new one (as a tool would); the lab's topology follows."""
     mode = tool_of(lab)
     name = next((p.container for p in lab.topology.publishes), lab.topology.containers[0].name)
     if mode == "cni":
@@ -271,9 +273,15 @@ def container_new_address(lab: Lab) -> str:
         old = lab.topology.container(name).address
         adapter.restart_container(lab, name)
         return f"CNI DEL then ADD of {name} (its runtime restarted it; it had {old})"
+    if mode in ("docker", "podman"):
+        adapter = getattr(lab, "adapter", None)
+        assert adapter is not None
+        if lab.mode.name == "host":
+            raise NotApplicable(f"container-new-address restarts a container; on a real host netcheck leaves the {mode} containers alone")
+        did: str = adapter.restart_container(lab, name)
+        return did
     if mode != "netcheck":
-        raise NotApplicable(f"container-new-address is built for netcheck's own labs and CNI; a restarted {mode} container gets a new network namespace, "
-                            "which netcheck does not adopt again yet")
+        raise NotApplicable(f"container-new-address is built for netcheck's own labs, CNI, Docker and Podman; not for a {mode} setup")
     return _move_container(lab, name)
 
 

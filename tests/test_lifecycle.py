@@ -231,39 +231,84 @@ def test_a_moved_containers_stale_udp_entry_is_shown_and_its_deletion_repairs_th
 
 # ----------------------------------------------------------------------------- the same events on other tools' setups
 # Each case is one in-process run of the three OUTBOUND checks through a chain of events, the tool's own recovery
-# among them: each check's outcome per phase, and the top causes the run printed.
+# among them: each check's outcome per phase, and the top causes the run printed. Where a chain restarts the
+# published container (container-new-address), the long-lived UDP check runs too (asserted up to the phase after
+# it, while the entry of its last pass before lives on): the old address's conntrack
+# entry still holds the masqueraded source port, so the flow from the new address leaves NATed to another port
+# (the outside sees the host's address, on a port other than LONG_LIVED_UDP_PORT) and the check, which looks for
+# its probe by that port at wan:uplink, fails; the probe itself reached, so there is no diagnosis.
+
+LONG_LIVED = "test_a_long_lived_udp_flow_is_masqueraded"
+# The first OUTBOUND check that probes from the other container too, not only the published one. netavark 1.4 gives
+# its bridge no MAC of its own, so the kernel gives it its lowest port's: when the restarted container's old veth had
+# it, the bridge's MAC moves, and the other container's neighbour entry for the gateway names a MAC nothing on the
+# bridge has until the entry is resolved again (containers/netavark#833, fixed in 1.9 by a fixed MAC). Its traffic is
+# flooded to the bridge's ports instead of reaching the host: lost. The event's line says whether the MAC moved off a
+# gone port (it depends on the random veth MACs). A later check may find the entry resolved again (the kernel
+# re-resolves a failing entry within about 8 s), so only the first one is asserted to fail.
+FROM_EVERY_CONTAINER = ("test_outside_sees_the_host_uplink_address",)
+REPROBED = "test_container_reaches_the_outside_through_the_host"  # in that case, its outcome after the event is not asserted
 
 TOOL_CHAINS = [
-    # Docker: its FORWARD policy is DROP already; ip_forward reset and the filter table flushed break it; its
-    # restart sets ip_forward again and writes its chains again.
-    ("docker", ("forward-policy-drop", "ip-forward-reset", "iptables-flush", "docker-restart"), ("passed", "passed", "failed", "failed", "passed"),
-     ("1. [ip_forward_off]",)),
+    # Docker: the published container restarted with a new address (its old one taken meanwhile) comes back in a
+    # new namespace, which netcheck adopts, and Docker writes its DNAT for the new address; its FORWARD policy is
+    # DROP already; ip_forward reset and the filter table flushed break it; its restart sets ip_forward again and
+    # writes its chains again.
+    ("docker", ("container-new-address", "forward-policy-drop", "ip-forward-reset", "iptables-flush", "docker-restart"),
+     ("passed", "passed", "passed", "failed", "failed", "passed"),
+     ("1. [ip_forward_off]", "container-new-address: docker stop web; docker run ", "docker start web (now 172.17.0.4, it had 172.17.0.2)"),
+     ("passed", "failed")),
     # Docker does not mend a split brain: the legacy FORWARD DROP stays after its restart (it writes with iptables-nft).
-    ("docker", ("iptables-alternative-switch", "docker-restart"), ("passed", "failed", "failed"), ("1. [forward_drop] host: the FORWARD policy is DROP (iptables-legacy)",
-                                                                                                 "[rules_split]")),
+    # And after a daemon restart with live-restore, Docker 20.10 cannot start the published container again: the
+    # restored port mapping is never released (moby/libnetwork#1790), so `docker start` fails and the container stays down.
+    ("docker", ("iptables-alternative-switch", "docker-restart", "container-new-address"), ("passed", "failed", "failed", "failed"),
+     ("1. [forward_drop] host: the FORWARD policy is DROP (iptables-legacy)", "[rules_split]",
+      "docker start web failed (exit 1)", "Bind for 0.0.0.0:8086 failed: port is already allocated"), None),
     # Podman: netavark's reload sets ip_forward again and attaches the containers to the re-created bridge;
-    # a restarted container is not adopted again (NotApplicable: skipped).
+    # `podman restart` gives the published container the next address and a new namespace (adopted), and netavark
+    # writes its DNAT for it. (When the restart moves podman0's MAC, the other container's traffic is lost: see below.)
     ("podman", ("ip-forward-reset", "podman-network-reload", "bridge-recreate", "podman-network-reload", "container-new-address"),
-     ("passed", "failed", "passed", "failed", "passed", "skipped"), ("1. [ip_forward_off]", "1. [not_in_bridge]")),
+     ("passed", "failed", "passed", "failed", "passed", "passed"), ("1. [ip_forward_off]", "1. [not_in_bridge]", "container-new-address: podman restart web (now 10.88.0.4, it had 10.88.0.2)"),
+     ("passed", "failed", "passed", "failed", "passed", "failed")),
     # CNI: a DEL and ADD gives the container a new address and portmap's DNAT follows it; CNI writes no filter rule,
     # so iptables -F takes nothing; a FORWARD DROP of another daemon's breaks it (nothing of CNI's accepts).
-    ("cni", ("container-new-address", "iptables-flush", "forward-policy-drop"), ("passed", "passed", "passed", "failed"), ("1. [forward_drop]",)),
+    ("cni", ("container-new-address", "iptables-flush", "forward-policy-drop"), ("passed", "passed", "passed", "failed"), ("1. [forward_drop]",), None),
 ]
 
 
 @pytest.mark.root
 @pytest.mark.slow
-@pytest.mark.parametrize(("tool", "events", "outcomes", "causes"), TOOL_CHAINS, ids=[f"{c[0]}-{'-'.join(c[1][:2])}" for c in TOOL_CHAINS])
+@pytest.mark.parametrize(("tool", "events", "outcomes", "causes", "long_lived"), TOOL_CHAINS, ids=[f"{c[0]}-{'-'.join(c[1][:2])}" for c in TOOL_CHAINS])
 def test_a_tools_setup_through_host_events_and_its_recovery(run_suites, repo: Path, tool: str, events: tuple[str, ...], outcomes: tuple[str, ...],
-                                                            causes: tuple[str, ...]) -> None:
+                                                            causes: tuple[str, ...], long_lived: tuple[str, ...] | None) -> None:
+    import re
+
+    from netcheck.lifecycle import LONG_LIVED_UDP_PORT
+
     args = [str(repo / "suites" / s) for s in SUITES]
-    result = run_suites(*args, "-k", " or ".join(OUTBOUND), f"--netcheck-topology={_example(tool)}", *(f"--netcheck-event={e}" for e in events))
+    checks = (*OUTBOUND, LONG_LIVED) if long_lived is not None else OUTBOUND
+    result = run_suites(*args, "-k", " or ".join(checks), f"--netcheck-topology={_example(tool)}", *(f"--netcheck-event={e}" for e in events))
     rows, out = _phased(result, events), result.stdout.str()
+    moved = ", which no link has now, to " in out  # Podman's restart moved the bridge's MAC off a gone port (netavark 1.4 sets none)
     for name in OUTBOUND:
         row = rows[f"{name}[{tool}]"]
-        assert row == outcomes, f"{tool}: {name} through {' then '.join(events)}: {row}\n{out[-4000:]}"
+        want = outcomes
+        cna = events.index("container-new-address") + 1 if "container-new-address" in events else 0
+        if moved and name in FROM_EVERY_CONTAINER:  # the other container still sends to the bridge's old MAC: flooded, bridged, lost
+            want = (*outcomes[:cna], "failed", *outcomes[cna + 1:])
+        if moved and name == REPROBED:
+            row, want = row[:cna] + row[cna + 1:], outcomes[:cna] + outcomes[cna + 1:]
+        assert row == want, f"{tool}: {name} through {' then '.join(events)}: {row}\n{out[-4000:]}"
+    if moved:
+        assert "[UNREPLIED] (SNAT to 10.88.0.1" in out, out[-6000:]  # br_netfilter masqueraded the bridged flood to the bridge's own address
     for cause in causes:
         assert cause in out, (cause, out[-6000:])
+    if long_lived is not None:
+        upto = events.index("container-new-address") + 2  # the phases up to the one after it (the old entry lives on for 120 s)
+        assert rows[f"{LONG_LIVED}[{tool}]"][:upto] == long_lived, (rows[f"{LONG_LIVED}[{tool}]"], out[-6000:])
+        failure = out.partition(f"{LONG_LIVED}[{tool}-after-container-new-address]")[2].split("\n_", 1)[0]  # its section of the failures
+        seen = re.search(r"service wan saw the client as 203\.0\.113\.2:(\d+)", failure)
+        assert "no request of this probe was captured at wan:uplink" in failure and seen and int(seen[1]) != LONG_LIVED_UDP_PORT, failure[:3000]
 
 
 @pytest.mark.root

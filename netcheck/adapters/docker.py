@@ -109,7 +109,8 @@ class DockerAdapter:
         lab.record_process(proc.pid, argv)
         lab.state["dockerd"] = (proc, process_starttime(proc.pid))
         lab.state["docker_host"] = f"unix://{sock}"
-        lab.state["docker_env"] = lab.tool_env({"DOCKER_HOST": f"unix://{sock}"})
+        image = lab.state.get("docker_image")  # a restarted daemon's commands still get the lab's image
+        lab.state["docker_env"] = lab.tool_env({"DOCKER_HOST": f"unix://{sock}", **({"NETCHECK_IMAGE": image} if image else {})})
         wait_unshared(proc.pid, "dockerd")
         cli = docker_cli()
         assert cli is not None
@@ -134,6 +135,41 @@ class DockerAdapter:
         proc.wait(10)
         self._start_daemon(lab)
 
+    def restart_container(self, lab: ExternalLab, name: str) -> str:
+        """The container stopped and started again with a new address (the lifecycle event container-new-address).
+
+        Docker's IPAM hands a restarted container the first free address, its old one; on a busy host another
+        container started meanwhile takes it. So: ``docker stop NAME``, ``docker run`` of an address taker
+        (TAG-taker, on the container's network; its process recorded by PID), ``docker start NAME`` (the next
+        free address; Docker writes its DNAT for it), the taker removed; then the container's new namespace
+        adopted. Returns what was done, as a line."""
+        c = lab.declared.container(name)
+        old = self._address(lab, name)
+        taker = f"{lab.tag}-taker"
+        image = lab.state.get("docker_image")
+        if image is None:
+            raise ToolFailed(f"container {name}: the lab's image is unknown (a [setup] command made the containers), so no address taker can run")
+        self._docker(lab, f"docker stop {name}", ["stop", name])
+        try:
+            network = ["--network", c.network] if c.network else []
+            self._docker(lab, "docker run (address taker)", ["run", "-d", "--name", taker, *network, image, *IDLE_COMMAND])
+            lab.record_process(self._pid(lab, taker))  # live-restore: it would outlive a crashed run's dockerd
+            self._docker(lab, f"docker start {name}", ["start", name])
+        finally:
+            self._docker(lab, "docker rm (address taker)", ["rm", "-f", taker], check=False)
+        new = self._address(lab, name)
+        lab.readopt_container_ns(name, self._pid(lab, name))
+        return f"docker stop {name}; docker run {taker} (takes {old}); docker start {name} (now {new}, it had {old}); docker rm -f {taker}"
+
+    def _pid(self, lab: ExternalLab, name: str) -> int:
+        pid = self._docker(lab, f"docker inspect {name}", ["inspect", "--format", "{{.State.Pid}}", name]).strip()
+        if not pid.isdigit() or pid == "0":
+            raise ToolFailed(f"container {name}: docker reports no running process (pid {pid or '?'}); is it running?")
+        return int(pid)
+
+    def _address(self, lab: ExternalLab, name: str) -> str:
+        return self._docker(lab, f"docker inspect {name}", ["inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name]).strip()
+
     def _image(self, lab: ExternalLab) -> str:
         assert lab.workdir is not None
         rootfs = make_rootfs(lab.workdir / "rootfs")
@@ -148,6 +184,7 @@ class DockerAdapter:
         t = lab.declared
         self._start_daemon(lab)
         image = self._image(lab)
+        lab.state["docker_image"] = image
         lab.state["docker_env"]["NETCHECK_IMAGE"] = image
         if t.setup.command:
             lab.run_tool("setup command", t.setup.command, env=lab.state["docker_env"])
@@ -174,9 +211,7 @@ class DockerAdapter:
             if not owned and c.netns is not None:
                 lab.adopt_container_ns(c.name, c.netns, owned=False)
                 continue
-            pid = self._docker(lab, f"docker inspect {c.name}", ["inspect", "--format", "{{.State.Pid}}", c.name]).strip()
-            if not pid.isdigit() or pid == "0":
-                raise ToolFailed(f"container {c.name}: docker reports no running process (pid {pid or '?'}); is it running?")
+            pid = self._pid(lab, c.name)
             lab.adopt_container_ns(c.name, f"/proc/{pid}/ns/net", owned=owned)
             lab.roots[c.name] = Path(f"/proc/{pid}/root")
 

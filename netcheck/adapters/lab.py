@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from netcheck import spec
 from netcheck.adapters.discover import Discovery, discover
 from netcheck.kernel.netns import Netns
-from netcheck.kernel.worker import netns_path
+from netcheck.kernel.worker import netns_path, remove_netns
 from netcheck.lab import Lab, LabError
 from netcheck.lab.mode import HostMode
 from netcheck.ledger import DirEntry, NetnsEntry, ProcessEntry, default_work_root, process_starttime
@@ -215,6 +215,33 @@ class ExternalLab(Lab):
             self._own(ns)
         return ns
 
+    def readopt_container_ns(self, name: str, pid: int) -> Netns:
+        """A container the tool restarted lives in a new namespace (its new PID's): adopt that one under the lab's name.
+
+        What netcheck held in the old one goes first (its services' sockets, the namespace handle, the bind
+        at /run/netns/TAG-NAME), so nothing keeps the dead namespace alive; then the new one is bound as at the
+        first adoption, the container's services listen again inside it, its processes are recorded, and the
+        drop witness follows the new namespace."""
+        from netcheck.lab.build import serve_container
+
+        old = self.containers.pop(name)
+        old_inode = _inode(old.path)
+        if self.services is not None:
+            self.services.stop(name)
+        old.close()
+        self.handles.remove(old)
+        remove_netns(self.netns_name(name))
+        ns = self.adopt_container_ns(name, f"/proc/{pid}/ns/net", owned=True)
+        self.roots[name] = Path(f"/proc/{pid}/root")
+        if self.services is not None:
+            serve_container(self.services, self, self.topology.container(name))
+        self.record_processes()
+        if self.witness is not None:
+            self.witness.labels.pop(old_inode, None)
+            self.witness.labels[_inode(ns.path)] = name
+            self.witness.inodes = frozenset(self.witness.labels)
+        return ns
+
     def record_foreign_netns(self, path: str) -> None:
         """Record a namespace file the tool made under /run/netns (e.g. Podman's netns-UUID) for cleanup."""
         assert self.ledger is not None
@@ -316,6 +343,13 @@ class ExternalLab(Lab):
         if self.discovery is not None:
             out.update(self.discovery.as_dict())
         return out
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return -1
 
 
 def _state(pid: int) -> str | None:

@@ -163,6 +163,25 @@ class PodmanAdapter:
         """``podman network reload --all``: netavark writes the running containers' firewall rules again (the lifecycle event)."""
         self._podman(lab, "podman network reload", ["network", "reload", "--all"])
 
+    def restart_container(self, lab: ExternalLab, name: str) -> str:
+        """``podman restart NAME`` (the lifecycle event container-new-address): Podman's IPAM hands out the address
+        after the last one it gave (10.88.0.2 comes back as 10.88.0.4), netavark writes its rules for it, and the
+        container gets a new namespace (netns-UUID, recorded), which is adopted. Returns what was done, as a line."""
+        fmt = "{{.State.Pid}} {{.NetworkSettings.SandboxKey}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        old = self._podman(lab, f"podman inspect {name}", ["inspect", "--format", fmt, name]).split()[2:]
+        spec_bridge = lab.topology.container(name).bridge
+        bridge = lab.kname(spec_bridge) if spec_bridge else None
+        mac_before = _mac(lab, bridge)
+        self._podman(lab, f"podman restart {name}", ["restart", name])
+        pid, sandbox, *new = self._podman(lab, f"podman inspect {name}", ["inspect", "--format", fmt, name]).split()
+        if not pid.isdigit() or pid == "0":
+            raise ToolFailed(f"container {name}: podman reports no running process after its restart (pid {pid}); is it running?")
+        lab.record_foreign_netns(sandbox)
+        if new == old:
+            raise ToolFailed(f"container {name}: podman restart handed back its address {' '.join(old)}; the event needs a new one")
+        lab.readopt_container_ns(name, int(pid))
+        return f"podman restart {name} (now {' '.join(new)}, it had {' '.join(old)}){_mac_moved(lab, bridge, mac_before)}"
+
     def _adopt(self, lab: ExternalLab, *, owned: bool, remote: list[str] | None = None) -> None:
         for c in lab.declared.containers:
             if not owned and c.netns is not None:
@@ -212,6 +231,25 @@ class PodmanAdapter:
             kill_process(*aardvark)
         mounts.close()
         return errors
+
+
+def _mac(lab: ExternalLab, link: str | None) -> str | None:
+    return next((x.mac for x in lab.host.links() if x.name == link), None) if link else None
+
+
+def _mac_moved(lab: ExternalLab, bridge: str | None, before: str | None) -> str:
+    """What a restart did to the bridge's MAC, as the end of the event's line. netavark 1.4 gives its bridge no MAC of
+    its own (netavark#833 does, in 1.9), so the kernel gives it its lowest port's and moves it as ports come and go.
+    A MAC that was a port's still reaches the host (a port's own MAC is a local entry of the bridge); one whose port
+    is gone reaches nothing, and the other containers' neighbour entries for the gateway still name it."""
+    if bridge is None:
+        return ""
+    links = lab.host.links()
+    after = next((x.mac for x in links if x.name == bridge), None)
+    if after == before:
+        return f"; bridge {bridge} kept its MAC {after}"
+    gone = ", which no link has now" if before not in {x.mac for x in links} else ", still a port's"
+    return f"; bridge {bridge}'s MAC moved from {before}{gone}, to {after} (a bridge without a MAC of its own takes its lowest port's)"
 
 
 def aardvark_of(lab: object) -> tuple[int, int | None] | None:

@@ -200,22 +200,31 @@ def services(lab: Lab) -> ServiceHost:
     outside world (so a probe can learn the source it saw: masquerade). Closed at teardown."""
     held = ServiceHost()
     lab.on_teardown(held.close)
-    # A dual-stack lab serves every service on "::" too (IPv6 only: IPv4 peers keep their listener).
-    wildcards = ("0.0.0.0", "::") if 6 in lab.topology.families else ("0.0.0.0",)
     for c in lab.topology.containers:
-        ns = lab.containers[c.name]
-        for address in wildcards if c.address6 is not None else wildcards[:1]:
-            for s in c.services:
-                # Where the user's own setup already serves the port (a script's http.server), probe that service.
-                held.listen(ns, c.name, s.kind, s.port, address, users_may_serve=True)
-            for kind in ("tcp-echo", "udp-echo"):
-                held.listen(ns, c.name, kind, ECHO_PORT, address)
-    for address in wildcards:
+        serve_container(held, lab, c)
+    for address in _wildcards(lab):
         for kind in ("tcp-echo", "udp-echo"):
             held.listen(lab.wan, "wan", kind, ECHO_PORT, address)
     if lab.topology.dns is not None:
         held.listen_dns(lab.wan, "wan", str(lab.topology.dns.address), lab.topology.dns.zone())
     return held
+
+
+def serve_container(held: ServiceHost, lab: Lab, c: spec.Container) -> None:
+    """One container's declared services and echo responders, in its namespace (again, after it got a new one)."""
+    ns = lab.containers[c.name]
+    wildcards = _wildcards(lab)
+    for address in wildcards if c.address6 is not None else wildcards[:1]:
+        for s in c.services:
+            # Where the user's own setup already serves the port (a script's http.server), probe that service.
+            held.listen(ns, c.name, s.kind, s.port, address, users_may_serve=True)
+        for kind in ("tcp-echo", "udp-echo"):
+            held.listen(ns, c.name, kind, ECHO_PORT, address)
+
+
+def _wildcards(lab: Lab) -> tuple[str, ...]:
+    # A dual-stack lab serves every service on "::" too (IPv6 only: IPv4 peers keep their listener).
+    return ("0.0.0.0", "::") if 6 in lab.topology.families else ("0.0.0.0",)
 
 
 def ns_defaults(ns: Netns, ipv6: bool = False) -> None:
