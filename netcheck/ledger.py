@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -417,6 +418,25 @@ class EmptyDirEntry(OfTheMachine):
 
 
 @dataclass(frozen=True)
+class ContainerEntry(OfTheMachine):
+    """A container netcheck itself runs on a daemon of the lab's own (Docker's address taker of the
+    container-new-address event): undo removes it by name, while that daemon still answers."""
+
+    kind: ClassVar[str] = "container"
+    docker_host: str  # the daemon's -H: unix:///…/docker.sock
+    name: str
+
+    def undo(self, undoer: Undoer) -> None:
+        cli = shutil.which("docker")
+        if cli is None or not os.path.exists(self.docker_host.removeprefix("unix://")):
+            return  # the daemon is gone, and its containers with it (its data dir is an entry of its own)
+        subprocess.run([cli, "-H", self.docker_host, "rm", "-f", self.name], capture_output=True, timeout=60, check=False)
+
+    def describe(self) -> str:
+        return f"container {self.name} (docker -H {self.docker_host})"
+
+
+@dataclass(frozen=True)
 class NodeEntry(OfTheMachine):
     """A host's lab on a node, reached through an execnet gateway (``netcheck.multihost.nodes``): undo ends
     the node's agent and undoes the node's own run record ``tag`` there (in ``run_dir``; None: the node's default)."""
@@ -474,7 +494,7 @@ def clean_node_runs(tags: Collection[str], run_dir: Path | None) -> list[str]:
 
 ENTRY_KINDS: dict[str, type[Entry]] = {cls.kind: cls for cls in (
     NetnsEntry, LinkEntry, RouteEntry, RuleEntry, ChainEntry, NftChainEntry, NftTableEntry, PolicyEntry, SysctlEntry, ProcessEntry, DirEntry,
-    FileEntry, EmptyDirEntry, NodeEntry,
+    FileEntry, EmptyDirEntry, ContainerEntry, NodeEntry,
 )}
 
 

@@ -16,6 +16,7 @@ from netcheck.ledger import (
     ENTRY_KINDS,
     LEDGER_VERSION,
     ChainEntry,
+    ContainerEntry,
     DirEntry,
     EmptyDirEntry,
     Entry,
@@ -46,6 +47,7 @@ EXAMPLES: list[Entry] = [
     PolicyEntry(None, "filter", "FORWARD", "ACCEPT"), SysctlEntry("nc0000-host", "net.ipv4.ip_forward", "0"),
     ProcessEntry(4242, 17, ("netavark", "setup")), DirEntry("/tmp/netcheck-nc0000"),
     FileEntry("/etc/netns/nc0000-web/resolv.conf"), EmptyDirEntry("/etc/netns/nc0000-web"), EmptyDirEntry("/etc/netns", shared=True),
+    ContainerEntry("unix:///tmp/netcheck-nc0001/docker/docker.sock", "nc0001-taker"),
     NodeEntry("ssh", "ssh=root@198.51.100.12", "nc0001"),
 ]
 

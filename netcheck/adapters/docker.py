@@ -44,7 +44,7 @@ from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
 from netcheck.adapters.script import adopt_by_path
 from netcheck.kernel.xtables import XRule
 from netcheck.lab.mode import HostMode
-from netcheck.ledger import kill_process, process_starttime
+from netcheck.ledger import ContainerEntry, kill_process, process_starttime
 from netcheck.waiting import WaitTimeout, wait_until
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class DockerAdapter:
 
         Docker's IPAM hands a restarted container the first free address, its old one; on a busy host another
         container started meanwhile takes it. So: ``docker stop NAME``, ``docker run`` of an address taker
-        (TAG-taker, on the container's network; its process recorded by PID), ``docker start NAME`` (the next
+        (TAG-taker, on the container's network; recorded before it runs, its process by PID), ``docker start NAME`` (the next
         free address; Docker writes its DNAT for it), the taker removed; then the container's new namespace
         adopted. Returns what was done, as a line."""
         c = lab.declared.container(name)
@@ -152,6 +152,8 @@ class DockerAdapter:
         self._docker(lab, f"docker stop {name}", ["stop", name])
         try:
             network = ["--network", c.network] if c.network else []
+            assert lab.ledger is not None
+            lab.ledger.record(ContainerEntry(lab.state["docker_host"], taker))  # before it exists: a crash leaves no taker behind
             self._docker(lab, "docker run (address taker)", ["run", "-d", "--name", taker, *network, image, *IDLE_COMMAND])
             lab.record_process(self._pid(lab, taker))  # live-restore: it would outlive a crashed run's dockerd
             self._docker(lab, f"docker start {name}", ["start", name])
