@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netcheck import resolvconf, spec
-from netcheck.adapters.lab import ToolFailed, ToolMissing
+from netcheck.adapters.lab import ToolFailed, ToolMissing, missing_of
 from netcheck.adapters.mounts import unshare_argv, wait_unshared
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
@@ -66,16 +66,8 @@ class DockerAdapter:
     mode = "docker"
 
     def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
-        out = []
-        if docker_cli() is None:
-            out.append(f"the docker client (install it: {INSTALL_HINT})")
-        if mode.name == "host":  # nothing is run: what exists is found
-            return out
-        if shutil.which("dockerd") is None:
-            out.append(f"dockerd (install it: {INSTALL_HINT})")
-        if static_busybox() is None:
-            out.append(f"a static busybox (install it: {BUSYBOX_HINT})")
-        return out
+        return missing_of(mode, [("the docker client", docker_cli() is not None, INSTALL_HINT)],
+                          [("dockerd", shutil.which("dockerd") is not None, INSTALL_HINT), ("a static busybox", static_busybox() is not None, BUSYBOX_HINT)])
 
     def _docker(self, lab: ExternalLab, what: str, args: list[str], *, input: bytes | None = None, check: bool = True, timeout: float = 120.0) -> str:
         cli = docker_cli()

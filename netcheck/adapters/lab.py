@@ -50,6 +50,16 @@ class ToolRun:
     output: str
 
 
+Need = tuple[str, bool, str]  # what a tool's adapter needs, whether it is there, how to install it
+
+
+def missing_of(mode: HostMode, always: Sequence[Need], to_run: Sequence[Need] = ()) -> list[str]:
+    """What is missing, each with its install hint: ``always`` (a tool's client), and ``to_run`` only where
+    netcheck runs the tool (in host mode nothing is run: what exists is found)."""
+    needs = [*always, *([] if mode.name == "host" else to_run)]
+    return [f"{what} (install it: {hint})" for what, present, hint in needs if not present]
+
+
 class Adapter(Protocol):
     """Drives one tool. ``setup`` runs it and registers each container's namespace with the lab."""
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from netcheck import spec
 from netcheck.adapters.docker import upstream_resolv_conf
-from netcheck.adapters.lab import ToolFailed
+from netcheck.adapters.lab import ToolFailed, missing_of
 from netcheck.adapters.mounts import PrivateMounts
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
 from netcheck.adapters.rootfs import INSTALL_HINT as BUSYBOX_HINT
@@ -61,18 +61,10 @@ class PodmanAdapter:
     mode = "podman"
 
     def missing(self, topology: spec.Topology, mode: HostMode) -> list[str]:
-        out = []
-        if podman_path() is None:
-            out.append(f"podman (install it: {INSTALL_HINT})")
-        if mode.name == "host":  # nothing is run: what exists is found
-            return out
-        if shutil.which("runc") is None:
-            out.append(f"runc (install it: {INSTALL_HINT})")
-        if static_busybox() is None:
-            out.append(f"a static busybox (install it: {BUSYBOX_HINT})")
-        if any(n.dns for n in topology.networks) and not any(Path(p).is_file() for p in AARDVARK_PATHS):
-            out.append(f"aardvark-dns, for a network with dns (install it: {AARDVARK_HINT})")
-        return out
+        dns = any(n.dns for n in topology.networks)
+        return missing_of(mode, [("podman", podman_path() is not None, INSTALL_HINT)], [
+            ("runc", shutil.which("runc") is not None, INSTALL_HINT), ("a static busybox", static_busybox() is not None, BUSYBOX_HINT),
+            ("aardvark-dns, for a network with dns", not dns or any(Path(p).is_file() for p in AARDVARK_PATHS), AARDVARK_HINT)])
 
     def _configure(self, lab: ExternalLab) -> dict[str, str]:
         d = lab.workdir
