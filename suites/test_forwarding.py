@@ -39,7 +39,7 @@ def test_ttl_drops_by_exactly_one_at_the_host(lab, probe, family):
         assert before - after == 1, f"{name}: {what} {before} leaving the container, {after} arriving outside: {before - after} hops, expected exactly 1\n{r.explain()}"
 
 
-def test_a_full_size_packet_reaches_the_outside_unfragmented(lab, probe, family):
+def test_a_full_size_packet_gets_out_unfragmented(lab, probe, family):
     """A don't-fragment echo as big as the container's MTU reaches the outside world and comes back: no link of the
     path carries less (a link that does either answers fragmentation-needed, or drops big packets silently: the PMTU black hole)."""
     remote = promise.remote(lab.topology, family)

@@ -81,7 +81,7 @@ def test_a_witness_sees_only_its_labs_namespaces() -> None:
     ("IP_OUTNOROUTES", "ip_route_output", "netns0", ("no_route", "no_default_route", "host_no_route", "link_down", "blackhole_route")),
     ("NEIGH_FAILED", "neigh_invalidate", "netns0", ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore", "subnet_overlap")),
     ("PKT_TOO_BIG", "ip_forward", "host", ("mtu_mismatch", "path_mtu_low")),
-    ("NO_SOCKET", "tcp_v4_rcv", "netns1", ("no_listener",)),  # in the container meant to answer
+    ("NO_SOCKET", "tcp_v4_rcv", "netns1", ("no_listener", "embedded_dns_rules_missing")),  # in the container meant to answer
     ("NO_SOCKET", "tcp_v4_rcv", "netns0", ()),  # elsewhere: an un-NATed reply, no missing listener
     ("TC_INGRESS", "tcf_classify", "host", ()),  # names no cause of the registry
 ])
