@@ -35,8 +35,8 @@ MODEL_CAUSES: dict[str, tuple[str, ...]] = {
     "no-route": (*NO_ROUTE, "ip_forward_off", "forwarding_off", "ip_six_forwarding_off"),
     "unreachable": (*NO_ROUTE, "ip_forward_off", "forwarding_off"),
     "null-routed": ("blackhole_route",), "prohibited": ("blackhole_route",),
-    "neighbour-unreachable": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore", "neigh_wrong"),
-    "no-listener": ("no_listener",),
+    "neighbour-unreachable": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore", "neigh_wrong", "subnet_overlap"),
+    "no-listener": ("no_listener", "embedded_dns_rules_missing"),
     "reply-not-unnatted": NAT_BACK,
 }
 MODEL_STAGES: dict[str, tuple[str, ...]] = {  # for dropped/rejected: a word of the deciding stage ("filter FORWARD", "nft inet ufw forward") -> causes
