@@ -526,13 +526,22 @@ def _iface_address_or_auto(value: object, name: str) -> IPv4Interface | None:
     return None if value == AUTO else _iface_address(value, name)
 
 
-def _address(value: object, name: str) -> IPv4Address:
+_A = TypeVar("_A", IPv4Address, IPv6Address)
+
+
+def _plain_address(value: object, kind: type[_A], example: str) -> _A:
+    """An address of one family, without a prefix length; _Invalid with an example of the right form."""
     try:
-        addr = IPv4Address(value) if isinstance(value, str) else None
+        addr = kind(value) if isinstance(value, str) else None
     except ValueError:
         addr = None
     if addr is None:
-        raise _Invalid("not a valid IPv4 address", 'write it as "172.18.0.1" (no prefix length)')
+        raise _Invalid(f"not a valid IPv{kind(0).version} address", f'write it as "{example}" (no prefix length)')
+    return addr
+
+
+def _address(value: object, name: str) -> IPv4Address:
+    addr = _plain_address(value, IPv4Address, "172.18.0.1")
     _check_usable(addr, None)
     return addr
 
@@ -686,12 +695,7 @@ def _iface_address6(value: object, name: str) -> IPv6Interface:
 
 
 def _address6(value: object, name: str) -> IPv6Address:
-    try:
-        addr = IPv6Address(value) if isinstance(value, str) else None
-    except ValueError:
-        addr = None
-    if addr is None:
-        raise _Invalid("not a valid IPv6 address", 'write it as "fd00:18::1" (no prefix length)')
+    addr = _plain_address(value, IPv6Address, "fd00:18::1")
     _check_usable6(addr, None)
     return addr
 
