@@ -203,6 +203,14 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST") and k not in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")}
 
 
+def _as_from_a_shell() -> None:
+    """In the child, before exec: SIGINT and SIGTERM as a shell leaves them for a command it starts (default
+    action, not blocked), whatever this test process inherited (a test runner's worker may block or ignore them)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 class Child:
     """A child process whose output lines a test waits on (bounded), then signals or kills."""
 
@@ -210,7 +218,7 @@ class Child:
         full_env = {**child_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.argv = argv
         self.proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_from_a_shell)
         self.lines: list[str] = []
         self._buf = b""
         assert self.proc.stdout is not None
