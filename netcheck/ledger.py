@@ -94,6 +94,17 @@ class Ledger:
         """Mark the lab as kept for inspection: new runs leave it alone; ``netcheck clean`` removes it."""
         self._write({"kind": "kept", "at": time.time()})
 
+    def undo_and_close(self, entries: Sequence[Entry] | None = None) -> list[str]:
+        """Undo ``entries`` (default: every entry), newest first, then close: the record is removed if
+        nothing failed, kept for ``netcheck clean`` otherwise. Returns the errors."""
+        undoer = Undoer()
+        try:
+            errors = undo_all(self.entries if entries is None else entries, undoer)
+        finally:
+            undoer.close()
+        self.close(remove=not errors)
+        return errors
+
     def close(self, *, remove: bool) -> None:
         """Release the lock; remove the record once everything it names is gone."""
         if remove:

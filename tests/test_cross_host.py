@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from test_spec_docs import schema_keys  # the schema's key paths, as spec_docs writes them
 
 from netcheck import spec
 from netcheck.diagnose import crosshost
@@ -239,18 +240,6 @@ def _multi_schema() -> dict[str, object]:
     return schema
 
 
-def _schema_keys(node: dict[str, Any], path: str = "") -> Iterator[str]:
-    if "propertyNames" in node:
-        yield f"{path}.*"
-    for name, child in node.get("properties", {}).items():
-        here = f"{path}.{name}".lstrip(".")
-        yield here
-        if child.get("type") == "array" and child["items"].get("type") == "object":
-            yield from _schema_keys(child["items"], here + "[]")
-        elif child.get("type") == "object":
-            yield from _schema_keys(child, here)
-
-
 def test_the_multi_host_keys_are_declared_once_and_docs_schema_and_loader_agree() -> None:
     import re
 
@@ -269,7 +258,7 @@ def test_the_multi_host_keys_are_declared_once_and_docs_schema_and_loader_agree(
         elif (m := re.match(r"\| `([A-Za-z0-9_]+)` \|", line)) and path is not None:
             docs.add(f"{path}.{m.group(1)}".lstrip("."))
     assert docs == declared, f"docs only: {sorted(docs - declared)}; loader only: {sorted(declared - docs)}"
-    assert set(_schema_keys(_multi_schema())) == spec_docs.declared_keys(spec_docs.multi_walk(whole=True))
+    assert set(schema_keys(_multi_schema())) == spec_docs.declared_keys(spec_docs.multi_walk(whole=True))
 
 
 @pytest.mark.parametrize("path", sorted([*(ROOT / "netcheck" / "topologies" / "multihost").glob("*.toml"), *(ROOT / "examples" / "multihost").glob("*.toml")]),

@@ -9,23 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_adapters import example  # the example spec, skipped with the install command when a tool is missing
 
 from netcheck import adapters, spec
-from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.faults import EXTERNAL_FAULTS
 from netcheck.faults import FAULTS
 
 pytestmark = pytest.mark.root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def example(name: str) -> Path:
-    path = EXAMPLES / f"{name}.toml"
-    lacking = adapters.missing(spec.load(path))
-    if lacking:
-        skip_for_missing_tool(f"{name}: this machine lacks " + "; ".join(lacking))
-    return path
 
 
 @pytest.mark.parametrize("name", ["docker-dns", "podman-dns"])

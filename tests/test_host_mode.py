@@ -33,7 +33,7 @@ from netcheck.activation import skip_for_missing_tool
 from netcheck.adapters.docker import docker_cli
 from netcheck.adapters.mounts import unshare_argv
 from netcheck.adapters.rootfs import IDLE_COMMAND, make_rootfs, static_busybox
-from netcheck.ledger import DirEntry, Ledger, NetnsEntry, ProcessEntry, Undoer, process_starttime, undo_all
+from netcheck.ledger import DirEntry, Ledger, NetnsEntry, ProcessEntry, process_starttime
 from netcheck.naming import new_tag
 from netcheck.waiting import wait_until
 
@@ -67,12 +67,7 @@ def run_record() -> Iterator[Ledger]:
     the end, so a killed test leaves a dead run that ``netcheck clean`` removes, never a stray object."""
     ledger = Ledger(new_tag(), topology="(host-mode test's stand-in host)", mode="sandbox")
     yield ledger
-    undoer = Undoer()
-    try:
-        errors = undo_all(ledger.entries, undoer)
-    finally:
-        undoer.close()
-    ledger.close(remove=not errors)
+    errors = ledger.undo_and_close()
     assert not errors, f"the host-mode test's objects were not all removed: {errors}"
 
 

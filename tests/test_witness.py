@@ -427,7 +427,7 @@ def test_in_host_mode_the_nft_trace_shows_the_hosts_rule_and_leaves_the_host_as_
 
     from test_host_mode import PYTEST, REPO, difference, fake_host, snapshot
 
-    from netcheck.ledger import Ledger, Undoer, undo_all
+    from netcheck.ledger import Ledger
     from netcheck.naming import new_tag
 
     ledger = Ledger(new_tag(), topology="(host-mode test's stand-in host)", mode="sandbox")
@@ -443,12 +443,8 @@ def test_in_host_mode_the_nft_trace_shows_the_hosts_rule_and_leaves_the_host_as_
             run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
             after = snapshot(host)
     finally:
-        undoer = Undoer()
-        try:
-            errors = undo_all(ledger.entries, undoer)
-        finally:
-            undoer.close()
-        ledger.close(remove=not errors)
+        left = ledger.undo_and_close()
+    assert not left, f"the stand-in host's objects were not all removed: {left}"
     out = run.stdout
     assert run.returncode == 1 and "nft trace (the rules and verdicts" in out, out[-6000:]
     assert re.search(r"host: inet hostfw forward rule \d+: `ip saddr 172\.18\.0\.10 ip daddr 172\.18\.0\.20 counter drop` -> drop", out), out[-6000:]

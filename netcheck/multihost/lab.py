@@ -24,7 +24,7 @@ from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.lab import Lab, LabError
 from netcheck.lab.attachments import Attachments
 from netcheck.lab.build import ns_defaults
-from netcheck.ledger import Entry, Ledger, LinkEntry, NetnsEntry, RouteEntry, Undoer, default_run_dir, undo_all
+from netcheck.ledger import Entry, Ledger, LinkEntry, NetnsEntry, RouteEntry, default_run_dir
 from netcheck.multihost.plan import HostJoin, JoinPlan, plan
 from netcheck.multihost.spec import Join, MultiTopology
 from netcheck.naming import new_tag
@@ -119,12 +119,8 @@ class MultiLab:
                 self.hosts.pop(name).teardown()
             except Exception as exc:  # noqa: BLE001 - every host lab gets its teardown
                 errors.append(str(exc))
-        if self.ledger is not None:
-            undoer = Undoer()  # entries in a host namespace that is gone are skipped: they went with it
-            errors += undo_all(self.ledger.entries, undoer)
-            undoer.close()
-        if self.ledger is not None:
-            self.ledger.close(remove=not errors)
+        if self.ledger is not None:  # entries in a host namespace that is gone are skipped: they went with it
+            errors += self.ledger.undo_and_close()
             self.ledger = None
         if errors:
             raise LabError(f"teardown of multi-host lab {self.tag} left: " + "; ".join(errors) + " (try: netcheck clean)")

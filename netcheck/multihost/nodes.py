@@ -35,7 +35,7 @@ from netcheck.kernel.worker import NETNS_RUN_DIR, netns_path
 from netcheck.lab import LabError
 from netcheck.lab.attachments import Attachments
 from netcheck.lab.build import ns_defaults
-from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, ProcessEntry, Undoer, default_run_dir, process_starttime, undo_all
+from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, ProcessEntry, default_run_dir, process_starttime
 from netcheck.multihost.plan import JoinPlan, plan
 from netcheck.multihost.spec import MultiTopology
 from netcheck.naming import new_tag
@@ -266,11 +266,7 @@ class NodesLab:
         self._handles.clear()
         self.underlay = None
         if self.ledger is not None:
-            undoer = Undoer()
-            entries = [e for e in self.ledger.entries if not (isinstance(e, NodeEntry) and e.tag in down)]
-            errors += undo_all(entries, undoer)
-            undoer.close()
-            self.ledger.close(remove=not errors)
+            errors += self.ledger.undo_and_close([e for e in self.ledger.entries if not (isinstance(e, NodeEntry) and e.tag in down)])
             self.ledger = None
         if errors:
             raise LabError(f"teardown of multi-host lab {self.tag} (nodes) left: " + "; ".join(errors) + " (try: netcheck clean)")

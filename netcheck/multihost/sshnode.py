@@ -28,7 +28,7 @@ from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
 from netcheck.lab import LabError
 from netcheck.lab.build import ns_defaults
-from netcheck.ledger import DirEntry, EmptyDirEntry, Ledger, NetnsEntry, ProcessEntry, Undoer, default_run_dir, default_work_root, process_starttime, undo_all
+from netcheck.ledger import DirEntry, EmptyDirEntry, Ledger, NetnsEntry, ProcessEntry, default_run_dir, default_work_root, process_starttime
 from netcheck.naming import new_tag
 from netcheck.waiting import wait_until
 
@@ -122,16 +122,13 @@ class SandboxSshd:
             self.ns = None
         if self.ledger is None:
             return
-        undoer = Undoer()
-        errors = undo_all(self.ledger.entries, undoer)
-        undoer.close()
+        errors = self.ledger.undo_and_close()  # ends sshd by its recorded PID
+        self.ledger = None
         if self.process is not None:
             self.process.wait(10)
             if self.process.stderr is not None:
                 self.process.stderr.close()
             self.process = None
-        self.ledger.close(remove=not errors)
-        self.ledger = None
         if errors:
             raise LabError(f"sshd node {self.tag} left: " + "; ".join(errors) + " (try: netcheck clean)")
 
