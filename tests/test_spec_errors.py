@@ -29,6 +29,7 @@ import pytest
 
 from netcheck import spec
 from netcheck.activation import skip_for_missing_tool
+from netcheck.naming import TAG_PREFIX
 
 INVALID = Path(__file__).parent / "specs" / "invalid"
 CORPUS = sorted(INVALID.glob("*.toml"))
@@ -74,16 +75,24 @@ def another_process_run(name: str) -> bool:
     return isinstance(pid, int) and pid != os.getpid()
 
 
+def netchecks(name: str) -> bool:
+    """Is this a name netcheck gives (TAG-label, TAG.jsonl; every object it makes carries its tag)? A tool's own
+    (Podman's netns-UUID, made by a lab of another test worker) never comes from loading a spec."""
+    tag = name.removesuffix(".jsonl").split("-", 1)[0]
+    return tag.startswith(TAG_PREFIX) and tag.isalnum()
+
+
 def appeared(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[str]:
-    """What appeared in between, less what other processes' runs made meanwhile."""
+    """What netcheck made in between, less what other processes' runs made meanwhile."""
     new = [f"{d}/{n}" for d, names in after.items() for n in sorted(set(names) - set(before.get(d, [])))]
-    return [path for path in new if not another_process_run(Path(path).name)]
+    return [path for path in new if netchecks(Path(path).name) and not another_process_run(Path(path).name)]
 
 
 def test_appeared_ignores_only_other_processes_runs() -> None:
     mine = f"nc{os.getpid():x}"  # no such record: as if this process had made a namespace without one
     assert appeared({"/run/netns": []}, {"/run/netns": [f"{mine}-host"]}) == [f"/run/netns/{mine}-host"]
     assert appeared({"/run/netns": ["a"]}, {"/run/netns": []}) == []
+    assert appeared({"/run/netns": []}, {"/run/netns": ["netns-502d082d-2318-066c-7c1a-a9dbade1a181"]}) == [], "a tool's namespace (Podman's) is not netcheck's"
 
 
 @pytest.fixture
