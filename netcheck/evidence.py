@@ -12,7 +12,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from netcheck.kernel.dropwatch import KernelDrop
 from netcheck.kernel.jsontypes import JSON, JSONObject
@@ -189,44 +189,51 @@ class Capture:
         return cls(**{**_known(cls, d), "packets": tuple(Packet.from_dict(p) for p in d.get("packets", ()))})
 
 
+class _Templated:
+    """A fix whose command is its class's ``TEMPLATE``, filled in from its fields (the one rendering of it)."""
+
+    TEMPLATE: ClassVar[str]
+
+    def command(self) -> str:
+        """The command that applies this fix, without the namespace prefix."""
+        return self.TEMPLATE.format(self=self)
+
+
 @dataclass(frozen=True)
-class Sysctl:
+class Sysctl(_Templated):
     """A fix: set a sysctl in one of the lab's namespaces (by its label)."""
 
     netns: str
     key: str
     value: str
     kind: Literal["sysctl"] = "sysctl"
-
-    def command(self) -> str:
-        """The one rendering of a sysctl fix (without the namespace prefix)."""
-        return f"sysctl -w {self.key}={self.value}"
+    TEMPLATE: ClassVar[str] = "sysctl -w {self.key}={self.value}"
 
 
 @dataclass(frozen=True)
-class SetLink:
+class SetLink(_Templated):
     """A fix: bring a link up (or down) in one of the lab's namespaces; ``link`` is its kernel name."""
 
     netns: str
     link: str
     up: bool = True
     kind: Literal["link"] = "link"
+    TEMPLATE: ClassVar[str] = "ip link set {self.link} {self.state}"
 
-    def command(self) -> str:
-        return f"ip link set {self.link} {'up' if self.up else 'down'}"
+    @property
+    def state(self) -> str:
+        return "up" if self.up else "down"
 
 
 @dataclass(frozen=True)
-class AddRoute:
+class AddRoute(_Templated):
     """A fix: add a route (``dst`` a prefix, or "default") via a gateway in one of the lab's namespaces."""
 
     netns: str
     dst: str
     via: str
     kind: Literal["route"] = "route"
-
-    def command(self) -> str:
-        return f"ip route add {self.dst} via {self.via}"
+    TEMPLATE: ClassVar[str] = "ip route add {self.dst} via {self.via}"
 
 
 def _rule_command(backend: str, rule: XRule, op: str, family: str) -> str:
@@ -285,16 +292,14 @@ class SetPolicy:
 
 
 @dataclass(frozen=True)
-class DeleteNeighbour:
+class DeleteNeighbour(_Templated):
     """A fix: delete a neighbour entry (a wrong static one, or a FAILED one, so that ARP starts again at once)."""
 
     netns: str
     link: str
     address: str
     kind: Literal["delete-neighbour"] = "delete-neighbour"
-
-    def command(self) -> str:
-        return f"ip neigh del {self.address} dev {self.link}"
+    TEMPLATE: ClassVar[str] = "ip neigh del {self.address} dev {self.link}"
 
 
 @dataclass(frozen=True)
@@ -317,16 +322,14 @@ class FlushConntrack:
 
 
 @dataclass(frozen=True)
-class SetMtu:
+class SetMtu(_Templated):
     """A fix: set a link's MTU in one of the lab's namespaces; ``link`` is its kernel name."""
 
     netns: str
     link: str
     mtu: int
     kind: Literal["mtu"] = "mtu"
-
-    def command(self) -> str:
-        return f"ip link set {self.link} mtu {self.mtu}"
+    TEMPLATE: ClassVar[str] = "ip link set {self.link} mtu {self.mtu}"
 
 
 Fix = Sysctl | SetLink | SetMtu | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
