@@ -575,8 +575,9 @@ def _own_table(lab: Lab, suffix: str, family: str = "inet") -> nft.NftTable:
 
 def _sh_delete(lab: Lab, rule: XRule, text: str) -> str:
     """The shell line that deletes one of the lab's rules where the builder wrote it."""
-    if _native(lab):
-        return f"nft_del ip {_q(nft.tables_for(lab.names.tag)[rule.table].name)} {_q(rule.chain)} {_q(text)}\n"
+    if _native(lab):  # the rule as the lab holds it names its own nft table (TAG_nat), or the iptables table it stands for
+        table = nft.tables_for(lab.names.tag)[rule.table].name if rule.table in nft.BUILTIN_CHAINS else rule.table
+        return f"nft_del ip {_q(table)} {_q(rule.chain)} {_q(text)}\n"
     return "iptables-legacy -w " + " ".join(a if a == "!" else _q(a) for a in rule.argv("-D")) + "\n"
 
 

@@ -175,6 +175,17 @@ def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
     assert nftrace.parse(b"\x10\x00\x00\x00\x03\x00\x00\x00" + bytes(8)) == [], "other messages are skipped"
 
 
+def test_a_nat_chain_whose_rules_did_not_match_says_so() -> None:
+    """A DNAT that does not match (bound to another address or interface) gives no verdict: the trace shows the nat chain's policy, named as such."""
+    listing = nftrace.Listing.parse("table ip nc1_nat { # handle 1\n\tchain PREROUTING { # handle 3\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+                                    "\t\tip daddr 203.0.113.99 tcp dport 5000 counter packets 0 bytes 0 dnat to 172.18.0.10:5000 # handle 7\n\t}\n"
+                                    "\tchain FORWARD { # handle 4\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n")
+    assert listing.types == {("ip", "nc1_nat", "PREROUTING"): "nat", ("ip", "nc1_nat", "FORWARD"): "filter"}
+    nat = nftrace.TraceEvent(1, "ip", "nc1_nat", "PREROUTING", "policy", None, "accept", protocol=6, src="203.0.113.1", dst="203.0.113.2")
+    assert nftrace.render(nat, listing) == "ip nc1_nat PREROUTING: no nat rule matched; chain policy accept (no rule decided) (203.0.113.1 > 203.0.113.2)"
+    assert nftrace.render(replace(nat, chain="FORWARD", verdict="drop"), listing).startswith("ip nc1_nat FORWARD: chain policy drop (no rule decided)")
+
+
 def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
     events = nftrace.parse((DATA / "nftrace.bin").read_bytes())
     trace = nftrace.NftTrace(None, "nc_trace")  # type: ignore[arg-type]
