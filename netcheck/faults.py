@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from netcheck import resolvconf
 from netcheck.kernel import nft
 from netcheck.kernel.netns import Netns, VethSpec
-from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
 from netcheck.ledger import LinkEntry, NftTableEntry, SysctlEntry
 
 if TYPE_CHECKING:
@@ -576,7 +576,7 @@ def _own_table(lab: Lab, suffix: str, family: str = "inet") -> nft.NftTable:
 def _sh_delete(lab: Lab, rule: XRule, text: str) -> str:
     """The shell line that deletes one of the lab's rules where the builder wrote it."""
     if _native(lab):  # the rule as the lab holds it names its own nft table (TAG_nat), or the iptables table it stands for
-        table = nft.tables_for(lab.names.tag)[rule.table].name if rule.table in nft.BUILTIN_CHAINS else rule.table
+        table = nft.tables_for(lab.names.tag)[rule.table].name if rule.table in BUILTIN_CHAINS else rule.table
         return f"nft_del ip {_q(table)} {_q(rule.chain)} {_q(text)}\n"
     return "iptables-legacy -w " + " ".join(a if a == "!" else _q(a) for a in rule.argv("-D")) + "\n"
 
