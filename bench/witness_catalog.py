@@ -98,7 +98,7 @@ def catalog(only: set[str] | None) -> list[tuple[str, str, bool, str | None, str
         if f.edits_rules:
             runs.append((name, f"{f.topology}-nft", True, f.kernel, f.cause, f.suite_test))
         if f.script is not None:
-            runs.append((name + SCRIPTED, f.topology, True, f.kernel, f.cause, f.suite_test))
+            runs.append((name + SCRIPTED, f.topology, f.edits_rules, f.kernel, f.cause, f.suite_test))  # a script that writes no rule (ip, sysctl) is on no rule set
             if f.edits_rules:
                 runs.append((name + SCRIPTED, f"{f.topology}-nft", True, f.kernel, f.cause, f.suite_test))
     return runs
@@ -110,7 +110,7 @@ def summary(outcomes: list[Outcome]) -> str:
     legacy = [o for o in outcomes if o.nft and o.top is not None and not o.nft_steps and o.legacy_path]
     nft = [o for o in outcomes if o.nft and o.top is not None and o not in legacy]
     nft_shown = [o for o in nft if o.nft_steps]
-    nat_miss = [o for o in nft_shown if any(NAT_MISS in st for st in o.nft_steps)]
+    nat_miss = [o for o in nft_shown if all(NAT_MISS in st for st in o.nft_steps)]
     unreached = [o for o in nft if not o.nft_steps and any("reached the host" in n for n in o.nft_notes)]
     unexplained = [o for o in nft if not o.nft_steps and o not in unreached]
     nft_dropping = [o for o in nft if o.kernel_expected == "NETFILTER_DROP"]
@@ -125,15 +125,16 @@ def summary(outcomes: list[Outcome]) -> str:
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in kernel if o not in kernel_shown)})" if len(kernel_shown) < len(kernel) else ""),
         f"faults on an nft or iptables-nft rule set whose diagnosis shows the exact rule and verdict (nft trace): {len(nft_shown)}/{len(nft)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft if o not in nft_shown)})" if len(nft_shown) < len(nft) else ""),
-        f"  of which a nat chain's rules did not match, its policy shown (\"{NAT_MISS}; chain policy accept\"): {len(nat_miss)}"
+        f"  of which the only verdicts are nat chains' policies (a DNAT or MASQUERADE that does not match: \"{NAT_MISS}; chain policy accept\"): {len(nat_miss)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in nat_miss)})" if nat_miss else ""),
         f"  without a trace because none of the probe's packets reached the host's hooks (the diagnosis says so): {len(unreached)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unreached)})" if unreached else ""),
         f"  without a trace and unexplained: {len(unexplained)}" + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unexplained)})" if unexplained else ""),
-        f"runs counted apart, their probe's path on iptables-legacy rules only (a script that edits a legacy build's rules where they are; the diagnosis says so): {len(legacy)}"
-        + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in legacy)})" if legacy else ""),
         f"  of which NETFILTER_DROP faults whose trace shows the dropping rule or policy: {len(nft_drop_shown)}/{len(nft_dropping)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft_dropping if o not in nft_drop_shown)})" if len(nft_drop_shown) < len(nft_dropping) else ""),
+        f"runs counted apart, their probe's path on iptables-legacy rules only (a script that edits a legacy build's rules with iptables-legacy, where the builder wrote them; "
+        f"the diagnosis says so): {len(legacy)}"
+        + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in legacy)})" if legacy else ""),
         f"the model and the kernel disagree (both shown): {len(model)}/{len(diagnosed)}" + "".join(f"\n    {o.fault}@{o.topology}: {d}" for o in model for d in o.disagreements if "the model" in d),
         f"the rules' first cause and the kernel disagree: {len(rules)}/{len(diagnosed)}",
         f"top cause other than the catalog's: {len(wrong)}/{len(diagnosed)}" + "".join(f"\n    {o.fault}@{o.topology}: [{o.top}], expected [{o.expected}]" for o in wrong),
