@@ -4,12 +4,16 @@
 
 Each fault of ``netcheck.faults.FAULTS`` runs its suite test in a pytest of its own (as
 tests/test_diagnosis.py does), on its built-in and, for a fault that touches rules, on the built-in's
-``-nft`` build; a fault with an outside script also runs as ``NAME:script`` (its rules written with
-iptables-nft or nft). From the failure message it counts:
+``-nft`` build; a fault with an outside script also runs as ``NAME:script``, on both builds where it
+touches rules (a script writes with iptables-nft or nft, or edits the lab's rules where the builder wrote
+them: iptables-legacy on the first build, the lab's nft tables on the ``-nft`` one). From the failure message it counts:
 
 * faults where the kernel drops the probe (``Fault.kernel``): the diagnosis shows the kernel's reason and location;
 * faults on an nft or iptables-nft rule set (a ``-nft`` build, or a script): the diagnosis shows the exact
-  rule and verdict from the nftables trace (and, where the kernel's drop is NETFILTER_DROP, the drop itself);
+  rule and verdict from the nftables trace (and, where the kernel's drop is NETFILTER_DROP, the drop itself).
+  A run whose trace met no nf_tables chain but netcheck's own (the diagnosis says "iptables-legacy rules leave
+  no trace") was on a legacy rule set after all: it is counted apart, not as a miss. A nat chain whose rules
+  did not match shows its policy only ("no nat rule matched; chain policy accept"): a verdict, counted as shown;
 * how often the datapath model and the kernel disagree (the report shows both), and the rules and the kernel;
 * faults whose top cause is not the catalog's (tests/test_diagnosis.py asserts it; a suite test that asserts on state has no diagnosis).
 """
@@ -37,6 +41,8 @@ NFT_HEAD = "nft trace (the rules and verdicts the repeated probe's packets met i
 NFT_LINE = re.compile(r"^E?\s+host: (?P<step>.+?(?: -> (?P<verdict>\w+)|chain policy (?P<policy>\w+) \(no rule decided\)).*)$", re.M)
 DISAGREE = re.compile(r"^E?\s*model and kernel disagree: (?P<text>.+)$", re.M)
 NFT_NOTE = re.compile(r"^E?\s*note: (?P<text>(?:no )?nft trace[^\n]*)$", re.M)
+LEGACY_ONLY = "iptables-legacy rules leave no trace"  # the diagnosis' note when no nf_tables chain but the trace table saw the packets
+NAT_MISS = "no nat rule matched"
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Outcome:
     nft_drop: bool = False  # a step with a drop verdict (a rule's or a policy's)
     disagreements: list[str] = field(default_factory=list)
     nft_notes: list[str] = field(default_factory=list)  # why there is no trace (the packets never reached the host's hooks, legacy rules only, ...)
+    legacy_path: bool = False  # the trace met no nf_tables chain but netcheck's own: the rules on the probe's path are iptables-legacy
     failed_as_expected: bool = False
     seconds: float = 0.0
 
@@ -76,31 +83,36 @@ def run(fault: str, topology: str, nft: bool, kernel: str | None, expected: str,
     o.nft_drop = any("drop" in (s.group("verdict") or "", s.group("policy") or "") for s in steps)
     o.disagreements = [d.group("text") for d in DISAGREE.finditer(out)]
     o.nft_notes = [n.group("text") for n in NFT_NOTE.finditer(out)]
+    o.legacy_path = any(LEGACY_ONLY in n for n in o.nft_notes)
     return o
 
 
 def catalog(only: set[str] | None) -> list[tuple[str, str, bool, str | None, str, str]]:
     from netcheck.faults import FAULTS, SCRIPTED
-    from tests.test_diagnosis import NOT_RULES
 
     runs = []
     for name, f in sorted(FAULTS.items()):
         if only and name not in only:
             continue
         runs.append((name, f.topology, False, f.kernel, f.cause, f.suite_test))
-        if name not in NOT_RULES:
+        if f.edits_rules:
             runs.append((name, f"{f.topology}-nft", True, f.kernel, f.cause, f.suite_test))
         if f.script is not None:
-            runs.append((name + SCRIPTED, f.topology, True, f.kernel, f.cause, f.suite_test))
+            runs.append((name + SCRIPTED, f.topology, f.edits_rules, f.kernel, f.cause, f.suite_test))  # a script that writes no rule (ip, sysctl) is on no rule set
+            if f.edits_rules:
+                runs.append((name + SCRIPTED, f"{f.topology}-nft", True, f.kernel, f.cause, f.suite_test))
     return runs
 
 
 def summary(outcomes: list[Outcome]) -> str:
     kernel = [o for o in outcomes if o.kernel_expected]
     kernel_shown = [o for o in kernel if any(r == o.kernel_expected and loc for r, loc in o.kernel)]
-    nft = [o for o in outcomes if o.nft and o.top is not None]
+    legacy = [o for o in outcomes if o.nft and o.top is not None and not o.nft_steps and o.legacy_path]
+    nft = [o for o in outcomes if o.nft and o.top is not None and o not in legacy]
     nft_shown = [o for o in nft if o.nft_steps]
+    nat_miss = [o for o in nft_shown if all(NAT_MISS in st for st in o.nft_steps)]
     unreached = [o for o in nft if not o.nft_steps and any("reached the host" in n for n in o.nft_notes)]
+    unexplained = [o for o in nft if not o.nft_steps and o not in unreached]
     nft_dropping = [o for o in nft if o.kernel_expected == "NETFILTER_DROP"]
     nft_drop_shown = [o for o in nft_dropping if o.nft_drop]
     diagnosed = [o for o in outcomes if o.top is not None]
@@ -113,10 +125,16 @@ def summary(outcomes: list[Outcome]) -> str:
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in kernel if o not in kernel_shown)})" if len(kernel_shown) < len(kernel) else ""),
         f"faults on an nft or iptables-nft rule set whose diagnosis shows the exact rule and verdict (nft trace): {len(nft_shown)}/{len(nft)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft if o not in nft_shown)})" if len(nft_shown) < len(nft) else ""),
+        f"  of which the only verdicts are nat chains' policies (a DNAT or MASQUERADE that does not match: \"{NAT_MISS}; chain policy accept\"): {len(nat_miss)}"
+        + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in nat_miss)})" if nat_miss else ""),
         f"  without a trace because none of the probe's packets reached the host's hooks (the diagnosis says so): {len(unreached)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unreached)})" if unreached else ""),
+        f"  without a trace and unexplained: {len(unexplained)}" + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unexplained)})" if unexplained else ""),
         f"  of which NETFILTER_DROP faults whose trace shows the dropping rule or policy: {len(nft_drop_shown)}/{len(nft_dropping)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft_dropping if o not in nft_drop_shown)})" if len(nft_drop_shown) < len(nft_dropping) else ""),
+        f"runs counted apart, their probe's path on iptables-legacy rules only (a script that edits a legacy build's rules with iptables-legacy, where the builder wrote them; "
+        f"the diagnosis says so): {len(legacy)}"
+        + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in legacy)})" if legacy else ""),
         f"the model and the kernel disagree (both shown): {len(model)}/{len(diagnosed)}" + "".join(f"\n    {o.fault}@{o.topology}: {d}" for o in model for d in o.disagreements if "the model" in d),
         f"the rules' first cause and the kernel disagree: {len(rules)}/{len(diagnosed)}",
         f"top cause other than the catalog's: {len(wrong)}/{len(diagnosed)}" + "".join(f"\n    {o.fault}@{o.topology}: [{o.top}], expected [{o.expected}]" for o in wrong),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from netcheck import resolvconf
 from netcheck.kernel import nft
 from netcheck.kernel.netns import Netns, VethSpec
-from netcheck.kernel.xtables import XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
+from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule, apply_rules, delete_rules, nft_chains, read_nft, set_policy
 from netcheck.ledger import LinkEntry, NftTableEntry, SysctlEntry
 
 if TYPE_CHECKING:
@@ -575,8 +575,9 @@ def _own_table(lab: Lab, suffix: str, family: str = "inet") -> nft.NftTable:
 
 def _sh_delete(lab: Lab, rule: XRule, text: str) -> str:
     """The shell line that deletes one of the lab's rules where the builder wrote it."""
-    if _native(lab):
-        return f"nft_del ip {_q(nft.tables_for(lab.names.tag)[rule.table].name)} {_q(rule.chain)} {_q(text)}\n"
+    if _native(lab):  # the rule as the lab holds it names its own nft table (TAG_nat), or the iptables table it stands for
+        table = nft.tables_for(lab.names.tag)[rule.table].name if rule.table in BUILTIN_CHAINS else rule.table
+        return f"nft_del ip {_q(table)} {_q(rule.chain)} {_q(text)}\n"
     return "iptables-legacy -w " + " ".join(a if a == "!" else _q(a) for a in rule.argv("-D")) + "\n"
 
 
@@ -727,6 +728,25 @@ def container_prohibit_route(lab: Lab) -> None:
 
 def container_prohibit_route_sh(lab: Lab) -> str:
     return f"ip -n {_q(lab.container_ns(_first(lab)).name)} route add prohibit {lab.topology.wan.remote[0]}\n"
+
+
+OUTSIDE6 = "2001:db8::/32"  # the outside world's IPv6 range (the documentation prefix)
+POLICY6_PRIORITY = 1000
+
+
+def ipv6_policy_prohibit(lab: Lab) -> None:
+    """An ``ip -6 rule`` meant for another network (a VPN's, a multi-homing script's) prohibits routing what comes
+    from the outside world's 2001:db8::/32: the host's own address stays reachable (the local table comes first),
+    but the replies to the containers are refused (ICMPv6 administratively prohibited)."""
+    _v6(lab)
+    done = lab.host.run(["ip", "-6", "rule", "add", "from", OUTSIDE6, "prohibit", "priority", str(POLICY6_PRIORITY)], timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip -6 rule add from {OUTSIDE6} prohibit: {done.stderr.decode(errors='replace').strip()}")
+
+
+def ipv6_policy_prohibit_sh(lab: Lab) -> str:
+    _v6(lab)
+    return f"ip -6 rule add from {OUTSIDE6} prohibit priority {POLICY6_PRIORITY}\n"
 
 
 def split_backend_drop(lab: Lab) -> None:
@@ -927,6 +947,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "udp single bind=uplink from outside: [2001:db8:1::2]:8053", "dnat_missing", ipv6_udp_dnat_removed),
     Fault("ipv6-dnat-to-localhost", "the IPv6 DNAT of a published port goes to [::1]", "seed1-dual", DNAT_OUTSIDE, "2001:db8:1::2", "dnat_to_loopback_six",
           ipv6_dnat_to_localhost),
+    Fault("ipv6-policy-prohibit", "an ip -6 rule prohibits routing from 2001:db8::/32: the replies to the containers are refused", "seed1-dual", FORWARD_OUT,
+          "2001:db8:2::1", "blackhole_route", ipv6_policy_prohibit, kernel="IP_INNOROUTES", script=ipv6_policy_prohibit_sh, edits_rules=False),
     # Faults real hosts have (each also as NAME:script, written by an outside script with iptables-nft, nft, ip and sysctl)
     Fault("daemon-chain-drop", "another daemon's chain (a DOCKER-USER), jumped from FORWARD, drops the containers' way out", "seed1", FORWARD_OUT, "198.51.100.1",
           "forward_drop", daemon_chain_drop, kernel="NETFILTER_DROP", script=daemon_chain_drop_sh),

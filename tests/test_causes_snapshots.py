@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from ipaddress import IPv4Interface, IPv4Network, ip_address
+from ipaddress import IPv4Interface, IPv4Network, IPv6Network, ip_address
 
 import pytest
 
@@ -104,6 +104,22 @@ def test_blackhole_route_in_the_host_or_the_sender() -> None:
     assert found and found[0].cause == "blackhole_route" and found[0].where == "netns0", [(f.cause, f.summary) for f in found]
     wider = RouteEntry(IPv4Network("198.0.0.0/8"), None, None, kind="unreachable")  # a less specific hole under a unicast route decides nothing
     assert "blackhole_route" not in causes(evidence(host, netns0(routes=(wider, RouteEntry(IPv4Network("198.51.100.0/24"), None, "ceth0")))))
+
+
+def test_a_policy_rule_that_prohibits_the_flow_is_named_by_its_text() -> None:
+    """``ip rule add from 172.18.0.0/16 to 198.51.100.0/24 prohibit`` in the host: its routes are fine, the rule decides (the datapath model's walk)."""
+    from netcheck.datapath.values import DEFAULT_RULES
+    from netcheck.kernel.netns import IpRule
+
+    host = host_state()
+    rule = IpRule(100, "prohibit", src=IPv4Network("172.18.0.0/16"), dst=IPv4Network("198.51.100.0/24"))
+    found = [f for f in R.evaluate(evidence(replace(host, ip_rules=(*DEFAULT_RULES, rule)), netns0())) if f.cause == "blackhole_route"]
+    assert found and found[0].where == "host" and "`ip rule 100: from 172.18.0.0/16 to 198.51.100.0/24 prohibit`" in found[0].summary, [(f.cause, f.summary) for f in found]
+    assert found[0].fix.endswith("ip rule del priority 100"), found[0].fix
+    other = replace(rule, src=IPv4Network("10.0.0.0/8"))
+    assert "blackhole_route" not in causes(evidence(replace(host, ip_rules=(*DEFAULT_RULES, other)), netns0())), "a rule for other sources decides nothing"
+    six = replace(rule, src=None, dst=IPv6Network("2001:db8::/32"), family=6)
+    assert "blackhole_route" not in causes(evidence(replace(host, ip_rules=(*DEFAULT_RULES, six)), netns0())), "an ip -6 rule never routes IPv4"
 
 
 def test_forwarding_off_on_the_interface_the_flow_enters_by() -> None:

@@ -74,6 +74,27 @@ def test_the_recorded_dual_stack_lab_is_traced_over_ipv6() -> None:
     assert trace(recorded("ip6tables-drop"), Flow("netns0", "198.51.100.1", "icmp")).delivered, "an ip6tables rule does not explain an IPv4 failure"
 
 
+def test_the_recorded_dual_stack_lab_reads_ipv6_listeners_and_policy_rules() -> None:
+    """IPv6's listening sockets and ``ip -6 rule`` are in the observed state: a published port is delivered over IPv6 to
+    its listener, and a prohibit rule for the outside world's sources decides the reply, its text named."""
+    t = trace(recorded("healthy-dual"), Flow("wan", "2001:db8:1::2", "tcp", 5000))
+    assert t.delivered and t.target == "netns0" and any(s.stage == "listener" and "[::]:5000" in s.text for s in t.steps), shown(t)
+    netns0 = recorded("healthy-dual").ns("netns0")
+    assert netns0 is not None and 6 in netns0.listening_known and any(r.family == 6 for r in netns0.rules)
+    t = trace(recorded("policy6-prohibit"), Flow("netns0", "2001:db8:2::1", "icmp"))
+    assert t.disposition == "prohibited" and t.decided is not None and t.decided.direction == "reply", shown(t)
+    assert t.decided.by == "ip -6 rule 1000: from 2001:db8::/32 prohibit" and "prohibit policy rule" in t.decided.text, shown(t)
+    assert trace(recorded("policy6-prohibit"), Flow("netns0", "198.51.100.1", "icmp")).delivered, "an ip -6 rule never routes IPv4"
+
+
+def test_an_ipv6_wildcard_socket_read_from_proc_takes_no_ipv4() -> None:
+    from netcheck.datapath.values import Listener
+
+    assert Listener("tcp", "::", 80).takes("tcp", "10.0.0.1", 80), "a dual-stack socket (the model's plan) takes IPv4 too"
+    assert not Listener("tcp", "::", 80, v6only=True).takes("tcp", "10.0.0.1", 80) and Listener("tcp", "::", 80, v6only=True).takes("tcp", "fd00::1", 80)
+    assert not Listener("tcp", "0.0.0.0", 80).takes("tcp", "fd00::1", 80)
+
+
 def test_the_recorded_notrack_names_the_dnat_it_skipped() -> None:
     t = trace(recorded("notrack-dnat"), Flow("wan", "203.0.113.2", "tcp", 5000))
     skipped = [s for s in t.causes() if "DNAT not applied" in s.text]

@@ -145,14 +145,29 @@ def dual() -> Iterator[Lab]:
 
 
 def test_the_dual_stack_lab_is_traced_over_ipv6(dual: Lab) -> None:
-    """The observed state holds IPv6's addresses and routes: echoes out and between containers are delivered; a TCP flow reaches
-    its container, whose IPv6 sockets the snapshot does not read (so the listener is unknown, never a guessed "no listener")."""
+    """The observed state holds IPv6's addresses, routes, policy rules and listening sockets: echoes out and between
+    containers are delivered, and so is a TCP flow to a published port, at its container's IPv6 listener."""
     for flow in (Flow("netns0", "2001:db8:2::1", "icmp"), Flow("netns0", "fd00:18::20", "icmp"), Flow("wan", "2001:db8:1::2", "icmp")):
         t = trace_of(dual, flow, "healthy-dual" if flow.source == "netns0" and flow.dst.startswith("2001") else None)
         assert t.delivered, "\n".join(t.lines())
     t = trace_of(dual, Flow("wan", "2001:db8:1::2", "tcp", 5000))
-    assert t.disposition == "unknown" and t.target == "netns0" and "on IPv6" in t.reason, "\n".join(t.lines())
+    assert t.delivered and t.target == "netns0", "\n".join(t.lines())
     assert any("DNAT" in s.text and "[fd00:18::10]:5000" in s.text for s in t.steps), "\n".join(t.lines())
+    assert any(s.stage == "listener" and "[::]:5000" in s.text for s in t.steps), "\n".join(t.lines())
+    t = trace_of(dual, Flow("wan", "2001:db8:1::2", "tcp", 5999))
+    assert t.disposition == "no-listener", "an unpublished port: nothing listens on the host's IPv6 address\n" + "\n".join(t.lines())
+
+
+def test_an_ipv6_policy_rule_decides_the_flow_by_its_text(dual: Lab, undo6: list[Sequence[str]]) -> None:
+    """``ip -6 rule add from 2001:db8::/32 prohibit``: the replies to a container's echo are refused where the host
+    routes them, by that rule (its text named); the containers' own traffic and IPv4 are untouched."""
+    sh(dual, "ip", "-6", "rule", "add", "from", "2001:db8::/32", "prohibit", "priority", "1000")
+    undo6.append(["ip", "-6", "rule", "del", "priority", "1000"])
+    t = trace_of(dual, Flow("netns0", "2001:db8:2::1", "icmp"), "policy6-prohibit")
+    assert t.disposition == "prohibited" and t.decided is not None and t.decided.where == "host" and t.decided.direction == "reply", "\n".join(t.lines())
+    assert t.decided.by == "ip -6 rule 1000: from 2001:db8::/32 prohibit", t.decided
+    assert trace_of(dual, Flow("netns0", "fd00:18::20", "icmp")).delivered, "the rule selects the outside world's sources only"
+    assert trace_of(dual, Flow("netns0", "198.51.100.1", "icmp")).delivered, "an ip -6 rule never routes IPv4"
 
 
 def test_an_ip6tables_drop_is_named_and_leaves_ipv4_alone(dual: Lab, undo6: list[Sequence[str]]) -> None:

@@ -44,6 +44,18 @@ def test_an_event_line_with_ports_becomes_a_value() -> None:
     assert icmp is not None and (icmp.sport, icmp.dport, icmp.icmp_type, icmp.device) == (4920, None, 8, "-")
 
 
+def test_an_ipv6_event_line_with_ports_or_an_echo_id_becomes_a_value() -> None:
+    tcp = parse_event("D 5 4026532530 12 ncab12b0 nf_hook_slow+0x4a/0x5c 6 fd00:18::10 2001:db8:2::1 40411 7 6125", NAMES)
+    assert tcp is not None and (tcp.sport, tcp.dport, tcp.icmp_type) == (40411, 7, None)
+    assert tcp.describe() == "kernel drop: NETFILTER_DROP at nf_hook_slow on ncab12b0 ([fd00:18::10]:40411 > [2001:db8:2::1]:7)"
+    echo = parse_event("D 5 4026532530 12 ncab12b0 nf_hook_slow 58 fd00:18::10 2001:db8:2::1 32768 59921 4920", NAMES)
+    assert echo is not None and (echo.sport, echo.dport, echo.icmp_type) == (4920, None, 128), "an ICMPv6 echo request (type 128), its id"
+    assert echo.describe() == "kernel drop: NETFILTER_DROP at nf_hook_slow on ncab12b0 (fd00:18::10 > 2001:db8:2::1)"
+    assert PacketKey(58, frozenset({"fd00:18::10"}), 4920).matches(echo) and not PacketKey(58, frozenset({"fd00:18::10"}), 4921).matches(echo)
+    assert not PacketKey(1, frozenset({"fd00:18::10"}), 4920).matches(echo), "ICMPv6 is not ICMP"
+    assert not decisive(replace(echo, reason="NO_SOCKET", location="icmpv6_rcv")), "an echo reply no ping socket took"
+
+
 def test_a_packet_key_matches_its_probe_both_ways_and_through_nat_only() -> None:
     key = PacketKey(6, frozenset({"172.18.0.20", "203.0.113.2"}), 40000)
     request = KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 6, "172.18.0.20", "172.18.0.10", 40000, 5000)  # DNATed: the source still names it
@@ -161,6 +173,17 @@ def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
     policy_drop = next(e for e in events if e.kind == "policy" and e.verdict == "drop")
     assert nftrace.render(policy_drop, listing) == "ip g o: chain policy drop (no rule decided)"
     assert nftrace.parse(b"\x10\x00\x00\x00\x03\x00\x00\x00" + bytes(8)) == [], "other messages are skipped"
+
+
+def test_a_nat_chain_whose_rules_did_not_match_says_so() -> None:
+    """A DNAT that does not match (bound to another address or interface) gives no verdict: the trace shows the nat chain's policy, named as such."""
+    listing = nftrace.Listing.parse("table ip nc1_nat { # handle 1\n\tchain PREROUTING { # handle 3\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+                                    "\t\tip daddr 203.0.113.99 tcp dport 5000 counter packets 0 bytes 0 dnat to 172.18.0.10:5000 # handle 7\n\t}\n"
+                                    "\tchain FORWARD { # handle 4\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n")
+    assert listing.types == {("ip", "nc1_nat", "PREROUTING"): "nat", ("ip", "nc1_nat", "FORWARD"): "filter"}
+    nat = nftrace.TraceEvent(1, "ip", "nc1_nat", "PREROUTING", "policy", None, "accept", protocol=6, src="203.0.113.1", dst="203.0.113.2")
+    assert nftrace.render(nat, listing) == "ip nc1_nat PREROUTING: no nat rule matched; chain policy accept (no rule decided) (203.0.113.1 > 203.0.113.2)"
+    assert nftrace.render(replace(nat, chain="FORWARD", verdict="drop"), listing).startswith("ip nc1_nat FORWARD: chain policy drop (no rule decided)")
 
 
 def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
@@ -309,6 +332,56 @@ def test_a_negative_is_proven_by_the_kernels_drop(kind: str) -> None:
         lab.witness = None  # without a witness, the same negative is proven by its timeout alone
         r = Prober(lab).send(ProbeRequest(kind, "netns0", ip_address("172.18.0.20"), port, expect="block", timeout=0.2))  # type: ignore[arg-type]
         assert r.passed and r.kernel_drop is None and (r.blocked_by() or "").startswith("blocked: no answer within 0.2s"), r.blocked_by()
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+def test_an_ipv6_negative_is_proven_by_the_kernels_drop() -> None:
+    """ICMPv6, TCP and UDP over IPv6, blocked by an ip6tables FORWARD DROP: each ends at the kernel's drop of its own packet."""
+    from netcheck.factory import LabFactory
+    from netcheck.probes import Prober
+
+    with LabFactory(reap=False) as labs:
+        lab = _lab_with(labs, "seed1-dual", "ip6tables-forward-drop")
+        for kind, port in (("icmp", None), ("tcp", 7), ("udp", 7)):
+            r = Prober(lab).send(ProbeRequest(kind, "netns0", ip_address("2001:db8:2::1"), port, expect="block", timeout=5.0))  # type: ignore[arg-type]
+            assert r.passed and r.kernel_drop is not None, f"{kind}: {r.error}"
+            assert r.kernel_drop.reason == "NETFILTER_DROP" and r.kernel_drop.netns == "host" and "2001:db8:2::1" in r.kernel_drop.packet, r.kernel_drop
+            assert r.error is not None and r.error.startswith("the kernel dropped it: NETFILTER_DROP at ") and "no answer within" not in r.error, r.error
+            assert (r.blocked_by() or "").startswith("blocked: kernel drop NETFILTER_DROP at "), r.blocked_by()
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("watched")
+def test_two_runs_at_once_each_report_only_their_own_ipv6_kernel_events() -> None:
+    """The IPv6 twin of the test below: two runs, the same dual-stack topology, the same ICMPv6 probe (the same addresses
+    and, both starting afresh, maybe the same echo id), two faults: each sees only its own drop."""
+    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.factory import LabFactory
+
+    with LabFactory(reap=False) as run_a, LabFactory(reap=False) as run_b:
+        a = _lab_with(run_a, "seed1-dual", "ip6tables-forward-drop")  # NETFILTER_DROP in the host, on the way out
+        b = _lab_with(run_b, "seed1-dual", "ipv6-policy-prohibit")  # IP_INNOROUTES in the host, on the way back
+        results: dict[str, ProbeResult] = {}
+        start = time_ns()
+
+        def probe(name: str, lab: object) -> None:
+            results[name] = DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("2001:db8:2::1")))  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=probe, args=(n, lab)) for n, lab in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        da, db = results["a"].diagnosis, results["b"].diagnosis
+        assert da is not None and db is not None
+        assert {k.reason for k in da.kernel} == {"NETFILTER_DROP"}, da.render()
+        assert {k.reason for k in db.kernel} == {"IP_INNOROUTES"}, db.render()
+        assert da.findings[0].cause == "forward_drop" and db.findings[0].cause == "blackhole_route", (da.render(), db.render())
+        assert a.witness is not None and b.witness is not None
+        both = Witness(a.witness.watch, {**a.witness.labels, **b.witness.labels})
+        seen = {d.reason for d in both.drops(PacketKey(58, frozenset({"fd00:18::10", "2001:db8:2::1"})), since_ns=start)}
+        assert {"NETFILTER_DROP", "IP_INNOROUTES"} <= seen, "the test could not fail: one watch did not see both runs' drops"
 
 
 @pytest.mark.root

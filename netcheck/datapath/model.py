@@ -127,7 +127,7 @@ class _Walk:
     def lookup(self, ns: Namespace, dst: str, src: str | None, iif: str | None, stage: str = "route") -> tuple[Route, IpRule]:
         """The route for dst (policy rules, then the tables); ends the walk where there is none."""
         ip = ip_address(dst)
-        rules = ns.rules if ip.version == 4 else DEFAULT_RULES  # the state holds IPv4's policy rules (ip rule); IPv6's are taken as the defaults
+        rules = [r for r in ns.rules if r.family == ip.version] or DEFAULT_RULES  # the family's policy rules (ip rule, ip -6 rule); none read: the defaults
         for rule in sorted(rules, key=lambda r: r.priority):
             hit = _rule_matches(rule, src, dst, iif, marked=ns.label in self.marked)
             if hit is None:
@@ -167,8 +167,8 @@ class _Walk:
         by = route.render() + ("" if default_rule else f" (policy rule: {_render_rule(rule)})")
         if route.kind in ("blackhole", "prohibit", "unreachable"):
             disposition = {"blackhole": "null-routed", "prohibit": "prohibited", "unreachable": "unreachable"}[route.kind]
-            what = {"blackhole": "dropped silently by a blackhole route", "prohibit": "refused by a prohibit route (ICMP administratively prohibited)",
-                    "unreachable": "refused by an unreachable route (ICMP host unreachable)"}[route.kind]
+            what = {"blackhole": "dropped silently by a blackhole {}", "prohibit": "refused by a prohibit {} (ICMP administratively prohibited)",
+                    "unreachable": "refused by an unreachable {} (ICMP host unreachable)"}[route.kind].format("policy rule" if route.table == -1 else "route")
             raise self.end(ns.label, stage, disposition, f"{pkt.dst}: {what}", by if route.table != -1 else _render_rule(rule))
         nexthop = str(route.via) if route.via else pkt.dst
         self.step(ns.label, stage, f"{pkt.dst} " + ("is local" if route.kind == "local" else f"via {nexthop} dev {route.dev}" if route.via else f"dev {route.dev}"), by)
@@ -580,7 +580,7 @@ def _render_rule(rule: IpRule) -> str:
     parts += [f"from {rule.src or 'all'}"] + ([f"to {rule.dst}"] if rule.dst else []) + ([f"iif {rule.iif}"] if rule.iif else []) + ([f"oif {rule.oif}"] if rule.oif else [])
     parts += list(rule.unmodelled)
     parts.append(f"lookup {rule.table}" if rule.action == "lookup" else rule.action)
-    return "ip rule " + " ".join(parts)
+    return ("ip -6 rule " if rule.family == 6 else "ip rule ") + " ".join(parts)
 
 
 def _base_chains(ns: Namespace, hook: str, family: int = 4) -> list[tuple[int, str, XChain]]:

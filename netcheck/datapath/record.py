@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, fields
-from ipaddress import IPv4Network, ip_address, ip_interface, ip_network
+from ipaddress import ip_address, ip_interface, ip_network
 
 from netcheck.datapath.firewall import Ruleset
 from netcheck.datapath.values import Iface, Listener, Namespace, Port, Route, State
@@ -69,7 +69,7 @@ def _from_ns(n: JSONObject) -> Namespace:
                          (i["peer"][0], i["peer"][1]) if i["peer"] else None, i["nf_call_iptables"]) for i in n["ifaces"])
     routes = tuple(Route(ip_network(r["dst"]), r["dev"], ip_address(r["via"]) if r["via"] else None, r["kind"], r["table"], r["metric"],
                          ip_address(r["src"]) if r["src"] else None) for r in n["routes"])
-    rules = tuple(IpRule(**{**r, "src": IPv4Network(r["src"]) if r["src"] else None, "dst": IPv4Network(r["dst"]) if r["dst"] else None,
+    rules = tuple(IpRule(**{**r, "src": ip_network(r["src"]) if r["src"] else None, "dst": ip_network(r["dst"]) if r["dst"] else None,
                             "unmodelled": tuple(r["unmodelled"])}) for r in n["rules"])
     listeners = tuple(Listener(**x) for x in n["listeners"]) if n["listeners"] is not None else None
     ruleset = _from_ruleset(n["ruleset"]) if n["ruleset"] is not None else None

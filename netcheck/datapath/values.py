@@ -81,12 +81,14 @@ class Route:
 @dataclass(frozen=True)
 class Listener:
     proto: str  # tcp, udp, sctp
-    address: str  # 0.0.0.0: any IPv4 address; "::": any address (a dual-stack socket)
+    address: str  # 0.0.0.0: any IPv4 address; "::": any address (a dual-stack socket), IPv6's only if ``v6only``
     port: int
+    v6only: bool = False  # an IPv6 socket that takes no IPv4 (IPV6_V6ONLY; the kernel's /proc does not say, so a socket read there is taken as such)
 
     def takes(self, proto: str, dst: str, port: int | None) -> bool:
         """Does this socket accept a packet to dst:port of ``proto``?"""
-        return self.proto == proto and self.port == port and self.address in ("::", dst, *(("0.0.0.0",) if ":" not in dst else ()))
+        wildcards = ("::",) if ":" in dst else ("0.0.0.0", *(() if self.v6only else ("::",)))
+        return self.proto == proto and self.port == port and self.address in (dst, *wildcards)
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,9 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("arp_ignore", "the host answers no ARP on the containers' network (`arp_ignore = 8`), so their gateway never resolves",
           "`net.ipv4.conf.{all,IFACE}.arp_ignore` of the host interface that is the containers' gateway; the container's neighbour entry (FAILED)",
           fix="`Sysctl` `arp_ignore=0` where it is 8, and `DeleteNeighbour` of the container's FAILED entry so that ARP starts again at once", fixes=("Sysctl", "DeleteNeighbour")),
-    Cause("blackhole_route", "the most specific route to the destination is a `blackhole`, `unreachable` or `prohibit` route (in the sender or the host)",
-          "the routes of the sender and of the routing host against the flow's destination"),
+    Cause("blackhole_route", "the most specific route to the destination is a `blackhole`, `unreachable` or `prohibit` route (in the sender or the host), "
+          "or a policy rule (`ip rule`, `ip -6 rule`) with that action selects the flow or its reply",
+          "the routes of the sender and of the routing host against the flow's destination; for a policy rule, the datapath model's walk on the state read back (either family)"),
     Cause("no_listener", "nothing listens on the port in the container", "the container's listening sockets (`/proc/thread-self/net/tcp`); a RST in the trace"),
     Cause("mtu_mismatch", "the two ends of a veth (a container's, or the host's uplink) have different MTUs: big packets vanish where they arrive, and no fragmentation-needed comes back",
           "netlink: both ends' MTUs against the spec's (a container's `mtu`, else 1500); ranked first for a don't-fragment probe that was lost on that link",

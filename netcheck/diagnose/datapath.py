@@ -42,11 +42,11 @@ def observed(snap: Snapshot, peers: Mapping[tuple[str, str], tuple[str, str]] | 
         entries = (*(ns.all_routes or ns.routes), *ns.routes6)
         routes = tuple(Route(r.dst, r.interface, r.gateway, r.kind, r.table, r.metric, r.prefsrc) for r in entries
                        if all(x is None or x.version == r.dst.version for x in (r.gateway, r.prefsrc)))
-        listeners: tuple[Listener, ...] | None = tuple(Listener(s.proto, s.address, s.port) for s in ns.listening) if ns.routes or ns.listening else None
+        listeners: tuple[Listener, ...] | None = tuple(Listener(s.proto, s.address, s.port, ":" in s.address) for s in ns.listening) if ns.routes or ns.listening else None
         namespaces.append(Namespace(
             label, tuple(ifaces), routes, ns.ip_rules or DEFAULT_RULES, _sysctls(ns), listeners,
             snap.host.ruleset if host else None, _unread(snap.host.legacy_tables) if host else (),
-            (4,),  # the snapshot reads /proc/net/tcp and udp: IPv4's sockets (an IPv6 flow's listener is "unknown")
+            (4, 6) if ns.listening6 else (4,),  # IPv6's sockets are read where the namespace has IPv6 addresses (elsewhere an IPv6 flow's listener is "unknown")
         ))
     return State(tuple(namespaces), source="kernel")
 

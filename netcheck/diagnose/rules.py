@@ -12,6 +12,7 @@ trace or a counter confirms scores higher than one inferred from configuration a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network, ip_address
@@ -1279,6 +1280,27 @@ def blackhole_route(ev: Evidence) -> Iterator[Finding]:
         )
 
 
+_POLICY_RULE = re.compile(r"^(ip(?: -6)? rule) (\d+): ")
+
+
+def blocking_policy_rule(ev: Evidence) -> Iterator[Finding]:
+    """A policy rule (``ip rule``, ``ip -6 rule``) whose action is blackhole, prohibit or unreachable
+    selects the probe's request or its reply where it is routed: the datapath model's walk on the state
+    read back (either family) names the rule, the routes being no part of it."""
+    from netcheck.diagnose import datapath
+
+    t = datapath.probe_trace(ev)
+    step = t.decided if t is not None and t.disposition in ("null-routed", "prohibited", "unreachable") else None
+    m = _POLICY_RULE.match(step.by) if step is not None else None
+    if t is None or step is None or m is None:
+        return
+    yield Finding(
+        "blackhole_route", step.where, f"{step.where}: the policy rule `{step.by}` selects the probe's {'reply' if step.direction == 'reply' else 'packets'} "
+        f"({step.text}), so the kernel discards what it routes, whatever its routes say",
+        ev.run(step.where, f"{m.group(1)} del priority {m.group(2)}"), datapath.shown(t)[:1], score=94,
+    )
+
+
 # ============================================================================ services
 
 
@@ -1361,7 +1383,7 @@ RULES: tuple[Rule, ...] = (
     address_conflict, address_on_bridge_port, wrong_prefix, source_route, default_route_static, ip_forward_off, forward_drop,
     ipv6_forwarding_off, ipv6_disabled, dad_failed, dnat_to_loopback6,
     host_no_route, subnet_overlap, forwarding_off, rp_filter_strict, asymmetric_rp_filter, masquerade, dnat, stray_dnat, neigh_wrong, arp_ignore, blackhole_route,
-    route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
+    blocking_policy_rule, route_localnet_exposed, br_netfilter_off, no_listener, rules_split,
 )
 
 

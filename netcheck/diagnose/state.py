@@ -44,9 +44,10 @@ class NsState:
     sysctls: dict[str, str | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     dad_failed: tuple[tuple[str, str], ...] = ()  # (interface, IPv6 address) whose duplicate address detection failed
-    ip_rules: tuple[IpRule, ...] = ()  # policy routing; empty: not read
+    ip_rules: tuple[IpRule, ...] = ()  # policy routing (each of its family); empty: not read
     all_routes: tuple[RouteEntry, ...] = ()  # every table's routes but local's; empty: not read (``routes`` is main's)
     routes6: tuple[RouteEntry, ...] = ()  # IPv6's main table, read where the namespace has IPv6 addresses (for the datapath model)
+    listening6: bool = False  # ``listening`` holds IPv6's sockets too (and ``ip_rules`` IPv6's, family 6): read with routes6
 
     def link(self, name: str | None) -> Link | None:
         return next((x for x in self.links if x.name == name), None)
@@ -115,14 +116,16 @@ def read_ns(label: str, ns: Netns, *, full: bool, host: bool = False) -> NsState
 
 
 def _with_routes6(state: NsState, ns: Netns, *, full: bool) -> NsState:
-    """A full read of a namespace with IPv6 addresses gets IPv6's routes too (the datapath model traces IPv6 flows)."""
+    """A full read of a namespace with IPv6 addresses gets IPv6's routes, policy rules and listening sockets too (the datapath model traces IPv6 flows)."""
     if not full or not any(a.address.version == 6 for a in state.addresses):
         return state
     from dataclasses import replace
 
     errors: list[str] = list(state.errors)
     routes6 = tuple(_safe(errors, "IPv6 routes", lambda: ns.routes(socket.AF_INET6), []))
-    return replace(state, routes6=routes6, errors=tuple(errors))
+    rules6 = tuple(_safe(errors, "ip -6 rules", lambda: ns.ip_rules(socket.AF_INET6), []))
+    socks6 = tuple(_safe(errors, "IPv6 listening sockets", lambda: listening(ns, socket.AF_INET6), []))
+    return replace(state, routes6=routes6, ip_rules=state.ip_rules + rules6, listening=state.listening + socks6, errors=tuple(errors), listening6=True)
 
 
 def _read_ns(label: str, ns: Netns, *, full: bool, host: bool) -> NsState:

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 from netcheck.evidence import Finding, KernelEvent, ProbeResult
 from netcheck.kernel import nftrace
-from netcheck.kernel.dropwatch import ICMP, TCP, UDP, KernelDrop, PacketKey, Witness, decisive
+from netcheck.kernel.dropwatch import ICMP, ICMP6, TCP, UDP, KernelDrop, PacketKey, Witness, decisive
 from netcheck.kernel.nftrace import NftTrace, TraceEvent
 
 if TYPE_CHECKING:
     from netcheck.diagnose.path import Flow, LabView
     from netcheck.lab import Lab
 
-ICMP6 = 58
 SETTLE = 0.6  # how long after a failed repeat its drop may still be reported (bpftrace is ms behind, and up to ~400 ms when two test processes share 2 cores); a wait on the drop, not a sleep
 READY_WAIT = 20.0  # the first diagnosis of a run may wait this long for bpftrace to attach (it starts with the first lab)
 FIREWALL = ("forward_drop", "dns_udp_blocked", "rules_split")  # a rule or a policy dropped it (a DNS-only drop is one too)

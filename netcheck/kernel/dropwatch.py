@@ -51,8 +51,11 @@ tracepoint:skb:kfree_skb /args->reason > 2/ {
            $w0, $w1, $w2);
   } else if (args->protocol == 0x86DD) {
     $ip6 = (struct ipv6hdr *)($s->head + $s->network_header);
-    printf("D %llu %u %d %s %s %d %s %s\n", nsecs, $ns, args->reason, $dev, ksym(args->location), $ip6->nexthdr,
-           ntop(10, $ip6->saddr.in6_u.u6_addr8), ntop(10, $ip6->daddr.in6_u.u6_addr8));
+    $m = (uint8 *)($s->head + $s->network_header + 40);
+    $v0 = (uint32)(*$m) * 256 + (uint32)(*($m + 1)); $v1 = (uint32)(*($m + 2)) * 256 + (uint32)(*($m + 3));
+    $v2 = (uint32)(*($m + 4)) * 256 + (uint32)(*($m + 5));
+    printf("D %llu %u %d %s %s %d %s %s %u %u %u\n", nsecs, $ns, args->reason, $dev, ksym(args->location), $ip6->nexthdr,
+           ntop(10, $ip6->saddr.in6_u.u6_addr8), ntop(10, $ip6->daddr.in6_u.u6_addr8), $v0, $v1, $v2);
   } else {
     printf("D %llu %u %d %s %s -1 - -\n", nsecs, $ns, args->reason, $dev, ksym(args->location));
   }
@@ -82,24 +85,32 @@ class KernelDrop:
     protocol: int  # IP protocol (1 ICMP, 6 TCP, 17 UDP, 58 ICMPv6, 132 SCTP); -1 when not IP
     src: str
     dst: str
-    sport: int | None = None  # TCP/UDP ports; for ICMP, sport is the echo identifier
+    sport: int | None = None  # TCP/UDP ports; for ICMP and ICMPv6, sport is the echo identifier
     dport: int | None = None
     icmp_type: int | None = None
 
     @property
     def src_at(self) -> str:
-        return self.src if self.sport is None or self.protocol == ICMP else f"{self.src}:{self.sport}"
+        return _at(self.src, None if self.protocol in ECHO else self.sport)
 
     @property
     def dst_at(self) -> str:
-        return self.dst if self.dport is None or self.protocol == ICMP else f"{self.dst}:{self.dport}"
+        return _at(self.dst, None if self.protocol in ECHO else self.dport)
 
     def describe(self) -> str:
         on = f" on {self.device}" if self.device != "-" else ""
         return f"kernel drop: {self.reason} at {self.location}{on} ({self.src_at} > {self.dst_at})"
 
 
-ICMP, TCP, UDP = 1, 6, 17
+ICMP, TCP, UDP, ICMP6 = 1, 6, 17, 58
+ECHO = (ICMP, ICMP6)  # the protocols whose packets a probe names by its echo identifier (the drop's sport)
+
+
+def _at(address: str, port: int | None) -> str:
+    """``10.0.0.1:80``, ``[fd00::1]:80``, or the address alone."""
+    if port is None:
+        return address
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def reason_names(format_text: str) -> dict[int, str]:
@@ -116,7 +127,7 @@ def parse_event(line: str, reasons: dict[int, str]) -> KernelDrop | None:
     sport = dport = icmp_type = None
     if w0 is not None and int(proto) in (TCP, UDP):
         sport, dport = int(w0), int(w1)
-    elif w0 is not None and int(proto) == ICMP:
+    elif w0 is not None and int(proto) in ECHO:
         sport, icmp_type = int(w2), int(w0) >> 8
     return KernelDrop(int(at), int(ns), reasons.get(int(reason), f"reason {reason}"), dev, location, int(proto), src, dst, sport, dport, icmp_type)
 
@@ -141,8 +152,8 @@ class PacketKey:
     """What names one probe's packets in the kernel's drops, both ways and through NAT.
 
     ``addresses`` are every address the probe may carry (its source, its destination, the
-    DNAT target); ``port`` is the probe's own end: its TCP/UDP client port, or its ICMP
-    echo identifier. A drop matches if it is of the protocol, carries that port on either
+    DNAT target), of either family; ``port`` is the probe's own end: its TCP/UDP client port,
+    or its ICMP or ICMPv6 echo identifier. A drop matches if it is of the protocol, carries that port on either
     end, and one of its addresses is the probe's. Without a port, addresses alone decide.
     """
 
@@ -155,7 +166,7 @@ class PacketKey:
             return False
         if self.port is None or d.sport is None:
             return True
-        if self.protocol == ICMP:
+        if self.protocol in ECHO:
             return d.sport == self.port
         return self.port in (d.sport, d.dport)
 
@@ -354,7 +365,7 @@ class DropWaiter:
         self.close()
 
 
-# Drops that do not decide a probe's fate: a flooded copy for another host, the ICMP stack
+# Drops that do not decide a probe's fate: a flooded copy for another host, the ICMP (ICMPv6) stack
 # freeing an echo reply that a raw socket already read, a socket's own bookkeeping.
 INCIDENTAL = frozenset({"OTHERHOST", "UNICAST_IN_L2_MULTICAST"})
 
@@ -363,7 +374,7 @@ def decisive(d: KernelDrop) -> bool:
     """Is this drop the end of the packet's path (not a copy, not a socket's own business)?"""
     if d.reason in INCIDENTAL or d.reason.startswith(("TCP_", "SOCKET_")):
         return False
-    return not (d.reason == "NO_SOCKET" and d.location == "ping_rcv")
+    return not (d.reason == "NO_SOCKET" and d.location in ("ping_rcv", "icmpv6_rcv"))  # an echo reply no ping socket took (IPv6 frees it in icmpv6_rcv)
 
 
 class Witness:

@@ -25,11 +25,12 @@ class Listening:
     """A socket waiting for connections (TCP) or datagrams (UDP)."""
 
     proto: str  # tcp or udp
-    address: str  # 0.0.0.0 for any
+    address: str  # 0.0.0.0 for any IPv4 address, :: for any IPv6 address
     port: int
 
     def accepts(self, address: str) -> bool:
-        return self.address in ("0.0.0.0", address)
+        """Does it take packets to ``address``? An IPv6 socket is taken as IPv6's only: /proc does not say whether it is V6ONLY."""
+        return self.address in ("::" if ":" in address else "0.0.0.0", address)
 
 
 @dataclass(frozen=True)
@@ -79,18 +80,23 @@ class BridgeOptions:
 
 
 def _hex_addr(text: str) -> tuple[str, int]:
+    """An address and port of /proc/net/tcp (IPv4) or tcp6 (IPv6: four 32-bit words, each in host order)."""
     addr, port = text.split(":")
-    return socket.inet_ntoa(struct.pack("<I", int(addr, 16))), int(port, 16)
+    if len(addr) == 8:
+        return socket.inet_ntoa(struct.pack("<I", int(addr, 16))), int(port, 16)
+    raw = b"".join(struct.pack("<I", int(addr[i : i + 8], 16)) for i in range(0, 32, 8))
+    return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
 
 
-def listening(ns: Netns) -> list[Listening]:
-    """The namespace's listening TCP sockets and bound UDP sockets (from /proc/thread-self/net)."""
+def listening(ns: Netns, family: int = socket.AF_INET) -> list[Listening]:
+    """The namespace's listening TCP sockets and bound UDP sockets of a family (from /proc/thread-self/net: tcp and udp, tcp6 and udp6)."""
+    suffix = "6" if family == socket.AF_INET6 else ""
 
     def do() -> list[Listening]:
         out = []
         for proto, state in (("tcp", _TCP_LISTEN), ("udp", _UDP_UNCONNECTED)):
             try:
-                with open(f"/proc/thread-self/net/{proto}") as f:
+                with open(f"/proc/thread-self/net/{proto}{suffix}") as f:
                     lines = f.read().splitlines()[1:]
             except OSError:
                 continue

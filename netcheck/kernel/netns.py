@@ -80,12 +80,13 @@ class IpRule:
     priority: int
     action: str  # lookup, blackhole, prohibit, unreachable, goto, nop
     table: int | None = None
-    src: IPv4Network | None = None
-    dst: IPv4Network | None = None
+    src: IPv4Network | IPv6Network | None = None
+    dst: IPv4Network | IPv6Network | None = None
     iif: str | None = None
     oif: str | None = None
     invert: bool = False
     unmodelled: tuple[str, ...] = ()  # fwmark, tos, ipproto, ports, uid range...
+    family: int = 4  # 4: ``ip rule``; 6: ``ip -6 rule``
 
 
 @dataclass(frozen=True)
@@ -451,9 +452,9 @@ class Netns:
 
         return self.netlink(do)
 
-    def ip_rules(self) -> list[IpRule]:
-        """The policy-routing rules (``ip rule``), in priority order."""
-        return self.netlink(lambda ipr: sorted((_ip_rule(m) for m in ipr.get_rules(family=socket.AF_INET)), key=lambda r: r.priority))
+    def ip_rules(self, family: int = socket.AF_INET) -> list[IpRule]:
+        """The policy-routing rules of a family (``ip rule``, ``ip -6 rule`` for AF_INET6), in priority order."""
+        return self.netlink(lambda ipr: sorted((_ip_rule(m, family) for m in ipr.get_rules(family=family)), key=lambda r: r.priority))
 
     def route_get(self, dst: IPv4Address | IPv6Address, src: IPv4Address | IPv6Address | None = None, iif: str | None = None) -> RouteEntry | str:
         """The kernel's route lookup for a flow (``ip route get``); a string names the error."""
@@ -650,10 +651,10 @@ _RULE_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachab
 _RULE_MODELLED = {"FRA_PRIORITY", "FRA_TABLE", "FRA_SRC", "FRA_DST", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_PROTOCOL", "FRA_UNSPEC", "FRA_SUPPRESS_PREFIXLEN", "FRA_L3MDEV"}
 
 
-def _ip_rule(m: Any) -> IpRule:
-    def net(attr: str, length: int) -> IPv4Network | None:
+def _ip_rule(m: Any, family: int = socket.AF_INET) -> IpRule:
+    def net(attr: str, length: int) -> IPv4Network | IPv6Network | None:
         value = m.get_attr(attr)
-        return IPv4Network(f"{value}/{length}", strict=False) if value else None
+        return ip_network(f"{value}/{length}", strict=False) if value else None
 
     attrs = {name: value for name, value in m["attrs"]}
     unmodelled = [k[4:].lower() for k, v in attrs.items() if k not in _RULE_MODELLED and v not in (None, 0)]
@@ -665,6 +666,7 @@ def _ip_rule(m: Any) -> IpRule:
         priority=int(m.get_attr("FRA_PRIORITY") or 0), action=_RULE_ACTIONS.get(m["action"], str(m["action"])),
         table=int(m.get_attr("FRA_TABLE") or m["table"]) or None, src=net("FRA_SRC", m["src_len"]), dst=net("FRA_DST", m["dst_len"]),
         iif=m.get_attr("FRA_IIFNAME"), oif=m.get_attr("FRA_OIFNAME"), invert=bool(m["flags"] & 0x2), unmodelled=tuple(unmodelled),
+        family=6 if family == socket.AF_INET6 else 4,
     )
 
 

@@ -20,7 +20,7 @@ import re
 import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netcheck.kernel.netns import KernelError, Netns
@@ -146,6 +146,7 @@ _TABLE = re.compile(r"^table (\S+) (\S+) \{")
 _CHAIN = re.compile(r"^\s*chain (\S+) \{")
 _HANDLE = re.compile(r"^\s*(.*?) # handle (\d+)$")
 _POLICY = re.compile(r"policy (\w+);")
+_TYPE = re.compile(r"\btype (\w+) hook ")
 _COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
 
 
@@ -155,11 +156,13 @@ class Listing:
 
     rules: dict[tuple[str, str, str, int], str]  # (family, table, chain, handle) -> the rule's text (counters left out)
     policies: dict[tuple[str, str, str], str]  # (family, table, chain) -> policy, for base chains
+    types: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (family, table, chain) -> filter, nat or route, for base chains
 
     @classmethod
     def parse(cls, text: str) -> Listing:
         rules: dict[tuple[str, str, str, int], str] = {}
         policies: dict[tuple[str, str, str], str] = {}
+        types: dict[tuple[str, str, str], str] = {}
         family = table = chain = ""
         for line in text.splitlines():
             if m := _TABLE.match(line):
@@ -170,14 +173,20 @@ class Listing:
                 rules[(family, table, chain, int(m.group(2)))] = _COUNTER.sub("counter", m.group(1)).strip()
             elif chain and "hook " in line and (m := _POLICY.search(line)):
                 policies[(family, table, chain)] = m.group(1)
-        return cls(rules, policies)
+                if t := _TYPE.search(line):
+                    types[(family, table, chain)] = t.group(1)
+        return cls(rules, policies, types)
 
 
 def render(e: TraceEvent, listing: Listing, names: Callable[[int | None], str] = lambda i: str(i)) -> str:
     """One step, as the report shows it: ``ip filter FORWARD rule 7: `oifname "eth0" drop` -> drop``;
     a chain's policy is marked as such."""
     where = f"{e.family} {e.table} {e.chain}"
-    if e.kind == "policy":
+    if e.kind == "policy" and listing.types.get((e.family, e.table, e.chain)) == "nat":
+        # A nat rule that matches rewrites the packet and gives no verdict of its own: the policy is all a
+        # nat chain shows when its rules did not match (a DNAT bound to another address or interface).
+        step = f"{where}: no nat rule matched; chain policy {e.verdict} (no rule decided)"
+    elif e.kind == "policy":
         step = f"{where}: chain policy {e.verdict} (no rule decided)"
     elif e.kind in ("return", "end"):
         step = f"{where}: end of chain, return to the caller"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from netcheck import resolvconf
 from netcheck.evidence import Capture, Expectation, IPAddress, KernelEvent, ProbeKind, ProbeRequest, ProbeResult, RequestError, Verdict
 from netcheck.kernel.dropwatch import ICMP as IP_ICMP
+from netcheck.kernel.dropwatch import ICMP6 as IP_ICMP6
 from netcheck.kernel.dropwatch import TCP as IP_TCP
 from netcheck.kernel.dropwatch import UDP as IP_UDP
 from netcheck.kernel.dropwatch import DropWaiter, PacketKey, Witness
@@ -235,11 +236,9 @@ class Prober:
         if witness is None or not request.ends_on_drop or witness.absent() is not None:
             return None
         dst = _ipv4(request)
-        if dst.version == 6:
-            return None  # the witness keys IPv4 packets
         addresses = {str(dst), self._source_address(request.source, ns, dst)}
         if request.target is not None and request.target in {c.name for c in self.lab.topology.containers}:
-            target = self.lab.topology.container(request.target).address
+            target = self.lab.topology.container(request.target).at(dst.version)
             if target is not None:
                 addresses.add(str(target.ip))
         return witness.waiter(PacketKey(protocol, frozenset(a for a in addresses if a), flow_id), since_ns=time.monotonic_ns())
@@ -333,6 +332,7 @@ class Prober:
         reply = error = None
         rtt = None
         sock = None
+        waiter = self._drop_waiter(request, IP_ICMP6, ident, ns)
         t0 = time.time()
         try:
             sock = ns.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
@@ -346,7 +346,7 @@ class Prober:
             start = time.perf_counter()
             sock.sendto(payload, _sockaddr6(ns, iface, dst))
             deadline = start + timeout
-            while (left := deadline - time.perf_counter()) > 0 and select.select([sock], [], [], left)[0]:
+            while (left := deadline - time.perf_counter()) > 0 and sock.fileno() in select.select([sock.fileno(), *([waiter.fileno()] if waiter else [])], [], [], left)[0]:
                 data, anc, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(4))
                 if len(data) < 8:
                     continue
@@ -367,10 +367,15 @@ class Prober:
         finally:
             if sock is not None:
                 sock.close()
+            if waiter is not None:
+                waiter.close()
+        drop = self._drop_event(waiter) if verdict == "unreachable" and error is None else None
+        if drop is not None:
+            error = f"the kernel dropped it: {drop.line()} ({drop.packet})"
         captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
         src_addr = self._source_address(request.source, ns, dst)
         sent = f"ICMPv6 echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" hlim={request.ttl}" if request.ttl else "") + _sized(request)
-        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident)
+        return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident, drop=drop)
 
     # ----------------------------------------------------------------- TCP / HTTP / UDP
 
