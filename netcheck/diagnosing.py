@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from netcheck.diagnose import Resend, diagnose
 from netcheck.evidence import Diagnosis, ProbeRequest, ProbeResult
@@ -49,4 +49,18 @@ class DiagnosingProber(Prober):
             return result.with_diagnosis(Diagnosis(notes=(f"the diagnosis itself failed: {exc!r}",)))
 
 
-__all__ = ["DiagnosingProber", "Diagnoser"]
+@runtime_checkable
+class ProbesWhereItLives(Protocol):
+    """A lab that sends and diagnoses its probes where it lives (a host served by a node: netcheck.multihost.nodehost)."""
+
+    def diagnosing_prober(self, record: Callable[[ProbeResult], None] | None = None) -> Prober: ...
+
+
+def prober_for(lab: Lab | ProbesWhereItLives, record: Callable[[ProbeResult], None] | None = None) -> Prober:
+    """The diagnosing prober of a lab: a ``DiagnosingProber`` here, or the one a node-served host makes."""
+    if isinstance(lab, ProbesWhereItLives):
+        return lab.diagnosing_prober(record)
+    return DiagnosingProber(lab, record=record)
+
+
+__all__ = ["DiagnosingProber", "Diagnoser", "ProbesWhereItLives", "prober_for"]

@@ -10,10 +10,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import Literal, TypeAlias, TypeVar
 
-from netcheck.evidence import Capture, ProbeResult
+from netcheck.evidence import Capture, ProbeKind, ProbeRequest, ProbeResult
 from netcheck.kernel.netns import Netns
 from netcheck.lab import Lab, LabError
 from netcheck.multihost.lab import MultiLab
@@ -248,7 +248,7 @@ class NodeProber:
             return host, inner
         return self.host, point
 
-    def _send(self, kind: str, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
+    def _send(self, kind: ProbeKind, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
         where = {p: self._where(p) for p in capture}
         marks: dict[str, float] = {}
         for p, (host, inner) in where.items():
@@ -258,7 +258,8 @@ class NodeProber:
                 marks[p] = self.multi.hosts[host].node.call("capture_open", point=inner)
         t0 = time.time()
         local = [inner for p, (host, inner) in where.items() if host == self.host]
-        r = ProbeResult.from_dict(self.multi.hosts[self.host].node.call("probe", kind=kind, src=src, dst=str(dst), port=port, capture=local, target=target))
+        request = ProbeRequest(kind, src, ip_address(dst), port or None, target=target, capture=tuple(local))
+        r = self.multi.hosts[self.host].send(request, diagnose=False)  # across hosts, the diagnosis needs every host's state: not on one node
         own = iter(r.captures)
         proto, flow = ("icmp" if kind == "icmp" else "tcp"), r.flow_id or 0
         captures: list[Capture] = []
