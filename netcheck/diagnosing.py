@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 from netcheck.diagnose import Resend, diagnose
 from netcheck.evidence import Diagnosis, ProbeRequest, ProbeResult
@@ -18,6 +18,7 @@ from netcheck.probes import Prober
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
+    from netcheck.multihost.nodehost import NodeHost
 
 
 class Diagnoser(Protocol):
@@ -49,18 +50,14 @@ class DiagnosingProber(Prober):
             return result.with_diagnosis(Diagnosis(notes=(f"the diagnosis itself failed: {exc!r}",)))
 
 
-@runtime_checkable
-class ProbesWhereItLives(Protocol):
-    """A lab that sends and diagnoses its probes where it lives (a host served by a node: netcheck.multihost.nodehost)."""
+def prober_for(lab: Lab | NodeHost, record: Callable[[ProbeResult], None] | None = None) -> Prober:
+    """The diagnosing prober of a lab: a ``DiagnosingProber``, or for a host served by a node, a prober that sends and diagnoses there."""
+    from netcheck.multihost.nodehost import NodeHost
+    from netcheck.multihost.probes import NodeHostProber
 
-    def diagnosing_prober(self, record: Callable[[ProbeResult], None] | None = None) -> Prober: ...
-
-
-def prober_for(lab: Lab | ProbesWhereItLives, record: Callable[[ProbeResult], None] | None = None) -> Prober:
-    """The diagnosing prober of a lab: a ``DiagnosingProber`` here, or the one a node-served host makes."""
-    if isinstance(lab, ProbesWhereItLives):
-        return lab.diagnosing_prober(record)
+    if isinstance(lab, NodeHost):
+        return NodeHostProber(lab, record=record)
     return DiagnosingProber(lab, record=record)
 
 
-__all__ = ["DiagnosingProber", "Diagnoser", "ProbesWhereItLives", "prober_for"]
+__all__ = ["DiagnosingProber", "Diagnoser", "prober_for"]

@@ -5,12 +5,13 @@ The controller touches nothing of the node's kernel: a namespace here (``NodeNet
 whose reads (links, addresses, routes, fdb, sysctls, a command, a module-level reader such as
 ``netcheck.kernel.xtables.read_legacy``) are requests to the agent, whose answers come back as
 values (``netcheck.multihost.values``). A probe goes as ``ProbeRequest.to_dict()`` and comes back
-as a ``ProbeResult``, a failed one with the Diagnosis the node made of it, with its own resend
-(``netcheck.multihost.agent``). Faults are injected on the node, their undo in its ledger::
+as a ``ProbeResult``'s, a failed one with the Diagnosis the node made of it, with its own resend
+(``netcheck.multihost.agent``; ``netcheck.multihost.probes.NodeProber`` is its prober). Faults are
+injected on the node, their undo in its ledger::
 
     lab = nodes_lab.hosts["a"]                                  # a NodesLab's host
     [link.name for link in lab.container_ns("netns0").links()]   # read on node a
-    lab.diagnosing_prober(record=print).icmp("netns0", "203.0.113.1")
+    netcheck.diagnosing.prober_for(lab).icmp("netns0", "203.0.113.1")
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from netcheck.evidence import ProbeRequest, ProbeResult
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.worker import netns_path
 from netcheck.multihost.values import decode, encode
-from netcheck.probes import Prober
 from netcheck.services import Listener
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from netcheck import spec
     from netcheck.kernel.netns import Address, BridgePort, FdbEntry, IpRule, Link, Neighbour, RouteEntry
     from netcheck.kernel.xtables import XRule
-    from netcheck.lab import Lab
     from netcheck.multihost.nodes import Node
 
 PROBE_WAIT = 120.0  # a probe and, when it failed, its diagnosis on a loaded node
@@ -186,27 +185,11 @@ class NodeHost:
         self.faults += tuple(applied)
         return applied
 
-    def send(self, request: ProbeRequest, *, diagnose: bool = True) -> ProbeResult:
-        """One probe sent on the node (once more if inconclusive); a failed one comes back with its diagnosis, made there."""
-        return ProbeResult.from_dict(self.node.call("probe", wait=PROBE_WAIT, request=request.to_dict(), diagnose=diagnose))
-
-    def diagnosing_prober(self, record: Callable[[ProbeResult], None] | None = None) -> Prober:
-        """A prober whose requests go to the node, diagnosed there when they fail (``netcheck.diagnosing.prober_for``)."""
-        return NodeProber(self, record=record)
+    def probe(self, request: JSONObject, *, diagnose: bool = True) -> JSONObject:
+        """One probe, ``ProbeRequest.to_dict()``, sent on the node (once more if inconclusive): its ``ProbeResult.to_dict()``,
+        a failed one with the diagnosis made there (``netcheck.multihost.probes.NodeProber`` makes and reads these values)."""
+        out: JSONObject = self.node.call("probe", wait=PROBE_WAIT, request=request, diagnose=diagnose)
+        return out
 
 
-class NodeProber(Prober):
-    """A ``Prober`` whose every request is sent, and diagnosed when it fails, on the host's node."""
-
-    def __init__(self, lab: NodeHost, *, record: Callable[[ProbeResult], None] | None = None) -> None:
-        super().__init__(cast("Lab", lab), record=record)  # only send and the resolv.conf are read of it: both overridden below
-        self.node_host = lab
-
-    def conclusive(self, request: ProbeRequest) -> ProbeResult:
-        return self.node_host.send(request)
-
-    def _resolv_conf_seen(self, src: str) -> tuple[Path, str | None]:
-        return self.node_host.resolv_conf(src)
-
-
-__all__ = ["NodeHost", "NodeNetns", "NodeProber", "NodeServices", "function_name"]
+__all__ = ["NodeHost", "NodeNetns", "NodeServices", "function_name"]
