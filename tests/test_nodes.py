@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from hoststate import PYTHON, Child, Leftovers, run_clean
+from hoststate import PYTHON, Child, Leftovers, read_records, run_clean
 
 from netcheck import spec
 from netcheck.evidence import MatrixResult, ProbeResult
@@ -127,17 +127,20 @@ import json, sys
 from netcheck.multihost import spec as M
 from netcheck.multihost.nodes import NodesLab
 lab = NodesLab(M.builtin("two-hosts-vxlan"), gateways=json.loads(sys.argv[1])).build()
+assert lab.hosts["a"].inject(json.loads(sys.argv[2])) == json.loads(sys.argv[2])  # on node a, its undo in a's ledger
 print("BUILT " + json.dumps({name: nh.node.info for name, nh in lab.hosts.items()}), flush=True)
 sys.stdin.readline()
 """
 
 
-def _kill_then_clean(run_dir: Path, gateways: dict[str, str], node_dir: Path | None = None) -> None:
-    """SIGKILL a controller after its build; then ``netcheck clean`` on the controller's run folder alone
-    (an ssh node keeps its record in ``node_dir``, as a real node keeps its own)."""
-    child = Child([PYTHON, "-c", CONTROLLER, json.dumps(gateways)], env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
+def _kill_then_clean(run_dir: Path, gateways: dict[str, str], node_dir: Path | None = None, faults: tuple[str, ...] = ()) -> None:
+    """SIGKILL a controller after its build (and ``faults`` injected on node a); then ``netcheck clean`` on the controller's
+    run folder alone (an ssh node keeps its record in ``node_dir``, as a real node keeps its own)."""
+    child = Child([PYTHON, "-c", CONTROLLER, json.dumps(gateways), json.dumps(list(faults))], env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
     try:
         agents = json.loads(child.wait_line("^BUILT ", timeout=180).split(" ", 1)[1])
+        if faults:  # what the faults made is in node a's record (a link of its own: rp-filter-strict's second uplink)
+            assert any(e["kind"] == "link" and str(e["name"]).endswith("u2") for _h, entries in read_records(run_dir) for e in entries), read_records(run_dir)
         left = Leftovers.of(run_dir)
         on_node = Leftovers.of(node_dir) if node_dir is not None else Leftovers()
         left.pids |= {int(a["pid"]) for a in agents.values()}
@@ -157,7 +160,8 @@ def _kill_then_clean(run_dir: Path, gateways: dict[str, str], node_dir: Path | N
 
 @needs_root
 def test_a_killed_controller_with_popen_nodes_is_cleaned_on_the_nodes(tmp_path: Path) -> None:
-    _kill_then_clean(tmp_path, {})
+    """Node a's lab also carries a fault (a link, sysctls and routes recorded in its ledger): clean removes it there too."""
+    _kill_then_clean(tmp_path, {}, faults=("rp-filter-strict",))
 
 
 @needs_root
