@@ -18,10 +18,13 @@ import pytest
 from hoststate import PYTHON, Child, Leftovers, read_records, run_clean
 
 from netcheck import spec
+from netcheck.diagnosing import prober_for
 from netcheck.evidence import MatrixResult, ProbeResult
+from netcheck.faults import FAULTS
 from netcheck.lab import has_net_admin
 from netcheck.ledger import NodeEntry, from_json, to_json
 from netcheck.multihost import spec as M
+from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab, transport_of
 from netcheck.multihost.sshnode import SSHD, SandboxSshd
 
@@ -114,10 +117,21 @@ def test_the_cross_host_suite_over_ssh_gives_the_same_results_as_over_popen(sshd
         agents = {name: nh.node.info["pid"] for name, nh in lab.hosts.items()}
         assert agents["a"] != agents["b"] and os.getpid() not in agents.values()
         ssh = _run_suite(lab)
+        _single_host_over_ssh(lab.hosts["b"])
     assert all(outcome == "passed" for outcome, _ in popen.values()), {k: v[0] for k, v in popen.items() if v[0] != "passed"}
     assert ssh == popen
     assert sum(len(shapes) for _, shapes in popen.values()) >= 8  # the matrix, probes with captures on the other node and the underlay
     assert not list(tmp_path.glob("*.jsonl")), "run records left"
+
+
+def _single_host_over_ssh(host: NodeHost) -> None:
+    """The single-host view of a host over ssh: a read, a probe, then a fault injected there and the failure diagnosed there."""
+    assert {link.name for link in host.container_ns("netns0").links()} == {"lo", "ceth0"}
+    assert prober_for(host).icmp("netns0", "198.51.100.1").passed
+    fault = FAULTS["masquerade-removed"]
+    assert host.inject([fault.name]) == [fault.name]
+    r = prober_for(host).icmp("netns0", "198.51.100.1")
+    assert not r.passed and r.diagnosis is not None and r.diagnosis.top is not None and r.diagnosis.top.cause == fault.cause, r.explain()
 
 
 # ----------------------------------------------------------------------------- SIGKILL of the controller
