@@ -26,9 +26,9 @@ from netcheck.kernel.netns import Netns, RouteEntry
 from netcheck.kernel.worker import NamespaceWorker
 from netcheck.kernel.xtables import read_legacy, read_nft_chains
 from netcheck.multihost import spec as M
-from netcheck.multihost.nodehost import NodeHost, function_name
+from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab
-from netcheck.multihost.values import decode, encode
+from netcheck.multihost.values import decode, encode, function_name, function_of
 
 pytestmark = pytest.mark.root
 
@@ -99,7 +99,7 @@ def test_only_values_and_named_functions_cross_to_a_node() -> None:
     assert decode(encode([route, (1, "x"), {"k": None}])) == [route, (1, "x"), {"k": None}]
     with pytest.raises(ValueError, match="unknown type"):
         decode({"__value__": "Popen", "args": []})
-    assert function_name(read_legacy) == "netcheck.kernel.xtables:read_legacy"
+    assert function_name(read_legacy) == "netcheck.kernel.xtables:read_legacy" and function_of(function_name(read_legacy)) is read_legacy
     with pytest.raises(TypeError, match="module-level function"):
         function_name(lambda: None)
 

@@ -9,7 +9,6 @@ on the node), so ``netcheck clean`` can undo them on the node after the controll
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 import time
@@ -30,7 +29,7 @@ from netcheck.ledger import LinkEntry, process_starttime
 from netcheck.multihost import probes as X
 from netcheck.multihost import spec as M
 from netcheck.multihost.plan import plan
-from netcheck.multihost.values import decode, encode
+from netcheck.multihost.values import decode, encode, function_of
 from netcheck.probes import Prober
 from netcheck.probes.capture import Matcher, capture_at, icmp_flow, port_flow
 from netcheck.services import ServiceHost
@@ -122,13 +121,7 @@ class Agent:
 
     def ns_call(self, label: str, function: str, args: list[Any], timeout: float) -> Any:
         """``module:qualname`` (a module-level netcheck function) called in the namespace ``label``, as values."""
-        module, _, qualname = function.partition(":")
-        if not module.startswith("netcheck.") or "<" in qualname or not qualname:
-            raise ValueError(f"{function!r} is not a module-level netcheck function")
-        fn: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            fn = getattr(fn, part)
-        return encode(self._ns(label).call(fn, *decode(args), timeout=timeout))
+        return encode(self._ns(label).call(function_of(function), *decode(args), timeout=timeout))
 
     def ns_run(self, label: str, argv: list[str], timeout: float, input: bytes | None, env: dict[str, str] | None) -> Any:
         return encode(self._ns(label).run(argv, timeout=timeout, input=input, env=env))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.worker import netns_path
-from netcheck.multihost.values import decode, encode
+from netcheck.multihost.values import decode, encode, function_name
 from netcheck.services import Listener
 
 if TYPE_CHECKING:
@@ -101,15 +101,6 @@ class NodeNetns:
         """``fn(*args)`` in this namespace on the node: ``fn`` a module-level function of netcheck (the agent imports it
         by name), its arguments and result values (netcheck.multihost.values)."""
         return decode(self.lab.node.call("ns_call", wait=timeout + 10, label=self.label, function=function_name(fn), args=encode(args), timeout=timeout))
-
-
-def function_name(fn: Callable[..., Any]) -> str:
-    """``module:qualname`` of a module-level netcheck function; anything else cannot be named on a node."""
-    module, qualname = getattr(fn, "__module__", "") or "", getattr(fn, "__qualname__", "")
-    if not module.startswith("netcheck.") or "<" in qualname or not qualname:
-        raise TypeError(f"{module}.{qualname or fn!r} cannot run on a node: only module-level netcheck functions are named there "
-                        "(make the closure a module-level function whose arguments are values)")
-    return f"{module}:{qualname}"
 
 
 class NodeServices:
@@ -192,4 +183,4 @@ class NodeHost:
         return out
 
 
-__all__ = ["NodeHost", "NodeNetns", "NodeServices", "function_name"]
+__all__ = ["NodeHost", "NodeNetns", "NodeServices"]

@@ -14,10 +14,12 @@ build anything else)::
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import subprocess
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import Any, cast
 
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening
 from netcheck.kernel.netns import Address, BridgePort, FdbEntry, IpRule, Link, Neighbour, RouteEntry
@@ -74,4 +76,31 @@ def decode(data: Any) -> Any:
     return VALUES[name](**{k: decode(v) for k, v in data.items() if k != TYPE})
 
 
-__all__ = ["decode", "encode"]
+def function_name(fn: Callable[..., Any]) -> str:
+    """``module:qualname`` of a module-level netcheck function, by which a node's agent imports it; anything else
+    (a closure, a lambda, another package's) cannot be named there."""
+    name = f"{getattr(fn, '__module__', '') or ''}:{getattr(fn, '__qualname__', '')}"
+    _parts(name)
+    return name
+
+
+def function_of(name: str) -> Callable[..., Any]:
+    """The module-level netcheck function ``module:qualname`` names (``function_name``'s inverse)."""
+    module, qualname = _parts(name)
+    fn: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise TypeError(f"{name!r} is not a function")
+    return cast("Callable[..., Any]", fn)
+
+
+def _parts(name: str) -> tuple[str, str]:
+    module, _, qualname = name.partition(":")
+    if not module.startswith("netcheck.") or not qualname or "<" in qualname:
+        raise TypeError(f"{name!r} cannot run on a node: only module-level netcheck functions are named there "
+                        "(make the closure a module-level function whose arguments are values)")
+    return module, qualname
+
+
+__all__ = ["decode", "encode", "function_name", "function_of"]
