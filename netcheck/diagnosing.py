@@ -18,6 +18,7 @@ from netcheck.probes import Prober
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
+    from netcheck.multihost.nodehost import NodeHost
 
 
 class Diagnoser(Protocol):
@@ -49,4 +50,14 @@ class DiagnosingProber(Prober):
             return result.with_diagnosis(Diagnosis(notes=(f"the diagnosis itself failed: {exc!r}",)))
 
 
-__all__ = ["DiagnosingProber", "Diagnoser"]
+def prober_for(lab: Lab | NodeHost, record: Callable[[ProbeResult], None] | None = None) -> Prober:
+    """The diagnosing prober of a lab: a ``DiagnosingProber``, or for a host served by a node, a prober that sends and diagnoses there."""
+    from netcheck.multihost.nodehost import NodeHost
+    from netcheck.multihost.probes import NodeHostProber
+
+    if isinstance(lab, NodeHost):
+        return NodeHostProber(lab, record=record)
+    return DiagnosingProber(lab, record=record)
+
+
+__all__ = ["DiagnosingProber", "Diagnoser", "prober_for"]

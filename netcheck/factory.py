@@ -13,6 +13,7 @@ from netcheck.lab import HostMode, Lab, LabError, has_net_admin
 from netcheck.lab.mode import mode_of
 from netcheck.ledger import Ledger, ProcessEntry, clean, process_starttime
 from netcheck.multihost.lab import MultiLab
+from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab
 from netcheck.multihost.spec import MultiTopology
 from netcheck.naming import new_tag
@@ -60,17 +61,14 @@ class LabFactory:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def shared(self, topology: spec.Topology) -> Lab:
-        """The session's lab for a topology, built on first use."""
+    def shared(self, topology: spec.Topology) -> Lab | NodeHost:
+        """The session's lab for a topology, built on first use (a host served by a node: its ``NodeHost``, the lab as the node serves it)."""
         if topology.name in self._failed:
             raise LabError(f"the lab for {topology.name} failed to build earlier in this session: {self._failed[topology.name]}")
         lab = self._shared.get(topology.name)
         if lab is None and topology.name in self._host_of:
             multi, host = self._host_of[topology.name]
-            held = self.multi(multi)
-            if not isinstance(held, MultiLab):
-                raise LabError(f"host {host} of {multi.name} is served by its node: the single-host suites run only on hosts held in this process")
-            return held.hosts[host]
+            return self.multi(multi).hosts[host]
         if lab is None:
             if self.mode.exclusive:
                 for name in list(self._shared):
@@ -91,6 +89,12 @@ class LabFactory:
             self._shared[topology.name] = lab
         return lab
 
+    def in_process(self, lab: Lab | NodeHost) -> Lab:
+        """``lab`` where this process holds it; a host served by its node is refused, with why."""
+        if isinstance(lab, NodeHost):
+            raise LabError(f"host {lab.name} ({lab.topology.name}) is served by its node: lifecycle events (--netcheck-event) change labs held in this process only")
+        return lab
+
     def multi(self, topology: MultiTopology) -> MultiLab | NodesLab:
         """The session's multi-host lab for a multi-host topology, built on first use: its hosts served by nodes
         (execnet gateways, ``netcheck.multihost.nodes``) when its [[host]] tables name them, else held in this process."""
@@ -105,11 +109,27 @@ class LabFactory:
             except Exception as exc:  # remembered, as a single lab's failure is, then re-raised
                 self._failed[topology.name] = exc
                 raise
+            self._multi[topology.name] = lab  # torn down by close, whatever a fault below does
             if isinstance(lab, MultiLab):
                 for host in lab.hosts.values():
                     host.witness = self.witness(host.namespaces())
-            self._multi[topology.name] = lab
+            if self.faults:
+                self._inject_hosts(lab)
         return lab
+
+    def _inject_hosts(self, multi: MultiLab | NodesLab) -> None:
+        """Break each host of a multi-host lab as --netcheck-fault asks: in this process, or on the host's node (its undo in the node's ledger)."""
+        from netcheck.faults import inject
+
+        for name in multi.hosts:
+            try:
+                if isinstance(multi, NodesLab):
+                    multi.hosts[name].inject(self.faults)
+                else:
+                    inject(multi.hosts[name], self.faults)
+            except Exception as exc:  # every later test of this lab gets it at once
+                self._failed[multi.topology.name] = exc
+                raise
 
     def fresh(self, topology: spec.Topology | str) -> Lab:
         """A new lab of its own (for tests that break things); call ``release`` or let ``close`` remove it."""

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from netcheck.factory import LabFactory
     from netcheck.lab import Lab
     from netcheck.lifecycle import EventRun, Phases
+    from netcheck.multihost.nodehost import NodeHost
     from netcheck.probes import Prober
     from netcheck.report.collector import Collector
     from netcheck.report.hooks import Evidence, ReportHooks
@@ -151,13 +152,13 @@ def netcheck_phase(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def netcheck_lab(pytestconfig: pytest.Config, netcheck_lab_factory: LabFactory, netcheck_topology: spec.Topology, netcheck_phase: int) -> Lab:
+def netcheck_lab(pytestconfig: pytest.Config, netcheck_lab_factory: LabFactory, netcheck_topology: spec.Topology, netcheck_phase: int) -> Lab | NodeHost:
     """The session's built lab for the topology under test (shared: do not break it), after this phase's events."""
     lab = netcheck_lab_factory.shared(netcheck_topology)
     if netcheck_phase:
         from netcheck import lifecycle
 
-        lifecycle.reach(pytestconfig.stash[PHASES], lab, netcheck_phase, pytestconfig.stash[EVENT_RUNS])
+        lifecycle.reach(pytestconfig.stash[PHASES], netcheck_lab_factory.in_process(lab), netcheck_phase, pytestconfig.stash[EVENT_RUNS])
     return lab
 
 
@@ -188,11 +189,11 @@ def netcheck_evidence(request: pytest.FixtureRequest) -> Callable[[Evidence], No
 
 
 @pytest.fixture
-def netcheck_probe(netcheck_lab: Lab, netcheck_evidence: Callable[[ProbeResult], None]) -> Prober:
+def netcheck_probe(netcheck_lab: Lab | NodeHost, netcheck_evidence: Callable[[ProbeResult], None]) -> Prober:
     """A prober for the lab under test; every probe it sends is recorded as evidence, failures diagnosed."""
-    from netcheck.diagnosing import DiagnosingProber
+    from netcheck.diagnosing import prober_for
 
-    return DiagnosingProber(netcheck_lab, record=netcheck_evidence)
+    return prober_for(netcheck_lab, record=netcheck_evidence)
 
 
 @pytest.fixture

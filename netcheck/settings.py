@@ -68,8 +68,8 @@ def resolve(config: pytest.Config) -> Settings:
             topologies.append(spec.resolve(ref))
         except spec.SpecError as exc:
             raise pytest.UsageError(f"--netcheck-topology {ref}: {exc}") from None
-    # The single-host suites run on each host of a multi-host lab held in this process; not (yet) on a host a node serves.
-    topologies += [h.topology for m in multis for h in m.hosts if h.node is None]
+    # The single-host suites run on each host of a multi-host lab: held in this process, or served by its node.
+    topologies += [h.topology for m in multis for h in m.hosts]
     names = [t.name for t in topologies] + [m.name for m in multis]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

@@ -48,7 +48,9 @@ LAYERS: dict[str, str] = {
     "netcheck.probes": "probes",  # sending, capturing, the matrix
     "netcheck.multihost.probes": "probes",  # cross-host probing: captures anywhere, DF echoes, bulk TCP (on nodes too)
     "netcheck.multihost.matrix": "probes",  # the reachability matrix across hosts (the shared engine, netcheck.probes.matrix)
-    "netcheck.multihost.agent": "probes",  # the node's side of a gateway: its host lab, built and probed there
+    "netcheck.multihost.nodehost": "lab",  # a host served by a node, as a lab: its reads, services and faults asked of the node
+    "netcheck.multihost.values": "lab",  # the kernel's answers as plain values across a gateway
+    "netcheck.multihost.agent": "diagnose",  # the node's side of a gateway: its host lab, built, probed and diagnosed there
     "netcheck.diagnose": "diagnose",  # why a probe failed
     "netcheck.diagnosing": "diagnose",  # DiagnosingProber: where probes and diagnose meet, above both packages
     "netcheck.report": "report",  # the results model, HTML, pcap, diff
@@ -64,7 +66,7 @@ LAYERS: dict[str, str] = {
 KNOWN_VIOLATIONS: set[tuple[str, str]] = set()  # none: the capture points are the prober's, held by the lab as an attachment
 
 # The probes and the diagnosis never import each other; only these join them (besides the layers above both).
-JOINERS = {"netcheck.diagnosing", "netcheck.diagnose.doctor"}
+JOINERS = {"netcheck.diagnosing", "netcheck.diagnose.doctor", "netcheck.multihost.agent"}
 
 
 def modules() -> dict[str, Path]:

@@ -15,13 +15,16 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from hoststate import PYTHON, Child, Leftovers, run_clean
+from hoststate import PYTHON, Child, Leftovers, read_records, run_clean
 
 from netcheck import spec
+from netcheck.diagnosing import prober_for
 from netcheck.evidence import MatrixResult, ProbeResult
+from netcheck.faults import FAULTS
 from netcheck.lab import has_net_admin
 from netcheck.ledger import NodeEntry, from_json, to_json
 from netcheck.multihost import spec as M
+from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab, transport_of
 from netcheck.multihost.sshnode import SSHD, SandboxSshd
 
@@ -114,10 +117,21 @@ def test_the_cross_host_suite_over_ssh_gives_the_same_results_as_over_popen(sshd
         agents = {name: nh.node.info["pid"] for name, nh in lab.hosts.items()}
         assert agents["a"] != agents["b"] and os.getpid() not in agents.values()
         ssh = _run_suite(lab)
+        _single_host_over_ssh(lab.hosts["b"])
     assert all(outcome == "passed" for outcome, _ in popen.values()), {k: v[0] for k, v in popen.items() if v[0] != "passed"}
     assert ssh == popen
     assert sum(len(shapes) for _, shapes in popen.values()) >= 8  # the matrix, probes with captures on the other node and the underlay
     assert not list(tmp_path.glob("*.jsonl")), "run records left"
+
+
+def _single_host_over_ssh(host: NodeHost) -> None:
+    """The single-host view of a host over ssh: a read, a probe, then a fault injected there and the failure diagnosed there."""
+    assert {link.name for link in host.container_ns("netns0").links()} == {"lo", "ceth0"}
+    assert prober_for(host).icmp("netns0", "198.51.100.1").passed
+    fault = FAULTS["masquerade-removed"]
+    assert host.inject([fault.name]) == [fault.name]
+    r = prober_for(host).icmp("netns0", "198.51.100.1")
+    assert not r.passed and r.diagnosis is not None and r.diagnosis.top is not None and r.diagnosis.top.cause == fault.cause, r.explain()
 
 
 # ----------------------------------------------------------------------------- SIGKILL of the controller
@@ -127,17 +141,20 @@ import json, sys
 from netcheck.multihost import spec as M
 from netcheck.multihost.nodes import NodesLab
 lab = NodesLab(M.builtin("two-hosts-vxlan"), gateways=json.loads(sys.argv[1])).build()
+assert lab.hosts["a"].inject(json.loads(sys.argv[2])) == json.loads(sys.argv[2])  # on node a, its undo in a's ledger
 print("BUILT " + json.dumps({name: nh.node.info for name, nh in lab.hosts.items()}), flush=True)
 sys.stdin.readline()
 """
 
 
-def _kill_then_clean(run_dir: Path, gateways: dict[str, str], node_dir: Path | None = None) -> None:
-    """SIGKILL a controller after its build; then ``netcheck clean`` on the controller's run folder alone
-    (an ssh node keeps its record in ``node_dir``, as a real node keeps its own)."""
-    child = Child([PYTHON, "-c", CONTROLLER, json.dumps(gateways)], env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
+def _kill_then_clean(run_dir: Path, gateways: dict[str, str], node_dir: Path | None = None, faults: tuple[str, ...] = ()) -> None:
+    """SIGKILL a controller after its build (and ``faults`` injected on node a); then ``netcheck clean`` on the controller's
+    run folder alone (an ssh node keeps its record in ``node_dir``, as a real node keeps its own)."""
+    child = Child([PYTHON, "-c", CONTROLLER, json.dumps(gateways), json.dumps(list(faults))], env={"NETCHECK_RUN_DIR": str(run_dir)}, stdin=True)
     try:
         agents = json.loads(child.wait_line("^BUILT ", timeout=180).split(" ", 1)[1])
+        if faults:  # what the faults made is in node a's record (a link of its own: rp-filter-strict's second uplink)
+            assert any(e["kind"] == "link" and str(e["name"]).endswith("u2") for _h, entries in read_records(run_dir) for e in entries), read_records(run_dir)
         left = Leftovers.of(run_dir)
         on_node = Leftovers.of(node_dir) if node_dir is not None else Leftovers()
         left.pids |= {int(a["pid"]) for a in agents.values()}
@@ -157,7 +174,8 @@ def _kill_then_clean(run_dir: Path, gateways: dict[str, str], node_dir: Path | N
 
 @needs_root
 def test_a_killed_controller_with_popen_nodes_is_cleaned_on_the_nodes(tmp_path: Path) -> None:
-    _kill_then_clean(tmp_path, {})
+    """Node a's lab also carries a fault (a link, sysctls and routes recorded in its ledger): clean removes it there too."""
+    _kill_then_clean(tmp_path, {}, faults=("rp-filter-strict",))
 
 
 @needs_root

@@ -137,29 +137,31 @@ def snmp_counters(ns: Netns) -> dict[str, int]:
 def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096, family: int = 4) -> list[CtEntry]:
     """Conntrack entries of the namespace (of one address family) through netlink; only those touching ``addresses`` if given."""
 
-    def do() -> list[CtEntry]:
-        from pyroute2 import Conntrack
-
-        ct = Conntrack(nfgen_family=socket.AF_INET6) if family == 6 else Conntrack()
-        out: list[CtEntry] = []
-        try:
-            for n, e in enumerate(ct.dump_entries()):
-                if n >= limit:
-                    break
-                entry = _ct_entry(e)
-                if entry is None:
-                    continue
-                if addresses and not addresses & {entry.src, entry.dst, entry.reply_src, entry.reply_dst}:
-                    continue
-                out.append(entry)
-        finally:
-            ct.close()
-        return out
-
     try:
-        return ns.call(do)
+        return ns.call(_conntrack_here, addresses, limit, family)
     except Exception:  # noqa: BLE001 - conntrack may be unavailable (module not loaded): no entries
         return []
+
+
+def _conntrack_here(addresses: set[str] | None, limit: int, family: int) -> list[CtEntry]:
+    """``conntrack`` in the calling thread's namespace (module-level: a node's agent runs it by name)."""
+    from pyroute2 import Conntrack
+
+    ct = Conntrack(nfgen_family=socket.AF_INET6) if family == 6 else Conntrack()
+    out: list[CtEntry] = []
+    try:
+        for n, e in enumerate(ct.dump_entries()):
+            if n >= limit:
+                break
+            entry = _ct_entry(e)
+            if entry is None:
+                continue
+            if addresses and not addresses & {entry.src, entry.dst, entry.reply_src, entry.reply_dst}:
+                continue
+            out.append(entry)
+    finally:
+        ct.close()
+    return out
 
 
 def _ct_entry(e: Any) -> CtEntry | None:
@@ -221,12 +223,14 @@ def legacy_tables(ns: Netns) -> list[str]:
     only the tables listed here, and never creates one as a side effect.
     """
 
-    def do() -> list[str]:
-        try:
-            with open("/proc/thread-self/net/ip_tables_names") as f:
-                return [line.strip() for line in f if line.strip()]
-        except OSError:
-            return []
+    return ns.call(_legacy_tables_here)
 
-    return ns.call(do)
+
+def _legacy_tables_here() -> list[str]:
+    """``legacy_tables`` in the calling thread's namespace (module-level: a node's agent runs it by name)."""
+    try:
+        with open("/proc/thread-self/net/ip_tables_names") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError:
+        return []
 __all__ = ["BridgeOptions", "CtEntry", "Listening", "bridges", "conntrack", "legacy_tables", "listening", "snmp_counters"]

@@ -352,16 +352,18 @@ def read_legacy(ns: Netns, tables: Sequence[str] = ("filter", "nat")) -> list[XC
     if not tables:
         return []  # _tables opens filter and nat whatever it is asked, and opening a table creates it
 
-    def do() -> list[XChain]:
-        out = []
-        with _IPTC_LOCK, _tables(list(tables)) as handles:
-            for name, t in handles.items():
-                for chain in t.chains:
-                    policy = chain.get_policy().name if t.builtin_chain(chain.name) else None
-                    out.append(XChain(name, chain.name, policy, tuple(_from_iptc(name, chain.name, r) for r in chain.rules)))
-        return out
+    return ns.call(_read_legacy_here, tuple(tables))
 
-    return ns.call(do)
+
+def _read_legacy_here(tables: tuple[str, ...]) -> list[XChain]:
+    """``read_legacy`` in the calling thread's namespace (module-level: a node's agent runs it by name)."""
+    out = []
+    with _IPTC_LOCK, _tables(list(tables)) as handles:
+        for name, t in handles.items():
+            for chain in t.chains:
+                policy = chain.get_policy().name if t.builtin_chain(chain.name) else None
+                out.append(XChain(name, chain.name, policy, tuple(_from_iptc(name, chain.name, r) for r in chain.rules)))
+    return out
 
 
 # ----------------------------------------------------------------------------- the nft backend

@@ -17,7 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from netcheck.evidence import Capture, _encode
+from netcheck import resolvconf
+from netcheck.diagnosing import DiagnosingProber
+from netcheck.evidence import Capture, ProbeRequest, _encode
 from netcheck.kernel import rtnl
 from netcheck.kernel.jsontypes import JSON, JSONObject
 from netcheck.kernel.netns import Netns
@@ -27,8 +29,12 @@ from netcheck.ledger import LinkEntry, process_starttime
 from netcheck.multihost import probes as X
 from netcheck.multihost import spec as M
 from netcheck.multihost.plan import plan
+from netcheck.multihost.values import decode, encode, function_of
 from netcheck.probes import Prober
 from netcheck.probes.capture import Matcher, capture_at, icmp_flow, port_flow
+from netcheck.services import ServiceHost
+
+READS = frozenset({"links", "link", "addresses", "routes", "all_routes", "ip_rules", "route_get", "neighbours", "fdb", "bridge_ports", "sysctl"})
 
 
 class Channel(Protocol):
@@ -46,6 +52,7 @@ class Agent:
         self.host = ""
         self.sinks: dict[int, X.Sink] = {}
         self.prober: Prober | None = None
+        self.diagnosing: DiagnosingProber | None = None
 
     def _lab(self) -> Lab:
         if self.lab is None:
@@ -96,12 +103,61 @@ class Agent:
         make_join(lab.ledger.record, lab.host, t.join, hj)
         return self.state()
 
-    def probe(self, kind: str, src: str, dst: str, port: int, capture: list[str], target: str | None) -> JSONObject:
-        prober = self.prober or Prober(self._lab())
-        self.prober = prober  # one for the lab's life: its ICMP ids follow on
-        if kind == "icmp":
-            return prober.icmp(src, dst, capture=capture, target=target).to_dict()
-        return prober.tcp(src, dst, port, http=kind == "http", capture=capture, target=target).to_dict()
+    def probe(self, request: JSONObject, diagnose: bool = False) -> JSONObject:
+        """A probe of ``ProbeRequest.to_dict()``, sent here (once more if inconclusive); with ``diagnose``, a failed one
+        carries the Diagnosis this node makes of it (``netcheck.diagnose.diagnose`` on its lab, with its own resend)."""
+        lab = self._lab()
+        if diagnose:
+            self.diagnosing = self.diagnosing or DiagnosingProber(lab)
+            return self.diagnosing.send(ProbeRequest.from_dict(request)).to_dict()
+        self.prober = self.prober or Prober(lab)  # one for the lab's life: its ICMP ids follow on
+        return self.prober.conclusive(ProbeRequest.from_dict(request)).to_dict()
+
+    def ns_read(self, label: str, method: str, args: list[Any]) -> Any:
+        """One of the reads of ``Netns`` (``READS``) in the lab's namespace ``label``, as values."""
+        if method not in READS:
+            raise ValueError(f"{method!r} is not a read a node answers (one of {', '.join(sorted(READS))})")
+        return encode(getattr(self._ns(label), method)(*decode(args)))
+
+    def ns_call(self, label: str, function: str, args: list[Any], timeout: float) -> Any:
+        """``module:qualname`` (a module-level netcheck function) called in the namespace ``label``, as values."""
+        return encode(self._ns(label).call(function_of(function), *decode(args), timeout=timeout))
+
+    def ns_run(self, label: str, argv: list[str], timeout: float, input: bytes | None, env: dict[str, str] | None) -> Any:
+        return encode(self._ns(label).run(argv, timeout=timeout, input=input, env=env))
+
+    def _ns(self, label: str) -> Netns:
+        spaces = self._lab().namespaces()
+        if label not in spaces:
+            raise ValueError(f"no namespace {label!r} in host {self.host}'s lab (known: {', '.join(spaces)})")
+        return spaces[label]
+
+    def resolv_conf(self, where: str) -> list[str | None]:
+        """(the resolv.conf a program in ``where`` reads here, its text)."""
+        lab = self._lab()
+        path, text = resolvconf.seen_from(self._ns(where).name) if where in ("host", "wan") else lab.resolv_conf(where)
+        return [str(path), text]
+
+    def expected_rules(self) -> Any:
+        return encode(self._lab().expected_rules())
+
+    def listen(self, label: str, container: str, kind: str, port: int, address: str, users_may_serve: bool) -> Any:
+        return encode(self._services().listen(self._ns(label), container, kind, port, address, users_may_serve=users_may_serve))
+
+    def stop(self, container: str, kind: str | None) -> int:
+        return self._services().stop(container, kind)
+
+    def _services(self) -> ServiceHost:
+        services = self._lab().services
+        if services is None:
+            raise RuntimeError(f"host {self.host}'s lab serves no services of netcheck's own")
+        return services
+
+    def inject(self, faults: list[str]) -> list[str]:
+        """``netcheck.faults.inject`` on this node's lab: each undo recorded in its ledger; returns the faults applied."""
+        from netcheck.faults import inject
+
+        return inject(self._lab(), faults)
 
     def capture_open(self, point: str) -> float:
         """Open a capture point; returns the node's clock, from which ``capture_collect`` reads."""
@@ -128,19 +184,13 @@ class Agent:
     def send_bytes(self, container: str, addr: str, port: int, size: int, timeout: float) -> str:
         return X.send_bytes(self._lab().container_ns(container), addr, port, size, timeout=timeout)
 
-    def run(self, where: str, argv: list[str]) -> JSONObject:
-        """A command in one of the lab's namespaces (by label), for checks of kernel state: its exit code and output."""
-        lab = self._lab()
-        done = lab.namespaces()[where].run(argv)
-        return {"returncode": done.returncode, "stdout": done.stdout.decode(errors="replace"), "stderr": done.stderr.decode(errors="replace")}
-
     def teardown(self) -> None:
         if self.lab is not None:
             for sink in self.sinks.values():
                 sink.result()
             self.sinks.clear()
             lab, self.lab = self.lab, None
-            self.prober = None
+            self.prober = self.diagnosing = None
             lab.teardown()
 
 
@@ -149,7 +199,8 @@ def serve(channel: Channel) -> None:
     agent = Agent()
     ops: dict[str, Callable[..., JSON | None]] = {
         name: getattr(agent, name) for name in ("hello", "build", "state", "join", "probe", "capture_open", "capture_collect", "df_ping",
-                                                "sink_open", "sink_result", "send_bytes", "run", "teardown")
+                                                "sink_open", "sink_result", "send_bytes", "ns_read", "ns_call", "ns_run", "resolv_conf",
+                                                "expected_rules", "listen", "stop", "inject", "teardown")
     }
     lock = threading.Lock()
     while True:

@@ -25,7 +25,6 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from netcheck.lab import LabError
 from netcheck.lab.attachments import Attachments
 from netcheck.lab.build import ns_defaults
 from netcheck.ledger import Ledger, LinkEntry, NetnsEntry, NodeEntry, ProcessEntry, default_run_dir, process_starttime
+from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.plan import JoinPlan, plan
 from netcheck.multihost.spec import MultiTopology
 from netcheck.naming import new_tag
@@ -104,20 +104,6 @@ class Node:
             self.channel.waitclose(10)
         with contextlib.suppress(Exception):
             self.gw.exit()
-
-
-@dataclass
-class NodeHost:
-    """A host served by a node: its gateway, and its lab's state as the node reported it."""
-
-    name: str
-    node: Node
-    state: dict[str, Any]
-    run_dir: str | None = None  # where its run record goes on the node (None: the node's default)
-
-    @property
-    def tag(self) -> str:
-        return str(self.state["tag"])
 
 
 class NodesLab:
@@ -202,7 +188,7 @@ class NodesLab:
         node = Node(host, gateway)
         if transport_of(gateway) == "popen":  # a process of this machine: clean also waits, by its PID, until it is gone
             self.ledger.record(ProcessEntry(int(node.info["pid"]), node.info["starttime"], ("netcheck node agent", host)))
-        self.hosts[host] = NodeHost(host, node, {"tag": tag}, node_run_dir)
+        self.hosts[host] = NodeHost(host, node, self.topology.host(host).topology, tag, node_run_dir)
 
     def _underlay(self, p: JoinPlan) -> None:
         """netcheck's underlay namespace and bridge, with a link into each node on this machine (a simulated node's

@@ -10,13 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
-from netcheck.evidence import Capture, ProbeResult
+from netcheck.evidence import Capture, ProbeKind, ProbeRequest, ProbeResult
 from netcheck.kernel.netns import Netns
 from netcheck.lab import Lab, LabError
 from netcheck.multihost.lab import MultiLab
+from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab
 from netcheck.packet import FRAG_NEEDED, ICMP, ICMP_ECHOREPLY, ICMP_UNREACH, VXLAN, decode_ipv4, decode_vxlan, echo_request
 from netcheck.probes import Prober
@@ -248,7 +250,7 @@ class NodeProber:
             return host, inner
         return self.host, point
 
-    def _send(self, kind: str, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
+    def _send(self, kind: ProbeKind, src: str, dst: str, port: int, capture: Sequence[str], target: str | None) -> ProbeResult:
         where = {p: self._where(p) for p in capture}
         marks: dict[str, float] = {}
         for p, (host, inner) in where.items():
@@ -258,7 +260,8 @@ class NodeProber:
                 marks[p] = self.multi.hosts[host].node.call("capture_open", point=inner)
         t0 = time.time()
         local = [inner for p, (host, inner) in where.items() if host == self.host]
-        r = ProbeResult.from_dict(self.multi.hosts[self.host].node.call("probe", kind=kind, src=src, dst=str(dst), port=port, capture=local, target=target))
+        request = ProbeRequest(kind, src, ip_address(dst), port or None, target=target, capture=tuple(local))
+        r = ProbeResult.from_dict(self.multi.hosts[self.host].probe(request.to_dict(), diagnose=False))  # across hosts, the diagnosis needs every host's state: not on one node
         own = iter(r.captures)
         proto, flow = ("icmp" if kind == "icmp" else "tcp"), r.flow_id or 0
         captures: list[Capture] = []
@@ -274,6 +277,21 @@ class NodeProber:
         if self.record is not None:
             self.record(r)
         return r
+
+
+class NodeHostProber(Prober):
+    """The single-host suites' prober of a host served by its node (``netcheck.multihost.nodehost.NodeHost``): every
+    request goes to the node as ``ProbeRequest.to_dict()``, and comes back a ``ProbeResult``, a failed one diagnosed there."""
+
+    def __init__(self, lab: NodeHost, *, record: Callable[[ProbeResult], None] | None = None) -> None:
+        super().__init__(lab, record=record)  # type: ignore[arg-type]  # only these two overrides read the lab
+        self.node_host = lab
+
+    def conclusive(self, request: ProbeRequest) -> ProbeResult:
+        return ProbeResult.from_dict(self.node_host.probe(request.to_dict()))
+
+    def _resolv_conf_seen(self, src: str) -> tuple[Path, str | None]:
+        return self.node_host.resolv_conf(src)
 
 
 def _open_on_nodes(multi: NodesLab, point: str) -> None:
@@ -319,4 +337,4 @@ def transfer_between(multi: AnyMulti, src: tuple[str, str], dst: tuple[str, str]
     return Transfer(size, int(got["received"]), "; ".join(e for e in (got["error"], sent) if e))
 
 
-__all__ = ["DfResult", "HostView", "NodeProber", "Sink", "Transfer", "df_ping", "df_ping_from", "open_capture", "prober", "send_bytes", "transfer", "transfer_between", "vxlan_seen"]
+__all__ = ["DfResult", "HostView", "NodeHostProber", "NodeProber", "Sink", "Transfer", "df_ping", "df_ping_from", "open_capture", "prober", "send_bytes", "transfer", "transfer_between", "vxlan_seen"]
