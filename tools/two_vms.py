@@ -45,9 +45,9 @@ from pathlib import Path
 
 from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
-from netcheck.ledger import DirEntry, Ledger, NetnsEntry, ProcessEntry, process_starttime
+from netcheck.ledger import DirEntry, FileEntry, Ledger, NetnsEntry, ProcessEntry, kill_process, process_starttime
 from netcheck.naming import new_tag
-from netcheck.waiting import wait_until
+from netcheck.waiting import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/cache/netcheck/vm")
@@ -61,6 +61,7 @@ IMAGE_VERSION = "1"  # bump when the image's own configuration below changes
 IMAGE_SIZE = "4G"
 SPEC = "examples/multihost/two-vms-vxlan.toml"  # the Vagrantfile's
 MGMT_NS = "2001:db8:17::1"
+KVM_CPU = "host,-arch-capabilities"  # qemu 7.2 aborts setting MSR 0x10a under a nested KVM that lacks it
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,14 @@ class Vm:
 
 VMS = (Vm("a", "198.51.100.11", "2001:db8:17::11"), Vm("b", "198.51.100.12", "2001:db8:17::12"))
 
-# Run at boot from the seed disk (vdb): name, addresses, keys. No DHCP, no default route, nothing else.
+# On each VM's seed disk (vdb), run at boot by the image's unit: name, addresses, keys. No DHCP, no
+# default route, nothing else. The NICs are found by MAC and named eth0 (management) and eth1 (private).
 SETUP = r"""#!/bin/sh
 set -e
-mkdir -p /run/netcheck-seed
-mount -o ro /dev/vdb /run/netcheck-seed
 . /run/netcheck-seed/node.env
+nic() { for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && basename "$d"; done; }
+mg=$(nic "$MGMT_MAC"); pv=$(nic "$PRIVATE_MAC")
+[ "$mg" = eth0 ] && [ "$pv" = eth1 ] || { ip link set "$mg" name ncmg; ip link set "$pv" name ncpv; ip link set ncmg name eth0; ip link set ncpv name eth1; }
 hostname "netcheck-$NAME"
 ip link set lo up
 ip link set eth0 up
@@ -95,10 +98,10 @@ install -m 644 /run/netcheck-seed/known_hosts /root/.ssh/known_hosts
 printf 'Host 198.51.100.11 198.51.100.12\n  StrictHostKeyChecking yes\n  BatchMode yes\n' > /root/.ssh/config
 install -m 600 /run/netcheck-seed/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
 install -m 644 /run/netcheck-seed/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
-umount /run/netcheck-seed
 """
-SETUP_UNIT = """[Unit]
-Description=netcheck VM: name, addresses and keys from the seed disk
+# In the image: mount the seed disk, run its setup.sh (a copy, so the disk can be unmounted), unmount.
+SEED_UNIT = """[Unit]
+Description=netcheck VM: name, addresses and keys from the seed disk (vdb)
 Before=ssh.service
 Wants=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.device dev-vdb.device
 After=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.device dev-vdb.device
@@ -106,11 +109,17 @@ After=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.devic
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/usr/local/sbin/netcheck-vm-setup
+ExecStartPre=/bin/mkdir -p /run/netcheck-seed
+ExecStartPre=/bin/mount -o ro /dev/vdb /run/netcheck-seed
+ExecStartPre=/bin/cp /run/netcheck-seed/setup.sh /run/netcheck-setup.sh
+ExecStart=/bin/sh -e /run/netcheck-setup.sh
+ExecStartPost=/bin/umount /run/netcheck-seed
 
 [Install]
 WantedBy=multi-user.target
 """
+# Modules the labs need that nothing loads on demand (the bridge's netfilter hook, the legacy xtables core).
+MODULES = ("br_netfilter", "ip_tables", "ip6_tables", "iptable_filter", "iptable_nat", "iptable_mangle", "iptable_raw")
 
 
 def log(msg: str) -> None:
@@ -132,8 +141,12 @@ def image_key() -> str:
     h = hashlib.sha256()
     h.update(f"{IMAGE_VERSION} {SUITE} {' '.join(PACKAGES)}\n".encode())
     h.update((REPO / "pyproject.toml").read_bytes())
-    h.update(SETUP.encode() + SETUP_UNIT.encode())
+    h.update(SEED_UNIT.encode() + " ".join(MODULES).encode())
     return h.hexdigest()[:12]
+
+
+def debs_key() -> str:
+    return hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
 
 
 def image_dir(cache: Path) -> Path:
@@ -151,14 +164,21 @@ def build_image(cache: Path, ledger: Ledger, tag: str) -> Path:
     ledger.create(DirEntry(str(work)), lambda: work.mkdir())
     root = work / "root"
     t0 = time.monotonic()
+    wheels = work / "wheels"
+    log("image: wheelhouse of netcheck and its dependencies, built on this machine")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--use-pep517", "--wheel-dir", str(wheels), str(REPO)])
+    run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(wheels), "setuptools>=77", "wheel"])
+    debs = cache / f"debs-{debs_key()}.tgz"  # the .debs debootstrap fetched, kept: a rebuild installs without downloading
+    if not debs.exists():
+        log(f"image: debootstrap --make-tarball {debs.name} (downloads from Debian's mirror)")
+        part = cache / f".{debs.name}.{tag}"
+        ledger.record(FileEntry(str(part)))
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--make-tarball={part}", SUITE, str(work / "fetch"), MIRROR])
+        os.rename(part, debs)
     log(f"image: debootstrap {SUITE} into {root} (a mount namespace of its own)")
     run(["unshare", "--mount", "--propagation", "private", "--", "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-         SUITE, str(root), MIRROR])
-    log(f"image: debootstrap done in {time.monotonic() - t0:.0f} s")
-    wheels = work / "wheels"
-    log("image: wheelhouse of netcheck's dependencies, built on this machine")
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(REPO)])
-    run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(wheels), "setuptools>=77", "wheel"])
+         f"--unpack-tarball={debs}", SUITE, str(root), MIRROR])
+    log(f"image: debootstrap done after {time.monotonic() - t0:.0f} s")
     copy_tree(REPO, root / "vagrant")
     shutil.copytree(wheels, root / "tmp" / "wheels")
     # pip in the chroot reads only the wheelhouse (--no-index): nothing is fetched from inside.
@@ -184,13 +204,11 @@ def configure_root(root: Path) -> None:
     """The image's own files: fstab, the seed-disk setup, sshd for root by key only, no network of its own."""
     (root / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
     (root / "etc/hostname").write_text("netcheck\n")
-    setup = root / "usr/local/sbin/netcheck-vm-setup"
-    setup.write_text(SETUP)
-    setup.chmod(0o755)
-    (root / "etc/systemd/system/netcheck-vm-setup.service").write_text(SETUP_UNIT)
+    (root / "etc/systemd/system/netcheck-vm-seed.service").write_text(SEED_UNIT)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    (wants / "netcheck-vm-setup.service").symlink_to("/etc/systemd/system/netcheck-vm-setup.service")
+    (wants / "netcheck-vm-seed.service").symlink_to("/etc/systemd/system/netcheck-vm-seed.service")
+    (root / "etc/modules-load.d/netcheck.conf").write_text("".join(f"{m}\n" for m in MODULES))
     (root / "etc/ssh/sshd_config.d/netcheck.conf").write_text(
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n"
         "HostKey /etc/ssh/ssh_host_ed25519_key\n")
@@ -274,7 +292,8 @@ class TwoVms:
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"netcheck {self.tag} {vm.name}", "-f", str(seed / "ssh_host_ed25519_key")])
             host_key = " ".join((seed / "ssh_host_ed25519_key.pub").read_text().split()[:2])
             known.append(f"{vm.private},{vm.mgmt} {host_key}\n")
-            (seed / "node.env").write_text(f"NAME={vm.name}\nPRIVATE={vm.private}\nMGMT={vm.mgmt}\n")
+            (seed / "node.env").write_text(f"NAME={vm.name}\nPRIVATE={vm.private}\nMGMT={vm.mgmt}\nMGMT_MAC={vm.mac(0)}\nPRIVATE_MAC={vm.mac(1)}\n")
+            (seed / "setup.sh").write_text(SETUP)
         for vm in VMS:
             seed = f / f"seed-{vm.name}"
             shutil.copy(f / "id_ed25519", seed / "id_ed25519")
@@ -291,10 +310,10 @@ class TwoVms:
         f = self.folder
         return [
             "qemu-system-x86_64", "-name", f"netcheck-{self.tag}-{vm.name}", "-machine", f"q35,accel={self.accel}",
-            "-cpu", "max" if self.accel == "tcg" else "host,-arch-capabilities", "-smp", "1", "-m", str(self.memory_mb),
+            "-cpu", "max" if self.accel == "tcg" else KVM_CPU, "-smp", "1", "-m", str(self.memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{f / f'serial-{vm.name}.log'}",
             "-kernel", str(self.image / "vmlinuz"), "-initrd", str(self.image / "initrd.img"),
-            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1",
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 quiet",
             "-drive", f"file={disk},if=virtio,format=qcow2", "-drive", f"file={f / f'seed-{vm.name}.img'},if=virtio,format=raw,readonly=on",
             "-netdev", f"tap,id=mg,ifname={taps['mg']},script=no,downscript=no", "-device", f"virtio-net-pci,netdev=mg,mac={vm.mac(0)},addr=0x3",
             "-netdev", f"tap,id=pv,ifname={taps['pv']},script=no,downscript=no", "-device", f"virtio-net-pci,netdev=pv,mac={vm.mac(1)},addr=0x4",
@@ -347,7 +366,10 @@ class TwoVms:
             lines = (self.folder / f"serial-{vm.name}.log").read_text(errors="replace").splitlines()
             return " | ".join(lines[-3:])
 
-        wait_until(up, timeout=600 if self.accel == "tcg" else 240, what=f"ssh to vm {vm.name} at {vm.mgmt}", describe=tail)
+        try:
+            wait_until(up, timeout=1200 if self.accel == "tcg" else 240, what=f"ssh to vm {vm.name} at {vm.mgmt}", describe=tail)
+        except WaitTimeout as exc:
+            raise SystemExit(f"{exc} (its console: {self.folder / f'serial-{vm.name}.log'}, copied to the results)") from None
 
     def stop(self) -> list[str]:
         """Power the VMs off (bounded), then undo the record: qemu by PID if still there, the namespace, the folder."""
@@ -375,13 +397,41 @@ def root_links() -> str:
     return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout
 
 
-def accel() -> str:
+def accel(image: Path, ledger: Ledger) -> str:
+    """kvm if a KVM guest boots the image's kernel to its first line within 30 s, else tcg. /dev/kvm opening
+    is not enough: in a nested VM it may open and run no guest (seen: a Firecracker guest's /dev/kvm)."""
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(os.open("/dev/kvm", os.O_RDWR))
     except OSError:
         return "tcg"
-    os.close(fd)
-    return "kvm"
+    # No NIC at all (-nodefaults, no -netdev), so it may run in this namespace; recorded by PID like the VMs.
+    qemu = ["qemu-system-x86_64", "-machine", "q35,accel=kvm", "-cpu", KVM_CPU, "-m", "256", "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", "stdio", "-kernel", str(image / "vmlinuz"), "-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"]
+    p = subprocess.Popen(["sh", "-c", 'read _ && exec "$@"', "sh", *qemu], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    entry = ledger.record(ProcessEntry(p.pid, process_starttime(p.pid), tuple(qemu[:3])))
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(b"go\n")
+    p.stdin.close()
+    os.set_blocking(p.stdout.fileno(), False)
+    seen = bytearray()
+
+    def booting() -> bool:
+        chunk = p.stdout.read() if p.stdout else None
+        if chunk:
+            seen.extend(chunk)
+        return b"Linux version" in seen or p.poll() is not None
+
+    try:
+        wait_until(booting, timeout=30, what="a KVM guest's first kernel line")
+        ok = b"Linux version" in seen
+    except WaitTimeout:
+        ok = False
+    finally:
+        kill_process(entry.pid, entry.starttime)
+        p.wait(10)
+        p.stdout.close()
+    log("kvm: " + ("boots a guest" if ok else f"/dev/kvm opens but no guest ran in 30 s ({bytes(seen[-200:]).decode(errors='replace').strip() or 'no output'}): tcg"))
+    return "kvm" if ok else "tcg"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -413,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.build_only:
         ledger.undo_and_close()
         return 0
-    vms = TwoVms(image, ledger, tag, memory_mb=args.memory, accel=args.accel or accel())
+    vms = TwoVms(image, ledger, tag, memory_mb=args.memory, accel=args.accel or accel(image, ledger))
     results = REPO / "reports" / f"two-vms-{tag}"
     results.mkdir(parents=True)
     codes: dict[str, int] = {}
