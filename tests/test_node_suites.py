@@ -19,7 +19,7 @@ import pytest
 from hoststate import read_records
 
 from netcheck.diagnosing import prober_for
-from netcheck.evidence import ProbeResult
+from netcheck.evidence import ProbeRequest, ProbeResult
 from netcheck.faults import FAULTS
 from netcheck.kernel.inspect import conntrack, legacy_tables
 from netcheck.kernel.netns import Netns, RouteEntry
@@ -77,6 +77,9 @@ def test_a_node_served_host_is_read_probed_and_served_on_its_node_alone(nodes: t
         assert lab.services.stop("host-loopback") == 1
     far = prober_for(lab).icmp(c.name, "198.51.100.1", capture=[lab.point(c.name), "wan:uplink"])
     assert far.passed and far.capture("wan:uplink").packets, far.explain()
+    nobody = [ProbeRequest("icmp", c.name, ip_address(f"10.244.2.{200 + i}"), expect="block", timeout=1.0) for i in range(4)]  # no neighbour answers
+    assert all(r.passed for r in prober_for(lab).many(nobody))
+    assert lab.node.probe_channels >= 2, "probes sent at once waited for each other on the node"  # each waits out its timeout, beside the others
 
 
 def test_a_fault_on_one_node_served_host_is_diagnosed_on_its_node_and_undone_from_its_ledger(nodes: tuple[NodesLab, Path]) -> None:

@@ -40,6 +40,8 @@ READS = frozenset({"links", "link", "addresses", "routes", "all_routes", "ip_rul
 class Channel(Protocol):
     """The part of an execnet channel the agent uses."""
 
+    @property
+    def gateway(self) -> Any: ...
     def receive(self) -> Any: ...
     def send(self, item: Any) -> None: ...
 
@@ -53,6 +55,7 @@ class Agent:
         self.sinks: dict[int, X.Sink] = {}
         self.prober: Prober | None = None
         self.diagnosing: DiagnosingProber | None = None
+        self._probers = threading.Lock()
 
     def _lab(self) -> Lab:
         if self.lab is None:
@@ -107,11 +110,14 @@ class Agent:
         """A probe of ``ProbeRequest.to_dict()``, sent here (once more if inconclusive); with ``diagnose``, a failed one
         carries the Diagnosis this node makes of it (``netcheck.diagnose.diagnose`` on its lab, with its own resend)."""
         lab = self._lab()
+        with self._probers:  # made once for the lab's life (their ICMP ids follow on), whichever channel asks first
+            if diagnose:
+                self.diagnosing = diagnosing = self.diagnosing or DiagnosingProber(lab)
+            else:
+                self.prober = prober = self.prober or Prober(lab)
         if diagnose:
-            self.diagnosing = self.diagnosing or DiagnosingProber(lab)
-            return self.diagnosing.send(ProbeRequest.from_dict(request)).to_dict()
-        self.prober = self.prober or Prober(lab)  # one for the lab's life: its ICMP ids follow on
-        return self.prober.conclusive(ProbeRequest.from_dict(request)).to_dict()
+            return diagnosing.send(ProbeRequest.from_dict(request)).to_dict()
+        return prober.conclusive(ProbeRequest.from_dict(request)).to_dict()
 
     def ns_read(self, label: str, method: str, args: list[Any]) -> Any:
         """One of the reads of ``Netns`` (``READS``) in the lab's namespace ``label``, as values."""
@@ -195,7 +201,8 @@ class Agent:
 
 
 def serve(channel: Channel) -> None:
-    """Answer the controller's requests until it closes the channel (or sends ``("bye", {})``)."""
+    """Answer the controller's requests until it closes the channel (or sends ``("bye", {})``), one at a time;
+    ``probe_channel`` opens a channel of its own for probes, answered at once with the others (``_serve_probes``)."""
     agent = Agent()
     ops: dict[str, Callable[..., JSON | None]] = {
         name: getattr(agent, name) for name in ("hello", "build", "state", "join", "probe", "capture_open", "capture_collect", "df_ping",
@@ -214,13 +221,32 @@ def serve(channel: Channel) -> None:
         op, args = request
         if op == "bye":
             return
-        try:
-            with lock:
-                value = ops[op](**args)
-        except Exception as exc:  # noqa: BLE001 - handed to the controller, which raises it with the node's name
-            channel.send(("error", f"{type(exc).__name__}: {exc}"))
+        if op == "probe_channel":
+            side = channel.gateway.newchannel()
+            threading.Thread(target=_serve_probes, args=(side, agent), name="netcheck-node-probes", daemon=True).start()
+            channel.send(("ok", side))
             continue
-        channel.send(("ok", value))
+        with lock:
+            channel.send(_answer(ops, op, args))
+
+
+def _serve_probes(channel: Channel, agent: Agent) -> None:
+    """Probes on a channel of their own, each answered as soon as it is done, beside the other channels' (the controller's
+    ``Prober.many`` sends its probes at once: a negative one costs its timeout, so they wait together, as in one process)."""
+    ops: dict[str, Callable[..., JSON | None]] = {"probe": agent.probe}
+    while True:
+        try:
+            op, args = channel.receive()
+        except (EOFError, KeyboardInterrupt):
+            return  # the main channel's end decides what this process does
+        channel.send(_answer(ops, op, args))
+
+
+def _answer(ops: dict[str, Callable[..., JSON | None]], op: str, args: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "ok", ops[op](**args)
+    except Exception as exc:  # noqa: BLE001 - handed to the controller, which raises it with the node's name
+        return "error", f"{type(exc).__name__}: {exc}"
 
 
 __all__ = ["Agent", "serve"]

@@ -179,8 +179,7 @@ class NodeHost:
     def probe(self, request: JSONObject, *, diagnose: bool = True) -> JSONObject:
         """One probe, ``ProbeRequest.to_dict()``, sent on the node (once more if inconclusive): its ``ProbeResult.to_dict()``,
         a failed one with the diagnosis made there (``netcheck.multihost.probes.NodeProber`` makes and reads these values)."""
-        out: JSONObject = self.node.call("probe", wait=PROBE_WAIT, request=request, diagnose=diagnose)
-        return out
+        return self.node.probe(request, diagnose, PROBE_WAIT)
 
 
 __all__ = ["NodeHost", "NodeNetns", "NodeServices"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Netns, VethSpec
 from netcheck.kernel.worker import NETNS_RUN_DIR, netns_path
 from netcheck.lab import LabError
@@ -75,6 +76,8 @@ class Node:
 
         self.name, self.gateway = name, gateway
         self._lock = threading.Lock()
+        self._probe_channels: list[Any] = []  # idle channels for probes (``probe``), taken and given back under their own lock
+        self._pool = threading.Lock()
         try:
             self.gw = execnet.makegateway(gateway)
         except Exception as exc:
@@ -98,7 +101,35 @@ class Node:
             raise NodeError(f"node {self.name} ({self.gateway}): {op}: {value}")
         return value
 
+    @property
+    def probe_channels(self) -> int:
+        """How many channels for probes this node has open and idle: as many as probes were once in flight at once."""
+        with self._pool:
+            return len(self._probe_channels)
+
+    def probe(self, request: JSONObject, diagnose: bool, wait: float) -> JSONObject:
+        """A probe on a channel of its own (opened on first need, kept for the next), so that probes sent at once
+        (``Prober.many``) are sent at once on the node; its answer, as ``call``'s."""
+        with self._pool:
+            side = self._probe_channels.pop() if self._probe_channels else None
+        if side is None:
+            side = self.call("probe_channel")
+        try:
+            side.send(("probe", {"request": request, "diagnose": diagnose}))
+            status, value = side.receive(wait)
+        except Exception as exc:  # the channel is left out of the pool: a late answer must not be read as the next probe's
+            raise NodeError(f"node {self.name} ({self.gateway}): probe: {exc}") from exc
+        with self._pool:
+            self._probe_channels.append(side)
+        if status == "error":
+            raise NodeError(f"node {self.name} ({self.gateway}): probe: {value}")
+        out: JSONObject = value
+        return out
+
     def close(self) -> None:
+        for side in self._probe_channels:
+            with contextlib.suppress(Exception):
+                side.close()
         with contextlib.suppress(Exception):
             self.channel.send(("bye", {}))
             self.channel.waitclose(10)
