@@ -8,8 +8,11 @@ pyroute2 and /proc/net are the oracle here: the diagnosis read them until the du
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from ipaddress import ip_address, ip_interface, ip_network
 from typing import Any
@@ -151,12 +154,66 @@ def test_the_raw_dumps_read_what_pyroute2_reads(lab: Lab, label: str) -> None:
         assert sorted(I.conntrack(ns, family=family), key=repr) == sorted(_conntrack(ns, family), key=repr)
 
 
+def _route_get(ipr: Any, dst: str, src: str | None, iif: str | None) -> RouteEntry | str:
+    kw: dict[str, Any] = {"dst": dst, **({"src": src} if src else {})}
+    if iif is not None:
+        kw["iif"] = ipr.link("get", ifname=iif)[0]["index"]
+    try:
+        return _route(ipr.route("get", **kw)[0], _names(ipr))
+    except Exception as exc:  # noqa: BLE001 - the error's text, as Netns.route_get gives it
+        return os.strerror(exc.code if isinstance(getattr(exc, "code", None), int) else errno.ENETUNREACH)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("label", ["host", "netns0"])
+def test_the_raw_route_lookup_answers_as_pyroute2_does(lab: Lab, label: str) -> None:
+    """Delivered, forwarded, blackholed, local, unroutable and IPv6 lookups, with and without a source and an input interface."""
+    ns = lab.namespaces()[label]
+    ifaces = [x.name for x in ns.links() if x.name != "lo"][:2]
+    asked = 0
+    for dst in ("203.0.113.1", "198.51.100.1", "172.18.0.10", "172.18.0.20", "10.99.0.1", "127.0.0.1", "224.0.0.1", "2001:db8::1", "fd00:99::1"):
+        for src, iif in ((None, None), ("172.18.0.10", None), ("203.0.113.1", ifaces[0]), ("172.18.0.10", ifaces[-1])):
+            if src and ip_address(src).version != ip_address(dst).version:
+                continue
+            want = _pyroute2(ns, lambda ipr, d=dst, s=src, i=iif: _route_get(ipr, d, s, i))
+            assert ns.route_get(ip_address(dst), ip_address(src) if src else None, iif) == want, (dst, src, iif)
+            asked += 1
+    assert asked >= 20
+
+
 def test_the_lab_holds_what_the_comparison_needs(lab: Lab) -> None:
     """The comparison above is not vacuous: the lab holds every kind of thing it compares."""
     host = lab.host
     assert {r.kind for r in host.all_routes()} >= {"unicast", "blackhole"}
+    assert isinstance(host.route_get(ip_address("198.51.100.1")), str)  # the blackhole route: the lookup comparison meets an error too
     assert any(not p.hairpin for p in host.bridge_ports()) and I.bridges(host)
     assert any(n.state == "PERMANENT" for n in lab.namespaces()["netns0"].neighbours())
     assert lab.namespaces()["netns0"].addresses(socket.AF_INET6) and lab.wan.routes(socket.AF_INET6)
     assert I.listening(lab.wan)
     assert {e.proto for e in I.conntrack(host)} >= {"icmp", "tcp", "udp"} and I.conntrack(host, family=6)
+
+
+def test_the_snapshot_hands_each_namespace_its_reads_once(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``observe`` reads a namespace, its SNMP counters and (for the host) its extras in one job on the
+    namespace's thread (plus the host's conntrack socket, made first), and ``counters`` in one job too:
+    a hand-over costs a thread wake-up, which is milliseconds on a loaded machine."""
+    from netcheck.diagnose import state as St
+    from netcheck.kernel.worker import NamespaceWorker
+
+    handed: Counter[str] = Counter()
+    submit = NamespaceWorker.submit
+
+    def counting(self: NamespaceWorker, fn: Any, *args: Any) -> Any:
+        handed[self.label] += 1
+        return submit(self, fn, *args)
+
+    monkeypatch.setattr(NamespaceWorker, "submit", counting)
+    namespaces = lab.namespaces()
+    snap, snmp = St.observe(namespaces, full=set(namespaces), addresses={"172.18.0.10"}, counted={"host", "netns0"})
+    assert handed == {"host": 2, "wan": 1, "netns0": 1, "netns1": 1}
+    assert set(snap.namespaces) == set(namespaces) and snap.host.ruleset.rules() and snap.host.bridge_ports and snap.host.conntrack
+    assert snap.namespaces["netns0"].listening and snap.namespaces["host"].routes
+    assert set(snmp) == {"host", "netns0"} and "TcpExt.IPReversePathFilter" in snmp["host"] and snmp["host"]["Ip.Forwarding"] == 1
+    handed.clear()
+    rules, before = St.counters(namespaces, {"host", "wan"})
+    assert handed == {"host": 1, "wan": 1}
+    assert rules and set(before) == {"host", "wan"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from concurrent.futures import Future
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -136,27 +137,34 @@ TCP_CT_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLO
 _CT_PROTOS = {1: "icmp", 6: "tcp", 17: "udp"}
 
 
-def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096, family: int = 4) -> list[CtEntry]:
-    """Conntrack entries of the namespace (of one address family) through ctnetlink; only those touching ``addresses`` if given."""
+def conntrack_socket(ns: Netns) -> Future[socket.socket]:
+    """A ctnetlink socket made in the namespace's thread (queued there now), for ``conntrack(sock=...)``."""
+    return ns.submit(socket.socket, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
 
-    def do() -> list[CtEntry]:
+
+def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096, family: int = 4, sock: socket.socket | None = None) -> list[CtEntry]:
+    """Conntrack entries of the namespace (of one address family) through ctnetlink; only those touching ``addresses`` if given.
+
+    The dump's socket is made in the namespace (or is ``sock``, from ``conntrack_socket``; it is closed
+    after), and the dump runs in the calling thread: the kernel walks the machine's whole conntrack hash
+    for it (262144 buckets here, milliseconds), and a caller may wait for it while the namespace's thread
+    reads the rest."""
+    try:
+        sock = sock or ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         af = socket.AF_INET6 if family == 6 else socket.AF_INET
         payloads = rtnl.dump(NETLINK_NETFILTER, NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
-                             _NFGEN.pack(af, 0, 0), "conntrack")
-        out: list[CtEntry] = []
-        for p in payloads[:limit]:
-            entry = _ct_entry(p)
-            if entry is None:
-                continue
-            if addresses and not addresses & {entry.src, entry.dst, entry.reply_src, entry.reply_dst}:
-                continue
-            out.append(entry)
-        return out
-
-    try:
-        return ns.call(do)
+                             _NFGEN.pack(af, 0, 0), "conntrack", sock=sock)
     except Exception:  # noqa: BLE001 - conntrack may be unavailable (module not loaded): no entries
         return []
+    out: list[CtEntry] = []
+    for p in payloads[:limit]:
+        entry = _ct_entry(p)
+        if entry is None:
+            continue
+        if addresses and not addresses & {entry.src, entry.dst, entry.reply_src, entry.reply_dst}:
+            continue
+        out.append(entry)
+    return out
 
 
 def _ct_tuple(value: memoryview | None) -> tuple[str, str, int, int | None, int | None] | None:
@@ -231,4 +239,4 @@ def legacy_tables(ns: Netns) -> list[str]:
             return []
 
     return ns.call(do)
-__all__ = ["BridgeOptions", "CtEntry", "Listening", "bridges", "conntrack", "legacy_tables", "listening", "snmp_counters"]
+__all__ = ["BridgeOptions", "CtEntry", "Listening", "bridges", "conntrack", "conntrack_socket", "legacy_tables", "listening", "snmp_counters"]

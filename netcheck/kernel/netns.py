@@ -383,7 +383,7 @@ class Netns:
         return self.with_rtnl(lambda sock: sock.link_records())
 
     def _names(self, sock: rtnl.Rtnl) -> dict[int, str]:
-        return {r.index: r.name for r in sock.link_records()}
+        return sock.link_names()
 
     def link(self, name: str) -> Link | None:
         record = self.with_rtnl(lambda sock: sock.get_link(name))
@@ -455,19 +455,16 @@ class Netns:
     def route_get(self, dst: IPv4Address | IPv6Address, src: IPv4Address | IPv6Address | None = None, iif: str | None = None) -> RouteEntry | str:
         """The kernel's route lookup for a flow (``ip route get``); a string names the error."""
 
-        def do(ipr: IPRoute) -> RouteEntry | str:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            kw: dict[str, Any] = {"dst": str(dst)}
-            if src is not None:
-                kw["src"] = str(src)
-            if iif is not None:
-                kw["iif"] = ipr.link("get", ifname=iif)[0]["index"]
+        def do(sock: rtnl.Rtnl) -> RouteEntry | str:
+            names = self._names(sock)
+            index = _index(sock, iif) if iif is not None else None  # no such link: an error, not a lookup's answer
             try:
-                return _route(ipr.route("get", **kw)[0], names)
+                family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+                return _route_of(sock.route_get(family, dst.packed, src.packed if src is not None else None, index), names)
             except Exception as exc:  # noqa: BLE001
                 return os.strerror(_errno(exc) or errno.ENETUNREACH)
 
-        return self.netlink(do)
+        return self.with_rtnl(do)
 
     def neighbours(self, family: int = socket.AF_INET) -> list[Neighbour]:
         def do(sock: rtnl.Rtnl) -> list[Neighbour]:

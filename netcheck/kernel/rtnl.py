@@ -52,7 +52,7 @@ VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
 IFA_F_NODAD = 0x02  # an IPv6 address usable at once: no duplicate address detection (the sandbox owns every address)
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
+RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 2, 3, 4, 5, 6, 7, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
@@ -407,21 +407,48 @@ class Rtnl:
         """Dump every link of the namespace (names, admin state, operstate, master, peer)."""
         return [link_record(p).state for p in self.dump(RTM_GETLINK, _ifinfo(), "links")]
 
+    def link_names(self) -> dict[int, str]:
+        """Every link's name by its index, from a dump (only the names decoded)."""
+        out = {}
+        for p in self.dump(RTM_GETLINK, _ifinfo(), "links"):
+            name = next((v for kind, v in _attrs(memoryview(p), _IFINFO.size) if kind == IFLA_IFNAME), None)
+            out[_IFINFO.unpack_from(p)[2]] = text(name) if name is not None else ""
+        return out
+
     def link_records(self) -> list[LinkRecord]:
         """Dump every link of the namespace, with its kind and its bridge port or bridge options."""
         return [link_record(p) for p in self.dump(RTM_GETLINK, _ifinfo(), "links")]
+
+    def route_get(self, family: int, dst: bytes, src: bytes | None = None, iif: int | None = None) -> bytes:
+        """The kernel's route lookup (``ip route get``): the RTM_NEWROUTE payload, or a NetlinkError."""
+        body = _RTMSG.pack(family, len(dst) * 8, len(src) * 8 if src else 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, dst)
+        if src:
+            body += _attr(RTA_SRC, src)
+        if iif is not None:
+            body += _u32(RTA_IIF, iif)
+        seq = self._next()
+        self.sock.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body)
+        while True:
+            for mtype, flags, mseq, payload in _messages(self.sock.recv(65536)):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    raise NetlinkError(-struct.unpack_from("=i", payload)[0], "get route", _ext_ack(payload, flags))
+                if mtype == RTM_NEWROUTE:
+                    return bytes(payload)
 
     def dump(self, request: int, body: bytes, what: str) -> list[bytes]:
         """The payloads of a dump request (RTM_GET* with its family header in ``body``), in the kernel's order."""
         return _dump(self.sock, self._next(), request, request - 2, body, what)  # RTM_GETX answers with RTM_NEWX
 
 
-def dump(protocol: int, request: int, reply: int, body: bytes, what: str) -> list[bytes]:
-    """One dump on a fresh netlink socket of ``protocol`` (NETLINK_SOCK_DIAG, NETLINK_NETFILTER...), in the
-    calling thread's namespace: the payloads of its ``reply`` messages."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
-        return _dump(sock, 1, request, reply, body, what)
+def dump(protocol: int, request: int, reply: int, body: bytes, what: str, sock: socket.socket | None = None) -> list[bytes]:
+    """One dump on a netlink socket of ``protocol`` (NETLINK_SOCK_DIAG, NETLINK_NETFILTER...): the payloads
+    of its ``reply`` messages. The socket is ``sock`` (closed after; made in the namespace to read) or a
+    fresh one in the calling thread's namespace."""
+    with sock if sock is not None else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as s:
+        s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
+        return _dump(s, 1, request, reply, body, what)
 
 
 def _dump(sock: socket.socket, seq: int, request: int, reply: int, body: bytes, what: str) -> list[bytes]:
@@ -484,7 +511,7 @@ def text(value: memoryview) -> str:
 
 
 def lladdr(value: memoryview) -> str:
-    return ":".join(f"{b:02x}" for b in bytes(value))
+    return bytes(value).hex(":")
 
 
 def _integers(value: memoryview | None) -> dict[int, int] | None:
