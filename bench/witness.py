@@ -1,9 +1,12 @@
 """The kernel as witness, measured: what a diagnosis and a negative cost with and without it.
 
-    sudo .venv/bin/python bench/witness.py [--repeat 9]
+    sudo .venv/bin/python bench/witness.py [--repeat 9] [--baseline 52c2135]
 
 Both figures are medians, each beside today's (no witness) in the same run, on the same lab; then
-where a diagnosis's time goes (each phase's mean, with the witness):
+where a diagnosis's time goes (each phase's mean, with the witness), and its CPU time (a figure
+that a loaded machine inflates less than the wall time). ``--baseline REV`` also runs this bench on
+commit REV's netcheck (its tree, exported to a temporary folder), right after, and shows its
+figures and phases beside today's:
 
 * diagnosing one failure beyond the probe itself: ``diagnose(lab, result, resend)`` for an ICMP
   probe to the outside that a FORWARD DROP rule kills (seed2, fault forward-drop-rule). With the
@@ -28,23 +31,30 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+TREE = "NETCHECK_BENCH_TREE"  # set by --baseline: the netcheck to measure is that commit's tree, not this one
+sys.path.insert(0, os.environ.get(TREE) or str(REPO))
 
 TARGETS = {"diagnosis_ms": 100.0, "negative_ms": 10.0}
 
 
-def _ms(fn: Any, repeat: int) -> float:
+def _ms(fn: Any, repeat: int, cpu: list[float] | None = None) -> float:
+    """The median wall time of ``fn`` in ms; the CPU time of each call (this process's threads and the
+    commands it waited for, user and system) is added to ``cpu``."""
     values = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        c, p, t = os.times(), time.process_time(), time.perf_counter()
         fn()
         values.append((time.perf_counter() - t) * 1000)
+        if cpu is not None:  # the process's threads to the microsecond, the commands it waited for in clock ticks
+            d = os.times()
+            cpu.append((time.process_time() - p + d.children_user + d.children_system - c.children_user - c.children_system) * 1000)
     return round(statistics.median(values), 1)
 
 
 PHASES = (("netcheck.diagnose", "_counters", "rule and SNMP counters before the repeat"), ("netcheck.diagnose", "_start", "nft trace: listen, make its table"),
           ("resend", "resend", "the repeated probe (ends at the kernel's drop)"), ("netcheck.diagnose", "_stop", "nft trace: read, list the rules, remove its table"),
-          ("netcheck.diagnose", "_snmp", "SNMP counters after the repeat"), ("netcheck.diagnose.state", "snapshot", "the snapshot of the namespaces"),
+          ("netcheck.diagnose.state", "observe", "the snapshot of the namespaces (SNMP counters after the repeat with it)"),
+          ("netcheck.diagnose", "_snmp", "SNMP counters after the repeat"), ("netcheck.diagnose.state", "snapshot", "the snapshot of the namespaces"),  # before observe (52c2135)
           ("netcheck.diagnose.rules", "evaluate", "the rules (route lookups included)"), ("netcheck.diagnose.witness", "events", "the kernel's drops"),
           ("netcheck.diagnose", "_model_end", "the model's trace (for the ranking)"), ("netcheck.diagnose.fixes", "verify", "fix verification (apply, re-probe, undo)"))
 
@@ -58,7 +68,9 @@ def _timed(phases: dict[str, float]) -> Any:
         if module == "resend":
             continue
         mod = importlib.import_module(module)
-        original = getattr(mod, name)
+        original = getattr(mod, name, None)
+        if original is None:
+            continue  # a phase of another commit's code (--baseline)
 
         def timed(*a: Any, _f: Any = original, _label: str = label, **k: Any) -> Any:
             t = time.perf_counter()
@@ -79,7 +91,7 @@ def measure(repeat: int) -> dict[str, Any]:
     from netcheck.factory import LabFactory
     from netcheck.probes import Prober
 
-    out: dict[str, Any] = {"repeat": repeat, "load_before": os.getloadavg()[0]}
+    out: dict[str, Any] = {"repeat": repeat, "load_before": os.getloadavg()[0], "netcheck": str(Path(faults.__file__).parent)}
     with LabFactory(reap=False) as labs:
         seed2 = labs.fresh("seed2")
         faults.inject(seed2, ["forward-drop-rule"])
@@ -115,7 +127,9 @@ def measure(repeat: int) -> dict[str, Any]:
         undo = _timed(phases)
         phases.clear()
         try:
-            out["diagnosis_ms"] = _ms(diagnosis, repeat)
+            cpu: list[float] = []
+            out["diagnosis_ms"] = _ms(diagnosis, repeat, cpu)
+            out["diagnosis_cpu_ms"] = round(statistics.median(cpu), 1)
         finally:
             undo()
         out["diagnosis_kernel_seen"] = sum(kernel_seen)
@@ -145,30 +159,57 @@ def measure(repeat: int) -> dict[str, Any]:
     return out
 
 
-def render(r: dict[str, Any]) -> str:
-    lines = [f"the kernel as witness (median of {r['repeat']}; load {r['load_before']:.1f} -> {r['load_after']:.1f})",
-             f"{'what':<48} {'with witness':>13} {'today':>9} {'target':>8}"]
-    lines.append(f"{'diagnosing one failure, beyond the probe':<48} {r['diagnosis_ms']:>10.1f} ms {r['diagnosis_today_ms']:>6.1f} ms {'<= 100':>8}"
+def render(r: dict[str, Any], base: dict[str, Any] | None = None, rev: str = "") -> str:
+    lines = [f"the kernel as witness (median of {r['repeat']}; load {r['load_before']:.1f} -> {r['load_after']:.1f})"
+             + (f"; at {rev} (its netcheck from {base['netcheck']}): load {base['load_before']:.1f} -> {base['load_after']:.1f}" if base else ""),
+             f"{'what':<48} {'with witness':>13} {'today':>9} {'target':>8}" + (f" {'at ' + rev:>14}" if base else "")]
+
+    def was(key: str) -> str:
+        return f" {base[key]:>11.1f} ms" if base and key in base else ""
+
+    lines.append(f"{'diagnosing one failure, beyond the probe':<48} {r['diagnosis_ms']:>10.1f} ms {r['diagnosis_today_ms']:>6.1f} ms {'<= 100':>8}{was('diagnosis_ms')}"
                  f"   (kernel drop seen in {r['diagnosis_kernel_seen']}/{r['repeat']})")
     for kind in ("icmp", "tcp", "udp", "icmp6", "tcp6", "udp6"):
         if f"negative_{kind}_ms" not in r:
             continue
         lines.append(f"{'a negative proven by a kernel drop (' + kind + ')':<48} {r[f'negative_{kind}_ms']:>10.1f} ms {r[f'negative_{kind}_today_ms']:>6.1f} ms {'<= 10':>8}"
-                     f"   (proven by a drop in {r[f'negative_{kind}_proven_by_drop']}/{r['repeat']})")
+                     f"{was(f'negative_{kind}_ms')}   (proven by a drop in {r[f'negative_{kind}_proven_by_drop']}/{r['repeat']})")
+    lines.append(f"{'  its CPU time (all threads, and commands run)':<48} {r['diagnosis_cpu_ms']:>10.1f} ms {'':>9} {'':>8}{was('diagnosis_cpu_ms')}")
     lines.append("where a diagnosis's time goes (mean ms a diagnosis, with the witness; fix verification holds its re-probe, which the repeated probe line counts too):")
-    lines.extend(f"  {label:<58} {ms:>7.1f}" for label, ms in sorted(r.get("phases_ms", {}).items(), key=lambda x: -x[1]))
+    lines.extend(f"  {label:<70} {ms:>7.1f}" for label, ms in sorted(r.get("phases_ms", {}).items(), key=lambda x: -x[1]))
+    if base:
+        lines.append(f"  at {rev}:")
+        lines.extend(f"  {label:<70} {ms:>7.1f}" for label, ms in sorted(base.get("phases_ms", {}).items(), key=lambda x: -x[1]))
     return "\n".join(lines)
+
+
+def baseline(rev: str, repeat: int) -> dict[str, Any]:
+    """This bench's figures at commit ``rev``: its tree exported to a temporary folder, run with this Python."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="netcheck-baseline-") as tmp:
+        tree = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=False)
+        if tree.returncode != 0:
+            raise SystemExit(f"bench/witness.py --baseline {rev}: git archive failed: {tree.stderr.decode().strip()} (a commit of this repository?)")
+        subprocess.run(["tar", "-x", "-C", tmp], input=tree.stdout, check=True)
+        out = Path(tmp) / "figures.json"
+        # This bench, with that commit's tree first on sys.path: the same measurement of that commit's netcheck.
+        subprocess.run([sys.executable, __file__, "--repeat", str(repeat), "--json", str(out)], check=True, stdout=subprocess.DEVNULL, env={**os.environ, TREE: tmp})
+        return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--baseline", metavar="REV", help="also run this bench at commit REV (e.g. 52c2135) and show its figures beside")
     args = ap.parse_args()
     r = measure(args.repeat)
-    print(render(r))
+    base = baseline(args.baseline, args.repeat) if args.baseline else None
+    print(render(r, base, args.baseline or ""))
     if args.json:
-        args.json.write_text(json.dumps(r, indent=2))
+        args.json.write_text(json.dumps({**r, "baseline": {"rev": args.baseline, **base}} if base else r, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ the lab's own, one of its attachments.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import replace
@@ -34,7 +33,6 @@ from netcheck.diagnose import witness as W
 from netcheck.diagnose.firewall import counter_deltas
 from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 from netcheck.kernel import nftrace
-from netcheck.kernel.inspect import snmp_counters
 from netcheck.kernel.nftrace import NftTrace, TraceEvent
 
 if TYPE_CHECKING:
@@ -93,12 +91,13 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
             notes.append(f"the probe could not be repeated: {exc}")
         finally:
             traced = _stop(tracing, notes)  # before the snapshot: the trace table is gone when the rules are read
-        snmp_grew = St.snmp_deltas(snmp_before, _snmp(watched), SNMP_KEYS)
     ended = time.monotonic()
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
-    snap = St.snapshot(namespaces, full=involved, addresses=addresses)  # the others' links and addresses only: the probe does not cross them
+    # The others' links and addresses only: the probe does not cross them. The SNMP counters after the repeat in the same hand-over.
+    snap, snmp_after = St.observe(namespaces, full=involved, addresses=addresses, counted=watched if resend is not None else ())
     if resend is not None:
+        snmp_grew = St.snmp_deltas(snmp_before, snmp_after, SNMP_KEYS)
         matched = counter_deltas(before, list(snap.host.ruleset.rules()))  # the snapshot read the counters after the repeat
     evidence_of = repeated if repeated is not None else result
     hops = P.trace(route, evidence_of)
@@ -169,21 +168,9 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     )
 
 
-def _snmp(watched: dict[str, Netns]) -> dict[str, dict[str, int]]:
-    """The SNMP counters of these namespaces, read side by side (each in its own worker)."""
-    futures = {label: ns.submit(snmp_counters, ns) for label, ns in watched.items()}
-    out = {}
-    for label, f in futures.items():
-        with contextlib.suppress(Exception):
-            out[label] = f.result(timeout=30)
-    return out
-
-
 def _counters(lab: Lab, watched: dict[str, Netns]) -> tuple[list[Placed], dict[str, dict[str, int]]]:
-    """The host's rule counters and every watched namespace's SNMP counters before the repeat, read side by side."""
-    rules = lab.host.submit(St.rule_counters, lab.host)
-    snmp = _snmp(watched)
-    return rules.result(timeout=60), snmp
+    """The host's rule counters and every watched namespace's SNMP counters before the repeat, side by side (one hand-over each)."""
+    return St.counters({**watched, "host": lab.host}, watched)
 
 
 def _start(trace: NftTrace | str, result: ProbeResult, flow: P.Flow, notes: list[str]) -> NftTrace | None:

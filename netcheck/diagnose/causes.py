@@ -158,7 +158,7 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
           "the host's nf_tables tables, chain rule counts and policies against those read after the tool's setup (netcheck.lifecycle)"),
     Cause("stale_conntrack", "a conntrack entry from before a change keeps a flow on the old NAT decision: no SNAT although a MASQUERADE covers it now, "
           "or a DNAT to the address a published container had before it came back with a new one (the DNAT followed it, the entry did not)",
-          "the failed flow's own entry in the host's conntrack table (pyroute2, netlink) against the rules' MASQUERADE and DNAT now and the container's address",
+          "the failed flow's own entry in the host's conntrack table (ctnetlink) against the rules' MASQUERADE and DNAT now and the container's address",
           fix="`FlushConntrack` of the flow's entry (`conntrack -D`; the next packet makes a new one)", fixes=("FlushConntrack",)),
     Cause("model_disposition", "the datapath model, on the state read back, names the step that decided the probe's fate (a route, a rule, a sysctl, a bridge port)",
           "a trace of the probe's flow through the observed state (netcheck.datapath), ranked below every specific cause; an unmodelled match gives \"unknown\""),

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, ip_address
 from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose.firewall import Placed, Ruleset
-from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, legacy6_tables, legacy_tables, listening, snmp_counters
+from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening, bridges, conntrack, conntrack_socket, legacy6_tables, legacy_tables, listening, snmp_counters
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Address, BridgePort, IpRule, Link, Neighbour, RouteEntry
 from netcheck.kernel.xtables import nft_available, nft_chains, read_legacy, read_legacy6, read_nft, read_nft_chains
@@ -119,8 +119,6 @@ def _with_routes6(state: NsState, ns: Netns, *, full: bool) -> NsState:
     """A full read of a namespace with IPv6 addresses gets IPv6's routes, policy rules and listening sockets too (the datapath model traces IPv6 flows)."""
     if not full or not any(a.address.version == 6 for a in state.addresses):
         return state
-    from dataclasses import replace
-
     errors: list[str] = list(state.errors)
     routes6 = tuple(_safe(errors, "IPv6 routes", lambda: ns.routes(socket.AF_INET6), []))
     rules6 = tuple(_safe(errors, "ip -6 rules", lambda: ns.ip_rules(socket.AF_INET6), []))
@@ -177,27 +175,76 @@ def read_host(ns: Netns, addresses: set[str]) -> HostState:
     return ns.call(lambda: _read_host(ns, addresses))
 
 
-def _read_host(ns: Netns, addresses: set[str]) -> HostState:
+def _read_host(ns: Netns, addresses: set[str], ct: tuple[CtEntry, ...] | None = None) -> HostState:
+    """The host's extras; conntrack is read here unless given (``observe`` reads it beside, in its own thread)."""
     errors: list[str] = []
     ports = tuple(_safe(errors, "bridge ports", ns.bridge_ports, []))
     brs = tuple(_safe(errors, "bridges", lambda: bridges(ns), []))
     rs, tables, rule_errors = read_rules(ns)
-    ct = tuple(_safe(errors, "conntrack", lambda: conntrack(ns, addresses), []))
+    if ct is None:
+        ct = tuple(_safe(errors, "conntrack", lambda: conntrack(ns, addresses), []))
     return HostState(ports, brs, rs, tables, ct, tuple(errors + rule_errors))
 
 
 def snapshot(namespaces: dict[str, Netns], *, host: str = "host", full: set[str] | None = None, addresses: set[str] | None = None) -> Snapshot:
     """Read every namespace (in full those in ``full``, or all when None) and the host's extras."""
-    host_ns = namespaces.get(host)
-    # Each namespace has its own worker thread: queue the reads on them side by side (no pool to start).
-    def reader(label: str, ns: Netns) -> Callable[[], NsState]:
-        whole = full is None or label in full or label == host
-        return lambda: _with_routes6(_read_ns(label, ns, full=whole, host=label == host), ns, full=whole)
+    return observe(namespaces, host=host, full=full, addresses=addresses)[0]
 
-    futures = {label: ns.submit(reader(label, ns)) for label, ns in namespaces.items()}
-    extra = host_ns.submit(lambda: _read_host(host_ns, addresses or set())) if host_ns is not None else None
-    states = {label: f.result(timeout=60) for label, f in futures.items()}
-    return Snapshot(states, extra.result(timeout=60) if extra is not None else HostState())
+
+def observe(namespaces: dict[str, Netns], *, host: str = "host", full: set[str] | None = None, addresses: set[str] | None = None,
+            counted: Iterable[str] = ()) -> tuple[Snapshot, dict[str, dict[str, int]]]:
+    """``snapshot``, and the SNMP counters of the namespaces in ``counted``, in one hand-over to each
+    namespace's thread: every thread reads its namespace side by side with the others, the host's
+    thread its extras too, while this thread waits on the kernel's conntrack dump (it makes its socket
+    in the host namespace)."""
+    counted = set(counted)
+    host_ns = namespaces.get(host)
+
+    def reader(label: str, ns: Netns) -> Callable[[], tuple[NsState, HostState | None, dict[str, int] | None]]:
+        whole = full is None or label in full or label == host
+
+        def read() -> tuple[NsState, HostState | None, dict[str, int] | None]:
+            state = _with_routes6(_read_ns(label, ns, full=whole, host=label == host), ns, full=whole)
+            extras = _read_host(ns, addresses or set(), ct=()) if label == host else None
+            snmp = _safe([], "SNMP counters", lambda: snmp_counters(ns), None) if label in counted else None
+            return state, extras, snmp
+
+        return read
+
+    ct_sock = conntrack_socket(host_ns) if host_ns is not None else None  # first in the host thread's queue, before its reads
+    try:
+        futures = {label: ns.submit(reader(label, ns)) for label, ns in namespaces.items()}
+    except BaseException:
+        if ct_sock is not None and ct_sock.exception(timeout=60) is None:
+            ct_sock.result().close()  # a socket left open would keep the namespace alive
+        raise
+    ct_errors: list[str] = []
+    ct: tuple[CtEntry, ...] = ()
+    if host_ns is not None and ct_sock is not None:
+        sock = ct_sock.result(timeout=60) if ct_sock.exception(timeout=60) is None else None  # None: conntrack tries again, or reads none
+        ct = tuple(_safe(ct_errors, "conntrack", lambda: conntrack(host_ns, addresses or set(), sock=sock), []))
+    read = {label: f.result(timeout=60) for label, f in futures.items()}
+    extras = (read[host][1] if host in read else None) or HostState()
+    extras = replace(extras, conntrack=ct, errors=extras.errors + tuple(ct_errors))
+    snmp = {label: values for label, (_state, _extras, values) in read.items() if values is not None}
+    return Snapshot({label: state for label, (state, _extras, _snmp) in read.items()}, extras), snmp
+
+
+def counters(namespaces: dict[str, Netns], counted: Iterable[str], *, host: str = "host") -> tuple[list[Placed], dict[str, dict[str, int]]]:
+    """The host's rule counters and the SNMP counters of the namespaces in ``counted``, in one hand-over to each namespace's thread."""
+    counted = set(counted)
+
+    def reader(label: str, ns: Netns) -> Callable[[], tuple[list[Placed] | None, dict[str, int] | None]]:
+        def read() -> tuple[list[Placed] | None, dict[str, int] | None]:
+            rules = rule_counters(ns) if label == host else None
+            return rules, _safe([], "SNMP counters", lambda: snmp_counters(ns), None) if label in counted else None
+
+        return read
+
+    futures = {label: ns.submit(reader(label, ns)) for label, ns in namespaces.items() if label in counted or label == host}
+    read = {label: f.result(timeout=60) for label, f in futures.items()}
+    rules = read[host][0] if host in read else None
+    return rules or [], {label: values for label, (_rules, values) in read.items() if values is not None}
 
 
 def lookup(snap: Snapshot, label: str, ns: Netns, dst: str, src: str | None = None, iif: str | None = None) -> RouteEntry | str:

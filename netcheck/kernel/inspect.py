@@ -1,23 +1,20 @@
 """Read-only helpers for the diagnosis: listening sockets, conntrack, SNMP counters, bridge options.
 
-Each reads one namespace through its worker thread: netlink (pyroute2) or the kernel's own
-tables under /proc/thread-self/net (never the output of ``ip``, ``ss`` or ``conntrack``).
+Each reads one namespace through its worker thread: netlink (rtnetlink, sock_diag, ctnetlink, as
+raw dumps: see rtnl.dump) or the kernel's own tables under /proc/thread-self/net (never the output
+of ``ip``, ``ss`` or ``conntrack``).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from ipaddress import ip_address
 
+from netcheck.kernel import rtnl
 from netcheck.kernel.netns import Netns
-
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-
-_TCP_LISTEN = "0A"
-_UDP_UNCONNECTED = "07"
 
 
 @dataclass(frozen=True)
@@ -29,7 +26,7 @@ class Listening:
     port: int
 
     def accepts(self, address: str) -> bool:
-        """Does it take packets to ``address``? An IPv6 socket is taken as IPv6's only: /proc does not say whether it is V6ONLY."""
+        """Does it take packets to ``address``? An IPv6 socket is taken as IPv6's only (V6ONLY is not read)."""
         return self.address in ("::" if ":" in address else "0.0.0.0", address)
 
 
@@ -79,32 +76,27 @@ class BridgeOptions:
     nf_call_iptables: bool  # the per-bridge option, OR-ed with the bridge-nf-call-iptables sysctl
 
 
-def _hex_addr(text: str) -> tuple[str, int]:
-    """An address and port of /proc/net/tcp (IPv4) or tcp6 (IPv6: four 32-bit words, each in host order)."""
-    addr, port = text.split(":")
-    if len(addr) == 8:
-        return socket.inet_ntoa(struct.pack("<I", int(addr, 16))), int(port, 16)
-    raw = b"".join(struct.pack("<I", int(addr[i : i + 8], 16)) for i in range(0, 32, 8))
-    return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+_DIAG_REQ = struct.Struct("=BBBxI48x")  # inet_diag_req_v2: family, protocol, extensions, states; a zero socket id
+_TCP_LISTEN_STATE, _UDP_UNCONNECTED_STATE = 10, 7  # TCP_LISTEN; an unconnected UDP socket is TCP_CLOSE
 
 
 def listening(ns: Netns, family: int = socket.AF_INET) -> list[Listening]:
-    """The namespace's listening TCP sockets and bound UDP sockets of a family (from /proc/thread-self/net: tcp and udp, tcp6 and udp6)."""
-    suffix = "6" if family == socket.AF_INET6 else ""
+    """The namespace's listening TCP sockets and unconnected UDP sockets of a family, from sock_diag.
+
+    The kernel's own filter by state: ``/proc/net/tcp`` walks every socket of the machine's
+    hash tables (the listening and the established) and formats each as text, which costs
+    milliseconds on a busy machine; sock_diag asked for listeners walks the listening hash only.
+    """
+    size = 16 if family == socket.AF_INET6 else 4
 
     def do() -> list[Listening]:
         out = []
-        for proto, state in (("tcp", _TCP_LISTEN), ("udp", _UDP_UNCONNECTED)):
-            try:
-                with open(f"/proc/thread-self/net/{proto}{suffix}") as f:
-                    lines = f.read().splitlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                parts = line.split()
-                if len(parts) > 3 and parts[3] == state:
-                    addr, port = _hex_addr(parts[1])
-                    out.append(Listening(proto, addr, port))
+        for proto, name, state in ((socket.IPPROTO_TCP, "tcp", _TCP_LISTEN_STATE), (socket.IPPROTO_UDP, "udp", _UDP_UNCONNECTED_STATE)):
+            request = _DIAG_REQ.pack(family, proto, 0, 1 << state)
+            for p in rtnl.dump(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, SOCK_DIAG_BY_FAMILY, request, f"{name} sockets"):
+                # inet_diag_msg: family, state, timer, retrans, then the socket id: sport, dport (big-endian), src[16], dst[16]...
+                out.append(Listening(name, str(ip_address(bytes(p[8 : 8 + size]))), struct.unpack_from("!H", p, 4)[0]))
         return out
 
     return ns.call(do)
@@ -134,73 +126,105 @@ def snmp_counters(ns: Netns) -> dict[str, int]:
     return ns.call(do)
 
 
-def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096, family: int = 4) -> list[CtEntry]:
-    """Conntrack entries of the namespace (of one address family) through netlink; only those touching ``addresses`` if given."""
+NETLINK_NETFILTER, IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 12, 0, 1
+NFNL_SUBSYS_CTNETLINK = 1
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
+CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 1, 2, 3
+CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
+_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id
+CT_STATUS = ("EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DST_NAT", "SEQ_ADJUST", "SRC_NAT_DONE", "DST_NAT_DONE",
+             "DYING", "FIXED_TIMEOUT", "TEMPLATE", "UNTRACKED", "HELPER", "OFFLOAD")  # IPS_* bits, lowest first
+TCP_CT_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "LISTEN",
+                 "MAX", "IGNORE", "RETRANS", "UNACK", "TIMEOUT_MAX")  # TCP_CONNTRACK_*
+_CT_PROTOS = {1: "icmp", 6: "tcp", 17: "udp"}
 
-    try:
+
+def conntrack_socket(ns: Netns) -> Future[socket.socket]:
+    """A ctnetlink socket made in the namespace's thread (queued there now), for ``conntrack(sock=...)``."""
+    return ns.submit(socket.socket, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+
+
+def conntrack(ns: Netns, addresses: set[str] | None = None, limit: int = 4096, family: int = 4, sock: socket.socket | None = None) -> list[CtEntry]:
+    """Conntrack entries of the namespace (of one address family) through ctnetlink; only those touching ``addresses`` if given.
+
+    Without ``sock`` the dump runs in the namespace's thread. With ``sock`` (from ``conntrack_socket``;
+    closed after) it runs in the calling thread: the kernel walks the machine's whole conntrack hash
+    for it (262144 buckets here, milliseconds), and a caller may wait for it while the namespace's
+    thread reads the rest."""
+    if sock is None:
         return ns.call(_conntrack_here, addresses, limit, family)
-    except Exception:  # noqa: BLE001 - conntrack may be unavailable (module not loaded): no entries
-        return []
+    return _conntrack_dump(sock, addresses, limit, family)
 
 
 def _conntrack_here(addresses: set[str] | None, limit: int, family: int) -> list[CtEntry]:
     """``conntrack`` in the calling thread's namespace (module-level: a node's agent runs it by name)."""
-    from pyroute2 import Conntrack
-
-    ct = Conntrack(nfgen_family=socket.AF_INET6) if family == 6 else Conntrack()
-    out: list[CtEntry] = []
     try:
-        for n, e in enumerate(ct.dump_entries()):
-            if n >= limit:
-                break
-            entry = _ct_entry(e)
-            if entry is None:
-                continue
-            if addresses and not addresses & {entry.src, entry.dst, entry.reply_src, entry.reply_dst}:
-                continue
-            out.append(entry)
-    finally:
-        ct.close()
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except OSError:
+        return []
+    return _conntrack_dump(sock, addresses, limit, family)
+
+
+def _conntrack_dump(sock: socket.socket, addresses: set[str] | None, limit: int, family: int) -> list[CtEntry]:
+    try:
+        af = socket.AF_INET6 if family == 6 else socket.AF_INET
+        payloads = rtnl.dump(NETLINK_NETFILTER, NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET, NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
+                             _NFGEN.pack(af, 0, 0), "conntrack", sock=sock)
+    except Exception:  # noqa: BLE001 - conntrack may be unavailable (module not loaded): no entries
+        return []
+    out: list[CtEntry] = []
+    for p in payloads[:limit]:
+        entry = _ct_entry(p)
+        if entry is None:
+            continue
+        if addresses and not addresses & {entry.src, entry.dst, entry.reply_src, entry.reply_dst}:
+            continue
+        out.append(entry)
     return out
 
 
-def _ct_entry(e: Any) -> CtEntry | None:
-    o, r = e.tuple_orig, e.tuple_reply
-    if o is None or r is None or not o.saddr:
+def _ct_tuple(value: memoryview | None) -> tuple[str, str, int, int | None, int | None] | None:
+    """(source, destination, protocol number, source port, destination port) of a CTA_TUPLE_* nest; ports for TCP and UDP only."""
+    if value is None:
         return None
-    names = {1: "icmp", 6: "tcp", 17: "udp"}
-    info = e.protoinfo
+    t = rtnl.attributes(value, 0)
+    ip = rtnl.attributes(t[CTA_TUPLE_IP], 0) if CTA_TUPLE_IP in t else {}
+    proto = rtnl.attributes(t[CTA_TUPLE_PROTO], 0) if CTA_TUPLE_PROTO in t else {}
+    src, dst = ip.get(1) or ip.get(3), ip.get(2) or ip.get(4)  # CTA_IP_V4_SRC, _DST, CTA_IP_V6_SRC, _DST
+    if src is None or dst is None:
+        return None
+    num = proto[CTA_PROTO_NUM][0] if CTA_PROTO_NUM in proto else 0
+
+    def port(attr: int) -> int | None:
+        return struct.unpack_from("!H", proto[attr])[0] if num in (6, 17) and attr in proto else None
+
+    return str(ip_address(bytes(src))), str(ip_address(bytes(dst))), num, port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT)
+
+
+def _ct_entry(p: bytes) -> CtEntry | None:
+    a = rtnl.attributes(p, _NFGEN.size)
+    o, r = _ct_tuple(a.get(CTA_TUPLE_ORIG)), _ct_tuple(a.get(CTA_TUPLE_REPLY))
+    if o is None or r is None:
+        return None
+    status = struct.unpack_from("!I", a[CTA_STATUS])[0] if CTA_STATUS in a else 0
+    state = ""
+    if o[2] == 6:
+        info = rtnl.attributes(a[CTA_PROTOINFO], 0) if CTA_PROTOINFO in a else {}
+        tcp = rtnl.attributes(info[CTA_PROTOINFO_TCP], 0) if CTA_PROTOINFO_TCP in info else {}
+        number = tcp[CTA_PROTOINFO_TCP_STATE][0] if CTA_PROTOINFO_TCP_STATE in tcp else -1
+        state = TCP_CT_STATES[number] if 0 < number < len(TCP_CT_STATES) else "UNKNOWN"
     return CtEntry(
-        proto=names.get(o.proto, str(o.proto)), src=str(o.saddr), dst=str(o.daddr), sport=o.sport, dport=o.dport,
-        reply_src=str(r.saddr), reply_dst=str(r.daddr), reply_sport=r.sport, reply_dport=r.dport,
-        state=str(info.state_name()) if info is not None else "", status=str(e.status_name()),
+        proto=_CT_PROTOS.get(o[2], str(o[2])), src=o[0], dst=o[1], sport=o[3], dport=o[4],
+        reply_src=r[0], reply_dst=r[1], reply_sport=r[3], reply_dport=r[4],
+        state=state, status=",".join(name for bit, name in enumerate(CT_STATUS) if status & 1 << bit),
     )
 
 
 def bridges(ns: Netns) -> list[BridgeOptions]:
     """The bridges of a namespace and the options the diagnosis cares about."""
-
-    def do(ipr: IPRoute) -> list[BridgeOptions]:
-        out = []
-        for m in ipr.get_links():
-            info = m.get_attr("IFLA_LINKINFO")
-            if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
-                continue
-            data = info.get_attr("IFLA_INFO_DATA")
-            if data is None:
-                continue
-            out.append(BridgeOptions(
-                name=m.get_attr("IFLA_IFNAME"),
-                ageing_time=int(data.get_attr("IFLA_BR_AGEING_TIME") or 0),
-                stp=bool(data.get_attr("IFLA_BR_STP_STATE")),
-                nf_call_iptables=bool(data.get_attr("IFLA_BR_NF_CALL_IPTABLES")),
-            ))
-        return out
-
-    return ns.netlink(do)
-
-
-
+    return [BridgeOptions(name=r.name, ageing_time=r.bridge.get(rtnl.IFLA_BR_AGEING_TIME, 0), stp=bool(r.bridge.get(rtnl.IFLA_BR_STP_STATE)),
+                          nf_call_iptables=bool(r.bridge.get(rtnl.IFLA_BR_NF_CALL_IPTABLES)))
+            for r in ns.link_records() if r.kind == "bridge" and r.bridge is not None]
 
 
 def legacy6_tables(ns: Netns) -> list[str]:
@@ -233,4 +257,5 @@ def _legacy_tables_here() -> list[str]:
             return [line.strip() for line in f if line.strip()]
     except OSError:
         return []
-__all__ = ["BridgeOptions", "CtEntry", "Listening", "bridges", "conntrack", "legacy_tables", "listening", "snmp_counters"]
+
+__all__ = ["BridgeOptions", "CtEntry", "Listening", "bridges", "conntrack", "conntrack_socket", "legacy_tables", "listening", "snmp_counters"]

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from netcheck.kernel import rtnl
@@ -377,30 +377,28 @@ class Netns:
     # ----------------------------------------------------------------- netlink: reads
 
     def links(self) -> list[Link]:
-        return self.netlink(lambda ipr: [_link(m) for m in ipr.get_links()])
+        return [_link_of(r) for r in self.link_records()]
+
+    def link_records(self) -> list[rtnl.LinkRecord]:
+        """Every link as one raw dump gives it (kind, bridge port and bridge options included)."""
+        return self.with_rtnl(lambda sock: sock.link_records())
+
+    def _names(self, sock: rtnl.Rtnl) -> dict[int, str]:
+        return sock.link_names()
 
     def link(self, name: str) -> Link | None:
-        def do(ipr: IPRoute) -> Link | None:
-            try:
-                return _link(ipr.link("get", ifname=name)[0])
-            except Exception as exc:  # pyroute2's NetlinkError and OSError alike: decided by errno, others re-raised
-                if _errno(exc) in (errno.ENODEV, errno.ENOENT):
-                    return None
-                raise
-
-        return self.netlink(do)
+        record = self.with_rtnl(lambda sock: sock.get_link(name))
+        return _link_of(record) if record is not None else None
 
     def addresses(self, family: int = socket.AF_INET) -> list[Address]:
         """The addresses of one family (AF_INET6: link-local ones included)."""
 
-        def do(ipr: IPRoute) -> list[Address]:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            out = []
-            for m in ipr.get_addr(family=family):
-                out.append(Address(names.get(m["index"], str(m["index"])), ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")))
-            return out
+        def do(sock: rtnl.Rtnl) -> list[Address]:
+            names = self._names(sock)
+            return [Address(names.get(index, str(index)), _interface(bytes(a[rtnl.IFA_ADDRESS]), prefixlen))
+                    for index, prefixlen, _flags, a in _addr_dump(sock, family) if rtnl.IFA_ADDRESS in a]
 
-        return self.netlink(do)
+        return self.with_rtnl(do)
 
     def address_flags(self, name: str, address: IPv6Interface) -> int | None:
         """An IPv6 address's flags (IFA_F_*: tentative, dadfailed...), None if the interface lacks it."""
@@ -417,12 +415,12 @@ class Netns:
     def dad_failed(self) -> list[tuple[str, str]]:
         """(interface, address) of every IPv6 address whose duplicate address detection failed (one dump)."""
 
-        def do(ipr: IPRoute) -> list[tuple[str, str]]:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            return [(names.get(m["index"], "?"), str(m.get_attr("IFA_ADDRESS"))) for m in ipr.get_addr(family=socket.AF_INET6)
-                    if int(m.get_attr("IFA_FLAGS") or m["flags"]) & rtnl.IFA_F_DADFAILED]
+        def do(sock: rtnl.Rtnl) -> list[tuple[str, str]]:
+            names = self._names(sock)
+            return [(names.get(index, "?"), str(ip_address(bytes(a[rtnl.IFA_ADDRESS])) if rtnl.IFA_ADDRESS in a else None))
+                    for index, _prefixlen, flags, a in _addr_dump(sock, socket.AF_INET6) if flags & rtnl.IFA_F_DADFAILED]
 
-        return self.netlink(do)
+        return self.with_rtnl(do)
 
     def wait_dad_done(self, name: str, address: IPv6Interface, timeout: float = 5.0) -> bool:
         """Wait (bounded) until duplicate address detection of ``address`` on ``name`` has ended; True if it failed."""
@@ -436,21 +434,20 @@ class Netns:
         return done is not None and bool(done[0] & rtnl.IFA_F_DADFAILED)
 
     def routes(self, family: int = socket.AF_INET) -> list[RouteEntry]:
-        def do(ipr: IPRoute) -> list[RouteEntry]:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            return [_route(m, names) for m in ipr.get_routes(family=family, table=254)]
-
-        return self.netlink(do)
+        """The main table's routes of one family."""
+        return [r for r in self._route_dump(family) if r.table == rtnl.RT_TABLE_MAIN]
 
     def all_routes(self) -> list[RouteEntry]:
         """The routes of every table but local (255), each with its table: policy routing reads them."""
+        return [r for r in self._route_dump(socket.AF_INET) if r.table != 255]
 
-        def do(ipr: IPRoute) -> list[RouteEntry]:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            routes = (_route(m, names) for m in ipr.get_routes(family=socket.AF_INET, table=None))
-            return [r for r in routes if r.table != 255]
+    def _route_dump(self, family: int) -> list[RouteEntry]:
+        def do(sock: rtnl.Rtnl) -> list[RouteEntry]:
+            names = self._names(sock)
+            body = rtnl._RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+            return [_route_of(p, names) for p in sock.dump(rtnl.RTM_GETROUTE, body, "routes")]
 
-        return self.netlink(do)
+        return self.with_rtnl(do)
 
     def ip_rules(self, family: int = socket.AF_INET) -> list[IpRule]:
         """The policy-routing rules of a family (``ip rule``, ``ip -6 rule`` for AF_INET6), in priority order."""
@@ -459,30 +456,30 @@ class Netns:
     def route_get(self, dst: IPv4Address | IPv6Address, src: IPv4Address | IPv6Address | None = None, iif: str | None = None) -> RouteEntry | str:
         """The kernel's route lookup for a flow (``ip route get``); a string names the error."""
 
-        def do(ipr: IPRoute) -> RouteEntry | str:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
-            kw: dict[str, Any] = {"dst": str(dst)}
-            if src is not None:
-                kw["src"] = str(src)
-            if iif is not None:
-                kw["iif"] = ipr.link("get", ifname=iif)[0]["index"]
+        def do(sock: rtnl.Rtnl) -> RouteEntry | str:
+            names = self._names(sock)
+            index = _index(sock, iif) if iif is not None else None  # no such link: an error, not a lookup's answer
             try:
-                return _route(ipr.route("get", **kw)[0], names)
+                family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+                return _route_of(sock.route_get(family, dst.packed, src.packed if src is not None else None, index), names)
             except Exception as exc:  # noqa: BLE001
                 return os.strerror(_errno(exc) or errno.ENETUNREACH)
 
-        return self.netlink(do)
+        return self.with_rtnl(do)
 
     def neighbours(self, family: int = socket.AF_INET) -> list[Neighbour]:
-        def do(ipr: IPRoute) -> list[Neighbour]:
-            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+        def do(sock: rtnl.Rtnl) -> list[Neighbour]:
+            names = self._names(sock)
             out = []
-            for m in ipr.get_neighbours(family=family):
-                state = _NUD.get(m["state"], str(m["state"]))
-                out.append(Neighbour(names.get(m["ifindex"], "?"), m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR"), state))
+            for p in sock.dump(rtnl.RTM_GETNEIGH, rtnl._NDMSG.pack(family, 0, 0, 0, 0), "neighbours"):
+                _family, index, state, _flags, _type = rtnl._NDMSG.unpack_from(p)
+                a = rtnl.attributes(p, rtnl._NDMSG.size)
+                dst = str(ip_address(bytes(a[rtnl.NDA_DST]))) if rtnl.NDA_DST in a else None
+                mac = rtnl.lladdr(a[rtnl.NDA_LLADDR]) if rtnl.NDA_LLADDR in a else None
+                out.append(Neighbour(names.get(index, "?"), dst, mac, _NUD.get(state, str(state))))  # type: ignore[arg-type]
             return out
 
-        return self.netlink(do)
+        return self.with_rtnl(do)
 
     def fdb(self) -> list[FdbEntry]:
         def do(ipr: IPRoute) -> list[FdbEntry]:
@@ -497,27 +494,17 @@ class Netns:
         return self.netlink(do)
 
     def bridge_ports(self) -> list[BridgePort]:
-        def do(ipr: IPRoute) -> list[BridgePort]:
-            links = {m["index"]: m for m in ipr.get_links()}
-            out = []
-            for m in links.values():
-                master = m.get_attr("IFLA_MASTER")
-                if not master or master not in links:
-                    continue
-                if _kind(links[master]) != "bridge":
-                    continue
-                state, hairpin = "unknown", False
-                info = m.get_attr("IFLA_LINKINFO")
-                slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
-                if slave is not None:
-                    state = BRIDGE_PORT_STATES.get(slave.get_attr("IFLA_BRPORT_STATE"), "unknown")
-                    hairpin = bool(slave.get_attr("IFLA_BRPORT_MODE"))
-                isolated = bool(slave.get_attr("IFLA_BRPORT_ISOLATED")) if slave is not None else False
-                learning = slave.get_attr("IFLA_BRPORT_LEARNING") if slave is not None else None
-                out.append(BridgePort(m.get_attr("IFLA_IFNAME"), links[master].get_attr("IFLA_IFNAME"), state, hairpin, isolated, learning is None or bool(learning)))
-            return out
-
-        return self.netlink(do)
+        links = {r.index: r for r in self.link_records()}
+        out = []
+        for r in links.values():
+            bridge = links.get(r.master) if r.master else None
+            if bridge is None or bridge.kind != "bridge":
+                continue
+            port = r.port or {}
+            learning = port.get(rtnl.IFLA_BRPORT_LEARNING)
+            out.append(BridgePort(r.name, bridge.name, BRIDGE_PORT_STATES.get(port.get(rtnl.IFLA_BRPORT_STATE, -1), "unknown"), bool(port.get(rtnl.IFLA_BRPORT_MODE)),
+                                  bool(port.get(rtnl.IFLA_BRPORT_ISOLATED)), learning is None or bool(learning)))
+        return out
 
     def wait_links_up(self, names: Iterable[str], timeout: float = 5.0) -> None:
         """Wait until every named link is admin-up with carrier, then return."""
@@ -609,26 +596,40 @@ def _index(sock: rtnl.Rtnl, name: str) -> int:
     return index
 
 
-def _kind(msg: Any) -> str:
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is None:
-        return "loopback" if msg.get_attr("IFLA_IFNAME") == "lo" else "device"
-    return str(info.get_attr("IFLA_INFO_KIND") or "device")
+def _link_of(r: rtnl.LinkRecord) -> Link:
+    """A link from its raw dump record."""
+    kind = r.kind or ("loopback" if r.name == "lo" else "device")
+    return Link(index=r.index, name=r.name, kind=kind, admin_up=bool(r.flags & IFF_UP), operstate=r.operstate, mtu=r.mtu, mac=r.mac,
+                master=r.master, peer_index=r.peer_index, peer_netnsid=r.peer_netnsid)
 
 
-def _link(m: Any) -> Link:
-    return Link(
-        index=int(m["index"]),
-        name=m.get_attr("IFLA_IFNAME"),
-        kind=_kind(m),
-        admin_up=bool(m["flags"] & IFF_UP),
-        operstate=str(m.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
-        mtu=int(m.get_attr("IFLA_MTU") or 0),
-        mac=str(m.get_attr("IFLA_ADDRESS") or ""),
-        master=m.get_attr("IFLA_MASTER"),
-        peer_index=m.get_attr("IFLA_LINK"),
-        peer_netnsid=m.get_attr("IFLA_LINK_NETNSID"),
-    )
+def _interface(packed: bytes, prefixlen: int) -> IPv4Interface | IPv6Interface:
+    return IPv4Interface((packed, prefixlen)) if len(packed) == 4 else IPv6Interface((packed, prefixlen))
+
+
+def _addr_dump(sock: rtnl.Rtnl, family: int) -> list[tuple[int, int, int, dict[int, memoryview]]]:
+    """(ifindex, prefix length, flags, attributes) of every address of one family; the flags are IFA_FLAGS's (32 bits) where given."""
+    out = []
+    for p in sock.dump(rtnl.RTM_GETADDR, rtnl._IFADDR.pack(family, 0, 0, 0, 0), "addresses"):
+        _family, prefixlen, flags, _scope, index = rtnl._IFADDR.unpack_from(p)
+        a = rtnl.attributes(p, rtnl._IFADDR.size)
+        out.append((index, prefixlen, rtnl.u32(a.get(rtnl.IFA_FLAGS)) or flags, a))
+    return out
+
+
+def _route_of(p: bytes, names: dict[int, str]) -> RouteEntry:
+    """A route from its raw RTM_NEWROUTE payload (the same values ``_route`` reads from pyroute2's message)."""
+    family, dst_len, _src_len, _tos, table, _proto, _scope, kind, _flags = rtnl._RTMSG.unpack_from(p)
+    a = rtnl.attributes(p, rtnl._RTMSG.size)
+
+    def ip(attr: int) -> IPv4Address | IPv6Address | None:
+        return ip_address(bytes(a[attr])) if attr in a else None
+
+    dst = ip(rtnl.RTA_DST) or (IPv6Address(0) if family == socket.AF_INET6 else IPv4Address(0))
+    oif = rtnl.u32(a.get(rtnl.RTA_OIF))
+    return RouteEntry(dst=ip_network((dst, dst_len), strict=False), gateway=ip(rtnl.RTA_GATEWAY), interface=names.get(oif) if oif else None,
+                      prefsrc=ip(rtnl.RTA_PREFSRC), kind=_RT_TYPES.get(kind, str(kind)), table=rtnl.u32(a.get(rtnl.RTA_TABLE)) or table,
+                      metric=rtnl.u32(a.get(rtnl.RTA_PRIORITY)) or 0)
 
 
 def _route(m: Any, names: dict[int, str]) -> RouteEntry:

@@ -6,25 +6,25 @@ iptables' (``PREROUTING``, ``FORWARD``, ...) and user chains (a VIP chain) besid
 ``XRule`` values the iptables path builds are rendered here as nft JSON expressions: one spec,
 two backends. Every rule carries a counter (the diagnosis reads counter deltas) and the lab's comment.
 
-libnftables talks netlink from the calling thread, so every command runs in the namespace's
-own worker thread, and a fresh context is made for each call.
+Commands run through ``libnftables.run`` (in the namespace's own worker thread); its loading of the
+binding, ``available`` and ``run`` are re-exported here for the callers that use them by this module.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import ip_interface
 from typing import Any
 
+from netcheck.kernel.libnftables import DEBIAN_MODULE as DEBIAN_MODULE
+from netcheck.kernel.libnftables import INSTALL_HINT as INSTALL_HINT
+from netcheck.kernel.libnftables import NftUnavailable as NftUnavailable
+from netcheck.kernel.libnftables import available as available
+from netcheck.kernel.libnftables import run as run
 from netcheck.kernel.netns import KernelError, Netns
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 
-INSTALL_HINT = "apt-get install -y --no-install-recommends python3-nftables"
-DEBIAN_MODULE = "/usr/lib/python3/dist-packages/nftables/nftables.py"  # Debian's package, outside a venv's sys.path
 FAMILY = "ip"
 FAMILY6 = "ip6"  # a dual-stack lab's IPv6 rules: tables of the same names in family ip6
 VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject", "RETURN": "return", "MASQUERADE": "masquerade"}
@@ -38,39 +38,6 @@ HOOKS: dict[tuple[str, str], tuple[str, str, int]] = {
     ("filter", "FORWARD"): ("filter", "forward", 0),
     ("filter", "OUTPUT"): ("filter", "output", 0),
 }
-
-
-class NftUnavailable(KernelError):
-    """libnftables' Python binding is not installed; the message says how to install it."""
-
-
-def _binding() -> Any:
-    """The ``nftables`` module: importable in the venv, or Debian's file loaded by path."""
-    if "nftables" in sys.modules:
-        return sys.modules["nftables"]
-    try:
-        import nftables  # type: ignore[import-not-found]
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("nftables", DEBIAN_MODULE)
-        if spec is None or spec.loader is None:
-            raise NftUnavailable(f"a lab with firewall = \"nft\" needs libnftables' Python binding ({INSTALL_HINT})") from None
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except (OSError, ImportError) as exc:
-            raise NftUnavailable(f"cannot load {DEBIAN_MODULE}: {exc} ({INSTALL_HINT})") from None
-        sys.modules["nftables"] = module
-        return module
-    return nftables
-
-
-def available() -> str | None:
-    """Why native nft rules cannot be written here (None: they can)."""
-    try:
-        _binding()
-    except NftUnavailable as exc:
-        return str(exc)
-    return None
 
 
 @dataclass(frozen=True)
@@ -110,23 +77,6 @@ def split_destination(to: str) -> tuple[str, int | None]:
 def native(prefix: str, rule: XRule) -> XRule:
     """``rule`` (in an iptables table) as it reads back from the lab's own nft table."""
     return replace(rule, table=tables_for(prefix)[rule.table].name)
-
-
-def run(ns: Netns, commands: Sequence[dict[str, Any]], *, what: str) -> Any:
-    """Run nft JSON commands in ``ns``; the parsed JSON output (for list commands) or None."""
-
-    def do() -> Any:
-        ctx = _binding().Nftables()
-        ctx.set_json_output(True)
-        ctx.set_handle_output(True)
-        rc, out, err = ctx.json_cmd({"nftables": list(commands)})
-        if rc != 0:
-            raise KernelError(f"nft {what} in netns {ns.label}: {str(err).strip() or f'exit {rc}'}")
-        if isinstance(out, str):
-            return json.loads(out) if out.strip() else None
-        return out  # the binding parses JSON output itself
-
-    return ns.call(do)
 
 
 def _addr(value: str) -> Any:

@@ -203,7 +203,7 @@ def render(e: TraceEvent, listing: Listing, names: Callable[[int | None], str] =
 
 def _nft(ns: Netns, text: str, *, what: str) -> str:
     """Run nft commands (text) in ``ns`` through libnftables; their output."""
-    from netcheck.kernel.nft import _binding
+    from netcheck.kernel.libnftables import binding as _binding
 
     def do() -> str:
         ctx = _binding().Nftables()

@@ -7,7 +7,9 @@ NETLINK_ROUTE socket in one ``send`` per batch, and their acknowledgements match
 sequence number, so one bad request is reported by name and the others still apply.
 
 Every netlink write of netcheck goes through here (``Netns`` sends these requests, batched or
-one at a time); the reads for checks stay with pyroute2 in ``netns.py``.
+one at a time), and so do the dumps a diagnosis reads (links, addresses, routes, neighbours:
+``Rtnl.dump``, decoded by ``link_record`` and ``attributes``), which pyroute2 parses some ten
+times slower; the rarer reads (route lookups, policy rules, the fdb) stay with pyroute2 in ``netns.py``.
 
 >>> r = veth("nc1av0", "eth0", peer_netns_fd=5, master=3, up=True)
 >>> r.what
@@ -28,9 +30,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x200, 0x400, 0x300
 NLM_F_ACK_TLVS = 0x200  # on an NLMSG_ERROR: extended-ack attributes follow
@@ -40,15 +42,17 @@ NLMSGERR_ATTR_MSG = 1
 
 # attributes (linux/if_link.h, linux/if_addr.h, linux/rtnetlink.h, linux/veth.h)
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 16, 18, 27, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 16, 18, 27, 28, 37
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_BRPORT_STATE, IFLA_BRPORT_LEARNING, IFLA_BRPORT_ISOLATED = 1, 8, 33  # IFLA_BRPORT_MODE (hairpin) is 4, below
+IFLA_BR_NF_CALL_IPTABLES = 36
 IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE = 1, 4
 IFLA_BR_FORWARD_DELAY, IFLA_BR_AGEING_TIME, IFLA_BR_STP_STATE = 1, 4, 5
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40
 IFA_F_NODAD = 0x02  # an IPv6 address usable at once: no duplicate address detection (the sandbox owns every address)
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 2, 3, 4, 5, 6, 7, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
@@ -306,6 +310,29 @@ class LinkState:
         return self.admin_up and (self.operstate == "UP" or (self.operstate == "UNKNOWN" and self.peer_index is None))
 
 
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """Everything a link dump says of one link that netcheck reads: the link, its kind, and what
+    its bridge (as a port) or it (as a bridge) holds; integers as the kernel gives them."""
+
+    index: int
+    flags: int
+    name: str
+    operstate: str
+    mtu: int
+    mac: str
+    master: int | None
+    peer_index: int | None
+    peer_netnsid: int | None
+    kind: str | None  # IFLA_INFO_KIND; None: the link has no link info (lo, a physical device)
+    port: dict[int, int] | None = None  # IFLA_INFO_SLAVE_DATA of a bridge port: IFLA_BRPORT_* -> value
+    bridge: dict[int, int] | None = None  # IFLA_INFO_DATA of a bridge: IFLA_BR_* -> value
+
+    @property
+    def state(self) -> LinkState:
+        return LinkState(self.index, self.name, bool(self.flags & IFF_UP), self.operstate, self.master, self.peer_index, self.mac)
+
 class Rtnl:
     """A raw NETLINK_ROUTE socket; it lives in the namespace of the thread that opened it."""
 
@@ -356,6 +383,11 @@ class Rtnl:
 
     def link_index(self, name: str) -> int | None:
         """The ifindex of a link by name (None if there is none)."""
+        record = self.get_link(name)
+        return record.index if record is not None else None
+
+    def get_link(self, name: str) -> LinkRecord | None:
+        """One link by name (None if there is none)."""
         body = _ifinfo() + _str(IFLA_IFNAME, name)
         seq = self._next()
         self.sock.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, seq, 0) + body)
@@ -369,24 +401,70 @@ class Rtnl:
                         return None
                     raise NetlinkError(code, f"get link {name}", _ext_ack(payload, _flags))
                 if mtype == RTM_NEWLINK:
-                    return int(_IFINFO.unpack_from(payload)[2])
+                    return link_record(payload)
 
     def links(self) -> list[LinkState]:
         """Dump every link of the namespace (names, admin state, operstate, master, peer)."""
-        body = _ifinfo()
+        return [link_record(p).state for p in self.dump(RTM_GETLINK, _ifinfo(), "links")]
+
+    def link_names(self) -> dict[int, str]:
+        """Every link's name by its index, from a dump (only the names decoded)."""
+        out = {}
+        for p in self.dump(RTM_GETLINK, _ifinfo(), "links"):
+            name = next((v for kind, v in _attrs(memoryview(p), _IFINFO.size) if kind == IFLA_IFNAME), None)
+            out[_IFINFO.unpack_from(p)[2]] = text(name) if name is not None else ""
+        return out
+
+    def link_records(self) -> list[LinkRecord]:
+        """Dump every link of the namespace, with its kind and its bridge port or bridge options."""
+        return [link_record(p) for p in self.dump(RTM_GETLINK, _ifinfo(), "links")]
+
+    def route_get(self, family: int, dst: bytes, src: bytes | None = None, iif: int | None = None) -> bytes:
+        """The kernel's route lookup (``ip route get``): the RTM_NEWROUTE payload, or a NetlinkError."""
+        body = _RTMSG.pack(family, len(dst) * 8, len(src) * 8 if src else 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, dst)
+        if src:
+            body += _attr(RTA_SRC, src)
+        if iif is not None:
+            body += _u32(RTA_IIF, iif)
         seq = self._next()
-        self.sock.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-        out: list[LinkState] = []
+        self.sock.sendall(_HDR.pack(_HDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body)
         while True:
-            for mtype, flags, mseq, payload in _messages(self.sock.recv(1 << 20)):
+            for mtype, flags, mseq, payload in _messages(self.sock.recv(65536)):
                 if mseq != seq:
                     continue
-                if mtype == NLMSG_DONE:
-                    return out
                 if mtype == NLMSG_ERROR:
-                    raise NetlinkError(-struct.unpack_from("=i", payload)[0], "dump links", _ext_ack(payload, flags))
-                if mtype == RTM_NEWLINK:
-                    out.append(_link_state(payload))
+                    raise NetlinkError(-struct.unpack_from("=i", payload)[0], "get route", _ext_ack(payload, flags))
+                if mtype == RTM_NEWROUTE:
+                    return bytes(payload)
+
+    def dump(self, request: int, body: bytes, what: str) -> list[bytes]:
+        """The payloads of a dump request (RTM_GET* with its family header in ``body``), in the kernel's order."""
+        return _dump(self.sock, self._next(), request, request - 2, body, what)  # RTM_GETX answers with RTM_NEWX
+
+
+def dump(protocol: int, request: int, reply: int, body: bytes, what: str, sock: socket.socket | None = None) -> list[bytes]:
+    """One dump on a netlink socket of ``protocol`` (NETLINK_SOCK_DIAG, NETLINK_NETFILTER...): the payloads
+    of its ``reply`` messages. The socket is ``sock`` (closed after; made in the namespace to read) or a
+    fresh one in the calling thread's namespace."""
+    with sock if sock is not None else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as s:
+        s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
+        return _dump(s, 1, request, reply, body, what)
+
+
+def _dump(sock: socket.socket, seq: int, request: int, reply: int, body: bytes, what: str) -> list[bytes]:
+    sock.sendall(_HDR.pack(_HDR.size + len(body), request, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+    out: list[bytes] = []
+    while True:
+        data = sock.recv(1 << 20)
+        for mtype, flags, mseq, payload in _messages(data):
+            if mseq != seq:
+                continue
+            if mtype == NLMSG_DONE:
+                return out
+            if mtype == NLMSG_ERROR:
+                raise NetlinkError(-struct.unpack_from("=i", payload)[0], f"dump {what}", _ext_ack(payload, flags))
+            if mtype == reply:
+                out.append(bytes(payload))
 
 
 def _messages(data: bytes) -> Iterable[tuple[int, int, int, memoryview]]:
@@ -419,22 +497,48 @@ def _ext_ack(payload: memoryview, flags: int) -> str:
     return ""
 
 
-def _link_state(payload: memoryview) -> LinkState:
+def attributes(payload: bytes | memoryview, off: int) -> dict[int, memoryview]:
+    """A message's attributes from ``off`` (past its family header), by type (the nested flag cleared)."""
+    return dict(_attrs(memoryview(payload), off))
+
+
+def u32(value: memoryview | None) -> int | None:
+    return struct.unpack_from("=I", value)[0] if value is not None else None
+
+
+def text(value: memoryview) -> str:
+    return bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def lladdr(value: memoryview) -> str:
+    return bytes(value).hex(":")
+
+
+def _integers(value: memoryview | None) -> dict[int, int] | None:
+    """A nest of integer attributes (u8, u16, u32, u64) by type; others are left out."""
+    if value is None:
+        return None
+    sizes = {1: "=B", 2: "=H", 4: "=I", 8: "=Q"}
+    return {kind: struct.unpack_from(sizes[len(v)], v)[0] for kind, v in _attrs(value, 0) if len(v) in sizes}
+
+
+def link_record(payload: bytes | memoryview) -> LinkRecord:
+    """Decode one RTM_NEWLINK payload."""
     _family, _type, index, flags, _change = _IFINFO.unpack_from(payload)
-    name, operstate, master, peer, mac = "", 0, None, None, ""
-    for kind, value in _attrs(payload, _IFINFO.size):
-        if kind == IFLA_ADDRESS:
-            mac = ":".join(f"{b:02x}" for b in bytes(value))
-        elif kind == IFLA_IFNAME:
-            name = bytes(value).rstrip(b"\0").decode()
-        elif kind == IFLA_OPERSTATE:
-            operstate = value[0]
-        elif kind == IFLA_MASTER:
-            master = struct.unpack_from("=I", value)[0]
-        elif kind == IFLA_LINK:
-            peer = struct.unpack_from("=i", value)[0]
-    state = OPERSTATES[operstate] if operstate < len(OPERSTATES) else str(operstate)
-    return LinkState(index, name, bool(flags & IFF_UP), state, master, peer, mac)
+    a = attributes(payload, _IFINFO.size)
+    operstate = a[IFLA_OPERSTATE][0] if IFLA_OPERSTATE in a else 0
+    netnsid = a.get(IFLA_LINK_NETNSID)
+    info = attributes(a[IFLA_LINKINFO], 0) if IFLA_LINKINFO in a else None
+    kind = text(info[IFLA_INFO_KIND]) if info is not None and IFLA_INFO_KIND in info else None
+    port = _integers(info.get(IFLA_INFO_SLAVE_DATA)) if info is not None and IFLA_INFO_SLAVE_KIND in info and text(info[IFLA_INFO_SLAVE_KIND]) == "bridge" else None
+    bridge = _integers(info.get(IFLA_INFO_DATA)) if info is not None and kind == "bridge" else None
+    return LinkRecord(
+        index=index, flags=flags, name=text(a[IFLA_IFNAME]) if IFLA_IFNAME in a else "",
+        operstate=OPERSTATES[operstate] if operstate < len(OPERSTATES) else str(operstate),
+        mtu=u32(a.get(IFLA_MTU)) or 0, mac=lladdr(a[IFLA_ADDRESS]) if IFLA_ADDRESS in a else "",
+        master=u32(a.get(IFLA_MASTER)), peer_index=u32(a.get(IFLA_LINK)),
+        peer_netnsid=struct.unpack_from("=i", netnsid)[0] if netnsid is not None else None, kind=kind, port=port, bridge=bridge,
+    )
 
 
 def raise_first(failures: Sequence[NetlinkError], where: str, fix: str = "") -> None:
@@ -448,6 +552,6 @@ def raise_first(failures: Sequence[NetlinkError], where: str, fix: str = "") -> 
 
 
 __all__ = [
-    "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_route", "bridge", "delete_address", "delete_group", "delete_link", "delete_route",
-    "fdb", "neighbours", "raise_first", "set_bridge", "set_link", "veth", "vxlan",
+    "LinkRecord", "LinkState", "NetlinkError", "Request", "Rtnl", "add_address", "add_route", "attributes", "bridge", "dump", "delete_address", "delete_group", "delete_link", "delete_route",
+    "fdb", "link_record", "lladdr", "neighbours", "raise_first", "set_bridge", "set_link", "text", "u32", "veth", "vxlan",
 ]

