@@ -54,19 +54,20 @@ def available() -> str | None:
 
 def run(ns: Netns, commands: Sequence[dict[str, Any]], *, what: str) -> Any:
     """Run nft JSON commands in ``ns``; the parsed JSON output (for list commands) or None."""
+    return ns.call(_run_here, list(commands), what, ns.label)
 
-    def do() -> Any:
-        ctx = binding().Nftables()
-        ctx.set_json_output(True)
-        ctx.set_handle_output(True)
-        rc, out, err = ctx.json_cmd({"nftables": list(commands)})
-        if rc != 0:
-            raise KernelError(f"nft {what} in netns {ns.label}: {str(err).strip() or f'exit {rc}'}")
-        if isinstance(out, str):
-            return json.loads(out) if out.strip() else None
-        return out  # the binding parses JSON output itself
 
-    return ns.call(do)
+def _run_here(commands: list[dict[str, Any]], what: str, label: str) -> Any:
+    """``run`` in the calling thread's namespace (module-level: a node's agent runs it by name)."""
+    ctx = binding().Nftables()
+    ctx.set_json_output(True)
+    ctx.set_handle_output(True)
+    rc, out, err = ctx.json_cmd({"nftables": commands})
+    if rc != 0:
+        raise KernelError(f"nft {what} in netns {label}: {str(err).strip() or f'exit {rc}'}")
+    if isinstance(out, str):
+        return json.loads(out) if out.strip() else None
+    return out  # the binding parses JSON output itself
 
 
 __all__ = ["DEBIAN_MODULE", "INSTALL_HINT", "NftUnavailable", "available", "binding", "run"]
