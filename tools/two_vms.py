@@ -61,8 +61,6 @@ IMAGE_VERSION = "1"  # bump when the image's own configuration below changes
 IMAGE_SIZE = "4G"
 SPEC = "examples/multihost/two-vms-vxlan.toml"  # the Vagrantfile's
 MGMT_NS = "2001:db8:17::1"
-# systemd's wait for a device (90 s by default) is too short for udev's coldplug on an emulated CPU shared with other work (seen).
-DEVICE_TIMEOUT = {"kvm": 90, "tcg": 900}
 KVM_CPU = "host,-arch-capabilities"  # qemu 7.2 aborts setting MSR 0x10a under a nested KVM that lacks it
 
 
@@ -83,7 +81,8 @@ VMS = (Vm("a", "198.51.100.11", "2001:db8:17::11"), Vm("b", "198.51.100.12", "20
 SETUP = r"""#!/bin/sh
 set -e
 . /run/netcheck-seed/node.env
-nic() { for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && basename "$d"; done; }
+nic() { for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && basename "$d"; done; true; }
+until [ -n "$(nic "$MGMT_MAC")" ] && [ -n "$(nic "$PRIVATE_MAC")" ]; do sleep 1; done
 mg=$(nic "$MGMT_MAC"); pv=$(nic "$PRIVATE_MAC")
 [ "$mg" = eth0 ] && [ "$pv" = eth1 ] || { ip link set "$mg" name ncmg; ip link set "$pv" name ncpv; ip link set ncmg name eth0; ip link set ncpv name eth1; }
 hostname "netcheck-$NAME"
@@ -101,16 +100,18 @@ printf 'Host 198.51.100.11 198.51.100.12\n  StrictHostKeyChecking yes\n  BatchMo
 install -m 600 /run/netcheck-seed/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
 install -m 644 /run/netcheck-seed/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
 """
-# In the image: mount the seed disk, run its setup.sh (a copy, so the disk can be unmounted), unmount.
+# In the image: mount the seed disk, run its setup.sh (a copy, so the disk can be unmounted), unmount. It
+# waits on the kernel's /dev and /sys itself, not on udev's device units: under tcg, udev's coldplug
+# overran systemd's 90 s wait for them (seen), and ssh failed for want of its host key.
 SEED_UNIT = """[Unit]
 Description=netcheck VM: name, addresses and keys from the seed disk (vdb)
 Before=ssh.service
-Wants=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.device dev-vdb.device
-After=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.device dev-vdb.device
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+TimeoutStartSec=900
+ExecStartPre=/bin/sh -c 'until [ -b /dev/vdb ]; do sleep 1; done'
 ExecStartPre=/bin/mkdir -p /run/netcheck-seed
 ExecStartPre=/bin/mount -o ro /dev/vdb /run/netcheck-seed
 ExecStartPre=/bin/cp /run/netcheck-seed/setup.sh /run/netcheck-setup.sh
@@ -143,7 +144,7 @@ def image_key() -> str:
     h = hashlib.sha256()
     h.update(f"{IMAGE_VERSION} {SUITE} {' '.join(PACKAGES)}\n".encode())
     h.update((REPO / "pyproject.toml").read_bytes())
-    h.update(SEED_UNIT.encode() + " ".join(MODULES).encode())
+    h.update(" ".join(MODULES).encode())  # the seed unit is brought up to date in place: update_seed_unit
     return h.hexdigest()[:12]
 
 
@@ -200,6 +201,22 @@ def build_image(cache: Path, ledger: Ledger, tag: str) -> Path:
     os.rename(work, final)  # the recorded folder is gone (undo tolerates that); the cache is kept on purpose
     log(f"image: built {final} in {time.monotonic() - t0:.0f} s")
     return final
+
+
+UNIT_PATH = "/etc/systemd/system/netcheck-vm-seed.service"
+
+
+def update_seed_unit(image: Path) -> None:
+    """Make the image's seed unit this script's (debugfs, no mount), so a change to it needs no rebuild."""
+    base = str(image / "base.img")
+    now = subprocess.run(["debugfs", "-R", f"cat {UNIT_PATH}", base], capture_output=True, check=False).stdout.decode(errors="replace")
+    if now == SEED_UNIT:
+        return
+    unit = image / "seed.service"
+    unit.write_text(SEED_UNIT)
+    run(["debugfs", "-w", "-f", "-", base], input=f"rm {UNIT_PATH}\ncd /etc/systemd/system\nwrite {unit} netcheck-vm-seed.service\n".encode())
+    unit.unlink()
+    log(f"image: seed unit updated in {base}")
 
 
 def configure_root(root: Path) -> None:
@@ -315,7 +332,7 @@ class TwoVms:
             "-cpu", "max" if self.accel == "tcg" else KVM_CPU, "-smp", "1", "-m", str(self.memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{f / f'serial-{vm.name}.log'}",
             "-kernel", str(self.image / "vmlinuz"), "-initrd", str(self.image / "initrd.img"),
-            "-append", f"root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 quiet systemd.default_device_timeout_sec={DEVICE_TIMEOUT[self.accel]}",
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 quiet",
             "-drive", f"file={disk},if=virtio,format=qcow2", "-drive", f"file={f / f'seed-{vm.name}.img'},if=virtio,format=raw,readonly=on",
             "-netdev", f"tap,id=mg,ifname={taps['mg']},script=no,downscript=no", "-device", f"virtio-net-pci,netdev=mg,mac={vm.mac(0)},addr=0x3",
             "-netdev", f"tap,id=pv,ifname={taps['pv']},script=no,downscript=no", "-device", f"virtio-net-pci,netdev=pv,mac={vm.mac(1)},addr=0x4",
@@ -461,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         ledger.undo_and_close()
         raise
+    update_seed_unit(image)
     times["image"] = time.monotonic() - t
     if args.build_only:
         ledger.undo_and_close()
