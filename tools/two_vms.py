@@ -237,18 +237,21 @@ def configure_root(root: Path) -> None:
     run(["chroot", str(root), "passwd", "-d", "root"])
 
 
+# The repository as the VMs see it at /vagrant, as the Vagrantfile's rsync__exclude has it: without .git, .venv, caches and reports.
+TREE_SKIP = frozenset({".git", ".venv", ".tox", ".vagrant", ".mypy_cache", ".ruff_cache", ".pytest_cache", "reports", "__pycache__"})
+
+
 def copy_tree(src: Path, dest: Path) -> None:
-    """The repository as the VMs see it at /vagrant: without .git, .venv, caches and reports."""
-    skip = {".git", ".venv", ".tox", ".vagrant", ".mypy_cache", ".ruff_cache", ".pytest_cache", "reports", "__pycache__"}
-    shutil.copytree(src, dest, ignore=lambda _d, names: [n for n in names if n in skip], dirs_exist_ok=True)
+    """The repository into the image's /vagrant."""
+    shutil.copytree(src, dest, ignore=lambda _d, names: [n for n in names if n in TREE_SKIP], dirs_exist_ok=True)
 
 
 def tree_tar(dest: Path) -> Path:
-    skip = {".git", ".venv", ".tox", ".vagrant", ".mypy_cache", ".ruff_cache", ".pytest_cache", "reports", "__pycache__"}
+    """The repository as a tar, copied to each VM's /vagrant at each run."""
     with tarfile.open(dest, "w") as tar:
         for child in sorted(REPO.iterdir()):
-            if child.name not in skip:
-                tar.add(child, arcname=child.name, filter=lambda ti: None if Path(ti.name).name in skip else ti)
+            if child.name not in TREE_SKIP:
+                tar.add(child, arcname=child.name, filter=lambda ti: None if Path(ti.name).name in TREE_SKIP else ti)
     return dest
 
 
