@@ -81,7 +81,8 @@ VMS = (Vm("a", "198.51.100.11", "2001:db8:17::11"), Vm("b", "198.51.100.12", "20
 SETUP = r"""#!/bin/sh
 set -e
 . /run/netcheck-seed/node.env
-nic() { for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && basename "$d"; done; }
+nic() { for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && basename "$d"; done; true; }
+until [ -n "$(nic "$MGMT_MAC")" ] && [ -n "$(nic "$PRIVATE_MAC")" ]; do sleep 1; done
 mg=$(nic "$MGMT_MAC"); pv=$(nic "$PRIVATE_MAC")
 [ "$mg" = eth0 ] && [ "$pv" = eth1 ] || { ip link set "$mg" name ncmg; ip link set "$pv" name ncpv; ip link set ncmg name eth0; ip link set ncpv name eth1; }
 hostname "netcheck-$NAME"
@@ -99,16 +100,18 @@ printf 'Host 198.51.100.11 198.51.100.12\n  StrictHostKeyChecking yes\n  BatchMo
 install -m 600 /run/netcheck-seed/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
 install -m 644 /run/netcheck-seed/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
 """
-# In the image: mount the seed disk, run its setup.sh (a copy, so the disk can be unmounted), unmount.
+# In the image: mount the seed disk, run its setup.sh (a copy, so the disk can be unmounted), unmount. It
+# waits on the kernel's /dev and /sys itself, not on udev's device units: under tcg, udev's coldplug
+# overran systemd's 90 s wait for them (seen), and ssh failed for want of its host key.
 SEED_UNIT = """[Unit]
 Description=netcheck VM: name, addresses and keys from the seed disk (vdb)
 Before=ssh.service
-Wants=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.device dev-vdb.device
-After=sys-subsystem-net-devices-eth0.device sys-subsystem-net-devices-eth1.device dev-vdb.device
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+TimeoutStartSec=900
+ExecStartPre=/bin/sh -c 'until [ -b /dev/vdb ]; do sleep 1; done'
 ExecStartPre=/bin/mkdir -p /run/netcheck-seed
 ExecStartPre=/bin/mount -o ro /dev/vdb /run/netcheck-seed
 ExecStartPre=/bin/cp /run/netcheck-seed/setup.sh /run/netcheck-setup.sh
@@ -141,7 +144,7 @@ def image_key() -> str:
     h = hashlib.sha256()
     h.update(f"{IMAGE_VERSION} {SUITE} {' '.join(PACKAGES)}\n".encode())
     h.update((REPO / "pyproject.toml").read_bytes())
-    h.update(SEED_UNIT.encode() + " ".join(MODULES).encode())
+    h.update(" ".join(MODULES).encode())  # the seed unit is brought up to date in place: update_seed_unit
     return h.hexdigest()[:12]
 
 
@@ -200,6 +203,22 @@ def build_image(cache: Path, ledger: Ledger, tag: str) -> Path:
     return final
 
 
+UNIT_PATH = "/etc/systemd/system/netcheck-vm-seed.service"
+
+
+def update_seed_unit(image: Path) -> None:
+    """Make the image's seed unit this script's (debugfs, no mount), so a change to it needs no rebuild."""
+    base = str(image / "base.img")
+    now = subprocess.run(["debugfs", "-R", f"cat {UNIT_PATH}", base], capture_output=True, check=False).stdout.decode(errors="replace")
+    if now == SEED_UNIT:
+        return
+    unit = image / "seed.service"
+    unit.write_text(SEED_UNIT)
+    run(["debugfs", "-w", "-f", "-", base], input=f"rm {UNIT_PATH}\ncd /etc/systemd/system\nwrite {unit} netcheck-vm-seed.service\n".encode())
+    unit.unlink()
+    log(f"image: seed unit updated in {base}")
+
+
 def configure_root(root: Path) -> None:
     """The image's own files: fstab, the seed-disk setup, sshd for root by key only, no network of its own."""
     (root / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
@@ -218,18 +237,21 @@ def configure_root(root: Path) -> None:
     run(["chroot", str(root), "passwd", "-d", "root"])
 
 
+# The repository as the VMs see it at /vagrant, as the Vagrantfile's rsync__exclude has it: without .git, .venv, caches and reports.
+TREE_SKIP = frozenset({".git", ".venv", ".tox", ".vagrant", ".mypy_cache", ".ruff_cache", ".pytest_cache", "reports", "__pycache__"})
+
+
 def copy_tree(src: Path, dest: Path) -> None:
-    """The repository as the VMs see it at /vagrant: without .git, .venv, caches and reports."""
-    skip = {".git", ".venv", ".tox", ".vagrant", ".mypy_cache", ".ruff_cache", ".pytest_cache", "reports", "__pycache__"}
-    shutil.copytree(src, dest, ignore=lambda _d, names: [n for n in names if n in skip], dirs_exist_ok=True)
+    """The repository into the image's /vagrant."""
+    shutil.copytree(src, dest, ignore=lambda _d, names: [n for n in names if n in TREE_SKIP], dirs_exist_ok=True)
 
 
 def tree_tar(dest: Path) -> Path:
-    skip = {".git", ".venv", ".tox", ".vagrant", ".mypy_cache", ".ruff_cache", ".pytest_cache", "reports", "__pycache__"}
+    """The repository as a tar, copied to each VM's /vagrant at each run."""
     with tarfile.open(dest, "w") as tar:
         for child in sorted(REPO.iterdir()):
-            if child.name not in skip:
-                tar.add(child, arcname=child.name, filter=lambda ti: None if Path(ti.name).name in skip else ti)
+            if child.name not in TREE_SKIP:
+                tar.add(child, arcname=child.name, filter=lambda ti: None if Path(ti.name).name in TREE_SKIP else ti)
     return dest
 
 
@@ -459,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         ledger.undo_and_close()
         raise
+    update_seed_unit(image)
     times["image"] = time.monotonic() - t
     if args.build_only:
         ledger.undo_and_close()
