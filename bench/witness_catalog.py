@@ -125,7 +125,8 @@ def summary(outcomes: list[Outcome]) -> str:
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in kernel if o not in kernel_shown)})" if len(kernel_shown) < len(kernel) else ""),
         f"faults on an nft or iptables-nft rule set whose diagnosis shows the exact rule and verdict (nft trace): {len(nft_shown)}/{len(nft)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft if o not in nft_shown)})" if len(nft_shown) < len(nft) else ""),
-        f"  of which the only verdicts are nat chains' policies (a DNAT or MASQUERADE that does not match: \"{NAT_MISS}; chain policy accept\"): {len(nat_miss)}"
+        f"  of which the only verdicts are nat chains' policies (\"{NAT_MISS}; chain policy accept\": a DNAT or MASQUERADE the fault made miss, "
+        f"or a packet that met no other chain): {len(nat_miss)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in nat_miss)})" if nat_miss else ""),
         f"  without a trace because none of the probe's packets reached the host's hooks (the diagnosis says so): {len(unreached)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unreached)})" if unreached else ""),
