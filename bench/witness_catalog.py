@@ -125,15 +125,16 @@ def summary(outcomes: list[Outcome]) -> str:
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in kernel if o not in kernel_shown)})" if len(kernel_shown) < len(kernel) else ""),
         f"faults on an nft or iptables-nft rule set whose diagnosis shows the exact rule and verdict (nft trace): {len(nft_shown)}/{len(nft)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft if o not in nft_shown)})" if len(nft_shown) < len(nft) else ""),
-        f"  of which the only verdicts are nat chains' policies (a DNAT or MASQUERADE that does not match: \"{NAT_MISS}; chain policy accept\"): {len(nat_miss)}"
+        f"  of which the only verdicts are nat chains' policies (\"{NAT_MISS}; chain policy accept\": a DNAT or MASQUERADE the fault made miss, "
+        f"or a packet that met no other chain): {len(nat_miss)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in nat_miss)})" if nat_miss else ""),
         f"  without a trace because none of the probe's packets reached the host's hooks (the diagnosis says so): {len(unreached)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unreached)})" if unreached else ""),
         f"  without a trace and unexplained: {len(unexplained)}" + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in unexplained)})" if unexplained else ""),
         f"  of which NETFILTER_DROP faults whose trace shows the dropping rule or policy: {len(nft_drop_shown)}/{len(nft_dropping)}"
         + (f"  (missing: {', '.join(f'{o.fault}@{o.topology}' for o in nft_dropping if o not in nft_drop_shown)})" if len(nft_drop_shown) < len(nft_dropping) else ""),
-        f"runs counted apart, their probe's path on iptables-legacy rules only (a script that edits a legacy build's rules with iptables-legacy, where the builder wrote them; "
-        f"the diagnosis says so): {len(legacy)}"
+        f"runs counted apart, no nf_tables chain on their probe's path (its rules are iptables-legacy: a script that edits a legacy build's rules where the builder wrote them; "
+        f"or the fault wiped the nft build's only chains on it; the diagnosis says so): {len(legacy)}"
         + (f" ({', '.join(f'{o.fault}@{o.topology}' for o in legacy)})" if legacy else ""),
         f"the model and the kernel disagree (both shown): {len(model)}/{len(diagnosed)}" + "".join(f"\n    {o.fault}@{o.topology}: {d}" for o in model for d in o.disagreements if "the model" in d),
         f"the rules' first cause and the kernel disagree: {len(rules)}/{len(diagnosed)}",

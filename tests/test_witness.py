@@ -351,30 +351,37 @@ def test_an_ipv6_negative_is_proven_by_the_kernels_drop() -> None:
             assert (r.blocked_by() or "").startswith("blocked: kernel drop NETFILTER_DROP at "), r.blocked_by()
 
 
+def _diagnosed_at_once(a: object, b: object, dst: str) -> tuple[Diagnosis, Diagnosis]:
+    """The same ICMP probe from netns0 to ``dst`` in two labs at once, each diagnosed by its own run."""
+    from netcheck.diagnosing import DiagnosingProber
+
+    results: dict[str, ProbeResult] = {}
+
+    def probe(name: str, lab: object) -> None:
+        results[name] = DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address(dst)))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=probe, args=(n, lab)) for n, lab in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    da, db = results["a"].diagnosis, results["b"].diagnosis
+    assert da is not None and db is not None
+    return da, db
+
+
 @pytest.mark.root
 @pytest.mark.usefixtures("watched")
 def test_two_runs_at_once_each_report_only_their_own_ipv6_kernel_events() -> None:
     """The IPv6 twin of the test below: two runs, the same dual-stack topology, the same ICMPv6 probe (the same addresses
     and, both starting afresh, maybe the same echo id), two faults: each sees only its own drop."""
-    from netcheck.diagnosing import DiagnosingProber
     from netcheck.factory import LabFactory
 
     with LabFactory(reap=False) as run_a, LabFactory(reap=False) as run_b:
         a = _lab_with(run_a, "seed1-dual", "ip6tables-forward-drop")  # NETFILTER_DROP in the host, on the way out
         b = _lab_with(run_b, "seed1-dual", "ipv6-policy-prohibit")  # IP_INNOROUTES in the host, on the way back
-        results: dict[str, ProbeResult] = {}
         start = time_ns()
-
-        def probe(name: str, lab: object) -> None:
-            results[name] = DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("2001:db8:2::1")))  # type: ignore[arg-type]
-
-        threads = [threading.Thread(target=probe, args=(n, lab)) for n, lab in (("a", a), ("b", b))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        da, db = results["a"].diagnosis, results["b"].diagnosis
-        assert da is not None and db is not None
+        da, db = _diagnosed_at_once(a, b, "2001:db8:2::1")
         assert {k.reason for k in da.kernel} == {"NETFILTER_DROP"}, da.render()
         assert {k.reason for k in db.kernel} == {"IP_INNOROUTES"}, db.render()
         assert da.findings[0].cause == "forward_drop" and db.findings[0].cause == "blackhole_route", (da.render(), db.render())
@@ -389,25 +396,13 @@ def test_two_runs_at_once_each_report_only_their_own_ipv6_kernel_events() -> Non
 def test_two_runs_at_once_each_report_only_their_own_kernel_events() -> None:
     """Two runs (two factories, two watches), the same topology and the same probe, different faults:
     each diagnosis shows only its own run's drop and its own nft trace; a witness scoped to both labs would see both drops."""
-    from netcheck.diagnosing import DiagnosingProber
     from netcheck.factory import LabFactory
 
     with LabFactory(reap=False) as run_a, LabFactory(reap=False) as run_b:
         a = _lab_with(run_a, "seed1-nft", "forward-drop")  # NETFILTER_DROP in the host: the FORWARD policy
         b = _lab_with(run_b, "seed1-nft", "rp-filter-strict")  # IP_RPFILTER in the host
-        results: dict[str, ProbeResult] = {}
         start = time_ns()
-
-        def probe(name: str, lab: object) -> None:
-            results[name] = DiagnosingProber(lab).send(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1")))  # type: ignore[arg-type]
-
-        threads = [threading.Thread(target=probe, args=(n, lab)) for n, lab in (("a", a), ("b", b))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        da, db = results["a"].diagnosis, results["b"].diagnosis
-        assert da is not None and db is not None
+        da, db = _diagnosed_at_once(a, b, "198.51.100.1")
         assert {k.reason for k in da.kernel} == {"NETFILTER_DROP"}, da.render()
         assert {k.reason for k in db.kernel} == {"IP_RPFILTER"}, db.render()
         assert da.findings[0].cause == "forward_drop" and db.findings[0].cause == "rp_filter_strict"

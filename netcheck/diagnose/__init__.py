@@ -196,7 +196,8 @@ def _stop(tracing: NftTrace | None, notes: list[str]) -> list[TraceEvent]:
     if not events:
         notes.append("nft trace: none of the probe's packets reached the host's netfilter hooks")
     elif all(tracing.own(e) for e in events):
-        notes.append("nft trace: no nf_tables chain but netcheck's own saw the probe's packets (iptables-legacy rules leave no trace; their counters are read instead)")
+        notes.append("nft trace: no nf_tables chain but netcheck's own saw the probe's packets "
+                     "(no nf_tables rule is on their path; iptables-legacy rules leave no trace; their counters are read instead)")
     return events
 
 
