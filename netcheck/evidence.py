@@ -218,15 +218,71 @@ class SetLink:
 
 @dataclass(frozen=True)
 class AddRoute:
-    """A fix: add a route (``dst`` a prefix, or "default") via a gateway in one of the lab's namespaces."""
+    """A fix: add a route (``dst`` a prefix, or "default") via a gateway in one of the lab's namespaces
+    (``replace``: in place of the route to ``dst`` there is, which its undo puts back)."""
 
     netns: str
     dst: str
     via: str
     kind: Literal["route"] = "route"
+    dev: str | None = None
+    replace: bool = False
 
     def command(self) -> str:
-        return f"ip route add {self.dst} via {self.via}"
+        return f"ip route {'replace' if self.replace else 'add'} {self.dst} via {self.via}" + (f" dev {self.dev}" if self.dev else "")
+
+
+@dataclass(frozen=True)
+class DeleteRoute:
+    """A fix: delete a route that discards traffic (``type`` blackhole, unreachable or prohibit); its undo adds it again."""
+
+    netns: str
+    dst: str
+    type: str
+    kind: Literal["delete-route"] = "delete-route"
+
+    def command(self) -> str:
+        return f"ip route del {self.type} {self.dst}"
+
+
+@dataclass(frozen=True)
+class DeleteAddress:
+    """A fix: delete an address from a link (``address`` with its prefix); its undo adds it again."""
+
+    netns: str
+    link: str
+    address: str
+    kind: Literal["delete-address"] = "delete-address"
+
+    def command(self) -> str:
+        return f"ip address del {self.address} dev {self.link}"
+
+
+@dataclass(frozen=True)
+class SetMaster:
+    """A fix: make a link a port of a bridge; its undo gives the link back its master before (or none)."""
+
+    netns: str
+    link: str
+    master: str
+    kind: Literal["master"] = "master"
+
+    def command(self) -> str:
+        return f"ip link set {self.link} master {self.master}"
+
+
+@dataclass(frozen=True)
+class SetFdb:
+    """A fix: make a VXLAN device's fdb send ``mac`` to the underlay address ``dst`` alone (its undo puts the old entries back)."""
+
+    netns: str
+    link: str
+    mac: str
+    dst: str
+    kind: Literal["fdb"] = "fdb"
+
+    def command(self) -> str:
+        return f"bridge fdb replace {self.mac} dev {self.link} dst {self.dst}"
 
 
 def _rule_command(backend: str, rule: XRule, op: str, family: str) -> str:
@@ -329,9 +385,10 @@ class SetMtu:
         return f"ip link set {self.link} mtu {self.mtu}"
 
 
-Fix = Sysctl | SetLink | SetMtu | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
-FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule,
-                                   "policy": SetPolicy, "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
+Fix = Sysctl | SetLink | SetMtu | SetMaster | AddRoute | DeleteRoute | DeleteAddress | SetFdb | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
+FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "master": SetMaster, "route": AddRoute, "delete-route": DeleteRoute,
+                                   "delete-address": DeleteAddress, "fdb": SetFdb, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
+                                   "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
 RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
 
 

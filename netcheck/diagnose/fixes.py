@@ -15,15 +15,34 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING
+from ipaddress import IPv4Address, IPv4Network, ip_interface
+from typing import TYPE_CHECKING, Protocol
 
 from netcheck.diagnose.firewall import binary, is_native
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, ProbeRequest, ProbeResult, SetLink, SetMtu, SetPolicy, Sysctl
-from netcheck.kernel import nft
+from netcheck.diagnose.rules import BLACKHOLES
+from netcheck.evidence import (
+    AddRoute,
+    AddRule,
+    DeleteAddress,
+    DeleteNeighbour,
+    DeleteRoute,
+    DeleteRule,
+    Finding,
+    Fix,
+    FlushConntrack,
+    ProbeRequest,
+    ProbeResult,
+    SetFdb,
+    SetLink,
+    SetMaster,
+    SetMtu,
+    SetPolicy,
+    Sysctl,
+)
+from netcheck.kernel import nft, rtnl
 from netcheck.kernel.netns import KernelError, Netns
 from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_nft
-from netcheck.ledger import SysctlEntry
+from netcheck.ledger import Ledger, SysctlEntry
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -46,31 +65,57 @@ class NotApplicable(Exception):
     """A fix that cannot be applied and undone exactly (a rule with matches netcheck does not model)."""
 
 
-def _spec_iface(lab: Lab, name: str | None) -> str | None:
+class Fixable(Protocol):
+    """What fixes are applied to: a single-host ``Lab`` or a ``MultiLab`` (namespaces by label, the ledger)."""
+
+    @property
+    def ledger(self) -> Ledger | None: ...
+
+    def namespaces(self) -> dict[str, Netns]: ...
+
+
+def _namer(lab: Fixable, netns: str) -> Callable[[str], str] | None:
+    """The spec's names of a host namespace's links (``host``, or a multi-host lab's ``HOST/host``); None elsewhere."""
+    host, slash, label = netns.rpartition("/")
+    if label != "host":
+        return None
+    owner = getattr(lab, "hosts", {}).get(host) if slash else lab
+    name: Callable[[str], str] | None = getattr(owner, "spec_name", None)
+    return name
+
+
+def _spec_iface(name_of: Callable[[str], str], name: str | None) -> str | None:
     if not name:
         return name
     neg = name.startswith("!")
-    return ("!" if neg else "") + lab.spec_name(name.lstrip("!"))
+    return ("!" if neg else "") + name_of(name.lstrip("!"))
 
 
-def shown(lab: Lab, fix: Fix) -> str:
+def shown(lab: Fixable, fix: Fix) -> str:
     """A fix in the spec's names (br0, not nck7q0b0); in host mode the names are the host's own."""
-    if isinstance(fix, (AddRule, DeleteRule)) and fix.netns == "host":
+    name_of = _namer(lab, fix.netns)
+    if name_of is None:
+        return f"{fix.netns}: {fix.command()}"
+    if isinstance(fix, (AddRule, DeleteRule)):
         r = fix.rule
-        named = replace(r, in_interface=_spec_iface(lab, r.in_interface), out_interface=_spec_iface(lab, r.out_interface),
-                        in_set=tuple(_spec_iface(lab, x) or x for x in r.in_set), out_set=tuple(_spec_iface(lab, x) or x for x in r.out_set))
+        named = replace(r, in_interface=_spec_iface(name_of, r.in_interface), out_interface=_spec_iface(name_of, r.out_interface),
+                        in_set=tuple(_spec_iface(name_of, x) or x for x in r.in_set), out_set=tuple(_spec_iface(name_of, x) or x for x in r.out_set))
         return f"{fix.netns}: " + replace(fix, rule=named).command()
-    if isinstance(fix, (SetLink, SetMtu)) and fix.netns == "host":
-        return f"{fix.netns}: " + replace(fix, link=lab.spec_name(fix.link)).command()
-    if isinstance(fix, Sysctl) and fix.netns == "host":
+    if isinstance(fix, SetMaster):
+        return f"{fix.netns}: " + replace(fix, link=name_of(fix.link), master=name_of(fix.master)).command()
+    if isinstance(fix, (SetLink, SetMtu, SetFdb, DeleteAddress)):
+        return f"{fix.netns}: " + replace(fix, link=name_of(fix.link)).command()
+    if isinstance(fix, AddRoute) and fix.dev:
+        return f"{fix.netns}: " + replace(fix, dev=name_of(fix.dev)).command()
+    if isinstance(fix, Sysctl):
         parts = fix.key.split(".")
         if len(parts) == 5 and parts[2] == "conf":
-            parts[3] = lab.spec_name(parts[3])
+            parts[3] = name_of(parts[3])
         return f"{fix.netns}: " + replace(fix, key=".".join(parts)).command()
     return f"{fix.netns}: {fix.command()}"
 
 
-def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
+def apply(lab: Fixable, fixes: tuple[Fix, ...]) -> Callable[[], None]:
     """Apply fixes to the lab's namespaces; returns the undo (newest first)."""
     undo: list[Callable[[], None]] = []
     namespaces = lab.namespaces()
@@ -84,9 +129,17 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 ns.set_sysctl(fix.key, fix.value)
                 undo.append(lambda ns=ns, key=fix.key, old=old: ns.set_sysctl(key, old) if old is not None else None)  # type: ignore[misc]
             elif isinstance(fix, AddRoute):
-                net = IPv4Network("0.0.0.0/0" if fix.dst == "default" else fix.dst)
-                ns.configure(routes=[(net, IPv4Address(fix.via), None)])
-                undo.append(lambda ns=ns, net=net: ns.deconfigure(routes=[net]))  # type: ignore[misc]
+                undo.append(_add_route(ns, fix))
+            elif isinstance(fix, SetFdb):
+                undo.append(_set_fdb(ns, fix))
+            elif isinstance(fix, DeleteRoute):
+                undo.append(_delete_route(ns, fix))
+            elif isinstance(fix, DeleteAddress):
+                address = ip_interface(fix.address)
+                ns.deconfigure(addresses=[(fix.link, address)])
+                undo.append(lambda ns=ns, link=fix.link, address=address: ns.configure(addresses=[(link, address)]))  # type: ignore[misc]
+            elif isinstance(fix, SetMaster):
+                undo.append(_set_master(ns, fix))
             elif isinstance(fix, SetLink):
                 ns.set_link(fix.link, up=fix.up)
                 if fix.up:
@@ -179,6 +232,77 @@ def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
     return remove
 
 
+def _add_route(ns: Netns, fix: AddRoute) -> Callable[[], None]:
+    """Add the route (``replace``: in place of the one to ``dst``); the undo removes it and puts the old one back."""
+    net = IPv4Network("0.0.0.0/0" if fix.dst == "default" else fix.dst)
+    held = next((r for r in ns.routes() if r.dst == net and r.table == 254 and r.kind == "unicast"), None) if fix.replace else None
+    if held is not None:
+        ns.deconfigure(routes=[net])
+    try:
+        ns.configure(routes=[(net, IPv4Address(fix.via), fix.dev)])
+    except BaseException:
+        if held is not None:
+            ns.configure(routes=[(net, held.gateway, held.interface)])
+        raise
+
+    def back() -> None:
+        ns.deconfigure(routes=[net])
+        if held is not None:
+            ns.configure(routes=[(net, held.gateway, held.interface)])
+
+    return back
+
+
+def _ip(ns: Netns, argv: list[str]) -> None:
+    done = ns.run(argv, timeout=20)
+    if done.returncode != 0:
+        raise KernelError(f"{' '.join(argv)} in netns {ns.label}: {done.stderr.decode(errors='replace').strip()}")
+
+
+def _delete_route(ns: Netns, fix: DeleteRoute) -> Callable[[], None]:
+    if fix.type not in BLACKHOLES:  # no gateway, no device: what its undo adds again is exactly what was there
+        raise NotApplicable(f"a {fix.type} route is not one netcheck puts back exactly (only {', '.join(BLACKHOLES)})")
+    _ip(ns, ["ip", "route", "del", fix.type, fix.dst])
+    return lambda: _ip(ns, ["ip", "route", "add", fix.type, fix.dst])
+
+
+def _set_master(ns: Netns, fix: SetMaster) -> Callable[[], None]:
+    """Attach the link to the bridge; the undo gives it back its master before (or none)."""
+    links = {link.index: link for link in ns.links()}
+    held = next(link for link in links.values() if link.name == fix.link)
+    was = links[held.master].name if held.master in links else None
+    ns.set_link(fix.link, master=fix.master)
+    return lambda: ns.set_link(fix.link, master=was)
+
+
+def _fdb_dsts(ns: Netns, link: str, mac: str) -> tuple[int, list[str]]:
+    """The VXLAN device's index and the underlay addresses its fdb sends ``mac`` to."""
+
+    def do(ipr: object) -> tuple[int, list[str]]:
+        found = ipr.link("get", ifname=link)  # type: ignore[attr-defined]
+        index = int(found[0]["index"])
+        return index, [m.get_attr("NDA_DST") for m in ipr.get_neighbours(family=rtnl.AF_BRIDGE)  # type: ignore[attr-defined]
+                       if m["ifindex"] == index and m.get_attr("NDA_LLADDR") == mac and m.get_attr("NDA_DST")]
+
+    out: tuple[int, list[str]] = ns.netlink(do)
+    return out
+
+
+def _fdb(ns: Netns, requests: list[rtnl.Request]) -> None:
+    rtnl.raise_first(ns.with_rtnl(lambda sock: sock.execute(requests)), f"netns {ns.name} ({ns.label})")
+
+
+def _set_fdb(ns: Netns, fix: SetFdb) -> Callable[[], None]:
+    """Send ``mac`` to ``dst`` alone; the undo deletes that entry and appends the old ones again."""
+    index, old = _fdb_dsts(ns, fix.link, fix.mac)
+    _fdb(ns, [*(rtnl.fdb(index, fix.mac, IPv4Address(d), delete=True, where=fix.link) for d in old), rtnl.fdb(index, fix.mac, IPv4Address(fix.dst), where=fix.link)])
+
+    def back() -> None:
+        _fdb(ns, [rtnl.fdb(index, fix.mac, IPv4Address(fix.dst), delete=True, where=fix.link), *(rtnl.fdb(index, fix.mac, IPv4Address(d), where=fix.link) for d in old)])
+
+    return back
+
+
 def _delete_neighbour(ns: Netns, fix: DeleteNeighbour) -> Callable[[], None]:
     """Delete the entry; the undo puts a static one back (a learned one is learned again)."""
     held = next((n for n in ns.neighbours() if n.interface == fix.link and n.address == fix.address), None)
@@ -217,7 +341,7 @@ def _run(undo: list[Callable[[], None]]) -> None:
             u()
 
 
-def _renumbered(lab: Lab, findings: list[Finding]) -> list[Finding]:
+def _renumbered(lab: Fixable, findings: list[Finding]) -> list[Finding]:
     """A native rule deleted and put back to try a fix has a new handle: the fixes shown say the new one."""
     namespaces = lab.namespaces()
     out = []
@@ -238,6 +362,17 @@ def _renumbered(lab: Lab, findings: list[Finding]) -> list[Finding]:
 
 def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], ProbeResult], findings: list[Finding], timeout: float) -> list[Finding]:
     """Try the fixes of the top findings (up to three) on the lab; the verified one first, those that did not help last."""
+
+    def probe() -> str | None:
+        r = resend(replace(request, capture=(), timeout=timeout, end_on_drop=True))
+        return None if r.passed else r.verdict + (f": {r.error}" if r.error else "")
+
+    return try_fixes(lab, findings, probe)
+
+
+def try_fixes(lab: Fixable, findings: list[Finding], probe: Callable[[], str | None]) -> list[Finding]:
+    """Try the fixes of the top findings (up to three), each applied, re-probed (``probe``: None when it passes, else
+    what failed) and undone; the verified one first, those that did not help last."""
     tried: dict[int, bool] = {}
     out = list(findings)
     for i, f in enumerate(out):
@@ -254,20 +389,19 @@ def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], Pro
         except Exception as exc:  # noqa: BLE001 - a fix that cannot be applied is reported, the next one tried
             out[i] = replace(f, verified=f"fix not applied: {what}: {exc}")
             continue
+        failed: str | None = ""
         try:
-            r = resend(replace(request, capture=(), timeout=timeout, end_on_drop=True))
+            failed = probe()
         except Exception as exc:  # noqa: BLE001 - reported as not verified
-            r = None
             out[i] = replace(f, verified=f"fix not verified: the probe could not be repeated ({exc})")
+            continue
         finally:
             undo()
-        if r is None:
-            continue
-        tried[i] = r.passed
-        if r.passed:
+        tried[i] = failed is None
+        if failed is None:
             out[i] = replace(f, verified=f"fix verified: the probe passes after {what} (applied to the lab, then undone; {KEEP_HINT})")
             break
-        out[i] = replace(f, verified=f"fix did not help: the probe still failed after {what} ({r.verdict}{': ' + r.error if r.error else ''})")
+        out[i] = replace(f, verified=f"fix did not help: the probe still failed after {what} ({failed})")
     # A fix that did not help demotes its cause; a verified one moves up past those, and past causes
     # ranked above it only if they hold no fix to try (a cause without one keeps its place: the
     # re-probe cannot speak for or against it, e.g. a tool whose rules an event removed).

@@ -21,7 +21,7 @@ from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, SetMtu, Sysctl
+from netcheck.evidence import AddRoute, AddRule, DeleteAddress, DeleteNeighbour, DeleteRoute, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, SetMaster, SetMtu, Sysctl
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -259,11 +259,23 @@ def not_in_bridge(ev: Evidence) -> Iterator[Finding]:
             continue
         ports = sorted(ev.show(p.port) for p in ev.snap.host.bridge_ports if p.bridge == s.bridge_k)
         now = f"is attached to {ev.show(master.name)}" if master is not None else "is attached to no bridge"
+        values: tuple[Fix, ...] = (SetMaster("host", s.veth_k, s.bridge_k), *_unresolved(ev))
         yield Finding(
             "not_in_bridge", "host", f"host: {ev.show(s.veth_k)}, the host end of {c.name}'s veth, {now}; it should be a port of {ev.show(s.bridge_k)}, so {c.name} is cut off from the bridge",
-            ev.run("host", f"ip link set {s.veth_k} master {s.bridge_k}"),
-            (f"ports of {ev.show(s.bridge_k)}: {', '.join(ports) or 'none'}",), score=88 if c.name in on else 58,
+            " && ".join(ev.run(v.netns, v.command()) for v in values),
+            (f"ports of {ev.show(s.bridge_k)}: {', '.join(ports) or 'none'}",), score=88 if c.name in on else 58, fixes=values,
         )
+
+
+def _unresolved(ev: Evidence) -> tuple[DeleteNeighbour, ...]:
+    """The probe's sender's FAILED or INCOMPLETE neighbour entries for its destination or gateway: deleted with a fix
+    that lets ARP through again, so that ARP starts again at once, not at its next retry (1 s later)."""
+    f = ev.flow
+    ns = ev.snap.ns(f.source) if f is not None else None
+    if f is None or ns is None:
+        return ()
+    hops = {f.dst_addr, _host_gateway(ev, f.source) if f.source in {c.name for c in ev.t.containers} else None}
+    return tuple(DeleteNeighbour(f.source, n.interface, n.address) for n in ns.neighbours if n.address in hops and n.state in ("FAILED", "INCOMPLETE"))
 
 
 def _veth_pairs(ev: Evidence) -> Iterator[tuple[tuple[str, str], tuple[str, str], str, int]]:
@@ -380,6 +392,7 @@ def address_conflict(ev: Evidence) -> Iterator[Finding]:
                     "held twice, ARP and replies for it go to either holder, and each drops packets that seem to come from itself",
                 ev.run(label, f"ip addr del {addr} dev {iface}"),
                 (f"{ip} is declared for {owner}" if owner else f"holders: {', '.join(w[0] for w in where)}",), score=94 if ip in flow_addrs else 60,
+                fixes=(DeleteAddress(label, iface, str(addr)),),
             )
 
 
@@ -404,7 +417,7 @@ def address_on_bridge_port(ev: Evidence) -> Iterator[Finding]:
                     f"as well as the bridge, so traffic from {label} to {net} can leave by {ev.show(a.interface)} and reach only what is behind it",
                 ev.run(label, f"ip address del {a.address} dev {a.interface}"),
                 (*(f"route {r.dst} dev {ev.show(r.interface)}" for r in routes), "a bridge port carries frames; addresses belong on the bridge"),
-                score=(93 if hit else 62) if shadowed else 50,
+                score=(93 if hit else 62) if shadowed else 50, fixes=(DeleteAddress(label, a.interface, str(a.address)),),
             )
 
 
@@ -1276,6 +1289,7 @@ def blackhole_route(ev: Evidence) -> Iterator[Finding]:
             "blackhole_route", label, f"{label}: a {best.kind} route for {best.dst} is the most specific route to {dst}, so the kernel discards the traffic"
             + (" it forwards" if label == "host" else " it sends") + (" (and refuses it with an ICMP error)" if best.kind != "blackhole" else " silently"),
             ev.run(label, f"ip route del {best.kind} {best.dst}"), (f"{label} routes: {_routes(ns)}" if ns is not None else "",), score=94,
+            fixes=(DeleteRoute(label, str(best.dst), best.kind),),
         )
 
 
