@@ -106,7 +106,7 @@ with MultiLab(M.builtin(f.topology)) as lab:
     return done.stdout + done.stderr
 
 
-def execute(r: Run) -> Run:
+def execute(r: Run, logs: Path | None = None) -> Run:
     from netcheck.adapters.faults import EXTERNAL_FAULTS
     from netcheck.faults import CROSS_HOST_FAULTS, FAULTS
 
@@ -122,6 +122,8 @@ def execute(r: Run) -> Run:
         out = _pytest([str(REPO / "suites" / f.suite_test), f"--netcheck-topology={r.topology}", f"--netcheck-fault={r.fault}"])
     assert r.kind != "cross" or r.fault in CROSS_HOST_FAULTS
     r.seconds = round(time.perf_counter() - t0, 1)
+    if logs is not None:
+        (logs / f"{r.fault.replace(':', '_')}@{r.topology}.txt").write_text(out)
     r.status, r.line = outcome(out, r.cause)
     m = FINDING.search(out)
     r.top = m.group(1) if m else "-"
@@ -176,12 +178,15 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--engines", action="store_true", help="also the tools' faults whose setup needs dockerd or podman")
     ap.add_argument("--json", type=Path, help="also write every run here")
+    ap.add_argument("--logs", type=Path, help="write each run's output to a file in this folder")
     args = ap.parse_args()
     runs = catalog(set(args.faults), args.engines)
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
     t0, load = time.perf_counter(), os.getloadavg()[0]
 
     def one(r: Run) -> Run:
-        done = execute(r)
+        done = execute(r, args.logs)
         print(f"{done.fault:<36} {done.topology:<16} {done.cause:<30} {done.status:<9} {done.seconds:>5.1f}s {done.line[:160]}", flush=True)
         return done
 

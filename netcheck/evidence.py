@@ -272,6 +272,19 @@ class SetMaster:
 
 
 @dataclass(frozen=True)
+class SetHairpin:
+    """A fix: turn a bridge port's hairpin mode on (frames may leave by the port they came in by); its undo sets it back."""
+
+    netns: str
+    link: str
+    on: bool = True
+    kind: Literal["hairpin"] = "hairpin"
+
+    def command(self) -> str:
+        return f"bridge link set dev {self.link} hairpin {'on' if self.on else 'off'}"
+
+
+@dataclass(frozen=True)
 class SetFdb:
     """A fix: make a VXLAN device's fdb send ``mac`` to the underlay address ``dst`` alone (its undo puts the old entries back)."""
 
@@ -385,8 +398,8 @@ class SetMtu:
         return f"ip link set {self.link} mtu {self.mtu}"
 
 
-Fix = Sysctl | SetLink | SetMtu | SetMaster | AddRoute | DeleteRoute | DeleteAddress | SetFdb | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
-FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "master": SetMaster, "route": AddRoute, "delete-route": DeleteRoute,
+Fix = Sysctl | SetLink | SetMtu | SetMaster | SetHairpin | AddRoute | DeleteRoute | DeleteAddress | SetFdb | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
+FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "master": SetMaster, "hairpin": SetHairpin, "route": AddRoute, "delete-route": DeleteRoute,
                                    "delete-address": DeleteAddress, "fdb": SetFdb, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
                                    "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
 RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}

@@ -25,7 +25,7 @@ SEVERITIES: dict[str, str] = {
     "hygiene": "the state differs from the spec without breaking a probe",
     "bug": "netcheck itself failed",
 }
-FIX_VALUES = ("Sysctl", "SetLink", "SetMtu", "SetMaster", "AddRoute", "DeleteRoute", "DeleteAddress", "SetFdb", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
+FIX_VALUES = ("Sysctl", "SetLink", "SetMtu", "SetMaster", "SetHairpin", "AddRoute", "DeleteRoute", "DeleteAddress", "SetFdb", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,14 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("underlay_udp_blocked", "a host's firewall drops the overlay's UDP port (4789)", "filter INPUT/FORWARD DROP or REJECT rules for udp to join.port",
           fix="`DeleteRule` of the rule", fixes=("DeleteRule",)),
     Cause("localhost_publish_route_localnet_off", "a port published on 127.0.0.1: nat OUTPUT DNATs it, but without route_localnet the loopback source never leaves lo",
-          "the flow from the host to 127.0.0.1, its OUTPUT DNAT matched, and route_localnet of all and of the container's side"),
+          "the flow from the host to 127.0.0.1, its OUTPUT DNAT matched, and route_localnet of all and of the container's side",
+          fix="`Sysctl` `net.ipv4.conf.all.route_localnet=1`", fixes=("Sysctl",)),
     Cause("hairpin_masquerade_missing", "a container reaching its own published port: no hairpin MASQUERADE (-s C -d C), so the DNATed request comes back with its own "
-          "address as the source and it drops it as a martian", "the flow from a container to its own published port, its DNAT matched, and a POSTROUTING walk of C -> C"),
+          "address as the source and it drops it as a martian", "the flow from a container to its own published port, its DNAT matched, and a POSTROUTING walk of C -> C",
+          fix="`AddRule` of the hairpin MASQUERADE (-s C -d C, the container port)", fixes=("AddRule",)),
     Cause("hairpin_mode_off", "a container reaching its own published port: its bridge port's hairpin mode is off, so the DNATed request never goes back out by it",
-          "the flow from a container to its own published port, its DNAT and hairpin MASQUERADE present, and the bridge port's hairpin flag (netlink)"),
+          "the flow from a container to its own published port, its DNAT and hairpin MASQUERADE present, and the bridge port's hairpin flag (netlink)",
+          fix="`SetHairpin` on the container's bridge port", fixes=("SetHairpin",)),
     Cause("tool_rules_gone", "the tool's own rules are gone since its setup (a lifecycle event: a flush, a restore, a firewall reload); its reload command writes them again",
           "the host's nf_tables tables, chain rule counts and policies against those read after the tool's setup (netcheck.lifecycle)"),
     Cause("stale_conntrack", "a conntrack entry from before a change keeps a flow on the old NAT decision: no SNAT although a MASQUERADE covers it now, "

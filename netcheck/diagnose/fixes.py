@@ -33,6 +33,7 @@ from netcheck.evidence import (
     ProbeRequest,
     ProbeResult,
     SetFdb,
+    SetHairpin,
     SetLink,
     SetMaster,
     SetMtu,
@@ -103,7 +104,7 @@ def shown(lab: Fixable, fix: Fix) -> str:
         return f"{fix.netns}: " + replace(fix, rule=named).command()
     if isinstance(fix, SetMaster):
         return f"{fix.netns}: " + replace(fix, link=name_of(fix.link), master=name_of(fix.master)).command()
-    if isinstance(fix, (SetLink, SetMtu, SetFdb, DeleteAddress)):
+    if isinstance(fix, (SetLink, SetMtu, SetFdb, SetHairpin, DeleteAddress)):
         return f"{fix.netns}: " + replace(fix, link=name_of(fix.link)).command()
     if isinstance(fix, AddRoute) and fix.dev:
         return f"{fix.netns}: " + replace(fix, dev=name_of(fix.dev)).command()
@@ -140,6 +141,10 @@ def apply(lab: Fixable, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 undo.append(lambda ns=ns, link=fix.link, address=address: ns.configure(addresses=[(link, address)]))  # type: ignore[misc]
             elif isinstance(fix, SetMaster):
                 undo.append(_set_master(ns, fix))
+            elif isinstance(fix, SetHairpin):
+                hairpin = next(p.hairpin for p in ns.bridge_ports() if p.port == fix.link)
+                ns.set_hairpin(fix.link, fix.on)
+                undo.append(lambda ns=ns, link=fix.link, hairpin=hairpin: ns.set_hairpin(link, hairpin))  # type: ignore[misc]
             elif isinstance(fix, SetLink):
                 ns.set_link(fix.link, up=fix.up)
                 if fix.up:

@@ -21,7 +21,25 @@ from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import AddRoute, AddRule, DeleteAddress, DeleteNeighbour, DeleteRoute, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, SetMaster, SetMtu, Sysctl
+from netcheck.evidence import (
+    AddRoute,
+    AddRule,
+    DeleteAddress,
+    DeleteNeighbour,
+    DeleteRoute,
+    DeleteRule,
+    Finding,
+    Fix,
+    FlushConntrack,
+    Hop,
+    Packet,
+    ProbeResult,
+    SetHairpin,
+    SetLink,
+    SetMaster,
+    SetMtu,
+    Sysctl,
+)
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -1016,6 +1034,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                     f"the loopback source {f.src_addr or '127.0.0.1'} out by {ev.show(out)}, nor take the reply to 127.0.0.1 back in: a port bound to 127.0.0.1 needs it",
                 ev.sysctl_fix("host", "net.ipv4.conf.all.route_localnet", 1) + "  (with the MASQUERADE of 127.0.0.0/8 out the container's side, as CNI portmap and Docker add)",
                 (*rule_ev, f"route_localnet: all={ev.host.sysctl('net.ipv4.conf.all.route_localnet')}, {ev.show(out)}={ev.host.conf(out, 'route_localnet')}"), score=95,
+                fixes=(Sysctl("host", "net.ipv4.conf.all.route_localnet", "1"),),
             )
             return
     if f.source == f.target and f.via == "publish" and f.target_addr and f.expected != "block":
@@ -1029,6 +1048,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                     f"{f.target_addr} -> {f.target_addr}, so it arrives with {f.source}'s own address as its source and {f.source} drops it as a martian (Docker's hairpin NAT)",
                 ev.add(hairpin_rule, d.backend),
                 (*rule_ev, f"no MASQUERADE in nat POSTROUTING matches {f.target_addr} -> {f.target_addr}:{f.target_port} out {ev.show(side_k)}"), score=93,
+                fixes=(ev.add_fix(hairpin_rule, d.backend),),
             )
             return
         port = next((bp for bp in ev.snap.host.bridge_ports if s is not None and bp.port == s.veth_k), None)
@@ -1037,8 +1057,8 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                 "hairpin_mode_off", "host",
                 f"host: {f.source} reaches its own published port {what}: the DNAT sends it back to {f.target_addr}:{f.target_port} by the bridge port it came in by, "
                     f"{ev.show(port.port)}, whose hairpin mode is off, so the bridge never sends it back out there (Docker turns it on without its userland proxy)",
-                ev.run("host", f"bridge link set dev {port.port} hairpin on"),
-                (*rule_ev, f"bridge port {ev.show(port.port)} of {ev.show(port.bridge)}: hairpin off"), score=92,
+                ev.run("host", SetHairpin("host", port.port).command()),
+                (*rule_ev, f"bridge port {ev.show(port.port)} of {ev.show(port.bridge)}: hairpin off"), score=92, fixes=(SetHairpin("host", port.port),),
             )
             return
     if f.target_addr and (to_addr != f.target_addr or (to_port is not None and f.target_port is not None and to_port != f.target_port)):
