@@ -246,6 +246,19 @@ class DeleteRoute:
 
 
 @dataclass(frozen=True)
+class AddAddress:
+    """A fix: add an address (with its prefix) to a link, an IPv6 one without duplicate address detection; its undo deletes it."""
+
+    netns: str
+    link: str
+    address: str
+    kind: Literal["add-address"] = "add-address"
+
+    def command(self) -> str:
+        return f"ip address add {self.address} dev {self.link}" + (" nodad" if ":" in self.address else "")
+
+
+@dataclass(frozen=True)
 class DeleteAddress:
     """A fix: delete an address from a link (``address`` with its prefix); its undo adds it again."""
 
@@ -398,9 +411,9 @@ class SetMtu:
         return f"ip link set {self.link} mtu {self.mtu}"
 
 
-Fix = Sysctl | SetLink | SetMtu | SetMaster | SetHairpin | AddRoute | DeleteRoute | DeleteAddress | SetFdb | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
+Fix = Sysctl | SetLink | SetMtu | SetMaster | SetHairpin | AddRoute | DeleteRoute | AddAddress | DeleteAddress | SetFdb | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
 FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "master": SetMaster, "hairpin": SetHairpin, "route": AddRoute, "delete-route": DeleteRoute,
-                                   "delete-address": DeleteAddress, "fdb": SetFdb, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
+                                   "add-address": AddAddress, "delete-address": DeleteAddress, "fdb": SetFdb, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
                                    "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
 RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
 

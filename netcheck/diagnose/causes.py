@@ -25,7 +25,8 @@ SEVERITIES: dict[str, str] = {
     "hygiene": "the state differs from the spec without breaking a probe",
     "bug": "netcheck itself failed",
 }
-FIX_VALUES = ("Sysctl", "SetLink", "SetMtu", "SetMaster", "SetHairpin", "AddRoute", "DeleteRoute", "DeleteAddress", "SetFdb", "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
+FIX_VALUES = ("Sysctl", "SetLink", "SetMtu", "SetMaster", "SetHairpin", "AddRoute", "DeleteRoute", "AddAddress", "DeleteAddress", "SetFdb",
+              "DeleteRule", "AddRule", "SetPolicy", "DeleteNeighbour", "FlushConntrack")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("no_default_route", "the sender has no default route", "the sender's route lookup fails, and the spec declares a gateway",
           fix="`AddRoute` default via the host's address on the container's network", fixes=("AddRoute",)),
     Cause("no_route", "the sender has no route for the destination", "the sender's route lookup fails"),
-    Cause("wrong_gateway", "the route goes via an address the host does not hold", "route lookup, host addresses, the neighbour entry (FAILED)"),
+    Cause("wrong_gateway", "the route goes via an address the host does not hold", "route lookup, host addresses, the neighbour entry (FAILED)",
+          fix="`AddRoute` replacing the default route with one via the host's address", fixes=("AddRoute",)),
     Cause("wrong_prefix", "a container's address has the wrong prefix length", "its address against the spec and the host's address on that network"),
     Cause("address_conflict", "one address held by two namespaces", "addresses of every namespace",
           fix="`DeleteAddress` of the address where the spec does not declare it", fixes=("DeleteAddress",)),
@@ -81,9 +83,11 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
           "the reply seen from the real address", fix="`Sysctl` `net.bridge.bridge-nf-call-iptables=1`", fixes=("Sysctl",)),
     Cause("ip_six_forwarding_off", "the host does not route IPv6 (net.ipv6.conf.all.forwarding = 0), whatever net.ipv4.ip_forward says",
           "an IPv6 flow routed by the host, and the IPv6 sysctl"),
-    Cause("ip_six_disabled", "disable_ipv6 = 1 on the sender's interface: its IPv6 addresses and routes are gone", "the sender's disable_ipv6 sysctls, for an IPv6 flow"),
+    Cause("ip_six_disabled", "disable_ipv6 = 1 on the sender's interface: its IPv6 addresses and routes are gone", "the sender's disable_ipv6 sysctls, for an IPv6 flow",
+          fix="`Sysctl` `disable_ipv6=0`, `AddAddress` of the static address and `AddRoute` of its default route again", fixes=("Sysctl", "AddAddress", "AddRoute")),
     Cause("dad_failed", "duplicate address detection failed: the address is held elsewhere, and the kernel never uses it", "the addresses' dadfailed flag (netlink)"),
-    Cause("dnat_to_loopback_six", "an IPv6 DNAT to ::1, which the kernel never routes (IPv6 has no route_localnet; tools use a userland proxy)", "an ip6tables DNAT whose target is ::1"),
+    Cause("dnat_to_loopback_six", "an IPv6 DNAT to ::1, which the kernel never routes (IPv6 has no route_localnet; tools use a userland proxy)", "an ip6tables DNAT whose target is ::1",
+          fix="`DeleteRule` of the DNAT, `AddRule` of it to the container's IPv6 address", fixes=("DeleteRule", "AddRule")),
     Cause("ra_ignored_when_forwarding", "the host has no IPv6 default route: with forwarding = 1, accept_ra = 1 ignores router advertisements (2 accepts them)",
           "an IPv6 flow the host cannot route, IPv6 forwarding on, and the uplink's accept_ra"),
     Cause("rp_filter_strict", "strict reverse-path filtering drops asymmetric traffic",

@@ -13,14 +13,16 @@ that netcheck did not build (the doctor's), is never changed: its fixes are only
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, ip_interface
+from ipaddress import IPv4Address, ip_address, ip_interface, ip_network
 from typing import TYPE_CHECKING, Protocol
 
-from netcheck.diagnose.firewall import binary, is_native
+from netcheck.diagnose.firewall import LEGACY6, binary, is_native
 from netcheck.diagnose.rules import BLACKHOLES
 from netcheck.evidence import (
+    AddAddress,
     AddRoute,
     AddRule,
     DeleteAddress,
@@ -42,7 +44,7 @@ from netcheck.evidence import (
 )
 from netcheck.kernel import nft, rtnl
 from netcheck.kernel.netns import KernelError, Netns
-from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_nft
+from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_legacy6, read_nft
 from netcheck.ledger import Ledger, SysctlEntry
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ def shown(lab: Fixable, fix: Fix) -> str:
         return f"{fix.netns}: " + replace(fix, rule=named).command()
     if isinstance(fix, SetMaster):
         return f"{fix.netns}: " + replace(fix, link=name_of(fix.link), master=name_of(fix.master)).command()
-    if isinstance(fix, (SetLink, SetMtu, SetFdb, SetHairpin, DeleteAddress)):
+    if isinstance(fix, (SetLink, SetMtu, SetFdb, SetHairpin, AddAddress, DeleteAddress)):
         return f"{fix.netns}: " + replace(fix, link=name_of(fix.link)).command()
     if isinstance(fix, AddRoute) and fix.dev:
         return f"{fix.netns}: " + replace(fix, dev=name_of(fix.dev)).command()
@@ -135,6 +137,10 @@ def apply(lab: Fixable, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 undo.append(_set_fdb(ns, fix))
             elif isinstance(fix, DeleteRoute):
                 undo.append(_delete_route(ns, fix))
+            elif isinstance(fix, AddAddress):
+                added = ip_interface(fix.address)
+                ns.configure(addresses=[(fix.link, added)])
+                undo.append(lambda ns=ns, link=fix.link, added=added: ns.deconfigure(addresses=[(link, added)]))  # type: ignore[misc]
             elif isinstance(fix, DeleteAddress):
                 address = ip_interface(fix.address)
                 ns.deconfigure(addresses=[(fix.link, address)])
@@ -175,8 +181,8 @@ def _exact(rule: XRule) -> None:
         raise NotApplicable(f"the rule has matches netcheck does not model ({', '.join(rule.unmodelled)}), so it could not be put back exactly")
 
 
-def _iptables(ns: Netns, backend: str, argv: list[str]) -> None:
-    cmd = [binary(backend), *(["-w"] if backend == "legacy" else []), *argv]
+def _iptables(ns: Netns, backend: str, argv: list[str], family: int | None = None) -> None:
+    cmd = [binary(backend, family), *(["-w"] if backend in ("legacy", LEGACY6) else []), *argv]
     done = ns.run(cmd, timeout=20)
     if done.returncode != 0:
         raise KernelError(f"{' '.join(cmd)} in netns {ns.label}: {done.stderr.decode(errors='replace').strip()}")
@@ -184,8 +190,9 @@ def _iptables(ns: Netns, backend: str, argv: list[str]) -> None:
 
 def _chain_rules(ns: Netns, backend: str, family: str, table: str, chain: str) -> list[XRule]:
     """The rules of one chain as the kernel holds them now, in order."""
-    chains = read_legacy(ns, (table,)) if backend == "legacy" else nft_chains(read_nft(ns))
-    return next((list(c.rules) for c in chains if (c.table, c.name) == (table, chain) and (backend == "legacy" or c.family == family)), [])
+    legacy = backend in ("legacy", LEGACY6)
+    chains = (read_legacy6(ns) if backend == LEGACY6 else read_legacy(ns, (table,))) if legacy else nft_chains(read_nft(ns))
+    return next((list(c.rules) for c in chains if (c.table, c.name) == (table, chain) and (legacy or c.family == family)), [])
 
 
 def _position(ns: Netns, fix: DeleteRule) -> tuple[int, XRule]:
@@ -217,15 +224,15 @@ def _delete_rule(ns: Netns, fix: DeleteRule) -> Callable[[], None]:
             nft.run(ns, [op], what="putting a rule back")
 
         return put_back
-    _iptables(ns, fix.backend, fix.rule.argv("-D"))
-    return lambda: _iptables(ns, fix.backend, held.argv("-I", position))
+    _iptables(ns, fix.backend, fix.rule.argv("-D"), fix.rule.family)
+    return lambda: _iptables(ns, fix.backend, held.argv("-I", position), fix.rule.family)
 
 
 def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
     _exact(fix.rule)
     if not is_native(fix.backend, fix.rule.table):
-        _iptables(ns, fix.backend, fix.rule.argv("-I" if fix.insert else "-A"))
-        return lambda: _iptables(ns, fix.backend, fix.rule.argv("-D"))
+        _iptables(ns, fix.backend, fix.rule.argv("-I" if fix.insert else "-A"), fix.rule.family)
+        return lambda: _iptables(ns, fix.backend, fix.rule.argv("-D"), fix.rule.family)
     before = {r.handle for r in _chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain)}
     nft.run(ns, [{"insert" if fix.insert else "add": {"rule": _nft_rule(fix.family, fix.rule)}}], what="adding a rule")
     added = [r.handle for r in _chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain) if r.handle not in before and r.handle is not None]
@@ -239,12 +246,14 @@ def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
 
 def _add_route(ns: Netns, fix: AddRoute) -> Callable[[], None]:
     """Add the route (``replace``: in place of the one to ``dst``); the undo removes it and puts the old one back."""
-    net = IPv4Network("0.0.0.0/0" if fix.dst == "default" else fix.dst)
-    held = next((r for r in ns.routes() if r.dst == net and r.table == 254 and r.kind == "unicast"), None) if fix.replace else None
+    via = ip_address(fix.via)
+    net = ip_network(("::/0" if via.version == 6 else "0.0.0.0/0") if fix.dst == "default" else fix.dst)
+    family = socket.AF_INET6 if via.version == 6 else socket.AF_INET
+    held = next((r for r in ns.routes(family) if r.dst == net and r.table == 254 and r.kind == "unicast"), None) if fix.replace else None
     if held is not None:
         ns.deconfigure(routes=[net])
     try:
-        ns.configure(routes=[(net, IPv4Address(fix.via), fix.dev)])
+        ns.configure(routes=[(net, via, fix.dev)])
     except BaseException:
         if held is not None:
             ns.configure(routes=[(net, held.gateway, held.interface)])
@@ -309,13 +318,19 @@ def _set_fdb(ns: Netns, fix: SetFdb) -> Callable[[], None]:
 
 
 def _delete_neighbour(ns: Netns, fix: DeleteNeighbour) -> Callable[[], None]:
-    """Delete the entry; the undo puts a static one back (a learned one is learned again)."""
+    """Delete the entry; the undo deletes what was learned meanwhile (resolved while the fix was on, it would outlive
+    the fix's undo) and puts a static entry back (a learned one is learned again)."""
+    address = IPv4Address(fix.address)
     held = next((n for n in ns.neighbours() if n.interface == fix.link and n.address == fix.address), None)
-    ns.delete_neighbours(fix.link, [IPv4Address(fix.address)])
-    if held is None or held.state != "PERMANENT" or not held.mac:
-        return lambda: None
-    mac = held.mac
-    return lambda: ns.set_neighbours(fix.link, [(IPv4Address(fix.address), mac)])
+    ns.delete_neighbours(fix.link, [address])
+    mac = held.mac if held is not None and held.state == "PERMANENT" else None
+
+    def back() -> None:
+        ns.delete_neighbours(fix.link, [address])
+        if mac:
+            ns.set_neighbours(fix.link, [(address, mac)])
+
+    return back
 
 
 def _set_policy(ns: Netns, fix: SetPolicy) -> Callable[[], None]:

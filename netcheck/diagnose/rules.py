@@ -22,6 +22,7 @@ from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native,
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
 from netcheck.evidence import (
+    AddAddress,
     AddRoute,
     AddRule,
     DeleteAddress,
@@ -517,6 +518,7 @@ def source_route(ev: Evidence) -> Iterator[Finding]:
             f"{gw}" if gw else "") + ", so the packets never leave the container's network",
         ev.run(f.source, f"ip route replace default via {gw}") if gw else ev.run(f.source, "ip route replace default via <the host's address on this network>"),
         (f"neighbour {g}: {neigh.state if neigh else 'no entry'} (nobody answers ARP for it)", f"route: {f.dst_addr} via {g} dev {got.interface}"), score=86,
+        fixes=(AddRoute(f.source, "default", str(gw), replace=True),) if gw else (),
     )
 
 
@@ -561,9 +563,12 @@ def ipv6_disabled(ev: Evidence) -> Iterator[Finding]:
     own = f"net.ipv6.conf.{c.interface}.disable_ipv6"
     for key in (own,) if ns.sysctl(own) is not None else ("net.ipv6.conf.all.disable_ipv6",):
         if ns.sysctl(key) == "1":
+            values: tuple[Fix, ...] = (Sysctl(f.source, key, "0"), *((AddAddress(f.source, c.interface, str(c.address6)),) if c.address6 else ()),
+                                       *((AddRoute(f.source, "default", str(c.gateway6)),) if c.address6 and c.gateway6 else ()))
             yield Finding("ip_six_disabled", f.source, f"{f.source}: {key} = 1, so {c.interface} holds no IPv6 address ({c.address6} is gone) and no IPv6 route",
-                          ev.sysctl_fix(f.source, key, 0) + (f" && {ev.run(f.source, f'ip addr add {c.address6} dev {c.interface} nodad')}" if c.address6 else ""),
-                          (f"{key} = 1", "turning it back to 0 does not bring the static address back: it is added again"), score=97)
+                          " && ".join(ev.run(v.netns, v.command()) for v in values),
+                          (f"{key} = 1", "turning it back to 0 does not bring the static address (nor its default route) back: they are added again"), score=97,
+                          fixes=values)
             return
 
 
@@ -585,6 +590,15 @@ def dad_failed(ev: Evidence) -> Iterator[Finding]:
             return
 
 
+def _dnat_to_the_container(ev: Evidence, placed: Placed) -> tuple[Fix, ...]:
+    """Delete a DNAT to ::1 and add it again to the flow's container (its IPv6 address, the container's port); none without a target."""
+    f = ev.flow
+    if f is None or not f.target_addr or ":" not in f.target_addr or f.target_port is None:
+        return ()
+    to = replace(placed.rule, to_destination=f"[{f.target_addr}]:{f.target_port}", handle=None)
+    return ev.delete_fix(placed), AddRule("host", placed.backend, to, placed.family)
+
+
 def dnat_to_loopback6(ev: Evidence) -> Iterator[Finding]:
     """An IPv6 DNAT to ::1: IPv6 has no route_localnet; a forwarded packet is never delivered to ::1."""
     for placed in ev.fw.rules():
@@ -594,6 +608,7 @@ def dnat_to_loopback6(ev: Evidence) -> Iterator[Finding]:
                 "dnat_to_loopback_six", "host", f"host: `{placed.render()}` DNATs to [::1], which the kernel never does for a packet from outside (IPv6 has no route_localnet): "
                 "it is dropped as a martian. Docker and Podman publish ::1 through a userland proxy instead",
                 ev.run("host", placed.delete()) + " (then DNAT to the container's own IPv6 address, or run a proxy on ::1)", (placed.where(),), score=90,
+                fixes=_dnat_to_the_container(ev, placed),
             )
             return
 
