@@ -218,8 +218,8 @@ class SetLink:
 
 @dataclass(frozen=True)
 class AddRoute:
-    """A fix: add a route (``dst`` a prefix, or "default") via a gateway in one of the lab's namespaces
-    (``replace``: in place of the route to ``dst`` there is, which its undo puts back)."""
+    """A fix: add a route (``dst`` a prefix, or "default") via a gateway (``via`` "": on the link ``dev``) in one of the
+    lab's namespaces (``replace``: in place of the route to ``dst`` there is, which its undo puts back)."""
 
     netns: str
     dst: str
@@ -229,7 +229,7 @@ class AddRoute:
     replace: bool = False
 
     def command(self) -> str:
-        return f"ip route {'replace' if self.replace else 'add'} {self.dst} via {self.via}" + (f" dev {self.dev}" if self.dev else "")
+        return f"ip route {'replace' if self.replace else 'add'} {self.dst}" + (f" via {self.via}" if self.via else "") + (f" dev {self.dev}" if self.dev else "")
 
 
 @dataclass(frozen=True)

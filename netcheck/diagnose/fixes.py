@@ -246,9 +246,9 @@ def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
 
 def _add_route(ns: Netns, fix: AddRoute) -> Callable[[], None]:
     """Add the route (``replace``: in place of the one to ``dst``); the undo removes it and puts the old one back."""
-    via = ip_address(fix.via)
-    net = ip_network(("::/0" if via.version == 6 else "0.0.0.0/0") if fix.dst == "default" else fix.dst)
-    family = socket.AF_INET6 if via.version == 6 else socket.AF_INET
+    via = ip_address(fix.via) if fix.via else None  # none: a route on the link (dev)
+    net = ip_network(("::/0" if via is not None and via.version == 6 else "0.0.0.0/0") if fix.dst == "default" else fix.dst)
+    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
     held = next((r for r in ns.routes(family) if r.dst == net and r.table == 254 and r.kind == "unicast"), None) if fix.replace else None
     if held is not None:
         ns.deconfigure(routes=[net])

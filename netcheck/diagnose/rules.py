@@ -41,6 +41,7 @@ from netcheck.evidence import (
     SetMtu,
     Sysctl,
 )
+from netcheck.kernel import nft
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -97,10 +98,19 @@ class Evidence:
         host's rules are). A rule in one of iptables' tables goes, for a lab built with firewall = "nft",
         to the lab's own nft table that has that chain."""
         if self.t.host.firewall == "nft" and rule.table in BUILTIN_CHAINS:
-            home = self.fw.native_home(rule.table, rule.chain)
+            home = self.fw.native_home(rule.table, rule.chain) if rule.family != 6 else self._native_home6(rule.table, rule.chain)
             if home is not None:
                 return AddRule("host", "nft", replace(rule, table=home[0]), home[1], insert=op == "-I")
         return AddRule("host", backend or self.backend(), rule, family, insert=op == "-I")
+
+    def _native_home6(self, role: str, chain: str) -> tuple[str, str] | None:
+        """(table, family) of the lab's own nft table for an IPv6 rule of iptables' ``role`` ``chain`` (an ip6 or inet table's base chain)."""
+        want = nft.HOOKS.get((role, chain))
+        for backend, hook, kind, table, name, _prio in self.fw.hooks:
+            family = self.fw.chains[(backend, table, name)].family
+            if want is not None and is_native(backend, table) and name == chain and (kind, hook) == want[:2] and family in ("ip6", "inet"):
+                return table, family
+        return None
 
     @staticmethod
     def delete_fix(placed: Placed) -> DeleteRule:
@@ -761,13 +771,14 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
                     ev.sysctl_fix("host", f"net.ipv6.conf.{uplink}.accept_ra", 2) + (f" (or a static one: {ev.run('host', f'ip -6 route add default via {ev.t.host.gateway6}')})"
                                                                                     if ev.t.host.gateway6 else ""),
                     (f"net.ipv6.conf.{uplink}.accept_ra = 1", "net.ipv6.conf.all.forwarding = 1", "the host has no IPv6 default route"), score=88,
+                    fixes=(AddRoute("host", "default", str(ev.t.host.gateway6)),) if ev.t.host.gateway6 else (),  # the static one: an RA may be minutes away
                 )
                 return
         gw = ev.t.host.gateway6 if v6 else ev.t.host.gateway
         yield Finding(
             "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
             ev.run("host", f"ip {'-6 ' if v6 else ''}route add default via {gw}"), (f"host routes: {_routes(ev.host)}",), score=60,
-            fixes=(AddRoute("host", "default", str(gw)),) if d is None and not v6 else (),
+            fixes=(AddRoute("host", "default", str(gw)),) if d is None and gw else (),
         )
         return
     if v6:
@@ -811,6 +822,7 @@ def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
         "host_no_route", "host", f"host: the route back to {f.src_addr} leaves by {ev.show(back.interface)}, not {ev.show(r.in_iface)}: the host has no route to "
         f"{c.address6.network}, so the replies go out again instead of reaching {f.source}",
         ev.run("host", f"ip -6 route add {c.address6.network} dev {r.in_iface}"), (f"route back: {f.src_addr} via {back.gateway or '-'} dev {back.interface}",), score=75,
+        fixes=(AddRoute("host", str(c.address6.network), "", dev=r.in_iface),) if r.in_iface else (),
     )
 
 
@@ -995,8 +1007,11 @@ def _in_iface(ev: Evidence, f: Flow) -> str | None:
     return s.l3 if s is not None else None
 
 
-def _spec_dnat(f: Flow, chain: str) -> XRule:
-    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, f.target_addr, f.target_port)
+def _spec_dnat(ev: Evidence, f: Flow, chain: str) -> XRule:
+    """The spec's DNAT of the flow; to the target's address of the flow's family (an IPv6 publish goes to its IPv6 address)."""
+    c = ev.t.container(f.target) if f.target and ":" in f.dst_addr else None
+    to = str(c.address6.ip) if c is not None and c.address6 is not None else f.target_addr
+    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, to, f.target_port)
 
 
 def _reached(ev: Evidence, hook: str) -> set[tuple[str, str, str]]:
@@ -1123,7 +1138,7 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
         )
         return
     chains = " and ".join(["PREROUTING", "OUTPUT"] if f.source == "host" else ["PREROUTING"])
-    values = ((ev.add_fix(_spec_dnat(f, "OUTPUT")),) if f.source == "host" else ()) + (ev.add_fix(_spec_dnat(f, "PREROUTING")),)
+    values = ((ev.add_fix(_spec_dnat(ev, f, "OUTPUT")),) if f.source == "host" else ()) + (ev.add_fix(_spec_dnat(ev, f, "PREROUTING")),)
     fix = " && ".join(ev.run("host", v.command()) for v in values)
     yield Finding(
         "dnat_missing", "host",
