@@ -24,6 +24,7 @@ Run as root from the repository (5 to 15 s a run under load)::
 
     .venv/bin/python bench/fix_verification.py --jobs 2            # everything
     .venv/bin/python bench/fix_verification.py veth-down rp-filter-decap
+    .venv/bin/python bench/fix_verification.py --merge first.json again.json   # the table of runs put together
 """
 
 from __future__ import annotations
@@ -179,14 +180,30 @@ def main() -> int:
     ap.add_argument("--engines", action="store_true", help="also the tools' faults whose setup needs dockerd or podman")
     ap.add_argument("--json", type=Path, help="also write every run here")
     ap.add_argument("--logs", type=Path, help="write each run's output to a file in this folder")
+    ap.add_argument("--progress", type=Path, help="append each run here as a JSON line as soon as it is done (a run cut short keeps what it did)")
+    ap.add_argument("--after", help="only the runs after this fault in the catalog's order (to go on where a run was cut short)")
+    ap.add_argument("--merge", type=Path, nargs="+", help="only print the table of these --json or --progress files (a later run of a fault and topology replaces an earlier one)")
     args = ap.parse_args()
+    if args.merge:
+        def read(f: Path) -> list[dict[str, object]]:
+            text = f.read_text()
+            return json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+
+        merged = {(d["fault"], d["topology"]): Run(**d) for f in args.merge for d in read(f)}  # type: ignore[arg-type]
+        print(table(list(merged.values())))
+        return 0
     runs = catalog(set(args.faults), args.engines)
+    if args.after:
+        runs = runs[next(i for i, r in enumerate(runs) if r.fault.partition(":")[0] == args.after) + 1:]
     if args.logs is not None:
         args.logs.mkdir(parents=True, exist_ok=True)
     t0, load = time.perf_counter(), os.getloadavg()[0]
 
     def one(r: Run) -> Run:
         done = execute(r, args.logs)
+        if args.progress is not None:
+            with args.progress.open("a") as f:
+                f.write(json.dumps(asdict(done)) + "\n")
         print(f"{done.fault:<36} {done.topology:<16} {done.cause:<30} {done.status:<9} {done.seconds:>5.1f}s {done.line[:160]}", flush=True)
         return done
 

@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from netcheck.diagnose import fixes as F
-from netcheck.evidence import AddRoute, DeleteRule, Diagnosis, Finding, SetFdb, SetMtu, Sysctl
+from netcheck.evidence import AddRoute, DeleteRule, Diagnosis, Finding, Fix, FlushConntrack, SetFdb, SetMtu, Sysctl
 from netcheck.kernel.xtables import XRule, read_legacy
 
 if TYPE_CHECKING:
@@ -68,17 +68,19 @@ def routes(multi: MultiLab, src: str, dst: str) -> list[Finding]:
         for want in (r for r in here.routes if r.host == there.name):
             got = table.get(want.dst)
             fix = f"{_fix_ns(multi, here.name)} ip route replace {want.dst} via {want.via} dev {want.dev}"
-            value = AddRoute(f"{here.name}/host", str(want.dst), str(want.via), dev=want.dev, replace=got is not None)
+            # and forget the flows NATed out of the uplink meanwhile: conntrack keeps a flow's first NAT decision
+            value: tuple[Fix, ...] = (AddRoute(f"{here.name}/host", str(want.dst), str(want.via), dev=want.dev, replace=got is not None),
+                     *(FlushConntrack(f"{here.name}/host", str(c.address.ip)) for c in multi.topology.host(here.name).topology.containers if c.address is not None))
             if got is None:
                 seen = ns.route_get(want.dst.network_address + 1)
                 leaves = f"it leaves by {seen.interface} via {seen.gateway}" if not isinstance(seen, str) else f"the lookup fails: {seen}"
                 out.append(Finding("cross_route_missing", f"{here.name}/host",
                                    f"{here.name}/host: no route to {there.name}'s {want.dst} (via {want.via} dev {want.dev}): {leaves}", fix,
-                                   evidence=(f"{here.name}/host routes: " + ", ".join(sorted(str(d) for d in table)),), score=85, fixes=(value,)))
+                                   evidence=(f"{here.name}/host routes: " + ", ".join(sorted(str(d) for d in table)),), score=85, fixes=value))
             elif got.gateway != want.via or got.interface != want.dev:
                 out.append(Finding("cross_route_wrong", f"{here.name}/host",
                                    f"{here.name}/host: routes {there.name}'s {want.dst} via {got.gateway} dev {got.interface}, not via {want.via} dev {want.dev} "
-                                   f"({there.name}'s {'VTEP' if here.vxlan else 'underlay address'})", fix, score=80, fixes=(value,)))
+                                   f"({there.name}'s {'VTEP' if here.vxlan else 'underlay address'})", fix, score=80, fixes=value))
     return out
 
 

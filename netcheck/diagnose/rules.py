@@ -603,9 +603,10 @@ def dad_failed(ev: Evidence) -> Iterator[Finding]:
 def _dnat_to_the_container(ev: Evidence, placed: Placed) -> tuple[Fix, ...]:
     """Delete a DNAT to ::1 and add it again to the flow's container (its IPv6 address, the container's port); none without a target."""
     f = ev.flow
-    if f is None or not f.target_addr or ":" not in f.target_addr or f.target_port is None:
+    to_addr = _target_at(ev, f) if f is not None else None
+    if f is None or not to_addr or ":" not in to_addr or f.target_port is None:
         return ()
-    to = replace(placed.rule, to_destination=f"[{f.target_addr}]:{f.target_port}", handle=None)
+    to = replace(placed.rule, to_destination=f"[{to_addr}]:{f.target_port}", handle=None)
     return ev.delete_fix(placed), AddRule("host", placed.backend, to, placed.family)
 
 
@@ -1007,11 +1008,15 @@ def _in_iface(ev: Evidence, f: Flow) -> str | None:
     return s.l3 if s is not None else None
 
 
-def _spec_dnat(ev: Evidence, f: Flow, chain: str) -> XRule:
-    """The spec's DNAT of the flow; to the target's address of the flow's family (an IPv6 publish goes to its IPv6 address)."""
+def _target_at(ev: Evidence, f: Flow) -> str | None:
+    """The flow's target's address of the flow's family (an IPv6 publish goes to the container's IPv6 address)."""
     c = ev.t.container(f.target) if f.target and ":" in f.dst_addr else None
-    to = str(c.address6.ip) if c is not None and c.address6 is not None else f.target_addr
-    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, to, f.target_port)
+    return str(c.address6.ip) if c is not None and c.address6 is not None else f.target_addr
+
+
+def _spec_dnat(ev: Evidence, f: Flow, chain: str) -> XRule:
+    """The spec's DNAT of the flow, to its target's address of the flow's family."""
+    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, _target_at(ev, f), f.target_port)
 
 
 def _reached(ev: Evidence, hook: str) -> set[tuple[str, str, str]]:
@@ -1041,7 +1046,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
     to_addr, to_port = _split_to(d.rule.rule.to_destination)
     counted = ev.counted(d.rule)
     rule_ev = [f"matched: `{d.rule.render()}`" + (f" (+{counted} packet(s) during the repeated probe)" if counted else "")]
-    if to_addr and IPv4Address(to_addr) in LOOPBACK and hook == "prerouting":
+    if to_addr and ip_address(to_addr) in LOOPBACK and hook == "prerouting":
         rl = ev.host.conf(iif, "route_localnet") if iif else 0
         if rl == 0 and f.expected != "block":
             yield Finding(
