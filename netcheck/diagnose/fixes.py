@@ -142,9 +142,7 @@ def apply(lab: Fixable, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 ns.configure(addresses=[(fix.link, added)])
                 undo.append(lambda ns=ns, link=fix.link, added=added: ns.deconfigure(addresses=[(link, added)]))  # type: ignore[misc]
             elif isinstance(fix, DeleteAddress):
-                address = ip_interface(fix.address)
-                ns.deconfigure(addresses=[(fix.link, address)])
-                undo.append(lambda ns=ns, link=fix.link, address=address: ns.configure(addresses=[(link, address)]))  # type: ignore[misc]
+                undo.append(_delete_address(ns, fix))
             elif isinstance(fix, SetMaster):
                 undo.append(_set_master(ns, fix))
             elif isinstance(fix, SetHairpin):
@@ -278,6 +276,25 @@ def _delete_route(ns: Netns, fix: DeleteRoute) -> Callable[[], None]:
         raise NotApplicable(f"a {fix.type} route is not one netcheck puts back exactly (only {', '.join(BLACKHOLES)})")
     _ip(ns, ["ip", "route", "del", fix.type, fix.dst])
     return lambda: _ip(ns, ["ip", "route", "add", fix.type, fix.dst])
+
+
+def _delete_address(ns: Netns, fix: DeleteAddress) -> Callable[[], None]:
+    """Delete the address; the undo adds it again, and where its connected route came first among those of its
+    subnet (an address on a bridge port, added before the bridge's), re-adds the others so that it comes first again."""
+    address = ip_interface(fix.address)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    first = next((r.interface for r in ns.routes(family) if r.dst == address.network and r.gateway is None), None)
+    ns.deconfigure(addresses=[(fix.link, address)])
+
+    def back() -> None:
+        ns.configure(addresses=[(fix.link, address)])
+        if first != fix.link:
+            return
+        others = [(a.interface, a.address) for a in ns.addresses(family) if a.interface != fix.link and a.address.network == address.network]
+        ns.deconfigure(addresses=others)
+        ns.configure(addresses=others)
+
+    return back
 
 
 def _set_master(ns: Netns, fix: SetMaster) -> Callable[[], None]:
