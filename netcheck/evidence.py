@@ -226,14 +226,90 @@ class SetLink(_Templated):
 
 
 @dataclass(frozen=True)
-class AddRoute(_Templated):
-    """A fix: add a route (``dst`` a prefix, or "default") via a gateway in one of the lab's namespaces."""
+class AddRoute:
+    """A fix: add a route (``dst`` a prefix, or "default") via a gateway (``via`` "": on the link ``dev``) in one of the
+    lab's namespaces (``replace``: in place of the route to ``dst`` there is, which its undo puts back)."""
 
     netns: str
     dst: str
     via: str
     kind: Literal["route"] = "route"
-    TEMPLATE: ClassVar[str] = "ip route add {self.dst} via {self.via}"
+    dev: str | None = None
+    replace: bool = False
+
+    def command(self) -> str:
+        return f"ip route {'replace' if self.replace else 'add'} {self.dst}" + (f" via {self.via}" if self.via else "") + (f" dev {self.dev}" if self.dev else "")
+
+
+@dataclass(frozen=True)
+class DeleteRoute(_Templated):
+    """A fix: delete a route that discards traffic (``type`` blackhole, unreachable or prohibit); its undo adds it again."""
+
+    netns: str
+    dst: str
+    type: str
+    kind: Literal["delete-route"] = "delete-route"
+    TEMPLATE: ClassVar[str] = "ip route del {self.type} {self.dst}"
+
+
+@dataclass(frozen=True)
+class AddAddress:
+    """A fix: add an address (with its prefix) to a link, an IPv6 one without duplicate address detection; its undo deletes it."""
+
+    netns: str
+    link: str
+    address: str
+    kind: Literal["add-address"] = "add-address"
+
+    def command(self) -> str:
+        return f"ip address add {self.address} dev {self.link}" + (" nodad" if ":" in self.address else "")
+
+
+@dataclass(frozen=True)
+class DeleteAddress(_Templated):
+    """A fix: delete an address from a link (``address`` with its prefix); its undo adds it again."""
+
+    netns: str
+    link: str
+    address: str
+    kind: Literal["delete-address"] = "delete-address"
+    TEMPLATE: ClassVar[str] = "ip address del {self.address} dev {self.link}"
+
+
+@dataclass(frozen=True)
+class SetMaster(_Templated):
+    """A fix: make a link a port of a bridge; its undo gives the link back its master before (or none)."""
+
+    netns: str
+    link: str
+    master: str
+    kind: Literal["master"] = "master"
+    TEMPLATE: ClassVar[str] = "ip link set {self.link} master {self.master}"
+
+
+@dataclass(frozen=True)
+class SetHairpin:
+    """A fix: turn a bridge port's hairpin mode on (frames may leave by the port they came in by); its undo sets it back."""
+
+    netns: str
+    link: str
+    on: bool = True
+    kind: Literal["hairpin"] = "hairpin"
+
+    def command(self) -> str:
+        return f"bridge link set dev {self.link} hairpin {'on' if self.on else 'off'}"
+
+
+@dataclass(frozen=True)
+class SetFdb(_Templated):
+    """A fix: make a VXLAN device's fdb send ``mac`` to the underlay address ``dst`` alone (its undo puts the old entries back)."""
+
+    netns: str
+    link: str
+    mac: str
+    dst: str
+    kind: Literal["fdb"] = "fdb"
+    TEMPLATE: ClassVar[str] = "bridge fdb replace {self.mac} dev {self.link} dst {self.dst}"
 
 
 def _rule_command(backend: str, rule: XRule, op: str, family: str) -> str:
@@ -332,9 +408,10 @@ class SetMtu(_Templated):
     TEMPLATE: ClassVar[str] = "ip link set {self.link} mtu {self.mtu}"
 
 
-Fix = Sysctl | SetLink | SetMtu | AddRoute | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
-FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "route": AddRoute, "delete-rule": DeleteRule, "add-rule": AddRule,
-                                   "policy": SetPolicy, "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
+Fix = Sysctl | SetLink | SetMtu | SetMaster | SetHairpin | AddRoute | DeleteRoute | AddAddress | DeleteAddress | SetFdb | DeleteRule | AddRule | SetPolicy | DeleteNeighbour | FlushConntrack
+FIX_KINDS: dict[str, type[Fix]] = {"sysctl": Sysctl, "link": SetLink, "mtu": SetMtu, "master": SetMaster, "hairpin": SetHairpin, "route": AddRoute, "delete-route": DeleteRoute,
+                                   "add-address": AddAddress, "delete-address": DeleteAddress, "fdb": SetFdb, "delete-rule": DeleteRule, "add-rule": AddRule, "policy": SetPolicy,
+                                   "delete-neighbour": DeleteNeighbour, "flush-conntrack": FlushConntrack}
 RULE_TUPLES = {f.name for f in fields(XRule) if f.name in ("unmodelled", "dports", "src_set", "dst_set", "in_set", "out_set", "ct_state")}
 
 

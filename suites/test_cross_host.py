@@ -38,16 +38,28 @@ def multi_lab(multi_topology: MultiTopology, netcheck_lab_factory: LabFactory) -
     return netcheck_lab_factory.multi(multi_topology)
 
 
-def _why(multi: MultiLab, src: str, dst: str) -> str:
-    """The cross-host diagnosis, for a failure message."""
+def _why(multi: MultiLab, src: str, dst: str, recheck: Callable[[], str | None] | None = None) -> str:
+    """The cross-host diagnosis, for a failure message; ``recheck`` repeats the failed check (None: it passes now), to verify fixes."""
     from netcheck.diagnose import crosshost
 
     if not isinstance(multi, MultiLab):
         return "\ndiagnosis: none (the hosts are served by nodes; the cross-host diagnosis reads the hosts' state in this process)"
-    d = crosshost.diagnose(multi, src, dst)
+    d = crosshost.diagnose(multi, src, dst, recheck)
     if not d.findings:
         return "\ndiagnosis: nothing in the hosts' or the underlay's state differs from the spec"
-    return "\ndiagnosis:\n" + "\n".join(f"  {i}. [{f.cause}] {f.headline()}\n     fix: {f.fix}" for i, f in enumerate(d.findings, 1))
+    return "\ndiagnosis:\n" + "\n".join(f"  {i}. [{f.cause}] {f.headline()}\n     fix: {f.fix}" + (f"\n     {f.verified}" if f.verified else "")
+                                         for i, f in enumerate(d.findings, 1))
+
+
+def _reaches(multi: MultiLab, sh: str, sc: str, th: str, tc: str) -> str | None:
+    """None when ``sh/sc`` reaches ``th/tc`` with its source kept, else what failed (the check of a fix)."""
+    t = multi.topology
+    point = f"{th}/{tc}:{_iface(t, th, tc)}"
+    r = X.prober(multi, sh).icmp(sc, _addr(t, th, tc), capture=[point], target=tc)
+    seen = [p for c in r.captures for p in c.packets if p.role == "request"]
+    if r.verdict != "reached":
+        return f"{r.verdict} {r.error or ''}".strip()
+    return None if seen and seen[0].src == _addr(t, sh, sc) else f"{th}/{tc} saw the request from {seen[0].src if seen else 'nothing'}"
 
 
 def _pairs(t: MultiTopology) -> list[tuple[str, str, str, str]]:
@@ -88,7 +100,9 @@ def test_every_container_reaches_every_container_on_the_other_host_with_its_sour
                             f"not from {_addr(t, sh, sc)} (masqueraded between the hosts?)")
     netcheck_evidence(MatrixResult(t.name, "icmp", tuple(names), tuple(tuple(a != b for b in names) for a in names),  # type: ignore[arg-type]
                                    tuple(tuple(observed[(a, b)] for b in names) for a in names)))
-    assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)
+    failed = [p for p in _pairs(t) if any(f.startswith(f"{p[0]}/{p[1]} -> {p[2]}/{p[3]}") for f in failures)]
+    assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name,
+                                                   lambda: next((x for p in failed if (x := _reaches(multi_lab, *p))), None))
 
 
 def test_underlay_carries_the_packets_as_the_join_declares(multi_lab: MultiLab, netcheck_evidence: Callable[[ProbeResult], None]) -> None:
@@ -99,7 +113,7 @@ def test_underlay_carries_the_packets_as_the_join_declares(multi_lab: MultiLab, 
     X.open_capture(multi_lab, point)
     t0 = time.time()
     r = X.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
-    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th)
+    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th, lambda: _reaches(multi_lab, sh, sc, th, tc))
     plain = [p for c in r.captures for p in c.packets if p.role == "request"]
     if t.join.kind == "routed":
         assert plain, f"routed: the echo request was not seen in the clear on the underlay at {point}"
@@ -128,7 +142,7 @@ def test_ttl_is_as_the_path_implies(multi_lab: MultiLab, netcheck_evidence: Call
     (sh, sc, th, tc) = _pairs(t)[0]
     point = f"{th}/{tc}:{_iface(t, th, tc)}"
     r = X.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
-    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th)
+    assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th, lambda: _reaches(multi_lab, sh, sc, th, tc))
     seen = [p for c in r.captures for p in c.packets if p.role == "request"]
     assert seen and seen[0].ttl == 62, f"{th}/{tc} saw the request with ttl {seen[0].ttl if seen else '(not seen)'}, expected 64 - 2 = 62"
     assert r.reply is not None and r.reply.endswith("ttl=62"), f"the reply: {r.reply} (expected ttl=62)"
@@ -157,9 +171,17 @@ def test_path_mtu_df_probe_at_the_mtu_passes_one_byte_more_gets_frag_needed(mult
     (sh, sc, th, tc) = _pairs(t)[0]
     dst = _addr(t, th, tc)
     at = X.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu)
-    assert at.outcome == "reply", f"{sh}/{sc} -> {th}/{tc}: {at.describe()}; the declared path MTU is {t.path_mtu}" + _why(multi_lab, sh, th)
+
+    def df(size: int, outcome: str) -> Callable[[], str | None]:
+        def again() -> str | None:
+            x = X.df_ping_from(multi_lab, sh, sc, dst, size)
+            return None if x.outcome == outcome else x.describe()
+        return again
+
+    assert at.outcome == "reply", f"{sh}/{sc} -> {th}/{tc}: {at.describe()}; the declared path MTU is {t.path_mtu}" + _why(multi_lab, sh, th, df(t.path_mtu, "reply"))
     over = X.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu + 1)
-    assert over.outcome == "frag-needed", f"{sh}/{sc} -> {th}/{tc}: {over.describe()}; expected fragmentation-needed (mtu {t.path_mtu})" + _why(multi_lab, sh, th)
+    assert over.outcome == "frag-needed", f"{sh}/{sc} -> {th}/{tc}: {over.describe()}; expected fragmentation-needed (mtu {t.path_mtu})" + \
+        _why(multi_lab, sh, th, df(t.path_mtu + 1, "frag-needed"))
     assert over.mtu == t.path_mtu, f"fragmentation-needed gave mtu {over.mtu}, the declared path MTU is {t.path_mtu}"
 
 

@@ -1,9 +1,12 @@
 """Diagnosis across hosts: the kernel's state of every host and of the underlay, against the join's plan.
 
-``diagnose(multi, src, dst)`` runs when a cross-host test fails. Each check reads one thing
+``diagnose(multi, src, dst, recheck)`` runs when a cross-host test fails. Each check reads one thing
 (routes, the VXLAN device's VNI, port and fdb, MTUs along the path, rules, rp_filter) on the
 hosts the flow crosses and names a cause when it differs from what the spec declares; the
 findings come ranked, the one that drops the packet first. The causes are in ``causes.py``.
+With ``recheck`` (the failed check repeated: None when it passes, else what failed), the fixes of
+the top findings are applied to the lab, re-checked and undone, as for a single-host lab
+(``fixes.try_fixes``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from netcheck.evidence import Diagnosis, Finding
+from netcheck.diagnose import fixes as F
+from netcheck.evidence import AddRoute, DeleteRule, Diagnosis, Finding, Fix, FlushConntrack, SetFdb, SetMtu, Sysctl
 from netcheck.kernel.xtables import XRule, read_legacy
 
 if TYPE_CHECKING:
@@ -24,8 +28,8 @@ if TYPE_CHECKING:
 AF_BRIDGE = 7
 
 
-def diagnose(multi: MultiLab, src: str, dst: str) -> Diagnosis:
-    """Why traffic between host ``src``'s containers and host ``dst``'s fails (both ways are read)."""
+def diagnose(multi: MultiLab, src: str, dst: str, recheck: Callable[[], str | None] | None = None) -> Diagnosis:
+    """Why traffic between host ``src``'s containers and host ``dst``'s fails (both ways are read); with ``recheck``, the fixes tried."""
     findings: list[Finding] = []
     for check in CHECKS:
         try:
@@ -33,6 +37,8 @@ def diagnose(multi: MultiLab, src: str, dst: str) -> Diagnosis:
         except Exception as exc:  # noqa: BLE001 - a check that fails is shown as such, the others still run
             findings.append(Finding("rule_failed", src, f"the cross-host check {check.__name__} failed: {exc}", "report this as a netcheck bug", score=1))
     findings.sort(key=lambda f: -f.score)
+    if recheck is not None and multi.ledger is not None and any(f.fixes for f in findings):
+        findings = F.try_fixes(multi, findings, recheck)
     return Diagnosis(findings=tuple(findings))
 
 
@@ -62,16 +68,19 @@ def routes(multi: MultiLab, src: str, dst: str) -> list[Finding]:
         for want in (r for r in here.routes if r.host == there.name):
             got = table.get(want.dst)
             fix = f"{_fix_ns(multi, here.name)} ip route replace {want.dst} via {want.via} dev {want.dev}"
+            # and forget the flows NATed out of the uplink meanwhile: conntrack keeps a flow's first NAT decision
+            value: tuple[Fix, ...] = (AddRoute(f"{here.name}/host", str(want.dst), str(want.via), dev=want.dev, replace=got is not None),
+                     *(FlushConntrack(f"{here.name}/host", str(c.address.ip)) for c in multi.topology.host(here.name).topology.containers if c.address is not None))
             if got is None:
                 seen = ns.route_get(want.dst.network_address + 1)
                 leaves = f"it leaves by {seen.interface} via {seen.gateway}" if not isinstance(seen, str) else f"the lookup fails: {seen}"
                 out.append(Finding("cross_route_missing", f"{here.name}/host",
                                    f"{here.name}/host: no route to {there.name}'s {want.dst} (via {want.via} dev {want.dev}): {leaves}", fix,
-                                   evidence=(f"{here.name}/host routes: " + ", ".join(sorted(str(d) for d in table)),), score=85))
+                                   evidence=(f"{here.name}/host routes: " + ", ".join(sorted(str(d) for d in table)),), score=85, fixes=value))
             elif got.gateway != want.via or got.interface != want.dev:
                 out.append(Finding("cross_route_wrong", f"{here.name}/host",
                                    f"{here.name}/host: routes {there.name}'s {want.dst} via {got.gateway} dev {got.interface}, not via {want.via} dev {want.dev} "
-                                   f"({there.name}'s {'VTEP' if here.vxlan else 'underlay address'})", fix, score=80))
+                                   f"({there.name}'s {'VTEP' if here.vxlan else 'underlay address'})", fix, score=80, fixes=value))
     return out
 
 
@@ -116,12 +125,13 @@ def vxlan(multi: MultiLab, src: str, dst: str) -> list[Finding]:
         for want in (f for f in here.fdb if f.host == there.name):
             dsts = [d for mac, d in fdb if mac == want.mac]
             fix = f"{_fix_ns(multi, here.name)} bridge fdb replace {want.mac} dev {here.vxlan} dst {want.dst}"
+            fdb_fix = (SetFdb(where, here.vxlan, want.mac, str(want.dst)),)
             if not dsts:
                 out.append(Finding("vxlan_fdb_missing", where, f"{where}: {here.vxlan} has no fdb entry for {there.name}'s VTEP {want.mac} (dst {want.dst}): "
-                                   f"it does not know where to send {there.name}'s frames", fix, score=88))
+                                   f"it does not know where to send {there.name}'s frames", fix, score=88, fixes=fdb_fix))
             elif str(want.dst) not in dsts:
                 out.append(Finding("vxlan_fdb_wrong", where, f"{where}: {here.vxlan} sends {there.name}'s VTEP {want.mac} to {', '.join(dsts)}, "
-                                   f"not to {there.name}'s underlay address {want.dst}", fix, score=88))
+                                   f"not to {there.name}'s underlay address {want.dst}", fix, score=88, fixes=fdb_fix))
     return out
 
 
@@ -143,10 +153,11 @@ def mtu(multi: MultiLab, src: str, dst: str) -> list[Finding]:
                 out.append(Finding("mtu_black_hole", where,
                                    f"{where}: {link} has MTU {got}, below the {need} bytes the {'overlay (MTU ' + str(t.join.mtu) + ' + 50 of VXLAN)' if t.join.kind == 'vxlan' else 'path MTU'} "
                                    f"needs: larger packets are dropped there and no fragmentation-needed comes back (the MTU black hole: small pings pass, big transfers stall)",
-                                   f"ip netns exec {ns.name} ip link set {link} mtu {need} (or lower the overlay MTU to {got - 50 if t.join.kind == 'vxlan' else got})", score=75))
+                                   f"ip netns exec {ns.name} ip link set {link} mtu {need} (or lower the overlay MTU to {got - 50 if t.join.kind == 'vxlan' else got})", score=75,
+                                   fixes=(SetMtu("underlay" if where.startswith("underlay") else where, link, need),)))
         if hj.vxlan is not None and host_mtus.get(hj.vxlan, 0) > t.join.mtu:
             out.append(Finding("mtu_black_hole", f"{name}/host", f"{name}/host: {hj.vxlan} has MTU {host_mtus[hj.vxlan]}, above the declared {t.join.mtu}",
-                               f"{_fix_ns(multi, name)} ip link set {hj.vxlan} mtu {t.join.mtu}", score=75))
+                               f"{_fix_ns(multi, name)} ip link set {hj.vxlan} mtu {t.join.mtu}", score=75, fixes=(SetMtu(f"{name}/host", hj.vxlan, t.join.mtu),)))
     return out
 
 
@@ -180,10 +191,12 @@ def rules(multi: MultiLab, src: str, dst: str) -> list[Finding]:
             if r.protocol == "icmp" and r.chain in ("OUTPUT", "FORWARD") and any(_covers(r.dst, n) for n in mine.subnets):
                 out.append(Finding("frag_needed_dropped", where, f"{where}: a {r.chain} rule drops ICMP to its containers, fragmentation-needed included: "
                                    f"a DF packet too big for the path is dropped and its sender never learns the path MTU (iptables {shlex.join(r.argv())})",
-                                   f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}  (let ICMP type 3 code 4 through)", score=70))
+                                   f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}  (let ICMP type 3 code 4 through)", score=70,
+                                   fixes=(DeleteRule(where, "legacy", r),)))
             if t.join.kind == "vxlan" and r.protocol == "udp" and r.dport == t.join.port and r.chain in ("INPUT", "FORWARD"):
                 out.append(Finding("underlay_udp_blocked", where, f"{where}: a {r.chain} rule drops UDP {t.join.port}, the VXLAN datagrams from {there.name} "
-                                   f"(iptables {shlex.join(r.argv())})", f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}", score=85))
+                                   f"(iptables {shlex.join(r.argv())})", f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}", score=85,
+                                   fixes=(DeleteRule(where, "legacy", r),)))
         for r in _rules(ns, "nat"):
             if r.chain != "POSTROUTING" or r.target not in ("MASQUERADE", "SNAT"):
                 continue
@@ -194,7 +207,8 @@ def rules(multi: MultiLab, src: str, dst: str) -> list[Finding]:
                 continue
             out.append(Finding("masquerade_between_hosts", where, f"{where}: a {r.target} rule also rewrites its containers' packets to {there.name} "
                                f"(out {out_if or 'any interface'}): {there.name}'s containers see {where}'s address, not the container's",
-                               f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}  (masquerade only out the uplink: -o {uplink})", score=70))
+                               f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}  (masquerade only out the uplink: -o {uplink})", score=70,
+                               fixes=(DeleteRule(where, "legacy", r),)))
     return out
 
 
@@ -219,7 +233,8 @@ def rp_filter(multi: MultiLab, src: str, dst: str) -> list[Finding]:
                                    f"{where}: strict rp_filter (all={values['all']}, {arrive}={values[arrive]}) drops the decapsulated packets from {there.name}'s {subnet}: "
                                    f"they arrive on {arrive}, but the route back to {subnet} leaves by {via or back}",
                                    f"{_fix_ns(multi, here.name)} sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{arrive}.rp_filter=2 "
-                                   f"(or route {subnet} back through {arrive})", score=95))
+                                   f"(or route {subnet} back through {arrive})", score=95,
+                                   fixes=(Sysctl(where, "net.ipv4.conf.all.rp_filter", "2"), Sysctl(where, f"net.ipv4.conf.{arrive}.rp_filter", "2"))))
     return out
 
 

@@ -13,17 +13,39 @@ that netcheck did not build (the doctor's), is never changed: its fixes are only
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING
+from ipaddress import IPv4Address, ip_address, ip_interface, ip_network
+from typing import TYPE_CHECKING, Protocol
 
-from netcheck.diagnose.firewall import binary, is_native
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, ProbeRequest, ProbeResult, SetLink, SetMtu, SetPolicy, Sysctl
-from netcheck.kernel import nft
+from netcheck.diagnose.firewall import LEGACY6, binary, is_native
+from netcheck.diagnose.rules import BLACKHOLES
+from netcheck.evidence import (
+    AddAddress,
+    AddRoute,
+    AddRule,
+    DeleteAddress,
+    DeleteNeighbour,
+    DeleteRoute,
+    DeleteRule,
+    Finding,
+    Fix,
+    FlushConntrack,
+    ProbeRequest,
+    ProbeResult,
+    SetFdb,
+    SetHairpin,
+    SetLink,
+    SetMaster,
+    SetMtu,
+    SetPolicy,
+    Sysctl,
+)
+from netcheck.kernel import nft, rtnl
 from netcheck.kernel.netns import KernelError, Netns
-from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_nft
-from netcheck.ledger import SysctlEntry
+from netcheck.kernel.xtables import XRule, nft_chains, read_legacy, read_legacy6, read_nft
+from netcheck.ledger import Ledger, SysctlEntry
 
 if TYPE_CHECKING:
     from netcheck.lab import Lab
@@ -46,31 +68,57 @@ class NotApplicable(Exception):
     """A fix that cannot be applied and undone exactly (a rule with matches netcheck does not model)."""
 
 
-def _spec_iface(lab: Lab, name: str | None) -> str | None:
+class Fixable(Protocol):
+    """What fixes are applied to: a single-host ``Lab`` or a ``MultiLab`` (namespaces by label, the ledger)."""
+
+    @property
+    def ledger(self) -> Ledger | None: ...
+
+    def namespaces(self) -> dict[str, Netns]: ...
+
+
+def _namer(lab: Fixable, netns: str) -> Callable[[str], str] | None:
+    """The spec's names of a host namespace's links (``host``, or a multi-host lab's ``HOST/host``); None elsewhere."""
+    host, slash, label = netns.rpartition("/")
+    if label != "host":
+        return None
+    owner = getattr(lab, "hosts", {}).get(host) if slash else lab
+    name: Callable[[str], str] | None = getattr(owner, "spec_name", None)
+    return name
+
+
+def _spec_iface(name_of: Callable[[str], str], name: str | None) -> str | None:
     if not name:
         return name
     neg = name.startswith("!")
-    return ("!" if neg else "") + lab.spec_name(name.lstrip("!"))
+    return ("!" if neg else "") + name_of(name.lstrip("!"))
 
 
-def shown(lab: Lab, fix: Fix) -> str:
+def shown(lab: Fixable, fix: Fix) -> str:
     """A fix in the spec's names (br0, not nck7q0b0); in host mode the names are the host's own."""
-    if isinstance(fix, (AddRule, DeleteRule)) and fix.netns == "host":
+    name_of = _namer(lab, fix.netns)
+    if name_of is None:
+        return f"{fix.netns}: {fix.command()}"
+    if isinstance(fix, (AddRule, DeleteRule)):
         r = fix.rule
-        named = replace(r, in_interface=_spec_iface(lab, r.in_interface), out_interface=_spec_iface(lab, r.out_interface),
-                        in_set=tuple(_spec_iface(lab, x) or x for x in r.in_set), out_set=tuple(_spec_iface(lab, x) or x for x in r.out_set))
+        named = replace(r, in_interface=_spec_iface(name_of, r.in_interface), out_interface=_spec_iface(name_of, r.out_interface),
+                        in_set=tuple(_spec_iface(name_of, x) or x for x in r.in_set), out_set=tuple(_spec_iface(name_of, x) or x for x in r.out_set))
         return f"{fix.netns}: " + replace(fix, rule=named).command()
-    if isinstance(fix, (SetLink, SetMtu)) and fix.netns == "host":
-        return f"{fix.netns}: " + replace(fix, link=lab.spec_name(fix.link)).command()
-    if isinstance(fix, Sysctl) and fix.netns == "host":
+    if isinstance(fix, SetMaster):
+        return f"{fix.netns}: " + replace(fix, link=name_of(fix.link), master=name_of(fix.master)).command()
+    if isinstance(fix, (SetLink, SetMtu, SetFdb, SetHairpin, AddAddress, DeleteAddress)):
+        return f"{fix.netns}: " + replace(fix, link=name_of(fix.link)).command()
+    if isinstance(fix, AddRoute) and fix.dev:
+        return f"{fix.netns}: " + replace(fix, dev=name_of(fix.dev)).command()
+    if isinstance(fix, Sysctl):
         parts = fix.key.split(".")
         if len(parts) == 5 and parts[2] == "conf":
-            parts[3] = lab.spec_name(parts[3])
+            parts[3] = name_of(parts[3])
         return f"{fix.netns}: " + replace(fix, key=".".join(parts)).command()
     return f"{fix.netns}: {fix.command()}"
 
 
-def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
+def apply(lab: Fixable, fixes: tuple[Fix, ...]) -> Callable[[], None]:
     """Apply fixes to the lab's namespaces; returns the undo (newest first)."""
     undo: list[Callable[[], None]] = []
     namespaces = lab.namespaces()
@@ -84,9 +132,23 @@ def apply(lab: Lab, fixes: tuple[Fix, ...]) -> Callable[[], None]:
                 ns.set_sysctl(fix.key, fix.value)
                 undo.append(lambda ns=ns, key=fix.key, old=old: ns.set_sysctl(key, old) if old is not None else None)  # type: ignore[misc]
             elif isinstance(fix, AddRoute):
-                net = IPv4Network("0.0.0.0/0" if fix.dst == "default" else fix.dst)
-                ns.configure(routes=[(net, IPv4Address(fix.via), None)])
-                undo.append(lambda ns=ns, net=net: ns.deconfigure(routes=[net]))  # type: ignore[misc]
+                undo.append(_add_route(ns, fix))
+            elif isinstance(fix, SetFdb):
+                undo.append(_set_fdb(ns, fix))
+            elif isinstance(fix, DeleteRoute):
+                undo.append(_delete_route(ns, fix))
+            elif isinstance(fix, AddAddress):
+                added = ip_interface(fix.address)
+                ns.configure(addresses=[(fix.link, added)])
+                undo.append(lambda ns=ns, link=fix.link, added=added: ns.deconfigure(addresses=[(link, added)]))  # type: ignore[misc]
+            elif isinstance(fix, DeleteAddress):
+                undo.append(_delete_address(ns, fix))
+            elif isinstance(fix, SetMaster):
+                undo.append(_set_master(ns, fix))
+            elif isinstance(fix, SetHairpin):
+                hairpin = next(p.hairpin for p in ns.bridge_ports() if p.port == fix.link)
+                ns.set_hairpin(fix.link, fix.on)
+                undo.append(lambda ns=ns, link=fix.link, hairpin=hairpin: ns.set_hairpin(link, hairpin))  # type: ignore[misc]
             elif isinstance(fix, SetLink):
                 ns.set_link(fix.link, up=fix.up)
                 if fix.up:
@@ -117,8 +179,8 @@ def _exact(rule: XRule) -> None:
         raise NotApplicable(f"the rule has matches netcheck does not model ({', '.join(rule.unmodelled)}), so it could not be put back exactly")
 
 
-def _iptables(ns: Netns, backend: str, argv: list[str]) -> None:
-    cmd = [binary(backend), *(["-w"] if backend == "legacy" else []), *argv]
+def _iptables(ns: Netns, backend: str, argv: list[str], family: int | None = None) -> None:
+    cmd = [binary(backend, family), *(["-w"] if backend in ("legacy", LEGACY6) else []), *argv]
     done = ns.run(cmd, timeout=20)
     if done.returncode != 0:
         raise KernelError(f"{' '.join(cmd)} in netns {ns.label}: {done.stderr.decode(errors='replace').strip()}")
@@ -126,8 +188,9 @@ def _iptables(ns: Netns, backend: str, argv: list[str]) -> None:
 
 def _chain_rules(ns: Netns, backend: str, family: str, table: str, chain: str) -> list[XRule]:
     """The rules of one chain as the kernel holds them now, in order."""
-    chains = read_legacy(ns, (table,)) if backend == "legacy" else nft_chains(read_nft(ns))
-    return next((list(c.rules) for c in chains if (c.table, c.name) == (table, chain) and (backend == "legacy" or c.family == family)), [])
+    legacy = backend in ("legacy", LEGACY6)
+    chains = (read_legacy6(ns) if backend == LEGACY6 else read_legacy(ns, (table,))) if legacy else nft_chains(read_nft(ns))
+    return next((list(c.rules) for c in chains if (c.table, c.name) == (table, chain) and (legacy or c.family == family)), [])
 
 
 def _position(ns: Netns, fix: DeleteRule) -> tuple[int, XRule]:
@@ -159,15 +222,15 @@ def _delete_rule(ns: Netns, fix: DeleteRule) -> Callable[[], None]:
             nft.run(ns, [op], what="putting a rule back")
 
         return put_back
-    _iptables(ns, fix.backend, fix.rule.argv("-D"))
-    return lambda: _iptables(ns, fix.backend, held.argv("-I", position))
+    _iptables(ns, fix.backend, fix.rule.argv("-D"), fix.rule.family)
+    return lambda: _iptables(ns, fix.backend, held.argv("-I", position), fix.rule.family)
 
 
 def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
     _exact(fix.rule)
     if not is_native(fix.backend, fix.rule.table):
-        _iptables(ns, fix.backend, fix.rule.argv("-I" if fix.insert else "-A"))
-        return lambda: _iptables(ns, fix.backend, fix.rule.argv("-D"))
+        _iptables(ns, fix.backend, fix.rule.argv("-I" if fix.insert else "-A"), fix.rule.family)
+        return lambda: _iptables(ns, fix.backend, fix.rule.argv("-D"), fix.rule.family)
     before = {r.handle for r in _chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain)}
     nft.run(ns, [{"insert" if fix.insert else "add": {"rule": _nft_rule(fix.family, fix.rule)}}], what="adding a rule")
     added = [r.handle for r in _chain_rules(ns, fix.backend, fix.family, fix.rule.table, fix.rule.chain) if r.handle not in before and r.handle is not None]
@@ -179,14 +242,112 @@ def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
     return remove
 
 
+def _add_route(ns: Netns, fix: AddRoute) -> Callable[[], None]:
+    """Add the route (``replace``: in place of the one to ``dst``); the undo removes it and puts the old one back."""
+    via = ip_address(fix.via) if fix.via else None  # none: a route on the link (dev)
+    net = ip_network(("::/0" if via is not None and via.version == 6 else "0.0.0.0/0") if fix.dst == "default" else fix.dst)
+    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    held = next((r for r in ns.routes(family) if r.dst == net and r.table == 254 and r.kind == "unicast"), None) if fix.replace else None
+    if held is not None:
+        ns.deconfigure(routes=[net])
+    try:
+        ns.configure(routes=[(net, via, fix.dev)])
+    except BaseException:
+        if held is not None:
+            ns.configure(routes=[(net, held.gateway, held.interface)])
+        raise
+
+    def back() -> None:
+        ns.deconfigure(routes=[net])
+        if held is not None:
+            ns.configure(routes=[(net, held.gateway, held.interface)])
+
+    return back
+
+
+def _ip(ns: Netns, argv: list[str]) -> None:
+    done = ns.run(argv, timeout=20)
+    if done.returncode != 0:
+        raise KernelError(f"{' '.join(argv)} in netns {ns.label}: {done.stderr.decode(errors='replace').strip()}")
+
+
+def _delete_route(ns: Netns, fix: DeleteRoute) -> Callable[[], None]:
+    if fix.type not in BLACKHOLES:  # no gateway, no device: what its undo adds again is exactly what was there
+        raise NotApplicable(f"a {fix.type} route is not one netcheck puts back exactly (only {', '.join(BLACKHOLES)})")
+    _ip(ns, ["ip", "route", "del", fix.type, fix.dst])
+    return lambda: _ip(ns, ["ip", "route", "add", fix.type, fix.dst])
+
+
+def _delete_address(ns: Netns, fix: DeleteAddress) -> Callable[[], None]:
+    """Delete the address; the undo adds it again, and where its connected route came first among those of its
+    subnet (an address on a bridge port, added before the bridge's), re-adds the others so that it comes first again."""
+    address = ip_interface(fix.address)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    first = next((r.interface for r in ns.routes(family) if r.dst == address.network and r.gateway is None), None)
+    ns.deconfigure(addresses=[(fix.link, address)])
+
+    def back() -> None:
+        ns.configure(addresses=[(fix.link, address)])
+        if first != fix.link:
+            return
+        others = [(a.interface, a.address) for a in ns.addresses(family) if a.interface != fix.link and a.address.network == address.network]
+        ns.deconfigure(addresses=others)
+        ns.configure(addresses=others)
+
+    return back
+
+
+def _set_master(ns: Netns, fix: SetMaster) -> Callable[[], None]:
+    """Attach the link to the bridge; the undo gives it back its master before (or none)."""
+    links = {link.index: link for link in ns.links()}
+    held = next(link for link in links.values() if link.name == fix.link)
+    was = links[held.master].name if held.master in links else None
+    ns.set_link(fix.link, master=fix.master)
+    return lambda: ns.set_link(fix.link, master=was)
+
+
+def _fdb_dsts(ns: Netns, link: str, mac: str) -> tuple[int, list[str]]:
+    """The VXLAN device's index and the underlay addresses its fdb sends ``mac`` to."""
+
+    def do(ipr: object) -> tuple[int, list[str]]:
+        found = ipr.link("get", ifname=link)  # type: ignore[attr-defined]
+        index = int(found[0]["index"])
+        return index, [m.get_attr("NDA_DST") for m in ipr.get_neighbours(family=rtnl.AF_BRIDGE)  # type: ignore[attr-defined]
+                       if m["ifindex"] == index and m.get_attr("NDA_LLADDR") == mac and m.get_attr("NDA_DST")]
+
+    out: tuple[int, list[str]] = ns.netlink(do)
+    return out
+
+
+def _fdb(ns: Netns, requests: list[rtnl.Request]) -> None:
+    rtnl.raise_first(ns.with_rtnl(lambda sock: sock.execute(requests)), f"netns {ns.name} ({ns.label})")
+
+
+def _set_fdb(ns: Netns, fix: SetFdb) -> Callable[[], None]:
+    """Send ``mac`` to ``dst`` alone; the undo deletes that entry and appends the old ones again."""
+    index, old = _fdb_dsts(ns, fix.link, fix.mac)
+    _fdb(ns, [*(rtnl.fdb(index, fix.mac, IPv4Address(d), delete=True, where=fix.link) for d in old), rtnl.fdb(index, fix.mac, IPv4Address(fix.dst), where=fix.link)])
+
+    def back() -> None:
+        _fdb(ns, [rtnl.fdb(index, fix.mac, IPv4Address(fix.dst), delete=True, where=fix.link), *(rtnl.fdb(index, fix.mac, IPv4Address(d), where=fix.link) for d in old)])
+
+    return back
+
+
 def _delete_neighbour(ns: Netns, fix: DeleteNeighbour) -> Callable[[], None]:
-    """Delete the entry; the undo puts a static one back (a learned one is learned again)."""
+    """Delete the entry; the undo deletes what was learned meanwhile (resolved while the fix was on, it would outlive
+    the fix's undo) and puts a static entry back (a learned one is learned again)."""
+    address = IPv4Address(fix.address)
     held = next((n for n in ns.neighbours() if n.interface == fix.link and n.address == fix.address), None)
-    ns.delete_neighbours(fix.link, [IPv4Address(fix.address)])
-    if held is None or held.state != "PERMANENT" or not held.mac:
-        return lambda: None
-    mac = held.mac
-    return lambda: ns.set_neighbours(fix.link, [(IPv4Address(fix.address), mac)])
+    ns.delete_neighbours(fix.link, [address])
+    mac = held.mac if held is not None and held.state == "PERMANENT" else None
+
+    def back() -> None:
+        ns.delete_neighbours(fix.link, [address])
+        if mac:
+            ns.set_neighbours(fix.link, [(address, mac)])
+
+    return back
 
 
 def _set_policy(ns: Netns, fix: SetPolicy) -> Callable[[], None]:
@@ -217,7 +378,7 @@ def _run(undo: list[Callable[[], None]]) -> None:
             u()
 
 
-def _renumbered(lab: Lab, findings: list[Finding]) -> list[Finding]:
+def _renumbered(lab: Fixable, findings: list[Finding]) -> list[Finding]:
     """A native rule deleted and put back to try a fix has a new handle: the fixes shown say the new one."""
     namespaces = lab.namespaces()
     out = []
@@ -238,6 +399,17 @@ def _renumbered(lab: Lab, findings: list[Finding]) -> list[Finding]:
 
 def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], ProbeResult], findings: list[Finding], timeout: float) -> list[Finding]:
     """Try the fixes of the top findings (up to three) on the lab; the verified one first, those that did not help last."""
+
+    def probe() -> str | None:
+        r = resend(replace(request, capture=(), timeout=timeout, end_on_drop=True))
+        return None if r.passed else r.verdict + (f": {r.error}" if r.error else "")
+
+    return try_fixes(lab, findings, probe)
+
+
+def try_fixes(lab: Fixable, findings: list[Finding], probe: Callable[[], str | None]) -> list[Finding]:
+    """Try the fixes of the top findings (up to three), each applied, re-probed (``probe``: None when it passes, else
+    what failed) and undone; the verified one first, those that did not help last."""
     tried: dict[int, bool] = {}
     out = list(findings)
     for i, f in enumerate(out):
@@ -254,20 +426,19 @@ def verify(lab: Lab, request: ProbeRequest, resend: Callable[[ProbeRequest], Pro
         except Exception as exc:  # noqa: BLE001 - a fix that cannot be applied is reported, the next one tried
             out[i] = replace(f, verified=f"fix not applied: {what}: {exc}")
             continue
+        failed: str | None = ""
         try:
-            r = resend(replace(request, capture=(), timeout=timeout, end_on_drop=True))
+            failed = probe()
         except Exception as exc:  # noqa: BLE001 - reported as not verified
-            r = None
             out[i] = replace(f, verified=f"fix not verified: the probe could not be repeated ({exc})")
+            continue
         finally:
             undo()
-        if r is None:
-            continue
-        tried[i] = r.passed
-        if r.passed:
+        tried[i] = failed is None
+        if failed is None:
             out[i] = replace(f, verified=f"fix verified: the probe passes after {what} (applied to the lab, then undone; {KEEP_HINT})")
             break
-        out[i] = replace(f, verified=f"fix did not help: the probe still failed after {what} ({r.verdict}{': ' + r.error if r.error else ''})")
+        out[i] = replace(f, verified=f"fix did not help: the probe still failed after {what} ({failed})")
     # A fix that did not help demotes its cause; a verified one moves up past those, and past causes
     # ranked above it only if they hold no fix to try (a cause without one keeps its place: the
     # re-probe cannot speak for or against it, e.g. a tool whose rules an event removed).

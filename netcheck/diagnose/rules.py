@@ -22,7 +22,27 @@ from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
 from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
 from netcheck.diagnose.state import NsState, Snapshot, lookup
-from netcheck.evidence import AddRoute, AddRule, DeleteNeighbour, DeleteRule, Finding, Fix, FlushConntrack, Hop, Packet, ProbeResult, SetLink, SetMtu, Sysctl
+from netcheck.evidence import (
+    AddAddress,
+    AddRoute,
+    AddRule,
+    DeleteAddress,
+    DeleteNeighbour,
+    DeleteRoute,
+    DeleteRule,
+    Finding,
+    Fix,
+    FlushConntrack,
+    Hop,
+    Packet,
+    ProbeResult,
+    SetHairpin,
+    SetLink,
+    SetMaster,
+    SetMtu,
+    Sysctl,
+)
+from netcheck.kernel import nft
 from netcheck.kernel.xtables import BUILTIN_CHAINS, XRule
 from netcheck.lab import plan
 
@@ -79,10 +99,19 @@ class Evidence:
         host's rules are). A rule in one of iptables' tables goes, for a lab built with firewall = "nft",
         to the lab's own nft table that has that chain."""
         if self.t.host.firewall == "nft" and rule.table in BUILTIN_CHAINS:
-            home = self.fw.native_home(rule.table, rule.chain)
+            home = self.fw.native_home(rule.table, rule.chain) if rule.family != 6 else self._native_home6(rule.table, rule.chain)
             if home is not None:
                 return AddRule("host", "nft", replace(rule, table=home[0]), home[1], insert=op == "-I")
         return AddRule("host", backend or self.backend(), rule, family, insert=op == "-I")
+
+    def _native_home6(self, role: str, chain: str) -> tuple[str, str] | None:
+        """(table, family) of the lab's own nft table for an IPv6 rule of iptables' ``role`` ``chain`` (an ip6 or inet table's base chain)."""
+        want = nft.HOOKS.get((role, chain))
+        for backend, hook, kind, table, name, _prio in self.fw.hooks:
+            family = self.fw.chains[(backend, table, name)].family
+            if want is not None and is_native(backend, table) and name == chain and (kind, hook) == want[:2] and family in ("ip6", "inet"):
+                return table, family
+        return None
 
     @staticmethod
     def delete_fix(placed: Placed) -> DeleteRule:
@@ -260,11 +289,23 @@ def not_in_bridge(ev: Evidence) -> Iterator[Finding]:
             continue
         ports = sorted(ev.show(p.port) for p in ev.snap.host.bridge_ports if p.bridge == s.bridge_k)
         now = f"is attached to {ev.show(master.name)}" if master is not None else "is attached to no bridge"
+        values: tuple[Fix, ...] = (SetMaster("host", s.veth_k, s.bridge_k), *_unresolved(ev))
         yield Finding(
             "not_in_bridge", "host", f"host: {ev.show(s.veth_k)}, the host end of {c.name}'s veth, {now}; it should be a port of {ev.show(s.bridge_k)}, so {c.name} is cut off from the bridge",
-            ev.run("host", f"ip link set {s.veth_k} master {s.bridge_k}"),
-            (f"ports of {ev.show(s.bridge_k)}: {', '.join(ports) or 'none'}",), score=88 if c.name in on else 58,
+            " && ".join(ev.run(v.netns, v.command()) for v in values),
+            (f"ports of {ev.show(s.bridge_k)}: {', '.join(ports) or 'none'}",), score=88 if c.name in on else 58, fixes=values,
         )
+
+
+def _unresolved(ev: Evidence) -> tuple[DeleteNeighbour, ...]:
+    """The probe's sender's FAILED or INCOMPLETE neighbour entries for its destination or gateway: deleted with a fix
+    that lets ARP through again, so that ARP starts again at once, not at its next retry (1 s later)."""
+    f = ev.flow
+    ns = ev.snap.ns(f.source) if f is not None else None
+    if f is None or ns is None:
+        return ()
+    hops = {f.dst_addr, _host_gateway(ev, f.source) if f.source in {c.name for c in ev.t.containers} else None}
+    return tuple(DeleteNeighbour(f.source, n.interface, n.address) for n in ns.neighbours if n.address in hops and n.state in ("FAILED", "INCOMPLETE"))
 
 
 def _veth_pairs(ev: Evidence) -> Iterator[tuple[tuple[str, str], tuple[str, str], str, int]]:
@@ -381,6 +422,7 @@ def address_conflict(ev: Evidence) -> Iterator[Finding]:
                     "held twice, ARP and replies for it go to either holder, and each drops packets that seem to come from itself",
                 ev.run(label, f"ip addr del {addr} dev {iface}"),
                 (f"{ip} is declared for {owner}" if owner else f"holders: {', '.join(w[0] for w in where)}",), score=94 if ip in flow_addrs else 60,
+                fixes=(DeleteAddress(label, iface, str(addr)),),
             )
 
 
@@ -405,7 +447,7 @@ def address_on_bridge_port(ev: Evidence) -> Iterator[Finding]:
                     f"as well as the bridge, so traffic from {label} to {net} can leave by {ev.show(a.interface)} and reach only what is behind it",
                 ev.run(label, f"ip address del {a.address} dev {a.interface}"),
                 (*(f"route {r.dst} dev {ev.show(r.interface)}" for r in routes), "a bridge port carries frames; addresses belong on the bridge"),
-                score=(93 if hit else 62) if shadowed else 50,
+                score=(93 if hit else 62) if shadowed else 50, fixes=(DeleteAddress(label, a.interface, str(a.address)),),
             )
 
 
@@ -487,6 +529,7 @@ def source_route(ev: Evidence) -> Iterator[Finding]:
             f"{gw}" if gw else "") + ", so the packets never leave the container's network",
         ev.run(f.source, f"ip route replace default via {gw}") if gw else ev.run(f.source, "ip route replace default via <the host's address on this network>"),
         (f"neighbour {g}: {neigh.state if neigh else 'no entry'} (nobody answers ARP for it)", f"route: {f.dst_addr} via {g} dev {got.interface}"), score=86,
+        fixes=(AddRoute(f.source, "default", str(gw), replace=True),) if gw else (),
     )
 
 
@@ -531,9 +574,12 @@ def ipv6_disabled(ev: Evidence) -> Iterator[Finding]:
     own = f"net.ipv6.conf.{c.interface}.disable_ipv6"
     for key in (own,) if ns.sysctl(own) is not None else ("net.ipv6.conf.all.disable_ipv6",):
         if ns.sysctl(key) == "1":
+            values: tuple[Fix, ...] = (Sysctl(f.source, key, "0"), *((AddAddress(f.source, c.interface, str(c.address6)),) if c.address6 else ()),
+                                       *((AddRoute(f.source, "default", str(c.gateway6)),) if c.address6 and c.gateway6 else ()))
             yield Finding("ip_six_disabled", f.source, f"{f.source}: {key} = 1, so {c.interface} holds no IPv6 address ({c.address6} is gone) and no IPv6 route",
-                          ev.sysctl_fix(f.source, key, 0) + (f" && {ev.run(f.source, f'ip addr add {c.address6} dev {c.interface} nodad')}" if c.address6 else ""),
-                          (f"{key} = 1", "turning it back to 0 does not bring the static address back: it is added again"), score=97)
+                          " && ".join(ev.run(v.netns, v.command()) for v in values),
+                          (f"{key} = 1", "turning it back to 0 does not bring the static address (nor its default route) back: they are added again"), score=97,
+                          fixes=values)
             return
 
 
@@ -555,6 +601,16 @@ def dad_failed(ev: Evidence) -> Iterator[Finding]:
             return
 
 
+def _dnat_to_the_container(ev: Evidence, placed: Placed) -> tuple[Fix, ...]:
+    """Delete a DNAT to ::1 and add it again to the flow's container (its IPv6 address, the container's port); none without a target."""
+    f = ev.flow
+    to_addr = _target_at(ev, f) if f is not None else None
+    if f is None or not to_addr or ":" not in to_addr or f.target_port is None:
+        return ()
+    to = replace(placed.rule, to_destination=f"[{to_addr}]:{f.target_port}", handle=None)
+    return ev.delete_fix(placed), AddRule("host", placed.backend, to, placed.family)
+
+
 def dnat_to_loopback6(ev: Evidence) -> Iterator[Finding]:
     """An IPv6 DNAT to ::1: IPv6 has no route_localnet; a forwarded packet is never delivered to ::1."""
     for placed in ev.fw.rules():
@@ -564,6 +620,7 @@ def dnat_to_loopback6(ev: Evidence) -> Iterator[Finding]:
                 "dnat_to_loopback_six", "host", f"host: `{placed.render()}` DNATs to [::1], which the kernel never does for a packet from outside (IPv6 has no route_localnet): "
                 "it is dropped as a martian. Docker and Podman publish ::1 through a userland proxy instead",
                 ev.run("host", placed.delete()) + " (then DNAT to the container's own IPv6 address, or run a proxy on ::1)", (placed.where(),), score=90,
+                fixes=_dnat_to_the_container(ev, placed),
             )
             return
 
@@ -716,13 +773,14 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
                     ev.sysctl_fix("host", f"net.ipv6.conf.{uplink}.accept_ra", 2) + (f" (or a static one: {ev.run('host', f'ip -6 route add default via {ev.t.host.gateway6}')})"
                                                                                     if ev.t.host.gateway6 else ""),
                     (f"net.ipv6.conf.{uplink}.accept_ra = 1", "net.ipv6.conf.all.forwarding = 1", "the host has no IPv6 default route"), score=88,
+                    fixes=(AddRoute("host", "default", str(ev.t.host.gateway6)),) if ev.t.host.gateway6 else (),  # the static one: an RA may be minutes away
                 )
                 return
         gw = ev.t.host.gateway6 if v6 else ev.t.host.gateway
         yield Finding(
             "host_no_route", "host", f"host: no route to {pkt.dst} ({got})" + ("; the host has no default route" if d is None else ""),
             ev.run("host", f"ip {'-6 ' if v6 else ''}route add default via {gw}"), (f"host routes: {_routes(ev.host)}",), score=60,
-            fixes=(AddRoute("host", "default", str(gw)),) if d is None and not v6 else (),
+            fixes=(AddRoute("host", "default", str(gw)),) if d is None and gw else (),
         )
         return
     if v6:
@@ -766,6 +824,7 @@ def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
         "host_no_route", "host", f"host: the route back to {f.src_addr} leaves by {ev.show(back.interface)}, not {ev.show(r.in_iface)}: the host has no route to "
         f"{c.address6.network}, so the replies go out again instead of reaching {f.source}",
         ev.run("host", f"ip -6 route add {c.address6.network} dev {r.in_iface}"), (f"route back: {f.src_addr} via {back.gateway or '-'} dev {back.interface}",), score=75,
+        fixes=(AddRoute("host", str(c.address6.network), "", dev=r.in_iface),) if r.in_iface else (),
     )
 
 
@@ -950,8 +1009,15 @@ def _in_iface(ev: Evidence, f: Flow) -> str | None:
     return s.l3 if s is not None else None
 
 
-def _spec_dnat(f: Flow, chain: str) -> XRule:
-    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, f.target_addr, f.target_port)
+def _target_at(ev: Evidence, f: Flow) -> str | None:
+    """The flow's target's address of the flow's family (an IPv6 publish goes to the container's IPv6 address)."""
+    c = ev.t.container(f.target) if f.target and ":" in f.dst_addr else None
+    return str(c.address6.ip) if c is not None and c.address6 is not None else f.target_addr
+
+
+def _spec_dnat(ev: Evidence, f: Flow, chain: str) -> XRule:
+    """The spec's DNAT of the flow, to its target's address of the flow's family."""
+    return plan.dnat_rule(chain, f.dst_addr, f.proto, f.dport, _target_at(ev, f), f.target_port)
 
 
 def _reached(ev: Evidence, hook: str) -> set[tuple[str, str, str]]:
@@ -981,7 +1047,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
     to_addr, to_port = _split_to(d.rule.rule.to_destination)
     counted = ev.counted(d.rule)
     rule_ev = [f"matched: `{d.rule.render()}`" + (f" (+{counted} packet(s) during the repeated probe)" if counted else "")]
-    if to_addr and IPv4Address(to_addr) in LOOPBACK and hook == "prerouting":
+    if to_addr and ip_address(to_addr) in LOOPBACK and hook == "prerouting":
         rl = ev.host.conf(iif, "route_localnet") if iif else 0
         if rl == 0 and f.expected != "block":
             yield Finding(
@@ -1004,6 +1070,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                     f"the loopback source {f.src_addr or '127.0.0.1'} out by {ev.show(out)}, nor take the reply to 127.0.0.1 back in: a port bound to 127.0.0.1 needs it",
                 ev.sysctl_fix("host", "net.ipv4.conf.all.route_localnet", 1) + "  (with the MASQUERADE of 127.0.0.0/8 out the container's side, as CNI portmap and Docker add)",
                 (*rule_ev, f"route_localnet: all={ev.host.sysctl('net.ipv4.conf.all.route_localnet')}, {ev.show(out)}={ev.host.conf(out, 'route_localnet')}"), score=95,
+                fixes=(Sysctl("host", "net.ipv4.conf.all.route_localnet", "1"),),
             )
             return
     if f.source == f.target and f.via == "publish" and f.target_addr and f.expected != "block":
@@ -1017,6 +1084,7 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                     f"{f.target_addr} -> {f.target_addr}, so it arrives with {f.source}'s own address as its source and {f.source} drops it as a martian (Docker's hairpin NAT)",
                 ev.add(hairpin_rule, d.backend),
                 (*rule_ev, f"no MASQUERADE in nat POSTROUTING matches {f.target_addr} -> {f.target_addr}:{f.target_port} out {ev.show(side_k)}"), score=93,
+                fixes=(ev.add_fix(hairpin_rule, d.backend),),
             )
             return
         port = next((bp for bp in ev.snap.host.bridge_ports if s is not None and bp.port == s.veth_k), None)
@@ -1025,8 +1093,8 @@ def _dnat_one(ev: Evidence, f: Flow) -> Iterator[Finding]:
                 "hairpin_mode_off", "host",
                 f"host: {f.source} reaches its own published port {what}: the DNAT sends it back to {f.target_addr}:{f.target_port} by the bridge port it came in by, "
                     f"{ev.show(port.port)}, whose hairpin mode is off, so the bridge never sends it back out there (Docker turns it on without its userland proxy)",
-                ev.run("host", f"bridge link set dev {port.port} hairpin on"),
-                (*rule_ev, f"bridge port {ev.show(port.port)} of {ev.show(port.bridge)}: hairpin off"), score=92,
+                ev.run("host", SetHairpin("host", port.port).command()),
+                (*rule_ev, f"bridge port {ev.show(port.port)} of {ev.show(port.bridge)}: hairpin off"), score=92, fixes=(SetHairpin("host", port.port),),
             )
             return
     if f.target_addr and (to_addr != f.target_addr or (to_port is not None and f.target_port is not None and to_port != f.target_port)):
@@ -1076,7 +1144,7 @@ def _dnat_absent(ev: Evidence, f: Flow, hook: str, pkt: Pkt, what: str, chain_na
         )
         return
     chains = " and ".join(["PREROUTING", "OUTPUT"] if f.source == "host" else ["PREROUTING"])
-    values = ((ev.add_fix(_spec_dnat(f, "OUTPUT")),) if f.source == "host" else ()) + (ev.add_fix(_spec_dnat(f, "PREROUTING")),)
+    values = ((ev.add_fix(_spec_dnat(ev, f, "OUTPUT")),) if f.source == "host" else ()) + (ev.add_fix(_spec_dnat(ev, f, "PREROUTING")),)
     fix = " && ".join(ev.run("host", v.command()) for v in values)
     yield Finding(
         "dnat_missing", "host",
@@ -1277,6 +1345,7 @@ def blackhole_route(ev: Evidence) -> Iterator[Finding]:
             "blackhole_route", label, f"{label}: a {best.kind} route for {best.dst} is the most specific route to {dst}, so the kernel discards the traffic"
             + (" it forwards" if label == "host" else " it sends") + (" (and refuses it with an ICMP error)" if best.kind != "blackhole" else " silently"),
             ev.run(label, f"ip route del {best.kind} {best.dst}"), (f"{label} routes: {_routes(ns)}" if ns is not None else "",), score=94,
+            fixes=(DeleteRoute(label, str(best.dst), best.kind),),
         )
 
 
