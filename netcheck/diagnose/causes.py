@@ -160,7 +160,7 @@ CAUSES: dict[str, Cause] = {c.id: c for c in [
     Cause("frag_needed_dropped", "a rule drops ICMP back to the containers, fragmentation-needed included", "filter OUTPUT/FORWARD DROP or REJECT rules for icmp to the host's container subnet",
           fix="`DeleteRule` of the rule", fixes=("DeleteRule",)),
     Cause("masquerade_between_hosts", "a MASQUERADE also rewrites traffic between the hosts", "nat POSTROUTING rules covering the container subnet that are not limited to the uplink",
-          fix="`DeleteRule` of the rule", fixes=("DeleteRule",)),
+          fix="`DeleteRule` of the rule, `FlushConntrack` of the host's containers", fixes=("DeleteRule", "FlushConntrack")),
     Cause("rp_filter_decap", "strict rp_filter drops decapsulated packets whose route back leaves by another interface",
           "rp_filter = 1 (all or the overlay device) and the route back to the source subnet",
           fix="`Sysctl` `rp_filter=2` (loose) on all and the overlay device", fixes=("Sysctl",)),

@@ -57,6 +57,12 @@ def _fix_ns(multi: MultiLab, host: str) -> str:
     return f"ip netns exec {_ns(multi, host).name}"
 
 
+def _forget_flows(multi: MultiLab, host: str) -> tuple[FlushConntrack, ...]:
+    """A fix's second half: forget the host's containers' conntrack entries (a flow keeps the NAT of its first packet:
+    masqueraded out of the uplink while a route was missing, or between the hosts)."""
+    return tuple(FlushConntrack(f"{host}/host", str(c.address.ip)) for c in multi.topology.host(host).topology.containers if c.address is not None)
+
+
 # ----------------------------------------------------------------------------- routes
 
 
@@ -69,8 +75,7 @@ def routes(multi: MultiLab, src: str, dst: str) -> list[Finding]:
             got = table.get(want.dst)
             fix = f"{_fix_ns(multi, here.name)} ip route replace {want.dst} via {want.via} dev {want.dev}"
             # and forget the flows NATed out of the uplink meanwhile: conntrack keeps a flow's first NAT decision
-            value: tuple[Fix, ...] = (AddRoute(f"{here.name}/host", str(want.dst), str(want.via), dev=want.dev, replace=got is not None),
-                     *(FlushConntrack(f"{here.name}/host", str(c.address.ip)) for c in multi.topology.host(here.name).topology.containers if c.address is not None))
+            value: tuple[Fix, ...] = (AddRoute(f"{here.name}/host", str(want.dst), str(want.via), dev=want.dev, replace=got is not None), *_forget_flows(multi, here.name))
             if got is None:
                 seen = ns.route_get(want.dst.network_address + 1)
                 leaves = f"it leaves by {seen.interface} via {seen.gateway}" if not isinstance(seen, str) else f"the lookup fails: {seen}"
@@ -208,7 +213,7 @@ def rules(multi: MultiLab, src: str, dst: str) -> list[Finding]:
             out.append(Finding("masquerade_between_hosts", where, f"{where}: a {r.target} rule also rewrites its containers' packets to {there.name} "
                                f"(out {out_if or 'any interface'}): {there.name}'s containers see {where}'s address, not the container's",
                                f"{_fix_ns(multi, here.name)} {shlex.join(['iptables-legacy', *r.argv('-D')])}  (masquerade only out the uplink: -o {uplink})", score=70,
-                               fixes=(DeleteRule(where, "legacy", r),)))
+                               fixes=(DeleteRule(where, "legacy", r), *_forget_flows(multi, here.name))))
     return out
 
 
