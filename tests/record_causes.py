@@ -62,13 +62,27 @@ def record_one(fault: str, topology: str, out: Path) -> str:
         done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=600, check=False)
         made = sorted(Path(tmp).iterdir(), key=lambda p: p.name.split("-")[1])
         if made:
-            rec = recording.load(made[0])
-            how = f"the first of {len(made)} diagnosis(es) of {f.suite_test} (exit {done.returncode})"
+            rec, how = _shown(made, f.cause)
+            how += f" of {f.suite_test} (exit {done.returncode})"
         else:
             rec = doctor_recording(fault, topology)
             how = f"the doctor's: {f.suite_test} sent no diagnosed probe (exit {done.returncode})"
     recording.save(replace(rec, about=about), out / file_name(fault, topology))
     return f"{fault} on {topology}: {how}"
+
+
+def _shown(made: list[Path], cause: str) -> tuple[Recording, str]:
+    """The recording of the failure the suite test's message shows: probes sent together (``Prober.many``) are
+    diagnosed in the order they end, and the message shows the first failure in the order they were listed,
+    whose diagnosis names the fault's cause: the first recording that does, else the first."""
+    from netcheck.diagnose import conclude, recording
+
+    recs = [recording.load(p) for p in made]
+    for i, rec in enumerate(recs):
+        d = conclude(rec)
+        if d.findings and d.findings[0].cause == cause:
+            return rec, f"diagnosis {i + 1} of {len(recs)}"
+    return recs[0], f"the first of {len(recs)} diagnosis(es), none naming {cause}"
 
 
 def doctor_recording(fault: str, topology: str) -> Recording:

@@ -17,12 +17,14 @@ failing probe, as tests/test_causes_recorded.py replays them.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import itertools
 import json
 import os
 import types
 import typing
+from collections import abc
 from dataclasses import dataclass, field, fields, is_dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
@@ -91,7 +93,7 @@ def decode(tp: Any, data: Any) -> Any:
     if tp in _ADDRESSES:
         return _ADDRESSES[tp](data)
     if isinstance(tp, type) and is_dataclass(tp):
-        hints = get_type_hints(tp)
+        hints = _hints(tp)
         return tp(**{f.name: decode(hints[f.name], data[f.name]) for f in fields(tp) if f.init and f.name in data})
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
@@ -99,7 +101,7 @@ def decode(tp: Any, data: Any) -> Any:
         return tuple(decode(a, x) for a, x in zip(args, data, strict=True))
     if origin in (list, set, frozenset):
         return origin(decode(args[0], x) for x in data)
-    if origin is dict or origin is typing.Mapping or str(origin) == "<class 'collections.abc.Mapping'>":
+    if origin in (dict, abc.Mapping):
         k, v = args or (Any, Any)
         items = data["__pairs__"] if isinstance(data, dict) and "__pairs__" in data else (data.items() if isinstance(data, dict) else data)
         return {decode(k, a): decode(v, b) for a, b in items}
@@ -108,6 +110,12 @@ def decode(tp: Any, data: Any) -> Any:
     if tp is bytes:
         return base64.b64decode(data)
     return data
+
+
+@functools.cache
+def _hints(tp: Any) -> dict[str, Any]:
+    """A dataclass's field types (resolved once: ``get_type_hints`` is slow)."""
+    return get_type_hints(tp)
 
 
 def _union(args: tuple[Any, ...], data: Any) -> Any:
@@ -317,7 +325,7 @@ def load_any(path: str | Path) -> Recording | CrossRead:
         if data.get("kind") == CROSS:
             if data.get("format") != FORMAT:
                 raise ValueError(f"a diagnosis recording of format {data.get('format')!r}; this netcheck reads format {FORMAT} (record it again with this version)")
-            hints = get_type_hints(CrossRead)
+            hints = _hints(CrossRead)
             return CrossRead(**{f.name: decode(hints[f.name], data[f.name]) for f in fields(CrossRead) if f.name in data})
         return Recording.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
