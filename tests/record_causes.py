@@ -1,14 +1,18 @@
 """Record every catalog fault's diagnosis (root): the recordings tests/test_causes_recorded.py replays without root.
 
-    python tests/record_causes.py tests/data/causes [--only FAULT ...] [--jobs 2]
+    sudo .venv/bin/python tests/record_causes.py tests/data/causes [--only FAULT ...] [--jobs 2] [--again]
+        [--what faults scenarios cross tools healthy]
 
-For each fault of ``netcheck.faults.FAULTS``, on each build the catalog test runs it on
-(tests/test_diagnosis.py CATALOG: its topology, and the -nft build for a fault that edits rules),
-it runs the fault's suite test in a pytest of its own with ``NETCHECK_RECORD`` set, so that the
-failing probe's diagnosis saves its recording, and keeps the first one as ``FAULT[-nft].json.gz``.
-A suite test that asserts on kernel state sends no probe: the fault's recording is then the
-doctor's (a lab with the fault, no flow). Each built-in topology also gets a healthy recording
-(``healthy-TOPOLOGY.json.gz``): a probe that passes, diagnosed anyway.
+- faults: each fault of ``netcheck.faults.FAULTS``, on each build the catalog test runs it on
+  (tests/test_diagnosis.py CATALOG: its topology, and the -nft build for a fault that edits rules; every
+  fault's first build before the -nft ones), in a pytest of its own running the fault's suite test with
+  ``NETCHECK_RECORD`` set: the recording of the failure its message shows is kept as ``FAULT[-nft].json.gz``.
+  A suite test that asserts on kernel state sends no probe: the recording is then the doctor's (no flow).
+  Faults already recorded in OUT are skipped (``--again`` records them again).
+- scenarios: causes no catalog fault declares (``SCENARIOS``, ``EVENTS``: a lifecycle event).
+- cross: each cross-host fault, what ``crosshost.gather`` reads (``cross-FAULT.json.gz``).
+- tools: the external tools' faults (netcheck.adapters.faults; CNI, Docker and Podman must be installed).
+- healthy: one passing probe per built-in topology, diagnosed anyway, and each multi-host built-in.
 """
 
 from __future__ import annotations
