@@ -68,6 +68,7 @@ def main() -> int:
     from netcheck.datapath import Flow, trace
     from netcheck.diagnose import datapath, rules
     from netcheck.diagnose import state as st
+    from netcheck.diagnose.recording import facts
     from netcheck.lab import Lab
     from netcheck.lab.plan import plan, planned, port_matrix, state
     from netcheck.naming import KernelNames
@@ -109,7 +110,7 @@ def main() -> int:
         rows["baseline: one probe without captures"] = timed(lambda: probe.icmp("netns0", "198.51.100.1"), 50)
         rows["snapshot of the lab (read by the diagnosis anyway)"] = timed(lambda: st.snapshot(lab.namespaces()), 10)
         snap = st.snapshot(lab.namespaces())
-        pairs = datapath.peers(rules.Evidence(lab, snap))
+        pairs = datapath.peers(rules.Evidence(facts(lab, snap), snap))
         rows["observed state from the snapshot"] = timed(lambda: datapath.observed(snap, pairs), 200)
         observed = datapath.observed(snap, pairs)
         rows["trace hairpin DNAT (seed1, observed)"] = timed(lambda: trace(observed, Flow("netns1", "203.0.113.2", "tcp", 5000)), 2000)

@@ -239,6 +239,30 @@ def _clean(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    """Print the diagnosis of a recording (NETCHECK_RECORD=DIR saves one per failed probe): no root, no namespace."""
+    from netcheck.diagnose import conclude, crosshost, recording
+
+    try:
+        rec = recording.load_any(args.replay)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(rec, recording.Recording):
+        d = conclude(rec)
+        r = rec.result
+        what = f"{r.kind} {r.source} -> {r.destination}: {r.verdict}" if r is not None else "no probe (the doctor's view)"
+    else:
+        d = crosshost.judge(rec)
+        what = f"between hosts {rec.src} and {rec.dst} of {rec.topology.name}"
+    if args.json:
+        _print_json(d.to_dict())
+    else:
+        print(f"replayed {args.replay}: {what}")
+        print(d.render())
+    return 1 if d.findings else 0
+
+
 # ----------------------------------------------------------------------------- the parser
 
 
@@ -284,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "named namespaces are matched to its containers by name (or by their netns)")
     d.add_argument("--json", action="store_true", help="print JSON: the facts, the findings and the probes")
     d.set_defaults(func=_doctor)
+
+    g = sub.add_parser("diagnose", help="print the diagnosis of a recorded failure (NETCHECK_RECORD=DIR saves one per failed probe), without root")
+    g.add_argument("--replay", metavar="FILE", required=True, help="a recording (DIR/*.json.gz): what the diagnosis read of the lab and the kernel")
+    g.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    g.set_defaults(func=_diagnose)
 
     f = sub.add_parser("diff", help="list the checks that changed between two results files (reports/*.json)")
     f.add_argument("old")

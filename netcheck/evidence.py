@@ -121,13 +121,15 @@ class ProbeRequest:
         d: JSONObject = {"kind": self.kind, "source": self.source, "destination": str(self.destination), "port": self.port, "expect": self.expect, "target": self.target,
              "capture": list(self.capture), "timeout": self.timeout, "ttl": self.ttl, "payload": base64.b64encode(self.payload).decode(),
              "end_on_drop": self.end_on_drop}
+        d |= {k: v for k, v in (("source_port", self.source_port), ("size", self.size)) if v is not None}
         return {**d, "query": self.query, "transport": self.transport} if self.kind == "dns" else d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, JSON]) -> ProbeRequest:
         return cls(kind=d["kind"], source=d["source"], destination=ip_address(d["destination"]), port=d.get("port"), expect=d.get("expect", "reach"),
                    target=d.get("target"), capture=tuple(d.get("capture", ())), timeout=d.get("timeout"), ttl=d.get("ttl"),
-                   payload=base64.b64decode(d.get("payload", "")), end_on_drop=d.get("end_on_drop"), query=d.get("query", ""), transport=d.get("transport", "udp"))
+                   payload=base64.b64decode(d.get("payload", "")), end_on_drop=d.get("end_on_drop"), query=d.get("query", ""), transport=d.get("transport", "udp"),
+                   source_port=d.get("source_port"), size=d.get("size"))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from test_causes_snapshots import BR, OUT, UP, RecordedLab, host_state, netns0
 
 from netcheck.diagnose import rules as R
 from netcheck.diagnose.path import Route, Side
+from netcheck.diagnose.recording import LabFacts
 from netcheck.diagnose.state import HostState, NsState, Snapshot
 from netcheck.evidence import ProbeRequest, SetMtu
 from netcheck.kernel.netns import Address, Link, RouteEntry
@@ -21,15 +22,12 @@ WAN_END = "nc1wn"
 POINTS = ("netns0:ceth0", "host:veth0", "host:br0", "host:eth0", "wan:uplink")
 
 
-class PathLab(RecordedLab):
+def PathLab() -> LabFacts:
     """The recorded lab, with its capture points resolved to the kernel's links (so that the rules see the probe's path)."""
-
-    host = None
-
-    def resolve_point(self, point: str) -> tuple[SimpleNamespace, str, str]:
-        label, iface = point.split(":")
-        kernel = {"uplink": WAN_END}.get(iface, self.kname(iface) if label == "host" else iface)
-        return SimpleNamespace(label=label), kernel, iface
+    lab = RecordedLab()
+    points = {p: (p.split(":")[0], {"uplink": WAN_END}.get(p.split(":")[1], lab.knames.get(p.split(":")[1], p.split(":")[1]) if p.startswith("host:") else p.split(":")[1]),
+                  p.split(":")[1]) for p in POINTS}
+    return replace(lab, points=points)
 
 
 def wan(mtu: int = 1500) -> NsState:

@@ -16,6 +16,7 @@ from netcheck import spec
 from netcheck.diagnose import rules as R
 from netcheck.diagnose.firewall import Pkt, Ruleset
 from netcheck.diagnose.path import Flow, Route, Side
+from netcheck.diagnose.recording import LabFacts
 from netcheck.diagnose.state import HostState, NsState, Snapshot
 from netcheck.evidence import AddRule, DeleteNeighbour, DeleteRule, Finding, ProbeRequest, ProbeResult, Sysctl
 from netcheck.kernel.netns import Address, Link, Neighbour, RouteEntry
@@ -26,23 +27,9 @@ BR_MAC, CETH_MAC = "3a:ab:ee:a9:90:f8", "a2:5e:30:cd:2e:cd"
 NAMES = {BR: "br0", UP: "eth0", VETH: "veth0"}
 
 
-class RecordedLab:
-    """The lab a snapshot was recorded from, as far as the rules ask: its spec and its names."""
-
-    topology = spec.builtin("seed1")
-    host = None  # no namespace is asked: route lookups come from the snapshot
-
-    def spec_name(self, kernel: str) -> str:
-        return NAMES.get(kernel, kernel)
-
-    def kname(self, name: str) -> str:
-        return {v: k for k, v in NAMES.items()}.get(name, name)
-
-    def container_ns(self, name: str) -> None:
-        return None  # route lookups come from the snapshot (taken up front)
-
-    def namespaces(self) -> dict[str, None]:
-        return {"host": None, "netns0": None}  # the same: no namespace is asked
+def RecordedLab() -> LabFacts:
+    """The lab a snapshot was recorded from, as far as the rules ask: its spec and its names (route lookups come from the snapshot)."""
+    return LabFacts(spec.builtin("seed1"), {v: k for k, v in NAMES.items()})
 
 
 def host_state(**sysctls: str) -> NsState:
@@ -249,25 +236,18 @@ def test_a_healthy_recorded_snapshot_names_nothing() -> None:
 
 
 # Causes without a recorded-snapshot test yet (each has its injected-fault test as root): the list may only shrink.
-WITHOUT_SNAPSHOT_TEST = frozenset({
-    "br_netfilter_off", "bridge_flooding", "cross_route_missing", "cross_route_wrong", "dad_failed", "dnat_missing",
-    "dnat_to_loopback_six", "dnat_wrong", "dns_udp_blocked", "dns_wrong_answer", "frag_needed_dropped", "hairpin_masquerade_missing", "hairpin_mode_off",
-    "ip_six_disabled", "ip_six_forwarding_off", "localhost_publish_route_localnet_off", "masquerade_between_hosts", "masquerade_missing", "masquerade_wrong",
-    "mtu_black_hole", "nameserver_loopback", "no_listener", "no_route", "output_dnat_missing", "ra_ignored_when_forwarding",
-    "resolv_conf_missing", "resolv_conf_wrong", "route_localnet_exposed", "route_localnet_off", "rp_filter_decap", "search_wrong", "stale_conntrack",
-    "stray_dnat", "tool_rules_gone", "underlay_udp_blocked", "vip_not_jumped", "vxlan_fdb_missing", "vxlan_fdb_wrong", "vxlan_port_mismatch", "vxlan_vni_mismatch",
-    "aardvark_dns_down", "embedded_dns_rules_missing",  # the tools' own resolvers: tested with the tools (tests/test_dns_tools.py)
-})
+WITHOUT_SNAPSHOT_TEST: frozenset[str] = frozenset()  # every cause has a test on a recorded snapshot: here, or a recording replayed (tests/test_causes_recorded.py)
 TESTED_ABOVE = frozenset({"neigh_wrong", "arp_ignore", "blackhole_route", "forwarding_off", "dnat_wrong_match"})  # the tests at the top of this module
 
 
 def test_every_cause_of_the_registry_has_a_recorded_snapshot_test() -> None:
     """A cause added to the registry fails this test until it has a case here (or, stating why, joins WITHOUT_SNAPSHOT_TEST)."""
     from test_causes_paths import COVERS as TESTED_ON_PATHS
+    from test_causes_recorded import covered as recorded
 
     from netcheck.diagnose.causes import CAUSES
 
-    covered = set(CASES) | TESTED_ABOVE | TESTED_ON_PATHS
+    covered = set(CASES) | TESTED_ABOVE | TESTED_ON_PATHS | recorded()
     assert covered <= set(CAUSES), sorted(covered - set(CAUSES))
     missing = set(CAUSES) - covered - WITHOUT_SNAPSHOT_TEST
     assert not missing, f"causes without a recorded-snapshot test: {sorted(missing)}"

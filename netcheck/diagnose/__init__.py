@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from netcheck.diagnose import datapath as model
-from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import fixes as F
-from netcheck.diagnose import lifecycle
 from netcheck.diagnose import path as P
-from netcheck.diagnose import ranking as Rk
+from netcheck.diagnose import recording as Rec
 from netcheck.diagnose import rules as R
 from netcheck.diagnose import state as St
 from netcheck.diagnose import witness as W
@@ -66,6 +64,25 @@ def diagnose(lab: Lab, result: ProbeResult, resend: Resend | None = None) -> Dia
 
 def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis:
     t0 = time.perf_counter()
+    rec = _gather(lab, result, resend)
+
+    def verify(findings: list[Finding], notes: list[str]) -> list[Finding]:
+        """Try the fixes on the lab (a sandbox's), repeating the probe: verified, or demoted."""
+        why_not = F.applicable(lab)
+        if why_not is None:
+            assert resend is not None
+            return F.verify(lab, result.request, resend, findings, REPEAT_TIMEOUT)
+        notes.append(f"fixes not tried: {why_not}")
+        return findings
+
+    d = conclude(rec, verify if resend is not None else None)
+    d = replace(d, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+    Rec.save_if_asked(rec)
+    return d
+
+
+def _gather(lab: Lab, result: ProbeResult, resend: Resend | None) -> Rec.Recording:
+    """Everything the diagnosis judges, read from the lab and the kernel (the repeat, the counters, the snapshot, the witness)."""
     notes: list[str] = []
     flow = P.flow_of(lab, result)
     route = P.expected_route(lab, flow)
@@ -102,11 +119,9 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
     evidence_of = repeated if repeated is not None else result
     hops = P.trace(route, evidence_of)
     breaks = P.breaks(hops)
-    ev = R.Evidence(lab, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
-    findings = R.evaluate(ev, (*dns_rules.RULES, *lifecycle.RULES))
-    model_note = model.disagreement(ev)
-    if model_note:
-        notes.append(model_note)
+    facts = Rec.facts(lab, snap, (route,), result)
+    ev = R.Evidence(facts, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
+    St.ask_routes(snap, namespaces, R.route_questions(ev))
     kernel: tuple[KernelEvent, ...] = ()
     nft_lines: tuple[str, ...] = ()
     nft_drop = ""
@@ -125,44 +140,49 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
         nft_lines = W.nft_lines(steps, trace, names)
         dropped = W.nft_dropped(steps)
         nft_drop = nftrace.render(dropped, trace.listing, lambda i: names.get(i or 0, str(i))) if dropped is not None else ""
-    model_end = _model_end(ev)
-    witnessed = Rk.Witnessed(frozenset(involved), model_end, kernel, nft_drop, {p.rule.key(): n for p, n in matched}, snmp_grew)
-    first = findings[0] if findings else None
-    findings = Rk.rank(findings, witnessed)
-    disagreement = "; ".join(x for x in (W.rules_vs_kernel(first, findings, kernel),
-                                         W.model_vs_kernel(model_end, witnessed.model_causes(), kernel, nft_drop, no_witness is None, repeated)) if x)
-    if resend is not None and repeated is not None and not repeated.passed and any(f.fixes for f in findings):
-        why_not = F.applicable(lab)
-        if why_not is None:
-            findings = F.verify(lab, result.request, resend, findings, REPEAT_TIMEOUT)
-        else:
-            notes.append(f"fixes not tried: {why_not}")
+    return Rec.Recording(facts, snap, flow, route, result, repeated, hops, tuple(breaks), tuple(matched), snmp_grew, tuple(sorted(involved)), kernel, kernel_note,
+                         no_witness is None, nft_lines, nft_drop, resend is not None, tuple(notes))
 
-    findings = [*findings, *_model_findings(ev)]  # after the fixes were tried: the model's account ranks last and holds no fix to try
+
+Verify = Callable[[list[Finding], list[str]], list[Finding]]
+
+
+def conclude(rec: Rec.Recording, verify: Verify | None = None) -> Diagnosis:
+    """The diagnosis of a recording: judged (``recording.judge``), its fixes tried by ``verify`` where given (the live lab's),
+    and shown. ``conclude(recording.load(path))`` replays a recorded diagnosis."""
+    notes = list(rec.notes)
+    j = Rec.judge(rec)
+    if j.model_note:
+        notes.append(j.model_note)
+    findings = list(j.findings)
+    repeated, snap = rec.repeated, rec.snap
+    if verify is not None and repeated is not None and not repeated.passed and any(f.fixes for f in findings):
+        findings = verify(findings, notes)
+    findings = [*findings, *j.model_findings]  # after the fixes were tried: the model's account ranks last and holds no fix to try
 
     if repeated is not None and repeated.passed:
         notes.append("the repeated probe went as expected: the failure did not recur (a transient loss, or something changed meanwhile)")
     for label, ns in snap.namespaces.items():
         notes.extend(f"reading {label}: {e}" for e in ns.errors)
     notes.extend(f"reading host: {e}" for e in snap.host.errors)
-    for label, grew in snmp_grew.items():
+    for label, grew in rec.snmp.items():
         shown = ", ".join(f"{k} +{v}" for k, v in grew.items() if k != "Ip.ForwDatagrams")
         if shown:
             notes.append(f"{label} kernel counters during the repeated probe: {shown}")
+    route = rec.route
     return Diagnosis(
         findings=tuple(findings),
-        trace=hops,
+        trace=rec.hops,
         notes=tuple(notes),
-        breaks=tuple(b.render() for b in breaks) if route.points else (),
-        rewrites=tuple(P.rewrites(hops)),
-        matched=tuple(f"+{n} {p.render()}" for p, n in matched),
+        breaks=tuple(b.render() for b in rec.breaks) if route is not None and route.points else (),
+        rewrites=tuple(P.rewrites(rec.hops)),
+        matched=tuple(f"+{n} {p.render()}" for p, n in rec.matched),
         conntrack=tuple(e.render() for e in snap.host.conntrack[:8]),
-        repeated=_repeat_line(repeated) if resend is not None else "the probe was not repeated; the captures are the original probe's",
-        elapsed_ms=round((time.perf_counter() - t0) * 1000, 1),
-        kernel=kernel,
-        kernel_note=kernel_note,
-        nft_trace=nft_lines,
-        disagreement=disagreement,
+        repeated=_repeat_line(repeated) if rec.resent else "the probe was not repeated; the captures are the original probe's",
+        kernel=rec.kernel,
+        kernel_note=rec.kernel_note,
+        nft_trace=rec.nft_lines,
+        disagreement=j.disagreement,
         captures=repeated.captures if repeated is not None else (),
         started_at=repeated.started_at if repeated is not None else 0.0,
     )
@@ -201,27 +221,6 @@ def _stop(tracing: NftTrace | None, notes: list[str]) -> list[TraceEvent]:
     return events
 
 
-def _model_end(ev: R.Evidence) -> tuple[str, str, str] | None:
-    """The model's (disposition, deciding stage, its text) for the probe; None where it has no account of it."""
-    if ev.flow is None or ":" in ev.flow.dst_addr:
-        return None
-    try:
-        t = model.probe_trace(ev)
-    except Exception:  # noqa: BLE001 - _model_findings reports the model's failure
-        return None
-    if t is None:
-        return None
-    step = t.decided
-    return (t.disposition, step.stage if step is not None else "", step.text if step is not None else "")
-
-
-def _model_findings(ev: R.Evidence) -> list[Finding]:
-    try:
-        return list(R.model_disposition(ev))
-    except Exception as exc:  # noqa: BLE001 - the model must not hide the other findings
-        return [Finding("rule_failed", "netcheck", f"the datapath model failed: {exc!r}", "report this as a netcheck bug", score=1)]
-
-
 def _repeat_line(r: ProbeResult | None) -> str:
     if r is None:
         return "the probe could not be repeated"
@@ -229,4 +228,4 @@ def _repeat_line(r: ProbeResult | None) -> str:
     return f"the probe repeated with a capture at every hop: {how}"
 
 
-__all__ = ["Resend", "diagnose"]
+__all__ = ["Resend", "conclude", "diagnose"]

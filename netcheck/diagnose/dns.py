@@ -10,12 +10,10 @@ from pathlib import Path
 
 from netcheck import resolvconf
 from netcheck.adapters.docker import EMBEDDED_DNS_CHAINS, EMBEDDED_RESOLVER
-from netcheck.adapters.podman import aardvark_of
 from netcheck.diagnose.rules import Evidence
 from netcheck.evidence import Finding
-from netcheck.kernel.xtables import XChain, nft_chains, read_nft
+from netcheck.kernel.xtables import XChain, nft_chains
 from netcheck.lab.plan import resolv_conf_text
-from netcheck.ledger import process_starttime
 
 
 def _declared(ev: Evidence) -> Iterator[tuple[str, str, str]]:
@@ -32,19 +30,18 @@ def _write_fix(netns: str, text: str) -> str:
     return f"mkdir -p /etc/netns/{netns} && printf '{body}\\n' > {resolvconf.path_for(netns)}  (not `echo \"... | tee\"`: quoted, the pipe is text)"
 
 
-def _seen(ev: Evidence, name: str, netns: str) -> tuple[Path, str | None]:
-    """(the resolv.conf the container reads, its text; None: it has none of its own): the lab's view (a tool's
-    container reads its own root's), else /etc/netns/NETNS (the doctor's view of live namespaces)."""
-    seen = getattr(ev.lab, "resolv_conf", None)
-    path, text = seen(name) if callable(seen) else resolvconf.seen_from(netns)
-    return Path(path), None if Path(path) == resolvconf.MACHINE else text
+def _seen(ev: Evidence, name: str) -> tuple[Path, str | None, bool]:
+    """(the resolv.conf the container reads, its text (None: it has none of its own), the file exists), as gathered
+    (netcheck.diagnose.recording.facts: a tool's container reads its own root's, else /etc/netns/NETNS)."""
+    path, text, exists = ev.lab.resolv_confs[name]
+    return Path(path), None if Path(path) == resolvconf.MACHINE else text, exists
 
 
 def resolv_conf(ev: Evidence) -> Iterator[Finding]:
     """The file `ip netns exec` mounts over /etc/resolv.conf: missing, a loopback nameserver, other resolvers, or other search domains."""
     for name, netns, text in _declared(ev):
-        path, read = _seen(ev, name, netns)
-        if read is None and path != resolvconf.MACHINE and path.exists():
+        path, read, exists = _seen(ev, name)
+        if read is None and path != resolvconf.MACHINE and exists:
             yield Finding("resolv_conf_missing", name, f"{name}: {path} cannot be read", f"chmod 644 {path}", score=80)
             continue
         if read is None:
@@ -78,14 +75,15 @@ def _loopback(address: str) -> bool:
 
 def dns_zone(ev: Evidence) -> Iterator[Finding]:
     """netcheck's DNS server answers the zone the spec declares."""
-    d, services = ev.t.dns, getattr(ev.lab, "services", None)
-    if d is None or services is None:
+    d = ev.t.dns
+    zones = ev.lab.dns_zones if d is not None else None
+    if d is None or zones is None:
         return
     want = d.zone()
-    for listener in services.listeners:
-        if listener.kind != "dns" or listener.address != str(d.address):
+    for address, zone in zones:
+        if address != str(d.address):
             continue
-        served = dict(listener.zone)
+        served = dict(zone)
         wrong = sorted(n for n in want if served.get(n) != want[n])
         if wrong:
             shown = "; ".join(f"{n} -> {served.get(n, 'NXDOMAIN')} (the spec says {want[n]})" for n in wrong)
@@ -130,16 +128,16 @@ def embedded_dns_rules(ev: Evidence) -> Iterator[Finding]:
     if r is None or r.kind != "dns" or r.rcode is not None or r.request.destination != EMBEDDED_RESOLVER or ev.t.setup.mode != "docker":
         return
     name = r.request.source
-    try:
-        chains = nft_chains(read_nft(ev.lab.container_ns(name)), ("ip",))
-    except (KeyError, OSError, ValueError) as exc:
-        yield Finding("embedded_dns_rules_missing", name, f"{name}: its nat table cannot be read ({exc})", "", score=40)
+    ruleset = ev.lab.embedded_nat.get(name, "it was not read")
+    if not isinstance(ruleset, dict):
+        yield Finding("embedded_dns_rules_missing", name, f"{name}: its nat table cannot be read ({ruleset})", "", score=40)
         return
+    chains = nft_chains(ruleset, ("ip",))
     if _embedded_dnat(chains, r.request.transport) is not None:
         return
     left = [f"{c.name}: {len(c.rules)} rule(s)" for c in chains if c.name in EMBEDDED_DNS_CHAINS]
     on = ev.t.network_of(ev.t.container(name))
-    host = getattr(ev.lab, "state", {}).get("docker_host", "unix:///run/docker.sock")
+    host = ev.lab.docker_host
     yield Finding(
         "embedded_dns_rules_missing", name,
         f"{name}: no DNAT in its own nat table leads {r.request.transport} to {EMBEDDED_RESOLVER}:53 on to Docker's embedded resolver, so the query meets a port where "
@@ -164,11 +162,10 @@ def aardvark_down(ev: Evidence) -> Iterator[Finding]:
     proto = r.request.transport
     if host is not None and any(s.proto == proto and s.port == 53 and s.accepts(str(bridge.address.ip)) for s in host.listening):
         return  # something answers there: not this
-    found = aardvark_of(ev.lab)
+    found = ev.lab.aardvark
     evidence = [f"host: nothing listens on {proto} {bridge.address.ip}:53"]
     if found is not None:
-        pid, start = found
-        alive = process_starttime(pid) is not None and (start is None or process_starttime(pid) == start)
+        pid, alive = found
         if alive:
             return  # it runs, but not on the gateway (its config): not this cause
         evidence.append(f"aardvark-dns (pid {pid}, started by netavark for the lab) is gone")

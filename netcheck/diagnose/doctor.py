@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from netcheck import spec as S
 from netcheck.diagnose import dns as dns_rules
-from netcheck.diagnose import rules, state
+from netcheck.diagnose import recording, rules, state
 from netcheck.diagnose.path import Flow, LabView, expected_route
 from netcheck.evidence import Finding, ProbeResult
 from netcheck.kernel.dropwatch import Witness
@@ -292,12 +292,17 @@ def expected_flows(view: LabView) -> Iterator[Flow]:
 
 def inspect(view: LabView, *, flows: bool = True) -> list[Finding]:
     """Every finding about a live lab, without sending anything: static rules, then each promised flow."""
-    snap = state.snapshot(view.namespaces())
-    found = rules.evaluate(rules.Evidence(view, snap), dns_rules.RULES)
-    if flows:
-        for f in expected_flows(view):
-            with contextlib.suppress(Exception):
-                found += rules.evaluate(rules.Evidence(view, snap, f, expected_route(view, f)), dns_rules.RULES)
+    namespaces = view.namespaces()
+    snap = state.snapshot(namespaces)
+    routed = []
+    for f in expected_flows(view) if flows else ():
+        with contextlib.suppress(Exception):
+            routed.append((f, expected_route(view, f)))
+    known = recording.facts(view, snap, [r for _f, r in routed])  # what the rules ask of the lab, asked once
+    found = rules.evaluate(recording.evidence(known, snap, namespaces), dns_rules.RULES)
+    for f, r in routed:
+        with contextlib.suppress(Exception):
+            found += rules.evaluate(recording.evidence(known, snap, namespaces, f, r), dns_rules.RULES)
     best: dict[tuple[str, str], Finding] = {}
     for x in found:
         key = (x.cause, x.fix)  # one fix, one finding: the same cause seen from several flows

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from netcheck.diagnose.firewall import Pkt
 from netcheck.evidence import Finding, FlushConntrack
 from netcheck.kernel.inspect import CtEntry
-from netcheck.lifecycle import events_of, lost, signature, tool_of
+from netcheck.lifecycle import lost
 
 if TYPE_CHECKING:
-    from netcheck.diagnose.path import LabView
+    from netcheck import spec
     from netcheck.diagnose.rules import Evidence
 
 # What writes a tool's rules again (the fix when they are gone), by setup mode.
@@ -30,29 +30,28 @@ RELOAD = {
 TOOL_NAMES = {"podman": "Podman's (netavark)", "docker": "Docker's", "netavark": "netavark's", "cni": "the CNI plugins'", "script": "the setup script's", "netcheck": "the lab's own"}
 
 
-def reload_hint(lab: LabView) -> str:
-    mode = tool_of(lab)
+def reload_hint(mode: str, t: spec.Topology) -> str:
+    """What writes the rules of the tool ``mode`` (netcheck.lifecycle.tool_of) again."""
     if mode == "script":
-        cmd = lab.topology.setup.command if lab.topology.setup is not None else ()
+        cmd = t.setup.command if t.setup is not None else ()
         return f"run the setup script again: {' '.join(cmd)}" if cmd else RELOAD["script"]
     return RELOAD[mode]
 
 
 def tool_rules_gone(ev: Evidence) -> Iterator[Finding]:
     """The tool's tables, chains or policies are not what they were after its setup (or before the first event)."""
-    record = events_of(ev.lab)
-    base = record.baseline if record is not None else getattr(ev.lab, "tool_rules", None)
-    if not isinstance(base, dict) or not base:
+    base, now = ev.lab.tool_rules, ev.lab.tool_rules_now
+    if not base or now is None:
         return
-    gone = lost(base, signature(ev.lab.host))
+    gone = lost(base, now)
     if not gone:
         return
-    whose = TOOL_NAMES[tool_of(ev.lab)]
-    after = [r for r in (record.runs if record else []) if r.lost]
-    since = f", since the event {after[0].event} (`{after[0].did}`)" if after else ""
+    whose = TOOL_NAMES[ev.lab.tool]
+    after = ev.lab.lost_since
+    since = f", since the event {after[0]} (`{after[1]}`)" if after else ""
     # With an event recorded, it is known to be the cause; without, the packet-level cause ranks first.
     yield Finding("tool_rules_gone", "host", f"host: {whose} rules are gone{since}: {gone[0]}" + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""),
-                  reload_hint(ev.lab), tuple(gone[:12]), score=97 if after else 70)
+                  reload_hint(ev.lab.tool, ev.t), tuple(gone[:12]), score=97 if after else 70)
 
 
 def _masqueraded_now(ev: Evidence, src: str, dst: str, proto: str, dport: int | None) -> bool:

@@ -109,7 +109,13 @@ def side(lab: LabView, container: str) -> Side:
     return Side(container, c.interface, str(c.address.ip) if c.address else None, veth, veth_k, c.bridge, bridge_k)
 
 
-def kname_or_none(lab: LabView, name: str) -> str | None:
+class KernelNames(Protocol):
+    """A lab's host interfaces by their spec names (a ``LabView``, or the facts a diagnosis gathered of one)."""
+
+    def kname(self, spec_iface: str) -> str: ...
+
+
+def kname_or_none(lab: KernelNames, name: str) -> str | None:
     """The kernel name of a host interface given by its spec name, or None if the lab has none."""
     try:
         return lab.kname(name)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from netcheck import expect as promise
 from netcheck.diagnose.firewall import Decision, Pkt, Placed, binary, is_native, matches
-from netcheck.diagnose.path import LOOPBACK, Break, Flow, LabView, Route, Side, kname_or_none, side
+from netcheck.diagnose.path import LOOPBACK, Break, Flow, Route, Side, kname_or_none
 from netcheck.diagnose.state import NsState, Snapshot, lookup
 from netcheck.evidence import (
     AddAddress,
@@ -49,13 +49,14 @@ from netcheck.lab import plan
 if TYPE_CHECKING:
     from netcheck import spec
     from netcheck.diagnose.firewall import Ruleset
+    from netcheck.diagnose.recording import LabFacts
 
 
 @dataclass
 class Evidence:
     """Everything the rules may look at. ``flow`` is None when nothing was probed (doctor)."""
 
-    lab: LabView
+    lab: LabFacts  # what the rules ask of the lab, gathered up front (netcheck.diagnose.recording.facts)
     snap: Snapshot
     flow: Flow | None = None
     route: Route | None = None
@@ -141,10 +142,7 @@ class Evidence:
         if container is None or container not in {c.name for c in self.t.containers}:
             return None
         if container not in self._sides:
-            try:
-                self._sides[container] = side(self.lab, container)
-            except Exception:  # noqa: BLE001 - a container whose namespace is gone has no side
-                self._sides[container] = None
+            self._sides[container] = self.lab.sides.get(container)  # gathered up front: None, a container whose namespace is gone
         return self._sides[container]
 
     def on_path(self) -> set[str]:
@@ -192,6 +190,23 @@ def evaluate(ev: Evidence, more: Sequence[Rule] = ()) -> list[Finding]:
             if key not in best or best[key].score < f.score:
                 best[key] = f
     return sorted(best.values(), key=lambda f: -f.score)
+
+
+def route_questions(ev: Evidence) -> list[tuple[str, str]]:
+    """The kernel route lookups (namespace label, destination) the rules read from ``ev.snap.route_lookups``,
+    asked up front (``state.ask_routes``) so that the rules reach no namespace."""
+    f, out = ev.flow, []
+    if f is None:
+        return []
+    if f.source in {c.name for c in ev.t.containers}:
+        out.append((f.source, f.dst_addr))  # source_route
+    pkt = _pkt_request(ev)
+    if pkt is not None:
+        out.append(("host", pkt.dst))  # host_no_route
+    out += [("host", f.target_addr or f.dst_addr), ("host", f.src_addr)]  # subnet_overlap, the IPv6 route back
+    out += [(label, f.dst_addr) for label, grew in ev.snmp.items() if grew.get("TcpExt.IPReversePathFilter")]  # rp_filter_strict
+    out.append(("wan", str(ev.t.host.address.ip)))  # where the outside world sends the host's replies (_arrival)
+    return [(label, dst) for label, dst in dict.fromkeys(out) if dst and ev.snap.ns(label) is not None]
 
 
 def _spec_links(ev: Evidence) -> list[tuple[str, str, str, str | None]]:
@@ -500,9 +515,8 @@ def source_route(ev: Evidence) -> Iterator[Finding]:
     ns_state = ev.snap.ns(f.source)
     if ns_state is None:
         return
-    ns = ev.lab.container_ns(f.source)
     c = ev.t.container(f.source)
-    got = lookup(ev.snap, f.source, ns, f.dst_addr)
+    got = lookup(ev.snap, f.source, f.dst_addr)
     gw = (c.gateway6 if _v6(f.dst_addr) else c.gateway) or _host_gateway(ev, f.source)
     if isinstance(got, str):
         if _dst_in_own_subnet(ev, f.source, f.dst_addr):
@@ -759,7 +773,7 @@ def host_no_route(ev: Evidence) -> Iterator[Finding]:
     v6 = pkt is not None and _v6(pkt.dst)
     if r is None or pkt is None or not r.routed or ev.host.sysctl("net.ipv6.conf.all.forwarding" if v6 else "net.ipv4.ip_forward") != "1":
         return
-    got = lookup(ev.snap, "host", ev.lab.host, pkt.dst)
+    got = lookup(ev.snap, "host", pkt.dst)
     if isinstance(got, str):
         d = ev.host.default_route()
         if v6:
@@ -795,7 +809,7 @@ def subnet_overlap(ev: Evidence) -> Iterator[Finding]:
     if f is None or r is None or f.via != "outside" or not r.routed or up is None:
         return
     dst = f.target_addr or f.dst_addr
-    got = lookup(ev.snap, "host", ev.lab.host, dst)
+    got = lookup(ev.snap, "host", dst)
     if isinstance(got, str) or got.gateway is not None or got.interface in (None, up):
         return
     held = [a.address for a in ev.host.addrs(got.interface) if ip_address(dst) in a.address.network]
@@ -817,7 +831,7 @@ def _no_route_back6(ev: Evidence, r: Route, pkt: Pkt) -> Iterator[Finding]:
     if f is None or f.source not in {c.name for c in ev.t.containers}:
         return
     c = ev.t.container(f.source)
-    back = lookup(ev.snap, "host", ev.lab.host, f.src_addr)
+    back = lookup(ev.snap, "host", f.src_addr)
     if isinstance(back, str) or back.interface == r.in_iface or c.address6 is None:
         return
     yield Finding(
@@ -855,7 +869,7 @@ def rp_filter_strict(ev: Evidence) -> Iterator[Finding]:
             continue
         strict = [link.name for link in ns.links if link.name != "lo" and ns.conf(link.name, "rp_filter") == 1]
         far = ev.flow.dst_addr if ev.flow else None
-        back = lookup(ev.snap, label, ev.lab.namespaces()[label], far) if far else None
+        back = lookup(ev.snap, label, far) if far else None
         out = back.interface if back is not None and not isinstance(back, str) else None
         routed = {a.interface for a in ns.addresses}
         suspects = [i for i in strict if i != out and i in routed] or strict
@@ -895,10 +909,9 @@ def asymmetric_rp_filter(ev: Evidence) -> Iterator[Finding]:
 def _arrival(ev: Evidence, label: str) -> str | None:
     """Where the outside world sends the host's replies: its route back to the host's address,
     whose gateway is an address of one host interface (asymmetric if that is not the uplink)."""
-    wan = ev.lab.namespaces().get("wan")
-    if label != "host" or wan is None:
+    if label != "host" or ev.snap.ns("wan") is None:
         return None
-    back = lookup(ev.snap, "wan", wan, str(ev.t.host.address.ip))
+    back = lookup(ev.snap, "wan", str(ev.t.host.address.ip))
     if isinstance(back, str) or back.gateway is None:
         return None
     return next((a.interface for a in ev.host.addresses if a.address.ip == back.gateway), None)

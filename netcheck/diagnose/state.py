@@ -247,15 +247,30 @@ def counters(namespaces: dict[str, Netns], counted: Iterable[str], *, host: str 
     return rules or [], {label: values for label, (_rules, values) in read.items() if values is not None}
 
 
-def lookup(snap: Snapshot, label: str, ns: Netns, dst: str, src: str | None = None, iif: str | None = None) -> RouteEntry | str:
-    """The kernel's route lookup for a flow (``ip route get``), remembered in the snapshot."""
-    key = f"{label}: {dst}" + (f" from {src}" if src else "") + (f" iif {iif}" if iif else "")
-    if key not in snap.route_lookups:
+def _lookup_key(label: str, dst: str, src: str | None = None, iif: str | None = None) -> str:
+    return f"{label}: {dst}" + (f" from {src}" if src else "") + (f" iif {iif}" if iif else "")
+
+
+def lookup(snap: Snapshot, label: str, dst: str, src: str | None = None, iif: str | None = None) -> RouteEntry | str:
+    """The kernel's route lookup for a flow (``ip route get``), as ``ask_routes`` took it up front."""
+    return snap.route_lookups.get(_lookup_key(label, dst, src, iif), "lookup failed")
+
+
+def ask_routes(snap: Snapshot, namespaces: dict[str, Netns], questions: list[tuple[str, str]]) -> None:
+    """Take the kernel's route lookups (namespace label, destination) into the snapshot, each namespace's side by side."""
+    def ask(ns: Netns, dst: str) -> RouteEntry | str:
+        try:
+            return ns.route_get(ip_address(dst), None, None)
+        except Exception:  # noqa: BLE001 - no route, or no such namespace: the rules read why not
+            return "lookup failed"
+
+    asked = {(label, dst): namespaces[label].submit(lambda ns=namespaces[label], dst=dst: ask(ns, dst))
+             for label, dst in questions if label in namespaces and _lookup_key(label, dst) not in snap.route_lookups}
+    for (label, dst), f in asked.items():
         result: RouteEntry | str = "lookup failed"
         with contextlib.suppress(Exception):
-            result = ns.route_get(ip_address(dst), ip_address(src) if src else None, iif)
-        snap.route_lookups[key] = result
-    return snap.route_lookups[key]
+            result = f.result(timeout=30)
+        snap.route_lookups[_lookup_key(label, dst)] = result
 
 
 def snmp(namespaces: dict[str, Netns]) -> dict[str, dict[str, int]]:
@@ -277,4 +292,4 @@ def snmp_deltas(before: dict[str, dict[str, int]], after: dict[str, dict[str, in
     return out
 
 
-__all__ = ["HostState", "NsState", "Snapshot", "lookup", "read_host", "read_ns", "read_rules", "rule_counters", "snapshot", "snmp", "snmp_deltas"]
+__all__ = ["HostState", "NsState", "Snapshot", "ask_routes", "lookup", "read_host", "read_ns", "read_rules", "rule_counters", "snapshot", "snmp", "snmp_deltas"]
