@@ -25,7 +25,7 @@ from netcheck.kernel.inspect import conntrack, legacy_tables
 from netcheck.kernel.netns import Netns, RouteEntry
 from netcheck.kernel.worker import NamespaceWorker
 from netcheck.kernel.xtables import read_legacy, read_nft_chains
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab
 from netcheck.multihost.values import decode, encode, function_name, function_of
@@ -43,7 +43,7 @@ TOP = re.compile(r"^(?:E)?\s+1\. \[(\w+)\]", re.M)
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodesLab, Path]]:
     run_dir = tmp_path_factory.mktemp("node-suites-run")
-    with NodesLab(M.builtin("two-hosts-vxlan"), run_dir=run_dir) as lab:
+    with NodesLab(multi_spec.builtin("two-hosts-vxlan"), run_dir=run_dir) as lab:
         yield lab, run_dir
 
 
