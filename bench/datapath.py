@@ -49,9 +49,9 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
 def _every_question(t: object) -> int:
     """Every expectation the suites ask of a topology, on each family: pairs, the outside, each publish's access paths, each VIP."""
     from netcheck import expect
-    from netcheck import spec as S
+    from netcheck import spec as host_spec
 
-    assert isinstance(t, S.Topology)
+    assert isinstance(t, host_spec.Topology)
     n = 0
     for f in t.families:
         names = [c.name for c in t.containers if c.at(f) is not None]
@@ -67,7 +67,7 @@ def main() -> int:
     from netcheck import expect, spec
     from netcheck.datapath import Flow, trace
     from netcheck.diagnose import datapath, rules
-    from netcheck.diagnose import state as st
+    from netcheck.diagnose import state as kernel_state
     from netcheck.diagnose.recording import facts
     from netcheck.lab import Lab
     from netcheck.lab.plan import plan, planned, port_matrix, state
@@ -108,8 +108,8 @@ def main() -> int:
         probe.icmp("netns0", "198.51.100.1")  # warm: ARP, sockets
         rows["baseline: one probe with two captures (Prober.icmp)"] = timed(lambda: probe.icmp("netns0", "198.51.100.1", capture=["wan:uplink", "host:br0"]), 20)
         rows["baseline: one probe without captures"] = timed(lambda: probe.icmp("netns0", "198.51.100.1"), 50)
-        rows["snapshot of the lab (read by the diagnosis anyway)"] = timed(lambda: st.snapshot(lab.namespaces()), 10)
-        snap = st.snapshot(lab.namespaces())
+        rows["snapshot of the lab (read by the diagnosis anyway)"] = timed(lambda: kernel_state.snapshot(lab.namespaces()), 10)
+        snap = kernel_state.snapshot(lab.namespaces())
         pairs = datapath.peers(rules.Evidence(facts(lab, snap), snap))
         rows["observed state from the snapshot"] = timed(lambda: datapath.observed(snap, pairs), 200)
         observed = datapath.observed(snap, pairs)

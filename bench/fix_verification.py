@@ -96,10 +96,10 @@ import sys
 sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
 from tests.test_cross_host import SUITE, _run
 from netcheck.faults import CROSS_HOST_FAULTS
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.lab import MultiLab
 f = CROSS_HOST_FAULTS[{name!r}]
-with MultiLab(M.builtin(f.topology)) as lab:
+with MultiLab(multi_spec.builtin(f.topology)) as lab:
     f.inject(lab)
     print(_run(f.suite_test.split("::")[1], lab))
 """

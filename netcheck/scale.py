@@ -16,15 +16,15 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
 
-from netcheck import spec as S
-from netcheck.multihost import spec as M
+from netcheck import spec as host_spec
+from netcheck.multihost import spec as multi_spec
 
 SUBNET = IPv4Network("10.200.0.0/16")
 FIRST_HOST = 10  # container i gets 10.200.0.0 + FIRST_HOST + i
 MAX_CONTAINERS = 1000
 
 
-def bridge_topology(n: int, *, name: str | None = None, forward_policy: Literal["ACCEPT", "DROP"] = "ACCEPT") -> S.Topology:
+def bridge_topology(n: int, *, name: str | None = None, forward_policy: Literal["ACCEPT", "DROP"] = "ACCEPT") -> host_spec.Topology:
     """``n`` containers (c0, c1, ...) on br0 (10.200.0.1/16), with bridge-nf-call-iptables=1.
 
     The host's FORWARD chain therefore sees bridged traffic: a DROP policy or rule there
@@ -34,22 +34,22 @@ def bridge_topology(n: int, *, name: str | None = None, forward_policy: Literal[
         raise ValueError(f"bridge_topology({n}): use from 2 to {MAX_CONTAINERS} containers")
     gateway = SUBNET.network_address + 1
     containers = tuple(
-        S.Container(
+        host_spec.Container(
             name=f"c{i}", interface="eth0", address=IPv4Interface(f"{SUBNET.network_address + FIRST_HOST + i}/{SUBNET.prefixlen}"),
             host_veth=f"veth{i}", bridge="br0", gateway=gateway,
         )
         for i in range(n)
     )
-    return S.Topology(
+    return host_spec.Topology(
         name=name or f"scale{n}",
         summary=f"{n} containers on one bridge (generated)",
         source=f"<netcheck.scale.bridge_topology({n})>",
-        host=S.Host(
+        host=host_spec.Host(
             uplink="eth0", address=IPv4Interface("203.0.113.2/24"), gateway=IPv4Address("203.0.113.1"),
             sysctls=(("net.ipv4.ip_forward", 1), ("net.bridge.bridge-nf-call-iptables", 1)), forward_policy=forward_policy,
         ),
-        wan=S.Wan(address=IPv4Interface("203.0.113.1/24"), remote=(IPv4Interface("198.51.100.1/32"),)),
-        bridges=(S.Bridge("br0", IPv4Interface(f"{gateway}/{SUBNET.prefixlen}")),),
+        wan=host_spec.Wan(address=IPv4Interface("203.0.113.1/24"), remote=(IPv4Interface("198.51.100.1/32"),)),
+        bridges=(host_spec.Bridge("br0", IPv4Interface(f"{gateway}/{SUBNET.prefixlen}")),),
         containers=containers,
     )
 
@@ -76,13 +76,13 @@ def vxlan_hosts_toml(hosts: int, per_host: int, *, name: str | None = None) -> s
     out = [
         f'name = "{title}"',
         f'summary = "{hosts} hosts of {per_host} containers each on one bridge, joined by VXLAN (generated)"',
-        "", "[underlay]", f'network = "{M.DEFAULT_UNDERLAY}"', "mtu = 1500",
-        "", "[join]", 'kind = "vxlan"', f"vni = {VXLAN_VNI}", f"port = {M.VXLAN_PORT}", f"mtu = {VXLAN_MTU}", 'fdb = "unicast"', f'overlay = "{M.DEFAULT_OVERLAY}"',
+        "", "[underlay]", f'network = "{multi_spec.DEFAULT_UNDERLAY}"', "mtu = 1500",
+        "", "[join]", 'kind = "vxlan"', f"vni = {VXLAN_VNI}", f"port = {multi_spec.VXLAN_PORT}", f"mtu = {VXLAN_MTU}", 'fdb = "unicast"', f'overlay = "{multi_spec.DEFAULT_OVERLAY}"',
     ]
     for i in range(hosts):
         net = f"10.244.{i + 1}"
         out += [
-            "", "[[host]]", f'name = "h{i}"', f'underlay = "{M.DEFAULT_UNDERLAY.network_address + 1 + i}/{M.DEFAULT_UNDERLAY.prefixlen}"',
+            "", "[[host]]", f'name = "h{i}"', f'underlay = "{multi_spec.DEFAULT_UNDERLAY.network_address + 1 + i}/{multi_spec.DEFAULT_UNDERLAY.prefixlen}"',
             "[host.host]", 'uplink = "eth0"', f'address = "203.0.113.{2 + i}/24"', 'gateway = "203.0.113.1"', 'forward_policy = "ACCEPT"',
             "[host.host.sysctl]", '"net.ipv4.ip_forward" = 1', '"net.bridge.bridge-nf-call-iptables" = 1',
             "[host.wan]", 'address = "203.0.113.1/24"', 'remote = ["198.51.100.1/32"]',
@@ -94,10 +94,10 @@ def vxlan_hosts_toml(hosts: int, per_host: int, *, name: str | None = None) -> s
     return "\n".join(out) + "\n"
 
 
-def vxlan_hosts(hosts: int, per_host: int, *, name: str | None = None) -> M.MultiTopology:
+def vxlan_hosts(hosts: int, per_host: int, *, name: str | None = None) -> multi_spec.MultiTopology:
     """``hosts`` hosts of ``per_host`` containers each, joined by VXLAN: ``vxlan_hosts_toml``'s spec,
     read and validated by the multi-host loader, as a spec file would be."""
-    return M.loads(vxlan_hosts_toml(hosts, per_host, name=name), f"<netcheck.scale.vxlan_hosts({hosts}, {per_host})>")
+    return multi_spec.loads(vxlan_hosts_toml(hosts, per_host, name=name), f"<netcheck.scale.vxlan_hosts({hosts}, {per_host})>")
 
 
 __all__ = ["bridge_topology", "vxlan_hosts", "vxlan_hosts_toml"]

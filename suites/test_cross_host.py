@@ -17,7 +17,7 @@ import pytest
 
 from netcheck.evidence import MatrixResult, ProbeResult
 from netcheck.factory import LabFactory
-from netcheck.multihost import probes as X
+from netcheck.multihost import probes as cross_probes
 from netcheck.multihost.lab import MultiLab
 from netcheck.multihost.spec import MultiTopology, containers
 from netcheck.packet import VXLAN, IPv4
@@ -55,7 +55,7 @@ def _reaches(multi: MultiLab, sh: str, sc: str, th: str, tc: str) -> str | None:
     """None when ``sh/sc`` reaches ``th/tc`` with its source kept, else what failed (the check of a fix)."""
     t = multi.topology
     point = f"{th}/{tc}:{_iface(t, th, tc)}"
-    r = X.prober(multi, sh).icmp(sc, _addr(t, th, tc), capture=[point], target=tc)
+    r = cross_probes.prober(multi, sh).icmp(sc, _addr(t, th, tc), capture=[point], target=tc)
     seen = [p for c in r.captures for p in c.packets if p.role == "request"]
     if r.verdict != "reached":
         return f"{r.verdict} {r.error or ''}".strip()
@@ -81,7 +81,7 @@ def test_every_container_reaches_every_container_on_the_other_host_with_its_sour
         multi_lab: MultiLab, netcheck_evidence: Callable[[ProbeResult], None]) -> None:
     t = multi_lab.topology
     failures = []
-    probers = {h.name: X.prober(multi_lab, h.name, netcheck_evidence) for h in t.hosts}  # one each: their ICMP ids follow on
+    probers = {h.name: cross_probes.prober(multi_lab, h.name, netcheck_evidence) for h in t.hosts}  # one each: their ICMP ids follow on
     names = [f"{h.name}/{c.name}" for h, c in containers(t)]
     observed = {(a, a): None for a in names} | {(f"{sh}/{sc}", f"{th}/{tc}"): True for sh, sc, th, tc in _pairs(t)}
     for h, c in containers(t):  # the same-host pairs too, for the report's cross-host matrix
@@ -110,9 +110,9 @@ def test_underlay_carries_the_packets_as_the_join_declares(multi_lab: MultiLab, 
     (sh, sc, th, tc) = _pairs(t)[0]
     src, dst = t.host(sh), t.host(th)
     point = f"underlay:{th}"
-    X.open_capture(multi_lab, point)
+    cross_probes.open_capture(multi_lab, point)
     t0 = time.time()
-    r = X.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
+    r = cross_probes.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
     assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th, lambda: _reaches(multi_lab, sh, sc, th, tc))
     plain = [p for c in r.captures for p in c.packets if p.role == "request"]
     if t.join.kind == "routed":
@@ -120,7 +120,7 @@ def test_underlay_carries_the_packets_as_the_join_declares(multi_lab: MultiLab, 
         assert (plain[0].src, plain[0].dst) == (_addr(t, sh, sc), _addr(t, th, tc)), f"routed: the underlay saw {plain[0].src} > {plain[0].dst}"
         return
     assert not plain, f"vxlan: the echo request crossed the underlay at {point} unencapsulated"
-    frames = X.vxlan_seen(multi_lab, point, t.join.port, t0)
+    frames = cross_probes.vxlan_seen(multi_lab, point, t.join.port, t0)
     mine = [v for v in frames if getattr(getattr(_inner(v), "payload", None), "ident", None) == r.flow_id]
     assert mine, f"vxlan: no VXLAN datagram to UDP {t.join.port} carrying the echo (id {r.flow_id:#06x}) was seen at {point} ({len(frames)} VXLAN datagrams seen)"
     v = mine[0]
@@ -141,7 +141,7 @@ def test_ttl_is_as_the_path_implies(multi_lab: MultiLab, netcheck_evidence: Call
     t = multi_lab.topology
     (sh, sc, th, tc) = _pairs(t)[0]
     point = f"{th}/{tc}:{_iface(t, th, tc)}"
-    r = X.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
+    r = cross_probes.prober(multi_lab, sh, netcheck_evidence).icmp(sc, _addr(t, th, tc), capture=[point])
     assert r.verdict == "reached", f"{sh}/{sc} -> {th}/{tc}: {r.verdict} {r.error or ''}" + _why(multi_lab, sh, th, lambda: _reaches(multi_lab, sh, sc, th, tc))
     seen = [p for c in r.captures for p in c.packets if p.role == "request"]
     assert seen and seen[0].ttl == 62, f"{th}/{tc} saw the request with ttl {seen[0].ttl if seen else '(not seen)'}, expected 64 - 2 = 62"
@@ -151,7 +151,7 @@ def test_ttl_is_as_the_path_implies(multi_lab: MultiLab, netcheck_evidence: Call
 def test_published_port_on_another_host_is_reached_from_a_container(multi_lab: MultiLab, netcheck_evidence: Callable[[ProbeResult], None]) -> None:
     t = multi_lab.topology
     failures = []
-    probers = {h.name: X.prober(multi_lab, h.name, netcheck_evidence) for h in t.hosts}
+    probers = {h.name: cross_probes.prober(multi_lab, h.name, netcheck_evidence) for h in t.hosts}
     for h in t.hosts:
         for p in h.topology.publishes:
             for o in t.hosts:
@@ -170,16 +170,16 @@ def test_path_mtu_df_probe_at_the_mtu_passes_one_byte_more_gets_frag_needed(mult
     t = multi_lab.topology
     (sh, sc, th, tc) = _pairs(t)[0]
     dst = _addr(t, th, tc)
-    at = X.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu)
+    at = cross_probes.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu)
 
     def df(size: int, outcome: str) -> Callable[[], str | None]:
         def again() -> str | None:
-            x = X.df_ping_from(multi_lab, sh, sc, dst, size)
+            x = cross_probes.df_ping_from(multi_lab, sh, sc, dst, size)
             return None if x.outcome == outcome else x.describe()
         return again
 
     assert at.outcome == "reply", f"{sh}/{sc} -> {th}/{tc}: {at.describe()}; the declared path MTU is {t.path_mtu}" + _why(multi_lab, sh, th, df(t.path_mtu, "reply"))
-    over = X.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu + 1)
+    over = cross_probes.df_ping_from(multi_lab, sh, sc, dst, t.path_mtu + 1)
     assert over.outcome == "frag-needed", f"{sh}/{sc} -> {th}/{tc}: {over.describe()}; expected fragmentation-needed (mtu {t.path_mtu})" + \
         _why(multi_lab, sh, th, df(t.path_mtu + 1, "frag-needed"))
     assert over.mtu == t.path_mtu, f"fragmentation-needed gave mtu {over.mtu}, the declared path MTU is {t.path_mtu}"
@@ -189,7 +189,7 @@ def test_tcp_transfer_bigger_than_one_mtu_completes(multi_lab: MultiLab) -> None
     t = multi_lab.topology
     failures = []
     for sh, sc, th, tc in _pairs(t)[:2]:
-        x = X.transfer_between(multi_lab, (sh, sc), (th, tc), _addr(t, th, tc), 256 * 1024)
+        x = cross_probes.transfer_between(multi_lab, (sh, sc), (th, tc), _addr(t, th, tc), 256 * 1024)
         if not x.completed:
             failures.append(f"{sh}/{sc} -> {th}/{tc}: {x.describe()}")
     assert not failures, "\n".join(failures) + _why(multi_lab, t.hosts[0].name, t.hosts[1].name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netcheck import expect as promise
-from netcheck import spec as S
+from netcheck import spec
 from netcheck.checks import expect, seen
 from netcheck.lifecycle import LONG_LIVED_UDP_PORT
 
@@ -71,7 +71,7 @@ def test_bridge_local_source_is_as_the_rules_say(lab, probe, family):
     for a, b in pairs:
         ca = t.container(a)
         own = str(ca.at(family).ip)
-        rewritten = t.host.sysctl(S.BRIDGE_NF_SYSCTL[family]) != 0 and promise.masqueraded(t, a, out=ca.bridge, family=family)
+        rewritten = t.host.sysctl(spec.BRIDGE_NF_SYSCTL[family]) != 0 and promise.masqueraded(t, a, out=ca.bridge, family=family)
         want = str(t.bridge(ca.bridge).at(family).ip) if rewritten else own
         why = f"rewritten to the bridge address by a MASQUERADE rule that does not exclude {ca.bridge}" if rewritten else "kept"
         r = expect(probe.tcp(a, t.container(b).at(family).ip, 7, target=b, capture=[lab.point(a), lab.point(b)]))

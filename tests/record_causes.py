@@ -93,12 +93,12 @@ def doctor_recording(fault: str, topology: str) -> Recording:
     """A lab with the fault, read as the doctor reads it (no flow)."""
     from netcheck import faults, spec
     from netcheck.diagnose import recording
-    from netcheck.diagnose import state as St
+    from netcheck.diagnose import state as kernel_state
     from netcheck.lab import Lab
 
     with Lab(spec.builtin(topology)) as lab:
         faults.inject(lab, [fault])
-        snap = St.snapshot(lab.namespaces())
+        snap = kernel_state.snapshot(lab.namespaces())
         return recording.Recording(recording.facts(lab, snap), snap, involved=tuple(sorted(lab.namespaces())))
 
 
@@ -186,11 +186,11 @@ def record_cross(fault: str, out: Path) -> str:
     """A cross-host fault in a multi-host lab: what the cross-host diagnosis reads, between its hosts a and b."""
     from netcheck.diagnose import crosshost, recording
     from netcheck.faults import CROSS_HOST_FAULTS
-    from netcheck.multihost import spec as M
+    from netcheck.multihost import spec as multi_spec
     from netcheck.multihost.lab import MultiLab
 
     f = CROSS_HOST_FAULTS[fault]
-    with MultiLab(M.builtin(f.topology)) as multi:
+    with MultiLab(multi_spec.builtin(f.topology)) as multi:
         f.inject(multi)
         a, b = (h.name for h in multi.topology.hosts)
         read = crosshost.gather(multi, a, b)
@@ -200,10 +200,10 @@ def record_cross(fault: str, out: Path) -> str:
 
 def record_cross_healthy(topology: str, out: Path) -> str:
     from netcheck.diagnose import crosshost, recording
-    from netcheck.multihost import spec as M
+    from netcheck.multihost import spec as multi_spec
     from netcheck.multihost.lab import MultiLab
 
-    with MultiLab(M.builtin(topology)) as multi:
+    with MultiLab(multi_spec.builtin(topology)) as multi:
         a, b = (h.name for h in multi.topology.hosts)
         read = crosshost.gather(multi, a, b)
     recording.save(replace(read, about={"healthy": topology, "topology": topology}), out / f"healthy-cross-{topology}.json.gz")
@@ -261,9 +261,9 @@ if __name__ == "__main__":
         for name in sorted(CROSS_HOST_FAULTS):
             if args.only is None or name in args.only:
                 print(record_cross(name, args.out), flush=True)
-        from netcheck.multihost import spec as M
+        from netcheck.multihost import spec as multi_spec
 
-        for name in M.BUILTIN if args.only is None else ():
+        for name in multi_spec.BUILTIN if args.only is None else ():
             print(record_cross_healthy(name, args.out), flush=True)
     if "tools" in args.what:
         for name, example in TOOL_FAULTS:

@@ -16,8 +16,7 @@ import pytest
 from record_causes import EVENTS, SCENARIOS
 
 from netcheck.adapters.faults import EXTERNAL_FAULTS
-from netcheck.diagnose import conclude, crosshost, recording
-from netcheck.diagnose import rules as R
+from netcheck.diagnose import conclude, crosshost, recording, rules
 from netcheck.diagnose.causes import CAUSES
 from netcheck.evidence import Diagnosis
 from netcheck.faults import CROSS_HOST_FAULTS, FAULTS, Fault
@@ -110,7 +109,7 @@ def test_a_replay_can_fail_without_the_faults_rule(monkeypatch: pytest.MonkeyPat
     """The recording of ip-forward-off, judged by a rule set without the rule that names ip_forward_off, names something else."""
     rec = recording.load(DATA / "ip-forward-off.json.gz")
     assert top_cause(conclude(rec)) == "ip_forward_off"
-    monkeypatch.setattr(R, "RULES", tuple(r for r in R.RULES if r is not R.ip_forward_off))
+    monkeypatch.setattr(rules, "RULES", tuple(r for r in rules.RULES if r is not rules.ip_forward_off))
     assert top_cause(conclude(rec)) != "ip_forward_off"
 
 
@@ -174,11 +173,11 @@ def test_a_recording_replays_to_the_live_diagnosis_it_came_from(tmp_path: Path, 
 @pytest.mark.root
 def test_a_cross_host_recording_replays_to_the_live_diagnosis(tmp_path: Path) -> None:
     """Round trip across hosts: the live cross-host diagnosis and the replay of what it read agree."""
-    from netcheck.multihost import spec as M
+    from netcheck.multihost import spec as multi_spec
     from netcheck.multihost.lab import MultiLab
 
     f = CROSS_HOST_FAULTS["vxlan-fdb-wrong"]
-    with MultiLab(M.builtin(f.topology)) as multi:
+    with MultiLab(multi_spec.builtin(f.topology)) as multi:
         f.inject(multi)
         live = crosshost.diagnose(multi, "a", "b")
         saved = recording.save(crosshost.gather(multi, "a", "b"), tmp_path / "cross.json.gz")

@@ -13,7 +13,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Network, ip_address
 import pytest
 
 from netcheck import spec
-from netcheck.diagnose import rules as R
+from netcheck.diagnose import rules as cause_rules
 from netcheck.diagnose.firewall import Pkt, Ruleset
 from netcheck.diagnose.path import Flow, Route, Side
 from netcheck.diagnose.recording import LabFacts
@@ -52,20 +52,20 @@ OUT = Flow("icmp", "icmp", "netns0", "172.18.0.10", "198.51.100.1", None, "reach
 ROUTED = Route(("netns0:ceth0", "host:veth0", "host:br0", "host:eth0", "wan:uplink"), True, False, BR, UP)
 
 
-def evidence(host: NsState, container: NsState, flow: Flow | None = OUT, ruleset: Ruleset | None = None) -> R.Evidence:
+def evidence(host: NsState, container: NsState, flow: Flow | None = OUT, ruleset: Ruleset | None = None) -> cause_rules.Evidence:
     snap = Snapshot({"host": host, "netns0": container}, HostState(ruleset=ruleset or Ruleset()))
-    ev = R.Evidence(RecordedLab(), snap, flow, ROUTED if flow is not None else None)  # type: ignore[arg-type]
+    ev = cause_rules.Evidence(RecordedLab(), snap, flow, ROUTED if flow is not None else None)  # type: ignore[arg-type]
     ev._sides.update({"netns0": Side("netns0", "ceth0", "172.18.0.10", "veth0", VETH, "br0", BR), "netns1": None})
     return ev
 
 
-def causes(ev: R.Evidence) -> list[str]:
-    return [f.cause for f in R.evaluate(ev)]
+def causes(ev: cause_rules.Evidence) -> list[str]:
+    return [f.cause for f in cause_rules.evaluate(ev)]
 
 
 def test_neigh_wrong_names_the_static_entry_and_deletes_it() -> None:
     wrong = Neighbour("ceth0", "172.18.0.1", "02:00:5e:00:53:01", "PERMANENT")
-    found = R.evaluate(evidence(host_state(), netns0((wrong,))))
+    found = cause_rules.evaluate(evidence(host_state(), netns0((wrong,))))
     assert found and found[0].cause == "neigh_wrong", [(f.cause, f.summary) for f in found]
     assert "02:00:5e:00:53:01" in found[0].summary and BR_MAC in found[0].summary
     assert found[0].fixes == (DeleteNeighbour("netns0", "ceth0", "172.18.0.1"),)
@@ -75,7 +75,7 @@ def test_neigh_wrong_names_the_static_entry_and_deletes_it() -> None:
 
 def test_arp_ignore_8_on_the_gateway_interface() -> None:
     failed = Neighbour("ceth0", "172.18.0.1", None, "FAILED")
-    found = R.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.arp_ignore": "8"}), netns0((failed,))))
+    found = cause_rules.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.arp_ignore": "8"}), netns0((failed,))))
     assert found and found[0].cause == "arp_ignore", [(f.cause, f.summary) for f in found]
     assert found[0].fixes == (Sysctl("host", f"net.ipv4.conf.{BR}.arp_ignore", "0"), DeleteNeighbour("netns0", "ceth0", "172.18.0.1"))
     assert "arp_ignore" not in causes(evidence(host_state(**{f"net.ipv4.conf.{BR}.arp_ignore": "1"}), netns0((failed,)))), "arp_ignore 1 still answers for the bridge's own address"
@@ -84,10 +84,10 @@ def test_arp_ignore_8_on_the_gateway_interface() -> None:
 def test_blackhole_route_in_the_host_or_the_sender() -> None:
     hole = RouteEntry(IPv4Network("198.51.100.0/24"), None, None, kind="blackhole")
     host = host_state()
-    found = R.evaluate(evidence(replace(host, routes=(*host.routes, hole)), netns0()))
+    found = cause_rules.evaluate(evidence(replace(host, routes=(*host.routes, hole)), netns0()))
     assert found and found[0].cause == "blackhole_route" and found[0].where == "host", [(f.cause, f.summary) for f in found]
     prohibit = RouteEntry(IPv4Network("198.51.100.1/32"), None, None, kind="prohibit")
-    found = R.evaluate(evidence(host, netns0(routes=(prohibit,))))
+    found = cause_rules.evaluate(evidence(host, netns0(routes=(prohibit,))))
     assert found and found[0].cause == "blackhole_route" and found[0].where == "netns0", [(f.cause, f.summary) for f in found]
     wider = RouteEntry(IPv4Network("198.0.0.0/8"), None, None, kind="unreachable")  # a less specific hole under a unicast route decides nothing
     assert "blackhole_route" not in causes(evidence(host, netns0(routes=(wider, RouteEntry(IPv4Network("198.51.100.0/24"), None, "ceth0")))))
@@ -100,7 +100,7 @@ def test_a_policy_rule_that_prohibits_the_flow_is_named_by_its_text() -> None:
 
     host = host_state()
     rule = IpRule(100, "prohibit", src=IPv4Network("172.18.0.0/16"), dst=IPv4Network("198.51.100.0/24"))
-    found = [f for f in R.evaluate(evidence(replace(host, ip_rules=(*DEFAULT_RULES, rule)), netns0())) if f.cause == "blackhole_route"]
+    found = [f for f in cause_rules.evaluate(evidence(replace(host, ip_rules=(*DEFAULT_RULES, rule)), netns0())) if f.cause == "blackhole_route"]
     assert found and found[0].where == "host" and "`ip rule 100: from 172.18.0.0/16 to 198.51.100.0/24 prohibit`" in found[0].summary, [(f.cause, f.summary) for f in found]
     assert found[0].fix.endswith("ip rule del priority 100"), found[0].fix
     other = replace(rule, src=IPv4Network("10.0.0.0/8"))
@@ -110,7 +110,7 @@ def test_a_policy_rule_that_prohibits_the_flow_is_named_by_its_text() -> None:
 
 
 def test_forwarding_off_on_the_interface_the_flow_enters_by() -> None:
-    found = R.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "0", f"net.ipv4.conf.{UP}.forwarding": "1"}), netns0()))
+    found = cause_rules.evaluate(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "0", f"net.ipv4.conf.{UP}.forwarding": "1"}), netns0()))
     assert found and found[0].cause == "forwarding_off", [(f.cause, f.summary) for f in found]
     assert found[0].fixes == (Sysctl("host", f"net.ipv4.conf.{BR}.forwarding", "1"),)
     assert "forwarding_off" not in causes(evidence(host_state(**{f"net.ipv4.conf.{BR}.forwarding": "1"}), netns0()))
@@ -126,14 +126,14 @@ def nat(prerouting: XRule) -> Ruleset:
 def test_dnat_wrong_match_shows_the_match_that_misses_and_corrects_it() -> None:
     wrong = XRule("nat", "PREROUTING", "DNAT", dst="203.0.113.99", protocol="tcp", dport=5000, to_destination="172.18.0.10:5000")
     ev = evidence(host_state(), netns0(), PUBLISHED, nat(wrong))
-    found = [f for f in R.evaluate(ev) if f.cause.startswith("dnat")]
+    found = [f for f in cause_rules.evaluate(ev) if f.cause.startswith("dnat")]
     assert found and found[0].cause == "dnat_wrong_match", [(f.cause, f.summary) for f in found]
     assert "-d 203.0.113.99 (the packet's: 203.0.113.2)" in found[0].summary, found[0].summary
     delete, add = found[0].fixes
     assert isinstance(delete, DeleteRule) and delete.rule == wrong
     assert isinstance(add, AddRule) and add.rule == replace(wrong, dst="203.0.113.2"), add
     right = replace(wrong, dst="203.0.113.2")
-    assert not [f for f in R.evaluate(evidence(host_state(), netns0(), PUBLISHED, nat(right))) if f.cause.startswith("dnat")]
+    assert not [f for f in cause_rules.evaluate(evidence(host_state(), netns0(), PUBLISHED, nat(right))) if f.cause.startswith("dnat")]
 
 
 def test_an_ipv6_only_rule_of_an_inet_table_is_not_read_as_dropping_ipv4() -> None:
@@ -156,7 +156,7 @@ def test_an_ipv6_only_rule_of_an_inet_table_is_not_read_as_dropping_ipv4() -> No
 
 
 def _evidence_with(host: NsState | None = None, container: NsState | None = None, flow: Flow | None = OUT, ruleset: Ruleset | None = None,
-                   lookups: dict[str, RouteEntry | str] | None = None, snmp: dict[str, dict[str, int]] | None = None) -> R.Evidence:
+                   lookups: dict[str, RouteEntry | str] | None = None, snmp: dict[str, dict[str, int]] | None = None) -> cause_rules.Evidence:
     ev = evidence(host or host_state(), container or netns0(), flow, ruleset or _forward())
     ev.snap.route_lookups.update(lookups or {})
     ev.snmp.update(snmp or {})
@@ -180,46 +180,46 @@ ROUTED_OUT: dict[str, RouteEntry | str] = {"netns0: 198.51.100.1": RouteEntry(IP
                                            "host: 198.51.100.1": RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("203.0.113.1/32").network_address, UP)}
 
 
-def _raises(ev: R.Evidence) -> Iterator[Finding]:
+def _raises(ev: cause_rules.Evidence) -> Iterator[Finding]:
     raise RuntimeError("a broken rule")
     yield  # pragma: no cover
 
 
 CASES: dict[str, Callable[[], list[Finding]]] = {
-    "link_down": lambda: R.evaluate(_evidence_with(_link_state(host_state(), VETH, admin_up=False, operstate="DOWN"), lookups=ROUTED_OUT)),
-    "lo_down": lambda: R.evaluate(_evidence_with(container=_link_state(netns0(), "lo", admin_up=False, operstate="DOWN"), lookups=ROUTED_OUT)),
-    "not_in_bridge": lambda: R.evaluate(_evidence_with(_link_state(host_state(), VETH, master=None), lookups=ROUTED_OUT)),
-    "ip_forward_off": lambda: R.evaluate(_evidence_with(host_state(**{"net.ipv4.ip_forward": "0"}), lookups=ROUTED_OUT)),
-    "no_default_route": lambda: R.evaluate(_evidence_with(container=replace(netns0(), routes=netns0().routes[1:]), lookups={"netns0: 198.51.100.1": "Network is unreachable"})),
-    "wrong_gateway": lambda: R.evaluate(_evidence_with(container=netns0((Neighbour("ceth0", "172.18.0.254", None, "FAILED"),)), lookups={
+    "link_down": lambda: cause_rules.evaluate(_evidence_with(_link_state(host_state(), VETH, admin_up=False, operstate="DOWN"), lookups=ROUTED_OUT)),
+    "lo_down": lambda: cause_rules.evaluate(_evidence_with(container=_link_state(netns0(), "lo", admin_up=False, operstate="DOWN"), lookups=ROUTED_OUT)),
+    "not_in_bridge": lambda: cause_rules.evaluate(_evidence_with(_link_state(host_state(), VETH, master=None), lookups=ROUTED_OUT)),
+    "ip_forward_off": lambda: cause_rules.evaluate(_evidence_with(host_state(**{"net.ipv4.ip_forward": "0"}), lookups=ROUTED_OUT)),
+    "no_default_route": lambda: cause_rules.evaluate(_evidence_with(container=replace(netns0(), routes=netns0().routes[1:]), lookups={"netns0: 198.51.100.1": "Network is unreachable"})),
+    "wrong_gateway": lambda: cause_rules.evaluate(_evidence_with(container=netns0((Neighbour("ceth0", "172.18.0.254", None, "FAILED"),)), lookups={
         "netns0: 198.51.100.1": RouteEntry(IPv4Network("0.0.0.0/0"), IPv4Network("172.18.0.254/32").network_address, "ceth0")})),
-    "wrong_prefix": lambda: R.evaluate(_evidence_with(container=replace(netns0(), addresses=(Address("ceth0", IPv4Interface("172.18.0.10/24")),)), lookups=ROUTED_OUT)),
-    "forward_drop": lambda: R.evaluate(_evidence_with(ruleset=_forward(XRule("filter", "FORWARD", "DROP", protocol="icmp")), lookups=ROUTED_OUT)),
-    "rp_filter_strict": lambda: R.evaluate(_evidence_with(host_state(**{"net.ipv4.conf.all.rp_filter": "1", f"net.ipv4.conf.{UP}.rp_filter": "1"}), lookups=ROUTED_OUT,
+    "wrong_prefix": lambda: cause_rules.evaluate(_evidence_with(container=replace(netns0(), addresses=(Address("ceth0", IPv4Interface("172.18.0.10/24")),)), lookups=ROUTED_OUT)),
+    "forward_drop": lambda: cause_rules.evaluate(_evidence_with(ruleset=_forward(XRule("filter", "FORWARD", "DROP", protocol="icmp")), lookups=ROUTED_OUT)),
+    "rp_filter_strict": lambda: cause_rules.evaluate(_evidence_with(host_state(**{"net.ipv4.conf.all.rp_filter": "1", f"net.ipv4.conf.{UP}.rp_filter": "1"}), lookups=ROUTED_OUT,
                                                           snmp={"host": {"TcpExt.IPReversePathFilter": 1}})),
-    "host_no_route": lambda: R.evaluate(_evidence_with(replace(host_state(), routes=host_state().routes[1:]),
+    "host_no_route": lambda: cause_rules.evaluate(_evidence_with(replace(host_state(), routes=host_state().routes[1:]),
                                                        lookups={**ROUTED_OUT, "host: 198.51.100.1": "Network is unreachable"})),
-    "rule_failed": lambda: R.evaluate(_evidence_with(lookups=ROUTED_OUT), (_raises,)),
-    "extra_link": lambda: R.evaluate(_evidence_with(container=replace(netns0(), links=(*netns0().links, Link(3, "hostlink0", "dummy", True, "UNKNOWN", 1500, "02:00:00:00:00:09", None))),
+    "rule_failed": lambda: cause_rules.evaluate(_evidence_with(lookups=ROUTED_OUT), (_raises,)),
+    "extra_link": lambda: cause_rules.evaluate(_evidence_with(container=replace(netns0(), links=(*netns0().links, Link(3, "hostlink0", "dummy", True, "UNKNOWN", 1500, "02:00:00:00:00:09", None))),
                                                     lookups=ROUTED_OUT), ),
-    "address_conflict": lambda: R.evaluate(_with_namespace(_evidence_with(lookups=ROUTED_OUT), NsState("netns1", "nc1-netns1", netns0().links, netns0().addresses))),
-    "address_on_bridge_port": lambda: R.evaluate(_evidence_with(replace(host_state(), addresses=(*host_state().addresses, Address(VETH, IPv4Interface("172.18.255.253/16")))),
+    "address_conflict": lambda: cause_rules.evaluate(_with_namespace(_evidence_with(lookups=ROUTED_OUT), NsState("netns1", "nc1-netns1", netns0().links, netns0().addresses))),
+    "address_on_bridge_port": lambda: cause_rules.evaluate(_evidence_with(replace(host_state(), addresses=(*host_state().addresses, Address(VETH, IPv4Interface("172.18.255.253/16")))),
                                                                 lookups=ROUTED_OUT)),
-    "mtu_mismatch": lambda: R.evaluate(_evidence_with(_link_state(host_state(), VETH, mtu=1400), lookups=ROUTED_OUT)),
-    "rules_split": lambda: R.evaluate(_evidence_with(ruleset=Ruleset.build(
+    "mtu_mismatch": lambda: cause_rules.evaluate(_evidence_with(_link_state(host_state(), VETH, mtu=1400), lookups=ROUTED_OUT)),
+    "rules_split": lambda: cause_rules.evaluate(_evidence_with(ruleset=Ruleset.build(
         [XChain("nat", "POSTROUTING", "ACCEPT", (MASQUERADE,)), XChain("filter", "FORWARD", "ACCEPT", ())],
         [XChain("filter", "FORWARD", "ACCEPT", (XRule("filter", "FORWARD", "ACCEPT", protocol="tcp"),))]), lookups=ROUTED_OUT)),
-    "model_disposition": lambda: list(R.model_disposition(_failed(_evidence_with(host_state(**{"net.ipv4.ip_forward": "0"}), lookups=ROUTED_OUT)))),
+    "model_disposition": lambda: list(cause_rules.model_disposition(_failed(_evidence_with(host_state(**{"net.ipv4.ip_forward": "0"}), lookups=ROUTED_OUT)))),
 }
 
 
-def _failed(ev: R.Evidence) -> R.Evidence:
+def _failed(ev: cause_rules.Evidence) -> cause_rules.Evidence:
     """The evidence of a probe that failed: netns0's ping to the outside went unanswered."""
     ev.result = ProbeResult(ProbeRequest("icmp", "netns0", ip_address("198.51.100.1")), "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="no answer")
     return ev
 
 
-def _with_namespace(ev: R.Evidence, ns: NsState) -> R.Evidence:
+def _with_namespace(ev: cause_rules.Evidence, ns: NsState) -> cause_rules.Evidence:
     ev.snap.namespaces[ns.label] = ns
     return ev
 
@@ -232,7 +232,7 @@ def test_a_cause_is_named_on_its_recorded_snapshot(cause: str) -> None:
 
 
 def test_a_healthy_recorded_snapshot_names_nothing() -> None:
-    assert R.evaluate(_evidence_with(lookups=ROUTED_OUT)) == [], "the recorded lab without a fault is healthy"
+    assert cause_rules.evaluate(_evidence_with(lookups=ROUTED_OUT)) == [], "the recorded lab without a fault is healthy"
 
 
 # Causes without a recorded-snapshot test yet (each has its injected-fault test as root): the list may only shrink.

@@ -20,7 +20,7 @@ from netcheck.evidence import ProbeResult
 from netcheck.faults import CROSS_HOST_FAULTS
 from netcheck.kernel.worker import netns_path
 from netcheck.lab import has_net_admin
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.lab import MultiLab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,22 +35,22 @@ def _text(name: str) -> str:
 
 
 def test_the_builtins_load_with_their_hosts_subnets_and_join() -> None:
-    r, v = M.builtin("two-hosts-routed"), M.builtin("two-hosts-vxlan")
+    r, v = multi_spec.builtin("two-hosts-routed"), multi_spec.builtin("two-hosts-vxlan")
     assert (r.join.kind, r.path_mtu, v.join.kind, v.join.vni, v.join.port, v.path_mtu) == ("routed", 1460, "vxlan", 42, 4789, 1450)
     assert [str(h.subnets[0]) for h in v.hosts] == ["10.244.1.0/24", "10.244.2.0/24"]
     assert [h.topology.name for h in v.hosts] == ["two-hosts-vxlan.a", "two-hosts-vxlan.b"]
 
 
 def test_a_single_host_spec_is_unchanged() -> None:
-    assert not M.is_multi_ref("seed1") and M.is_multi_ref("two-hosts-vxlan")
+    assert not multi_spec.is_multi_ref("seed1") and multi_spec.is_multi_ref("two-hosts-vxlan")
     assert spec.builtin("seed1").name == "seed1"
     with pytest.raises(spec.SpecError, match="is not an array of"):
-        M.loads(_text("two-hosts-vxlan").split("[[host]]")[0] + "[host]\nuplink = 'eth0'\n", "one.toml")
+        multi_spec.loads(_text("two-hosts-vxlan").split("[[host]]")[0] + "[host]\nuplink = 'eth0'\n", "one.toml")
 
 
 def test_an_overlay_mtu_without_room_for_vxlan_says_how_much_room_there_is() -> None:
     with pytest.raises(spec.SpecError) as exc:
-        M.loads(_text("two-hosts-vxlan").replace("mtu = 1450", "mtu = 1480"), "mine.toml")
+        multi_spec.loads(_text("two-hosts-vxlan").replace("mtu = 1450", "mtu = 1480"), "mine.toml")
     e = exc.value
     assert (e.source, e.key, e.value) == ("mine.toml", "join.mtu", 1480)
     assert "adds 50 bytes" in e.problem and "at most 1450" in e.problem and "30 bytes too many" in e.problem
@@ -60,7 +60,7 @@ def test_an_overlay_mtu_without_room_for_vxlan_says_how_much_room_there_is() -> 
 def test_a_host_level_mistake_names_the_host_and_the_field() -> None:
     bad = _text("two-hosts-routed").replace('address = "10.244.2.1/24"', 'address = "10.244.1.1/24"')
     with pytest.raises(spec.SpecError) as exc:
-        M.loads(bad, "mine.toml")
+        multi_spec.loads(bad, "mine.toml")
     first = exc.value.problems[0]
     assert (first.source, first.key, first.value) == ("mine.toml", "host[1].container[0].address", "10.244.2.10/24"), str(exc.value)
     assert first.fix == "use an address inside 10.244.1.0/24"
@@ -68,14 +68,14 @@ def test_a_host_level_mistake_names_the_host_and_the_field() -> None:
 
 def test_two_hosts_with_one_container_subnet_are_refused() -> None:
     with pytest.raises(spec.SpecError, match=r"host\[1\]\.bridge = '10.244.1.0/24': overlaps host a's container subnet"):
-        M.loads(_text("two-hosts-routed").replace("10.244.2.", "10.244.1."), "mine.toml")
+        multi_spec.loads(_text("two-hosts-routed").replace("10.244.2.", "10.244.1."), "mine.toml")
 
 
 def test_the_underlay_must_keep_clear_of_the_outside_world() -> None:
     bad = _text("two-hosts-routed").replace('network = "198.51.100.128/25"', 'network = "198.51.100.0/24"')
     bad = bad.replace("198.51.100.129/25", "198.51.100.129/24").replace("198.51.100.130/25", "198.51.100.130/24")
     with pytest.raises(spec.SpecError, match=r"underlay.network = .*holds 198.51.100.1"):
-        M.loads(bad, "mine.toml")
+        multi_spec.loads(bad, "mine.toml")
 
 
 def test_every_cross_host_cause_is_registered() -> None:
@@ -98,11 +98,11 @@ def _suite() -> ModuleType:
 SUITE = _suite()
 
 
-@pytest.fixture(scope="module", params=M.BUILTIN)
+@pytest.fixture(scope="module", params=multi_spec.BUILTIN)
 def healthy(request: pytest.FixtureRequest) -> Iterator[MultiLab]:
     if not has_net_admin():
         pytest.skip("builds labs: needs root")
-    with MultiLab(M.builtin(request.param)) as lab:
+    with MultiLab(multi_spec.builtin(request.param)) as lab:
         yield lab
 
 
@@ -114,7 +114,7 @@ def test_a_healthy_multi_host_lab_has_no_cross_host_findings(healthy: MultiLab) 
 
 @needs_root
 def test_teardown_leaves_nothing_behind() -> None:
-    lab = MultiLab(M.builtin("two-hosts-vxlan")).build()
+    lab = MultiLab(multi_spec.builtin("two-hosts-vxlan")).build()
     assert lab.ledger is not None
     record = lab.ledger.path
     names = [ns.name for ns in lab.namespaces().values()]
@@ -136,7 +136,7 @@ def _run(test_name: str, lab: MultiLab) -> str:
 @pytest.mark.parametrize("fault", sorted(CROSS_HOST_FAULTS))
 def test_cross_host_fault_fails_its_suite_test_with_the_right_top_cause(fault: str) -> None:
     f = CROSS_HOST_FAULTS[fault]
-    with MultiLab(M.builtin(f.topology)) as lab:
+    with MultiLab(multi_spec.builtin(f.topology)) as lab:
         f.inject(lab)
         message = _run(f.suite_test.split("::")[1], lab)
     assert f.message in message, f"fault {fault}: {f.suite_test} failed without saying {f.message!r}:\n{message}"
@@ -163,9 +163,9 @@ def test_single_host_runs_collect_no_cross_host_test(pytester: pytest.Pytester) 
 
 HOLD = """
 import sys
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.lab import MultiLab
-lab = MultiLab(M.builtin("two-hosts-vxlan")).build()
+lab = MultiLab(multi_spec.builtin("two-hosts-vxlan")).build()
 print(" ".join(ns.name for ns in lab.namespaces().values()), flush=True)
 sys.stdin.readline()
 """
@@ -210,7 +210,7 @@ def test_netcheck_validate_reads_a_multi_host_spec_and_names_the_mtu_problem(tmp
 def test_the_diagram_draws_the_hosts_side_by_side_with_the_underlay_between_them() -> None:
     from netcheck.report.diagram import multihost_view, to_dot
 
-    dot = to_dot(multihost_view(M.builtin("two-hosts-vxlan")))
+    dot = to_dot(multihost_view(multi_spec.builtin("two-hosts-vxlan")))
     assert "cluster_underlay" in dot and "cluster_host_0" in dot and "cluster_host_1" in dot
     assert "vxlan VNI 42, UDP 4789, MTU 1450" in dot and "198.51.100.129/25" in dot and "10.244.2.20/24" in dot
     assert dot.count('label="veth"];') >= 6  # the underlay to each host, each bridge to its containers
@@ -219,7 +219,7 @@ def test_the_diagram_draws_the_hosts_side_by_side_with_the_underlay_between_them
 @needs_root
 def test_a_learning_overlay_floods_to_the_remote_vtep_and_learns_its_mac() -> None:
     """fdb = "learning": all-zero entries toward every remote VTEP, no neighbours given; the first exchange teaches the fdb."""
-    t = M.loads(_text("two-hosts-vxlan").replace('fdb = "unicast"', 'fdb = "learning"'), "learning.toml")
+    t = multi_spec.loads(_text("two-hosts-vxlan").replace('fdb = "unicast"', 'fdb = "learning"'), "learning.toml")
     with MultiLab(t) as lab:
         SUITE.test_every_container_reaches_every_container_on_the_other_host_with_its_source_kept(lab, lambda _r: None)
         SUITE.test_underlay_carries_the_packets_as_the_join_declares(lab, lambda _r: None)
@@ -270,7 +270,7 @@ def test_a_shipped_multi_host_spec_fits_the_schema_and_loads(path: Path) -> None
 
     errors = list(jsonschema.Draft7Validator(_multi_schema()).iter_errors(tomllib.loads(path.read_text())))
     assert not errors, "\n".join(f"{path}: {'.'.join(map(str, e.path))}: {e.message}" for e in errors)
-    M.load(path)
+    multi_spec.load(path)
 
 
 @pytest.mark.parametrize("table", ["", "underlay", "join", "host[0]"])
@@ -281,7 +281,7 @@ def test_an_unknown_key_in_a_multi_host_table_is_refused_by_name(table: str) -> 
     node: Any = data if not table else data["host"][0] if table == "host[0]" else data[table]
     node["not_a_key"] = 1
     with pytest.raises(spec.SpecError) as exc:
-        M._parse(data, "mine.toml")
+        multi_spec._parse(data, "mine.toml")
     want = f"{table}.not_a_key".lstrip(".")
     assert any(p.key == want and p.problem == "unknown key" and "known here" in p.fix for p in exc.value.problems), str(exc.value)
 
@@ -289,7 +289,7 @@ def test_an_unknown_key_in_a_multi_host_table_is_refused_by_name(table: str) -> 
 def test_a_nic_needs_a_node() -> None:
     text = _text("two-hosts-routed").replace('name = "b"', 'name = "b"\nnic = "eth1"')
     with pytest.raises(spec.SpecError) as exc:
-        M.loads(text, "mine.toml")
+        multi_spec.loads(text, "mine.toml")
     assert (exc.value.key, exc.value.value) == ("host[1].nic", "eth1") and "add node" in exc.value.fix, str(exc.value)
-    t = M.loads(text.replace('nic = "eth1"', 'nic = "eth1"\nnode = "ssh=root@198.51.100.12"'), "mine.toml")
+    t = multi_spec.loads(text.replace('nic = "eth1"', 'nic = "eth1"\nnode = "ssh=root@198.51.100.12"'), "mine.toml")
     assert (t.hosts[1].node, t.hosts[1].nic) == ("ssh=root@198.51.100.12", "eth1")

@@ -384,24 +384,24 @@ class _Rules:
 
 def _questions(t: spec.Topology) -> list[tuple[str, Callable[[], bool], Callable[[], bool]]]:
     """(question, the model's answer, the rules' answer) for every question the suites ask of ``t``, on each of its families."""
-    from netcheck import expect as E
+    from netcheck import expect as expectations
 
     out: list[tuple[str, Callable[[], bool], Callable[[], bool]]] = []
     for f in t.families:
         names = [c.name for c in t.containers if c.at(f) is not None]
         pairs = [(a, b) for a in names for b in names if a != b]
-        out += [(f"v{f} {a} reaches {b}", partial(E.reaches, t, a, b, f), partial(_Rules.reaches, t, a, b, f)) for a, b in pairs]
-        out += [(f"v{f} {a} hairpins to {b}", partial(E.hairpin, t, a, b, f), partial(_Rules.hairpin, t, a, b, f)) for a, b in pairs]
-        out += [(f"v{f} {a} reaches the outside", partial(E.reaches_outside, t, a, f), partial(_Rules.reaches_outside, t, a, f)) for a in names]
-        out += [(f"v{f} {a} is masqueraded", partial(E.masqueraded, t, a, None, f), partial(_Rules.masqueraded, t, a, None, f)) for a in names]
+        out += [(f"v{f} {a} reaches {b}", partial(expectations.reaches, t, a, b, f), partial(_Rules.reaches, t, a, b, f)) for a, b in pairs]
+        out += [(f"v{f} {a} hairpins to {b}", partial(expectations.hairpin, t, a, b, f), partial(_Rules.hairpin, t, a, b, f)) for a, b in pairs]
+        out += [(f"v{f} {a} reaches the outside", partial(expectations.reaches_outside, t, a, f), partial(_Rules.reaches_outside, t, a, f)) for a in names]
+        out += [(f"v{f} {a} is masqueraded", partial(expectations.masqueraded, t, a, None, f), partial(_Rules.masqueraded, t, a, None, f)) for a in names]
         for i, p in enumerate(t.publishes):
             what = f"v{f} publish[{i}] {p.protocol} {p.host_port}{f'-{p.host_ports[-1]}' if p.size > 1 else ''} bound to {p.host_address or 'the uplink'}"
-            out += [(f"{what} from outside", partial(E.published_from_outside, t, p, f), partial(_Rules.from_outside, t, p, f)),
-                    (f"{what} from the host", partial(E.published_from_host, t, p, f), partial(_Rules.from_host, t, p, f)),
-                    (f"{what} from {p.container} itself", partial(E.published_to_itself, t, p, f), partial(_Rules.to_itself, t, p, f))]
-            out += [(f"{what} from {o}", partial(E.published_from_container, t, p, o, f), partial(_Rules.from_container, t, p, o, f)) for o in names if o != p.container]
+            out += [(f"{what} from outside", partial(expectations.published_from_outside, t, p, f), partial(_Rules.from_outside, t, p, f)),
+                    (f"{what} from the host", partial(expectations.published_from_host, t, p, f), partial(_Rules.from_host, t, p, f)),
+                    (f"{what} from {p.container} itself", partial(expectations.published_to_itself, t, p, f), partial(_Rules.to_itself, t, p, f))]
+            out += [(f"{what} from {o}", partial(expectations.published_from_container, t, p, o, f), partial(_Rules.from_container, t, p, o, f)) for o in names if o != p.container]
         for v in t.vips:
-            out += [(f"v{f} VIP {v.chain} from {o}", partial(E.vip_from_container, t, v, o, f), partial(_Rules.vip, t, v, o, f)) for o in names if o != v.container]
+            out += [(f"v{f} VIP {v.chain} from {o}", partial(expectations.vip_from_container, t, v, o, f), partial(_Rules.vip, t, v, o, f)) for o in names if o != v.container]
     return out
 
 
@@ -424,7 +424,7 @@ def test_the_model_and_the_specs_rules_agree_on_every_question() -> None:
 def test_no_planned_question_is_unknown_to_the_model() -> None:
     """The planned state holds only netcheck's own rules, which the model models: no trace of a suite's question ends "unknown"
     (netcheck.expect would answer it False: not promised)."""
-    from netcheck import expect as E
+    from netcheck import expect as expectations
 
     unknown = []
     for t in _specs():
@@ -433,12 +433,12 @@ def test_no_planned_question_is_unknown_to_the_model() -> None:
                 for o in t.containers:
                     address = o.at(f)
                     if o.name != c.name and address is not None and c.at(f) is not None:
-                        tr = E.trace_of(t, Flow(c.name, str(address.ip), "icmp"))
+                        tr = expectations.trace_of(t, Flow(c.name, str(address.ip), "icmp"))
                         if tr.disposition == "unknown":
                             unknown.append(f"{t.name}: {tr.reason}")
             for p in t.publishes:
                 for dst in plan.bound_addresses(t, p, f):
-                    tr = E.trace_of(t, Flow("wan", str(dst), p.protocol, p.host_port, reply=p.protocol != "sctp"))
+                    tr = expectations.trace_of(t, Flow("wan", str(dst), p.protocol, p.host_port, reply=p.protocol != "sctp"))
                     if tr.disposition == "unknown":
                         unknown.append(f"{t.name}: {tr.reason}")
     assert not unknown, "\n".join(unknown)

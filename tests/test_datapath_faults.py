@@ -17,7 +17,7 @@ import pytest
 from netcheck import spec
 from netcheck.datapath import Flow, Trace, record, trace
 from netcheck.diagnose import datapath, rules
-from netcheck.diagnose import state as St
+from netcheck.diagnose import state as kernel_state
 from netcheck.diagnose.recording import facts
 from netcheck.diagnosing import DiagnosingProber
 from netcheck.lab import Lab
@@ -48,7 +48,7 @@ def undo(lab: Lab) -> Iterator[list[Sequence[str]]]:
 
 
 def trace_of(lab: Lab, flow: Flow, name: str | None = None) -> Trace:
-    snap = St.snapshot(lab.namespaces())
+    snap = kernel_state.snapshot(lab.namespaces())
     state = datapath.observed(snap, datapath.peers(rules.Evidence(facts(lab, snap), snap)))
     if name is not None and os.environ.get("NETCHECK_RECORD_STATES"):
         RECORDED.mkdir(exist_ok=True)

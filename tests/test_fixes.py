@@ -73,15 +73,15 @@ def test_every_fix_kind_renders_once_and_round_trips_as_data() -> None:
 
 
 def test_a_fix_is_shown_in_the_spec_names_of_its_host_single_or_multi_host() -> None:
-    from netcheck.diagnose import fixes as F
+    from netcheck.diagnose import fixes
 
     names = {"nc1v0": "veth0", "nc1b0": "br0", "nc1vx": "vxlan"}
     host = SimpleNamespace(spec_name=lambda k: names.get(k, k), ledger=None, namespaces=dict)
     multi = SimpleNamespace(hosts={"a": host}, ledger=None, namespaces=dict)
-    assert F.shown(host, SetMaster("host", "nc1v0", "nc1b0")) == "host: ip link set veth0 master br0"  # type: ignore[arg-type]
-    assert F.shown(multi, SetFdb("a/host", "nc1vx", "02:6e:63:00:00:02", "198.51.100.130")) == \
+    assert fixes.shown(host, SetMaster("host", "nc1v0", "nc1b0")) == "host: ip link set veth0 master br0"  # type: ignore[arg-type]
+    assert fixes.shown(multi, SetFdb("a/host", "nc1vx", "02:6e:63:00:00:02", "198.51.100.130")) == \
         "a/host: bridge fdb replace 02:6e:63:00:00:02 dev vxlan dst 198.51.100.130"  # type: ignore[arg-type]
-    assert F.shown(host, DeleteNeighbour("netns0", "ceth0", "172.18.0.1")) == "netns0: ip neigh del 172.18.0.1 dev ceth0"  # type: ignore[arg-type]
+    assert fixes.shown(host, DeleteNeighbour("netns0", "ceth0", "172.18.0.1")) == "netns0: ip neigh del 172.18.0.1 dev ceth0"  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- as root: apply and undo
@@ -102,7 +102,7 @@ def _state(lab: object) -> tuple[object, ...]:
 
 @pytest.mark.root
 def test_each_new_fix_kind_is_applied_then_undone_exactly(healthy: object) -> None:
-    from netcheck.diagnose import fixes as F
+    from netcheck.diagnose import fixes
 
     lab = healthy
     ns, host = lab.container_ns("netns0"), lab.host  # type: ignore[attr-defined]
@@ -119,7 +119,7 @@ def test_each_new_fix_kind_is_applied_then_undone_exactly(healthy: object) -> No
     ]
     try:
         for fix, done in cases:
-            undo = F.apply(lab, (fix,))  # type: ignore[arg-type]
+            undo = fixes.apply(lab, (fix,))  # type: ignore[arg-type]
             assert done(), f"{fix.command()} was not applied"
             undo()
             assert _state(lab) == before, f"{fix.command()} was not undone exactly"
@@ -127,7 +127,7 @@ def test_each_new_fix_kind_is_applied_then_undone_exactly(healthy: object) -> No
         host.set_link(veth, master=bridge)
         ns.deconfigure(routes=[IPv4Network("10.99.0.0/24")], addresses=[("ceth0", IPv4Interface("172.18.99.9/32"))])
         ns.run(["ip", "route", "del", "prohibit", "198.51.100.77/32"], timeout=20)
-    undo = F.apply(lab, (SetHairpin("host", veth),))  # type: ignore[arg-type]
+    undo = fixes.apply(lab, (SetHairpin("host", veth),))  # type: ignore[arg-type]
     assert next(p.hairpin for p in host.bridge_ports() if p.port == veth)
     undo()
     assert not next(p.hairpin for p in host.bridge_ports() if p.port == veth), "hairpin mode was not set back"
@@ -171,16 +171,16 @@ def test_the_top_findings_fix_is_verified_on_the_lab(fault: str, request_: Probe
 def test_a_cross_host_fix_is_verified_by_repeating_the_failed_check() -> None:
     from netcheck.diagnose import crosshost
     from netcheck.faults import CROSS_HOST_FAULTS
-    from netcheck.multihost import probes as X
-    from netcheck.multihost import spec as M
+    from netcheck.multihost import probes as cross_probes
+    from netcheck.multihost import spec as multi_spec
     from netcheck.multihost.lab import MultiLab
 
-    with MultiLab(M.builtin("two-hosts-vxlan")) as multi:
+    with MultiLab(multi_spec.builtin("two-hosts-vxlan")) as multi:
         CROSS_HOST_FAULTS["vxlan-fdb-wrong"].inject(multi)
         dst = str(multi.topology.host("b").topology.containers[0].address.ip)  # type: ignore[union-attr]
 
         def again() -> str | None:
-            r = X.prober(multi, "a").icmp("netns0", dst)
+            r = cross_probes.prober(multi, "a").icmp("netns0", dst)
             return None if r.verdict == "reached" else r.verdict
 
         assert again() is not None, "the fault did not break the overlay"
@@ -194,7 +194,7 @@ def test_a_cross_host_fix_is_verified_by_repeating_the_failed_check() -> None:
 def test_a_wrong_fix_is_reported_as_not_helping_and_one_that_cannot_be_applied_as_not_applied() -> None:
     """A deliberately wrong fix value (a sysctl that does not matter here) must never pass as verified."""
     from netcheck import faults
-    from netcheck.diagnose import fixes as F
+    from netcheck.diagnose import fixes
     from netcheck.factory import LabFactory
     from netcheck.probes import Prober
 
@@ -206,7 +206,7 @@ def test_a_wrong_fix_is_reported_as_not_helping_and_one_that_cannot_be_applied_a
         wrong = Finding("ip_forward_off", "host", "wrong", "fix", score=90, fixes=(Sysctl("host", "net.ipv4.conf.all.rp_filter", "2" if rp != "2" else "0"),))
         missing = Finding("link_down", "host", "missing", "fix", score=80, fixes=(SetLink("host", "nc-no-such"),))
         right = Finding("ip_forward_off", "host", "right", "fix", score=70, fixes=(Sysctl("host", "net.ipv4.ip_forward", "1"),))
-        out = F.verify(lab, request, Prober(lab).conclusive, [wrong, missing, right], 0.5)
+        out = fixes.verify(lab, request, Prober(lab).conclusive, [wrong, missing, right], 0.5)
         by = {f.summary: f for f in out}
         assert by["wrong"].verified.startswith("fix did not help: the probe still failed after host: sysctl -w net.ipv4.conf.all.rp_filter="), by["wrong"].verified
         assert by["missing"].verified.startswith("fix not applied"), by["missing"].verified

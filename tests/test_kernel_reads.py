@@ -21,7 +21,7 @@ import pytest
 
 from netcheck import faults, spec
 from netcheck.evidence import ProbeRequest
-from netcheck.kernel import inspect as I
+from netcheck.kernel import inspect
 from netcheck.kernel.netns import BRIDGE_PORT_STATES, Address, BridgePort, Link, Neighbour, Netns, RouteEntry
 from netcheck.lab import Lab
 from netcheck.probes import Prober
@@ -94,18 +94,18 @@ def _ports(ipr: Any) -> list[BridgePort]:
     return out
 
 
-def _bridges(ipr: Any) -> list[I.BridgeOptions]:
+def _bridges(ipr: Any) -> list[inspect.BridgeOptions]:
     out = []
     for m in ipr.get_links():
         if _kind(m) == "bridge":
             data = m.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-            out.append(I.BridgeOptions(m.get_attr("IFLA_IFNAME"), int(data.get_attr("IFLA_BR_AGEING_TIME") or 0), bool(data.get_attr("IFLA_BR_STP_STATE")),
+            out.append(inspect.BridgeOptions(m.get_attr("IFLA_IFNAME"), int(data.get_attr("IFLA_BR_AGEING_TIME") or 0), bool(data.get_attr("IFLA_BR_STP_STATE")),
                                        bool(data.get_attr("IFLA_BR_NF_CALL_IPTABLES"))))
     return out
 
 
-def _listening(ns: Netns) -> list[I.Listening]:
-    def do() -> list[I.Listening]:
+def _listening(ns: Netns) -> list[inspect.Listening]:
+    def do() -> list[inspect.Listening]:
         out = []
         for proto, state in (("tcp", "0A"), ("udp", "07")):
             with open(f"/proc/thread-self/net/{proto}") as f:
@@ -113,21 +113,21 @@ def _listening(ns: Netns) -> list[I.Listening]:
                     parts = line.split()
                     if parts[3] == state:
                         addr, port = parts[1].split(":")
-                        out.append(I.Listening(proto, socket.inet_ntoa(struct.pack("<I", int(addr, 16))), int(port, 16)))
+                        out.append(inspect.Listening(proto, socket.inet_ntoa(struct.pack("<I", int(addr, 16))), int(port, 16)))
         return out
 
     return ns.call(do)
 
 
-def _conntrack(ns: Netns, family: int) -> list[I.CtEntry]:
-    def do() -> list[I.CtEntry]:
+def _conntrack(ns: Netns, family: int) -> list[inspect.CtEntry]:
+    def do() -> list[inspect.CtEntry]:
         from pyroute2 import Conntrack
 
         out = []
         with Conntrack(nfgen_family=socket.AF_INET6 if family == 6 else socket.AF_INET) as ct:
             for e in ct.dump_entries():
                 o, r = e.tuple_orig, e.tuple_reply
-                out.append(I.CtEntry({1: "icmp", 6: "tcp", 17: "udp"}.get(o.proto, str(o.proto)), str(o.saddr), str(o.daddr), o.sport, o.dport, str(r.saddr),
+                out.append(inspect.CtEntry({1: "icmp", 6: "tcp", 17: "udp"}.get(o.proto, str(o.proto)), str(o.saddr), str(o.daddr), o.sport, o.dport, str(r.saddr),
                                      str(r.daddr), r.sport, r.dport, e.protoinfo.state_name() if e.protoinfo is not None else "", e.status_name()))
         return out
 
@@ -148,10 +148,10 @@ def test_the_raw_dumps_read_what_pyroute2_reads(lab: Lab, label: str) -> None:
                                                                                       NUD.get(m["state"], str(m["state"]))) for m in ipr.get_neighbours(family=f)])
     assert ns.all_routes() == [r for r in _pyroute2(ns, lambda ipr: [_route(m, _names(ipr)) for m in ipr.get_routes(family=socket.AF_INET, table=None)]) if r.table != 255]
     assert ns.bridge_ports() == _pyroute2(ns, _ports)
-    assert I.bridges(ns) == _pyroute2(ns, _bridges)
-    assert sorted(I.listening(ns), key=repr) == sorted(_listening(ns), key=repr)
+    assert inspect.bridges(ns) == _pyroute2(ns, _bridges)
+    assert sorted(inspect.listening(ns), key=repr) == sorted(_listening(ns), key=repr)
     for family in (4, 6):
-        assert sorted(I.conntrack(ns, family=family), key=repr) == sorted(_conntrack(ns, family), key=repr)
+        assert sorted(inspect.conntrack(ns, family=family), key=repr) == sorted(_conntrack(ns, family), key=repr)
 
 
 def _route_get(ipr: Any, dst: str, src: str | None, iif: str | None) -> RouteEntry | str:
@@ -185,18 +185,18 @@ def test_the_lab_holds_what_the_comparison_needs(lab: Lab) -> None:
     host = lab.host
     assert {r.kind for r in host.all_routes()} >= {"unicast", "blackhole"}
     assert isinstance(host.route_get(ip_address("198.51.100.1")), str)  # the blackhole route: the lookup comparison meets an error too
-    assert any(not p.hairpin for p in host.bridge_ports()) and I.bridges(host)
+    assert any(not p.hairpin for p in host.bridge_ports()) and inspect.bridges(host)
     assert any(n.state == "PERMANENT" for n in lab.namespaces()["netns0"].neighbours())
     assert lab.namespaces()["netns0"].addresses(socket.AF_INET6) and lab.wan.routes(socket.AF_INET6)
-    assert I.listening(lab.wan)
-    assert {e.proto for e in I.conntrack(host)} >= {"icmp", "tcp", "udp"} and I.conntrack(host, family=6)
+    assert inspect.listening(lab.wan)
+    assert {e.proto for e in inspect.conntrack(host)} >= {"icmp", "tcp", "udp"} and inspect.conntrack(host, family=6)
 
 
 def test_the_snapshot_hands_each_namespace_its_reads_once(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """``observe`` reads a namespace, its SNMP counters and (for the host) its extras in one job on the
     namespace's thread (plus the host's conntrack socket, made first), and ``counters`` in one job too:
     a hand-over costs a thread wake-up, which is milliseconds on a loaded machine."""
-    from netcheck.diagnose import state as St
+    from netcheck.diagnose import state as kernel_state
     from netcheck.kernel.worker import NamespaceWorker
 
     handed: Counter[str] = Counter()
@@ -208,12 +208,12 @@ def test_the_snapshot_hands_each_namespace_its_reads_once(lab: Lab, monkeypatch:
 
     monkeypatch.setattr(NamespaceWorker, "submit", counting)
     namespaces = lab.namespaces()
-    snap, snmp = St.observe(namespaces, full=set(namespaces), addresses={"172.18.0.10"}, counted={"host", "netns0"})
+    snap, snmp = kernel_state.observe(namespaces, full=set(namespaces), addresses={"172.18.0.10"}, counted={"host", "netns0"})
     assert handed == {"host": 2, "wan": 1, "netns0": 1, "netns1": 1}
     assert set(snap.namespaces) == set(namespaces) and snap.host.ruleset.rules() and snap.host.bridge_ports and snap.host.conntrack
     assert snap.namespaces["netns0"].listening and snap.namespaces["host"].routes
     assert set(snmp) == {"host", "netns0"} and "TcpExt.IPReversePathFilter" in snmp["host"] and snmp["host"]["Ip.Forwarding"] == 1
     handed.clear()
-    rules, before = St.counters(namespaces, {"host", "wan"})
+    rules, before = kernel_state.counters(namespaces, {"host", "wan"})
     assert handed == {"host": 1, "wan": 1}
     assert rules and set(before) == {"host", "wan"}

@@ -218,3 +218,27 @@ def test_every_kind_of_import_is_seen(tmp_path: Path, monkeypatch: pytest.Monkey
     probe.write_text(source + "\n")
     monkeypatch.setitem(MODULES, "netcheck.report.probe", probe)
     assert {t for t, _, _ in imports("netcheck.report.probe")} == want
+
+
+def _short_aliases(tree: ast.Module) -> list[tuple[int, str, str]]:
+    """(line, module, alias) of every netcheck module imported under an alias of one to three letters."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("netcheck"):
+            out += [(node.lineno, f"{node.module}.{a.name}", a.asname) for a in node.names if a.asname and a.asname != a.name and len(a.asname) <= 3]
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, a.asname) for a in node.names if a.name.startswith("netcheck") and a.asname and a.asname != a.name and len(a.asname) <= 3]
+    return out
+
+
+def test_no_netcheck_module_goes_by_a_one_to_three_letter_alias() -> None:
+    """``R`` was ``rtnl`` in one file and ``rules`` in another: a module is called by its name (or a name that says what it is)."""
+    roots = [PACKAGE, PACKAGE.parent / "suites", PACKAGE.parent / "bench", PACKAGE.parent / "tests", PACKAGE.parent / "tools"]
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {module} as {alias}" for root in roots for path in sorted(root.rglob("*.py"))
+             for line, module, alias in _short_aliases(ast.parse(path.read_text()))]
+    assert not found, "\n".join(found)
+
+
+def test_a_short_alias_is_seen() -> None:
+    assert _short_aliases(ast.parse("from netcheck.diagnose import rules as R\nimport netcheck.multihost.spec as M\nimport xml.etree.ElementTree as ET")) == [
+        (1, "netcheck.diagnose.rules", "R"), (2, "netcheck.multihost.spec", "M")]

@@ -23,7 +23,7 @@ from netcheck.evidence import MatrixResult, ProbeResult
 from netcheck.faults import FAULTS
 from netcheck.lab import has_net_admin
 from netcheck.ledger import NodeEntry, from_json, to_json
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.nodehost import NodeHost
 from netcheck.multihost.nodes import NodesLab, transport_of
 from netcheck.multihost.sshnode import SSHD, SandboxSshd
@@ -42,11 +42,11 @@ def _text(name: str) -> str:
 
 def test_a_host_names_its_node_and_a_bad_gateway_names_file_field_and_fix() -> None:
     text = _text("two-hosts-routed").replace('name = "b"', 'name = "b"\nnode = "ssh=root@198.51.100.7//python=/usr/bin/python3"')
-    t = M.loads(text, "mine.toml")
+    t = multi_spec.loads(text, "mine.toml")
     assert [h.node for h in t.hosts] == [None, "ssh=root@198.51.100.7//python=/usr/bin/python3"]
     assert t.text == text
     with pytest.raises(spec.SpecError) as exc:
-        M.loads(text.replace("ssh=root@198.51.100.7", "telnet=198.51.100.7"), "mine.toml")
+        multi_spec.loads(text.replace("ssh=root@198.51.100.7", "telnet=198.51.100.7"), "mine.toml")
     e = exc.value
     assert (e.source, e.key, e.value) == ("mine.toml", "host[1].node", "telnet=198.51.100.7//python=/usr/bin/python3"), str(e)
     assert 'node = "ssh=root@198.51.100.7"' in e.fix
@@ -108,7 +108,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxSshd]:
 @needs_root
 @needs_sshd
 def test_the_cross_host_suite_over_ssh_gives_the_same_results_as_over_popen(sshd: SandboxSshd, tmp_path: Path) -> None:
-    t = M.builtin("two-hosts-vxlan")
+    t = multi_spec.builtin("two-hosts-vxlan")
     with NodesLab(t, run_dir=tmp_path) as lab:
         assert [lab.gateway_of(h.name) for h in t.hosts] == ["popen", "popen"]
         popen = _run_suite(lab)
@@ -138,9 +138,9 @@ def _single_host_over_ssh(host: NodeHost) -> None:
 
 CONTROLLER = """
 import json, sys
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.nodes import NodesLab
-lab = NodesLab(M.builtin("two-hosts-vxlan"), gateways=json.loads(sys.argv[1])).build()
+lab = NodesLab(multi_spec.builtin("two-hosts-vxlan"), gateways=json.loads(sys.argv[1])).build()
 assert lab.hosts["a"].inject(json.loads(sys.argv[2])) == json.loads(sys.argv[2])  # on node a, its undo in a's ledger
 print("BUILT " + json.dumps({name: nh.node.info for name, nh in lab.hosts.items()}), flush=True)
 sys.stdin.readline()
@@ -214,7 +214,7 @@ def test_the_two_machine_vagrantfile_validates(tmp_path: Path) -> None:
     assert (tmp_path / ".vagrant" / "netcheck-nodes" / "id_ed25519.pub").is_file()
     text = (ROOT / "Vagrantfile").read_text()
     assert "examples/multihost/two-vms-vxlan.toml" in text
-    t = M.load(ROOT / "examples" / "multihost" / "two-vms-vxlan.toml")
+    t = multi_spec.load(ROOT / "examples" / "multihost" / "two-vms-vxlan.toml")
     assert [(h.node or "").split("//")[0] for h in t.hosts] == ["ssh=root@198.51.100.11", "ssh=root@198.51.100.12"] and {h.nic for h in t.hosts} == {"eth1"}
 
 

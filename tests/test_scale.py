@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from netcheck.multihost import spec as M
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.plan import plan
 from netcheck.scale import MAX_HOSTS, MAX_PER_HOST, bridge_topology, vxlan_hosts, vxlan_hosts_toml
 
@@ -17,8 +17,8 @@ from netcheck.scale import MAX_HOSTS, MAX_PER_HOST, bridge_topology, vxlan_hosts
 def test_the_quick_multi_host_topology_is_valid_and_has_every_container_once():
     t = vxlan_hosts(4, 10)
     assert [h.name for h in t.hosts] == ["h0", "h1", "h2", "h3"]
-    assert t.join.kind == "vxlan" and t.join.fdb == "unicast" and t.join.mtu + M.VXLAN_OVERHEAD <= t.underlay.mtu
-    addresses = [c.address.ip for _h, c in M.containers(t) if c.address is not None]
+    assert t.join.kind == "vxlan" and t.join.fdb == "unicast" and t.join.mtu + multi_spec.VXLAN_OVERHEAD <= t.underlay.mtu
+    addresses = [c.address.ip for _h, c in multi_spec.containers(t) if c.address is not None]
     assert len(addresses) == len(set(addresses)) == 40
     for i, h in enumerate(t.hosts):
         assert h.subnets == (IPv4Network(f"10.244.{i + 1}.0/24"),)
@@ -28,7 +28,7 @@ def test_the_quick_multi_host_topology_is_valid_and_has_every_container_once():
 def test_the_full_size_topology_has_the_pairs_the_acceptance_counts():
     t = vxlan_hosts(8, 50)
     n = sum(len(h.topology.containers) for h in t.hosts)
-    cross = sum(1 for a, _ in M.containers(t) for b, _ in M.containers(t) if a.name != b.name)
+    cross = sum(1 for a, _ in multi_spec.containers(t) for b, _ in multi_spec.containers(t) if a.name != b.name)
     assert (n, n * (n - 1), cross) == (400, 159_600, 140_000)
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from netcheck import spec
-from netcheck.adapters import build_external
-from netcheck.adapters import shelltrace as st
+from netcheck.adapters import build_external, shelltrace
 from netcheck.adapters.script import ScriptFailed, review
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +59,7 @@ PROGRAMS = ["ip", "python3", "tee", "echo", "true"]
 
 
 def test_a_trace_is_read_into_steps_each_message_with_the_command_it_names() -> None:
-    steps = {s.line: s for s in st.parse(TRACE)}
+    steps = {s.line: s for s in shelltrace.parse(TRACE)}
     assert steps[2].status == 127 and steps[2].errors == ("/s.sh: line 2: ipnetns: command not found",)
     assert steps[3].status == 127, "a background command whose program could not run counts as failed"
     assert steps[3].errors == ('exec of "pythohn3" failed: No such file or directory',)
@@ -70,7 +69,7 @@ def test_a_trace_is_read_into_steps_each_message_with_the_command_it_names() -> 
 
 
 def test_each_failed_line_is_one_mistake_with_its_cause_and_the_corrected_line_in_the_scripts_words() -> None:
-    found = st.mistakes(st.parse(TRACE), {"/s.sh": SCRIPT}, programs=PROGRAMS, links=["veth_http3", "br", "lo"], namespaces=["nc1-http2"])
+    found = shelltrace.mistakes(shelltrace.parse(TRACE), {"/s.sh": SCRIPT}, programs=PROGRAMS, links=["veth_http3", "br", "lo"], namespaces=["nc1-http2"])
     got = {m.line: (m.cause, m.corrected) for m in found}
     assert got == {
         2: ("command_not_found", 'ip netns add "$HTTP2"'),
@@ -85,24 +84,24 @@ def test_each_failed_line_is_one_mistake_with_its_cause_and_the_corrected_line_i
 
 def test_a_failure_with_no_known_correction_is_named_and_not_guessed() -> None:
     trace = "+netcheck-trace:/s.sh:1: ip link set dev nowhere up\nCannot find device \"nowhere\"\nnetcheck-status:/s.sh:1:1\n"
-    (m,) = st.mistakes(st.parse(trace), {"/s.sh": ["ip link set dev nowhere up"]}, programs=PROGRAMS, links=["veth_http3"], namespaces=[])
+    (m,) = shelltrace.mistakes(shelltrace.parse(trace), {"/s.sh": ["ip link set dev nowhere up"]}, programs=PROGRAMS, links=["veth_http3"], namespaces=[])
     assert (m.cause, m.corrected) == ("no_such_device", None)
     assert "none with a name like it" in m.why
 
 
 def test_only_shell_scripts_are_traced(tmp_path: Path) -> None:
-    assert st.traced(["./setup"], tmp_path / "s") is None
-    assert st.traced(["sh", "-c", "ip link"], tmp_path / "s") is None
-    argv, env = st.traced(["sh", "setup.sh", "x"], tmp_path / "s") or ([], {})
-    assert argv == ["bash", "setup.sh", "x"] and Path(env["BASH_ENV"]).read_text() == st.STARTUP
+    assert shelltrace.traced(["./setup"], tmp_path / "s") is None
+    assert shelltrace.traced(["sh", "-c", "ip link"], tmp_path / "s") is None
+    argv, env = shelltrace.traced(["sh", "setup.sh", "x"], tmp_path / "s") or ([], {})
+    assert argv == ["bash", "setup.sh", "x"] and Path(env["BASH_ENV"]).read_text() == shelltrace.STARTUP
 
 
 def test_the_startup_file_traces_a_real_bash_run(tmp_path: Path) -> None:
     script = tmp_path / "s.sh"
     script.write_text("true\nnosuchprogram-x\nfalse || true\necho done\n")
-    argv, env = st.traced(["sh", str(script)], tmp_path / "startup") or ([], {})
+    argv, env = shelltrace.traced(["sh", str(script)], tmp_path / "startup") or ([], {})
     done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=30, check=False)
-    steps = st.parse(done.stderr)
+    steps = shelltrace.parse(done.stderr)
     assert [(s.line, s.status) for s in steps] == [(1, 0), (2, 127), (3, 0), (3, 0), (4, 0)], done.stderr
     assert done.stdout == "done\n", "tracing changes nothing the script prints"
 

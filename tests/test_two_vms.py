@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import netcheck.multihost.spec as M
+import netcheck.multihost.spec as multi_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def test_it_runs_the_vagrantfiles_spec_on_the_vagrantfiles_addresses() -> None:
     assert tv.SPEC in vagrantfile
     nodes = dict(re.findall(r'"([ab])" => "(198\.51\.100\.\d+)"', vagrantfile))
     assert {vm.name: vm.private for vm in tv.VMS} == nodes
-    topology = M.load(ROOT / tv.SPEC)
+    topology = multi_spec.load(ROOT / tv.SPEC)
     assert [h.node for h in topology.hosts] == [f"ssh=root@{vm.private}//python=/vagrant/.venv/bin/python" for vm in tv.VMS]
     assert {h.nic for h in topology.hosts} == {"eth1"}  # the seed setup puts the private address on eth1
     assert 'dev eth1' in tv.SETUP and "python3 -m venv /vagrant/.venv" in (ROOT / "tools" / "two_vms.py").read_text()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from netcheck.diagnose import ranking as Rk
-from netcheck.diagnose import witness as W
+from netcheck.diagnose import ranking
+from netcheck.diagnose import witness as witnessing
 from netcheck.diagnose.path import Flow
 from netcheck.evidence import DeleteRule, Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 from netcheck.faults import FAULTS
@@ -99,7 +99,7 @@ def test_a_witness_sees_only_its_labs_namespaces() -> None:
 ])
 def test_drop_reasons_map_to_causes_where_it_is_sound(reason: str, location: str, netns: str, causes: tuple[str, ...]) -> None:
     flow = Flow("tcp", "tcp", "netns0", "172.18.0.10", "172.18.0.20", 5000, "reach", "netns1", "172.18.0.20", 5000, "direct")
-    assert W.causes_of(drop(reason, location), netns, flow) == causes
+    assert witnessing.causes_of(drop(reason, location), netns, flow) == causes
 
 
 def _finding(cause: str, score: int) -> Finding:
@@ -109,14 +109,14 @@ def _finding(cause: str, score: int) -> Finding:
 def test_a_cause_the_kernel_confirms_ranks_first_and_says_so() -> None:
     event = KernelEvent("IP_RPFILTER", "ip_rcv_finish_core", "host", "eth0", "198.51.100.1 > 172.18.0.10", ("rp_filter_strict",))
     found = [_finding("ip_forward_off", 95), _finding("rp_filter_strict", 80)]
-    ranked = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), kernel=(event,)))
+    ranked = ranking.rank(found, ranking.Witnessed(frozenset({"host"}), kernel=(event,)))
     assert [f.cause for f in ranked] == ["rp_filter_strict", "ip_forward_off"]
     assert ranked[0].evidence[0] == "the kernel confirms it: IP_RPFILTER at ip_rcv_finish_core on host:eth0 (198.51.100.1 > 172.18.0.10)"
-    disagreement = W.rules_vs_kernel(found[0], ranked, (event,))
+    disagreement = witnessing.rules_vs_kernel(found[0], ranked, (event,))
     assert "[ip_forward_off] first" in disagreement and "IP_RPFILTER at ip_rcv_finish_core on host:eth0" in disagreement and "[rp_filter_strict]" in disagreement
-    assert W.rules_vs_kernel(_finding("rp_filter_strict", 95), ranked, (event,)) == ""
-    assert Rk.rank([_finding("ip_forward_off", 95)], Rk.Witnessed()) == [_finding("ip_forward_off", 95)]
-    assert W.rules_vs_kernel(None, [], (event,)).startswith("the rules name no cause, but the kernel dropped the probe: IP_RPFILTER")
+    assert witnessing.rules_vs_kernel(_finding("rp_filter_strict", 95), ranked, (event,)) == ""
+    assert ranking.rank([_finding("ip_forward_off", 95)], ranking.Witnessed()) == [_finding("ip_forward_off", 95)]
+    assert witnessing.rules_vs_kernel(None, [], (event,)).startswith("the rules name no cause, but the kernel dropped the probe: IP_RPFILTER")
 
 
 def test_causes_rank_by_their_support_then_the_path_then_the_score() -> None:
@@ -124,36 +124,36 @@ def test_causes_rank_by_their_support_then_the_path_then_the_score() -> None:
     rule = XRule("filter", "FORWARD", "DROP", protocol="icmp")
     dropping = replace(_finding("forward_drop", 60), fixes=(DeleteRule("host", "legacy", rule),))
     found = [_finding("ip_forward_off", 95), dropping, replace(_finding("link_down", 90), where="netns1")]
-    bare = Rk.rank(found, Rk.Witnessed(frozenset({"host", "netns0"})))
+    bare = ranking.rank(found, ranking.Witnessed(frozenset({"host", "netns0"})))
     assert [f.cause for f in bare] == ["ip_forward_off", "forward_drop", "link_down"], "on the path first, then the score"
-    counted = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), rule_counters={rule.key(): 2}))
+    counted = ranking.rank(found, ranking.Witnessed(frozenset({"host"}), rule_counters={rule.key(): 2}))
     assert counted[0].cause == "forward_drop" and counted[0].evidence[0] == "a counter confirms it: the rule's counter grew by 2"
-    modelled = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), model=("dropped", "filter FORWARD", "dropped by the FORWARD policy")))
+    modelled = ranking.rank(found, ranking.Witnessed(frozenset({"host"}), model=("dropped", "filter FORWARD", "dropped by the FORWARD policy")))
     assert modelled[0].cause == "forward_drop" and modelled[0].evidence[0] == "the model confirms it: dropped at filter FORWARD"
-    nft = Rk.rank(found, Rk.Witnessed(frozenset({"host"}), nft_drop="ip filter FORWARD: chain policy drop (no rule decided)"))
+    nft = ranking.rank(found, ranking.Witnessed(frozenset({"host"}), nft_drop="ip filter FORWARD: chain policy drop (no rule decided)"))
     assert nft[0].cause == "forward_drop" and nft[0].evidence[0].startswith("the nft trace confirms it: ip filter FORWARD: chain policy drop")
-    routed = Rk.Witnessed(frozenset({"host"}), model=("no-route", "route", "no route to 198.51.100.1"), snmp={"host": {"Ip.InNoRoutes": 1}},
+    routed = ranking.Witnessed(frozenset({"host"}), model=("no-route", "route", "no route to 198.51.100.1"), snmp={"host": {"Ip.InNoRoutes": 1}},
                           rule_counters={rule.key(): 1})
-    both = Rk.rank([dropping, _finding("host_no_route", 60)], routed)
+    both = ranking.rank([dropping, _finding("host_no_route", 60)], routed)
     assert both[0].cause == "host_no_route", "model and counter (two kinds) outrank a counter alone"
     assert "a counter confirms it: host: Ip.InNoRoutes +1" in both[0].evidence
-    kernel_and_nft = Rk.Witnessed(kernel=(KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "p", ("forward_drop",)),), nft_drop="x")
-    assert Rk._kinds(Rk.confirmations(dropping, kernel_and_nft)) == 1, "the kernel's drop and the nft trace are one witness"
+    kernel_and_nft = ranking.Witnessed(kernel=(KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "p", ("forward_drop",)),), nft_drop="x")
+    assert ranking._kinds(ranking.confirmations(dropping, kernel_and_nft)) == 1, "the kernel's drop and the nft trace are one witness"
 
 
 def test_model_and_kernel_disagreement_shows_both() -> None:
     drop = KernelEvent("NETFILTER_DROP", "nft_do_chain", "host", "br0", "172.18.0.10 > 198.51.100.1", ("forward_drop",))
-    delivered = W.model_vs_kernel(("delivered", "", ""), set(), (drop,), "", True, None)
+    delivered = witnessing.model_vs_kernel(("delivered", "", ""), set(), (drop,), "", True, None)
     assert delivered == "the model delivers the flow on the state read back; the kernel dropped it: NETFILTER_DROP at nft_do_chain on host:br0 (172.18.0.10 > 198.51.100.1)"
     routed = ("no-route", "route", "no route to 198.51.100.1")
-    elsewhere = W.model_vs_kernel(routed, {"no_route"}, (drop,), "", True, None)
+    elsewhere = witnessing.model_vs_kernel(routed, {"no_route"}, (drop,), "", True, None)
     assert elsewhere.startswith("the model ends the probe at route: no-route: no route to 198.51.100.1; the kernel dropped it elsewhere: NETFILTER_DROP"), elsewhere
-    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (drop,), "", True, None) == "", "they agree"
+    assert witnessing.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (drop,), "", True, None) == "", "they agree"
     req = ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))
     lost = ProbeResult(req, "seed1", "ceth0", "172.18.0.10", "ICMP echo", "unreachable", error="no answer")
-    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", True, lost).endswith("the kernel, watching, dropped none of the probe's packets")
-    assert W.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", False, lost) == "", "no witness, no disagreement"
-    assert W.model_vs_kernel(None, set(), (drop,), "", True, None) == "", "the model has no account of the flow (IPv6)"
+    assert witnessing.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", True, lost).endswith("the kernel, watching, dropped none of the probe's packets")
+    assert witnessing.model_vs_kernel(("dropped", "filter FORWARD", "policy"), {"forward_drop"}, (), "", False, lost) == "", "no witness, no disagreement"
+    assert witnessing.model_vs_kernel(None, set(), (drop,), "", True, None) == "", "the model has no account of the flow (IPv6)"
 
 
 def test_nft_trace_events_are_read_from_recorded_netlink_messages() -> None:
@@ -193,21 +193,21 @@ def test_nft_steps_are_the_probes_own_packets_each_once() -> None:
     flow = Flow("icmp", "icmp", "host", "127.0.0.1", "127.0.0.6", None, "reach", None, None, None, "loopback")
     req = ProbeRequest("icmp", "host", ip_address("127.0.0.6"))
     result = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=second.sport)
-    steps = W.nft_steps(events, result, flow, trace)
+    steps = witnessing.nft_steps(events, result, flow, trace)
     assert [(e.table, e.chain, e.kind, e.verdict) for e in steps] == [("f", "o", "rule", "jump"), ("f", "o", "policy", "accept"), ("g", "o", "policy", "drop")]
-    assert W.nft_dropped(steps) == steps[-1]
+    assert witnessing.nft_dropped(steps) == steps[-1]
     other = ProbeResult(req, "t", "lo", "127.0.0.1", "ICMP echo", "unreachable", flow_id=(second.sport or 0) + 1)
-    assert W.nft_steps(events, other, flow, trace) == (), "another flow id's packets are not the probe's"
-    lines = W.nft_lines(steps, trace, {})
+    assert witnessing.nft_steps(events, other, flow, trace) == (), "another flow id's packets are not the probe's"
+    lines = witnessing.nft_lines(steps, trace, {})
     assert lines[-1] == "host: ip g o: chain policy drop (no rule decided)"
 
 
 def test_an_icmp_probe_over_ipv6_is_keyed_as_icmpv6() -> None:
     six = Flow("icmp", "icmp", "netns0", "2001:db8:1::10", "2001:db8:2::1", None, "reach", None, None, None, "outside")
     result = ProbeResult(ProbeRequest("icmp", "netns0", ip_address("2001:db8:2::1")), "seed1-dual", "ceth0", "2001:db8:1::10", "ICMPv6 echo", "unreachable", flow_id=7)
-    key = W.key_of(result, six)
+    key = witnessing.key_of(result, six)
     assert key.protocol == 58 and key.matches(KernelDrop(1, 7, "NETFILTER_DROP", "-", "nft_do_chain", 58, "2001:db8:1::10", "2001:db8:2::1"))
-    assert W.key_of(replace(result, request=ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))), FLOW).protocol == 1
+    assert witnessing.key_of(replace(result, request=ProbeRequest("icmp", "netns0", ip_address("198.51.100.1"))), FLOW).protocol == 1
 
 
 def test_the_trace_table_marks_only_the_probes_packets() -> None:
@@ -216,8 +216,8 @@ def test_the_trace_table_marks_only_the_probes_packets() -> None:
     assert "add chain inet nc1_trace pre { type filter hook prerouting priority -400; policy accept; }" in text
     assert "add rule inet nc1_trace out ip saddr { 172.18.0.10, 198.51.100.1 } meta l4proto { tcp, icmp } meta nftrace set 1" in text
     assert "add rule inet nc1_trace pre ip6 daddr { 2001:db8::1 } meta l4proto { tcp, icmp } meta nftrace set 1" in text
-    assert W.trace_protocols(FLOW) == ("icmp",)
-    assert W.trace_protocols(Flow("tcp", "tcp", "wan", "2001:db8::1", "2001:db8:1::2", 80, "reach", None, None, None, "publish")) == ("tcp", "ipv6-icmp")
+    assert witnessing.trace_protocols(FLOW) == ("icmp",)
+    assert witnessing.trace_protocols(Flow("tcp", "tcp", "wan", "2001:db8::1", "2001:db8:1::2", 80, "reach", None, None, None, "publish")) == ("tcp", "ipv6-icmp")
 
 
 def test_the_diagnosis_shows_the_kernels_reason_and_location_and_round_trips() -> None:
@@ -460,11 +460,11 @@ def test_fix_values_round_trip_and_render_in_one_place() -> None:
 def test_fixes_are_never_applied_in_host_mode_or_to_labs_netcheck_did_not_build() -> None:
     from types import SimpleNamespace
 
-    from netcheck.diagnose import fixes as F
+    from netcheck.diagnose import fixes as fixing
 
-    assert "host mode" in (F.applicable(SimpleNamespace(mode=SimpleNamespace(name="host"), ledger=object())) or "")
-    assert "not a lab netcheck built" in (F.applicable(SimpleNamespace(title="doctor")) or "")
-    assert F.applicable(SimpleNamespace(mode=SimpleNamespace(name="sandbox"), ledger=object())) is None
+    assert "host mode" in (fixing.applicable(SimpleNamespace(mode=SimpleNamespace(name="host"), ledger=object())) or "")
+    assert "not a lab netcheck built" in (fixing.applicable(SimpleNamespace(title="doctor")) or "")
+    assert fixing.applicable(SimpleNamespace(mode=SimpleNamespace(name="sandbox"), ledger=object())) is None
 
 
 @pytest.mark.root

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from netcheck.diagnose import fixes as F
-from netcheck.diagnose import path as P
-from netcheck.diagnose import recording as Rec
-from netcheck.diagnose import rules as R
-from netcheck.diagnose import state as St
-from netcheck.diagnose import witness as W
+from netcheck.diagnose import fixes as fixing
+from netcheck.diagnose import path as paths
+from netcheck.diagnose import recording as recordings
+from netcheck.diagnose import rules as cause_rules
+from netcheck.diagnose import state as kernel_state
+from netcheck.diagnose import witness as witnessing
 from netcheck.diagnose.firewall import counter_deltas
 from netcheck.evidence import Diagnosis, Finding, KernelEvent, ProbeRequest, ProbeResult
 from netcheck.kernel import nftrace
@@ -68,24 +68,24 @@ def _diagnose(lab: Lab, result: ProbeResult, resend: Resend | None) -> Diagnosis
 
     def verify(findings: list[Finding], notes: list[str]) -> list[Finding]:
         """Try the fixes on the lab (a sandbox's), repeating the probe: verified, or demoted."""
-        why_not = F.applicable(lab)
+        why_not = fixing.applicable(lab)
         if why_not is None:
             assert resend is not None
-            return F.verify(lab, result.request, resend, findings, REPEAT_TIMEOUT)
+            return fixing.verify(lab, result.request, resend, findings, REPEAT_TIMEOUT)
         notes.append(f"fixes not tried: {why_not}")
         return findings
 
     d = conclude(rec, verify if resend is not None else None)
     d = replace(d, elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
-    Rec.save_if_asked(rec)
+    recordings.save_if_asked(rec)
     return d
 
 
-def _gather(lab: Lab, result: ProbeResult, resend: Resend | None) -> Rec.Recording:
+def _gather(lab: Lab, result: ProbeResult, resend: Resend | None) -> recordings.Recording:
     """Everything the diagnosis judges, read from the lab and the kernel (the repeat, the counters, the snapshot, the witness)."""
     notes: list[str] = []
-    flow = P.flow_of(lab, result)
-    route = P.expected_route(lab, flow)
+    flow = paths.flow_of(lab, result)
+    route = paths.expected_route(lab, flow)
     namespaces = lab.namespaces()
     involved = {"host", "wan", flow.source, *([flow.target] if flow.target else [])}
     watched = {k: v for k, v in namespaces.items() if k in involved}
@@ -94,8 +94,8 @@ def _gather(lab: Lab, result: ProbeResult, resend: Resend | None) -> Rec.Recordi
     matched = []
     snmp_grew: dict[str, dict[str, int]] = {}
     witness = getattr(lab, "witness", None)
-    no_witness = witness.absent(wait=W.READY_WAIT) if witness is not None else "this lab has no drop watch (it was not built by a LabFactory)"
-    trace = W.nft_trace(lab, flow, result) if resend is not None else "no nft trace: the probe was not repeated"
+    no_witness = witness.absent(wait=witnessing.READY_WAIT) if witness is not None else "this lab has no drop watch (it was not built by a LabFactory)"
+    trace = witnessing.nft_trace(lab, flow, result) if resend is not None else "no nft trace: the probe was not repeated"
     traced: list[TraceEvent] = []
     since_ns = time.monotonic_ns()
     if resend is not None:
@@ -112,16 +112,16 @@ def _gather(lab: Lab, result: ProbeResult, resend: Resend | None) -> Rec.Recordi
 
     addresses = {a for a in (flow.src_addr, flow.dst_addr, flow.target_addr) if a}
     # The others' links and addresses only: the probe does not cross them. The SNMP counters after the repeat in the same hand-over.
-    snap, snmp_after = St.observe(namespaces, full=involved, addresses=addresses, counted=watched if resend is not None else ())
+    snap, snmp_after = kernel_state.observe(namespaces, full=involved, addresses=addresses, counted=watched if resend is not None else ())
     if resend is not None:
-        snmp_grew = St.snmp_deltas(snmp_before, snmp_after, SNMP_KEYS)
+        snmp_grew = kernel_state.snmp_deltas(snmp_before, snmp_after, SNMP_KEYS)
         matched = counter_deltas(before, list(snap.host.ruleset.rules()))  # the snapshot read the counters after the repeat
     evidence_of = repeated if repeated is not None else result
-    hops = P.trace(route, evidence_of)
-    breaks = P.breaks(hops)
-    facts = Rec.facts(lab, snap, (route,), result)
-    ev = R.Evidence(facts, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
-    St.ask_routes(snap, namespaces, R.route_questions(ev))
+    hops = paths.trace(route, evidence_of)
+    breaks = paths.breaks(hops)
+    facts = recordings.facts(lab, snap, (route,), result)
+    ev = cause_rules.Evidence(facts, snap, flow, route, result, repeated, hops, breaks, matched, snmp_grew)
+    kernel_state.ask_routes(snap, namespaces, cause_rules.route_questions(ev))
     kernel: tuple[KernelEvent, ...] = ()
     nft_lines: tuple[str, ...] = ()
     nft_drop = ""
@@ -131,27 +131,27 @@ def _gather(lab: Lab, result: ProbeResult, resend: Resend | None) -> Rec.Recordi
         kernel_note = f"no kernel witness: {no_witness}; the diagnosis goes on without it"
     else:
         assert witness is not None
-        kernel = W.events(lab, witness, repeated, flow, since_ns, ended)
+        kernel = witnessing.events(lab, witness, repeated, flow, since_ns, ended)
         lost = "the kernel dropped none of the probe's packets during the repeat (lost elsewhere: a queue, a route to nowhere, or never sent)"
         kernel_note = "" if kernel or repeated.verdict != "unreachable" else lost
     if repeated is not None and isinstance(trace, NftTrace) and traced:
-        steps = W.nft_steps(traced, repeated, flow, trace)
+        steps = witnessing.nft_steps(traced, repeated, flow, trace)
         names = {link.index: lab.spec_name(link.name) for link in (snap.namespaces["host"].links if "host" in snap.namespaces else ())}
-        nft_lines = W.nft_lines(steps, trace, names)
-        dropped = W.nft_dropped(steps)
+        nft_lines = witnessing.nft_lines(steps, trace, names)
+        dropped = witnessing.nft_dropped(steps)
         nft_drop = nftrace.render(dropped, trace.listing, lambda i: names.get(i or 0, str(i))) if dropped is not None else ""
-    return Rec.Recording(facts, snap, flow, route, result, repeated, hops, tuple(breaks), tuple(matched), snmp_grew, tuple(sorted(involved)), kernel, kernel_note,
+    return recordings.Recording(facts, snap, flow, route, result, repeated, hops, tuple(breaks), tuple(matched), snmp_grew, tuple(sorted(involved)), kernel, kernel_note,
                          no_witness is None, nft_lines, nft_drop, resend is not None, tuple(notes))
 
 
 Verify = Callable[[list[Finding], list[str]], list[Finding]]
 
 
-def conclude(rec: Rec.Recording, verify: Verify | None = None) -> Diagnosis:
+def conclude(rec: recordings.Recording, verify: Verify | None = None) -> Diagnosis:
     """The diagnosis of a recording: judged (``recording.judge``), its fixes tried by ``verify`` where given (the live lab's),
     and shown. ``conclude(recording.load(path))`` replays a recorded diagnosis."""
     notes = list(rec.notes)
-    j = Rec.judge(rec)
+    j = recordings.judge(rec)
     if j.model_note:
         notes.append(j.model_note)
     findings = list(j.findings)
@@ -175,7 +175,7 @@ def conclude(rec: Rec.Recording, verify: Verify | None = None) -> Diagnosis:
         trace=rec.hops,
         notes=tuple(notes),
         breaks=tuple(b.render() for b in rec.breaks) if route is not None and route.points else (),
-        rewrites=tuple(P.rewrites(rec.hops)),
+        rewrites=tuple(paths.rewrites(rec.hops)),
         matched=tuple(f"+{n} {p.render()}" for p, n in rec.matched),
         conntrack=tuple(e.render() for e in snap.host.conntrack[:8]),
         repeated=_repeat_line(repeated) if rec.resent else "the probe was not repeated; the captures are the original probe's",
@@ -190,16 +190,16 @@ def conclude(rec: Rec.Recording, verify: Verify | None = None) -> Diagnosis:
 
 def _counters(lab: Lab, watched: dict[str, Netns]) -> tuple[list[Placed], dict[str, dict[str, int]]]:
     """The host's rule counters and every watched namespace's SNMP counters before the repeat, side by side (one hand-over each)."""
-    return St.counters({**watched, "host": lab.host}, watched)
+    return kernel_state.counters({**watched, "host": lab.host}, watched)
 
 
-def _start(trace: NftTrace | str, result: ProbeResult, flow: P.Flow, notes: list[str]) -> NftTrace | None:
+def _start(trace: NftTrace | str, result: ProbeResult, flow: paths.Flow, notes: list[str]) -> NftTrace | None:
     """Start the nft trace of the repeat (None, with a note why, where it cannot run)."""
     if isinstance(trace, str):
         notes.append(trace)
         return None
     try:
-        return trace.start(W.trace_addresses(result, flow), W.trace_protocols(flow))
+        return trace.start(witnessing.trace_addresses(result, flow), witnessing.trace_protocols(flow))
     except Exception as exc:  # noqa: BLE001 - without a trace, the diagnosis goes on
         notes.append(f"no nft trace: {exc}")
         return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from netcheck.diagnose import fixes as F
+from netcheck.diagnose import fixes as fixing
 from netcheck.evidence import AddRoute, DeleteRule, Diagnosis, Finding, Fix, FlushConntrack, SetFdb, SetMtu, Sysctl
 from netcheck.kernel.netns import RouteEntry
 from netcheck.kernel.xtables import XRule, read_legacy
@@ -76,7 +76,7 @@ def diagnose(multi: MultiLab, src: str, dst: str, recheck: Callable[[], str | No
     """Why traffic between host ``src``'s containers and host ``dst``'s fails (both ways are read); with ``recheck``, the fixes tried."""
     found = judge(gather(multi, src, dst))
     if recheck is not None and multi.ledger is not None and any(f.fixes for f in found.findings):
-        return Diagnosis(findings=tuple(F.try_fixes(multi, list(found.findings), recheck)))
+        return Diagnosis(findings=tuple(fixing.try_fixes(multi, list(found.findings), recheck)))
     return found
 
 

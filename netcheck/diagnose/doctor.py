@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from netcheck import spec as S
+from netcheck import spec as host_spec
 from netcheck.diagnose import dns as dns_rules
 from netcheck.diagnose import recording, rules, state
 from netcheck.diagnose.path import Flow, LabView, expected_route
@@ -55,7 +55,7 @@ class LiveLab:
     parked in the namespaces when done, so it never keeps them alive.
     """
 
-    topology: S.Topology
+    topology: host_spec.Topology
     host: Netns
     wan: Netns | None
     containers: dict[str, Netns]
@@ -145,7 +145,7 @@ def _closed_on_error() -> Iterator[list[Netns]]:
         raise
 
 
-def open_tag(tag: str, intent: S.Topology | None = None) -> LiveLab:
+def open_tag(tag: str, intent: host_spec.Topology | None = None) -> LiveLab:
     """The lab of a run record (/run/netcheck/TAG.jsonl), live or kept; ``intent`` replaces its spec."""
     from netcheck.ledger import NetnsEntry, default_run_dir, list_records
     from netcheck.naming import KernelNames
@@ -178,19 +178,19 @@ def open_tag(tag: str, intent: S.Topology | None = None) -> LiveLab:
         return LiveLab(topo, host, wan, containers, knames, title=f"lab {tag} (topology {record.header.get('topology', '?')}: spec not found, discovered from the kernel)")
 
 
-def _spec_for(header: dict[str, object]) -> S.Topology | None:
+def _spec_for(header: dict[str, object]) -> host_spec.Topology | None:
     for key in ("spec", "source"):
         ref = header.get(key)
         if isinstance(ref, str) and os.path.exists(ref):
-            with contextlib.suppress(S.SpecError):
-                return S.load(ref)
+            with contextlib.suppress(host_spec.SpecError):
+                return host_spec.load(ref)
     name = header.get("topology")
-    if isinstance(name, str) and (name in S.BUILTIN or name in S.BUILTIN_DUAL):
-        return S.builtin(name)
+    if isinstance(name, str) and (name in host_spec.BUILTIN or name in host_spec.BUILTIN_DUAL):
+        return host_spec.builtin(name)
     return None
 
 
-def open_namespaces(names: list[str], host_netns: str | None, intent: S.Topology | None = None) -> LiveLab:
+def open_namespaces(names: list[str], host_netns: str | None, intent: host_spec.Topology | None = None) -> LiveLab:
     """Namespaces named on the command line; ``host_netns`` plays the host (default: this namespace).
 
     Without ``intent`` the topology is discovered, so only faults that need no intent show.
@@ -215,8 +215,8 @@ def open_namespaces(names: list[str], host_netns: str | None, intent: S.Topology
         return LiveLab(topo, host, None, containers, knames, title=f"namespaces {shown} ({where}; topology discovered from the kernel)")
 
 
-def _as_intended(intent: S.Topology, found: S.Topology, opened: dict[str, Netns], knames: dict[str, str],
-                 netns_of: dict[str, str]) -> tuple[S.Topology, dict[str, Netns], dict[str, str]]:
+def _as_intended(intent: host_spec.Topology, found: host_spec.Topology, opened: dict[str, Netns], knames: dict[str, str],
+                 netns_of: dict[str, str]) -> tuple[host_spec.Topology, dict[str, Netns], dict[str, str]]:
     """The intent's containers matched to the opened namespaces (by label, or by the spec's netns
     path), and its host-side interface names mapped to what the kernel has."""
     by_path = {netns_path(n): label for label, n in netns_of.items()}
@@ -227,7 +227,7 @@ def _as_intended(intent: S.Topology, found: S.Topology, opened: dict[str, Netns]
                           f"(containers: {', '.join(label_of)}); name them as CONTAINER=NETNS")
     seen = {c.name: c for c in found.containers}
     names = {intent.host.uplink: found.host.uplink} if found.host.uplink else {}
-    containers: list[S.Container] = []
+    containers: list[host_spec.Container] = []
     ns: dict[str, Netns] = {}
     for c in intent.containers:
         label = label_of[c.name]
@@ -242,7 +242,7 @@ def _as_intended(intent: S.Topology, found: S.Topology, opened: dict[str, Netns]
     return dataclasses.replace(intent, containers=tuple(containers)), ns, {**knames, **names}
 
 
-def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[S.Topology, dict[str, str]]:
+def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tuple[host_spec.Topology, dict[str, str]]:
     """A topology read from the kernel: each container's veth, address, gateway and bridge.
 
     Nothing is expected of it beyond what exists (no masquerade, no published port), so the
@@ -254,8 +254,8 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
     default = next((r for r in host.routes() if r.dst.prefixlen == 0), None)
     uplink = default.interface if default is not None and default.interface else ""
     up_addr = next((a.address for a in host_addrs if a.interface == uplink and isinstance(a.address, IPv4Interface)), NO_ADDRESS)
-    bridges: dict[str, S.Bridge] = {}
-    made: list[S.Container] = []
+    bridges: dict[str, host_spec.Bridge] = {}
+    made: list[host_spec.Container] = []
     for label, ns in containers.items():
         inner = next((link for link in ns.links() if link.kind == "veth"), None)
         if inner is None:
@@ -266,15 +266,15 @@ def discover(host: Netns, containers: dict[str, Netns], wan: Netns | None) -> tu
         master = by_index.get(outer.master) if outer is not None and outer.master else None
         bridge = master.name if master is not None and master.kind == "bridge" else None
         if bridge is not None and bridge not in bridges:
-            bridges[bridge] = S.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge and isinstance(a.address, IPv4Interface)), None))
-        made.append(S.Container(label, inner.name, addr, outer.name if outer is not None else "", bridge=bridge, gateway=gw))
+            bridges[bridge] = host_spec.Bridge(bridge, next((a.address for a in host_addrs if a.interface == bridge and isinstance(a.address, IPv4Interface)), None))
+        made.append(host_spec.Container(label, inner.name, addr, outer.name if outer is not None else "", bridge=bridge, gateway=gw))
     remote: tuple[IPv4Interface, ...] = ()
     if wan is not None:
         remote = tuple(IPv4Interface(f"{a.address.ip}/32") for a in wan.addresses() if a.interface == "lo" and not a.address.ip.is_loopback)
-    topo = S.Topology(
+    topo = host_spec.Topology(
         name="discovered", summary="read from the kernel", source="<discovered>",
-        host=S.Host(uplink, up_addr, default.gateway if default is not None and isinstance(default.gateway, IPv4Address) else IPv4Address("0.0.0.0"), ()),
-        wan=S.Wan(NO_ADDRESS, remote), bridges=tuple(bridges.values()), containers=tuple(made),
+        host=host_spec.Host(uplink, up_addr, default.gateway if default is not None and isinstance(default.gateway, IPv4Address) else IPv4Address("0.0.0.0"), ()),
+        wan=host_spec.Wan(NO_ADDRESS, remote), bridges=tuple(bridges.values()), containers=tuple(made),
     )
     knames = {name: name for name in [uplink, *bridges, *(c.host_veth for c in made)] if name}
     return topo, knames
@@ -386,12 +386,12 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 1 if findings or failed else 0
 
 
-def _load_intent(ref: str | None) -> S.Topology | None:
+def _load_intent(ref: str | None) -> host_spec.Topology | None:
     if ref is None:
         return None
     try:
-        return S.resolve(ref)
-    except S.SpecError as exc:
+        return host_spec.resolve(ref)
+    except host_spec.SpecError as exc:
         raise DoctorError(f"--topology: {exc}") from None
 
 

@@ -20,7 +20,7 @@ from netcheck.evidence import Capture, Hop, Packet, ProbeResult
 from netcheck.lab import plan
 
 if TYPE_CHECKING:
-    from netcheck import spec as S
+    from netcheck import spec as host_spec
     from netcheck.kernel.netns import Netns
 
 LOOPBACK = IPv4Network("127.0.0.0/8")
@@ -32,7 +32,7 @@ class LabView(Protocol):
     ``netcheck.lab.Lab`` is one; ``netcheck doctor`` builds another over a live lab's namespaces.
     """
 
-    topology: S.Topology
+    topology: host_spec.Topology
     host: Netns
 
     def namespaces(self) -> dict[str, Netns]: ...
@@ -135,11 +135,11 @@ def discover_veth(lab: LabView, container: str) -> str | None:
     return None
 
 
-def _containers_by_address(t: S.Topology) -> dict[str, str]:
+def _containers_by_address(t: host_spec.Topology) -> dict[str, str]:
     return {str(c.address.ip): c.name for c in t.containers if c.address is not None}
 
 
-def host_addresses(t: S.Topology) -> set[str]:
+def host_addresses(t: host_spec.Topology) -> set[str]:
     out = {str(t.host.address.ip)}
     out |= {str(b.address.ip) for b in t.bridges if b.address is not None}
     out |= {str(c.host_address.ip) for c in t.containers if c.host_address is not None}
@@ -189,14 +189,14 @@ def flow_of(lab: LabView, result: ProbeResult) -> Flow:
     )
 
 
-def _lab_networks(t: S.Topology) -> list[IPv4Network]:
+def _lab_networks(t: host_spec.Topology) -> list[IPv4Network]:
     """The subnets of the lab's bridges and routed veths."""
     nets = [b.address.network for b in t.bridges if b.address is not None]
     nets += [c.host_address.network for c in t.containers if c.host_address is not None]
     return nets
 
 
-def _addr(t: S.Topology, container: str) -> str | None:
+def _addr(t: host_spec.Topology, container: str) -> str | None:
     c = t.container(container)
     return str(c.address.ip) if c.address is not None else None
 

@@ -30,7 +30,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
-from netcheck import spec as S
+from netcheck import spec as host_spec
 from netcheck.diagnose.firewall import Placed
 from netcheck.diagnose.path import Break, Flow, Route, Side, side
 from netcheck.diagnose.state import Snapshot
@@ -41,7 +41,7 @@ from netcheck.lifecycle import Signature
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from netcheck.diagnose import rules as R
+    from netcheck.diagnose import rules as cause_rules
     from netcheck.diagnose.crosshost import CrossRead
     from netcheck.diagnose.path import LabView
     from netcheck.kernel.netns import Netns
@@ -152,7 +152,7 @@ class LabFacts:
     """What the rules ask of a lab, gathered up front (``facts``): its spec, its names, and the files and
     processes some rules read. A ``LabView`` for the rules; it reaches no namespace."""
 
-    topology: S.Topology
+    topology: host_spec.Topology
     knames: dict[str, str] = field(default_factory=dict)  # spec name of a host interface -> its kernel name
     points: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # capture point -> (namespace label, kernel name, spec name)
     sides: dict[str, Side | None] = field(default_factory=dict)  # container -> where it plugs into the host
@@ -230,13 +230,13 @@ def facts(lab: LabView, snap: Snapshot, routes: Iterable[Route] = (), result: Pr
                     aardvark, tool_of(lab), base if isinstance(base, dict) else None, now, (after[0].event, after[0].did) if after else None)
 
 
-def evidence(facts: LabFacts, snap: Snapshot, namespaces: dict[str, Netns], flow: Flow | None = None, route: Route | None = None) -> R.Evidence:
+def evidence(facts: LabFacts, snap: Snapshot, namespaces: dict[str, Netns], flow: Flow | None = None, route: Route | None = None) -> cause_rules.Evidence:
     """The evidence of a flow that was not probed (the doctor's): the facts, and the route lookups its rules ask, taken now."""
-    from netcheck.diagnose import rules as R
+    from netcheck.diagnose import rules as cause_rules
     from netcheck.diagnose.state import ask_routes
 
-    ev = R.Evidence(facts, snap, flow, route)
-    ask_routes(snap, namespaces, R.route_questions(ev))
+    ev = cause_rules.Evidence(facts, snap, flow, route)
+    ask_routes(snap, namespaces, cause_rules.route_questions(ev))
     return ev
 
 
@@ -267,10 +267,10 @@ class Recording:
     notes: tuple[str, ...] = ()  # what the gathering noted
     about: dict[str, str] = field(default_factory=dict)  # free labels: the fault it was recorded for, the topology
 
-    def evidence(self) -> R.Evidence:
-        from netcheck.diagnose import rules as R
+    def evidence(self) -> cause_rules.Evidence:
+        from netcheck.diagnose import rules as cause_rules
 
-        ev = R.Evidence(self.lab, self.snap, self.flow, self.route, self.result, self.repeated, self.hops, self.breaks, list(self.matched), self.snmp)
+        ev = cause_rules.Evidence(self.lab, self.snap, self.flow, self.route, self.result, self.repeated, self.hops, self.breaks, list(self.matched), self.snmp)
         return ev
 
     def to_dict(self) -> JSONObject:
@@ -364,22 +364,22 @@ def judge(rec: Recording) -> Judgement:
     from netcheck.diagnose import datapath as model
     from netcheck.diagnose import dns as dns_rules
     from netcheck.diagnose import lifecycle
-    from netcheck.diagnose import ranking as Rk
-    from netcheck.diagnose import rules as R
-    from netcheck.diagnose import witness as W
+    from netcheck.diagnose import ranking as ranks
+    from netcheck.diagnose import rules as cause_rules
+    from netcheck.diagnose import witness as witnessing
 
     ev = rec.evidence()
-    findings = R.evaluate(ev, (*dns_rules.RULES, *lifecycle.RULES))
+    findings = cause_rules.evaluate(ev, (*dns_rules.RULES, *lifecycle.RULES))
     model_end = _model_end(ev)
-    witnessed = Rk.Witnessed(frozenset(rec.involved), model_end, rec.kernel, rec.nft_drop, {p.rule.key(): n for p, n in rec.matched}, rec.snmp)
+    witnessed = ranks.Witnessed(frozenset(rec.involved), model_end, rec.kernel, rec.nft_drop, {p.rule.key(): n for p, n in rec.matched}, rec.snmp)
     first = findings[0] if findings else None
-    ranked = Rk.rank(findings, witnessed)
-    disagreement = "; ".join(x for x in (W.rules_vs_kernel(first, ranked, rec.kernel),
-                                         W.model_vs_kernel(model_end, witnessed.model_causes(), rec.kernel, rec.nft_drop, rec.witnessed, rec.repeated)) if x)
+    ranked = ranks.rank(findings, witnessed)
+    disagreement = "; ".join(x for x in (witnessing.rules_vs_kernel(first, ranked, rec.kernel),
+                                         witnessing.model_vs_kernel(model_end, witnessed.model_causes(), rec.kernel, rec.nft_drop, rec.witnessed, rec.repeated)) if x)
     return Judgement(tuple(ranked), tuple(_model_findings(ev)), model.disagreement(ev), disagreement)
 
 
-def _model_end(ev: R.Evidence) -> tuple[str, str, str] | None:
+def _model_end(ev: cause_rules.Evidence) -> tuple[str, str, str] | None:
     """The model's (disposition, deciding stage, its text) for the probe; None where it has no account of it."""
     from netcheck.diagnose import datapath as model
 
@@ -395,11 +395,11 @@ def _model_end(ev: R.Evidence) -> tuple[str, str, str] | None:
     return (t.disposition, step.stage if step is not None else "", step.text if step is not None else "")
 
 
-def _model_findings(ev: R.Evidence) -> list[Finding]:
-    from netcheck.diagnose import rules as R
+def _model_findings(ev: cause_rules.Evidence) -> list[Finding]:
+    from netcheck.diagnose import rules as cause_rules
 
     try:
-        return list(R.model_disposition(ev))
+        return list(cause_rules.model_disposition(ev))
     except Exception as exc:  # noqa: BLE001 - the model must not hide the other findings
         return [Finding("rule_failed", "netcheck", f"the datapath model failed: {exc!r}", "report this as a netcheck bug", score=1)]
 

@@ -26,8 +26,8 @@ from netcheck.kernel.netns import Netns
 from netcheck.kernel.worker import netns_path
 from netcheck.lab import Lab
 from netcheck.ledger import LinkEntry, process_starttime
-from netcheck.multihost import probes as X
-from netcheck.multihost import spec as M
+from netcheck.multihost import probes as cross_probes
+from netcheck.multihost import spec as multi_spec
 from netcheck.multihost.plan import plan
 from netcheck.multihost.values import decode, encode, function_of
 from netcheck.probes import Prober
@@ -52,7 +52,7 @@ class Agent:
     def __init__(self) -> None:
         self.lab: Lab | None = None
         self.host = ""
-        self.sinks: dict[int, X.Sink] = {}
+        self.sinks: dict[int, cross_probes.Sink] = {}
         self.prober: Prober | None = None
         self.diagnosing: DiagnosingProber | None = None
         self._probers = threading.Lock()
@@ -68,7 +68,7 @@ class Agent:
 
     def build(self, text: str, source: str, host: str, tag: str, run_dir: str | None) -> JSONObject:
         """Build host ``host`` of the multi-host spec ``text`` as a lab tagged ``tag``, its ledger in ``run_dir`` (the node's default if None)."""
-        topology = M.loads(text, source).host(host).topology
+        topology = multi_spec.loads(text, source).host(host).topology
         self.host = host
         self.lab = Lab(topology, tag=tag, run_dir=Path(run_dir) if run_dir else None).build()
         return self.state()
@@ -85,7 +85,7 @@ class Agent:
 
         lab = self._lab()
         assert lab.ledger is not None
-        t = M.loads(text, source)
+        t = multi_spec.loads(text, source)
         hj = plan(t, multi_tag, host_tags).host(self.host)
         assert lab.host.name is not None  # a sandbox lab's host namespace is named
         lab.ledger.record(LinkEntry(lab.host.name, hj.uplink))
@@ -177,18 +177,18 @@ class Agent:
         return out
 
     def df_ping(self, src: str, dst: str, size: int) -> JSONObject:
-        out: JSONObject = asdict(X.df_ping(self._lab().container_ns(src), dst, size))
+        out: JSONObject = asdict(cross_probes.df_ping(self._lab().container_ns(src), dst, size))
         return out
 
     def sink_open(self, container: str, port: int, size: int, timeout: float) -> None:
-        self.sinks[port] = X.Sink(self._lab().container_ns(container), port, size, timeout=timeout)
+        self.sinks[port] = cross_probes.Sink(self._lab().container_ns(container), port, size, timeout=timeout)
 
     def sink_result(self, port: int) -> JSONObject:
         received, error = self.sinks.pop(port).result()
         return {"received": received, "error": error}
 
     def send_bytes(self, container: str, addr: str, port: int, size: int, timeout: float) -> str:
-        return X.send_bytes(self._lab().container_ns(container), addr, port, size, timeout=timeout)
+        return cross_probes.send_bytes(self._lab().container_ns(container), addr, port, size, timeout=timeout)
 
     def teardown(self) -> None:
         if self.lab is not None:

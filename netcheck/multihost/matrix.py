@@ -15,7 +15,7 @@ from typing import Unpack
 
 from netcheck import expect as promise
 from netcheck.evidence import MatrixResult
-from netcheck.multihost import probes as X
+from netcheck.multihost import probes as cross_probes
 from netcheck.multihost.lab import MultiLab
 from netcheck.probes import Prober
 from netcheck.probes.matrix import EngineOptions, MatrixEngine, MatrixError, Member, Segment
@@ -28,7 +28,7 @@ class CrossHostMatrix(MatrixEngine):
     def __init__(self, multi: MultiLab, *, probers: Mapping[str, Prober] | None = None, **options: Unpack[EngineOptions]) -> None:
         super().__init__(**options)
         self.multi = multi
-        self._plain = {h: _in_process(X.prober(multi, h)) for h in multi.hosts}
+        self._plain = {h: _in_process(cross_probes.prober(multi, h)) for h in multi.hosts}
         self._heads = dict(probers or {})
 
     def all(self, hosts: Sequence[str] | None = None) -> MatrixResult:

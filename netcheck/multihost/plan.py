@@ -2,8 +2,8 @@
 
 Nothing here touches the kernel; the builder realises it, the diagnosis compares the kernel to it::
 
-    >>> from netcheck.multihost import spec as M
-    >>> p = plan(M.builtin("two-hosts-vxlan"), "nculx0", {"a": "ncaaa0", "b": "ncbbb0"})
+    >>> from netcheck.multihost import spec as multi_spec
+    >>> p = plan(multi_spec.builtin("two-hosts-vxlan"), "nculx0", {"a": "ncaaa0", "b": "ncbbb0"})
     >>> a = p.hosts[0]
     >>> a.uplink, a.vxlan, [(str(r.dst), str(r.via), r.dev) for r in a.routes]
     ('ncaaa0ul', 'ncaaa0vx', [('10.244.2.0/24', '10.244.0.2', 'ncaaa0vx'), ('203.0.113.3/32', '10.244.0.2', 'ncaaa0vx')])

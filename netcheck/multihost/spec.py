@@ -24,7 +24,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
-from netcheck import spec as S
+from netcheck import spec as host_spec
 
 JoinKind = Literal["routed", "vxlan"]
 FdbMode = Literal["unicast", "learning"]
@@ -65,7 +65,7 @@ class HostSpec:
 
     name: str
     underlay: IPv4Interface
-    topology: S.Topology
+    topology: host_spec.Topology
     node: str | None = None  # the execnet gateway that serves it (netcheck.multihost.nodes): "popen", "ssh=user@addr"; None: in this process
     nic: str | None = None  # on a real node: its interface on the network between the nodes (the host's underlay link is a macvlan of it)
 
@@ -112,78 +112,78 @@ class MultiTopology:
 
 def _host_name(value: object, name: str) -> str:
     if not isinstance(value, str) or not HOST_NAME_RE.match(value):
-        raise S._Invalid("must be a short host name (a lowercase letter, then up to 5 letters or digits)", f'write {name} = "a"')
+        raise host_spec._Invalid("must be a short host name (a lowercase letter, then up to 5 letters or digits)", f'write {name} = "a"')
     return value
 
 
 def _node(value: object, name: str) -> str:
     if not isinstance(value, str) or not NODE_RE.match(value):
-        raise S._Invalid("is not an execnet gateway to a node (popen, or ssh=user@address)",
+        raise host_spec._Invalid("is not an execnet gateway to a node (popen, or ssh=user@address)",
                          f'write {name} = "popen" (a namespace on this machine) or {name} = "ssh=root@198.51.100.7" (options follow as //python=/usr/bin/python3)')
     return value
 
 
-HOST_NAME = S.Kind("host name (a lowercase letter, then up to 5 letters or digits)", _host_name, {"type": "string", "pattern": S.schema_pattern(HOST_NAME_RE)}, "")
-NODE = S.Kind('execnet gateway: "popen", or "ssh=[user@]host" with //key=value options', _node, {"type": "string", "pattern": S.schema_pattern(NODE_RE)}, "")
+HOST_NAME = host_spec.Kind("host name (a lowercase letter, then up to 5 letters or digits)", _host_name, {"type": "string", "pattern": host_spec.schema_pattern(HOST_NAME_RE)}, "")
+NODE = host_spec.Kind('execnet gateway: "popen", or "ssh=[user@]host" with //key=value options', _node, {"type": "string", "pattern": host_spec.schema_pattern(NODE_RE)}, "")
 
 
 class UnderlayKeys:
-    network = S.Key("network", S.NETWORK, "The fabric's network, in netcheck's underlay namespace: documentation space, clear of each host's outside world.",
+    network = host_spec.Key("network", host_spec.NETWORK, "The fabric's network, in netcheck's underlay namespace: documentation space, clear of each host's outside world.",
                     '"198.51.100.128/25"', DEFAULT_UNDERLAY)
-    mtu = S.Key("mtu", S.integer(576, 9000), "The fabric's MTU: each host's link into it.", "1500", 1500)
+    mtu = host_spec.Key("mtu", host_spec.integer(576, 9000), "The fabric's MTU: each host's link into it.", "1500", 1500)
 
 
-UNDERLAY = S._table("[underlay]", "The fabric that joins the hosts: a bridge in a namespace of netcheck's own.", UnderlayKeys)
+UNDERLAY = host_spec._table("[underlay]", "The fabric that joins the hosts: a bridge in a namespace of netcheck's own.", UnderlayKeys)
 
 
 class JoinKeys:
-    kind = S.Key("kind", S.choice(JOIN_KINDS), "How the hosts' container networks are joined: a route per remote subnet via the other host's underlay address (routed, "
-                 "flannel's host-gw), or a VXLAN overlay (vxlan, flannel's VXLAN, Docker's overlay).", '"vxlan"', S.Absent.REQUIRED)
-    vni = S.Key("vni", S.integer(1, (1 << 24) - 1), "vxlan: the VXLAN network identifier.", "42", 1)
-    port = S.Key("port", S.PORT, "vxlan: the UDP port (IANA's 4789; Linux's and flannel's default is 8472).", "4789", VXLAN_PORT)
-    mtu = S.Key("mtu", S.integer(576, 9000), f"vxlan: the overlay devices' MTU; it must leave {VXLAN_OVERHEAD} bytes of the underlay's for the encapsulation.", "1450",
+    kind = host_spec.Key("kind", host_spec.choice(JOIN_KINDS), "How the hosts' container networks are joined: a route per remote subnet via the other host's underlay address (routed, "
+                 "flannel's host-gw), or a VXLAN overlay (vxlan, flannel's VXLAN, Docker's overlay).", '"vxlan"', host_spec.Absent.REQUIRED)
+    vni = host_spec.Key("vni", host_spec.integer(1, (1 << 24) - 1), "vxlan: the VXLAN network identifier.", "42", 1)
+    port = host_spec.Key("port", host_spec.PORT, "vxlan: the UDP port (IANA's 4789; Linux's and flannel's default is 8472).", "4789", VXLAN_PORT)
+    mtu = host_spec.Key("mtu", host_spec.integer(576, 9000), f"vxlan: the overlay devices' MTU; it must leave {VXLAN_OVERHEAD} bytes of the underlay's for the encapsulation.", "1450",
                 default_doc=f"underlay.mtu - {VXLAN_OVERHEAD}")
-    fdb = S.Key("fdb", S.choice(FDB_MODES), "vxlan: an fdb entry and a neighbour per remote VTEP (unicast), or all-zero entries and learning.", '"learning"', "unicast")
-    overlay = S.Key("overlay", S.NETWORK, "vxlan: the VTEPs' addresses; host i gets the network's address i + 1.", '"10.244.0.0/24"', DEFAULT_OVERLAY)
+    fdb = host_spec.Key("fdb", host_spec.choice(FDB_MODES), "vxlan: an fdb entry and a neighbour per remote VTEP (unicast), or all-zero entries and learning.", '"learning"', "unicast")
+    overlay = host_spec.Key("overlay", host_spec.NETWORK, "vxlan: the VTEPs' addresses; host i gets the network's address i + 1.", '"10.244.0.0/24"', DEFAULT_OVERLAY)
 
 
-JOIN = S._table("[join]", "How the hosts' container networks are joined.", JoinKeys)
+JOIN = host_spec._table("[join]", "How the hosts' container networks are joined.", JoinKeys)
 
 
 class HostEntryKeys:
-    name = S.Key("name", HOST_NAME, "The host's name: capture points (a/netns0:ceth0), labels and test ids carry it.", '"a"', S.Absent.REQUIRED)
-    underlay = S.Key("underlay", S.IFACE_ADDRESS, "The host's address on the underlay, with the underlay's prefix.", '"198.51.100.129/25"', S.Absent.REQUIRED)
-    node = S.Key("node", NODE, "The node that serves this host, reached through execnet (netcheck.multihost.nodes): a namespace on this machine (popen), "
+    name = host_spec.Key("name", HOST_NAME, "The host's name: capture points (a/netns0:ceth0), labels and test ids carry it.", '"a"', host_spec.Absent.REQUIRED)
+    underlay = host_spec.Key("underlay", host_spec.IFACE_ADDRESS, "The host's address on the underlay, with the underlay's prefix.", '"198.51.100.129/25"', host_spec.Absent.REQUIRED)
+    node = host_spec.Key("node", NODE, "The node that serves this host, reached through execnet (netcheck.multihost.nodes): a namespace on this machine (popen), "
                  "or a real machine (ssh=user@address).", '"ssh=root@198.51.100.7"', default_doc="none: the host is built in the controller's process")
-    nic = S.Key("nic", S.INTERFACE, "On a real node: its interface on the network between the nodes; the host's link into the underlay is a bridge-mode "
+    nic = host_spec.Key("nic", host_spec.INTERFACE, "On a real node: its interface on the network between the nodes; the host's link into the underlay is a bridge-mode "
                 "macvlan of it, made inside the host's namespace.", '"eth1"', default_doc="none: on this machine, netcheck gives the node a link into its underlay namespace")
-    summary = S.Key("summary", S.TEXT, "One line saying what the host is.", '"the first node"', default_doc='"host NAME of TOPOLOGY"')
-    setup = S.Sub("setup", S.SETUP, False, "The host's [setup], as a single-host spec's, one level down: [host.setup].")
-    host = S.Sub("host", S.HOST, False, "The host's [host], one level down: [host.host].")
-    wan = S.Sub("wan", S.WAN, False, "The host's outside world, one level down: [host.wan].")
-    bridge = S.Sub("bridge", S.BRIDGE, True, "The host's bridges: [[host.bridge]].")
-    container = S.Sub("container", S.CONTAINER, True, "The host's containers: [[host.container]].")
-    masquerade = S.Sub("masquerade", S.MASQUERADE, True, "The host's masquerade rules: [[host.masquerade]].")
-    publish = S.Sub("publish", S.PUBLISH, True, "The host's published ports: [[host.publish]].")
-    vip = S.Sub("vip", S.VIP, True, "The host's virtual IPs: [[host.vip]].")
-    forward_accept = S.Sub("forward_accept", S.FORWARD_ACCEPT, True, "The host's FORWARD accept rules: [[host.forward_accept]].")
-    dns = S.Sub("dns", S.DNS, False, "The host's DNS server: [host.dns].")
+    summary = host_spec.Key("summary", host_spec.TEXT, "One line saying what the host is.", '"the first node"', default_doc='"host NAME of TOPOLOGY"')
+    setup = host_spec.Sub("setup", host_spec.SETUP, False, "The host's [setup], as a single-host spec's, one level down: [host.setup].")
+    host = host_spec.Sub("host", host_spec.HOST, False, "The host's [host], one level down: [host.host].")
+    wan = host_spec.Sub("wan", host_spec.WAN, False, "The host's outside world, one level down: [host.wan].")
+    bridge = host_spec.Sub("bridge", host_spec.BRIDGE, True, "The host's bridges: [[host.bridge]].")
+    container = host_spec.Sub("container", host_spec.CONTAINER, True, "The host's containers: [[host.container]].")
+    masquerade = host_spec.Sub("masquerade", host_spec.MASQUERADE, True, "The host's masquerade rules: [[host.masquerade]].")
+    publish = host_spec.Sub("publish", host_spec.PUBLISH, True, "The host's published ports: [[host.publish]].")
+    vip = host_spec.Sub("vip", host_spec.VIP, True, "The host's virtual IPs: [[host.vip]].")
+    forward_accept = host_spec.Sub("forward_accept", host_spec.FORWARD_ACCEPT, True, "The host's FORWARD accept rules: [[host.forward_accept]].")
+    dns = host_spec.Sub("dns", host_spec.DNS, False, "The host's DNS server: [host.dns].")
 
 
-HOST_ENTRY = S._table("[[host]]", "One container host: its name, its underlay address, the node that serves it, and the tables of a single-host spec one level down.",
+HOST_ENTRY = host_spec._table("[[host]]", "One container host: its name, its underlay address, the node that serves it, and the tables of a single-host spec one level down.",
                       HostEntryKeys)
-SINGLE_HOST_SUBS = frozenset(k.name for k in HOST_ENTRY.keys if isinstance(k, S.Sub))  # described by docs/spec.md's reference
+SINGLE_HOST_SUBS = frozenset(k.name for k in HOST_ENTRY.keys if isinstance(k, host_spec.Sub))  # described by docs/spec.md's reference
 
 
 class MultiTopKeys:
-    name = S.Key("name", S.NAME, "The topology's name; test ids and reports carry it, and each host's (NAME.HOST).", '"my-hosts"', S.Absent.REQUIRED)
-    summary = S.Key("summary", S.TEXT, "One line saying what the topology is.", '"two hosts on a VXLAN overlay"', "")
-    underlay = S.Sub("underlay", UNDERLAY, False, UNDERLAY.doc)
-    join = S.Sub("join", JOIN, False, JOIN.doc)
-    host = S.Sub("host", HOST_ENTRY, True, "The hosts, at least two.")
+    name = host_spec.Key("name", host_spec.NAME, "The topology's name; test ids and reports carry it, and each host's (NAME.HOST).", '"my-hosts"', host_spec.Absent.REQUIRED)
+    summary = host_spec.Key("summary", host_spec.TEXT, "One line saying what the topology is.", '"two hosts on a VXLAN overlay"', "")
+    underlay = host_spec.Sub("underlay", UNDERLAY, False, UNDERLAY.doc)
+    join = host_spec.Sub("join", JOIN, False, JOIN.doc)
+    host = host_spec.Sub("host", HOST_ENTRY, True, "The hosts, at least two.")
 
 
-MULTI_TOP = S._table("top level", "A multi-host spec file: several container hosts, the underlay that joins them, and how their container networks are joined.", MultiTopKeys)
+MULTI_TOP = host_spec._table("top level", "A multi-host spec file: several container hosts, the underlay that joins them, and how their container networks are joined.", MultiTopKeys)
 
 
 # --------------------------------------------------------------------------- reading
@@ -195,14 +195,14 @@ def is_multi(data: dict[str, Any]) -> bool:
 
 
 def _parse(data: dict[str, Any], source: str) -> MultiTopology:
-    p = S._Problems(source)
-    top = S._Reader(p, MULTI_TOP, "", data)
+    p = host_spec._Problems(source)
+    top = host_spec._Reader(p, MULTI_TOP, "", data)
     name = top.get(MultiTopKeys.name) or "multi"
     summary = top.get(MultiTopKeys.summary)
 
     ur = top.sub(MultiTopKeys.underlay)
     network = ur.get(UnderlayKeys.network)
-    if ur.ok("network") and not any(network.subnet_of(r) for r in S.DOC_RANGES):
+    if ur.ok("network") and not any(network.subnet_of(r) for r in host_spec.DOC_RANGES):
         ur.fail("network", str(network), "is outside the documentation ranges netcheck keeps its traffic in", 'use e.g. network = "198.51.100.128/25"')
     underlay = Underlay(network, ur.get(UnderlayKeys.mtu))
     ur.done()
@@ -232,11 +232,11 @@ def _parse(data: dict[str, Any], source: str) -> MultiTopology:
     t = MultiTopology(name, summary, source, underlay, join, tuple(hosts))
     _validate(t, p)
     if p.found:
-        raise S.SpecError.of(p.found)
+        raise host_spec.SpecError.of(p.found)
     return t
 
 
-def _host(hr: S._Reader, top: str, source: str) -> HostSpec | None:
+def _host(hr: host_spec._Reader, top: str, source: str) -> HostSpec | None:
     """One [[host]]: its own keys, then its single-host tables read by netcheck.spec (their problems under host[i])."""
     name = hr.get(HostEntryKeys.name)
     underlay = hr.get(HostEntryKeys.underlay)
@@ -252,15 +252,15 @@ def _host(hr: S._Reader, top: str, source: str) -> HostSpec | None:
     single["name"] = f"{top}.{name}"
     single["summary"] = summary if summary is not None else f"host {name} of {top}"
     try:
-        topology = S._parse(single, f"{source} [host {name}]")
-    except S.SpecError as exc:
+        topology = host_spec._parse(single, f"{source} [host {name}]")
+    except host_spec.SpecError as exc:
         for prob in exc.problems:
             hr.problems.add(f"{hr.path}.{prob.key}", prob.value, prob.problem, prob.fix)
         return None
     return HostSpec(name, underlay, topology, node, nic)
 
 
-def _validate(t: MultiTopology, p: S._Problems) -> None:
+def _validate(t: MultiTopology, p: host_spec._Problems) -> None:
     seen: dict[str, int] = {}
     held: dict[IPv4Address, str] = {}
     u = t.underlay.network
@@ -304,14 +304,14 @@ def loads(text: str, source: str = "<string>") -> MultiTopology:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise S.SpecError(source, "(syntax)", None, f"not valid TOML: {exc}", "fix the TOML syntax at the position shown") from None
+        raise host_spec.SpecError(source, "(syntax)", None, f"not valid TOML: {exc}", "fix the TOML syntax at the position shown") from None
     if not is_multi(data):
-        raise S.SpecError(source, "host", data.get("host"), "is not an array of [[host]] tables", "write [[host]] tables for a multi-host spec (or load it with netcheck.spec)")
+        raise host_spec.SpecError(source, "host", data.get("host"), "is not an array of [[host]] tables", "write [[host]] tables for a multi-host spec (or load it with netcheck.spec)")
     return replace(_parse(data, source), text=text)
 
 
 def load(path: str | Path) -> MultiTopology:
-    return loads(S.read_text(path), str(Path(path)))
+    return loads(host_spec.read_text(path), str(Path(path)))
 
 
 def builtin(name: str) -> MultiTopology:
@@ -324,11 +324,11 @@ def is_multi_ref(ref: str) -> bool:
     if ref in BUILTIN:
         return True
     path = Path(ref)
-    if ref in S.BUILTIN or not path.is_file():
+    if ref in host_spec.BUILTIN or not path.is_file():
         return False
     try:
-        return is_multi(tomllib.loads(S.read_text(path)))
-    except (tomllib.TOMLDecodeError, S.SpecError):
+        return is_multi(tomllib.loads(host_spec.read_text(path)))
+    except (tomllib.TOMLDecodeError, host_spec.SpecError):
         return False  # the single-host loader reports what is wrong with it
 
 
@@ -336,7 +336,7 @@ def resolve(ref: str) -> MultiTopology:
     return builtin(ref) if ref in BUILTIN else load(ref)
 
 
-def containers(t: MultiTopology) -> Iterator[tuple[HostSpec, S.Container]]:
+def containers(t: MultiTopology) -> Iterator[tuple[HostSpec, host_spec.Container]]:
     """Every container of every host, with its host."""
     for h in t.hosts:
         for c in h.topology.containers:
