@@ -213,3 +213,11 @@ def test_a_wrong_fix_is_reported_as_not_helping_and_one_that_cannot_be_applied_a
         assert by["right"].verified.startswith("fix verified"), by["right"].verified
         assert (out[0].summary, out[-1].summary) == ("right", "wrong"), "the verified fix ranks first, the one that did not help last"
         assert lab.host.sysctl("net.ipv4.conf.all.rp_filter") == rp and lab.host.sysctl("net.ipv4.ip_forward") == "0", "a fix was not undone"
+
+
+def test_every_kind_of_fix_has_its_one_applier() -> None:
+    from netcheck.diagnose import fixes
+
+    assert set(FIX_KINDS.values()) <= set(fixes._apply.registry), f"fix kinds with no applier: {sorted(t.__name__ for t in set(FIX_KINDS.values()) - set(fixes._apply.registry))}"
+    with pytest.raises(fixes.NotApplicable, match="no way to apply a str"):
+        fixes._apply("not a fix", None, None)  # type: ignore[arg-type]

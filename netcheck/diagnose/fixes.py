@@ -1,8 +1,8 @@
 """Fixes verified by re-probing: apply the top causes' fixes to a sandbox lab, repeat the probe, undo.
 
 A finding's fix is a command for people (``Finding.fix``) and, where known, values
-(``Finding.fixes``: ``Sysctl``, ``SetLink``, ``SetMtu``, ``AddRoute``, ``DeleteRule``, ``AddRule``,
-``SetPolicy``) that this module applies to the lab's own namespaces. A rule fix goes where the
+(``Finding.fixes``: the kinds of ``evidence.FIX_KINDS``) that this module applies to the lab's own
+namespaces, each kind by its one applier (``_apply``, registered per kind), which returns its undo. A rule fix goes where the
 rule lives: ``iptables-legacy``/``iptables-nft`` with the rule's one rendering
 (``XRule.argv``), or a native nft table by handle; its undo puts the rule back at its position. For a sandbox lab, up to three findings are tried in rank order: a fix after which
 the probe passes is "verified" and ranks first; one that does not help is demoted. Every fix is
@@ -13,6 +13,7 @@ that netcheck did not build (the doctor's), is never changed: its fixes are only
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import replace
@@ -120,58 +121,77 @@ def shown(lab: Fixable, fix: Fix) -> str:
 
 def apply(lab: Fixable, fixes: tuple[Fix, ...]) -> Callable[[], None]:
     """Apply fixes to the lab's namespaces; returns the undo (newest first)."""
-    undo: list[Callable[[], None]] = []
+    undo: list[Undo] = []
     namespaces = lab.namespaces()
     try:
         for fix in fixes:
-            ns = namespaces[fix.netns]
-            if isinstance(fix, Sysctl):
-                old = ns.sysctl(fix.key)
-                if lab.ledger is not None:
-                    lab.ledger.record(SysctlEntry(ns.name, fix.key, old))
-                ns.set_sysctl(fix.key, fix.value)
-                undo.append(lambda ns=ns, key=fix.key, old=old: ns.set_sysctl(key, old) if old is not None else None)  # type: ignore[misc]
-            elif isinstance(fix, AddRoute):
-                undo.append(_add_route(ns, fix))
-            elif isinstance(fix, SetFdb):
-                undo.append(_set_fdb(ns, fix))
-            elif isinstance(fix, DeleteRoute):
-                undo.append(_delete_route(ns, fix))
-            elif isinstance(fix, AddAddress):
-                added = ip_interface(fix.address)
-                ns.configure(addresses=[(fix.link, added)])
-                undo.append(lambda ns=ns, link=fix.link, added=added: ns.deconfigure(addresses=[(link, added)]))  # type: ignore[misc]
-            elif isinstance(fix, DeleteAddress):
-                undo.append(_delete_address(ns, fix))
-            elif isinstance(fix, SetMaster):
-                undo.append(_set_master(ns, fix))
-            elif isinstance(fix, SetHairpin):
-                hairpin = next(p.hairpin for p in ns.bridge_ports() if p.port == fix.link)
-                ns.set_hairpin(fix.link, fix.on)
-                undo.append(lambda ns=ns, link=fix.link, hairpin=hairpin: ns.set_hairpin(link, hairpin))  # type: ignore[misc]
-            elif isinstance(fix, SetLink):
-                ns.set_link(fix.link, up=fix.up)
-                if fix.up:
-                    ns.wait_links_up([fix.link])  # bounded: the re-probe must not race the carrier (uplink-down's fix was judged "did not help")
-                undo.append(lambda ns=ns, link=fix.link, up=fix.up: ns.set_link(link, up=not up))  # type: ignore[misc]
-            elif isinstance(fix, SetMtu):
-                was = next(link.mtu for link in ns.links() if link.name == fix.link)
-                ns.set_link(fix.link, mtu=fix.mtu)
-                undo.append(lambda ns=ns, link=fix.link, was=was: ns.set_link(link, mtu=was))  # type: ignore[misc]
-            elif isinstance(fix, DeleteRule):
-                undo.append(_delete_rule(ns, fix))
-            elif isinstance(fix, AddRule):
-                undo.append(_add_rule(ns, fix))
-            elif isinstance(fix, DeleteNeighbour):
-                undo.append(_delete_neighbour(ns, fix))
-            elif isinstance(fix, FlushConntrack):
-                ns.run(fix.command().split(), timeout=20)  # exit 1 when there was nothing to forget
-            else:
-                undo.append(_set_policy(ns, fix))
+            undo.append(_apply(fix, namespaces[fix.netns], lab.ledger))
     except BaseException:
         _run(undo)
         raise
     return lambda: _run(undo)
+
+
+Undo = Callable[[], None]
+
+
+@functools.singledispatch
+def _apply(fix: object, ns: Netns, ledger: Ledger | None) -> Undo:
+    """Apply one fix in its namespace; returns its undo. One registered function per kind of fix."""
+    raise NotApplicable(f"netcheck has no way to apply a {type(fix).__name__}")
+
+
+@_apply.register
+def _sysctl(fix: Sysctl, ns: Netns, ledger: Ledger | None) -> Undo:
+    old = ns.sysctl(fix.key)
+    if ledger is not None:
+        ledger.record(SysctlEntry(ns.name, fix.key, old))
+    ns.set_sysctl(fix.key, fix.value)
+
+    def back() -> None:
+        if old is not None:
+            ns.set_sysctl(fix.key, old)
+
+    return back
+
+
+@_apply.register
+def _add_address(fix: AddAddress, ns: Netns, ledger: Ledger | None) -> Undo:
+    added = ip_interface(fix.address)
+    ns.configure(addresses=[(fix.link, added)])
+
+    def back() -> None:
+        ns.deconfigure(addresses=[(fix.link, added)])
+
+    return back
+
+
+@_apply.register
+def _set_hairpin(fix: SetHairpin, ns: Netns, ledger: Ledger | None) -> Undo:
+    hairpin = next(p.hairpin for p in ns.bridge_ports() if p.port == fix.link)
+    ns.set_hairpin(fix.link, fix.on)
+    return lambda: ns.set_hairpin(fix.link, hairpin)
+
+
+@_apply.register
+def _set_link(fix: SetLink, ns: Netns, ledger: Ledger | None) -> Undo:
+    ns.set_link(fix.link, up=fix.up)
+    if fix.up:
+        ns.wait_links_up([fix.link])  # bounded: the re-probe must not race the carrier (uplink-down's fix was judged "did not help")
+    return lambda: ns.set_link(fix.link, up=not fix.up)
+
+
+@_apply.register
+def _set_mtu(fix: SetMtu, ns: Netns, ledger: Ledger | None) -> Undo:
+    was = next(link.mtu for link in ns.links() if link.name == fix.link)
+    ns.set_link(fix.link, mtu=fix.mtu)
+    return lambda: ns.set_link(fix.link, mtu=was)
+
+
+@_apply.register
+def _flush_conntrack(fix: FlushConntrack, ns: Netns, ledger: Ledger | None) -> Undo:
+    ns.run(fix.command().split(), timeout=20)  # exit 1 when there was nothing to forget
+    return lambda: None  # nothing to undo: the flows are tracked again
 
 
 def _exact(rule: XRule) -> None:
@@ -208,7 +228,8 @@ def _nft_rule(family: str, rule: XRule, **where: int) -> dict[str, object]:
     return body
 
 
-def _delete_rule(ns: Netns, fix: DeleteRule) -> Callable[[], None]:
+@_apply.register
+def _delete_rule(fix: DeleteRule, ns: Netns, ledger: Ledger | None) -> Undo:
     _exact(fix.rule)
     position, held = _position(ns, fix)
     if is_native(fix.backend, fix.rule.table):
@@ -226,7 +247,8 @@ def _delete_rule(ns: Netns, fix: DeleteRule) -> Callable[[], None]:
     return lambda: _iptables(ns, fix.backend, held.argv("-I", position), fix.rule.family)
 
 
-def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
+@_apply.register
+def _add_rule(fix: AddRule, ns: Netns, ledger: Ledger | None) -> Undo:
     _exact(fix.rule)
     if not is_native(fix.backend, fix.rule.table):
         _iptables(ns, fix.backend, fix.rule.argv("-I" if fix.insert else "-A"), fix.rule.family)
@@ -242,7 +264,8 @@ def _add_rule(ns: Netns, fix: AddRule) -> Callable[[], None]:
     return remove
 
 
-def _add_route(ns: Netns, fix: AddRoute) -> Callable[[], None]:
+@_apply.register
+def _add_route(fix: AddRoute, ns: Netns, ledger: Ledger | None) -> Undo:
     """Add the route (``replace``: in place of the one to ``dst``); the undo removes it and puts the old one back."""
     via = ip_address(fix.via) if fix.via else None  # none: a route on the link (dev)
     net = ip_network(("::/0" if via is not None and via.version == 6 else "0.0.0.0/0") if fix.dst == "default" else fix.dst)
@@ -271,14 +294,16 @@ def _ip(ns: Netns, argv: list[str]) -> None:
         raise KernelError(f"{' '.join(argv)} in netns {ns.label}: {done.stderr.decode(errors='replace').strip()}")
 
 
-def _delete_route(ns: Netns, fix: DeleteRoute) -> Callable[[], None]:
+@_apply.register
+def _delete_route(fix: DeleteRoute, ns: Netns, ledger: Ledger | None) -> Undo:
     if fix.type not in BLACKHOLES:  # no gateway, no device: what its undo adds again is exactly what was there
         raise NotApplicable(f"a {fix.type} route is not one netcheck puts back exactly (only {', '.join(BLACKHOLES)})")
     _ip(ns, ["ip", "route", "del", fix.type, fix.dst])
     return lambda: _ip(ns, ["ip", "route", "add", fix.type, fix.dst])
 
 
-def _delete_address(ns: Netns, fix: DeleteAddress) -> Callable[[], None]:
+@_apply.register
+def _delete_address(fix: DeleteAddress, ns: Netns, ledger: Ledger | None) -> Undo:
     """Delete the address; the undo adds it again, and where its connected route came first among those of its
     subnet (an address on a bridge port, added before the bridge's), re-adds the others so that it comes first again."""
     address = ip_interface(fix.address)
@@ -297,7 +322,8 @@ def _delete_address(ns: Netns, fix: DeleteAddress) -> Callable[[], None]:
     return back
 
 
-def _set_master(ns: Netns, fix: SetMaster) -> Callable[[], None]:
+@_apply.register
+def _set_master(fix: SetMaster, ns: Netns, ledger: Ledger | None) -> Undo:
     """Attach the link to the bridge; the undo gives it back its master before (or none)."""
     links = {link.index: link for link in ns.links()}
     held = next(link for link in links.values() if link.name == fix.link)
@@ -323,7 +349,8 @@ def _fdb(ns: Netns, requests: list[rtnl.Request]) -> None:
     rtnl.raise_first(ns.with_rtnl(lambda sock: sock.execute(requests)), f"netns {ns.name} ({ns.label})")
 
 
-def _set_fdb(ns: Netns, fix: SetFdb) -> Callable[[], None]:
+@_apply.register
+def _set_fdb(fix: SetFdb, ns: Netns, ledger: Ledger | None) -> Undo:
     """Send ``mac`` to ``dst`` alone; the undo deletes that entry and appends the old ones again."""
     index, old = _fdb_dsts(ns, fix.link, fix.mac)
     _fdb(ns, [*(rtnl.fdb(index, fix.mac, IPv4Address(d), delete=True, where=fix.link) for d in old), rtnl.fdb(index, fix.mac, IPv4Address(fix.dst), where=fix.link)])
@@ -334,7 +361,8 @@ def _set_fdb(ns: Netns, fix: SetFdb) -> Callable[[], None]:
     return back
 
 
-def _delete_neighbour(ns: Netns, fix: DeleteNeighbour) -> Callable[[], None]:
+@_apply.register
+def _delete_neighbour(fix: DeleteNeighbour, ns: Netns, ledger: Ledger | None) -> Undo:
     """Delete the entry; the undo deletes what was learned meanwhile (resolved while the fix was on, it would outlive
     the fix's undo) and puts a static entry back (a learned one is learned again)."""
     address = IPv4Address(fix.address)
@@ -350,7 +378,8 @@ def _delete_neighbour(ns: Netns, fix: DeleteNeighbour) -> Callable[[], None]:
     return back
 
 
-def _set_policy(ns: Netns, fix: SetPolicy) -> Callable[[], None]:
+@_apply.register
+def _set_policy(fix: SetPolicy, ns: Netns, ledger: Ledger | None) -> Undo:
     if fix.backend == "legacy":
         from netcheck.kernel.xtables import set_policy
 
