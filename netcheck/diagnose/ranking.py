@@ -32,7 +32,7 @@ SNMP_CAUSES: dict[str, tuple[str, ...]] = {
 NAT_BACK = ("br_netfilter_off", "masquerade_missing", "masquerade_wrong", "hairpin_masquerade_missing", "hairpin_mode_off", "stale_conntrack")
 # The model's disposition -> the causes it confirms; "dropped"/"rejected" by the stage that decided (a word of it).
 MODEL_CAUSES: dict[str, tuple[str, ...]] = {
-    "no-route": (*NO_ROUTE, "ip_forward_off", "forwarding_off", "ip_six_forwarding_off"),
+    "no-route": (*NO_ROUTE, "ip_forward_off", "forwarding_off", "ip_six_forwarding_off", "ip_six_disabled", "ra_ignored_when_forwarding"),
     "unreachable": (*NO_ROUTE, "ip_forward_off", "forwarding_off"),
     "null-routed": ("blackhole_route",), "prohibited": ("blackhole_route",),
     "neighbour-unreachable": ("wrong_gateway", "wrong_prefix", "not_in_bridge", "address_on_bridge_port", "link_down", "arp_ignore", "neigh_wrong", "subnet_overlap"),

@@ -383,7 +383,7 @@ def _model_end(ev: cause_rules.Evidence) -> tuple[str, str, str] | None:
     """The model's (disposition, deciding stage, its text) for the probe; None where it has no account of it."""
     from netcheck.diagnose import datapath as model
 
-    if ev.flow is None or ":" in ev.flow.dst_addr:
+    if ev.flow is None:
         return None
     try:
         t = model.probe_trace(ev)
