@@ -868,6 +868,18 @@ def stale_conntrack(lab: Lab) -> None:
 
 
 
+def container_routes_removed(lab: Lab) -> None:
+    """The first container's routes are all gone, the connected route of its own network too (a script's `ip route flush`)."""
+    c = lab.topology.containers[0]
+    assert c.address is not None
+    lab.container_ns(c.name).deconfigure(routes=[IPv4Network("0.0.0.0/0"), c.address.network])
+
+
+def resolvers_wrong(lab: Lab) -> None:
+    """The container's resolv.conf names another resolver than the spec declares (a copy of the host's, say)."""
+    _rewrite_resolv_conf(lab, nameservers=("198.51.100.53",))
+
+
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("veth-down", "the host side of a container's veth is down", "seed1", VETH_ENDS, "veth0", "link_down", veth_down, edits_rules=False),
     Fault("address-on-bridge-port", "a container's host veth keeps an address in the bridge's subnet from before it joined the bridge (seed 2's veth_http2)",
@@ -897,6 +909,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("address-conflict", "two containers hold the same address", "seed1", BRIDGE_ARP, "ARP", "address_conflict", address_conflict, edits_rules=False),
     Fault("resolv-conf-missing", "a container's /etc/netns/NAME/resolv.conf is never written (seed 2's echo | tee typo)", "seed2", DNS_CONF, "is missing",
           "resolv_conf_missing", resolv_conf_missing, edits_rules=False),
+    Fault("resolvers-wrong", "a container's resolv.conf names another resolver than the spec declares", "seed2", DNS_CONF, "198.51.100.53",
+          "resolv_conf_wrong", resolvers_wrong, edits_rules=False),
     Fault("nameserver-loopback", "a container's resolv.conf names the host's stub resolver 127.0.0.53", "seed2", DNS_CONF, "resolv.conf says",
           "nameserver_loopback", nameserver_loopback, edits_rules=False),
     Fault("dns-search-wrong", "a container's search domain sends a short name to the wrong zone", "seed2", DNS_NAMES, "the spec says", "search_wrong", search_wrong, edits_rules=False),
@@ -907,6 +921,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("dns-masquerade-removed", "no MASQUERADE: DNS queries leave with the container's private source", "seed2", DNS_MASQ, "203.0.113.53",
           "masquerade_missing", masquerade_removed),
     Fault("uplink-down", "the host's uplink is down", "seed1", FORWARD_OUT, "198.51.100.1", "link_down", uplink_down, kernel="IP_INNOROUTES"),
+    Fault("routes-removed", "a container's routes are all gone, its connected route too", "seed1", "test_bridge.py::test_full_matrix_on_each_bridge",
+          "Network is unreachable", "no_route", container_routes_removed, edits_rules=False),
     Fault("mtu-mismatch", "the two ends of a veth have different MTUs", "seed1", VETH_ENDS, "MTU", "mtu_mismatch", mtu_mismatch, edits_rules=False),
     Fault("subnet-overlap", "a second bridge on the host (another tool's network) has a subnet that holds the outside world's address",
           "seed1", FORWARD_OUT, "198.51.100.1", "subnet_overlap", subnet_overlap, edits_rules=False),

@@ -1,7 +1,7 @@
 """Record every catalog fault's diagnosis (root): the recordings tests/test_causes_recorded.py replays without root.
 
     sudo .venv/bin/python tests/record_causes.py tests/data/causes [--only FAULT ...] [--jobs 2] [--again]
-        [--what faults scenarios cross tools healthy]
+        [--what faults events cross tools healthy]
 
 - faults: each fault of ``netcheck.faults.FAULTS``, on each build the catalog test runs it on
   (tests/test_diagnosis.py CATALOG: its topology, and the -nft build for a fault that edits rules; every
@@ -9,7 +9,7 @@
   ``NETCHECK_RECORD`` set: the recording of the failure its message shows is kept as ``FAULT[-nft].json.gz``.
   A suite test that asserts on kernel state sends no probe: the recording is then the doctor's (no flow).
   Faults already recorded in OUT are skipped (``--again`` records them again).
-- scenarios: causes no catalog fault declares (``SCENARIOS``, ``EVENTS``: a lifecycle event).
+- events: causes no catalog fault declares, each from a lifecycle event (``EVENTS``).
 - cross: each cross-host fault, what ``crosshost.gather`` reads (``cross-FAULT.json.gz``).
 - tools: the external tools' faults (netcheck.adapters.faults; CNI, Docker and Podman must be installed).
 - healthy: one passing probe per built-in topology, diagnosed anyway, and each multi-host built-in.
@@ -25,15 +25,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netcheck.faults import Fault
-
 if TYPE_CHECKING:
     from netcheck.diagnose.recording import Recording
-    from netcheck.lab import Lab
 
 REPO = Path(__file__).resolve().parents[1]
 INNER = ("-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::pytest.PytestAssertRewriteWarning", "--netcheck-report=none")
@@ -126,45 +122,8 @@ def record_healthy(topology: str, out: Path) -> str:
     return f"healthy {topology}: {reach.source} -> {reach.dst_addr}"
 
 
-def _routes_removed(lab: Lab) -> None:
-    """The first container's routes are all gone, the connected route of its own network too."""
-    c = lab.topology.containers[0]
-    assert c.address is not None
-    lab.container_ns(c.name).deconfigure(routes=[IPv4Network("0.0.0.0/0"), c.address.network])
-
-
-def _resolvers_wrong(lab: Lab) -> None:
-    from netcheck import faults
-
-    faults._rewrite_resolv_conf(lab, nameservers=("198.51.100.53",))
-
-
-# Causes no catalog fault declares, each with a fault of its own here (known to --netcheck-fault in the recording's pytest only).
-SCENARIOS: dict[str, Fault] = {f.name: f for f in [
-    Fault("routes-removed", "a container's routes are all gone, its connected route too", "seed1", "test_bridge.py::test_full_matrix_on_each_bridge", "",
-          "no_route", _routes_removed, edits_rules=False),
-    Fault("resolvers-wrong", "a container's resolv.conf names another resolver than the spec declares", "seed2", "test_dns.py::test_resolv_conf_is_the_declared_one", "",
-          "resolv_conf_wrong", _resolvers_wrong, edits_rules=False),
-]}
+# Causes no catalog fault declares: a lifecycle event's (--netcheck-event) after the lab's setup.
 EVENTS = {"nft-flush": ("seed1-nft", "test_masquerade.py::test_outside_sees_the_host_uplink_address", "tool_rules_gone")}  # event: (topology, suite test, cause)
-WITH_SCENARIOS = ("import sys, pytest; sys.path.insert(0, 'tests'); from netcheck import faults; from record_causes import SCENARIOS; "
-                  "faults.FAULTS.update(SCENARIOS); sys.exit(pytest.main(sys.argv[1:]))")
-
-
-def record_scenario(name: str, out: Path) -> str:
-    from netcheck import faults
-    from netcheck.diagnose import recording
-
-    f = SCENARIOS[name]
-    faults.FAULTS.update(SCENARIOS)  # for the doctor's recording, in this process
-    with tempfile.TemporaryDirectory(prefix="netcheck-record-") as tmp:
-        cmd = [sys.executable, "-c", WITH_SCENARIOS, str(REPO / "suites" / f.suite_test), f"--netcheck-topology={f.topology}", f"--netcheck-fault={name}", *INNER]
-        done = subprocess.run(cmd, env={**os.environ, recording.RECORD_ENV: tmp}, cwd=REPO, capture_output=True, timeout=600, check=False)
-        made = sorted(Path(tmp).iterdir(), key=lambda p: p.name.split("-")[1])
-        rec = recording.load(made[0]) if made else doctor_recording(name, f.topology)
-    recording.save(replace(rec, about={"scenario": name, "cause": f.cause, "topology": f.topology, "suite_test": f.suite_test}), out / f"scenario-{name}.json.gz")
-    return f"scenario {name} on {f.topology}: " + (f"the first of {len(made)} diagnosis(es) (exit {done.returncode})" if made else "the doctor's")
-
 
 def record_event(event: str, out: Path) -> str:
     """A lifecycle event (--netcheck-event) after the lab's setup: the first check that fails after it."""
@@ -240,7 +199,7 @@ if __name__ == "__main__":
     parser.add_argument("--only", nargs="*", default=None, help="these faults only")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--again", action="store_true", help="record again the faults already recorded in OUT")
-    parser.add_argument("--what", nargs="*", default=["faults", "scenarios", "cross", "tools", "healthy"], choices=["faults", "scenarios", "cross", "tools", "healthy"])
+    parser.add_argument("--what", nargs="*", default=["faults", "events", "cross", "tools", "healthy"], choices=["faults", "events", "cross", "tools", "healthy"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -250,9 +209,7 @@ if __name__ == "__main__":
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda ft: record_one(ft[0], ft[1], args.out), todo):
                 print(line, flush=True)
-    if "scenarios" in args.what:
-        for name in SCENARIOS:
-            print(record_scenario(name, args.out), flush=True)
+    if "events" in args.what:
         for event in EVENTS:
             print(record_event(event, args.out), flush=True)
     if "cross" in args.what:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from record_causes import EVENTS, SCENARIOS
+from record_causes import EVENTS
 
 from netcheck.adapters.faults import EXTERNAL_FAULTS
 from netcheck.diagnose import conclude, crosshost, recording, rules
@@ -26,12 +26,12 @@ RECORDINGS = sorted(DATA.glob("*.json.gz"))
 CROSS_RECORDINGS = [p for p in RECORDINGS if p.name.startswith("cross-")]
 TOOL_RECORDINGS = [p for p in RECORDINGS if p.name.startswith("tool-")]
 FAULT_RECORDINGS = [p for p in RECORDINGS if not p.name.startswith(("healthy-", "cross-"))]
-KNOWN = {**FAULTS, **EXTERNAL_FAULTS, **SCENARIOS}
+KNOWN = {**FAULTS, **EXTERNAL_FAULTS}
 
 
 def declared(about: dict[str, str]) -> Fault | None:
     """The fault a recording was made for (a lifecycle event's: None)."""
-    return KNOWN[about["fault"]] if "fault" in about else SCENARIOS[about["scenario"]] if "scenario" in about else None
+    return KNOWN[about["fault"]] if "fault" in about else None
 
 
 def cause_of(about: dict[str, str]) -> str:
@@ -40,7 +40,7 @@ def cause_of(about: dict[str, str]) -> str:
 
 
 def covered() -> set[str]:
-    """The causes a recording here is replayed for (the declared cause of each recorded fault, scenario or event)."""
+    """The causes a recording here is replayed for (the declared cause of each recorded fault or event)."""
     single = {cause_of(recording.load(p).about) for p in FAULT_RECORDINGS}
     cross = {recording.load_any(p).about.get("fault") for p in CROSS_RECORDINGS}
     return single | {CROSS_HOST_FAULTS[f].cause for f in cross if f in CROSS_HOST_FAULTS}
