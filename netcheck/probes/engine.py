@@ -253,6 +253,15 @@ class Prober:
         device = self.lab.spec_name(drop.device) if label == "host" and drop.device != "-" else drop.device
         return KernelEvent.of(drop, label, device)
 
+    def _echo_end(self, waiter: DropWaiter | None, caps: Sequence[CaptureHub], ident: int, t0: float, verdict: Verdict,
+                  error: str | None) -> tuple[KernelEvent | None, tuple[Capture, ...], Verdict, str | None]:
+        """An echo's end: the kernel's drop of an unanswered one names its fate, then its captures are collected."""
+        drop = self._drop_event(waiter) if verdict == "unreachable" and error is None else None
+        if drop is not None:
+            error = f"the kernel dropped it: {drop.line()} ({drop.packet})"
+        captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
+        return drop, captures, verdict, error
+
     # ----------------------------------------------------------------- ICMP
 
     def _icmp(self, request: ProbeRequest) -> ProbeResult:
@@ -306,14 +315,8 @@ class Prober:
         except OSError as exc:
             error = f"{exc.strerror or exc}"
         finally:
-            if sock is not None:
-                sock.close()
-            if waiter is not None:
-                waiter.close()
-        drop = self._drop_event(waiter) if verdict == "unreachable" and error is None else None
-        if drop is not None:
-            error = f"the kernel dropped it: {drop.line()} ({drop.packet})"
-        captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
+            _close(sock, waiter)
+        drop, captures, verdict, error = self._echo_end(waiter, caps, ident, t0, verdict, error)
         if not src_addr:
             src_addr = self._source_address(request.source, ns, dst)
         sent = f"ICMP echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" ttl={request.ttl}" if request.ttl else "") + _sized(request)
@@ -365,14 +368,8 @@ class Prober:
         except OSError as exc:
             error = f"{exc.strerror or exc}"
         finally:
-            if sock is not None:
-                sock.close()
-            if waiter is not None:
-                waiter.close()
-        drop = self._drop_event(waiter) if verdict == "unreachable" and error is None else None
-        if drop is not None:
-            error = f"the kernel dropped it: {drop.line()} ({drop.packet})"
-        captures, verdict, error = _collect(caps, icmp_flow(ident), t0, verdict, error)
+            _close(sock, waiter)
+        drop, captures, verdict, error = self._echo_end(waiter, caps, ident, t0, verdict, error)
         src_addr = self._source_address(request.source, ns, dst)
         sent = f"ICMPv6 echo id={ident:#06x} seq=1 '{token.decode()}'" + (f" hlim={request.ttl}" if request.ttl else "") + _sized(request)
         return self._result(request, iface, src_addr, sent, verdict, captures, t0, rtt, error, reply, target_if(request, verdict), flow_id=ident, drop=drop)
@@ -816,6 +813,13 @@ def _first_answer(sock: socket.socket, send: Callable[[], object], answer: Calla
     finally:
         sock.close()
     return None, None, None
+
+
+def _close(*held: socket.socket | DropWaiter | None) -> None:
+    """Close what a probe held (a socket, a drop waiter), whichever it got to."""
+    for h in held:
+        if h is not None:
+            h.close()
 
 
 def _collect(caps: Sequence[CaptureHub], match: Matcher, t0: float, verdict: Verdict, error: str | None) -> tuple[tuple[Capture, ...], Verdict, str | None]:
