@@ -75,7 +75,7 @@ def encode(value: object) -> JSON:
     raise TypeError(f"a recording cannot hold a {type(value).__name__}: {value!r}")
 
 
-_ADDRESSES: dict[Any, Callable[[str], object]] = {IPv4Address: IPv4Address, IPv6Address: IPv6Address, IPv4Network: IPv4Network, IPv6Network: IPv6Network,
+_ADDRESSES: dict[object, Callable[[str], object]] = {IPv4Address: IPv4Address, IPv6Address: IPv6Address, IPv4Network: IPv4Network, IPv6Network: IPv6Network,
                                                   IPv4Interface: IPv4Interface, IPv6Interface: IPv6Interface, Path: Path}
 
 
@@ -113,7 +113,7 @@ def decode(tp: Any, data: Any) -> Any:
 
 
 @functools.cache
-def _hints(tp: Any) -> dict[str, Any]:
+def _hints(tp: type) -> dict[str, object]:
     """A dataclass's field types (resolved once: ``get_type_hints`` is slow)."""
     return get_type_hints(tp)
 

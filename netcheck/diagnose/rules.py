@@ -703,7 +703,7 @@ def forward_drop(ev: Evidence) -> Iterator[Finding]:
     r = ev.route
     pkt = _pkt_request(ev)
     counted = False
-    # Any DROP/REJECT in a filter chain whose counter grew while the probe was repeated.
+    # Every DROP/REJECT in a filter chain whose counter grew while the probe was repeated.
     for placed, n in ev.matched:
         if placed.rule.target in ("DROP", "REJECT") and ("forward", "filter") in ev.fw.hooks_of(placed.backend, placed.rule.table, placed.rule.chain):
             yield Finding(

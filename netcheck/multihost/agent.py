@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from netcheck import resolvconf
 from netcheck.diagnosing import DiagnosingProber
@@ -37,13 +37,19 @@ from netcheck.services import ServiceHost
 READS = frozenset({"links", "link", "addresses", "routes", "all_routes", "ip_rules", "route_get", "neighbours", "fdb", "bridge_ports", "sysctl"})
 
 
+class Gateway(Protocol):
+    """The part of an execnet gateway the agent uses."""
+
+    def newchannel(self) -> Channel: ...
+
+
 class Channel(Protocol):
-    """The part of an execnet channel the agent uses."""
+    """The part of an execnet channel the agent uses: it receives requests, ``(op, {args})``, and sends answers."""
 
     @property
-    def gateway(self) -> Any: ...
-    def receive(self) -> Any: ...
-    def send(self, item: Any) -> None: ...
+    def gateway(self) -> Gateway: ...
+    def receive(self) -> tuple[str, dict[str, object]]: ...
+    def send(self, item: object) -> None: ...
 
 
 class Agent:
@@ -119,17 +125,17 @@ class Agent:
             return diagnosing.send(ProbeRequest.from_dict(request)).to_dict()
         return prober.conclusive(ProbeRequest.from_dict(request)).to_dict()
 
-    def ns_read(self, label: str, method: str, args: list[Any]) -> Any:
+    def ns_read(self, label: str, method: str, args: list[object]) -> object:
         """One of the reads of ``Netns`` (``READS``) in the lab's namespace ``label``, as values."""
         if method not in READS:
             raise ValueError(f"{method!r} is not a read a node answers (one of {', '.join(sorted(READS))})")
-        return encode(getattr(self._ns(label), method)(*decode(args)))
+        return encode(getattr(self._ns(label), method)(*_listed(args)))
 
-    def ns_call(self, label: str, function: str, args: list[Any], timeout: float) -> Any:
+    def ns_call(self, label: str, function: str, args: list[object], timeout: float) -> object:
         """``module:qualname`` (a module-level netcheck function) called in the namespace ``label``, as values."""
-        return encode(self._ns(label).call(function_of(function), *decode(args), timeout=timeout))
+        return encode(self._ns(label).call(function_of(function), *_listed(args), timeout=timeout))
 
-    def ns_run(self, label: str, argv: list[str], timeout: float, input: bytes | None, env: dict[str, str] | None) -> Any:
+    def ns_run(self, label: str, argv: list[str], timeout: float, input: bytes | None, env: dict[str, str] | None) -> object:
         return encode(self._ns(label).run(argv, timeout=timeout, input=input, env=env))
 
     def _ns(self, label: str) -> Netns:
@@ -144,10 +150,10 @@ class Agent:
         path, text = resolvconf.seen_from(self._ns(where).name) if where in ("host", "wan") else lab.resolv_conf(where)
         return [str(path), text]
 
-    def expected_rules(self) -> Any:
+    def expected_rules(self) -> object:
         return encode(self._lab().expected_rules())
 
-    def listen(self, label: str, container: str, kind: str, port: int, address: str, users_may_serve: bool) -> Any:
+    def listen(self, label: str, container: str, kind: str, port: int, address: str, users_may_serve: bool) -> object:
         return encode(self._services().listen(self._ns(label), container, kind, port, address, users_may_serve=users_may_serve))
 
     def stop(self, container: str, kind: str | None) -> int:
@@ -242,7 +248,12 @@ def _serve_probes(channel: Channel, agent: Agent) -> None:
         channel.send(_answer(ops, op, args))
 
 
-def _answer(ops: dict[str, Callable[..., JSON | None]], op: str, args: dict[str, Any]) -> tuple[str, Any]:
+def _listed(args: list[object]) -> list[object]:
+    """A request's arguments, their values rebuilt (``values.decode``)."""
+    return [decode(a) for a in args]
+
+
+def _answer(ops: dict[str, Callable[..., object]], op: str, args: dict[str, object]) -> tuple[str, object]:
     try:
         return "ok", ops[op](**args)
     except Exception as exc:  # noqa: BLE001 - handed to the controller, which raises it with the node's name

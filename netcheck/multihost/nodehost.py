@@ -20,12 +20,14 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.worker import netns_path
 from netcheck.multihost.values import decode, encode, function_name
 from netcheck.services import Listener
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import subprocess
@@ -97,10 +99,11 @@ class NodeNetns:
         done = self.lab.node.call("ns_run", wait=timeout + 10, label=self.label, argv=list(argv), timeout=timeout, input=input, env=env)
         return cast("subprocess.CompletedProcess[bytes]", decode(done))
 
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
+    def call(self, fn: Callable[..., T], *args: object, timeout: float = 60.0) -> T:
         """``fn(*args)`` in this namespace on the node: ``fn`` a module-level function of netcheck (the agent imports it
         by name), its arguments and result values (netcheck.multihost.values)."""
-        return decode(self.lab.node.call("ns_call", wait=timeout + 10, label=self.label, function=function_name(fn), args=encode(args), timeout=timeout))
+        done = self.lab.node.call("ns_call", wait=timeout + 10, label=self.label, function=function_name(fn), args=encode(args), timeout=timeout)
+        return cast("T", decode(done))
 
 
 class NodeServices:

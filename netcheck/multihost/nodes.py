@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from netcheck.kernel.jsontypes import JSONObject
 from netcheck.kernel.netns import Netns, VethSpec
@@ -54,6 +54,14 @@ def _inode(path: str) -> int | None:
         return None
 
 
+class ProbeChannel(Protocol):
+    """The part of an execnet channel that carries probes to a node: a request sent, its answer ``(status, value)`` received."""
+
+    def send(self, item: object) -> None: ...
+    def receive(self, timeout: float | None = None) -> tuple[str, object]: ...
+    def close(self) -> None: ...
+
+
 class NodeError(RuntimeError):
     """A node could not be reached, or its agent reported an error (the message names the node and the request)."""
 
@@ -76,7 +84,7 @@ class Node:
 
         self.name, self.gateway = name, gateway
         self._lock = threading.Lock()
-        self._probe_channels: list[Any] = []  # idle channels for probes (``probe``), taken and given back under their own lock
+        self._probe_channels: list[ProbeChannel] = []  # idle channels for probes (``probe``), taken and given back under their own lock
         self._pool = threading.Lock()
         try:
             self.gw = execnet.makegateway(gateway)
@@ -113,7 +121,7 @@ class Node:
         with self._pool:
             side = self._probe_channels.pop() if self._probe_channels else None
         if side is None:
-            side = self.call("probe_channel")
+            side = cast(ProbeChannel, self.call("probe_channel"))
         try:
             side.send(("probe", {"request": request, "diagnose": diagnose}))
             status, value = side.receive(wait)
@@ -123,8 +131,7 @@ class Node:
             self._probe_channels.append(side)
         if status == "error":
             raise NodeError(f"node {self.name} ({self.gateway}): probe: {value}")
-        out: JSONObject = value
-        return out
+        return cast(JSONObject, value)
 
     def close(self) -> None:
         for side in self._probe_channels:

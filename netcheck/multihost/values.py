@@ -19,7 +19,7 @@ import ipaddress
 import subprocess
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
-from typing import Any, cast
+from typing import cast
 
 from netcheck.kernel.inspect import BridgeOptions, CtEntry, Listening
 from netcheck.kernel.netns import Address, BridgePort, FdbEntry, IpRule, Link, Neighbour, RouteEntry
@@ -30,13 +30,13 @@ TYPE = "__value__"
 VALUES: dict[str, type] = {cls.__name__: cls for cls in (
     Address, BridgePort, FdbEntry, IpRule, Link, Neighbour, RouteEntry, XChain, XRule, CtEntry, Listening, BridgeOptions, Listener,
 )}
-ADDRESSES: dict[str, Any] = {cls.__name__: cls for cls in (
+ADDRESSES: dict[str, type] = {cls.__name__: cls for cls in (
     ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface,
 )}
 DONE = "CompletedProcess"
 
 
-def encode(value: object) -> Any:
+def encode(value: object) -> object:
     """``value`` with every known dataclass and address made a tagged dict (a command's result too)."""
     if isinstance(value, (list, tuple)):
         return type(value)(encode(v) for v in value)
@@ -58,7 +58,7 @@ def encode(value: object) -> Any:
     return value
 
 
-def decode(data: Any) -> Any:
+def decode(data: object) -> object:
     """The values ``encode`` made, rebuilt; a tag this module does not know is an error."""
     if isinstance(data, (list, tuple)):
         return type(data)(decode(v) for v in data)
@@ -76,7 +76,7 @@ def decode(data: Any) -> Any:
     return VALUES[name](**{k: decode(v) for k, v in data.items() if k != TYPE})
 
 
-def function_name(fn: Callable[..., Any]) -> str:
+def function_name(fn: Callable[..., object]) -> str:
     """``module:qualname`` of a module-level netcheck function, by which a node's agent imports it; anything else
     (a closure, a lambda, another package's) cannot be named there."""
     name = f"{getattr(fn, '__module__', '') or ''}:{getattr(fn, '__qualname__', '')}"
@@ -84,15 +84,15 @@ def function_name(fn: Callable[..., Any]) -> str:
     return name
 
 
-def function_of(name: str) -> Callable[..., Any]:
+def function_of(name: str) -> Callable[..., object]:
     """The module-level netcheck function ``module:qualname`` names (``function_name``'s inverse)."""
     module, qualname = _parts(name)
-    fn: Any = importlib.import_module(module)
+    fn: object = importlib.import_module(module)
     for part in qualname.split("."):
         fn = getattr(fn, part)
     if not callable(fn):
         raise TypeError(f"{name!r} is not a function")
-    return cast("Callable[..., Any]", fn)
+    return cast("Callable[..., object]", fn)
 
 
 def _parts(name: str) -> tuple[str, str]:
