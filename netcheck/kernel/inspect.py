@@ -229,15 +229,7 @@ def bridges(ns: Netns) -> list[BridgeOptions]:
 
 def legacy6_tables(ns: Netns) -> list[str]:
     """The ip6tables (legacy) tables that exist in the namespace (listing them creates none)."""
-
-    def do() -> list[str]:
-        try:
-            with open("/proc/thread-self/net/ip6_tables_names") as f:
-                return [line.strip() for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
-
-    return ns.call(do)
+    return ns.call(_tables_here, "ip6_tables_names")
 
 
 def legacy_tables(ns: Netns) -> list[str]:
@@ -246,16 +238,16 @@ def legacy_tables(ns: Netns) -> list[str]:
     Opening a table through libiptc instantiates it in the namespace, so the diagnosis reads
     only the tables listed here, and never creates one as a side effect.
     """
+    return ns.call(_tables_here, "ip_tables_names")
 
-    return ns.call(_legacy_tables_here)
 
-
-def _legacy_tables_here() -> list[str]:
-    """``legacy_tables`` in the calling thread's namespace (module-level: a node's agent runs it by name)."""
+def _tables_here(names: str) -> list[str]:
+    """The tables /proc/thread-self/net/``names`` lists, in the calling thread's namespace (module-level: a node's agent runs it by name)."""
     try:
-        with open("/proc/thread-self/net/ip_tables_names") as f:
+        with open(f"/proc/thread-self/net/{names}") as f:
             return [line.strip() for line in f if line.strip()]
     except OSError:
         return []
+
 
 __all__ = ["BridgeOptions", "CtEntry", "Listening", "bridges", "conntrack", "conntrack_socket", "legacy_tables", "listening", "snmp_counters"]
